@@ -1,0 +1,62 @@
+"""The one settings object of deltazoo; nothing else reads the environment.
+
+Every field is read from an environment variable with the ``DELTAZOO_`` prefix
+(``DELTAZOO_DATABASE_URL``, ``DELTAZOO_S3_ENDPOINT``, ...).
+
+Embedded default: with no database, broker or S3 endpoint named, deltazoo keeps a SQLite
+file and an object directory under ``home`` and runs jobs in an in-process worker.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DELTAZOO_", extra="ignore")
+
+    # --- where things live (server side) ---
+    home: Path = Field(default=Path(".deltazoo"), description="embedded default's directory")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home")
+    broker_url: str | None = Field(default=None, description="Celery broker (Redis); default in-process")
+    s3_endpoint: str | None = Field(default=None, description="host:port of an S3 server; default local dir")
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "deltazoo"
+    s3_secure: bool = False
+    s3_region: str | None = None
+
+    # --- server behaviour ---
+    auth: bool = Field(default=False, description="require tokens (always on in the full stack)")
+    admin_token: str | None = Field(default=None, description="admin token created on first start")
+    max_chain_depth: int = Field(default=8, description="re-anchor a delta chain deeper than this")
+    worker_concurrency: int = 1
+
+    # --- client side ---
+    url: str = "http://127.0.0.1:8000"
+    token: str | None = None
+    cache: Path = Field(default=Path.home() / ".cache" / "deltazoo")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'registry.db').resolve()}"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.home / "objects"
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is named: jobs run in the serving process."""
+        return self.broker_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
