@@ -1,0 +1,137 @@
+"""Triton kernels that apply packed N:M low-bit deltas straight from their packed layout.
+
+One kernel, ``_delta_bgmv_kernel``, serves both the single-delta case (a stack of one, every token
+using delta 0) and the multi-tenant case (Punica BGMV / DeltaZip SBMM: token ``b`` uses delta
+``delta_ids[b]``, ``-1`` = base only). Program ``(r, b)`` owns output rows ``r*BLOCK_R ...`` of token
+``b``: it walks the rows' kept entries ``BLOCK_C`` at a time, reads their codes from the packed 32-bit
+words (two words when a code straddles a word boundary: 3-bit values, 3- and 5-bit indices),
+gathers the matching columns of ``x``, and adds ``Σ q·scale·x`` to ``y`` in float32. The dense
+delta is never formed. Arithmetic is float32 whatever the storage dtype (the Triton interpreter,
+used by the CPU tests with ``TRITON_INTERPRET=1``, has no bf16 arithmetic).
+
+This module imports triton at import time; ``deltazoo.kernels`` imports it only when triton is
+installed and a kernel is asked for.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from compression.packed import index_bits
+
+from .stacked import StackedDeltas
+
+_GRANULARITY = {"tensor": 0, "row": 1, "group": 2}
+
+
+@triton.jit
+def _read_codes(row_words, j, mask, BITS: tl.constexpr):
+    """Codes ``j`` (``[BLOCK_C]``) of the LSB-first ``BITS``-bit streams of rows ``row_words``."""
+    bit = j * BITS
+    word = bit // 32
+    shift = (bit % 32).to(tl.uint32)
+    lo = tl.load(row_words + word[None, :], mask=mask, other=0).to(tl.uint32, bitcast=True)
+    codes = lo >> shift[None, :]
+    if 32 % BITS != 0:  # a code may straddle two words
+        cross = (bit % 32 + BITS) > 32
+        hi = tl.load(row_words + word[None, :] + 1, mask=mask & cross[None, :], other=0)
+        hi_shift = tl.where(cross, 32 - shift, 0).to(tl.uint32)
+        codes = codes | (hi.to(tl.uint32, bitcast=True) << hi_shift[None, :])
+    return (codes & ((1 << BITS) - 1)).to(tl.int32)
+
+
+@triton.jit
+def _delta_bgmv_kernel(
+    x_ptr, y_ptr, ids_ptr, val_ptr, idx_ptr, scale_ptr,
+    R, C,
+    stride_xb, stride_xk, stride_yb, stride_yr,
+    val_sd, val_sr, idx_sd, idx_sr, sc_sd, sc_sr,
+    N: tl.constexpr, M: tl.constexpr, BITS: tl.constexpr, IBITS: tl.constexpr,
+    GRAN: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    b = tl.program_id(1)
+    d = tl.load(ids_ptr + b).to(tl.int64)
+    if d >= 0:
+        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = rows < R
+        vrow = val_ptr + d * val_sd + rows[:, None].to(tl.int64) * val_sr
+        irow = idx_ptr + d * idx_sd + rows[:, None].to(tl.int64) * idx_sr
+        xrow = x_ptr + b.to(tl.int64) * stride_xb
+        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            j = c0 + tl.arange(0, BLOCK_C)
+            mask = rmask[:, None] & (j < C)[None, :]
+            q = _read_codes(vrow, j, mask, BITS) - (1 << (BITS - 1))
+            if IBITS > 0:
+                pos = _read_codes(irow, j, mask, IBITS)
+            else:
+                pos = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
+            col = (j // N)[None, :] * M + pos
+            xv = tl.load(xrow + col * stride_xk, mask=mask, other=0.0).to(tl.float32)
+            prod = q.to(tl.float32) * xv
+            if GRAN == 2:
+                sp = scale_ptr + d * sc_sd + rows[:, None].to(tl.int64) * sc_sr + col // GROUP
+                prod = prod * tl.load(sp, mask=mask, other=0.0).to(tl.float32)
+            acc += tl.sum(prod, axis=1)
+        if GRAN == 0:
+            acc = acc * tl.load(scale_ptr + d * sc_sd).to(tl.float32)
+        if GRAN == 1:
+            acc = acc * tl.load(scale_ptr + d * sc_sd + rows * sc_sr, mask=rmask, other=0.0).to(tl.float32)
+        yp = y_ptr + b.to(tl.int64) * stride_yb + rows * stride_yr
+        y = tl.load(yp, mask=rmask, other=0.0).to(tl.float32)
+        tl.store(yp, (y + acc).to(y_ptr.dtype.element_ty), mask=rmask)
+
+
+def _words(packed: torch.Tensor) -> torch.Tensor:
+    """View ``uint8[..., stride]`` rows (stride a multiple of 4) as int32 words."""
+    if packed.shape[-1] == 0:  # m == 1: no index stream; the kernel never reads it
+        return torch.zeros(1, dtype=torch.int32, device=packed.device)
+    return packed.contiguous().view(torch.int32)
+
+
+def is_interpreted() -> bool:
+    """True when this module's kernels were built by the Triton interpreter (``TRITON_INTERPRET=1``)."""
+    return type(_delta_bgmv_kernel).__name__ == "InterpretedFunction"
+
+
+def delta_bgmv_add_(
+    y: torch.Tensor, x: torch.Tensor, deltas: StackedDeltas, delta_ids: torch.Tensor,
+    block_rows: int = 16, block_kept: int = 128,
+) -> torch.Tensor:
+    """In place ``y[b] += x[b] @ ΔŴ[delta_ids[b]]ᵀ`` for ``x [batch, cols]``, ``y [batch, rows]``.
+
+    ``delta_ids`` is int32 ``[batch]`` and must already lie in ``[-1, num_deltas)`` (not re-checked,
+    to keep the launch free of device synchronisation). Returns ``y``.
+    """
+    if x.device.type != "cuda" and not is_interpreted():
+        raise RuntimeError(
+            "the Triton delta kernels need CUDA tensors; on a CPU use backend='torch', or set "
+            "TRITON_INTERPRET=1 before deltazoo.kernels.triton_delta is first imported"
+        )
+    batch = x.shape[0]
+    rows, kept = deltas.rows, deltas.kept_per_row
+    if batch == 0 or rows == 0 or kept == 0:
+        return y
+    vals = _words(deltas.values)
+    idxs = _words(deltas.indices)
+    scales = deltas.scales.contiguous()
+    ibits = index_bits(deltas.m)
+    sc_sr = scales.stride(1) if scales.dim() > 1 else 0
+    block_c = min(block_kept, triton.next_power_of_2(kept))
+    grid = (triton.cdiv(rows, block_rows), batch)
+    _delta_bgmv_kernel[grid](
+        x, y, delta_ids, vals, idxs, scales,
+        rows, kept,
+        x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+        vals.stride(0) if vals.dim() == 3 else 0, vals.stride(1) if vals.dim() == 3 else 0,
+        idxs.stride(0) if idxs.dim() == 3 else 0, idxs.stride(1) if idxs.dim() == 3 else 0,
+        scales.stride(0), sc_sr,
+        N=deltas.n, M=deltas.m, BITS=deltas.bits, IBITS=ibits,
+        GRAN=_GRANULARITY[deltas.scale_granularity], GROUP=max(1, deltas.group_size),
+        BLOCK_R=block_rows, BLOCK_C=block_c,
+    )
+    return y
