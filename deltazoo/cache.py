@@ -1,0 +1,201 @@
+"""The SDK's local cache (layout like huggingface_hub's), under ``settings.cache``::
+
+    blobs/<sha256>                       dense file bytes, named by their sha256 (checked before rename)
+    blobs/<sha256>.incomplete            a download in progress; resumed with ``Range``
+    snapshots/<org>/<name>/<rev>/<path>  hard links to blobs (copies where links are impossible)
+    versions/<org>/<name>/<rev>.json     the version's file list, written once its snapshot is whole
+    refs/<org>/<name>/latest             the revision ``latest`` last resolved to
+    tensors/<sha256>.json                per-tensor sha256 index of a cached safetensors blob
+    artifacts/<org>/<name>/<rev>/<profile>.safetensors   packed delta containers
+
+Nothing is ever re-downloaded while its blob is here; a blob is only renamed into place after its
+size and sha256 are checked, so a file that looks complete is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+from deltazoo.errors import DeltazooConnectionError, IntegrityError
+from deltazoo.models import FileInfo, Ref, VersionInfo
+from deltazoo.transport import Transport, progress_bar
+
+_RESUME_ATTEMPTS = 5
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def profile_filename(profile: str) -> str:
+    """A file name for a profile: ``deltadq:n=1,m=32,bits=4`` -> ``deltadq-n=1_m=32_bits=4``."""
+    return profile.replace(":", "-").replace(",", "_").replace("/", "_")
+
+
+class Cache:
+    """Content-addressed local store of pulled files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    # --- paths -----------------------------------------------------------------------------------
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256
+
+    def incomplete_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / f"{sha256}.incomplete"
+
+    def snapshot_dir(self, ref: Ref) -> Path:
+        return self.root / "snapshots" / ref.org / ref.name / ref.rev
+
+    def artifact_path(self, ref: Ref, profile: str) -> Path:
+        return (
+            self.root
+            / "artifacts"
+            / ref.org
+            / ref.name
+            / ref.rev
+            / f"{profile_filename(profile)}.safetensors"
+        )
+
+    def _version_record(self, ref: Ref) -> Path:
+        return self.root / "versions" / ref.org / ref.name / f"{ref.rev}.json"
+
+    def _ref_path(self, ref: Ref) -> Path:
+        return self.root / "refs" / ref.org / ref.name / "latest"
+
+    # --- blobs -----------------------------------------------------------------------------------
+
+    def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        p = self.blob_path(sha256)
+        return p.is_file() and (size is None or p.stat().st_size == size)
+
+    def install(self, tmp: Path, sha256: str, size: int) -> Path:
+        """Check ``tmp`` (size, sha256) and rename it to ``blobs/<sha256>``; delete it when wrong."""
+        actual_size = tmp.stat().st_size
+        if actual_size != size:
+            tmp.unlink()
+            raise IntegrityError(
+                f"downloaded {actual_size} bytes for blob {sha256[:12]}, expected {size}; pull again",
+                code="size_mismatch",
+            )
+        actual = _sha256_file(tmp)
+        if actual != sha256:
+            tmp.unlink()
+            raise IntegrityError(
+                f"downloaded bytes hash to {actual[:12]}, expected {sha256[:12]}; pull again",
+                code="sha256_mismatch",
+            )
+        final = self.blob_path(sha256)
+        os.replace(tmp, final)
+        return final
+
+    def download(self, transport: Transport, url_path: str, file: FileInfo, *, quiet: bool) -> Path:
+        """Fetch a dense file into ``blobs/``, resuming a ``.incomplete`` part with ``Range``."""
+        if self.has_blob(file.sha256, file.size):
+            return self.blob_path(file.sha256)
+        tmp = self.incomplete_path(file.sha256)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        bar = progress_bar(file.size, f"pull {file.path}", quiet=quiet)
+        try:
+            for attempt in range(_RESUME_ATTEMPTS + 1):
+                have = tmp.stat().st_size if tmp.exists() else 0
+                if have > file.size:
+                    tmp.unlink()
+                    have = 0
+                bar.reset(total=file.size)
+                bar.update(have)
+                if have == file.size:
+                    break
+                headers = {"Range": f"bytes={have}-"} if have else None
+                try:
+                    with transport.stream("GET", url_path, headers=headers) as response:
+                        mode = "ab" if have and response.status_code == 206 else "wb"
+                        if mode == "wb":
+                            bar.reset(total=file.size)
+                        with tmp.open(mode) as out:
+                            for chunk in transport.iter_body(response):
+                                out.write(chunk)
+                                bar.update(len(chunk))
+                    break
+                except DeltazooConnectionError:
+                    if attempt == _RESUME_ATTEMPTS:
+                        raise
+            return self.install(tmp, file.sha256, file.size)
+        finally:
+            bar.close()
+
+    # --- snapshots and versions ------------------------------------------------------------------
+
+    def link_snapshot(self, ref: Ref, files: Iterable[FileInfo]) -> Path:
+        """Make ``snapshots/<org>/<name>/<rev>/`` hold every file (links to blobs)."""
+        snap = self.snapshot_dir(ref)
+        for f in files:
+            target = snap / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            blob = self.blob_path(f.sha256)
+            if target.exists() and os.path.samefile(target, blob):
+                continue
+            target.unlink(missing_ok=True)
+            try:
+                os.link(blob, target)
+            except OSError:
+                shutil.copyfile(blob, target)
+        return snap
+
+    def record_version(self, version: VersionInfo) -> None:
+        ref = Ref.parse(version.ref)
+        path = self._version_record(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files = [{"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind} for f in version.files]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ref": version.ref, "files": files}))
+        os.replace(tmp, path)
+
+    def cached_files(self, ref: Ref) -> list[FileInfo] | None:
+        """The files of a version held whole in the cache, or None."""
+        path = self._version_record(ref)
+        if not path.is_file():
+            return None
+        files = [FileInfo.from_dict(f) for f in json.loads(path.read_text())["files"]]
+        if all(self.has_blob(f.sha256, f.size) for f in files):
+            return files
+        return None
+
+    def set_latest(self, ref: Ref, revision: int) -> None:
+        path = self._ref_path(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(revision))
+
+    # --- tensor index (for delta-only pulls) -----------------------------------------------------
+
+    def tensor_index(self, file: FileInfo) -> dict[str, tuple[int, int]]:
+        """``{tensor sha256: (begin, end)}`` absolute byte ranges inside a cached safetensors blob."""
+        index_path = self.root / "tensors" / f"{file.sha256}.json"
+        if index_path.is_file():
+            return {k: (int(v[0]), int(v[1])) for k, v in json.loads(index_path.read_text()).items()}
+        blob = self.blob_path(file.sha256)
+        index: dict[str, tuple[int, int]] = {}
+        with blob.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            entries = sorted(
+                (v["data_offsets"] for k, v in header.items() if k != "__metadata__"), key=lambda o: o[0]
+            )
+            for begin, end in entries:
+                f.seek(8 + n + begin)
+                index[hashlib.sha256(f.read(end - begin)).hexdigest()] = (8 + n + begin, 8 + n + end)
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        index_path.write_text(json.dumps(index))
+        return index

@@ -1,0 +1,435 @@
+"""``deltazoo.Client``: push, pull and inspect models on a deltazoo server (docs/REST.md).
+
+    >>> from deltazoo import Client
+    >>> c = Client()                                   # DELTAZOO_URL / DELTAZOO_TOKEN / DELTAZOO_CACHE
+    >>> c.push("ckpt/base", "acme/base")
+    >>> c.push("ckpt/math", "acme/math", base="acme/base", profiles=["deltadq:n=1,m=32,bits=4"])
+    >>> sd = c.state_dict("acme/math@1")               # bit-exact tensors, via the local cache
+    >>> art = c.fetch_delta("acme/math", "deltadq:n=1,m=32,bits=4", device="cuda")
+
+Names are ``org/name`` or ``org/name@rev``. Every method takes keyword arguments after the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from deltazoo.cache import Cache
+from deltazoo.checkpoint import base_from_checkpoint, scan_checkpoint
+from deltazoo.delta_pull import DeltaPuller
+from deltazoo.errors import ConflictError, IntegrityError, JobFailedError, NotFoundError, UsageError
+from deltazoo.models import (
+    Artifact,
+    FileInfo,
+    Job,
+    Lineage,
+    ModelInfo,
+    ModelList,
+    Ref,
+    Stats,
+    VersionInfo,
+)
+from deltazoo.transport import Transport, progress_bar
+
+_CHUNK = 1 << 20
+
+
+def _vpath(ref: Ref) -> str:
+    return f"/v1/models/{ref.org}/{ref.name}/versions/{ref.rev}"
+
+
+class Client:
+    """A connection to one deltazoo server plus the local cache.
+
+    ``url``, ``token`` and ``cache_dir`` default to the settings (``DELTAZOO_URL``,
+    ``DELTAZOO_TOKEN``, ``DELTAZOO_CACHE``). ``transport`` is passed to httpx (tests, proxies).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        max_retries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        from deltazoo.settings import get_settings
+
+        settings = get_settings()
+        self.url = (url or settings.url).rstrip("/")
+        self._t = Transport(
+            self.url,
+            token if token is not None else settings.token,
+            max_retries=max_retries,
+            transport=transport,
+        )
+        self.cache = Cache(cache_dir if cache_dir is not None else settings.cache)
+
+    def close(self) -> None:
+        self._t.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def bytes_downloaded(self) -> int:
+        """Bytes of file and blob bodies received so far (JSON answers are in ``api_bytes``)."""
+        return self._t.bytes_downloaded
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return self._t.bytes_uploaded
+
+    @property
+    def api_bytes(self) -> int:
+        return self._t.api_bytes
+
+    # --- reading the registry --------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._t.json("GET", "/v1/health"))
+
+    def list_models(self, search: str | None = None, *, limit: int = 50, offset: int = 0) -> ModelList:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if search:
+            params["search"] = search
+        return ModelList.from_dict(self._t.json("GET", "/v1/models", params=params))
+
+    def model_info(self, name: str) -> ModelInfo:
+        ref = Ref.parse(name)
+        return ModelInfo.from_dict(self._t.json("GET", f"/v1/models/{ref.org}/{ref.name}"))
+
+    def version_info(self, name: str) -> VersionInfo:
+        """Version detail (files, tensors with encodings, artifacts, chain); ``@latest`` by default."""
+        return VersionInfo.from_dict(self._t.json("GET", _vpath(Ref.parse(name))))
+
+    def lineage(self, name: str) -> Lineage:
+        ref = Ref.parse(name)
+        return Lineage.from_dict(self._t.json("GET", f"/v1/models/{ref.org}/{ref.name}/lineage"))
+
+    def stats(self) -> Stats:
+        return Stats.from_dict(self._t.json("GET", "/v1/stats"))
+
+    def leaderboard(self, text: str) -> dict[str, Any]:
+        """Versions and profiles ranked by 8 / bpb on the text set ``text`` (REST-shaped dict)."""
+        try:
+            return dict(self._t.json("GET", "/v1/leaderboard", params={"text": text}))
+        except NotFoundError as exc:
+            if exc.code is None:
+                raise NotFoundError(
+                    "this deltazoo server has no leaderboard (GET /v1/leaderboard answered "
+                    "404); upgrade the server",
+                    code="no_leaderboard",
+                    status=404,
+                ) from exc
+            raise
+
+    def job(self, id: str) -> Job:
+        return Job.from_dict(self._t.json("GET", f"/v1/jobs/{quote(str(id))}"))
+
+    def delete_version(self, name: str) -> None:
+        ref = Ref.parse(name)
+        if ref.rev == "latest":
+            raise UsageError(f"say which revision to delete: {ref.model}@<rev>", code="revision_required")
+        self._t.json("DELETE", _vpath(ref))
+
+    # --- jobs ------------------------------------------------------------------------------------
+
+    def wait(self, job: Job | str, *, timeout: float | None = None, quiet: bool = False) -> Job:
+        """Poll a job until it ends; raise ``JobFailedError`` when it failed."""
+        current = job if isinstance(job, Job) else self.job(job)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.1
+        bar = progress_bar(
+            100, f"{current.kind or 'job'} {current.target or current.id}", quiet=quiet, unit="%"
+        )
+        try:
+            while not current.done:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"job {current.id} still {current.status} after {timeout:g} s; "
+                        f"check it later with Client.job({current.id!r})"
+                    )
+                time.sleep(delay)
+                delay = min(delay * 1.5, 2.0)
+                current = self.job(current.id)
+                bar.n = round(100 * current.progress)
+                bar.refresh()
+        finally:
+            bar.close()
+        if current.status == "failed":
+            raise JobFailedError(
+                f"job {current.id} ({current.kind} {current.target}) failed: {current.error}",
+                job_id=current.id,
+            )
+        return current
+
+    def _wait_artifacts(
+        self, ref: str, profiles: Sequence[str], *, timeout: float | None, quiet: bool
+    ) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            version = self.version_info(ref)
+            pending = [
+                a for p in profiles if (a := version.artifact(p)) and a.status not in ("ready", "failed")
+            ]
+            failed = [a for p in profiles if (a := version.artifact(p)) and a.status == "failed"]
+            if failed:
+                raise JobFailedError(
+                    f"{ref}: profile {failed[0].profile} failed to build "
+                    f"({failed[0].quality or 'see the server log'})"
+                )
+            if not pending:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{ref}: profiles {[a.profile for a in pending]} not ready after {timeout:g} s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    # --- push ------------------------------------------------------------------------------------
+
+    def _upload(self, ref: Ref, file: FileInfo, local: Path, *, quiet: bool) -> None:
+        bar = progress_bar(file.size, f"push {file.path}", quiet=quiet)
+
+        def body() -> Iterator[bytes]:
+            bar.reset(total=file.size)
+            with local.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    self._t.bytes_uploaded += len(chunk)
+                    bar.update(len(chunk))
+                    yield chunk
+
+        try:
+            self._t.json(
+                "PUT",
+                f"{_vpath(ref)}/files/{quote(file.path)}",
+                content=body,
+                headers={"Content-Length": str(file.size), "Content-Type": "application/octet-stream"},
+            )
+        finally:
+            bar.close()
+
+    def push(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        base: str | None = None,
+        relation: str = "finetune",
+        profiles: Sequence[str] = (),
+        description: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+        quiet: bool = False,
+    ) -> VersionInfo:
+        """Upload the checkpoint directory ``path`` as a new version of ``name``.
+
+        ``base`` is ``org/name[@rev]``, ``"auto"`` (read ``base_model`` from the model card or
+        config.json and use it when the server has it) or None (a root). Only files the server does
+        not already hold are sent. With ``wait`` the call returns once the version is ``ready`` (and
+        its profiles built), raising ``JobFailedError`` when encoding failed.
+        """
+        ref = Ref.parse(name)
+        if ref.rev != "latest":
+            raise UsageError(
+                f"push creates the next revision itself: name the model {ref.model} without @REV",
+                code="revision_given",
+            )
+        root = Path(path)
+        files = scan_checkpoint(root, quiet=quiet)
+        if base == "auto":
+            base = base_from_checkpoint(root, self._exists)
+        if base is not None:
+            Ref.parse(base)
+        self._t.json(
+            "POST",
+            "/v1/models",
+            json={"name": ref.model, "description": description, "private": False, "exist_ok": True},
+            idempotent=True,
+        )
+        created = self._t.json(
+            "POST",
+            f"/v1/models/{ref.org}/{ref.name}/versions",
+            json={
+                "base": base,
+                "relation": relation,
+                "profiles": list(profiles),
+                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+            },
+        )
+        version = VersionInfo.from_dict(created["version"])
+        vref = Ref(ref.org, ref.name, str(version.revision))
+        needed = {u["path"] for u in created.get("uploads", []) if u.get("needed", True)}
+        for f in files:
+            if f.path in needed:
+                self._upload(vref, f, root / f.path, quiet=quiet)
+        committed = self._t.json("POST", f"{_vpath(vref)}/commit")
+        if not wait:
+            return VersionInfo.from_dict(committed["version"])
+        self.wait(Job.from_dict(committed["job"]), timeout=timeout, quiet=quiet)
+        if profiles:
+            self._wait_artifacts(str(vref), profiles, timeout=timeout, quiet=quiet)
+        return self.version_info(str(vref))
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.version_info(name)
+            return True
+        except NotFoundError:
+            return False
+
+    # --- pull ------------------------------------------------------------------------------------
+
+    def _resolve(self, name: str) -> tuple[Ref, list[FileInfo], VersionInfo | None]:
+        """Numeric revisions held whole in the cache are answered without asking the server."""
+        ref = Ref.parse(name)
+        if ref.rev != "latest":
+            cached = self.cache.cached_files(ref)
+            if cached is not None:
+                return ref, cached, None
+        version = self.version_info(name)
+        if version.status != "ready":
+            hint = (
+                f": {version.status_message}"
+                if version.status == "failed"
+                else "; wait for it (push with --wait, or Client.wait on its job) and pull again"
+            )
+            raise ConflictError(
+                f"{version.ref} is {version.status}{hint}", code="version_not_ready", status=409
+            )
+        return Ref(ref.org, ref.name, str(version.revision)), list(version.files), version
+
+    def _fill_cache(self, ref: Ref, files: list[FileInfo], version: VersionInfo, *, quiet: bool) -> None:
+        missing = [f for f in files if not self.cache.has_blob(f.sha256, f.size)]
+        puller: DeltaPuller | None = None
+        held = [self.cache.cached_files(Ref.parse(r)) for r in version.chain if Ref.parse(r) != ref]
+        if any(held):
+            puller = DeltaPuller(self._t, self.cache, quiet=quiet)
+            for cached in held:
+                if cached:
+                    puller.hold(cached)
+        for f in missing:
+            if puller is not None and not self.cache.incomplete_path(f.sha256).exists():
+                puller.pull_file(version.ref, f)
+            else:
+                self.cache.download(self._t, f"{_vpath(ref)}/files/{quote(f.path)}", f, quiet=quiet)
+
+    def snapshot(self, name: str, *, quiet: bool = False) -> Path:
+        """The cache directory holding every file of ``name`` (fetched when missing)."""
+        ref, files, version = self._resolve(name)
+        if version is not None:
+            self._fill_cache(ref, files, version, quiet=quiet)
+            self.cache.record_version(version)
+            if Ref.parse(name).rev == "latest":
+                self.cache.set_latest(ref, version.revision)
+        return self.cache.link_snapshot(ref, files)
+
+    def pull(self, name: str, dest: str | Path | None = None, *, quiet: bool = False) -> Path:
+        """Bit-exact files of ``name`` in ``dest`` (or the cache's snapshot when None); returns the dir.
+
+        Files already in the cache are not downloaded again; when an ancestor version is cached only
+        the tensors that differ from it travel; an interrupted download resumes where it stopped.
+        """
+        snap = self.snapshot(name, quiet=quiet)
+        if dest is None:
+            return snap
+        out = Path(dest)
+        for src in sorted(p for p in snap.rglob("*") if p.is_file()):
+            target = out / src.relative_to(snap)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+        return out
+
+    def state_dict(self, name: str, *, device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
+        """Every tensor of every safetensors file of ``name``, bit-exact, as torch tensors."""
+        from safetensors.torch import load_file
+
+        snap = self.snapshot(name, quiet=quiet)
+        out: dict[str, Any] = {}
+        for f in sorted(snap.rglob("*.safetensors")):
+            tensors = load_file(str(f), device=device)
+            clash = out.keys() & tensors.keys()
+            if clash:
+                raise UsageError(
+                    f"{name}: tensor {sorted(clash)[0]} appears in two files", code="duplicate_tensor"
+                )
+            out.update(tensors)
+        return out
+
+    # --- lossy serving profiles ------------------------------------------------------------------
+
+    def request_profile(self, name: str, profile: str) -> tuple[Artifact, Job]:
+        """Ask the server to build ``profile`` for ``name``; returns the artifact and its job."""
+        ref = Ref.parse(name)
+        answer = self._t.json("POST", f"{_vpath(ref)}/artifacts", json={"profile": profile}, idempotent=True)
+        return Artifact.from_dict(answer["artifact"]), Job.from_dict(answer["job"])
+
+    def fetch_delta_file(
+        self, name: str, profile: str, *, timeout: float | None = 3600, quiet: bool = False
+    ) -> Path:
+        """The packed delta container of ``profile`` for ``name``, in the cache (waits while it builds)."""
+        ref = Ref.parse(name)
+        if ref.rev == "latest":
+            ref = Ref(ref.org, ref.name, str(self.version_info(name).revision))
+        path = self.cache.artifact_path(ref, profile)
+        if path.is_file():
+            return path
+        url = f"{_vpath(ref)}/artifacts/{quote(profile, safe='')}"
+        try:
+            return self._download_artifact(url, path, quiet=quiet)
+        except ConflictError as exc:
+            if exc.code != "artifact_not_ready":
+                raise
+        self._wait_artifacts(str(ref), [profile], timeout=timeout, quiet=quiet)
+        return self._download_artifact(url, path, quiet=quiet)
+
+    def _download_artifact(self, url: str, path: Path, *, quiet: bool) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".incomplete")
+        digest = hashlib.sha256()
+        with self._t.stream("GET", url) as response:
+            size = int(response.headers.get("Content-Length", 0)) or None
+            bar = progress_bar(size, f"pull-delta {path.stem}", quiet=quiet)
+            try:
+                with tmp.open("wb") as out:
+                    for chunk in self._t.iter_body(response):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+            finally:
+                bar.close()
+            etag = response.headers.get("ETag", "").strip('"')
+        if size is not None and tmp.stat().st_size != size:
+            got = tmp.stat().st_size
+            tmp.unlink()
+            raise IntegrityError(
+                f"artifact download stopped at {got} of {size} bytes; retry", code="size_mismatch"
+            )
+        if len(etag) == 64 and etag != digest.hexdigest():
+            tmp.unlink()
+            raise IntegrityError(
+                "artifact bytes do not match the server's ETag; retry", code="sha256_mismatch"
+            )
+        tmp.replace(path)
+        return path
+
+    def fetch_delta(self, name: str, profile: str, device: str = "cpu", *, quiet: bool = False) -> Any:
+        """The ``compression.packed.PackedArtifact`` of ``profile`` for ``name``, loaded onto ``device``."""
+        from compression.packed import load_artifact
+
+        return load_artifact(self.fetch_delta_file(name, profile, quiet=quiet), device=device)

@@ -1,0 +1,172 @@
+"""Delta-only pulls: rebuild a version's files from its manifest and the ancestors already cached.
+
+For every tensor of a safetensors file (manifest order = offset order), the raw bytes come from:
+
+1. a cached tensor with the same sha256 (no bytes on the wire), else
+2. ``same``: the parent tensor's raw bytes (resolved the same way, recursively), else
+3. the tensor's blob (``GET /v1/blobs/{sha}``) decoded by ``compression.codecs.decode_tensor`` against
+   its parent's raw bytes (resolved recursively; an uncached parent costs its own blob).
+
+Each tensor's sha256 is checked as it is rebuilt, the file's sha256 and size before it is renamed
+into the cache. Memory is bounded by one tensor and its parent chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import zstandard
+
+from compression.codecs import decode_tensor
+from deltazoo.cache import Cache
+from deltazoo.errors import IntegrityError
+from deltazoo.models import FileInfo, Ref
+from deltazoo.transport import Transport, progress_bar
+
+_MAX_DEPTH = 64
+
+
+def _version_path(ref: Ref) -> str:
+    return f"/v1/models/{ref.org}/{ref.name}/versions/{ref.rev}"
+
+
+class DeltaPuller:
+    """Rebuilds files of one pull; holds the cached tensors it may read parents from."""
+
+    def __init__(self, transport: Transport, cache: Cache, *, quiet: bool = False) -> None:
+        self.transport = transport
+        self.cache = cache
+        self.quiet = quiet
+        self._local: dict[str, tuple[Path, int, int]] = {}
+        self._manifests: dict[str, dict[str, Any]] = {}
+
+    def hold(self, files: list[FileInfo]) -> None:
+        """Make the tensors of these cached files available as parents."""
+        for f in files:
+            if f.kind != "safetensors" and not f.path.endswith(".safetensors"):
+                continue
+            blob = self.cache.blob_path(f.sha256)
+            for sha, (begin, end) in self.cache.tensor_index(f).items():
+                self._local[sha] = (blob, begin, end)
+
+    def manifest(self, ref: str) -> dict[str, Any]:
+        if ref not in self._manifests:
+            self._manifests[ref] = self.transport.json("GET", f"{_version_path(Ref.parse(ref))}/manifest")
+        return self._manifests[ref]
+
+    # --- raw bytes of one tensor -----------------------------------------------------------------
+
+    def _read_local(self, sha256: str) -> bytes:
+        path, begin, end = self._local[sha256]
+        with path.open("rb") as f:
+            f.seek(begin)
+            return f.read(end - begin)
+
+    def _parent_raw(self, parent: dict[str, Any], depth: int) -> bytes:
+        if parent["sha256"] in self._local:
+            return self._read_local(parent["sha256"])
+        manifest = self.manifest(parent["ref"])
+        for f in manifest["files"]:
+            if f["path"] != parent["file"]:
+                continue
+            for t in f.get("tensors") or ():
+                if t["name"] == parent["name"]:
+                    return self.raw(t, depth + 1)
+        raise IntegrityError(
+            f"manifest of {parent['ref']} has no tensor {parent['name']} in {parent['file']}; "
+            "the server's manifest is inconsistent",
+            code="manifest_inconsistent",
+        )
+
+    def raw(self, tensor: dict[str, Any], depth: int = 0) -> bytes:
+        """The raw bytes of a manifest tensor entry, checked against its sha256."""
+        if depth > _MAX_DEPTH:
+            raise IntegrityError(
+                f"tensor {tensor['name']}: parent chain deeper than {_MAX_DEPTH}", code="chain_too_deep"
+            )
+        sha = tensor["sha256"]
+        if sha in self._local:
+            return self._read_local(sha)
+        parent = tensor.get("parent")
+        encoding = tensor["encoding"]
+        if encoding == "same":
+            if not parent:
+                raise IntegrityError(
+                    f"tensor {tensor['name']} is 'same' without a parent", code="bad_manifest"
+                )
+            data = self._parent_raw(parent, depth)
+        else:
+            payload = self.transport.get_bytes(f"/v1/blobs/{tensor['blob']}")
+            parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
+            data = decode_tensor(
+                encoding,
+                payload,
+                tensor["dtype"],
+                tensor["shape"],
+                parent_raw,
+                parent["dtype"] if parent else None,
+                parent["shape"] if parent else None,
+            )
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise IntegrityError(
+                f"tensor {tensor['name']} rebuilt with a wrong sha256; pull again without "
+                "the cache (delete it) and report this",
+                code="sha256_mismatch",
+            )
+        return data
+
+    # --- whole files -----------------------------------------------------------------------------
+
+    def pull_file(self, ref: str, file: FileInfo) -> Path:
+        """Rebuild one file of ``ref`` into the cache's blobs from its manifest entry."""
+        entry = next((f for f in self.manifest(ref)["files"] if f["path"] == file.path), None)
+        if entry is None:
+            raise IntegrityError(f"manifest of {ref} lacks {file.path}", code="manifest_inconsistent")
+        tmp = self.cache.incomplete_path(file.sha256)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        if entry.get("tensors") is None or not entry.get("header_blob"):
+            self._pull_other(entry, tmp)
+        else:
+            self._pull_safetensors(entry, tmp, file)
+        return self.cache.install(tmp, file.sha256, file.size)
+
+    def _pull_other(self, entry: dict[str, Any], tmp: Path) -> None:
+        dctx = zstandard.ZstdDecompressor()
+        with (
+            self.transport.stream("GET", f"/v1/blobs/{quote(entry['blob'])}") as response,
+            tmp.open("wb") as out,
+            dctx.stream_writer(out, closefd=False) as writer,
+        ):
+            for chunk in self.transport.iter_body(response):
+                writer.write(chunk)
+
+    def _pull_safetensors(self, entry: dict[str, Any], tmp: Path, file: FileInfo) -> None:
+        header = self.transport.get_bytes(f"/v1/blobs/{entry['header_blob']}")
+        tensors = sorted(entry["tensors"], key=lambda t: t["offset"][0])
+        bar = progress_bar(file.size, f"rebuild {file.path}", quiet=self.quiet)
+        try:
+            with tmp.open("wb") as out:
+                out.write(header)
+                bar.update(len(header))
+                position = 0
+                for t in tensors:
+                    begin, end = t["offset"]
+                    if begin != position:
+                        raise IntegrityError(
+                            f"{file.path}: tensor {t['name']} starts at {begin}, expected {position}",
+                            code="manifest_inconsistent",
+                        )
+                    data = self.raw(t)
+                    if len(data) != end - begin:
+                        raise IntegrityError(
+                            f"{file.path}: tensor {t['name']} is {len(data)} bytes, expected {end - begin}",
+                            code="size_mismatch",
+                        )
+                    out.write(data)
+                    bar.update(len(data))
+                    position = end
+        finally:
+            bar.close()

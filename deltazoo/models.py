@@ -1,0 +1,292 @@
+"""Result dataclasses of the SDK, built from the REST shapes of docs/REST.md.
+
+Each has ``from_dict`` (unknown keys are ignored, so a newer server does not break an older client)
+and keeps the raw answer in ``raw`` for ``--json`` output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from deltazoo.errors import UsageError
+
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+_REF = re.compile(rf"^(?P<org>{_PART})/(?P<name>{_PART})(?:@(?P<rev>[0-9]+|latest))?$")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed ``org/name[@rev]``; ``rev`` is a revision number as text, or ``latest``."""
+
+    org: str
+    name: str
+    rev: str = "latest"
+
+    @classmethod
+    def parse(cls, text: str) -> Ref:
+        m = _REF.match(text.strip()) if isinstance(text, str) else None
+        if not m:
+            raise UsageError(
+                f"{text!r} is not a model name: write ORG/NAME or ORG/NAME@REV "
+                "(letters, digits, '.', '_', '-'; REV a revision number or 'latest')",
+                code="invalid_name",
+            )
+        return cls(m["org"], m["name"], m["rev"] or "latest")
+
+    @property
+    def model(self) -> str:
+        return f"{self.org}/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.model}@{self.rev}"
+
+
+def _ratio(d: dict[str, Any]) -> float | None:
+    r = d.get("ratio")
+    return float(r) if r is not None else None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    sha256: str
+    kind: str = "other"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileInfo:
+        return cls(path=d["path"], size=int(d["size"]), sha256=d["sha256"], kind=d.get("kind", "other"))
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str
+    encoding: str | None
+    logical_bytes: int
+    stored_bytes: int
+    parent: str | None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorInfo:
+        return cls(
+            file=d["file"],
+            name=d["name"],
+            dtype=d["dtype"],
+            shape=tuple(int(x) for x in d["shape"]),
+            sha256=d["sha256"],
+            encoding=d.get("encoding"),
+            logical_bytes=int(d.get("logical_bytes") or 0),
+            stored_bytes=int(d.get("stored_bytes") or 0),
+            parent=d.get("parent"),
+        )
+
+
+@dataclass(frozen=True)
+class Artifact:
+    profile: str
+    status: str
+    bytes: int | None
+    quality: dict[str, Any]
+    created_at: str | None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Artifact:
+        return cls(
+            profile=d["profile"],
+            status=d["status"],
+            bytes=d.get("bytes"),
+            quality=dict(d.get("quality") or {}),
+            created_at=d.get("created_at"),
+        )
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A version (``VersionSummary``); ``files``/``tensors``/``artifacts``/``chain`` when detailed."""
+
+    name: str
+    revision: int
+    ref: str
+    parent: str | None
+    relation: str | None
+    status: str
+    status_message: str | None
+    logical_bytes: int
+    stored_bytes: int
+    ratio: float | None
+    lossy: bool
+    created_at: str | None
+    files: tuple[FileInfo, ...] = ()
+    tensors: tuple[TensorInfo, ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
+    chain: tuple[str, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VersionInfo:
+        return cls(
+            name=d["name"],
+            revision=int(d["revision"]),
+            ref=d.get("ref") or f"{d['name']}@{d['revision']}",
+            parent=d.get("parent"),
+            relation=d.get("relation"),
+            status=d["status"],
+            status_message=d.get("status_message"),
+            logical_bytes=int(d.get("logical_bytes") or 0),
+            stored_bytes=int(d.get("stored_bytes") or 0),
+            ratio=_ratio(d),
+            lossy=bool(d.get("lossy")),
+            created_at=d.get("created_at"),
+            files=tuple(FileInfo.from_dict(f) for f in d.get("files") or ()),
+            tensors=tuple(TensorInfo.from_dict(t) for t in d.get("tensors") or ()),
+            artifacts=tuple(Artifact.from_dict(a) for a in d.get("artifacts") or ()),
+            chain=tuple(d.get("chain") or ()),
+            raw=d,
+        )
+
+    def artifact(self, profile: str) -> Artifact | None:
+        return next((a for a in self.artifacts if a.profile == profile), None)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model (``ModelSummary``, or ``Model`` with its versions)."""
+
+    name: str
+    description: str
+    private: bool
+    version_count: int
+    latest_revision: int | None
+    logical_bytes: int
+    stored_bytes: int
+    ratio: float | None
+    created_at: str | None
+    versions: tuple[VersionInfo, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        versions = d.get("versions")
+        listed = versions if isinstance(versions, list) else []
+        count = versions if isinstance(versions, int) else len(listed)
+        return cls(
+            name=d["name"],
+            description=d.get("description") or "",
+            private=bool(d.get("private")),
+            version_count=int(count),
+            latest_revision=d.get("latest_revision"),
+            logical_bytes=int(d.get("logical_bytes") or 0),
+            stored_bytes=int(d.get("stored_bytes") or 0),
+            ratio=_ratio(d),
+            created_at=d.get("created_at"),
+            versions=tuple(VersionInfo.from_dict(v) for v in listed),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class ModelList:
+    items: tuple[ModelInfo, ...]
+    total: int
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelList:
+        items = tuple(ModelInfo.from_dict(m) for m in d.get("items") or ())
+        return cls(items=items, total=int(d.get("total", len(items))), raw=d)
+
+
+@dataclass(frozen=True)
+class Edge:
+    parent: str
+    child: str
+    relation: str | None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    model: str
+    nodes: tuple[VersionInfo, ...]
+    edges: tuple[Edge, ...]
+    ancestors: tuple[str, ...]
+    descendants: tuple[str, ...]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lineage:
+        return cls(
+            model=d["model"],
+            nodes=tuple(VersionInfo.from_dict(n) for n in d.get("nodes") or ()),
+            edges=tuple(Edge(e["parent"], e["child"], e.get("relation")) for e in d.get("edges") or ()),
+            ancestors=tuple(d.get("ancestors") or ()),
+            descendants=tuple(d.get("descendants") or ()),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class Stats:
+    models: int
+    versions: int
+    files: int
+    tensors: int
+    blobs: int
+    logical_bytes: int
+    stored_bytes: int
+    ratio: float | None
+    encodings: dict[str, int]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Stats:
+        return cls(
+            models=int(d.get("models") or 0),
+            versions=int(d.get("versions") or 0),
+            files=int(d.get("files") or 0),
+            tensors=int(d.get("tensors") or 0),
+            blobs=int(d.get("blobs") or 0),
+            logical_bytes=int(d.get("logical_bytes") or 0),
+            stored_bytes=int(d.get("stored_bytes") or 0),
+            ratio=_ratio(d),
+            encodings={str(k): int(v) for k, v in (d.get("encodings") or {}).items()},
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    target: str | None
+    status: str
+    attempts: int
+    progress: float
+    error: str | None
+    created_at: str | None
+    updated_at: str | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        return cls(
+            id=str(d["id"]),
+            kind=d.get("kind", ""),
+            target=d.get("target"),
+            status=d["status"],
+            attempts=int(d.get("attempts") or 0),
+            progress=float(d.get("progress") or 0.0),
+            error=d.get("error"),
+            created_at=d.get("created_at"),
+            updated_at=d.get("updated_at"),
+            raw=d,
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed")

@@ -1,0 +1,194 @@
+"""HTTP plumbing of the SDK: one httpx client, retries with capped exponential backoff, byte counters.
+
+Retry policy: a request is re-sent after a connection error, a 429, or a 5xx, with backoff
+``min(cap, base * 2**attempt)`` (or the server's ``Retry-After``), but only when re-sending is
+harmless: GET/HEAD/PUT/DELETE always; a POST only when the request never reached the server
+(connect error) or the server said 429 (it did nothing), unless the caller marks it idempotent.
+Uploads pass a body *factory* so that every attempt re-sends the file from its start.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+from tqdm.auto import tqdm
+
+from deltazoo.errors import DeltazooConnectionError, error_for_response, raise_for_status
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def progress_bar(total: int | None, desc: str, *, quiet: bool, unit: str = "B") -> tqdm:
+    """A tqdm bar on stderr; silent when ``quiet`` or when stderr is not a terminal."""
+    disable = quiet or not sys.stderr.isatty()
+    scale = unit == "B"
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=scale,
+        unit_divisor=1024 if scale else 1000,
+        disable=disable,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+class Transport:
+    """The SDK's HTTP session against one deltazoo server."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        max_retries: int = 5,
+        backoff: float = 0.25,
+        backoff_cap: float = 8.0,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        headers = {"User-Agent": "deltazoo-sdk"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            follow_redirects=True,
+        )
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        #: bytes of file and blob bodies received (not JSON answers): what a pull cost on the wire
+        self.bytes_downloaded = 0
+        #: bytes of file bodies sent
+        self.bytes_uploaded = 0
+        #: bytes of JSON answers received
+        self.api_bytes = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- retries ---------------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            after = response.headers.get("Retry-After")
+            if after and after.replace(".", "", 1).isdigit():
+                return min(self.backoff_cap, float(after))
+        return min(self.backoff_cap, self.backoff * (2**attempt))
+
+    def _unreachable(self, exc: httpx.TransportError) -> DeltazooConnectionError:
+        return DeltazooConnectionError(
+            f"cannot reach deltazoo at {self.url} ({type(exc).__name__}: {exc}): "
+            "start it with `deltazoo serve` or set DELTAZOO_URL",
+            code="unreachable",
+        )
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        content: Callable[[], Iterable[bytes]] | None = None,
+        stream: bool = False,
+        idempotent: bool | None = None,
+    ) -> httpx.Response:
+        """Send with retries; return the answer (2xx, or raises the typed error).
+
+        With ``stream`` the body is not read: the caller must close the response.
+        """
+        safe = method in _IDEMPOTENT if idempotent is None else idempotent
+        attempt = 0
+        while True:
+            body = content() if content is not None else None
+            request = self.http.build_request(
+                method, path, json=json, params=params, headers=headers, content=body
+            )
+            try:
+                response = self.http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                # a connect error means the request never left: any method may be re-sent
+                if attempt < self.max_retries and (safe or isinstance(exc, httpx.ConnectError)):
+                    time.sleep(self._delay(attempt, None))
+                    attempt += 1
+                    continue
+                raise self._unreachable(exc) from exc
+            if (
+                response.status_code in _RETRY_STATUS
+                and attempt < self.max_retries
+                and (safe or response.status_code == 429)
+            ):
+                response.close()
+                time.sleep(self._delay(attempt, response))
+                attempt += 1
+                continue
+            if not response.is_success:
+                try:
+                    response.read()
+                except httpx.TransportError as exc:
+                    raise self._unreachable(exc) from exc
+                finally:
+                    response.close()
+                raise error_for_response(response)
+            if not stream:
+                try:
+                    response.read()
+                except httpx.TransportError as exc:
+                    response.close()
+                    if attempt < self.max_retries and safe:
+                        time.sleep(self._delay(attempt, None))
+                        attempt += 1
+                        continue
+                    raise self._unreachable(exc) from exc
+                response.close()
+            return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.send(method, path, **kwargs)
+        self.api_bytes += len(response.content)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    @contextmanager
+    def stream(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None
+    ) -> Iterator[httpx.Response]:
+        """An open streamed answer (status already checked); closed on exit."""
+        # identity: Range offsets and byte counters then refer to the bytes as stored
+        headers = {"Accept-Encoding": "identity", **(headers or {})}
+        response = self.send(method, path, headers=headers, stream=True)
+        try:
+            raise_for_status(response)
+            yield response
+        finally:
+            response.close()
+
+    def iter_body(self, response: httpx.Response, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The body's chunks, counted in ``bytes_downloaded``; connection drops become typed errors."""
+        try:
+            for chunk in response.iter_bytes(chunk_size):
+                self.bytes_downloaded += len(chunk)
+                yield chunk
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    def get_bytes(self, path: str) -> bytes:
+        """A whole (small: one tensor's) body, counted in ``bytes_downloaded``."""
+        response = self.send("GET", path, headers={"Accept-Encoding": "identity"})
+        self.bytes_downloaded += response.num_bytes_downloaded
+        return response.content
