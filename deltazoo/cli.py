@@ -1,0 +1,414 @@
+"""The ``deltazoo`` command (see ``deltazoo --help``).
+
+Exit codes: 0 ok, 1 the server said no (4xx, a failed job), 2 usage error, 3 server or connection
+error. Errors are one line on stderr, ``error: <what is wrong and what to do>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deltazoo.errors import (
+    ClientError,
+    DeltazooConnectionError,
+    DeltazooError,
+    IntegrityError,
+    JobFailedError,
+    ServerError,
+    UsageError,
+)
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+
+
+# --- output helpers ------------------------------------------------------------------------------
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def ratio_text(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from deltazoo.client import Client
+
+    return Client(url=args.url, token=args.token)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from registry.db import upgrade_database
+    except ImportError as exc:
+        raise UsageError(
+            f"`deltazoo serve` needs the server extra ({exc.name} is missing): pip install 'deltazoo[server]'"
+        ) from exc
+    from deltazoo.settings import get_settings
+
+    s = get_settings()
+    full = bool(s.database_url or s.broker_url or s.s3_endpoint)
+    database = (
+        "SQLite at " + s.resolved_database_url.split("///", 1)[-1]
+        if not s.database_url
+        else ("database " + s.database_url.split("@")[-1])
+    )
+    objects = (
+        f"S3 bucket {s.s3_bucket} at {s.s3_endpoint}"
+        if s.s3_endpoint
+        else f"objects at {s.objects_dir.resolve()}"
+    )
+    worker = "in-process worker" if s.embedded else "Celery workers via the broker (run `deltazoo worker`)"
+    auth = "tokens required" if s.auth else "open/no auth"
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    bound = "bound to localhost" if loopback else f"bound to {args.host}"
+    mode = "full stack" if full else "embedded"
+    print(
+        f"deltazoo serve: {mode} ({database}, {objects}, {worker}, {auth}, {bound}) "
+        f"on http://{args.host}:{args.port}",
+        file=sys.stderr,
+    )
+    if not loopback and not s.auth:
+        print(
+            "warning: an open server is reachable from the network; set DELTAZOO_AUTH=true", file=sys.stderr
+        )
+    upgrade_database()
+    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from deltazoo.settings import get_settings
+
+    s = get_settings()
+    if s.broker_url is None:
+        raise UsageError(
+            "`deltazoo worker` needs a broker: set DELTAZOO_BROKER_URL (Redis); "
+            "the embedded `deltazoo serve` runs jobs itself"
+        )
+    try:
+        from workers.celery_app import app
+    except ImportError as exc:
+        raise UsageError(
+            f"`deltazoo worker` needs the server extra ({exc.name} is missing): "
+            "pip install 'deltazoo[server]'"
+        ) from exc
+    print(
+        f"deltazoo worker: broker {s.broker_url.split('@')[-1]}, concurrency {s.worker_concurrency}",
+        file=sys.stderr,
+    )
+    app.worker_main(["worker", "--loglevel=INFO", f"--concurrency={s.worker_concurrency}"])
+    return EXIT_OK
+
+
+def _version_line(v: Any) -> str:
+    parent = f" <- {v.parent}" if v.parent else ""
+    return (
+        f"{v.ref}{parent}  {v.status}  logical {human_bytes(v.logical_bytes)}  "
+        f"stored {human_bytes(v.stored_bytes)}  ratio {ratio_text(v.ratio)}"
+    )
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        v = c.push(
+            args.dir,
+            args.name,
+            base=args.base,
+            relation=args.relation,
+            profiles=args.profile or (),
+            wait=args.wait,
+            quiet=args.quiet,
+        )
+    if args.json:
+        print_json(v.raw)
+    else:
+        print(_version_line(v))
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        out = c.pull(args.name, args.dest, quiet=args.quiet)
+        got = c.bytes_downloaded
+    print(f"{out}  ({human_bytes(got)} downloaded)")
+    return EXIT_OK
+
+
+def cmd_pull_delta(args: argparse.Namespace) -> int:
+    import shutil
+
+    with _client(args) as c:
+        src = c.fetch_delta_file(args.name, args.profile, quiet=args.quiet)
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / src.name
+    shutil.copyfile(src, target)
+    print(f"{target}  ({human_bytes(target.stat().st_size)})")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        models = c.list_models(args.search, limit=args.limit)
+    if args.json:
+        print_json(models.raw)
+        return EXIT_OK
+    print_table(
+        ["NAME", "VERSIONS", "LATEST", "LOGICAL", "STORED", "RATIO"],
+        [
+            [
+                m.name,
+                m.version_count,
+                m.latest_revision,
+                human_bytes(m.logical_bytes),
+                human_bytes(m.stored_bytes),
+                ratio_text(m.ratio),
+            ]
+            for m in models.items
+        ],
+    )
+    if models.total > len(models.items):
+        print(f"({len(models.items)} of {models.total}; use --limit)")
+    return EXIT_OK
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        lin = c.lineage(args.name)
+    if args.json:
+        print_json(lin.raw)
+        return EXIT_OK
+    nodes = {n.ref: n for n in lin.nodes}
+    children: dict[str, list[tuple[str, str | None]]] = {}
+    for e in lin.edges:
+        children.setdefault(e.parent, []).append((e.child, e.relation))
+    child_refs = {e.child for e in lin.edges}
+    seen: set[str] = set()
+
+    def show(ref: str, relation: str | None, depth: int) -> None:
+        node = nodes.get(ref)
+        label = _version_line(node) if node else ref
+        rel = f"[{relation}] " if relation else ""
+        print("  " * depth + ("└─ " if depth else "") + rel + label)
+        if ref in seen:
+            return
+        seen.add(ref)
+        for child, rel_child in sorted(children.get(ref, [])):
+            show(child, rel_child, depth + 1)
+
+    for root in sorted(r for r in nodes if r not in child_refs):
+        show(root, None, 0)
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        s = c.stats()
+    if args.json:
+        print_json(s.raw)
+        return EXIT_OK
+    print_table(
+        ["", ""],
+        [
+            ["models", s.models],
+            ["versions", s.versions],
+            ["files", s.files],
+            ["tensors", s.tensors],
+            ["blobs", s.blobs],
+            ["logical", human_bytes(s.logical_bytes)],
+            ["stored", human_bytes(s.stored_bytes)],
+            ["ratio", ratio_text(s.ratio)],
+            *[[f"encoding {k}", v] for k, v in sorted(s.encodings.items())],
+        ],
+    )
+    return EXIT_OK
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        board = c.leaderboard(args.text)
+    if args.json:
+        print_json(board)
+        return EXIT_OK
+    rows = board.get("items") or board.get("entries") or []
+    if not rows:
+        print(f"no evaluations on text set {args.text!r} yet")
+        return EXIT_OK
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
+    print_table([k.upper() for k in keys], [[r.get(k) for k in keys] for r in rows])
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        v = c.version_info(args.name)
+    if args.json:
+        print_json(v.raw)
+        return EXIT_OK
+    print(
+        _version_line(v) + (f"  relation {v.relation}" if v.relation else "") + ("  LOSSY" if v.lossy else "")
+    )
+    if v.status_message:
+        print(f"status: {v.status_message}")
+    if v.chain:
+        print("chain: " + " <- ".join(v.chain))
+    print()
+    print_table(
+        ["FILE", "KIND", "SIZE", "SHA256"],
+        [[f.path, f.kind, human_bytes(f.size), f.sha256[:16]] for f in v.files],
+    )
+    if v.tensors:
+        print()
+        print_table(
+            ["TENSOR", "DTYPE", "SHAPE", "ENCODING", "LOGICAL", "STORED", "RATIO"],
+            [
+                [
+                    t.name,
+                    t.dtype,
+                    "x".join(map(str, t.shape)),
+                    t.encoding,
+                    human_bytes(t.logical_bytes),
+                    human_bytes(t.stored_bytes),
+                    ratio_text(t.logical_bytes / t.stored_bytes if t.stored_bytes else None),
+                ]
+                for t in v.tensors
+            ],
+        )
+    if v.artifacts:
+        print()
+        print_table(
+            ["PROFILE", "STATUS", "BYTES", "QUALITY"],
+            [
+                [a.profile, a.status, human_bytes(a.bytes), json.dumps(a.quality) if a.quality else "-"]
+                for a in v.artifacts
+            ],
+        )
+    return EXIT_OK
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deltazoo import __version__
+
+    p = argparse.ArgumentParser(prog="deltazoo", description="Storage for families of fine-tuned models.")
+    p.add_argument("--version", action="version", version=f"deltazoo {__version__}")
+    p.add_argument("--url", help="server URL (default: DELTAZOO_URL, http://127.0.0.1:8000)")
+    p.add_argument("--token", help="API token (default: DELTAZOO_TOKEN)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help_: str, *, json_flag: bool = False, quiet: bool = False) -> Any:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+        if quiet:
+            sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        return sp
+
+    sp = add("serve", cmd_serve, "run the API server (embedded unless settings name real services)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    add("worker", cmd_worker, "run a Celery worker (full stack)")
+
+    sp = add("push", cmd_push, "upload a checkpoint folder as a new version", json_flag=True, quiet=True)
+    sp.add_argument("dir", help="checkpoint folder (config.json, *.safetensors, tokenizer files)")
+    sp.add_argument("--name", required=True, help="ORG/NAME")
+    sp.add_argument("--base", help="ORG/NAME[@REV] this is derived from, or 'auto' (read the model card)")
+    sp.add_argument(
+        "--relation",
+        default="finetune",
+        help="finetune, adapter, merge, quantized, continued-pretrain (default finetune)",
+    )
+    sp.add_argument(
+        "--profile",
+        action="append",
+        metavar="P",
+        help="serving profile to build, e.g. deltadq:n=1,m=32,bits=4 (repeatable)",
+    )
+    sp.add_argument(
+        "--wait", action="store_true", help="wait until the version is ready (non-zero if it fails)"
+    )
+
+    sp = add("pull", cmd_pull, "download a version's files, bit-exact", quiet=True)
+    sp.add_argument("name", help="ORG/NAME[@REV]")
+    sp.add_argument("dest", help="destination folder")
+
+    sp = add("pull-delta", cmd_pull_delta, "download a serving profile's packed delta container", quiet=True)
+    sp.add_argument("name", help="ORG/NAME[@REV]")
+    sp.add_argument("dest", help="destination folder")
+    sp.add_argument("--profile", required=True, help="e.g. deltadq:n=1,m=32,bits=4")
+
+    sp = add("ls", cmd_ls, "list models with logical and stored bytes", json_flag=True)
+    sp.add_argument("--search", help="only names containing this")
+    sp.add_argument("--limit", type=int, default=50)
+
+    sp = add("lineage", cmd_lineage, "ancestors and descendants of a model", json_flag=True)
+    sp.add_argument("name", help="ORG/NAME")
+
+    add("stats", cmd_stats, "whole zoo: logical bytes, stored bytes, ratio", json_flag=True)
+
+    sp = add("leaderboard", cmd_leaderboard, "versions and profiles ranked by 8 / bpb", json_flag=True)
+    sp.add_argument("--text", required=True, help="evaluation text set name")
+
+    sp = add("info", cmd_info, "version detail with per-tensor encodings", json_flag=True)
+    sp.add_argument("name", help="ORG/NAME[@REV]")
+    return p
+
+
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, ClientError | JobFailedError):
+        return EXIT_REFUSED
+    if isinstance(exc, ServerError | DeltazooConnectionError | IntegrityError | TimeoutError):
+        return EXIT_SERVER
+    return EXIT_SERVER
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (DeltazooError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
