@@ -1,0 +1,165 @@
+"""deltazoo's own processes for the tests: the API (uvicorn) and a Celery worker, both real subprocesses.
+
+They depend only on the server's entry points: ``api.app:create_app`` (a uvicorn factory) and
+``workers.celery_app:app``. Settings reach them through DELTAZOO_* environment variables, the same way
+a deployment sets them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.services import (
+    ManagedProcess,
+    S3Server,
+    ServiceError,
+    child_env,
+    free_port,
+    wait_until,
+    xdist_worker_id,
+)
+
+_ACCESS_LOG_5XX = re.compile(r'HTTP/[\d.]+" 5\d\d\b')
+_CELERY_READY = re.compile(r"@\S+ ready\.")
+
+
+def log_problems(text: str) -> list[str]:
+    """Lines of a server log that show a bug: a Python traceback or a 5xx response."""
+    return [line for line in text.splitlines() if "Traceback" in line or _ACCESS_LOG_5XX.search(line)]
+
+
+@dataclass
+class ApiServer:
+    """A running ``uvicorn api.app:create_app --factory`` on 127.0.0.1."""
+
+    url: str
+    home: Path
+    env: dict[str, str]
+    process: ManagedProcess
+
+    def stop(self) -> None:
+        self.process.stop(grace=15.0)
+
+    def problems(self) -> list[str]:
+        return log_problems(self.process.log_text())
+
+
+def start_api_server(home: Path, settings_env: dict[str, str], *, timeout: float = 90.0) -> ApiServer:
+    """Start the API with DELTAZOO_HOME=``home`` plus ``settings_env``; wait until /v1/health is 200."""
+    import httpx
+
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = child_env({"DELTAZOO_HOME": str(home), **settings_env})
+    argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    process = ManagedProcess("deltazoo API", argv, env, home.parent / f"{home.name}-api.log", cwd=home)
+    process.start()
+    server = ApiServer(f"http://127.0.0.1:{port}", home, env, process)
+
+    def healthy() -> bool:
+        process.ensure_alive()
+        try:
+            return httpx.get(f"{server.url}/v1/health", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=timeout, what=f"GET {server.url}/v1/health answering 200")
+    except ServiceError as exc:
+        server.stop()
+        raise ServiceError(f"{exc}; last lines of {process.log_path}:\n{process.log_tail()}") from exc
+    return server
+
+
+@dataclass
+class CeleryWorker:
+    """A ``celery -A workers.celery_app:app worker`` subprocess that can be killed and started again.
+
+    Each start writes a new log (``worker-1.log``, ``worker-2.log``, ...) under ``log_dir``.
+    """
+
+    env: dict[str, str]
+    log_dir: Path
+    starts: int = 0
+    process: ManagedProcess | None = field(default=None, repr=False)
+
+    def start(self, *, timeout: float = 90.0) -> CeleryWorker:
+        if self.process is not None and self.process.alive():
+            raise ServiceError("the Celery worker is already running: kill() or stop() it first")
+        self.starts += 1
+        node = f"deltazoo-{xdist_worker_id()}-{self.starts}@%h"
+        argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker"]
+        argv += ["--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "-n", node]
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        log_path = self.log_dir / f"worker-{self.starts}.log"
+        process = ManagedProcess("Celery worker", argv, self.env, log_path, cwd=self.log_dir)
+        self.process = process.start()
+
+        def ready() -> bool:
+            process.ensure_alive()
+            return bool(_CELERY_READY.search(process.log_text()))
+
+        try:
+            wait_until(ready, timeout=timeout, what="the Celery worker logging 'ready.'")
+        except ServiceError as exc:
+            process.stop()
+            raise ServiceError(f"{exc}; last lines of {log_path}:\n{process.log_tail()}") from exc
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise ServiceError("the Celery worker was never started")
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def kill(self) -> None:
+        """SIGKILL the worker mid-task, as a crashed host would."""
+        if self.process is not None:
+            self.process.kill()
+
+    def stop(self) -> None:
+        """Warm shutdown: SIGTERM lets the current task finish."""
+        if self.process is not None:
+            self.process.stop(grace=30.0)
+
+    def restart(self, *, kill: bool = True) -> CeleryWorker:
+        self.kill() if kill else self.stop()
+        return self.start()
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))
+
+
+@dataclass
+class Stack:
+    """The full stack: API + Celery worker on Postgres, Redis and an S3 server."""
+
+    url: str
+    admin_token: str
+    database_url: str
+    broker_url: str
+    s3: S3Server
+    api: ApiServer
+    worker: CeleryWorker
+    env: dict[str, str]
+
+    def restart_worker(self, *, kill: bool = True) -> CeleryWorker:
+        return self.worker.restart(kill=kill)
+
+
+def full_stack_env(database_url: str, broker_url: str, s3: S3Server, admin_token: str) -> dict[str, str]:
+    """DELTAZOO_* settings of a full-stack deployment (auth on, as in docker-compose.yml)."""
+    return {
+        "DELTAZOO_DATABASE_URL": database_url,
+        "DELTAZOO_BROKER_URL": broker_url,
+        **s3.settings_env(),
+        "DELTAZOO_AUTH": "true",
+        "DELTAZOO_ADMIN_TOKEN": admin_token,
+    }
