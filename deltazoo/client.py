@@ -59,7 +59,7 @@ class Client:
         token: str | None = None,
         *,
         cache_dir: str | Path | None = None,
-        max_retries: int = 5,
+        max_retries: int | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         from deltazoo.settings import get_settings
@@ -69,7 +69,7 @@ class Client:
         self._t = Transport(
             self.url,
             token if token is not None else settings.token,
-            max_retries=max_retries,
+            max_retries=settings.retries if max_retries is None else max_retries,
             transport=transport,
         )
         self.cache = Cache(cache_dir if cache_dir is not None else settings.cache)

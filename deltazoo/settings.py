@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     url: str = "http://127.0.0.1:8000"
     token: str | None = None
     cache: Path = Field(default=Path.home() / ".cache" / "deltazoo")
+    retries: int = Field(default=5, description="SDK: re-sends after 429/5xx/connection errors (backoff)")
 
     @property
     def resolved_database_url(self) -> str:
