@@ -116,7 +116,7 @@ def _context(parent: np.ndarray, dtype: str) -> np.ndarray | None:
     """Per element, what the decoder knows that predicts the size of a change: the parent's top bits."""
     info = dtype_info(dtype)
     if info.itemsize >= 2 and info.is_float:
-        return parent.view(np.uint8)[info.itemsize - 1 :: info.itemsize]
+        return (parent >> (8 * info.itemsize - 8)).astype(np.uint8)
     if info.itemsize == 1 and info.is_float:
         return parent >> np.uint8(info.mantissa_bits)
     return None

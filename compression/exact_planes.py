@@ -47,6 +47,26 @@ def uint_dtype(width: int) -> np.dtype:
     return np.dtype(f"<u{width}")
 
 
+def split_planes(symbols: np.ndarray) -> np.ndarray:
+    """uint8[width, n]: row b is byte b (least significant first) of every symbol."""
+    width = symbols.dtype.itemsize
+    if width == 1:
+        return symbols.reshape(1, -1)
+    planes = np.empty((width, symbols.size), dtype=np.uint8)
+    for b in range(width):
+        np.bitwise_and(symbols >> (8 * b), 0xFF, out=planes[b], casting="unsafe")
+    return planes
+
+
+def join_planes(planes: np.ndarray) -> np.ndarray:
+    """Inverse of ``split_planes``."""
+    width = planes.shape[0]
+    out = planes[0].astype(uint_dtype(width))
+    for b in range(1, width):
+        out |= planes[b].astype(out.dtype) << (8 * b)
+    return out
+
+
 def group_bounds(counts: np.ndarray, min_group: int) -> list[int]:
     """Cut points over the context-sorted symbols: runs of whole context values, each ≥ min_group.
 
@@ -72,7 +92,7 @@ def _sorted_run(
 ) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
     if ctx is None or symbols.size == 0:
         return symbols, None, [0, symbols.size]
-    order = np.argsort(ctx, kind="stable")
+    order = np.lexsort((ctx,))  # stable; faster than argsort(kind="stable") on uint8
     bounds = group_bounds(np.bincount(ctx, minlength=256), min_group)
     return symbols[order], order, bounds
 
@@ -86,7 +106,7 @@ def encode_planes(symbols: np.ndarray, ctx: np.ndarray | None, chunk_elems: int,
         stop = min(start + chunk_elems, symbols.size)
         chunk_ctx = None if ctx is None else ctx[start:stop]
         run, _, bounds = _sorted_run(symbols[start:stop], chunk_ctx, min_group)
-        planes = np.ascontiguousarray(run.view(np.uint8).reshape(-1, width).T)
+        planes = split_planes(run)
         frames = [
             cctx.compress(planes[b, lo:hi])
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
@@ -116,7 +136,7 @@ def decode_planes(
             order, bounds = None, [0, n]
         else:
             chunk_ctx = ctx[start:stop]
-            order = np.argsort(chunk_ctx, kind="stable")
+            order = np.lexsort((chunk_ctx,))
             bounds = group_bounds(np.bincount(chunk_ctx, minlength=256), min_group)
         n_frames = (len(bounds) - 1) * width
         table_end = offset + 4 * n_frames
@@ -147,7 +167,7 @@ def decode_planes(
                 planes[b, lo:hi] = np.frombuffer(data, dtype=np.uint8)
                 offset = end
                 frame += 1
-        run = np.ascontiguousarray(planes.T).view(uint_dtype(width)).reshape(n)
+        run = join_planes(planes)
         if order is None:
             out[start:stop] = run
         else:
