@@ -1,0 +1,116 @@
+"""The ``deltazoo`` command against a real embedded server: --json outputs parse, exit codes hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deltazoo.cli import main
+from tests.checkpoints import CheckpointPair, file_sha256
+
+
+def _run(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> tuple[int, str, str]:
+    code = main(["--url", url, *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def cli_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from deltazoo.settings import get_settings
+
+    monkeypatch.setenv("DELTAZOO_CACHE", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    yield tmp_path / "cache"
+    get_settings.cache_clear()
+
+
+def test_cli_push_pull_and_json_views(
+    embedded_server: str,
+    checkpoint_pair: CheckpointPair,
+    unique_org: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    cli_cache: Path,
+) -> None:
+    url = embedded_server
+    code, out, _ = _run(
+        capsys, url, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/base", "--wait", "--json"
+    )
+    assert code == 0 and json.loads(out)["status"] == "ready"
+    code, out, _ = _run(
+        capsys,
+        url,
+        "push",
+        str(checkpoint_pair.finetune),
+        "--name",
+        f"{unique_org}/ft",
+        "--base",
+        f"{unique_org}/base",
+        "--wait",
+    )
+    assert code == 0 and f"{unique_org}/ft@1" in out and "ready" in out
+
+    code, out, _ = _run(capsys, url, "pull", f"{unique_org}/ft", str(tmp_path / "ft"))
+    assert code == 0
+    for f in ("model.safetensors", "config.json"):
+        assert file_sha256(tmp_path / "ft" / f) == file_sha256(checkpoint_pair.finetune / f)
+
+    code, out, _ = _run(capsys, url, "ls", "--search", unique_org, "--json")
+    listed = json.loads(out)
+    assert code == 0 and {m["name"] for m in listed["items"]} == {f"{unique_org}/base", f"{unique_org}/ft"}
+    assert all("logical_bytes" in m and "stored_bytes" in m for m in listed["items"])
+
+    code, out, _ = _run(capsys, url, "lineage", f"{unique_org}/ft", "--json")
+    lineage = json.loads(out)
+    assert code == 0 and lineage["edges"][0]["parent"] == f"{unique_org}/base@1"
+
+    code, out, _ = _run(capsys, url, "stats", "--json")
+    assert code == 0 and json.loads(out)["stored_bytes"] > 0
+
+    code, out, _ = _run(capsys, url, "info", f"{unique_org}/ft@1", "--json")
+    detail = json.loads(out)
+    assert code == 0 and {t["encoding"] for t in detail["tensors"]} >= {"same"}
+
+    for argv in (["ls"], ["stats"], ["lineage", f"{unique_org}/ft"], ["info", f"{unique_org}/ft"]):
+        code, out, _ = _run(capsys, url, *argv)
+        assert code == 0 and out.strip(), argv
+
+
+def test_cli_refusals_exit_1_with_one_line(
+    embedded_server: str,
+    checkpoint_pair: CheckpointPair,
+    unique_org: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    cli_cache: Path,
+) -> None:
+    code, _, err = _run(capsys, embedded_server, "pull", f"{unique_org}/nothing", str(tmp_path / "x"))
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    code, _, err = _run(
+        capsys,
+        embedded_server,
+        "push",
+        str(checkpoint_pair.base),
+        "--name",
+        f"{unique_org}/w",
+        "--base",
+        f"{unique_org}/nope",
+        "--wait",
+    )
+    assert code == 1 and err.startswith("error: ")
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "deltazoo.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0 and "pull-delta" in done.stdout
