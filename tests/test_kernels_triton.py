@@ -100,3 +100,28 @@ def test_bf16_on_gpu_matches_fp32_reference() -> None:
     got = linear_with_delta(x, w, delta, backend="triton").float()
     expected = x.float() @ (w.float() + delta.to_dense()).T
     torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_delta_linear_with_triton_backend_and_per_token_ids() -> None:
+    from deltazoo.kernels import DeltaLinear
+
+    g = torch.Generator().manual_seed(14)
+    base = torch.nn.Linear(64, 32).to(DEVICE)
+    deltas = [random_packed_delta((32, 64), n=1, m=32, bits=4, generator=g, device=DEVICE) for _ in range(2)]
+    stack = stack_deltas(deltas)
+    layer_triton = DeltaLinear(base, stack, backend="triton")
+    layer_torch = DeltaLinear(base, stack, backend="torch")
+    x = torch.randn(2, 3, 64, generator=g).to(DEVICE)
+    per_token = torch.tensor([[0, 1, -1], [1, 1, 0]], device=DEVICE)
+    for layer in (layer_triton, layer_torch):
+        layer.set_delta_ids(per_token)
+    with torch.no_grad():
+        got = layer_triton(x)
+        torch.testing.assert_close(got, layer_torch(x), rtol=1e-5, atol=1e-5)
+        dense = torch.stack([base.weight.detach() + d.to_dense() for d in deltas])
+        for b in range(2):
+            for t in range(3):
+                d = int(per_token[b, t])
+                w = base.weight.detach() if d < 0 else dense[d]
+                expected = x[b, t] @ w.T + base.bias.detach()
+                torch.testing.assert_close(got[b, t], expected, rtol=1e-5, atol=1e-5)
