@@ -1,0 +1,242 @@
+"""Exact codecs: bit-exact round trips for every dtype, golden bytes, old formats, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compression.codecs import CHUNK_ELEMS, CodecError, decode_tensor, encode_tensor
+from compression.dtypes import DTYPES
+
+TORCH = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+FLOATS = list(TORCH)
+INTS = ["I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"]
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def roundtrip(raw: bytes, dtype: str, shape, parent=None, pdtype=None, pshape=None) -> str:
+    enc = encode_tensor(raw, dtype, shape, parent, pdtype, pshape)
+    out = decode_tensor(enc.encoding, enc.payload, dtype, shape, parent, pdtype, pshape)
+    assert sha(out) == sha(raw)
+    return enc.encoding
+
+
+def random_bits(dtype: str, n: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, n * DTYPES[dtype].itemsize, dtype=np.uint8).tobytes()
+
+
+def float_pair(dtype: str, n: int, seed: int) -> tuple[bytes, bytes]:
+    """A weight-like parent and a slightly changed child, with special values sprinkled in."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g, dtype=torch.float64) * 0.05
+    child = base + torch.randn(n, generator=g, dtype=torch.float64) * 1e-3
+    specials = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-40, -3e-39, 65504.0])
+    child[: specials.numel()] = specials.double()
+    return child.to(TORCH[dtype]).view(torch.uint8).numpy().tobytes(), base.to(TORCH[dtype]).view(
+        torch.uint8
+    ).numpy().tobytes()
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_float_round_trips_plain_delta_and_rows(dtype: str) -> None:
+    child, parent = float_pair(dtype, 3 * 1000, seed=1)
+    assert roundtrip(child, dtype, [3, 1000]) == "plain"
+    assert roundtrip(child, dtype, [3, 1000], parent, dtype, [3, 1000]) == "delta"
+    grown = parent[: 2 * 1000 * DTYPES[dtype].itemsize]
+    assert roundtrip(child, dtype, [3, 1000], grown, dtype, [2, 1000]) == "delta-rows"
+
+
+@pytest.mark.parametrize("dtype", FLOATS + INTS)
+def test_random_bit_patterns_round_trip(dtype: str) -> None:
+    """Every bit pattern (NaN payloads, subnormals, -0.0, inf) survives, also against a random parent."""
+    child, parent = random_bits(dtype, 5000, 2), random_bits(dtype, 5000, 3)
+    assert roundtrip(child, dtype, [5000]) == "plain"
+    assert roundtrip(child, dtype, [5000], parent, dtype, [5000]) == "delta"
+
+
+def test_nan_payloads_and_signed_zero_bf16() -> None:
+    bits = np.array([0x7FC0, 0x7FC1, 0xFFFF, 0x7F81, 0x8000, 0x0000, 0x0001, 0x807F, 0x7F80, 0xFF80], "<u2")
+    parent = bits[::-1].copy()
+    assert roundtrip(bits.tobytes(), "BF16", [10], parent.tobytes(), "BF16", [10]) == "delta"
+
+
+def test_delta_beats_plain_on_a_fine_tune() -> None:
+    child, parent = float_pair("BF16", 64 * 1024, seed=4)
+    plain = encode_tensor(child, "BF16", [64, 1024])
+    delta = encode_tensor(child, "BF16", [64, 1024], parent, "BF16", [64, 1024])
+    assert len(delta.payload) < 0.8 * len(plain.payload) < 0.8 * len(child)
+
+
+def test_parent_of_another_dtype_is_cast_round_to_nearest_even() -> None:
+    g = torch.Generator().manual_seed(5)
+    base32 = torch.randn(4096, generator=g) * 0.02
+    child = (base32 + torch.randn(4096, generator=g) * 1e-4).to(torch.bfloat16)
+    raw, parent = child.view(torch.uint8).numpy().tobytes(), base32.numpy().tobytes()
+    enc = encode_tensor(raw, "BF16", [4096], parent, "F32", [4096])
+    assert enc.encoding == "delta"
+    assert decode_tensor("delta", enc.payload, "BF16", [4096], parent, "F32", [4096]) == raw
+    with pytest.raises(CodecError, match="coded against a F32 parent but a BF16 parent"):
+        decode_tensor("delta", enc.payload, "BF16", [4096], raw, "BF16", [4096])
+
+
+def test_int_parent_of_another_dtype_falls_back_to_plain() -> None:
+    raw = np.arange(100, dtype="<i4").tobytes()
+    assert roundtrip(raw, "I32", [100], np.arange(100, dtype="<i8").tobytes(), "I64", [100]) == "plain"
+
+
+def test_unrelated_shapes_fall_back_to_plain() -> None:
+    child, parent = float_pair("F32", 600, seed=6)
+    assert roundtrip(child, "F32", [20, 30], parent, "F32", [30, 20]) == "plain"
+    assert roundtrip(child[:1200], "F32", [10, 30], parent, "F32", [20, 30]) == "plain"  # rows shrank
+
+
+def test_multi_chunk_tensor_round_trips() -> None:
+    n = CHUNK_ELEMS + 12345
+    child, parent = float_pair("BF16", n, seed=7)
+    assert roundtrip(child, "BF16", [n], parent, "BF16", [n]) == "delta"
+
+
+@pytest.mark.parametrize("shape", [[0], [0, 7], [], [1]])
+def test_empty_and_scalar_tensors(shape: list[int]) -> None:
+    n = int(np.prod(shape))
+    raw = random_bits("F16", n, 8)
+    assert roundtrip(raw, "F16", shape) == "plain"
+    assert roundtrip(raw, "F16", shape, random_bits("F16", n, 9), "F16", shape) == "delta"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from(FLOATS + INTS),
+    rows=st.integers(0, 40),
+    cols=st.integers(1, 9),
+    grow=st.integers(0, 5),
+    seed=st.integers(0, 2**32 - 1),
+    flip=st.floats(0.0, 1.0),
+)
+def test_property_delta_and_rows_round_trip(dtype, rows, cols, grow, seed, flip) -> None:
+    size = DTYPES[dtype].itemsize
+    rng = np.random.default_rng(seed)
+    parent = rng.integers(0, 256, rows * cols * size, dtype=np.uint8)
+    tail = rng.integers(0, 256, grow * cols * size, dtype=np.uint8)
+    child = parent.copy()
+    mask = rng.random(child.size) < flip
+    child[mask] = rng.integers(0, 256, int(mask.sum()), dtype=np.uint8)
+    raw = np.concatenate([child, tail]).tobytes()
+    shape = [rows + grow, cols]
+    roundtrip(raw, dtype, shape, parent.tobytes(), dtype, [rows, cols])
+    roundtrip(raw, dtype, shape)
+
+
+# Golden bytes: a fixed F32 input and its encoded form. decode must read these forever; the encode
+# comparison flags any change of the written format (or of zstd's output) so that it is deliberate.
+CHILD = bytes.fromhex("0000803f000020c000000000000050406f12833a0000e0c0")
+PARENT = bytes.fromhex("0000803f000000c00000003f000040406f12833a0000c0c0")
+GOLDEN_V2 = {
+    "plain": (
+        [6], None, None,
+        "445a54327001ff00000010000010000006000000000000001300000013000000130000001300000028b52ffd24063100"
+        "00000000006f00b737370728b52ffd2406310000000000001200ee49ee4228b52ffd24063100008020005083e09325e3"
+        "0828b52ffd24063100003fc000403ac070f919a6",
+    ),
+    "delta": (
+        [6], PARENT, [6],
+        "445a543264010100000010000010000006000000000000001300000013000000130000001300000028b52ffd24063100"
+        "000000ff00000030ae192928b52ffd24063100000000ff00000030ae192928b52ffd24063100000000ff204040ff7851"
+        "5628b52ffd240631000000007d000000ad3a72fa",
+    ),
+    "delta-rows": (
+        [3, 2], PARENT[:16], [2, 2],
+        "445a5432720101000000100000100000060000000000000004000000000000001100000011000000110000001100000028"
+        "b52ffd240421000000ff000037c9837728b52ffd240421000000ff000037c9837728b52ffd240421000000ff2040096ca0"
+        "c828b52ffd2404210000007d00003d32011a0f0000000f0000000f0000000f00000028b52ffd24021100006f009d7f0390"
+        "28b52ffd2402110000120025d909d028b52ffd240211000083e07b603a6728b52ffd24021100003ac03967efa5",
+    ),
+}
+GOLDEN_V1 = {  # written by deltazoo's first codec (XOR + zstd); stores may still hold these
+    "plain": (
+        [6], None, None, "445a54315028b52ffd2018c100000000803f000020c000000000000050406f12833a0000e0c0"
+    ),
+    "delta": ([6], PARENT, [6], "445a54314428b52ffd2018ad0000600000203f00001000000020000304012b94720116"),
+    "delta-rows": (
+        [3, 2], PARENT[:16], [2, 2],
+        "445a543152100000000000000028b52ffd201081000000000000000020000000003f0000100028b52ffd20084100006f1283"
+        "3a0000e0c0",
+    ),
+}
+
+
+@pytest.mark.parametrize("encoding", list(GOLDEN_V2))
+def test_golden_format_2(encoding: str) -> None:
+    shape, parent, pshape, hexed = GOLDEN_V2[encoding]
+    pdtype = "F32" if parent is not None else None
+    assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
+    enc = encode_tensor(CHILD, "F32", shape, parent, pdtype, pshape)
+    assert (enc.encoding, enc.payload.hex()) == (encoding, hexed)
+
+
+@pytest.mark.parametrize("encoding", list(GOLDEN_V1))
+def test_format_1_payloads_still_decode(encoding: str) -> None:
+    shape, parent, pshape, hexed = GOLDEN_V1[encoding]
+    pdtype = "F32" if parent is not None else None
+    assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
+
+
+def test_unsupported_dtype_is_named() -> None:
+    with pytest.raises(CodecError, match="unsupported tensor dtype 'F4'"):
+        encode_tensor(b"\0", "F4", [1])
+    with pytest.raises(CodecError, match="unsupported dtype 'C64'"):
+        decode_tensor("plain", GOLDEN_V2["plain"][3], "C64", [6])
+
+
+def test_wrong_byte_length_is_named() -> None:
+    with pytest.raises(CodecError, match="tensor has 5 bytes but shape \\[3\\] of F16 needs 6"):
+        encode_tensor(b"\0" * 5, "F16", [3])
+    with pytest.raises(CodecError, match="parent tensor has 4 bytes but shape \\[3\\] of F16 needs 6"):
+        encode_tensor(b"\0" * 6, "F16", [3], b"\0" * 4, "F16", [3])
+
+
+def test_decode_checks_what_it_is_asked() -> None:
+    payload = bytes.fromhex(GOLDEN_V2["delta"][3])
+    with pytest.raises(CodecError, match="needs its parent tensor"):
+        decode_tensor("delta", payload, "F32", [6])
+    with pytest.raises(CodecError, match="payload is 'delta' but was asked to decode as 'plain'"):
+        decode_tensor("plain", payload, "F32", [6], PARENT, "F32", [6])
+    with pytest.raises(CodecError, match="holds a F32 tensor but I32 was asked"):
+        decode_tensor("delta", payload, "I32", [6], PARENT, "I32", [6])
+    with pytest.raises(CodecError, match="holds 6 elements but the shape asks for 4"):
+        decode_tensor("delta", payload, "F32", [4], PARENT[:16], "F32", [4])
+
+
+def test_corrupt_payloads_raise_codec_error() -> None:
+    payload = bytearray(bytes.fromhex(GOLDEN_V2["delta"][3]))
+    args = ("F32", [6], PARENT, "F32", [6])
+    with pytest.raises(CodecError, match="not a deltazoo tensor payload"):
+        decode_tensor("delta", b"XXXX" + bytes(payload[4:]), *args)
+    with pytest.raises(CodecError, match="shorter than the"):
+        decode_tensor("delta", bytes(payload[:10]), *args)
+    with pytest.raises(CodecError, match="truncated"):
+        decode_tensor("delta", bytes(payload[:-5]), *args)
+    with pytest.raises(CodecError, match="unexpected bytes after the last frame"):
+        decode_tensor("delta", bytes(payload) + b"\0", *args)
+    flipped = bytearray(payload)
+    flipped[-6] ^= 0x40  # inside the last frame's data: the zstd checksum notices
+    with pytest.raises(CodecError, match="corrupt payload"):
+        decode_tensor("delta", bytes(flipped), *args)
+    bad_id = bytearray(payload)
+    bad_id[4] = ord("z")
+    with pytest.raises(CodecError, match="unknown codec id"):
+        decode_tensor("delta", bytes(bad_id), *args)
+    with pytest.raises(CodecError, match="corrupt format-1 payload"):
+        decode_tensor("plain", b"DZT1P" + b"garbage", "F32", [6])
