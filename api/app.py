@@ -1,0 +1,76 @@
+"""The FastAPI application (uvicorn factory: ``api.app:create_app``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import files, misc, models, versions
+from deltazoo.settings import Settings, get_settings
+from registry.db import upgrade_database
+from registry.objectstore import object_store_from_settings
+from workers.jobs import JobContext
+
+log = logging.getLogger("deltazoo.api")
+
+
+def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAPI:
+    """The API; with no broker configured it runs jobs in-process (the embedded default)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            upgrade_database(settings.resolved_database_url)
+        app.state.store = object_store_from_settings(settings)
+        runner = None
+        if settings.embedded:
+            from workers.runner import InProcessRunner
+
+            runner = InProcessRunner(
+                JobContext(settings, app.state.store, lambda job_id: runner.submit(job_id))
+            )
+            app.state.dispatcher = runner
+            runner.start()
+        else:
+            from workers.celery_app import CeleryDispatcher, make_celery
+
+            app.state.dispatcher = CeleryDispatcher(make_celery(settings))
+        try:
+            yield
+        finally:
+            if runner is not None:
+                runner.stop(wait=True)
+
+    app = FastAPI(
+        title="deltazoo",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Storage for families of fine-tuned models (docs/REST.md).",
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in (models, versions, files, misc):
+        app.include_router(module.router, prefix="/v1")
+    _include_optional_routes(app)
+    return app
+
+
+def _include_optional_routes(app: FastAPI) -> None:
+    """Web pages and the leaderboard are written by other engineers; mount them when present."""
+    import importlib
+
+    for name in ("api.routes.web", "api.routes.leaderboard"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        router = getattr(module, "router", None)
+        if router is not None:
+            app.include_router(router, prefix="" if name.endswith(".web") else "/v1")

@@ -1,0 +1,67 @@
+"""Jobs, blobs, stats and health."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import text
+
+from api import schemas
+from api.deps import DB, Store
+from api.errors import error_body
+from registry.db import session_scope
+from registry.errors import NotFound
+from registry.objectstore import blob_key
+from registry.repositories import BlobRepository, JobRepository
+from registry.services import views
+from registry.services.versions import SHA_RE
+
+router = APIRouter(tags=["zoo"])
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.Job)
+def get_job(job_id: int, session: DB) -> dict:
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist", code="job_not_found")
+    return views.job_info(job)
+
+
+@router.get("/blobs/{sha256}")
+def get_blob(sha256: str, session: DB, store: Store) -> StreamingResponse:
+    blob = BlobRepository(session).get(sha256) if SHA_RE.match(sha256) else None
+    if blob is None:
+        raise NotFound(f"no blob {sha256}; blob names come from a version's manifest", code="blob_not_found")
+    return StreamingResponse(
+        store.iter_chunks(blob_key(sha256)),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(blob.size), "ETag": f'"{sha256}"'},
+    )
+
+
+@router.get("/stats", response_model=schemas.Stats)
+def get_stats(session: DB) -> dict:
+    return views.stats(session)
+
+
+@router.get(
+    "/health", response_model=schemas.Health, responses={503: {"description": "a dependency is down"}}
+)
+def health(request: Request, store: Store) -> object:
+    result = {"status": "ok", "database": "ok", "object_store": "ok"}
+    try:
+        with session_scope(request.app.state.settings) as s:
+            s.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure means "not answering"
+        result["database"] = f"error: {type(exc).__name__}: {exc}"
+    try:
+        store.ping()
+    except Exception as exc:
+        result["object_store"] = f"error: {type(exc).__name__}: {exc}"
+    if result["database"] != "ok" or result["object_store"] != "ok":
+        result["status"] = "error"
+        body = error_body(
+            "unavailable", f"database: {result['database']}; object store: {result['object_store']}"
+        )
+        return JSONResponse({**body, **result}, status_code=503)
+    return result

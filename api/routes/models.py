@@ -1,0 +1,40 @@
+"""Models: create, list and search, detail, lineage."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Response
+
+from api import schemas
+from api.deps import DB
+from registry.repositories import ModelRepository
+from registry.services import views
+from registry.services.refs import get_model
+from registry.services.versions import create_model
+
+router = APIRouter(tags=["models"])
+
+
+@router.post("/models", status_code=201, response_model=schemas.Model)
+def post_model(body: schemas.ModelCreate, session: DB, response: Response) -> dict:
+    model, created = create_model(session, body.name, body.description, body.private, body.exist_ok)
+    if not created:
+        response.status_code = 200
+    return views.model_detail(session, model, body.name)
+
+
+@router.get("/models", response_model=schemas.ModelList)
+def list_models(
+    session: DB, search: str = "", limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+) -> dict:
+    rows, total = ModelRepository(session).search(search, limit, offset)
+    return {"items": views.model_summaries(session, rows), "total": total}
+
+
+@router.get("/models/{org}/{name}", response_model=schemas.Model)
+def get_model_detail(org: str, name: str, session: DB) -> dict:
+    return views.model_detail(session, get_model(session, org, name), f"{org}/{name}")
+
+
+@router.get("/models/{org}/{name}/lineage", response_model=schemas.Lineage)
+def get_lineage(org: str, name: str, session: DB) -> dict:
+    return views.lineage(session, get_model(session, org, name), f"{org}/{name}")

@@ -1,0 +1,84 @@
+"""Versions: create, commit, detail, manifest, delete, artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+
+from api import schemas
+from api.deps import DB, Enqueue, Store
+from registry.objectstore import blob_key
+from registry.services import views
+from registry.services.artifacts import find_artifact, request_artifact
+from registry.services.refs import get_model, get_version, ref_string
+from registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
+
+router = APIRouter(tags=["versions"])
+V = "/models/{org}/{name}/versions/{rev}"
+
+
+@router.post("/models/{org}/{name}/versions", status_code=201, response_model=schemas.VersionCreated)
+def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB) -> dict:
+    model = get_model(session, org, name)
+    version, uploads = create_version(
+        session,
+        model,
+        body.base,
+        body.relation,
+        body.profiles,
+        [DeclaredFile(f.path, f.size, f.sha256) for f in body.files],
+        lossy=body.retain == "lossy",
+    )
+    return {
+        "version": views.version_summaries(session, [version])[0],
+        "uploads": [{"path": p, "needed": n} for p, n in uploads],
+    }
+
+
+@router.post(V + "/commit", status_code=202, response_model=schemas.Committed)
+def post_commit(org: str, name: str, rev: str, session: DB, store: Store, enqueue: Enqueue) -> dict:
+    _, version = get_version(session, org, name, rev)
+    job = commit_version(session, store, version, ref_string(f"{org}/{name}", version.revision), enqueue)
+    return {"version": views.version_summaries(session, [version])[0], "job": views.job_info(job)}
+
+
+@router.get(V, response_model=schemas.VersionDetail)
+def get_version_detail(org: str, name: str, rev: str, session: DB) -> dict:
+    _, version = get_version(session, org, name, rev)
+    return views.version_detail(session, version)
+
+
+@router.get(V + "/manifest")
+def get_manifest(org: str, name: str, rev: str, session: DB) -> dict[str, Any]:
+    _, version = get_version(session, org, name, rev)
+    return views.manifest(session, version, ref_string(f"{org}/{name}", version.revision))
+
+
+@router.delete(V, status_code=204)
+def delete(org: str, name: str, rev: str, session: DB, store: Store) -> Response:
+    _, version = get_version(session, org, name, rev)
+    delete_version(session, store, version, ref_string(f"{org}/{name}", version.revision))
+    return Response(status_code=204)
+
+
+@router.post(V + "/artifacts", status_code=202, response_model=schemas.ArtifactRequested)
+def post_artifact(
+    org: str, name: str, rev: str, body: schemas.ArtifactRequest, session: DB, enqueue: Enqueue
+) -> dict:
+    _, version = get_version(session, org, name, rev)
+    ref = ref_string(f"{org}/{name}", version.revision)
+    artifact, job = request_artifact(session, version, ref, body.profile, enqueue)
+    return {"artifact": views.artifact_info(artifact), "job": views.job_info(job)}
+
+
+@router.get(V + "/artifacts/{profile}")
+def get_artifact(org: str, name: str, rev: str, profile: str, session: DB, store: Store) -> StreamingResponse:
+    _, version = get_version(session, org, name, rev)
+    artifact = find_artifact(session, version, ref_string(f"{org}/{name}", version.revision), profile)
+    return StreamingResponse(
+        store.iter_chunks(blob_key(artifact.blob)),
+        media_type="application/octet-stream",  # type: ignore[arg-type]
+        headers={"Content-Length": str(artifact.bytes), "ETag": f'"{artifact.blob}"'},
+    )

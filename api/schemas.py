@@ -1,0 +1,172 @@
+"""Request and response bodies of docs/REST.md."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCreate(Schema):
+    name: str = Field(examples=["org/llama-math"])
+    description: str = ""
+    private: bool = False
+    exist_ok: bool = False
+
+
+class ModelSummary(Schema):
+    name: str
+    description: str
+    private: bool
+    versions: int
+    latest_revision: int | None
+    logical_bytes: int
+    stored_bytes: int
+    ratio: float | None
+    created_at: datetime
+
+
+class VersionSummary(Schema):
+    name: str
+    revision: int
+    ref: str
+    parent: str | None
+    relation: str
+    status: str
+    status_message: str | None
+    logical_bytes: int
+    stored_bytes: int
+    ratio: float | None
+    lossy: bool
+    created_at: datetime
+
+
+class Model(ModelSummary):
+    versions: list[VersionSummary]  # type: ignore[assignment]
+
+
+class ModelList(Schema):
+    items: list[ModelSummary]
+    total: int
+
+
+class DeclaredFile(Schema):
+    path: str
+    size: int = Field(ge=0)
+    sha256: str
+
+
+class VersionCreate(Schema):
+    base: str | None = None
+    relation: str = "finetune"
+    profiles: list[str] = []
+    files: list[DeclaredFile]
+    retain: str = Field(default="exact", pattern="^(exact|lossy)$")
+
+
+class Upload(Schema):
+    path: str
+    needed: bool
+
+
+class VersionCreated(Schema):
+    version: VersionSummary
+    uploads: list[Upload]
+
+
+class FileInfo(Schema):
+    path: str
+    size: int
+    sha256: str
+    kind: str
+
+
+class TensorInfo(Schema):
+    file: str
+    name: str
+    dtype: str
+    shape: list[int]
+    sha256: str
+    encoding: str
+    logical_bytes: int
+    stored_bytes: int
+    parent: str | None
+
+
+class Artifact(Schema):
+    profile: str
+    status: str
+    status_message: str | None = None
+    bytes: int
+    quality: dict[str, Any]
+    created_at: datetime
+
+
+class VersionDetail(VersionSummary):
+    files: list[FileInfo]
+    tensors: list[TensorInfo]
+    artifacts: list[Artifact]
+    chain: list[str]
+
+
+class Job(Schema):
+    id: int
+    kind: str
+    target: str
+    status: str
+    attempts: int
+    progress: float
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Committed(Schema):
+    version: VersionSummary
+    job: Job
+
+
+class ArtifactRequest(Schema):
+    profile: str
+
+
+class ArtifactRequested(Schema):
+    artifact: Artifact
+    job: Job
+
+
+class Edge(Schema):
+    parent: str
+    child: str
+    relation: str
+
+
+class Lineage(Schema):
+    model: str
+    nodes: list[VersionSummary]
+    edges: list[Edge]
+    ancestors: list[str]
+    descendants: list[str]
+
+
+class Stats(Schema):
+    models: int
+    versions: int
+    files: int
+    tensors: int
+    blobs: int
+    logical_bytes: int
+    stored_bytes: int
+    ratio: float | None
+    encodings: dict[str, int]
+
+
+class Health(Schema):
+    status: str
+    database: str
+    object_store: str

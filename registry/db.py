@@ -1,0 +1,107 @@
+"""Engine, sessions and migrations of the registry database.
+
+Services never commit: ``session_scope`` (used by the API's request dependency and by the job
+wrapper) commits once at the end, or rolls back, and then runs the callbacks registered with
+``after_commit`` (this is how a job is enqueued only once the rows it reads are committed).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from deltazoo.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
+    """One session factory (and engine) per database URL, made on first use."""
+    url = (settings or get_settings()).resolved_database_url
+    with _lock:
+        factory = _factories.get(url)
+        if factory is None:
+            factory = sessionmaker(make_engine(url), expire_on_commit=False)
+            _factories[url] = factory
+        return factory
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for factory in _factories.values():
+            bind = factory.kw.get("bind")
+            if bind is not None:
+                bind.dispose()
+        _factories.clear()
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the session's transaction has been committed by ``session_scope``."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None) -> Iterator[Session]:
+    session = session_factory(settings)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        session.info.pop("after_commit", None)
+        raise
+    finally:
+        callbacks = session.info.pop("after_commit", [])
+        session.close()
+    for callback in callbacks:
+        callback()
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    ini = resources.files("migrations") / "alembic.ini"
+    cfg = Config(str(ini))
+    cfg.set_main_option("script_location", str(resources.files("migrations")))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["database_url"] = url
+    return cfg
+
+
+def upgrade_database(url: str | None = None) -> None:
+    """Bring the database at ``url`` (default: the settings') to the newest schema (alembic upgrade head)."""
+    from alembic import command
+
+    url = url or get_settings().resolved_database_url
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), "head")

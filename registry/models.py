@@ -1,0 +1,200 @@
+"""The registry's tables as SQLAlchemy 2 typed models (schema created by Alembic, never create_all)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SHA256 = String(64)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp on every backend (SQLite hands back naive datetimes: they are UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Timestamped:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Namespace(Timestamped, Base):
+    __tablename__ = "namespace"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class ApiToken(Timestamped, Base):
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(SHA256, unique=True)
+    namespace_id: Mapped[int | None] = mapped_column(ForeignKey("namespace.id", ondelete="CASCADE"))
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)  # "read", "write"
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Blob(Timestamped, Base):
+    """A content-addressed object (key ``blobs/ab/<sha256>``); deleted only when refcount reaches 0."""
+
+    __tablename__ = "blob"
+    sha256: Mapped[str] = mapped_column(SHA256, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    refcount: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Model(Timestamped, Base):
+    __tablename__ = "model"
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespace.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    namespace: Mapped[Namespace] = relationship(lazy="raise")
+
+
+class Version(Timestamped, Base):
+    __tablename__ = "version"
+    __table_args__ = (UniqueConstraint("model_id", "revision"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    parent_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("version.id", ondelete="SET NULL"), index=True
+    )
+    relation: Mapped[str] = mapped_column(String(40), default="finetune")
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status_message: Mapped[str | None] = mapped_column(Text)
+    logical_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    lossy: Mapped[bool] = mapped_column(Boolean, default=False)
+    profiles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    model: Mapped[Model] = relationship(lazy="raise")
+
+
+class File(Base):
+    __tablename__ = "file"
+    __table_args__ = (UniqueConstraint("version_id", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(500))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(SHA256, index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "safetensors" | "other"
+    uploaded: Mapped[bool] = mapped_column(Boolean, default=False)
+    source_file_id: Mapped[int | None] = mapped_column(ForeignKey("file.id", ondelete="SET NULL"))
+    staging_key: Mapped[str | None] = mapped_column(String(200))  # upload waiting to be encoded
+    header_blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+
+
+class Tensor(Base):
+    __tablename__ = "tensor"
+    __table_args__ = (UniqueConstraint("file_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("file.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(500))
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[list[int]] = mapped_column(JSON)
+    sha256: Mapped[str] = mapped_column(SHA256, index=True)
+    offset_begin: Mapped[int] = mapped_column(BigInteger)
+    offset_end: Mapped[int] = mapped_column(BigInteger)
+    encoding: Mapped[str] = mapped_column(String(16))  # same | delta | delta-rows | plain
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    depth: Mapped[int] = mapped_column(Integer, default=0)  # decode steps from a plain tensor
+    parent_tensor_id: Mapped[int | None] = mapped_column(ForeignKey("tensor.id"), index=True)
+
+
+class Artifact(Timestamped, Base):
+    __tablename__ = "artifact"
+    __table_args__ = (UniqueConstraint("version_id", "profile"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
+    profile: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status_message: Mapped[str | None] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Job(Timestamped, Base):
+    __tablename__ = "job"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))  # encode_version | build_artifact
+    target: Mapped[str] = mapped_column(String(300))  # e.g. "org/name@2" or "org/name@2:deltadq:..."
+    target_id: Mapped[int] = mapped_column(Integer)  # version.id or artifact.id
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class TextSet(Timestamped, Base):
+    __tablename__ = "text_set"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    sha256: Mapped[str] = mapped_column(SHA256)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+
+
+class Evaluation(Timestamped, Base):
+    __tablename__ = "evaluation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
+    artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifact.id", ondelete="CASCADE"))
+    text_set_id: Mapped[int] = mapped_column(ForeignKey("text_set.id", ondelete="CASCADE"), index=True)
+    bits_per_byte: Mapped[float] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

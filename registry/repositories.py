@@ -1,0 +1,268 @@
+"""Every query of the registry. Repositories read and add rows; they never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from registry.models import Artifact, Blob, File, Job, Model, Namespace, Tensor, Version
+
+
+class NamespaceRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get_or_create(self, name: str) -> Namespace:
+        ns = self.s.scalar(select(Namespace).where(Namespace.name == name))
+        if ns is None:
+            ns = Namespace(name=name)
+            self.s.add(ns)
+            self.s.flush()
+        return ns
+
+
+class ModelRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, org: str, name: str) -> Model | None:
+        return self.s.scalar(select(Model).join(Namespace).where(Namespace.name == org, Model.name == name))
+
+    def full_names(self, model_ids: Iterable[int]) -> dict[int, str]:
+        ids = list(set(model_ids))
+        if not ids:
+            return {}
+        rows = self.s.execute(
+            select(Model.id, Namespace.name, Model.name).join(Namespace).where(Model.id.in_(ids))
+        )
+        return {mid: f"{org}/{name}" for mid, org, name in rows}
+
+    def search(self, text: str, limit: int, offset: int) -> tuple[list[tuple[Model, str]], int]:
+        full = Namespace.name + "/" + Model.name
+        q = select(Model, Namespace.name).join(Namespace)
+        if text:
+            pattern = f"%{text.lower()}%"
+            q = q.where(func.lower(full).like(pattern) | func.lower(Model.description).like(pattern))
+        total = self.s.scalar(select(func.count()).select_from(q.subquery())) or 0
+        rows = self.s.execute(q.order_by(Namespace.name, Model.name).limit(limit).offset(offset))
+        return [(m, f"{org}/{m.name}") for m, org in rows], total
+
+
+class VersionRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, version_id: int) -> Version | None:
+        return self.s.get(Version, version_id)
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, Version]:
+        ids = list(set(ids))
+        if not ids:
+            return {}
+        return {v.id: v for v in self.s.scalars(select(Version).where(Version.id.in_(ids)))}
+
+    def by_revision(self, model_id: int, revision: int) -> Version | None:
+        return self.s.scalar(
+            select(Version).where(Version.model_id == model_id, Version.revision == revision)
+        )
+
+    def latest(self, model_id: int, ready_only: bool = False) -> Version | None:
+        q = select(Version).where(Version.model_id == model_id)
+        if ready_only:
+            q = q.where(Version.status == "ready")
+        return self.s.scalar(q.order_by(Version.revision.desc()).limit(1))
+
+    def for_model(self, model_id: int) -> list[Version]:
+        return list(
+            self.s.scalars(select(Version).where(Version.model_id == model_id).order_by(Version.revision))
+        )
+
+    def next_revision(self, model_id: int) -> int:
+        top = self.s.scalar(select(func.max(Version.revision)).where(Version.model_id == model_id))
+        return (top or 0) + 1
+
+    def children(self, version_ids: Sequence[int]) -> list[Version]:
+        if not version_ids:
+            return []
+        return list(self.s.scalars(select(Version).where(Version.parent_version_id.in_(version_ids))))
+
+    def ready_logical_total(self) -> int:
+        return int(
+            self.s.scalar(
+                select(func.coalesce(func.sum(Version.logical_bytes), 0)).where(Version.status == "ready")
+            )
+            or 0
+        )
+
+    def totals_by_model(self, model_ids: Iterable[int]) -> dict[int, tuple[int, int, int, int]]:
+        """model id -> (versions, latest revision, logical bytes of ready versions, stored bytes)."""
+        ids = list(set(model_ids))
+        if not ids:
+            return {}
+        ready = Version.status == "ready"
+        rows = self.s.execute(
+            select(
+                Version.model_id,
+                func.count(Version.id),
+                func.max(Version.revision),
+                func.coalesce(func.sum(Version.logical_bytes).filter(ready), 0),
+                func.coalesce(func.sum(Version.stored_bytes), 0),
+            )
+            .where(Version.model_id.in_(ids))
+            .group_by(Version.model_id)
+        )
+        return {mid: (n, rev, logical, stored) for mid, n, rev, logical, stored in rows}
+
+
+class FileRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def for_version(self, version_id: int) -> list[File]:
+        return list(self.s.scalars(select(File).where(File.version_id == version_id).order_by(File.path)))
+
+    def get(self, version_id: int, path: str) -> File | None:
+        return self.s.scalar(select(File).where(File.version_id == version_id, File.path == path))
+
+    def stored_ready_with_sha(self, sha256: str, size: int) -> File | None:
+        """A file with these bytes already stored in a ready version (for upload dedup)."""
+        return self.s.scalar(
+            select(File)
+            .join(Version, Version.id == File.version_id)
+            .where(File.sha256 == sha256, File.size == size, Version.status == "ready")
+            .order_by(File.id)
+            .limit(1)
+        )
+
+
+class TensorRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def for_version(self, version_id: int) -> list[Tensor]:
+        return list(
+            self.s.scalars(
+                select(Tensor)
+                .where(Tensor.version_id == version_id)
+                .order_by(Tensor.file_id, Tensor.offset_begin)
+            )
+        )
+
+    def for_file(self, file_id: int) -> list[Tensor]:
+        return list(
+            self.s.scalars(select(Tensor).where(Tensor.file_id == file_id).order_by(Tensor.offset_begin))
+        )
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, Tensor]:
+        ids = list(set(ids))
+        if not ids:
+            return {}
+        return {t.id: t for t in self.s.scalars(select(Tensor).where(Tensor.id.in_(ids)))}
+
+    def stored_with_sha(self, sha256: str) -> Tensor | None:
+        """A stored tensor whose raw bytes have this sha256, preferring the shortest decode chain."""
+        return self.s.scalar(
+            select(Tensor).where(Tensor.sha256 == sha256).order_by(Tensor.depth, Tensor.id).limit(1)
+        )
+
+    def by_name(self, version_id: int) -> dict[str, Tensor]:
+        return {t.name: t for t in self.for_version(version_id)}
+
+    def dependents_outside(self, version_id: int) -> list[int]:
+        """Ids of versions (other than this one) whose tensors decode through this version's tensors."""
+        mine = select(Tensor.id).where(Tensor.version_id == version_id)
+        rows = self.s.scalars(
+            select(Tensor.version_id)
+            .where(Tensor.parent_tensor_id.in_(mine), Tensor.version_id != version_id)
+            .distinct()
+        )
+        return list(rows)
+
+    def encoding_counts(self) -> dict[str, int]:
+        return dict(self.s.execute(select(Tensor.encoding, func.count()).group_by(Tensor.encoding)).all())  # type: ignore[arg-type]
+
+    def count(self) -> int:
+        return self.s.scalar(select(func.count()).select_from(Tensor)) or 0
+
+
+class BlobRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, sha256: str) -> Blob | None:
+        return self.s.get(Blob, sha256)
+
+    def add_reference(self, sha256: str, size: int) -> bool:
+        """Count one more reference to a blob; True when the blob row is new."""
+        blob = self.s.get(Blob, sha256)
+        if blob is None:
+            self.s.add(Blob(sha256=sha256, size=size, refcount=1))
+            self.s.flush()
+            return True
+        self.s.execute(update(Blob).where(Blob.sha256 == sha256).values(refcount=Blob.refcount + 1))
+        return False
+
+    def drop_reference(self, sha256: str) -> bool:
+        """Count one reference less; True when nothing references the blob any more (row deleted)."""
+        self.s.execute(update(Blob).where(Blob.sha256 == sha256).values(refcount=Blob.refcount - 1))
+        blob = self.s.get(Blob, sha256)
+        if blob is not None:
+            self.s.refresh(blob)
+            if blob.refcount <= 0:
+                self.s.delete(blob)
+                self.s.flush()
+                return True
+        return False
+
+    def totals(self) -> tuple[int, int]:
+        n, size = self.s.execute(select(func.count(), func.coalesce(func.sum(Blob.size), 0))).one()
+        return int(n), int(size)
+
+
+class ArtifactRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, artifact_id: int) -> Artifact | None:
+        return self.s.get(Artifact, artifact_id)
+
+    def for_version(self, version_id: int) -> list[Artifact]:
+        return list(
+            self.s.scalars(select(Artifact).where(Artifact.version_id == version_id).order_by(Artifact.id))
+        )
+
+    def by_profile(self, version_id: int, profile: str) -> Artifact | None:
+        return self.s.scalar(
+            select(Artifact).where(Artifact.version_id == version_id, Artifact.profile == profile)
+        )
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, job_id: int) -> Job | None:
+        return self.s.get(Job, job_id)
+
+    def add(self, kind: str, target: str, target_id: int) -> Job:
+        job = Job(kind=kind, target=target, target_id=target_id, status="queued", attempts=0, progress=0.0)
+        self.s.add(job)
+        self.s.flush()
+        return job
+
+    def unfinished(self) -> list[Job]:
+        return list(self.s.scalars(select(Job).where(Job.status.in_(("queued", "running"))).order_by(Job.id)))
+
+    def latest_for(self, kind: str, target_id: int) -> Job | None:
+        return self.s.scalar(
+            select(Job).where(Job.kind == kind, Job.target_id == target_id).order_by(Job.id.desc()).limit(1)
+        )
+
+    def set_progress(self, job_id: int, progress: float) -> None:
+        self.s.execute(update(Job).where(Job.id == job_id).values(progress=progress))
+
+
+def count_rows(session: Session, model: type) -> int:
+    return session.scalar(select(func.count()).select_from(model)) or 0

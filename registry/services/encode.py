@@ -1,0 +1,251 @@
+"""The encode rule: turn a committed version's staged uploads into stored tensors and blobs.
+
+Per safetensors file: the exact header bytes become a blob; then, tensor by tensor (ranged reads of
+the staged object, so memory is bounded by one tensor), bytes already stored anywhere become ``same``,
+otherwise the tensor is coded against the parent version's tensor of the same name (``delta`` /
+``delta-rows``) or alone (``plain``). Every payload is decoded and checked against the raw sha256
+before it is trusted. Other files are stored zstd-compressed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zstandard
+from sqlalchemy.orm import Session
+
+from compression.codecs import decode_tensor, encode_tensor
+from compression.safetensors_io import SafetensorsError, read_header
+from registry.db import after_commit
+from registry.errors import BadRequest
+from registry.models import File, Tensor, Version
+from registry.objectstore import ObjectStore, blob_key
+from registry.repositories import BlobRepository, FileRepository, TensorRepository
+from registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
+
+Progress = Callable[[float], None]
+
+
+@dataclass
+class EncodeTotals:
+    stored_bytes: int = 0
+    tensors: int = 0
+    encodings: dict[str, int] = field(default_factory=dict)
+
+
+def staged_tensor_names(store: ObjectStore, file: File) -> set[str]:
+    assert file.staging_key is not None
+    header = read_header(lambda o, n: store.get_range(file.staging_key, o, n), file.size)  # type: ignore[arg-type]
+    return {t.name for t in header.tensors}
+
+
+def check_related_base(session: Session, store: ObjectStore, version: Version, base_ref: str) -> None:
+    """Refuse a base that shares no tensor name with the upload: it is certainly not this model's base."""
+    if version.parent_version_id is None:
+        return
+    base_names = set(TensorRepository(session).by_name(version.parent_version_id))
+    if not base_names:
+        return
+    names: set[str] = set()
+    tensors = TensorRepository(session)
+    for f in FileRepository(session).for_version(version.id):
+        if f.kind != "safetensors":
+            continue
+        if f.staging_key:
+            names |= staged_tensor_names(store, f)
+        elif f.source_file_id:
+            names |= {t.name for t in tensors.for_file(f.source_file_id)}
+    if names and not names & base_names:
+        raise BadRequest(
+            f"base {base_ref} shares no tensor name with this upload, so it is not its base; "
+            "push without --base or name the model it was fine-tuned from",
+            code="unrelated_base",
+        )
+
+
+def _store_other_file(session: Session, store: ObjectStore, key: str) -> tuple[str, int, bool]:
+    """zstd-compress a staged non-tensor file into a blob without holding it whole in memory."""
+    digest = hashlib.sha256()
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+        compressor = zstandard.ZstdCompressor(level=9).compressobj()
+        for chunk in store.iter_chunks(key):
+            out = compressor.compress(chunk)
+            digest.update(out)
+            spool.write(out)
+        out = compressor.flush()
+        digest.update(out)
+        spool.write(out)
+        size = spool.tell()
+        sha = digest.hexdigest()
+        blobs = BlobRepository(session)
+        if blobs.get(sha) is None or not store.exists(blob_key(sha)):
+            spool.seek(0)
+            store.put_file(blob_key(sha), spool, size)  # type: ignore[arg-type]
+        return sha, size, blobs.add_reference(sha, size)
+
+
+def _copy_file(session: Session, version: Version, file: File) -> int:
+    """A file whose bytes a ready version already holds: reuse its blobs, tensors become ``same``."""
+    source = session.get(File, file.source_file_id)
+    if source is None:
+        raise IntegrityError(f"{file.path}: the stored copy it was deduplicated against is gone; push again")
+    blobs = BlobRepository(session)
+    for sha in (source.header_blob, source.blob):
+        if sha:
+            blobs.add_reference(sha, 0)
+    file.header_blob, file.blob = source.header_blob, source.blob
+    for t in TensorRepository(session).for_file(source.id):
+        session.add(
+            Tensor(
+                version_id=version.id,
+                file_id=file.id,
+                name=t.name,
+                dtype=t.dtype,
+                shape=t.shape,
+                sha256=t.sha256,
+                offset_begin=t.offset_begin,
+                offset_end=t.offset_end,
+                encoding="same",
+                blob=None,
+                stored_bytes=0,
+                depth=t.depth,
+                parent_tensor_id=t.id,
+            )
+        )
+    return 0
+
+
+def _encode_tensor_row(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    file: File,
+    name: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    begin: int,
+    end: int,
+    raw: bytes,
+    parents: dict[str, Tensor],
+    max_depth: int,
+    totals: EncodeTotals,
+) -> None:
+    tensors = TensorRepository(session)
+    sha = hashlib.sha256(raw).hexdigest()
+    row = Tensor(
+        version_id=version.id,
+        file_id=file.id,
+        name=name,
+        dtype=dtype,
+        shape=list(shape),
+        sha256=sha,
+        offset_begin=begin,
+        offset_end=end,
+        stored_bytes=0,
+    )
+    twin = tensors.stored_with_sha(sha)
+    if twin is not None:
+        row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
+    else:
+        parent = parents.get(name)
+        parent_raw = None
+        if parent is not None and parent.depth < max_depth:
+            parent_raw = reconstruct(store, resolve_recipes(session, [parent])[parent.id])
+        else:
+            parent = None
+        pdtype = parent.dtype if parent else None
+        pshape = list(parent.shape) if parent else None
+        encoded = encode_tensor(raw, dtype, list(shape), parent_raw, pdtype, pshape)
+        uses_parent = encoded.encoding != "plain"
+        check = decode_tensor(
+            encoded.encoding,
+            encoded.payload,
+            dtype,
+            list(shape),
+            parent_raw if uses_parent else None,
+            pdtype if uses_parent else None,
+            pshape if uses_parent else None,
+        )
+        if hashlib.sha256(check).hexdigest() != sha:
+            raise IntegrityError(
+                f"{file.path}: tensor {name!r} did not round-trip through {encoded.encoding}"
+            )
+        blob_sha, new = put_blob(session, store, encoded.payload)
+        row.encoding, row.blob = encoded.encoding, blob_sha
+        row.stored_bytes = len(encoded.payload)
+        row.parent_tensor_id = parent.id if (uses_parent and parent) else None
+        row.depth = parent.depth + 1 if (uses_parent and parent) else 0
+        if new:
+            totals.stored_bytes += len(encoded.payload)
+    session.add(row)
+    session.flush()
+    totals.tensors += 1
+    totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
+
+
+def encode_version(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    max_depth: int,
+    progress: Progress,
+) -> EncodeTotals:
+    """Encode every file of ``version`` (status ``processing``) and mark it ``ready``."""
+    files = FileRepository(session).for_version(version.id)
+    parents = (
+        TensorRepository(session).by_name(version.parent_version_id) if version.parent_version_id else {}
+    )
+    totals = EncodeTotals()
+    staged = [f.staging_key for f in files if f.staging_key]
+    total_bytes = max(1, sum(f.size for f in files))
+    done = 0
+    for file in files:
+        if file.staging_key is None:
+            _copy_file(session, version, file)
+        elif file.kind == "other":
+            file.blob, _size, new = _store_other_file(session, store, file.staging_key)
+            totals.stored_bytes += _size if new else 0
+        else:
+            key = file.staging_key
+
+            def read_at(offset: int, length: int, key: str = key) -> bytes:
+                return store.get_range(key, offset, length)
+
+            try:
+                header = read_header(read_at, file.size)
+            except SafetensorsError as exc:
+                raise IntegrityError(f"{file.path}: {exc}") from None
+            file.header_blob, new = put_blob(session, store, header.header_bytes)
+            totals.stored_bytes += header.header_size if new else 0
+            base = header.header_size
+            for entry in header.tensors:
+                raw = read_at(base + entry.begin, entry.nbytes) if entry.nbytes else b""
+                _encode_tensor_row(
+                    session,
+                    store,
+                    version,
+                    file,
+                    entry.name,
+                    entry.dtype,
+                    entry.shape,
+                    entry.begin,
+                    entry.end,
+                    raw,
+                    parents,
+                    max_depth,
+                    totals,
+                )
+                done += entry.nbytes
+                progress(min(0.99, done / total_bytes))
+        file.staging_key = None
+        done += 0 if file.kind == "safetensors" else file.size
+        progress(min(0.99, done / total_bytes))
+    version.logical_bytes = sum(f.size for f in files)
+    version.stored_bytes = totals.stored_bytes
+    version.status, version.status_message = "ready", None
+    session.flush()
+    after_commit(session, lambda: [store.delete(k) for k in staged])
+    return totals

@@ -1,0 +1,165 @@
+"""Blobs and tensor reconstruction.
+
+A tensor's raw bytes are rebuilt by walking its chain of parents down to a ``plain`` tensor and
+decoding forward. ``resolve_recipes`` turns tensor rows into ``Recipe`` objects (everything needed to
+decode, no database), so a download can stream after the request's session is gone. Hot raw tensors
+are kept in an LRU cache bounded in bytes (keyed by the sha256 of the raw bytes, so it can never be
+stale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from compression.codecs import decode_tensor
+from registry.models import Tensor
+from registry.objectstore import ObjectStore, blob_key
+from registry.repositories import BlobRepository, TensorRepository
+
+
+class IntegrityError(RuntimeError):
+    """Stored bytes do not decode to what the registry recorded (a bug or a damaged store)."""
+
+
+def put_blob(session: Session, store: ObjectStore, data: bytes) -> tuple[str, bool]:
+    """Store ``data`` content-addressed and count one reference; returns (sha256, newly stored)."""
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = BlobRepository(session)
+    if blobs.get(sha) is None or not store.exists(blob_key(sha)):
+        store.put_bytes(blob_key(sha), data)
+    return sha, blobs.add_reference(sha, len(data))
+
+
+def get_blob(store: ObjectStore, sha256: str) -> bytes:
+    return store.get(blob_key(sha256))
+
+
+@dataclass(frozen=True)
+class Step:
+    encoding: str  # plain | delta | delta-rows
+    blob: str
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str  # of the raw bytes this step yields
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Decode steps from a plain tensor to the wanted one (``steps[-1].sha256`` = the tensor's)."""
+
+    steps: tuple[Step, ...]
+    nbytes: int
+
+    @property
+    def sha256(self) -> str:
+        return self.steps[-1].sha256
+
+
+class RawCache:
+    """An LRU of raw tensor bytes keyed by their sha256, bounded in total bytes."""
+
+    def __init__(self, max_bytes: int = 512 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return
+            self._items[key] = value
+            self._size += len(value)
+            while self._size > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+
+
+RAW_CACHE = RawCache()
+
+
+def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Recipe]:
+    """Recipes for ``tensors`` (by tensor id), loading parent chains level by level."""
+    repo = TensorRepository(session)
+    known: dict[int, Tensor] = {t.id: t for t in tensors}
+    wanted = list(known)
+    frontier = {t.parent_tensor_id for t in known.values() if t.parent_tensor_id is not None}
+    while frontier - known.keys():
+        loaded = repo.get_many(frontier - known.keys())
+        known.update(loaded)
+        frontier = {t.parent_tensor_id for t in loaded.values() if t.parent_tensor_id is not None}
+    memo: dict[int, tuple[Step, ...]] = {}
+
+    def steps_of(tid: int, seen: frozenset[int] = frozenset()) -> tuple[Step, ...]:
+        if tid in memo:
+            return memo[tid]
+        if tid in seen:
+            raise IntegrityError(f"tensor {tid} is its own ancestor")
+        t = known[tid]
+        if t.encoding == "same":
+            assert t.parent_tensor_id is not None
+            result = steps_of(t.parent_tensor_id, seen | {tid})
+        else:
+            if t.blob is None:
+                raise IntegrityError(f"tensor {t.name!r} ({t.encoding}) has no blob")
+            step = Step(t.encoding, t.blob, t.dtype, tuple(t.shape), t.sha256)
+            if t.encoding == "plain":
+                result = (step,)
+            else:
+                assert t.parent_tensor_id is not None
+                result = steps_of(t.parent_tensor_id, seen | {tid}) + (step,)
+        memo[tid] = result
+        return result
+
+    return {tid: Recipe(steps_of(tid), known[tid].offset_end - known[tid].offset_begin) for tid in wanted}
+
+
+def reconstruct(
+    store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
+) -> bytes:
+    """The raw bytes of a tensor, decoded forward through its recipe (checked against its sha256)."""
+    hit = cache.get(recipe.sha256)
+    if hit is not None:
+        return hit
+    start = len(recipe.steps) - 1
+    raw: bytes | None = None
+    while start > 0:  # find the deepest step already cached
+        raw = cache.get(recipe.steps[start - 1].sha256)
+        if raw is not None:
+            break
+        start -= 1
+    for i in range(start, len(recipe.steps)):
+        step = recipe.steps[i]
+        parent = recipe.steps[i - 1] if i > 0 else None
+        raw = decode_tensor(
+            step.encoding,
+            get_blob(store, step.blob),
+            step.dtype,
+            list(step.shape),
+            parent_raw=raw if parent else None,
+            parent_dtype=parent.dtype if parent else None,
+            parent_shape=list(parent.shape) if parent else None,
+        )
+        if verify and hashlib.sha256(raw).hexdigest() != step.sha256:
+            raise IntegrityError(f"decoded tensor does not match its recorded sha256 {step.sha256}")
+        if i < len(recipe.steps) - 1:
+            cache.put(step.sha256, raw)
+    assert raw is not None
+    cache.put(recipe.sha256, raw)
+    return raw

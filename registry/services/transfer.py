@@ -1,0 +1,195 @@
+"""Uploads in (validated while they stream to a staging object) and dense files out (rebuilt tensor by
+tensor, any byte range)."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import zstandard
+from sqlalchemy.orm import Session
+
+from compression.safetensors_io import (
+    SafetensorsError,
+    SafetensorsStreamValidator,
+    is_index_file,
+    validate_index,
+)
+from registry.errors import BadRequest, Conflict, RangeNotSatisfiable
+from registry.models import File, Version
+from registry.objectstore import ObjectStore, blob_key, new_staging_key
+from registry.repositories import FileRepository, TensorRepository
+from registry.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
+
+MAX_INDEX_BYTES = 64 << 20
+
+
+class UploadSink:
+    """Receives one file's bytes chunk by chunk: hashes, validates and spools them, then stages them.
+
+    Memory holds at most the spool's in-memory part (8 MiB) and a safetensors header.
+    """
+
+    def __init__(self, file: File) -> None:
+        self.file = file
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.validator = (
+            SafetensorsStreamValidator(expected_size=file.size) if file.kind == "safetensors" else None
+        )
+        self.spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 (closed in finish/close)
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.file.size:
+            raise BadRequest(
+                f"{self.file.path}: more than the declared {self.file.size} bytes arrived; "
+                "declare the real size",
+                code="size_mismatch",
+            )
+        self.sha.update(chunk)
+        if self.validator is not None:
+            try:
+                self.validator.feed(chunk)
+            except SafetensorsError as exc:
+                raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
+        self.spool.write(chunk)
+
+    def finish(self, store: ObjectStore) -> str:
+        """Check the whole file and write it to a new staging object; returns its key."""
+        try:
+            if self.validator is not None:
+                try:
+                    self.validator.finish()
+                except SafetensorsError as exc:
+                    raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
+            if self.size != self.file.size:
+                raise BadRequest(
+                    f"{self.file.path}: {self.size} bytes arrived but {self.file.size} were declared",
+                    code="size_mismatch",
+                )
+            if self.sha.hexdigest() != self.file.sha256:
+                raise BadRequest(
+                    f"{self.file.path}: sha256 of the bytes is {self.sha.hexdigest()}, "
+                    f"declared {self.file.sha256}; upload the file that was declared",
+                    code="sha256_mismatch",
+                )
+            if is_index_file(self.file.path):
+                if self.size > MAX_INDEX_BYTES:
+                    raise BadRequest(f"{self.file.path}: index file larger than {MAX_INDEX_BYTES} bytes")
+                self.spool.seek(0)
+                try:
+                    validate_index(self.spool.read())
+                except SafetensorsError as exc:
+                    raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
+            key = new_staging_key()
+            self.spool.seek(0)
+            store.put_file(key, self.spool, self.size)  # type: ignore[arg-type]
+            return key
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int  # offset in the file
+    end: int
+    header: bytes | None = None
+    recipe: Recipe | None = None
+    blob: str | None = None  # a zstd-compressed "other" file
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    path: str
+    size: int
+    sha256: str
+    segments: tuple[Segment, ...]
+
+
+def plan_file(session: Session, store: ObjectStore, version: Version, path: str, ref: str) -> FilePlan:
+    """Everything needed to stream ``path`` of a ready version, with no database access afterwards."""
+    if version.status != "ready":
+        raise Conflict(
+            f"{ref} is {version.status}; files can be downloaded once it is ready", code="version_not_ready"
+        )
+    file = FileRepository(session).get(version.id, path)
+    if file is None:
+        from registry.errors import NotFound
+
+        raise NotFound(f"{ref} has no file {path!r}", code="file_not_found")
+    if file.kind != "safetensors":
+        assert file.blob is not None
+        return FilePlan(file.path, file.size, file.sha256, (Segment(0, file.size, blob=file.blob),))
+    assert file.header_blob is not None
+    header = get_blob(store, file.header_blob)
+    tensors = TensorRepository(session).for_file(file.id)
+    recipes = resolve_recipes(session, tensors)
+    base = len(header)
+    segments = [Segment(0, base, header=header)]
+    segments += [
+        Segment(base + t.offset_begin, base + t.offset_end, recipe=recipes[t.id])
+        for t in tensors
+        if t.offset_end > t.offset_begin
+    ]
+    return FilePlan(file.path, file.size, file.sha256, tuple(segments))
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` -> (start, end exclusive); None for no range. Raises 416 when unsatisfiable."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    bad = RangeNotSatisfiable(
+        f"range {header!r} is not satisfiable for a file of {size} bytes; use bytes=START-END within it"
+    )
+    if unit.strip() != "bytes" or "," in spec:
+        raise bad
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            length = int(last)
+            if length <= 0:
+                raise bad
+            return max(0, size - length), size
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        raise bad from None
+    if start >= size or start < 0 or end <= start:
+        raise bad
+    return start, min(end, size)
+
+
+def iter_file(store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors that overlap."""
+    end = plan.size if end is None else end
+    for seg in plan.segments:
+        if seg.end <= start or seg.start >= end:
+            continue
+        lo, hi = max(start, seg.start) - seg.start, min(end, seg.end) - seg.start
+        if seg.header is not None:
+            yield seg.header[lo:hi]
+        elif seg.recipe is not None:
+            yield reconstruct(store, seg.recipe)[lo:hi]
+        else:
+            assert seg.blob is not None
+            yield from _iter_zstd(store, seg.blob, lo, hi)
+
+
+def _iter_zstd(store: ObjectStore, blob: str, lo: int, hi: int) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().decompressobj()
+    position = 0
+    for chunk in store.iter_chunks(blob_key(blob)):
+        out = reader.decompress(chunk)
+        a, b = max(lo, position), min(hi, position + len(out))
+        if a < b:
+            yield out[a - position : b - position]
+        position += len(out)
+        if position >= hi:
+            return

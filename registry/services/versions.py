@@ -1,0 +1,232 @@
+"""Creating a version, receiving its files, committing it, deleting it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from compression.safetensors_io import is_safetensors_path
+from registry.db import after_commit
+from registry.errors import BadRequest, Conflict, NotFound, Unprocessable
+from registry.models import Artifact, File, Job, Model, Version
+from registry.objectstore import ObjectStore, blob_key
+from registry.repositories import (
+    ArtifactRepository,
+    BlobRepository,
+    FileRepository,
+    JobRepository,
+    ModelRepository,
+    NamespaceRepository,
+    TensorRepository,
+    VersionRepository,
+)
+from registry.services.encode import check_related_base
+from registry.services.profiles import check_profile
+from registry.services.refs import RELATIONS, get_version, parse_name, parse_ref, ref_string
+
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+Enqueue = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class DeclaredFile:
+    path: str
+    size: int
+    sha256: str
+
+
+def check_path(path: str) -> str:
+    parts = path.split("/")
+    if (
+        not path
+        or len(path) > 500
+        or path.startswith("/")
+        or "\\" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or any(ord(c) < 32 for c in path)
+    ):
+        raise Unprocessable(
+            f"file path {path!r} must be relative, use '/' between parts, "
+            "and contain no '.', '..' or empty parts",
+            code="invalid_path",
+        )
+    return path
+
+
+def create_model(
+    session: Session, name: str, description: str, private: bool, exist_ok: bool
+) -> tuple[Model, bool]:
+    org, short = parse_name(name)
+    existing = ModelRepository(session).get(org, short)
+    if existing is not None:
+        if exist_ok:
+            return existing, False
+        raise Conflict(f"model {name} already exists; pass exist_ok to reuse it", code="model_exists")
+    ns = NamespaceRepository(session).get_or_create(org)
+    model = Model(namespace_id=ns.id, name=short, description=description, private=private)
+    session.add(model)
+    session.flush()
+    return model, True
+
+
+def resolve_base(session: Session, base: str) -> Version:
+    ref = parse_ref(base)
+    try:
+        _, version = get_version(session, ref.org, ref.name, ref.revision)
+    except NotFound as exc:
+        raise NotFound(f"base {base} not found: {exc.message}", code="base_not_found") from None
+    if version.status != "ready":
+        raise Conflict(
+            f"base {base} is {version.status}, not ready; wait for its job to finish (or push it again)",
+            code="base_not_ready",
+        )
+    return version
+
+
+def create_version(
+    session: Session,
+    model: Model,
+    base: str | None,
+    relation: str,
+    profiles: list[str],
+    files: list[DeclaredFile],
+    lossy: bool = False,
+) -> tuple[Version, list[tuple[str, bool]]]:
+    """A new pending version; returns it and, per declared file, whether its bytes must be uploaded."""
+    if relation not in RELATIONS:
+        raise Unprocessable(
+            f"relation {relation!r} is not one of {', '.join(RELATIONS)}", code="invalid_relation"
+        )
+    for p in profiles:
+        check_profile(p)
+    if not files:
+        raise Unprocessable("a version needs at least one file", code="no_files")
+    seen: set[str] = set()
+    for f in files:
+        check_path(f.path)
+        if f.path in seen:
+            raise Unprocessable(f"file {f.path!r} is declared twice", code="duplicate_file")
+        seen.add(f.path)
+        if not SHA_RE.match(f.sha256):
+            raise Unprocessable(
+                f"sha256 of {f.path!r} must be 64 lowercase hex digits", code="invalid_sha256"
+            )
+        if f.size < 0:
+            raise Unprocessable(f"size of {f.path!r} must be >= 0", code="invalid_size")
+    parent = resolve_base(session, base) if base else None
+    versions = VersionRepository(session)
+    version = Version(
+        model_id=model.id,
+        revision=versions.next_revision(model.id),
+        parent_version_id=parent.id if parent else None,
+        relation=relation if parent else "finetune",
+        status="pending",
+        lossy=lossy,
+        profiles=list(dict.fromkeys(profiles)),
+    )
+    session.add(version)
+    session.flush()
+    file_repo = FileRepository(session)
+    uploads = []
+    for f in files:
+        kind = "safetensors" if is_safetensors_path(f.path) else "other"
+        source = file_repo.stored_ready_with_sha(f.sha256, f.size)
+        session.add(
+            File(
+                version_id=version.id,
+                path=f.path,
+                size=f.size,
+                sha256=f.sha256,
+                kind=kind,
+                uploaded=source is not None,
+                source_file_id=source.id if source else None,
+            )
+        )
+        uploads.append((f.path, source is None))
+    session.flush()
+    return version, uploads
+
+
+def pending_file(session: Session, version: Version, path: str) -> File:
+    if version.status != "pending":
+        raise Conflict(
+            f"version is {version.status}; files can only be uploaded before commit (create a new version)",
+            code="version_not_pending",
+        )
+    file = FileRepository(session).get(version.id, path)
+    if file is None:
+        raise NotFound(
+            f"file {path!r} was not declared when the version was created", code="file_not_declared"
+        )
+    return file
+
+
+def record_upload(store: ObjectStore, file: File, staging_key: str) -> File:
+    """Point a declared file at its validated staging object (replacing an earlier upload)."""
+    if file.staging_key and file.staging_key != staging_key:
+        store.delete(file.staging_key)
+    file.staging_key = staging_key
+    file.uploaded = True
+    file.source_file_id = None
+    return file
+
+
+def commit_version(session: Session, store: ObjectStore, version: Version, ref: str, enqueue: Enqueue) -> Job:
+    """Freeze the uploads and enqueue the encode job (after the database commit)."""
+    if version.status != "pending":
+        raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
+    files = FileRepository(session).for_version(version.id)
+    missing = [f.path for f in files if not f.uploaded]
+    if missing:
+        raise BadRequest(f"upload these files before commit: {', '.join(missing)}", code="files_missing")
+    if version.parent_version_id is not None:
+        parent = VersionRepository(session).get(version.parent_version_id)
+        assert parent is not None
+        check_related_base(session, store, version, _refs(session, [parent.id])[0])
+    version.status = "processing"
+    job = JobRepository(session).add("encode_version", ref, version.id)
+    for profile in version.profiles:
+        if ArtifactRepository(session).by_profile(version.id, profile) is None:
+            session.add(Artifact(version_id=version.id, profile=profile, status="pending", quality={}))
+    session.flush()
+    job_id = job.id
+    after_commit(session, lambda: enqueue(job_id))
+    return job
+
+
+def delete_version(session: Session, store: ObjectStore, version: Version, ref: str) -> None:
+    tensors = TensorRepository(session)
+    dependents = tensors.dependents_outside(version.id)
+    if dependents:
+        refs = _refs(session, dependents)
+        raise Conflict(
+            f"{ref} is needed to rebuild {', '.join(refs)}; delete those versions first",
+            code="has_descendants",
+        )
+    blobs = BlobRepository(session)
+    dropped: list[str] = []
+    for t in tensors.for_version(version.id):
+        if t.blob:
+            dropped.append(t.blob)
+    for f in FileRepository(session).for_version(version.id):
+        dropped += [b for b in (f.header_blob, f.blob) if b]
+        if f.staging_key:
+            store.delete(f.staging_key)
+    for a in ArtifactRepository(session).for_version(version.id):
+        if a.blob:
+            dropped.append(a.blob)
+    for child in VersionRepository(session).children([version.id]):
+        child.parent_version_id = None
+    session.delete(version)
+    session.flush()
+    gone = [sha for sha in dropped if blobs.drop_reference(sha)]
+    after_commit(session, lambda: [store.delete(blob_key(sha)) for sha in gone])
+
+
+def _refs(session: Session, version_ids: list[int]) -> list[str]:
+    versions = VersionRepository(session).get_many(version_ids)
+    names = ModelRepository(session).full_names(v.model_id for v in versions.values())
+    return sorted(ref_string(names[v.model_id], v.revision) for v in versions.values())

@@ -1,0 +1,261 @@
+"""Read-side rules: the shapes of docs/REST.md (summaries, details, manifest, lineage, stats) as dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from registry.models import Artifact, File, Job, Model, Version
+from registry.repositories import (
+    ArtifactRepository,
+    BlobRepository,
+    FileRepository,
+    ModelRepository,
+    TensorRepository,
+    VersionRepository,
+    count_rows,
+)
+from registry.services.refs import ref_string
+
+
+def ratio(logical: int, stored: int) -> float | None:
+    return round(logical / stored, 4) if stored else None
+
+
+def _names(session: Session, versions: list[Version]) -> dict[int, str]:
+    return ModelRepository(session).full_names(v.model_id for v in versions)
+
+
+def version_summaries(session: Session, versions: list[Version]) -> list[dict[str, Any]]:
+    parents = VersionRepository(session).get_many(
+        v.parent_version_id for v in versions if v.parent_version_id
+    )
+    names = _names(session, [*versions, *parents.values()])
+    out = []
+    for v in versions:
+        p = parents.get(v.parent_version_id) if v.parent_version_id else None
+        out.append(
+            {
+                "name": names[v.model_id],
+                "revision": v.revision,
+                "ref": ref_string(names[v.model_id], v.revision),
+                "parent": ref_string(names[p.model_id], p.revision) if p else None,
+                "relation": v.relation,
+                "status": v.status,
+                "status_message": v.status_message,
+                "logical_bytes": v.logical_bytes,
+                "stored_bytes": v.stored_bytes,
+                "ratio": ratio(v.logical_bytes, v.stored_bytes) if v.status == "ready" else None,
+                "lossy": v.lossy,
+                "created_at": v.created_at,
+            }
+        )
+    return out
+
+
+def model_summaries(session: Session, models: list[tuple[Model, str]]) -> list[dict[str, Any]]:
+    totals = VersionRepository(session).totals_by_model(m.id for m, _ in models)
+    out = []
+    for m, full in models:
+        n, latest, logical, stored = totals.get(m.id, (0, None, 0, 0))
+        out.append(
+            {
+                "name": full,
+                "description": m.description,
+                "private": m.private,
+                "versions": n,
+                "latest_revision": latest,
+                "logical_bytes": logical,
+                "stored_bytes": stored,
+                "ratio": ratio(logical, stored),
+                "created_at": m.created_at,
+            }
+        )
+    return out
+
+
+def model_detail(session: Session, model: Model, full_name: str) -> dict[str, Any]:
+    summary = model_summaries(session, [(model, full_name)])[0]
+    summary["versions"] = version_summaries(session, VersionRepository(session).for_model(model.id))
+    return summary
+
+
+def file_info(f: File) -> dict[str, Any]:
+    return {"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind}
+
+
+def artifact_info(a: Artifact) -> dict[str, Any]:
+    return {
+        "profile": a.profile,
+        "status": a.status,
+        "status_message": a.status_message,
+        "bytes": a.bytes,
+        "quality": a.quality or {},
+        "created_at": a.created_at,
+    }
+
+
+def job_info(j: Job) -> dict[str, Any]:
+    return {
+        "id": j.id,
+        "kind": j.kind,
+        "target": j.target,
+        "status": j.status,
+        "attempts": j.attempts,
+        "progress": j.progress,
+        "error": j.error,
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
+    }
+
+
+def chain(session: Session, version: Version) -> list[Version]:
+    """This version, its parent, ... to the root."""
+    out = [version]
+    seen = {version.id}
+    repo = VersionRepository(session)
+    while out[-1].parent_version_id is not None and out[-1].parent_version_id not in seen:
+        parent = repo.get(out[-1].parent_version_id)
+        if parent is None:
+            break
+        seen.add(parent.id)
+        out.append(parent)
+    return out
+
+
+def _parent_refs(session: Session, parent_ids: set[int]) -> dict[int, tuple[str, str, str]]:
+    """tensor id -> (version ref, file path, tensor name) for the given parent tensors."""
+    tensors = TensorRepository(session).get_many(parent_ids)
+    files = {
+        f.id: f
+        for vid in {t.version_id for t in tensors.values()}
+        for f in FileRepository(session).for_version(vid)
+    }
+    versions = VersionRepository(session).get_many(t.version_id for t in tensors.values())
+    names = _names(session, list(versions.values()))
+    out = {}
+    for t in tensors.values():
+        v = versions[t.version_id]
+        out[t.id] = (ref_string(names[v.model_id], v.revision), files[t.file_id].path, t.name)
+    return out
+
+
+def version_detail(session: Session, version: Version) -> dict[str, Any]:
+    detail = version_summaries(session, [version])[0]
+    files = FileRepository(session).for_version(version.id)
+    paths = {f.id: f.path for f in files}
+    tensors = TensorRepository(session).for_version(version.id)
+    parents = _parent_refs(session, {t.parent_tensor_id for t in tensors if t.parent_tensor_id})
+    detail["files"] = [file_info(f) for f in files]
+    detail["tensors"] = [
+        {
+            "file": paths[t.file_id],
+            "name": t.name,
+            "dtype": t.dtype,
+            "shape": t.shape,
+            "sha256": t.sha256,
+            "encoding": t.encoding,
+            "logical_bytes": t.offset_end - t.offset_begin,
+            "stored_bytes": t.stored_bytes,
+            "parent": ":".join(parents[t.parent_tensor_id]) if t.parent_tensor_id else None,
+        }
+        for t in tensors
+    ]
+    detail["artifacts"] = [artifact_info(a) for a in ArtifactRepository(session).for_version(version.id)]
+    detail["chain"] = [s["ref"] for s in version_summaries(session, chain(session, version))]
+    return detail
+
+
+def manifest(session: Session, version: Version, ref: str) -> dict[str, Any]:
+    files = FileRepository(session).for_version(version.id)
+    tensors = TensorRepository(session).for_version(version.id)
+    parent_rows = TensorRepository(session).get_many(
+        t.parent_tensor_id for t in tensors if t.parent_tensor_id
+    )
+    parents = _parent_refs(session, set(parent_rows))
+    by_file: dict[int, list[dict[str, Any]]] = {f.id: [] for f in files}
+    for t in tensors:
+        p = parent_rows.get(t.parent_tensor_id) if t.parent_tensor_id else None
+        by_file[t.file_id].append(
+            {
+                "name": t.name,
+                "dtype": t.dtype,
+                "shape": t.shape,
+                "offset": [t.offset_begin, t.offset_end],
+                "sha256": t.sha256,
+                "encoding": t.encoding,
+                "blob": t.blob,
+                "parent": None
+                if p is None
+                else {
+                    "ref": parents[p.id][0],
+                    "file": parents[p.id][1],
+                    "name": p.name,
+                    "sha256": p.sha256,
+                    "dtype": p.dtype,
+                    "shape": p.shape,
+                },
+            }
+        )
+    return {
+        "ref": ref,
+        "files": [
+            {**file_info(f), "blob": f.blob, "header_blob": f.header_blob, "tensors": by_file[f.id]}
+            for f in files
+        ],
+    }
+
+
+def lineage(session: Session, model: Model, full_name: str) -> dict[str, Any]:
+    repo = VersionRepository(session)
+    own = repo.for_model(model.id)
+    nodes: dict[int, Version] = {v.id: v for v in own}
+    ancestors: list[Version] = []
+    for v in own:
+        for a in chain(session, v)[1:]:
+            if a.id not in nodes:
+                nodes[a.id] = a
+                ancestors.append(a)
+    descendants: list[Version] = []
+    frontier = [v.id for v in own]
+    while frontier:
+        kids = [k for k in repo.children(frontier) if k.id not in nodes]
+        for k in kids:
+            nodes[k.id] = k
+            descendants.append(k)
+        frontier = [k.id for k in kids]
+    summaries = {v.id: s for v, s in zip(nodes.values(), version_summaries(session, list(nodes.values())), strict=True)}
+    edges = [
+        {
+            "parent": summaries[v.parent_version_id]["ref"],
+            "child": summaries[v.id]["ref"],
+            "relation": v.relation,
+        }
+        for v in nodes.values()
+        if v.parent_version_id in summaries
+    ]
+    return {
+        "model": full_name,
+        "nodes": list(summaries.values()),
+        "edges": edges,
+        "ancestors": [summaries[a.id]["ref"] for a in ancestors],
+        "descendants": [summaries[d.id]["ref"] for d in descendants],
+    }
+
+
+def stats(session: Session) -> dict[str, Any]:
+    blobs, stored = BlobRepository(session).totals()
+    logical = VersionRepository(session).ready_logical_total()
+    tensors = TensorRepository(session)
+    return {
+        "models": count_rows(session, Model),
+        "versions": count_rows(session, Version),
+        "files": count_rows(session, File),
+        "tensors": tensors.count(),
+        "blobs": blobs,
+        "logical_bytes": logical,
+        "stored_bytes": stored,
+        "ratio": ratio(logical, stored),
+        "encodings": tensors.encoding_counts(),
+    }

@@ -1,0 +1,147 @@
+"""Push a base and a fine-tune through the embedded default (SQLite + local objects + in-process jobs)
+and pull every file back bit for bit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from deltazoo.settings import Settings
+from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
+
+
+def embedded_settings(home: Path) -> Settings:
+    return Settings(home=home, database_url=None, broker_url=None, s3_endpoint=None, auth=False)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(embedded_settings(tmp_path / "home"))) as c:
+        yield c
+
+
+@pytest.fixture
+def zoo(client: TestClient) -> dict[str, dict[str, bytes]]:
+    base = base_state()
+    files = {"base": checkpoint(base), "ft": checkpoint(finetune_state(base))}
+    job = push(client, "org/base", files["base"])["job"]
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+    job = push(client, "org/ft", files["ft"], base="org/base@1")["job"]
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+    return files
+
+
+def test_pull_is_bit_exact(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    for model, files in (("org/base", zoo["base"]), ("org/ft", zoo["ft"])):
+        for path, data in files.items():
+            r = client.get(f"/v1/models/{model}/versions/latest/files/{path}")
+            assert r.status_code == 200
+            assert sha(r.content) == sha(data)
+            assert r.headers["etag"] == f'"{sha(data)}"'
+            assert int(r.headers["content-length"]) == len(data)
+
+
+def test_encodings_stats_and_ratio(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    detail = client.get("/v1/models/org/ft/versions/1").json()
+    assert detail["status"] == "ready" and detail["parent"] == "org/base@1"
+    enc = {t["name"]: t["encoding"] for t in detail["tensors"]}
+    assert enc["norm.weight"] == "same"
+    assert enc["layers.0.q.weight"] == "delta"
+    assert enc["embed.weight"] == "delta-rows"
+    assert enc["lm_head.weight"] == "plain"
+    assert detail["chain"] == ["org/ft@1", "org/base@1"]
+    stats = client.get("/v1/stats").json()
+    assert stats["logical_bytes"] == sum(len(d) for f in zoo.values() for d in f.values())
+    assert 0 < stats["stored_bytes"] < stats["logical_bytes"]
+    assert stats["encodings"]["same"] >= 1
+
+
+def test_lineage(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    lin = client.get("/v1/models/org/base/lineage").json()
+    assert lin["descendants"] == ["org/ft@1"]
+    assert {"parent": "org/base@1", "child": "org/ft@1", "relation": "finetune"} in lin["edges"]
+    lin = client.get("/v1/models/org/ft/lineage").json()
+    assert lin["ancestors"] == ["org/base@1"]
+
+
+@pytest.mark.parametrize("spec", ["bytes=0-99", "bytes=100-", "bytes=-50", "bytes=5000-5100", "bytes=0-0"])
+def test_range_download(client: TestClient, zoo: dict[str, dict[str, bytes]], spec: str) -> None:
+    data = zoo["ft"]["model.safetensors"]
+    r = client.get("/v1/models/org/ft/versions/1/files/model.safetensors", headers={"Range": spec})
+    assert r.status_code == 206
+    first, _, last = spec[6:].partition("-")
+    start = len(data) - int(last) if first == "" else int(first)
+    end = len(data) if (first == "" or last == "") else int(last) + 1
+    assert r.content == data[start:end]
+    assert r.headers["content-range"] == f"bytes {start}-{end - 1}/{len(data)}"
+
+
+def test_bad_range_is_416(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    r = client.get("/v1/models/org/ft/versions/1/files/config.json", headers={"Range": "bytes=999999-"})
+    assert r.status_code == 416
+    assert r.json()["error"]["code"] == "range_not_satisfiable"
+
+
+def test_unknown_base_is_404(client: TestClient) -> None:
+    client.post("/v1/models", json={"name": "org/x"})
+    files = checkpoint(base_state())
+    body = {
+        "base": "org/nothere@1",
+        "files": [{"path": p, "size": len(d), "sha256": sha(d)} for p, d in files.items()],
+    }
+    r = client.post("/v1/models/org/x/versions", json=body)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "base_not_found"
+
+
+def test_dedup_push_needs_no_upload(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    answer = push(client, "org/copy", zoo["ft"], base="org/base@1")
+    assert all(not u["needed"] for u in answer["uploads"])
+    assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+    detail = client.get("/v1/models/org/copy/versions/1").json()
+    assert detail["stored_bytes"] == 0
+    assert {t["encoding"] for t in detail["tensors"]} == {"same"}
+    r = client.get("/v1/models/org/copy/versions/1/files/model.safetensors")
+    assert sha(r.content) == sha(zoo["ft"]["model.safetensors"])
+
+
+def test_unrelated_base_is_refused(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    import torch
+    from safetensors.torch import save
+
+    other = {"totally.different": torch.zeros(4, 4, dtype=torch.bfloat16)}
+    r = client.post("/v1/models", json={"name": "org/other"})
+    data = save(other)
+    body = {
+        "base": "org/base@1",
+        "files": [{"path": "model.safetensors", "size": len(data), "sha256": sha(data)}],
+    }
+    rev = client.post("/v1/models/org/other/versions", json=body).json()["version"]["revision"]
+    client.put(f"/v1/models/org/other/versions/{rev}/files/model.safetensors", content=data)
+    r = client.post(f"/v1/models/org/other/versions/{rev}/commit")
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "unrelated_base"
+
+
+def test_delete_base_with_descendant_is_409(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    r = client.delete("/v1/models/org/base/versions/1")
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "has_descendants"
+    assert client.delete("/v1/models/org/ft/versions/1").status_code == 204
+    assert client.delete("/v1/models/org/base/versions/1").status_code == 204
+    assert client.get("/v1/stats").json()["blobs"] == 0
+
+
+def test_errors_are_json(client: TestClient) -> None:
+    r = client.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.post("/v1/models", json={"name": "no-slash"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_name"
+    r = client.post("/v1/models", json={})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = client.get("/v1/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "database": "ok", "object_store": "ok"}

@@ -1,0 +1,154 @@
+"""The job functions, shared by the Celery tasks and the in-process runner.
+
+``run_job(job_id, context)`` reloads the job row and returns early when it is already finished, so
+running a job twice is harmless. Transient errors (database or object store not answering) propagate
+so the caller retries with backoff; any other error marks the job, and what it worked on, ``failed``
+with a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from deltazoo.settings import Settings
+from registry.db import session_scope
+from registry.models import Artifact, Job, Version
+from registry.objectstore import ObjectStore
+from registry.repositories import ArtifactRepository, JobRepository
+from registry.services.artifacts import build_artifact, enqueue_pending_artifacts
+from registry.services.encode import encode_version
+
+log = logging.getLogger("deltazoo.jobs")
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        sa_exc.OperationalError,
+        sa_exc.IntegrityError,
+        ConnectionError,
+        TimeoutError,
+    ]
+    try:
+        import urllib3.exceptions
+        from minio.error import ServerError
+
+        errors += [urllib3.exceptions.HTTPError, ServerError]
+    except ImportError:  # the minio client is only needed with an S3 store
+        pass
+    return tuple(errors)
+
+
+TRANSIENT_ERRORS = _transient_errors()
+
+
+@dataclass
+class JobContext:
+    settings: Settings
+    store: ObjectStore
+    enqueue: Callable[[int], None]
+
+
+class _Progress:
+    """Writes job progress at most every half second (own transaction, except on SQLite: one writer)."""
+
+    def __init__(self, session: Session, job: Job, ctx: JobContext) -> None:
+        self.session, self.job, self.ctx = session, job, ctx
+        self.shared = session.get_bind().dialect.name == "sqlite"
+        self.last = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5:
+            return
+        self.last = now
+        if self.shared:
+            self.job.progress = fraction
+            return
+        with session_scope(self.ctx.settings) as s:
+            JobRepository(s).set_progress(self.job.id, fraction)
+
+
+def _encode(session: Session, job: Job, ctx: JobContext) -> None:
+    version = session.get(Version, job.target_id)
+    if version is None:
+        raise LookupError(f"version {job.target} no longer exists")
+    if version.status == "processing":
+        encode_version(
+            session, ctx.store, version, ctx.settings.max_chain_depth, _Progress(session, job, ctx)
+        )
+    if version.status == "ready":
+        enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)
+
+
+def _build(session: Session, job: Job, ctx: JobContext) -> None:
+    artifact = session.get(Artifact, job.target_id)
+    if artifact is None:
+        raise LookupError(f"artifact {job.target} no longer exists")
+    if artifact.status == "ready":
+        return
+    artifact.status = "building"
+    build_artifact(session, ctx.store, artifact)
+
+
+HANDLERS: dict[str, Callable[[Session, Job, JobContext], None]] = {
+    "encode_version": _encode,
+    "build_artifact": _build,
+}
+
+
+def _mark_failed(ctx: JobContext, job_id: int, message: str) -> None:
+    with session_scope(ctx.settings) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return
+        job.status, job.error = "failed", message
+        if job.kind == "encode_version":
+            version = s.get(Version, job.target_id)
+            if version is not None and version.status != "ready":
+                version.status, version.status_message = "failed", message
+                for a in ArtifactRepository(s).for_version(version.id):
+                    if a.status != "ready":
+                        a.status, a.status_message = "failed", "the version failed to encode"
+        elif job.kind == "build_artifact":
+            artifact = s.get(Artifact, job.target_id)
+            if artifact is not None and artifact.status != "ready":
+                artifact.status, artifact.status_message = "failed", message
+
+
+def run_job(job_id: int, ctx: JobContext) -> str:
+    """Run one job to the end; returns its final status (raises on transient errors, for a retry)."""
+    with session_scope(ctx.settings) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            log.warning("job %s does not exist", job_id)
+            return "missing"
+        if job.status in ("succeeded", "failed"):
+            return job.status
+        if job.kind not in HANDLERS:
+            job.status, job.error = "failed", f"unknown job kind {job.kind!r}"
+            return "failed"
+        job.status, job.attempts, job.error = "running", job.attempts + 1, None
+    try:
+        with session_scope(ctx.settings) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            HANDLERS[job.kind](s, job, ctx)
+            job.status, job.progress = "succeeded", 1.0
+        return "succeeded"
+    except TRANSIENT_ERRORS as exc:
+        log.warning("job %s hit a transient error, will retry: %s", job_id, exc)
+        with session_scope(ctx.settings) as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                job.status, job.error = "queued", f"retrying after: {exc}"
+        raise
+    except Exception as exc:  # a non-transient failure is recorded, not raised
+        log.exception("job %s failed", job_id)
+        _mark_failed(ctx, job_id, f"{type(exc).__name__}: {exc}")
+        return "failed"

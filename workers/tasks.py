@@ -1,0 +1,29 @@
+"""Thin Celery tasks: take a job id, run the shared job function, retry transient errors with backoff."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from deltazoo.settings import get_settings
+from registry.objectstore import object_store_from_settings
+from workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
+from workers.jobs import TRANSIENT_ERRORS, JobContext, run_job
+
+
+@lru_cache(maxsize=1)
+def worker_context() -> JobContext:
+    settings = get_settings()
+    return JobContext(settings, object_store_from_settings(settings), CeleryDispatcher(app).submit)
+
+
+@app.task(
+    name=RUN_JOB_TASK,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=8,
+    acks_late=True,
+)
+def run_job_task(job_id: int) -> str:
+    return run_job(job_id, worker_context())
