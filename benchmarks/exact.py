@@ -1,0 +1,176 @@
+"""Exact (lossless) coders side by side on a model zoo: ratio, compress and decompress MB/s per process.
+
+    python benchmarks/exact.py ZOO_DIR [--out benchmarks/results/exact.md] [--repeat 3]
+
+ZOO_DIR holds base/model.safetensors and one folder per fine-tune with its own model.safetensors. For
+each fine-tune, in one run: zstd -3 on the file, ZipNN on the file, ZipNN on the XOR with the base file,
+BitX (XOR, high/low byte planes, zstd -3), and deltazoo's exact codec (delta against the base, and plain).
+Ratios are file bytes / coded bytes; MB/s are file bytes per second (best of --repeat runs, one process,
+one thread). deltazoo's round trip is verified by sha256 of the rebuilt file; ZipNN's is reported as it
+is found (it did not round-trip on the machine the zoo's README was measured on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from compression.codecs import decode_tensor, encode_tensor  # noqa: E402
+
+Tensors = dict[str, tuple[str, list[int], bytes]]
+
+
+def read_safetensors(path: Path) -> tuple[bytes, bytes, Tensors]:
+    """(whole file, header bytes, name -> (dtype, shape, raw bytes))."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    base = 8 + n
+    entries = sorted((v["data_offsets"], name, v) for name, v in header.items() if name != "__metadata__")
+    tensors = {name: (v["dtype"], v["shape"], data[base + s : base + e]) for (s, e), name, v in entries}
+    return data, data[: 8 + n], tensors
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def xor_files(a: bytes, b: bytes) -> bytes:
+    n = min(len(a), len(b))
+    x = np.frombuffer(a[:n], np.uint8) ^ np.frombuffer(b[:n], np.uint8)
+    return x.tobytes() + a[n:]
+
+
+def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -> dict[str, tuple]:
+    """name -> (compress() -> payload, decompress(payload) -> bytes or None, verified?)."""
+    # The base laid out like this file (tensor by tensor, in this file's order), so that XOR pairs
+    # each element with its own parent element whatever order the two files store tensors in.
+    base_file = header + b"".join(
+        base_t[n][2] if n in base_t and len(base_t[n][2]) == len(t[2]) else bytes(len(t[2]))
+        for n, t in tensors.items()
+    )
+    z3 = zstandard.ZstdCompressor(level=3)
+    dz = zstandard.ZstdDecompressor()
+
+    def zipnn_pair(delta: bool) -> tuple:
+        from zipnn import ZipNN
+
+        zn = ZipNN(bytearray_dtype="bfloat16", threads=1)
+        if delta:
+            return (
+                lambda f: zn.compress(xor_files(f, base_file)),  # a fresh buffer: ZipNN may write into it
+                lambda p: xor_files(bytes(zn.decompress(p)), base_file),
+            )
+        # ZipNN's compress writes into the buffer it is given: hand it a copy, never the file itself.
+        return (lambda f: zn.compress(bytearray(f)), lambda p: bytes(zn.decompress(p)))
+
+    def bitx_c(f: bytes) -> tuple[bytes, bytes]:
+        x = np.frombuffer(xor_files(f, base_file)[: len(f) // 2 * 2], "<u2")
+        return z3.compress((x >> 8).astype(np.uint8)), z3.compress((x & 0xFF).astype(np.uint8))
+
+    def bitx_d(p: tuple[bytes, bytes]) -> bytes:
+        x = np.frombuffer(dz.decompress(p[0]), np.uint8).astype("<u2") << 8
+        x |= np.frombuffer(dz.decompress(p[1]), np.uint8)
+        return xor_files(x.tobytes(), base_file)
+
+    def deltazoo(use_parent: bool) -> tuple:
+        def enc(_f: bytes) -> list:
+            out = [z3.compress(header)]
+            for name, (dtype, shape, raw) in tensors.items():
+                parent = base_t.get(name) if use_parent else None
+                args = (parent[2], parent[0], parent[1]) if parent else (None, None, None)
+                out.append(encode_tensor(raw, dtype, shape, *args))
+            return out
+
+        def dec(parts: list) -> bytes:
+            out = [dz.decompress(parts[0])]
+            for (name, (dtype, shape, _)), e in zip(tensors.items(), parts[1:], strict=True):
+                parent = base_t.get(name) if use_parent else None
+                args = (parent[2], parent[0], parent[1]) if parent else (None, None, None)
+                out.append(decode_tensor(e.encoding, e.payload, dtype, shape, *args))
+            return b"".join(out)
+
+        return enc, dec
+
+    return {
+        "zstd -3 on the file": (z3.compress, dz.decompress),
+        "ZipNN on the file": zipnn_pair(False),
+        "ZipNN on the XOR with base": zipnn_pair(True),
+        "BitX (XOR, byte planes, zstd -3)": (bitx_c, bitx_d),
+        "deltazoo plain (no parent)": deltazoo(False),
+        "deltazoo delta vs base": deltazoo(True),
+    }
+
+
+def size_of(payload: object) -> int:
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return len(payload)
+    if isinstance(payload, tuple):
+        return sum(size_of(p) for p in payload)
+    return len(payload[0]) + sum(len(e.payload) for e in payload[1:])  # deltazoo: header + tensors
+
+
+def run(zoo: Path, repeat: int) -> str:
+    base_file, _, base_t = read_safetensors(zoo / "base" / "model.safetensors")
+    lines = [
+        "| fine-tune | coder | ratio | compress MB/s | decompress MB/s | round trip |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for folder in sorted(p for p in zoo.iterdir() if p.is_dir() and p.name != "base"):
+        path = folder / "model.safetensors"
+        if not path.exists():
+            continue
+        data, header, tensors = read_safetensors(path)
+        digest = hashlib.sha256(data).hexdigest()
+        for name, (enc, dec) in coders(base_file, base_t, header, tensors).items():
+            tc, payload = best_time(lambda enc=enc, data=data: enc(data), repeat)
+            try:
+                td, out = best_time(lambda dec=dec, payload=payload: dec(payload), repeat)
+                ok = hashlib.sha256(bytes(out)).hexdigest() == digest
+                dspeed = f"{len(data) / td / 1e6:.0f}"
+            except Exception as exc:  # a peer's failure is a finding, not a crash of the benchmark
+                ok, dspeed = False, f"failed: {type(exc).__name__}"
+            ratio = len(data) / size_of(payload)
+            check = "sha256 ok" if ok else "MISMATCH"
+            lines.append(
+                f"| {folder.name} | {name} | {ratio:.3f} | {len(data) / tc / 1e6:.0f} | {dspeed} | {check} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("zoo", type=Path)
+    ap.add_argument("--out", type=Path, help="also write the table and the command to this markdown file")
+    ap.add_argument("--repeat", type=int, default=3, help="timing runs per coder (best is kept)")
+    args = ap.parse_args()
+    table = run(args.zoo, args.repeat)
+    print(table)
+    if args.out:
+        cmd = "python benchmarks/exact.py " + " ".join(sys.argv[1:])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            "## Exact tensor coding\n\n"
+            f"Command: `{cmd}`\n\n"
+            "Ratio = file bytes / coded bytes; MB/s = file bytes per second, one process, best of "
+            f"{args.repeat}.\n\n{table}\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
