@@ -84,11 +84,13 @@ def delta_matmul(x: torch.Tensor, delta: PackedDelta, backend: Backend = "auto")
 def linear_with_delta(
     x: torch.Tensor, w_base: torch.Tensor, delta: PackedDelta | StackedDeltas,
     bias: torch.Tensor | None = None, delta_ids: torch.Tensor | None = None, backend: Backend = "auto",
+    validate: bool = True,
 ) -> torch.Tensor:
     """``x·W_baseᵀ (+ bias) + x·ΔŴᵀ`` for ``x [..., cols]``, in ``x``'s dtype.
 
     With a ``StackedDeltas``, ``delta_ids`` (one per row of the flattened ``x``) names each token's
-    delta, ``-1`` for the base alone; with one ``PackedDelta`` every token uses it.
+    delta, ``-1`` for the base alone; with one ``PackedDelta`` every token uses it. ``validate=False``
+    skips the id range check (a device synchronisation) for ids already checked.
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
@@ -97,5 +99,6 @@ def linear_with_delta(
         if isinstance(delta, StackedDeltas) and delta.num_deltas > 1:
             raise ValueError("several deltas are stacked: pass delta_ids, one per token (-1 = base only)")
         delta_ids = torch.zeros(x2.shape[0], dtype=torch.int32, device=x.device)
-    batched_delta_add_(y, x2, delta, delta_ids.reshape(-1), backend=backend)
+        validate = False
+    batched_delta_add_(y, x2, delta, delta_ids.reshape(-1), backend=backend, validate=validate)
     return y.reshape(*lead, y.shape[-1])
