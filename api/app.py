@@ -6,13 +6,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from api.auth import require_token
 from api.errors import install_error_handlers
-from api.routes import files, misc, models, versions
+from api.routes import files, health, misc, models, versions
 from deltazoo.settings import Settings, get_settings
-from registry.db import upgrade_database
+from registry.db import session_scope, upgrade_database
 from registry.objectstore import object_store_from_settings
+from registry.services.tokens import ensure_admin_token
 from workers.jobs import JobContext
 
 log = logging.getLogger("deltazoo.api")
@@ -27,6 +29,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         if migrate:
             upgrade_database(settings.resolved_database_url)
         app.state.store = object_store_from_settings(settings)
+        if settings.admin_token:
+            with session_scope(settings) as session:
+                ensure_admin_token(session, settings.admin_token)
         runner = None
         if settings.embedded:
             from workers.runner import InProcessRunner
@@ -55,7 +60,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.settings = settings
     install_error_handlers(app)
     for module in (models, versions, files, misc):
-        app.include_router(module.router, prefix="/v1")
+        app.include_router(module.router, prefix="/v1", dependencies=[Depends(require_token)])
+    app.include_router(health.router, prefix="/v1")
     _include_optional_routes(app)
     return app
 

@@ -1,15 +1,12 @@
-"""Jobs, blobs, stats and health."""
+"""Jobs, blobs and stats."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import text
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 
 from api import schemas
 from api.deps import DB, Store
-from api.errors import error_body
-from registry.db import session_scope
 from registry.errors import NotFound
 from registry.objectstore import blob_key
 from registry.repositories import BlobRepository, JobRepository
@@ -42,26 +39,3 @@ def get_blob(sha256: str, session: DB, store: Store) -> StreamingResponse:
 @router.get("/stats", response_model=schemas.Stats)
 def get_stats(session: DB) -> dict:
     return views.stats(session)
-
-
-@router.get(
-    "/health", response_model=schemas.Health, responses={503: {"description": "a dependency is down"}}
-)
-def health(request: Request, store: Store) -> object:
-    result = {"status": "ok", "database": "ok", "object_store": "ok"}
-    try:
-        with session_scope(request.app.state.settings) as s:
-            s.execute(text("SELECT 1"))
-    except Exception as exc:  # any failure means "not answering"
-        result["database"] = f"error: {type(exc).__name__}: {exc}"
-    try:
-        store.ping()
-    except Exception as exc:
-        result["object_store"] = f"error: {type(exc).__name__}: {exc}"
-    if result["database"] != "ok" or result["object_store"] != "ok":
-        result["status"] = "error"
-        body = error_body(
-            "unavailable", f"database: {result['database']}; object store: {result['object_store']}"
-        )
-        return JSONResponse({**body, **result}, status_code=503)
-    return result

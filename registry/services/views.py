@@ -225,7 +225,9 @@ def lineage(session: Session, model: Model, full_name: str) -> dict[str, Any]:
             nodes[k.id] = k
             descendants.append(k)
         frontier = [k.id for k in kids]
-    summaries = {v.id: s for v, s in zip(nodes.values(), version_summaries(session, list(nodes.values())), strict=True)}
+    summaries = {
+        v.id: s for v, s in zip(nodes.values(), version_summaries(session, list(nodes.values())), strict=True)
+    }
     edges = [
         {
             "parent": summaries[v.parent_version_id]["ref"],
