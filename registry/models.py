@@ -116,6 +116,9 @@ class Version(Timestamped, Base):
     lossy: Mapped[bool] = mapped_column(Boolean, default=False)
     profiles: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # base="auto": per-tensor value samples (registry.services.similarity) and the picked parent's score
+    sketch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    parent_similarity: Mapped[float | None] = mapped_column(Float)
     model: Mapped[Model] = relationship(lazy="raise")
 
 
@@ -196,5 +199,8 @@ class Evaluation(Timestamped, Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
     artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifact.id", ondelete="CASCADE"))
     text_set_id: Mapped[int] = mapped_column(ForeignKey("text_set.id", ondelete="CASCADE"), index=True)
-    bits_per_byte: Mapped[float] = mapped_column(Float)
+    bits_per_byte: Mapped[float | None] = mapped_column(Float)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="pending", server_default="ready")
+    status_message: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
