@@ -19,10 +19,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.checkpoints import CheckpointPair, make_base_and_finetune
 from tests.servers import CeleryWorker, Stack, full_stack_env, start_api_server
 from tests.services import (
     ADMIN_TOKEN,
@@ -37,6 +37,9 @@ from tests.services import (
     temporary_database,
 )
 from tests.services import redis_url as worker_redis_url
+
+if TYPE_CHECKING:
+    from tests.checkpoints import CheckpointPair
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -129,6 +132,8 @@ def stack_server(
 
 @pytest.fixture
 def checkpoint_pair(tmp_path: Path) -> CheckpointPair:
+    from tests.checkpoints import make_base_and_finetune  # torch: imported by the tests that use it
+
     return make_base_and_finetune(tmp_path / "checkpoints")
 
 

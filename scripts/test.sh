@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The deltazoo test command: bash scripts/test.sh [pytest args...]
+#
+# Works in a clean clone: creates .venv when missing (reuses it after), installs torch==2.13.0 FIRST
+# (the CPU build lies on this machine kind's disk; a bare torch requirement would pull GBs of CUDA),
+# then the project with its [server,dev] extras; makes sure Postgres and Redis answer on 127.0.0.1,
+# starting them when they are installed but stopped, and fails loudly when they are absent; runs the
+# whole suite on two processes with TRITON_INTERPRET=1 (Triton kernels run on CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.13.0
+PYTHON=${PYTHON:-python3.11}
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf '\nscripts/test.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. virtual environment -------------------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+  command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=/path/to/python3.11)"
+  say "creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+# --- 2. torch first, then the project -----------------------------------------------------------
+if python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  say "torch $TORCH_VERSION already installed"
+else
+  say "installing torch==$TORCH_VERSION (before anything that could pull another build)"
+  python -m pip install "torch==$TORCH_VERSION"
+fi
+
+# Reinstall the project only when its metadata changed: re-running reuses .venv as it is.
+stamp=.venv/.deltazoo-install-stamp
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ] && python -c "import deltazoo, pytest, xdist" 2>/dev/null; then
+  say "project already installed (pyproject.toml unchanged)"
+else
+  say "installing the project: pip install -e '.[server,dev]'"
+  python -m pip install -e '.[server,dev]'
+  echo "$want" > "$stamp"
+fi
+python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" \
+  || die "torch was replaced by $(python -c 'import torch; print(torch.__version__)'); expected $TORCH_VERSION"
+
+# --- 3. Postgres and Redis ----------------------------------------------------------------------
+start_postgres() {
+  command -v pg_ctlcluster >/dev/null || return 0
+  local version
+  for version in $(ls /etc/postgresql 2>/dev/null); do
+    say "starting Postgres $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  done
+}
+start_redis() {
+  command -v redis-server >/dev/null || return 0
+  say "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+}
+
+if ! python -m tests.services check; then
+  python -c "from tests.services import check_postgres as c; import sys; sys.exit(c() is not None)" || start_postgres
+  python -c "from tests.services import check_redis as c; import sys; sys.exit(c() is not None)" || start_redis
+  for _ in $(seq 1 30); do
+    python -m tests.services check >/dev/null 2>&1 && break
+    sleep 1
+  done
+  python -m tests.services check \
+    || die "Postgres and Redis must answer on 127.0.0.1 (the suite does not skip what needs them)"
+fi
+
+# --- 4. the suite -------------------------------------------------------------------------------
+export TRITON_INTERPRET=1
+log="$(mktemp -t deltazoo-pytest.XXXXXX.log)"
+say "python -m pytest -n 2 $* (log: $log)"
+set +e
+python -m pytest -n 2 "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+
+# The last pytest summary ("3 passed, 1 failed in 9.1s"), with or without its ==== frame (-q drops it).
+summary="$(grep -E '(passed|failed|errors?|skipped|no tests ran).* in [0-9.]+s' "$log" | tail -n 1 \
+  | sed -E 's/^=+ //; s/ =+$//' || true)"
+case "$rc" in
+  0) verdict="PASSED" ;;
+  5) verdict="FAILED (pytest collected no tests)" ;;
+  *) verdict="FAILED (pytest exit $rc)" ;;
+esac
+printf '\nscripts/test.sh: %s: %s\n' "$verdict" "${summary:-no pytest summary line}"
+[ "$rc" -eq 0 ] || exit "$rc"
