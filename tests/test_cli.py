@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from compression.packed import load_artifact
 from deltazoo.cli import main
 from tests.checkpoints import CheckpointPair, file_sha256
 
@@ -51,6 +52,8 @@ def test_cli_push_pull_and_json_views(
         f"{unique_org}/ft",
         "--base",
         f"{unique_org}/base",
+        "--profile",
+        "deltadq:n=1,m=32,bits=4",
         "--wait",
     )
     assert code == 0 and f"{unique_org}/ft@1" in out and "ready" in out
@@ -59,6 +62,19 @@ def test_cli_push_pull_and_json_views(
     assert code == 0
     for f in ("model.safetensors", "config.json"):
         assert file_sha256(tmp_path / "ft" / f) == file_sha256(checkpoint_pair.finetune / f)
+
+    code, out, _ = _run(
+        capsys,
+        url,
+        "pull-delta",
+        f"{unique_org}/ft",
+        str(tmp_path / "d"),
+        "--profile",
+        "deltadq:n=1,m=32,bits=4",
+    )
+    assert code == 0
+    (container,) = (tmp_path / "d").iterdir()
+    assert load_artifact(container).profile == "deltadq:n=1,m=32,bits=4"
 
     code, out, _ = _run(capsys, url, "ls", "--search", unique_org, "--json")
     listed = json.loads(out)

@@ -180,3 +180,29 @@ def test_load_model_builds_the_transformers_model(
     assert torch.equal(
         _bits(weight), _bits(checkpoint_pair.finetune_tensors["model.layers.0.mlp.up_proj.weight"])
     )
+
+
+def test_fetch_delta_returns_the_packed_artifact(
+    embedded_server: str, checkpoint_pair: CheckpointPair, unique_org: str, tmp_path: Path
+):
+    from compression.packed import PackedArtifact
+
+    profile = "deltadq:n=1,m=32,bits=4"
+    with _client(embedded_server, tmp_path / "cache") as c:
+        base = c.push(checkpoint_pair.base, f"{unique_org}/b", quiet=True)
+        tuned = c.push(
+            checkpoint_pair.finetune, f"{unique_org}/t", base=base.ref, profiles=[profile], quiet=True
+        )
+        assert tuned.artifact(profile) is not None and tuned.artifact(profile).status == "ready"
+        art = c.fetch_delta(tuned.ref, profile)
+        path = c.fetch_delta_file(tuned.ref, profile)
+        fetched = c.bytes_downloaded
+        c.fetch_delta(tuned.ref, profile)  # cached: no second download
+        assert c.bytes_downloaded == fetched == path.stat().st_size
+        with pytest.raises(FileNotFoundError):
+            c.fetch_delta(tuned.ref, "deltadq:n=1,m=16,bits=4")
+    assert isinstance(art, PackedArtifact) and art.profile == profile and art.packed
+    rebuilt = art.apply_to(checkpoint_pair.base_tensors)
+    assert rebuilt.keys() == checkpoint_pair.finetune_tensors.keys()
+    for name, d in art.packed.items():
+        assert d.shape == tuple(checkpoint_pair.finetune_tensors[name].shape)
