@@ -5,6 +5,7 @@ For each weight shape, batch size and number of distinct deltas in the batch it 
 * ``base``         F.linear with the bf16 base weight alone (the reference cost);
 * ``delta``        deltazoo.kernels.linear_with_delta: base F.linear + the packed-delta BGMV kernel
                    (Triton on CUDA), token b using delta ``b % deltas``;
+* ``fused``        the same in one Triton kernel (base GEMV + delta, ``fused=True``; CUDA only);
 * ``merged``       dense fine-tunes resident (W_base + ΔW precomputed per delta): one GEMM per distinct delta;
 * ``materialise``  W_base + ΔW formed from the packed delta on every call, then the GEMM;
 * ``2:4``          torch semi-structured sparse F.linear of a 2:4-pruned base-sized weight, where torch
@@ -46,6 +47,7 @@ class Row:
     deltas: int  # distinct deltas used by the batch
     base_us: float
     delta_us: float
+    fused_us: float | None
     merged_us: float
     materialise_us: float
     sparse24_us: float | None
@@ -112,6 +114,15 @@ def run_case(shape: tuple[int, int], batch: int, stack: StackedDeltas, dtype: to
     # correctness before timing: the delta path must equal the merged weights
     expected = grouped(x, merged, ids, groups).float()
     torch.testing.assert_close(delta_fn().float(), expected, rtol=3e-2, atol=3e-2)
+    fused_us = None
+    if device.type == "cuda":
+        def fused_fn() -> torch.Tensor:
+            return linear_with_delta(x, w, stack, delta_ids=ids, backend="triton", validate=False, fused=True)
+
+        torch.testing.assert_close(fused_fn().float(), expected, rtol=3e-2, atol=3e-2)
+        fused_us = bench(fused_fn, device, reps)
+    else:
+        notes.add("fused kernel not timed: needs CUDA")
     s24, why = sparse24_fn(w, x)
     if why:
         notes.add(f"2:4 not measured: {why}")
@@ -119,7 +130,7 @@ def run_case(shape: tuple[int, int], batch: int, stack: StackedDeltas, dtype: to
     return Row(
         shape=shape, batch=batch, deltas=len(used),
         base_us=bench(lambda: F.linear(x, w), device, reps),
-        delta_us=bench(delta_fn, device, reps),
+        delta_us=bench(delta_fn, device, reps), fused_us=fused_us,
         merged_us=bench(lambda: grouped(x, merged, ids, groups), device, reps),
         materialise_us=bench(materialise, device, reps),
         sparse24_us=bench(s24, device, reps) if s24 else None,
@@ -145,16 +156,19 @@ def render(rows: list[Row], device: torch.device, args: argparse.Namespace, dtyp
         f"- deltas: random {args.n}:{args.m} {args.bits}-bit packed deltas (tensor scale); "
         f"x and W_base in {str(dtype).removeprefix('torch.')}; token b uses delta b % deltas",
         "- each cell: median time in µs, and in brackets the ratio to `base`; `bound` = 1 + packed bytes "
-        "of the distinct deltas / bf16 base bytes (the bytes-moved lower bound of the delta path)", "",
-        "| shape (rows×cols) | batch | deltas | base µs | delta path | bound | merged dense | "
+        "of the distinct deltas / bf16 base bytes (the bytes-moved lower bound of the delta path)",
+        "- design target (docs: DESIGN.md): the delta path ≤ 1.10× base at batch 1, several deltas per batch",
+        "",
+        "| shape (rows×cols) | batch | deltas | base µs | delta path | fused | bound | merged dense | "
         "materialise per call | torch 2:4 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         def cell(us: float | None, base: float = r.base_us) -> str:
             return "n/a" if us is None else f"{us:.1f} ({us / base:.3f}×)"
         lines.append(
             f"| {r.shape[0]}×{r.shape[1]} | {r.batch} | {r.deltas} | {r.base_us:.1f} | {cell(r.delta_us)} | "
+            f"{cell(r.fused_us)} | "
             f"{r.bound:.3f}× | {cell(r.merged_us)} | {cell(r.materialise_us)} | {cell(r.sparse24_us)} |"
         )
     lines += ["", *[f"- {n}" for n in sorted(notes)]]
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type != "cuda" and not args.smoke:
         p.error("no CUDA device: the GPU benchmark needs one (use --smoke to check the script on a CPU)")
     if args.smoke:
+        torch.set_num_threads(1)  # a shared CPU: fewer threads, less contention noise
         shapes, batches, counts, dtype = [(128, 256), (128, 352)], [1, 4], [1, 4], torch.float32
     else:
         shapes, batches, counts = GPU_SHAPES, [1, 4, 16, 64], [1, 4, 16]

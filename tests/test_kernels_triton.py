@@ -110,14 +110,16 @@ def test_delta_linear_with_triton_backend_and_per_token_ids() -> None:
     deltas = [random_packed_delta((32, 64), n=1, m=32, bits=4, generator=g, device=DEVICE) for _ in range(2)]
     stack = stack_deltas(deltas)
     layer_triton = DeltaLinear(base, stack, backend="triton")
+    layer_fused = DeltaLinear(base, stack, backend="triton", fused=True)
     layer_torch = DeltaLinear(base, stack, backend="torch")
     x = torch.randn(2, 3, 64, generator=g).to(DEVICE)
     per_token = torch.tensor([[0, 1, -1], [1, 1, 0]], device=DEVICE)
-    for layer in (layer_triton, layer_torch):
+    for layer in (layer_triton, layer_fused, layer_torch):
         layer.set_delta_ids(per_token)
     with torch.no_grad():
         got = layer_triton(x)
         torch.testing.assert_close(got, layer_torch(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer_fused(x), got, rtol=1e-5, atol=1e-5)
         dense = torch.stack([base.weight.detach() + d.to_dense() for d in deltas])
         for b in range(2):
             for t in range(3):
@@ -125,3 +127,18 @@ def test_delta_linear_with_triton_backend_and_per_token_ids() -> None:
                 w = base.weight.detach() if d < 0 else dense[d]
                 expected = x[b, t] @ w.T + base.bias.detach()
                 torch.testing.assert_close(got[b, t], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,m,granularity", [(4, 32, "tensor"), (3, 8, "group"), (8, 64, "row")])
+def test_fused_base_and_delta_kernel(bits: int, m: int, granularity: str) -> None:
+    g = torch.Generator().manual_seed(15)
+    deltas = [random_packed_delta((24, 192), n=1, m=m, bits=bits, scale_granularity=granularity,
+                                  group_size=64, generator=g, device=DEVICE) for _ in range(3)]
+    stack = stack_deltas(deltas)
+    w, bias = torch.randn(24, 192, generator=g).to(DEVICE), torch.randn(24, generator=g).to(DEVICE)
+    x = torch.randn(5, 192, generator=g).to(DEVICE)  # 192 columns: a partial BLOCK_K=128 tile
+    ids = torch.tensor([2, -1, 0, 1, 0], device=DEVICE)
+    for b_ in (bias, None):
+        got = linear_with_delta(x, w, stack, bias=b_, delta_ids=ids, backend="triton", fused=True)
+        expected = linear_with_delta(x, w, stack, bias=b_, delta_ids=ids, backend="torch")
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)

@@ -21,7 +21,7 @@ from torch import nn
 
 from compression.packed import PackedArtifact, PackedDelta, PackedFormatError
 
-from .ops import Backend, batched_delta_add_, resolve_backend
+from .ops import Backend, batched_delta_add_, linear_with_delta, resolve_backend
 from .reference import check_delta_ids
 from .stacked import StackedDeltas, stack_deltas
 
@@ -30,7 +30,8 @@ class DeltaLinear(nn.Module):
     """``y = x·W_baseᵀ + b + x·ΔŴ[id]ᵀ`` with ``ΔŴ`` kept packed; takes over a base ``nn.Linear``'s
     parameters (same names: ``weight``, ``bias``)."""
 
-    def __init__(self, base: nn.Linear, deltas: PackedDelta | StackedDeltas, backend: Backend = "auto"):
+    def __init__(self, base: nn.Linear, deltas: PackedDelta | StackedDeltas, backend: Backend = "auto",
+                 fused: bool = False):
         super().__init__()
         stack = deltas if isinstance(deltas, StackedDeltas) else stack_deltas([deltas])
         if stack.shape != (base.out_features, base.in_features):
@@ -43,6 +44,7 @@ class DeltaLinear(nn.Module):
         self.weight = base.weight
         self.bias = base.bias
         self.backend: Backend = backend
+        self.fused = fused  # one Triton kernel for base + delta (small batches); see linear_with_delta
         self._layout = {k: getattr(stack, k) for k in ("shape", "n", "m", "bits", "scale_granularity",
                                                         "group_size")}
         device = base.weight.device
@@ -91,16 +93,20 @@ class DeltaLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y = nn.functional.linear(x2, self.weight, self.bias)
         ids = self._token_ids(lead, x.device)
-        batched_delta_add_(y, x2, self.deltas, ids, backend=self.backend, validate=False)
+        if self.fused:
+            y = linear_with_delta(x2, self.weight, self.deltas, bias=self.bias, delta_ids=ids,
+                                  backend=self.backend, validate=False, fused=True)
+        else:
+            y = nn.functional.linear(x2, self.weight, self.bias)
+            batched_delta_add_(y, x2, self.deltas, ids, backend=self.backend, validate=False)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         lay = self._layout
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"deltas={self.num_deltas}, n:m={lay['n']}:{lay['m']}, bits={lay['bits']}, "
-                f"scales={lay['scale_granularity']}, backend={self.backend}")
+                f"scales={lay['scale_granularity']}, backend={self.backend}, fused={self.fused}")
 
 
 def _linear_for(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Linear]:
@@ -159,13 +165,14 @@ def _load_dense(model: nn.Module, dense: Mapping[str, torch.Tensor]) -> None:
 
 def patch_model(
     model: nn.Module, artifacts: PackedArtifact | Sequence[PackedArtifact], *,
-    backend: Backend = "auto", on_dense_mismatch: str = "error",
+    backend: Backend = "auto", on_dense_mismatch: str = "error", fused: bool = False,
 ) -> nn.Module:
     """Patch ``model`` (a base model) in place to run one fine-tune, or several side by side.
 
     Each ``nn.Linear`` named in the artifacts' ``packed`` becomes a ``DeltaLinear``; the exact
     tensors in ``dense`` are copied in (with several artifacts only those equal across all of them,
-    unless ``on_dense_mismatch='keep-base'`` keeps the base's where they differ). Returns ``model``.
+    unless ``on_dense_mismatch='keep-base'`` keeps the base's where they differ). ``backend`` and
+    ``fused`` are passed to every ``DeltaLinear``. Returns ``model``.
     """
     arts = [artifacts] if isinstance(artifacts, PackedArtifact) else list(artifacts)
     if not arts:
@@ -184,7 +191,7 @@ def patch_model(
     targets = [(name, *_linear_for(model, name)) for name in names]  # check every name before changing any
     for name, parent, attr, linear in targets:
         stack = stack_deltas([a.packed[name] for a in arts], name=name).to(linear.weight.device)
-        setattr(parent, attr, DeltaLinear(linear, stack, backend=backend))
+        setattr(parent, attr, DeltaLinear(linear, stack, backend=backend, fused=fused))
     _load_dense(model, dense)
     return model
 

@@ -84,21 +84,38 @@ def delta_matmul(x: torch.Tensor, delta: PackedDelta, backend: Backend = "auto")
 def linear_with_delta(
     x: torch.Tensor, w_base: torch.Tensor, delta: PackedDelta | StackedDeltas,
     bias: torch.Tensor | None = None, delta_ids: torch.Tensor | None = None, backend: Backend = "auto",
-    validate: bool = True,
+    validate: bool = True, fused: bool = False,
 ) -> torch.Tensor:
     """``x·W_baseᵀ (+ bias) + x·ΔŴᵀ`` for ``x [..., cols]``, in ``x``'s dtype.
 
     With a ``StackedDeltas``, ``delta_ids`` (one per row of the flattened ``x``) names each token's
     delta, ``-1`` for the base alone; with one ``PackedDelta`` every token uses it. ``validate=False``
-    skips the id range check (a device synchronisation) for ids already checked.
+    skips the id range check (a device synchronisation) for ids already checked. ``fused=True`` (Triton
+    backend only) computes base and delta in one GEMV-style kernel, meant for small batches.
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    y = F.linear(x2, w_base, bias)
     if delta_ids is None:
         if isinstance(delta, StackedDeltas) and delta.num_deltas > 1:
             raise ValueError("several deltas are stacked: pass delta_ids, one per token (-1 = base only)")
         delta_ids = torch.zeros(x2.shape[0], dtype=torch.int32, device=x.device)
         validate = False
+    if fused:
+        stack = _as_stack(delta)
+        if resolve_backend(backend, x.device) != "triton":
+            raise ValueError("fused=True needs the Triton backend (CUDA tensors, or TRITON_INTERPRET=1)")
+        if x2.shape[1] != stack.cols or tuple(w_base.shape) != stack.shape:
+            raise ValueError(f"x [..., {x2.shape[1]}] and W_base {list(w_base.shape)} do not fit a "
+                             f"delta of shape {list(stack.shape)}")
+        if stack.device != x.device or w_base.device != x.device:
+            raise ValueError(f"x is on {x.device}, W_base on {w_base.device}, deltas on {stack.device}: "
+                             "move them to one device")
+        ids = delta_ids.reshape(-1)
+        ids = check_delta_ids(ids, x2.shape[0], stack.num_deltas) if validate else ids.to(torch.int32)
+        from .triton_delta import fused_linear_delta
+
+        y = fused_linear_delta(x2, w_base, bias, stack, ids.to(x.device).contiguous())
+        return y.reshape(*lead, y.shape[-1])
+    y = F.linear(x2, w_base, bias)
     batched_delta_add_(y, x2, delta, delta_ids.reshape(-1), backend=backend, validate=validate)
     return y.reshape(*lead, y.shape[-1])

@@ -1,13 +1,16 @@
 """Triton kernels that apply packed N:M low-bit deltas straight from their packed layout.
 
-One kernel, ``_delta_bgmv_kernel``, serves both the single-delta case (a stack of one, every token
-using delta 0) and the multi-tenant case (Punica BGMV / DeltaZip SBMM: token ``b`` uses delta
-``delta_ids[b]``, ``-1`` = base only). Program ``(r, b)`` owns output rows ``r*BLOCK_R ...`` of token
-``b``: it walks the rows' kept entries ``BLOCK_C`` at a time, reads their codes from the packed 32-bit
-words (two words when a code straddles a word boundary: 3-bit values, 3- and 5-bit indices),
-gathers the matching columns of ``x``, and adds ``Σ q·scale·x`` to ``y`` in float32. The dense
-delta is never formed. Arithmetic is float32 whatever the storage dtype (the Triton interpreter,
-used by the CPU tests with ``TRITON_INTERPRET=1``, has no bf16 arithmetic).
+``_delta_bgmv_kernel`` adds the deltas to an output that torch's base GEMM already produced;
+``_fused_gemv_delta_kernel`` computes base and delta in one pass for small batches. Each serves both
+the single-delta case (a stack of one, every token using delta 0) and the multi-tenant case (Punica
+BGMV / DeltaZip SBMM: token ``b`` uses delta ``delta_ids[b]``, ``-1`` = base only).
+
+Program ``(r, b)`` owns output rows ``r*BLOCK_R ...`` of token ``b``. It walks the rows' kept
+entries ``BLOCK_C`` at a time, reads their codes from the packed 32-bit words (two words when a code
+straddles a word boundary: 3-bit values, 3- and 5-bit indices), gathers the matching columns of
+``x`` and accumulates ``Σ q·scale·x`` in float32. The dense delta is never formed. Arithmetic is
+float32 whatever the storage dtype (the Triton interpreter, used by the CPU tests with
+``TRITON_INTERPRET=1``, has no bf16 arithmetic).
 
 This module imports triton at import time; ``deltazoo.kernels`` imports it only when triton is
 installed and a kernel is asked for.
@@ -43,6 +46,39 @@ def _read_codes(row_words, j, mask, BITS: tl.constexpr):
 
 
 @triton.jit
+def _delta_rows(
+    x_row, d, rows, rmask, C, stride_xk,
+    val_ptr, idx_ptr, scale_ptr, val_sd, val_sr, idx_sd, idx_sr, sc_sd, sc_sr,
+    N: tl.constexpr, M: tl.constexpr, BITS: tl.constexpr, IBITS: tl.constexpr,
+    GRAN: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """float32 ``[BLOCK_R]``: rows ``rows`` of delta ``d`` dotted with the input row at ``x_row``."""
+    vrow = val_ptr + d * val_sd + rows[:, None].to(tl.int64) * val_sr
+    irow = idx_ptr + d * idx_sd + rows[:, None].to(tl.int64) * idx_sr
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        j = c0 + tl.arange(0, BLOCK_C)
+        mask = rmask[:, None] & (j < C)[None, :]
+        q = _read_codes(vrow, j, mask, BITS) - (1 << (BITS - 1))
+        if IBITS > 0:  # noqa: SIM108 (a constexpr branch: the m == 1 kernel has no index stream)
+            pos = _read_codes(irow, j, mask, IBITS)
+        else:
+            pos = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
+        col = (j // N)[None, :] * M + pos
+        xv = tl.load(x_row + col * stride_xk, mask=mask, other=0.0).to(tl.float32)
+        prod = q.to(tl.float32) * xv
+        if GRAN == 2:
+            sp = scale_ptr + d * sc_sd + rows[:, None].to(tl.int64) * sc_sr + col // GROUP
+            prod = prod * tl.load(sp, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.sum(prod, axis=1)
+    if GRAN == 0:
+        acc = acc * tl.load(scale_ptr + d * sc_sd).to(tl.float32)
+    if GRAN == 1:
+        acc = acc * tl.load(scale_ptr + d * sc_sd + rows * sc_sr, mask=rmask, other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
 def _delta_bgmv_kernel(
     x_ptr, y_ptr, ids_ptr, val_ptr, idx_ptr, scale_ptr,
     R, C,
@@ -52,38 +88,55 @@ def _delta_bgmv_kernel(
     GRAN: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """``y[b, rows] += x[b] · ΔŴ[ids[b]][rows]ᵀ``; program (r, b)."""
     pid_r = tl.program_id(0)
     b = tl.program_id(1)
     d = tl.load(ids_ptr + b).to(tl.int64)
     if d >= 0:
         rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
         rmask = rows < R
-        vrow = val_ptr + d * val_sd + rows[:, None].to(tl.int64) * val_sr
-        irow = idx_ptr + d * idx_sd + rows[:, None].to(tl.int64) * idx_sr
-        xrow = x_ptr + b.to(tl.int64) * stride_xb
-        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            j = c0 + tl.arange(0, BLOCK_C)
-            mask = rmask[:, None] & (j < C)[None, :]
-            q = _read_codes(vrow, j, mask, BITS) - (1 << (BITS - 1))
-            if IBITS > 0:
-                pos = _read_codes(irow, j, mask, IBITS)
-            else:
-                pos = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
-            col = (j // N)[None, :] * M + pos
-            xv = tl.load(xrow + col * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            prod = q.to(tl.float32) * xv
-            if GRAN == 2:
-                sp = scale_ptr + d * sc_sd + rows[:, None].to(tl.int64) * sc_sr + col // GROUP
-                prod = prod * tl.load(sp, mask=mask, other=0.0).to(tl.float32)
-            acc += tl.sum(prod, axis=1)
-        if GRAN == 0:
-            acc = acc * tl.load(scale_ptr + d * sc_sd).to(tl.float32)
-        if GRAN == 1:
-            acc = acc * tl.load(scale_ptr + d * sc_sd + rows * sc_sr, mask=rmask, other=0.0).to(tl.float32)
+        acc = _delta_rows(x_ptr + b.to(tl.int64) * stride_xb, d, rows, rmask, C, stride_xk,
+                          val_ptr, idx_ptr, scale_ptr, val_sd, val_sr, idx_sd, idx_sr, sc_sd, sc_sr,
+                          N, M, BITS, IBITS, GRAN, GROUP, BLOCK_R, BLOCK_C)
         yp = y_ptr + b.to(tl.int64) * stride_yb + rows * stride_yr
         y = tl.load(yp, mask=rmask, other=0.0).to(tl.float32)
         tl.store(yp, (y + acc).to(y_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def _fused_gemv_delta_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, ids_ptr, val_ptr, idx_ptr, scale_ptr,
+    R, K, C,
+    stride_xb, stride_xk, stride_wr, stride_wk, stride_yb, stride_yr,
+    val_sd, val_sr, idx_sd, idx_sr, sc_sd, sc_sr,
+    HAS_BIAS: tl.constexpr,
+    N: tl.constexpr, M: tl.constexpr, BITS: tl.constexpr, IBITS: tl.constexpr,
+    GRAN: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """``y[b, rows] = x[b] · (W_base + ΔŴ[ids[b]])[rows]ᵀ + bias`` in one pass (small batches)."""
+    pid_r = tl.program_id(0)
+    b = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    x_row = x_ptr + b.to(tl.int64) * stride_xb
+    w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_wr
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < K
+        w = tl.load(w_rows + k[None, :] * stride_wk, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        xv = tl.load(x_row + k * stride_xk, mask=kmask, other=0.0).to(tl.float32)
+        acc += tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    d = tl.load(ids_ptr + b).to(tl.int64)
+    if d >= 0:
+        acc += _delta_rows(x_row, d, rows, rmask, C, stride_xk,
+                           val_ptr, idx_ptr, scale_ptr, val_sd, val_sr, idx_sd, idx_sr, sc_sd, sc_sr,
+                           N, M, BITS, IBITS, GRAN, GROUP, BLOCK_R, BLOCK_C)
+    tl.store(y_ptr + b.to(tl.int64) * stride_yb + rows * stride_yr, acc.to(y_ptr.dtype.element_ty),
+             mask=rmask)
 
 
 def _words(packed: torch.Tensor) -> torch.Tensor:
@@ -98,6 +151,32 @@ def is_interpreted() -> bool:
     return type(_delta_bgmv_kernel).__name__ == "InterpretedFunction"
 
 
+def _require_device(x: torch.Tensor) -> None:
+    if x.device.type != "cuda" and not is_interpreted():
+        raise RuntimeError(
+            "the Triton delta kernels need CUDA tensors; on a CPU use backend='torch', or set "
+            "TRITON_INTERPRET=1 before deltazoo.kernels.triton_delta is first imported"
+        )
+
+
+def _delta_args(deltas: StackedDeltas, block_kept: int) -> tuple[list[object], dict[str, int]]:
+    """Pointer/stride arguments and constexprs of the packed buffers, shared by both kernels."""
+    vals, idxs = _words(deltas.values), _words(deltas.indices)
+    scales = deltas.scales.contiguous()
+    args: list[object] = [
+        vals, idxs, scales,
+        vals.stride(0) if vals.dim() == 3 else 0, vals.stride(1) if vals.dim() == 3 else 0,
+        idxs.stride(0) if idxs.dim() == 3 else 0, idxs.stride(1) if idxs.dim() == 3 else 0,
+        scales.stride(0), scales.stride(1) if scales.dim() > 1 else 0,
+    ]
+    meta = dict(
+        N=deltas.n, M=deltas.m, BITS=deltas.bits, IBITS=index_bits(deltas.m),
+        GRAN=_GRANULARITY[deltas.scale_granularity], GROUP=max(1, deltas.group_size),
+        BLOCK_C=min(block_kept, triton.next_power_of_2(max(1, deltas.kept_per_row))),
+    )
+    return args, meta
+
+
 def delta_bgmv_add_(
     y: torch.Tensor, x: torch.Tensor, deltas: StackedDeltas, delta_ids: torch.Tensor,
     block_rows: int = 16, block_kept: int = 128,
@@ -107,31 +186,39 @@ def delta_bgmv_add_(
     ``delta_ids`` is int32 ``[batch]`` and must already lie in ``[-1, num_deltas)`` (not re-checked,
     to keep the launch free of device synchronisation). Returns ``y``.
     """
-    if x.device.type != "cuda" and not is_interpreted():
-        raise RuntimeError(
-            "the Triton delta kernels need CUDA tensors; on a CPU use backend='torch', or set "
-            "TRITON_INTERPRET=1 before deltazoo.kernels.triton_delta is first imported"
-        )
-    batch = x.shape[0]
-    rows, kept = deltas.rows, deltas.kept_per_row
+    _require_device(x)
+    batch, rows, kept = x.shape[0], deltas.rows, deltas.kept_per_row
     if batch == 0 or rows == 0 or kept == 0:
         return y
-    vals = _words(deltas.values)
-    idxs = _words(deltas.indices)
-    scales = deltas.scales.contiguous()
-    ibits = index_bits(deltas.m)
-    sc_sr = scales.stride(1) if scales.dim() > 1 else 0
-    block_c = min(block_kept, triton.next_power_of_2(kept))
+    (vals, idxs, scales, *strides), meta = _delta_args(deltas, block_kept)
     grid = (triton.cdiv(rows, block_rows), batch)
     _delta_bgmv_kernel[grid](
-        x, y, delta_ids, vals, idxs, scales,
-        rows, kept,
-        x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-        vals.stride(0) if vals.dim() == 3 else 0, vals.stride(1) if vals.dim() == 3 else 0,
-        idxs.stride(0) if idxs.dim() == 3 else 0, idxs.stride(1) if idxs.dim() == 3 else 0,
-        scales.stride(0), sc_sr,
-        N=deltas.n, M=deltas.m, BITS=deltas.bits, IBITS=ibits,
-        GRAN=_GRANULARITY[deltas.scale_granularity], GROUP=max(1, deltas.group_size),
-        BLOCK_R=block_rows, BLOCK_C=block_c,
+        x, y, delta_ids, vals, idxs, scales, rows, kept,
+        x.stride(0), x.stride(1), y.stride(0), y.stride(1), *strides,
+        BLOCK_R=block_rows, **meta,
+    )
+    return y
+
+
+def fused_linear_delta(
+    x: torch.Tensor, w_base: torch.Tensor, bias: torch.Tensor | None, deltas: StackedDeltas,
+    delta_ids: torch.Tensor, block_rows: int = 16, block_cols: int = 128, block_kept: int = 128,
+) -> torch.Tensor:
+    """``x[b] @ (W_base + ΔŴ[delta_ids[b]])ᵀ + bias`` in one launch, GEMV-style (one program per row
+    block and token: meant for small batches, where every token rereads ``W_base`` from cache).
+    Same id contract as ``delta_bgmv_add_``; the result has ``x``'s dtype."""
+    _require_device(x)
+    batch, rows, cols = x.shape[0], deltas.rows, deltas.cols
+    y = torch.empty((batch, rows), dtype=x.dtype, device=x.device)
+    if batch == 0 or rows == 0:
+        return y
+    (vals, idxs, scales, *strides), meta = _delta_args(deltas, block_kept)
+    grid = (triton.cdiv(rows, block_rows), batch)
+    _fused_gemv_delta_kernel[grid](
+        x, w_base, bias if bias is not None else w_base, y, delta_ids, vals, idxs, scales,
+        rows, cols, deltas.kept_per_row,
+        x.stride(0), x.stride(1), w_base.stride(0), w_base.stride(1), y.stride(0), y.stride(1), *strides,
+        HAS_BIAS=bias is not None, BLOCK_R=block_rows,
+        BLOCK_K=min(block_cols, triton.next_power_of_2(max(1, cols))), **meta,
     )
     return y
