@@ -31,6 +31,11 @@ class ModelSummary(Schema):
     created_at: datetime
 
 
+class BaseSuggestion(Schema):
+    ref: str
+    similarity: float
+
+
 class VersionSummary(Schema):
     name: str
     revision: int
@@ -44,6 +49,8 @@ class VersionSummary(Schema):
     ratio: float | None
     lossy: bool
     created_at: datetime
+    parent_similarity: float | None = None  # set when the parent was detected (base="auto")
+    suggested_base: BaseSuggestion | None = None  # a clearly related stored version (not applied)
 
 
 class Model(ModelSummary):

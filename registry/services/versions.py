@@ -26,6 +26,7 @@ from registry.repositories import (
 from registry.services.encode import check_related_base
 from registry.services.profiles import check_profile
 from registry.services.refs import RELATIONS, get_version, parse_name, parse_ref, ref_string
+from registry.services.similarity import mark_auto_base, sketch_and_resolve
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 Enqueue = Callable[[int], None]
@@ -116,17 +117,20 @@ def create_version(
             )
         if f.size < 0:
             raise Unprocessable(f"size of {f.path!r} must be >= 0", code="invalid_size")
-    parent = resolve_base(session, base) if base else None
+    auto = base == "auto"  # the parent is detected from the upload at commit (services.similarity)
+    parent = resolve_base(session, base) if base and not auto else None
     versions = VersionRepository(session)
     version = Version(
         model_id=model.id,
         revision=versions.next_revision(model.id),
         parent_version_id=parent.id if parent else None,
-        relation=relation if parent else "finetune",
+        relation=relation if parent or auto else "finetune",
         status="pending",
         lossy=lossy,
         profiles=list(dict.fromkeys(profiles)),
     )
+    if auto:
+        mark_auto_base(version)
     session.add(version)
     session.flush()
     file_repo = FileRepository(session)
@@ -182,6 +186,7 @@ def commit_version(session: Session, store: ObjectStore, version: Version, ref: 
     missing = [f.path for f in files if not f.uploaded]
     if missing:
         raise BadRequest(f"upload these files before commit: {', '.join(missing)}", code="files_missing")
+    sketch_and_resolve(session, store, version)
     if version.parent_version_id is not None:
         parent = VersionRepository(session).get(version.parent_version_id)
         assert parent is not None

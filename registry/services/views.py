@@ -49,6 +49,8 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
                 "ratio": ratio(v.logical_bytes, v.stored_bytes) if v.status == "ready" else None,
                 "lossy": v.lossy,
                 "created_at": v.created_at,
+                "parent_similarity": v.parent_similarity,
+                "suggested_base": (v.sketch or {}).get("suggested") if v.parent_version_id is None else None,
             }
         )
     return out

@@ -1,0 +1,82 @@
+"""base="auto": the server picks the true parent from value sketches, among look-alike stored models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from deltazoo.settings import Settings
+from registry.services.similarity import RELATED_THRESHOLD, sample_window, similarity
+from tests.checkpoints import TINY_LLAMA_SHAPES, finetune_of, random_tensors
+from tests.test_api_support import checkpoint, push, wait_job
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        home=tmp_path / "home", database_url=None, broker_url=None, s3_endpoint=None, auth=False
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _push_ready(
+    client: TestClient, name: str, state: dict[str, torch.Tensor], base: str | None = None
+) -> dict:
+    answer = push(client, name, checkpoint(state), base=base)
+    assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+    return answer
+
+
+def test_auto_picks_the_true_base_among_look_alikes(client: TestClient) -> None:
+    base = random_tensors(TINY_LLAMA_SHAPES, seed=0)
+    unrelated = random_tensors(TINY_LLAMA_SHAPES, seed=7)  # same architecture, independent weights
+    ft = finetune_of(base, seed=1)
+    _push_ready(client, "zoo/base", base)
+    _push_ready(client, "zoo/unrelated", unrelated)
+    _push_ready(client, "zoo/ft", ft, base="zoo/base@1")
+
+    sibling = push(client, "zoo/sibling", checkpoint(finetune_of(base, seed=2)), base="auto")
+    assert sibling["version"]["parent"] == "zoo/base@1"
+    assert sibling["version"]["parent_similarity"] >= RELATED_THRESHOLD
+    assert wait_job(client, sibling["job"]["id"])["status"] == "succeeded"
+    detail = client.get("/v1/models/zoo/sibling/versions/1").json()
+    assert detail["parent"] == "zoo/base@1" and detail["relation"] == "finetune"
+    assert {t["encoding"] for t in detail["tensors"]} <= {"delta", "same"}
+
+    grandchild = push(client, "zoo/ft-of-ft", checkpoint(finetune_of(ft, seed=3, noise=0.02)), base="auto")
+    assert grandchild["version"]["parent"] == "zoo/ft@1"
+
+
+def test_no_base_gets_a_suggestion_only(client: TestClient) -> None:
+    base = random_tensors(TINY_LLAMA_SHAPES, seed=0)
+    _push_ready(client, "zoo/base", base)
+    answer = push(client, "zoo/ft", checkpoint(finetune_of(base, seed=1)))
+    assert answer["version"]["parent"] is None
+    suggestion = answer["version"]["suggested_base"]
+    assert suggestion["ref"] == "zoo/base@1" and suggestion["similarity"] >= RELATED_THRESHOLD
+
+    lone = push(client, "zoo/lone", checkpoint(random_tensors(TINY_LLAMA_SHAPES, seed=9)), base="auto")
+    assert lone["version"]["parent"] is None and lone["version"]["suggested_base"] is None
+    assert lone["version"]["parent_similarity"] is None
+
+
+def test_similarity_scores_relatives_high_and_strangers_low() -> None:
+    def sketch(state: dict[str, torch.Tensor]) -> dict:
+        out = {}
+        for name, t in state.items():
+            start, count = sample_window(name, tuple(t.shape))
+            values = t.flatten()[start : start + count].float().tolist()
+            out[name] = {"dtype": "BF16", "shape": list(t.shape), "values": values}
+        return {"tensors": out}
+
+    base = random_tensors(TINY_LLAMA_SHAPES, seed=0)
+    assert similarity(sketch(finetune_of(base)), sketch(base)) > 0.9
+    assert similarity(sketch(random_tensors(TINY_LLAMA_SHAPES, seed=4)), sketch(base)) < 0.1
+    assert similarity(sketch(base), sketch(base)) == 1.0
+    assert similarity({"tensors": {}}, sketch(base)) == 0.0
