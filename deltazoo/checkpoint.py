@@ -1,15 +1,12 @@
-"""Reading a local checkpoint directory before a push: its files (hashed, streaming) and its base."""
+"""Reading a local checkpoint directory before a push: its files, hashed while streaming."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-from collections.abc import Callable
 from pathlib import Path
 
 from deltazoo.errors import UsageError
-from deltazoo.models import FileInfo, Ref
+from deltazoo.models import FileInfo
 from deltazoo.transport import progress_bar
 
 _CHUNK = 1 << 22
@@ -47,53 +44,3 @@ def scan_checkpoint(root: Path, *, quiet: bool = False) -> list[FileInfo]:
     finally:
         bar.close()
     return files
-
-
-def _card_base_models(readme: Path) -> list[str]:
-    """``base_model`` entries of a Hugging Face model card's YAML front matter."""
-    text = readme.read_text(errors="replace")
-    m = re.match(r"^---\s*\n(.*?)\n---", text, re.S)
-    if not m:
-        return []
-    out: list[str] = []
-    lines = m.group(1).splitlines()
-    for i, line in enumerate(lines):
-        km = re.match(r"^base_model\s*:\s*(.*)$", line)
-        if not km:
-            continue
-        if km.group(1).strip():
-            out.append(km.group(1).strip().strip("'\""))
-        for follow in lines[i + 1 :]:
-            item = re.match(r"^\s*-\s*(.+)$", follow)
-            if not item:
-                break
-            out.append(item.group(1).strip().strip("'\""))
-    return out
-
-
-def base_candidates(root: Path) -> list[str]:
-    """Names a checkpoint gives for its base: model card ``base_model``, config.json hints."""
-    names: list[str] = []
-    if (root / "README.md").is_file():
-        names += _card_base_models(root / "README.md")
-    if (root / "config.json").is_file():
-        try:
-            config = json.loads((root / "config.json").read_text())
-        except json.JSONDecodeError:
-            config = {}
-        for key in ("base_model", "_name_or_path"):
-            if isinstance(config.get(key), str):
-                names.append(config[key])
-    return names
-
-
-def base_from_checkpoint(root: Path, exists: Callable[[str], bool]) -> str | None:
-    """The first base named by the checkpoint that the server holds, or None (push as a root)."""
-    for name in base_candidates(root):
-        try:
-            Ref.parse(name)
-        except UsageError:
-            continue
-        if exists(name):
-            return name
-    return None

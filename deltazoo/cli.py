@@ -152,8 +152,16 @@ def cmd_push(args: argparse.Namespace) -> int:
         )
     if args.json:
         print_json(v.raw)
-    else:
-        print(_version_line(v))
+        return EXIT_OK
+    print(_version_line(v))
+    if v.parent_similarity is not None:
+        print(f"base detected: {v.parent} (similarity {v.parent_similarity:.3f})")
+    if v.suggested_base and not v.parent:
+        print(
+            f"note: this looks derived from {v.suggested_base}; push with --base {v.suggested_base} "
+            "to store it as a delta",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from deltazoo.cache import Cache
-from deltazoo.checkpoint import base_from_checkpoint, scan_checkpoint
+from deltazoo.checkpoint import scan_checkpoint
 from deltazoo.delta_pull import DeltaPuller
 from deltazoo.errors import ConflictError, IntegrityError, JobFailedError, NotFoundError, UsageError
 from deltazoo.models import (
@@ -127,10 +127,10 @@ class Client:
         try:
             return dict(self._t.json("GET", "/v1/leaderboard", params={"text": text}))
         except NotFoundError as exc:
-            if exc.code is None:
+            if exc.code in (None, "not_found"):  # the route itself is missing, not the text set
                 raise NotFoundError(
-                    "this deltazoo server has no leaderboard (GET /v1/leaderboard answered "
-                    "404); upgrade the server",
+                    f"this deltazoo server at {self.url} has no leaderboard (GET /v1/leaderboard answered "
+                    f"404: {exc.message}); upgrade the server",
                     code="no_leaderboard",
                     status=404,
                 ) from exc
@@ -239,10 +239,10 @@ class Client:
     ) -> VersionInfo:
         """Upload the checkpoint directory ``path`` as a new version of ``name``.
 
-        ``base`` is ``org/name[@rev]``, ``"auto"`` (read ``base_model`` from the model card or
-        config.json and use it when the server has it) or None (a root). Only files the server does
-        not already hold are sent. With ``wait`` the call returns once the version is ``ready`` (and
-        its profiles built), raising ``JobFailedError`` when encoding failed.
+        ``base`` is ``org/name[@rev]``, ``"auto"`` (the server finds the stored version the
+        weights are closest to, ``VersionInfo.parent_similarity``) or None (a root). Only files the
+        server does not already hold are sent. With ``wait`` the call returns once the version is
+        ``ready`` (and its profiles built), raising ``JobFailedError`` when encoding failed.
         """
         ref = Ref.parse(name)
         if ref.rev != "latest":
@@ -252,9 +252,7 @@ class Client:
             )
         root = Path(path)
         files = scan_checkpoint(root, quiet=quiet)
-        if base == "auto":
-            base = base_from_checkpoint(root, self._exists)
-        if base is not None:
+        if base is not None and base != "auto":
             Ref.parse(base)
         self._t.json(
             "POST",
@@ -285,13 +283,6 @@ class Client:
         if profiles:
             self._wait_artifacts(str(vref), profiles, timeout=timeout, quiet=quiet)
         return self.version_info(str(vref))
-
-    def _exists(self, name: str) -> bool:
-        try:
-            self.version_info(name)
-            return True
-        except NotFoundError:
-            return False
 
     # --- pull ------------------------------------------------------------------------------------
 

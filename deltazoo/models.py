@@ -126,6 +126,8 @@ class VersionInfo:
     tensors: tuple[TensorInfo, ...] = ()
     artifacts: tuple[Artifact, ...] = ()
     chain: tuple[str, ...] = ()
+    parent_similarity: float | None = None  # set when the server detected the parent (base="auto")
+    suggested_base: str | None = None  # a clearly related stored version the server noticed (not applied)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -147,6 +149,8 @@ class VersionInfo:
             tensors=tuple(TensorInfo.from_dict(t) for t in d.get("tensors") or ()),
             artifacts=tuple(Artifact.from_dict(a) for a in d.get("artifacts") or ()),
             chain=tuple(d.get("chain") or ()),
+            parent_similarity=d.get("parent_similarity"),
+            suggested_base=(d.get("suggested_base") or {}).get("ref"),
             raw=d,
         )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 
 from deltazoo import errors
 from deltazoo.cache import Cache
-from deltazoo.checkpoint import base_candidates, base_from_checkpoint, scan_checkpoint
+from deltazoo.checkpoint import scan_checkpoint
 from deltazoo.cli import human_bytes, main
 from deltazoo.models import FileInfo, ModelInfo, Ref, VersionInfo
 from deltazoo.transport import Transport
@@ -154,14 +153,6 @@ def test_scan_checkpoint_hashes_files_and_skips_hidden(tmp_path: Path) -> None:
     assert files[1].sha256 == hashlib.sha256(b"abc").hexdigest() and files[1].size == 3
     with pytest.raises(ValueError, match="not a directory"):
         scan_checkpoint(tmp_path / "nope")
-
-
-def test_base_auto_reads_the_model_card_then_config(tmp_path: Path) -> None:
-    (tmp_path / "README.md").write_text("---\nlicense: mit\nbase_model:\n- acme/base\n---\n# card\n")
-    (tmp_path / "config.json").write_text(json.dumps({"_name_or_path": "acme/other"}))
-    assert base_candidates(tmp_path) == ["acme/base", "acme/other"]
-    assert base_from_checkpoint(tmp_path, lambda name: name == "acme/other") == "acme/other"
-    assert base_from_checkpoint(tmp_path, lambda name: False) is None
 
 
 def test_dataclasses_build_from_rest_shapes() -> None:
