@@ -51,7 +51,7 @@ def request_artifact(
     profile: str,
     enqueue: Callable[[int], None],
 ) -> tuple[Artifact, Job]:
-    check_profile(profile)
+    profile = check_profile(profile)
     if version.status == "failed":
         raise Conflict(
             f"{ref} failed to encode ({version.status_message}); push it again", code="version_failed"
@@ -76,6 +76,7 @@ def request_artifact(
 
 
 def find_artifact(session: Session, version: Version, ref: str, profile: str) -> Artifact:
+    profile = check_profile(profile)
     artifact = ArtifactRepository(session).by_profile(version.id, profile)
     if artifact is None:
         raise NotFound(

@@ -22,13 +22,13 @@ def deltadq_module() -> ModuleType | None:
 
 
 def check_profile(profile: str) -> str:
+    """The canonical spelling of ``profile``; 422 ``invalid_profile`` when it cannot be parsed."""
     module = deltadq_module()
     if module is not None:
         try:
-            module.parse_profile(profile)
+            return str(module.parse_profile(profile))  # the canonical spelling
         except ValueError as exc:
             raise Unprocessable(f"profile {profile!r} is not valid: {exc}", code="invalid_profile") from None
-        return profile
     if not _FALLBACK.match(profile):
         raise Unprocessable(
             f"profile {profile!r} is not valid; write it like deltadq:n=1,m=32,bits=4", code="invalid_profile"

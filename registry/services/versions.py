@@ -101,8 +101,7 @@ def create_version(
         raise Unprocessable(
             f"relation {relation!r} is not one of {', '.join(RELATIONS)}", code="invalid_relation"
         )
-    for p in profiles:
-        check_profile(p)
+    profiles = [check_profile(p) for p in profiles]
     if not files:
         raise Unprocessable("a version needs at least one file", code="no_files")
     seen: set[str] = set()
