@@ -20,8 +20,8 @@ from tests.checkpoints import (
     random_tensors,
     tree_sha256,
 )
-from tests.servers import log_problems
-from tests.services import S3Server, port_answers, redis_db_number, weed_binary
+from tests.servers import Stack, log_problems
+from tests.services import S3Server, port_answers, redis_db_number, weed_binary, xdist_worker_id
 
 
 def test_weed_binary_comes_from_the_wheel() -> None:
@@ -139,3 +139,36 @@ def test_log_problems_finds_tracebacks_and_5xx_only() -> None:
 
 def test_port_answers_sees_postgres_and_redis() -> None:
     assert port_answers("127.0.0.1", 5432) and port_answers("127.0.0.1", 6379)
+
+
+def test_embedded_server_answers_health(embedded_server: str) -> None:
+    import httpx
+
+    assert embedded_server.startswith("http://127.0.0.1:")
+    assert httpx.get(f"{embedded_server}/v1/health", timeout=10).status_code == 200
+
+
+def _celery_nodes(broker_url: str) -> set[str]:
+    from celery import Celery
+
+    app = Celery(broker=broker_url)
+    try:
+        return {node for reply in app.control.ping(timeout=3.0) for node in reply}
+    finally:
+        app.close()
+
+
+def test_stack_worker_can_be_killed_and_restarted(stack_server: Stack) -> None:
+    import httpx
+
+    worker = stack_server.worker
+    first_pid, first_starts = worker.pid, worker.starts
+    prefix = f"deltazoo-{xdist_worker_id()}-"
+    assert any(node.startswith(prefix) for node in _celery_nodes(stack_server.broker_url))
+    worker.kill()
+    assert not worker.alive()
+    stack_server.restart_worker()
+    assert worker.alive() and worker.pid != first_pid and worker.starts == first_starts + 1
+    node = f"deltazoo-{xdist_worker_id()}-{worker.starts}@"
+    assert any(n.startswith(node) for n in _celery_nodes(stack_server.broker_url))
+    assert httpx.get(f"{stack_server.url}/v1/health", timeout=10).status_code == 200
