@@ -70,7 +70,7 @@ def _include_optional_routes(app: FastAPI) -> None:
     """Web pages and the leaderboard are written by other engineers; mount them when present."""
     import importlib
 
-    for name in ("api.routes.web", "api.routes.leaderboard"):
+    for name in ("api.routes.web", "api.routes.leaderboard", "api.routes.evaluations"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -79,4 +79,7 @@ def _include_optional_routes(app: FastAPI) -> None:
             continue
         router = getattr(module, "router", None)
         if router is not None:
-            app.include_router(router, prefix="" if name.endswith(".web") else "/v1")
+            if name.endswith(".web"):
+                app.include_router(router)
+            else:
+                app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])

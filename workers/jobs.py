@@ -23,6 +23,8 @@ from registry.objectstore import ObjectStore
 from registry.repositories import ArtifactRepository, JobRepository
 from registry.services.artifacts import build_artifact, enqueue_pending_artifacts
 from registry.services.encode import encode_version
+from registry.services.evaluation import enqueue_for_version
+from registry.services.evaluation import mark_failed as mark_evaluation_failed
 
 log = logging.getLogger("deltazoo.jobs")
 
@@ -84,6 +86,7 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> None:
         )
     if version.status == "ready":
         enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)
+        enqueue_for_version(session, version, ctx.enqueue)
 
 
 def _build(session: Session, job: Job, ctx: JobContext) -> None:
@@ -94,11 +97,21 @@ def _build(session: Session, job: Job, ctx: JobContext) -> None:
         return
     artifact.status = "building"
     build_artifact(session, ctx.store, artifact)
+    version = session.get(Version, artifact.version_id)
+    if version is not None:
+        enqueue_for_version(session, version, ctx.enqueue)
+
+
+def _evaluate(session: Session, job: Job, ctx: JobContext) -> None:
+    from workers.evaluate import evaluate  # torch and transformers load only in evaluate jobs
+
+    evaluate(session, job, ctx)
 
 
 HANDLERS: dict[str, Callable[[Session, Job, JobContext], None]] = {
     "encode_version": _encode,
     "build_artifact": _build,
+    "evaluate": _evaluate,
 }
 
 
@@ -119,6 +132,8 @@ def _mark_failed(ctx: JobContext, job_id: int, message: str) -> None:
             artifact = s.get(Artifact, job.target_id)
             if artifact is not None and artifact.status != "ready":
                 artifact.status, artifact.status_message = "failed", message
+        elif job.kind == "evaluate":
+            mark_evaluation_failed(s, job.target_id, message)
 
 
 def run_job(job_id: int, ctx: JobContext) -> str:

@@ -1,0 +1,59 @@
+"""The leaderboard of one text set: versions and lossy profiles ranked by 8 / bpb (seed 004)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from registry.models import Artifact, Evaluation, Version
+from registry.repositories import ModelRepository
+from registry.services.evaluation import evaluations_of_text, get_text, text_info
+from registry.services.refs import ref_string
+
+
+def compression_ratio(bpb: float | None) -> float | None:
+    """The compression ratio an arithmetic coder driven by the model reaches: 8 / bpb."""
+    return round(8 / bpb, 4) if bpb else None
+
+
+def entry(ev: Evaluation, version: Version, artifact: Artifact | None, name: str) -> dict[str, Any]:
+    return {
+        "ref": ref_string(name, version.revision),
+        "profile": artifact.profile if artifact else None,
+        "bpb": ev.bits_per_byte,
+        "ratio": compression_ratio(ev.bits_per_byte),
+        "gain_kept": (ev.details or {}).get("gain_kept") if artifact else None,
+        "stored_bytes": artifact.bytes if artifact else version.stored_bytes,
+        "logical_bytes": version.logical_bytes,
+        "status": ev.status,
+        "status_message": ev.status_message,
+    }
+
+
+def leaderboard(session: Session, text_name: str) -> dict[str, Any]:
+    """Every evaluation on the text, best ratio first; unfinished or not evaluable ones last."""
+    text = get_text(session, text_name)
+    rows = evaluations_of_text(session, text)
+    names = ModelRepository(session).full_names(v.model_id for _, v, _ in rows)
+    items = [entry(e, v, a, names[v.model_id]) for e, v, a in rows]
+    items.sort(key=lambda i: (i["ratio"] is None, -(i["ratio"] or 0.0), i["ref"], i["profile"] or ""))
+    return {"text": text_info(text), "items": items}
+
+
+def version_quality(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Per version: its dense evaluations ``{"text", "bpb", "ratio", "status"}`` (for the web pages)."""
+    from registry.services.evaluation import evaluations_of_versions
+
+    out: dict[int, list[dict[str, Any]]] = {v: [] for v in version_ids}
+    for ev, text in evaluations_of_versions(session, version_ids):
+        if ev.artifact_id is None:
+            out[ev.version_id].append(
+                {
+                    "text": text.name,
+                    "bpb": ev.bits_per_byte,
+                    "ratio": compression_ratio(ev.bits_per_byte),
+                    "status": ev.status,
+                }
+            )
+    return out
