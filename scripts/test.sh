@@ -9,42 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TORCH_VERSION=2.13.0
-PYTHON=${PYTHON:-python3.11}
-say() { printf '\n==> %s\n' "$*"; }
-die() { printf '\nscripts/test.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
 
-# --- 1. virtual environment -------------------------------------------------------------------
-if [ ! -x .venv/bin/python ]; then
-  command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=/path/to/python3.11)"
-  say "creating .venv with $PYTHON"
-  "$PYTHON" -m venv .venv
-fi
-# shellcheck disable=SC1091
-. .venv/bin/activate
+# --- 1. virtual environment, torch first, then the project ------------------------------------
+ensure_venv server,dev
 
-# --- 2. torch first, then the project -----------------------------------------------------------
-if python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
-  say "torch $TORCH_VERSION already installed"
-else
-  say "installing torch==$TORCH_VERSION (before anything that could pull another build)"
-  python -m pip install "torch==$TORCH_VERSION"
-fi
-
-# Reinstall the project only when its metadata changed: re-running reuses .venv as it is.
-stamp=.venv/.deltazoo-install-stamp
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ] && python -c "import deltazoo, pytest, xdist" 2>/dev/null; then
-  say "project already installed (pyproject.toml unchanged)"
-else
-  say "installing the project: pip install -e '.[server,dev]'"
-  python -m pip install -e '.[server,dev]'
-  echo "$want" > "$stamp"
-fi
-python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" \
-  || die "torch was replaced by $(python -c 'import torch; print(torch.__version__)'); expected $TORCH_VERSION"
-
-# --- 3. Postgres and Redis ----------------------------------------------------------------------
+# --- 2. Postgres and Redis ----------------------------------------------------------------------
 start_postgres() {
   command -v pg_ctlcluster >/dev/null || return 0
   local version
@@ -72,7 +43,7 @@ if ! python -m tests.services check; then
     || die "Postgres and Redis must answer on 127.0.0.1 (the suite does not skip what needs them)"
 fi
 
-# --- 4. the suite -------------------------------------------------------------------------------
+# --- 3. the suite -------------------------------------------------------------------------------
 export TRITON_INTERPRET=1
 log="$(mktemp -t deltazoo-pytest.XXXXXX.log)"
 say "python -m pytest -n 2 $* (log: $log)"
