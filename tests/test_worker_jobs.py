@@ -1,0 +1,66 @@
+"""Jobs: idempotent re-runs, resuming jobs left queued by a stopped server, chain re-anchoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from registry.objectstore import LocalObjectStore
+from tests.test_api_roundtrip import embedded_settings
+from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
+from workers.jobs import JobContext, run_job
+
+
+def test_running_a_finished_job_again_changes_nothing(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path / "home")
+    with TestClient(create_app(settings)) as client:
+        job = push(client, "org/base", checkpoint(base_state()))["job"]
+        assert wait_job(client, job["id"])["status"] == "succeeded"
+        before = client.get("/v1/stats").json()
+        ctx = JobContext(settings, LocalObjectStore(settings.objects_dir), lambda _id: None)
+        assert run_job(job["id"], ctx) == "succeeded"
+        assert client.get("/v1/stats").json() == before
+        assert run_job(10_000, ctx) == "missing"
+
+
+def test_jobs_left_queued_are_run_at_next_start(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path / "home")
+    files = checkpoint(base_state())
+    sent: list[int] = []
+    with TestClient(create_app(settings)) as client:
+        client.app.state.dispatcher.stop()  # type: ignore[attr-defined]
+        client.app.state.dispatcher = type("Recorder", (), {"submit": staticmethod(sent.append)})()  # type: ignore[attr-defined]
+        job = push(client, "org/base", files)["job"]
+        assert sent == [job["id"]]
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    with TestClient(create_app(settings)) as client:  # a new process: the runner picks the job up
+        assert wait_job(client, job["id"])["status"] == "succeeded"
+        data = client.get("/v1/models/org/base/versions/1/files/model.safetensors").content
+        assert sha(data) == sha(files["model.safetensors"])
+
+
+def test_deep_chains_are_re_anchored(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path / "home").model_copy(update={"max_chain_depth": 1})
+    with TestClient(create_app(settings)) as client:
+        s0 = base_state()
+        s1 = finetune_state(s0, seed=1)
+        s2 = finetune_state({k: v for k, v in s1.items() if k != "lm_head.weight"}, seed=2)
+        s2["embed.weight"] = s2["embed.weight"][: s1["embed.weight"].shape[0]]
+        parent = None
+        for i, state in enumerate((s0, s1, s2)):
+            answer = push(client, f"org/m{i}", checkpoint(state), base=parent)
+            assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+            parent = f"org/m{i}@1"
+        enc1 = {
+            t["name"]: t["encoding"] for t in client.get("/v1/models/org/m1/versions/1").json()["tensors"]
+        }
+        enc2 = {
+            t["name"]: t["encoding"] for t in client.get("/v1/models/org/m2/versions/1").json()["tensors"]
+        }
+        assert enc1["layers.0.q.weight"] == "delta"
+        assert enc2["layers.0.q.weight"] == "plain"  # its parent is already one delta deep
+        assert enc2["lm_head.weight"] == "delta"  # the parent's lm_head is plain: depth 0
+        r = client.get("/v1/models/org/m2/versions/1/files/model.safetensors")
+        assert sha(r.content) == sha(checkpoint(s2)["model.safetensors"])
