@@ -49,7 +49,8 @@ def _page(request: Request, template: str, context: dict[str, Any], status: int 
 
 
 def _error(request: Request, exc: DeltazooError) -> HTMLResponse:
-    return _page(request, "error.html", {"status": exc.status, "code": exc.code, "message": exc.message}, exc.status)
+    context = {"status": exc.status, "code": exc.code, "message": exc.message}
+    return _page(request, "error.html", context, exc.status)
 
 
 def _hidden(request: Request, private: bool) -> bool:
