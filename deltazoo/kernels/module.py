@@ -30,6 +30,11 @@ class DeltaLinear(nn.Module):
     """``y = x·W_baseᵀ + b + x·ΔŴ[id]ᵀ`` with ``ΔŴ`` kept packed; takes over a base ``nn.Linear``'s
     parameters (same names: ``weight``, ``bias``)."""
 
+    delta_values: torch.Tensor
+    delta_indices: torch.Tensor
+    delta_scales: torch.Tensor
+    delta_ids: torch.Tensor | None
+
     def __init__(self, base: nn.Linear, deltas: PackedDelta | StackedDeltas, backend: Backend = "auto",
                  fused: bool = False):
         super().__init__()
