@@ -1,0 +1,289 @@
+"""DeltaDQ serving profiles: fine-tune deltas as packed N:M low-bit sparse tensors (seed 001).
+
+A profile string names the recipe, e.g. ``deltadq:n=1,m=32,bits=4`` (the paper's recipe, the default
+meaning of every option) or ``deltadq:n=1,m=32,bits=4,scale=row,rescale=sum``. Options:
+
+=============  ==========================  =====================================================
+key            values (default first)      meaning
+=============  ==========================  =====================================================
+n, m           1 ≤ n ≤ m ≤ 1024 (1, 32)    keep n of every m consecutive columns of a row
+bits           4, 2, 3, 8                  k-bit uniform symmetric codes
+scale          tensor, row, group          one fp16 min-max scale per tensor / row / group
+group_size     multiple of m               columns per scale when ``scale=group`` (only then)
+select         random, magnitude           which n of a group survive: seeded random (paper's
+                                           balanced dropout) or the largest |Δ| (biased)
+rescale        mn, none, sum               kept values × m/n (paper); unchanged; or shifted so
+                                           each group's sum equals the dense group's sum
+fit            minmax, lsq                 scale = max|x| / (2^(k−1)−1) (paper), or refined by
+                                           least squares on the kept values (Lloyd steps)
+include        linear, all                 pack decoder linear weights only, or also 2-D
+                                           embeddings / lm_head
+seed           integer ≥ 0 (0)             dropout seed; each tensor uses seed + hash(name)
+=============  ==========================  =====================================================
+
+``str(profile)`` is canonical: ``n``, ``m``, ``bits`` always, then only the options that differ from
+their default, in the order above. Everything here is pure: tensors in, ``PackedArtifact`` out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import torch
+
+from compression.packed import PackedArtifact, PackedDelta, index_bits, pack_bits
+
+DELTADQ_VERSION = 1
+PREFIX = "deltadq"
+ALLOWED_BITS = (2, 3, 4, 8)
+MAX_M = 1024
+_CHOICES = {
+    "scale": ("tensor", "row", "group"),
+    "select": ("random", "magnitude"),
+    "rescale": ("mn", "none", "sum"),
+    "fit": ("minmax", "lsq"),
+    "include": ("linear", "all"),
+}
+_INT_KEYS = ("n", "m", "bits", "group_size", "seed")
+# 2-D weights that are not linear layers of the decoder: token / position embeddings and the output head.
+_EMBEDDING_NAME = re.compile(r"(embed|lm_head|wte|wpe|embed_out|word_embeddings|shared)", re.IGNORECASE)
+_LSQ_STEPS = 4
+
+
+@dataclass(frozen=True)
+class DeltaDQProfile:
+    """A parsed ``deltadq:`` profile; build one with ``parse_profile``."""
+
+    n: int = 1
+    m: int = 32
+    bits: int = 4
+    scale: str = "tensor"
+    group_size: int = 0
+    select: str = "random"
+    rescale: str = "mn"
+    fit: str = "minmax"
+    include: str = "linear"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.m <= MAX_M:
+            raise ValueError(f"m={self.m} must be between 1 and {MAX_M}")
+        if not 1 <= self.n <= self.m:
+            raise ValueError(f"n={self.n} must be between 1 and m={self.m} (keep n of every m)")
+        if self.bits not in ALLOWED_BITS:
+            raise ValueError(f"bits={self.bits} is not supported; use one of {list(ALLOWED_BITS)}")
+        for key, choices in _CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{key}={getattr(self, key)!r} is not one of {list(choices)}")
+        if self.scale == "group":
+            if self.group_size <= 0 or self.group_size % self.m:
+                raise ValueError(
+                    f"scale=group needs group_size=G, a positive multiple of m={self.m} (e.g. {4 * self.m})"
+                )
+        elif self.group_size:
+            raise ValueError(f"group_size is only meaningful with scale=group (got scale={self.scale})")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be ≥ 0")
+
+    def __str__(self) -> str:
+        defaults = DeltaDQProfile()
+        parts = [f"n={self.n}", f"m={self.m}", f"bits={self.bits}"]
+        for f in fields(self):
+            if f.name in ("n", "m", "bits"):
+                continue
+            value = getattr(self, f.name)
+            if value != getattr(defaults, f.name):
+                parts.append(f"{f.name}={value}")
+        return f"{PREFIX}:" + ",".join(parts)
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.n / self.m
+
+
+def parse_profile(text: str) -> DeltaDQProfile:
+    """Parse ``deltadq:n=1,m=32,bits=4[,key=value...]``; ``ValueError`` says what is wrong."""
+    if not isinstance(text, str):
+        raise ValueError(f"a profile is a string like 'deltadq:n=1,m=32,bits=4', got {type(text).__name__}")
+    head, sep, body = text.strip().partition(":")
+    if head != PREFIX:
+        raise ValueError(f"profile {text!r} is not a deltadq profile; write 'deltadq:n=1,m=32,bits=4'")
+    values: dict[str, int | str] = {}
+    known = [f.name for f in fields(DeltaDQProfile)]
+    for item in body.split(",") if sep and body.strip() else []:
+        key, eq, raw = (s.strip() for s in item.partition("="))
+        if not eq or not key or not raw:
+            raise ValueError(f"profile {text!r}: {item!r} is not key=value")
+        if key not in known:
+            raise ValueError(f"profile {text!r}: unknown option {key!r}; known options are {known}")
+        if key in values:
+            raise ValueError(f"profile {text!r}: option {key!r} given twice")
+        if key in _INT_KEYS:
+            if not re.fullmatch(r"\d+", raw):
+                raise ValueError(f"profile {text!r}: {key}={raw!r} must be a non-negative integer")
+            values[key] = int(raw)
+        else:
+            values[key] = raw
+    try:
+        return DeltaDQProfile(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"profile {text!r}: {exc}") from None
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """The generator seed of one tensor: profile seed + a stable (sha256) hash of its name."""
+    h = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
+    return (seed + h) % (1 << 63)
+
+
+def _select(delta3: torch.Tensor, profile: DeltaDQProfile, seed: int) -> torch.Tensor:
+    """In-group positions ``[rows, groups, n]`` (ascending) of the kept entries."""
+    if profile.n == profile.m:
+        pos = torch.arange(profile.m).expand(delta3.shape)
+        return pos.contiguous()
+    if profile.select == "random":
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        keys = torch.rand(delta3.shape, generator=gen, dtype=torch.float32)
+    else:
+        keys = delta3.abs()
+    pos = keys.topk(profile.n, dim=-1, sorted=False).indices
+    return pos.sort(dim=-1).values
+
+
+def _rescale(kept: torch.Tensor, delta3: torch.Tensor, profile: DeltaDQProfile) -> torch.Tensor:
+    if profile.rescale == "mn":
+        return kept * (profile.m / profile.n)
+    if profile.rescale == "sum":
+        missing = delta3.sum(-1, keepdim=True) - kept.sum(-1, keepdim=True)
+        return kept + missing / profile.n
+    return kept
+
+
+def _scale_view(values: torch.Tensor, profile: DeltaDQProfile) -> torch.Tensor:
+    """``values [rows, kept]`` viewed as ``[rows, scales_per_row, kept_per_scale]``."""
+    rows, kept = values.shape
+    if profile.scale == "tensor":
+        return values.reshape(1, 1, -1)
+    if profile.scale == "row":
+        return values.reshape(rows, 1, kept)
+    per_scale = profile.group_size // profile.m * profile.n
+    return values.reshape(rows, kept // per_scale, per_scale)
+
+
+def quantize(values: torch.Tensor, profile: DeltaDQProfile, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform symmetric k-bit codes of ``values [rows, kept]``: (signed levels int32, fp16 scales)."""
+    qmax = (1 << (profile.bits - 1)) - 1
+    view = _scale_view(values, profile)
+    scale = view.abs().amax(-1, keepdim=True) / qmax
+    if profile.fit == "lsq":
+        for _ in range(_LSQ_STEPS):
+            q = _levels(view, scale, qmax)
+            num = (q * view).sum(-1, keepdim=True)
+            den = (q * q).sum(-1, keepdim=True)
+            scale = torch.where(den > 0, num / den.clamp_min(1e-30), scale)
+    scale16 = scale.to(torch.float16)
+    if not torch.isfinite(scale16).all():
+        biggest = values.abs().max().item()
+        raise ValueError(f"{name}: delta too large for fp16 scales (max |Δ| = {biggest:.3g})")
+    q = _levels(view, scale16.to(torch.float32), qmax)
+    shape = {"tensor": (1,), "row": (values.shape[0],)}.get(profile.scale, tuple(view.shape[:2]))
+    return q.reshape(values.shape).to(torch.int32), scale16.reshape(shape)
+
+
+def _levels(view: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(view / safe).clamp_(-qmax, qmax)
+    return torch.where(scale > 0, q, torch.zeros_like(q))
+
+
+def compress_delta(
+    finetune: torch.Tensor, base: torch.Tensor, profile: DeltaDQProfile | str, name: str
+) -> PackedDelta:
+    """DeltaDQ of one 2-D weight: Group-wise Balanced Dropout then Delta Quantization, packed."""
+    profile = parse_profile(profile) if isinstance(profile, str) else profile
+    if finetune.dim() != 2:
+        raise ValueError(f"{name}: DeltaDQ packs 2-D weights; this tensor has shape {list(finetune.shape)}")
+    if tuple(finetune.shape) != tuple(base.shape):
+        raise ValueError(
+            f"{name}: fine-tune shape {list(finetune.shape)} differs from base {list(base.shape)}"
+        )
+    if finetune.dtype != base.dtype:
+        raise ValueError(f"{name}: fine-tune dtype {finetune.dtype} differs from base dtype {base.dtype}")
+    if not (finetune.is_floating_point() and base.is_floating_point()):
+        raise ValueError(f"{name}: DeltaDQ needs floating-point weights, got {finetune.dtype}")
+    rows, cols = finetune.shape
+    if cols % profile.m:
+        raise ValueError(
+            f"{name}: m={profile.m} does not divide the row length {cols}; pad or choose m dividing {cols}"
+        )
+    if profile.scale == "group" and cols % profile.group_size:
+        raise ValueError(f"{name}: group_size={profile.group_size} does not divide the row length {cols}")
+    delta3 = (finetune.detach().cpu().to(torch.float32) - base.detach().cpu().to(torch.float32))
+    delta3 = delta3.reshape(rows, cols // profile.m, profile.m)
+    seed = tensor_seed(profile.seed, name)
+    pos = _select(delta3, profile, seed)
+    kept = _rescale(delta3.gather(-1, pos), delta3, profile).reshape(rows, -1)
+    q, scales = quantize(kept, profile, name)
+    return PackedDelta(
+        shape=(rows, cols), n=profile.n, m=profile.m, bits=profile.bits,
+        values=pack_bits(q + (1 << (profile.bits - 1)), profile.bits),
+        indices=pack_bits(pos.reshape(rows, -1), index_bits(profile.m)),
+        scales=scales, scale_granularity=profile.scale, group_size=profile.group_size, seed=seed,
+        dtype=str(finetune.dtype).removeprefix("torch."),
+    )
+
+
+def is_packable(
+    name: str, finetune: torch.Tensor, base: torch.Tensor | None, profile: DeltaDQProfile
+) -> bool:
+    """True when ``name`` becomes a packed delta under ``profile`` (see ``build_artifact``)."""
+    return (
+        base is not None
+        and name.endswith(".weight")
+        and finetune.dim() == 2
+        and tuple(finetune.shape) == tuple(base.shape)
+        and finetune.dtype == base.dtype
+        and finetune.is_floating_point()
+        and finetune.shape[1] % profile.m == 0
+        and (profile.scale != "group" or finetune.shape[1] % profile.group_size == 0)
+        and (profile.include == "all" or not _EMBEDDING_NAME.search(name))
+    )
+
+
+def build_artifact(
+    base_state: Mapping[str, torch.Tensor],
+    finetune_state: Mapping[str, torch.Tensor],
+    profile: str | DeltaDQProfile,
+) -> PackedArtifact:
+    """The ``profile`` serving artifact of a fine-tune against its base.
+
+    2-D ``*.weight`` tensors present in both with the same shape and dtype, a row length divisible by
+    m (and by group_size) and, unless ``include=all``, not an embedding or output head, become packed
+    deltas. Every other tensor that differs from the base (or is new, reshaped or retyped) is kept
+    exact in ``dense``; tensors equal to the base are omitted. Tensors of the base missing from the
+    fine-tune are listed in ``metadata["removed"]``.
+    """
+    profile = parse_profile(profile) if isinstance(profile, str) else profile
+    packed: dict[str, PackedDelta] = {}
+    dense: dict[str, torch.Tensor] = {}
+    for name, ft in finetune_state.items():
+        base = base_state.get(name)
+        same_kind = base is not None and base.shape == ft.shape and base.dtype == ft.dtype
+        if same_kind and torch.equal(base, ft):
+            continue
+        if is_packable(name, ft, base, profile):
+            packed[name] = compress_delta(ft, base, profile, name)  # type: ignore[arg-type]
+        else:
+            dense[name] = ft.detach().cpu().contiguous()
+    removed = sorted(set(base_state) - set(finetune_state))
+    metadata = {
+        "method": PREFIX,
+        "deltadq_version": str(DELTADQ_VERSION),
+        "seed": str(profile.seed),
+        "removed": json.dumps(removed),
+    }
+    return PackedArtifact(profile=str(profile), packed=packed, dense=dense, metadata=metadata)
