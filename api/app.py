@@ -14,6 +14,7 @@ from api.routes import files, health, misc, models, versions
 from deltazoo.settings import Settings, get_settings
 from registry.db import session_scope, upgrade_database
 from registry.objectstore import object_store_from_settings
+from registry.services.storage import RAW_CACHE
 from registry.services.tokens import ensure_admin_token
 from workers.jobs import JobContext
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         if migrate:
             upgrade_database(settings.resolved_database_url)
         app.state.store = object_store_from_settings(settings)
+        RAW_CACHE.max_bytes = settings.tensor_cache_mb << 20
         if settings.admin_token:
             with session_scope(settings) as session:
                 ensure_admin_token(session, settings.admin_token)

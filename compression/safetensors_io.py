@@ -140,7 +140,8 @@ def parse_header(first_bytes: bytes, max_header: int = MAX_HEADER_BYTES) -> Safe
         raise SafetensorsError(f"header is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise SafetensorsError(f"header must be a JSON object, got {type(doc).__name__}")
-    metadata = doc.pop("__metadata__", None) or {}
+    metadata = doc.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata  # safetensors writes null for "no metadata"
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from deltazoo.settings import get_settings
 from registry.objectstore import object_store_from_settings
+from registry.services.storage import RAW_CACHE
 from workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
 from workers.jobs import TRANSIENT_ERRORS, JobContext, run_job
 
@@ -13,6 +14,7 @@ from workers.jobs import TRANSIENT_ERRORS, JobContext, run_job
 @lru_cache(maxsize=1)
 def worker_context() -> JobContext:
     settings = get_settings()
+    RAW_CACHE.max_bytes = settings.tensor_cache_mb << 20
     return JobContext(settings, object_store_from_settings(settings), CeleryDispatcher(app).submit)
 
 

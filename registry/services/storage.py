@@ -81,6 +81,8 @@ class RawCache:
         if len(value) > self.max_bytes:
             return
         with self._lock:
+            if self.max_bytes <= 0:
+                return
             if key in self._items:
                 self._items.move_to_end(key)
                 return
@@ -91,7 +93,7 @@ class RawCache:
                 self._size -= len(old)
 
 
-RAW_CACHE = RawCache()
+RAW_CACHE = RawCache(256 << 20)  # resized from settings.tensor_cache_mb when a server starts
 
 
 def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Recipe]:
