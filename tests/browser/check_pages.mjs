@@ -1,0 +1,60 @@
+// Drives headless Chromium over the deltazoo web pages; prints what it read as JSON on stdout.
+// usage: node check_pages.mjs BASE_URL SCREENSHOT_PATH USER_DATA_DIR
+import { chromium } from "playwright-core";
+
+const [base, screenshot, userDataDir] = process.argv.slice(2);
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  viewport: { width: 1200, height: 900 },
+});
+const out = { errors: [] };
+try {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => out.errors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error") out.errors.push(m.text()); });
+
+  await page.goto(base + "/");
+  out.index = await page.$$eval("#models tbody tr[data-model]", (rows) => rows.map((r) => ({
+    name: r.dataset.model,
+    logical: Number(r.querySelector(".logical [data-bytes]").dataset.bytes),
+    stored: Number(r.querySelector(".stored [data-bytes]").dataset.bytes),
+    ratio: r.querySelector(".ratio [data-ratio]") ? Number(r.querySelector(".ratio [data-ratio]").dataset.ratio) : null,
+    description: r.cells[5].textContent,
+  })));
+  out.cssApplied = await page.$eval("header", (h) => getComputedStyle(h).backgroundColor);
+
+  await page.click('a[href="/models/family/math"]');
+  await page.waitForSelector("#lineage");
+  out.modelUrl = page.url();
+  out.lineage = await page.$$eval("#lineage li", (lis) => lis.map((li) => ({
+    ref: li.dataset.ref,
+    parent: li.parentElement.closest("li") ? li.parentElement.closest("li").dataset.ref : null,
+  })));
+  out.modelSvg = await page.$$eval("svg.plot rect.bar", (bars) => bars.length);
+  await page.screenshot({ path: screenshot, fullPage: true });
+
+  await page.click('#versions a[href="/models/family/math/1"]');
+  await page.waitForSelector("#tensors");
+  out.tensors = await page.$$eval("#tensors tbody tr", (rows) => rows.map((r) => ({
+    name: r.dataset.tensor,
+    encoding: r.cells[3].textContent.trim(),
+    stored: Number(r.querySelector(".stored [data-bytes]").dataset.bytes),
+  })));
+
+  await page.goto(base + "/leaderboard?text=fox");
+  out.leaderboard = await page.$$eval("#leaderboard tbody tr", (rows) => rows.map((r) => ({
+    ref: r.dataset.ref,
+    profile: r.dataset.profile || null,
+    bpb: Number(r.querySelector(".bpb").dataset.bpb),
+    gain: r.querySelector(".gain").dataset.gain === "" ? null : Number(r.querySelector(".gain").dataset.gain),
+  })));
+  out.leaderboardDots = await page.$$eval("svg.plot circle", (c) => c.length);
+} catch (e) {
+  out.errors.push(String(e));
+} finally {
+  await context.close();
+}
+console.log(JSON.stringify(out));
