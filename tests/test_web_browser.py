@@ -27,7 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
         for what, ok in (
             (str(CHROMIUM), CHROMIUM.exists()),
             ("node", shutil.which("node") is not None),
-            ("tests/browser/node_modules (npm ci)", (BROWSER_DIR / "node_modules" / "playwright-core").is_dir()),
+            ("tests/browser/node_modules (npm ci)", (BROWSER_DIR / "node_modules/playwright-core").is_dir()),
         )
         if not ok
     ]
@@ -62,7 +62,9 @@ def test_pages_in_chromium(server: ApiServer, tmp_path: Path) -> None:
 
     assert seen["modelUrl"].endswith("/models/family/math")
     parents = {n["ref"]: n["parent"] for n in seen["lineage"]}
-    assert parents == {"family/base@1": None, "family/math@1": "family/base@1", "family/math-v2@1": "family/math@1"}
+    assert parents == {
+        "family/base@1": None, "family/math@1": "family/base@1", "family/math-v2@1": "family/math@1"
+    }
     assert seen["modelSvg"] == 1 and shot.stat().st_size > 0
 
     detail = httpx.get(f"{server.url}/v1/models/family/math/versions/1").json()
