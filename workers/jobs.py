@@ -20,7 +20,7 @@ from deltazoo.settings import Settings
 from registry.db import session_scope
 from registry.models import Artifact, Job, Version
 from registry.objectstore import ObjectStore
-from registry.repositories import ArtifactRepository, JobRepository
+from registry.repositories import ArtifactRepository
 from registry.services.artifacts import build_artifact, enqueue_pending_artifacts
 from registry.services.encode import encode_version
 from registry.services.evaluation import enqueue_for_version
@@ -56,24 +56,25 @@ class JobContext:
     enqueue: Callable[[int], None]
 
 
-class _Progress:
-    """Writes job progress at most every half second (own transaction, except on SQLite: one writer)."""
+class _Checkpoints:
+    """Progress on the job row, committed with the work at most once a second.
 
-    def __init__(self, session: Session, job: Job, ctx: JobContext) -> None:
-        self.session, self.job, self.ctx = session, job, ctx
-        self.shared = session.get_bind().dialect.name == "sqlite"
-        self.last = 0.0
+    Committing as it goes keeps a long encode from holding the database's write lock (SQLite has one
+    writer) and makes progress visible; the encode skips what an interrupted run already committed.
+    """
 
-    def __call__(self, fraction: float) -> None:
+    def __init__(self, session: Session, job: Job, every_s: float = 1.0) -> None:
+        self.session, self.job, self.every_s = session, job, every_s
+        self.last = time.monotonic()
+
+    def progress(self, fraction: float) -> None:
+        self.job.progress = fraction
+
+    def checkpoint(self) -> None:
         now = time.monotonic()
-        if now - self.last < 0.5:
-            return
-        self.last = now
-        if self.shared:
-            self.job.progress = fraction
-            return
-        with session_scope(self.ctx.settings) as s:
-            JobRepository(s).set_progress(self.job.id, fraction)
+        if now - self.last >= self.every_s:
+            self.session.commit()
+            self.last = now
 
 
 def _encode(session: Session, job: Job, ctx: JobContext) -> None:
@@ -81,8 +82,9 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> None:
     if version is None:
         raise LookupError(f"version {job.target} no longer exists")
     if version.status == "processing":
+        marks = _Checkpoints(session, job)
         encode_version(
-            session, ctx.store, version, ctx.settings.max_chain_depth, _Progress(session, job, ctx)
+            session, ctx.store, version, ctx.settings.max_chain_depth, marks.progress, marks.checkpoint
         )
     if version.status == "ready":
         enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)

@@ -18,7 +18,7 @@ import zstandard
 from sqlalchemy.orm import Session
 
 from compression.codecs import decode_tensor, encode_tensor
-from compression.safetensors_io import SafetensorsError, read_header
+from compression.safetensors_io import SafetensorsError, TensorEntry, read_header
 from registry.db import after_commit
 from registry.errors import BadRequest
 from registry.models import File, Tensor, Version
@@ -26,7 +26,7 @@ from registry.objectstore import ObjectStore, blob_key
 from registry.repositories import BlobRepository, FileRepository, TensorRepository
 from registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
 
-Progress = Callable[[float], None]
+Progress = Callable[[float], None]  # job progress, 0..1
 
 
 @dataclass
@@ -123,27 +123,24 @@ def _encode_tensor_row(
     store: ObjectStore,
     version: Version,
     file: File,
-    name: str,
-    dtype: str,
-    shape: tuple[int, ...],
-    begin: int,
-    end: int,
+    entry: TensorEntry,
     raw: bytes,
     parents: dict[str, Tensor],
     max_depth: int,
     totals: EncodeTotals,
 ) -> None:
     tensors = TensorRepository(session)
+    name, dtype, shape = entry.name, entry.dtype, list(entry.shape)
     sha = hashlib.sha256(raw).hexdigest()
     row = Tensor(
         version_id=version.id,
         file_id=file.id,
         name=name,
         dtype=dtype,
-        shape=list(shape),
+        shape=shape,
         sha256=sha,
-        offset_begin=begin,
-        offset_end=end,
+        offset_begin=entry.begin,
+        offset_end=entry.end,
         stored_bytes=0,
     )
     twin = tensors.stored_with_sha(sha)
@@ -151,20 +148,18 @@ def _encode_tensor_row(
         row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
     else:
         parent = parents.get(name)
-        parent_raw = None
-        if parent is not None and parent.depth < max_depth:
-            parent_raw = reconstruct(store, resolve_recipes(session, [parent])[parent.id])
-        else:
-            parent = None
+        if parent is not None and parent.depth >= max_depth:
+            parent = None  # re-anchor: a chain this deep decodes too slowly
+        parent_raw = reconstruct(store, resolve_recipes(session, [parent])[parent.id]) if parent else None
         pdtype = parent.dtype if parent else None
         pshape = list(parent.shape) if parent else None
-        encoded = encode_tensor(raw, dtype, list(shape), parent_raw, pdtype, pshape)
-        uses_parent = encoded.encoding != "plain"
+        encoded = encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape)
+        uses_parent = parent is not None and encoded.encoding != "plain"
         check = decode_tensor(
             encoded.encoding,
             encoded.payload,
             dtype,
-            list(shape),
+            shape,
             parent_raw if uses_parent else None,
             pdtype if uses_parent else None,
             pshape if uses_parent else None,
@@ -174,16 +169,46 @@ def _encode_tensor_row(
                 f"{file.path}: tensor {name!r} did not round-trip through {encoded.encoding}"
             )
         blob_sha, new = put_blob(session, store, encoded.payload)
-        row.encoding, row.blob = encoded.encoding, blob_sha
-        row.stored_bytes = len(encoded.payload)
+        row.encoding, row.blob, row.stored_bytes = encoded.encoding, blob_sha, len(encoded.payload)
         row.parent_tensor_id = parent.id if (uses_parent and parent) else None
         row.depth = parent.depth + 1 if (uses_parent and parent) else 0
         if new:
-            totals.stored_bytes += len(encoded.payload)
+            version.stored_bytes += len(encoded.payload)
     session.add(row)
     session.flush()
     totals.tensors += 1
     totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
+
+
+def _encode_safetensors(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    file: File,
+    parents: dict[str, Tensor],
+    max_depth: int,
+    totals: EncodeTotals,
+    after_tensor: Callable[[int], None],
+) -> None:
+    key = file.staging_key
+    assert key is not None
+
+    def read_at(offset: int, length: int) -> bytes:
+        return store.get_range(key, offset, length)
+
+    try:
+        header = read_header(read_at, file.size)
+    except SafetensorsError as exc:
+        raise IntegrityError(f"{file.path}: {exc}") from None
+    if file.header_blob is None:
+        file.header_blob, new = put_blob(session, store, header.header_bytes)
+        version.stored_bytes += header.header_size if new else 0
+    done = {t.name for t in TensorRepository(session).for_file(file.id)}  # from an interrupted run
+    for entry in header.tensors:
+        if entry.name not in done:
+            raw = read_at(header.header_size + entry.begin, entry.nbytes) if entry.nbytes else b""
+            _encode_tensor_row(session, store, version, file, entry, raw, parents, max_depth, totals)
+        after_tensor(entry.nbytes)
 
 
 def encode_version(
@@ -192,60 +217,46 @@ def encode_version(
     version: Version,
     max_depth: int,
     progress: Progress,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> EncodeTotals:
-    """Encode every file of ``version`` (status ``processing``) and mark it ``ready``."""
+    """Encode every file of ``version`` (status ``processing``) and mark it ``ready``.
+
+    ``checkpoint`` is called after every tensor: the job wrapper may commit there (so a long encode
+    does not hold the database's write lock, and its progress is visible). Work committed by an
+    interrupted run is found again and skipped, so the job can simply be run again.
+    """
     files = FileRepository(session).for_version(version.id)
     parents = (
         TensorRepository(session).by_name(version.parent_version_id) if version.parent_version_id else {}
     )
     totals = EncodeTotals()
-    staged = [f.staging_key for f in files if f.staging_key]
     total_bytes = max(1, sum(f.size for f in files))
     done = 0
+
+    def advance(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        progress(min(0.99, done / total_bytes))
+        checkpoint()
+
     for file in files:
         if file.staging_key is None:
-            _copy_file(session, version, file)
+            if file.header_blob is None and file.blob is None:
+                _copy_file(session, version, file)
+            advance(file.size)
         elif file.kind == "other":
-            file.blob, _size, new = _store_other_file(session, store, file.staging_key)
-            totals.stored_bytes += _size if new else 0
+            if file.blob is None:
+                file.blob, size, new = _store_other_file(session, store, file.staging_key)
+                version.stored_bytes += size if new else 0
+            advance(file.size)
         else:
-            key = file.staging_key
-
-            def read_at(offset: int, length: int, key: str = key) -> bytes:
-                return store.get_range(key, offset, length)
-
-            try:
-                header = read_header(read_at, file.size)
-            except SafetensorsError as exc:
-                raise IntegrityError(f"{file.path}: {exc}") from None
-            file.header_blob, new = put_blob(session, store, header.header_bytes)
-            totals.stored_bytes += header.header_size if new else 0
-            base = header.header_size
-            for entry in header.tensors:
-                raw = read_at(base + entry.begin, entry.nbytes) if entry.nbytes else b""
-                _encode_tensor_row(
-                    session,
-                    store,
-                    version,
-                    file,
-                    entry.name,
-                    entry.dtype,
-                    entry.shape,
-                    entry.begin,
-                    entry.end,
-                    raw,
-                    parents,
-                    max_depth,
-                    totals,
-                )
-                done += entry.nbytes
-                progress(min(0.99, done / total_bytes))
+            _encode_safetensors(session, store, version, file, parents, max_depth, totals, advance)
+    staged = [f.staging_key for f in files if f.staging_key]
+    for file in files:
         file.staging_key = None
-        done += 0 if file.kind == "safetensors" else file.size
-        progress(min(0.99, done / total_bytes))
     version.logical_bytes = sum(f.size for f in files)
-    version.stored_bytes = totals.stored_bytes
     version.status, version.status_message = "ready", None
     session.flush()
     after_commit(session, lambda: [store.delete(k) for k in staged])
+    totals.stored_bytes = version.stored_bytes
     return totals
