@@ -10,7 +10,8 @@ as byte-level (vocabulary ≥ 256, token id = byte value), as the zoo models bui
 Windows: the text is cut into consecutive, non-overlapping windows of ``window - 1`` tokens (stride =
 window − 1); each window is fed as ``[BOS] + tokens`` when the model has a ``bos_token_id`` so that
 every token is predicted, from the context of its own window only. With ``stride`` smaller than that,
-windows overlap and each scores only the tokens not scored before (sliding evaluation, lower bpb,
+each window carries ``window − 1 − stride`` tokens of context before the ``stride`` tokens it scores
+(sliding evaluation: every token is scored once, with more context, so bpb is lower, for about
 ``window / stride`` times the compute). A model without BOS cannot predict the text's first token: it
 is charged log2(vocab_size) bits (a uniform guess), so every byte is always paid for.
 Assumption (documented, checked against the zoo README figures): the zoo models were trained on
@@ -86,11 +87,12 @@ def bits_per_byte(
     if bos is None:
         total_bits += math.log2(max(vocab, 2))  # the unpredictable first token
         first = 1
-    # Each job: (start of the context, first scored token, end) with end - start ≤ span.
+    # Each job: (start of the context, first scored token, end); its sequence fits the window.
     jobs: list[tuple[int, int, int]] = []
     while first < len(ids):
         end = min(first + stride, len(ids))
-        start = max(0, end - span) if bos is not None else max(0, end - window)
+        # context before the first scored token: span - stride tokens (plus BOS), or one more without BOS
+        start = max(0, first - (span - stride) - (0 if bos is not None else 1))
         jobs.append((start, first, end))
         first = end
     model.eval()
