@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -64,3 +65,45 @@ def test_deep_chains_are_re_anchored(tmp_path: Path) -> None:
         assert enc2["lm_head.weight"] == "delta"  # the parent's lm_head is plain: depth 0
         r = client.get("/v1/models/org/m2/versions/1/files/model.safetensors")
         assert sha(r.content) == sha(checkpoint(s2)["model.safetensors"])
+
+
+class FlakyStore(LocalObjectStore):
+    """Drops the connection on the n-th ranged read (a transient error), then works."""
+
+    def __init__(self, root: Path, fail_at: int) -> None:
+        super().__init__(root)
+        self.reads, self.fail_at = 0, fail_at
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise ConnectionError("object store connection dropped")
+        return super().get_range(key, offset, length)
+
+
+def test_interrupted_encode_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.jobs
+
+    monkeypatch.setattr(workers.jobs._Checkpoints, "EVERY_S", 0.0)  # commit after every tensor
+    settings = embedded_settings(tmp_path / "home")
+    base = base_state()
+    files = {"base": checkpoint(base), "ft": checkpoint(finetune_state(base))}
+    with TestClient(create_app(settings)) as client:
+        assert wait_job(client, push(client, "org/base", files["base"])["job"]["id"])["status"] == "succeeded"
+        client.app.state.dispatcher.stop()  # type: ignore[attr-defined]
+        client.app.state.dispatcher = type("Recorder", (), {"submit": staticmethod(lambda _id: None)})()  # type: ignore[attr-defined]
+        job = push(client, "org/ft", files["ft"], base="org/base@1")["job"]
+        flaky = FlakyStore(settings.objects_dir, fail_at=6)  # header reads, then a few tensors
+        ctx = JobContext(settings, flaky, lambda _id: None)
+        with pytest.raises(ConnectionError):
+            run_job(job["id"], ctx)
+        partial = client.get("/v1/models/org/ft/versions/1").json()
+        assert partial["status"] == "processing" and 0 < len(partial["tensors"]) < 6
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+        assert run_job(job["id"], ctx) == "succeeded"
+        detail = client.get("/v1/models/org/ft/versions/1").json()
+        assert detail["status"] == "ready" and len(detail["tensors"]) == 6
+        base_stored = client.get("/v1/models/org/base/versions/1").json()["stored_bytes"]
+        assert base_stored + detail["stored_bytes"] == client.get("/v1/stats").json()["stored_bytes"]
+        for path, data in files["ft"].items():
+            assert sha(client.get(f"/v1/models/org/ft/versions/1/files/{path}").content) == sha(data)

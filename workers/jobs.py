@@ -63,8 +63,10 @@ class _Checkpoints:
     writer) and makes progress visible; the encode skips what an interrupted run already committed.
     """
 
-    def __init__(self, session: Session, job: Job, every_s: float = 1.0) -> None:
-        self.session, self.job, self.every_s = session, job, every_s
+    EVERY_S = 1.0
+
+    def __init__(self, session: Session, job: Job) -> None:
+        self.session, self.job = session, job
         self.last = time.monotonic()
 
     def progress(self, fraction: float) -> None:
@@ -72,7 +74,7 @@ class _Checkpoints:
 
     def checkpoint(self) -> None:
         now = time.monotonic()
-        if now - self.last >= self.every_s:
+        if now - self.last >= self.EVERY_S:
             self.session.commit()
             self.last = now
 
