@@ -145,3 +145,37 @@ def test_errors_are_json(client: TestClient) -> None:
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
     r = client.get("/v1/health")
     assert r.status_code == 200 and r.json() == {"status": "ok", "database": "ok", "object_store": "ok"}
+
+
+def test_head_gives_size_and_etag(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    data = zoo["ft"]["model.safetensors"]
+    r = client.head("/v1/models/org/ft/versions/1/files/model.safetensors")
+    assert r.status_code == 200 and r.content == b""
+    assert int(r.headers["content-length"]) == len(data) and r.headers["etag"] == f'"{sha(data)}"'
+
+
+def test_sharded_checkpoint_finds_parents_in_any_shard(client: TestClient) -> None:
+    import json
+
+    from safetensors.torch import save
+
+    base = base_state()
+    names = sorted(base)
+    shards = {
+        "model-00001-of-00002.safetensors": {k: base[k] for k in names[:2]},
+        "model-00002-of-00002.safetensors": {k: base[k] for k in names[2:]},
+    }
+    index = {"metadata": {}, "weight_map": {k: f for f, part in shards.items() for k in part}}
+    files = {f: save(part) for f, part in shards.items()}
+    files["model.safetensors.index.json"] = json.dumps(index).encode()
+    assert wait_job(client, push(client, "org/sharded", files)["job"]["id"])["status"] == "succeeded"
+    ft = checkpoint(finetune_state(base))  # one file: every parent is in some shard of the base
+    assert (
+        wait_job(client, push(client, "org/ft1", ft, base="org/sharded@1")["job"]["id"])["status"]
+        == "succeeded"
+    )
+    enc = {t["name"]: t["encoding"] for t in client.get("/v1/models/org/ft1/versions/1").json()["tensors"]}
+    assert enc["layers.0.q.weight"] == "delta" and enc["layers.0.v.weight"] == "delta"
+    for model, checkpoint_files in (("org/sharded", files), ("org/ft1", ft)):
+        for path, data in checkpoint_files.items():
+            assert sha(client.get(f"/v1/models/{model}/versions/1/files/{path}").content) == sha(data)

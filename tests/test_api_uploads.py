@@ -114,3 +114,21 @@ def test_bad_relation_and_profile_are_422(env: tuple[TestClient, Path, dict[str,
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_relation"
     r = client.post("/v1/models/org/m/versions", json={"files": decl, "profiles": ["deltadq:n=banana"]})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_profile"
+
+
+def test_bad_index_file_is_rejected(env: tuple[TestClient, Path, dict[str, bytes]]) -> None:
+    client, _, _ = env
+    bad = b'{"weight_map": {"a": 1}}'
+    body = {"files": [{"path": "model.safetensors.index.json", "size": len(bad), "sha256": sha(bad)}]}
+    rev = client.post("/v1/models/org/m/versions", json=body).json()["version"]["revision"]
+    r = client.put(f"/v1/models/org/m/versions/{rev}/files/model.safetensors.index.json", content=bad)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_index"
+
+
+def test_upload_without_content_length_is_411(env: tuple[TestClient, Path, dict[str, bytes]]) -> None:
+    client, _, files = env
+    data = files["config.json"]
+    body = {"files": [{"path": "c.json", "size": len(data), "sha256": sha(data)}]}
+    rev = client.post("/v1/models/org/m/versions", json=body).json()["version"]["revision"]
+    r = client.put(f"/v1/models/org/m/versions/{rev}/files/c.json", content=iter([data]))
+    assert r.status_code == 411 and r.json()["error"]["code"] == "length_required"

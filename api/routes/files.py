@@ -31,6 +31,7 @@ async def put_file(
         return pending_file(session, version, path)
 
     file = await run_in_threadpool(find)
+    await run_in_threadpool(session.commit)  # ends the read: no transaction stays open while bytes stream in
     sink = UploadSink(file)
     try:
         async for chunk in request.stream():
@@ -40,7 +41,7 @@ async def put_file(
     except BadRequest:
         sink.close()
         raise
-    await run_in_threadpool(record_upload, store, file, key)
+    await run_in_threadpool(record_upload, session, store, file, key)
     return file_info(file)
 
 

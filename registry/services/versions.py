@@ -167,8 +167,21 @@ def pending_file(session: Session, version: Version, path: str) -> File:
     return file
 
 
-def record_upload(store: ObjectStore, file: File, staging_key: str) -> File:
-    """Point a declared file at its validated staging object (replacing an earlier upload)."""
+def record_upload(session: Session, store: ObjectStore, file: File, staging_key: str) -> File:
+    """Point a declared file at its validated staging object (replacing an earlier upload).
+
+    The version is checked again: it may have been committed while the bytes were streaming in.
+    """
+    session.refresh(file)
+    version = session.get(Version, file.version_id)
+    if version is not None:
+        session.refresh(version)
+    if version is None or version.status != "pending":
+        store.delete(staging_key)
+        raise Conflict(
+            "the version was committed or deleted while this file was uploading; create a new version",
+            code="version_not_pending",
+        )
     if file.staging_key and file.staging_key != staging_key:
         store.delete(file.staging_key)
     file.staging_key = staging_key
