@@ -93,7 +93,8 @@ def redis_url() -> Iterator[str]:
 
 
 def _assert_clean_log(problems: list[str], log_path: Path) -> None:
-    assert not problems, f"the server logged errors (see {log_path}):\n" + "\n".join(problems[:20])
+    shown = "\n\n".join(problems[:5])
+    assert not problems, f"{len(problems)} error(s) in the server log {log_path}:\n{shown}"
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,18 @@ _CELERY_READY = re.compile(r"@\S+ ready\.")
 
 
 def log_problems(text: str) -> list[str]:
-    """Lines of a server log that show a bug: a Python traceback or a 5xx response."""
-    return [line for line in text.splitlines() if "Traceback" in line or _ACCESS_LOG_5XX.search(line)]
+    """What in a server log shows a bug: each Python traceback (the whole block) and each 5xx response."""
+    problems: list[str] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if _ACCESS_LOG_5XX.search(line):
+            problems.append(line)
+        elif line.startswith("Traceback"):
+            end = i + 1  # the block runs through the first unindented line: the exception itself
+            while end < len(lines) and lines[end][:1].isspace():
+                end += 1
+            problems.append("\n".join(lines[i : end + 1]))
+    return problems
 
 
 @dataclass

@@ -371,11 +371,11 @@ def flush_redis(url: str) -> None:
 # --------------------------------------------------------------------------- health of the machine
 
 
-def check_postgres() -> str | None:
+def check_postgres(host: str = POSTGRES_HOST, port: int = POSTGRES_PORT) -> str | None:
     """None when Postgres answers; otherwise what is wrong and what to do."""
-    if not port_answers(POSTGRES_HOST, POSTGRES_PORT):
+    if not port_answers(host, port):
         return (
-            f"Postgres does not answer on {POSTGRES_HOST}:{POSTGRES_PORT}. Start it: "
+            f"Postgres does not answer on {host}:{port}. Start it: "
             "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
         )
     try:
@@ -385,7 +385,7 @@ def check_postgres() -> str | None:
     return None
 
 
-def check_redis() -> str | None:
+def check_redis(host: str = REDIS_HOST, port: int = REDIS_PORT) -> str | None:
     """None when Redis answers PING; otherwise what is wrong and what to do."""
     start = (
         "Start it: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 "
@@ -395,11 +395,11 @@ def check_redis() -> str | None:
         import redis
     except ImportError:
         return "the redis package is missing: pip install -e '.[server,dev]'"
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=3)
+    client = redis.Redis(host=host, port=port, socket_connect_timeout=3)
     try:
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
-        return f"Redis does not answer on {REDIS_HOST}:{REDIS_PORT} ({exc}). {start}"
+        return f"Redis does not answer on {host}:{port} ({exc}). {start}"
     finally:
         client.close()
     return None

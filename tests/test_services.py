@@ -21,7 +21,16 @@ from tests.checkpoints import (
     tree_sha256,
 )
 from tests.servers import Stack, log_problems
-from tests.services import S3Server, port_answers, redis_db_number, weed_binary, xdist_worker_id
+from tests.services import (
+    S3Server,
+    check_postgres,
+    check_redis,
+    free_port,
+    port_answers,
+    redis_db_number,
+    weed_binary,
+    xdist_worker_id,
+)
 
 
 def test_weed_binary_comes_from_the_wheel() -> None:
@@ -132,13 +141,25 @@ def test_log_problems_finds_tracebacks_and_5xx_only() -> None:
             'INFO:     127.0.0.1:5 - "GET /v1/models/x HTTP/1.1" 404 Not Found',
             'INFO:     127.0.0.1:5 - "POST /v1/models HTTP/1.1" 500 Internal Server Error',
             "Traceback (most recent call last):",
+            '  File "workers/jobs.py", line 156, in run_job',
+            "    HANDLERS[job.kind](s, job, ctx)",
+            "ValueError: boom",
+            'INFO:     127.0.0.1:5 - "GET /v1/jobs/1 HTTP/1.1" 200 OK',
         ]
     )
-    assert len(log_problems(log)) == 2
+    problems = log_problems(log)
+    assert len(problems) == 2
+    assert "500 Internal Server Error" in problems[0]
+    assert problems[1].startswith("Traceback") and problems[1].endswith("ValueError: boom")
 
 
-def test_port_answers_sees_postgres_and_redis() -> None:
-    assert port_answers("127.0.0.1", 5432) and port_answers("127.0.0.1", 6379)
+def test_service_checks_pass_here_and_say_what_to_do_when_down() -> None:
+    assert check_postgres() is None and check_redis() is None
+    closed = free_port()
+    assert not port_answers("127.0.0.1", closed)
+    postgres_down, redis_down = check_postgres(port=closed), check_redis(port=closed)
+    assert postgres_down is not None and f":{closed}" in postgres_down and "pg_ctlcluster" in postgres_down
+    assert redis_down is not None and f":{closed}" in redis_down and "redis-server" in redis_down
 
 
 def test_embedded_server_answers_health(embedded_server: str) -> None:
