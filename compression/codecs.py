@@ -4,14 +4,15 @@
 shape exists, ``delta-rows`` when the parent has fewer rows and the same trailing dims, ``plain``
 otherwise); ``decode_tensor`` inverts it given the same parent. Payloads are self-describing (magic
 with the format version, codec id, dtypes, sizes), so bytes written by any version of deltazoo decode
-forever: format 1 (``DZT1``, XOR + zstd) is still read by ``compression.exact_legacy``.
+forever: format 1 (``DZT1``, XOR + zstd) by ``compression.exact_legacy``, format 2 (``DZT2``, byte
+planes + zstd) by ``compression.exact_v2``.
 
-Format 2 (``DZT2``, written now) codes a delta as the integer difference of bit patterns
-``child − parent`` (wrapping, zigzag-mapped so that small changes either way are small numbers) and
-partitions it by the parent's top byte (sign and exponent of a float), where the size of a change in
-units of the last place is decided; each partition's byte planes are zstd (Huffman) frames. A parent
-of another float dtype is first cast to the child's dtype (torch, round to nearest even) and the
-payload records the parent's dtype. ``plain`` codes the raw byte planes. Layout: docs/FORMAT.md.
+Format 3 (``DZT3``, written now) codes a delta as the integer difference of bit patterns
+``child − parent`` (wrapping), as a sign-and-magnitude token modelled per parent exponent plus raw low
+bits, in one interleaved rANS stream (``compression.exact_rans``; a C kernel with a numpy fallback of the
+same format). A parent of another float dtype is first cast to the child's dtype (torch, round to
+nearest even) and the payload records the parent's dtype. ``plain`` floats code the exponent and keep
+sign and mantissa as raw bits. Layout: docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ import numpy as np
 from compression.dtypes import DTYPES, dtype_info
 from compression.exact_errors import CodecError
 from compression.exact_legacy import MAGIC_V1, decode_v1
-from compression.exact_planes import decode_planes, encode_planes, uint_dtype
+from compression.exact_planes import uint_dtype
+from compression.exact_rans import MODE_DELTA, MODE_FLOAT, Layout, decode_stream, encode_stream
+from compression.exact_v2 import HEADER as _HEADER_V2
+from compression.exact_v2 import decode_v2
 
 __all__ = ["CodecError", "EncodedTensor", "decode_tensor", "encode_tensor"]
 
-MAGIC = b"DZT2"
-CHUNK_ELEMS = 1 << 20
-MIN_GROUP = 4096
-# Dtype codes stored in format-2 payloads; append only, never reorder.
+MAGIC = b"DZT3"
+MAGIC_V2 = b"DZT2"
+# Dtype codes stored in format-2 and format-3 payloads; append only, never reorder.
 DTYPE_CODES: tuple[str, ...] = (
     "F64",
     "F32",
@@ -52,7 +55,7 @@ DTYPE_CODES: tuple[str, ...] = (
     "BOOL",
 )
 NO_PARENT = 0xFF
-_HEADER = struct.Struct("<4s c B B x I I Q")  # magic, codec id, dtype, parent dtype, chunk, min group, elems
+_HEADER = struct.Struct("<4s c B B x Q")  # magic, codec id, dtype, parent dtype, element count
 _CODEC_IDS = {"plain": b"p", "delta": b"d", "delta-rows": b"r"}
 _ENCODINGS = {v: k for k, v in _CODEC_IDS.items()}
 _TORCH_FLOATS = {
@@ -112,37 +115,24 @@ def _as_child_dtype(parent_raw: Buffer, parent_dtype: str, dtype: str) -> np.nda
     return cast.view(getattr(torch, f"uint{8 * cast.element_size()}")).numpy().view(udt)
 
 
-def _context(parent: np.ndarray, dtype: str) -> np.ndarray | None:
-    """Per element, what the decoder knows that predicts the size of a change: the parent's top bits."""
+def layout(dtype: str, with_parent: bool) -> Layout:
+    """How format 3 tokenizes ``dtype``: floats by exponent (delta: the parent's), integers by magnitude."""
     info = dtype_info(dtype)
-    if info.itemsize >= 2 and info.is_float:
-        return (parent >> (8 * info.itemsize - 8)).astype(np.uint8)
-    if info.itemsize == 1 and info.is_float:
-        return parent >> np.uint8(info.mantissa_bits)
-    return None
-
-
-def _zigzag_delta(child: np.ndarray, parent: np.ndarray) -> np.ndarray:
-    bits = 8 * child.dtype.itemsize
-    d = (child - parent).view(np.dtype(f"<i{child.dtype.itemsize}"))
-    return ((d << 1) ^ (d >> (bits - 1))).view(child.dtype)
-
-
-def _unzigzag_add(z: np.ndarray, parent: np.ndarray) -> np.ndarray:
-    signed = np.dtype(f"<i{z.dtype.itemsize}")
-    return parent + ((z >> 1) ^ (-(z & 1).view(signed)).view(z.dtype))
+    if not info.is_float:
+        return Layout(info.itemsize, MODE_DELTA, 0, 0)
+    tbits = min(info.exponent_bits, 8)
+    shift = info.mantissa_bits + info.exponent_bits - tbits
+    return Layout(info.itemsize, MODE_DELTA if with_parent else MODE_FLOAT, shift, tbits)
 
 
 def _header(codec: str, dtype: str, parent_dtype: str | None, n: int) -> bytes:
     parent_code = NO_PARENT if parent_dtype is None else DTYPE_CODES.index(parent_dtype)
-    return _HEADER.pack(
-        MAGIC, _CODEC_IDS[codec], DTYPE_CODES.index(dtype), parent_code, CHUNK_ELEMS, MIN_GROUP, n
-    )
+    return _HEADER.pack(MAGIC, _CODEC_IDS[codec], DTYPE_CODES.index(dtype), parent_code, n)
 
 
 def _plain(raw: Buffer, dtype: str, n: int) -> EncodedTensor:
-    symbols = np.frombuffer(raw, dtype=uint_dtype(dtype_info(dtype).itemsize))
-    body = encode_planes(symbols, None, CHUNK_ELEMS, MIN_GROUP)
+    elems = np.frombuffer(raw, dtype=uint_dtype(dtype_info(dtype).itemsize))
+    body = encode_stream(layout(dtype, False), elems, None)
     return EncodedTensor("plain", _header("plain", dtype, None, n) + body)
 
 
@@ -180,11 +170,10 @@ def encode_tensor(
         return _plain(raw, dtype, n)
     child = np.frombuffer(raw, dtype=parent.dtype)
     shared = parent.size
-    z = _zigzag_delta(child[:shared], parent)
-    body = encode_planes(z, _context(parent, dtype), CHUNK_ELEMS, MIN_GROUP)
+    body = encode_stream(layout(dtype, True), child[:shared], parent)
     if same:
         return EncodedTensor("delta", _header("delta", dtype, parent_dtype, n) + body)
-    tail = encode_planes(child[shared:], None, CHUNK_ELEMS, MIN_GROUP)
+    tail = encode_stream(layout(dtype, False), child[shared:], None)
     head = _header("delta-rows", dtype, parent_dtype, n) + struct.pack("<Q", shared)
     return EncodedTensor("delta-rows", head + body + tail)
 
@@ -207,11 +196,12 @@ def decode_tensor(
     magic = bytes(buf[:4])
     if magic == MAGIC_V1:
         out = decode_v1(bytes(buf), itemsize, parent_raw)
-    elif magic == MAGIC:
-        out = _decode_v2(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape)
+    elif magic in (MAGIC, MAGIC_V2):
+        out = _decode_v23(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape)
     else:
         raise CodecError(
-            f"not a deltazoo tensor payload (magic {magic!r}, expected {MAGIC!r} or {MAGIC_V1!r})"
+            f"not a deltazoo tensor payload (magic {magic!r},"
+            f" expected {MAGIC!r}, {MAGIC_V2!r} or {MAGIC_V1!r})"
         )
     if len(out) != n * itemsize:
         raise CodecError(
@@ -220,7 +210,7 @@ def decode_tensor(
     return out
 
 
-def _decode_v2(
+def _decode_v23(
     buf: memoryview,
     encoding: str,
     dtype: str,
@@ -229,9 +219,12 @@ def _decode_v2(
     parent_dtype: str | None,
     parent_shape: Shape | None,
 ) -> bytes:
-    if len(buf) < _HEADER.size:
-        raise CodecError(f"corrupt payload: {len(buf)} bytes is shorter than the {_HEADER.size}-byte header")
-    _, cid, dcode, pcode, chunk, min_group, count = _HEADER.unpack_from(buf)
+    v2 = bytes(buf[:4]) == MAGIC_V2
+    header = _HEADER_V2 if v2 else _HEADER
+    if len(buf) < header.size:
+        raise CodecError(f"corrupt payload: {len(buf)} bytes is shorter than the {header.size}-byte header")
+    fields = header.unpack_from(buf)
+    cid, dcode, pcode, count = fields[1], fields[2], fields[3], fields[-1]
     codec = _ENCODINGS.get(cid)
     if codec is None:
         raise CodecError(f"corrupt payload: unknown codec id {cid!r}")
@@ -242,13 +235,40 @@ def _decode_v2(
         raise CodecError(f"payload holds a {held} tensor but {dtype} was asked")
     if count != n:
         raise CodecError(f"payload holds {count} elements but the shape asks for {n}")
-    if chunk == 0:
-        raise CodecError("corrupt payload: chunk size 0")
-    udt = uint_dtype(dtype_info(dtype).itemsize)
-    offset = _HEADER.size
-    if codec == "plain":
-        out, offset = decode_planes(buf, offset, n, udt.itemsize, None, chunk, min_group)
-        return _finish(out, buf, offset)
+    parent, shared, offset = None, n, header.size
+    if codec != "plain":
+        parent = _parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
+        if codec == "delta-rows":
+            if len(buf) < offset + 8:
+                raise CodecError("corrupt payload: truncated delta-rows header")
+            (shared,) = struct.unpack_from("<Q", buf, offset)
+            offset += 8
+        if shared != parent.size or shared > n:
+            raise CodecError(
+                f"payload was coded against a parent of {shared} elements but the parent has {parent.size}"
+            )
+    if v2:
+        out, offset = decode_v2(buf, codec, dtype, n, parent, shared)
+    elif codec == "plain":
+        out, offset = decode_stream(layout(dtype, False), buf, offset, n, None)
+    else:
+        out, offset = decode_stream(layout(dtype, True), buf, offset, shared, parent)
+        if codec == "delta-rows":
+            tail, offset = decode_stream(layout(dtype, False), buf, offset, n - shared, None)
+            out = np.concatenate([out, tail])
+    if offset != len(buf):
+        raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
+    return out.tobytes()
+
+
+def _parent_for(
+    codec: str,
+    dtype: str,
+    pcode: int,
+    parent_raw: Buffer | None,
+    parent_dtype: str | None,
+    parent_shape: Shape | None,
+) -> np.ndarray:
     if parent_raw is None:
         raise CodecError(
             f"this {codec} payload needs its parent tensor: pass parent_raw, parent_dtype, parent_shape"
@@ -262,25 +282,4 @@ def _decode_v2(
     _check(parent_raw, parent_dtype, parent_shape, "parent tensor")
     parent = _as_child_dtype(parent_raw, parent_dtype, dtype)
     assert parent is not None  # the encoder only wrote a delta for a castable parent
-    shared = n
-    if codec == "delta-rows":
-        if len(buf) < offset + 8:
-            raise CodecError("corrupt payload: truncated delta-rows header")
-        (shared,) = struct.unpack_from("<Q", buf, offset)
-        offset += 8
-    if shared != parent.size or shared > n:
-        raise CodecError(
-            f"payload was coded against a parent of {shared} elements but the parent has {parent.size}"
-        )
-    z, offset = decode_planes(buf, offset, shared, udt.itemsize, _context(parent, dtype), chunk, min_group)
-    head = _unzigzag_add(z, parent)
-    if codec == "delta":
-        return _finish(head, buf, offset)
-    tail, offset = decode_planes(buf, offset, n - shared, udt.itemsize, None, chunk, min_group)
-    return _finish(np.concatenate([head, tail]), buf, offset)
-
-
-def _finish(out: np.ndarray, buf: memoryview, offset: int) -> bytes:
-    if offset != len(buf):
-        raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
-    return out.tobytes()
+    return parent

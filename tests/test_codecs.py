@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compression.codecs import CHUNK_ELEMS, CodecError, decode_tensor, encode_tensor
+from compression.codecs import CodecError, decode_tensor, encode_tensor
 from compression.dtypes import DTYPES
 
 TORCH = {
@@ -102,8 +102,8 @@ def test_unrelated_shapes_fall_back_to_plain() -> None:
     assert roundtrip(child[:1200], "F32", [10, 30], parent, "F32", [20, 30]) == "plain"  # rows shrank
 
 
-def test_multi_chunk_tensor_round_trips() -> None:
-    n = CHUNK_ELEMS + 12345
+def test_many_lane_tensor_round_trips() -> None:
+    n = 64 * 4096 + 12345  # 64 interleaved rANS lanes, a partial last step
     child, parent = float_pair("BF16", n, seed=7)
     assert roundtrip(child, "BF16", [n], parent, "BF16", [n]) == "delta"
 
@@ -140,10 +140,35 @@ def test_property_delta_and_rows_round_trip(dtype, rows, cols, grow, seed, flip)
 
 
 # Golden bytes: a fixed F32 input and its encoded form. decode must read these forever; the encode
-# comparison flags any change of the written format (or of zstd's output) so that it is deliberate.
+# comparison (format 3, written now) flags any change of the written format so that it is deliberate.
 CHILD = bytes.fromhex("0000803f000020c000000000000050406f12833a0000e0c0")
 PARENT = bytes.fromhex("0000803f000000c00000003f000040406f12833a0000c0c0")
-GOLDEN_V2 = {
+GOLDEN_V3 = {
+    "plain": (
+        [6], None, None,
+        "445a54337001ff000600000000000000010000000100000000008200aa02000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000000000000000aa02000000000000000000000000000000000000aa025805aa02"
+        "5ef7f02309000000000000000056a08e9ca00022ee6c50f30301668de000dee62685",
+    ),
+    "delta": (
+        [6], PARENT, [6],
+        "445a543364010100060000000000000001000000050075000000010000107e00e700010000107f000000010000108000"
+        "980009000008000000000000000000000000000000088100a00001000010000820000500000000000000000000070000"
+        "00000000630a0960",
+    ),
+    "delta-rows": (
+        [3, 2], PARENT[:16], [2, 2],
+        "445a543372010100060000000000000004000000000000000100000003007e00e700010000107f000000010000108000"
+        "980009000008000000000000000000000000000000080008040004000000000000000000000000070000de1fee2f0100"
+        "00000100000075000d0000080000000000000000000000000000000000000000000000086f2204000300000000000000"
+        "03000008e00009a17f6c",
+    ),
+}
+GOLDEN_V2 = {  # written by the second codec (byte planes + zstd)
     "plain": (
         [6], None, None,
         "445a54327001ff00000010000010000006000000000000001300000013000000130000001300000028b52ffd24063100"
@@ -177,13 +202,20 @@ GOLDEN_V1 = {  # written by deltazoo's first codec (XOR + zstd); stores may stil
 }
 
 
-@pytest.mark.parametrize("encoding", list(GOLDEN_V2))
-def test_golden_format_2(encoding: str) -> None:
-    shape, parent, pshape, hexed = GOLDEN_V2[encoding]
+@pytest.mark.parametrize("encoding", list(GOLDEN_V3))
+def test_golden_format_3(encoding: str) -> None:
+    shape, parent, pshape, hexed = GOLDEN_V3[encoding]
     pdtype = "F32" if parent is not None else None
     assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
     enc = encode_tensor(CHILD, "F32", shape, parent, pdtype, pshape)
     assert (enc.encoding, enc.payload.hex()) == (encoding, hexed)
+
+
+@pytest.mark.parametrize("encoding", list(GOLDEN_V2))
+def test_format_2_payloads_still_decode(encoding: str) -> None:
+    shape, parent, pshape, hexed = GOLDEN_V2[encoding]
+    pdtype = "F32" if parent is not None else None
+    assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
 
 
 @pytest.mark.parametrize("encoding", list(GOLDEN_V1))
@@ -197,7 +229,7 @@ def test_unsupported_dtype_is_named() -> None:
     with pytest.raises(CodecError, match="unsupported tensor dtype 'F4'"):
         encode_tensor(b"\0", "F4", [1])
     with pytest.raises(CodecError, match="unsupported dtype 'C64'"):
-        decode_tensor("plain", GOLDEN_V2["plain"][3], "C64", [6])
+        decode_tensor("plain", GOLDEN_V3["plain"][3], "C64", [6])
 
 
 def test_wrong_byte_length_is_named() -> None:
@@ -207,8 +239,9 @@ def test_wrong_byte_length_is_named() -> None:
         encode_tensor(b"\0" * 6, "F16", [3], b"\0" * 4, "F16", [3])
 
 
-def test_decode_checks_what_it_is_asked() -> None:
-    payload = bytes.fromhex(GOLDEN_V2["delta"][3])
+@pytest.mark.parametrize("golden", [GOLDEN_V3, GOLDEN_V2])
+def test_decode_checks_what_it_is_asked(golden: dict) -> None:
+    payload = bytes.fromhex(golden["delta"][3])
     with pytest.raises(CodecError, match="needs its parent tensor"):
         decode_tensor("delta", payload, "F32", [6])
     with pytest.raises(CodecError, match="payload is 'delta' but was asked to decode as 'plain'"):
@@ -219,8 +252,9 @@ def test_decode_checks_what_it_is_asked() -> None:
         decode_tensor("delta", payload, "F32", [4], PARENT[:16], "F32", [4])
 
 
-def test_corrupt_payloads_raise_codec_error() -> None:
-    payload = bytearray(bytes.fromhex(GOLDEN_V2["delta"][3]))
+@pytest.mark.parametrize("golden", [GOLDEN_V3, GOLDEN_V2])
+def test_corrupt_payloads_raise_codec_error(golden: dict) -> None:
+    payload = bytearray(bytes.fromhex(golden["delta"][3]))
     args = ("F32", [6], PARENT, "F32", [6])
     with pytest.raises(CodecError, match="not a deltazoo tensor payload"):
         decode_tensor("delta", b"XXXX" + bytes(payload[4:]), *args)
@@ -231,7 +265,7 @@ def test_corrupt_payloads_raise_codec_error() -> None:
     with pytest.raises(CodecError, match="unexpected bytes after the last frame"):
         decode_tensor("delta", bytes(payload) + b"\0", *args)
     flipped = bytearray(payload)
-    flipped[-6] ^= 0x40  # inside the last frame's data: the zstd checksum notices
+    flipped[-6] ^= 0x40  # format 2: the zstd checksum notices; format 3: the final rANS states differ
     with pytest.raises(CodecError, match="corrupt payload"):
         decode_tensor("delta", bytes(flipped), *args)
     bad_id = bytearray(payload)
