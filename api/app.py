@@ -38,9 +38,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         if settings.embedded:
             from workers.runner import InProcessRunner
 
-            runner = InProcessRunner(
-                JobContext(settings, app.state.store, lambda job_id: runner.submit(job_id))
-            )
+            def submit(job_id: int) -> None:  # jobs that start other jobs go through the same pool
+                assert runner is not None
+                runner.submit(job_id)
+
+            runner = InProcessRunner(JobContext(settings, app.state.store, submit))
             app.state.dispatcher = runner
             runner.start()
         else:

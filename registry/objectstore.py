@@ -200,6 +200,11 @@ class S3ObjectStore:
         self.client.bucket_exists(self.bucket)
 
 
+def delete_objects(store: ObjectStore, keys: list[str]) -> None:
+    for key in keys:
+        store.delete(key)
+
+
 def object_store_from_settings(settings: Settings) -> ObjectStore:
     if settings.s3_endpoint:
         return S3ObjectStore(

@@ -77,8 +77,9 @@ def post_artifact(
 def get_artifact(org: str, name: str, rev: str, profile: str, session: DB, store: Store) -> StreamingResponse:
     _, version = get_version(session, org, name, rev)
     artifact = find_artifact(session, version, ref_string(f"{org}/{name}", version.revision), profile)
+    assert artifact.blob is not None  # find_artifact returns ready artifacts only
     return StreamingResponse(
         store.iter_chunks(blob_key(artifact.blob)),
-        media_type="application/octet-stream",  # type: ignore[arg-type]
+        media_type="application/octet-stream",
         headers={"Content-Length": str(artifact.bytes), "ETag": f'"{artifact.blob}"'},
     )

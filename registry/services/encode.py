@@ -13,6 +13,7 @@ import hashlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import zstandard
 from sqlalchemy.orm import Session
@@ -22,7 +23,7 @@ from compression.safetensors_io import SafetensorsError, TensorEntry, read_heade
 from registry.db import after_commit
 from registry.errors import BadRequest
 from registry.models import File, Tensor, Version
-from registry.objectstore import ObjectStore, blob_key
+from registry.objectstore import ObjectStore, blob_key, delete_objects
 from registry.repositories import BlobRepository, FileRepository, TensorRepository
 from registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
 
@@ -257,6 +258,6 @@ def encode_version(
     version.logical_bytes = sum(f.size for f in files)
     version.status, version.status_message = "ready", None
     session.flush()
-    after_commit(session, lambda: [store.delete(k) for k in staged])
+    after_commit(session, partial(delete_objects, store, staged))
     totals.stored_bytes = version.stored_bytes
     return totals

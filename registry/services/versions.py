@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy.orm import Session
 
@@ -12,7 +13,7 @@ from compression.safetensors_io import is_safetensors_path
 from registry.db import after_commit
 from registry.errors import BadRequest, Conflict, NotFound, Unprocessable
 from registry.models import Artifact, File, Job, Model, Version
-from registry.objectstore import ObjectStore, blob_key
+from registry.objectstore import ObjectStore, blob_key, delete_objects
 from registry.repositories import (
     ArtifactRepository,
     BlobRepository,
@@ -240,7 +241,7 @@ def delete_version(session: Session, store: ObjectStore, version: Version, ref: 
     session.delete(version)
     session.flush()
     gone = [sha for sha in dropped if blobs.drop_reference(sha)]
-    after_commit(session, lambda: [store.delete(blob_key(sha)) for sha in gone])
+    after_commit(session, partial(delete_objects, store, [blob_key(sha) for sha in gone]))
 
 
 def _refs(session: Session, version_ids: list[int]) -> list[str]:
