@@ -48,3 +48,18 @@ def test_stack_requires_token(stack_server: Stack) -> None:
     r = httpx.get(f"{stack_server.url}/v1/models")
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert httpx.get(f"{stack_server.url}/v1/health").json()["status"] == "ok"
+
+
+def test_stack_job_waits_in_the_queue_for_a_worker(
+    stack_server: Stack, client: httpx.Client, unique_org: str
+) -> None:
+    files = checkpoint(base_state(seed=9))
+    stack_server.worker.kill()
+    try:
+        job = push(client, f"{unique_org}/queued", files)["job"]
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    finally:
+        stack_server.worker.start()
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+    for path, data in files.items():
+        assert sha(client.get(f"/v1/models/{unique_org}/queued/versions/1/files/{path}").content) == sha(data)
