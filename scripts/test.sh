@@ -35,11 +35,7 @@ start_redis() {
 if ! python -m tests.services check; then
   python -c "from tests.services import check_postgres as c; import sys; sys.exit(c() is not None)" || start_postgres
   python -c "from tests.services import check_redis as c; import sys; sys.exit(c() is not None)" || start_redis
-  for _ in $(seq 1 30); do
-    python -m tests.services check >/dev/null 2>&1 && break
-    sleep 1
-  done
-  python -m tests.services check \
+  python -m tests.services check --wait 30 \
     || die "Postgres and Redis must answer on 127.0.0.1 (the suite does not skip what needs them)"
 fi
 

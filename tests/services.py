@@ -5,8 +5,8 @@ real ``uvicorn`` subprocess, the worker a real Celery worker. Each pytest-xdist 
 S3 server on its own ports, its own Postgres database and its own Redis database number, so two
 workers never share state.
 
-Also usable as a command: ``python -m tests.services check`` exits 1 with a message when Postgres or
-Redis do not answer on 127.0.0.1 (``scripts/test.sh`` uses it before running the suite).
+Also usable as a command: ``python -m tests.services check [--wait SECONDS]`` exits 1 with a message
+when Postgres or Redis do not answer on 127.0.0.1 (``scripts/test.sh`` uses it before the suite).
 """
 
 from __future__ import annotations
@@ -410,10 +410,15 @@ def service_problems() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if argv != ["check"]:
-        print("usage: python -m tests.services check", file=sys.stderr)
+    """``check [--wait SECONDS]``: exit 0 once Postgres and Redis answer, 1 (saying why) if they don't."""
+    if not argv or argv[0] != "check" or len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--wait"):
+        print("usage: python -m tests.services check [--wait SECONDS]", file=sys.stderr)
         return 2
+    deadline = time.monotonic() + (float(argv[2]) if len(argv) == 3 else 0.0)
     problems = service_problems()
+    while problems and time.monotonic() < deadline:
+        time.sleep(1.0)
+        problems = service_problems()
     for problem in problems:
         print(f"MISSING SERVICE: {problem}", file=sys.stderr)
     if not problems:
