@@ -42,9 +42,10 @@ fi
 # --- 3. the suite -------------------------------------------------------------------------------
 export TRITON_INTERPRET=1
 log="$(mktemp -t deltazoo-pytest.XXXXXX.log)"
-say "python -m pytest -n 2 $* (log: $log)"
+# --dist loadfile keeps a file's tests on one worker, so a module's servers start once, not twice.
+say "python -m pytest -n 2 --dist loadfile $* (log: $log)"
 set +e
-python -m pytest -n 2 "$@" 2>&1 | tee "$log"
+python -m pytest -n 2 --dist loadfile "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 
