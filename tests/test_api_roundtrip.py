@@ -179,3 +179,22 @@ def test_sharded_checkpoint_finds_parents_in_any_shard(client: TestClient) -> No
     for model, checkpoint_files in (("org/sharded", files), ("org/ft1", ft)):
         for path, data in checkpoint_files.items():
             assert sha(client.get(f"/v1/models/{model}/versions/1/files/{path}").content) == sha(data)
+
+
+def test_list_and_search_models(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    listed = client.get("/v1/models").json()
+    assert listed["total"] == 2 and [m["name"] for m in listed["items"]] == ["org/base", "org/ft"]
+    ft = listed["items"][1]
+    assert ft["versions"] == 1 and ft["latest_revision"] == 1 and ft["ratio"] > 1
+    assert [m["name"] for m in client.get("/v1/models", params={"search": "FT"}).json()["items"]] == [
+        "org/ft"
+    ]
+    page = client.get("/v1/models", params={"limit": 1, "offset": 1}).json()
+    assert page["total"] == 2 and [m["name"] for m in page["items"]] == ["org/ft"]
+    model = client.get("/v1/models/org/ft").json()
+    assert [v["ref"] for v in model["versions"]] == ["org/ft@1"]
+    assert client.get("/v1/models/org/none").json()["error"]["code"] == "model_not_found"
+    assert client.get("/v1/models/org/ft/versions/7").json()["error"]["code"] == "version_not_found"
+    r = client.post("/v1/models", json={"name": "org/ft"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_exists"
+    assert client.post("/v1/models", json={"name": "org/ft", "exist_ok": True}).status_code == 200

@@ -216,6 +216,8 @@ def commit_version(session: Session, store: ObjectStore, version: Version, ref: 
 
 
 def delete_version(session: Session, store: ObjectStore, version: Version, ref: str) -> None:
+    if version.status == "processing":
+        raise Conflict(f"{ref} is being encoded; delete it once its job has finished", code="version_busy")
     tensors = TensorRepository(session)
     dependents = tensors.dependents_outside(version.id)
     if dependents:
