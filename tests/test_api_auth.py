@@ -60,5 +60,8 @@ def test_tokens_and_scopes(client: TestClient) -> None:
         ]
     }
     assert client.post("/v1/models/team/a/versions", json=body, headers=bearer("writer")).status_code == 201
+    assert client.post("/v1/models", json={"name": "team/b"}, headers=bearer("writer")).status_code == 201
+    r = client.post("/v1/models", json={"name": "other/b"}, headers=bearer("writer"))
+    assert r.status_code == 403
     r = client.post("/v1/models/other/a/versions", json=body, headers=bearer("writer"))
     assert r.status_code == 403 and "namespace" in r.json()["error"]["message"]
