@@ -40,8 +40,7 @@ BEYOND = [
     "deltadq:n=1,m=32,bits=4,scale=row",
     "deltadq:n=1,m=32,bits=4,rescale=sum",
     "deltadq:n=1,m=32,bits=4,select=magnitude,rescale=sum",
-    "deltadq:n=1,m=32,bits=4,select=magnitude",
-    "deltadq:n=1,m=32,bits=4,scale=row,fit=lsq,rescale=sum",
+    "deltadq:n=1,m=32,bits=4,scale=row,fit=lsq",
 ]
 
 State = dict[str, torch.Tensor]
@@ -80,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     bpb_base, bpb_ft = bpb(base), bpb(ft)
+    print(f"bpb: base {bpb_base:.4f}, {args.finetune} {bpb_ft:.4f}", flush=True)
     rows: list[tuple[str, int, float]] = []
 
     def linear_only(approx: Callable[[str], torch.Tensor]) -> State:
