@@ -107,3 +107,22 @@ def test_interrupted_encode_resumes_where_it_stopped(tmp_path: Path, monkeypatch
         assert base_stored + detail["stored_bytes"] == client.get("/v1/stats").json()["stored_bytes"]
         for path, data in files["ft"].items():
             assert sha(client.get(f"/v1/models/org/ft/versions/1/files/{path}").content) == sha(data)
+
+
+def test_runner_marks_a_job_failed_when_transient_errors_persist(tmp_path: Path) -> None:
+    from workers.runner import InProcessRunner
+
+    settings = embedded_settings(tmp_path / "home")
+    with TestClient(create_app(settings)) as client:
+        client.app.state.dispatcher.stop()  # type: ignore[attr-defined]
+        client.app.state.dispatcher = type("Recorder", (), {"submit": staticmethod(lambda _id: None)})()  # type: ignore[attr-defined]
+        job = push(client, "org/base", checkpoint(base_state()))["job"]
+        dead = FlakyStore(settings.objects_dir, fail_at=0)
+        dead.get_range = lambda *_a: (_ for _ in ()).throw(ConnectionError("store is down"))  # type: ignore[method-assign]
+        runner = InProcessRunner(JobContext(settings, dead, lambda _id: None), retries=1, backoff_s=0.0)
+        runner.submit(job["id"])
+        done = wait_job(client, job["id"])
+        runner.stop(wait=True)
+        assert done["status"] == "failed" and "transient" in done["error"]
+        version = client.get("/v1/models/org/base/versions/1").json()
+        assert version["status"] == "failed" and version["status_message"] == done["error"]

@@ -119,7 +119,8 @@ HANDLERS: dict[str, Callable[[Session, Job, JobContext], None]] = {
 }
 
 
-def _mark_failed(ctx: JobContext, job_id: int, message: str) -> None:
+def mark_failed(ctx: JobContext, job_id: int, message: str) -> None:
+    """Record a job, and what it worked on, as failed (also when transient errors never went away)."""
     with session_scope(ctx.settings) as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -169,5 +170,5 @@ def run_job(job_id: int, ctx: JobContext) -> str:
         raise
     except Exception as exc:  # a non-transient failure is recorded, not raised
         log.exception("job %s failed", job_id)
-        _mark_failed(ctx, job_id, f"{type(exc).__name__}: {exc}")
+        mark_failed(ctx, job_id, f"{type(exc).__name__}: {exc}")
         return "failed"

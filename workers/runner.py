@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from registry.db import session_scope
 from registry.repositories import JobRepository
-from workers.jobs import TRANSIENT_ERRORS, JobContext, run_job
+from workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
 
 log = logging.getLogger("deltazoo.runner")
 
@@ -48,7 +48,8 @@ class InProcessRunner:
             except Exception:  # run_job records failures itself; this is a bug in the runner's path
                 log.exception("job %s crashed", job_id)
                 return
-        log.error("job %s gave up after %s transient errors; it stays queued", job_id, self.retries + 1)
+        log.error("job %s gave up after %s transient errors", job_id, self.retries + 1)
+        mark_failed(self.ctx, job_id, f"gave up after {self.retries + 1} attempts that hit transient errors")
 
     def stop(self, wait: bool = True) -> None:
         self._stopped.set()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from celery import Task
+
 from deltazoo.settings import get_settings
 from registry.objectstore import object_store_from_settings
 from registry.services.storage import RAW_CACHE
 from workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
-from workers.jobs import TRANSIENT_ERRORS, JobContext, run_job
+from workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
 
 
 @lru_cache(maxsize=1)
@@ -18,7 +20,16 @@ def worker_context() -> JobContext:
     return JobContext(settings, object_store_from_settings(settings), CeleryDispatcher(app).submit)
 
 
+class JobTask(Task):  # type: ignore[misc]
+    """Records the job as failed when Celery gives up on it (retries exhausted, time limit)."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: object) -> None:
+        if args:
+            mark_failed(worker_context(), int(args[0]), f"gave up: {type(exc).__name__}: {exc}")
+
+
 @app.task(
+    base=JobTask,
     name=RUN_JOB_TASK,
     autoretry_for=TRANSIENT_ERRORS,
     retry_backoff=True,
