@@ -72,7 +72,36 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "no such route; see /docs for the API"
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
+    async def _retryable(_request: Request, exc: Exception) -> JSONResponse:
+        return _unavailable(exc)
+
+    for error in _unavailable_errors():  # handled by class: a 503, never a 500 with a traceback
+        app.add_exception_handler(error, _retryable)
+
     @app.exception_handler(Exception)
     async def _bug(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the database or the object store did not answer: retryable, not a bug."""
+    from sqlalchemy import exc as sa_exc
+
+    errors: list[type[BaseException]] = [sa_exc.OperationalError, sa_exc.DisconnectionError]
+    errors += [ConnectionError, TimeoutError]
+    try:
+        import urllib3.exceptions
+        from minio.error import ServerError
+
+        errors += [urllib3.exceptions.HTTPError, ServerError]
+    except ImportError:  # the minio client is only needed with an S3 store
+        pass
+    return tuple(errors)
+
+
+def _unavailable(exc: BaseException) -> JSONResponse:
+    what = "the object store" if "sqlalchemy" not in type(exc).__module__ else "the database"
+    log.warning("%s did not answer: %s: %s", what, type(exc).__name__, (str(exc).splitlines() or [''])[0][:300])
+    message = f"{what} did not answer ({type(exc).__name__}); retry in a few seconds"
+    return JSONResponse(error_body("unavailable", message), status_code=503, headers={"Retry-After": "2"})

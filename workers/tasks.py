@@ -5,11 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 from celery import Task
+from celery.signals import worker_ready
 
 from deltazoo.settings import get_settings
 from registry.objectstore import object_store_from_settings
 from registry.services.storage import RAW_CACHE
 from workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
+from workers.heartbeat import heartbeat, start_reaper
 from workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
 
 
@@ -39,4 +41,12 @@ class JobTask(Task):  # type: ignore[misc]
     acks_late=True,
 )
 def run_job_task(job_id: int) -> str:
-    return run_job(job_id, worker_context())
+    ctx = worker_context()
+    with heartbeat(ctx, job_id):
+        return run_job(job_id, ctx)
+
+
+@worker_ready.connect
+def _start_reaper(**_kwargs: object) -> None:
+    """Jobs whose worker died (no heartbeat) are sent again by any live worker (workers/heartbeat.py)."""
+    start_reaper(worker_context(), CeleryDispatcher(app).submit)

@@ -1,0 +1,89 @@
+"""Crash recovery for Celery jobs: a running job beats a heartbeat; a stale one is queued again.
+
+A worker killed mid-job (SIGKILL, out of memory, a lost host) leaves its Redis message unacknowledged
+until the broker's visibility timeout (an hour) and the job row ``running`` for good. So the worker
+running a job touches the job row's ``updated_at`` every ``job_heartbeat_s`` seconds, and a reaper
+thread in every worker sends again each ``running`` job whose heartbeat is older than
+``STALE_BEATS`` beats (one conditional UPDATE per job, so two reapers never both send it). Running a
+job twice is harmless: ``run_job`` resumes and skips the work an interrupted run committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from registry.db import session_scope
+from registry.models import Job, utcnow
+from workers.jobs import JobContext
+
+log = logging.getLogger("deltazoo.heartbeat")
+STALE_BEATS = 3
+
+
+def beat(ctx: JobContext, job_id: int) -> None:
+    with session_scope(ctx.settings) as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(updated_at=utcnow()))
+
+
+@contextmanager
+def heartbeat(ctx: JobContext, job_id: int) -> Iterator[None]:
+    """Beat for ``job_id`` in a background thread while the body runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(ctx.settings.job_heartbeat_s):
+            try:
+                beat(ctx, job_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried on the next one
+                log.warning("heartbeat of job %s failed: %s", job_id, exc)
+
+    thread = threading.Thread(target=loop, name=f"deltazoo-heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def requeue_stale(ctx: JobContext, submit: Callable[[int], None]) -> list[int]:
+    """Put ``running`` jobs whose heartbeat stopped back to ``queued`` and send them; returns their ids."""
+    cutoff = utcnow() - timedelta(seconds=STALE_BEATS * ctx.settings.job_heartbeat_s)
+    sent: list[int] = []
+    with session_scope(ctx.settings) as s:
+        stale = list(s.scalars(select(Job.id).where(Job.status == "running", Job.updated_at < cutoff)))
+    for job_id in stale:
+        with session_scope(ctx.settings) as s:
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.updated_at < cutoff)
+                .values(status="queued", error="its worker stopped answering; sent again")
+            ).rowcount
+        if claimed:
+            log.warning("job %s lost its worker; sending it again", job_id)
+            submit(job_id)
+            sent.append(job_id)
+    return sent
+
+
+def start_reaper(ctx: JobContext, submit: Callable[[int], None]) -> threading.Event:
+    """A daemon thread that calls ``requeue_stale`` every beat; set the returned event to stop it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            try:
+                requeue_stale(ctx, submit)
+            except Exception as exc:  # noqa: BLE001 - database away: try again on the next beat
+                log.warning("stale-job check failed: %s", exc)
+            if stop.wait(ctx.settings.job_heartbeat_s):
+                return
+
+    threading.Thread(target=loop, name="deltazoo-reaper", daemon=True).start()
+    return stop
