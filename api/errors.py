@@ -102,6 +102,7 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
 
 def _unavailable(exc: BaseException) -> JSONResponse:
     what = "the object store" if "sqlalchemy" not in type(exc).__module__ else "the database"
-    log.warning("%s did not answer: %s: %s", what, type(exc).__name__, (str(exc).splitlines() or [''])[0][:300])
+    first_line = (str(exc).splitlines() or [""])[0][:300]
+    log.warning("%s did not answer: %s: %s", what, type(exc).__name__, first_line)
     message = f"{what} did not answer ({type(exc).__name__}); retry in a few seconds"
     return JSONResponse(error_body("unavailable", message), status_code=503, headers={"Retry-After": "2"})
