@@ -1,38 +1,68 @@
-"""Bearer-token checks (on when ``settings.auth`` is true; the embedded default may run open)."""
+"""Bearer tokens and private models (``registry.services.access``); with auth off the server is open.
+
+The check runs before every ``/v1`` route but health: it sets ``request.state.principal``, answers
+401/403 for writes without the right token and 404 for a private model the caller may not read.
+"""
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from registry.db import session_scope
-from registry.services.tokens import authorize
+from registry.repositories import ModelRepository
+from registry.services.access import ANONYMOUS, OPEN, Principal, check_model_access, check_write
+from registry.services.tokens import principal_for
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-async def _org_of_new_model(request: Request) -> str | None:
+async def _name_of_new_model(request: Request) -> tuple[str | None, str | None]:
     """``POST /v1/models`` names its namespace in the body (already read and cached by FastAPI)."""
     try:
         name = (await request.json()).get("name")
-    except (ValueError, AttributeError):
-        return None
-    return name.split("/", 1)[0] if isinstance(name, str) and "/" in name else None
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None, None
+    if isinstance(name, str) and "/" in name:
+        org, short = name.split("/", 1)
+        return org, short
+    return None, None
+
+
+def bearer_token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 async def require_token(request: Request) -> None:
     settings = request.app.state.settings
     if not settings.auth:
+        request.state.principal = OPEN
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else ""
-    org = request.path_params.get("org")
-    if org is None and request.method == "POST" and request.url.path.rstrip("/").endswith("/v1/models"):
-        org = await _org_of_new_model(request)
+    token = bearer_token(request)
+    write = request.method not in READ_METHODS
+    org, name = request.path_params.get("org"), request.path_params.get("name")
+    creating = request.method == "POST" and request.url.path.rstrip("/").endswith("/v1/models")
+    if creating:
+        org, name = await _name_of_new_model(request)
 
-    def check() -> None:
+    def check() -> Principal:
         with session_scope(settings) as session:
-            authorize(session, token or None, request.method not in READ_METHODS, org)
+            principal = principal_for(session, token) if token else ANONYMOUS
+            if org is not None and name is not None and not creating:
+                model = ModelRepository(session).get(org, name)
+                check_model_access(principal, model, org, name, write)
+            elif write:
+                check_write(principal, org)
+            return principal
 
-    await run_in_threadpool(check)
+    request.state.principal = await run_in_threadpool(check)
+
+
+def current_principal(request: Request) -> Principal:
+    return getattr(request.state, "principal", OPEN if not request.app.state.settings.auth else ANONYMOUS)
+
+
+Viewer = Annotated[Principal, Depends(current_principal)]

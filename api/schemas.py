@@ -177,3 +177,28 @@ class Health(Schema):
     status: str
     database: str
     object_store: str
+
+
+class TokenCreate(Schema):
+    name: str = Field(examples=["ci for acme"])
+    namespace: str | None = Field(default=None, description="null: every namespace")
+    scopes: list[str] = Field(default_factory=lambda: ["read"], examples=[["read", "write"]])
+    admin: bool = False
+
+
+class TokenInfo(Schema):
+    id: int
+    name: str
+    namespace: str | None
+    scopes: list[str]
+    admin: bool
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenInfo):
+    token: str  # the secret, shown once
+
+
+class TokenList(Schema):
+    items: list[TokenInfo]

@@ -99,8 +99,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if not loopback and not s.auth:
+        if not args.insecure:
+            raise UsageError(
+                f"refusing to serve without auth on {args.host}: anyone who can reach it could read and "
+                "delete everything. Set DELTAZOO_AUTH=true (and DELTAZOO_ADMIN_TOKEN), bind to 127.0.0.1, "
+                "or pass --insecure if the network is trusted",
+                code="open_server_on_network",
+            )
         print(
-            "warning: an open server is reachable from the network; set DELTAZOO_AUTH=true", file=sys.stderr
+            "WARNING: --insecure: an open server (no tokens) is reachable from the network", file=sys.stderr
         )
     upgrade_database()
     uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
@@ -147,6 +154,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             base=args.base,
             relation=args.relation,
             profiles=args.profile or (),
+            private=args.private,
             wait=args.wait,
             quiet=args.quiet,
         )
@@ -162,6 +170,50 @@ def cmd_push(args: argparse.Namespace) -> int:
             "to store it as a delta",
             file=sys.stderr,
         )
+    return EXIT_OK
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    scopes = [x.strip() for x in args.scopes.split(",") if x.strip()]
+    with _client(args) as c:
+        t = c.create_token(args.token_name, namespace=args.namespace, scopes=scopes, admin=args.admin)
+    if args.json:
+        print_json(t.raw)
+        return EXIT_OK
+    where = "every namespace" if t.namespace is None else f"namespace {t.namespace}"
+    print(f"token {t.id} ({t.name}): {','.join(t.scopes)} on {where}{' (admin)' if t.admin else ''}")
+    print(t.token)
+    print("keep it now: the server stores only its hash and will not show it again", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_token_ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        tokens = c.tokens()
+    if args.json:
+        print_json([t.raw for t in tokens])
+        return EXIT_OK
+    print_table(
+        ["ID", "NAME", "NAMESPACE", "SCOPES", "ADMIN", "LAST USED"],
+        [
+            [
+                t.id,
+                t.name,
+                t.namespace or "*",
+                ",".join(t.scopes),
+                "yes" if t.admin else "",
+                t.raw.get("last_used_at") or "",
+            ]
+            for t in tokens
+        ],
+    )
+    return EXIT_OK
+
+
+def cmd_token_rm(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.delete_token(args.id)
+    print(f"token {args.id} deleted")
     return EXIT_OK
 
 
@@ -349,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("serve", cmd_serve, "run the API server (embedded unless settings name real services)")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow serving without auth on a non-localhost address (trusted networks only)",
+    )
     add("worker", cmd_worker, "run a Celery worker (full stack)")
 
     sp = add("push", cmd_push, "upload a checkpoint folder as a new version", json_flag=True, quiet=True)
@@ -369,6 +426,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--wait", action="store_true", help="wait until the version is ready (non-zero if it fails)"
     )
+
+    sp.add_argument("--private", action="store_true", help="create the model private (new models only)")
+
+    sp = add("token", cmd_token_ls, "manage API tokens (admin): token create | token ls | token rm")
+    tsub = sp.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    tc = tsub.add_parser("create", help="create a token (its secret is printed once)")
+    tc.set_defaults(func=cmd_token_create)
+    tc.add_argument("--name", dest="token_name", default="cli token", help="a label for the token")
+    tc.add_argument("--namespace", help="limit the token to this namespace (default: every namespace)")
+    tc.add_argument("--scopes", default="read", help="comma-separated: read, write (default read)")
+    tc.add_argument("--admin", action="store_true", help="an admin token (every namespace, manages tokens)")
+    tc.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    tl = tsub.add_parser("ls", help="list tokens (no secrets)")
+    tl.set_defaults(func=cmd_token_ls)
+    tl.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    tr = tsub.add_parser("rm", help="delete a token")
+    tr.set_defaults(func=cmd_token_rm)
+    tr.add_argument("id", type=int, help="token id (from token ls)")
 
     sp = add("pull", cmd_pull, "download a version's files, bit-exact", quiet=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")

@@ -35,6 +35,7 @@ from deltazoo.models import (
     ModelList,
     Ref,
     Stats,
+    TokenInfo,
     VersionInfo,
 )
 from deltazoo.transport import Transport, progress_bar
@@ -145,6 +146,26 @@ class Client:
             raise UsageError(f"say which revision to delete: {ref.model}@<rev>", code="revision_required")
         self._t.json("DELETE", _vpath(ref))
 
+    # --- tokens (admin) -------------------------------------------------------------------------
+
+    def create_token(
+        self,
+        name: str,
+        *,
+        namespace: str | None = None,
+        scopes: Sequence[str] = ("read",),
+        admin: bool = False,
+    ) -> TokenInfo:
+        """A new API token; its secret is in ``TokenInfo.token`` and is shown only this once."""
+        body = {"name": name, "namespace": namespace, "scopes": list(scopes), "admin": admin}
+        return TokenInfo.from_dict(self._t.json("POST", "/v1/tokens", json=body))
+
+    def tokens(self) -> list[TokenInfo]:
+        return [TokenInfo.from_dict(d) for d in self._t.json("GET", "/v1/tokens")["items"]]
+
+    def delete_token(self, token_id: int) -> None:
+        self._t.json("DELETE", f"/v1/tokens/{int(token_id)}")
+
     # --- jobs ------------------------------------------------------------------------------------
 
     def wait(self, job: Job | str, *, timeout: float | None = None, quiet: bool = False) -> Job:
@@ -233,6 +254,7 @@ class Client:
         relation: str = "finetune",
         profiles: Sequence[str] = (),
         description: str = "",
+        private: bool = False,
         wait: bool = True,
         timeout: float | None = None,
         quiet: bool = False,
@@ -253,11 +275,11 @@ class Client:
         root = Path(path)
         files = scan_checkpoint(root, quiet=quiet)
         if base is not None and base != "auto":
-            Ref.parse(base)
+            self.version_info(base)  # an unknown base fails here, before the model is created
         self._t.json(
             "POST",
             "/v1/models",
-            json={"name": ref.model, "description": description, "private": False, "exist_ok": True},
+            json={"name": ref.model, "description": description, "private": private, "exist_ok": True},
             idempotent=True,
         )
         created = self._t.json(

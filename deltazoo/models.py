@@ -294,3 +294,28 @@ class Job:
     @property
     def done(self) -> bool:
         return self.status in ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token as the admin sees it; ``token`` (the secret) only in the answer that created it."""
+
+    id: int
+    name: str
+    namespace: str | None
+    scopes: tuple[str, ...]
+    admin: bool
+    token: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenInfo:
+        return cls(
+            id=int(d["id"]),
+            name=d["name"],
+            namespace=d.get("namespace"),
+            scopes=tuple(d.get("scopes", ())),
+            admin=bool(d.get("admin", False)),
+            token=d.get("token"),
+            raw=d,
+        )

@@ -39,9 +39,14 @@ class ModelRepository:
         )
         return {mid: f"{org}/{name}" for mid, org, name in rows}
 
-    def search(self, text: str, limit: int, offset: int) -> tuple[list[tuple[Model, str]], int]:
+    def search(
+        self, text: str, limit: int, offset: int, private_namespaces: Sequence[str] | None = None
+    ) -> tuple[list[tuple[Model, str]], int]:
+        """Models matching ``text``; private ones only in ``private_namespaces`` (None: all of them)."""
         full = Namespace.name + "/" + Model.name
         q = select(Model, Namespace.name).join(Namespace)
+        if private_namespaces is not None:
+            q = q.where(Model.private.is_(False) | Namespace.name.in_(list(private_namespaces)))
         if text:
             pattern = f"%{text.lower()}%"
             q = q.where(func.lower(full).like(pattern) | func.lower(Model.description).like(pattern))

@@ -43,7 +43,8 @@ def bearer(token: str) -> dict[str, str]:
 
 def test_tokens_and_scopes(client: TestClient) -> None:
     assert client.get("/v1/health").status_code == 200  # no token needed
-    r = client.get("/v1/models")
+    assert client.get("/v1/models").status_code == 200  # public models are readable by anyone
+    r = client.post("/v1/models", json={"name": "team/anon"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert client.get("/v1/models", headers=bearer("wrong")).status_code == 401
     assert client.get("/v1/models", headers=bearer("reader")).status_code == 200

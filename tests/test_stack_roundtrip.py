@@ -45,7 +45,8 @@ def test_stack_push_pull_bit_exact(client: httpx.Client, unique_org: str) -> Non
 
 
 def test_stack_requires_token(stack_server: Stack) -> None:
-    r = httpx.get(f"{stack_server.url}/v1/models")
+    assert httpx.get(f"{stack_server.url}/v1/models").status_code == 200  # public models: anyone reads
+    r = httpx.post(f"{stack_server.url}/v1/models", json={"name": "anon/model"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert httpx.get(f"{stack_server.url}/v1/health").json()["status"] == "ok"
 

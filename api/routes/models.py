@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response
 
 from api import schemas
+from api.auth import Viewer
 from api.deps import DB
 from registry.repositories import ModelRepository
 from registry.services import views
@@ -24,9 +25,13 @@ def post_model(body: schemas.ModelCreate, session: DB, response: Response) -> di
 
 @router.get("/models", response_model=schemas.ModelList)
 def list_models(
-    session: DB, search: str = "", limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)
+    session: DB,
+    viewer: Viewer,
+    search: str = "",
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
 ) -> dict:
-    rows, total = ModelRepository(session).search(search, limit, offset)
+    rows, total = ModelRepository(session).search(search, limit, offset, viewer.private_namespaces())
     return {"items": views.model_summaries(session, rows), "total": total}
 
 

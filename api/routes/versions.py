@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from api import schemas
+from api.auth import Viewer
 from api.deps import DB, Enqueue, Store
 from registry.objectstore import blob_key
 from registry.services import views
@@ -20,7 +21,7 @@ V = "/models/{org}/{name}/versions/{rev}"
 
 
 @router.post("/models/{org}/{name}/versions", status_code=201, response_model=schemas.VersionCreated)
-def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB) -> dict:
+def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB, viewer: Viewer) -> dict:
     model = get_model(session, org, name)
     version, uploads = create_version(
         session,
@@ -30,6 +31,7 @@ def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB) 
         body.profiles,
         [DeclaredFile(f.path, f.size, f.sha256) for f in body.files],
         lossy=body.retain == "lossy",
+        viewer=viewer,
     )
     return {
         "version": views.version_summaries(session, [version])[0],

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.errors import DeltazooError
+from registry.errors import DeltazooError, NotFound, Unprocessable
 from registry.models import ApiToken, Namespace, utcnow
+from registry.repositories import NamespaceRepository
+from registry.services.access import Principal
+
+SCOPES = ("read", "write")
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def token_hash(token: str) -> str:
@@ -23,31 +30,65 @@ def ensure_admin_token(session: Session, token: str) -> None:
         )
 
 
-def authorize(session: Session, token: str | None, write: bool, org: str | None) -> ApiToken:
-    """The token's row if it may do this; 401 for no or unknown token, 403 when it lacks the scope."""
-    if not token:
-        raise DeltazooError(
-            "this server requires a token: send 'Authorization: Bearer <token>' (DELTAZOO_TOKEN for the CLI)",
-            code="unauthorized",
-            status=401,
-        )
+def principal_for(session: Session, token: str) -> Principal:
+    """The principal of a presented token; 401 when the server does not know it."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_hash(token)))
     if row is None:
         raise DeltazooError(
             "the token is not known to this server; ask its admin for one", code="unauthorized", status=401
         )
-    if row.admin:
-        return row
-    needed = "write" if write else "read"
-    if needed not in row.scopes:
-        raise DeltazooError(f"the token has no {needed} scope", code="forbidden", status=403)
-    if row.namespace_id is not None and org is not None:
-        ns = session.get(Namespace, row.namespace_id)
-        if ns is None or ns.name != org:
-            raise DeltazooError(
-                f"the token may not {needed} in namespace {org!r}", code="forbidden", status=403
-            )
-    if write and row.namespace_id is not None and org is None:
-        raise DeltazooError("only an admin token may do this", code="forbidden", status=403)
     row.last_used_at = utcnow()
-    return row
+    ns = session.get(Namespace, row.namespace_id) if row.namespace_id is not None else None
+    return Principal(
+        token_id=row.id, admin=row.admin, namespace=ns.name if ns else None, scopes=frozenset(row.scopes)
+    )
+
+
+def create_token(
+    session: Session, name: str, namespace: str | None, scopes: list[str], admin: bool
+) -> tuple[ApiToken, str]:
+    """A new token row and its secret (shown once; only its sha256 is stored)."""
+    bad = sorted(set(scopes) - set(SCOPES))
+    if bad or not scopes:
+        raise Unprocessable(
+            f"scopes must be a non-empty subset of {', '.join(SCOPES)} (got {', '.join(scopes) or 'none'})",
+            code="invalid_scopes",
+        )
+    if not name.strip() or len(name) > 200:
+        raise Unprocessable("a token needs a name of 1 to 200 characters", code="invalid_token_name")
+    if admin and namespace is not None:
+        raise Unprocessable(
+            "an admin token covers every namespace; leave namespace null", code="invalid_scopes"
+        )
+    ns_id = None
+    if namespace is not None:
+        if not NAMESPACE_RE.match(namespace):
+            raise Unprocessable(
+                f"{namespace!r} is not a namespace (letters, digits, '.', '_', '-'; up to 100)",
+                code="invalid_name",
+            )
+        ns_id = NamespaceRepository(session).get_or_create(namespace).id
+    secret = "dz_" + secrets.token_urlsafe(32)
+    row = ApiToken(
+        name=name, token_hash=token_hash(secret), namespace_id=ns_id, scopes=sorted(set(scopes)), admin=admin
+    )
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def list_tokens(session: Session) -> list[tuple[ApiToken, str | None]]:
+    rows = session.execute(
+        select(ApiToken, Namespace.name)
+        .outerjoin(Namespace, Namespace.id == ApiToken.namespace_id)
+        .order_by(ApiToken.id)
+    )
+    return [(t, ns) for t, ns in rows]
+
+
+def delete_token(session: Session, token_id: int) -> None:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFound(f"token {token_id} does not exist; GET /v1/tokens lists them", code="token_not_found")
+    session.delete(row)
+    session.flush()

@@ -24,6 +24,7 @@ from registry.repositories import (
     TensorRepository,
     VersionRepository,
 )
+from registry.services.access import Principal, can_read_model, model_not_found
 from registry.services.encode import check_related_base
 from registry.services.profiles import check_profile
 from registry.services.refs import RELATIONS, get_version, parse_name, parse_ref, ref_string
@@ -74,10 +75,12 @@ def create_model(
     return model, True
 
 
-def resolve_base(session: Session, base: str) -> Version:
+def resolve_base(session: Session, base: str, viewer: Principal) -> Version:
     ref = parse_ref(base)
     try:
-        _, version = get_version(session, ref.org, ref.name, ref.revision)
+        model, version = get_version(session, ref.org, ref.name, ref.revision)
+        if not can_read_model(viewer, model, ref.org):
+            raise model_not_found(ref.org, ref.name)
     except NotFound as exc:
         raise NotFound(f"base {base} not found: {exc.message}", code="base_not_found") from None
     if version.status != "ready":
@@ -96,6 +99,8 @@ def create_version(
     profiles: list[str],
     files: list[DeclaredFile],
     lossy: bool = False,
+    *,
+    viewer: Principal,
 ) -> tuple[Version, list[tuple[str, bool]]]:
     """A new pending version; returns it and, per declared file, whether its bytes must be uploaded."""
     if relation not in RELATIONS:
@@ -118,7 +123,7 @@ def create_version(
         if f.size < 0:
             raise Unprocessable(f"size of {f.path!r} must be >= 0", code="invalid_size")
     auto = base == "auto"  # the parent is detected from the upload at commit (services.similarity)
-    parent = resolve_base(session, base) if base and not auto else None
+    parent = resolve_base(session, base, viewer) if base and not auto else None
     versions = VersionRepository(session)
     version = Version(
         model_id=model.id,

@@ -1,0 +1,46 @@
+"""API tokens (admin only): create (the secret is shown once), list without secrets, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from api import schemas
+from api.auth import Viewer
+from api.deps import DB
+from registry.models import ApiToken
+from registry.services.access import check_admin
+from registry.services.tokens import create_token, delete_token, list_tokens
+
+router = APIRouter(tags=["tokens"])
+
+
+def _info(row: ApiToken, namespace: str | None) -> dict:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "namespace": namespace,
+        "scopes": list(row.scopes),
+        "admin": row.admin,
+        "created_at": row.created_at,
+        "last_used_at": row.last_used_at,
+    }
+
+
+@router.post("/tokens", status_code=201, response_model=schemas.TokenCreated)
+def post_token(body: schemas.TokenCreate, session: DB, viewer: Viewer) -> dict:
+    check_admin(viewer)
+    row, secret = create_token(session, body.name, body.namespace, body.scopes, body.admin)
+    return {**_info(row, body.namespace), "token": secret}
+
+
+@router.get("/tokens", response_model=schemas.TokenList)
+def get_tokens(session: DB, viewer: Viewer) -> dict:
+    check_admin(viewer)
+    return {"items": [_info(row, ns) for row, ns in list_tokens(session)]}
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def remove_token(token_id: int, session: DB, viewer: Viewer) -> Response:
+    check_admin(viewer)
+    delete_token(session, token_id)
+    return Response(status_code=204)

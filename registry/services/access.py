@@ -1,0 +1,95 @@
+"""Who may see and change what: the request's principal and the private-model rules.
+
+With auth off the server is open (every caller is treated as an admin; the embedded default binds to
+localhost only). With auth on, anonymous callers read public models; private models are visible only
+to tokens with the ``read`` scope on their namespace (or on every namespace, or admin). A private
+model that the caller may not read answers 404 exactly as a missing one would, so its name does not
+leak; writes need a token with the ``write`` scope on the namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from registry.errors import DeltazooError, NotFound
+from registry.models import Model
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: int | None
+    admin: bool
+    namespace: str | None  # None: every namespace
+    scopes: frozenset[str]
+
+    def can(self, scope: str, org: str) -> bool:
+        if self.admin:
+            return True
+        if self.token_id is None or scope not in self.scopes:
+            return False
+        return self.namespace is None or self.namespace == org
+
+    def private_namespaces(self) -> list[str] | None:
+        """Namespaces whose private models this principal may read; None means all of them."""
+        if self.admin or (self.token_id is not None and "read" in self.scopes and self.namespace is None):
+            return None
+        if self.token_id is not None and "read" in self.scopes and self.namespace is not None:
+            return [self.namespace]
+        return []
+
+
+OPEN = Principal(token_id=None, admin=True, namespace=None, scopes=frozenset({"read", "write"}))
+ANONYMOUS = Principal(token_id=None, admin=False, namespace=None, scopes=frozenset())
+
+
+def model_not_found(org: str, name: str) -> NotFound:
+    return NotFound(
+        f"model {org}/{name} does not exist; create it with POST /v1/models", code="model_not_found"
+    )
+
+
+def can_read_model(principal: Principal, model: Model, org: str) -> bool:
+    return not model.private or principal.can("read", org)
+
+
+def check_model_access(principal: Principal, model: Model | None, org: str, name: str, write: bool) -> None:
+    """404 for a private model the caller may not read; 401/403 for a write without the right token."""
+    if model is not None and not can_read_model(principal, model, org):
+        raise model_not_found(org, name)
+    if write:
+        check_write(principal, org)
+
+
+def check_write(principal: Principal, org: str | None) -> None:
+    if principal.admin:
+        return
+    if principal.token_id is None:
+        raise DeltazooError(
+            "writing needs a token: send 'Authorization: Bearer <token>' (DELTAZOO_TOKEN for the CLI)",
+            code="unauthorized",
+            status=401,
+        )
+    if "write" not in principal.scopes:
+        raise DeltazooError(
+            "the token has no write scope; ask the admin for a token with scopes read,write",
+            code="forbidden",
+            status=403,
+        )
+    if org is None and principal.namespace is not None:
+        raise DeltazooError("only an admin token may do this", code="forbidden", status=403)
+    if org is not None and principal.namespace is not None and principal.namespace != org:
+        raise DeltazooError(
+            f"the token may not write in namespace {org!r} (it is limited to {principal.namespace!r})",
+            code="forbidden",
+            status=403,
+        )
+
+
+def check_admin(principal: Principal) -> None:
+    if principal.admin:
+        return
+    if principal.token_id is None:
+        raise DeltazooError(
+            "this needs an admin token: send 'Authorization: Bearer <token>'", code="unauthorized", status=401
+        )
+    raise DeltazooError("only an admin token may manage tokens", code="forbidden", status=403)

@@ -1,0 +1,170 @@
+"""Private models with auth on: invisible (404) and unwritable without a token on their namespace,
+through the API, the SDK and the web pages; token management (admin only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from deltazoo import Client, NotFoundError
+from deltazoo.errors import AuthenticationError, PermissionDenied
+from tests.servers import start_api_server
+from tests.test_api_roundtrip import embedded_settings
+from tests.test_api_support import base_state, checkpoint, push, sha, wait_job
+
+ADMIN = "admin-secret"
+CFG = b'{"a": 1}'
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[TestClient]:
+    settings = embedded_settings(tmp_path / "home").model_copy(update={"auth": True, "admin_token": ADMIN})
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def new_token(api: TestClient, namespace: str | None, scopes: list[str], admin: bool = False) -> str:
+    body = {
+        "name": f"{namespace}-{'-'.join(scopes)}",
+        "namespace": namespace,
+        "scopes": scopes,
+        "admin": admin,
+    }
+    r = api.post("/v1/tokens", json=body, headers=bearer(ADMIN))
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
+
+
+def version_body(data: bytes = CFG, base: str | None = None) -> dict:
+    return {"base": base, "files": [{"path": "config.json", "size": len(data), "sha256": sha(data)}]}
+
+
+def test_token_management_is_admin_only_and_never_shows_secrets(api: TestClient) -> None:
+    secret = new_token(api, "acme", ["read", "write"])
+    listed = api.get("/v1/tokens", headers=bearer(ADMIN)).json()["items"]
+    mine = [t for t in listed if t["name"] == "acme-read-write"]
+    assert mine and mine[0]["namespace"] == "acme" and mine[0]["scopes"] == ["read", "write"]
+    assert all("token" not in t for t in listed) and secret not in str(listed)
+    assert api.get("/v1/tokens").status_code == 401
+    r = api.get("/v1/tokens", headers=bearer(secret))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = api.post("/v1/tokens", json={"name": "x", "scopes": ["fly"]}, headers=bearer(ADMIN))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_scopes"
+    assert api.delete(f"/v1/tokens/{mine[0]['id']}", headers=bearer(ADMIN)).status_code == 204
+    assert api.get("/v1/models", headers=bearer(secret)).status_code == 401  # deleted: unknown now
+    r = api.delete(f"/v1/tokens/{mine[0]['id']}", headers=bearer(ADMIN))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "token_not_found"
+
+
+def test_private_model_is_invisible_and_unwritable_without_the_right_token(api: TestClient) -> None:
+    acme_rw = new_token(api, "acme", ["read", "write"])
+    acme_r = new_token(api, "acme", ["read"])
+    other_rw = new_token(api, "other", ["read", "write"])
+    all_r = new_token(api, None, ["read"])
+    r = api.post("/v1/models", json={"name": "acme/secret", "private": True}, headers=bearer(acme_rw))
+    assert r.status_code == 201
+    assert api.post("/v1/models", json={"name": "acme/open"}, headers=bearer(acme_rw)).status_code == 201
+    assert (
+        api.post("/v1/models/acme/secret/versions", json=version_body(), headers=bearer(acme_rw)).status_code
+        == 201
+    )
+
+    for headers in (
+        {},
+        bearer(other_rw),
+    ):  # anonymous and a token of another namespace: 404, like a missing model
+        for path in (
+            "/v1/models/acme/secret",
+            "/v1/models/acme/secret/versions/1",
+            "/v1/models/acme/secret/lineage",
+        ):
+            r = api.get(path, headers=headers)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", (path, r.text)
+        r = api.post("/v1/models/acme/secret/versions", json=version_body(), headers=headers)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        assert api.delete("/v1/models/acme/secret/versions/1", headers=headers).status_code == 404
+        names = [m["name"] for m in api.get("/v1/models", headers=headers).json()["items"]]
+        assert "acme/open" in names and "acme/secret" not in names
+
+    for token in (acme_r, all_r, ADMIN):  # read scope on the namespace (or on all) sees it
+        assert api.get("/v1/models/acme/secret", headers=bearer(token)).status_code == 200
+        names = [m["name"] for m in api.get("/v1/models", headers=bearer(token)).json()["items"]]
+        assert "acme/secret" in names
+    r = api.post("/v1/models/acme/secret/versions", json=version_body(), headers=bearer(acme_r))
+    assert r.status_code == 403 and "write" in r.json()["error"]["message"]
+    r = api.post("/v1/models/acme/open/versions", json=version_body())  # public, but writes need a token
+    assert r.status_code == 401
+    r = api.post("/v1/models/acme/open/versions", json=version_body(), headers=bearer(other_rw))
+    assert r.status_code == 403 and "namespace" in r.json()["error"]["message"]
+
+
+def test_a_private_base_is_not_found_for_a_token_that_cannot_read_it(api: TestClient) -> None:
+    acme_rw = new_token(api, "acme", ["read", "write"])
+    other_rw = new_token(api, "other", ["read", "write"])
+    api.headers.update(bearer(acme_rw))
+    api.post("/v1/models", json={"name": "acme/base", "private": True})
+    files = checkpoint(base_state(seed=3))
+    assert wait_job(api, push(api, "acme/base", files)["job"]["id"])["status"] == "succeeded"
+    api.headers.update(bearer(other_rw))
+    assert api.post("/v1/models", json={"name": "other/ft"}).status_code == 201
+    r = api.post("/v1/models/other/ft/versions", json=version_body(base="acme/base@1"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "base_not_found"
+    assert "acme/base" in r.json()["error"]["message"]  # the name it was given, nothing more
+    api.headers.update(bearer(acme_rw))
+    r = api.post("/v1/models/acme/ft/versions", json=version_body(base="acme/base@1"))
+    assert r.status_code == 404  # acme/ft does not exist yet; the base itself is visible:
+    api.post("/v1/models", json={"name": "acme/ft", "private": True})
+    assert api.post("/v1/models/acme/ft/versions", json=version_body(base="acme/base@1")).status_code == 201
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {"DELTAZOO_AUTH": "true", "DELTAZOO_ADMIN_TOKEN": ADMIN}
+    server = start_api_server(tmp_path_factory.mktemp("auth") / "home", env)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+    assert not server.problems(), server.problems()[:3]
+
+
+def test_sdk_and_web_pages_respect_private_models(auth_server: str, tmp_path: Path) -> None:
+    from tests.checkpoints import make_checkpoint, random_tensors
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", random_tensors({"w": (8, 16), "b": (16,)}, seed=5))
+    with Client(auth_server, token=ADMIN, cache_dir=tmp_path / "admin-cache") as admin:
+        writer = admin.create_token("acme writer", namespace="acme", scopes=["read", "write"])
+        assert writer.token and writer.namespace == "acme"
+        assert any(t.id == writer.id and t.token is None for t in admin.tokens())
+    with Client(auth_server, token=writer.token, cache_dir=tmp_path / "w-cache") as w:
+        v = w.push(ckpt, "acme/hidden", private=True, quiet=True)
+        assert v.status == "ready"
+    with Client(auth_server, cache_dir=tmp_path / "anon-cache") as anon:
+        with pytest.raises(NotFoundError):
+            anon.model_info("acme/hidden")
+        with pytest.raises(NotFoundError):
+            anon.pull("acme/hidden@1", tmp_path / "out", quiet=True)
+        assert "acme/hidden" not in [m.name for m in anon.list_models().items]
+        with pytest.raises(AuthenticationError):
+            anon.push(ckpt, "acme/public", quiet=True)
+        with pytest.raises(AuthenticationError):
+            anon.tokens()
+    with Client(auth_server, token=writer.token, cache_dir=tmp_path / "w2-cache") as w:
+        with pytest.raises(PermissionDenied):
+            w.push(ckpt, "other/thing", quiet=True)
+        with pytest.raises(PermissionDenied):
+            w.tokens()
+        out = w.pull("acme/hidden@1", tmp_path / "mine", quiet=True)
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in Path(ckpt).iterdir())
+    index = httpx.get(f"{auth_server}/").text
+    assert "acme/hidden" not in index
+    assert httpx.get(f"{auth_server}/models/acme/hidden").status_code == 404
