@@ -7,10 +7,12 @@ with the format version, codec id, dtypes, sizes), so bytes written by any versi
 forever: format 1 (``DZT1``, XOR + zstd) by ``compression.exact_legacy``, format 2 (``DZT2``, byte
 planes + zstd) by ``compression.exact_v2``.
 
-Format 3 (``DZT3``, written now) codes a delta as the integer difference of bit patterns
-``child − parent`` (wrapping), as a sign-and-magnitude token modelled per parent exponent plus raw low
-bits, in one interleaved rANS stream (``compression.exact_rans``; a C kernel with a numpy fallback of the
-same format). A parent of another float dtype is first cast to the child's dtype (torch, round to
+Format 4 (``DZT4``, written now) codes a delta as the integer difference of bit patterns
+``child − parent`` (wrapping), as a sign-and-magnitude token modelled per parent exponent (interleaved
+rANS) plus raw low bits packed apart, in chunks of 2^20 elements (``compression.exact_v4``; a C kernel
+with a numpy fallback of the same format). Format 3 (``DZT3``, ``compression.exact_rans``) has the same
+tokens and tables but codes raw bits through rANS too; it is read, no longer written. A parent of
+another float dtype is first cast to the child's dtype (torch, round to
 nearest even) and the payload records the parent's dtype. ``plain`` floats code the exponent and keep
 sign and mantissa as raw bits. Layout: docs/FORMAT.md.
 """
@@ -24,19 +26,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compression import exact_rans, exact_v4
 from compression.dtypes import DTYPES, dtype_info
 from compression.exact_errors import CodecError
 from compression.exact_legacy import MAGIC_V1, decode_v1
 from compression.exact_planes import uint_dtype
-from compression.exact_rans import MODE_DELTA, MODE_FLOAT, Layout, decode_stream, encode_stream
+from compression.exact_rans import MODE_DELTA, MODE_FLOAT, Layout
 from compression.exact_v2 import HEADER as _HEADER_V2
 from compression.exact_v2 import decode_v2
 
 __all__ = ["CodecError", "EncodedTensor", "decode_tensor", "encode_tensor"]
 
-MAGIC = b"DZT3"
+MAGIC = b"DZT4"
+MAGIC_V3 = b"DZT3"
 MAGIC_V2 = b"DZT2"
-# Dtype codes stored in format-2 and format-3 payloads; append only, never reorder.
+# Dtype codes stored in format-2, -3 and -4 payloads; append only, never reorder.
 DTYPE_CODES: tuple[str, ...] = (
     "F64",
     "F32",
@@ -116,7 +120,8 @@ def _as_child_dtype(parent_raw: Buffer, parent_dtype: str, dtype: str) -> np.nda
 
 
 def layout(dtype: str, with_parent: bool) -> Layout:
-    """How format 3 tokenizes ``dtype``: floats by exponent (delta: the parent's), integers by magnitude."""
+    """How formats 3 and 4 tokenize ``dtype``: floats by exponent (delta: the parent's), integers by
+    magnitude."""
     info = dtype_info(dtype)
     if not info.is_float:
         return Layout(info.itemsize, MODE_DELTA, 0, 0)
@@ -130,9 +135,9 @@ def _header(codec: str, dtype: str, parent_dtype: str | None, n: int) -> bytes:
     return _HEADER.pack(MAGIC, _CODEC_IDS[codec], DTYPE_CODES.index(dtype), parent_code, n)
 
 
-def _plain(raw: Buffer, dtype: str, n: int) -> EncodedTensor:
+def _plain(raw: Buffer, dtype: str, n: int, threads: int) -> EncodedTensor:
     elems = np.frombuffer(raw, dtype=uint_dtype(dtype_info(dtype).itemsize))
-    body = encode_stream(layout(dtype, False), elems, None)
+    body = exact_v4.encode_stream(layout(dtype, False), elems, None, threads=threads)
     return EncodedTensor("plain", _header("plain", dtype, None, n) + body)
 
 
@@ -143,16 +148,19 @@ def encode_tensor(
     parent_raw: Buffer | None = None,
     parent_dtype: str | None = None,
     parent_shape: Shape | None = None,
+    *,
+    threads: int = 1,
 ) -> EncodedTensor:
     """Encode one tensor's raw little-endian bytes, against ``parent_raw`` when given.
 
     The parent is used when its dtype is the child's or both are floats (then it is cast to the
     child's dtype), and its shape equals the child's (``delta``) or has fewer rows with the same
-    trailing dims (``delta-rows``); otherwise the tensor is coded ``plain``.
+    trailing dims (``delta-rows``); otherwise the tensor is coded ``plain``. ``threads`` > 1 codes the
+    2^20-element chunks of a large tensor side by side (same bytes as one thread).
     """
     n = _check(raw, dtype, shape, "tensor")
     if parent_raw is None:
-        return _plain(raw, dtype, n)
+        return _plain(raw, dtype, n, threads)
     _check(parent_raw, parent_dtype, parent_shape, "parent tensor")
     assert parent_dtype is not None and parent_shape is not None
     shape, parent_shape = [int(d) for d in shape], [int(d) for d in parent_shape]
@@ -164,16 +172,16 @@ def encode_tensor(
         and parent_shape[0] < shape[0]
     )
     if not (same or grown):
-        return _plain(raw, dtype, n)
+        return _plain(raw, dtype, n, threads)
     parent = _as_child_dtype(parent_raw, parent_dtype, dtype)
     if parent is None:
-        return _plain(raw, dtype, n)
+        return _plain(raw, dtype, n, threads)
     child = np.frombuffer(raw, dtype=parent.dtype)
     shared = parent.size
-    body = encode_stream(layout(dtype, True), child[:shared], parent)
+    body = exact_v4.encode_stream(layout(dtype, True), child[:shared], parent, threads=threads)
     if same:
         return EncodedTensor("delta", _header("delta", dtype, parent_dtype, n) + body)
-    tail = encode_stream(layout(dtype, False), child[shared:], None)
+    tail = exact_v4.encode_stream(layout(dtype, False), child[shared:], None, threads=threads)
     head = _header("delta-rows", dtype, parent_dtype, n) + struct.pack("<Q", shared)
     return EncodedTensor("delta-rows", head + body + tail)
 
@@ -186,8 +194,11 @@ def decode_tensor(
     parent_raw: Buffer | None = None,
     parent_dtype: str | None = None,
     parent_shape: Shape | None = None,
+    *,
+    threads: int = 1,
 ) -> bytes:
-    """Inverse of ``encode_tensor``; returns the tensor's raw bytes (checked against dtype and shape)."""
+    """Inverse of ``encode_tensor``; returns the tensor's raw bytes (checked against dtype and shape).
+    ``threads`` > 1 decodes the chunks of a format-4 payload side by side."""
     if dtype not in DTYPES:
         raise CodecError(f"unsupported dtype {dtype!r}; deltazoo stores {', '.join(DTYPE_CODES)}")
     n = _numel(shape, "tensor")
@@ -196,12 +207,12 @@ def decode_tensor(
     magic = bytes(buf[:4])
     if magic == MAGIC_V1:
         out = decode_v1(bytes(buf), itemsize, parent_raw)
-    elif magic in (MAGIC, MAGIC_V2):
-        out = _decode_v23(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape)
+    elif magic in (MAGIC, MAGIC_V3, MAGIC_V2):
+        out = _decode_v234(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, threads)
     else:
         raise CodecError(
             f"not a deltazoo tensor payload (magic {magic!r},"
-            f" expected {MAGIC!r}, {MAGIC_V2!r} or {MAGIC_V1!r})"
+            f" expected {MAGIC!r}, {MAGIC_V3!r}, {MAGIC_V2!r} or {MAGIC_V1!r})"
         )
     if len(out) != n * itemsize:
         raise CodecError(
@@ -210,7 +221,7 @@ def decode_tensor(
     return out
 
 
-def _decode_v23(
+def _decode_v234(
     buf: memoryview,
     encoding: str,
     dtype: str,
@@ -218,6 +229,7 @@ def _decode_v23(
     parent_raw: Buffer | None,
     parent_dtype: str | None,
     parent_shape: Shape | None,
+    threads: int,
 ) -> bytes:
     v2 = bytes(buf[:4]) == MAGIC_V2
     header = _HEADER_V2 if v2 else _HEADER
@@ -249,12 +261,20 @@ def _decode_v23(
             )
     if v2:
         out, offset = decode_v2(buf, codec, dtype, n, parent, shared)
-    elif codec == "plain":
-        out, offset = decode_stream(layout(dtype, False), buf, offset, n, None)
     else:
-        out, offset = decode_stream(layout(dtype, True), buf, offset, shared, parent)
+        v3 = bytes(buf[:4]) == MAGIC_V3
+
+        def stream(with_parent: bool, at: int, count: int, par: np.ndarray | None) -> tuple[np.ndarray, int]:
+            if v3:
+                return exact_rans.decode_stream(layout(dtype, with_parent), buf, at, count, par)
+            return exact_v4.decode_stream(layout(dtype, with_parent), buf, at, count, par, threads=threads)
+
+        if codec == "plain":
+            out, offset = stream(False, offset, n, None)
+        else:
+            out, offset = stream(True, offset, shared, parent)
         if codec == "delta-rows":
-            tail, offset = decode_stream(layout(dtype, False), buf, offset, n - shared, None)
+            tail, offset = stream(False, offset, n - shared, None)
             out = np.concatenate([out, tail])
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")

@@ -140,10 +140,35 @@ def test_property_delta_and_rows_round_trip(dtype, rows, cols, grow, seed, flip)
 
 
 # Golden bytes: a fixed F32 input and its encoded form. decode must read these forever; the encode
-# comparison (format 3, written now) flags any change of the written format so that it is deliberate.
+# comparison (format 4, written now) flags any change of the written format so that it is deliberate.
 CHILD = bytes.fromhex("0000803f000020c000000000000050406f12833a0000e0c0")
 PARENT = bytes.fromhex("0000803f000000c00000003f000040406f12833a0000c0c0")
-GOLDEN_V3 = {
+GOLDEN_V4 = {
+    "plain": (
+        [6], None, None,
+        "445a54347001ff000600000000000000000010000100000000008200aa02000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000000000000000aa02000000000000000000000000000000000000aa025805aa02"
+        "5a46e52d0000000090000000000000000000000000a00000000000506f12030000e0e5fbf878",
+    ),
+    "delta": (
+        [6], PARENT, [6],
+        "445a543464010100060000000000000000001000050075000000010000107e00e700010000107f000000010000108000"
+        "980009000008000000000000000000000000000000088100a00001000010000804000000000053000000000000000000"
+        "0000003800000000002eb57117",
+    ),
+    "delta-rows": (
+        [3, 2], PARENT[:16], [2, 2],
+        "445a543472010100060000000000000004000000000000000000100003007e00e700010000107f000000010000108000"
+        "98000900000800000000000000000000000000000008000804000000000040000000000000000000000000380000cb24"
+        "dfa8000010000100000075000d0000080000000000000000000000000000000000000000000000080010040000000000"
+        "30000000000000006f12030000e0745182ad",
+    ),
+}
+GOLDEN_V3 = {  # written by the third codec (format 3: raw bits inside rANS)
     "plain": (
         [6], None, None,
         "445a54337001ff000600000000000000010000000100000000008200aa02000000000000000000000000000000000000"
@@ -202,13 +227,20 @@ GOLDEN_V1 = {  # written by deltazoo's first codec (XOR + zstd); stores may stil
 }
 
 
-@pytest.mark.parametrize("encoding", list(GOLDEN_V3))
-def test_golden_format_3(encoding: str) -> None:
-    shape, parent, pshape, hexed = GOLDEN_V3[encoding]
+@pytest.mark.parametrize("encoding", list(GOLDEN_V4))
+def test_golden_format_4(encoding: str) -> None:
+    shape, parent, pshape, hexed = GOLDEN_V4[encoding]
     pdtype = "F32" if parent is not None else None
     assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
     enc = encode_tensor(CHILD, "F32", shape, parent, pdtype, pshape)
     assert (enc.encoding, enc.payload.hex()) == (encoding, hexed)
+
+
+@pytest.mark.parametrize("encoding", list(GOLDEN_V3))
+def test_format_3_payloads_still_decode(encoding: str) -> None:
+    shape, parent, pshape, hexed = GOLDEN_V3[encoding]
+    pdtype = "F32" if parent is not None else None
+    assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
 
 
 @pytest.mark.parametrize("encoding", list(GOLDEN_V2))
@@ -239,7 +271,7 @@ def test_wrong_byte_length_is_named() -> None:
         encode_tensor(b"\0" * 6, "F16", [3], b"\0" * 4, "F16", [3])
 
 
-@pytest.mark.parametrize("golden", [GOLDEN_V3, GOLDEN_V2])
+@pytest.mark.parametrize("golden", [GOLDEN_V4, GOLDEN_V3, GOLDEN_V2])
 def test_decode_checks_what_it_is_asked(golden: dict) -> None:
     payload = bytes.fromhex(golden["delta"][3])
     with pytest.raises(CodecError, match="needs its parent tensor"):
@@ -252,7 +284,7 @@ def test_decode_checks_what_it_is_asked(golden: dict) -> None:
         decode_tensor("delta", payload, "F32", [4], PARENT[:16], "F32", [4])
 
 
-@pytest.mark.parametrize("golden", [GOLDEN_V3, GOLDEN_V2])
+@pytest.mark.parametrize("golden", [GOLDEN_V4, GOLDEN_V3, GOLDEN_V2])
 def test_corrupt_payloads_raise_codec_error(golden: dict) -> None:
     payload = bytearray(bytes.fromhex(golden["delta"][3]))
     args = ("F32", [6], PARENT, "F32", [6])
@@ -265,7 +297,7 @@ def test_corrupt_payloads_raise_codec_error(golden: dict) -> None:
     with pytest.raises(CodecError, match="unexpected bytes after the last frame"):
         decode_tensor("delta", bytes(payload) + b"\0", *args)
     flipped = bytearray(payload)
-    flipped[-6] ^= 0x40  # format 2: the zstd checksum notices; format 3: the final rANS states differ
+    flipped[-6] ^= 0x40  # format 2: the zstd checksum notices; formats 3 and 4: the stream's crc32
     with pytest.raises(CodecError, match="corrupt payload"):
         decode_tensor("delta", bytes(flipped), *args)
     bad_id = bytearray(payload)
