@@ -41,11 +41,12 @@ class VersionSummary(Schema):
     revision: int
     ref: str
     parent: str | None
-    relation: str
+    relation: str | None  # null for a root (no parent)
     status: str
     status_message: str | None
     logical_bytes: int
     stored_bytes: int
+    artifact_bytes: int = 0  # packed serving artifacts, not part of stored_bytes
     ratio: float | None
     lossy: bool
     created_at: datetime
@@ -168,7 +169,8 @@ class Stats(Schema):
     tensors: int
     blobs: int
     logical_bytes: int
-    stored_bytes: int
+    stored_bytes: int  # every blob once (dedup-aware), artifacts included
+    artifact_bytes: int = 0  # the part of stored_bytes that holds packed artifacts
     ratio: float | None
     encodings: dict[str, int]
 

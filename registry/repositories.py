@@ -185,6 +185,20 @@ class TensorRepository:
         )
         return list(rows)
 
+    def dependents_of(self, version_ids: Sequence[int]) -> dict[int, tuple[int, set[str]]]:
+        """Versions not in ``version_ids`` decoding through their tensors: id -> (tensors, encodings)."""
+        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
+        rows = self.s.execute(
+            select(Tensor.version_id, Tensor.encoding, func.count())
+            .where(Tensor.parent_tensor_id.in_(mine), Tensor.version_id.not_in(list(version_ids)))
+            .group_by(Tensor.version_id, Tensor.encoding)
+        )
+        out: dict[int, tuple[int, set[str]]] = {}
+        for vid, encoding, n in rows:
+            count, encodings = out.get(vid, (0, set()))
+            out[vid] = (count + int(n), encodings | {encoding})
+        return out
+
     def encoding_counts(self) -> dict[str, int]:
         return dict(self.s.execute(select(Tensor.encoding, func.count()).group_by(Tensor.encoding)).all())  # type: ignore[arg-type]
 
@@ -236,6 +250,26 @@ class ArtifactRepository:
     def for_version(self, version_id: int) -> list[Artifact]:
         return list(
             self.s.scalars(select(Artifact).where(Artifact.version_id == version_id).order_by(Artifact.id))
+        )
+
+    def bytes_by_version(self, version_ids: Iterable[int]) -> dict[int, int]:
+        """version id -> packed bytes of its ready artifacts."""
+        ids = list(set(version_ids))
+        if not ids:
+            return {}
+        rows = self.s.execute(
+            select(Artifact.version_id, func.sum(Artifact.bytes))
+            .where(Artifact.version_id.in_(ids), Artifact.status == "ready")
+            .group_by(Artifact.version_id)
+        )
+        return {vid: int(n or 0) for vid, n in rows}
+
+    def blob_bytes(self) -> int:
+        """Bytes of the distinct blobs that hold artifacts (each counted once)."""
+        shas = select(Artifact.blob).where(Artifact.blob.is_not(None)).distinct().subquery()
+        return int(
+            self.s.scalar(select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.sha256.in_(select(shas))))
+            or 0
         )
 
     def by_profile(self, version_id: int, profile: str) -> Artifact | None:

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Query, Response
 
 from api import schemas
 from api.auth import Viewer
-from api.deps import DB
+from api.deps import DB, Store
 from registry.repositories import ModelRepository
 from registry.services import views
 from registry.services.refs import get_model
-from registry.services.versions import create_model
+from registry.services.versions import create_model, delete_model
 
 router = APIRouter(tags=["models"])
 
@@ -43,3 +43,9 @@ def get_model_detail(org: str, name: str, session: DB) -> dict:
 @router.get("/models/{org}/{name}/lineage", response_model=schemas.Lineage)
 def get_lineage(org: str, name: str, session: DB) -> dict:
     return views.lineage(session, get_model(session, org, name), f"{org}/{name}")
+
+
+@router.delete("/models/{org}/{name}", status_code=204)
+def delete(org: str, name: str, session: DB, store: Store) -> Response:
+    delete_model(session, store, get_model(session, org, name), f"{org}/{name}")
+    return Response(status_code=204)

@@ -221,34 +221,61 @@ def commit_version(session: Session, store: ObjectStore, version: Version, ref: 
 
 
 def delete_version(session: Session, store: ObjectStore, version: Version, ref: str) -> None:
-    if version.status == "processing":
-        raise Conflict(f"{ref} is being encoded; delete it once its job has finished", code="version_busy")
+    delete_versions(session, store, [version], ref)
+
+
+def delete_model(session: Session, store: ObjectStore, model: Model, full_name: str) -> None:
+    """Delete a model and all its versions; refused while a version of another model needs them."""
+    delete_versions(session, store, VersionRepository(session).for_model(model.id), full_name)
+    session.delete(model)
+    session.flush()
+
+
+def delete_versions(session: Session, store: ObjectStore, versions: list[Version], what: str) -> None:
+    """Delete ``versions`` and drop their blob references (objects go once no reference is left).
+
+    Refused (409 ``has_descendants``) while a version outside the set decodes through their tensors,
+    naming each one and why: a descendant (``delta``/``delta-rows``) or a version that reuses
+    identical tensors (``same``, e.g. after a deduplicated push).
+    """
+    busy = [v for v in versions if v.status == "processing"]
+    if busy:
+        raise Conflict(f"{what} is being encoded; delete it once its job has finished", code="version_busy")
+    ids = [v.id for v in versions]
     tensors = TensorRepository(session)
-    dependents = tensors.dependents_outside(version.id)
+    dependents = tensors.dependents_of(ids)
     if dependents:
-        refs = _refs(session, dependents)
+        refs = dict(zip(sorted(dependents), _refs_by_id(session, sorted(dependents)), strict=True))
+        reasons = []
+        for vid, (n, encodings) in sorted(dependents.items()):
+            how = "reuses" if encodings == {"same"} else "stores deltas against"
+            reasons.append(f"{refs[vid]} {how} {n} of its tensors")
         raise Conflict(
-            f"{ref} is needed to rebuild {', '.join(refs)}; delete those versions first",
+            f"{what} is needed to rebuild other versions: {'; '.join(reasons)}. "
+            "Delete those versions first (or keep this one)",
             code="has_descendants",
         )
-    blobs = BlobRepository(session)
     dropped: list[str] = []
-    for t in tensors.for_version(version.id):
-        if t.blob:
-            dropped.append(t.blob)
-    for f in FileRepository(session).for_version(version.id):
-        dropped += [b for b in (f.header_blob, f.blob) if b]
-        if f.staging_key:
-            store.delete(f.staging_key)
-    for a in ArtifactRepository(session).for_version(version.id):
-        if a.blob:
-            dropped.append(a.blob)
-    for child in VersionRepository(session).children([version.id]):
-        child.parent_version_id = None
-    session.delete(version)
-    session.flush()
+    for version in sorted(versions, key=lambda v: v.id, reverse=True):  # children before parents
+        dropped += [t.blob for t in tensors.for_version(version.id) if t.blob]
+        for f in FileRepository(session).for_version(version.id):
+            dropped += [b for b in (f.header_blob, f.blob) if b]
+            if f.staging_key:
+                after_commit(session, partial(delete_objects, store, [f.staging_key]))
+        dropped += [a.blob for a in ArtifactRepository(session).for_version(version.id) if a.blob]
+        for child in VersionRepository(session).children([version.id]):
+            child.parent_version_id = None
+        session.delete(version)
+        session.flush()
+    blobs = BlobRepository(session)
     gone = [sha for sha in dropped if blobs.drop_reference(sha)]
     after_commit(session, partial(delete_objects, store, [blob_key(sha) for sha in gone]))
+
+
+def _refs_by_id(session: Session, version_ids: list[int]) -> list[str]:
+    versions = VersionRepository(session).get_many(version_ids)
+    names = ModelRepository(session).full_names(v.model_id for v in versions.values())
+    return [ref_string(names[versions[i].model_id], versions[i].revision) for i in version_ids]
 
 
 def _refs(session: Session, version_ids: list[int]) -> list[str]:

@@ -32,6 +32,7 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
         v.parent_version_id for v in versions if v.parent_version_id
     )
     names = _names(session, [*versions, *parents.values()])
+    artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
     out = []
     for v in versions:
         p = parents.get(v.parent_version_id) if v.parent_version_id else None
@@ -41,11 +42,12 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
                 "revision": v.revision,
                 "ref": ref_string(names[v.model_id], v.revision),
                 "parent": ref_string(names[p.model_id], p.revision) if p else None,
-                "relation": v.relation,
+                "relation": v.relation if v.parent_version_id else None,  # a root has no relation
                 "status": v.status,
                 "status_message": v.status_message,
                 "logical_bytes": v.logical_bytes,
                 "stored_bytes": v.stored_bytes,
+                "artifact_bytes": artifact_bytes.get(v.id, 0),
                 "ratio": ratio(v.logical_bytes, v.stored_bytes) if v.status == "ready" else None,
                 "lossy": v.lossy,
                 "created_at": v.created_at,
@@ -260,6 +262,7 @@ def stats(session: Session) -> dict[str, Any]:
         "blobs": blobs,
         "logical_bytes": logical,
         "stored_bytes": stored,
+        "artifact_bytes": ArtifactRepository(session).blob_bytes(),
         "ratio": ratio(logical, stored),
         "encodings": tensors.encoding_counts(),
     }

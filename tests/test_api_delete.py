@@ -1,0 +1,112 @@
+"""Deleting versions and models: refcounted blobs, descendants never broken, precise 409 messages;
+accounting (root relation null, stored and artifact bytes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from tests.test_api_roundtrip import embedded_settings
+from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(embedded_settings(tmp_path / "home"))) as c:
+        yield c
+
+
+def pushed(client: TestClient, name: str, files: dict[str, bytes], base: str | None = None) -> None:
+    assert wait_job(client, push(client, name, files, base=base)["job"]["id"])["status"] == "succeeded"
+
+
+def assert_pulls_exact(client: TestClient, ref: str, files: dict[str, bytes]) -> None:
+    name, rev = ref.split("@")
+    for path, data in files.items():
+        r = client.get(f"/v1/models/{name}/versions/{rev}/files/{path}")
+        assert r.status_code == 200 and sha(r.content) == sha(data), (ref, path)
+
+
+def test_delete_names_what_depends_and_why_then_collects_every_blob(client: TestClient) -> None:
+    base = base_state(seed=4)
+    files = {"base": checkpoint(base), "ft": checkpoint(finetune_state(base, seed=5))}
+    pushed(client, "org/base", files["base"])
+    pushed(client, "org/ft", files["ft"], base="org/base@1")
+    pushed(client, "org/copy", files["base"])  # a deduplicated push: reuses every tensor of org/base@1
+    r = client.delete("/v1/models/org/base/versions/1")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "has_descendants"
+    message = r.json()["error"]["message"]
+    assert "org/ft@1 stores deltas against" in message and "org/copy@1 reuses" in message
+    blobs = client.get("/v1/stats").json()["blobs"]
+
+    assert client.delete("/v1/models/org/copy/versions/1").status_code == 204
+    assert client.get("/v1/stats").json()["blobs"] == blobs  # it added no blob of its own
+    r = client.delete("/v1/models/org/base/versions/1")
+    assert "org/copy" not in r.json()["error"]["message"] and "org/ft@1" in r.json()["error"]["message"]
+
+    assert client.delete("/v1/models/org/ft/versions/1").status_code == 204
+    assert client.get("/v1/stats").json()["blobs"] < blobs
+    assert_pulls_exact(client, "org/base@1", files["base"])  # deleting a descendant leaves the base whole
+    assert client.delete("/v1/models/org/base/versions/1").status_code == 204
+    stats = client.get("/v1/stats").json()
+    assert stats["blobs"] == 0 and stats["stored_bytes"] == 0
+
+
+def test_deleting_a_leaf_keeps_its_ancestors_and_siblings_exact(client: TestClient) -> None:
+    base = base_state(seed=6)
+    files = {
+        "base": checkpoint(base),
+        "a": checkpoint(finetune_state(base, seed=7)),
+        "b": checkpoint(finetune_state(base, seed=8)),
+    }
+    pushed(client, "org/base", files["base"])
+    pushed(client, "org/a", files["a"], base="org/base@1")
+    pushed(client, "org/b", files["b"], base="org/base@1")
+    assert client.delete("/v1/models/org/a/versions/1").status_code == 204
+    assert_pulls_exact(client, "org/base@1", files["base"])
+    assert_pulls_exact(client, "org/b@1", files["b"])
+    assert client.get("/v1/models/org/a/versions/1").status_code == 404
+
+
+def test_delete_model_only_when_no_other_model_needs_it(client: TestClient) -> None:
+    base = base_state(seed=9)
+    v1, v2 = checkpoint(base), checkpoint(finetune_state(base, seed=10))
+    pushed(client, "org/fam", v1)
+    pushed(client, "org/fam", v2, base="org/fam@1")  # a delta inside the same model is fine
+    pushed(client, "org/child", checkpoint(finetune_state(base, seed=11)), base="org/fam@2")
+    r = client.delete("/v1/models/org/fam")
+    assert r.status_code == 409 and "org/child@1" in r.json()["error"]["message"]
+    assert client.delete("/v1/models/org/child").status_code == 204
+    assert client.delete("/v1/models/org/fam").status_code == 204
+    assert client.get("/v1/models/org/fam").status_code == 404
+    assert client.get("/v1/stats").json()["blobs"] == 0
+    r = client.delete("/v1/models/org/fam")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_accounting_root_relation_and_stored_bytes(client: TestClient) -> None:
+    base = base_state(seed=12)
+    files = checkpoint(base)
+    files["config.json"] = b'{"model_type": "llama"}'
+    pushed(client, "org/root", files)
+    pushed(client, "org/ft", checkpoint(finetune_state(base, seed=13)), base="org/root@1")
+    root = client.get("/v1/models/org/root/versions/1").json()
+    assert root["relation"] is None and root["parent"] is None
+    assert client.get("/v1/models/org/root").json()["versions"][0]["relation"] is None
+    assert client.get("/v1/models/org/ft/versions/1").json()["relation"] == "finetune"
+    tensor_bytes = sum(t["stored_bytes"] for t in root["tensors"])
+    manifest = client.get("/v1/models/org/root/versions/1/manifest").json()
+    blob_sizes = {}
+    for f in manifest["files"]:
+        for key in ("blob", "header_blob"):
+            if f.get(key):
+                blob_sizes[f[key]] = len(client.get(f"/v1/blobs/{f[key]}").content)
+    assert root["stored_bytes"] == tensor_bytes + sum(blob_sizes.values())  # payloads, headers, other files
+    stats = client.get("/v1/stats").json()
+    versions = [client.get(f"/v1/models/org/{m}/versions/1").json() for m in ("root", "ft")]
+    assert stats["stored_bytes"] == sum(v["stored_bytes"] for v in versions)  # each blob counted once
+    assert stats["artifact_bytes"] == 0 and root["artifact_bytes"] == 0
