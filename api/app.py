@@ -13,6 +13,7 @@ from api.errors import install_error_handlers
 from api.routes import files, health, misc, models, tokens, versions
 from deltazoo.settings import Settings, get_settings
 from registry.db import session_scope, upgrade_database
+from registry.memory import bound_heap
 from registry.objectstore import object_store_from_settings
 from registry.services.storage import RAW_CACHE
 from registry.services.tokens import ensure_admin_token
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bound_heap()  # tensor buffers go back to the system when freed (registry/memory.py)
         if migrate:
             upgrade_database(settings.resolved_database_url)
         app.state.store = object_store_from_settings(settings)

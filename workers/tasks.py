@@ -8,6 +8,7 @@ from celery import Task
 from celery.signals import worker_ready
 
 from deltazoo.settings import get_settings
+from registry.memory import bound_heap, release_free_memory
 from registry.objectstore import object_store_from_settings
 from registry.services.storage import RAW_CACHE
 from workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
@@ -18,6 +19,7 @@ from workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
 @lru_cache(maxsize=1)
 def worker_context() -> JobContext:
     settings = get_settings()
+    bound_heap()
     RAW_CACHE.max_bytes = settings.tensor_cache_mb << 20
     return JobContext(settings, object_store_from_settings(settings), CeleryDispatcher(app).submit)
 
@@ -42,8 +44,11 @@ class JobTask(Task):  # type: ignore[misc]
 )
 def run_job_task(job_id: int) -> str:
     ctx = worker_context()
-    with heartbeat(ctx, job_id):
-        return run_job(job_id, ctx)
+    try:
+        with heartbeat(ctx, job_id):
+            return run_job(job_id, ctx)
+    finally:
+        release_free_memory()
 
 
 @worker_ready.connect

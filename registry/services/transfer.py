@@ -24,6 +24,7 @@ from registry.repositories import FileRepository, TensorRepository
 from registry.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
 
 MAX_INDEX_BYTES = 64 << 20
+SEND_CHUNK = 1 << 20
 
 
 class UploadSink:
@@ -166,7 +167,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size)
 
 
-def iter_file(store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+def iter_file(
+    store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None
+) -> Iterator[bytes | memoryview]:
     """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors that overlap."""
     end = plan.size if end is None else end
     for seg in plan.segments:
@@ -176,7 +179,9 @@ def iter_file(store: ObjectStore, plan: FilePlan, start: int = 0, end: int | Non
         if seg.header is not None:
             yield seg.header[lo:hi]
         elif seg.recipe is not None:
-            yield reconstruct(store, seg.recipe)[lo:hi]
+            raw = memoryview(reconstruct(store, seg.recipe))
+            for a in range(lo, hi, SEND_CHUNK):  # small writes: the socket buffer never holds a tensor
+                yield raw[a : min(hi, a + SEND_CHUNK)]
         else:
             assert seg.blob is not None
             yield from _iter_zstd(store, seg.blob, lo, hi)
