@@ -84,11 +84,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), status_code=500)
 
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
+def _unavailable_errors() -> tuple[type[Exception], ...]:
     """Errors that mean the database or the object store did not answer: retryable, not a bug."""
     from sqlalchemy import exc as sa_exc
 
-    errors: list[type[BaseException]] = [sa_exc.OperationalError, sa_exc.DisconnectionError]
+    errors: list[type[Exception]] = [sa_exc.OperationalError, sa_exc.DisconnectionError]
     errors += [ConnectionError, TimeoutError]
     try:
         import urllib3.exceptions

@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from registry.db import session_scope
 from registry.models import Job, utcnow
@@ -60,11 +61,12 @@ def requeue_stale(ctx: JobContext, submit: Callable[[int], None]) -> list[int]:
         stale = list(s.scalars(select(Job.id).where(Job.status == "running", Job.updated_at < cutoff)))
     for job_id in stale:
         with session_scope(ctx.settings) as s:
-            claimed = s.execute(
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                 update(Job)
                 .where(Job.id == job_id, Job.status == "running", Job.updated_at < cutoff)
                 .values(status="queued", error="its worker stopped answering; sent again")
-            ).rowcount
+            )
+            claimed = result.rowcount
         if claimed:
             log.warning("job %s lost its worker; sending it again", job_id)
             submit(job_id)
