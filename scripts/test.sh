@@ -4,8 +4,9 @@
 # Works in a clean clone: creates .venv when missing (reuses it after), installs torch==2.13.0 FIRST
 # (the CPU build lies on this machine kind's disk; a bare torch requirement would pull GBs of CUDA),
 # then the project with its [server,dev] extras; makes sure Postgres and Redis answer on 127.0.0.1,
-# starting them when they are installed but stopped, and fails loudly when they are absent; runs the
-# whole suite on two processes with TRITON_INTERPRET=1 (Triton kernels run on CPU).
+# starting them when they are installed but stopped, and fails loudly when they are absent; installs the
+# browser test's node packages (npm ci); runs the whole suite on two processes with TRITON_INTERPRET=1
+# (Triton kernels run on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,22 @@ cd "$(dirname "$0")/.."
 # --- 1. virtual environment, torch first, then the project ------------------------------------
 ensure_venv server,dev
 
-# --- 2. Postgres and Redis ----------------------------------------------------------------------
+# --- 2. the browser test's node packages (tests/browser: playwright-core driving /usr/bin/chromium) --
+if [ -f tests/browser/package-lock.json ]; then
+  lock_sha="$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)"
+  browser_stamp=tests/browser/node_modules/.deltazoo-lock-sha256
+  if [ "$(cat "$browser_stamp" 2>/dev/null || true)" = "$lock_sha" ]; then
+    say "tests/browser node packages already installed"
+  elif command -v npm >/dev/null; then
+    say "npm ci in tests/browser"
+    npm ci --prefix tests/browser --no-audit --no-fund
+    echo "$lock_sha" > "$browser_stamp"
+  else
+    die "npm is missing: the browser test needs Node.js (npm ci in tests/browser)"
+  fi
+fi
+
+# --- 3. Postgres and Redis ----------------------------------------------------------------------
 start_postgres() {
   command -v pg_ctlcluster >/dev/null || return 0
   local version
@@ -39,7 +55,7 @@ if ! python -m tests.services check; then
     || die "Postgres and Redis must answer on 127.0.0.1 (the suite does not skip what needs them)"
 fi
 
-# --- 3. the suite -------------------------------------------------------------------------------
+# --- 4. the suite -------------------------------------------------------------------------------
 export TRITON_INTERPRET=1
 log="$(mktemp -t deltazoo-pytest.XXXXXX.log)"
 # --dist loadfile keeps a file's tests on one worker, so a module's servers start once, not twice.

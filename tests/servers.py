@@ -1,6 +1,6 @@
 """deltazoo's own processes for the tests: the API (uvicorn) and a Celery worker, both real subprocesses.
 
-They depend only on the server's entry points: ``api.app:create_app`` (a uvicorn factory) and
+They depend only on the entry points: ``deltazoo serve`` (which runs ``api.app:create_app``) and
 ``workers.celery_app:app``. Settings reach them through DELTAZOO_* environment variables, the same way
 a deployment sets them.
 """
@@ -43,7 +43,7 @@ def log_problems(text: str) -> list[str]:
 
 @dataclass
 class ApiServer:
-    """A running ``uvicorn api.app:create_app --factory`` on 127.0.0.1."""
+    """A running ``deltazoo serve`` (uvicorn with ``api.app:create_app``) on 127.0.0.1."""
 
     url: str
     home: Path
@@ -64,8 +64,8 @@ def start_api_server(home: Path, settings_env: dict[str, str], *, timeout: float
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = child_env({"DELTAZOO_HOME": str(home), **settings_env})
-    argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    # `deltazoo serve` as users run it: migrates the database, then uvicorn api.app:create_app --factory
+    argv = [sys.executable, "-m", "deltazoo.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     process = ManagedProcess("deltazoo API", argv, env, home.parent / f"{home.name}-api.log", cwd=home)
     process.start()
     server = ApiServer(f"http://127.0.0.1:{port}", home, env, process)
