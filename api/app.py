@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import Depends, FastAPI
 
@@ -15,6 +16,7 @@ from deltazoo.settings import Settings, get_settings
 from registry.db import session_scope, upgrade_database
 from registry.memory import bound_heap
 from registry.objectstore import object_store_from_settings
+from registry.services.staging import sweep_stale_uploads
 from registry.services.storage import RAW_CACHE
 from registry.services.tokens import ensure_admin_token
 from workers.jobs import JobContext
@@ -36,6 +38,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         if settings.admin_token:
             with session_scope(settings) as session:
                 ensure_admin_token(session, settings.admin_token)
+        with session_scope(settings) as session:  # uploads of versions never committed (expired)
+            sweep_stale_uploads(session, app.state.store, timedelta(hours=settings.staging_expiry_hours))
         runner = None
         if settings.embedded:
             from workers.runner import InProcessRunner

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     max_text_bytes: int = Field(default=4 << 20, description="largest evaluation text set accepted (bytes)")
     eval_device: str = Field(default="cpu", description="torch device the evaluate job runs models on")
     eval_max_versions: int = Field(default=200, description="newest ready versions a new text set evaluates")
+    staging_expiry_hours: float = Field(
+        default=24.0, description="versions left uncommitted longer than this are removed with their uploads"
+    )
 
     # --- client side ---
     url: str = "http://127.0.0.1:8000"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -87,6 +88,10 @@ class VersionRepository:
     def next_revision(self, model_id: int) -> int:
         top = self.s.scalar(select(func.max(Version.revision)).where(Version.model_id == model_id))
         return (top or 0) + 1
+
+    def pending_created_before(self, cutoff: datetime) -> list[Version]:
+        q = select(Version).where(Version.status == "pending", Version.created_at < cutoff)
+        return list(self.s.scalars(q.order_by(Version.id)))
 
     def children(self, version_ids: Sequence[int]) -> list[Version]:
         if not version_ids:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
 from api import schemas
 from api.auth import Viewer
 from api.deps import DB, Enqueue, Store
+from api.deps import settings as settings_dep
+from deltazoo.settings import Settings
 from registry.objectstore import blob_key
 from registry.services import views
 from registry.services.artifacts import find_artifact, request_artifact
 from registry.services.refs import get_model, get_version, ref_string
+from registry.services.staging import sweep_stale_uploads
 from registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
 
 router = APIRouter(tags=["versions"])
 V = "/models/{org}/{name}/versions/{rev}"
+Config = Annotated[Settings, Depends(settings_dep)]
 
 
 @router.post("/models/{org}/{name}/versions", status_code=201, response_model=schemas.VersionCreated)
@@ -40,9 +45,12 @@ def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB, 
 
 
 @router.post(V + "/commit", status_code=202, response_model=schemas.Committed)
-def post_commit(org: str, name: str, rev: str, session: DB, store: Store, enqueue: Enqueue) -> dict:
+def post_commit(
+    org: str, name: str, rev: str, session: DB, store: Store, enqueue: Enqueue, settings: Config
+) -> dict:
     _, version = get_version(session, org, name, rev)
     job = commit_version(session, store, version, ref_string(f"{org}/{name}", version.revision), enqueue)
+    sweep_stale_uploads(session, store, timedelta(hours=settings.staging_expiry_hours))
     return {"version": views.version_summaries(session, [version])[0], "job": views.job_info(job)}
 
 
