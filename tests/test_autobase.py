@@ -80,3 +80,20 @@ def test_similarity_scores_relatives_high_and_strangers_low() -> None:
     assert similarity(sketch(random_tensors(TINY_LLAMA_SHAPES, seed=4)), sketch(base)) < 0.1
     assert similarity(sketch(base), sketch(base)) == 1.0
     assert similarity({"tensors": {}}, sketch(base)) == 0.0
+
+
+def test_auto_prefers_the_ancestor_when_a_sibling_scores_about_as_high(client: TestClient) -> None:
+    base = random_tensors(TINY_LLAMA_SHAPES, seed=20)
+    step = {
+        k: (v.float() * 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(21)))
+        for k, v in base.items()
+    }
+    new = {k: (v.float() + step[k]).to(v.dtype) for k, v in base.items()}  # relative change ~5%
+    near_sibling = {k: (v.float() + 0.1 * step[k]).to(v.dtype) for k, v in base.items()}  # leans towards new
+    _push_ready(client, "fam/base", base)
+    _push_ready(client, "fam/sibling", near_sibling, base="fam/base@1")
+    answer = push(client, "fam/new", checkpoint(new), base="auto")
+    detail = answer["version"]
+    assert detail["parent"] == "fam/base@1", detail
+    assert detail["suggested_base"] is None or detail["suggested_base"]["ref"] == "fam/base@1"
+    assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"

@@ -32,6 +32,7 @@ SAMPLES = 64
 MAX_TENSORS = 64
 MAX_CANDIDATES = 500
 RELATED_THRESHOLD = 0.5
+ANCESTOR_MARGIN = 0.01  # similarities this close to the best count as a tie
 SKETCH_VERSION = 1
 _FLOATS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None}
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -141,7 +142,28 @@ def rank_candidates(
     ).all()
     scored = [(v, similarity(sketch, v.sketch or {})) for v in rows]
     scored.sort(key=lambda pair: (-pair[1], -pair[0].id))
-    return scored
+    return prefer_ancestor(session, scored)
+
+
+def prefer_ancestor(session: Session, ranked: list[tuple[Version, float]]) -> list[tuple[Version, float]]:
+    """Among candidates within ``ANCESTOR_MARGIN`` of the best, put first the one that is an ancestor
+    of the most others: a base and its fine-tunes all resemble a new sibling fine-tune about equally
+    (zoo: writer vs base 0.892, vs coder 0.889), and the base is the parent a user means."""
+    if len(ranked) < 2:
+        return ranked
+    near = [(v, s) for v, s in ranked if s >= ranked[0][1] - ANCESTOR_MARGIN]
+    ids = {v.id for v, _ in near}
+    below: dict[int, int] = dict.fromkeys(ids, 0)  # candidate id -> near candidates it is an ancestor of
+    for v, _ in near:
+        seen, parent_id = set(), v.parent_version_id
+        while parent_id is not None and parent_id not in seen:
+            seen.add(parent_id)
+            if parent_id in ids:
+                below[parent_id] += 1
+            parent = session.get(Version, parent_id)
+            parent_id = parent.parent_version_id if parent else None
+    best = max(near, key=lambda pair: below[pair[0].id])  # max keeps the first (best score) on ties
+    return [best, *[p for p in ranked if p[0].id != best[0].id]]
 
 
 def sketch_and_resolve(session: Session, store: ObjectStore, version: Version) -> dict[str, Any] | None:
