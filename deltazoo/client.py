@@ -25,7 +25,15 @@ import httpx
 from deltazoo.cache import Cache
 from deltazoo.checkpoint import scan_checkpoint
 from deltazoo.delta_pull import DeltaPuller
-from deltazoo.errors import ConflictError, IntegrityError, JobFailedError, NotFoundError, UsageError
+from deltazoo.errors import (
+    ConflictError,
+    DeltazooConnectionError,
+    IntegrityError,
+    JobFailedError,
+    NotFoundError,
+    ServerError,
+    UsageError,
+)
 from deltazoo.models import (
     Artifact,
     FileInfo,
@@ -74,6 +82,7 @@ class Client:
             transport=transport,
         )
         self.cache = Cache(cache_dir if cache_dir is not None else settings.cache)
+        self.upload_part_bytes = settings.upload_part_mb << 20  # larger files go in resumable parts
 
     def close(self) -> None:
         self._t.close()
@@ -226,6 +235,12 @@ class Client:
 
     def _upload(self, ref: Ref, file: FileInfo, local: Path, *, quiet: bool) -> None:
         bar = progress_bar(file.size, f"push {file.path}", quiet=quiet)
+        if file.size > self.upload_part_bytes:
+            try:
+                self._upload_parts(ref, file, local, bar)
+            finally:
+                bar.close()
+            return
 
         def body() -> Iterator[bytes]:
             bar.reset(total=file.size)
@@ -244,6 +259,49 @@ class Client:
             )
         finally:
             bar.close()
+
+    def _upload_parts(self, ref: Ref, file: FileInfo, local: Path, bar: Any) -> None:
+        """Send ``local`` in parts (``Content-Range``); after a dropped connection or a 5xx, ask the
+        server how many bytes it holds and send only the rest."""
+        url = f"{_vpath(ref)}/files/{quote(file.path)}"
+        status_url = f"{_vpath(ref)}/uploads/{quote(file.path)}"
+        received = int(self._t.json("GET", status_url)["received"])
+        failures = 0
+        while True:
+            start, end = received, min(file.size, received + self.upload_part_bytes)
+            bar.n = start
+            bar.refresh()
+
+            def body(start: int = start, end: int = end) -> Iterator[bytes]:
+                with local.open("rb") as f:
+                    f.seek(start)
+                    left = end - start
+                    while left > 0:
+                        chunk = f.read(min(_CHUNK, left))
+                        if not chunk:
+                            raise UsageError(f"{local} shrank while it was uploaded; push it again")
+                        left -= len(chunk)
+                        self._t.bytes_uploaded += len(chunk)
+                        bar.update(len(chunk))
+                        yield chunk
+
+            headers = {
+                "Content-Range": f"bytes {start}-{end - 1}/{file.size}",
+                "Content-Length": str(end - start),
+                "Content-Type": "application/octet-stream",
+            }
+            try:
+                answer = self._t.json("PUT", url, content=body, headers=headers, idempotent=False)
+            except (DeltazooConnectionError, ServerError):
+                failures += 1
+                if failures > self._t.max_retries:
+                    raise
+                time.sleep(self._t._delay(failures - 1, None))
+                received = int(self._t.json("GET", status_url)["received"])
+                continue
+            if end == file.size:
+                return
+            received, failures = int(answer["received"]), 0
 
     def push(
         self,

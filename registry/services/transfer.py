@@ -7,6 +7,7 @@ import hashlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import zstandard
 from sqlalchemy.orm import Session
@@ -33,16 +34,24 @@ class UploadSink:
     Memory holds at most the spool's in-memory part (8 MiB) and a safetensors header.
     """
 
-    def __init__(self, file: File) -> None:
+    def __init__(self, file: File, spool: BinaryIO | None = None) -> None:
+        """``spool`` (default: a temporary file) receives the bytes; a resumed upload passes its part file."""
         self.file = file
         self.sha = hashlib.sha256()
         self.size = 0
         self.validator = (
             SafetensorsStreamValidator(expected_size=file.size) if file.kind == "safetensors" else None
         )
-        self.spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 (closed in finish/close)
+        if spool is None:
+            spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # type: ignore[assignment]  # noqa: SIM115
+        self.spool: BinaryIO = spool  # type: ignore[assignment]  # closed in finish/close
 
     def feed(self, chunk: bytes) -> None:
+        self.account(chunk)
+        self.spool.write(chunk)
+
+    def account(self, chunk: bytes) -> None:
+        """Count, hash and validate ``chunk`` without spooling it (a resumed upload replays its part file)."""
         self.size += len(chunk)
         if self.size > self.file.size:
             raise BadRequest(
@@ -56,7 +65,6 @@ class UploadSink:
                 self.validator.feed(chunk)
             except SafetensorsError as exc:
                 raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
-        self.spool.write(chunk)
 
     def finish(self, store: ObjectStore) -> str:
         """Check the whole file and write it to a new staging object; returns its key."""

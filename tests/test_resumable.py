@@ -1,0 +1,165 @@
+"""Resumable uploads: a file sent in Content-Range parts, cut off mid-way, resumed from the server's
+received offset (only the missing bytes are sent), bit-exact after commit; the SDK does it by itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import save
+
+from deltazoo.client import Client
+from tests.test_api_support import sha, wait_job, write_dir
+
+PART = 64 << 10
+
+
+def big_checkpoint(seed: int) -> dict[str, bytes]:
+    g = torch.Generator().manual_seed(seed)
+    state = {f"w{i}": torch.randn(128, 256, generator=g).to(torch.bfloat16) for i in range(6)}
+    return {"model.safetensors": save(state)}  # 6 x 64 KiB of tensors: several parts
+
+
+def declare(client: httpx.Client, model: str, files: dict[str, bytes]) -> None:
+    assert client.post("/v1/models", json={"name": model}).status_code == 201
+    body = {"files": [{"path": p, "size": len(d), "sha256": sha(d)} for p, d in files.items()]}
+    assert client.post(f"/v1/models/{model}/versions", json=body).status_code == 201
+
+
+def put_part(client: httpx.Client, url: str, data: bytes, start: int, end: int) -> httpx.Response:
+    headers = {"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"}
+    return client.put(url, content=data[start:end], headers=headers)
+
+
+def test_upload_cut_off_resumes_with_the_missing_bytes_only(embedded_server: str, unique_org: str) -> None:
+    files = big_checkpoint(seed=1)
+    data = files["model.safetensors"]
+    model = f"{unique_org}/resume"
+    with httpx.Client(base_url=embedded_server, timeout=60) as client:
+        declare(client, model, files)
+        url = f"/v1/models/{model}/versions/1/files/model.safetensors"
+        status_url = f"/v1/models/{model}/versions/1/uploads/model.safetensors"
+        expected = {"path": "model.safetensors", "size": len(data), "received": 0}
+        assert client.get(status_url).json() == expected
+        for start in (0, PART):
+            r = put_part(client, url, data, start, start + PART)
+            assert r.status_code == 202 and r.json()["received"] == start + PART, r.text
+
+        r = put_part(client, url, data, 0, PART)  # not where the received bytes end
+        assert r.status_code == 409 and r.json()["error"]["code"] == "upload_offset_mismatch"
+        assert str(2 * PART) in r.json()["error"]["message"]
+        r = client.put(url, content=b"x", headers={"Content-Range": f"bytes 0-0/{len(data) + 1}"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "size_mismatch"
+
+        class Cut(RuntimeError):
+            pass
+
+        def cut_off() -> Iterator[bytes]:  # the third part: half of it, then the connection is gone
+            yield data[2 * PART : 2 * PART + PART // 2]
+            raise Cut("network gone")
+
+        content_range = f"bytes {2 * PART}-{3 * PART - 1}/{len(data)}"
+        headers = {"Content-Range": content_range, "Content-Length": str(PART)}
+        with pytest.raises(Cut):
+            client.put(url, content=cut_off(), headers=headers)
+
+    with httpx.Client(base_url=embedded_server, timeout=60) as client:
+        received = client.get(status_url).json()["received"]
+        assert 2 * PART <= received <= 2 * PART + PART // 2
+        sent = 0
+        start = received
+        while start < len(data):
+            end = min(len(data), start + PART)
+            r = put_part(client, url, data, start, end)
+            sent += end - start
+            assert r.status_code == (200 if end == len(data) else 202), r.text
+            start = end
+        assert sent == len(data) - received  # only the missing bytes went over the wire
+        assert r.json()["sha256"] == sha(data)
+        r = client.post(f"/v1/models/{model}/versions/1/commit")
+        assert r.status_code == 202, r.text
+        assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+        assert sha(client.get(f"/v1/models/{model}/versions/1/files/model.safetensors").content) == sha(data)
+
+
+def test_corrupt_part_rejects_the_whole_upload(embedded_server: str, unique_org: str) -> None:
+    files = big_checkpoint(seed=2)
+    data = files["model.safetensors"]
+    model = f"{unique_org}/corrupt"
+    with httpx.Client(base_url=embedded_server, timeout=60) as client:
+        declare(client, model, files)
+        url = f"/v1/models/{model}/versions/1/files/model.safetensors"
+        assert put_part(client, url, data, 0, PART).status_code == 202
+        bad = data[:PART] + bytes(len(data) - PART)  # right size, wrong bytes
+        for start in range(PART, len(data), PART):
+            r = put_part(client, url, bad, start, min(len(data), start + PART))
+            if start + PART < len(data):
+                assert r.status_code == 202, r.text
+        assert r.status_code == 400 and r.json()["error"]["code"] == "sha256_mismatch"
+        status = client.get(f"/v1/models/{model}/versions/1/uploads/model.safetensors").json()
+        assert status["received"] == 0  # a rejected upload leaves nothing
+        r = client.post(f"/v1/models/{model}/versions/1/commit")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "files_missing"
+
+
+class _Stream(httpx.SyncByteStream):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+
+class DropOnce(httpx.BaseTransport):
+    """A real HTTP transport that cuts one part's body off half-way and counts the bytes sent."""
+
+    def __init__(self, drop_at: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.drop_at = drop_at
+        self.dropped = False
+        self.starts: list[int] = []
+        self.sent = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        content_range = request.headers.get("content-range")
+        if request.method == "PUT" and content_range:
+            start = int(content_range.split()[1].split("-")[0])
+            self.starts.append(start)
+            cut = not self.dropped and start == self.drop_at
+            self.dropped = self.dropped or cut
+            request.stream = _Stream(self._count(request.stream, cut))  # type: ignore[arg-type]
+        return self.inner.handle_request(request)
+
+    def _count(self, stream: Iterable[bytes], cut: bool) -> Iterator[bytes]:
+        budget = PART // 2 if cut else None
+        for chunk in stream:
+            if budget is not None:
+                chunk = chunk[:budget]
+                budget -= len(chunk)
+            self.sent += len(chunk)
+            yield chunk
+            if budget == 0:
+                raise httpx.WriteError("connection dropped (test)")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_sdk_push_resumes_after_a_dropped_connection(
+    embedded_server: str, unique_org: str, tmp_path: Path
+) -> None:
+    files = big_checkpoint(seed=3)
+    data = files["model.safetensors"]
+    transport = DropOnce(drop_at=2 * PART)
+    with Client(embedded_server, cache_dir=tmp_path / "cache", transport=transport) as client:
+        client.upload_part_bytes = PART
+        client.push(write_dir(tmp_path / "ckpt", files), f"{unique_org}/sdk", quiet=True)
+        assert transport.dropped, "the test never cut a part off"
+        resumed = transport.starts[transport.starts.index(2 * PART) + 1]
+        assert resumed >= 2 * PART, "parts the server held were sent again"
+        assert transport.sent <= len(data) + PART // 2  # the cut-off half at most is sent twice
+        pulled = client.pull(f"{unique_org}/sdk", tmp_path / "pulled", quiet=True)
+    assert sha((pulled / "model.safetensors").read_bytes()) == sha(data)
