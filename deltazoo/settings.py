@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     max_chain_depth: int = Field(default=8, description="re-anchor a delta chain deeper than this")
     worker_concurrency: int = 1
     job_heartbeat_s: float = Field(default=10.0, description="Celery job heartbeat; 3 missed: sent again")
-    tensor_cache_mb: int = Field(default=256, description="LRU of decoded parent tensors, per process (MiB)")
+    tensor_cache_mb: int = Field(default=64, description="LRU of decoded parent tensors, per process (MiB)")
     max_text_bytes: int = Field(default=4 << 20, description="largest evaluation text set accepted (bytes)")
     eval_device: str = Field(default="cpu", description="torch device the evaluate job runs models on")
     eval_max_versions: int = Field(default=200, description="newest ready versions a new text set evaluates")

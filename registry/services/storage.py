@@ -93,7 +93,7 @@ class RawCache:
                 self._size -= len(old)
 
 
-RAW_CACHE = RawCache(256 << 20)  # resized from settings.tensor_cache_mb when a server starts
+RAW_CACHE = RawCache(64 << 20)  # resized from settings.tensor_cache_mb when a server starts
 
 
 def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Recipe]:
