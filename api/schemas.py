@@ -65,7 +65,7 @@ class ModelList(Schema):
 
 class DeclaredFile(Schema):
     path: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=2**63 - 1)
     sha256: str
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from fastapi.responses import StreamingResponse
 
 from api import schemas
@@ -14,10 +14,11 @@ from registry.services import views
 from registry.services.versions import SHA_RE
 
 router = APIRouter(tags=["zoo"])
+MAX_ID = 2**63 - 1  # larger ids cannot exist (64-bit columns); they are 422, not a 500
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
-def get_job(job_id: int, session: DB) -> dict:
+def get_job(session: DB, job_id: int = Path(ge=1, le=MAX_ID)) -> dict:
     job = JobRepository(session).get(job_id)
     if job is None:
         raise NotFound(f"job {job_id} does not exist", code="job_not_found")

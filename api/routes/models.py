@@ -29,7 +29,7 @@ def list_models(
     viewer: Viewer,
     search: str = "",
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**63 - 1),
 ) -> dict:
     rows, total = ModelRepository(session).search(search, limit, offset, viewer.private_namespaces())
     return {"items": views.model_summaries(session, rows), "total": total}

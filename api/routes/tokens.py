@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
 from api import schemas
 from api.auth import Viewer
@@ -40,7 +40,7 @@ def get_tokens(session: DB, viewer: Viewer) -> dict:
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def remove_token(token_id: int, session: DB, viewer: Viewer) -> Response:
+def remove_token(session: DB, viewer: Viewer, token_id: int = Path(ge=1, le=2**63 - 1)) -> Response:
     check_admin(viewer)
     delete_token(session, token_id)
     return Response(status_code=204)
