@@ -137,7 +137,8 @@ static inline __attribute__((always_inline)) int64_t scan_core(
             r = m & ((1ull << low) - 1);
             nr = low;
         }
-        counts[(i & hmask) << 16 | sym]++; /* sub-histograms: no store-to-load chain on repeated tokens */
+        counts[(Py_ssize_t)sym * (hmask + 1) + (i & hmask)]++; /* h counters per token: no store-to-load
+                                                                  chain on repeats, one cache line */
         syms[i] = (uint16_t)sym;
         if (width == 8) {
             int lo = nr < 32 ? nr : 32;
@@ -148,6 +149,9 @@ static inline __attribute__((always_inline)) int64_t scan_core(
         }
     }
 #undef PUT
+    if (hmask) /* fold each token's counters into its first */
+        for (Py_ssize_t k = 0; k < 65536; k++)
+            for (Py_ssize_t h = 1; h <= hmask; h++) counts[k * (hmask + 1)] += counts[k * (hmask + 1) + h];
     if (cnt) { *out = (uint8_t)acc; out++; }
     return (int64_t)(out - raw) * 8 - (cnt ? 8 - cnt : 0);
 }
@@ -183,8 +187,9 @@ static int get_parent(PyObject *obj, Py_buffer *buf, Py_ssize_t need) {
     return 0;
 }
 
-/* scan(child, parent|None, width, mode, shift, tbits, syms u16[n], counts u32[h * 65536] (added to; h = 1,
- *      2 or 4 sub-histograms, element i counted in i % h), raw u8[n*width + 8]) -> raw bit count. */
+/* scan(child, parent|None, width, mode, shift, tbits, syms u16[n], counts u32[65536 * h] (added to; h = 1,
+ *      2 or 4 counters per token, element i counted in counter i % h; on return the first counter holds
+ *      the token's total), raw u8[n*width + 8]) -> raw bits. */
 static PyObject *py_scan(PyObject *self, PyObject *args) {
     Py_buffer child, syms, counts, raw, parent;
     PyObject *pobj, *ret = NULL;
@@ -262,13 +267,13 @@ out:
 }
 
 /* ----------------------------------------------------------------------------------------- decode */
-/* lut: u32 per (row, slot) = cum | (freq − 1) << 12 | token << 24. raw has 8 bytes of zero padding; a
- * corrupt stream that asks for more raw bits than it holds reads clamped garbage and is caught by the
- * caller's bit count check. */
-static inline uint64_t bget(const uint8_t *raw, Py_ssize_t lim, uint64_t *bp, int n) {
-    Py_ssize_t at = (Py_ssize_t)(*bp >> 3);
-    at = at < lim ? at : lim;
-    uint64_t r = (load64(raw + at) >> (*bp & 7)) & ((1ull << n) - 1);
+/* sl: u8 token per (row, slot); fc: u32 per (row, token) = cum | (freq − 1) << 12 (two small tables rather
+ * than one u32 per slot: the lookups stay in cache). words has `lanes` words of zero padding
+ * and raw `lanes * width + 8` bytes: within one step a lane reads at most one word and 8 * width bits, so
+ * checking once per step that neither reader has passed its stream's end keeps every read in bounds
+ * (a corrupt stream stops there, and the caller's count check reports it). */
+static inline uint64_t bget(const uint8_t *raw, uint64_t *bp, int n) {
+    uint64_t r = (load64(raw + (*bp >> 3)) >> (*bp & 7)) & ((1ull << n) - 1);
     *bp += (uint64_t)n;
     return r;
 }
@@ -276,53 +281,61 @@ static inline uint64_t bget(const uint8_t *raw, Py_ssize_t lim, uint64_t *bp, in
 static inline __attribute__((always_inline)) int decode_core(
     const layout_t *L, const int width, const int mode, const int has_parent, uint8_t *restrict o,
     const uint8_t *restrict p, Py_ssize_t n, int lanes, const uint16_t *restrict rm, Py_ssize_t nrows,
-    const uint32_t *restrict lu, uint32_t *restrict x, const uint8_t *restrict w, Py_ssize_t nw,
-    const uint8_t *restrict raw, Py_ssize_t lim, Py_ssize_t *wpos, uint64_t *bitpos) {
-    static const uint8_t zero2[2] = {0, 0};
-    uint8_t nrt[256];
-    uint64_t lead[256];
+    const uint8_t *restrict sl, const uint32_t *restrict fc, uint32_t *restrict x, const uint16_t *restrict w,
+    Py_ssize_t nw, const uint8_t *restrict raw, uint64_t nbits, Py_ssize_t *wpos, uint64_t *bitpos) {
+    uint8_t nrt[256], tk[MAX_LANES];
+    uint64_t lead[256], ones[256];
     uint32_t roff[256]; /* context -> its table's offset in lut, or bit 31 where it has none */
     for (int i = 0; i < 256; i++) {
         nrt[i] = L->nraw[i];
+        ones[i] = width == 8 ? 0 : (1ull << nrt[i]) - 1;
         lead[i] = (uint64_t)L->mb[i] << L->sh[i];
         roff[i] = (Py_ssize_t)rm[i] < nrows ? (uint32_t)rm[i] << PROB_BITS : 0x80000000u;
     }
     const int top = width * 8 - 1, shift = L->shift;
     const uint64_t mask = L->mask, tmask = L->tmask;
-    Py_ssize_t pos = 0, last = nw > 0 ? nw - 1 : 0;
-    if (nw == 0) w = zero2;
+    Py_ssize_t pos = 0;
     uint64_t bp = 0;
     uint32_t bad = 0;
     Py_ssize_t steps = (n + lanes - 1) / lanes;
     for (Py_ssize_t t = 0; t < steps; t++) {
         Py_ssize_t base = t * lanes;
         int a = (int)(n - base < lanes ? n - base : lanes);
+        if (pos > nw || bp > nbits) break;
+        /* two passes per step: the rANS ops alone (short bodies, so many lanes are in flight at once),
+         * then raw bits and values */
         for (int j = 0; j < a; j++) {
             uint64_t pv = has_parent ? load(p, base + j, width) : 0;
             uint32_t ro = roff[mode == MODE_DELTA && has_parent ? (pv >> shift) & tmask : 0];
             bad |= ro;
+            ro &= 0x7FFFFFFFu;
             uint32_t xs = x[j], slot = xs & (PROB_SCALE - 1);
-            uint32_t e = lu[(ro & 0x7FFFFFFFu) + slot];
+            uint32_t tok = sl[ro + slot];
+            uint32_t e = fc[(ro >> (PROB_BITS - 8)) + tok];
             xs = ((e >> 12) & 0xFFF) * (xs >> PROB_BITS) + (xs >> PROB_BITS) + slot - (e & 0xFFF);
-            uint16_t v;
-            memcpy(&v, w + 2 * (pos < last ? pos : last), 2); /* words may sit at any offset */
+            uint32_t v = w[pos];
             uint32_t need = xs < RANS_L; /* arithmetic select: a branch here mispredicts ~1 in 5 */
-            x[j] = (xs << (need << 4)) | ((uint32_t)v & (0u - need));
+            x[j] = (xs << (need << 4)) | (v & (0u - need));
             pos += need;
-            uint32_t tok = e >> 24;
+            tk[j] = (uint8_t)tok;
+        }
+        for (int j = 0; j < a; j++) {
+            uint32_t tok = tk[j];
             int nr = nrt[tok];
             uint64_t r;
             if (width == 8) {
                 int lo = nr < 32 ? nr : 32;
-                r = bget(raw, lim, &bp, lo);
-                r |= bget(raw, lim, &bp, nr - lo) << lo;
+                r = bget(raw, &bp, lo);
+                r |= bget(raw, &bp, nr - lo) << lo;
             } else {
-                r = bget(raw, lim, &bp, nr);
+                r = (load64(raw + (bp >> 3)) >> (bp & 7)) & ones[tok];
+                bp += (uint64_t)nr;
             }
             uint64_t val;
             if (mode == MODE_FLOAT) {
                 val = ((r >> shift) << top) | ((uint64_t)tok << shift) | (r & ((1ull << shift) - 1));
             } else {
+                uint64_t pv = has_parent ? load(p, base + j, width) : 0;
                 uint64_t s = tok & 1, m = lead[tok] | r;
                 val = (pv + ((m ^ (0 - s)) + s)) & mask;
             }
@@ -334,45 +347,49 @@ static inline __attribute__((always_inline)) int decode_core(
     return bad >> 31;
 }
 
-#define DECODE(w, m, hp, L, o, p, n, lanes, rm, nrows, lu, x, wd, nw, raw, lim, wpos, bp) \
-    decode_core(L, w, m, hp, o, p, n, lanes, rm, nrows, lu, x, wd, nw, raw, lim, wpos, bp)
+#define DECODE(w, m, hp, L, o, p, n, lanes, rm, nrows, sl, fc, x, wd, nw, raw, nbits, wpos, bp) \
+    decode_core(L, w, m, hp, o, p, n, lanes, rm, nrows, sl, fc, x, wd, nw, raw, nbits, wpos, bp)
 static int decode_any(const layout_t *L, int width, int mode, uint8_t *o, const uint8_t *p, Py_ssize_t n, int lanes,
-                      const uint16_t *rm, Py_ssize_t nrows, const uint32_t *lu, uint32_t *x, const uint8_t *wd,
-                      Py_ssize_t nw, const uint8_t *raw, Py_ssize_t lim, Py_ssize_t *wpos, uint64_t *bp) {
-    DISPATCH(DECODE, width, mode, p, L, o, p, n, lanes, rm, nrows, lu, x, wd, nw, raw, lim, wpos, bp)
+                      const uint16_t *rm, Py_ssize_t nrows, const uint8_t *sl, const uint32_t *fc, uint32_t *x,
+                      const uint16_t *wd, Py_ssize_t nw, const uint8_t *raw, uint64_t nbits, Py_ssize_t *wpos,
+                      uint64_t *bp) {
+    DISPATCH(DECODE, width, mode, p, L, o, p, n, lanes, rm, nrows, sl, fc, x, wd, nw, raw, nbits, wpos, bp)
 }
 
-/* decode(words u16[nw], states u32[lanes] (updated in place), raw u8 (8 bytes padding), parent|None, width,
- *        mode, shift, tbits, lanes, rowmap u16[256], lut u32[rows*4096], out) -> (words read, raw bits read),
+/* decode(words u16[nw + lanes] (zero padding), states u32[lanes] (updated in place), raw u8 (raw bytes, then
+ *        lanes * width + 8 bytes of padding), parent|None, width,
+ *        mode, shift, tbits, lanes, rowmap u16[256], slots u8[rows*4096], fc u32[rows*256], out) -> (words read, raw bits read),
  *        or None when a context of the parent has no table. The caller checks both counts and the states. */
 static PyObject *py_decode(PyObject *self, PyObject *args) {
-    Py_buffer words, states, raw, rowmap, lut, out, parent;
+    Py_buffer words, states, raw, rowmap, slots, fcs, out, parent;
     PyObject *pobj, *ret = NULL;
     int width, mode, shift, tbits, lanes;
     layout_t L;
-    if (!PyArg_ParseTuple(args, "y*w*y*Oiiiiiy*y*w*", &words, &states, &raw, &pobj, &width, &mode, &shift, &tbits,
-                          &lanes, &rowmap, &lut, &out))
+    if (!PyArg_ParseTuple(args, "y*w*y*Oiiiiiy*y*y*w*", &words, &states, &raw, &pobj, &width, &mode, &shift,
+                          &tbits, &lanes, &rowmap, &slots, &fcs, &out))
         return NULL;
     parent.obj = NULL;
     if (parse_layout(&L, width, mode, shift, tbits) < 0) goto done;
-    if (lanes < 1 || lanes > MAX_LANES || states.len != 4 * lanes || rowmap.len != 512 || raw.len < 8) {
-        PyErr_SetString(PyExc_ValueError, "_exact4.decode: bad lanes/states/rowmap/raw");
+    Py_ssize_t n = out.len / width, nw = words.len / 2 - lanes, nrows = slots.len / PROB_SCALE, wpos;
+    Py_ssize_t pad = (Py_ssize_t)lanes * width + 8;
+    if (lanes < 1 || lanes > MAX_LANES || states.len != 4 * lanes || rowmap.len != 512 || nw < 0 ||
+        raw.len < pad || ((uintptr_t)words.buf & 1) || fcs.len != nrows * 256 * 4) {
+        PyErr_SetString(PyExc_ValueError, "_exact4.decode: bad lanes/states/rowmap/words/raw padding/tables");
         goto done;
     }
-    Py_ssize_t n = out.len / width, nw = words.len / 2, nrows = lut.len / (4 * PROB_SCALE), wpos;
-    uint64_t bits;
+    uint64_t bits, nbits = 8 * (uint64_t)(raw.len - pad);
     if (get_parent(pobj, &parent, out.len) < 0) goto done;
     int bad;
     Py_BEGIN_ALLOW_THREADS
-    bad = decode_any(&L, width, mode, out.buf, parent.buf, n, lanes, rowmap.buf, nrows, lut.buf, states.buf,
-                     words.buf, nw, raw.buf, raw.len - 8, &wpos, &bits);
+    bad = decode_any(&L, width, mode, out.buf, parent.buf, n, lanes, rowmap.buf, nrows, slots.buf, fcs.buf, states.buf,
+                     words.buf, nw, raw.buf, nbits, &wpos, &bits);
     Py_END_ALLOW_THREADS
     if (bad) { ret = Py_None; Py_INCREF(ret); }
     else ret = Py_BuildValue("nK", wpos, (unsigned long long)bits);
 done:
     if (parent.obj) PyBuffer_Release(&parent);
     PyBuffer_Release(&words); PyBuffer_Release(&states); PyBuffer_Release(&raw);
-    PyBuffer_Release(&rowmap); PyBuffer_Release(&lut); PyBuffer_Release(&out);
+    PyBuffer_Release(&rowmap); PyBuffer_Release(&slots); PyBuffer_Release(&fcs); PyBuffer_Release(&out);
     return ret;
 }
 

@@ -128,7 +128,29 @@ def enc_table(tables: Tables) -> np.ndarray:
     bias = tables.cum.astype(np.uint64) + np.where(one, np.uint64(PROB_SCALE - 1), np.uint64(0))
     meta = bias | (f << np.uint64(32)) | ((np.uint64(PROB_SCALE) - safe) << np.uint64(48))
     seen = f > 0
-    return np.stack([np.where(seen, rcp, 0), np.where(seen, meta, 0)], axis=1).astype(np.uint64).ravel()
+    out = np.zeros((f.size, 2), np.uint64)
+    out[seen, 0], out[seen, 1] = rcp[seen], meta[seen]
+    return out.ravel()
+
+
+def table_bytes(tables: Tables) -> bytes:
+    """``tables.to_bytes()`` (format 3's table layout, kept by format 4) without a loop over rows."""
+    f = tables.freq.reshape(-1, ALPHA)
+    if not f.size:
+        return b""
+    nz = f > 0
+    lo = nz.argmax(axis=1)
+    span = ALPHA - nz[:, ::-1].argmax(axis=1) - lo
+    sizes = 3 + span
+    starts = np.cumsum(sizes) - sizes
+    out = np.empty(int(sizes.sum()), "<u2")
+    is_freq = np.ones(out.size, bool)
+    for k, field in enumerate((tables.used, lo, span)):
+        out[starts + k] = field
+        is_freq[starts + k] = False
+    cols = np.arange(ALPHA)
+    out[is_freq] = f[(cols >= lo[:, None]) & (cols < (lo + span)[:, None])]
+    return out.tobytes()
 
 
 # ------------------------------------------------------------------------------------------ encode
@@ -146,16 +168,18 @@ def encode_stream(
         par = None if parent is None else parent[a:b]
         if use_c:
             raw = np.empty((b - a) * lay.width + 8, np.uint8)
-            subs = np.zeros((4 if b - a >= 1 << 16 else 1, 256 * ALPHA), np.uint32)
+            subs = np.zeros((256 * ALPHA, 4 if b - a >= 1 << 16 else 1), np.uint32)
             bits = _exact4.scan(child[a:b], par, *lay.args(), syms[a:b], subs, raw)
-            return subs.sum(axis=0, dtype=np.uint32), raw[: (bits + 7) // 8], bits
+            return subs[:, 0], raw[: (bits + 7) // 8], bits
         ctx, tok, rawv, nraw = tokenize(lay, child[a:b], par)
         syms[a:b] = ctx << 8 | tok
         counts = np.bincount(syms[a:b], minlength=256 * ALPHA).astype(np.uint32)
         return counts, pack_bits(rawv, nraw), int(nraw.sum())
 
     scanned = _map(scan, bounds, threads)
-    counts = np.sum([s[0] for s in scanned], axis=0, dtype=np.uint32) if scanned else np.zeros(256 * ALPHA)
+    counts = np.zeros(256 * ALPHA, np.uint32)
+    for part in scanned:
+        counts += part[0]
     used, f = quantize(counts.reshape(256, ALPHA))
     tables = Tables.build(used, f)
     enc = enc_table(tables) if use_c else None
@@ -170,7 +194,7 @@ def encode_stream(
         return states, _encode_numpy(syms[a:b], tables, states)
 
     coded = _map(code, bounds, threads)
-    parts = [_HEAD.pack(CHUNK, len(used)), tables.to_bytes()]
+    parts = [_HEAD.pack(CHUNK, len(used)), table_bytes(tables)]
     for (states, words), (_, raw, bits) in zip(coded, scanned, strict=True):
         raw_bytes = raw.tobytes() if isinstance(raw, np.ndarray) else raw
         head = states.astype("<u4").tobytes() + _CHUNK.pack(words.size, bits)
@@ -231,23 +255,31 @@ def decode_stream(
     if zlib.crc32(buf[start:offset]) != struct.unpack_from("<I", buf, offset)[0]:
         raise CodecError("corrupt payload: stream checksum (crc32) mismatch")
     out = np.empty(n, f"<u{lay.width}")
-    lut = tables.lut()
+    if use_c:  # per (row, slot) its token; per (row, token) cum | (freq − 1) << 12
+        freq = tables.freq.astype(np.int64)
+        slots = np.repeat(np.tile(np.arange(ALPHA, dtype=np.uint8), freq.size // ALPHA), freq)
+        fc = (tables.cum.astype(np.int64) | (np.maximum(freq, 1) - 1) << 12).astype(np.uint32)
+    else:
+        lut = tables.lut()
 
     def run(job: tuple) -> None:
-        a, b, states, words, rawb, bits = job
-        raw = np.zeros(len(rawb) + 8, np.uint8)
+        a, b, states, wordb, rawb, bits = job
+        lanes, nwords = states.size, len(wordb) // 2
+        words = np.zeros(nwords + lanes, np.uint16)  # padding: see _exact4.c, decode
+        words[:nwords] = np.frombuffer(wordb, "<u2")
+        raw = np.zeros(len(rawb) + lanes * lay.width + 8, np.uint8)
         raw[: len(rawb)] = np.frombuffer(rawb, np.uint8)
         par = None if parent is None else parent[a:b]
         if use_c:
-            got = _exact4.decode(words, states, raw, par, *lay.args(), states.size, tables.rowmap, lut,
+            got = _exact4.decode(words, states, raw, par, *lay.args(), lanes, tables.rowmap, slots, fc,
                                  out[a:b])
         else:
-            got = _decode_numpy(lay, np.frombuffer(words, "<u2"), states, raw, par, tables, lut, out[a:b])
+            got = _decode_numpy(lay, words[:nwords], states, raw, par, tables, lut, out[a:b])
         if got is None:
             raise CodecError(
                 "corrupt payload or wrong parent: a context of the parent has no frequency table"
             )
-        if got != (len(words) // 2, bits) or not (states == RANS_L).all():
+        if got != (nwords, bits) or not (states == RANS_L).all():
             raise CodecError("corrupt payload: the chunk does not decode to its initial state")
 
     _map(run, jobs, threads)
