@@ -9,7 +9,7 @@ planes + zstd) by ``compression.exact_v2``.
 
 Format 4 (``DZT4``, written now) codes a delta as the integer difference of bit patterns
 ``child − parent`` (wrapping), as a sign-and-magnitude token modelled per parent exponent (interleaved
-rANS) plus raw low bits packed apart, in chunks of 2^20 elements (``compression.exact_v4``; a C kernel
+rANS) plus raw low bits packed apart, in chunks of 2^18 elements (``compression.exact_v4``; a C kernel
 with a numpy fallback of the same format). Format 3 (``DZT3``, ``compression.exact_rans``) has the same
 tokens and tables but codes raw bits through rANS too; it is read, no longer written. A parent of
 another float dtype is first cast to the child's dtype (torch, round to
@@ -156,7 +156,7 @@ def encode_tensor(
     The parent is used when its dtype is the child's or both are floats (then it is cast to the
     child's dtype), and its shape equals the child's (``delta``) or has fewer rows with the same
     trailing dims (``delta-rows``); otherwise the tensor is coded ``plain``. ``threads`` > 1 codes the
-    2^20-element chunks of a large tensor side by side (same bytes as one thread).
+    2^18-element chunks of a large tensor side by side (same bytes as one thread).
     """
     n = _check(raw, dtype, shape, "tensor")
     if parent_raw is None:

@@ -4,7 +4,7 @@ Tokens, contexts, raw bits and the 12-bit per-context tables are format 3's (``c
 What changed is speed: raw bits go LSB-first into a plain bit stream (they cost the same bytes as coding
 them at probability 1/2 in rANS, but no rANS op), the rANS stream codes one token per element with
 a multiply instead of a divide, the encoder derives tokens, counts and raw bits in one pass, and the
-tensor is cut into chunks of ``CHUNK`` elements (shared tables, their own states, words and raw bits),
+tensor is cut into chunks of ``CHUNK`` (2^18) elements (shared tables, their own states, words and raw bits),
 which threads can code side by side. Layout: docs/FORMAT.md ("Exact tensor payloads", format 4).
 
 The C extension ``compression._exact4`` runs the hot loops; the numpy path (``backend="numpy"``) writes
@@ -41,7 +41,7 @@ try:  # built by setup.py; optional so that the format never depends on a compil
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _exact4 = None
 
-CHUNK = 1 << 20  # elements per chunk
+CHUNK = 1 << 18  # elements per chunk (512 KiB of BF16: threads get work even on small models)
 _HEAD = struct.Struct("<IH")  # chunk elements, number of context tables
 _CHUNK = struct.Struct("<IQ")  # words, raw bits
 T = TypeVar("T")
