@@ -1,6 +1,7 @@
 """Lossy serving profiles against DARE and Magnitude at equal bytes, scored by bits-per-byte.
 
     python benchmarks/lossy.py ZOO_DIR --finetune coder --text eval_code.txt [--max-bytes 40000]
+        [--calibration stdlib | FILE] [--calibration-bytes 40000]
 
 ZOO_DIR holds base/ and the fine-tune folder (model.safetensors + config.json), as made by
 benchmarks/build_zoo.py. Only the linear weights of the decoder layers are made lossy (embeddings,
@@ -11,6 +12,10 @@ lm_head and norms stay exact), and "bytes" counts those linear deltas only:
   entropy bound), with a keep fraction solved per tensor so that each tensor's bytes equal those of
   the reference deltadq profile (``--reference``), or at the reference's drop rate with bf16 values.
 
+Calibrated profiles (``fit=refit|gptq|obs``) use input Hessians collected by running the BASE model
+on the calibration text (never the evaluation text): a file, or ``stdlib``, the first N characters of
+the 41st–60th ``*.py`` files of the Python standard library (sorted by name).
+
 Prints a Markdown table and writes it to benchmarks/results/lossy.md (``--out``).
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +35,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compression.baselines import dare, kept_for_budget, magnitude, sparse_bytes  # noqa: E402
+from compression.calibration import collect_hessians  # noqa: E402
 from compression.deltadq import build_artifact, is_packable, parse_profile  # noqa: E402
 from compression.quality import bits_per_byte, build_causal_lm, gain_kept  # noqa: E402
 
@@ -41,6 +48,12 @@ BEYOND = [
     "deltadq:n=1,m=32,bits=4,rescale=sum",
     "deltadq:n=1,m=32,bits=4,select=magnitude,rescale=sum",
     "deltadq:n=1,m=32,bits=4,scale=row,fit=lsq",
+]
+CALIBRATED = [
+    "deltadq:n=1,m=32,bits=4,fit=refit", "deltadq:n=1,m=32,bits=4,fit=gptq",
+    "deltadq:n=1,m=32,bits=4,fit=obs", "deltadq:n=1,m=32,bits=4,select=obs,fit=obs",
+    "deltadq:n=1,m=32,bits=4,scale=row,fit=obs", "deltadq:n=1,m=32,bits=4,fit=obs,anchor=100",
+    "deltadq:n=1,m=32,bits=4,fit=obs,anchor=1000",
 ]
 
 State = dict[str, torch.Tensor]
@@ -61,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", default="deltadq:n=1,m=32,bits=4", help="byte budget for the baselines")
     ap.add_argument("--profiles", nargs="*", default=None, help="deltadq profiles (default: paper + beyond)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lossy.md")
+    ap.add_argument("--calibration", default="stdlib", help="'stdlib' or a file (not the eval text)")
+    ap.add_argument("--calibration-bytes", type=int, default=40000)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
 
@@ -85,9 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     def linear_only(approx: Callable[[str], torch.Tensor]) -> State:
         return {**ft, **{k: approx(k) for k in linear}}
 
+    profiles = args.profiles if args.profiles is not None else PAPER + BEYOND + CALIBRATED
+    hessians = None
+    if any(parse_profile(p).needs_calibration for p in profiles):
+        calib = _calibration_text(args.calibration, args.calibration_bytes)
+        if calib in text or text in calib:
+            raise SystemExit("the calibration text overlaps the evaluation text; calibrate on another text")
+        hessians = collect_hessians(build_causal_lm(config, base), calib, max_tokens=args.calibration_bytes)
+        print(f"calibration: {len(calib)} characters", flush=True)
     budgets: dict[str, int] = {}
-    for profile in args.profiles if args.profiles is not None else PAPER + BEYOND:
-        art = build_artifact(base, {k: ft[k] for k in linear}, profile)
+    for profile in profiles:
+        art = build_artifact(base, {k: ft[k] for k in linear}, profile, calibration=hessians)
         dense = art.apply_to(base)
         nbytes = sum(d.nbytes for d in art.packed.values())
         if parse_profile(profile) == reference:
@@ -121,11 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _calibration_text(source: str, limit: int) -> str:
+    if source == "stdlib":
+        files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[40:60]
+        return "".join(f.read_text(encoding="utf-8") for f in files)[:limit]
+    return Path(source).read_text(encoding="utf-8")[:limit]
+
+
 def _markdown(args, n_bytes, bpb_base, bpb_ft, bf16_bytes, rows, seconds) -> str:
     command = "python benchmarks/lossy.py " + " ".join(sys.argv[1:])
     lines = [
         "# Lossy profiles: bytes and bits-per-byte", "",
         f"Command: `{command}` ({seconds:.0f} s, device {args.device})", "",
+        f"Calibration (calibrated profiles only; base model's layer inputs): `{args.calibration}`, "
+        f"first {args.calibration_bytes} characters.", "",
         f"Fine-tune `{args.finetune}` over `{args.base}`, text `{args.text}` ({n_bytes} bytes). "
         f"bpb: base {bpb_base:.4f}, fine-tune {bpb_ft:.4f}. Linear-layer delta in bf16: {bf16_bytes} bytes.",
         "",

@@ -10,16 +10,26 @@ n, m           1 ≤ n ≤ m ≤ 1024 (1, 32)    keep n of every m consecutive c
 bits           4, 2, 3, 8                  k-bit uniform symmetric codes
 scale          tensor, row, group          one fp16 min-max scale per tensor / row / group
 group_size     multiple of m               columns per scale when ``scale=group`` (only then)
-select         random, magnitude           which n of a group survive: seeded random (paper's
-                                           balanced dropout) or the largest |Δ| (biased)
+select         random, magnitude, obs      which n of a group survive: seeded random (paper's
+                                           balanced dropout), the largest |Δ| (biased), or the
+                                           largest OBS saliency Δ_j² / [H⁻¹]_jj (calibrated)
 rescale        mn, none, sum               kept values × m/n (paper); unchanged; or shifted so
                                            each group's sum equals the dense group's sum
-fit            minmax, lsq                 scale = max|x| / (2^(k−1)−1) (paper), or refined by
-                                           least squares on the kept values (Lloyd steps)
+fit            minmax, lsq, refit, gptq,   scale = max|x| / (2^(k−1)−1) (paper), or refined by
+               obs                         least squares on the kept values (Lloyd steps); or,
+                                           calibrated (compression/deltadq_fit.py): kept values
+                                           refit to the layer's inputs; + GPTQ rounding; + a
+                                           scale grid search on output error
+anchor         integer ≥ 0 (0)             calibrated fits only: pull the refit toward the paper's
+                                           m/n-rescaled values with weight anchor/100 · mean diag H
 include        linear, all                 pack decoder linear weights only, or also 2-D
                                            embeddings / lm_head
 seed           integer ≥ 0 (0)             dropout seed; each tensor uses seed + hash(name)
 =============  ==========================  =====================================================
+
+Calibrated options (``fit=refit|gptq|obs``, ``select=obs``) need ``calibration``: a mapping from
+linear weight names to their input Hessians ``H = XᵀX / N`` (``compression.calibration``); with them
+the kept values replace ``rescale`` (which must stay at its default).
 
 ``str(profile)`` is canonical: ``n``, ``m``, ``bits`` always, then only the options that differ from
 their default, in the order above. Everything here is pure: tensors in, ``PackedArtifact`` out.
@@ -35,6 +45,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from compression.deltadq_fit import damped, obs_positions, quantize_fitted, refit
 from compression.packed import PackedArtifact, PackedDelta, index_bits, pack_bits
 
 DELTADQ_VERSION = 1
@@ -43,15 +54,16 @@ ALLOWED_BITS = (2, 3, 4, 8)
 MAX_M = 1024
 _CHOICES = {
     "scale": ("tensor", "row", "group"),
-    "select": ("random", "magnitude"),
+    "select": ("random", "magnitude", "obs"),
     "rescale": ("mn", "none", "sum"),
-    "fit": ("minmax", "lsq"),
+    "fit": ("minmax", "lsq", "refit", "gptq", "obs"),
     "include": ("linear", "all"),
 }
-_INT_KEYS = ("n", "m", "bits", "group_size", "seed")
+_INT_KEYS = ("n", "m", "bits", "group_size", "anchor", "seed")
 # 2-D weights that are not linear layers of the decoder: token / position embeddings and the output head.
 _EMBEDDING_NAME = re.compile(r"(embed|lm_head|wte|wpe|embed_out|word_embeddings|shared)", re.IGNORECASE)
 _LSQ_STEPS = 4
+CALIBRATED_FITS = ("refit", "gptq", "obs")
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,7 @@ class DeltaDQProfile:
     select: str = "random"
     rescale: str = "mn"
     fit: str = "minmax"
+    anchor: int = 0
     include: str = "linear"
     seed: int = 0
 
@@ -88,6 +101,12 @@ class DeltaDQProfile:
             raise ValueError(f"group_size is only meaningful with scale=group (got scale={self.scale})")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed} must be ≥ 0")
+        if self.select == "obs" and self.fit not in CALIBRATED_FITS:
+            raise ValueError("select=obs keeps what a refit can use; add fit=refit, fit=gptq or fit=obs")
+        if self.anchor and self.fit not in CALIBRATED_FITS:
+            raise ValueError(f"anchor={self.anchor} only applies to fit=refit, fit=gptq or fit=obs")
+        if self.fit in CALIBRATED_FITS and self.rescale != "mn":
+            raise ValueError(f"fit={self.fit} refits the kept values itself; drop rescale={self.rescale}")
 
     def __str__(self) -> str:
         defaults = DeltaDQProfile()
@@ -103,6 +122,11 @@ class DeltaDQProfile:
     @property
     def kept_fraction(self) -> float:
         return self.n / self.m
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when building this profile needs per-layer input Hessians (``calibration``)."""
+        return self.fit in CALIBRATED_FITS
 
 
 def parse_profile(text: str) -> DeltaDQProfile:
@@ -185,13 +209,49 @@ def quantize(values: torch.Tensor, profile: DeltaDQProfile, name: str) -> tuple[
             num = (q * view).sum(-1, keepdim=True)
             den = (q * q).sum(-1, keepdim=True)
             scale = torch.where(den > 0, num / den.clamp_min(1e-30), scale)
+    scale16 = _fp16_scales(scale, values, name)
+    q = _levels(view, scale16.to(torch.float32), qmax)
+    return q.reshape(values.shape).to(torch.int32), scale16.reshape(_scales_shape(view, profile))
+
+
+def _scales_shape(view: torch.Tensor, profile: DeltaDQProfile) -> tuple[int, ...]:
+    return {"tensor": (1,), "row": (view.shape[0],)}.get(profile.scale, tuple(view.shape[:2]))
+
+
+def _fp16_scales(scale: torch.Tensor, values: torch.Tensor, name: str) -> torch.Tensor:
     scale16 = scale.to(torch.float16)
     if not torch.isfinite(scale16).all():
         biggest = values.abs().max().item()
         raise ValueError(f"{name}: delta too large for fp16 scales (max |Δ| = {biggest:.3g})")
-    q = _levels(view, scale16.to(torch.float32), qmax)
-    shape = {"tensor": (1,), "row": (values.shape[0],)}.get(profile.scale, tuple(view.shape[:2]))
-    return q.reshape(values.shape).to(torch.int32), scale16.reshape(shape)
+    return scale16
+
+
+def _quantize_calibrated(
+    delta3: torch.Tensor, pos: torch.Tensor, h: torch.Tensor, profile: DeltaDQProfile, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refit the kept values to the layer's inputs, then quantize them (``fit=refit|gptq|obs``)."""
+    rows, groups, m = delta3.shape
+    columns = (torch.arange(groups).reshape(1, groups, 1) * m + pos).reshape(rows, -1)
+    anchor = delta3.gather(-1, pos).reshape(rows, -1) * (profile.m / profile.n)
+    strength = profile.anchor / 100
+    values = refit(delta3.reshape(rows, -1), columns, h, anchor, strength)
+    mu = strength * h.diagonal().mean().item()
+    if profile.fit == "refit":
+        return quantize(values, profile, name)
+    qmax = (1 << (profile.bits - 1)) - 1
+    view = _scale_view(values, profile)
+    scales = _fp16_scales(view.abs().amax(-1) / qmax, values, name).reshape(_scales_shape(view, profile))
+    kept = values.shape[1]
+
+    def per_entry(sc: torch.Tensor) -> torch.Tensor:
+        if profile.scale == "tensor":
+            return sc.reshape(1, 1).expand(rows, kept)
+        if profile.scale == "row":
+            return sc.reshape(rows, 1).expand(rows, kept)
+        return sc.repeat_interleave(kept // sc.shape[1], dim=1)
+
+    q, chosen = quantize_fitted(values, columns, h, scales, per_entry, qmax, grid=profile.fit == "obs", mu=mu)
+    return q, _fp16_scales(chosen.to(torch.float32), values, name)
 
 
 def _levels(view: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -201,10 +261,22 @@ def _levels(view: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
 
 
 def compress_delta(
-    finetune: torch.Tensor, base: torch.Tensor, profile: DeltaDQProfile | str, name: str
+    finetune: torch.Tensor,
+    base: torch.Tensor,
+    profile: DeltaDQProfile | str,
+    name: str,
+    hessian: torch.Tensor | None = None,
 ) -> PackedDelta:
-    """DeltaDQ of one 2-D weight: Group-wise Balanced Dropout then Delta Quantization, packed."""
+    """DeltaDQ of one 2-D weight: Group-wise Balanced Dropout then Delta Quantization, packed.
+
+    ``hessian`` (the layer's input ``XᵀX / N``, ``[cols, cols]``) is required by calibrated profiles.
+    """
     profile = parse_profile(profile) if isinstance(profile, str) else profile
+    if profile.needs_calibration and hessian is None:
+        raise ValueError(
+            f"{name}: profile {profile} needs calibration (the layer's input Hessian); "
+            "collect it with compression.calibration.collect_hessians"
+        )
     if finetune.dim() != 2:
         raise ValueError(f"{name}: DeltaDQ packs 2-D weights; this tensor has shape {list(finetune.shape)}")
     if tuple(finetune.shape) != tuple(base.shape):
@@ -225,9 +297,16 @@ def compress_delta(
     delta3 = (finetune.detach().cpu().to(torch.float32) - base.detach().cpu().to(torch.float32))
     delta3 = delta3.reshape(rows, cols // profile.m, profile.m)
     seed = tensor_seed(profile.seed, name)
-    pos = _select(delta3, profile, seed)
-    kept = _rescale(delta3.gather(-1, pos), delta3, profile).reshape(rows, -1)
-    q, scales = quantize(kept, profile, name)
+    if profile.needs_calibration:
+        assert hessian is not None
+        h = damped(hessian, cols, name)
+        obs = profile.select == "obs"
+        pos = obs_positions(delta3, h, profile.n) if obs else _select(delta3, profile, seed)
+        q, scales = _quantize_calibrated(delta3, pos, h, profile, name)
+    else:
+        pos = _select(delta3, profile, seed)
+        kept = _rescale(delta3.gather(-1, pos), delta3, profile).reshape(rows, -1)
+        q, scales = quantize(kept, profile, name)
     return PackedDelta(
         shape=(rows, cols), n=profile.n, m=profile.m, bits=profile.bits,
         values=pack_bits(q + (1 << (profile.bits - 1)), profile.bits),
@@ -258,6 +337,7 @@ def build_artifact(
     base_state: Mapping[str, torch.Tensor],
     finetune_state: Mapping[str, torch.Tensor],
     profile: str | DeltaDQProfile,
+    calibration: Mapping[str, torch.Tensor] | None = None,
 ) -> PackedArtifact:
     """The ``profile`` serving artifact of a fine-tune against its base.
 
@@ -265,9 +345,14 @@ def build_artifact(
     m (and by group_size) and, unless ``include=all``, not an embedding or output head, become packed
     deltas. Every other tensor that differs from the base (or is new, reshaped or retyped) is kept
     exact in ``dense``; tensors equal to the base are omitted. Tensors of the base missing from the
-    fine-tune are listed in ``metadata["removed"]``.
+    fine-tune are listed in ``metadata["removed"]``. Calibrated profiles need ``calibration``: the
+    input Hessian of every packed weight, by name (``compression.calibration.collect_hessians``).
     """
     profile = parse_profile(profile) if isinstance(profile, str) else profile
+    if profile.needs_calibration and calibration is None:
+        raise ValueError(
+            f"profile {profile} needs calibration: pass calibration=collect_hessians(base model, text)"
+        )
     packed: dict[str, PackedDelta] = {}
     dense: dict[str, torch.Tensor] = {}
     for name, ft in finetune_state.items():
@@ -276,7 +361,16 @@ def build_artifact(
         if same_kind and torch.equal(base, ft):
             continue
         if is_packable(name, ft, base, profile):
-            packed[name] = compress_delta(ft, base, profile, name)  # type: ignore[arg-type]
+            hessian = None
+            if profile.needs_calibration:
+                assert calibration is not None
+                if name not in calibration:
+                    raise ValueError(
+                        f"profile {profile}: no calibration matrix for {name}; calibrate every linear "
+                        "layer (embeddings have none: use include=linear)"
+                    )
+                hessian = calibration[name]
+            packed[name] = compress_delta(ft, base, profile, name, hessian)  # type: ignore[arg-type]
         else:
             dense[name] = ft.detach().cpu().contiguous()
     removed = sorted(set(base_state) - set(finetune_state))

@@ -213,23 +213,39 @@ class PackedArtifact:
 _FIELDS = ("values", "indices", "scales")
 
 
-def save_artifact(artifact: PackedArtifact, path: str | Path) -> None:
-    """Write ``artifact`` as a safetensors container (docs/FORMAT.md, "Packed delta container")."""
-    from safetensors.torch import save_file
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+    **{getattr(torch, a): n for a, n in (
+        ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
+        ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"),
+    ) if hasattr(torch, a)},
+}
 
+
+def save_artifact(artifact: PackedArtifact, path: str | Path) -> None:
+    """Write ``artifact`` as a safetensors container (docs/FORMAT.md, "Packed delta container").
+
+    The bytes are a function of the artifact alone: the header is JSON with sorted keys and no
+    spaces, padded with spaces to a multiple of 8 bytes, and tensors follow in safetensors' own order
+    (larger element size first, then name), so every tensor starts aligned to its element size.
+    """
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict[str, object]] = {}
     for name, d in artifact.packed.items():
         d.validate(name)
         for field in _FIELDS:
-            tensors[f"{name}:{field}"] = getattr(d, field).contiguous().cpu()
+            tensors[f"{name}:{field}"] = getattr(d, field)
         entries[name] = {
             "kind": "packed", "shape": list(d.shape), "n": d.n, "m": d.m, "bits": d.bits,
             "scale_granularity": d.scale_granularity, "group_size": d.group_size, "seed": d.seed,
             "dtype": d.dtype,
         }
     for name, t in artifact.dense.items():
-        tensors[f"{name}:dense"] = t.contiguous().cpu()
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise PackedFormatError(f"{name}: dtype {t.dtype} cannot be stored in a safetensors container")
+        tensors[f"{name}:dense"] = t
         entries[name] = {"kind": "dense"}
     metadata = {
         **{k: str(v) for k, v in artifact.metadata.items()},
@@ -238,7 +254,23 @@ def save_artifact(artifact: PackedArtifact, path: str | Path) -> None:
         "profile": artifact.profile,
         "entries": json.dumps(entries, sort_keys=True),
     }
-    save_file(tensors, str(path), metadata=metadata)
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for key in order:
+        t = tensors[key]
+        size = t.numel() * t.element_size()
+        dtype = _SAFETENSORS_DTYPES[t.dtype]
+        header[key] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for key in order:  # one tensor in memory at a time
+            t = tensors[key].detach().contiguous().cpu().reshape(-1)
+            f.write(t.view(torch.uint8).numpy().tobytes())
 
 
 def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> PackedArtifact:

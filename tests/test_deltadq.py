@@ -260,12 +260,57 @@ def test_golden_container_reads_forever(tmp_path):
     assert torch.equal(d.to_dense(), expect * s16)
 
 
+# The same artifact as written by the deterministic writer (sorted JSON header, space padded to 8 bytes,
+# tensors by element size then name): save_artifact must write exactly these bytes.
+GOLDEN_WRITTEN_HEX = (
+    "70020000000000007b225f5f6d657461646174615f5f223a7b2264656c746164715f76657273696f6e223a2231222c22"
+    "656e7472696573223a227b5c22772e7765696768745c223a207b5c22626974735c223a20342c205c2264747970655c22"
+    "3a205c22666c6f617433325c222c205c2267726f75705f73697a655c223a20302c205c226b696e645c223a205c227061"
+    "636b65645c222c205c226d5c223a20342c205c226e5c223a20312c205c227363616c655f6772616e756c61726974795c"
+    "223a205c2274656e736f725c222c205c22736565645c223a20373930343433303630323037323232363731382c205c22"
+    "73686170655c223a205b322c20385d7d7d222c22666f726d6174223a2264656c74617a6f6f2e7061636b65642d64656c"
+    "7461222c22666f726d61745f76657273696f6e223a2231222c226d6574686f64223a2264656c74616471222c2270726f"
+    "66696c65223a2264656c746164713a6e3d312c6d3d342c626974733d342c73656c6563743d6d61676e69747564652c72"
+    "657363616c653d6e6f6e65222c2272656d6f766564223a225b5d222c2273656564223a2230227d2c22772e7765696768"
+    "743a696e6469636573223a7b22646174615f6f666673657473223a5b322c31305d2c226474797065223a225538222c22"
+    "7368617065223a5b322c345d7d2c22772e7765696768743a7363616c6573223a7b22646174615f6f666673657473223a"
+    "5b302c325d2c226474797065223a22463136222c227368617065223a5b315d7d2c22772e7765696768743a76616c7565"
+    "73223a7b22646174615f6f666673657473223a5b31302c31385d2c226474797065223a225538222c227368617065223a"
+    "5b322c345d7d7d2092300d000000040000001c0000004d000000"
+)
+
+
 def test_golden_container_is_what_we_write(tmp_path):
     ft, base = _golden_pair()
     art = build_artifact(base, ft, "deltadq:n=1,m=4,bits=4,select=magnitude,rescale=none")
     save_artifact(art, tmp_path / "w.safetensors")
-    # safetensors orders header keys as it likes: compare the parsed header and the data bytes.
-    header, data = _split((tmp_path / "w.safetensors").read_bytes())
+    assert (tmp_path / "w.safetensors").read_bytes() == bytes.fromhex(GOLDEN_WRITTEN_HEX)
+    # the older writer's file (other header key order) holds the same header and data
+    header, data = _split(bytes.fromhex(GOLDEN_WRITTEN_HEX))
     golden_header, golden_data = _split(bytes.fromhex(GOLDEN_CONTAINER_HEX))
     assert header == golden_header
     assert data == golden_data == bytes.fromhex("9230" "0d000000" "040000001c000000" "4d000000")
+
+
+def test_save_is_deterministic_and_safetensors_reads_it(tmp_path):
+    from safetensors import safe_open
+
+    base, ft = _states()
+    art = build_artifact(base, ft, "deltadq:n=2,m=16,bits=4,scale=row,seed=3")
+    shuffled = type(art)(
+        profile=art.profile,
+        packed=dict(reversed(list(art.packed.items()))),
+        dense=dict(reversed(list(art.dense.items()))),
+        metadata=dict(reversed(list(art.metadata.items()))),
+    )
+    save_artifact(art, tmp_path / "a.safetensors")
+    save_artifact(shuffled, tmp_path / "b.safetensors")
+    blob = (tmp_path / "a.safetensors").read_bytes()
+    assert blob == (tmp_path / "b.safetensors").read_bytes()
+    assert (8 + int.from_bytes(blob[:8], "little")) % 8 == 0
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as f:
+        for name, d in art.packed.items():
+            assert torch.equal(f.get_tensor(f"{name}:values"), d.values)
+            assert torch.equal(f.get_tensor(f"{name}:scales"), d.scales)
+        for name, t in art.dense.items():
+            assert torch.equal(f.get_tensor(f"{name}:dense"), t)
