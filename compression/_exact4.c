@@ -220,9 +220,10 @@ out:
 }
 
 /* ----------------------------------------------------------------------------------------- encode */
-/* enc: per (row, token) two u64: reciprocal, then bias | freq << 32 | (4096 − freq) << 48. */
-static Py_ssize_t encode_core(const uint16_t *syms, Py_ssize_t n, int lanes, const uint16_t *rm,
-                              const uint64_t *enc, uint32_t *x, uint16_t *w, Py_ssize_t pos) {
+/* enc: per token (u16 context << 8 | token: every index is in bounds) two u64: the reciprocal, then
+ * bias | freq << 32 | (4096 − freq) << 48. */
+static Py_ssize_t encode_core(const uint16_t *restrict syms, Py_ssize_t n, int lanes, const uint64_t *restrict enc,
+                              uint32_t *restrict x, uint16_t *restrict w, Py_ssize_t pos) {
     for (int j = 0; j < lanes; j++) x[j] = RANS_L;
     Py_ssize_t steps = (n + lanes - 1) / lanes;
     for (Py_ssize_t t = steps - 1; t >= 0; t--) {
@@ -230,7 +231,7 @@ static Py_ssize_t encode_core(const uint16_t *syms, Py_ssize_t n, int lanes, con
         int a = (int)(n - base < lanes ? n - base : lanes);
         for (int j = a - 1; j >= 0; j--) {
             uint32_t s = syms[base + j];
-            const uint64_t *e = enc + 2 * (((Py_ssize_t)rm[s >> 8] << 8) | (s & 255));
+            const uint64_t *e = enc + 2 * (Py_ssize_t)s;
             uint64_t rcp = e[0], meta = e[1];
             uint32_t f = (uint32_t)(meta >> 32) & 0xFFFF, xs = x[j];
             uint32_t need = (xs >> 20) >= f;
@@ -244,24 +245,24 @@ static Py_ssize_t encode_core(const uint16_t *syms, Py_ssize_t n, int lanes, con
     return pos;
 }
 
-/* encode(syms u16[n], lanes, rowmap u16[256], enc u64[rows*256*2], states_out u32[lanes], words u16[cap])
+/* encode(syms u16[n], lanes, enc u64[65536*2], states_out u32[lanes], words u16[cap])
  * -> words written (at the end of words). */
 static PyObject *py_encode(PyObject *self, PyObject *args) {
-    Py_buffer syms, rowmap, enc, states, words;
+    Py_buffer syms, enc, states, words;
     int lanes;
     PyObject *ret = NULL;
-    if (!PyArg_ParseTuple(args, "y*iy*y*w*w*", &syms, &lanes, &rowmap, &enc, &states, &words)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*iy*w*w*", &syms, &lanes, &enc, &states, &words)) return NULL;
     Py_ssize_t n = syms.len / 2, cap = words.len / 2, pos;
-    if (lanes < 1 || lanes > MAX_LANES || states.len != 4 * lanes || rowmap.len != 512 || cap < n + 1) {
-        PyErr_SetString(PyExc_ValueError, "_exact4.encode: bad lanes/states/rowmap/words");
+    if (lanes < 1 || lanes > MAX_LANES || states.len != 4 * lanes || enc.len != 65536 * 16 || cap < n + 1) {
+        PyErr_SetString(PyExc_ValueError, "_exact4.encode: bad lanes/states/enc/words");
         goto out;
     }
     Py_BEGIN_ALLOW_THREADS
-    pos = encode_core(syms.buf, n, lanes, rowmap.buf, enc.buf, states.buf, words.buf, cap);
+    pos = encode_core(syms.buf, n, lanes, enc.buf, states.buf, words.buf, cap);
     Py_END_ALLOW_THREADS
     ret = PyLong_FromSsize_t(cap - pos);
 out:
-    PyBuffer_Release(&syms); PyBuffer_Release(&rowmap); PyBuffer_Release(&enc);
+    PyBuffer_Release(&syms); PyBuffer_Release(&enc);
     PyBuffer_Release(&states); PyBuffer_Release(&words);
     return ret;
 }

@@ -116,7 +116,7 @@ def unpack_bits(buf: np.ndarray, nbits: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ tables
 def enc_table(tables: Tables) -> np.ndarray:
-    """u64[rows * ALPHA * 2]: per (row, token) the reciprocal floor(2^64 / f) + 1 (f = 1: 2^64 − 1, with
+    """u64[256 * ALPHA * 2]: per (context, token) the reciprocal floor(2^64 / f) + 1 (f = 1: 2^64 − 1, with
     the bias raised by 4095), then bias | f << 32 | (4096 − f) << 48; q = mulhi(x, rcp) = floor(x / f)."""
     f = tables.freq.astype(np.uint64)
     safe = np.maximum(f, np.uint64(1))
@@ -127,9 +127,10 @@ def enc_table(tables: Tables) -> np.ndarray:
     rcp[one] = np.uint64(0xFFFFFFFFFFFFFFFF)
     bias = tables.cum.astype(np.uint64) + np.where(one, np.uint64(PROB_SCALE - 1), np.uint64(0))
     meta = bias | (f << np.uint64(32)) | ((np.uint64(PROB_SCALE) - safe) << np.uint64(48))
-    seen = f > 0
-    out = np.zeros((f.size, 2), np.uint64)
-    out[seen, 0], out[seen, 1] = rcp[seen], meta[seen]
+    seen = np.flatnonzero(f > 0)
+    rows = tables.used.astype(np.int64)[seen // ALPHA]
+    out = np.zeros((256 * ALPHA, 2), np.uint64)
+    out[rows * ALPHA + seen % ALPHA] = np.stack([rcp[seen], meta[seen]], axis=1)
     return out.ravel()
 
 
@@ -189,7 +190,7 @@ def encode_stream(
         states = np.empty(lanes_for(b - a), np.uint32)
         if use_c:
             words = np.empty(b - a + 1, np.uint16)
-            count = _exact4.encode(syms[a:b], states.size, tables.rowmap, enc, states, words)
+            count = _exact4.encode(syms[a:b], states.size, enc, states, words)
             return states, words[words.size - count :]
         return states, _encode_numpy(syms[a:b], tables, states)
 

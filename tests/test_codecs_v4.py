@@ -62,7 +62,7 @@ def test_reciprocal_table_divides_exactly() -> None:
     tables = Tables.build(np.arange(16), np.zeros((16, 256), np.int64))
     tables.freq = np.concatenate([f, np.ones(16 * 256 - f.size, np.int64)]).astype(np.uint32)
     tables.cum = np.zeros(16 * 256, np.uint32)
-    enc = V.enc_table(tables).reshape(-1, 2)[: f.size]
+    enc = V.enc_table(tables).reshape(-1, 2)[: f.size]  # contexts 0..15 are rows 0..15
     for x in (1 << 16, (1 << 16) + 1, (1 << 32) - 1, 123456789):
         q = [(x * int(r)) >> 64 for r in enc[:, 0]]
         want = [x // int(v) if v > 1 else x - 1 for v in f]  # f = 1: x - 1, the bias adds the rest
