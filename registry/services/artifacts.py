@@ -7,15 +7,16 @@ import tempfile
 from collections.abc import Callable
 
 import torch
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.db import after_commit
 from registry.errors import Conflict, NotFound
-from registry.models import Artifact, Job, Version
+from registry.models import Artifact, Job, TextSet, Version
 from registry.objectstore import ObjectStore
 from registry.repositories import ArtifactRepository, JobRepository, TensorRepository
 from registry.services.profiles import check_profile, deltadq_module
-from registry.services.storage import put_blob, reconstruct, resolve_recipes
+from registry.services.storage import get_blob, put_blob, reconstruct, resolve_recipes
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -123,6 +124,30 @@ def load_state(session: Session, store: ObjectStore, version_id: int) -> dict[st
     return state
 
 
+def _calibration(
+    session: Session, store: ObjectStore, base_id: int, base: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Input Hessians of the base model's linear layers on the first registered text (fit=refit|gptq|obs)."""
+    from compression.calibration import collect_hessians
+    from compression.quality import NotEvaluable, build_causal_lm
+    from registry.services.evaluation import load_tokenizer, version_config
+
+    text = session.scalar(select(TextSet).order_by(TextSet.id).limit(1))
+    if text is None or text.blob is None:
+        raise ArtifactBuildError("fit=obs needs a calibration text: register one with POST /v1/texts")
+    base_version = session.get(Version, base_id)
+    assert base_version is not None
+    config = version_config(session, store, base_version)
+    if config is None:
+        raise ArtifactBuildError("calibrated profiles run the base model: its version needs a config.json")
+    try:
+        model = build_causal_lm(config, base)
+        tokenizer = load_tokenizer(session, store, base_version)
+        return collect_hessians(model, get_blob(store, text.blob).decode("utf-8"), tokenizer=tokenizer)
+    except NotEvaluable as exc:
+        raise ArtifactBuildError(f"calibrated profiles run the base model, which cannot run: {exc}") from exc
+
+
 def build_artifact(session: Session, store: ObjectStore, artifact: Artifact) -> None:
     """Build and store one artifact; raises ``ArtifactBuildError`` for a profile that cannot be built."""
     version = session.get(Version, artifact.version_id)
@@ -134,8 +159,11 @@ def build_artifact(session: Session, store: ObjectStore, artifact: Artifact) -> 
         raise ArtifactBuildError("compression.deltadq is not installed in this deltazoo")
     base = load_state(session, store, version.parent_version_id)
     finetune = load_state(session, store, version.id)
+    calibration = None
+    if module.parse_profile(artifact.profile).needs_calibration:
+        calibration = _calibration(session, store, version.parent_version_id, base)
     try:
-        packed = module.build_artifact(base, finetune, artifact.profile)
+        packed = module.build_artifact(base, finetune, artifact.profile, calibration=calibration)
     except ValueError as exc:
         raise ArtifactBuildError(str(exc)) from exc
     del base, finetune
