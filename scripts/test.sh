@@ -59,9 +59,10 @@ fi
 export TRITON_INTERPRET=1
 log="$(mktemp -t deltazoo-pytest.XXXXXX.log)"
 # --dist loadfile keeps a file's tests on one worker, so a module's servers start once, not twice.
-say "python -m pytest -n 2 --dist loadfile $* (log: $log)"
+# --durations shows the slowest tests every run: the whole suite must stay under 10 minutes on 2 cores.
+say "python -m pytest -n 2 --dist loadfile --durations=15 $* (log: $log)"
 set +e
-python -m pytest -n 2 --dist loadfile "$@" 2>&1 | tee "$log"
+python -m pytest -n 2 --dist loadfile --durations=15 "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 
