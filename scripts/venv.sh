@@ -2,7 +2,8 @@
 #
 # Creates .venv when missing (reuses it after), installs torch==$TORCH_VERSION FIRST (the CPU build
 # lies on this machine kind's disk; a bare torch requirement would pull GBs of CUDA), then the project
-# editable with EXTRAS. The project is reinstalled only when pyproject.toml or EXTRAS change.
+# editable with EXTRAS. The project is reinstalled only when pyproject.toml, setup.py or the C
+# sources (compression/*.c, built at install time) change, or for new EXTRAS.
 
 TORCH_VERSION=2.13.0
 
@@ -31,9 +32,10 @@ ensure_venv() {
   fi
 
   local stamp=".venv/.deltazoo-install-${extras//,/-}" want
-  want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  # what pip builds from: metadata and the C kernels compiled at install time
+  want="$(cat pyproject.toml setup.py compression/*.c 2>/dev/null | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ] && python -c "import deltazoo" 2>/dev/null; then
-    say "deltazoo[$extras] already installed (pyproject.toml unchanged)"
+    say "deltazoo[$extras] already installed (pyproject.toml, setup.py and C sources unchanged)"
   else
     say "installing the project: pip install -e '.[$extras]'"
     python -m pip install -e ".[$extras]"
