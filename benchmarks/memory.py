@@ -99,7 +99,7 @@ def process_tree(pid: int) -> list[int]:
 
 
 @contextmanager
-def servers(stack: bool, root: Path) -> Iterator[dict[str, object]]:
+def servers(stack: bool, root: Path, extra: dict[str, str]) -> Iterator[dict[str, object]]:
     from tests.servers import CeleryWorker, full_stack_env, start_api_server
     from tests.services import (
         ADMIN_TOKEN,
@@ -111,7 +111,7 @@ def servers(stack: bool, root: Path) -> Iterator[dict[str, object]]:
     )
 
     if not stack:
-        api = start_api_server(root / "home", {})
+        api = start_api_server(root / "home", extra)
         try:
             processes = {"API (embedded, jobs in-process)": api.process.pid}
             yield {"url": api.url, "token": None, "processes": processes}
@@ -126,7 +126,7 @@ def servers(stack: bool, root: Path) -> Iterator[dict[str, object]]:
     try:
         with temporary_database() as database:
             upgrade_database(database)
-            settings = full_stack_env(database, broker, s3, ADMIN_TOKEN)
+            settings = {**full_stack_env(database, broker, s3, ADMIN_TOKEN), **extra}
             (root / "worker").mkdir()
             worker = CeleryWorker(child_env({"DELTAZOO_HOME": str(root / "wh"), **settings}), root / "worker")
             worker.start()
@@ -153,6 +153,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--cols", type=int, default=4096)
     parser.add_argument("--stack", action="store_true", help="full stack instead of the embedded server")
+    parser.add_argument("--cache-mb", type=int, default=None, help="DELTAZOO_TENSOR_CACHE_MB of the servers")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.md")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     args = parser.parse_args()
@@ -167,7 +168,8 @@ def main() -> int:
         tune = write_checkpoint(root / "ft", args.tensors, args.rows, args.cols, finetune=True)
         size_mib = (base / "model.safetensors").stat().st_size / 2**20
         print(f"wrote 2 checkpoints of {size_mib:.0f} MiB in {time.perf_counter() - t0:.0f} s", flush=True)
-        with servers(args.stack, root / "srv") as handle:
+        extra = {} if args.cache_mb is None else {"DELTAZOO_TENSOR_CACHE_MB": str(args.cache_mb)}
+        with servers(args.stack, root / "srv", extra) as handle:
             pids: dict[str, int] = handle["processes"]  # type: ignore[assignment]
             idle = {name: peak_rss_mib(pid)[0] for name, pid in pids.items()}
             timings = {}
@@ -195,10 +197,13 @@ def main() -> int:
 
 def report(args, tensor_mib, size_mib, idle, peaks, timings, stats) -> None:  # type: ignore[no-untyped-def]
     mode = "full stack (API + Celery worker, Postgres, Redis, weed mini S3)" if args.stack else "embedded"
+    cache = "default" if args.cache_mb is None else f"{args.cache_mb} MiB"
+    mode += f", tensor cache {cache}"
     lines = [
         f"## Peak memory, {mode}",
         "",
-        f"Command: `python benchmarks/memory.py{' --stack' if args.stack else ''} --tensors {args.tensors} "
+        f"Command: `python benchmarks/memory.py{' --stack' if args.stack else ''}"
+        f"{'' if args.cache_mb is None else f' --cache-mb {args.cache_mb}'} --tensors {args.tensors} "
         f"--rows {args.rows} --cols {args.cols}` on {platform.machine()}, {os.cpu_count()} CPUs.",
         "",
         f"- checkpoints: bf16 base and fine-tune, {args.tensors} tensors each, largest tensor "
