@@ -31,7 +31,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def normalize_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean the psycopg2 driver deltazoo installs."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
 def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -99,7 +108,7 @@ def upgrade_database(url: str | None = None) -> None:
     """Bring the database at ``url`` (default: the settings') to the newest schema (alembic upgrade head)."""
     from alembic import command
 
-    url = url or get_settings().resolved_database_url
+    url = normalize_url(url or get_settings().resolved_database_url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

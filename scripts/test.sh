@@ -16,7 +16,14 @@ cd "$(dirname "$0")/.."
 # --- 1. virtual environment, torch first, then the project ------------------------------------
 ensure_venv server,dev
 
-# --- 2. the browser test's node packages (tests/browser: playwright-core driving /usr/bin/chromium) --
+# --- 2. the browser test's Chromium (Debian's package) and node packages (tests/browser: playwright-core driving /usr/bin/chromium) --
+if [ ! -x /usr/bin/chromium ]; then
+  command -v apt-get >/dev/null || die "the browser test needs Debian's chromium at /usr/bin/chromium"
+  say "installing Debian's chromium for the browser test"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq chromium \
+    || die "could not install chromium (apt-get install chromium): the browser test needs it"
+fi
 if [ -f tests/browser/package-lock.json ]; then
   lock_sha="$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)"
   browser_stamp=tests/browser/node_modules/.deltazoo-lock-sha256
