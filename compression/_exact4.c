@@ -106,7 +106,7 @@ static inline __attribute__((always_inline)) int64_t scan_core(
     const uint32_t *restrict dt = width == 2 ? delta16 : delta8;
     uint64_t acc = 0;
     int cnt = 0;
-    uint8_t *restrict out = raw;
+    uint8_t *restrict out = raw, seen[256] = {0};
 #define PUT(v, nb) do { acc |= (uint64_t)(v) << cnt; cnt += (nb); memcpy(out, &acc, 8); \
                         out += cnt >> 3; acc >>= cnt & ~7; cnt &= 7; } while (0)
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -140,6 +140,7 @@ static inline __attribute__((always_inline)) int64_t scan_core(
         counts[(Py_ssize_t)sym * (hmask + 1) + (i & hmask)]++; /* h counters per token: no store-to-load
                                                                   chain on repeats, one cache line */
         syms[i] = (uint16_t)sym;
+        seen[sym >> 8] = 1;
         if (width == 8) {
             int lo = nr < 32 ? nr : 32;
             PUT(r & ((1ull << lo) - 1), lo);
@@ -149,9 +150,11 @@ static inline __attribute__((always_inline)) int64_t scan_core(
         }
     }
 #undef PUT
-    if (hmask) /* fold each token's counters into its first */
-        for (Py_ssize_t k = 0; k < 65536; k++)
-            for (Py_ssize_t h = 1; h <= hmask; h++) counts[k * (hmask + 1)] += counts[k * (hmask + 1) + h];
+    if (hmask) /* fold each token's counters into its first, in the contexts that occur */
+        for (Py_ssize_t ctx = 0; ctx < 256; ctx++)
+            if (seen[ctx])
+                for (Py_ssize_t k = ctx << 8; k < (ctx + 1) << 8; k++)
+                    for (Py_ssize_t h = 1; h <= hmask; h++) counts[k * (hmask + 1)] += counts[k * (hmask + 1) + h];
     if (cnt) { *out = (uint8_t)acc; out++; }
     return (int64_t)(out - raw) * 8 - (cnt ? 8 - cnt : 0);
 }

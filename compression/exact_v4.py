@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - exercised where no compiler was availa
 CHUNK = 1 << 18  # elements per chunk (512 KiB of BF16: threads get work even on small models)
 _HEAD = struct.Struct("<IH")  # chunk elements, number of context tables
 _CHUNK = struct.Struct("<IQ")  # words, raw bits
+_TABLE = struct.Struct("<HHH")  # context, first token, token count (format 3's table header)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -118,20 +119,30 @@ def unpack_bits(buf: np.ndarray, nbits: np.ndarray) -> np.ndarray:
 def enc_table(tables: Tables) -> np.ndarray:
     """u64[256 * ALPHA * 2]: per (context, token) the reciprocal floor(2^64 / f) + 1 (f = 1: 2^64 − 1, with
     the bias raised by 4095), then bias | f << 32 | (4096 − f) << 48; q = mulhi(x, rcp) = floor(x / f)."""
-    f = tables.freq.astype(np.uint64)
+    seen = np.flatnonzero(tables.freq)
+    f = tables.freq[seen].astype(np.uint64)
+    one = f == 1
+    bias = tables.cum[seen].astype(np.uint64) + np.where(one, np.uint64(PROB_SCALE - 1), np.uint64(0))
+    meta = bias | (f << np.uint64(32)) | ((np.uint64(PROB_SCALE) - f) << np.uint64(48))
+    rows = tables.used.astype(np.int64)[seen // ALPHA]
+    out = np.zeros((256 * ALPHA, 2), np.uint64)
+    at = rows * ALPHA + seen % ALPHA
+    out[at, 0] = _RCP[f.astype(np.int64)]
+    out[at, 1] = meta
+    return out.ravel()
+
+
+def _reciprocals() -> np.ndarray:
+    f = np.arange(PROB_SCALE + 1, dtype=np.uint64)
     safe = np.maximum(f, np.uint64(1))
     pow2 = ((safe & (safe - np.uint64(1))) == 0).astype(np.uint64)
     with np.errstate(over="ignore"):
         rcp = np.uint64(0xFFFFFFFFFFFFFFFF) // safe + np.uint64(1) + pow2
-    one = f == 1
-    rcp[one] = np.uint64(0xFFFFFFFFFFFFFFFF)
-    bias = tables.cum.astype(np.uint64) + np.where(one, np.uint64(PROB_SCALE - 1), np.uint64(0))
-    meta = bias | (f << np.uint64(32)) | ((np.uint64(PROB_SCALE) - safe) << np.uint64(48))
-    seen = np.flatnonzero(f > 0)
-    rows = tables.used.astype(np.int64)[seen // ALPHA]
-    out = np.zeros((256 * ALPHA, 2), np.uint64)
-    out[rows * ALPHA + seen % ALPHA] = np.stack([rcp[seen], meta[seen]], axis=1)
-    return out.ravel()
+    rcp[:2] = np.uint64(0xFFFFFFFFFFFFFFFF)  # f = 1 (0 never occurs)
+    return rcp
+
+
+_RCP = _reciprocals()  # per frequency: floor(2^64 / f) + 1
 
 
 def table_bytes(tables: Tables) -> bytes:
@@ -152,6 +163,33 @@ def table_bytes(tables: Tables) -> bytes:
     cols = np.arange(ALPHA)
     out[is_freq] = f[(cols >= lo[:, None]) & (cols < (lo + span)[:, None])]
     return out.tobytes()
+
+
+def parse_tables(buf: memoryview, offset: int, count: int) -> tuple[Tables, int]:
+    """``Tables.from_bytes`` with the same checks, the frequencies gathered by one numpy copy."""
+    used = np.empty(count, np.int64)
+    spans: list[tuple[int, int, int]] = []  # (flat position of the first frequency, its offset, count)
+    for row in range(count):
+        if offset + _TABLE.size > len(buf):
+            raise CodecError("corrupt payload: truncated frequency table")
+        ctx, lo, span = _TABLE.unpack_from(buf, offset)
+        offset += _TABLE.size
+        if ctx > 255 or lo + span > ALPHA or offset + 2 * span > len(buf) or (row and ctx <= used[row - 1]):
+            raise CodecError("corrupt payload: bad frequency table header")
+        used[row] = ctx
+        spans.append((row * ALPHA + lo, offset, span))
+        offset += 2 * span
+    f = np.zeros(count * ALPHA, np.int64)
+    if count:
+        start = spans[0][1] - _TABLE.size
+        words = np.frombuffer(buf[start:offset], "<u2").astype(np.int64)
+        dst = np.concatenate([np.arange(at, at + span) for at, _, span in spans])
+        src = np.concatenate([np.arange(span) + (off - start) // 2 for _, off, span in spans])
+        f[dst] = words[src]
+    f = f.reshape(count, ALPHA)
+    if count and not (f.sum(axis=1) == PROB_SCALE).all():
+        raise CodecError(f"corrupt payload: a frequency table does not sum to {PROB_SCALE}")
+    return Tables.build(used, f), offset
 
 
 # ------------------------------------------------------------------------------------------ encode
@@ -237,7 +275,7 @@ def decode_stream(
     chunk, count = _HEAD.unpack_from(buf, offset)
     if chunk != CHUNK:
         raise CodecError(f"corrupt payload: chunks of {chunk} elements (format 4 uses {CHUNK})")
-    tables, offset = Tables.from_bytes(buf, offset + _HEAD.size, count)
+    tables, offset = parse_tables(buf, offset + _HEAD.size, count)
     jobs = []
     for a, b in _chunks(n, CHUNK):
         lanes = lanes_for(b - a)
