@@ -4,7 +4,7 @@ A worker killed mid-job (SIGKILL, out of memory, a lost host) leaves its Redis m
 until the broker's visibility timeout (an hour) and the job row ``running`` for good. So the worker
 running a job touches the job row's ``updated_at`` every ``job_heartbeat_s`` seconds, and a reaper
 thread in every worker sends again each ``running`` job whose heartbeat is older than
-``STALE_BEATS`` beats (one conditional UPDATE per job, so two reapers never both send it). Running a
+``STALE_BEATS`` beats (rows locked with SKIP LOCKED, so two reapers never both send it). Running a
 job twice is harmless: ``run_job`` resumes and skips the work an interrupted run committed.
 """
 
@@ -15,9 +15,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 
 from registry.db import session_scope
 from registry.models import Job, utcnow
@@ -54,23 +53,26 @@ def heartbeat(ctx: JobContext, job_id: int) -> Iterator[None]:
 
 
 def requeue_stale(ctx: JobContext, submit: Callable[[int], None]) -> list[int]:
-    """Put ``running`` jobs whose heartbeat stopped back to ``queued`` and send them; returns their ids."""
+    """Put ``running`` jobs whose heartbeat stopped back to ``queued`` and send them; returns their ids.
+
+    Rows locked by a live transaction (a worker committing its progress) are skipped: that worker is
+    alive. A killed worker's connection closes with it, and so do its locks.
+    """
     cutoff = utcnow() - timedelta(seconds=STALE_BEATS * ctx.settings.job_heartbeat_s)
-    sent: list[int] = []
     with session_scope(ctx.settings) as s:
-        stale = list(s.scalars(select(Job.id).where(Job.status == "running", Job.updated_at < cutoff)))
-    for job_id in stale:
-        with session_scope(ctx.settings) as s:
-            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
-                update(Job)
-                .where(Job.id == job_id, Job.status == "running", Job.updated_at < cutoff)
-                .values(status="queued", error="its worker stopped answering; sent again")
+        stale = list(
+            s.scalars(
+                select(Job)
+                .where(Job.status == "running", Job.updated_at < cutoff)
+                .with_for_update(skip_locked=True)
             )
-            claimed = result.rowcount
-        if claimed:
-            log.warning("job %s lost its worker; sending it again", job_id)
-            submit(job_id)
-            sent.append(job_id)
+        )
+        for job in stale:
+            job.status, job.error = "queued", "its worker stopped answering; sent again"
+        sent = [job.id for job in stale]
+    for job_id in sent:
+        log.warning("job %s lost its worker; sending it again", job_id)
+        submit(job_id)
     return sent
 
 
