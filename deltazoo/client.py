@@ -303,6 +303,17 @@ class Client:
                 return
             received, failures = int(answer["received"]), 0
 
+    def _check_base(self, base: str) -> None:
+        try:
+            self.version_info(base)
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"base {base} not found ({exc.message}): push it first with "
+                f"`deltazoo push DIR --name {Ref.parse(base).model}` or check the name",
+                code="base_not_found",
+                status=404,
+            ) from exc
+
     def push(
         self,
         path: str | Path,
@@ -333,7 +344,7 @@ class Client:
         root = Path(path)
         files = scan_checkpoint(root, quiet=quiet)
         if base is not None and base != "auto":
-            self.version_info(base)  # an unknown base fails here, before the model is created
+            self._check_base(base)  # an unknown base fails here, before the model is created
         self._t.json(
             "POST",
             "/v1/models",
