@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", default="deltadq:n=1,m=32,bits=4", help="byte budget for the baselines")
     ap.add_argument("--profiles", nargs="*", default=None, help="deltadq profiles (default: paper + beyond)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lossy.md")
+    ap.add_argument("--no-baselines", action="store_true", help="deltadq profiles only (no DARE/Magnitude)")
     ap.add_argument("--calibration", default="stdlib", help="'stdlib' or a file (not the eval text)")
     ap.add_argument("--calibration-bytes", type=int, default=40000)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -124,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         return lambda k: kept_for_budget(ft[k].numel(), budgets[k], bits) / ft[k].numel()
 
     keep_rate = reference.kept_fraction
-    for label, bits, keep_of in (
+    baselines = (
         ("bf16 values, same drop rate", 16, lambda k: keep_rate),
         ("bf16 values, equal bytes", 16, equal_bytes(16)),
         ("4-bit values, equal bytes", 4, equal_bytes(4)),
-    ):
+    )
+    for label, bits, keep_of in () if args.no_baselines else baselines:
         nbytes = sum(sparse_bytes(ft[k].numel(), round(keep_of(k) * ft[k].numel()), bits) for k in linear)
         for name, fn in (
             ("dare", lambda k, b=bits, f=keep_of: dare(ft[k], base[k], f(k), name=k, value_bits=b)),

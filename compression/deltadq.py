@@ -358,7 +358,7 @@ def build_artifact(
     for name, ft in finetune_state.items():
         base = base_state.get(name)
         same_kind = base is not None and base.shape == ft.shape and base.dtype == ft.dtype
-        if same_kind and torch.equal(base, ft):
+        if same_kind and base is not None and torch.equal(base, ft):
             continue
         if is_packable(name, ft, base, profile):
             hessian = None
