@@ -5,10 +5,10 @@
 ZOO_DIR holds base/model.safetensors and one folder per fine-tune with its own model.safetensors. For
 each fine-tune, in one run: zstd -3 on the file, ZipNN on the file, ZipNN on the XOR with the base file,
 BitX (XOR, high/low byte planes, zstd -3), and deltazoo's exact codec (delta against the base, and plain).
-Ratios are file bytes / coded bytes; MB/s are file bytes per second (best of --repeat runs, one process,
-one thread; the extra "2 threads" line codes the chunks of large tensors side by side). deltazoo's
-round trip is verified by sha256 of the rebuilt file; ZipNN's is reported as it
-is found (it did not round-trip on the machine the zoo's README was measured on).
+Ratios are file bytes / coded bytes; MB/s are file bytes per second, wall clock and process CPU time
+(best of --repeat runs, one process, one thread; the extra "2 threads" line codes the chunks of large
+tensors side by side). deltazoo's round trip is verified by sha256 of the rebuilt file; ZipNN's is
+reported as it is found (it did not round-trip on the machine the zoo's README was measured on).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import struct
 import sys
 import time
@@ -42,13 +43,15 @@ def read_safetensors(path: Path) -> tuple[bytes, bytes, Tensors]:
     return data, data[: 8 + n], tensors
 
 
-def best_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
+def best_time(fn: Callable[[], object], repeat: int) -> tuple[float, float, object]:
+    """(best wall seconds, best CPU seconds of this process, the last result)."""
+    best, best_cpu, out = float("inf"), float("inf"), None
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         best = min(best, time.perf_counter() - t)
-    return best, out
+        best_cpu = min(best_cpu, time.process_time() - c)
+    return best, best_cpu, out
 
 
 def xor_files(a: bytes, b: bytes) -> bytes:
@@ -130,7 +133,8 @@ def size_of(payload: object) -> int:
 def run(zoo: Path, repeat: int) -> str:
     base_file, _, base_t = read_safetensors(zoo / "base" / "model.safetensors")
     lines = [
-        "| fine-tune | coder | ratio | compress MB/s | decompress MB/s | round trip |",
+        "| fine-tune | coder | ratio | compress MB/s (wall / CPU) | decompress MB/s (wall / CPU)"
+        " | round trip |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for folder in sorted(p for p in zoo.iterdir() if p.is_dir() and p.name != "base"):
@@ -140,17 +144,18 @@ def run(zoo: Path, repeat: int) -> str:
         data, header, tensors = read_safetensors(path)
         digest = hashlib.sha256(data).hexdigest()
         for name, (enc, dec) in coders(base_file, base_t, header, tensors).items():
-            tc, payload = best_time(lambda enc=enc, data=data: enc(data), repeat)
+            tc, cc, payload = best_time(lambda enc=enc, data=data: enc(data), repeat)
             try:
-                td, out = best_time(lambda dec=dec, payload=payload: dec(payload), repeat)
+                td, cd, out = best_time(lambda dec=dec, payload=payload: dec(payload), repeat)
                 ok = hashlib.sha256(bytes(out)).hexdigest() == digest
-                dspeed = f"{len(data) / td / 1e6:.0f}"
+                dspeed = f"{len(data) / td / 1e6:.0f} / {len(data) / cd / 1e6:.0f}"
             except Exception as exc:  # a peer's failure is a finding, not a crash of the benchmark
                 ok, dspeed = False, f"failed: {type(exc).__name__}"
             ratio = len(data) / size_of(payload)
             check = "sha256 ok" if ok else "MISMATCH"
             lines.append(
-                f"| {folder.name} | {name} | {ratio:.3f} | {len(data) / tc / 1e6:.0f} | {dspeed} | {check} |"
+                f"| {folder.name} | {name} | {ratio:.3f} | {len(data) / tc / 1e6:.0f} /"
+                f" {len(data) / cc / 1e6:.0f} | {dspeed} | {check} |"
             )
     return "\n".join(lines)
 
@@ -170,7 +175,9 @@ def main() -> None:
             "## Exact tensor coding\n\n"
             f"Command: `{cmd}`\n\n"
             "Ratio = file bytes / coded bytes; MB/s = file bytes per second, one process, best of "
-            f"{args.repeat}.\n\n{table}\n"
+            f"{args.repeat}: wall clock, and CPU time of the process (steadier on a shared machine; a coder"
+            " running threads counts all of them).\n\n"
+            f"Load average when it ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.\n\n{table}\n"
         )
 
 
