@@ -321,12 +321,30 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.json:
         print_json(board)
         return EXIT_OK
-    rows = board.get("items") or board.get("entries") or []
+    rows = board.get("items") or []
     if not rows:
         print(f"no evaluations on text set {args.text!r} yet")
         return EXIT_OK
-    keys = [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
-    print_table([k.upper() for k in keys], [[r.get(k) for k in keys] for r in rows])
+
+    def num(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    print_table(
+        ["#", "VERSION", "PROFILE", "8/BPB", "BPB", "GAIN KEPT", "STORED", "STATUS"],
+        [
+            [
+                i + 1,
+                r.get("ref"),
+                r.get("profile") or "dense (exact)",
+                num(r.get("ratio"), 3),
+                num(r.get("bpb"), 3),
+                "-" if r.get("gain_kept") is None else f"{100 * r['gain_kept']:.1f} %",
+                human_bytes(r.get("stored_bytes")),
+                r.get("status_message") or r.get("status"),
+            ]
+            for i, r in enumerate(rows)
+        ],
+    )
     return EXIT_OK
 
 
