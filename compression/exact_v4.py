@@ -37,7 +37,7 @@ from compression.exact_rans import (
 )
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from compression import _exact4
+    from compression import _exact4  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _exact4 = None
 
@@ -186,10 +186,10 @@ def parse_tables(buf: memoryview, offset: int, count: int) -> tuple[Tables, int]
         dst = np.concatenate([np.arange(at, at + span) for at, _, span in spans])
         src = np.concatenate([np.arange(span) + (off - start) // 2 for _, off, span in spans])
         f[dst] = words[src]
-    f = f.reshape(count, ALPHA)
-    if count and not (f.sum(axis=1) == PROB_SCALE).all():
+    freq = f.reshape(count, ALPHA)
+    if count and not (freq.sum(axis=1) == PROB_SCALE).all():
         raise CodecError(f"corrupt payload: a frequency table does not sum to {PROB_SCALE}")
-    return Tables.build(used, f), offset
+    return Tables.build(used, freq), offset
 
 
 # ------------------------------------------------------------------------------------------ encode
