@@ -10,9 +10,12 @@ n, m           1 ≤ n ≤ m ≤ 1024 (1, 32)    keep n of every m consecutive c
 bits           4, 2, 3, 8                  k-bit uniform symmetric codes
 scale          tensor, row, group          one fp16 min-max scale per tensor / row / group
 group_size     multiple of m               columns per scale when ``scale=group`` (only then)
-select         random, magnitude, obs      which n of a group survive: seeded random (paper's
-                                           balanced dropout), the largest |Δ| (biased), or the
-                                           largest OBS saliency Δ_j² / [H⁻¹]_jj (calibrated)
+select         random, magnitude, obs,     which n of a group survive: seeded random (paper's
+               importance                  balanced dropout), the largest |Δ| (biased), the
+                                           largest OBS saliency Δ_j² / [H⁻¹]_jj (calibrated), or
+                                           one per m/n sub-block drawn ∝ |Δ| and stored as the
+                                           unbiased Horvitz–Thompson value (deltadq_alloc.py)
+mix            0–100 (0)                   select=importance only: % of uniform mixed into ∝ |Δ|
 rescale        mn, none, sum               kept values × m/n (paper); unchanged; or shifted so
                                            each group's sum equals the dense group's sum
 fit            minmax, lsq, refit, gptq,   scale = max|x| / (2^(k−1)−1) (paper), or refined by
@@ -22,6 +25,9 @@ fit            minmax, lsq, refit, gptq,   scale = max|x| / (2^(k−1)−1) (pap
                                            scale grid search on output error
 anchor         integer ≥ 0 (0)             calibrated fits only: pull the refit toward the paper's
                                            m/n-rescaled values with weight anchor/100 · mean diag H
+alloc          none, sensitivity           sensitivity: per-layer n, m, bits chosen on the
+                                           calibration inputs within the bytes that n:m/bits would
+                                           take on every layer (deltadq_alloc.py; calibrated)
 include        linear, all                 pack decoder linear weights only, or also 2-D
                                            embeddings / lm_head
 seed           integer ≥ 0 (0)             dropout seed; each tensor uses seed + hash(name)
@@ -41,10 +47,11 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
+from compression.deltadq_alloc import CANDIDATES, allocate, importance_keep, layer_choices
 from compression.deltadq_fit import damped, obs_positions, quantize_fitted, refit
 from compression.packed import PackedArtifact, PackedDelta, index_bits, pack_bits
 
@@ -54,12 +61,13 @@ ALLOWED_BITS = (2, 3, 4, 8)
 MAX_M = 1024
 _CHOICES = {
     "scale": ("tensor", "row", "group"),
-    "select": ("random", "magnitude", "obs"),
+    "select": ("random", "magnitude", "obs", "importance"),
     "rescale": ("mn", "none", "sum"),
     "fit": ("minmax", "lsq", "refit", "gptq", "obs"),
+    "alloc": ("none", "sensitivity"),
     "include": ("linear", "all"),
 }
-_INT_KEYS = ("n", "m", "bits", "group_size", "anchor", "seed")
+_INT_KEYS = ("n", "m", "bits", "group_size", "mix", "anchor", "seed")
 # 2-D weights that are not linear layers of the decoder: token / position embeddings and the output head.
 _EMBEDDING_NAME = re.compile(r"(embed|lm_head|wte|wpe|embed_out|word_embeddings|shared)", re.IGNORECASE)
 _LSQ_STEPS = 4
@@ -76,9 +84,11 @@ class DeltaDQProfile:
     scale: str = "tensor"
     group_size: int = 0
     select: str = "random"
+    mix: int = 0
     rescale: str = "mn"
     fit: str = "minmax"
     anchor: int = 0
+    alloc: str = "none"
     include: str = "linear"
     seed: int = 0
 
@@ -105,6 +115,21 @@ class DeltaDQProfile:
             raise ValueError("select=obs keeps what a refit can use; add fit=refit, fit=gptq or fit=obs")
         if self.anchor and self.fit not in CALIBRATED_FITS:
             raise ValueError(f"anchor={self.anchor} only applies to fit=refit, fit=gptq or fit=obs")
+        if self.select == "importance":
+            if self.m % self.n or self.fit in CALIBRATED_FITS or self.rescale != "mn":
+                raise ValueError(
+                    "select=importance draws one entry per m/n sub-block and stores its unbiased value: "
+                    f"it needs n dividing m (n={self.n}, m={self.m}), fit=minmax|lsq and rescale=mn"
+                )
+            if self.mix > 100:
+                raise ValueError(f"mix={self.mix} is a percentage: use 0..100")
+        elif self.mix:
+            raise ValueError(f"mix={self.mix} only applies to select=importance")
+        if self.alloc == "sensitivity" and (self.fit in CALIBRATED_FITS or self.scale == "group"):
+            raise ValueError(
+                "alloc=sensitivity picks n, m, bits per layer: "
+                "use it with fit=minmax|lsq and scale=tensor|row"
+            )
         if self.fit in CALIBRATED_FITS and self.rescale != "mn":
             raise ValueError(f"fit={self.fit} refits the kept values itself; drop rescale={self.rescale}")
 
@@ -126,7 +151,7 @@ class DeltaDQProfile:
     @property
     def needs_calibration(self) -> bool:
         """True when building this profile needs per-layer input Hessians (``calibration``)."""
-        return self.fit in CALIBRATED_FITS
+        return self.fit in CALIBRATED_FITS or self.alloc == "sensitivity"
 
 
 def parse_profile(text: str) -> DeltaDQProfile:
@@ -272,6 +297,8 @@ def compress_delta(
     ``hessian`` (the layer's input ``XᵀX / N``, ``[cols, cols]``) is required by calibrated profiles.
     """
     profile = parse_profile(profile) if isinstance(profile, str) else profile
+    if profile.alloc != "none":
+        raise ValueError(f"{name}: alloc={profile.alloc} chooses per layer: build the whole artifact")
     if profile.needs_calibration and hessian is None:
         raise ValueError(
             f"{name}: profile {profile} needs calibration (the layer's input Hessian); "
@@ -297,7 +324,10 @@ def compress_delta(
     delta3 = (finetune.detach().cpu().to(torch.float32) - base.detach().cpu().to(torch.float32))
     delta3 = delta3.reshape(rows, cols // profile.m, profile.m)
     seed = tensor_seed(profile.seed, name)
-    if profile.needs_calibration:
+    if profile.select == "importance":
+        pos, kept3 = importance_keep(delta3, profile.n, profile.mix, seed)
+        q, scales = quantize(kept3.reshape(rows, -1), profile, name)
+    elif profile.fit in CALIBRATED_FITS:
         assert hessian is not None
         h = damped(hessian, cols, name)
         obs = profile.select == "obs"
@@ -353,7 +383,7 @@ def build_artifact(
         raise ValueError(
             f"profile {profile} needs calibration: pass calibration=collect_hessians(base model, text)"
         )
-    packed: dict[str, PackedDelta] = {}
+    to_pack: list[str] = []
     dense: dict[str, torch.Tensor] = {}
     for name, ft in finetune_state.items():
         base = base_state.get(name)
@@ -361,18 +391,24 @@ def build_artifact(
         if same_kind and base is not None and torch.equal(base, ft):
             continue
         if is_packable(name, ft, base, profile):
-            hessian = None
-            if profile.needs_calibration:
-                assert calibration is not None
-                if name not in calibration:
-                    raise ValueError(
-                        f"profile {profile}: no calibration matrix for {name}; calibrate every linear "
-                        "layer (embeddings have none: use include=linear)"
-                    )
-                hessian = calibration[name]
-            packed[name] = compress_delta(ft, base, profile, name, hessian)  # type: ignore[arg-type]
+            if profile.needs_calibration and name not in (calibration or {}):
+                raise ValueError(
+                    f"profile {profile}: no calibration matrix for {name}; calibrate every linear "
+                    "layer (embeddings have none: use include=linear)"
+                )
+            to_pack.append(name)
         else:
             dense[name] = ft.detach().cpu().contiguous()
+    hessians = {k: calibration[k] for k in to_pack} if calibration is not None else {}
+    layer_profiles = (
+        _allocated(base_state, finetune_state, profile, hessians)
+        if profile.alloc != "none"
+        else dict.fromkeys(to_pack, profile)
+    )
+    packed = {
+        k: compress_delta(finetune_state[k], base_state[k], p, k, hessians.get(k))
+        for k, p in layer_profiles.items()
+    }
     removed = sorted(set(base_state) - set(finetune_state))
     metadata = {
         "method": PREFIX,
@@ -381,3 +417,26 @@ def build_artifact(
         "removed": json.dumps(removed),
     }
     return PackedArtifact(profile=str(profile), packed=packed, dense=dense, metadata=metadata)
+
+
+def _allocated(
+    base_state: Mapping[str, torch.Tensor],
+    finetune_state: Mapping[str, torch.Tensor],
+    profile: DeltaDQProfile,
+    hessians: Mapping[str, torch.Tensor],
+) -> dict[str, DeltaDQProfile]:
+    """``alloc=sensitivity``: per-layer n, m, bits within the bytes of the profile's (deltadq_alloc)."""
+    own = (profile.n, profile.m, profile.bits)
+    choices = {}
+    for k, h in hessians.items():
+        ft, base = finetune_state[k], base_state[k]
+
+        def build(n: int, m: int, bits: int, k: str = k, ft: torch.Tensor = ft, base: torch.Tensor = base):
+            layer = replace(profile, n=n, m=m, bits=bits, alloc="none")
+            return compress_delta(ft, base, layer, k)
+
+        options = [o for o in dict.fromkeys((own, *CANDIDATES)) if ft.shape[1] % o[1] == 0]
+        choices[k] = layer_choices(k, ft, base, h, options, build)
+    budget = sum(c.nbytes for cs in choices.values() for c in cs if (c.n, c.m, c.bits) == own)
+    chosen = allocate(choices, budget)
+    return {k: replace(profile, n=c.n, m=c.m, bits=c.bits, alloc="none") for k, c in chosen.items()}
