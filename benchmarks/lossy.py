@@ -12,9 +12,9 @@ lm_head and norms stay exact), and "bytes" counts those linear deltas only:
   entropy bound), with a keep fraction solved per tensor so that each tensor's bytes equal those of
   the reference deltadq profile (``--reference``), or at the reference's drop rate with bf16 values.
 
-Calibrated profiles (``fit=refit|gptq|obs``) use input Hessians collected by running the BASE model
-on the calibration text (never the evaluation text): a file, or ``stdlib``, the first N characters of
-the 41st–60th ``*.py`` files of the Python standard library (sorted by name).
+Calibrated profiles (``fit=refit|gptq|obs``, ``alloc=sensitivity``) use input Hessians collected by
+running the BASE model on the calibration text (never the evaluation text): a file, or ``stdlib``,
+the first N characters of the 41st–60th ``*.py`` files of the Python standard library (sorted by name).
 
 Prints a Markdown table and writes it to benchmarks/results/lossy.md (``--out``).
 """
@@ -54,6 +54,11 @@ CALIBRATED = [
     "deltadq:n=1,m=32,bits=4,fit=obs", "deltadq:n=1,m=32,bits=4,select=obs,fit=obs",
     "deltadq:n=1,m=32,bits=4,scale=row,fit=obs", "deltadq:n=1,m=32,bits=4,fit=obs,anchor=100",
     "deltadq:n=1,m=32,bits=4,fit=obs,anchor=1000",
+]
+ALLOCATED = [
+    "deltadq:n=1,m=32,bits=4,select=importance", "deltadq:n=1,m=32,bits=4,select=importance,mix=30",
+    "deltadq:n=1,m=32,bits=4,alloc=sensitivity",
+    "deltadq:n=1,m=32,bits=4,select=importance,alloc=sensitivity",
 ]
 
 State = dict[str, torch.Tensor]
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     def linear_only(approx: Callable[[str], torch.Tensor]) -> State:
         return {**ft, **{k: approx(k) for k in linear}}
 
-    profiles = args.profiles if args.profiles is not None else PAPER + BEYOND + CALIBRATED
+    profiles = args.profiles if args.profiles is not None else PAPER + BEYOND + CALIBRATED + ALLOCATED
     hessians = None
     if any(parse_profile(p).needs_calibration for p in profiles):
         calib = _calibration_text(args.calibration, args.calibration_bytes)
