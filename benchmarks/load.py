@@ -91,7 +91,7 @@ def server(stack: bool, root: Path) -> Iterator[tuple[str, str | None, object]]:
         return
     from registry.db import upgrade_database
 
-    broker = redis_url(db=12)
+    broker = redis_url(db=15)  # not a db the test suite (2 + xdist index) uses
     flush_redis(broker)
     s3 = start_s3_server(root / "s3")
     try:

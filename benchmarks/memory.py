@@ -120,7 +120,7 @@ def servers(stack: bool, root: Path, extra: dict[str, str]) -> Iterator[dict[str
         return
     from registry.db import upgrade_database
 
-    broker = redis_url(db=13)
+    broker = redis_url(db=15)  # not a db the test suite (2 + xdist index) uses
     flush_redis(broker)
     s3 = start_s3_server(root / "s3")
     try:
