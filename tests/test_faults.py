@@ -56,7 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     from registry.db import upgrade_database
 
     root = tmp_path_factory.mktemp("faults")
-    broker = redis_url(db=14 - max(0, xdist_worker_index()))  # not the db the shared stack_server uses
+    broker = redis_url(db=14 - 2 * max(0, xdist_worker_index()))  # not a db the shared stack_server uses
     flush_redis(broker)
     s3 = start_s3_server(root / "s3")
     with temporary_database() as database:
