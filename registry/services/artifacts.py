@@ -10,12 +10,13 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from compression import deltadq
 from registry.db import after_commit
 from registry.errors import Conflict, NotFound
 from registry.models import Artifact, Job, TextSet, Version
 from registry.objectstore import ObjectStore
 from registry.repositories import ArtifactRepository, JobRepository, TensorRepository
-from registry.services.profiles import check_profile, deltadq_module
+from registry.services.profiles import check_profile
 from registry.services.storage import get_blob, put_blob, reconstruct, resolve_recipes
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -125,16 +126,19 @@ def load_state(session: Session, store: ObjectStore, version_id: int) -> dict[st
 
 
 def _calibration(
-    session: Session, store: ObjectStore, base_id: int, base: dict[str, torch.Tensor]
+    session: Session, store: ObjectStore, base_id: int, base: dict[str, torch.Tensor], profile: str
 ) -> dict[str, torch.Tensor]:
-    """Input Hessians of the base model's linear layers on the first registered text (fit=refit|gptq|obs)."""
+    """Input Hessians of the base model's linear layers on the first registered text, for the profiles
+    that need calibration (fit=refit|gptq|obs, select=obs, alloc=sensitivity)."""
     from compression.calibration import collect_hessians
     from compression.quality import NotEvaluable, build_causal_lm
     from registry.services.evaluation import load_tokenizer, version_config
 
     text = session.scalar(select(TextSet).order_by(TextSet.id).limit(1))
     if text is None or text.blob is None:
-        raise ArtifactBuildError("fit=obs needs a calibration text: register one with POST /v1/texts")
+        raise ArtifactBuildError(
+            f"{profile} needs a calibration text: register one with POST /v1/texts"
+        )
     base_version = session.get(Version, base_id)
     assert base_version is not None
     config = version_config(session, store, base_version)
@@ -154,16 +158,13 @@ def build_artifact(session: Session, store: ObjectStore, artifact: Artifact) -> 
     assert version is not None
     if version.parent_version_id is None:
         raise ArtifactBuildError("the version has no base to take a delta against")
-    module = deltadq_module()
-    if module is None:
-        raise ArtifactBuildError("compression.deltadq is not installed in this deltazoo")
     base = load_state(session, store, version.parent_version_id)
     finetune = load_state(session, store, version.id)
     calibration = None
-    if module.parse_profile(artifact.profile).needs_calibration:
-        calibration = _calibration(session, store, version.parent_version_id, base)
+    if deltadq.parse_profile(artifact.profile).needs_calibration:
+        calibration = _calibration(session, store, version.parent_version_id, base, artifact.profile)
     try:
-        packed = module.build_artifact(base, finetune, artifact.profile, calibration=calibration)
+        packed = deltadq.build_artifact(base, finetune, artifact.profile, calibration=calibration)
     except ValueError as exc:
         raise ArtifactBuildError(str(exc)) from exc
     del base, finetune
