@@ -42,7 +42,7 @@ async def put_file(
     content_range = request.headers.get("content-range")
     if content_range is not None:
         return await _put_part(file, content_range, request, partials, session, store)
-    partials.discard(file)  # a one-request upload replaces a resumable one left unfinished
+    partials.abandon(file)  # a one-request upload replaces a resumable one left unfinished
     sink = UploadSink(file)
     try:
         async for chunk in request.stream():

@@ -123,6 +123,17 @@ class PartialUploads:
             with part.open("r+b") as f:
                 f.truncate(offset)
 
+    def abandon(self, file: File) -> None:
+        """A one-request upload replaces an unfinished resumable one (409 while a part streams in)."""
+        with self._lock:
+            if file.id in self._busy:
+                raise Conflict(
+                    f"{file.path}: a part of a resumable upload of this file is streaming in; "
+                    "wait for it to end",
+                    code="upload_in_progress",
+                )
+        self.discard(file)
+
     def discard(self, file: File) -> None:
         """Forget ``file``'s upload (finished, rejected, or replaced by a one-request upload)."""
         with self._lock:
