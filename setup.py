@@ -19,5 +19,7 @@ setup(
                   optional=True),
         Extension("compression._exact4", sources=["compression/_exact4.c"], extra_compile_args=FLAGS,
                   optional=True),
+        Extension("compression._exact5", sources=["compression/_exact5.c"], extra_compile_args=FLAGS,
+                  optional=True),
     ]
 )

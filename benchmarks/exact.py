@@ -4,10 +4,11 @@
 
 ZOO_DIR holds base/model.safetensors and one folder per fine-tune with its own model.safetensors. For
 each fine-tune, in one run: zstd -3 on the file, ZipNN on the file, ZipNN on the XOR with the base file,
-BitX (XOR, high/low byte planes, zstd -3), and deltazoo's exact codec (delta against the base, and plain).
+BitX (XOR, high/low byte planes, zstd -3), and deltazoo's exact codec (delta against the base in format 5,
+the one written now, and in format 4, the one before; and plain).
 Ratios are file bytes / coded bytes; MB/s are file bytes per second, wall clock and process CPU time
 (best of --repeat runs, one process, one thread; the extra "2 threads" line codes the chunks of large
-tensors side by side). deltazoo's round trip is verified by sha256 of the rebuilt file; ZipNN's is
+format-4 tensors side by side). deltazoo's round trip is verified by sha256 of the rebuilt file; ZipNN's is
 reported as it is found (it did not round-trip on the machine the zoo's README was measured on).
 """
 
@@ -92,13 +93,13 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         x |= np.frombuffer(dz.decompress(p[1]), np.uint8)
         return xor_files(x.tobytes(), base_file)
 
-    def deltazoo(use_parent: bool, threads: int = 1) -> tuple:
+    def deltazoo(use_parent: bool, threads: int = 1, version: int = 5) -> tuple:
         def enc(_f: bytes) -> list:
             out = [z3.compress(header)]
             for name, (dtype, shape, raw) in tensors.items():
                 parent = base_t.get(name) if use_parent else None
                 args = (parent[2], parent[0], parent[1]) if parent else (None, None, None)
-                out.append(encode_tensor(raw, dtype, shape, *args, threads=threads))
+                out.append(encode_tensor(raw, dtype, shape, *args, threads=threads, version=version))
             return out
 
         def dec(parts: list) -> bytes:
@@ -117,8 +118,9 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         "ZipNN on the XOR with base": zipnn_pair(True),
         "BitX (XOR, byte planes, zstd -3)": (bitx_c, bitx_d),
         "deltazoo plain (no parent)": deltazoo(False),
-        "deltazoo delta vs base": deltazoo(True),
-        "deltazoo delta vs base, 2 threads (extra)": deltazoo(True, threads=2),
+        "deltazoo delta vs base (format 5)": deltazoo(True),
+        "deltazoo delta vs base, format 4": deltazoo(True, version=4),
+        "deltazoo delta vs base, format 4, 2 threads (extra)": deltazoo(True, threads=2, version=4),
     }
 
 

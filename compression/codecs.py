@@ -7,7 +7,11 @@ with the format version, codec id, dtypes, sizes), so bytes written by any versi
 forever: format 1 (``DZT1``, XOR + zstd) by ``compression.exact_legacy``, format 2 (``DZT2``, byte
 planes + zstd) by ``compression.exact_v2``.
 
-Format 4 (``DZT4``, written now) codes a delta as the integer difference of bit patterns
+Format 5 (``DZT5``, written now for ``delta`` and ``delta-rows`` of BF16 and F16) codes the zigzagged
+16-bit difference ``child − parent`` as a token, Huffman-coded with a table per parent exponent, and the
+token's extra bits inline, in byte-aligned segments that decode four at a time (``compression.exact_v5``;
+a C kernel with a numpy fallback of the same format); the new rows of ``delta-rows`` and every other
+dtype and ``plain`` stay format 4. Format 4 (``DZT4``) codes a delta as the integer difference of bit patterns
 ``child − parent`` (wrapping), as a sign-and-magnitude token modelled per parent exponent (interleaved
 rANS) plus raw low bits packed apart, in chunks of 2^18 elements (``compression.exact_v4``; a C kernel
 with a numpy fallback of the same format). Format 3 (``DZT3``, ``compression.exact_rans``) has the same
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compression import exact_rans, exact_v4
+from compression import exact_rans, exact_v4, exact_v5
 from compression.dtypes import DTYPES, dtype_info
 from compression.exact_errors import CodecError
 from compression.exact_legacy import MAGIC_V1, decode_v1
@@ -37,10 +41,11 @@ from compression.exact_v2 import decode_v2
 
 __all__ = ["CodecError", "EncodedTensor", "decode_tensor", "encode_tensor"]
 
-MAGIC = b"DZT4"
+MAGIC = b"DZT5"
+MAGIC_V4 = b"DZT4"
 MAGIC_V3 = b"DZT3"
 MAGIC_V2 = b"DZT2"
-# Dtype codes stored in format-2, -3 and -4 payloads; append only, never reorder.
+# Dtype codes stored in format-2 to -5 payloads; append only, never reorder.
 DTYPE_CODES: tuple[str, ...] = (
     "F64",
     "F32",
@@ -130,9 +135,13 @@ def layout(dtype: str, with_parent: bool) -> Layout:
     return Layout(info.itemsize, MODE_DELTA if with_parent else MODE_FLOAT, shift, tbits)
 
 
-def _header(codec: str, dtype: str, parent_dtype: str | None, n: int) -> bytes:
+_V5_SHIFT = {"BF16": 7, "F16": 10}  # dtypes format 5 codes, with their mantissa bits
+VERSIONS = (4, 5)  # formats encode_tensor can write
+
+
+def _header(codec: str, dtype: str, parent_dtype: str | None, n: int, magic: bytes = MAGIC_V4) -> bytes:
     parent_code = NO_PARENT if parent_dtype is None else DTYPE_CODES.index(parent_dtype)
-    return _HEADER.pack(MAGIC, _CODEC_IDS[codec], DTYPE_CODES.index(dtype), parent_code, n)
+    return _HEADER.pack(magic, _CODEC_IDS[codec], DTYPE_CODES.index(dtype), parent_code, n)
 
 
 def _plain(raw: Buffer, dtype: str, n: int, threads: int) -> EncodedTensor:
@@ -150,14 +159,18 @@ def encode_tensor(
     parent_shape: Shape | None = None,
     *,
     threads: int = 1,
+    version: int = 5,
 ) -> EncodedTensor:
     """Encode one tensor's raw little-endian bytes, against ``parent_raw`` when given.
 
     The parent is used when its dtype is the child's or both are floats (then it is cast to the
     child's dtype), and its shape equals the child's (``delta``) or has fewer rows with the same
     trailing dims (``delta-rows``); otherwise the tensor is coded ``plain``. ``threads`` > 1 codes the
-    2^18-element chunks of a large tensor side by side (same bytes as one thread).
+    2^18-element chunks of a large format-4 tensor side by side (same bytes as one thread); format 5
+    runs on one thread. ``version`` 4 writes format 4 only (for readers older than format 5).
     """
+    if version not in VERSIONS:
+        raise CodecError(f"version must be one of {VERSIONS}, not {version!r}")
     n = _check(raw, dtype, shape, "tensor")
     if parent_raw is None:
         return _plain(raw, dtype, n, threads)
@@ -178,11 +191,15 @@ def encode_tensor(
         return _plain(raw, dtype, n, threads)
     child = np.frombuffer(raw, dtype=parent.dtype)
     shared = parent.size
-    body = exact_v4.encode_stream(layout(dtype, True), child[:shared], parent, threads=threads)
+    magic = MAGIC if version == 5 and dtype in _V5_SHIFT else MAGIC_V4
+    if magic == MAGIC:
+        body = exact_v5.encode_stream(child[:shared], parent, _V5_SHIFT[dtype])
+    else:
+        body = exact_v4.encode_stream(layout(dtype, True), child[:shared], parent, threads=threads)
     if same:
-        return EncodedTensor("delta", _header("delta", dtype, parent_dtype, n) + body)
+        return EncodedTensor("delta", _header("delta", dtype, parent_dtype, n, magic) + body)
     tail = exact_v4.encode_stream(layout(dtype, False), child[shared:], None, threads=threads)
-    head = _header("delta-rows", dtype, parent_dtype, n) + struct.pack("<Q", shared)
+    head = _header("delta-rows", dtype, parent_dtype, n, magic) + struct.pack("<Q", shared)
     return EncodedTensor("delta-rows", head + body + tail)
 
 
@@ -198,7 +215,7 @@ def decode_tensor(
     threads: int = 1,
 ) -> bytes:
     """Inverse of ``encode_tensor``; returns the tensor's raw bytes (checked against dtype and shape).
-    ``threads`` > 1 decodes the chunks of a format-4 payload side by side."""
+    ``threads`` > 1 decodes the chunks of a format-4 stream side by side."""
     if dtype not in DTYPES:
         raise CodecError(f"unsupported dtype {dtype!r}; deltazoo stores {', '.join(DTYPE_CODES)}")
     n = _numel(shape, "tensor")
@@ -207,12 +224,12 @@ def decode_tensor(
     magic = bytes(buf[:4])
     if magic == MAGIC_V1:
         out = decode_v1(bytes(buf), itemsize, parent_raw)
-    elif magic in (MAGIC, MAGIC_V3, MAGIC_V2):
+    elif magic in (MAGIC, MAGIC_V4, MAGIC_V3, MAGIC_V2):
         out = _decode_v234(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, threads)
     else:
         raise CodecError(
             f"not a deltazoo tensor payload (magic {magic!r},"
-            f" expected {MAGIC!r}, {MAGIC_V3!r}, {MAGIC_V2!r} or {MAGIC_V1!r})"
+            f" expected {MAGIC!r}, {MAGIC_V4!r}, {MAGIC_V3!r}, {MAGIC_V2!r} or {MAGIC_V1!r})"
         )
     if len(out) != n * itemsize:
         raise CodecError(
@@ -262,9 +279,14 @@ def _decode_v234(
     if v2:
         out, offset = decode_v2(buf, codec, dtype, n, parent, shared)
     else:
-        v3 = bytes(buf[:4]) == MAGIC_V3
+        v3, v5 = bytes(buf[:4]) == MAGIC_V3, bytes(buf[:4]) == MAGIC
 
         def stream(with_parent: bool, at: int, count: int, par: np.ndarray | None) -> tuple[np.ndarray, int]:
+            if v5 and with_parent:
+                if dtype not in _V5_SHIFT:
+                    raise CodecError(f"corrupt payload: format 5 codes BF16 and F16 deltas, not {dtype}")
+                assert par is not None
+                return exact_v5.decode_stream(buf, at, count, par, _V5_SHIFT[dtype])
             if v3:
                 return exact_rans.decode_stream(layout(dtype, with_parent), buf, at, count, par)
             return exact_v4.decode_stream(layout(dtype, with_parent), buf, at, count, par, threads=threads)

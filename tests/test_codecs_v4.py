@@ -87,7 +87,7 @@ def test_chunked_tensor_round_trips_and_threads_write_the_same_bytes(threads: in
 def test_every_flipped_bit_of_a_stream_is_caught() -> None:
     child, parent = pair(2, 3000, seed=11, spread=500)
     raw, praw = child.tobytes(), parent.tobytes()
-    payload = encode_tensor(raw, "BF16", [3000], praw, "BF16", [3000]).payload
+    payload = encode_tensor(raw, "BF16", [3000], praw, "BF16", [3000], version=4).payload
     assert payload[:4] == b"DZT4"
     for i in range(16, len(payload), 7):
         bad = bytearray(payload)
@@ -99,7 +99,8 @@ def test_every_flipped_bit_of_a_stream_is_caught() -> None:
 def test_a_parent_with_an_unseen_exponent_is_refused() -> None:
     child, parent = pair(2, 5000, seed=3, spread=10)
     parent = parent & np.uint16(0x3FFF)  # exponents of the low half only
-    payload = encode_tensor(child.tobytes(), "BF16", [5000], parent.tobytes(), "BF16", [5000]).payload
+    raw, praw = child.tobytes(), parent.tobytes()
+    payload = encode_tensor(raw, "BF16", [5000], praw, "BF16", [5000], version=4).payload
     other = (parent | np.uint16(0x4000)).tobytes()
     with pytest.raises(CodecError, match="wrong parent"):
         decode_tensor("delta", payload, "BF16", [5000], other, "BF16", [5000])
@@ -108,8 +109,8 @@ def test_a_parent_with_an_unseen_exponent_is_refused() -> None:
 def test_numpy_fallback_codes_what_the_extension_codes(monkeypatch: pytest.MonkeyPatch) -> None:
     child, parent = pair(2, 20000, seed=12, spread=40)
     raw, praw = child.tobytes(), parent.tobytes()
-    enc = encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000])
+    enc = encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000], version=4)
     monkeypatch.setattr(V, "_exact4", None)  # as if the extension had not built
     assert not V.has_extension()
     assert decode_tensor("delta", enc.payload, "BF16", [20000], praw, "BF16", [20000]) == raw
-    assert encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000]) == enc
+    assert encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000], version=4) == enc

@@ -1,0 +1,317 @@
+"""Format-5 streams: canonical Huffman over delta tokens (a table per parent exponent), extra bits inline.
+
+Built for decode speed with format 4's ratio target. Per element of a 16-bit float tensor (BF16, F16) and
+its parent: z = zigzag(child − parent) (wrapping 16-bit difference); a *token* < 64 (z itself below 8,
+else 8 + 4·(bit length − 4) + the two bits after the leading one) and ``bit length − 3`` *extra bits*
+(z's low bits). The token is Huffman-coded (canonical, at most 11 bits) with the table of the element's
+*context* ``ctxmap[e]`` of the parent's exponent ``e = (parent << 1 & 0xFFFF) >> (shift + 1)``
+(shift = mantissa bits), and its
+extra bits follow it in the same LSB-first bitstream, so a decoder does one 2048-entry table lookup per
+element. The tensor is cut into segments of ``seg`` elements, each its own byte-aligned bitstream: the
+C decoder (``compression._exact5``) runs four segments interleaved and the numpy fallback
+(``backend="numpy"``, same bytes) runs all segments in lockstep. Layout: docs/FORMAT.md ("Exact tensor
+payloads", format 5).
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+import zlib
+
+import numpy as np
+
+from compression.exact_errors import CodecError
+from compression.exact_v4 import pack_bits
+
+try:  # built by setup.py; optional so that the format never depends on a compiler
+    from compression import _exact5  # type: ignore[attr-defined]  # a C extension, no stubs
+except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _exact5 = None
+
+NTOK = 64  # tokens per context (59 used)
+MAX_LEN = 11  # longest code; the decoder's lookup width
+CONTEXTS = 8  # contexts the encoder uses: the top exponent and the 7 below it (lower ones share the last)
+ESCAPE = 63  # a token the table has no code for is sent as this token's code and z's 16 bits
+SAMPLE_FROM, SAMPLE_STRIDE = 1 << 16, 4  # tensors this large take their tables from every 4th element
+_HEAD = struct.Struct("<IB")  # segment elements, contexts
+
+
+def has_extension() -> bool:
+    return _exact5 is not None
+
+
+def _pick(backend: str) -> bool:
+    if backend not in ("auto", "c", "numpy"):
+        raise ValueError(f"backend must be auto, c or numpy, not {backend!r}")
+    if backend == "c" and _exact5 is None:
+        raise CodecError("the compression._exact5 extension is not built; reinstall with a C compiler")
+    return _exact5 is not None and backend != "numpy"
+
+
+# ------------------------------------------------------------------------------------------ tokens
+def _token_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per wrapping difference d: token | extra bit count << 8 | extra bits << 16; per token: extra bit
+    count; per token: base z)."""
+    d = np.arange(1 << 16, dtype=np.int64)
+    s = np.where(d >= 1 << 15, d - (1 << 16), d)
+    z = np.where(s < 0, -2 * s - 1, 2 * s)  # zigzag: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ...
+    k = np.floor(np.log2(np.maximum(z, 1))).astype(np.int64) + 1  # bit length (z >= 1)
+    small = z < 8
+    tok = np.where(small, z, 8 + 4 * (k - 4) + ((z >> np.maximum(k - 3, 0)) & 3))
+    extra = np.where(small, 0, k - 3)
+    t = np.arange(NTOK, dtype=np.int64)
+    kt = (t - 8) // 4 + 4
+    tok_extra = np.where(t < 8, 0, kt - 3)
+    base = np.where(t < 8, t, (1 << (kt - 1)) | ((t - 8) % 4) << np.maximum(kt - 3, 0))
+    tok_extra[ESCAPE], base[ESCAPE] = 16, 0
+    bits = z & ((1 << extra) - 1)
+    return (tok | extra << 8 | bits << 16).astype(np.uint32), tok_extra, base
+
+
+ZTAB, TOK_EXTRA, TOK_BASE = _token_tables()
+
+
+def _zigzag(d: np.ndarray) -> np.ndarray:
+    s = d.astype(np.int16).astype(np.int32)
+    return ((s << 1) ^ (s >> 15)).astype(np.int64) & 0xFFFF
+
+
+# ------------------------------------------------------------------------------------------ Huffman
+_REV = np.array([int(f"{i:0{MAX_LEN}b}"[::-1], 2) for i in range(1 << MAX_LEN)], np.int64)  # 11-bit reversal
+
+
+def code_lengths(counts: np.ndarray) -> np.ndarray:
+    """Huffman code lengths (<= MAX_LEN; 0 for unused tokens; 1 for a lone token) of one context. Codes
+    longer than MAX_LEN are cut to it and the prefix code restored by lengthening, one bit at a time, the
+    longest code still shorter than MAX_LEN (among those the rarest, then the lowest token)."""
+    lengths = np.zeros(counts.size, np.uint8)
+    used = np.flatnonzero(counts)
+    if used.size == 1:
+        lengths[used] = 1
+    if used.size <= 1:
+        return lengths
+    w = counts[used].tolist()
+    ln = [min(d, MAX_LEN) for d in _huffman_depths(w)]
+    excess = sum(1 << (MAX_LEN - d) for d in ln) - (1 << MAX_LEN)
+    while excess > 0:  # at most a few dozen steps over at most 64 tokens: plain Python is fastest
+        top = max(d for d in ln if d < MAX_LEN)
+        i = min((w[j], j) for j, d in enumerate(ln) if d == top)[1]
+        excess -= 1 << (MAX_LEN - top - 1)
+        ln[i] += 1
+    lengths[used] = ln
+    return lengths
+
+
+def _huffman_depths(weights: list[int]) -> list[int]:
+    """Leaf depths of a Huffman tree over (at most 64) weights: merges by heap, each node remembering
+    its parent; a leaf's depth is the length of its path to the root."""
+    m = len(weights)
+    heap = [(w, i) for i, w in enumerate(weights)]
+    heapq.heapify(heap)
+    up = [0] * (2 * m - 1)
+    node = m
+    while len(heap) > 1:
+        wa, a = heapq.heappop(heap)
+        wb, b = heapq.heappop(heap)
+        up[a] = up[b] = node
+        heapq.heappush(heap, (wa + wb, node))
+        node += 1
+    depth = [0] * (2 * m - 1)
+    for i in range(2 * m - 3, -1, -1):  # parents are numbered after their children
+        depth[i] = depth[up[i]] + 1
+    return depth[:m]
+
+
+def _canonical(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every context's used tokens in canonical order (by context, length, token): (context, token,
+    length, first 11-bit slot in MSB-first order); a code of length l holds 2^(11 - l) slots from there."""
+    ctx, tok = np.nonzero(lengths)
+    ln = lengths[ctx, tok].astype(np.int64)
+    order = np.lexsort((tok, ln, ctx))
+    ctx, tok, ln = ctx[order], tok[order], ln[order]
+    span = 1 << (MAX_LEN - ln)
+    ends = np.cumsum(span)
+    first = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]]) if ctx.size else np.zeros(0, np.int64)
+    before = np.repeat(ends[first] - span[first], np.diff(np.r_[first, ctx.size]))  # earlier contexts' slots
+    return ctx, tok, ln, ends - span - before
+
+
+def _check_kraft(lengths: np.ndarray) -> None:
+    ln = lengths.astype(np.int64)
+    if (ln > MAX_LEN).any() or ((ln > 0) * (1 << MAX_LEN >> ln)).sum(axis=1).max(initial=0) > 1 << MAX_LEN:
+        raise CodecError("corrupt payload: Huffman code lengths are not a prefix code")
+
+
+def enc_table(lengths: np.ndarray) -> np.ndarray:
+    """u32[contexts * 64]: bit-reversed canonical code | length << 16 per (context, token); a token with
+    no code gets the escape token's code | 1 << 24 (the encoder then writes z's 16 bits)."""
+    out = np.zeros(lengths.shape, np.uint32)
+    ctx, tok, ln, start = _canonical(lengths)
+    out[ctx, tok] = _REV[start] | ln << 16
+    escaped = (lengths == 0) & (lengths[:, ESCAPE] > 0)[:, None]
+    out[escaped] = (out[:, ESCAPE, None] | np.uint32(1 << 24)).repeat(NTOK, axis=1)[escaped]
+    return out.ravel()
+
+
+def dec_table(lengths: np.ndarray) -> np.ndarray:
+    """u32[contexts << 11]: per (context, next 11 bits) length | extra bits << 5 | base z << 10. Slots no
+    code reaches (a lone token, a context no element had) read as an 11-bit token 0: safe garbage."""
+    out = np.full(lengths.shape[0] << MAX_LEN, MAX_LEN, np.uint32)
+    ctx, tok, ln, start = _canonical(lengths)
+    span = 1 << (MAX_LEN - ln)
+    entry = ln | TOK_EXTRA[tok] << 5 | TOK_BASE[tok] << 10
+    ends = np.cumsum(span)
+    slot = np.arange(int(ends[-1]) if ends.size else 0) - np.repeat(ends - span - start, span)
+    out[np.repeat(ctx, span) << MAX_LEN | _REV[slot]] = np.repeat(entry, span)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ encode
+def exponent(parent: np.ndarray, shift: int) -> np.ndarray:
+    """The parent's exponent field (the sign dropped), the context map's index."""
+    return (parent.astype(np.uint16) << np.uint16(1)) >> np.uint16(shift + 1)
+
+
+def _ctxmap(hist: np.ndarray) -> np.ndarray:
+    """Context per parent exponent (hist: elements per exponent): the highest exponent at or above
+    which lie >= 1/1000 of the elements is context 0, each exponent below it one more, up to
+    CONTEXTS − 1; higher ones share 0."""
+    above = np.cumsum(hist[::-1])[::-1]  # elements at this exponent or higher
+    top = int(np.flatnonzero(above >= max(1, int(hist.sum()) // 1000)).max()) if hist.any() else 0
+    return np.clip(top - np.arange(256), 0, CONTEXTS - 1).astype(np.uint8)
+
+
+def _segment(n: int) -> int:
+    return 4096 if n >= 1 << 16 else 256
+
+
+def encode_stream(child: np.ndarray, parent: np.ndarray, shift: int, backend: str = "auto") -> bytes:
+    """One format-5 stream of 16-bit child against parent: head, ctxmap, code lengths, segment sizes,
+    segments, crc32."""
+    use_c = _pick(backend)
+    n, seg = child.size, _segment(child.size)
+    nseg = (n + seg - 1) // seg
+    stride = 1 if n < SAMPLE_FROM else SAMPLE_STRIDE
+    if use_c:
+        per_exp = np.zeros((256, NTOK), np.uint32)
+        _exact5.count(child, parent, shift, stride, per_exp)
+    else:
+        d = (child.astype(np.int64) - parent.astype(np.int64)) & 0xFFFF
+        exp = exponent(parent, shift).astype(np.int64)
+        tok = (ZTAB[d] & 255).astype(np.int64)
+        per_exp = np.bincount(exp[::stride] * NTOK + tok[::stride], minlength=256 * NTOK).reshape(256, NTOK)
+    ctxmap = _ctxmap(per_exp.sum(axis=1, dtype=np.int64))
+    onehot = (ctxmap[None, :] == np.arange(CONTEXTS)[:, None]).astype(np.int64)
+    counts = onehot @ per_exp.astype(np.int64)  # per (context, token)
+    if stride > 1:  # a sample: the tokens it missed are escaped
+        counts[:, ESCAPE] += 1
+    if use_c:
+        lengths = np.zeros((CONTEXTS, NTOK), np.uint8)
+        _exact5.lengths(counts, lengths)
+    else:
+        lengths = np.stack([code_lengths(c) for c in counts])
+    enc = enc_table(lengths)
+    sizes = np.zeros(nseg, np.uint32)
+    if use_c:
+        out = np.empty(4 * n + 8, np.uint8)
+        per_exponent = enc.reshape(-1, NTOK)[ctxmap]  # the context lookup folded into the table
+        total = _exact5.encode(child, parent, shift, ZTAB, per_exponent, seg, out, sizes)
+        body = memoryview(out[:total])  # joined below without a copy of its own
+    else:
+        body = _encode_numpy(d, ctxmap[exp].astype(np.int64) * NTOK + tok, enc, seg, sizes)
+    head = [_HEAD.pack(seg, CONTEXTS), ctxmap.tobytes(), lengths.tobytes(), sizes.astype("<u4").tobytes()]
+    parts: list[bytes | memoryview] = [*head, body]
+    crc = 0
+    for p in parts:
+        crc = zlib.crc32(p, crc)
+    return b"".join(parts) + struct.pack("<I", crc)
+
+
+def _encode_numpy(
+    d: np.ndarray, sym: np.ndarray, enc: np.ndarray, seg: int, sizes: np.ndarray
+) -> bytes | memoryview:
+    n = d.size
+    e = enc[sym].astype(np.int64)
+    ln = (e >> 16) & 255
+    nx = np.where(e >> 24 > 0, 16, (ZTAB[d] >> 8 & 31).astype(np.int64))
+    value = (e & 0xFFFF) | (_zigzag(d) & ((1 << nx) - 1)) << ln
+    nbits = ln + nx
+    ends = np.minimum(np.arange(1, sizes.size + 1) * seg, n)
+    segbits = np.add.reduceat(nbits, np.arange(0, n, seg)) if n else np.zeros(0, np.int64)
+    pad = -segbits % 8
+    sizes[:] = (segbits + pad) // 8
+    # one zero-valued filler of `pad` bits after each segment keeps the segments byte-aligned
+    at = np.arange(n) + np.arange(n) // seg
+    vals = np.zeros(n + sizes.size, np.int64)
+    bits = np.zeros(n + sizes.size, np.int64)
+    vals[at], bits[at] = value, nbits
+    bits[ends + np.arange(sizes.size)] = pad
+    return pack_bits(vals.astype(np.uint64), bits)
+
+
+# ------------------------------------------------------------------------------------------ decode
+def decode_stream(
+    buf: memoryview, offset: int, n: int, parent: np.ndarray, shift: int, backend: str = "auto"
+) -> tuple[np.ndarray, int]:
+    """Inverse of ``encode_stream``: n elements and the offset just past the stream."""
+    use_c = _pick(backend)
+    start = offset
+    if offset + _HEAD.size + 256 > len(buf):
+        raise CodecError("corrupt payload: truncated format-5 stream header")
+    seg, k = _HEAD.unpack_from(buf, offset)
+    if seg == 0 or k == 0:
+        raise CodecError("corrupt payload: format-5 stream with no segments or no contexts")
+    offset += _HEAD.size
+    ctxmap = np.frombuffer(buf, np.uint8, 256, offset).copy()
+    offset += 256
+    nseg = (n + seg - 1) // seg
+    if ctxmap.max() >= k or offset + k * NTOK + 4 * nseg > len(buf):
+        raise CodecError("corrupt payload: bad format-5 context map or truncated code lengths")
+    lengths = np.frombuffer(buf, np.uint8, k * NTOK, offset).reshape(k, NTOK)
+    _check_kraft(lengths)
+    offset += k * NTOK
+    sizes = np.frombuffer(buf, "<u4", nseg, offset).astype(np.int64)
+    offset += 4 * nseg
+    body_at, end = offset, offset + int(sizes.sum())
+    if end + 4 > len(buf):
+        raise CodecError("corrupt payload: truncated format-5 segments")
+    if zlib.crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
+        raise CodecError("corrupt payload: stream checksum (crc32) mismatch")
+    src = np.zeros(end - body_at + 4 * seg + 16, np.uint8)  # room for a segment read past its end
+    src[: end - body_at] = np.frombuffer(buf, np.uint8, end - body_at, body_at)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    dec = dec_table(lengths)
+    out = np.empty(n, "<u2")
+    if use_c:
+        bad = _exact5.decode(src, offsets, parent, shift, ctxmap, dec, seg, out)
+    else:
+        bad = _decode_numpy(src, offsets, parent, shift, ctxmap, dec, seg, out)
+    if bad:
+        raise CodecError("corrupt payload: a format-5 segment does not end where its size says")
+    return out, end + 4
+
+
+def _decode_numpy(
+    src: np.ndarray, offsets: np.ndarray, parent: np.ndarray, shift: int, ctxmap: np.ndarray,
+    dec: np.ndarray, seg: int, out: np.ndarray,
+) -> int:
+    """All segments in lockstep, one element of each per step."""
+    n = out.size
+    nseg = offsets.size - 1
+    pos = offsets[:-1] * 8
+    first = np.arange(nseg, dtype=np.int64) * seg
+    ctx = ctxmap[exponent(parent, shift)].astype(np.int64) << MAX_LEN
+    par = parent.astype(np.int64)
+    ar8 = np.arange(8)
+    for j in range(min(seg, n)):
+        live = first + j < n  # only the last segment may be short
+        idx, p = first[live] + j, pos[live]
+        w = src[(p >> 3)[:, None] + ar8].view("<u8")[:, 0] >> (p & 7).astype(np.uint64)
+        e = dec[ctx[idx] | (w & np.uint64((1 << MAX_LEN) - 1)).astype(np.int64)].astype(np.int64)
+        ln, nx = e & 31, (e >> 5) & 31
+        z = (e >> 10) + ((w >> ln.astype(np.uint64)).astype(np.int64) & ((1 << nx) - 1))
+        pos[live] = p + ln + nx
+        d = (z >> 1) ^ -(z & 1)
+        out[idx] = (par[idx] + d) & 0xFFFF
+    return int(((pos + 7) // 8 != offsets[1:]).any())

@@ -1,0 +1,173 @@
+"""Format 5 (Huffman over delta tokens, BF16/F16): golden bytes, the C kernel and the numpy fallback
+write and read the same bytes, escapes, every older format still read, corruption caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compression import exact_v5 as V
+from compression.codecs import CodecError, decode_tensor, encode_tensor
+
+needs_c = pytest.mark.skipif(not V.has_extension(), reason="compression._exact5 is not built")
+SHIFT = {"BF16": 7, "F16": 10}
+
+# Golden bytes: a fixed BF16 child and parent and their format-5 payloads. decode must read these
+# forever; the encode comparison flags any change of the written format so that it is deliberate.
+CHILD = bytes.fromhex("803f20c000005040833ae0c0813f00bf")
+PARENT = bytes.fromhex("803f00c0003f4040833ac0c0803f01bf")
+GOLDEN_V5 = {
+    "delta": (
+        [8], PARENT, [8],
+        "445a54356403030008000000000000000001000008070707070707070707070707070707070707070707070707070707"
+        "070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707"
+        "070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707"
+        "060504030201000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000010000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000010000000100000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000010001000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000001000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000001000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000001000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000000000000004000000c2ff0620bf710c2a",
+    ),
+    "delta-rows": (
+        [4, 2], PARENT[:8], [2, 2],
+        "445a54357203030008000000000000000400000000000000000100000807070707070707070707070707070707070707"
+        "070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707"
+        "070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707"
+        "070707070707070605040302010000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000100000001000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000100000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000010000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000000000000000000000000000000300000082ff0671e8240a0000040001000000"
+        "75000d00000400000000000000000000000000000000000400040000000400b0010100000000200000000000000003e0"
+        "018053a02e84",
+    ),
+}
+
+
+def pair(n: int, seed: int, spread: int, base: int = 0x3C00) -> tuple[np.ndarray, np.ndarray]:
+    """A parent of float-like bit patterns around ``base`` and a child near it (|difference| < spread)."""
+    rng = np.random.default_rng(seed)
+    parent = (base + rng.integers(-1500, 1500, n)).astype(np.uint16)
+    step = rng.integers(-spread, spread, n)
+    return ((parent.astype(np.int64) + step) & 0xFFFF).astype(np.uint16), parent
+
+
+def test_extension_is_built() -> None:
+    """CI builds compression._exact5 (setup.py); without it the numpy fallback is the only path."""
+    assert V.has_extension(), "compression._exact5 did not build: pip install -e . needs gcc, Python headers"
+
+
+@pytest.mark.parametrize("encoding", list(GOLDEN_V5))
+def test_golden_format_5(encoding: str) -> None:
+    shape, parent, pshape, hexed = GOLDEN_V5[encoding]
+    assert decode_tensor(encoding, bytes.fromhex(hexed), "BF16", shape, parent, "BF16", pshape) == CHILD
+    enc = encode_tensor(CHILD, "BF16", shape, parent, "BF16", pshape)
+    assert (enc.encoding, enc.payload.hex()) == (encoding, hexed)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", ["BF16", "F16"])
+@pytest.mark.parametrize("n", [0, 1, 255, 4099, 70001])
+def test_c_and_numpy_write_and_read_the_same_bytes(dtype: str, n: int) -> None:
+    near, parent = pair(n, seed=n, spread=300)
+    far, _ = pair(n, seed=n + 1, spread=1 << 15)  # every token, escapes included when tables are sampled
+    for child in (near, far):
+        coded = V.encode_stream(child, parent, SHIFT[dtype], backend="c")
+        assert V.encode_stream(child, parent, SHIFT[dtype], backend="numpy") == coded
+        for backend in ("c", "numpy"):
+            out, end = V.decode_stream(memoryview(coded), 0, n, parent, SHIFT[dtype], backend=backend)
+            assert end == len(coded)
+            assert out.tobytes() == child.tobytes()
+
+
+@needs_c
+def test_code_lengths_of_c_and_python_agree() -> None:
+    """The C kernel builds the same length-limited codes as ``code_lengths`` (lengths are in the stream)."""
+    rng = np.random.default_rng(4)
+    counts = np.zeros((40, V.NTOK), np.int64)
+    for row in counts:  # skewed, flat, sparse, lone-token and empty contexts
+        used = rng.choice(V.NTOK, int(rng.integers(0, V.NTOK)), replace=False)
+        row[used] = (rng.pareto(rng.uniform(0.3, 3.0), used.size) * 1000).astype(np.int64) + 1
+    c_lengths = np.zeros(counts.shape, np.uint8)
+    V._exact5.lengths(counts, c_lengths)
+    for row, got in zip(counts, c_lengths, strict=True):
+        want = V.code_lengths(row)
+        assert got.tolist() == want.tolist()
+        used = want[want > 0].astype(np.int64)
+        assert used.max(initial=1) <= V.MAX_LEN
+        assert (1 << (V.MAX_LEN - used)).sum() <= 1 << V.MAX_LEN  # a prefix code (Kraft)
+
+
+def test_tokens_missing_from_the_sampled_tables_are_escaped() -> None:
+    n = V.SAMPLE_FROM + 3
+    child, parent = pair(n, seed=9, spread=4)
+    child[1::4] ^= np.uint16(0x7FF0)  # huge differences, never at the sampled positions (every 4th)
+    for backend in ("c", "numpy") if V.has_extension() else ("numpy",):
+        coded = V.encode_stream(child, parent, 7, backend=backend)
+        out, _ = V.decode_stream(memoryview(coded), 0, n, parent, 7, backend=backend)
+        assert out.tobytes() == child.tobytes()
+
+
+def test_bf16_and_f16_deltas_are_written_as_format_5_and_version_4_still_writes_format_4() -> None:
+    child, parent = pair(5000, seed=2, spread=50)
+    raw, praw = child.tobytes(), parent.tobytes()
+    for dtype in ("BF16", "F16"):
+        assert encode_tensor(raw, dtype, [5000], praw, dtype, [5000]).payload[:4] == b"DZT5"
+        old = encode_tensor(raw, dtype, [5000], praw, dtype, [5000], version=4)
+        assert old.payload[:4] == b"DZT4"
+        assert decode_tensor("delta", old.payload, dtype, [5000], praw, dtype, [5000]) == raw
+    assert encode_tensor(raw, "BF16", [5000]).payload[:4] == b"DZT4"  # plain stays format 4
+    with pytest.raises(CodecError, match="version must be one of"):
+        encode_tensor(raw, "BF16", [5000], praw, "BF16", [5000], version=3)
+
+
+def test_every_flipped_bit_of_a_stream_is_caught() -> None:
+    child, parent = pair(3000, seed=11, spread=500)
+    raw, praw = child.tobytes(), parent.tobytes()
+    payload = encode_tensor(raw, "BF16", [3000], praw, "BF16", [3000]).payload
+    assert payload[:4] == b"DZT5"
+    for i in range(16, len(payload), 7):
+        bad = bytearray(payload)
+        bad[i] ^= 0x10
+        with pytest.raises(CodecError, match="corrupt payload"):
+            decode_tensor("delta", bytes(bad), "BF16", [3000], praw, "BF16", [3000])
+
+
+def test_truncated_and_mislabelled_payloads_raise_codec_error() -> None:
+    shape, parent, pshape, hexed = GOLDEN_V5["delta"]
+    payload = bytes.fromhex(hexed)
+    for cut in (20, 300, len(payload) - 5, len(payload) - 1):
+        with pytest.raises(CodecError, match="corrupt payload"):
+            decode_tensor("delta", payload[:cut], "BF16", shape, parent, "BF16", pshape)
+    as_f32 = bytearray(payload)
+    as_f32[5] = as_f32[6] = 1  # F32 tensor and parent: format 5 codes only BF16 and F16
+    with pytest.raises(CodecError, match="format 5 codes BF16 and F16"):
+        decode_tensor("delta", bytes(as_f32), "F32", [8], bytes(32), "F32", [8])
+
+
+def test_numpy_fallback_codes_what_the_extension_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    child, parent = pair(20000, seed=12, spread=40)
+    raw, praw = child.tobytes(), parent.tobytes()
+    enc = encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000])
+    monkeypatch.setattr(V, "_exact5", None)  # as if the extension had not built
+    assert not V.has_extension()
+    assert decode_tensor("delta", enc.payload, "BF16", [20000], praw, "BF16", [20000]) == raw
+    assert encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000]) == enc
