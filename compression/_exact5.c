@@ -255,9 +255,55 @@ static PyObject *py_lengths(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* tables(lengths u8[k * 64], tok_extra i64[64], tok_base i64[64], enc u32[k * 64], dec u32[k << 11]): the
+ * canonical codes of compression.exact_v5.enc_table and dec_table (same entries, same filler), built here
+ * because numpy's fixed costs per call dominate for small tensors. */
+static PyObject *py_tables(PyObject *self, PyObject *args) {
+    Py_buffer lengths, extra, base, enc, dec;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &lengths, &extra, &base, &enc, &dec)) return NULL;
+    Py_ssize_t k = lengths.len / NTOK;
+    int ok = lengths.len % NTOK == 0 && extra.len == NTOK * 8 && base.len == NTOK * 8 && enc.len == k * NTOK * 4 &&
+             dec.len == k * (4 << LOOKUP);
+    for (Py_ssize_t i = 0; ok && i < lengths.len; i++) ok = ((const uint8_t *)lengths.buf)[i] <= LOOKUP;
+    if (ok) {
+        const uint8_t *L = lengths.buf;
+        const int64_t *ex = extra.buf, *bs = base.buf;
+        uint32_t *et = enc.buf, *dt = dec.buf;
+        for (Py_ssize_t ctx = 0; ctx < k; ctx++) {
+            const uint8_t *len = L + ctx * NTOK;
+            uint32_t *row = dt + (ctx << LOOKUP), *erow = et + ctx * NTOK;
+            uint32_t start = 0; /* next free slot, MSB-first, in 11-bit space */
+            for (int t = 0; t < NTOK; t++) erow[t] = 0;
+            for (int l = 1; l <= LOOKUP; l++)
+                for (int t = 0; t < NTOK; t++) {
+                    if (len[t] != l) continue;
+                    uint32_t span = 1u << (LOOKUP - l), rev = 0;
+                    if (start + span > (1u << LOOKUP)) { ok = 0; break; } /* not a prefix code */
+                    for (int b = 0; b < LOOKUP; b++) rev |= ((start >> b) & 1u) << (LOOKUP - 1 - b);
+                    erow[t] = rev | (uint32_t)l << 16;
+                    uint32_t entry = (uint32_t)l | (uint32_t)ex[t] << 5 | (uint32_t)bs[t] << 10;
+                    for (uint32_t j = 0; j < span; j++) row[rev | j << l] = entry; /* slots ending in the code */
+                    start += span;
+                }
+            for (uint32_t j = start; j < (1u << LOOKUP); j++) { /* unreached slots: filler */
+                uint32_t rev = 0;
+                for (int b = 0; b < LOOKUP; b++) rev |= ((j >> b) & 1u) << (LOOKUP - 1 - b);
+                row[rev] = LOOKUP;
+            }
+            if (len[63]) /* the escape's code stands in for every token without one */
+                for (int t = 0; t < NTOK; t++) if (!len[t]) erow[t] = erow[63] | 1u << 24;
+        }
+    }
+    PyBuffer_Release(&lengths); PyBuffer_Release(&extra); PyBuffer_Release(&base); PyBuffer_Release(&enc);
+    PyBuffer_Release(&dec);
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact5.tables: bad arguments or not a prefix code"); return NULL; }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"count", py_count, METH_VARARGS, "count(child, parent, shift, stride, counts)"},
     {"lengths", py_lengths, METH_VARARGS, "lengths(counts, out)"},
+    {"tables", py_tables, METH_VARARGS, "tables(lengths, tok_extra, tok_base, enc, dec)"},
     {"encode", py_encode, METH_VARARGS, "encode(child, parent, shift, ztab, enc, seg, out, sizes)"},
     {"decode", py_decode, METH_VARARGS, "decode(src, offsets, parent, shift, ctxmap, dec, seg, out)"},
     {NULL, NULL, 0, NULL},

@@ -167,6 +167,16 @@ def dec_table(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
+def _tables(lengths: np.ndarray, use_c: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(enc_table, dec_table) of the lengths, by the C kernel when it is used."""
+    if not use_c:
+        return enc_table(lengths), dec_table(lengths)
+    enc = np.empty(lengths.size, np.uint32)
+    dec = np.empty(lengths.shape[0] << MAX_LEN, np.uint32)
+    _exact5.tables(np.ascontiguousarray(lengths, np.uint8), TOK_EXTRA, TOK_BASE, enc, dec)
+    return enc, dec
+
+
 # ------------------------------------------------------------------------------------------ encode
 def exponent(parent: np.ndarray, shift: int) -> np.ndarray:
     """The parent's exponent field (the sign dropped), the context map's index."""
@@ -211,7 +221,7 @@ def encode_stream(child: np.ndarray, parent: np.ndarray, shift: int, backend: st
         _exact5.lengths(counts, lengths)
     else:
         lengths = np.stack([code_lengths(c) for c in counts])
-    enc = enc_table(lengths)
+    enc = _tables(lengths, use_c)[0]
     sizes = np.zeros(nseg, np.uint32)
     if use_c:
         out = np.empty(4 * n + 8, np.uint8)
@@ -281,7 +291,7 @@ def decode_stream(
     src = np.zeros(end - body_at + 4 * seg + 16, np.uint8)  # room for a segment read past its end
     src[: end - body_at] = np.frombuffer(buf, np.uint8, end - body_at, body_at)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    dec = dec_table(lengths)
+    dec = _tables(lengths, use_c)[1]
     out = np.empty(n, "<u2")
     if use_c:
         bad = _exact5.decode(src, offsets, parent, shift, ctxmap, dec, seg, out)

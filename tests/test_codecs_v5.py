@@ -116,6 +116,19 @@ def test_code_lengths_of_c_and_python_agree() -> None:
         assert (1 << (V.MAX_LEN - used)).sum() <= 1 << V.MAX_LEN  # a prefix code (Kraft)
 
 
+@needs_c
+def test_c_tables_equal_the_numpy_tables() -> None:
+    rng = np.random.default_rng(5)
+    counts = (rng.pareto(0.8, (8, V.NTOK)) * 100).astype(np.int64) * (rng.random((8, V.NTOK)) < 0.7)
+    counts[3] = 0  # a context no element had
+    counts[4, 1:] = 0  # a lone token
+    counts[:, V.ESCAPE] = np.arange(8) % 2  # escapes in some contexts
+    lengths = np.stack([V.code_lengths(c) for c in counts])
+    enc, dec = V._tables(lengths, use_c=True)
+    assert enc.tolist() == V.enc_table(lengths).tolist()
+    assert dec.tolist() == V.dec_table(lengths).tolist()
+
+
 def test_tokens_missing_from_the_sampled_tables_are_escaped() -> None:
     n = V.SAMPLE_FROM + 3
     child, parent = pair(n, seed=9, spread=4)
