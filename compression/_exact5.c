@@ -143,17 +143,40 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(total);
 }
 
-/* One element of a segment: dec[ctx << 11 | next 11 bits] = length | extra bits << 5 | base << 10. */
+/* One element of a segment: dec[ctx << 11 | next 11 bits] = code length + extra bit count | code length
+ * << 5 | extra bit count << 9 | base << 14. */
 #define STEP(k) do { \
     uint16_t pv = load16(p, i##k); \
     uint64_t w = load64(src + (pos##k >> 3)) >> (pos##k & 7); \
-    uint32_t e = dt[(uint32_t)cm[(uint16_t)(pv << 1) >> (shift + 1)] << LOOKUP | (uint32_t)(w & ((1u << LOOKUP) - 1))]; \
-    uint32_t len = e & 31, nx = (e >> 5) & 31; \
-    uint32_t zz = (e >> 10) + (uint32_t)((w >> len) & ((1u << nx) - 1)); \
-    pos##k += len + nx; \
+    uint32_t e = dt[(uint32_t)cm[(pv & 0x7FFF) >> shift] << LOOKUP | (uint32_t)(w & ((1u << LOOKUP) - 1))]; \
+    pos##k += e & 31; \
+    uint32_t zz = (e >> 14) + (uint32_t)((w >> ((e >> 5) & 15)) & ((1u << ((e >> 9) & 31)) - 1)); \
     uint16_t d = (uint16_t)((zz >> 1) ^ (0u - (zz & 1))); \
     uint16_t v = (uint16_t)(pv + d); memcpy(o + 2 * i##k, &v, 2); i##k++; \
 } while (0)
+
+/* All segments; shift is a constant in each instantiation. Returns nonzero if a segment's bits do not end
+ * in its last byte. */
+static inline __attribute__((always_inline)) int decode_core(
+    const uint8_t *src, const int64_t *of, Py_ssize_t nseg, Py_ssize_t n, const uint8_t *p, const int shift,
+    const uint8_t *cm, const uint32_t *dt, Py_ssize_t seg, uint8_t *o) {
+    int bad = 0;
+    Py_ssize_t s = 0;
+    for (; s + 4 <= nseg && (s + 4) * seg <= n; s += 4) { /* four full segments side by side */
+        uint64_t pos0 = 8 * of[s], pos1 = 8 * of[s + 1], pos2 = 8 * of[s + 2], pos3 = 8 * of[s + 3];
+        Py_ssize_t i0 = s * seg, i1 = i0 + seg, i2 = i1 + seg, i3 = i2 + seg;
+        for (Py_ssize_t j = 0; j < seg; j++) { STEP(0); STEP(1); STEP(2); STEP(3); }
+        bad |= (pos0 + 7) / 8 != (uint64_t)of[s + 1] || (pos1 + 7) / 8 != (uint64_t)of[s + 2] ||
+               (pos2 + 7) / 8 != (uint64_t)of[s + 3] || (pos3 + 7) / 8 != (uint64_t)of[s + 4];
+    }
+    for (; s < nseg; s++) {
+        uint64_t pos0 = 8 * of[s];
+        Py_ssize_t i0 = s * seg, b = i0 + seg < n ? i0 + seg : n;
+        while (i0 < b) STEP(0);
+        bad |= (pos0 + 7) / 8 != (uint64_t)of[s + 1];
+    }
+    return bad;
+}
 
 /* Decodes n elements; src holds the segments at the given byte offsets (plus padding: a segment may be
  * read up to 4 * seg + 8 bytes past its start: 27 bits an element at most). Returns -1 if a segment's bits do not end in its last
@@ -166,7 +189,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t n = out.len / 2, nseg = seg > 0 ? (n + seg - 1) / seg : 0;
     int ok = seg > 0 && parent.len == out.len && ctx_ok(&ctxmap, dec.len / (4 << LOOKUP)) &&
-             offs.len == (nseg + 1) * 8 && shift >= 7 && shift <= 14, bad = 0;
+             offs.len == (nseg + 1) * 8 && (shift == 7 || shift == 10), bad = 0;
     if (ok) {
         const int64_t *of = offs.buf;
         for (Py_ssize_t s = 0; s <= nseg; s++)
@@ -178,20 +201,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         const int64_t *of = offs.buf;
         uint8_t *o = out.buf;
         Py_BEGIN_ALLOW_THREADS
-        Py_ssize_t s = 0;
-        for (; s + 4 <= nseg && (s + 4) * seg <= n; s += 4) { /* four full segments side by side */
-            uint64_t pos0 = 8 * of[s], pos1 = 8 * of[s + 1], pos2 = 8 * of[s + 2], pos3 = 8 * of[s + 3];
-            Py_ssize_t i0 = s * seg, i1 = i0 + seg, i2 = i1 + seg, i3 = i2 + seg;
-            for (Py_ssize_t j = 0; j < seg; j++) { STEP(0); STEP(1); STEP(2); STEP(3); }
-            bad |= (pos0 + 7) / 8 != (uint64_t)of[s + 1] || (pos1 + 7) / 8 != (uint64_t)of[s + 2] ||
-                   (pos2 + 7) / 8 != (uint64_t)of[s + 3] || (pos3 + 7) / 8 != (uint64_t)of[s + 4];
-        }
-        for (; s < nseg; s++) {
-            uint64_t pos0 = 8 * of[s];
-            Py_ssize_t i0 = s * seg, b = i0 + seg < n ? i0 + seg : n;
-            while (i0 < b) STEP(0);
-            bad |= (pos0 + 7) / 8 != (uint64_t)of[s + 1];
-        }
+        if (shift == 7) bad = decode_core(src, of, nseg, n, p, 7, cm, dt, seg, o);
+        else bad = decode_core(src, of, nseg, n, p, 10, cm, dt, seg, o);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&srcb); PyBuffer_Release(&offs); PyBuffer_Release(&parent); PyBuffer_Release(&ctxmap);
@@ -281,14 +292,15 @@ static PyObject *py_tables(PyObject *self, PyObject *args) {
                     if (start + span > (1u << LOOKUP)) { ok = 0; break; } /* not a prefix code */
                     for (int b = 0; b < LOOKUP; b++) rev |= ((start >> b) & 1u) << (LOOKUP - 1 - b);
                     erow[t] = rev | (uint32_t)l << 16;
-                    uint32_t entry = (uint32_t)l | (uint32_t)ex[t] << 5 | (uint32_t)bs[t] << 10;
+                    uint32_t entry = (uint32_t)(l + ex[t]) | (uint32_t)l << 5 | (uint32_t)ex[t] << 9 |
+                                     (uint32_t)bs[t] << 14;
                     for (uint32_t j = 0; j < span; j++) row[rev | j << l] = entry; /* slots ending in the code */
                     start += span;
                 }
             for (uint32_t j = start; j < (1u << LOOKUP); j++) { /* unreached slots: filler */
                 uint32_t rev = 0;
                 for (int b = 0; b < LOOKUP; b++) rev |= ((j >> b) & 1u) << (LOOKUP - 1 - b);
-                row[rev] = LOOKUP;
+                row[rev] = LOOKUP | LOOKUP << 5;
             }
             if (len[63]) /* the escape's code stands in for every token without one */
                 for (int t = 0; t < NTOK; t++) if (!len[t]) erow[t] = erow[63] | 1u << 24;

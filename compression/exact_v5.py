@@ -155,12 +155,13 @@ def enc_table(lengths: np.ndarray) -> np.ndarray:
 
 
 def dec_table(lengths: np.ndarray) -> np.ndarray:
-    """u32[contexts << 11]: per (context, next 11 bits) length | extra bits << 5 | base z << 10. Slots no
-    code reaches (a lone token, a context no element had) read as an 11-bit token 0: safe garbage."""
-    out = np.full(lengths.shape[0] << MAX_LEN, MAX_LEN, np.uint32)
+    """u32[contexts << 11]: per (context, next 11 bits) bits taken (code length + extra bit count) | code
+    length << 5 | extra bit count << 9 | base z << 14. Slots no code reaches (a lone token, a context no
+    element had) read as an 11-bit token 0: safe garbage."""
+    out = np.full(lengths.shape[0] << MAX_LEN, MAX_LEN | MAX_LEN << 5, np.uint32)
     ctx, tok, ln, start = _canonical(lengths)
     span = 1 << (MAX_LEN - ln)
-    entry = ln | TOK_EXTRA[tok] << 5 | TOK_BASE[tok] << 10
+    entry = (ln + TOK_EXTRA[tok]) | ln << 5 | TOK_EXTRA[tok] << 9 | TOK_BASE[tok] << 14
     ends = np.cumsum(span)
     slot = np.arange(int(ends[-1]) if ends.size else 0) - np.repeat(ends - span - start, span)
     out[np.repeat(ctx, span) << MAX_LEN | _REV[slot]] = np.repeat(entry, span)
@@ -319,9 +320,9 @@ def _decode_numpy(
         idx, p = first[live] + j, pos[live]
         w = src[(p >> 3)[:, None] + ar8].view("<u8")[:, 0] >> (p & 7).astype(np.uint64)
         e = dec[ctx[idx] | (w & np.uint64((1 << MAX_LEN) - 1)).astype(np.int64)].astype(np.int64)
-        ln, nx = e & 31, (e >> 5) & 31
-        z = (e >> 10) + ((w >> ln.astype(np.uint64)).astype(np.int64) & ((1 << nx) - 1))
-        pos[live] = p + ln + nx
+        ln, nx = (e >> 5) & 15, (e >> 9) & 31
+        z = (e >> 14) + ((w >> ln.astype(np.uint64)).astype(np.int64) & ((1 << nx) - 1))
+        pos[live] = p + (e & 31)
         d = (z >> 1) ^ -(z & 1)
         out[idx] = (par[idx] + d) & 0xFFFF
     return int(((pos + 7) // 8 != offsets[1:]).any())
