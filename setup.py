@@ -1,8 +1,9 @@
-"""Builds the optional C kernels of the exact codec (compression._exactc, compression._exact4); metadata
-is in pyproject.toml.
+"""Builds the optional C kernels of the exact codec (compression._exactc, compression._exact4,
+compression._exact5); metadata is in pyproject.toml.
 
 The extensions are optional: without a C compiler the install still succeeds and compression.exact_rans
-(format 3) and compression.exact_v4 (format 4) run the same formats in numpy (slower).
+(format 3), compression.exact_v4 (format 4) and compression.exact_v5 (format 5) run the same formats in
+numpy (slower).
 """
 
 import platform
