@@ -204,6 +204,8 @@ def encode_stream(child: np.ndarray, parent: np.ndarray, shift: int, backend: st
     n, seg = child.size, _segment(child.size)
     nseg = (n + seg - 1) // seg
     stride = 1 if n < SAMPLE_FROM else SAMPLE_STRIDE
+    per_exp: np.ndarray  # elements per (parent exponent, token)
+    body: bytes | memoryview
     if use_c:
         per_exp = np.zeros((256, NTOK), np.uint32)
         _exact5.count(child, parent, shift, stride, per_exp)
@@ -228,7 +230,7 @@ def encode_stream(child: np.ndarray, parent: np.ndarray, shift: int, backend: st
         out = np.empty(4 * n + 8, np.uint8)
         per_exponent = enc.reshape(-1, NTOK)[ctxmap]  # the context lookup folded into the table
         total = _exact5.encode(child, parent, shift, ZTAB, per_exponent, seg, out, sizes)
-        body = memoryview(out[:total])  # joined below without a copy of its own
+        body = out[:total].data  # joined below without a copy of its own
     else:
         body = _encode_numpy(d, ctxmap[exp].astype(np.int64) * NTOK + tok, enc, seg, sizes)
     head = [_HEAD.pack(seg, CONTEXTS), ctxmap.tobytes(), lengths.tobytes(), sizes.astype("<u4").tobytes()]
