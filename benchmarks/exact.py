@@ -7,9 +7,10 @@ each fine-tune, in one run: zstd -3 on the file, ZipNN on the file, ZipNN on the
 BitX (XOR, high/low byte planes, zstd -3), and deltazoo's exact codec (delta against the base in format 5,
 the one written now, and in format 4, the one before; and plain).
 Ratios are file bytes / coded bytes; MB/s are file bytes per second, wall clock and process CPU time
-(best of --repeat runs, one process, one thread; the extra "2 threads" line codes the chunks of large
-format-4 tensors side by side). deltazoo's round trip is verified by sha256 of the rebuilt file; ZipNN's is
-reported as it is found (it did not round-trip on the machine the zoo's README was measured on).
+(best of --repeat runs, one process, one thread; the extra "2 threads" lines code runs of segments
+(format 5) or chunks (format 4) of large tensors side by side). deltazoo's round trip is verified by
+sha256 of the rebuilt file; ZipNN's is reported as it is found (it did not round-trip on the machine the
+zoo's README was measured on).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         "BitX (XOR, byte planes, zstd -3)": (bitx_c, bitx_d),
         "deltazoo plain (no parent)": deltazoo(False),
         "deltazoo delta vs base (format 5)": deltazoo(True),
+        "deltazoo delta vs base, format 5, 2 threads (extra)": deltazoo(True, threads=2),
         "deltazoo delta vs base, format 4": deltazoo(True, version=4),
         "deltazoo delta vs base, format 4, 2 threads (extra)": deltazoo(True, threads=2, version=4),
     }

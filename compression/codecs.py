@@ -166,8 +166,8 @@ def encode_tensor(
     The parent is used when its dtype is the child's or both are floats (then it is cast to the
     child's dtype), and its shape equals the child's (``delta``) or has fewer rows with the same
     trailing dims (``delta-rows``); otherwise the tensor is coded ``plain``. ``threads`` > 1 codes the
-    2^18-element chunks of a large format-4 tensor side by side (same bytes as one thread); format 5
-    runs on one thread. ``version`` 4 writes format 4 only (for readers older than format 5).
+    2^18-element chunks of a format-4 tensor, or runs of segments of a format-5 one, side by side (same
+    bytes as one thread). ``version`` 4 writes format 4 only (for readers older than format 5).
     """
     if version not in VERSIONS:
         raise CodecError(f"version must be one of {VERSIONS}, not {version!r}")
@@ -193,7 +193,7 @@ def encode_tensor(
     shared = parent.size
     magic = MAGIC if version == 5 and dtype in _V5_SHIFT else MAGIC_V4
     if magic == MAGIC:
-        body = exact_v5.encode_stream(child[:shared], parent, _V5_SHIFT[dtype])
+        body = exact_v5.encode_stream(child[:shared], parent, _V5_SHIFT[dtype], threads=threads)
     else:
         body = exact_v4.encode_stream(layout(dtype, True), child[:shared], parent, threads=threads)
     if same:
@@ -215,7 +215,7 @@ def decode_tensor(
     threads: int = 1,
 ) -> bytes:
     """Inverse of ``encode_tensor``; returns the tensor's raw bytes (checked against dtype and shape).
-    ``threads`` > 1 decodes the chunks of a format-4 stream side by side."""
+    ``threads`` > 1 decodes the chunks (format 4) or runs of segments (format 5) side by side."""
     if dtype not in DTYPES:
         raise CodecError(f"unsupported dtype {dtype!r}; deltazoo stores {', '.join(DTYPE_CODES)}")
     n = _numel(shape, "tensor")
@@ -286,7 +286,7 @@ def _decode_v234(
                 if dtype not in _V5_SHIFT:
                     raise CodecError(f"corrupt payload: format 5 codes BF16 and F16 deltas, not {dtype}")
                 assert par is not None
-                return exact_v5.decode_stream(buf, at, count, par, _V5_SHIFT[dtype])
+                return exact_v5.decode_stream(buf, at, count, par, _V5_SHIFT[dtype], threads=threads)
             if v3:
                 return exact_rans.decode_stream(layout(dtype, with_parent), buf, at, count, par)
             return exact_v4.decode_stream(layout(dtype, with_parent), buf, at, count, par, threads=threads)

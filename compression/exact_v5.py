@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 from compression.exact_errors import CodecError
-from compression.exact_v4 import pack_bits
+from compression.exact_v4 import _map, pack_bits
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
     from compression import _exact5  # type: ignore[attr-defined]  # a C extension, no stubs
@@ -197,9 +197,17 @@ def _segment(n: int) -> int:
     return 4096 if n >= 1 << 16 else 256
 
 
-def encode_stream(child: np.ndarray, parent: np.ndarray, shift: int, backend: str = "auto") -> bytes:
+def _groups(nseg: int, seg: int, n: int, threads: int) -> list[tuple[int, int, int, int]]:
+    """Runs of whole segments for ``threads`` threads: (first segment, end segment, first element, end)."""
+    per = max(1, -(-nseg // max(1, threads)))
+    return [(a, min(nseg, a + per), a * seg, min(n, (a + per) * seg)) for a in range(0, nseg, per)]
+
+
+def encode_stream(
+    child: np.ndarray, parent: np.ndarray, shift: int, backend: str = "auto", threads: int = 1
+) -> bytes:
     """One format-5 stream of 16-bit child against parent: head, ctxmap, code lengths, segment sizes,
-    segments, crc32."""
+    segments, crc32. ``threads`` > 1 codes runs of segments side by side (the same bytes)."""
     use_c = _pick(backend)
     n, seg = child.size, _segment(child.size)
     nseg = (n + seg - 1) // seg
@@ -227,10 +235,16 @@ def encode_stream(child: np.ndarray, parent: np.ndarray, shift: int, backend: st
     enc = _tables(lengths, use_c)[0]
     sizes = np.zeros(nseg, np.uint32)
     if use_c:
-        out = np.empty(4 * n + 8, np.uint8)
         per_exponent = enc.reshape(-1, NTOK)[ctxmap]  # the context lookup folded into the table
-        total = _exact5.encode(child, parent, shift, ZTAB, per_exponent, seg, out, sizes)
-        body = out[:total].data  # joined below without a copy of its own
+
+        def code(g: tuple[int, int, int, int]) -> memoryview:
+            s0, s1, a, b = g
+            out = np.empty(4 * (b - a) + 8, np.uint8)
+            total = _exact5.encode(child[a:b], parent[a:b], shift, ZTAB, per_exponent, seg, out, sizes[s0:s1])
+            return out[:total].data  # joined below without a copy of its own
+
+        bodies = _map(code, _groups(nseg, seg, n, threads), threads)
+        body = bodies[0] if len(bodies) == 1 else b"".join(bodies)  # no segment: b""
     else:
         body = _encode_numpy(d, ctxmap[exp].astype(np.int64) * NTOK + tok, enc, seg, sizes)
     head = [_HEAD.pack(seg, CONTEXTS), ctxmap.tobytes(), lengths.tobytes(), sizes.astype("<u4").tobytes()]
@@ -265,9 +279,11 @@ def _encode_numpy(
 
 # ------------------------------------------------------------------------------------------ decode
 def decode_stream(
-    buf: memoryview, offset: int, n: int, parent: np.ndarray, shift: int, backend: str = "auto"
+    buf: memoryview, offset: int, n: int, parent: np.ndarray, shift: int, backend: str = "auto",
+    threads: int = 1,
 ) -> tuple[np.ndarray, int]:
-    """Inverse of ``encode_stream``: n elements and the offset just past the stream."""
+    """Inverse of ``encode_stream``: n elements and the offset just past the stream; ``threads`` > 1
+    decodes runs of segments side by side."""
     use_c = _pick(backend)
     start = offset
     if offset + _HEAD.size + 256 > len(buf):
@@ -297,9 +313,15 @@ def decode_stream(
     dec = _tables(lengths, use_c)[1]
     out = np.empty(n, "<u2")
     if use_c:
-        bad = _exact5.decode(src, offsets, parent, shift, ctxmap, dec, seg, out)
+
+        def run(g: tuple[int, int, int, int]) -> int:
+            s0, s1, a, b = g
+            ofs = offsets[s0 : s1 + 1]
+            return int(_exact5.decode(src, ofs, parent[a:b], shift, ctxmap, dec, seg, out[a:b]))
+
+        bad = any(_map(run, _groups(nseg, seg, n, threads), threads))
     else:
-        bad = _decode_numpy(src, offsets, parent, shift, ctxmap, dec, seg, out)
+        bad = bool(_decode_numpy(src, offsets, parent, shift, ctxmap, dec, seg, out))
     if bad:
         raise CodecError("corrupt payload: a format-5 segment does not end where its size says")
     return out, end + 4

@@ -99,6 +99,25 @@ def test_c_and_numpy_write_and_read_the_same_bytes(dtype: str, n: int) -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_write_and_read_the_same_bytes(threads: int) -> None:
+    n = 9 * 4096 + V.SAMPLE_FROM + 77  # segments of 4096, the last short: runs of unequal length
+    child, parent = pair(n, seed=6, spread=900)
+    one = V.encode_stream(child, parent, 7)
+    assert V.encode_stream(child, parent, 7, threads=threads) == one
+    out, end = V.decode_stream(memoryview(one), 0, n, parent, 7, threads=threads)
+    assert end == len(one) and out.tobytes() == child.tobytes()
+    raw, praw = child.tobytes(), parent.tobytes()
+    enc = encode_tensor(raw, "BF16", [n], praw, "BF16", [n], threads=threads)
+    assert enc.payload[:4] == b"DZT5"
+    assert decode_tensor("delta", enc.payload, "BF16", [n], praw, "BF16", [n], threads=threads) == raw
+    small = V.encode_stream(child[:10], parent[:10], 7, threads=threads)  # fewer segments than threads
+    assert V.decode_stream(memoryview(small), 0, 10, parent[:10], 7, threads=threads)[0].tobytes() == (
+        child[:10].tobytes()
+    )
+
+
+@needs_c
 def test_code_lengths_of_c_and_python_agree() -> None:
     """The C kernel builds the same length-limited codes as ``code_lengths`` (lengths are in the stream)."""
     rng = np.random.default_rng(4)
