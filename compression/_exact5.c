@@ -143,14 +143,18 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(total);
 }
 
+static const uint32_t MASKS[32] = {
+    0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023, 2047, 4095, 8191, 16383, 32767, 65535, 65535, 65535, 65535,
+    65535, 65535, 65535, 65535, 65535, 65535, 65535, 65535, 65535, 65535, 65535, 65535}; /* the low nx bits */
+
 /* One element of a segment: dec[ctx << 11 | next 11 bits] = code length + extra bit count | code length
  * << 5 | extra bit count << 9 | base << 14. */
 #define STEP(k) do { \
     uint16_t pv = load16(p, i##k); \
     uint64_t w = load64(src + (pos##k >> 3)) >> (pos##k & 7); \
-    uint32_t e = dt[(uint32_t)cm[(pv & 0x7FFF) >> shift] << LOOKUP | (uint32_t)(w & ((1u << LOOKUP) - 1))]; \
+    uint32_t e = dt[rows[(pv & 0x7FFF) >> shift] | (uint32_t)(w & ((1u << LOOKUP) - 1))]; \
     pos##k += e & 31; \
-    uint32_t zz = (e >> 14) + (uint32_t)((w >> ((e >> 5) & 15)) & ((1u << ((e >> 9) & 31)) - 1)); \
+    uint32_t zz = (e >> 14) + ((uint32_t)(w >> ((e >> 5) & 15)) & MASKS[(e >> 9) & 31]); \
     uint16_t d = (uint16_t)((zz >> 1) ^ (0u - (zz & 1))); \
     uint16_t v = (uint16_t)(pv + d); memcpy(o + 2 * i##k, &v, 2); i##k++; \
 } while (0)
@@ -161,6 +165,8 @@ static inline __attribute__((always_inline)) int decode_core(
     const uint8_t *src, const int64_t *of, Py_ssize_t nseg, Py_ssize_t n, const uint8_t *p, const int shift,
     const uint8_t *cm, const uint32_t *dt, Py_ssize_t seg, uint8_t *o) {
     int bad = 0;
+    uint32_t rows[256]; /* per exponent: its context's first table entry */
+    for (int e = 0; e < 256; e++) rows[e] = (uint32_t)cm[e] << LOOKUP;
     Py_ssize_t s = 0;
     for (; s + 4 <= nseg && (s + 4) * seg <= n; s += 4) { /* four full segments side by side */
         uint64_t pos0 = 8 * of[s], pos1 = 8 * of[s + 1], pos2 = 8 * of[s + 2], pos3 = 8 * of[s + 3];
