@@ -126,6 +126,27 @@ def test_a_private_base_is_not_found_for_a_token_that_cannot_read_it(api: TestCl
     assert api.post("/v1/models/acme/ft/versions", json=version_body(base="acme/base@1")).status_code == 201
 
 
+def test_lineage_names_no_private_model_the_viewer_cannot_read(api: TestClient) -> None:
+    acme_rw = new_token(api, "acme", ["read", "write"])
+    api.headers.update(bearer(acme_rw))
+    api.post("/v1/models", json={"name": "acme/base"})
+    assert wait_job(api, push(api, "acme/base", checkpoint(base_state(seed=5)))["job"]["id"])["status"] == (
+        "succeeded"
+    )
+    api.post("/v1/models", json={"name": "acme/secret-ft", "private": True})
+    tuned = {k: v + 1 for k, v in base_state(seed=5).items()}
+    job = push(api, "acme/secret-ft", checkpoint(tuned), base="acme/base@1")["job"]["id"]
+    assert wait_job(api, job)["status"] == "succeeded"
+
+    seen = api.get("/v1/models/acme/base/lineage").json()  # the owner sees the private fine-tune
+    assert "acme/secret-ft@1" in seen["descendants"]
+    api.headers.pop("Authorization")
+    anonymous = api.get("/v1/models/acme/base/lineage")
+    assert anonymous.status_code == 200
+    assert anonymous.json()["descendants"] == [] and "secret" not in anonymous.text
+    assert "secret" not in api.get("/models/acme/base").text  # nor the web page
+
+
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {"DELTAZOO_AUTH": "true", "DELTAZOO_ADMIN_TOKEN": ADMIN}

@@ -41,8 +41,8 @@ def get_model_detail(org: str, name: str, session: DB) -> dict:
 
 
 @router.get("/models/{org}/{name}/lineage", response_model=schemas.Lineage)
-def get_lineage(org: str, name: str, session: DB) -> dict:
-    return views.lineage(session, get_model(session, org, name), f"{org}/{name}")
+def get_lineage(org: str, name: str, session: DB, viewer: Viewer) -> dict:
+    return views.lineage(session, get_model(session, org, name), f"{org}/{name}", viewer)
 
 
 @router.delete("/models/{org}/{name}", status_code=204)

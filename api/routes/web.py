@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
+from api.auth import current_principal
 from api.deps import DB
 from registry.errors import DeltazooError, NotFound
 from registry.repositories import ModelRepository
@@ -97,7 +98,7 @@ def model_page(request: Request, org: str, name: str, session: DB) -> HTMLRespon
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
         detail = views.model_detail(session, model, f"{org}/{name}")
-        lineage = views.lineage(session, model, f"{org}/{name}")
+        lineage = views.lineage(session, model, f"{org}/{name}", current_principal(request))
     except DeltazooError as exc:
         return _error(request, exc)
     nodes = {n["ref"]: n for n in lineage["nodes"]}
