@@ -34,6 +34,7 @@ MAX_LEN = 11  # longest code; the decoder's lookup width
 CONTEXTS = 8  # contexts the encoder uses: the top exponent and the 7 below it (lower ones share the last)
 ESCAPE = 63  # a token the table has no code for is sent as this token's code and z's 16 bits
 SAMPLE_FROM, SAMPLE_STRIDE = 1 << 16, 4  # tensors this large take their tables from every 4th element
+MAX_SEGMENT = 1 << 16  # a reader's bound on segment elements (the writer uses 256 or 4096)
 _HEAD = struct.Struct("<IB")  # segment elements, contexts
 
 
@@ -289,8 +290,10 @@ def decode_stream(
     if offset + _HEAD.size + 256 > len(buf):
         raise CodecError("corrupt payload: truncated format-5 stream header")
     seg, k = _HEAD.unpack_from(buf, offset)
-    if seg == 0 or k == 0:
-        raise CodecError("corrupt payload: format-5 stream with no segments or no contexts")
+    if not 0 < seg <= MAX_SEGMENT or k == 0:
+        raise CodecError(
+            f"corrupt payload: format-5 segments of {seg} elements (1..{MAX_SEGMENT}) or no contexts"
+        )
     offset += _HEAD.size
     ctxmap = np.frombuffer(buf, np.uint8, 256, offset).copy()
     offset += 256

@@ -189,6 +189,10 @@ def test_truncated_and_mislabelled_payloads_raise_codec_error() -> None:
     for cut in (20, 300, len(payload) - 5, len(payload) - 1):
         with pytest.raises(CodecError, match="corrupt payload"):
             decode_tensor("delta", payload[:cut], "BF16", shape, parent, "BF16", pshape)
+    huge = V.encode_stream(np.zeros(3, np.uint16), np.zeros(3, np.uint16), 7)
+    huge = (1 << 31).to_bytes(4, "little") + huge[4:]  # a segment size no writer uses; refused before the crc
+    with pytest.raises(CodecError, match="format-5 segments of"):
+        V.decode_stream(memoryview(huge), 0, 3, np.zeros(3, np.uint16), 7)
     as_f32 = bytearray(payload)
     as_f32[5] = as_f32[6] = 1  # F32 tensor and parent: format 5 codes only BF16 and F16
     with pytest.raises(CodecError, match="format 5 codes BF16 and F16"):
