@@ -22,22 +22,12 @@ from deltazoo.errors import (
     ServerError,
     UsageError,
 )
+from deltazoo.units import human_bytes
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 
 
 # --- output helpers ------------------------------------------------------------------------------
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(size) < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 def ratio_text(r: float | None) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import current_principal
 from api.deps import DB
+from deltazoo import units
 from registry.errors import DeltazooError, NotFound
 from registry.repositories import ModelRepository
 from registry.services import views
@@ -32,14 +33,8 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 
 def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "–"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1000
-    return f"{value:.2f} PB"  # pragma: no cover - the loop returns at TB
+    """Sizes on the pages: two decimals (the tables compare versions of similar size)."""
+    return units.human_bytes(n, digits=2, none="–")
 
 
 templates.env.filters["human_bytes"] = human_bytes
