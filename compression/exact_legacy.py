@@ -29,7 +29,9 @@ def _unzstd(data: bytes) -> bytes:
         raise CodecError(f"corrupt format-1 payload: {exc}") from None
 
 
-def decode_v1(payload: bytes, itemsize: int, parent_raw: bytes | memoryview | None) -> bytes:
+def decode_v1(
+    payload: bytes, itemsize: int, parent_raw: bytes | bytearray | memoryview | None
+) -> bytes:
     kind, body = payload[4:5], payload[5:]
     if kind == b"P":
         return _unzstd(body)

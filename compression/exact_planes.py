@@ -108,7 +108,7 @@ def encode_planes(symbols: np.ndarray, ctx: np.ndarray | None, chunk_elems: int,
         run, _, bounds = _sorted_run(symbols[start:stop], chunk_ctx, min_group)
         planes = split_planes(run)
         frames = [
-            cctx.compress(planes[b, lo:hi])
+            cctx.compress(planes[b, lo:hi].tobytes())
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
             for b in range(width)
         ]

@@ -29,7 +29,7 @@ import numpy as np
 from compression.exact_errors import CodecError
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from compression import _exactc
+    from compression import _exactc  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _exactc = None
 
@@ -133,8 +133,8 @@ def untokenize(lay: Layout, tok: np.ndarray, raw: np.ndarray, parent: np.ndarray
     t = tok.astype(np.uint64)
     if lay.mode == MODE_FLOAT:
         shift = np.uint64(lay.shift)
-        low = np.uint64((1 << lay.shift) - 1)
-        v = ((raw >> shift) << np.uint64(bits - 1)) | (t << shift) | (raw & low)
+        low_mask = np.uint64((1 << lay.shift) - 1)
+        v = ((raw >> shift) << np.uint64(bits - 1)) | (t << shift) | (raw & low_mask)
         return v.astype(f"<u{lay.width}")
     mask = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
     idx, s = tok >> 1, tok & 1

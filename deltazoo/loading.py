@@ -46,4 +46,4 @@ def load_model(name: str, device: str = "cpu", client: Client | None = None, **k
             "use Client.state_dict(name) for its tensors",
             code="not_a_transformers_model",
         ) from exc
-    return model.to(device)
+    return model.to(device)  # type: ignore[arg-type]  # transformers types .to() for PreTrainedModel
