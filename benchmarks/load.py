@@ -72,15 +72,7 @@ def family(count: int, tensors: int, rows: int, cols: int) -> list[bytes]:
 def server(stack: bool, root: Path) -> Iterator[tuple[str, str | None, object]]:
     """(url, token, object store) of a running server."""
     from registry.objectstore import LocalObjectStore, S3ObjectStore
-    from tests.servers import CeleryWorker, full_stack_env, start_api_server
-    from tests.services import (
-        ADMIN_TOKEN,
-        child_env,
-        flush_redis,
-        redis_url,
-        start_s3_server,
-        temporary_database,
-    )
+    from tests.servers import own_stack, start_api_server
 
     if not stack:
         api = start_api_server(root / "home", {})
@@ -89,28 +81,10 @@ def server(stack: bool, root: Path) -> Iterator[tuple[str, str | None, object]]:
         finally:
             api.stop()
         return
-    from registry.db import upgrade_database
-
-    broker = redis_url(db=15)  # not a db the test suite (2 + xdist index) uses
-    flush_redis(broker)
-    s3 = start_s3_server(root / "s3")
-    try:
-        with temporary_database() as database:
-            upgrade_database(database)
-            settings = full_stack_env(database, broker, s3, ADMIN_TOKEN)
-            (root / "worker").mkdir(parents=True)
-            worker = CeleryWorker(child_env({"DELTAZOO_HOME": str(root / "wh"), **settings}), root / "worker")
-            worker.start()
-            api = start_api_server(root / "home", settings)
-            try:
-                store = S3ObjectStore(s3.endpoint, s3.access_key, s3.secret_key, "raw-baseline")
-                yield api.url, ADMIN_TOKEN, store
-            finally:
-                api.stop()
-                worker.stop()
-    finally:
-        s3.stop()
-        flush_redis(broker)
+    with own_stack(root, broker_db=15) as deployed:  # 15: no db the test suite uses
+        s3 = deployed.s3
+        raw = S3ObjectStore(s3.endpoint, s3.access_key, s3.secret_key, "raw-baseline")
+        yield deployed.url, deployed.admin_token, raw
 
 
 def percentile(values: list[float], q: float) -> float:

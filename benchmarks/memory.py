@@ -100,15 +100,7 @@ def process_tree(pid: int) -> list[int]:
 
 @contextmanager
 def servers(stack: bool, root: Path, extra: dict[str, str]) -> Iterator[dict[str, object]]:
-    from tests.servers import CeleryWorker, full_stack_env, start_api_server
-    from tests.services import (
-        ADMIN_TOKEN,
-        child_env,
-        flush_redis,
-        redis_url,
-        start_s3_server,
-        temporary_database,
-    )
+    from tests.servers import own_stack, start_api_server
 
     if not stack:
         api = start_api_server(root / "home", extra)
@@ -118,31 +110,12 @@ def servers(stack: bool, root: Path, extra: dict[str, str]) -> Iterator[dict[str
         finally:
             api.stop()
         return
-    from registry.db import upgrade_database
-
-    broker = redis_url(db=15)  # not a db the test suite (2 + xdist index) uses
-    flush_redis(broker)
-    s3 = start_s3_server(root / "s3")
-    try:
-        with temporary_database() as database:
-            upgrade_database(database)
-            settings = {**full_stack_env(database, broker, s3, ADMIN_TOKEN), **extra}
-            (root / "worker").mkdir()
-            worker = CeleryWorker(child_env({"DELTAZOO_HOME": str(root / "wh"), **settings}), root / "worker")
-            worker.start()
-            api = start_api_server(root / "home", settings)
-            try:
-                yield {
-                    "url": api.url,
-                    "token": ADMIN_TOKEN,
-                    "processes": {"API": api.process.pid, "Celery worker": worker.pid},
-                }
-            finally:
-                api.stop()
-                worker.stop()
-    finally:
-        s3.stop()
-        flush_redis(broker)
+    with own_stack(root, broker_db=15, extra_env=extra) as deployed:  # 15: no db the test suite uses
+        yield {
+            "url": deployed.url,
+            "token": deployed.admin_token,
+            "processes": {"API": deployed.api.process.pid, "Celery worker": deployed.worker.pid},
+        }
 
 
 def main() -> int:

@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.servers import CeleryWorker, Stack, full_stack_env, start_api_server
+from tests.servers import Stack, start_api_server, start_stack
 from tests.services import (
     ADMIN_TOKEN,
     S3Server,
-    child_env,
     create_database,
     drop_database,
     flush_redis,
@@ -112,23 +111,12 @@ def stack_server(
     tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, postgres_url: str, redis_url: str
 ) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
-    settings = full_stack_env(postgres_url, redis_url, s3_server, ADMIN_TOKEN)
-    worker_dir = root / "worker"
-    worker_dir.mkdir()
-    worker = CeleryWorker(child_env({"DELTAZOO_HOME": str(worker_dir / "home"), **settings}), worker_dir)
-    worker.start()
-    try:
-        api = start_api_server(root / "home", settings)
-    except BaseException:
-        worker.stop()
-        raise
-    stack = Stack(api.url, ADMIN_TOKEN, postgres_url, redis_url, s3_server, api, worker, settings)
+    stack = start_stack(root, postgres_url, redis_url, s3_server, ADMIN_TOKEN)
     try:
         yield stack
     finally:
-        worker.stop()
-        api.stop()
-    _assert_clean_log(api.problems(), api.process.log_path)
+        stack.stop()
+    _assert_clean_log(stack.api.problems(), stack.api.process.log_path)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +164,55 @@ class Stack:
 
     def restart_worker(self, *, kill: bool = True) -> CeleryWorker:
         return self.worker.restart(kill=kill)
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.api.stop()
+
+
+def start_stack(
+    root: Path,
+    database_url: str,
+    broker_url: str,
+    s3: S3Server,
+    admin_token: str,
+    extra_env: dict[str, str] | None = None,
+) -> Stack:
+    """A Celery worker and the API on the given database, broker and S3 server (state under ``root``)."""
+    settings = {**full_stack_env(database_url, broker_url, s3, admin_token), **(extra_env or {})}
+    worker_dir = root / "worker"
+    worker_dir.mkdir(parents=True, exist_ok=True)
+    worker = CeleryWorker(child_env({"DELTAZOO_HOME": str(worker_dir / "home"), **settings}), worker_dir)
+    worker.start()
+    try:
+        api = start_api_server(root / "home", settings)
+    except BaseException:
+        worker.stop()
+        raise
+    return Stack(api.url, admin_token, database_url, broker_url, s3, api, worker, settings)
+
+
+@contextmanager
+def own_stack(root: Path, broker_db: int, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A whole stack of its own (S3 server, temporary Postgres database, Redis db ``broker_db``), for the
+    benchmarks: nothing shared with a running test session as long as ``broker_db`` is not one of its."""
+    from registry.db import upgrade_database
+    from tests.services import ADMIN_TOKEN, flush_redis, redis_url, start_s3_server, temporary_database
+
+    broker = redis_url(db=broker_db)
+    flush_redis(broker)
+    s3 = start_s3_server(root / "s3")
+    try:
+        with temporary_database() as database:
+            upgrade_database(database)
+            stack = start_stack(root, database, broker, s3, ADMIN_TOKEN, extra_env)
+            try:
+                yield stack
+            finally:
+                stack.stop()
+    finally:
+        s3.stop()
+        flush_redis(broker)
 
 
 def full_stack_env(database_url: str, broker_url: str, s3: S3Server, admin_token: str) -> dict[str, str]:
