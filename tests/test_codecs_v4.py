@@ -9,18 +9,9 @@ import pytest
 from compression import exact_v4 as V
 from compression.codecs import CodecError, decode_tensor, encode_tensor, layout
 from compression.exact_rans import Tables
+from tests.codec_samples import DTYPES, pair
 
-DTYPES = {"F8_E4M3": 1, "F8_E5M2": 1, "F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I8": 1, "I32": 4, "U64": 8}
 needs_c = pytest.mark.skipif(not V.has_extension(), reason="compression._exact4 is not built")
-
-
-def pair(width: int, n: int, seed: int, spread: int) -> tuple[np.ndarray, np.ndarray]:
-    """A random parent and a child near it (|difference| < spread, wrapping), as unsigned elements."""
-    rng = np.random.default_rng(seed)
-    udt = np.dtype(f"<u{width}")
-    parent = rng.integers(0, 256, n * width, dtype=np.uint8).view(udt)
-    step = rng.integers(-spread, spread, n).astype(np.int64).astype(np.uint64).astype(udt)
-    return parent + step, parent
 
 
 def test_extension_is_built() -> None:
