@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.models import Artifact, Blob, File, Job, Model, Namespace, Tensor, Version
@@ -136,15 +136,24 @@ class FileRepository:
     def get(self, version_id: int, path: str) -> File | None:
         return self.s.scalar(select(File).where(File.version_id == version_id, File.path == path))
 
-    def stored_ready_with_sha(self, sha256: str, size: int) -> File | None:
-        """A file with these bytes already stored in a ready version (for upload dedup)."""
-        return self.s.scalar(
+    def stored_ready_with_sha(
+        self, sha256: str, size: int, private_namespaces: list[str] | None
+    ) -> File | None:
+        """A file with these bytes already stored in a ready version (for upload dedup), of a public model
+        or of a private one in ``private_namespaces`` (None: any): knowing a sha256 never grants the bytes
+        of a model the uploader cannot read."""
+        query = (
             select(File)
             .join(Version, Version.id == File.version_id)
             .where(File.sha256 == sha256, File.size == size, Version.status == "ready")
-            .order_by(File.id)
-            .limit(1)
         )
+        if private_namespaces is not None:
+            query = (
+                query.join(Model, Model.id == Version.model_id)
+                .join(Namespace, Namespace.id == Model.namespace_id)
+                .where(or_(Model.private.is_(False), Namespace.name.in_(private_namespaces)))
+            )
+        return self.s.scalar(query.order_by(File.id).limit(1))
 
 
 class TensorRepository:

@@ -189,3 +189,50 @@ def test_sdk_and_web_pages_respect_private_models(auth_server: str, tmp_path: Pa
     index = httpx.get(f"{auth_server}/").text
     assert "acme/hidden" not in index
     assert httpx.get(f"{auth_server}/models/acme/hidden").status_code == 404
+
+
+def test_blobs_of_a_private_model_are_not_served_to_who_cannot_read_it(api: TestClient) -> None:
+    acme_rw = new_token(api, "acme", ["read", "write"])
+    other_r = new_token(api, "other", ["read"])
+    api.headers.update(bearer(acme_rw))
+    api.post("/v1/models", json={"name": "acme/hidden", "private": True})
+    api.post("/v1/models", json={"name": "acme/open"})
+    for model, seed in (("acme/hidden", 5), ("acme/open", 6)):
+        job = push(api, model, checkpoint(base_state(seed=seed)))["job"]
+        assert wait_job(api, job["id"])["status"] == "succeeded"
+
+    def blobs(model: str) -> set[str]:
+        manifest = api.get(f"/v1/models/{model}/versions/1/manifest").json()
+        found = {t["blob"] for f in manifest["files"] for t in f["tensors"] if t["blob"]}
+        return found | {f["header_blob"] for f in manifest["files"] if f["header_blob"]}
+
+    public = blobs("acme/open")
+    hidden = blobs("acme/hidden") - public  # a blob both hold (dedup) is readable through the public one
+    assert hidden and public
+    for sha256 in hidden:
+        assert api.get(f"/v1/blobs/{sha256}").status_code == 200  # its namespace's token reads it
+        for headers in ({"Authorization": ""}, bearer(other_r)):  # anonymous, another namespace: 404
+            r = api.get(f"/v1/blobs/{sha256}", headers=headers)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "blob_not_found", r.text
+    for sha256 in public:
+        assert api.get(f"/v1/blobs/{sha256}", headers={"Authorization": ""}).status_code == 200
+        assert api.get(f"/v1/blobs/{sha256}", headers=bearer(other_r)).status_code == 200
+
+
+def test_a_known_sha256_does_not_dedup_into_a_private_file(api: TestClient) -> None:
+    """Declaring the sha256 and size of a private model's file does not skip its upload for a token that
+    cannot read that model (or the bytes would be readable through the new version)."""
+    acme_rw = new_token(api, "acme", ["read", "write"])
+    other_rw = new_token(api, "other", ["read", "write"])
+    secret = b'{"private": "weights config"}'
+    api.headers.update(bearer(acme_rw))
+    api.post("/v1/models", json={"name": "acme/vault", "private": True})
+    job = push(api, "acme/vault", {"config.json": secret})["job"]
+    assert wait_job(api, job["id"])["status"] == "succeeded"
+    api.post("/v1/models", json={"name": "acme/again"})
+    r = api.post("/v1/models/acme/again/versions", json=version_body(secret))
+    assert r.json()["uploads"] == [{"path": "config.json", "needed": False}]  # its namespace: deduplicated
+    api.headers.update(bearer(other_rw))
+    api.post("/v1/models", json={"name": "other/copy"})
+    r = api.post("/v1/models/other/copy/versions", json=version_body(secret))
+    assert r.status_code == 201 and r.json()["uploads"] == [{"path": "config.json", "needed": True}]

@@ -6,11 +6,13 @@ from fastapi import APIRouter, Path
 from fastapi.responses import StreamingResponse
 
 from api import schemas
+from api.auth import Viewer
 from api.deps import DB, Store
 from registry.errors import NotFound
 from registry.objectstore import blob_key
 from registry.repositories import BlobRepository, JobRepository
 from registry.services import views
+from registry.services.access import can_read_blob
 from registry.services.versions import SHA_RE
 
 router = APIRouter(tags=["zoo"])
@@ -26,9 +28,10 @@ def get_job(session: DB, job_id: int = Path(ge=1, le=MAX_ID)) -> dict:
 
 
 @router.get("/blobs/{sha256}")
-def get_blob(sha256: str, session: DB, store: Store) -> StreamingResponse:
+def get_blob(sha256: str, session: DB, store: Store, viewer: Viewer) -> StreamingResponse:
+    """The stored (encoded) bytes of a blob that a model the caller may read refers to."""
     blob = BlobRepository(session).get(sha256) if SHA_RE.match(sha256) else None
-    if blob is None:
+    if blob is None or not can_read_blob(session, viewer, sha256):
         raise NotFound(f"no blob {sha256}; blob names come from a version's manifest", code="blob_not_found")
     return StreamingResponse(
         store.iter_chunks(blob_key(sha256)),

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
 from registry.errors import DeltazooError, NotFound
-from registry.models import Model
+from registry.models import Artifact, File, Model, Namespace, Tensor, Version
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,29 @@ def check_admin(principal: Principal) -> None:
             "this needs an admin token: send 'Authorization: Bearer <token>'", code="unauthorized", status=401
         )
     raise DeltazooError("only an admin token may manage tokens", code="forbidden", status=403)
+
+
+def can_read_blob(session: Session, principal: Principal, sha256: str) -> bool:
+    """Whether a blob is part of a model the principal may read: a file, header, tensor or profile
+    artifact of a version of a public model, or of a private one in a namespace it may read. A blob that
+    only private models the caller cannot read refer to answers like a missing one."""
+    allowed = principal.private_namespaces()
+    if allowed is None:
+        return True
+    readable = or_(Model.private.is_(False), Namespace.name.in_(allowed))
+    holders = [
+        select(Version.id).join(File, File.version_id == Version.id)
+        .where(or_(File.blob == sha256, File.header_blob == sha256)),
+        select(Version.id).join(Tensor, Tensor.version_id == Version.id).where(Tensor.blob == sha256),
+        select(Version.id).join(Artifact, Artifact.version_id == Version.id).where(Artifact.blob == sha256),
+    ]
+    for holder in holders:
+        query = (
+            holder.join(Model, Model.id == Version.model_id)
+            .join(Namespace, Namespace.id == Model.namespace_id)
+            .where(readable)
+            .limit(1)
+        )
+        if session.execute(query).first() is not None:
+            return True
+    return False

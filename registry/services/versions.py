@@ -142,7 +142,7 @@ def create_version(
     uploads = []
     for f in files:
         kind = "safetensors" if is_safetensors_path(f.path) else "other"
-        source = file_repo.stored_ready_with_sha(f.sha256, f.size)
+        source = file_repo.stored_ready_with_sha(f.sha256, f.size, viewer.private_namespaces())
         session.add(
             File(
                 version_id=version.id,
