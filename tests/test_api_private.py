@@ -236,3 +236,38 @@ def test_a_known_sha256_does_not_dedup_into_a_private_file(api: TestClient) -> N
     api.post("/v1/models", json={"name": "other/copy"})
     r = api.post("/v1/models/other/copy/versions", json=version_body(secret))
     assert r.status_code == 201 and r.json()["uploads"] == [{"path": "config.json", "needed": True}]
+
+
+def test_a_public_model_cannot_build_on_a_private_base(api: TestClient) -> None:
+    acme_rw = new_token(api, "acme", ["read", "write"])
+    api.headers.update(bearer(acme_rw))
+    api.post("/v1/models", json={"name": "acme/base", "private": True})
+    job = push(api, "acme/base", checkpoint(base_state(seed=3)))["job"]
+    assert wait_job(api, job["id"])["status"] == "succeeded"
+    api.post("/v1/models", json={"name": "acme/public-ft"})
+    r = api.post("/v1/models/acme/public-ft/versions", json=version_body(base="acme/base@1"))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "private_base", r.text
+    assert "private" in r.json()["error"]["message"]
+    api.post("/v1/models", json={"name": "acme/private-ft", "private": True})
+    r = api.post("/v1/models/acme/private-ft/versions", json=version_body(base="acme/base@1"))
+    assert r.status_code == 201
+
+
+def test_auto_base_never_picks_a_private_model_of_another_namespace(api: TestClient) -> None:
+    from tests.checkpoints import TINY_LLAMA_SHAPES, finetune_of, random_tensors
+
+    acme_rw = new_token(api, "acme", ["read", "write"])
+    other_rw = new_token(api, "other", ["read", "write"])
+    base = random_tensors(TINY_LLAMA_SHAPES, seed=0)
+    api.headers.update(bearer(acme_rw))
+    api.post("/v1/models", json={"name": "acme/secret-base", "private": True})
+    job = push(api, "acme/secret-base", checkpoint(base))["job"]
+    assert wait_job(api, job["id"])["status"] == "succeeded"
+    ft = checkpoint(finetune_of(base, seed=1))
+    api.post("/v1/models", json={"name": "acme/private-ft", "private": True})
+    answer = push(api, "acme/private-ft", ft, base="auto")  # its own namespace's private base: found
+    assert answer["version"]["parent"] == "acme/secret-base@1"
+    assert wait_job(api, answer["job"]["id"])["status"] == "succeeded"
+    api.headers.update(bearer(other_rw))
+    answer = push(api, "other/ft", ft, base="auto")  # public, another namespace: no look-alike it may see
+    assert answer["version"]["parent"] is None and "acme" not in str(answer)

@@ -19,11 +19,11 @@ import hashlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from compression.safetensors_io import SafetensorsError, read_header
-from registry.models import File, Version
+from registry.models import File, Model, Version
 from registry.objectstore import ObjectStore
 from registry.repositories import FileRepository, ModelRepository, TensorRepository
 from registry.services.refs import ref_string
@@ -133,10 +133,17 @@ def similarity(upload: dict[str, Any], candidate: dict[str, Any]) -> float:
 def rank_candidates(
     session: Session, version: Version, sketch: dict[str, Any]
 ) -> list[tuple[Version, float]]:
-    """Ready versions with a sketch (the newest ``MAX_CANDIDATES``), most similar first."""
+    """Ready versions with a sketch (the newest ``MAX_CANDIDATES``), most similar first: of public
+    models, and for a private model also of the private models of its own namespace (never another
+    namespace's private model: neither its name nor its bytes may show through this one)."""
+    own = session.get(Model, version.model_id)
+    visible = Model.private.is_(False)
+    if own is not None and own.private:
+        visible = or_(visible, and_(Model.private.is_(True), Model.namespace_id == own.namespace_id))
     rows = session.scalars(
         select(Version)
-        .where(Version.status == "ready", Version.sketch.is_not(None), Version.id != version.id)
+        .join(Model, Model.id == Version.model_id)
+        .where(Version.status == "ready", Version.sketch.is_not(None), Version.id != version.id, visible)
         .order_by(Version.id.desc())
         .limit(MAX_CANDIDATES)
     ).all()

@@ -124,6 +124,14 @@ def create_version(
             raise Unprocessable(f"size of {f.path!r} must be >= 0", code="invalid_size")
     auto = base == "auto"  # the parent is detected from the upload at commit (services.similarity)
     parent = resolve_base(session, base, viewer) if base and not auto else None
+    if parent is not None and not model.private:
+        parent_model = session.get(Model, parent.model_id)
+        if parent_model is not None and parent_model.private:
+            raise Unprocessable(
+                f"base {base} is private and {model.name!r} is public: its name and bytes would show through"
+                " the public model; create the model with private=true (--private) or pick a public base",
+                code="private_base",
+            )
     versions = VersionRepository(session)
     version = Version(
         model_id=model.id,
