@@ -16,6 +16,7 @@ from deltazoo.settings import Settings, get_settings
 from registry.db import session_scope, upgrade_database
 from registry.memory import bound_heap
 from registry.objectstore import object_store_from_settings
+from registry.services.resumable import partials_for
 from registry.services.staging import sweep_stale_uploads
 from registry.services.storage import RAW_CACHE
 from registry.services.tokens import ensure_admin_token
@@ -39,7 +40,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             with session_scope(settings) as session:
                 ensure_admin_token(session, settings.admin_token)
         with session_scope(settings) as session:  # uploads of versions never committed (expired)
-            sweep_stale_uploads(session, app.state.store, timedelta(hours=settings.staging_expiry_hours))
+            expiry = timedelta(hours=settings.staging_expiry_hours)
+            sweep_stale_uploads(session, app.state.store, expiry, partials_for(settings.home))
         runner = None
         if settings.embedded:
             from workers.runner import InProcessRunner

@@ -130,6 +130,14 @@ class FileRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
 
+    def awaiting_bytes(self) -> tuple[set[int], int]:
+        """(ids of the files of pending versions, the highest file id so far): a part file of any other
+        file id up to that bound belongs to no upload that can still finish."""
+        pending = self.s.scalars(
+            select(File.id).join(Version, Version.id == File.version_id).where(Version.status == "pending")
+        )
+        return set(pending), int(self.s.scalar(select(func.max(File.id))) or 0)
+
     def for_version(self, version_id: int) -> list[File]:
         return list(self.s.scalars(select(File).where(File.version_id == version_id).order_by(File.path)))
 

@@ -163,3 +163,29 @@ def test_sdk_push_resumes_after_a_dropped_connection(
         assert transport.sent <= len(data) + PART // 2  # the cut-off half at most is sent twice
         pulled = client.pull(f"{unique_org}/sdk", tmp_path / "pulled", quiet=True)
     assert sha((pulled / "model.safetensors").read_bytes()) == sha(data)
+
+
+def test_parts_of_uploads_that_can_no_longer_finish_are_swept(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.test_api_roundtrip import embedded_settings
+    from tests.test_api_support import push
+
+    home = tmp_path / "home"
+    files = big_checkpoint(seed=2)
+    data = files["model.safetensors"]
+    with TestClient(create_app(embedded_settings(home))) as client:
+        for model in ("zoo/dropped", "zoo/waiting"):
+            declare(client, model, files)  # type: ignore[arg-type]  # TestClient is an httpx.Client
+            url = f"/v1/models/{model}/versions/1/files/model.safetensors"
+            assert put_part(client, url, data, 0, PART).status_code == 202  # type: ignore[arg-type]
+        parts = sorted((home / "uploads").glob("*.part"))
+        assert len(parts) == 2 and all(p.stat().st_size == PART for p in parts)
+        assert client.delete("/v1/models/zoo/dropped/versions/1").status_code == 204
+        assert parts[0].exists()  # deleted versions' parts go at the next sweep (API start, any commit)
+        job = push(client, "zoo/other", {"config.json": b"{}"})["job"]
+        assert wait_job(client, job["id"])["status"] == "succeeded"
+        assert not parts[0].exists() and parts[1].exists()  # the pending upload keeps its bytes
+        r = client.get("/v1/models/zoo/waiting/versions/1/uploads/model.safetensors")
+        assert r.json()["received"] == PART

@@ -15,7 +15,7 @@ from registry.errors import BadRequest, DeltazooError
 from registry.models import File
 from registry.objectstore import ObjectStore
 from registry.services.refs import get_version, ref_string
-from registry.services.resumable import PartialUploads, parse_content_range, partial_uploads
+from registry.services.resumable import PartialUploads, parse_content_range, partials_for
 from registry.services.transfer import UploadSink, iter_file, parse_range, plan_file
 from registry.services.versions import check_path, pending_file, record_upload
 from registry.services.views import file_info
@@ -57,7 +57,7 @@ async def put_file(
 
 
 def _partials(request: Request) -> PartialUploads:
-    return partial_uploads(request.app.state.settings.home.resolve() / "uploads")
+    return partials_for(request.app.state.settings.home)
 
 
 async def _put_part(

@@ -17,6 +17,7 @@ from registry.objectstore import blob_key
 from registry.services import views
 from registry.services.artifacts import find_artifact, request_artifact
 from registry.services.refs import get_model, get_version, ref_string
+from registry.services.resumable import partials_for
 from registry.services.staging import sweep_stale_uploads
 from registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
 
@@ -50,7 +51,8 @@ def post_commit(
 ) -> dict:
     _, version = get_version(session, org, name, rev)
     job = commit_version(session, store, version, ref_string(f"{org}/{name}", version.revision), enqueue)
-    sweep_stale_uploads(session, store, timedelta(hours=settings.staging_expiry_hours))
+    expiry = timedelta(hours=settings.staging_expiry_hours)
+    sweep_stale_uploads(session, store, expiry, partials_for(settings.home))
     return {"version": views.version_summaries(session, [version])[0], "job": views.job_info(job)}
 
 

@@ -143,6 +143,26 @@ class PartialUploads:
             sink.close()
         self.path(file).unlink(missing_ok=True)
 
+    def sweep(self, awaiting: set[int], horizon: int) -> list[Path]:
+        """Delete the part files of files that wait for no bytes any more (their version was committed,
+        deleted or expired): file ids up to ``horizon`` not in ``awaiting``. Ids above the horizon are
+        newer than the caller's query and left alone. Returns the deleted paths."""
+        removed = []
+        for part in self.root.glob("*.part"):
+            head = part.name.split("-", 1)[0]
+            if not head.isdigit():
+                continue
+            file_id = int(head)
+            with self._lock:
+                if file_id in awaiting or file_id > horizon or file_id in self._busy:
+                    continue
+                sink = self._sinks.pop(file_id, None)
+            if sink is not None:
+                sink.close()
+            part.unlink(missing_ok=True)
+            removed.append(part)
+        return removed
+
     def _release(self, file: File) -> None:
         with self._lock:
             self._busy.discard(file.id)
@@ -152,3 +172,8 @@ class PartialUploads:
 def partial_uploads(root: Path) -> PartialUploads:
     """One ``PartialUploads`` per directory in this process."""
     return PartialUploads(root)
+
+
+def partials_for(home: Path) -> PartialUploads:
+    """The part files of a deltazoo home (``<home>/uploads``)."""
+    return partial_uploads(Path(home).resolve() / "uploads")

@@ -19,7 +19,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from compression.safetensors_io import SafetensorsError, read_header
@@ -137,7 +137,7 @@ def rank_candidates(
     models, and for a private model also of the private models of its own namespace (never another
     namespace's private model: neither its name nor its bytes may show through this one)."""
     own = session.get(Model, version.model_id)
-    visible = Model.private.is_(False)
+    visible: ColumnElement[bool] = Model.private.is_(False)
     if own is not None and own.private:
         visible = or_(visible, and_(Model.private.is_(True), Model.namespace_id == own.namespace_id))
     rows = session.scalars(
