@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi import Depends, FastAPI
 
 from api.auth import require_token
-from api.errors import install_error_handlers
+from api.errors import RejectNul, install_error_handlers
 from api.routes import files, health, misc, models, tokens, versions
 from deltazoo.settings import Settings, get_settings
 from registry.db import session_scope, upgrade_database
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(RejectNul)
     for module in (models, versions, files, misc, tokens):
         app.include_router(module.router, prefix="/v1", dependencies=[Depends(require_token)])
     app.include_router(health.router, prefix="/v1")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +29,7 @@ __all__ = [
     "RangeNotSatisfiable",
     "Unavailable",
     "Unprocessable",
+    "RejectNul",
     "error_body",
     "install_error_handlers",
 ]
@@ -106,3 +109,25 @@ def _unavailable(exc: BaseException) -> JSONResponse:
     log.warning("%s did not answer: %s: %s", what, type(exc).__name__, first_line)
     message = f"{what} did not answer ({type(exc).__name__}); retry in a few seconds"
     return JSONResponse(error_body("unavailable", message), status_code=503, headers={"Retry-After": "2"})
+
+
+class RejectNul:
+    """ASGI middleware: a NUL character in the path or query string is a 400 ``invalid_characters``
+    before any route runs (no name, path or parameter deltazoo knows holds one, and the database could
+    not store or compare it)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"").lower()
+            if "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query:
+                body = json.dumps(
+                    error_body("invalid_characters", "the URL holds a NUL character (%00); remove it")
+                ).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+                await send({"type": "http.response.start", "status": 400, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

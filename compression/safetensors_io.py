@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from compression.dtypes import DTYPES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_NAME_CHARS = 500  # the registry's column width for tensor names
 INDEX_SUFFIX = ".safetensors.index.json"
 
 
@@ -94,6 +95,11 @@ def _shape(name: str, raw: object) -> tuple[int, ...]:
 
 
 def _entry(name: str, raw: object) -> TensorEntry:
+    if len(name) > MAX_NAME_CHARS or "\x00" in name:
+        raise SafetensorsError(
+            f"tensor {name[:80]!r}...: names must be at most {MAX_NAME_CHARS} characters without NUL "
+            f"(this one has {len(name)}); rename the tensor"
+        )
     if not isinstance(raw, dict):
         raise SafetensorsError(f"tensor {name!r}: entry must be an object, got {type(raw).__name__}")
     missing = {"dtype", "shape", "data_offsets"} - raw.keys()

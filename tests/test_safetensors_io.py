@@ -89,6 +89,8 @@ ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
         (make_file([1, 2], b""), "JSON object"),  # type: ignore[arg-type]
         (struct.pack("<Q", 50) + b"{}", "ends inside"),
         (b"\x01\x02", "8-byte length"),
+        (make_file({"x" * 501: ENTRY}, bytes(8)), "at most 500 characters"),  # the registry's column
+        (make_file({"a\x00b": ENTRY}, bytes(8)), "without NUL"),  # Postgres text cannot hold NUL
     ],
 )
 def test_malformed_files_are_refused(blob: bytes, words: str) -> None:

@@ -28,7 +28,7 @@ from registry.errors import BadRequest, Conflict, DeltazooError, NotFound
 from registry.models import Artifact, Evaluation, File, Job, TextSet, Version
 from registry.objectstore import ObjectStore
 from registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
-from registry.services.refs import ref_string
+from registry.services.refs import check_description, ref_string
 from registry.services.storage import get_blob, put_blob
 
 Enqueue = Callable[[int], None]
@@ -103,6 +103,7 @@ def register_text(
 ) -> TextSet:
     """Store a new text set and enqueue its evaluation of the newest ``max_versions`` ready versions."""
     check_text(name, data, max_bytes)
+    check_description(description, "text set")
     if session.scalar(select(TextSet).where(TextSet.name == name)) is not None:
         raise Conflict(f"text set {name!r} already exists; pick another name", code="text_exists")
     blob, _new = put_blob(session, store, data)

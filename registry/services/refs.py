@@ -27,6 +27,20 @@ class Ref:
         return f"{self.org}/{self.name}"
 
 
+MAX_DESCRIPTION_CHARS = 10_000
+
+
+def check_description(text: str, what: str) -> str:
+    """A free-text description the database can hold: no NUL, at most ``MAX_DESCRIPTION_CHARS``."""
+    if "\x00" in text or len(text) > MAX_DESCRIPTION_CHARS:
+        raise Unprocessable(
+            f"the {what} description must be at most {MAX_DESCRIPTION_CHARS} characters without NUL"
+            f" (got {len(text)})",
+            code="invalid_description",
+        )
+    return text
+
+
 def parse_name(name: str) -> tuple[str, str]:
     m = NAME_RE.match(name or "")
     if not m:

@@ -54,8 +54,8 @@ def create_token(
             f"scopes must be a non-empty subset of {', '.join(SCOPES)} (got {', '.join(scopes) or 'none'})",
             code="invalid_scopes",
         )
-    if not name.strip() or len(name) > 200:
-        raise Unprocessable("a token needs a name of 1 to 200 characters", code="invalid_token_name")
+    if not name.strip() or len(name) > 200 or "\x00" in name:
+        raise Unprocessable("a token needs a name of 1 to 200 characters (no NUL)", code="invalid_token_name")
     if admin and namespace is not None:
         raise Unprocessable(
             "an admin token covers every namespace; leave namespace null", code="invalid_scopes"

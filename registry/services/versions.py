@@ -27,7 +27,14 @@ from registry.repositories import (
 from registry.services.access import Principal, can_read_model, model_not_found
 from registry.services.encode import check_related_base
 from registry.services.profiles import check_profile
-from registry.services.refs import RELATIONS, get_version, parse_name, parse_ref, ref_string
+from registry.services.refs import (
+    RELATIONS,
+    check_description,
+    get_version,
+    parse_name,
+    parse_ref,
+    ref_string,
+)
 from registry.services.similarity import mark_auto_base, sketch_and_resolve
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -63,6 +70,7 @@ def create_model(
     session: Session, name: str, description: str, private: bool, exist_ok: bool
 ) -> tuple[Model, bool]:
     org, short = parse_name(name)
+    check_description(description, "model")
     existing = ModelRepository(session).get(org, short)
     if existing is not None:
         if exist_ok:
