@@ -11,11 +11,16 @@ bits           4, 2, 3, 8                  k-bit uniform symmetric codes
 scale          tensor, row, group          one fp16 min-max scale per tensor / row / group
 group_size     multiple of m               columns per scale when ``scale=group`` (only then)
 select         random, magnitude, obs,     which n of a group survive: seeded random (paper's
-               importance                  balanced dropout), the largest |Δ| (biased), the
+               importance, search          balanced dropout), the largest |Δ| (biased), the
                                            largest OBS saliency Δ_j² / [H⁻¹]_jj (calibrated), or
                                            one per m/n sub-block drawn ∝ |Δ| and stored as the
-                                           unbiased Horvitz–Thompson value (deltadq_alloc.py)
-mix            0–100 (0)                   select=importance only: % of uniform mixed into ∝ |Δ|
+                                           unbiased Horvitz–Thompson value (deltadq_alloc.py); or
+                                           (calibrated) the best of ``draws`` such draws per group
+                                           on the layer's inputs (deltadq_search.py)
+mix            0–100 (0)                   select=importance|search: % of uniform mixed into ∝ |Δ|
+draws          1–256 (16)                  select=search only: importance draws tried per group
+ridge          integer ≥ 0 (500)           select=search only: the search minimises
+                                           eᵀ(H + ridge/100 · mean diag H · I)e per row
 rescale        mn, none, sum               kept values × m/n (paper); unchanged; or shifted so
                                            each group's sum equals the dense group's sum
 fit            minmax, lsq, refit, gptq,   scale = max|x| / (2^(k−1)−1) (paper), or refined by
@@ -53,6 +58,7 @@ import torch
 
 from compression.deltadq_alloc import CANDIDATES, allocate, importance_keep, layer_choices
 from compression.deltadq_fit import damped, obs_positions, quantize_fitted, refit
+from compression.deltadq_search import MAX_DRAWS, search_keep
 from compression.packed import PackedArtifact, PackedDelta, index_bits, pack_bits
 
 DELTADQ_VERSION = 1
@@ -61,17 +67,19 @@ ALLOWED_BITS = (2, 3, 4, 8)
 MAX_M = 1024
 _CHOICES = {
     "scale": ("tensor", "row", "group"),
-    "select": ("random", "magnitude", "obs", "importance"),
+    "select": ("random", "magnitude", "obs", "importance", "search"),
     "rescale": ("mn", "none", "sum"),
     "fit": ("minmax", "lsq", "refit", "gptq", "obs"),
     "alloc": ("none", "sensitivity"),
     "include": ("linear", "all"),
 }
-_INT_KEYS = ("n", "m", "bits", "group_size", "mix", "anchor", "seed")
+_INT_KEYS = ("n", "m", "bits", "group_size", "mix", "draws", "ridge", "anchor", "seed")
 # 2-D weights that are not linear layers of the decoder: token / position embeddings and the output head.
 _EMBEDDING_NAME = re.compile(r"(embed|lm_head|wte|wpe|embed_out|word_embeddings|shared)", re.IGNORECASE)
 _LSQ_STEPS = 4
 CALIBRATED_FITS = ("refit", "gptq", "obs")
+DEFAULT_DRAWS = 16
+DEFAULT_RIDGE = 500
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ class DeltaDQProfile:
     group_size: int = 0
     select: str = "random"
     mix: int = 0
+    draws: int = DEFAULT_DRAWS
+    ridge: int = DEFAULT_RIDGE
     rescale: str = "mn"
     fit: str = "minmax"
     anchor: int = 0
@@ -115,16 +125,20 @@ class DeltaDQProfile:
             raise ValueError("select=obs keeps what a refit can use; add fit=refit, fit=gptq or fit=obs")
         if self.anchor and self.fit not in CALIBRATED_FITS:
             raise ValueError(f"anchor={self.anchor} only applies to fit=refit, fit=gptq or fit=obs")
-        if self.select == "importance":
+        if self.select in ("importance", "search"):
             if self.m % self.n or self.fit in CALIBRATED_FITS or self.rescale != "mn":
                 raise ValueError(
-                    "select=importance draws one entry per m/n sub-block and stores its unbiased value: "
-                    f"it needs n dividing m (n={self.n}, m={self.m}), fit=minmax|lsq and rescale=mn"
+                    f"select={self.select} draws one entry per m/n sub-block and stores its unbiased "
+                    f"value: it needs n dividing m (n={self.n}, m={self.m}), fit=minmax|lsq and rescale=mn"
                 )
             if self.mix > 100:
                 raise ValueError(f"mix={self.mix} is a percentage: use 0..100")
         elif self.mix:
-            raise ValueError(f"mix={self.mix} only applies to select=importance")
+            raise ValueError(f"mix={self.mix} only applies to select=importance or select=search")
+        if self.select != "search" and (self.draws, self.ridge) != (DEFAULT_DRAWS, DEFAULT_RIDGE):
+            raise ValueError("draws and ridge only apply to select=search")
+        if not 1 <= self.draws <= MAX_DRAWS:
+            raise ValueError(f"draws={self.draws} must be between 1 and {MAX_DRAWS}")
         if self.alloc == "sensitivity" and (self.fit in CALIBRATED_FITS or self.scale == "group"):
             raise ValueError(
                 "alloc=sensitivity picks n, m, bits per layer: "
@@ -151,7 +165,7 @@ class DeltaDQProfile:
     @property
     def needs_calibration(self) -> bool:
         """True when building this profile needs per-layer input Hessians (``calibration``)."""
-        return self.fit in CALIBRATED_FITS or self.alloc == "sensitivity"
+        return self.fit in CALIBRATED_FITS or self.alloc == "sensitivity" or self.select == "search"
 
 
 def parse_profile(text: str) -> DeltaDQProfile:
@@ -327,6 +341,15 @@ def compress_delta(
     if profile.select == "importance":
         pos, kept3 = importance_keep(delta3, profile.n, profile.mix, seed)
         q, scales = quantize(kept3.reshape(rows, -1), profile, name)
+    elif profile.select == "search":
+        assert hessian is not None
+        try:
+            pos, kept3 = search_keep(
+                delta3, hessian, profile.n, profile.mix, seed, profile.draws, profile.ridge
+            )
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        q, scales = quantize(kept3.reshape(rows, -1), profile, name)
     elif profile.fit in CALIBRATED_FITS:
         assert hessian is not None
         h = damped(hessian, cols, name)
@@ -431,9 +454,12 @@ def _allocated(
     for k, h in hessians.items():
         ft, base = finetune_state[k], base_state[k]
 
-        def build(n: int, m: int, bits: int, k: str = k, ft: torch.Tensor = ft, base: torch.Tensor = base):
+        def build(
+            n: int, m: int, bits: int, k: str = k, ft: torch.Tensor = ft, base: torch.Tensor = base,
+            h: torch.Tensor = h,
+        ):
             layer = replace(profile, n=n, m=m, bits=bits, alloc="none")
-            return compress_delta(ft, base, layer, k)
+            return compress_delta(ft, base, layer, k, h if layer.needs_calibration else None)
 
         options = [o for o in dict.fromkeys((own, *CANDIDATES)) if ft.shape[1] % o[1] == 0]
         choices[k] = layer_choices(k, ft, base, h, options, build)
