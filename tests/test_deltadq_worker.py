@@ -19,7 +19,7 @@ from deltazoo.settings import Settings
 from tests.test_api_support import push, wait_job
 from tests.test_eval_leaderboard import CONFIG, TEXT, _files, _model_state
 
-PROFILE = "deltadq:n=1,m=32,bits=4,fit=obs"
+PROFILES = ["deltadq:n=1,m=32,bits=4,fit=obs", "deltadq:n=1,m=32,bits=4,select=search"]
 
 
 @pytest.fixture
@@ -41,26 +41,29 @@ def _artifact(client: TestClient, profile: str) -> dict:
         time.sleep(0.05)
 
 
-def test_fit_obs_needs_a_text_then_calibrates_on_it(client: TestClient, tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", PROFILES)
+def test_calibrated_profile_needs_a_text_then_calibrates_on_it(
+    client: TestClient, tmp_path: Path, profile: str
+) -> None:
     base, ft = _model_state(0, 0), _model_state(0, 0)
     gen = torch.Generator().manual_seed(3)
     ft = {k: (v.float() + 0.01 * torch.randn(v.shape, generator=gen)).to(v.dtype) for k, v in ft.items()}
     assert wait_job(client, push(client, "lm/base", _files(base))["job"]["id"])["status"] == "succeeded"
-    answer = push(client, "lm/ft", _files(ft), base="lm/base@1", profiles=[PROFILE])
+    answer = push(client, "lm/ft", _files(ft), base="lm/base@1", profiles=[profile])
     assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
-    failed = _artifact(client, PROFILE)
+    failed = _artifact(client, profile)
     assert failed["status"] == "failed"
     assert "needs a calibration text: register one with POST /v1/texts" in failed["status_message"]
 
     assert client.post("/v1/texts", params={"name": "fox"}, content=TEXT.encode()).status_code == 201
-    r = client.post("/v1/models/lm/ft/versions/1/artifacts", json={"profile": PROFILE})
+    r = client.post("/v1/models/lm/ft/versions/1/artifacts", json={"profile": profile})
     assert r.status_code == 202 and wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
-    assert _artifact(client, PROFILE)["status"] == "ready"
+    assert _artifact(client, profile)["status"] == "ready"
     path = tmp_path / "a.safetensors"
-    path.write_bytes(client.get(f"/v1/models/lm/ft/versions/1/artifacts/{PROFILE}").content)
+    path.write_bytes(client.get(f"/v1/models/lm/ft/versions/1/artifacts/{profile}").content)
     stored = load_artifact(path)
     hessians = collect_hessians(build_causal_lm(CONFIG, base), TEXT)
-    direct = build_artifact(base, ft, PROFILE, calibration=hessians)
+    direct = build_artifact(base, ft, profile, calibration=hessians)
     assert set(stored.packed) == set(direct.packed) and stored.packed
     for name, d in direct.packed.items():  # the same mask; values from the same calibration
         assert torch.equal(stored.packed[name].indices, d.indices)
