@@ -29,6 +29,11 @@ try:  # built by setup.py; optional so that the format never depends on a compil
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _exact5 = None
 
+
+def _crc32(data: bytes | memoryview, value: int = 0) -> int:
+    """zlib.crc32, by the extension's carry-less-multiply kernel when it is built."""
+    return zlib.crc32(data, value) if _exact5 is None else int(_exact5.crc32(data, value))
+
 NTOK = 64  # tokens per context (59 used)
 MAX_LEN = 11  # longest code; the decoder's lookup width
 CONTEXTS = 8  # contexts the encoder uses: the top exponent and the 7 below it (lower ones share the last)
@@ -205,14 +210,18 @@ def _groups(nseg: int, seg: int, n: int, threads: int) -> list[tuple[int, int, i
 
 
 def encode_stream(
-    child: np.ndarray, parent: np.ndarray, shift: int, backend: str = "auto", threads: int = 1
+    child: np.ndarray, parent: np.ndarray, shift: int, backend: str = "auto", threads: int = 1,
+    prefix: bytes = b"",
 ) -> bytes:
-    """One format-5 stream of 16-bit child against parent: head, ctxmap, code lengths, segment sizes,
-    segments, crc32. ``threads`` > 1 codes runs of segments side by side (the same bytes)."""
+    """``prefix`` + one format-5 stream of 16-bit child against parent: head, ctxmap, code lengths,
+    segment sizes, segments, crc32. ``threads`` > 1 codes runs of segments side by side (the same bytes).
+    With one thread the extension does it all in one call (``_exact5.encode_stream``, same bytes)."""
     use_c = _pick(backend)
     n, seg = child.size, _segment(child.size)
     nseg = (n + seg - 1) // seg
     stride = 1 if n < SAMPLE_FROM else SAMPLE_STRIDE
+    if use_c and (threads <= 1 or nseg <= 1):
+        return bytes(_exact5.encode_stream(child, parent, shift, stride, seg, prefix))
     per_exp: np.ndarray  # elements per (parent exponent, token)
     body: bytes | memoryview
     if use_c:
@@ -252,8 +261,8 @@ def encode_stream(
     parts: list[bytes | memoryview] = [*head, body]
     crc = 0
     for p in parts:
-        crc = zlib.crc32(p, crc)
-    return b"".join(parts) + struct.pack("<I", crc)
+        crc = _crc32(p, crc)
+    return b"".join([prefix, *parts, struct.pack("<I", crc)])
 
 
 def _encode_numpy(
@@ -301,30 +310,35 @@ def decode_stream(
     if ctxmap.max() >= k or offset + k * NTOK + 4 * nseg > len(buf):
         raise CodecError("corrupt payload: bad format-5 context map or truncated code lengths")
     lengths = np.frombuffer(buf, np.uint8, k * NTOK, offset).reshape(k, NTOK)
-    _check_kraft(lengths)
+    if not use_c:
+        _check_kraft(lengths)
     offset += k * NTOK
     sizes = np.frombuffer(buf, "<u4", nseg, offset).astype(np.int64)
     offset += 4 * nseg
     body_at, end = offset, offset + int(sizes.sum())
     if end + 4 > len(buf):
         raise CodecError("corrupt payload: truncated format-5 segments")
-    if zlib.crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
+    if _crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
         raise CodecError("corrupt payload: stream checksum (crc32) mismatch")
-    src = np.zeros(end - body_at + 4 * seg + 16, np.uint8)  # room for a segment read past its end
-    src[: end - body_at] = np.frombuffer(buf, np.uint8, end - body_at, body_at)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    dec = _tables(lengths, use_c)[1]
+    offsets = np.zeros(nseg + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
     out = np.empty(n, "<u2")
     if use_c:
+        body = buf[body_at:end]  # read in place: the kernel bounds its loads near the end
 
         def run(g: tuple[int, int, int, int]) -> int:
             s0, s1, a, b = g
             ofs = offsets[s0 : s1 + 1]
-            return int(_exact5.decode(src, ofs, parent[a:b], shift, ctxmap, dec, seg, out[a:b]))
+            return int(_exact5.decode(body, ofs, parent[a:b], shift, ctxmap, lengths, seg, out[a:b]))
 
-        bad = any(_map(run, _groups(nseg, seg, n, threads), threads))
+        status = min(_map(run, _groups(nseg, seg, n, threads), threads), default=0)
+        if status == -2:
+            raise CodecError("corrupt payload: Huffman code lengths are not a prefix code")
+        bad = status < 0
     else:
-        bad = bool(_decode_numpy(src, offsets, parent, shift, ctxmap, dec, seg, out))
+        src = np.zeros(end - body_at + 4 * seg + 16, np.uint8)  # room for a segment read past its end
+        src[: end - body_at] = np.frombuffer(buf, np.uint8, end - body_at, body_at)
+        bad = bool(_decode_numpy(src, offsets, parent, shift, ctxmap, dec_table(lengths), seg, out))
     if bad:
         raise CodecError("corrupt payload: a format-5 segment does not end where its size says")
     return out, end + 4
