@@ -39,6 +39,84 @@ static inline uint32_t token(uint16_t z) {
 
 static inline uint16_t load16(const uint8_t *p, Py_ssize_t i) { uint16_t v; memcpy(&v, p + 2 * i, 2); return v; }
 
+/* ---------------------------------------------------------------------------------------- crc32
+ * zlib's crc32 (the gzip polynomial, reflected), the stream checksum: folded with carry-less multiplies
+ * (PCLMULQDQ, Intel's "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ Instruction"; the
+ * constants are zlib/Chromium's crc32_simd.c) where the CPU has them, else a byte table. */
+static uint32_t CRC_TABLE[256];
+
+static uint32_t crc32_bytes(uint32_t crc, const uint8_t *b, size_t n) { /* crc: the inverted state */
+    while (n--) crc = CRC_TABLE[(crc ^ *b++) & 255] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_CLMUL_CLONE 1
+/* n >= 64, a multiple of 16; crc: the inverted state. */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc32_clmul(uint32_t crc, const uint8_t *buf, size_t n) {
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4), k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
+    const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124), poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
+    __m128i x1 = _mm_loadu_si128((const __m128i *)buf), x2 = _mm_loadu_si128((const __m128i *)(buf + 16));
+    __m128i x3 = _mm_loadu_si128((const __m128i *)(buf + 32)), x4 = _mm_loadu_si128((const __m128i *)(buf + 48));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    buf += 64, n -= 64;
+    for (; n >= 64; buf += 64, n -= 64) { /* four lanes of 128 bits, each folded 512 bits forward */
+        __m128i x5 = _mm_clmulepi64_si128(x1, k1k2, 0x00), x6 = _mm_clmulepi64_si128(x2, k1k2, 0x00);
+        __m128i x7 = _mm_clmulepi64_si128(x3, k1k2, 0x00), x8 = _mm_clmulepi64_si128(x4, k1k2, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, k1k2, 0x11), x2 = _mm_clmulepi64_si128(x2, k1k2, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, k1k2, 0x11), x4 = _mm_clmulepi64_si128(x4, k1k2, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), _mm_loadu_si128((const __m128i *)buf));
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), _mm_loadu_si128((const __m128i *)(buf + 16)));
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), _mm_loadu_si128((const __m128i *)(buf + 32)));
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), _mm_loadu_si128((const __m128i *)(buf + 48)));
+    }
+    __m128i lanes[3] = {x2, x3, x4}; /* fold the four lanes into one */
+    for (int i = 0; i < 3; i++)
+        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), lanes[i]),
+                           _mm_clmulepi64_si128(x1, k3k4, 0x00));
+    for (; n >= 16; buf += 16, n -= 16)
+        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), _mm_loadu_si128((const __m128i *)buf)),
+                           _mm_clmulepi64_si128(x1, k3k4, 0x00));
+    /* 128 bits to 64, then Barrett reduction to 32 */
+    const __m128i low32 = _mm_setr_epi32(~0, 0, ~0, 0);
+    x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
+    x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5k0, 0x00), x2);
+    x2 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
+    x2 = _mm_clmulepi64_si128(_mm_and_si128(x2, low32), poly, 0x00);
+    return (uint32_t)_mm_extract_epi32(_mm_xor_si128(x1, x2), 1);
+}
+#endif
+
+static int use_clmul = 0; /* set at import where the CPU has PCLMULQDQ and SSE4.1 */
+
+static uint32_t crc32_any(uint32_t crc, const uint8_t *b, size_t n) {
+    crc = ~crc;
+#ifdef HAVE_CLMUL_CLONE
+    if (use_clmul && n >= 64) {
+        size_t m = n & ~(size_t)15;
+        crc = crc32_clmul(crc, b, m);
+        b += m, n -= m;
+    }
+#endif
+    return ~crc32_bytes(crc, b, n);
+}
+
+/* crc32(data, value=0): zlib.crc32(data, value), faster. */
+static PyObject *py_crc32(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    unsigned int value = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &data, &value)) return NULL;
+    uint32_t crc;
+    Py_BEGIN_ALLOW_THREADS
+    crc = crc32_any(value, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
 /* counts[parent exponent * 64 + token] over every stride-th element (u32[256 * 64]). */
 static PyObject *py_count(PyObject *self, PyObject *args) {
     Py_buffer child, parent, counts;
@@ -404,6 +482,82 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     return PyLong_FromLong(result);
 }
 
+/* decode_stream(buf, offset, n, parent, shift) -> (the n elements' bytes, offset past the stream), or an
+ * int (nonzero) where the stream is corrupt: compression.exact_v5.decode_stream then reads it again the
+ * long way, which names the fault. The same checks, in one call. */
+static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
+    Py_buffer buf, parent;
+    Py_ssize_t offset, n;
+    int shift;
+    if (!PyArg_ParseTuple(args, "y*nny*i", &buf, &offset, &n, &parent, &shift)) return NULL;
+    const uint8_t *b = buf.buf;
+    Py_ssize_t len = buf.len, start = offset, fault = 0;
+    uint32_t seg = 0, k = 0, crc = 0;
+    int64_t *of = NULL;
+    uint32_t *dt = NULL;
+    PyObject *out = NULL;
+    if (n < 0 || parent.len != 2 * n || offset < 0 || (shift != 7 && shift != 10)) fault = 1;
+    else if (offset + 5 + 256 > len) fault = 2;
+    else {
+        memcpy(&seg, b + offset, 4);
+        k = b[offset + 4];
+        if (seg == 0 || seg > 65536 || k == 0) fault = 3;
+    }
+    Py_ssize_t nseg = fault ? 0 : (n + seg - 1) / seg;
+    const uint8_t *cm = b + offset + 5, *lengths = cm + 256;
+    if (!fault) {
+        offset += 5 + 256;
+        for (int e = 0; e < 256; e++) if (cm[e] >= k) fault = 4;
+        if (offset + (Py_ssize_t)k * NTOK + 4 * nseg > len) fault = 4;
+    }
+    if (!fault) {
+        offset += (Py_ssize_t)k * NTOK;
+        of = malloc((nseg + 1) * sizeof(int64_t));
+        dt = malloc((size_t)k * (4 << LOOKUP));
+        if (!of || !dt) fault = 5;
+    }
+    if (!fault) {
+        of[0] = 0;
+        for (Py_ssize_t s = 0; s < nseg; s++) {
+            uint32_t sz;
+            memcpy(&sz, b + offset + 4 * s, 4);
+            of[s + 1] = of[s] + sz;
+        }
+        offset += 4 * nseg;
+        if (offset + of[nseg] + 4 > len) fault = 6;
+    }
+    if (!fault) out = PyBytes_FromStringAndSize(NULL, 2 * n);
+    if (!fault && !out) fault = 5;
+    if (!fault) {
+        const uint8_t *src = b + offset;
+        Py_ssize_t end = offset + of[nseg];
+        uint8_t used[256] = {0};
+        for (int e = 0; e < 256; e++) used[cm[e]] = 1;
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(&crc, b + end, 4);
+        if (crc32_any(0, b + start, (size_t)(end - start)) != crc) fault = 7;
+        else if (!decode_table(lengths, k, used, dt)) fault = 8;
+        else {
+            const uint32_t *rowp[512];
+            for (int v = 0; v < 512; v++) rowp[v] = dt + ((uint32_t)cm[v & (0x7FFF >> shift)] << LOOKUP);
+            int bad;
+#ifdef HAVE_BMI2_CLONE
+            if (use_bmi2) bad = decode_bmi2(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o);
+            else
+#endif
+                bad = decode_portable(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o);
+            if (bad) fault = 9;
+        }
+        Py_END_ALLOW_THREADS
+        offset = end + 4;
+    }
+    free(of); free(dt);
+    PyBuffer_Release(&buf); PyBuffer_Release(&parent);
+    if (fault) { Py_XDECREF(out); return PyLong_FromSsize_t(fault); }
+    return Py_BuildValue("(Nn)", out, offset);
+}
+
 /* set_portable(flag): use (or not) the plain x86-64 decoder where the CPU has BMI2 (for tests); returns
  * the instruction set now used, "bmi2" or "portable". */
 static PyObject *py_set_portable(PyObject *self, PyObject *args) {
@@ -414,84 +568,6 @@ static PyObject *py_set_portable(PyObject *self, PyObject *args) {
     use_bmi2 = !flag && __builtin_cpu_supports("bmi2");
 #endif
     return PyUnicode_FromString(use_bmi2 ? "bmi2" : "portable");
-}
-
-/* ---------------------------------------------------------------------------------------- crc32
- * zlib's crc32 (the gzip polynomial, reflected), the stream checksum: folded with carry-less multiplies
- * (PCLMULQDQ, Intel's "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ Instruction"; the
- * constants are zlib/Chromium's crc32_simd.c) where the CPU has them, else a byte table. */
-static uint32_t CRC_TABLE[256];
-
-static uint32_t crc32_bytes(uint32_t crc, const uint8_t *b, size_t n) { /* crc: the inverted state */
-    while (n--) crc = CRC_TABLE[(crc ^ *b++) & 255] ^ (crc >> 8);
-    return crc;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define HAVE_CLMUL_CLONE 1
-/* n >= 64, a multiple of 16; crc: the inverted state. */
-__attribute__((target("pclmul,sse4.1"))) static uint32_t crc32_clmul(uint32_t crc, const uint8_t *buf, size_t n) {
-    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4), k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
-    const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124), poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
-    __m128i x1 = _mm_loadu_si128((const __m128i *)buf), x2 = _mm_loadu_si128((const __m128i *)(buf + 16));
-    __m128i x3 = _mm_loadu_si128((const __m128i *)(buf + 32)), x4 = _mm_loadu_si128((const __m128i *)(buf + 48));
-    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
-    buf += 64, n -= 64;
-    for (; n >= 64; buf += 64, n -= 64) { /* four lanes of 128 bits, each folded 512 bits forward */
-        __m128i x5 = _mm_clmulepi64_si128(x1, k1k2, 0x00), x6 = _mm_clmulepi64_si128(x2, k1k2, 0x00);
-        __m128i x7 = _mm_clmulepi64_si128(x3, k1k2, 0x00), x8 = _mm_clmulepi64_si128(x4, k1k2, 0x00);
-        x1 = _mm_clmulepi64_si128(x1, k1k2, 0x11), x2 = _mm_clmulepi64_si128(x2, k1k2, 0x11);
-        x3 = _mm_clmulepi64_si128(x3, k1k2, 0x11), x4 = _mm_clmulepi64_si128(x4, k1k2, 0x11);
-        x1 = _mm_xor_si128(_mm_xor_si128(x1, x5), _mm_loadu_si128((const __m128i *)buf));
-        x2 = _mm_xor_si128(_mm_xor_si128(x2, x6), _mm_loadu_si128((const __m128i *)(buf + 16)));
-        x3 = _mm_xor_si128(_mm_xor_si128(x3, x7), _mm_loadu_si128((const __m128i *)(buf + 32)));
-        x4 = _mm_xor_si128(_mm_xor_si128(x4, x8), _mm_loadu_si128((const __m128i *)(buf + 48)));
-    }
-    __m128i lanes[3] = {x2, x3, x4}; /* fold the four lanes into one */
-    for (int i = 0; i < 3; i++)
-        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), lanes[i]),
-                           _mm_clmulepi64_si128(x1, k3k4, 0x00));
-    for (; n >= 16; buf += 16, n -= 16)
-        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), _mm_loadu_si128((const __m128i *)buf)),
-                           _mm_clmulepi64_si128(x1, k3k4, 0x00));
-    /* 128 bits to 64, then Barrett reduction to 32 */
-    const __m128i low32 = _mm_setr_epi32(~0, 0, ~0, 0);
-    x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
-    x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
-    x2 = _mm_srli_si128(x1, 4);
-    x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5k0, 0x00), x2);
-    x2 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
-    x2 = _mm_clmulepi64_si128(_mm_and_si128(x2, low32), poly, 0x00);
-    return (uint32_t)_mm_extract_epi32(_mm_xor_si128(x1, x2), 1);
-}
-#endif
-
-static int use_clmul = 0; /* set at import where the CPU has PCLMULQDQ and SSE4.1 */
-
-static uint32_t crc32_any(uint32_t crc, const uint8_t *b, size_t n) {
-    crc = ~crc;
-#ifdef HAVE_CLMUL_CLONE
-    if (use_clmul && n >= 64) {
-        size_t m = n & ~(size_t)15;
-        crc = crc32_clmul(crc, b, m);
-        b += m, n -= m;
-    }
-#endif
-    return ~crc32_bytes(crc, b, n);
-}
-
-/* crc32(data, value=0): zlib.crc32(data, value), faster. */
-static PyObject *py_crc32(PyObject *self, PyObject *args) {
-    Py_buffer data;
-    unsigned int value = 0;
-    if (!PyArg_ParseTuple(args, "y*|I", &data, &value)) return NULL;
-    uint32_t crc;
-    Py_BEGIN_ALLOW_THREADS
-    crc = crc32_any(value, data.buf, (size_t)data.len);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&data);
-    return PyLong_FromUnsignedLong(crc);
 }
 
 /* Code lengths of one context, as compression.exact_v5.code_lengths computes them (the same merges:
@@ -694,6 +770,7 @@ static PyMethodDef methods[] = {
     {"tables", py_tables, METH_VARARGS, "tables(lengths, tok_extra, tok_base, enc, dec)"},
     {"encode_stream", py_encode_stream, METH_VARARGS, "encode_stream(child, parent, shift, stride, seg, prefix)"},
     {"encode", py_encode, METH_VARARGS, "encode(child, parent, shift, ztab, enc, seg, out, sizes)"},
+    {"decode_stream", py_decode_stream, METH_VARARGS, "decode_stream(buf, offset, n, parent, shift)"},
     {"decode", py_decode, METH_VARARGS, "decode(src, offsets, parent, shift, ctxmap, lengths, seg, out)"},
     {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0) -> zlib.crc32(data, value)"},
     {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag) -> instruction set used"},

@@ -295,6 +295,10 @@ def decode_stream(
     """Inverse of ``encode_stream``: n elements and the offset just past the stream; ``threads`` > 1
     decodes runs of segments side by side."""
     use_c = _pick(backend)
+    if use_c and threads <= 1:
+        got = _exact5.decode_stream(buf, offset, n, parent, shift)
+        if not isinstance(got, int):  # else corrupt: the checks below name the fault
+            return np.frombuffer(got[0], "<u2"), got[1]
     start = offset
     if offset + _HEAD.size + 256 > len(buf):
         raise CodecError("corrupt payload: truncated format-5 stream header")
