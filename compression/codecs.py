@@ -192,6 +192,10 @@ def encode_tensor(
     child = np.frombuffer(raw, dtype=parent.dtype)
     shared = parent.size
     magic = MAGIC if version == 5 and dtype in _V5_SHIFT else MAGIC_V4
+    if magic == MAGIC and same:  # the header goes in ahead of the stream: no copy of the body after
+        head = _header("delta", dtype, parent_dtype, n, magic)
+        payload = exact_v5.encode_stream(child, parent, _V5_SHIFT[dtype], threads=threads, prefix=head)
+        return EncodedTensor("delta", payload)
     if magic == MAGIC:
         body = exact_v5.encode_stream(child[:shared], parent, _V5_SHIFT[dtype], threads=threads)
     else:
@@ -300,6 +304,8 @@ def _decode_v234(
             out = np.concatenate([out, tail])
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
+    if type(out.base) is bytes and len(out.base) == out.nbytes:  # format 5 decodes into a bytes object
+        return out.base  # of its own: handed over as it is, not copied
     return out.tobytes()
 
 
