@@ -22,5 +22,7 @@ setup(
                   optional=True),
         Extension("compression._exact5", sources=["compression/_exact5.c"], extra_compile_args=FLAGS,
                   optional=True),
+        Extension("compression._plain5", sources=["compression/_plain5.c"], extra_compile_args=FLAGS,
+                  optional=True),
     ]
 )

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compression import exact_rans, exact_v4, exact_v5
+from compression import exact_plain, exact_rans, exact_v4, exact_v5
 from compression.dtypes import DTYPES, dtype_info
 from compression.exact_errors import CodecError
 from compression.exact_legacy import MAGIC_V1, decode_v1
@@ -64,7 +64,10 @@ DTYPE_CODES: tuple[str, ...] = (
     "BOOL",
 )
 NO_PARENT = 0xFF
-_HEADER = struct.Struct("<4s c B B x Q")  # magic, codec id, dtype, parent dtype, element count
+_HEADER = struct.Struct("<4s c B B B Q")  # magic, codec id, dtype, parent dtype, flags, element count
+# Format-5 header flag: the payload's plain streams (`p`, the new rows of `r`) of BF16/F16 are
+# compression.exact_plain streams (without it: format-4 streams, as format 5 first wrote them).
+PLAIN16 = 1
 _CODEC_IDS = {"plain": b"p", "delta": b"d", "delta-rows": b"r"}
 _ENCODINGS = {v: k for k, v in _CODEC_IDS.items()}
 _TORCH_FLOATS = {
@@ -139,12 +142,17 @@ _V5_SHIFT = {"BF16": 7, "F16": 10}  # dtypes format 5 codes, with their mantissa
 VERSIONS = (4, 5)  # formats encode_tensor can write
 
 
-def _header(codec: str, dtype: str, parent_dtype: str | None, n: int, magic: bytes = MAGIC_V4) -> bytes:
+def _header(
+    codec: str, dtype: str, parent_dtype: str | None, n: int, magic: bytes = MAGIC_V4, flags: int = 0
+) -> bytes:
     parent_code = NO_PARENT if parent_dtype is None else DTYPE_CODES.index(parent_dtype)
-    return _HEADER.pack(magic, _CODEC_IDS[codec], DTYPE_CODES.index(dtype), parent_code, n)
+    return _HEADER.pack(magic, _CODEC_IDS[codec], DTYPE_CODES.index(dtype), parent_code, flags, n)
 
 
-def _plain(raw: Buffer, dtype: str, n: int, threads: int) -> EncodedTensor:
+def _plain(raw: Buffer, dtype: str, n: int, threads: int, version: int = 5) -> EncodedTensor:
+    if version == 5 and dtype in exact_plain.FLOATS:  # one thread: it runs near memory-copy speed
+        head = _header("plain", dtype, None, n, MAGIC, PLAIN16)
+        return EncodedTensor("plain", exact_plain.encode(raw, dtype, head))
     elems = np.frombuffer(raw, dtype=uint_dtype(dtype_info(dtype).itemsize))
     body = exact_v4.encode_stream(layout(dtype, False), elems, None, threads=threads)
     return EncodedTensor("plain", _header("plain", dtype, None, n) + body)
@@ -173,7 +181,7 @@ def encode_tensor(
         raise CodecError(f"version must be one of {VERSIONS}, not {version!r}")
     n = _check(raw, dtype, shape, "tensor")
     if parent_raw is None:
-        return _plain(raw, dtype, n, threads)
+        return _plain(raw, dtype, n, threads, version)
     _check(parent_raw, parent_dtype, parent_shape, "parent tensor")
     assert parent_dtype is not None and parent_shape is not None
     shape, parent_shape = [int(d) for d in shape], [int(d) for d in parent_shape]
@@ -185,10 +193,10 @@ def encode_tensor(
         and parent_shape[0] < shape[0]
     )
     if not (same or grown):
-        return _plain(raw, dtype, n, threads)
+        return _plain(raw, dtype, n, threads, version)
     parent = _as_child_dtype(parent_raw, parent_dtype, dtype)
     if parent is None:
-        return _plain(raw, dtype, n, threads)
+        return _plain(raw, dtype, n, threads, version)
     child = np.frombuffer(raw, dtype=parent.dtype)
     shared = parent.size
     magic = MAGIC if version == 5 and dtype in _V5_SHIFT else MAGIC_V4
@@ -202,6 +210,9 @@ def encode_tensor(
         body = exact_v4.encode_stream(layout(dtype, True), child[:shared], parent, threads=threads)
     if same:
         return EncodedTensor("delta", _header("delta", dtype, parent_dtype, n, magic) + body)
+    if magic == MAGIC:  # BF16/F16: the new rows as a plain stream of exact_plain
+        head = _header("delta-rows", dtype, parent_dtype, n, magic, PLAIN16) + struct.pack("<Q", shared)
+        return EncodedTensor("delta-rows", exact_plain.encode(child[shared:], dtype, head + body))
     tail = exact_v4.encode_stream(layout(dtype, False), child[shared:], None, threads=threads)
     head = _header("delta-rows", dtype, parent_dtype, n, magic) + struct.pack("<Q", shared)
     return EncodedTensor("delta-rows", head + body + tail)
@@ -268,6 +279,19 @@ def _decode_v234(
         raise CodecError(f"payload holds a {held} tensor but {dtype} was asked")
     if count != n:
         raise CodecError(f"payload holds {count} elements but the shape asks for {n}")
+    v5 = bytes(buf[:4]) == MAGIC
+    if v5 and fields[4] not in (0, PLAIN16):
+        raise CodecError(f"corrupt payload: unknown format-5 flags {fields[4]:#x}")
+    plain16 = v5 and fields[4] == PLAIN16
+    if plain16 and dtype not in exact_plain.FLOATS:
+        raise CodecError(f"corrupt payload: format-5 plain streams code BF16 and F16, not {dtype}")
+    if plain16 and codec == "plain":  # the decoded bytes as they are: no copy
+        if pcode != NO_PARENT:
+            raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
+        data, offset = exact_plain.decode(buf, header.size, n, dtype)
+        if offset != len(buf):
+            raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
+        return data
     parent, shared, offset = None, n, header.size
     if codec != "plain":
         parent = _parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
@@ -299,7 +323,10 @@ def _decode_v234(
             out, offset = stream(False, offset, n, None)
         else:
             out, offset = stream(True, offset, shared, parent)
-        if codec == "delta-rows":
+        if codec == "delta-rows" and plain16:
+            rows, offset = exact_plain.decode(buf, offset, n - shared, dtype)
+            out = np.concatenate([out, np.frombuffer(rows, "<u2")])
+        elif codec == "delta-rows":
             tail, offset = stream(False, offset, n - shared, None)
             out = np.concatenate([out, tail])
     if offset != len(buf):
