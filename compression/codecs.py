@@ -7,18 +7,20 @@ with the format version, codec id, dtypes, sizes), so bytes written by any versi
 forever: format 1 (``DZT1``, XOR + zstd) by ``compression.exact_legacy``, format 2 (``DZT2``, byte
 planes + zstd) by ``compression.exact_v2``.
 
-Format 5 (``DZT5``, written now for ``delta`` and ``delta-rows`` of BF16 and F16) codes the zigzagged
-16-bit difference ``child − parent`` as a token, Huffman-coded with a table per parent exponent, and the
-token's extra bits inline, in byte-aligned segments that decode four at a time (``compression.exact_v5``;
-a C kernel with a numpy fallback of the same format); the new rows of ``delta-rows`` and every other
-dtype and ``plain`` stay format 4. Format 4 (``DZT4``) codes a delta as the integer difference of bit patterns
-``child − parent`` (wrapping), as a sign-and-magnitude token modelled per parent exponent (interleaved
-rANS) plus raw low bits packed apart, in chunks of 2^18 elements (``compression.exact_v4``; a C kernel
-with a numpy fallback of the same format). Format 3 (``DZT3``, ``compression.exact_rans``) has the same
-tokens and tables but codes raw bits through rANS too; it is read, no longer written. A parent of
-another float dtype is first cast to the child's dtype (torch, round to
-nearest even) and the payload records the parent's dtype. ``plain`` floats code the exponent and keep
-sign and mantissa as raw bits. Layout: docs/FORMAT.md.
+Format 5 (``DZT5``, written now for every payload of BF16 and F16) codes the zigzagged 16-bit difference
+``child − parent`` as a token, Huffman-coded with a table per parent exponent, and the token's extra bits
+inline, in byte-aligned segments that decode four at a time (``compression.exact_v5``; a C kernel with a
+numpy fallback of the same format). Its ``plain`` payloads and the new rows of ``delta-rows`` (header flag
+``PLAIN16``; ``delta-rows`` written before the flag have format-4 new rows) are plain streams of
+``compression.exact_plain``: the exponent and the top mantissa bit Huffman-coded, sign and the other
+mantissa bits as a packed plane. Every other dtype stays format 4. Format 4 (``DZT4``) codes a delta as
+the integer difference of bit patterns ``child − parent`` (wrapping), as a sign-and-magnitude token
+modelled per parent exponent (interleaved rANS) plus raw low bits packed apart, in chunks of 2^18 elements
+(``compression.exact_v4``; a C kernel with a numpy fallback of the same format). Format 3 (``DZT3``,
+``compression.exact_rans``) has the same tokens and tables but codes raw bits through rANS too; it is
+read, no longer written. A parent of another float dtype is first cast to the child's dtype (torch, round
+to nearest even) and the payload records the parent's dtype. Format-4 ``plain`` floats code the exponent
+and keep sign and mantissa as raw bits. Layout: docs/FORMAT.md.
 """
 
 from __future__ import annotations
