@@ -142,28 +142,48 @@ static int dec_table(const uint8_t *len, int a, int shift, int multi, uint64_t *
         uint32_t l = len[s], rev = enc[s] & 0xFFFF;
         for (uint32_t t = 0; t < (TSIZE >> l); t++) one[rev | t << l] = (uint32_t)s | l << 16;
     }
-    for (uint32_t i = 0; i < TSIZE; i++) { /* branch-free: whether a code fits is unpredictable */
-        uint64_t lanes = 0;
-        uint32_t total = 0, cnt = 0, alive = 1, first = one[i] >> 16;
-        for (int c = 0; c < (multi ? 4 : 1); c++) {
-            uint32_t e = one[(i >> total) & (TSIZE - 1)], l = e >> 16;
-            uint32_t ok = alive & (l != 0) & (l <= MAXLEN - total);
-            lanes |= (uint64_t)(((e & 0xFFFF) << shift) & (0u - ok)) << (16 * c);
-            total += l & (0u - ok);
-            cnt += ok;
-            alive = ok;
+    /* T[i] is i's first symbol followed by those of T[i >> l] (l: that symbol's length; i >> l < i for
+     * i > 0, so it is built) whose codes end within the 12 − l bits left, at most three. cum[i] holds the
+     * bits taken after each of T[i]'s symbols (a nibble each), real[i] their number (0: no code). */
+    uint16_t cum[TSIZE];
+    uint8_t real[TSIZE];
+    uint64_t symbits = (0x7FFFull & ~((1ull << shift) - 1)) * 0x0001000100010001ull;
+    static const uint64_t keep[4] = {0, 0xFFFF0000ull, 0xFFFFFFFF0000ull, 0xFFFFFFFFFFFF0000ull};
+    for (uint32_t i = 0; i < TSIZE; i++) {
+        uint32_t e = one[i], l = e >> 16, c = 0;
+        uint64_t lanes = (uint64_t)(e & 0xFFFF) << shift;
+        uint32_t total = l, sums = l;
+        if (l == 0) { /* no code: garbage that still moves on */
+            T[i] = MAXLEN | 1ull << 16 | (uint64_t)MAXLEN << 32, cum[i] = 0, real[i] = 0;
+            continue;
         }
-        if (cnt == 0) total = first = MAXLEN, cnt = 1; /* no code: garbage that still moves on */
-        T[i] = lanes | total | (uint64_t)cnt << 16 | (uint64_t)first << 32;
+        uint32_t j = i >> l, avail = MAXLEN - l;
+        if (multi && i > 0) {
+            uint32_t cj = cum[j], rj = real[j];
+            c = (rj > 0 && (cj & 15) <= avail) + (rj > 1 && (cj >> 4 & 15) <= avail) +
+                (rj > 2 && (cj >> 8 & 15) <= avail); /* cumulative: the ones that fit come first */
+            lanes |= ((T[j] & symbits) << 16) & keep[c];
+            total += c ? (cj >> (4 * (c - 1))) & 15 : 0;
+            sums |= ((cj + l * 0x111u) & ((1u << (4 * c)) - 1)) << 4;
+        } else if (multi) { /* i = 0: all zero bits, the same first code again while it fits */
+            for (; c < 3 && total + l <= MAXLEN; c++) {
+                lanes |= lanes << 16 & 0xFFFF0000ull << (16 * c);
+                total += l;
+                sums |= total << (4 * (c + 1));
+            }
+        }
+        T[i] = lanes | total | (uint64_t)(c + 1) << 16 | (uint64_t)l << 32;
+        cum[i] = (uint16_t)sums, real[i] = (uint8_t)(c + 1);
     }
     free(one);
     return 1;
 }
 
 /* ------------------------------------------------------------------------------ checksum */
-/* Fletcher over u64 words of the bytes (zero-padded to 8): s1 = sum w_i, s2 = sum (N − i) w_i, mod 2^64. */
-static void fletcher(const uint8_t *p, size_t len, uint64_t *s1, uint64_t *s2) {
-    uint64_t a = 0, b = 0;
+/* Fletcher over u64 words of the bytes (zero-padded to 8): s1 = sum w_i, s2 = sum (N − i) w_i, mod 2^64.
+ * From (a, b) of the words before: a += w, b += a per word. */
+static void fletcher_from(const uint8_t *p, size_t len, uint64_t *s1, uint64_t *s2) {
+    uint64_t a = *s1, b = *s2;
     size_t i = 0;
     for (; i + 32 <= len; i += 32) { /* four words a step: b += 4a + 4w0 + 3w1 + 2w2 + w3 */
         uint64_t w0 = rd64(p + i), w1 = rd64(p + i + 8), w2 = rd64(p + i + 16), w3 = rd64(p + i + 24);
@@ -177,6 +197,39 @@ static void fletcher(const uint8_t *p, size_t len, uint64_t *s1, uint64_t *s2) {
         a += v, b += a;
     }
     *s1 = a, *s2 = b;
+}
+
+#ifdef HAVE_BMI2_CLONE
+/* Eight lanes (word 8t + q in lane q): A_q = sum w, B_q = sum (T − t) w over T steps; then
+ * s1 = sum A_q and s2 = sum 8 B_q − q A_q; the words after the last whole step as above. */
+__attribute__((target("avx2"))) static void fletcher_avx2(const uint8_t *p, size_t len, uint64_t *s1,
+                                                          uint64_t *s2) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
+    size_t i = 0;
+    for (; i + 64 <= len; i += 64) {
+        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+        b0 = _mm256_add_epi64(b0, a0);
+        b1 = _mm256_add_epi64(b1, a1);
+    }
+    uint64_t A[8], B[8], a = 0, b = 0;
+    _mm256_storeu_si256((__m256i *)A, a0), _mm256_storeu_si256((__m256i *)(A + 4), a1);
+    _mm256_storeu_si256((__m256i *)B, b0), _mm256_storeu_si256((__m256i *)(B + 4), b1);
+    for (int q = 0; q < 8; q++) a += A[q], b += 8 * B[q] - (uint64_t)q * A[q];
+    *s1 = a, *s2 = b;
+    fletcher_from(p + i, len - i, s1, s2);
+}
+#endif
+
+static void fletcher(const uint8_t *p, size_t len, uint64_t *s1, uint64_t *s2) {
+#ifdef HAVE_BMI2_CLONE
+    if (!portable_only && __builtin_cpu_supports("avx2")) {
+        fletcher_avx2(p, len, s1, s2);
+        return;
+    }
+#endif
+    *s1 = *s2 = 0;
+    fletcher_from(p, len, s1, s2);
 }
 
 /* ------------------------------------------------------------------------------ encode */
@@ -413,7 +466,7 @@ typedef struct {
     Layout L;
 } Dec;
 
-#define STEP2(j)                                                                                   \
+#define STEP3(j)                                                                                   \
     {                                                                                              \
         uint64_t w = rd64(buf + (p##j >> 3)) >> (p##j & 7), e = T[w & (TSIZE - 1)];               \
         wr64((uint8_t *)o##j, e);                                                                  \
@@ -421,12 +474,16 @@ typedef struct {
         o##j += (e >> 16) & 7;                                                                     \
         uint64_t f = T[(w >> t) & (TSIZE - 1)];                                                    \
         wr64((uint8_t *)o##j, f);                                                                  \
+        t += (unsigned)f & 15;                                                                     \
         o##j += (f >> 16) & 7;                                                                     \
-        p##j += t + ((unsigned)f & 15);                                                            \
+        uint64_t g = T[(w >> t) & (TSIZE - 1)];                                                    \
+        wr64((uint8_t *)o##j, g);                                                                  \
+        o##j += (g >> 16) & 7;                                                                     \
+        p##j += t + ((unsigned)g & 15);                                                            \
     }
 
-/* Four segments interleaved while each has >= 8 symbols left and no load can pass the end (a step
- * takes at most 24 bits of a stream). */
+/* Four segments interleaved while each has >= 12 symbols left and no load can pass the end (a step
+ * takes three lookups, at most 36 of the >= 57 bits one load gives). */
 ALWAYS_INLINE void decode_fast4(const uint8_t *buf, size_t len, const uint64_t *T, size_t pos[4], uint16_t *o[4],
                                 size_t rem[4]) {
     size_t p0 = pos[0], p1 = pos[1], p2 = pos[2], p3 = pos[3];
@@ -435,14 +492,14 @@ ALWAYS_INLINE void decode_fast4(const uint8_t *buf, size_t len, const uint64_t *
         size_t steps = SIZE_MAX;
         size_t ps[4] = {p0, p1, p2, p3};
         for (int j = 0; j < 4; j++) {
-            size_t byte = ps[j] >> 3, room = byte + 8 <= len ? (len - 8 - byte) / 3 : 0;
-            if (rem[j] / 8 < steps) steps = rem[j] / 8;
+            size_t byte = ps[j] >> 3, room = byte + 8 <= len ? (len - 8 - byte) / 5 : 0;
+            if (rem[j] / 12 < steps) steps = rem[j] / 12;
             if (room < steps) steps = room;
         }
         if (steps == 0) break;
         uint16_t *s0 = o0, *s1 = o1, *s2 = o2, *s3 = o3;
         for (size_t s = 0; s < steps; s++) {
-            STEP2(0) STEP2(1) STEP2(2) STEP2(3)
+            STEP3(0) STEP3(1) STEP3(2) STEP3(3)
         }
         rem[0] -= (size_t)(o0 - s0), rem[1] -= (size_t)(o1 - s1);
         rem[2] -= (size_t)(o2 - s2), rem[3] -= (size_t)(o3 - s3);
@@ -451,18 +508,18 @@ ALWAYS_INLINE void decode_fast4(const uint8_t *buf, size_t len, const uint64_t *
     o[0] = o0, o[1] = o1, o[2] = o2, o[3] = o3;
 }
 
-/* One segment alone (the others of its group ended) while it has >= 8 symbols left and no load can
+/* One segment alone (the others of its group ended) while it has >= 12 symbols left and no load can
  * pass the end. */
 ALWAYS_INLINE void decode_fast1(const uint8_t *buf, size_t len, const uint64_t *T, size_t *pos, uint16_t **o,
                                 size_t *rem) {
     size_t p0 = *pos;
     uint16_t *o0 = *o;
     for (;;) {
-        size_t byte = p0 >> 3, room = byte + 8 <= len ? (len - 8 - byte) / 3 : 0;
-        size_t steps = *rem / 8 < room ? *rem / 8 : room;
+        size_t byte = p0 >> 3, room = byte + 8 <= len ? (len - 8 - byte) / 5 : 0;
+        size_t steps = *rem / 12 < room ? *rem / 12 : room;
         if (steps == 0) break;
         uint16_t *s0 = o0;
-        for (size_t s = 0; s < steps; s++) STEP2(0)
+        for (size_t s = 0; s < steps; s++) STEP3(0)
         *rem -= (size_t)(o0 - s0);
     }
     *pos = p0, *o = o0;
@@ -537,10 +594,29 @@ __attribute__((target("bmi2,avx2"))) static void merge_bmi2(const Dec *D, uint16
     int sh = D->L.shift, R = D->L.R;
     uint64_t sym = (0x7FFFull & ~((1ull << sh) - 1)) * 0x0001000100010001ull;
     uint64_t raw = (0x8000ull | ((1ull << sh) - 1)) * 0x0001000100010001ull;
+    const uint8_t *plane = D->buf + D->rawat;
     size_t i = a;
+    if (a % 8 == 0 && (R <= 8 || R % 2 == 0)) { /* 16 elements a step: 2 R bytes from one or two loads each 8 */
+        __m256i symv = _mm256_set1_epi64x((long long)sym);
+        unsigned half = 4u * (unsigned)R;
+        for (; i + 16 <= b; i += 16) { /* the raw plane has 16 bytes after it: loads stay in the payload */
+            const uint8_t *p = plane + (size_t)R * (i / 8);
+            uint64_t v0 = rd64(p), v1 = rd64(p + R), q0, q1, q2, q3;
+            if (R <= 8) {
+                q0 = _pdep_u64(v0, raw), q1 = _pdep_u64(v0 >> half, raw);
+                q2 = _pdep_u64(v1, raw), q3 = _pdep_u64(v1 >> half, raw);
+            } else {
+                q0 = _pdep_u64(v0, raw), q1 = _pdep_u64(rd64(p + R / 2), raw);
+                q2 = _pdep_u64(v1, raw), q3 = _pdep_u64(rd64(p + R + R / 2), raw);
+            }
+            __m256i lanes = _mm256_set_epi64x((long long)q3, (long long)q2, (long long)q1, (long long)q0);
+            __m256i o = _mm256_loadu_si256((const __m256i *)(out + i));
+            _mm256_storeu_si256((__m256i *)(out + i), _mm256_or_si256(_mm256_and_si256(o, symv), lanes));
+        }
+    }
     for (; i + 4 <= b; i += 4) { /* 4 R <= 40 bits from one load (the raw plane has 16 bytes after it) */
         size_t bit = (size_t)R * i;
-        uint64_t v = rd64(D->buf + D->rawat + (bit >> 3)) >> (bit & 7);
+        uint64_t v = rd64(plane + (bit >> 3)) >> (bit & 7);
         wr64((uint8_t *)(out + i), (rd64((const uint8_t *)(out + i)) & sym) | _pdep_u64(v, raw));
     }
     merge_tail(D, out, i, b);
@@ -614,7 +690,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         Layout L = layout(E, M, k);
         uint32_t seg;
         memcpy(&seg, buf + start + 1, 4);
-        uint8_t lens[4096];
+        uint8_t lens[4096] = {0};
         for (int s = 0; s < L.a; s += 2) {
             uint8_t v = buf[start + 5 + (size_t)s / 2];
             lens[s] = v & 15, lens[s + 1] = v >> 4;
