@@ -338,7 +338,7 @@ static int decode_table(const uint8_t *lengths, Py_ssize_t k, const uint8_t *use
 /* Bytes a run of B elements of one segment may read past its position: 27 bits each, one 8-byte load. */
 #define BLOCK 64
 #ifndef GROUP
-#define GROUP 4
+#define GROUP 8
 #endif
 #define REACH (BLOCK * 27 / 8 + 9)
 
@@ -348,28 +348,151 @@ static inline __attribute__((always_inline)) uint64_t load_tail(const uint8_t *s
     return v;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Six segments side by side, elements j0..j1, in one block of BMI2 assembly: the steps of decode_run in
+ * 20 instructions an element, all state in registers (bit addresses a0..a5 = (src + byte) * 8 + bit).
+ * Segment k's elements are at p/o + 2 * (k * SEG + j). Instantiated for the writer's segment lengths. */
+#define ASM_STEP(k) \
+    "movzwl " #k "*%c[s](%[p]), %k[at]\n\t" \
+    "shrl %[sh], %k[at]\n\t" \
+    "movq (%[rowp],%[at],8), %[e]\n\t"          /* the context's table */ \
+    "movq %[a" #k "], %[at]\n\t" \
+    "shrq $3, %[at]\n\t"                        /* byte address */ \
+    "movl %k[a" #k "], %k[bit]\n\t" \
+    "andl $7, %k[bit]\n\t"                      /* bit in it */ \
+    "shrx %[bit], (%[at]), %[w]\n\t"            /* the next >= 57 bits */ \
+    "movl %k[w], %k[at]\n\t" \
+    "andl $2047, %k[at]\n\t" \
+    "movl (%[e],%[at],4), %k[e]\n\t"            /* the entry of the next 11 bits */ \
+    "movzbl %b[e], %k[bit]\n\t" \
+    "addq %[bit], %[a" #k "]\n\t"               /* bits taken */ \
+    "bzhi %[e], %[w], %[w]\n\t" \
+    "rorx $8, %[e], %[bit]\n\t" \
+    "shrx %[bit], %[w], %[w]\n\t"               /* x: the extra bits but the first */ \
+    "rorx $16, %[e], %[at]\n\t" \
+    "xorl %k[w], %k[at]\n\t"                    /* A ^ x */ \
+    "testl $0x4000, %k[e]\n\t" \
+    "jnz .Lslow" #k "_%=\n" \
+    ".Lback" #k "_%=:\n\t" \
+    "addw " #k "*%c[s](%[p]), %w[at]\n\t"       /* + parent */ \
+    "movw %w[at], " #k "*%c[s](%[o])\n\t"
+#define ASM_SLOW(k) \
+    ".Lslow" #k "_%=:\n\t"                      /* z = base + x, unzigzagged */ \
+    "movl %k[e], %k[at]\n\t" \
+    "shrl $16, %k[at]\n\t" \
+    "addl %k[w], %k[at]\n\t" \
+    "movl %k[at], %k[bit]\n\t" \
+    "andl $1, %k[bit]\n\t" \
+    "negl %k[bit]\n\t" \
+    "shrl $1, %k[at]\n\t" \
+    "xorl %k[bit], %k[at]\n\t" \
+    "jmp .Lback" #k "_%=\n\t"
+#define ASM8(SEG, SH) \
+    static inline __attribute__((always_inline)) void run8_##SEG##_##SH( \
+        uint64_t *pos, const uint8_t *src, const uint8_t *p, uint8_t *o, Py_ssize_t j0, Py_ssize_t j1, \
+        const uint32_t *const *rowp) { \
+        if (j1 <= j0) return; \
+        const uint64_t base = 8 * (uint64_t)(uintptr_t)src; \
+        uint64_t a0 = pos[0] + base, a1 = pos[1] + base, a2 = pos[2] + base, a3 = pos[3] + base; \
+        uint64_t a4 = pos[4] + base, a5 = pos[5] + base, a6 = pos[6] + base, a7 = pos[7] + base, at, bit, w, e; \
+        const uint8_t *pj = p + 2 * j0, *pend = p + 2 * j1; \
+        uint8_t *oj = o + 2 * j0; \
+        __asm__ volatile( \
+            ".p2align 4\n" \
+            ".Lloop_%=:\n\t" \
+            ASM_STEP(0) ASM_STEP(1) ASM_STEP(2) ASM_STEP(3) ASM_STEP(4) ASM_STEP(5) ASM_STEP(6) ASM_STEP(7) \
+            "addq $2, %[p]\n\t" \
+            "addq $2, %[o]\n\t" \
+            "cmpq %[p], %[pend]\n\t" \
+            "jne .Lloop_%=\n\t" \
+            "jmp .Ldone_%=\n\t" \
+            ASM_SLOW(0) ASM_SLOW(1) ASM_SLOW(2) ASM_SLOW(3) ASM_SLOW(4) ASM_SLOW(5) ASM_SLOW(6) ASM_SLOW(7) \
+            ".Ldone_%=:\n\t" \
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [a4] "+r"(a4), [a5] "+r"(a5), \
+              [a6] "+r"(a6), [a7] "+r"(a7), [p] "+r"(pj), [o] "+r"(oj), [at] "=&r"(at), [bit] "=&r"(bit), \
+              [w] "=&r"(w), [e] "=&r"(e) \
+            : [pend] "m"(pend), [rowp] "r"(rowp), [sh] "i"(SH), [s] "i"(2 * SEG) \
+            : "cc", "memory"); \
+        pos[0] = a0 - base, pos[1] = a1 - base, pos[2] = a2 - base, pos[3] = a3 - base; \
+        pos[4] = a4 - base, pos[5] = a5 - base, pos[6] = a6 - base, pos[7] = a7 - base; \
+    }
+ASM8(4096, 7)
+ASM8(256, 7)
+ASM8(4096, 10)
+ASM8(256, 10)
+#endif
+
 /* Elements j0..j1 of G segments side by side (segment k's elements at p/o + 2 * (k * seg + j)); `tail`:
  * loads bounded by len (the last bytes of the body). */
 static inline __attribute__((always_inline)) void decode_run(
     const uint8_t *src, uint64_t len, uint64_t *pos, const int G, const uint8_t *p, uint8_t *o, Py_ssize_t j0,
     Py_ssize_t j1, const Py_ssize_t seg, const int shift, const uint32_t *const *rowp, const int tail, const int bmi) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (bmi && !tail && G == 8 && (seg == 4096 || seg == 256)) {
+        if (seg == 4096 && shift == 7) run8_4096_7(pos, src, p, o, j0, j1, rowp);
+        else if (seg == 256 && shift == 7) run8_256_7(pos, src, p, o, j0, j1, rowp);
+        else if (seg == 4096) run8_4096_10(pos, src, p, o, j0, j1, rowp);
+        else run8_256_10(pos, src, p, o, j0, j1, rowp);
+        return;
+    }
+    if (bmi && !tail && G >= 4) { /* the same steps in the fewest instructions (three-operand BMI2) */
+        const uint64_t base = 8 * (uint64_t)(uintptr_t)src; /* bit addresses: (src + byte) * 8 + bit */
+        uint64_t a0 = pos[0] + base, a1 = pos[1] + base, a2 = pos[2] + base, a3 = pos[3] + base;
+        uint64_t a4 = G > 4 ? pos[4] + base : 0, a5 = G > 4 ? pos[5] + base : 0;
+        uint64_t a6 = G > 6 ? pos[6] + base : 0, a7 = G > 6 ? pos[7] + base : 0;
+#define STEP_BMI2(k, ak) do { \
+            uint64_t at, bit, w, e; \
+            const uint8_t *pk = p + 2 * ((k) * seg + j); \
+            __asm__("movzwl %[pv], %k[at]\n\t" \
+                    "shrl %[sh], %k[at]\n\t" \
+                    "movq (%[rowp],%[at],8), %[e]\n\t"   /* the context's table */ \
+                    "movq %[pos], %[at]\n\t" \
+                    "shrq $3, %[at]\n\t"                 /* byte address */ \
+                    "movl %k[pos], %k[bit]\n\t" \
+                    "andl $7, %k[bit]\n\t"               /* bit in it */ \
+                    "shrx %[bit], (%[at]), %[w]\n\t"     /* the next >= 57 bits */ \
+                    "movl %k[w], %k[at]\n\t" \
+                    "andl $2047, %k[at]\n\t" \
+                    "movl (%[e],%[at],4), %k[e]\n\t"     /* the entry of the next 11 bits */ \
+                    "movzbl %b[e], %k[bit]\n\t" \
+                    "addq %[bit], %[pos]\n\t"            /* bits taken */ \
+                    "bzhi %[e], %[w], %[w]\n\t" \
+                    "rorx $8, %[e], %[bit]\n\t" \
+                    "shrx %[bit], %[w], %[w]\n\t"        /* x: the extra bits but the first */ \
+                    "rorx $16, %[e], %[at]\n\t" \
+                    "xorl %k[w], %k[at]"                 /* A ^ x in the low 16 bits */ \
+                    : [pos] "+r"(ak), [at] "=&r"(at), [bit] "=&r"(bit), [w] "=&r"(w), [e] "=&r"(e) \
+                    : [pv] "m"(*(const uint16_t *)pk), [sh] "i"(shift), [rowp] "r"(rowp)); \
+            uint32_t d = (uint32_t)at; \
+            if (__builtin_expect((e & SLOW) != 0, 0)) d = unzig((uint32_t)(e >> 16) + (uint32_t)w); \
+            uint16_t pv, v; \
+            memcpy(&pv, pk, 2); \
+            v = (uint16_t)(pv + d); \
+            memcpy(o + 2 * ((k) * seg + j), &v, 2); \
+        } while (0)
+        for (Py_ssize_t j = j0; j < j1; j++) {
+            STEP_BMI2(0, a0); STEP_BMI2(1, a1); STEP_BMI2(2, a2); STEP_BMI2(3, a3);
+            if (G > 4) { STEP_BMI2(4, a4); STEP_BMI2(5, a5); }
+            if (G > 6) { STEP_BMI2(6, a6); STEP_BMI2(7, a7); }
+        }
+#undef STEP_BMI2
+        pos[0] = a0 - base, pos[1] = a1 - base, pos[2] = a2 - base, pos[3] = a3 - base;
+        if (G > 4) pos[4] = a4 - base, pos[5] = a5 - base;
+        if (G > 6) pos[6] = a6 - base, pos[7] = a7 - base;
+        return;
+    }
+#endif
     for (Py_ssize_t j = j0; j < j1; j++) {
 #pragma GCC unroll 8
         for (int k = 0; k < G; k++) {
             uint16_t pv;
             memcpy(&pv, p + 2 * (k * seg + j), 2);
-            const uint32_t *r = rowp[pv >> shift];
+            const uint32_t *r = rowp[(uint32_t)pv >> shift];
             uint64_t at = pos[k] >> 3;
             uint64_t w = (tail ? load_tail(src, at, len) : load64(src + at)) >> (pos[k] & 7);
             uint32_t e = r[w & ((1u << LOOKUP) - 1)];
             pos[k] += e & 255;
-            uint64_t m;
-#if defined(__x86_64__) && defined(__GNUC__)
-            if (bmi) __asm__("bzhi %2, %1, %0" : "=r"(m) : "r"(w), "r"((uint64_t)e)); /* w's low (e & 255) bits */
-            else
-#endif
-                m = w & ((1ull << (e & 255)) - 1);
-            uint32_t x = (uint32_t)(m >> ((e >> 8) & 63));
+            uint32_t x = (uint32_t)((w & ((1ull << (e & 255)) - 1)) >> ((e >> 8) & 63));
             uint32_t d = (e >> 16) ^ x;
             if (__builtin_expect((e & SLOW) != 0, 0)) d = unzig((e >> 16) + x);
             uint16_t v = (uint16_t)(pv + d);
