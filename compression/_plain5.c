@@ -596,7 +596,26 @@ __attribute__((target("bmi2,avx2"))) static void merge_bmi2(const Dec *D, uint16
     uint64_t raw = (0x8000ull | ((1ull << sh) - 1)) * 0x0001000100010001ull;
     const uint8_t *plane = D->buf + D->rawat;
     size_t i = a;
-    if (a % 8 == 0 && (R <= 8 || R % 2 == 0)) { /* 16 elements a step: 2 R bytes from one or two loads each 8 */
+    if (a % 8 == 0 && R == 7) { /* BF16 as written: 16 elements from 14 bytes, no pdep */
+        /* lane q of each half: the 7 bits at bit 7q of its 8-element group, taken from bytes 7q/8 and
+         * 7q/8 + 1, moved to bits 8..14 by a multiply, then sign to bit 15 and low bits to 0..5 */
+        const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 0, 1, 0, 1, 1, 2, 2,
+                                              3, 3, 4, 4, 5, 5, 6, 6, 7);
+        const __m256i mul = _mm256_setr_epi16(256, 2, 4, 8, 16, 32, 64, 128, 256, 2, 4, 8, 16, 32, 64, 128);
+        const __m256i symv = _mm256_set1_epi64x((long long)sym), low = _mm256_set1_epi16(0x3F);
+        const __m256i top = _mm256_set1_epi16((short)0x8000);
+        for (; i + 16 <= b; i += 16) { /* reads up to 23 bytes on: the raw plane has 16 after it */
+            const uint8_t *p = plane + 7 * (i / 8);
+            __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                                _mm_loadu_si128((const __m128i *)(p + 7)), 1);
+            __m256i t = _mm256_mullo_epi16(_mm256_shuffle_epi8(v, pick), mul);
+            __m256i lanes = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(t, 8), low),
+                                            _mm256_and_si256(_mm256_slli_epi16(t, 1), top));
+            __m256i o = _mm256_loadu_si256((const __m256i *)(out + i));
+            _mm256_storeu_si256((__m256i *)(out + i), _mm256_or_si256(_mm256_and_si256(o, symv), lanes));
+        }
+    }
+    if (i % 8 == 0 && (R <= 8 || R % 2 == 0)) { /* 16 elements a step: 2 R bytes from one or two loads each 8 */
         __m256i symv = _mm256_set1_epi64x((long long)sym);
         unsigned half = 4u * (unsigned)R;
         for (; i + 16 <= b; i += 16) { /* the raw plane has 16 bytes after it: loads stay in the payload */
