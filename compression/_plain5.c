@@ -7,7 +7,7 @@
  * M = 7 mantissa bits) and F16 (E = 5, M = 10), element x: symbol s = (x & 0x7FFF) >> (M − k) (E + k
  * bits), raw r = sign << (M − k) | low M − k mantissa bits (R = 1 + M − k bits). Symbols are coded in
  * segments of `seg` elements, each its own byte-aligned LSB-first bitstream; raw values are packed
- * LSB-first after the segments.
+ * LSB-first before the segments (the raw plane is written in the pass that counts symbols).
  *
  * Decoding speed comes from a 4096-entry table (codes are at most 12 bits) whose entry holds up to four
  * decoded symbols, already in place as four u16 lanes (symbol << (M − k)), with the bits taken, the
@@ -243,8 +243,10 @@ static Layout layout(int E, int M, int k) {
     return L;
 }
 
-ALWAYS_INLINE size_t encode_segments(const uint16_t *x, size_t n, size_t seg, const uint32_t *enc, int shift,
-                                     uint8_t *sizes, uint8_t *dst) {
+/* code[x >> shift], clen[x >> shift]: the element's symbol's code (bit-reversed) and length, the sign
+ * bit included in the index (the tables hold both halves) so that no mask is needed. */
+ALWAYS_INLINE size_t encode_segments(const uint16_t *x, size_t n, size_t seg, const uint16_t *code,
+                                     const uint8_t *clen, int shift, uint8_t *sizes, uint8_t *dst) {
     uint8_t *d0 = dst;
     size_t nseg = (n + seg - 1) / seg;
     for (size_t g = 0; g < nseg; g++) {
@@ -254,9 +256,9 @@ ALWAYS_INLINE size_t encode_segments(const uint16_t *x, size_t n, size_t seg, co
         unsigned nb = 0;
         for (; i + 4 <= b; i += 4) { /* <= 4 * 12 bits over < 8 held: one flush per four */
             for (int j = 0; j < 4; j++) {
-                uint32_t e = enc[(x[i + j] & 0x7FFF) >> shift];
-                acc |= (uint64_t)(e & 0xFFFF) << nb;
-                nb += e >> 16;
+                unsigned v = (unsigned)x[i + j] >> shift;
+                acc |= (uint64_t)code[v] << nb;
+                nb += clen[v];
             }
             wr64(dst, acc);
             dst += nb >> 3;
@@ -264,9 +266,9 @@ ALWAYS_INLINE size_t encode_segments(const uint16_t *x, size_t n, size_t seg, co
             nb &= 7;
         }
         for (; i < b; i++) {
-            uint32_t e = enc[(x[i] & 0x7FFF) >> shift];
-            acc |= (uint64_t)(e & 0xFFFF) << nb;
-            nb += e >> 16;
+            unsigned v = (unsigned)x[i] >> shift;
+            acc |= (uint64_t)code[v] << nb;
+            nb += clen[v];
             wr64(dst, acc);
             dst += nb >> 3;
             acc = acc >> (nb & ~7u);
@@ -298,51 +300,74 @@ static size_t pack_raw_tail(const uint16_t *x, size_t n, int shift, int R, uint8
     return (size_t)(dst - d0);
 }
 
-/* Raw values LSB-first, R bits each; returns bytes written (ceil(n R / 8)); dst has 8 bytes of slack. */
-static size_t pack_raw_portable(const uint16_t *x, size_t n, int shift, int R, uint8_t *dst) {
+#define COUNT4(v)                                                                                  \
+    {                                                                                              \
+        sub[(v >> shift) & am]++;                                                                  \
+        sub[a + ((v >> (16 + shift)) & am)]++;                                                     \
+        sub[2 * a + ((v >> (32 + shift)) & am)]++;                                                 \
+        sub[3 * a + ((v >> (48 + shift)) & am)]++;                                                 \
+    }
+
+/* One pass over x: symbol counts into sub (4 histograms of a bins: no store-to-load chain on one bin)
+ * and the raw plane (R bits each, LSB first) into dst (8 bytes of slack); returns its bytes. */
+static size_t count_and_pack_portable(const uint16_t *x, size_t n, int shift, int a, int R, uint32_t *sub,
+                                      uint8_t *dst) {
     uint8_t *d0 = dst;
-    uint64_t acc = 0;
+    uint64_t acc = 0, am = (uint64_t)a - 1;
     unsigned nb = 0;
     size_t i = 0;
     for (; i + 4 <= n; i += 4) { /* 4 R <= 40 bits over < 8 held */
+        uint64_t v = rd64((const uint8_t *)(x + i));
+        COUNT4(v)
         for (int j = 0; j < 4; j++) acc |= raw_of(x[i + j], shift) << nb, nb += (unsigned)R;
         wr64(dst, acc);
         dst += nb >> 3;
         acc >>= (nb & ~7u);
         nb &= 7;
     }
+    for (size_t j = i; j < n; j++) sub[(x[j] & 0x7FFF) >> shift]++;
     return (size_t)(dst - d0) + pack_raw_tail(x + i, n - i, shift, R, dst, acc, nb);
 }
 
 #ifdef HAVE_BMI2_CLONE
-__attribute__((target("bmi2,avx2"))) static size_t pack_raw_bmi2(const uint16_t *x, size_t n, int shift, int R,
-                                                                  uint8_t *dst) {
-    uint64_t lane = 0x8000u | ((1u << shift) - 1), mask = lane * 0x0001000100010001ull;
+__attribute__((target("bmi2,avx2"))) static size_t count_and_pack_bmi2(const uint16_t *x, size_t n, int shift,
+                                                                        int a, int R, uint32_t *sub,
+                                                                        uint8_t *dst) {
+    uint64_t lane = 0x8000u | ((1u << shift) - 1), mask = lane * 0x0001000100010001ull, am = (uint64_t)a - 1;
     uint8_t *d0 = dst;
-    uint64_t acc = 0;
-    unsigned nb = 0, step = 4u * (unsigned)R;
+    unsigned half = 4u * (unsigned)R;
     size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        acc |= _pext_u64(rd64((const uint8_t *)(x + i)), mask) << nb;
-        nb += step;
-        wr64(dst, acc);
-        dst += nb >> 3;
-        acc >>= (nb & ~7u);
-        nb &= 7;
+    if (R <= 8) { /* 8 elements are R whole bytes */
+        for (; i + 8 <= n; i += 8) {
+            uint64_t v = rd64((const uint8_t *)(x + i)), w = rd64((const uint8_t *)(x + i + 4));
+            COUNT4(v)
+            COUNT4(w)
+            wr64(dst, _pext_u64(v, mask) | _pext_u64(w, mask) << half);
+            dst += R;
+        }
+    } else if (R % 2 == 0) { /* 4 elements are R / 2 whole bytes */
+        for (; i + 4 <= n; i += 4) {
+            uint64_t v = rd64((const uint8_t *)(x + i));
+            COUNT4(v)
+            wr64(dst, _pext_u64(v, mask));
+            dst += R / 2;
+        }
     }
-    return (size_t)(dst - d0) + pack_raw_tail(x + i, n - i, shift, R, dst, acc, nb);
+    if (i == 0) return count_and_pack_portable(x, n, shift, a, R, sub, dst);
+    for (size_t j = i; j < n; j++) sub[(x[j] & 0x7FFF) >> shift]++;
+    return (size_t)(dst - d0) + pack_raw_tail(x + i, n - i, shift, R, dst, 0, 0);
 }
 
 __attribute__((target("bmi2,avx2"))) static size_t encode_segments_bmi2(const uint16_t *x, size_t n, size_t seg,
-                                                                         const uint32_t *enc, int shift,
-                                                                         uint8_t *sizes, uint8_t *dst) {
-    return encode_segments(x, n, seg, enc, shift, sizes, dst);
+                                                                         const uint16_t *code, const uint8_t *clen,
+                                                                         int shift, uint8_t *sizes, uint8_t *dst) {
+    return encode_segments(x, n, seg, code, clen, shift, sizes, dst);
 }
 #endif
 
-static size_t encode_segments_portable(const uint16_t *x, size_t n, size_t seg, const uint32_t *enc, int shift,
-                                       uint8_t *sizes, uint8_t *dst) {
-    return encode_segments(x, n, seg, enc, shift, sizes, dst);
+static size_t encode_segments_portable(const uint16_t *x, size_t n, size_t seg, const uint16_t *code,
+                                       const uint8_t *clen, int shift, uint8_t *sizes, uint8_t *dst) {
+    return encode_segments(x, n, seg, code, clen, shift, sizes, dst);
 }
 
 static int use_bmi2(void) {
@@ -351,29 +376,6 @@ static int use_bmi2(void) {
 #else
     return 0;
 #endif
-}
-
-/* Symbols per alphabet entry over all of x, four sub-histograms (no store-to-load chain on one bin). */
-static void histogram(const uint16_t *x, size_t n, int shift, int a, uint64_t *counts) {
-    uint32_t *sub = calloc(4 * (size_t)a, 4);
-    size_t i = 0;
-    memset(counts, 0, 8 * (size_t)a);
-    if (sub) {
-        while (i < n) { /* u32 bins: flushed every 2^30 elements */
-            size_t end = n - i > (1u << 30) ? i + (1u << 30) : n;
-            for (; i + 4 <= end; i += 4) {
-                sub[(x[i] & 0x7FFF) >> shift]++;
-                sub[a + ((x[i + 1] & 0x7FFF) >> shift)]++;
-                sub[2 * a + ((x[i + 2] & 0x7FFF) >> shift)]++;
-                sub[3 * a + ((x[i + 3] & 0x7FFF) >> shift)]++;
-            }
-            for (; i < end; i++) sub[(x[i] & 0x7FFF) >> shift]++;
-            for (int s = 0; s < 4 * a; s++) counts[s % a] += sub[s], sub[s] = 0;
-        }
-        free(sub);
-    } else {
-        for (; i < n; i++) counts[(x[i] & 0x7FFF) >> shift]++;
-    }
 }
 
 /* Stream bytes of n elements: 1 (k) + 4 (seg) + a / 2 (lengths) + 2 nseg (sizes) + segments + raw + 16. */
@@ -401,9 +403,9 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     size_t stored = 1 + 2 * n + 16, bound = coded_bound(n, (size_t)seg, L);
     size_t cap = plen + (bound > stored ? bound : stored) + 16;
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
-    uint64_t *counts = malloc(8 * (size_t)L.a);
+    uint64_t *counts = calloc((size_t)L.a, 8);
     uint8_t *len = malloc((size_t)L.a);
-    uint32_t *enc = calloc((size_t)L.a, 4);
+    uint32_t *enc = calloc(4 * (size_t)L.a, 4); /* then code (2a x u16) and clen (2a x u8) */
     if (!out || !counts || !len || !enc) {
         Py_XDECREF(out); free(counts); free(len); free(enc); PyBuffer_Release(&src);
         return PyErr_NoMemory();
@@ -413,30 +415,42 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     const uint16_t *x = src.buf;
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
-    histogram(x, n, L.shift, L.a, counts);
-    ok = huffman_lengths(counts, L.a, len);
+    /* the raw plane goes after the segment sizes: known before the segments are coded */
+    size_t head = 5 + (size_t)L.a / 2 + 2 * nseg, rawlen = 0;
+    int fast = use_bmi2();
+    uint32_t *sub = calloc(4 * (size_t)L.a, 4);
+    if (sub) {
+        for (size_t i = 0; i < n;) { /* u32 bins: flushed every 2^30 elements */
+            size_t m = n - i < (1u << 30) ? n - i : (1u << 30);
+#ifdef HAVE_BMI2_CLONE
+            if (fast) rawlen += count_and_pack_bmi2(x + i, m, L.shift, L.a, L.R, sub, s0 + head + rawlen);
+#endif
+            if (!fast) rawlen += count_and_pack_portable(x + i, m, L.shift, L.a, L.R, sub, s0 + head + rawlen);
+            for (int q = 0; q < 4 * L.a; q++) counts[q % L.a] += sub[q], sub[q] = 0;
+            i += m;
+        }
+    }
+    ok = sub != NULL && huffman_lengths(counts, L.a, len);
+    free(sub);
     uint64_t bits = 8 * (5 + (uint64_t)L.a / 2 + 3 * (uint64_t)nseg) + (uint64_t)n * (uint64_t)L.R;
     for (int s = 0; s < L.a; s++) bits += counts[s] * len[s];
     d = s0;
-    if (bits < 16 * (uint64_t)n) {
+    if (!ok) {
+    } else if (bits < 16 * (uint64_t)n) {
         canonical(len, L.a, enc);
         *d++ = (uint8_t)k;
         uint32_t sg = (uint32_t)seg;
         memcpy(d, &sg, 4), d += 4;
         for (int s = 0; s < L.a; s += 2) *d++ = (uint8_t)(len[s] | len[s + 1] << 4);
         uint8_t *sizes = d;
-        d += 2 * nseg;
-        int fast = use_bmi2();
+        d += 2 * nseg + rawlen;
+        uint16_t *code = (uint16_t *)(enc + L.a); /* enc has room for both halves of both tables */
+        uint8_t *clen = (uint8_t *)(code + 2 * L.a);
+        for (int v = 0; v < 2 * L.a; v++) code[v] = (uint16_t)enc[v % L.a], clen[v] = (uint8_t)(enc[v % L.a] >> 16);
 #ifdef HAVE_BMI2_CLONE
-        if (fast) {
-            d += encode_segments_bmi2(x, n, (size_t)seg, enc, L.shift, sizes, d);
-            d += pack_raw_bmi2(x, n, L.shift, L.R, d);
-        }
+        if (fast) d += encode_segments_bmi2(x, n, (size_t)seg, code, clen, L.shift, sizes, d);
 #endif
-        if (!fast) {
-            d += encode_segments_portable(x, n, (size_t)seg, enc, L.shift, sizes, d);
-            d += pack_raw_portable(x, n, L.shift, L.R, d);
-        }
+        if (!fast) d += encode_segments_portable(x, n, (size_t)seg, code, clen, L.shift, sizes, d);
     } else {
         *d++ = STORED;
         memcpy(d, x, 2 * n), d += 2 * n;
@@ -460,7 +474,7 @@ typedef struct {
     const uint8_t *buf;
     size_t len;           /* bytes of buf: no load passes it */
     const uint8_t *sizes; /* nseg x u16 */
-    size_t body, rawat;   /* byte offsets of the first segment and of the raw plane */
+    size_t body, rawat;   /* byte offsets of the first segment and of the raw plane (before them) */
     size_t n, seg, nseg;
     const uint64_t *T;
     Layout L;
@@ -717,8 +731,9 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         T = malloc(8 * TSIZE);
         if (!T) { PyErr_NoMemory(); goto done; }
         if (!dec_table(lens, L.a, L.shift, n >= 16384, T)) { corrupt("plain stream code lengths are not a prefix code"); goto done; }
-        size_t nseg = (n + seg - 1) / seg, body = start + 5 + (size_t)L.a / 2 + 2 * nseg;
-        Dec D = {buf, len, buf + start + 5 + (size_t)L.a / 2, body, at - (n * (size_t)L.R + 7) / 8, n, seg, nseg, T, L};
+        size_t nseg = (n + seg - 1) / seg, rawat = start + 5 + (size_t)L.a / 2 + 2 * nseg;
+        size_t body = rawat + (n * (size_t)L.R + 7) / 8; /* the segments follow the raw plane */
+        Dec D = {buf, len, buf + start + 5 + (size_t)L.a / 2, body, rawat, n, seg, nseg, T, L};
         int ok;
         Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_BMI2_CLONE

@@ -5,7 +5,7 @@ the *symbol* ``(x & 0x7FFF) >> (M − k)`` (the exponent and the top ``k`` manti
 towards 0 in bell-shaped weights: k = 1 gains ~0.05 bit per element over the exponent alone) is
 Huffman-coded (canonical, at most 12 bits, one table per tensor from the exact counts), in segments of
 ``seg`` elements that are each a byte-aligned LSB-first bitstream; the *raw* value, the sign above the
-other ``M − k`` mantissa bits (``R = 1 + M − k`` bits), is packed LSB-first after the segments. A stream
+other ``M − k`` mantissa bits (``R = 1 + M − k`` bits), is packed LSB-first before the segments. A stream
 that would not be smaller than the elements themselves stores them as they are. Layout:
 docs/FORMAT.md ("Exact tensor payloads", format 5, plain streams).
 
@@ -183,8 +183,8 @@ def _encode_numpy(x: np.ndarray, e_bits: int, m_bits: int, k: int, seg: int) -> 
                 _SEG.pack(seg),
                 nib.astype(np.uint8).tobytes(),
                 sizes.astype("<u2").tobytes(),
-                segments,
                 packed,
+                segments,
             ]
         )
     return body + _SUMS.pack(*checksum(body))
@@ -232,9 +232,9 @@ def _decode_numpy(buf: memoryview, offset: int, n: int, e_bits: int, m_bits: int
     if size - offset < 2 * nseg:
         raise CodecError("corrupt payload: truncated plain stream segment sizes")
     sizes = np.frombuffer(buf, "<u2", nseg, offset).astype(np.int64)
-    body = offset + 2 * nseg
-    seg_end = body + int(sizes.sum())
-    end = seg_end + (n * r_bits + 7) // 8
+    raw_at = offset + 2 * nseg
+    body = raw_at + (n * r_bits + 7) // 8  # the segments follow the raw plane
+    end = seg_end = body + int(sizes.sum())
     if end + 16 > size:
         raise CodecError("corrupt payload: truncated plain stream segments or raw plane")
     _verify(buf, start, end)
@@ -258,7 +258,7 @@ def _decode_numpy(buf: memoryview, offset: int, n: int, e_bits: int, m_bits: int
         pos[live] = p + np.where(ln == 0, MAX_LEN, ln)  # no code: garbage that still moves on, as in C
     if ((pos + 7) // 8 != offsets[1:]).any():
         raise CodecError("corrupt payload: a plain stream segment does not end where its size says")
-    plane = np.unpackbits(np.frombuffer(buf, np.uint8, end - seg_end, seg_end), bitorder="little")
+    plane = np.unpackbits(np.frombuffer(buf, np.uint8, body - raw_at, raw_at), bitorder="little")
     rawv = (plane[: n * r_bits].reshape(n, r_bits).astype(np.int64) << np.arange(r_bits)).sum(axis=1)
     out = (symbols << shift) | ((rawv >> shift) << 15) | (rawv & ((1 << shift) - 1))
     return out.astype("<u2").tobytes(), end + 16
