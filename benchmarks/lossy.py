@@ -12,9 +12,10 @@ lm_head and norms stay exact), and "bytes" counts those linear deltas only:
   entropy bound), with a keep fraction solved per tensor so that each tensor's bytes equal those of
   the reference deltadq profile (``--reference``), or at the reference's drop rate with bf16 values.
 
-Calibrated profiles (``fit=refit|gptq|obs``, ``alloc=sensitivity``) use input Hessians collected by
-running the BASE model on the calibration text (never the evaluation text): a file, or ``stdlib``,
-the first N characters of the 41st–60th ``*.py`` files of the Python standard library (sorted by name).
+Calibrated profiles (``fit=refit|gptq|obs``, ``select=obs|search``, ``alloc=sensitivity``) use input
+Hessians collected by running the BASE model on the calibration text (never the evaluation text): a
+file, or ``stdlib``, the first N characters of the 41st–60th ``*.py`` files of the Python standard
+library (sorted by name).
 
 Prints a Markdown table and writes it to benchmarks/results/lossy.md (``--out``).
 """
@@ -59,6 +60,7 @@ ALLOCATED = [
     "deltadq:n=1,m=32,bits=4,select=importance", "deltadq:n=1,m=32,bits=4,select=importance,mix=30",
     "deltadq:n=1,m=32,bits=4,alloc=sensitivity",
     "deltadq:n=1,m=32,bits=4,select=importance,alloc=sensitivity",
+    "deltadq:n=1,m=32,bits=4,select=search",
 ]
 
 State = dict[str, torch.Tensor]

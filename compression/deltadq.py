@@ -38,9 +38,12 @@ include        linear, all                 pack decoder linear weights only, or 
 seed           integer ≥ 0 (0)             dropout seed; each tensor uses seed + hash(name)
 =============  ==========================  =====================================================
 
-Calibrated options (``fit=refit|gptq|obs``, ``select=obs``) need ``calibration``: a mapping from
-linear weight names to their input Hessians ``H = XᵀX / N`` (``compression.calibration``); with them
-the kept values replace ``rescale`` (which must stay at its default).
+Calibrated options (``fit=refit|gptq|obs``, ``select=obs|search``, ``alloc=sensitivity``) need
+``calibration``: a mapping from linear weight names to their input Hessians ``H = XᵀX / N``
+(``compression.calibration``); with the calibrated fits the kept values replace ``rescale`` (which must
+stay at its default). ``select=search`` only chooses among unbiased importance draws (values are not
+refit); its ``ridge`` weighs the weight-space error so that the choice does not fit the calibration
+text alone (zoo writer, 1:32 4-bit: see benchmarks/results/lossy_full_writer.md).
 
 ``str(profile)`` is canonical: ``n``, ``m``, ``bits`` always, then only the options that differ from
 their default, in the order above. Everything here is pure: tensors in, ``PackedArtifact`` out.
