@@ -309,28 +309,43 @@ static inline uint32_t unzig(uint32_t z) { return (z >> 1) ^ (0u - (z & 1)); }
 static int decode_table(const uint8_t *lengths, Py_ssize_t k, const uint8_t *used, uint32_t *dt) {
     for (Py_ssize_t ctx = 0; ctx < k; ctx++) {
         const uint8_t *len = lengths + ctx * NTOK;
-        uint32_t *row = dt + (ctx << LOOKUP), start = 0;
-        uint32_t kraft = 0;
+        uint32_t *row = dt + (ctx << LOOKUP), kraft = 0, at[LOOKUP + 2] = {0};
         for (int t = 0; t < NTOK; t++) {
             if (len[t] > LOOKUP) return 0;
             kraft += len[t] ? 1u << (LOOKUP - len[t]) : 0;
+            at[len[t] + 1]++;
         }
         if (kraft > (1u << LOOKUP)) return 0;
         if (!used[ctx]) continue; /* no exponent maps to it: never read */
-        for (uint32_t j = 0; j < (1u << LOOKUP); j++) row[j] = FILLER;
-        for (uint32_t l = 1; l <= LOOKUP; l++)
-            for (int t = 0; t < NTOK; t++) {
-                if (len[t] != l) continue;
-                uint32_t span = 1u << (LOOKUP - l), rev = REV11[start], nx = TOK_NX(t), base = TOK_BASE(t);
-                uint32_t e[2];
-                if (nx == 0) e[0] = e[1] = l | l << 8 | (unzig(base) & 0xFFFF) << 16;
-                else if (l < LOOKUP) {
-                    e[0] = (l + nx) | (l + 1) << 8 | (base >> 1) << 16;
-                    e[1] = e[0] ^ 0xFFFF0000u;
-                } else e[0] = e[1] = (l + nx) | l << 8 | SLOW | base << 16;
-                for (uint32_t j = 0; j < span; j++) row[rev | j << l] = e[j & 1];
-                start += span;
+        /* the used tokens in canonical order (by length, then token), with their bit-reversed (LSB-first)
+         * codes and entries (sign bit 0, 1) */
+        uint32_t code[NTOK], e0[NTOK], e1[NTOK], start = 0;
+        uint8_t order[NTOK];
+        for (int l = 1; l <= LOOKUP + 1; l++) at[l] += at[l - 1]; /* at[l]: first of length l (0: unused) */
+        for (int t = 0; t < NTOK; t++) order[at[len[t]]++] = (uint8_t)t;
+        uint32_t from = at[0]; /* at[l] is now the end of length l */
+        for (uint32_t i = from; i < at[LOOKUP]; i++) {
+            uint32_t t = order[i], l = len[t], nx = TOK_NX(t), base = TOK_BASE(t);
+            code[i] = REV11[start], start += 1u << (LOOKUP - l);
+            if (nx == 0) e0[i] = e1[i] = l | l << 8 | (unzig(base) & 0xFFFF) << 16;
+            else if (l < LOOKUP) {
+                e0[i] = (l + nx) | (l + 1) << 8 | (base >> 1) << 16; /* the sign bit after the code: 0 */
+                e1[i] = e0[i] ^ 0xFFFF0000u;                         /* 1 */
+            } else e0[i] = e1[i] = (l + nx) | l << 8 | SLOW | base << 16;
+        }
+        /* The table of the first L bits, doubled L = 1..11: a code of l bits and the sign bit after it
+         * take their two slots when L = l + 1 (an 11-bit code its one slot when L = 11); copies carry
+         * them (and the filler of slots no code reaches) up. */
+        row[0] = FILLER;
+        uint32_t i = from;
+        for (uint32_t L = 1; L <= LOOKUP; L++) {
+            memcpy(row + (1u << (L - 1)), row, 4u << (L - 1));
+            for (; i < at[L == LOOKUP ? LOOKUP : L - 1]; i++) {
+                uint32_t l = len[order[i]];
+                row[code[i]] = e0[i];
+                if (l < LOOKUP) row[code[i] | 1u << l] = e1[i];
             }
+        }
     }
     return 1;
 }
