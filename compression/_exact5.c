@@ -3,12 +3,18 @@
  * Specified in docs/FORMAT.md ("Exact tensor payloads", format 5) and implemented twice: here and in
  * numpy (compression/exact_v5.py, the fallback when this extension did not build); tests/test_codecs_v5.py
  * checks both write and read the same bytes. Elements are 16-bit (BF16/F16). Per element: z = zigzag of
- * the wrapping difference child − parent; its token and extra bit count (token()); the context is ctxmap[the parent's exponent]; the bitstream
- * gets the token's bit-reversed canonical code (LSB-first) followed by the extra bits (z's low bits).
+ * the wrapping difference child − parent; its token and extra bit count (token(), ZZ); the context is
+ * ctxmap[the parent's exponent]; the bitstream gets the token's bit-reversed canonical code (LSB-first)
+ * followed by the extra bits (z's low bits).
  * A tensor is cut in segments of `seg` elements, each its own byte-aligned bitstream, so that the
- * decoder runs four segments interleaved (four independent dependency chains) and numpy runs all of
+ * decoder runs eight segments interleaved (eight independent dependency chains) and numpy runs all of
  * them in lockstep. Bits are read with one unaligned 64-bit load per element (>= 57 valid bits; an
- * element takes at most 11 + 16 = 27), written through a 64-bit accumulator flushed whole bytes.
+ * element takes at most 11 + 16 = 27), read in place from the payload (loads near its end are bounded),
+ * written through a 64-bit accumulator flushed whole bytes. The hot loops have a BMI2 clone (shrx, bzhi,
+ * rorx; the decoder's in inline assembly) picked at import where the CPU has BMI2, so the module still
+ * runs on x86-64-v2; set_portable(True) forces the plain code (tests check both give the same bytes).
+ * encode_stream and decode_stream do a whole stream in one call (counts, context map, codes, crc32 by
+ * PCLMULQDQ folding); the smaller entry points serve the threaded and checked paths of exact_v5.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -151,7 +157,8 @@ static PyObject *py_count(PyObject *self, PyObject *args) {
  * bit length kt = (t - 8) / 4 + 4 with the two bits after the leading one; the escape (63): z's 16 bits. */
 #define TOK_KT(t) ((uint32_t)((t) - 8) / 4 + 4)
 #define TOK_NX(t) ((t) == 63 ? 16u : (t) < 8 ? 0u : TOK_KT(t) - 3)
-#define TOK_BASE(t) ((t) == 63 ? 0u : (t) < 8 ? (uint32_t)(t) : (1u << (TOK_KT(t) - 1)) | (uint32_t)(((t) - 8) % 4) << (TOK_KT(t) - 3))
+#define TOK_BASE(t) \
+    ((t) == 63 ? 0u : (t) < 8 ? (uint32_t)(t) : (1u << (TOK_KT(t) - 1)) | (uint32_t)(((t) - 8) % 4) << (TOK_KT(t) - 3))
 
 /* The encoder's tables. ZZ[d] (d the wrapping difference) = token | zigzag(d) << 16; an encoder row per
  * parent exponent: per token a u64 of its bits (bit-reversed canonical code, bits 0-10) | code length << 48 |
@@ -544,7 +551,8 @@ static inline __attribute__((always_inline)) int decode_core(
     const int shift, const uint32_t *const *rowp, const Py_ssize_t seg, uint8_t *o, const int bmi) {
     Py_ssize_t whole = n / seg, s = 0;
     int bad = 0;
-    for (; s + GROUP <= whole; s += GROUP) bad |= decode_group(src, len, of, s, GROUP, seg, p, o, seg, shift, rowp, bmi);
+    for (; s + GROUP <= whole; s += GROUP)
+        bad |= decode_group(src, len, of, s, GROUP, seg, p, o, seg, shift, rowp, bmi);
     if (s + 4 <= whole) { bad |= decode_group(src, len, of, s, 4, seg, p, o, seg, shift, rowp, bmi); s += 4; }
     if (s + 2 <= whole) { bad |= decode_group(src, len, of, s, 2, seg, p, o, seg, shift, rowp, bmi); s += 2; }
     if (s < whole) { bad |= decode_group(src, len, of, s, 1, seg, p, o, seg, shift, rowp, bmi); s += 1; }
@@ -604,7 +612,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
             int bad;
 #ifdef HAVE_BMI2_CLONE
             if (use_bmi2)
-                bad = decode_bmi2(srcb.buf, (uint64_t)srcb.len, offs.buf, nseg, n, parent.buf, shift, rowp, seg, out.buf);
+                bad = decode_bmi2(srcb.buf, (uint64_t)srcb.len, offs.buf, nseg, n, parent.buf, shift, rowp, seg,
+                                  out.buf);
             else
 #endif
                 bad = decode_portable(srcb.buf, (uint64_t)srcb.len, offs.buf, nseg, n, parent.buf, shift, rowp, seg,

@@ -8,9 +8,9 @@ else 8 + 4·(bit length − 4) + the two bits after the leading one) and ``bit l
 (shift = mantissa bits), and its
 extra bits follow it in the same LSB-first bitstream, so a decoder does one 2048-entry table lookup per
 element. The tensor is cut into segments of ``seg`` elements, each its own byte-aligned bitstream: the
-C decoder (``compression._exact5``) runs four segments interleaved and the numpy fallback
-(``backend="numpy"``, same bytes) runs all segments in lockstep. Layout: docs/FORMAT.md ("Exact tensor
-payloads", format 5).
+C decoder (``compression._exact5``) runs eight segments interleaved and the numpy fallback
+(``backend="numpy"``, same bytes) runs all segments in lockstep. With one thread a whole stream is one C
+call each way. Layout: docs/FORMAT.md ("Exact tensor payloads", format 5).
 """
 
 from __future__ import annotations
