@@ -30,6 +30,11 @@
 
 #define MAXLEN 12
 #define TSIZE (1u << MAXLEN)
+#ifndef DBITS
+#define DBITS 12 /* the decoder's lookup width (>= MAXLEN) */
+#endif
+#define DSIZE (1u << DBITS)
+#define STEPBYTES ((3 * DBITS + 7) / 8) /* a fast step's three lookups take at most this many bytes */
 #define MAXSEG 32768
 #define STORED 0xFF
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -133,23 +138,23 @@ static int dec_table(const uint8_t *len, int a, int shift, int multi, uint64_t *
     }
     if (kraft > TSIZE) return 0;
     uint32_t enc[TSIZE] = {0};         /* alphabets have at most 2^12 symbols */
-    uint32_t *one = malloc(4 * TSIZE); /* symbol | length << 16; length 0: no code reaches the slot */
+    uint32_t *one = malloc(4 * DSIZE); /* symbol | length << 16; length 0: no code reaches the slot */
     if (!one) return 0;
-    memset(one, 0, 4 * TSIZE);
+    memset(one, 0, 4 * DSIZE);
     canonical(len, a, enc);
     for (int s = 0; s < a; s++) {
         if (!len[s]) continue;
         uint32_t l = len[s], rev = enc[s] & 0xFFFF;
-        for (uint32_t t = 0; t < (TSIZE >> l); t++) one[rev | t << l] = (uint32_t)s | l << 16;
+        for (uint32_t t = 0; t < (DSIZE >> l); t++) one[rev | t << l] = (uint32_t)s | l << 16;
     }
     /* T[i] is i's first symbol followed by those of T[i >> l] (l: that symbol's length; i >> l < i for
      * i > 0, so it is built) whose codes end within the 12 − l bits left, at most three. cum[i] holds the
      * bits taken after each of T[i]'s symbols (a nibble each), real[i] their number (0: no code). */
-    uint16_t cum[TSIZE];
-    uint8_t real[TSIZE];
+    uint16_t cum[DSIZE];
+    uint8_t real[DSIZE];
     uint64_t symbits = (0x7FFFull & ~((1ull << shift) - 1)) * 0x0001000100010001ull;
     static const uint64_t keep[4] = {0, 0xFFFF0000ull, 0xFFFFFFFF0000ull, 0xFFFFFFFFFFFF0000ull};
-    for (uint32_t i = 0; i < TSIZE; i++) {
+    for (uint32_t i = 0; i < DSIZE; i++) {
         uint32_t e = one[i], l = e >> 16, c = 0;
         uint64_t lanes = (uint64_t)(e & 0xFFFF) << shift;
         uint32_t total = l, sums = l;
@@ -157,7 +162,7 @@ static int dec_table(const uint8_t *len, int a, int shift, int multi, uint64_t *
             T[i] = MAXLEN | 1ull << 16 | (uint64_t)MAXLEN << 32, cum[i] = 0, real[i] = 0;
             continue;
         }
-        uint32_t j = i >> l, avail = MAXLEN - l;
+        uint32_t j = i >> l, avail = DBITS - l;
         if (multi && i > 0) {
             uint32_t cj = cum[j], rj = real[j];
             c = (rj > 0 && (cj & 15) <= avail) + (rj > 1 && (cj >> 4 & 15) <= avail) +
@@ -166,7 +171,7 @@ static int dec_table(const uint8_t *len, int a, int shift, int multi, uint64_t *
             total += c ? (cj >> (4 * (c - 1))) & 15 : 0;
             sums |= ((cj + l * 0x111u) & ((1u << (4 * c)) - 1)) << 4;
         } else if (multi) { /* i = 0: all zero bits, the same first code again while it fits */
-            for (; c < 3 && total + l <= MAXLEN; c++) {
+            for (; c < 3 && total + l <= DBITS; c++) {
                 lanes |= lanes << 16 & 0xFFFF0000ull << (16 * c);
                 total += l;
                 sums |= total << (4 * (c + 1));
@@ -482,15 +487,15 @@ typedef struct {
 
 #define STEP3(j)                                                                                   \
     {                                                                                              \
-        uint64_t w = rd64(buf + (p##j >> 3)) >> (p##j & 7), e = T[w & (TSIZE - 1)];               \
+        uint64_t w = rd64(buf + (p##j >> 3)) >> (p##j & 7), e = T[w & (DSIZE - 1)];               \
         wr64((uint8_t *)o##j, e);                                                                  \
         unsigned t = (unsigned)e & 15;                                                             \
         o##j += (e >> 16) & 7;                                                                     \
-        uint64_t f = T[(w >> t) & (TSIZE - 1)];                                                    \
+        uint64_t f = T[(w >> t) & (DSIZE - 1)];                                                    \
         wr64((uint8_t *)o##j, f);                                                                  \
         t += (unsigned)f & 15;                                                                     \
         o##j += (f >> 16) & 7;                                                                     \
-        uint64_t g = T[(w >> t) & (TSIZE - 1)];                                                    \
+        uint64_t g = T[(w >> t) & (DSIZE - 1)];                                                    \
         wr64((uint8_t *)o##j, g);                                                                  \
         o##j += (g >> 16) & 7;                                                                     \
         p##j += t + ((unsigned)g & 15);                                                            \
@@ -506,7 +511,7 @@ ALWAYS_INLINE void decode_fast4(const uint8_t *buf, size_t len, const uint64_t *
         size_t steps = SIZE_MAX;
         size_t ps[4] = {p0, p1, p2, p3};
         for (int j = 0; j < 4; j++) {
-            size_t byte = ps[j] >> 3, room = byte + 8 <= len ? (len - 8 - byte) / 5 : 0;
+            size_t byte = ps[j] >> 3, room = byte + 8 <= len ? (len - 8 - byte) / STEPBYTES : 0;
             if (rem[j] / 12 < steps) steps = rem[j] / 12;
             if (room < steps) steps = room;
         }
@@ -529,7 +534,7 @@ ALWAYS_INLINE void decode_fast1(const uint8_t *buf, size_t len, const uint64_t *
     size_t p0 = *pos;
     uint16_t *o0 = *o;
     for (;;) {
-        size_t byte = p0 >> 3, room = byte + 8 <= len ? (len - 8 - byte) / 5 : 0;
+        size_t byte = p0 >> 3, room = byte + 8 <= len ? (len - 8 - byte) / STEPBYTES : 0;
         size_t steps = *rem / 12 < room ? *rem / 12 : room;
         if (steps == 0) break;
         uint16_t *s0 = o0;
@@ -542,7 +547,7 @@ ALWAYS_INLINE void decode_fast1(const uint8_t *buf, size_t len, const uint64_t *
 /* One symbol per lookup, loads bounds-checked: segment tails and short groups. */
 static size_t decode_slow(const uint8_t *buf, size_t len, const uint64_t *T, size_t pos, uint16_t *o, size_t rem) {
     for (; rem; rem--) {
-        uint64_t w = rd64_safe(buf, len, pos >> 3) >> (pos & 7), e = T[w & (TSIZE - 1)];
+        uint64_t w = rd64_safe(buf, len, pos >> 3) >> (pos & 7), e = T[w & (DSIZE - 1)];
         *o++ = (uint16_t)e;
         pos += (e >> 32) & 15;
     }
@@ -728,7 +733,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
             uint8_t v = buf[start + 5 + (size_t)s / 2];
             lens[s] = v & 15, lens[s + 1] = v >> 4;
         }
-        T = malloc(8 * TSIZE);
+        T = malloc(8 * DSIZE);
         if (!T) { PyErr_NoMemory(); goto done; }
         if (!dec_table(lens, L.a, L.shift, n >= 16384, T)) { corrupt("plain stream code lengths are not a prefix code"); goto done; }
         size_t nseg = (n + seg - 1) / seg, rawat = start + 5 + (size_t)L.a / 2 + 2 * nseg;

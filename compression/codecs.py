@@ -25,6 +25,7 @@ and keep sign and mantissa as raw bits. Layout: docs/FORMAT.md.
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 from collections.abc import Sequence
@@ -95,7 +96,7 @@ def _numel(shape: Shape, what: str) -> int:
     dims = [int(d) for d in shape]
     if any(d < 0 for d in dims):
         raise CodecError(f"{what} shape {dims} has a negative dimension")
-    return int(np.prod(dims, dtype=np.int64))
+    return math.prod(dims)  # exact, and ~40x faster than np.prod on a short list
 
 
 def _check(raw: Buffer, dtype: str | None, shape: Shape | None, what: str) -> int:
