@@ -12,9 +12,10 @@
  * Decoding speed comes from a 4096-entry table (codes are at most 12 bits) whose entry holds up to four
  * decoded symbols, already in place as four u16 lanes (symbol << (M − k)), with the bits taken, the
  * symbol count and the first symbol's length in the low bits of lanes 0, 1, 2 (bits the symbol never
- * uses: M − k >= 4). One lookup writes the entry as 8 bytes and advances by its count: ~3 symbols per
- * lookup on model weights; two lookups per 64-bit load; four segments interleaved. The raw plane is then
- * merged in with pdep (BMI2, runtime dispatch) or shifts (portable), four elements at a time.
+ * uses: M − k >= 4). One lookup writes the entry as 8 bytes and advances by its count (BF16 weights
+ * average ~3.6 bits a symbol); three lookups per 64-bit load; four segments interleaved. The raw plane is
+ * then merged in per run of four segments, 16 elements a step with AVX2 (runtime dispatch; BF16 by byte
+ * shuffle and multiply, F16 by pdep) or four at a time with shifts (portable).
  * Every read from the payload is bounds-checked (batches are sized so that no load can pass the end).
  */
 #define PY_SSIZE_T_CLEAN

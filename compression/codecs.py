@@ -177,8 +177,9 @@ def encode_tensor(
     The parent is used when its dtype is the child's or both are floats (then it is cast to the
     child's dtype), and its shape equals the child's (``delta``) or has fewer rows with the same
     trailing dims (``delta-rows``); otherwise the tensor is coded ``plain``. ``threads`` > 1 codes the
-    2^18-element chunks of a format-4 tensor, or runs of segments of a format-5 one, side by side (same
-    bytes as one thread). ``version`` 4 writes format 4 only (for readers older than format 5).
+    2^18-element chunks of a format-4 tensor, or runs of segments of a format-5 delta, side by side (same
+    bytes as one thread; format-5 plain streams run on one thread). ``version`` 4 writes format 4 only
+    (for readers older than format 5).
     """
     if version not in VERSIONS:
         raise CodecError(f"version must be one of {VERSIONS}, not {version!r}")
