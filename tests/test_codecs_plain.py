@@ -303,3 +303,15 @@ def test_garbage_with_a_valid_checksum_never_crashes(dtype: str) -> None:
             except CodecError:
                 continue
             assert len(out) == 2 * n and end == len(blob)
+
+
+def test_without_the_extension_codecs_write_and_read_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where compression._plain5 did not build, encode_tensor and decode_tensor run the numpy fallback."""
+    x = samples("BF16", 9000, seed=4)["weights"].tobytes()
+    with_c = encode_tensor(x, "BF16", [90, 100]).payload
+    monkeypatch.setattr(X, "_plain5", None)
+    assert not X.has_extension()
+    assert encode_tensor(x, "BF16", [90, 100]).payload == with_c
+    assert decode_tensor("plain", with_c, "BF16", [90, 100]) == x
+    with pytest.raises(CodecError, match="not built"):
+        X.encode(x, "BF16", backend="c")
