@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         nbytes = sum(d.nbytes for d in art.packed.values())
         if parse_profile(profile) == reference:
             budgets = {k: d.nbytes for k, d in art.packed.items()}
-        rows.append((art.profile, nbytes, bpb(linear_only(lambda k, d=dense: d[k]))))
+        rows.append((art.profile, nbytes, bpb(linear_only(dense.__getitem__))))
         print(f"{rows[-1][0]}: {nbytes} B, bpb {rows[-1][2]:.4f}", flush=True)
     if not budgets:
         art = build_artifact(base, {k: ft[k] for k in linear}, reference)
