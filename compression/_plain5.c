@@ -445,8 +445,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     uint64_t bits = 8 * (5 + (uint64_t)L.a / 2 + 3 * (uint64_t)nseg) + (uint64_t)n * (uint64_t)L.R;
     for (int s = 0; s < L.a; s++) bits += counts[s] * len[s];
     d = s0;
-    if (!ok) {
-    } else if (bits < 16 * (uint64_t)n) {
+    if (ok && bits < 16 * (uint64_t)n) {
         canonical(len, L.a, enc);
         *d++ = (uint8_t)k;
         uint32_t sg = (uint32_t)seg;
@@ -461,7 +460,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
         if (fast) d += encode_segments_bmi2(x, n, (size_t)seg, code, clen, L.shift, sizes, d);
 #endif
         if (!fast) d += encode_segments_portable(x, n, (size_t)seg, code, clen, L.shift, sizes, d);
-    } else {
+    } else if (ok) {
         *d++ = STORED;
         memcpy(d, x, 2 * n), d += 2 * n;
     }
