@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compression import exact_plain as X
 from compression.codecs import PLAIN16, CodecError, decode_tensor, encode_tensor
@@ -175,7 +177,7 @@ def test_c_and_numpy_write_and_read_the_same_bytes(dtype: str, n: int) -> None:
 @needs_c
 @pytest.mark.parametrize("dtype", ["BF16", "F16"])
 def test_portable_and_bmi2_kernels_write_and_read_the_same_bytes(dtype: str) -> None:
-    from compression import _plain5
+    _plain5 = X._plain5  # the C extension (no type stubs)
 
     blobs = [x.tobytes() for n in (5, 5000, 40000) for x in samples(dtype, n, seed=3).values()]
     fast = [X.encode(raw, dtype) for raw in blobs]
@@ -315,3 +317,23 @@ def test_without_the_extension_codecs_write_and_read_the_same_bytes(monkeypatch:
     assert decode_tensor("plain", with_c, "BF16", [90, 100]) == x
     with pytest.raises(CodecError, match="not built"):
         X.encode(x, "BF16", backend="c")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from(["BF16", "F16"]),
+    words=st.lists(st.integers(0, (1 << 16) - 1), max_size=3000),
+    spread=st.integers(0, 15),
+)
+def test_property_plain_round_trips_and_backends_agree(dtype: str, words: list[int], spread: int) -> None:
+    """Any bit patterns, narrowed to few exponents or not: the payload decodes to the input, and the numpy
+    fallback writes the same bytes as the C kernel."""
+    x = np.array(words, np.uint16)
+    if spread < 15:  # weight-like: exponents near 1.0 (coded, not stored, once there are enough)
+        exponent = (x.astype(np.int64) >> 7) & ((1 << spread) - 1)
+        x = ((x & 0x807F) | 0x3C00 | exponent << 7).astype(np.uint16)
+    raw = x.astype("<u2").tobytes()
+    enc = encode_tensor(raw, dtype, [x.size])
+    assert decode_tensor("plain", enc.payload, dtype, [x.size]) == raw
+    if X.has_extension():
+        assert X.encode(raw, dtype, backend="numpy") == enc.payload[16:]
