@@ -142,7 +142,7 @@ static int dec_table(const uint8_t *len, int a, int shift, int multi, uint64_t *
         if (len[s]) kraft += 1u << (MAXLEN - len[s]);
     }
     if (kraft > TSIZE) return 0;
-    uint32_t enc[TSIZE] = {0};         /* alphabets have at most 2^12 symbols */
+    uint32_t enc[TSIZE]; /* alphabets have at most 2^12 symbols; only those with a code are read */
     uint32_t *one = malloc(4 * DSIZE); /* symbol | length << 16; length 0: no code reaches the slot */
     if (!one) return 0;
     memset(one, 0, 4 * DSIZE);
