@@ -16,7 +16,9 @@ the current one only when it lowers the error). Values are not refit: every kept
 Horvitz–Thompson value of its own draw, so the packed layout and the dequantization are unchanged.
 The ridge term is what keeps this from fitting the calibration text alone (ridge=0 is a pure output
 fit, ridge → ∞ prefers, among the draws, the one closest to the delta in weight space).
-Deterministic given the seed (float64, rows independent).
+Deterministic given the seed and the calibration (float64 sums; a near-tie between two draws could
+resolve differently under another BLAS build, which changes the artifact's bytes, never its validity).
+Cost: about ``SWEEPS`` · rows · cols² multiply-adds per layer (float64), plus the draws.
 """
 
 from __future__ import annotations
