@@ -4,8 +4,8 @@
 per sub-block of m/n, ∝ |Δ|, and stores its unbiased Horvitz–Thompson value. At 1:32 that draw is the
 main loss (the values' 4-bit rounding costs little): one draw per group is a noisy estimate of the row.
 
-``select=search`` draws ``draws`` such candidates per group (the seeded generator of the tensor,
-``draws`` times over) and, row by row, keeps the candidate of each group that lowers
+``select=search`` draws ``draws`` such candidates per group (seeds ``DRAW_STRIDE`` apart, so the draws
+of different profile seeds do not overlap) and, row by row, keeps the candidate of each group that lowers
 
     eᵀ (H + ρ · mean(diag H) · I) e,      e = ŵ − d,   ρ = ridge / 100,
 
@@ -29,6 +29,9 @@ from compression.deltadq_alloc import importance_keep
 
 SWEEPS = 2
 MAX_DRAWS = 256
+# Draw k of a tensor is seeded with seed + k · DRAW_STRIDE (mod 2⁶³), the 64-bit golden-ratio constant
+# with its top bit cleared: the draws of nearby profile seeds (tensor seeds a few apart) never coincide.
+DRAW_STRIDE = 0x1E3779B97F4A7C15
 
 
 def search_keep(
@@ -37,7 +40,7 @@ def search_keep(
     """Positions ``[rows, groups, n]`` (ascending) and Horvitz–Thompson values of the chosen draws.
 
     ``hessian`` is the layer's ``[cols, cols]`` input matrix; draw k is ``importance_keep`` seeded with
-    ``seed + k`` (so ``draws=1`` is exactly ``select=importance``).
+    ``seed + k · DRAW_STRIDE`` (so ``draws=1`` is exactly ``select=importance``).
     """
     rows, groups, m = delta3.shape
     cols = groups * m
@@ -47,7 +50,7 @@ def search_keep(
         raise ValueError(f"calibration matrix is {list(hessian.shape)}, expected [{cols}, {cols}]")
     if not torch.isfinite(hessian).all():
         raise ValueError("calibration matrix has non-finite entries")
-    cand = [importance_keep(delta3, n, mix, (seed + k) % (1 << 63)) for k in range(draws)]
+    cand = [importance_keep(delta3, n, mix, (seed + k * DRAW_STRIDE) % (1 << 63)) for k in range(draws)]
     pos = torch.stack([c[0] for c in cand], dim=2)  # [rows, groups, draws, n]
     val = torch.stack([c[1] for c in cand], dim=2).to(torch.float64)
     if draws == 1:

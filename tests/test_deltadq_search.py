@@ -7,7 +7,7 @@ import torch
 
 from compression.deltadq import build_artifact, compress_delta, parse_profile
 from compression.deltadq_alloc import importance_keep
-from compression.deltadq_search import search_keep
+from compression.deltadq_search import DRAW_STRIDE, search_keep
 
 
 def _layer(rows: int = 16, cols: int = 128, tokens: int = 1024, seed: int = 0):
@@ -40,7 +40,7 @@ def test_search_never_does_worse_than_the_first_draw_on_its_objective(n, ridge):
     assert bool((searched <= start * (1 + 1e-9)).all())
     assert float(searched.sum()) < 0.9 * float(start.sum())
     # every kept value is the Horvitz–Thompson value of one of the draws at that position
-    draws = [importance_keep(delta3, n, 0, 7 + k) for k in range(8)]
+    draws = [importance_keep(delta3, n, 0, 7 + k * DRAW_STRIDE) for k in range(8)]
     assert all(
         any(torch.equal(pos[r, g], p[r, g]) and torch.equal(val[r, g], v[r, g]) for p, v in draws)
         for r in range(16) for g in range(4)
