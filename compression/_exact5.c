@@ -705,14 +705,17 @@ static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
     return Py_BuildValue("(Nn)", out, offset);
 }
 
-/* set_portable(flag): use (or not) the plain x86-64 decoder where the CPU has BMI2 (for tests); returns
- * the instruction set now used, "bmi2" or "portable". */
+/* set_portable(flag): use (or not) the plain x86-64 coders and the byte-table crc32 where the CPU has BMI2
+ * and PCLMULQDQ (for tests); returns the instruction set now used, "bmi2" or "portable". */
 static PyObject *py_set_portable(PyObject *self, PyObject *args) {
     int flag;
     if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
 #ifdef HAVE_BMI2_CLONE
     __builtin_cpu_init();
     use_bmi2 = !flag && __builtin_cpu_supports("bmi2");
+#endif
+#ifdef HAVE_CLMUL_CLONE
+    use_clmul = !flag && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
 #endif
     return PyUnicode_FromString(use_bmi2 ? "bmi2" : "portable");
 }

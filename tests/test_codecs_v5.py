@@ -215,7 +215,8 @@ def test_numpy_fallback_codes_what_the_extension_codes(monkeypatch: pytest.Monke
 @pytest.mark.parametrize("n", [3, 2000, 9 * 4096 + V.SAMPLE_FROM + 77])
 def test_bmi2_and_portable_kernels_write_and_read_the_same_bytes(dtype: str, n: int) -> None:
     """The BMI2 clones (picked at import where the CPU has BMI2) and the plain x86-64-v2 code are the
-    same coder: forcing the portable one gives the same bytes and reads every stream back."""
+    same coder: forcing the portable one (and the byte-table crc32) gives the same bytes and reads every
+    stream back."""
     near, parent = pair(n, seed=n, spread=300)
     far, _ = pair(n, seed=n + 1, spread=1 << 15)  # long codes with extra bits (the rare slow step), escapes
     chosen = V._exact5.set_portable(False)  # "bmi2" where the CPU has it
@@ -242,11 +243,17 @@ def test_crc32_kernel_is_zlib_crc32() -> None:
 
     rng = np.random.default_rng(13)
     data = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
-    for n in [*range(0, 200), 1000, 4999]:
-        for at in (0, 1, 7):
-            chunk = memoryview(data)[at : at + n]
-            assert V._exact5.crc32(chunk) == zlib.crc32(chunk)
-            assert V._exact5.crc32(chunk, 0xDEADBEEF) == zlib.crc32(chunk, 0xDEADBEEF)
+    chosen = V._exact5.set_portable(False)
+    try:
+        for portable in (False, True):  # carry-less multiplies (where the CPU has them), byte table
+            V._exact5.set_portable(portable)
+            for n in [*range(0, 200), 1000, 4999]:
+                for at in (0, 1, 7):
+                    chunk = memoryview(data)[at : at + n]
+                    assert V._exact5.crc32(chunk) == zlib.crc32(chunk)
+                    assert V._exact5.crc32(chunk, 0xDEADBEEF) == zlib.crc32(chunk, 0xDEADBEEF)
+    finally:
+        assert V._exact5.set_portable(False) == chosen
 
 
 @needs_c
