@@ -7,8 +7,8 @@ each fine-tune, in one run: zstd -3 on the file, ZipNN on the file, ZipNN on the
 BitX (XOR, high/low byte planes, zstd -3), and deltazoo's exact codec (delta against the base in format 5,
 the one written now, and in format 4, the one before; and plain).
 Ratios are file bytes / coded bytes; MB/s are file bytes per second, wall clock and process CPU time
-(best of --repeat runs, one process, one thread; the extra "2 threads" lines code runs of segments
-(format 5) or chunks (format 4) of large tensors side by side). deltazoo's round trip is verified by
+(best of --repeat runs, one process, one thread: the target is per core, and every peer runs one
+thread). deltazoo's round trip is verified by
 sha256 of the rebuilt file; ZipNN's is reported as it is found (it did not round-trip on the machine the
 zoo's README was measured on).
 """
@@ -94,13 +94,13 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         x |= np.frombuffer(dz.decompress(p[1]), np.uint8)
         return xor_files(x.tobytes(), base_file)
 
-    def deltazoo(use_parent: bool, threads: int = 1, version: int = 5) -> tuple:
+    def deltazoo(use_parent: bool, version: int = 5) -> tuple:
         def enc(_f: bytes) -> list:
             out = [z3.compress(header)]
             for name, (dtype, shape, raw) in tensors.items():
                 parent = base_t.get(name) if use_parent else None
                 args = (parent[2], parent[0], parent[1]) if parent else (None, None, None)
-                out.append(encode_tensor(raw, dtype, shape, *args, threads=threads, version=version))
+                out.append(encode_tensor(raw, dtype, shape, *args, version=version))
             return out
 
         def dec(parts: list) -> bytes:
@@ -108,7 +108,7 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
             for (name, (dtype, shape, _)), e in zip(tensors.items(), parts[1:], strict=True):
                 parent = base_t.get(name) if use_parent else None
                 args = (parent[2], parent[0], parent[1]) if parent else (None, None, None)
-                out.append(decode_tensor(e.encoding, e.payload, dtype, shape, *args, threads=threads))
+                out.append(decode_tensor(e.encoding, e.payload, dtype, shape, *args))
             return b"".join(out)
 
         return enc, dec
@@ -120,9 +120,7 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         "BitX (XOR, byte planes, zstd -3)": (bitx_c, bitx_d),
         "deltazoo plain (no parent)": deltazoo(False),
         "deltazoo delta vs base (format 5)": deltazoo(True),
-        "deltazoo delta vs base, format 5, 2 threads (extra)": deltazoo(True, threads=2),
         "deltazoo delta vs base, format 4": deltazoo(True, version=4),
-        "deltazoo delta vs base, format 4, 2 threads (extra)": deltazoo(True, threads=2, version=4),
     }
 
 
@@ -179,8 +177,7 @@ def main() -> None:
             "## Exact tensor coding\n\n"
             f"Command: `{cmd}`\n\n"
             "Ratio = file bytes / coded bytes; MB/s = file bytes per second, one process, best of "
-            f"{args.repeat}: wall clock, and CPU time of the process (steadier on a shared machine; a coder"
-            " running threads counts all of them).\n\n"
+            f"{args.repeat}: wall clock, and CPU time of the process (steadier on a shared machine).\n\n"
             f"Load average when it ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.\n\n{table}\n"
         )
 
