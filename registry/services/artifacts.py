@@ -129,7 +129,7 @@ def _calibration(
     session: Session, store: ObjectStore, base_id: int, base: dict[str, torch.Tensor], profile: str
 ) -> dict[str, torch.Tensor]:
     """Input Hessians of the base model's linear layers on the first registered text, for the profiles
-    that need calibration (fit=refit|gptq|obs, select=obs, alloc=sensitivity)."""
+    that need calibration (fit=refit|gptq|obs, select=obs|search, alloc=sensitivity)."""
     from compression.calibration import collect_hessians
     from compression.quality import NotEvaluable, build_causal_lm
     from registry.services.evaluation import load_tokenizer, version_config
