@@ -207,6 +207,29 @@ def cmd_token_rm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_text_add(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        t = c.add_text(args.text_name, Path(args.file), description=args.description)
+    if args.json:
+        print_json(t)
+        return EXIT_OK
+    print(f"text {t['name']}: {human_bytes(t['bytes'])}, sha256 {t['sha256'][:12]}; evaluation queued")
+    return EXIT_OK
+
+
+def cmd_text_ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        texts = c.texts()
+    if args.json:
+        print_json(texts)
+        return EXIT_OK
+    print_table(
+        ["NAME", "BYTES", "DESCRIPTION", "CREATED"],
+        [[t["name"], human_bytes(t["bytes"]), t["description"], t["created_at"]] for t in texts],
+    )
+    return EXIT_OK
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     with _client(args) as c:
         out = c.pull(args.name, args.dest, quiet=args.quiet)
@@ -452,6 +475,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr = tsub.add_parser("rm", help="delete a token")
     tr.set_defaults(func=cmd_token_rm)
     tr.add_argument("id", type=int, help="token id (from token ls)")
+
+    sp = add("text", cmd_text_ls, "held-out evaluation texts: text add NAME FILE | text ls")
+    xsub = sp.add_subparsers(dest="text_command", required=True, metavar="ACTION")
+    xa = xsub.add_parser("add", help="register a UTF-8 text file (bits-per-byte evaluation, calibration)")
+    xa.set_defaults(func=cmd_text_add)
+    xa.add_argument("text_name", metavar="NAME", help="1-100 letters, digits, '.', '_' or '-'")
+    xa.add_argument("file", help="a UTF-8 text file, held out from every fine-tune's training data")
+    xa.add_argument("--description", default="", help="what the text is")
+    xa.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    xl = xsub.add_parser("ls", help="list the registered texts")
+    xl.set_defaults(func=cmd_text_ls)
+    xl.add_argument("--json", action="store_true", help="print the REST answer as JSON")
 
     sp = add("pull", cmd_pull, "download a version's files, bit-exact", quiet=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")

@@ -146,6 +146,25 @@ class Client:
                 ) from exc
             raise
 
+    # --- evaluation texts -------------------------------------------------------------------------
+
+    def add_text(self, name: str, text: str | bytes | Path, *, description: str = "") -> dict[str, Any]:
+        """Register a held-out UTF-8 text set (a string, bytes or a file path) for bits-per-byte
+        evaluation and the leaderboard; calibrated profiles (``alloc=sensitivity``, ``select=search``)
+        calibrate on the first text registered. Returns the REST ``TextSet``."""
+        if isinstance(text, Path):
+            if not text.is_file():
+                raise UsageError(f"{text} is not a file; give a UTF-8 text file", code="no_such_file")
+            data = text.read_bytes()
+        else:
+            data = text.encode() if isinstance(text, str) else bytes(text)
+        params = {"name": name, "description": description}
+        return dict(self._t.json("POST", "/v1/texts", params=params, content=lambda: [data]))
+
+    def texts(self) -> list[dict[str, Any]]:
+        """The registered text sets (REST ``TextSet`` dicts)."""
+        return list(self._t.json("GET", "/v1/texts")["items"])
+
     def job(self, id: str) -> Job:
         return Job.from_dict(self._t.json("GET", f"/v1/jobs/{quote(str(id))}"))
 

@@ -121,6 +121,29 @@ def test_cli_refusals_exit_1_with_one_line(
     assert code == 1 and err.startswith("error: ")
 
 
+def test_cli_text_add_and_ls(
+    embedded_server: str, unique_org: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"held-out-{unique_org}"
+    text = tmp_path / "held_out.txt"
+    text.write_text("def add(a, b):\n    return a + b\n" * 20, encoding="utf-8")
+    add = ["text", "add", name, str(text), "--description", "code", "--json"]
+    code, out, _ = _run(capsys, embedded_server, *add)
+    assert code == 0 and json.loads(out)["bytes"] == text.stat().st_size
+    code, out, _ = _run(capsys, embedded_server, "text", "ls", "--json")
+    mine = [t for t in json.loads(out) if t["name"] == name]
+    assert code == 0 and mine and mine[0]["description"] == "code"
+    code, out, _ = _run(capsys, embedded_server, "text", "ls")
+    assert code == 0 and name in out
+    code, _, err = _run(capsys, embedded_server, "text", "add", name, str(text))  # the name is taken
+    assert code == 1 and "already exists" in err
+    code, _, err = _run(capsys, embedded_server, "text", "add", "x", str(tmp_path / "missing.txt"))
+    assert code == 2 and "not a file" in err  # refused before any request
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    code, _, err = _run(capsys, embedded_server, "text", "add", f"{name}-2", str(tmp_path / "latin1.txt"))
+    assert code == 1 and "UTF-8" in err
+
+
 def test_console_script_runs(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "deltazoo.cli", "--help"],
