@@ -76,7 +76,7 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
     def zipnn_pair(delta: bool) -> tuple:
         from zipnn import ZipNN
 
-        zn = ZipNN(bytearray_dtype="bfloat16", threads=1)
+        zn = ZipNN(bytearray_dtype=_ZIPNN_DTYPES.get(dtype_of(tensors), "bfloat16"), threads=1)
         if delta:
             return (
                 lambda f: zn.compress(xor_files(f, base_file)),  # a fresh buffer: ZipNN may write into it
@@ -122,6 +122,17 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         "deltazoo delta vs base (format 5)": deltazoo(True),
         "deltazoo delta vs base, format 4": deltazoo(True, version=4),
     }
+
+
+_ZIPNN_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def dtype_of(tensors: Tensors) -> str:
+    """The file's most common dtype by bytes (what ZipNN is told the bytes are)."""
+    weight: dict[str, int] = {}
+    for dtype, _, raw in tensors.values():
+        weight[dtype] = weight.get(dtype, 0) + len(raw)
+    return max(weight, key=lambda d: weight[d]) if weight else "BF16"
 
 
 def size_of(payload: object) -> int:

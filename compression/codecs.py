@@ -5,7 +5,9 @@ shape exists, ``delta-rows`` when the parent has fewer rows and the same trailin
 otherwise); ``decode_tensor`` inverts it given the same parent. Payloads are self-describing (magic
 with the format version, codec id, dtypes, sizes), so bytes written by any version of deltazoo decode
 forever: format 1 (``DZT1``, XOR + zstd) by ``compression.exact_legacy``, format 2 (``DZT2``, byte
-planes + zstd) by ``compression.exact_v2``.
+planes + zstd) by ``compression.exact_v2``. A float tensor whose values a narrower float dtype holds bit
+for bit (bf16 weights saved as f32, say) is coded in that dtype inside a ``DZTN`` payload
+(``compression.narrow``).
 
 Format 5 (``DZT5``, written now for every payload of BF16 and F16) codes the zigzagged 16-bit difference
 ``child − parent`` as a token, Huffman-coded with a table per parent exponent, and the token's extra bits
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compression import exact_plain, exact_rans, exact_v4, exact_v5
+from compression import exact_plain, exact_rans, exact_v4, exact_v5, narrow
 from compression.dtypes import DTYPES, dtype_info
 from compression.exact_errors import CodecError
 from compression.exact_legacy import MAGIC_V1, decode_v1
@@ -121,6 +123,10 @@ def _as_child_dtype(parent_raw: Buffer, parent_dtype: str, dtype: str) -> np.nda
         return None
     if len(parent_raw) == 0:
         return np.empty(0, dtype=udt)
+    if (parent_dtype, dtype) == ("F32", "BF16"):  # bf16 values saved as f32: the high halves, exactly
+        halves = np.frombuffer(parent_raw, "<u2").reshape(-1, 2)
+        if not halves[:, 0].any():  # (what rounding to nearest even gives when nothing is dropped)
+            return halves[:, 1].copy()
     import torch
 
     with warnings.catch_warnings():  # read-only buffers are fine: the cast allocates anew
@@ -171,6 +177,7 @@ def encode_tensor(
     *,
     threads: int = 1,
     version: int = 5,
+    narrowing: bool = True,
 ) -> EncodedTensor:
     """Encode one tensor's raw little-endian bytes, against ``parent_raw`` when given.
 
@@ -179,11 +186,26 @@ def encode_tensor(
     trailing dims (``delta-rows``); otherwise the tensor is coded ``plain``. ``threads`` > 1 codes the
     2^18-element chunks of a format-4 tensor, or runs of segments of a format-5 delta, side by side (same
     bytes as one thread; format-5 plain streams run on one thread). ``version`` 4 writes format 4 only
-    (for readers older than format 5).
+    (for readers older than format 5). With version 5, a float tensor whose every element a narrower
+    float dtype holds bit for bit (bf16 weights saved as f32, say) is coded in that dtype inside a
+    ``DZTN`` payload (``compression.narrow``; ``narrowing=False`` turns this off).
     """
     if version not in VERSIONS:
         raise CodecError(f"version must be one of {VERSIONS}, not {version!r}")
     n = _check(raw, dtype, shape, "tensor")
+    if version == 5 and narrowing:
+        if parent_raw is not None:  # checked here: a wrong parent must not pass as a narrow one
+            _check(parent_raw, parent_dtype, parent_shape, "parent tensor")
+        held = narrow.narrowest(raw, dtype)
+        if held is not None:  # code the values in the narrowest float dtype that holds them all
+            inner_dtype, inner_raw = held
+            inner = encode_tensor(
+                inner_raw, inner_dtype, shape, parent_raw, parent_dtype, parent_shape, narrowing=False
+            )
+            head = narrow.HEADER.pack(
+                narrow.MAGIC_NARROW, DTYPE_CODES.index(dtype), DTYPE_CODES.index(inner_dtype)
+            )
+            return EncodedTensor(inner.encoding, head + inner.payload)
     if parent_raw is None:
         return _plain(raw, dtype, n, threads, version)
     _check(parent_raw, parent_dtype, parent_shape, "parent tensor")
@@ -241,7 +263,9 @@ def decode_tensor(
     itemsize = dtype_info(dtype).itemsize
     buf = memoryview(payload).cast("B")
     magic = bytes(buf[:4])
-    if magic == MAGIC_V1:
+    if magic == narrow.MAGIC_NARROW:
+        out = _decode_narrowed(buf, encoding, dtype, shape, parent_raw, parent_dtype, parent_shape, threads)
+    elif magic == MAGIC_V1:
         out = decode_v1(bytes(buf), itemsize, parent_raw)
     elif magic in (MAGIC, MAGIC_V4, MAGIC_V3, MAGIC_V2):
         out = _decode_v234(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, threads)
@@ -255,6 +279,35 @@ def decode_tensor(
             f"payload decodes to {len(out)} bytes but shape {list(shape)} of {dtype} needs {n * itemsize}"
         )
     return out
+
+
+def _decode_narrowed(
+    buf: memoryview,
+    encoding: str,
+    dtype: str,
+    shape: Shape,
+    parent_raw: Buffer | None,
+    parent_dtype: str | None,
+    parent_shape: Shape | None,
+    threads: int,
+) -> bytes:
+    if len(buf) < narrow.HEADER.size:
+        raise CodecError("corrupt payload: truncated narrowed (DZTN) header")
+    _, code, narrow_code = narrow.HEADER.unpack_from(buf)
+    if code >= len(DTYPE_CODES) or DTYPE_CODES[code] != dtype:
+        held = DTYPE_CODES[code] if code < len(DTYPE_CODES) else f"code {code}"
+        raise CodecError(f"payload holds a {held} tensor but {dtype} was asked")
+    inner_dtype = DTYPE_CODES[narrow_code] if narrow_code < len(DTYPE_CODES) else None
+    if inner_dtype not in narrow.CANDIDATES.get(dtype, ()):
+        raise CodecError(f"corrupt payload: a {dtype} tensor cannot be narrowed to dtype code {narrow_code}")
+    inner = buf[narrow.HEADER.size :]
+    if bytes(inner[:4]) == narrow.MAGIC_NARROW:
+        raise CodecError("corrupt payload: a narrowed payload inside a narrowed payload")
+    assert inner_dtype is not None
+    raw = decode_tensor(
+        encoding, inner, inner_dtype, shape, parent_raw, parent_dtype, parent_shape, threads=threads
+    )
+    return narrow.widen(raw, inner_dtype, dtype)
 
 
 def _decode_v234(

@@ -1,0 +1,86 @@
+"""Float tensors stored in a wider dtype than their values need (``DZTN`` payloads).
+
+A model trained in bf16 and saved in f32 has 16 zero low bits in every element; one cast from bf16 to
+f16 has values with at most 8 significant bits. Coding those bits as if they carried information costs
+ratio (the zoo cast to f32: 1.20× plain against ZipNN's 3.0×). ``narrowest`` finds the narrowest float
+dtype that holds every element *bit for bit* (the wide → narrow → wide round trip, by torch's
+round-to-nearest-even casts, gives back the same bit patterns, NaN payloads and signed zeros included);
+the encoder then codes the narrow tensor (against its parent cast to the narrow dtype) and the decoder
+casts it back. Widening casts are exact and the narrowing one (bf16 → f16) was checked on this very
+tensor, so the result is the original bytes. Layout (docs/FORMAT.md, "Narrowed payloads"):
+``DZTN``, u8 dtype code of the tensor, u8 dtype code of the narrow tensor, 2 zero bytes, then the full
+payload (``DZT5``/``DZT4``) of the narrow tensor.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+
+import numpy as np
+
+MAGIC_NARROW = b"DZTN"
+HEADER = struct.Struct("<4s B B 2x")  # magic, dtype code, narrow dtype code
+# Candidates per dtype, narrowest (and best coded) first.
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "F64": ("BF16", "F16", "F32"),
+    "F32": ("BF16", "F16"),
+    "F16": ("BF16",),
+}
+_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_SAMPLE = 4096  # elements checked first: most tensors that do not narrow fail here, cheaply
+
+
+def _tensor(raw: bytes | bytearray | memoryview, dtype: str):  # -> torch.Tensor
+    import torch
+
+    with warnings.catch_warnings():  # read-only buffers are fine: the casts allocate anew
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(raw, dtype=getattr(torch, _TORCH[dtype]))
+
+
+def _bits(t):  # -> torch.Tensor of the same bit patterns as integers
+    import torch
+
+    return t.view(getattr(torch, f"int{8 * t.element_size()}"))
+
+
+def _holds(t, narrow: str) -> bool:
+    """Whether every element of ``t`` survives the cast to ``narrow`` and back, bit for bit."""
+    import torch
+
+    back = t.to(getattr(torch, _TORCH[narrow])).to(t.dtype)
+    return bool(torch.equal(_bits(back), _bits(t)))
+
+
+def narrowest(raw: bytes | bytearray | memoryview, dtype: str) -> tuple[str, bytes] | None:
+    """(narrow dtype, the tensor's bytes in it) for the first candidate that holds every element
+    exactly, or None (not a float dtype with a candidate, empty, or no candidate holds)."""
+    if dtype not in CANDIDATES or len(raw) == 0:
+        return None
+    if dtype == "F32":  # the common case in numpy, one pass: bf16 bits are the high halves
+        halves = np.frombuffer(raw, "<u2").reshape(-1, 2)
+        if not halves[:_SAMPLE, 0].any() and not halves[:, 0].any():
+            return "BF16", halves[:, 1].tobytes()
+    import torch
+
+    t = _tensor(raw, dtype)
+    for narrow in CANDIDATES[dtype]:
+        if not _holds(t[:_SAMPLE], narrow):
+            continue
+        cast = t.to(getattr(torch, _TORCH[narrow]))
+        if torch.equal(_bits(cast.to(t.dtype)), _bits(t)):
+            return narrow, _bits(cast).numpy().tobytes()
+    return None
+
+
+def widen(raw: bytes | bytearray | memoryview, narrow: str, dtype: str) -> bytes:
+    """The narrow tensor's bytes cast back to ``dtype`` (the inverse of ``narrowest``)."""
+    if len(raw) == 0:
+        return b""
+    if (narrow, dtype) == ("BF16", "F32"):  # exact by construction: the bf16 bits become the high half
+        return (np.frombuffer(raw, "<u2").astype("<u4") << 16).tobytes()
+    import torch
+
+    wide = _tensor(raw, narrow).to(getattr(torch, _TORCH[dtype]))
+    return np.ascontiguousarray(_bits(wide).numpy()).tobytes()

@@ -1,0 +1,111 @@
+"""Narrowed payloads (``DZTN``, compression.narrow): float tensors whose every element a narrower float
+dtype holds bit for bit (bf16 weights saved as f32 or f16, f16 ones saved as f32) are coded in that dtype
+and come back bit-exact; anything else is coded as before. Layout pinned by golden bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compression import narrow
+from compression.codecs import CodecError, decode_tensor, encode_tensor
+
+
+def bf16_values(n: int, seed: int, scale: float = 0.02) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    v = (torch.randn(n, generator=g) * scale).to(torch.bfloat16)
+    v[:6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1e-30, -3e-7])  # f16 subnormal / zero
+    return v
+
+
+def raw_of(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(getattr(torch, f"int{8 * t.element_size()}")).numpy().tobytes()
+
+
+def dtype_code(t: torch.Tensor) -> str:
+    return {torch.float32: "F32", torch.float16: "F16", torch.float64: "F64", torch.bfloat16: "BF16"}[t.dtype]
+
+
+def round_trip(child: torch.Tensor, parent: torch.Tensor | None = None) -> bytes:
+    raw = raw_of(child)
+    args = (raw_of(parent), dtype_code(parent), list(parent.shape)) if parent is not None else ()
+    enc = encode_tensor(raw, dtype_code(child), list(child.shape), *args)
+    assert decode_tensor(enc.encoding, enc.payload, dtype_code(child), list(child.shape), *args) == raw
+    return enc.payload
+
+
+@pytest.mark.parametrize("wide", [torch.float32, torch.float16, torch.float64])
+def test_bf16_values_in_a_wider_dtype_are_coded_as_bf16(wide: torch.dtype) -> None:
+    base = bf16_values(4096, seed=0).reshape(64, 64)
+    noise = torch.randn(64, 64, generator=torch.Generator().manual_seed(1)) * 1e-3
+    ft = (base.float() + noise).to(torch.bfloat16)
+    for child, parent in ((base.to(wide), None), (ft.to(wide), base.to(wide))):
+        payload = round_trip(child, parent)
+        assert payload[:4] == narrow.MAGIC_NARROW and payload[5] == 3  # dtype code 3 = BF16
+        raw = raw_of(child)
+        args = (raw_of(parent), dtype_code(parent), list(parent.shape)) if parent is not None else ()
+        plain_size = len(encode_tensor(raw, dtype_code(child), [64, 64], *args, narrowing=False).payload)
+        assert len(payload) < plain_size  # the bits the wide dtype adds cost nothing
+
+
+def test_grown_vocabulary_and_a_parent_of_another_dtype() -> None:
+    base = bf16_values(48 * 32, seed=2).reshape(48, 32)
+    grown = torch.cat([base, bf16_values(8 * 32, seed=3).reshape(8, 32)]).float()
+    payload = round_trip(grown, base.float())  # delta-rows inside
+    assert payload[:4] == narrow.MAGIC_NARROW
+    assert round_trip(base.float(), base.to(torch.float16))[:4] == narrow.MAGIC_NARROW  # f16 parent
+
+
+def test_f16_values_saved_as_f32_are_coded_as_f16() -> None:
+    g = torch.Generator().manual_seed(4)
+    child = (torch.randn(1000, generator=g) * 0.1).to(torch.float16).float()  # 11 significant bits: not bf16
+    payload = round_trip(child)
+    assert payload[:4] == narrow.MAGIC_NARROW and payload[5] == 2  # dtype code 2 = F16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_values_no_narrower_dtype_holds_are_coded_as_before(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(5)
+    child = (torch.randn(1000, generator=g, dtype=torch.float64) * 0.1).to(dtype)
+    assert round_trip(child)[:4] in (b"DZT4", b"DZT5")
+
+
+def test_nan_payloads_narrow_only_when_they_survive() -> None:
+    bits = np.array([0x7FC00000, 0x3F800000, 0xFF800001, 0], np.uint32)  # the last NaN has low bits
+    assert round_trip(torch.from_numpy(bits.view(np.float32).copy()))[:4] == b"DZT4"
+    bits[2] = 0xFFC10000  # a NaN with a payload in the high half only: bf16 holds it
+    assert round_trip(torch.from_numpy(bits.view(np.float32).copy()))[:4] == narrow.MAGIC_NARROW
+
+
+def test_child_narrows_but_parent_does_not() -> None:
+    g = torch.Generator().manual_seed(6)
+    parent = torch.randn(512, generator=g) * 0.02  # genuine f32
+    child = (parent + 1e-3).to(torch.bfloat16).float()
+    assert round_trip(child, parent)[:4] == narrow.MAGIC_NARROW
+
+
+# Four f32 values of bf16 (1.0, -2.0, 0.5, 0): header DZTN, F32 (1), BF16 (3), then the BF16 payload.
+GOLDEN = (
+    "445a544e01030000"  # DZTN, F32, BF16, 2 zero bytes
+    "445a54357003ff010400000000000000ff803f00c0003f0000ff803f00c0003f00fe017f0080017e00"  # the BF16 payload
+)
+
+
+def test_golden_bytes_and_corruption() -> None:
+    raw = np.array([1.0, -2.0, 0.5, 0.0], np.float32).tobytes()
+    payload = encode_tensor(raw, "F32", [4]).payload
+    assert payload.hex() == GOLDEN
+    assert decode_tensor("plain", bytes.fromhex(payload.hex()), "F32", [4]) == raw
+    inner = payload[narrow.HEADER.size :]
+    assert decode_tensor("plain", inner, "BF16", [4]) == np.array([1.0, -2.0, 0.5, 0.0], np.float32).view(
+        "<u2"
+    )[1::2].tobytes()
+    with pytest.raises(CodecError, match="F32 tensor but F16"):
+        decode_tensor("plain", payload, "F16", [4])
+    with pytest.raises(CodecError, match="cannot be narrowed"):
+        decode_tensor("plain", payload[:5] + bytes([1]) + payload[6:], "F32", [4])  # F32 inside F32
+    with pytest.raises(CodecError, match="inside a narrowed"):
+        decode_tensor("plain", payload[:8] + payload, "F32", [4])
+    with pytest.raises(CodecError, match="truncated"):
+        decode_tensor("plain", payload[:6], "F32", [4])
