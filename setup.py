@@ -24,5 +24,7 @@ setup(
                   optional=True),
         Extension("compression._plain5", sources=["compression/_plain5.c"], extra_compile_args=FLAGS,
                   optional=True),
+        Extension("compression._narrow", sources=["compression/_narrow.c"], extra_compile_args=FLAGS,
+                  optional=True),
     ]
 )

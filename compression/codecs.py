@@ -127,6 +127,10 @@ def _as_child_dtype(parent_raw: Buffer, parent_dtype: str, dtype: str) -> np.nda
         halves = np.frombuffer(parent_raw, "<u2").reshape(-1, 2)
         if not halves[:, 0].any():  # (what rounding to nearest even gives when nothing is dropped)
             return halves[:, 1].copy()
+    if (parent_dtype, dtype) == ("F16", "BF16") and narrow._narrow is not None:  # torch's cast, in C
+        out = np.empty(len(parent_raw) // 2, "<u2")
+        if narrow._narrow.f16_to_bf16_rne(parent_raw, out):  # (False with a NaN: torch below)
+            return out
     import torch
 
     with warnings.catch_warnings():  # read-only buffers are fine: the cast allocates anew

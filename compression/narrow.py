@@ -3,13 +3,15 @@
 A model trained in bf16 and saved in f32 has 16 zero low bits in every element; one cast from bf16 to
 f16 has values with at most 8 significant bits. Coding those bits as if they carried information costs
 ratio (the zoo cast to f32: 1.20× plain against ZipNN's 3.0×). ``narrowest`` finds the narrowest float
-dtype that holds every element *bit for bit* (the wide → narrow → wide round trip, by torch's
-round-to-nearest-even casts, gives back the same bit patterns, NaN payloads and signed zeros included);
-the encoder then codes the narrow tensor (against its parent cast to the narrow dtype) and the decoder
-casts it back. Widening casts are exact and the narrowing one (bf16 → f16) was checked on this very
-tensor, so the result is the original bytes. Layout (docs/FORMAT.md, "Narrowed payloads"):
-``DZTN``, u8 dtype code of the tensor, u8 dtype code of the narrow tensor, 2 zero bytes, then the full
-payload (``DZT5``/``DZT4``) of the narrow tensor.
+dtype that holds every element *bit for bit* (the wide → narrow → wide round trip, round to nearest
+even, gives back the same bit patterns, signed zeros included); the encoder then codes the narrow tensor
+(against its parent cast to the narrow dtype) and the decoder casts it back. Widening casts are exact
+and the narrowing one (bf16 → f16) was checked on this very tensor, so the result is the original
+bytes. Except for bf16 saved as f32 (bit operations, any bits), tensors holding a NaN are not
+narrowed: NaN payloads may convert differently elsewhere. F16 <-> BF16 runs in the C extension
+``compression._narrow`` when it is built (torch otherwise, the same bytes). Layout (docs/FORMAT.md,
+"Narrowed payloads"): ``DZTN``, u8 dtype code of the tensor, u8 dtype code of the narrow tensor, 2 zero
+bytes, then the full payload (``DZT5``/``DZT4``) of the narrow tensor.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ import struct
 import warnings
 
 import numpy as np
+
+try:  # built by setup.py; optional (torch does the same casts, slower)
+    from compression import _narrow  # type: ignore[attr-defined]  # a C extension, no stubs
+except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _narrow = None
 
 MAGIC_NARROW = b"DZTN"
 HEADER = struct.Struct("<4s B B 2x")  # magic, dtype code, narrow dtype code
@@ -62,9 +69,14 @@ def narrowest(raw: bytes | bytearray | memoryview, dtype: str) -> tuple[str, byt
         halves = np.frombuffer(raw, "<u2").reshape(-1, 2)
         if not halves[:_SAMPLE, 0].any() and not halves[:, 0].any():
             return "BF16", halves[:, 1].tobytes()
+    if dtype == "F16" and _narrow is not None:  # the C casts (no NaN: torch refuses those too)
+        out = np.empty(len(raw) // 2, "<u2")
+        return ("BF16", out.tobytes()) if _narrow.f16_to_bf16(raw, out) else None
     import torch
 
     t = _tensor(raw, dtype)
+    if bool(torch.isnan(t).any()):  # NaN payloads may convert differently in other libraries
+        return None
     for narrow in CANDIDATES[dtype]:
         if not _holds(t[:_SAMPLE], narrow):
             continue
@@ -80,6 +92,10 @@ def widen(raw: bytes | bytearray | memoryview, narrow: str, dtype: str) -> bytes
         return b""
     if (narrow, dtype) == ("BF16", "F32"):  # exact by construction: the bf16 bits become the high half
         return (np.frombuffer(raw, "<u2").astype("<u4") << 16).tobytes()
+    if (narrow, dtype) == ("BF16", "F16") and _narrow is not None:
+        out = np.empty(len(raw) // 2, "<u2")
+        _narrow.bf16_to_f16(raw, out)
+        return out.tobytes()
     import torch
 
     wide = _tensor(raw, narrow).to(getattr(torch, _TORCH[dtype]))

@@ -78,6 +78,44 @@ def test_nan_payloads_narrow_only_when_they_survive() -> None:
     assert round_trip(torch.from_numpy(bits.view(np.float32).copy()))[:4] == narrow.MAGIC_NARROW
 
 
+def test_f16_with_a_nan_is_not_narrowed() -> None:
+    child = bf16_values(256, seed=7).to(torch.float16)
+    child[9] = float("nan")
+    assert round_trip(child)[:4] == b"DZT5"
+
+
+@pytest.mark.skipif(narrow._narrow is None, reason="compression._narrow is not built")
+@pytest.mark.parametrize("portable", [False, True])  # the AVX2/F16C loops and the scalar ones
+def test_c_casts_are_exact_on_every_f16_and_agree_with_torch(
+    monkeypatch: pytest.MonkeyPatch, portable: bool
+) -> None:
+    c = narrow._narrow
+    h = np.arange(1 << 16, dtype=np.uint16)
+    f32 = h.view(np.float16).astype(np.float32).view(np.uint32)
+    holds = ~np.isnan(h.view(np.float16)) & (f32 & 0xFFFF == 0)  # the f16 values bf16 holds
+    finite = h[~np.isnan(h.view(np.float16))]
+    torch_rne = torch.from_numpy(finite.view(np.float16)).to(torch.bfloat16).view(torch.int16).numpy()
+    c.set_portable(portable)
+    try:
+        out = np.empty(int(holds.sum()), "<u2")
+        assert c.f16_to_bf16(h[holds].tobytes(), out) and (out == f32[holds] >> 16).all()
+        back = np.empty_like(out)
+        c.bf16_to_f16(out.tobytes(), back)
+        assert (back == h[holds]).all()
+        for one in h[~holds][::97]:  # each value bf16 does not hold (or a NaN) is refused: 8 lanes + 1
+            assert not c.f16_to_bf16(np.full(9, one, "<u2").tobytes(), np.empty(9, "<u2"))
+        rne = np.empty_like(finite)  # the parent cast: torch's round to nearest even
+        assert c.f16_to_bf16_rne(finite.tobytes(), rne) and (rne == torch_rne.view(np.uint16)).all()
+        assert not c.f16_to_bf16_rne(np.full(9, 0x7E00, "<u2").tobytes(), np.empty(9, "<u2"))
+    finally:
+        c.set_portable(False)
+    tensor = h[holds].tobytes()
+    with_c = narrow.narrowest(tensor, "F16")
+    monkeypatch.setattr(narrow, "_narrow", None)  # torch's casts give the same bytes
+    assert narrow.narrowest(tensor, "F16") == with_c and with_c is not None
+    assert narrow.widen(with_c[1], "BF16", "F16") == tensor
+
+
 def test_child_narrows_but_parent_does_not() -> None:
     g = torch.Generator().manual_seed(6)
     parent = torch.randn(512, generator=g) * 0.02  # genuine f32
@@ -98,9 +136,10 @@ def test_golden_bytes_and_corruption() -> None:
     assert payload.hex() == GOLDEN
     assert decode_tensor("plain", bytes.fromhex(payload.hex()), "F32", [4]) == raw
     inner = payload[narrow.HEADER.size :]
-    assert decode_tensor("plain", inner, "BF16", [4]) == np.array([1.0, -2.0, 0.5, 0.0], np.float32).view(
-        "<u2"
-    )[1::2].tobytes()
+    assert (
+        decode_tensor("plain", inner, "BF16", [4])
+        == np.array([1.0, -2.0, 0.5, 0.0], np.float32).view("<u2")[1::2].tobytes()
+    )
     with pytest.raises(CodecError, match="F32 tensor but F16"):
         decode_tensor("plain", payload, "F16", [4])
     with pytest.raises(CodecError, match="cannot be narrowed"):
