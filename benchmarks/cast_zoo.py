@@ -5,13 +5,16 @@ stored as f16 or f32), to measure the exact coders on it.
     python benchmarks/exact.py OUT_DIR --repeat 5
 
 Copies every model folder of ZOO_DIR (base and fine-tunes) with each model.safetensors cast to
-``--dtype`` (torch casts, round to nearest even; config files copied as they are).
+``--dtype`` (torch casts, round to nearest even; config files copied as they are). ``--jitter S``
+multiplies every weight by 1 + N(0, S²) first, the same factors in every model of the zoo (seeded per
+tensor name), so that f32 copies fill their low mantissa bits like weights trained in f32 would.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import zlib
 from pathlib import Path
 
 import torch
@@ -23,6 +26,7 @@ def main() -> None:
     ap.add_argument("zoo", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "float64", "bfloat16"])
+    ap.add_argument("--jitter", type=float, default=0.0, help="relative N(0, S^2) factor on every weight")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     for folder in sorted(p for p in args.zoo.iterdir() if (p / "model.safetensors").exists()):
@@ -32,7 +36,14 @@ def main() -> None:
             if f.is_file() and f.name != "model.safetensors":
                 shutil.copyfile(f, dest / f.name)
         state = load_file(folder / "model.safetensors")
-        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, dest / "model.safetensors")
+        out = {}
+        for name, value in state.items():
+            if args.jitter:
+                g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                factor = 1 + torch.randn(value.shape, generator=g, dtype=torch.float64) * args.jitter
+                value = value.double() * factor
+            out[name] = value.to(dtype).contiguous()
+        save_file(out, dest / "model.safetensors")
         print(f"{dest / 'model.safetensors'}: {args.dtype}")
 
 

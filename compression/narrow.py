@@ -75,11 +75,11 @@ def narrowest(raw: bytes | bytearray | memoryview, dtype: str) -> tuple[str, byt
     import torch
 
     t = _tensor(raw, dtype)
-    if bool(torch.isnan(t).any()):  # NaN payloads may convert differently in other libraries
-        return None
     for narrow in CANDIDATES[dtype]:
-        if not _holds(t[:_SAMPLE], narrow):
+        if not _holds(t[:_SAMPLE], narrow):  # most tensors that do not narrow stop here, cheaply
             continue
+        if bool(torch.isnan(t).any()):  # NaN payloads may convert differently in other libraries
+            return None
         cast = t.to(getattr(torch, _TORCH[narrow]))
         if torch.equal(_bits(cast.to(t.dtype)), _bits(t)):
             return narrow, _bits(cast).numpy().tobytes()
