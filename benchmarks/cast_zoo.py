@@ -6,8 +6,9 @@ stored as f16 or f32), to measure the exact coders on it.
 
 Copies every model folder of ZOO_DIR (base and fine-tunes) with each model.safetensors cast to
 ``--dtype`` (torch casts, round to nearest even; config files copied as they are). ``--jitter S``
-multiplies every weight by 1 + N(0, S²) first, the same factors in every model of the zoo (seeded per
-tensor name), so that f32 copies fill their low mantissa bits like weights trained in f32 would.
+multiplies every weight by 1 + N(0, S²) first, drawn anew for each model (seeded by model and tensor
+name), so that f32 copies fill their low mantissa bits like weights trained in f32 would, and every
+weight of a fine-tune differs from its base by about S relative (as after a full f32 fine-tune).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> None:
         out = {}
         for name, value in state.items():
             if args.jitter:
-                g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                g = torch.Generator().manual_seed(zlib.crc32(f"{folder.name}/{name}".encode()))
                 factor = 1 + torch.randn(value.shape, generator=g, dtype=torch.float64) * args.jitter
                 value = value.double() * factor
             out[name] = value.to(dtype).contiguous()
