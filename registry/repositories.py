@@ -5,10 +5,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.models import Artifact, Blob, File, Job, Model, Namespace, Tensor, Version
+
+
+def readable(private_namespaces: Sequence[str]) -> ColumnElement[bool]:
+    """Models a caller may read: public ones and private ones in ``private_namespaces`` (a query using
+    it joins Model and Namespace)."""
+    return or_(Model.private.is_(False), Namespace.name.in_(list(private_namespaces)))
+
+
+def of_readable_versions(query: Select, private_namespaces: Sequence[str] | None) -> Select:
+    """``query`` (over Version rows) limited to versions of models the caller may read (None: all)."""
+    if private_namespaces is None:
+        return query
+    return (
+        query.join(Model, Model.id == Version.model_id)
+        .join(Namespace, Namespace.id == Model.namespace_id)
+        .where(readable(private_namespaces))
+    )
 
 
 class NamespaceRepository:
@@ -47,7 +64,7 @@ class ModelRepository:
         full = Namespace.name + "/" + Model.name
         q = select(Model, Namespace.name).join(Namespace)
         if private_namespaces is not None:
-            q = q.where(Model.private.is_(False) | Namespace.name.in_(list(private_namespaces)))
+            q = q.where(readable(private_namespaces))
         if text:
             pattern = f"%{text.lower()}%"
             q = q.where(func.lower(full).like(pattern) | func.lower(Model.description).like(pattern))
@@ -155,13 +172,7 @@ class FileRepository:
             .join(Version, Version.id == File.version_id)
             .where(File.sha256 == sha256, File.size == size, Version.status == "ready")
         )
-        if private_namespaces is not None:
-            query = (
-                query.join(Model, Model.id == Version.model_id)
-                .join(Namespace, Namespace.id == Model.namespace_id)
-                .where(or_(Model.private.is_(False), Namespace.name.in_(private_namespaces)))
-            )
-        return self.s.scalar(query.order_by(File.id).limit(1))
+        return self.s.scalar(of_readable_versions(query, private_namespaces).order_by(File.id).limit(1))
 
 
 class TensorRepository:

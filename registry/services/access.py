@@ -15,7 +15,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from registry.errors import DeltazooError, NotFound
-from registry.models import Artifact, File, Model, Namespace, Tensor, Version
+from registry.models import Artifact, File, Model, Tensor, Version
+from registry.repositories import of_readable_versions
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,6 @@ def can_read_blob(session: Session, principal: Principal, sha256: str) -> bool:
     allowed = principal.private_namespaces()
     if allowed is None:
         return True
-    readable = or_(Model.private.is_(False), Namespace.name.in_(allowed))
     holders = [
         select(Version.id).join(File, File.version_id == Version.id)
         .where(or_(File.blob == sha256, File.header_blob == sha256)),
@@ -113,12 +113,6 @@ def can_read_blob(session: Session, principal: Principal, sha256: str) -> bool:
         select(Version.id).join(Artifact, Artifact.version_id == Version.id).where(Artifact.blob == sha256),
     ]
     for holder in holders:
-        query = (
-            holder.join(Model, Model.id == Version.model_id)
-            .join(Namespace, Namespace.id == Model.namespace_id)
-            .where(readable)
-            .limit(1)
-        )
-        if session.execute(query).first() is not None:
+        if session.execute(of_readable_versions(holder, allowed).limit(1)).first() is not None:
             return True
     return False
