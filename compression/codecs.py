@@ -123,14 +123,13 @@ def _as_child_dtype(parent_raw: Buffer, parent_dtype: str, dtype: str) -> np.nda
         return None
     if len(parent_raw) == 0:
         return np.empty(0, dtype=udt)
-    if (parent_dtype, dtype) == ("F32", "BF16"):  # bf16 values saved as f32: the high halves, exactly
-        halves = np.frombuffer(parent_raw, "<u2").reshape(-1, 2)
-        if not halves[:, 0].any():  # (what rounding to nearest even gives when nothing is dropped)
-            return halves[:, 1].copy()
-    if (parent_dtype, dtype) == ("F16", "BF16") and narrow._narrow is not None:  # torch's cast, in C
-        out = np.empty(len(parent_raw) // 2, "<u2")
-        if narrow._narrow.f16_to_bf16_rne(parent_raw, out):  # (False with a NaN: torch below)
-            return out
+    fast = None  # the casts below, without torch, where they are exact or torch's own rounding
+    if (parent_dtype, dtype) == ("F32", "BF16"):  # bf16 values saved as f32: nothing to round
+        fast = narrow.bf16_of_f32(parent_raw)
+    elif (parent_dtype, dtype) == ("F16", "BF16"):
+        fast = narrow.bf16_rne_of_f16(parent_raw)
+    if fast is not None:
+        return fast
     import torch
 
     with warnings.catch_warnings():  # read-only buffers are fine: the cast allocates anew
@@ -285,6 +284,13 @@ def decode_tensor(
     return out
 
 
+def _check_dtype_code(code: int, dtype: str) -> None:
+    """A payload's dtype code must name the dtype the caller asked for."""
+    if code >= len(DTYPE_CODES) or DTYPE_CODES[code] != dtype:
+        held = DTYPE_CODES[code] if code < len(DTYPE_CODES) else f"code {code}"
+        raise CodecError(f"payload holds a {held} tensor but {dtype} was asked")
+
+
 def _decode_narrowed(
     buf: memoryview,
     encoding: str,
@@ -298,9 +304,7 @@ def _decode_narrowed(
     if len(buf) < narrow.HEADER.size:
         raise CodecError("corrupt payload: truncated narrowed (DZTN) header")
     _, code, narrow_code = narrow.HEADER.unpack_from(buf)
-    if code >= len(DTYPE_CODES) or DTYPE_CODES[code] != dtype:
-        held = DTYPE_CODES[code] if code < len(DTYPE_CODES) else f"code {code}"
-        raise CodecError(f"payload holds a {held} tensor but {dtype} was asked")
+    _check_dtype_code(code, dtype)
     inner_dtype = DTYPE_CODES[narrow_code] if narrow_code < len(DTYPE_CODES) else None
     if inner_dtype not in narrow.CANDIDATES.get(dtype, ()):
         raise CodecError(f"corrupt payload: a {dtype} tensor cannot be narrowed to dtype code {narrow_code}")
@@ -335,9 +339,7 @@ def _decode_v234(
         raise CodecError(f"corrupt payload: unknown codec id {cid!r}")
     if codec != encoding:
         raise CodecError(f"payload is {codec!r} but was asked to decode as {encoding!r}")
-    if dcode >= len(DTYPE_CODES) or DTYPE_CODES[dcode] != dtype:
-        held = DTYPE_CODES[dcode] if dcode < len(DTYPE_CODES) else f"code {dcode}"
-        raise CodecError(f"payload holds a {held} tensor but {dtype} was asked")
+    _check_dtype_code(dcode, dtype)
     if count != n:
         raise CodecError(f"payload holds {count} elements but the shape asks for {n}")
     v5 = bytes(buf[:4]) == MAGIC

@@ -60,15 +60,32 @@ def _holds(t, narrow: str) -> bool:
     return bool(torch.equal(_bits(back), _bits(t)))
 
 
+def bf16_of_f32(raw: bytes | bytearray | memoryview) -> np.ndarray | None:
+    """The bf16 bit patterns of f32 values that are bf16 values (every low half zero), else None."""
+    halves = np.frombuffer(raw, "<u2").reshape(-1, 2)
+    if halves[:_SAMPLE, 0].any() or halves[:, 0].any():
+        return None
+    return halves[:, 1].copy()
+
+
+def bf16_rne_of_f16(raw: bytes | bytearray | memoryview) -> np.ndarray | None:
+    """torch's f16 -> bf16 cast (round to nearest even) by the C extension; None without it or when a
+    value is NaN (the caller then casts with torch)."""
+    if _narrow is None:
+        return None
+    out = np.empty(len(raw) // 2, "<u2")
+    return out if _narrow.f16_to_bf16_rne(raw, out) else None
+
+
 def narrowest(raw: bytes | bytearray | memoryview, dtype: str) -> tuple[str, bytes] | None:
     """(narrow dtype, the tensor's bytes in it) for the first candidate that holds every element
     exactly, or None (not a float dtype with a candidate, empty, or no candidate holds)."""
     if dtype not in CANDIDATES or len(raw) == 0:
         return None
     if dtype == "F32":  # the common case in numpy, one pass: bf16 bits are the high halves
-        halves = np.frombuffer(raw, "<u2").reshape(-1, 2)
-        if not halves[:_SAMPLE, 0].any() and not halves[:, 0].any():
-            return "BF16", halves[:, 1].tobytes()
+        bf16 = bf16_of_f32(raw)
+        if bf16 is not None:
+            return "BF16", bf16.tobytes()
     if dtype == "F16" and _narrow is not None:  # the C casts (no NaN: torch refuses those too)
         out = np.empty(len(raw) // 2, "<u2")
         return ("BF16", out.tobytes()) if _narrow.f16_to_bf16(raw, out) else None
