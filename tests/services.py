@@ -349,13 +349,21 @@ def temporary_database() -> Iterator[str]:
 # --------------------------------------------------------------------------- Redis
 
 
+def redis_db_base() -> int:
+    """Where this test run's Redis databases start: 0, or TEST_REDIS_DB_BASE so that several checkouts can
+    run the suite at once against one Redis (started with enough ``--databases``) without sharing queues."""
+    return int(os.environ.get("TEST_REDIS_DB_BASE", "0"))
+
+
 def redis_db_number() -> int:
-    """A Redis database number of this xdist worker's own: 1 alone, 2 + n for gw<n>; 0 is untouched."""
-    return 2 + xdist_worker_index()
+    """A Redis database number of this xdist worker's own: 1 alone, 2 + n for gw<n>; 0 is untouched
+    (all shifted by ``redis_db_base()``)."""
+    return redis_db_base() + 2 + xdist_worker_index()
 
 
 def redis_url(db: int | None = None) -> str:
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db_number() if db is None else db}"
+    number = redis_db_number() if db is None else redis_db_base() + db
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"
 
 
 def flush_redis(url: str) -> None:
