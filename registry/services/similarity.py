@@ -19,13 +19,13 @@ import hashlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compression.safetensors_io import SafetensorsError, read_header
 from registry.models import File, Model, Version
 from registry.objectstore import ObjectStore
-from registry.repositories import FileRepository, ModelRepository, TensorRepository
+from registry.repositories import FileRepository, ModelRepository, TensorRepository, visible_from
 from registry.services.refs import ref_string
 
 SAMPLES = 64
@@ -137,9 +137,7 @@ def rank_candidates(
     models, and for a private model also of the private models of its own namespace (never another
     namespace's private model: neither its name nor its bytes may show through this one)."""
     own = session.get(Model, version.model_id)
-    visible: ColumnElement[bool] = Model.private.is_(False)
-    if own is not None and own.private:
-        visible = or_(visible, and_(Model.private.is_(True), Model.namespace_id == own.namespace_id))
+    visible = visible_from(own) if own is not None else Model.private.is_(False)
     rows = session.scalars(
         select(Version)
         .join(Model, Model.id == Version.model_id)
