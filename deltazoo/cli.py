@@ -416,7 +416,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                 r.get("profile") or "dense (exact)",
                 num(r.get("ratio"), 3),
                 num(r.get("bpb"), 3),
-                "-" if r.get("gain_kept") is None else f"{100 * r['gain_kept']:.1f} %",
+                _gain_text(r),
                 human_bytes(r.get("stored_bytes")),
                 r.get("status_message") or r.get("status"),
             ]
@@ -424,6 +424,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         ],
     )
     return EXIT_OK
+
+
+def _gain_text(r: dict[str, Any]) -> str:
+    if r.get("gain_kept") is not None:
+        return f"{100 * r['gain_kept']:.1f} %"
+    if r.get("gain_note"):
+        return f"{r['gain_note']} (bpb base {r['bpb_base']:.3f}, fine-tune {r['bpb_finetune']:.3f})"
+    return "-"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
