@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from compression.safetensors_io import is_safetensors_path
 from registry.db import after_commit
 from registry.errors import BadRequest, Conflict, NotFound, Unprocessable
-from registry.models import Artifact, File, Job, Model, Version
+from registry.models import Artifact, File, Job, Model, Version, utcnow
 from registry.objectstore import ObjectStore, blob_key, delete_objects
 from registry.repositories import (
     ArtifactRepository,
@@ -244,39 +245,60 @@ def commit_version(session: Session, store: ObjectStore, version: Version, ref: 
 
 
 def delete_version(
-    session: Session, store: ObjectStore, version: Version, ref: str, viewer: Principal = OPEN
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    ref: str,
+    worker_grace: timedelta = timedelta(seconds=30),
+    *,
+    viewer: Principal = OPEN,
 ) -> None:
-    delete_versions(session, store, [version], ref, viewer)
+    delete_versions(session, store, [version], ref, worker_grace, viewer=viewer)
 
 
 def delete_model(
     session: Session, store: ObjectStore, model: Model, full_name: str, viewer: Principal = OPEN
 ) -> None:
     """Delete a model and all its versions; refused while a version of another model needs them."""
-    delete_versions(session, store, VersionRepository(session).for_model(model.id), full_name, viewer)
+    delete_versions(session, store, VersionRepository(session).for_model(model.id), full_name, viewer=viewer)
     session.delete(model)
     session.flush()
 
 
 def delete_versions(
-    session: Session, store: ObjectStore, versions: list[Version], what: str, viewer: Principal = OPEN
+    session: Session,
+    store: ObjectStore,
+    versions: list[Version],
+    what: str,
+    worker_grace: timedelta = timedelta(seconds=30),
+    *,
+    viewer: Principal = OPEN,
 ) -> None:
     """Delete ``versions`` (of one model) and drop their blob references (objects go once no reference
     is left).
+
+    A ``processing`` version is refused (409 ``version_busy``) only while a worker holds its encode job
+    (a heartbeat newer than ``worker_grace``); a stuck one (its job queued, or its worker gone) is
+    cancelled: the job is marked failed and the version deleted.
 
     Refused (409 ``has_descendants``) while a version outside the set decodes through their tensors,
     naming each one the ``viewer`` may read and why: a descendant (``delta``/``delta-rows``) or a
     version of the same namespace that reuses identical tensors (``same``, e.g. after a deduplicated
     push). Other namespaces' ``same`` copies never block: they get bytes of their own first.
     """
-    busy = [v for v in versions if v.status == "processing"]
-    if busy:
-        raise Conflict(f"{what} is being encoded; delete it once its job has finished", code="version_busy")
     if not versions:
         return
     ids = [v.id for v in versions]
     owner = session.get(Model, versions[0].model_id)
     namespace_id = owner.namespace_id if owner is not None else None
+    jobs = JobRepository(session)
+    processing = [v.id for v in versions if v.status == "processing"]
+    if jobs.held_encodes(processing, utcnow() - worker_grace):
+        raise Conflict(
+            f"{what} is being encoded by a live worker; delete it once its job has finished",
+            code="version_busy",
+        )
+    jobs.cancel_encodes(processing, f"cancelled: {what} was deleted")  # queued or stuck: nobody holds it
     tensors = TensorRepository(session)
     dependents = tensors.dependents_of(ids, copies_kept_outside=namespace_id)
     if dependents:
