@@ -12,6 +12,7 @@ from registry.repositories import (
     BlobRepository,
     FileRepository,
     ModelRepository,
+    TagRepository,
     TensorRepository,
     VersionRepository,
     count_rows,
@@ -34,6 +35,7 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
     )
     names = _names(session, [*versions, *parents.values()])
     artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
+    tags = TagRepository(session).names_by_version(v.id for v in versions)
     out = []
     for v in versions:
         p = parents.get(v.parent_version_id) if v.parent_version_id else None
@@ -54,6 +56,8 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
                 "created_at": v.created_at,
                 "parent_similarity": v.parent_similarity,
                 "suggested_base": (v.sketch or {}).get("suggested") if v.parent_version_id is None else None,
+                "commit_id": v.commit_id,
+                "tags": tags.get(v.id, []),
             }
         )
     return out
