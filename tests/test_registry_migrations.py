@@ -23,6 +23,7 @@ TABLES = {
     "job",
     "evaluation",
     "text_set",
+    "sketch_band",
     "alembic_version",
 }
 
