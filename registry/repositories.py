@@ -6,9 +6,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Select, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry.models import Artifact, Blob, File, Job, Model, Namespace, Tensor, Version
+from registry.models import Artifact, Blob, File, Job, Model, Namespace, Tensor, Version, utcnow
 
 
 def readable(private_namespaces: Sequence[str]) -> ColumnElement[bool]:
@@ -247,9 +249,22 @@ class BlobRepository:
         return self.s.get(Blob, sha256)
 
     def add_reference(self, sha256: str, size: int) -> bool:
-        """Count one more reference to a blob; True when the blob row is new."""
-        blob = self.s.get(Blob, sha256)
-        if blob is None:
+        """Count one more reference to a blob; True when the blob row is new.
+
+        Insert-or-ignore: two encodes storing the same bytes at once both succeed (the second one's
+        insert waits for the first one's row and then counts a reference) instead of one failing on
+        the primary key and retrying."""
+        dialect = self.s.get_bind().dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            statement = (
+                insert(Blob)
+                .values(sha256=sha256, size=size, refcount=1, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["sha256"])
+            )
+            if self.s.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
+                return True
+        elif self.s.get(Blob, sha256) is None:
             self.s.add(Blob(sha256=sha256, size=size, refcount=1))
             self.s.flush()
             return True
@@ -331,6 +346,34 @@ class JobRepository:
         return self.s.scalar(
             select(Job).where(Job.kind == kind, Job.target_id == target_id).order_by(Job.id.desc()).limit(1)
         )
+
+    def held_encodes(self, version_ids: list[int], beat_since: datetime) -> list[Job]:
+        """Encode jobs of ``version_ids`` running with a heartbeat since ``beat_since`` (a live worker)."""
+        if not version_ids:
+            return []
+        return list(
+            self.s.scalars(
+                select(Job).where(
+                    Job.kind == "encode_version",
+                    Job.target_id.in_(version_ids),
+                    Job.status == "running",
+                    Job.updated_at >= beat_since,
+                )
+            )
+        )
+
+    def cancel_encodes(self, version_ids: list[int], reason: str) -> None:
+        """Mark the unfinished encode jobs of ``version_ids`` failed (their version is being deleted)."""
+        if version_ids:
+            self.s.execute(
+                update(Job)
+                .where(
+                    Job.kind == "encode_version",
+                    Job.target_id.in_(version_ids),
+                    Job.status.in_(("queued", "running")),
+                )
+                .values(status="failed", error=reason)
+            )
 
     def set_progress(self, job_id: int, progress: float) -> None:
         self.s.execute(update(Job).where(Job.id == job_id).values(progress=progress))
