@@ -24,6 +24,7 @@ TABLES = {
     "evaluation",
     "text_set",
     "sketch_band",
+    "version_tag",
     "alembic_version",
 }
 

@@ -1,7 +1,7 @@
 """indexes for a zoo of 10,000 versions, and the sketch band index of base="auto"
 
 Revision ID: issue18_zoo_scale
-Revises: 0002
+Revises: issue12_revisions
 
 Indexes for the queries every push, commit, download and lineage call makes (stale-upload sweep on
 version status and age, jobs by target, blob holders), and ``sketch_band``: the locality-sensitive
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "issue18_zoo_scale"
-down_revision = "0002"
+down_revision = "issue12_revisions"
 branch_labels = None
 depends_on = None
 
