@@ -93,7 +93,13 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> None:
     if version.status == "processing":
         marks = _Checkpoints(session, job)
         encode_version(
-            session, ctx.store, version, ctx.settings.max_chain_depth, marks.progress, marks.checkpoint
+            session,
+            ctx.store,
+            version,
+            ctx.settings.max_chain_depth,
+            marks.progress,
+            marks.checkpoint,
+            chunk_bytes=ctx.settings.tensor_chunk_mb << 20,
         )
     if version.status == "ready":
         enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)

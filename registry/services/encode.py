@@ -26,6 +26,7 @@ from registry.errors import BadRequest
 from registry.models import File, Model, Tensor, Version
 from registry.objectstore import ObjectStore, blob_key, delete_objects
 from registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
+from registry.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
 from registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
 
 Progress = Callable[[float], None]  # job progress, 0..1
@@ -199,6 +200,7 @@ def _encode_safetensors(
     max_depth: int,
     totals: EncodeTotals,
     after_tensor: Callable[[int], None],
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> None:
     key = file.staging_key
     assert key is not None
@@ -215,10 +217,22 @@ def _encode_safetensors(
         version.stored_bytes += header.header_size if new else 0
     done = {t.name for t in TensorRepository(session).for_file(file.id)}  # from an interrupted run
     for entry in header.tensors:
-        if entry.name not in done:
+        if entry.name not in done and entry.nbytes > chunk_bytes:  # memory: one chunk, not the tensor
+            read = partial(_read_from, read_at, header.header_size + entry.begin)
+            scope = twin_scope(session, version)
+            row = encode_large_tensor(
+                session, store, version, file, entry, read, parents, max_depth, chunk_bytes, scope
+            )
+            totals.tensors += 1
+            totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
+        elif entry.name not in done:
             raw = read_at(header.header_size + entry.begin, entry.nbytes) if entry.nbytes else b""
             _encode_tensor_row(session, store, version, file, entry, raw, parents, max_depth, totals)
         after_tensor(entry.nbytes)
+
+
+def _read_from(read_at: Callable[[int, int], bytes], start: int, offset: int, length: int) -> bytes:
+    return read_at(start + offset, length)
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -245,12 +259,15 @@ def encode_version(
     max_depth: int,
     progress: Progress,
     checkpoint: Callable[[], None] = lambda: None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> EncodeTotals:
     """Encode every file of ``version`` (status ``processing``) and mark it ``ready``.
 
     ``checkpoint`` is called after every tensor: the job wrapper may commit there (so a long encode
     does not hold the database's write lock, and its progress is visible). Work committed by an
     interrupted run is found again and skipped, so the job can simply be run again.
+    Tensors larger than ``chunk_bytes`` are stored in chunks (``services.chunks``): the encode's peak
+    memory is then a few chunks (plus the parent tensor when it was stored whole), not the tensor.
     """
     files = FileRepository(session).for_version(version.id)
     parents = (
@@ -277,7 +294,9 @@ def encode_version(
                 version.stored_bytes += size if new else 0
             advance(file.size)
         else:
-            _encode_safetensors(session, store, version, file, parents, max_depth, totals, advance)
+            _encode_safetensors(
+                session, store, version, file, parents, max_depth, totals, advance, chunk_bytes
+            )
     staged = [f.staging_key for f in files if f.staging_key]
     for file in files:
         file.staging_key = None

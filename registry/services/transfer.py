@@ -22,7 +22,8 @@ from registry.errors import BadRequest, Conflict, RangeNotSatisfiable
 from registry.models import File, Version
 from registry.objectstore import ObjectStore, blob_key, new_staging_key
 from registry.repositories import FileRepository, TensorRepository
-from registry.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
+from registry.services.chunks import RangeReader
+from registry.services.storage import Recipe, get_blob, resolve_recipes
 
 MAX_INDEX_BYTES = 64 << 20
 SEND_CHUNK = 1 << 20
@@ -186,10 +187,8 @@ def iter_file(
         lo, hi = max(start, seg.start) - seg.start, min(end, seg.end) - seg.start
         if seg.header is not None:
             yield seg.header[lo:hi]
-        elif seg.recipe is not None:
-            raw = memoryview(reconstruct(store, seg.recipe))
-            for a in range(lo, hi, SEND_CHUNK):  # small writes: the socket buffer never holds a tensor
-                yield raw[a : min(hi, a + SEND_CHUNK)]
+        elif seg.recipe is not None:  # a chunked tensor: only the chunks the range overlaps are decoded
+            yield from RangeReader(store, seg.recipe).iter_bytes(lo, hi)
         else:
             assert seg.blob is not None
             yield from _iter_zstd(store, seg.blob, lo, hi)
