@@ -17,6 +17,7 @@ from registry.repositories import (
     count_rows,
 )
 from registry.services.refs import ref_string
+from registry.sketch_band_repository import suggested_bases
 
 
 def ratio(logical: int, stored: int) -> float | None:
@@ -33,6 +34,7 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
     )
     names = _names(session, [*versions, *parents.values()])
     artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
+    suggested = suggested_bases(session, [v.id for v in versions if v.parent_version_id is None])
     out = []
     for v in versions:
         p = parents.get(v.parent_version_id) if v.parent_version_id else None
@@ -52,7 +54,7 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
                 "lossy": v.lossy,
                 "created_at": v.created_at,
                 "parent_similarity": v.parent_similarity,
-                "suggested_base": (v.sketch or {}).get("suggested") if v.parent_version_id is None else None,
+                "suggested_base": suggested.get(v.id) if v.parent_version_id is None else None,
             }
         )
     return out
