@@ -9,7 +9,8 @@
     artifacts/<org>/<name>/<rev>/<profile>.safetensors   packed delta containers
 
 Nothing is ever re-downloaded while its blob is here; a blob is only renamed into place after its
-size and sha256 are checked, so a file that looks complete is complete.
+size and sha256 are checked, so a file that looks complete is complete. Blobs are read-only: pulls
+link them into destinations (``deltazoo.linking``), and an edit in place must not change the cache.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from deltazoo.errors import DeltazooConnectionError, IntegrityError
 from deltazoo.models import FileInfo, Ref, VersionInfo
@@ -98,24 +100,40 @@ class Cache:
                 code="sha256_mismatch",
             )
         final = self.blob_path(sha256)
+        os.chmod(tmp, 0o444)
         os.replace(tmp, final)
         return final
 
-    def download(self, transport: Transport, url_path: str, file: FileInfo, *, quiet: bool) -> Path:
-        """Fetch a dense file into ``blobs/``, resuming a ``.incomplete`` part with ``Range``."""
+    def download(
+        self,
+        transport: Transport,
+        url_path: str,
+        file: FileInfo,
+        *,
+        quiet: bool,
+        bar: Any = None,
+        before: int = 0,
+    ) -> Path:
+        """Fetch a dense file into ``blobs/``, resuming a ``.incomplete`` part with ``Range``.
+
+        ``bar`` is a progress bar shared by every file of a pull, ``before`` the bytes counted on it
+        before this file; without one the file gets a bar of its own.
+        """
         if self.has_blob(file.sha256, file.size):
             return self.blob_path(file.sha256)
         tmp = self.incomplete_path(file.sha256)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        bar = progress_bar(file.size, f"pull {file.path}", quiet=quiet)
+        own = bar is None
+        if own:
+            bar = progress_bar(file.size, f"pull {file.path}", quiet=quiet)
         try:
             for attempt in range(_RESUME_ATTEMPTS + 1):
                 have = tmp.stat().st_size if tmp.exists() else 0
                 if have > file.size:
                     tmp.unlink()
                     have = 0
-                bar.reset(total=file.size)
-                bar.update(have)
+                bar.n = before + have
+                bar.refresh()
                 if have == file.size:
                     break
                 headers = {"Range": f"bytes={have}-"} if have else None
@@ -123,7 +141,7 @@ class Cache:
                     with transport.stream("GET", url_path, headers=headers) as response:
                         mode = "ab" if have and response.status_code == 206 else "wb"
                         if mode == "wb":
-                            bar.reset(total=file.size)
+                            bar.n = before
                         with tmp.open(mode) as out:
                             for chunk in transport.iter_body(response):
                                 out.write(chunk)
@@ -134,7 +152,8 @@ class Cache:
                         raise
             return self.install(tmp, file.sha256, file.size)
         finally:
-            bar.close()
+            if own:
+                bar.close()
 
     # --- snapshots and versions ------------------------------------------------------------------
 
@@ -173,10 +192,25 @@ class Cache:
             return files
         return None
 
+    def recorded_files(self, ref: Ref) -> list[FileInfo] | None:
+        """The file list of a version this cache has seen (its blobs may be partly held), or None."""
+        path = self._version_record(ref)
+        if not path.is_file():
+            return None
+        return [FileInfo.from_dict(f) for f in json.loads(path.read_text())["files"]]
+
     def set_latest(self, ref: Ref, revision: int) -> None:
         path = self._ref_path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(revision))
+
+    def latest_revision(self, ref: Ref) -> int | None:
+        """The revision ``latest`` last resolved to when online (offline mode answers with it)."""
+        path = self._ref_path(ref)
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     # --- tensor index (for delta-only pulls) -----------------------------------------------------
 

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deltazoo.cli_cache import add_cache_parser
+from deltazoo.cli_hints import cli_message
+from deltazoo.cli_output import print_json, print_table, ratio_text
 from deltazoo.errors import (
     ClientError,
     DeltazooConnectionError,
@@ -28,32 +31,13 @@ from deltazoo.units import human_bytes
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 
 
-# --- output helpers ------------------------------------------------------------------------------
-
-
-def ratio_text(r: float | None) -> str:
-    return "-" if r is None else f"{r:.2f}x"
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
-
-
 # --- commands ------------------------------------------------------------------------------------
 
 
 def _client(args: argparse.Namespace) -> Any:
     from deltazoo.client import Client
 
-    return Client(url=args.url, token=args.token)
+    return Client(url=args.url, token=args.token, offline=True if args.offline else None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -129,11 +113,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ratio_or_dedup(v: Any) -> str:
+    if v.status == "ready" and v.stored_bytes == 0 and v.logical_bytes > 0:
+        return "- (every byte already stored: deduplicated)"
+    return ratio_text(v.ratio)
+
+
 def _version_line(v: Any) -> str:
     parent = f" <- {v.parent}" if v.parent else ""
     return (
         f"{v.ref}{parent}  {v.status}  logical {human_bytes(v.logical_bytes)}  "
-        f"stored {human_bytes(v.stored_bytes)}  ratio {ratio_text(v.ratio)}"
+        f"stored {human_bytes(v.stored_bytes)}  ratio {_ratio_or_dedup(v)}"
     )
 
 
@@ -144,8 +134,12 @@ def cmd_push(args: argparse.Namespace) -> int:
             args.name,
             base=args.base,
             relation=args.relation,
-            profiles=args.profile or (),
+            profiles=args.profile,
+            description=args.description,
             private=args.private,
+            include=args.include,
+            exclude=args.exclude,
+            allow_no_weights=args.allow_no_weights,
             wait=args.wait,
             quiet=args.quiet,
         )
@@ -153,14 +147,40 @@ def cmd_push(args: argparse.Namespace) -> int:
         print_json(v.raw)
         return EXIT_OK
     print(_version_line(v))
+    if v.status_message:
+        print(f"note: {v.status_message}")
     if v.parent_similarity is not None:
         print(f"base detected: {v.parent} (similarity {v.parent_similarity:.3f})")
+    carried = [a.profile for a in v.artifacts if a.profile not in (args.profile or ())]
+    if args.profile is None and carried:
+        print(
+            f"profiles carried over from the previous revision: {', '.join(carried)} "
+            "(push with --profile to choose others)"
+        )
     if v.suggested_base and not v.parent:
         print(
             f"note: this looks derived from {v.suggested_base}; push with --base {v.suggested_base} "
             "to store it as a delta",
             file=sys.stderr,
         )
+    return EXIT_OK
+
+
+def cmd_profile_add(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        artifact, job = c.request_profile(args.name, args.profile)
+        if args.wait:
+            c.wait(job, quiet=args.quiet)
+            v = c.version_info(args.name)
+            built = v.artifact(args.profile)
+            if built is not None and built.status == "failed":
+                raise JobFailedError(f"{v.ref}: profile {args.profile} failed to build")
+            print(f"{v.ref}  {args.profile}  ready  {human_bytes(built.bytes if built else None)}")
+            return EXIT_OK
+    print(
+        f"{args.name}  {artifact.profile}  {artifact.status} (job {job.id}); "
+        f"`deltazoo info {args.name}` shows when it is ready"
+    )
     return EXIT_OK
 
 
@@ -233,9 +253,43 @@ def cmd_text_ls(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        out = c.pull(args.name, args.dest, quiet=args.quiet)
+        out = c.pull(
+            args.name, args.dest, include=args.include, exclude=args.exclude, copy=args.copy, quiet=args.quiet
+        )
+        got = c.bytes_downloaded
+        methods = c.last_pull_methods
+    how = ", ".join(f"{n} {'copied' if m == 'copy' else m + 'ed'}" for m, n in sorted(methods.items()))
+    print(f"{out}  ({human_bytes(got)} downloaded{'; ' + how if how else ''})")
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        out = c.get_file(args.name, args.path, args.dest, copy=args.copy, quiet=args.quiet)
         got = c.bytes_downloaded
     print(f"{out}  ({human_bytes(got)} downloaded)")
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from deltazoo.models import Ref
+
+    ref = Ref.parse(args.name)
+    whole = "@" not in args.name
+    what = f"model {ref.model} and all its versions" if whole else f"version {ref}"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"deleting {what} cannot be undone: pass --yes to confirm", code="confirm")
+        answer = input(f"delete {what}? This cannot be undone [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return EXIT_OK
+    with _client(args) as c:
+        if whole:
+            c.delete_model(ref.model)
+        else:
+            c.delete_version(str(ref))
+    print(f"deleted {what}")
     return EXIT_OK
 
 
@@ -412,17 +466,46 @@ def cmd_info(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------
 
 
+def _global_options(p: argparse.ArgumentParser, *, after: bool = False) -> None:
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if after else {}
+    p.add_argument("--url", help="server URL (default: DELTAZOO_URL, http://127.0.0.1:8000)", **kw)
+    p.add_argument("--token", help="API token (default: DELTAZOO_TOKEN)", **kw)
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="answer pulls from the local cache only, no request (default: DELTAZOO_OFFLINE)",
+        **kw,
+    )
+
+
+def _pattern_options(sp: argparse.ArgumentParser, verb: str) -> None:
+    sp.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help=f"{verb} only files matching this glob, e.g. '*.json' (repeatable)",
+    )
+    sp.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help=f"do not {verb} files matching this glob (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deltazoo import __version__
 
     p = argparse.ArgumentParser(prog="deltazoo", description="Storage for families of fine-tuned models.")
     p.add_argument("--version", action="version", version=f"deltazoo {__version__}")
-    p.add_argument("--url", help="server URL (default: DELTAZOO_URL, http://127.0.0.1:8000)")
-    p.add_argument("--token", help="API token (default: DELTAZOO_TOKEN)")
+    _global_options(p)
+    # the same options after the command (`deltazoo ls --url ...`): set only when given there
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, after=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Any, help_: str, *, json_flag: bool = False, quiet: bool = False) -> Any:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[common])
         sp.set_defaults(func=func)
         if json_flag:
             sp.add_argument("--json", action="store_true", help="print the REST answer as JSON")
@@ -443,7 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("push", cmd_push, "upload a checkpoint folder as a new version", json_flag=True, quiet=True)
     sp.add_argument("dir", help="checkpoint folder (config.json, *.safetensors, tokenizer files)")
     sp.add_argument("--name", required=True, help="ORG/NAME")
-    sp.add_argument("--base", help="ORG/NAME[@REV] this is derived from, or 'auto' (read the model card)")
+    sp.add_argument(
+        "--base",
+        help="ORG/NAME[@REV] this is derived from, or 'auto' (the server picks the stored version "
+        "the weights are closest to)",
+    )
     sp.add_argument(
         "--relation",
         default="finetune",
@@ -453,45 +540,83 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         action="append",
         metavar="P",
-        help="serving profile to build, e.g. deltadq:n=1,m=32,bits=4 (repeatable)",
+        help="serving profile to build, e.g. deltadq:n=1,m=32,bits=4 (repeatable; default: the "
+        "profiles of the model's latest version, when pushed with --base)",
     )
     sp.add_argument(
         "--wait", action="store_true", help="wait until the version is ready (non-zero if it fails)"
     )
 
     sp.add_argument("--private", action="store_true", help="create the model private (new models only)")
+    sp.add_argument("--description", default="", help="the model's description (new models only)")
+    _pattern_options(sp, "push")
+    sp.add_argument(
+        "--allow-no-weights",
+        action="store_true",
+        help="store a folder without *.safetensors weights as opaque files (never unpickled; "
+        "nothing deduplicated or evaluated)",
+    )
+
+    sp = add("profile", cmd_profile_add, "serving profiles of a version: profile add NAME@REV PROFILE")
+    psub = sp.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
+    pa = psub.add_parser("add", help="build a lossy serving profile for a stored version", parents=[common])
+    pa.set_defaults(func=cmd_profile_add)
+    pa.add_argument("name", help="ORG/NAME[@REV] (a version pushed with --base)")
+    pa.add_argument("profile", help="e.g. deltadq:n=1,m=32,bits=4")
+    pa.add_argument("--wait", action="store_true", help="wait until it is built (non-zero if it fails)")
+    pa.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
     sp = add("token", cmd_token_ls, "manage API tokens (admin): token create | token ls | token rm")
     tsub = sp.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    tc = tsub.add_parser("create", help="create a token (its secret is printed once)")
+    tc = tsub.add_parser("create", help="create a token (its secret is printed once)", parents=[common])
     tc.set_defaults(func=cmd_token_create)
     tc.add_argument("--name", dest="token_name", default="cli token", help="a label for the token")
     tc.add_argument("--namespace", help="limit the token to this namespace (default: every namespace)")
     tc.add_argument("--scopes", default="read", help="comma-separated: read, write (default read)")
     tc.add_argument("--admin", action="store_true", help="an admin token (every namespace, manages tokens)")
     tc.add_argument("--json", action="store_true", help="print the REST answer as JSON")
-    tl = tsub.add_parser("ls", help="list tokens (no secrets)")
+    tl = tsub.add_parser("ls", help="list tokens (no secrets)", parents=[common])
     tl.set_defaults(func=cmd_token_ls)
     tl.add_argument("--json", action="store_true", help="print the REST answer as JSON")
-    tr = tsub.add_parser("rm", help="delete a token")
+    tr = tsub.add_parser("rm", help="delete a token", parents=[common])
     tr.set_defaults(func=cmd_token_rm)
     tr.add_argument("id", type=int, help="token id (from token ls)")
 
     sp = add("text", cmd_text_ls, "held-out evaluation texts: text add NAME FILE | text ls")
     xsub = sp.add_subparsers(dest="text_command", required=True, metavar="ACTION")
-    xa = xsub.add_parser("add", help="register a UTF-8 text file (bits-per-byte evaluation, calibration)")
+    xa = xsub.add_parser(
+        "add", help="register a UTF-8 text file (bits-per-byte evaluation, calibration)", parents=[common]
+    )
     xa.set_defaults(func=cmd_text_add)
     xa.add_argument("text_name", metavar="NAME", help="1-100 letters, digits, '.', '_' or '-'")
     xa.add_argument("file", help="a UTF-8 text file, held out from every fine-tune's training data")
     xa.add_argument("--description", default="", help="what the text is")
     xa.add_argument("--json", action="store_true", help="print the REST answer as JSON")
-    xl = xsub.add_parser("ls", help="list the registered texts")
+    xl = xsub.add_parser("ls", help="list the registered texts", parents=[common])
     xl.set_defaults(func=cmd_text_ls)
     xl.add_argument("--json", action="store_true", help="print the REST answer as JSON")
 
     sp = add("pull", cmd_pull, "download a version's files, bit-exact", quiet=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")
     sp.add_argument("dest", help="destination folder")
+    _pattern_options(sp, "pull")
+    sp.add_argument(
+        "--copy",
+        action="store_true",
+        help="write independent, writable copies (default: link to the cache where the filesystem allows)",
+    )
+
+    sp = add("get", cmd_get, "download one file of a version, bit-exact", quiet=True)
+    sp.add_argument("name", help="ORG/NAME[@REV]")
+    sp.add_argument("path", help="the file's path inside the model, e.g. config.json")
+    sp.add_argument("--dest", "-o", default=".", help="a folder (default .) or a file path to write it to")
+    sp.add_argument("--copy", action="store_true", help="an independent, writable copy (default: a link)")
+
+    sp = add("rm", cmd_rm, "delete a model (ORG/NAME, every version) or one version (ORG/NAME@REV)")
+    sp.add_argument("name", help="ORG/NAME or ORG/NAME@REV")
+    sp.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    add_cache_parser(sub, common)
 
     sp = add("pull-delta", cmd_pull_delta, "download a serving profile's packed delta container", quiet=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")
@@ -525,13 +650,28 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_SERVER
 
 
+def _has_token(args: argparse.Namespace) -> bool:
+    if getattr(args, "token", None):
+        return True
+    from deltazoo.settings import get_settings
+
+    return bool(get_settings().token)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (DeltazooError, TimeoutError) as exc:
+    except DeltazooError as exc:
+        print(f"error: {cli_message(exc, has_token=_has_token(args))}", file=sys.stderr)
+        return exit_code(exc)
+    except TimeoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_code(exc)
+    except OSError as exc:  # a local file problem (permissions, disk full, a path in the way)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     cache: Path = Field(default=Path.home() / ".cache" / "deltazoo")
     retries: int = Field(default=5, description="SDK: re-sends after 429/5xx/connection errors (backoff)")
     upload_part_mb: int = Field(default=64, description="SDK: larger files are sent in resumable parts")
+    offline: bool = Field(default=False, description="SDK: pulls come from the cache only, no request")
 
     @property
     def resolved_database_url(self) -> str:

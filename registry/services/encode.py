@@ -212,6 +212,23 @@ def _encode_safetensors(
         after_tensor(entry.nbytes)
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def stored_note(files: list[File]) -> str | None:
+    """What a ready version should say about files it could not read as tensors (None: nothing)."""
+    pickles = [f.path for f in files if f.path.lower().endswith(_PICKLE_SUFFIXES)]
+    named = ", ".join(pickles[:3]) + (" ..." if len(pickles) > 3 else "")
+    kept = f"{named} kept as opaque bytes, never unpickled"
+    if not any(f.kind == "safetensors" for f in files):
+        return (
+            f"no safetensors weights: its {len(files)} files are stored as opaque bytes "
+            "(no tensors deduplicated, no delta against a base, nothing to evaluate)"
+            + (f"; {kept}" if pickles else "")
+        )
+    return kept if pickles else None
+
+
 def encode_version(
     session: Session,
     store: ObjectStore,
@@ -256,7 +273,7 @@ def encode_version(
     for file in files:
         file.staging_key = None
     version.logical_bytes = sum(f.size for f in files)
-    version.status, version.status_message = "ready", None
+    version.status, version.status_message = "ready", stored_note(files)
     session.flush()
     after_commit(session, partial(delete_objects, store, staged))
     totals.stored_bytes = version.stored_bytes
