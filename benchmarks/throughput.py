@@ -114,11 +114,11 @@ def zstd_files(files: list[Path], work: Path) -> tuple[float, float]:
     unpacked = [work / f"{i}.raw" for i in range(len(files))]
 
     def compress() -> None:
-        for src, dst in zip(files, packed):
+        for src, dst in zip(files, packed, strict=True):
             subprocess.run(["zstd", "-q", "-f", "-3", "-T2", str(src), "-o", str(dst)], check=True)
 
     def decompress() -> None:
-        for src, dst in zip(packed, unpacked):
+        for src, dst in zip(packed, unpacked, strict=True):
             subprocess.run(["zstd", "-q", "-f", "-d", str(src), "-o", str(dst)], check=True)
 
     c = timed(compress)
@@ -217,17 +217,31 @@ def report(pair: Path, size_mib: int, dtype: str, shards: int, runs: list[dict[s
         ("`zstd -3 -T2` of the fine-tune", col("zstd -3 -T2"), None),
         ("`zstd -d` of that", col("zstd -d"), None),
         ("push of the base (upload + encode plain)", col("push base"), ratio("push base", "zstd -3 -T2")),
-        ("push of the fine-tune (upload + encode delta)", col("push fine-tune"),
-         ratio("push fine-tune", "zstd -3 -T2")),
+        (
+            "push of the fine-tune (upload + encode delta)",
+            col("push fine-tune"),
+            ratio("push fine-tune", "zstd -3 -T2"),
+        ),
         ("cold pull of the fine-tune", col("cold pull"), ratio("cold pull", "zstd -d (again)")),
-        ("delta-only pull (base cached)", col("delta-only pull"), ratio("delta-only pull", "zstd -d (again)")),
-        ("codec alone: encode, 1 thread", col("codec encode 1 thread"),
-         ratio("codec encode 1 thread", "zstd -3 -T2")),
-        ("codec alone: decode, 1 thread", col("codec decode 1 thread"),
-         ratio("codec decode 1 thread", "zstd -d (again)")),
+        (
+            "delta-only pull (base cached)",
+            col("delta-only pull"),
+            ratio("delta-only pull", "zstd -d (again)"),
+        ),
+        (
+            "codec alone: encode, 1 thread",
+            col("codec encode 1 thread"),
+            ratio("codec encode 1 thread", "zstd -3 -T2"),
+        ),
+        (
+            "codec alone: decode, 1 thread",
+            col("codec decode 1 thread"),
+            ratio("codec decode 1 thread", "zstd -d (again)"),
+        ),
     ]
     lines = [
-        f"### {dtype}, {size_mib} MiB ({mib:.0f} MiB of safetensors, {shards} file(s)), {len(runs)} repetition(s)",
+        f"### {dtype}, {size_mib} MiB ({mib:.0f} MiB of safetensors in {shards} file(s)), "
+        f"{len(runs)} repetition(s)",
         "",
         "| step | seconds, median (range) | MB/s | × zstd in the same repetition |",
         "| --- | --- | --- | --- |",
@@ -240,7 +254,9 @@ def report(pair: Path, size_mib: int, dtype: str, shards: int, runs: list[dict[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mib", type=int, nargs="+", default=[1024])
     parser.add_argument("--dtype", choices=sorted(ITEMSIZE), nargs="+", default=["bf16"])
     parser.add_argument("--shards", type=int, default=1)
@@ -267,8 +283,15 @@ def main() -> int:
             if not args.keep_data:
                 shutil.rmtree(pair, ignore_errors=True)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
-    text = "\n".join([f"## Throughput ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                      f"{os.cpu_count()} cores)", "", f"Command: `{command}`", "", *sections])
+    text = "\n".join(
+        [
+            f"## Throughput ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores)",
+            "",
+            f"Command: `{command}`",
+            "",
+            *sections,
+        ]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
         f.write(text + "\n")
