@@ -105,11 +105,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"`deltazoo worker` needs the server extra ({exc.name} is missing): "
             "pip install 'deltazoo[server]'"
         ) from exc
+    import os
+    import socket
+
+    concurrency = s.worker_concurrency if args.concurrency is None else args.concurrency
+    if concurrency < 1:
+        raise UsageError("--concurrency must be at least 1", code="invalid_concurrency")
+    # one node name per process, so two workers on one host never share `celery@host`
+    name = args.name or f"deltazoo-{os.getpid()}@{socket.gethostname()}"
+    if "@" not in name:
+        name = f"{name}@{socket.gethostname()}"
     print(
-        f"deltazoo worker: broker {s.broker_url.split('@')[-1]}, concurrency {s.worker_concurrency}",
+        f"deltazoo worker {name}: broker {s.broker_url.split('@')[-1]}, concurrency {concurrency}",
         file=sys.stderr,
     )
-    app.worker_main(["worker", "--loglevel=INFO", f"--concurrency={s.worker_concurrency}"])
+    app.worker_main(["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-n", name])
     return EXIT_OK
 
 
@@ -406,7 +416,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                 r.get("profile") or "dense (exact)",
                 num(r.get("ratio"), 3),
                 num(r.get("bpb"), 3),
-                "-" if r.get("gain_kept") is None else f"{100 * r['gain_kept']:.1f} %",
+                _gain_text(r),
                 human_bytes(r.get("stored_bytes")),
                 r.get("status_message") or r.get("status"),
             ]
@@ -414,6 +424,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         ],
     )
     return EXIT_OK
+
+
+def _gain_text(r: dict[str, Any]) -> str:
+    if r.get("gain_kept") is not None:
+        return f"{100 * r['gain_kept']:.1f} %"
+    if r.get("gain_note"):
+        return f"{r['gain_note']} (bpb base {r['bpb_base']:.3f}, fine-tune {r['bpb_finetune']:.3f})"
+    return "-"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -521,7 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow serving without auth on a non-localhost address (trusted networks only)",
     )
-    add("worker", cmd_worker, "run a Celery worker (full stack)")
+    sp = add("worker", cmd_worker, "run a Celery worker (full stack)")
+    sp.add_argument(
+        "--name",
+        help="Celery node name, NAME or NAME@HOST (default deltazoo-<pid>@<host>, unique per process)",
+    )
+    sp.add_argument(
+        "--concurrency",
+        type=int,
+        help="jobs run at once by this worker (default DELTAZOO_WORKER_CONCURRENCY)",
+    )
 
     sp = add("push", cmd_push, "upload a checkpoint folder as a new version", json_flag=True, quiet=True)
     sp.add_argument("dir", help="checkpoint folder (config.json, *.safetensors, tokenizer files)")

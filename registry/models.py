@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,6 +36,11 @@ SHA256 = String(64)
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_commit_id() -> str:
+    """A version's commit id: 40 hex digits, as a git commit sha looks to Hugging Face Hub clients."""
+    return secrets.token_hex(20)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -119,7 +125,21 @@ class Version(Timestamped, Base):
     # base="auto": per-tensor value samples (registry.services.similarity) and the picked parent's score
     sketch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     parent_similarity: Mapped[float | None] = mapped_column(Float)
+    # the stable 40-hex id that names this version as a revision (Hugging Face Hub ``sha``)
+    commit_id: Mapped[str] = mapped_column(String(40), unique=True, default=new_commit_id)
     model: Mapped[Model] = relationship(lazy="raise")
+
+
+class VersionTag(Timestamped, Base):
+    """A named revision (``prod``, ``v1.2``) of a model: points at one of its versions; can be moved."""
+
+    __tablename__ = "version_tag"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class File(Base):

@@ -23,6 +23,7 @@ TABLES = {
     "job",
     "evaluation",
     "text_set",
+    "version_tag",
     "alembic_version",
 }
 

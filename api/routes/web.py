@@ -7,7 +7,6 @@ With auth on, private models are not shown here (the pages carry no token).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import current_principal
 from api.deps import DB
+from api.plots import gain_plot, stored_share_plot
 from deltazoo import units
 from registry.errors import DeltazooError, NotFound
 from registry.repositories import ModelRepository
@@ -141,76 +141,3 @@ def leaderboard_page(request: Request, session: DB, text: str = "") -> HTMLRespo
             return _error(request, exc)
     plot = gain_plot(board["items"]) if board else None
     return _page(request, "leaderboard.html", {"texts": texts, "board": board, "plot": plot})
-
-
-# --- inline SVG plots (coordinates here, drawing in templates/_macros.html) ---------------------
-
-W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 300, 64, 620, 20, 250
-
-
-def _frame(title: str, xlabel: str, ylabel: str) -> dict[str, Any]:
-    return {
-        "title": title, "xlabel": xlabel, "ylabel": ylabel, "width": W, "height": H,
-        "left": LEFT, "right": RIGHT, "top": TOP, "bottom": BOTTOM,
-        "xticks": [], "yticks": [], "bars": [], "dots": [],
-    }
-
-
-def _y(fraction: float) -> float:
-    return round(BOTTOM - fraction * (BOTTOM - TOP), 1)
-
-
-def stored_share_plot(versions: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Bars: stored / logical bytes of each ready version (lower is better)."""
-    ready = [v for v in versions if v["status"] == "ready" and v["logical_bytes"]]
-    if not ready:
-        return None
-    plot = _frame("stored bytes as a share of logical bytes, per version", "revision", "stored / logical")
-    slot = (RIGHT - LEFT) / len(ready)
-    width = min(60.0, slot * 0.7)
-    for i, v in enumerate(ready):
-        share = min(1.0, v["stored_bytes"] / v["logical_bytes"])
-        x = LEFT + slot * i + (slot - width) / 2
-        plot["bars"].append(
-            {
-                "x": round(x, 1), "y": _y(share), "w": round(width, 1), "h": round(_y(0) - _y(share), 1),
-                "label": f"@{v['revision']}",
-                "tip": f"{v['ref']}: {human_bytes(v['stored_bytes'])} of {human_bytes(v['logical_bytes'])}",
-            }
-        )
-    plot["yticks"] = [{"y": _y(f), "label": f"{f:.0%}"} for f in (0, 0.25, 0.5, 0.75, 1.0)]
-    return plot
-
-
-def gain_plot(items: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Dots: stored bytes (log scale) against gain kept, per profile; dense fine-tunes sit at 100 %."""
-    points = [
-        (i, i["gain_kept"], "profile") for i in items if i["profile"] and i["gain_kept"] is not None
-    ] + [(i, 1.0, "dense") for i in items if not i["profile"] and i["status"] == "ready"]
-    points = [p for p in points if p[0]["stored_bytes"] > 0]
-    if not any(kind == "profile" for _, _, kind in points):
-        return None
-    plot = _frame("stored bytes against gain kept", "stored bytes (log scale)", "gain kept")
-    logs = [math.log10(p[0]["stored_bytes"]) for p in points]
-    lo, hi = math.floor(min(logs)), math.ceil(max(logs))
-    hi = hi if hi > lo else lo + 1
-    gains = [g for _, g, _ in points]
-    gmin, gmax = min(0.0, min(gains)), max(1.0, max(gains))
-
-    def x_of(stored: int) -> float:
-        return round(LEFT + (math.log10(stored) - lo) / (hi - lo) * (RIGHT - LEFT - 40), 1)
-
-    for item, gain, kind in points:
-        plot["dots"].append(
-            {
-                "x": x_of(item["stored_bytes"]), "y": _y((gain - gmin) / (gmax - gmin)), "kind": kind,
-                "label": f"{item['ref']}" + (f" {item['profile']}" if item["profile"] else ""),
-                "tip": f"{item['ref']} {item['profile'] or 'dense'}: {human_bytes(item['stored_bytes'])}, "
-                f"gain kept {100 * gain:.1f} %",
-            }
-        )
-    plot["xticks"] = [{"x": x_of(10**e), "label": human_bytes(10**e)} for e in range(lo, hi + 1)]
-    plot["yticks"] = [
-        {"y": _y((g - gmin) / (gmax - gmin)), "label": f"{g:.0%}"} for g in (gmin, (gmin + gmax) / 2, gmax)
-    ]
-    return plot

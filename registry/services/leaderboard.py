@@ -17,13 +17,34 @@ def compression_ratio(bpb: float | None) -> float | None:
     return round(8 / bpb, 4) if bpb else None
 
 
+NO_GAIN = "fine-tune did not gain here"
+
+
+def gain_fields(details: dict[str, Any]) -> dict[str, Any]:
+    """Gain kept of a profile, defined only where its fine-tune gained over the base on the text;
+    else ``gain_kept`` is None and ``gain_note`` says so, with both bpb figures beside it."""
+    base, ft = details.get("bpb_base"), details.get("bpb_finetune")
+    gained = base is not None and ft is not None and base - ft > 0
+    return {
+        "gain_kept": details.get("gain_kept") if gained else None,
+        "gain_note": None if gained or base is None or ft is None else NO_GAIN,
+        "bpb_base": base,
+        "bpb_finetune": ft,
+    }
+
+
 def entry(ev: Evaluation, version: Version, artifact: Artifact | None, name: str) -> dict[str, Any]:
+    gain = (
+        gain_fields(ev.details or {})
+        if artifact
+        else {"gain_kept": None, "gain_note": None, "bpb_base": None, "bpb_finetune": None}
+    )
     return {
         "ref": ref_string(name, version.revision),
         "profile": artifact.profile if artifact else None,
         "bpb": ev.bits_per_byte,
         "ratio": compression_ratio(ev.bits_per_byte),
-        "gain_kept": (ev.details or {}).get("gain_kept") if artifact else None,
+        **gain,
         "stored_bytes": artifact.bytes if artifact else version.stored_bytes,
         "logical_bytes": version.logical_bytes,
         "status": ev.status,
