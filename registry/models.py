@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -107,7 +108,10 @@ class Model(Timestamped, Base):
 
 class Version(Timestamped, Base):
     __tablename__ = "version"
-    __table_args__ = (UniqueConstraint("model_id", "revision"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "revision"),
+        Index("ix_version_status_created_at", "status", "created_at"),  # the stale-upload sweep
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
     revision: Mapped[int] = mapped_column(Integer)
@@ -154,8 +158,8 @@ class File(Base):
     uploaded: Mapped[bool] = mapped_column(Boolean, default=False)
     source_file_id: Mapped[int | None] = mapped_column(ForeignKey("file.id", ondelete="SET NULL"))
     staging_key: Mapped[str | None] = mapped_column(String(200))  # upload waiting to be encoded
-    header_blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
-    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    header_blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
 
 
 class Tensor(Base):
@@ -171,7 +175,7 @@ class Tensor(Base):
     offset_begin: Mapped[int] = mapped_column(BigInteger)
     offset_end: Mapped[int] = mapped_column(BigInteger)
     encoding: Mapped[str] = mapped_column(String(16))  # same | delta | delta-rows | plain
-    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     depth: Mapped[int] = mapped_column(Integer, default=0)  # decode steps from a plain tensor
     parent_tensor_id: Mapped[int | None] = mapped_column(ForeignKey("tensor.id"), index=True)
@@ -186,12 +190,13 @@ class Artifact(Timestamped, Base):
     status: Mapped[str] = mapped_column(String(20), default="pending")
     status_message: Mapped[str | None] = mapped_column(Text)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
     quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Job(Timestamped, Base):
     __tablename__ = "job"
+    __table_args__ = (Index("ix_job_kind_target_id", "kind", "target_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))  # encode_version | build_artifact
     target: Mapped[str] = mapped_column(String(300))  # e.g. "org/name@2" or "org/name@2:deltadq:..."
@@ -224,3 +229,16 @@ class Evaluation(Timestamped, Base):
     status: Mapped[str] = mapped_column(String(20), default="pending", server_default="ready")
     status_message: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class SketchBand(Base):
+    """One locality-sensitive key of a version's sketch (``registry.services.sketch_index``): versions
+    sharing a (band, key) pair are the candidates compared when a push asks for ``base="auto"``."""
+
+    __tablename__ = "sketch_band"
+    __table_args__ = (Index("ix_sketch_band_band_key", "band", "key", "version_id"),)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("version.id", ondelete="CASCADE"), primary_key=True
+    )
+    band: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[int] = mapped_column(Integer)
