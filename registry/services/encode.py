@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import zstandard
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from compression.safetensors_io import SafetensorsError, TensorEntry, read_header
 from registry.db import after_commit
 from registry.errors import BadRequest
-from registry.models import File, Tensor, Version
+from registry.models import File, Model, Tensor, Version
 from registry.objectstore import ObjectStore, blob_key, delete_objects
-from registry.repositories import BlobRepository, FileRepository, TensorRepository
+from registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
 from registry.services.encode_pipeline import FilePipeline, ParentRef, Slot
 from registry.services.storage import IntegrityError, put_blob, resolve_recipes
 
@@ -37,6 +38,14 @@ class EncodeTotals:
     stored_bytes: int = 0
     tensors: int = 0
     encodings: dict[str, int] = field(default_factory=dict)
+
+
+def twin_scope(session: Session, version: Version) -> ColumnElement[bool]:
+    """Models a ``same`` twin of this version's tensors may come from (``repositories.visible_from``):
+    another namespace's private tensor is never named by, nor pinned by, this version."""
+    model = session.get(Model, version.model_id)
+    assert model is not None
+    return visible_from(model)
 
 
 def staged_tensor_names(store: ObjectStore, file: File) -> set[str]:
@@ -161,6 +170,7 @@ def _encode_safetensors(
         file.header_blob, new = put_blob(session, store, header.header_bytes)
         version.stored_bytes += header.header_size if new else 0
     tensors, blobs = TensorRepository(session), BlobRepository(session)
+    scope = twin_scope(session, version)
     done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run
     for entry in header.tensors:
         if entry.name in done:
@@ -168,7 +178,7 @@ def _encode_safetensors(
 
     def classify(slot: Slot) -> None:
         assert slot.sha256 is not None
-        slot.twin = tensors.stored_with_sha(slot.sha256)
+        slot.twin = tensors.stored_with_sha(slot.sha256, scope)
         if slot.twin is None:
             parent = parents.get(slot.entry.name)
             slot.parent = parent if parent is not None and parent.depth < max_depth else None  # re-anchor
