@@ -150,9 +150,14 @@ def cmd_push(args: argparse.Namespace) -> int:
             include=args.include,
             exclude=args.exclude,
             allow_no_weights=args.allow_no_weights,
+            restart=args.restart,
             wait=args.wait,
             quiet=args.quiet,
         )
+        if c.last_push_resumed:
+            print(
+                f"resumed {v.ref}: sent {c.bytes_uploaded} bytes, the server held the rest", file=sys.stderr
+            )
     if args.json:
         print_json(v.raw)
         return EXIT_OK
@@ -317,6 +322,8 @@ def cmd_pull_delta(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.pending:
+        return _ls_pending(args)
     with _client(args) as c:
         models = c.list_models(args.search, limit=args.limit)
     if args.json:
@@ -338,6 +345,30 @@ def cmd_ls(args: argparse.Namespace) -> int:
     )
     if models.total > len(models.items):
         print(f"({len(models.items)} of {models.total}; use --limit)")
+    return EXIT_OK
+
+
+def _ls_pending(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        items = c.pending()
+    if args.json:
+        print_json({"items": items})
+        return EXIT_OK
+    print_table(
+        ["VERSION", "FILES", "HELD", "CREATED", "EXPIRES"],
+        [
+            [
+                p["ref"],
+                f"{p['files_uploaded']}/{p['files']}",
+                f"{human_bytes(p['held_bytes'])} of {human_bytes(p['declared_bytes'])}",
+                str(p["created_at"])[:19],
+                str(p["expires_at"])[:19],
+            ]
+            for p in items
+        ],
+    )
+    if items:
+        print("push the same folder again to finish one, or delete it with `deltazoo rm ORG/NAME@REV`")
     return EXIT_OK
 
 
@@ -575,6 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp.add_argument("--private", action="store_true", help="create the model private (new models only)")
+    sp.add_argument(
+        "--restart",
+        action="store_true",
+        help="start a new version even if an earlier push of these files left one pending (default: resume)",
+    )
     sp.add_argument("--description", default="", help="the model's description (new models only)")
     _pattern_options(sp, "push")
     sp.add_argument(
@@ -653,6 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ls", cmd_ls, "list models with logical and stored bytes", json_flag=True)
     sp.add_argument("--search", help="only names containing this")
     sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument(
+        "--pending", action="store_true", help="list versions created but not committed (unfinished pushes)"
+    )
 
     sp = add("lineage", cmd_lineage, "ancestors and descendants of a model", json_flag=True)
     sp.add_argument("name", help="ORG/NAME")
