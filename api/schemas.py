@@ -173,7 +173,10 @@ class Lineage(Schema):
     nodes: list[VersionSummary]
     edges: list[Edge]
     ancestors: list[str]
-    descendants: list[str]
+    descendants: list[str]  # one page, by id; ``next_cursor`` asks for the next
+    descendant_counts: dict[str, int]  # relation -> descendants (any depth) the viewer may see
+    descendants_total: int
+    next_cursor: str | None
 
 
 class Stats(Schema):

@@ -372,9 +372,12 @@ def _ls_pending(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+LINEAGE_SHOWN = 100  # descendants printed without --all
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        lin = c.lineage(args.name)
+        lin = c.lineage(args.name, limit=None if args.all else LINEAGE_SHOWN)
     if args.json:
         print_json(lin.raw)
         return EXIT_OK
@@ -398,6 +401,12 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     for root in sorted(r for r in nodes if r not in child_refs):
         show(root, None, 0)
+    if lin.descendants_total:
+        counts = ", ".join(f"{n} {rel}" for rel, n in lin.descendant_counts.items())
+        print(f"{lin.descendants_total} descendant versions in other models: {counts}")
+    if lin.next_cursor:
+        left = lin.descendants_total - len(lin.descendants)
+        print(f"({len(lin.descendants)} shown, {left} more; use --all to list every one)")
     return EXIT_OK
 
 
@@ -695,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("lineage", cmd_lineage, "ancestors and descendants of a model", json_flag=True)
     sp.add_argument("name", help="ORG/NAME")
+    sp.add_argument(
+        "--all", action="store_true", help=f"every descendant (default: {LINEAGE_SHOWN} and the counts)"
+    )
 
     add("stats", cmd_stats, "whole zoo: logical bytes, stored bytes, ratio", json_flag=True)
 

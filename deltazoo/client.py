@@ -138,9 +138,32 @@ class Client:
         """Version detail (files, tensors with encodings, artifacts, chain); ``@latest`` by default."""
         return VersionInfo.from_dict(self._t.json("GET", _vpath(Ref.parse(name))))
 
-    def lineage(self, name: str) -> Lineage:
+    def lineage(self, name: str, *, limit: int | None = None, page_size: int = 1000) -> Lineage:
+        """Ancestors and descendants of a model. Every descendant by default (the pages of the lineage
+        API, ``page_size`` each, fetched in turn); with ``limit``, at most that many (``next_cursor``
+        then says whether more exist). ``descendant_counts`` always counts them all."""
+        pages = list(self.iter_lineage_pages(name, page_size=page_size, limit=limit))
+        return Lineage.from_pages(pages)
+
+    def iter_lineage_pages(
+        self, name: str, *, page_size: int = 1000, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The raw pages of a model's lineage, in order, until the descendants run out (or ``limit``)."""
         ref = Ref.parse(name)
-        return Lineage.from_dict(self._t.json("GET", f"/v1/models/{ref.org}/{ref.name}/lineage"))
+        path = f"/v1/models/{ref.org}/{ref.name}/lineage"
+        cursor: str | None = None
+        fetched = 0
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - fetched))
+            params: dict[str, Any] = {"limit": size}
+            if cursor:
+                params["cursor"] = cursor
+            page = self._t.json("GET", path, params=params)
+            yield page
+            fetched += len(page.get("descendants") or ())
+            cursor = page.get("next_cursor")
+            if not cursor or (limit is not None and fetched >= limit):
+                return
 
     def stats(self) -> Stats:
         return Stats.from_dict(self._t.json("GET", "/v1/stats"))

@@ -215,23 +215,54 @@ class Edge:
 
 @dataclass(frozen=True)
 class Lineage:
+    """A model's versions, ancestors (nearest first) and descendants (versions of other models, any
+    depth). ``descendants`` holds the ones fetched (every one, unless a limit was asked for);
+    ``descendant_counts`` counts them all by relation, fetched or not."""
+
     model: str
     nodes: tuple[VersionInfo, ...]
     edges: tuple[Edge, ...]
     ancestors: tuple[str, ...]
     descendants: tuple[str, ...]
+    descendant_counts: dict[str, int] = field(default_factory=dict)
+    descendants_total: int = 0
+    next_cursor: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Lineage:
+        descendants = tuple(d.get("descendants") or ())
         return cls(
             model=d["model"],
             nodes=tuple(VersionInfo.from_dict(n) for n in d.get("nodes") or ()),
             edges=tuple(Edge(e["parent"], e["child"], e.get("relation")) for e in d.get("edges") or ()),
             ancestors=tuple(d.get("ancestors") or ()),
-            descendants=tuple(d.get("descendants") or ()),
+            descendants=descendants,
+            descendant_counts=dict(d.get("descendant_counts") or {}),
+            descendants_total=int(d.get("descendants_total", len(descendants))),
+            next_cursor=d.get("next_cursor"),
             raw=d,
         )
+
+    @classmethod
+    def from_pages(cls, pages: list[dict[str, Any]]) -> Lineage:
+        """One lineage from consecutive pages of the lineage API (nodes and edges once each)."""
+        first, last = pages[0], pages[-1]
+        nodes: dict[str, dict[str, Any]] = {}
+        edges: dict[tuple[str, str], dict[str, Any]] = {}
+        descendants: list[str] = []
+        for page in pages:
+            nodes.update((n["ref"], n) for n in page.get("nodes") or ())
+            edges.update(((e["parent"], e["child"]), e) for e in page.get("edges") or ())
+            descendants += page.get("descendants") or ()
+        merged = {
+            **first,
+            "nodes": list(nodes.values()),
+            "edges": list(edges.values()),
+            "descendants": descendants,
+            "next_cursor": last.get("next_cursor"),
+        }
+        return cls.from_dict(merged)
 
 
 @dataclass(frozen=True)

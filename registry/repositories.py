@@ -10,7 +10,18 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry.models import Artifact, Blob, File, Job, Model, Namespace, Tensor, Version, utcnow
+from registry.models import (
+    Artifact,
+    Blob,
+    File,
+    Job,
+    Model,
+    Namespace,
+    Tensor,
+    Version,
+    VersionTag,
+    utcnow,
+)
 
 
 def readable(private_namespaces: Sequence[str]) -> ColumnElement[bool]:
@@ -60,11 +71,19 @@ class ModelRepository:
         return {mid: f"{org}/{name}" for mid, org, name in rows}
 
     def search(
-        self, text: str, limit: int, offset: int, private_namespaces: Sequence[str] | None = None
+        self,
+        text: str,
+        limit: int,
+        offset: int,
+        private_namespaces: Sequence[str] | None = None,
+        namespace: str | None = None,
     ) -> tuple[list[tuple[Model, str]], int]:
-        """Models matching ``text``; private ones only in ``private_namespaces`` (None: all of them)."""
+        """Models matching ``text`` (in ``namespace`` when given); private ones only in
+        ``private_namespaces`` (None: all of them)."""
         full = Namespace.name + "/" + Model.name
         q = select(Model, Namespace.name).join(Namespace)
+        if namespace is not None:
+            q = q.where(Namespace.name == namespace)
         if private_namespaces is not None:
             q = q.where(readable(private_namespaces))
         if text:
@@ -91,6 +110,11 @@ class VersionRepository:
     def by_revision(self, model_id: int, revision: int) -> Version | None:
         return self.s.scalar(
             select(Version).where(Version.model_id == model_id, Version.revision == revision)
+        )
+
+    def by_commit_id(self, model_id: int, commit_id: str) -> Version | None:
+        return self.s.scalar(
+            select(Version).where(Version.model_id == model_id, Version.commit_id == commit_id)
         )
 
     def latest(self, model_id: int, ready_only: bool = False) -> Version | None:
@@ -153,6 +177,31 @@ class VersionRepository:
             .group_by(Version.model_id)
         )
         return {mid: (n, rev, logical, stored) for mid, n, rev, logical, stored in rows}
+
+
+class TagRepository:
+    """Named revisions (``version_tag``): a model's tag names and the versions they point at."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, model_id: int, name: str) -> VersionTag | None:
+        q = select(VersionTag).where(VersionTag.model_id == model_id, VersionTag.name == name)
+        return self.s.scalar(q)
+
+    def for_model(self, model_id: int) -> list[VersionTag]:
+        q = select(VersionTag).where(VersionTag.model_id == model_id).order_by(VersionTag.name)
+        return list(self.s.scalars(q))
+
+    def names_by_version(self, version_ids: Iterable[int]) -> dict[int, list[str]]:
+        ids = list(set(version_ids))
+        if not ids:
+            return {}
+        out: dict[int, list[str]] = {}
+        q = select(VersionTag.version_id, VersionTag.name).where(VersionTag.version_id.in_(ids))
+        for vid, name in self.s.execute(q.order_by(VersionTag.name)):
+            out.setdefault(vid, []).append(name)
+        return out
 
 
 class FileRepository:

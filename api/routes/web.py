@@ -13,7 +13,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import Session
 
 from api.auth import current_principal
 from api.deps import DB
@@ -24,12 +23,14 @@ from registry.repositories import ModelRepository
 from registry.services import views
 from registry.services.evaluation import list_texts, text_info
 from registry.services.leaderboard import leaderboard, version_quality
+from registry.services.lineage import lineage_page
 from registry.services.refs import get_model, get_version
 
 HERE = Path(__file__).resolve().parent.parent
 STATIC = HERE / "static"
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+WEB_LINEAGE_PAGE = 100  # descendants drawn in a model's tree; the counts cover them all
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -77,15 +78,6 @@ def index(request: Request, session: DB, q: str = "") -> HTMLResponse:
     )
 
 
-def _quality_by_ref(session: Session, refs: list[str]) -> dict[str, list[dict[str, Any]]]:
-    ids: dict[int, str] = {}
-    for ref in refs:
-        full, _, rev = ref.partition("@")
-        org, name = full.split("/", 1)
-        ids[get_version(session, org, name, rev)[1].id] = ref
-    return {ids[vid]: q for vid, q in version_quality(session, list(ids)).items()}
-
-
 @router.get("/models/{org}/{name}", response_class=HTMLResponse)
 def model_page(request: Request, org: str, name: str, session: DB) -> HTMLResponse:
     try:
@@ -93,14 +85,17 @@ def model_page(request: Request, org: str, name: str, session: DB) -> HTMLRespon
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
         detail = views.model_detail(session, model, f"{org}/{name}")
-        lineage = views.lineage(session, model, f"{org}/{name}", current_principal(request))
+        page = lineage_page(session, model, f"{org}/{name}", current_principal(request), WEB_LINEAGE_PAGE)
     except DeltazooError as exc:
         return _error(request, exc)
+    lineage = page.body
     nodes = {n["ref"]: n for n in lineage["nodes"]}
     children: dict[str, list[str]] = {}
     for edge in lineage["edges"]:
-        children.setdefault(edge["parent"], []).append(edge["child"])
+        if edge["parent"] in nodes:
+            children.setdefault(edge["parent"], []).append(edge["child"])
     roots = [ref for ref, n in nodes.items() if n["parent"] not in nodes]
+    quality = version_quality(session, list(page.version_ids.values()))
     return _page(
         request,
         "model.html",
@@ -109,7 +104,10 @@ def model_page(request: Request, org: str, name: str, session: DB) -> HTMLRespon
             "nodes": nodes,
             "children": children,
             "roots": roots,
-            "quality": _quality_by_ref(session, list(nodes)),
+            "counts": lineage["descendant_counts"],
+            "total": lineage["descendants_total"],
+            "not_shown": lineage["descendants_total"] - len(lineage["descendants"]),
+            "quality": {ref: quality[vid] for ref, vid in page.version_ids.items()},
             "plot": stored_share_plot(detail["versions"]),
         },
     )
