@@ -84,9 +84,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             "WARNING: --insecure: an open server (no tokens) is reachable from the network", file=sys.stderr
         )
+    if not _services_ready("serve", s, broker=not s.embedded):
+        return EXIT_SERVER
+    if s.auth and not s.admin_token:
+        print(
+            "deltazoo serve: note: tokens are required (DELTAZOO_AUTH, on by default with this database) and "
+            "DELTAZOO_ADMIN_TOKEN is not set: only tokens already stored work. Set it to create the admin "
+            "token, or DELTAZOO_AUTH=false for an open server",
+            file=sys.stderr,
+        )
     upgrade_database()
     uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
     return EXIT_OK
+
+
+def _services_ready(command: str, settings: Any, *, broker: bool) -> bool:
+    """Ask the database, broker and object store once; print one line per problem (with its fix)."""
+    from registry.startup_checks import check_services
+
+    problems = check_services(settings, broker=broker)
+    for problem in problems:
+        print(f"deltazoo {command}: {problem.line()}", file=sys.stderr)
+    return not problems
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -115,6 +134,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = args.name or f"deltazoo-{os.getpid()}@{socket.gethostname()}"
     if "@" not in name:
         name = f"{name}@{socket.gethostname()}"
+    if not _services_ready("worker", s, broker=True):
+        return EXIT_SERVER
     print(
         f"deltazoo worker {name}: broker {s.broker_url.split('@')[-1]}, concurrency {concurrency}",
         file=sys.stderr,
