@@ -264,6 +264,33 @@ def cmd_token_rm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tag_set(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        t = c.tag(args.ref, args.tag)
+    if args.json:
+        print_json(t.raw)
+        return EXIT_OK
+    print(f"{t.ref} -> {t.version} (commit {t.commit_id})")
+    return EXIT_OK
+
+
+def cmd_tag_ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        tags = c.tags(args.name)
+    if args.json:
+        print_json({"items": [t.raw for t in tags]})
+        return EXIT_OK
+    print_table(["TAG", "VERSION", "COMMIT"], [[t.name, t.version, t.commit_id] for t in tags])
+    return EXIT_OK
+
+
+def cmd_tag_rm(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.delete_tag(args.name, args.tag)
+    print(f"tag {args.tag} removed from {args.name} (its version stays)")
+    return EXIT_OK
+
+
 def cmd_text_add(args: argparse.Namespace) -> int:
     with _client(args) as c:
         t = c.add_text(args.text_name, Path(args.file), description=args.description)
@@ -506,6 +533,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     if v.status_message:
         print(f"status: {v.status_message}")
+    if v.commit_id:
+        print(f"commit: {v.commit_id}" + (f"  tags: {', '.join(v.tags)}" if v.tags else ""))
     if v.chain:
         print("chain: " + " <- ".join(v.chain))
     print()
@@ -675,6 +704,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_token_rm)
     tr.add_argument("id", type=int, help="token id (from token ls)")
 
+    sp = add("tag", cmd_tag_ls, "named revisions: tag set ORG/NAME@REV TAG | tag ls ORG/NAME | tag rm")
+    gsub = sp.add_subparsers(dest="tag_command", required=True, metavar="ACTION")
+    gs = gsub.add_parser(
+        "set", help="point TAG at a version (create or move it); then use ORG/NAME@TAG", parents=[common]
+    )
+    gs.set_defaults(func=cmd_tag_set)
+    gs.add_argument("ref", help="ORG/NAME@REV: a revision number, main, a commit id or another tag")
+    gs.add_argument("tag", help="the tag, e.g. prod or v1.2")
+    gs.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    gl = gsub.add_parser("ls", help="list a model's tags", parents=[common])
+    gl.set_defaults(func=cmd_tag_ls)
+    gl.add_argument("name", help="ORG/NAME")
+    gl.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    gr = gsub.add_parser("rm", help="delete a tag (the version stays)", parents=[common])
+    gr.set_defaults(func=cmd_tag_rm)
+    gr.add_argument("name", help="ORG/NAME")
+    gr.add_argument("tag", help="the tag to delete")
+
     sp = add("text", cmd_text_ls, "held-out evaluation texts: text add NAME FILE | text ls")
     xsub = sp.add_subparsers(dest="text_command", required=True, metavar="ACTION")
     xa = xsub.add_parser(
@@ -736,6 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("info", cmd_info, "version detail with per-tensor encodings", json_flag=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")
+
+    from deltazoo.host.cli import add_host_command
+
+    add_host_command(sub)
     return p
 
 
