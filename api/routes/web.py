@@ -16,13 +16,17 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from api.auth import current_principal
-from api.deps import DB
+from api.deps import DB, Store
+from api.lineage_graph import layout
+from api.model_card import MAX_CARD_BYTES, render_card
 from api.plots import gain_plot, stored_share_plot
 from deltazoo import units
 from registry.errors import DeltazooError, NotFound
-from registry.repositories import ModelRepository
+from registry.repositories import ModelRepository, VersionRepository
 from registry.services import views
+from registry.services.cards import card_bytes
 from registry.services.evaluation import list_texts, text_info
+from registry.services.family import family_graph
 from registry.services.leaderboard import leaderboard, version_quality
 from registry.services.refs import get_model, get_version
 
@@ -87,30 +91,31 @@ def _quality_by_ref(session: Session, refs: list[str]) -> dict[str, list[dict[st
 
 
 @router.get("/models/{org}/{name}", response_class=HTMLResponse)
-def model_page(request: Request, org: str, name: str, session: DB) -> HTMLResponse:
+def model_page(request: Request, org: str, name: str, session: DB, store: Store) -> HTMLResponse:
     try:
         model = get_model(session, org, name)
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
         detail = views.model_detail(session, model, f"{org}/{name}")
-        lineage = views.lineage(session, model, f"{org}/{name}", current_principal(request))
+        graph = family_graph(session, model, current_principal(request))
     except DeltazooError as exc:
         return _error(request, exc)
-    nodes = {n["ref"]: n for n in lineage["nodes"]}
-    children: dict[str, list[str]] = {}
-    for edge in lineage["edges"]:
-        children.setdefault(edge["parent"], []).append(edge["child"])
-    roots = [ref for ref, n in nodes.items() if n["parent"] not in nodes]
+    latest = VersionRepository(session).latest(model.id, ready_only=True)
+    card = None
+    if latest is not None:
+        data = card_bytes(session, store, latest, f"{org}/{name}@{latest.revision}", MAX_CARD_BYTES)
+        card = render_card(data) if data is not None else None
     return _page(
         request,
         "model.html",
         {
             "model": detail,
-            "nodes": nodes,
-            "children": children,
-            "roots": roots,
-            "quality": _quality_by_ref(session, list(nodes)),
+            "graph": layout(graph),
+            "quality": _quality_by_ref(session, [v["ref"] for v in detail["versions"]]),
             "plot": stored_share_plot(detail["versions"]),
+            "card": card,
+            "latest": latest.revision if latest is not None else None,
+            "server": str(request.base_url).rstrip("/"),
         },
     )
 
