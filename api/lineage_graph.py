@@ -1,13 +1,13 @@
 """Layout of the model page's lineage graph (``registry.services.family``): boxes in columns by
 generation (a parent left of its children), edges from parent to child, "+N more" where a list
-was cut. Drawn as inline SVG by ``templates/_macros.html``."""
+was cut (the page counts the descendants it leaves out). Drawn as inline SVG by ``templates/_macros.html``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 BOX_W, BOX_H, COL_GAP, ROW_GAP, PAD = 190, 30, 60, 12, 16
-ROLE_ORDER = {"ancestor": 0, "own": 1, "sibling": 2, "child": 3}
+ROLE_ORDER = {"ancestor": 0, "own": 1, "sibling": 2, "child": 3, "descendant": 4}
 
 
 def layout(graph: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,9 +57,9 @@ def layout(graph: dict[str, Any]) -> dict[str, Any] | None:
             )
     counts = graph["counts"]
     more = [
-        f"{counts[k] - counts[k + '_shown']} more {word}"
-        for k, word in (("own", "versions of this model"), ("siblings", "siblings"), ("children", "children"))
-        if counts[k] > counts[k + "_shown"]
+        f"{counts['siblings'] - counts['siblings_shown']} more siblings"
+        for _ in (1,)
+        if counts["siblings"] > counts["siblings_shown"]
     ]
     rows = max(len(m) for m in columns.values())
     return {

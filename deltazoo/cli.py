@@ -105,11 +105,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"`deltazoo worker` needs the server extra ({exc.name} is missing): "
             "pip install 'deltazoo[server]'"
         ) from exc
+    import os
+    import socket
+
+    concurrency = s.worker_concurrency if args.concurrency is None else args.concurrency
+    if concurrency < 1:
+        raise UsageError("--concurrency must be at least 1", code="invalid_concurrency")
+    # one node name per process, so two workers on one host never share `celery@host`
+    name = args.name or f"deltazoo-{os.getpid()}@{socket.gethostname()}"
+    if "@" not in name:
+        name = f"{name}@{socket.gethostname()}"
     print(
-        f"deltazoo worker: broker {s.broker_url.split('@')[-1]}, concurrency {s.worker_concurrency}",
+        f"deltazoo worker {name}: broker {s.broker_url.split('@')[-1]}, concurrency {concurrency}",
         file=sys.stderr,
     )
-    app.worker_main(["worker", "--loglevel=INFO", f"--concurrency={s.worker_concurrency}"])
+    app.worker_main(["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-n", name])
     return EXIT_OK
 
 
@@ -228,6 +238,33 @@ def cmd_token_rm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tag_set(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        t = c.tag(args.ref, args.tag)
+    if args.json:
+        print_json(t.raw)
+        return EXIT_OK
+    print(f"{t.ref} -> {t.version} (commit {t.commit_id})")
+    return EXIT_OK
+
+
+def cmd_tag_ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        tags = c.tags(args.name)
+    if args.json:
+        print_json({"items": [t.raw for t in tags]})
+        return EXIT_OK
+    print_table(["TAG", "VERSION", "COMMIT"], [[t.name, t.version, t.commit_id] for t in tags])
+    return EXIT_OK
+
+
+def cmd_tag_rm(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.delete_tag(args.name, args.tag)
+    print(f"tag {args.tag} removed from {args.name} (its version stays)")
+    return EXIT_OK
+
+
 def cmd_text_add(args: argparse.Namespace) -> int:
     with _client(args) as c:
         t = c.add_text(args.text_name, Path(args.file), description=args.description)
@@ -331,9 +368,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+LINEAGE_SHOWN = 100  # descendants printed without --all
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        lin = c.lineage(args.name)
+        lin = c.lineage(args.name, limit=None if args.all else LINEAGE_SHOWN)
     if args.json:
         print_json(lin.raw)
         return EXIT_OK
@@ -357,6 +397,12 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     for root in sorted(r for r in nodes if r not in child_refs):
         show(root, None, 0)
+    if lin.descendants_total:
+        counts = ", ".join(f"{n} {rel}" for rel, n in lin.descendant_counts.items())
+        print(f"{lin.descendants_total} descendant versions in other models: {counts}")
+    if lin.next_cursor:
+        left = lin.descendants_total - len(lin.descendants)
+        print(f"({len(lin.descendants)} shown, {left} more; use --all to list every one)")
     return EXIT_OK
 
 
@@ -435,6 +481,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     if v.status_message:
         print(f"status: {v.status_message}")
+    if v.commit_id:
+        print(f"commit: {v.commit_id}" + (f"  tags: {', '.join(v.tags)}" if v.tags else ""))
     if v.chain:
         print("chain: " + " <- ".join(v.chain))
     print()
@@ -529,7 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow serving without auth on a non-localhost address (trusted networks only)",
     )
-    add("worker", cmd_worker, "run a Celery worker (full stack)")
+    sp = add("worker", cmd_worker, "run a Celery worker (full stack)")
+    sp.add_argument(
+        "--name",
+        help="Celery node name, NAME or NAME@HOST (default deltazoo-<pid>@<host>, unique per process)",
+    )
+    sp.add_argument(
+        "--concurrency",
+        type=int,
+        help="jobs run at once by this worker (default DELTAZOO_WORKER_CONCURRENCY)",
+    )
 
     sp = add("push", cmd_push, "upload a checkpoint folder as a new version", json_flag=True, quiet=True)
     sp.add_argument("dir", help="checkpoint folder (config.json, *.safetensors, tokenizer files)")
@@ -590,6 +647,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_token_rm)
     tr.add_argument("id", type=int, help="token id (from token ls)")
 
+    sp = add("tag", cmd_tag_ls, "named revisions: tag set ORG/NAME@REV TAG | tag ls ORG/NAME | tag rm")
+    gsub = sp.add_subparsers(dest="tag_command", required=True, metavar="ACTION")
+    gs = gsub.add_parser(
+        "set", help="point TAG at a version (create or move it); then use ORG/NAME@TAG", parents=[common]
+    )
+    gs.set_defaults(func=cmd_tag_set)
+    gs.add_argument("ref", help="ORG/NAME@REV: a revision number, main, a commit id or another tag")
+    gs.add_argument("tag", help="the tag, e.g. prod or v1.2")
+    gs.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    gl = gsub.add_parser("ls", help="list a model's tags", parents=[common])
+    gl.set_defaults(func=cmd_tag_ls)
+    gl.add_argument("name", help="ORG/NAME")
+    gl.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    gr = gsub.add_parser("rm", help="delete a tag (the version stays)", parents=[common])
+    gr.set_defaults(func=cmd_tag_rm)
+    gr.add_argument("name", help="ORG/NAME")
+    gr.add_argument("tag", help="the tag to delete")
+
     sp = add("text", cmd_text_ls, "held-out evaluation texts: text add NAME FILE | text ls")
     xsub = sp.add_subparsers(dest="text_command", required=True, metavar="ACTION")
     xa = xsub.add_parser(
@@ -637,6 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("lineage", cmd_lineage, "ancestors and descendants of a model", json_flag=True)
     sp.add_argument("name", help="ORG/NAME")
+    sp.add_argument(
+        "--all", action="store_true", help=f"every descendant (default: {LINEAGE_SHOWN} and the counts)"
+    )
 
     add("stats", cmd_stats, "whole zoo: logical bytes, stored bytes, ratio", json_flag=True)
 
@@ -645,6 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("info", cmd_info, "version detail with per-tensor encodings", json_flag=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")
+
+    from deltazoo.host.cli import add_host_command
+
+    add_host_command(sub)
     return p
 
 

@@ -46,6 +46,7 @@ from deltazoo.models import (
     ModelList,
     Ref,
     Stats,
+    TagInfo,
     TokenInfo,
     VersionInfo,
 )
@@ -136,9 +137,32 @@ class Client:
         """Version detail (files, tensors with encodings, artifacts, chain); ``@latest`` by default."""
         return VersionInfo.from_dict(self._t.json("GET", _vpath(Ref.parse(name))))
 
-    def lineage(self, name: str) -> Lineage:
+    def lineage(self, name: str, *, limit: int | None = None, page_size: int = 1000) -> Lineage:
+        """Ancestors and descendants of a model. Every descendant by default (the pages of the lineage
+        API, ``page_size`` each, fetched in turn); with ``limit``, at most that many (``next_cursor``
+        then says whether more exist). ``descendant_counts`` always counts them all."""
+        pages = list(self.iter_lineage_pages(name, page_size=page_size, limit=limit))
+        return Lineage.from_pages(pages)
+
+    def iter_lineage_pages(
+        self, name: str, *, page_size: int = 1000, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The raw pages of a model's lineage, in order, until the descendants run out (or ``limit``)."""
         ref = Ref.parse(name)
-        return Lineage.from_dict(self._t.json("GET", f"/v1/models/{ref.org}/{ref.name}/lineage"))
+        path = f"/v1/models/{ref.org}/{ref.name}/lineage"
+        cursor: str | None = None
+        fetched = 0
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - fetched))
+            params: dict[str, Any] = {"limit": size}
+            if cursor:
+                params["cursor"] = cursor
+            page = self._t.json("GET", path, params=params)
+            yield page
+            fetched += len(page.get("descendants") or ())
+            cursor = page.get("next_cursor")
+            if not cursor or (limit is not None and fetched >= limit):
+                return
 
     def stats(self) -> Stats:
         return Stats.from_dict(self._t.json("GET", "/v1/stats"))
@@ -185,6 +209,26 @@ class Client:
         if ref.rev != "latest" and "@" in name:
             raise UsageError(f"delete_model takes ORG/NAME; for one version use delete_version({name!r})")
         self._t.json("DELETE", f"/v1/models/{ref.org}/{ref.name}")
+
+    def tags(self, name: str) -> list[TagInfo]:
+        """The named revisions of model ``name`` (``ORG/NAME``)."""
+        ref = Ref.parse(name)
+        body = self._t.json("GET", f"/v1/models/{ref.org}/{ref.name}/tags")
+        return [TagInfo.from_dict(t) for t in body["items"]]
+
+    def tag(self, name: str, tag: str) -> TagInfo:
+        """Point ``tag`` at the version ``name`` (``ORG/NAME@REV``; a number, main, a commit id or another
+        tag) names, creating or moving it; ``ORG/NAME@<tag>`` then works wherever a revision does."""
+        ref = Ref.parse(name)
+        if "@" not in name:
+            raise UsageError(f"say which version to tag: {ref.model}@<rev>", code="revision_required")
+        url = f"/v1/models/{ref.org}/{ref.name}/tags/{quote(tag, safe='')}"
+        return TagInfo.from_dict(self._t.json("PUT", url, json={"revision": ref.rev}, idempotent=True))
+
+    def delete_tag(self, name: str, tag: str) -> None:
+        """Remove ``tag`` from model ``name``; the version it pointed at stays."""
+        ref = Ref.parse(name)
+        self._t.json("DELETE", f"/v1/models/{ref.org}/{ref.name}/tags/{quote(tag, safe='')}")
 
     def delete_version(self, name: str) -> None:
         ref = Ref.parse(name)
@@ -468,7 +512,7 @@ class Client:
         ref = Ref.parse(name)
         if self.offline:
             return self._resolve_offline(ref)
-        if ref.rev != "latest":
+        if not ref.moving:
             cached = self.cache.cached_files(ref)
             if cached is not None:
                 return ref, cached, None
@@ -485,6 +529,13 @@ class Client:
         return Ref(ref.org, ref.name, str(version.revision)), list(version.files), version
 
     def _resolve_offline(self, ref: Ref) -> tuple[Ref, list[FileInfo], None]:
+        if ref.moving and ref.rev != "latest":
+            raise NotFoundError(
+                f"offline: {ref} names a tag or commit the cache cannot resolve; pull it by revision number"
+                " or once online",
+                code="not_cached",
+                status=None,
+            )
         if ref.rev == "latest":
             latest = self.cache.latest_revision(ref)
             if latest is None:
@@ -680,8 +731,9 @@ class Client:
     ) -> Path:
         """The packed delta container of ``profile`` for ``name``, in the cache (waits while it builds)."""
         ref = Ref.parse(name)
-        if ref.rev == "latest":
-            rev = self.cache.latest_revision(ref) if self.offline else self.version_info(name).revision
+        if ref.moving:
+            online = not self.offline or ref.rev != "latest"
+            rev = self.version_info(name).revision if online else self.cache.latest_revision(ref)
             if rev is None:
                 raise NotFoundError(
                     f"offline: {ref.model} was never pulled as latest; pull it once online", code="not_cached"

@@ -1,4 +1,4 @@
-"""Bounded queries over a model's family for the model page: a page of children, and how many."""
+"""Bounded queries for the model page: a page of a version's other children, a model card's file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.models import Version
+from registry.models import File, Version
 from registry.repositories import of_readable_versions
 
 
@@ -31,12 +31,13 @@ class FamilyRepository:
         if exclude_model_id is not None:
             q = q.where(Version.model_id != exclude_model_id)
         q = of_readable_versions(q, private_namespaces)
-        total = int(self.s.scalar(select(func.count()).select_from(q.subquery())) or 0)
         rows = list(self.s.scalars(q.order_by(Version.id.desc()).limit(limit)))
-        return rows, total
+        return rows, int(self.s.scalar(select(func.count()).select_from(q.subquery())) or 0)
 
-    def newest_of_model(self, model_id: int, limit: int) -> tuple[list[Version], int]:
-        q = select(Version).where(Version.model_id == model_id)
-        total = int(self.s.scalar(select(func.count()).select_from(q.subquery())) or 0)
-        rows = list(self.s.scalars(q.order_by(Version.revision.desc()).limit(limit)))
-        return sorted(rows, key=lambda v: v.revision), total
+    def first_file(self, version_id: int, paths: Sequence[str]) -> File | None:
+        """The version's file at the first of ``paths`` it has (one query)."""
+        rows = list(
+            self.s.scalars(select(File).where(File.version_id == version_id, File.path.in_(list(paths))))
+        )
+        by_path = {f.path: f for f in rows}
+        return next((by_path[p] for p in paths if p in by_path), None)

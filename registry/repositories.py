@@ -6,9 +6,22 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Select, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry.models import Artifact, Blob, File, Job, Model, Namespace, Tensor, Version
+from registry.models import (
+    Artifact,
+    Blob,
+    File,
+    Job,
+    Model,
+    Namespace,
+    Tensor,
+    Version,
+    VersionTag,
+    utcnow,
+)
 
 
 def readable(private_namespaces: Sequence[str]) -> ColumnElement[bool]:
@@ -58,11 +71,19 @@ class ModelRepository:
         return {mid: f"{org}/{name}" for mid, org, name in rows}
 
     def search(
-        self, text: str, limit: int, offset: int, private_namespaces: Sequence[str] | None = None
+        self,
+        text: str,
+        limit: int,
+        offset: int,
+        private_namespaces: Sequence[str] | None = None,
+        namespace: str | None = None,
     ) -> tuple[list[tuple[Model, str]], int]:
-        """Models matching ``text``; private ones only in ``private_namespaces`` (None: all of them)."""
+        """Models matching ``text`` (in ``namespace`` when given); private ones only in
+        ``private_namespaces`` (None: all of them)."""
         full = Namespace.name + "/" + Model.name
         q = select(Model, Namespace.name).join(Namespace)
+        if namespace is not None:
+            q = q.where(Namespace.name == namespace)
         if private_namespaces is not None:
             q = q.where(readable(private_namespaces))
         if text:
@@ -89,6 +110,11 @@ class VersionRepository:
     def by_revision(self, model_id: int, revision: int) -> Version | None:
         return self.s.scalar(
             select(Version).where(Version.model_id == model_id, Version.revision == revision)
+        )
+
+    def by_commit_id(self, model_id: int, commit_id: str) -> Version | None:
+        return self.s.scalar(
+            select(Version).where(Version.model_id == model_id, Version.commit_id == commit_id)
         )
 
     def latest(self, model_id: int, ready_only: bool = False) -> Version | None:
@@ -141,6 +167,31 @@ class VersionRepository:
             .group_by(Version.model_id)
         )
         return {mid: (n, rev, logical, stored) for mid, n, rev, logical, stored in rows}
+
+
+class TagRepository:
+    """Named revisions (``version_tag``): a model's tag names and the versions they point at."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, model_id: int, name: str) -> VersionTag | None:
+        q = select(VersionTag).where(VersionTag.model_id == model_id, VersionTag.name == name)
+        return self.s.scalar(q)
+
+    def for_model(self, model_id: int) -> list[VersionTag]:
+        q = select(VersionTag).where(VersionTag.model_id == model_id).order_by(VersionTag.name)
+        return list(self.s.scalars(q))
+
+    def names_by_version(self, version_ids: Iterable[int]) -> dict[int, list[str]]:
+        ids = list(set(version_ids))
+        if not ids:
+            return {}
+        out: dict[int, list[str]] = {}
+        q = select(VersionTag.version_id, VersionTag.name).where(VersionTag.version_id.in_(ids))
+        for vid, name in self.s.execute(q.order_by(VersionTag.name)):
+            out.setdefault(vid, []).append(name)
+        return out
 
 
 class FileRepository:
@@ -247,9 +298,22 @@ class BlobRepository:
         return self.s.get(Blob, sha256)
 
     def add_reference(self, sha256: str, size: int) -> bool:
-        """Count one more reference to a blob; True when the blob row is new."""
-        blob = self.s.get(Blob, sha256)
-        if blob is None:
+        """Count one more reference to a blob; True when the blob row is new.
+
+        Insert-or-ignore: two encodes storing the same bytes at once both succeed (the second one's
+        insert waits for the first one's row and then counts a reference) instead of one failing on
+        the primary key and retrying."""
+        dialect = self.s.get_bind().dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            statement = (
+                insert(Blob)
+                .values(sha256=sha256, size=size, refcount=1, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["sha256"])
+            )
+            if self.s.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
+                return True
+        elif self.s.get(Blob, sha256) is None:
             self.s.add(Blob(sha256=sha256, size=size, refcount=1))
             self.s.flush()
             return True
@@ -331,6 +395,34 @@ class JobRepository:
         return self.s.scalar(
             select(Job).where(Job.kind == kind, Job.target_id == target_id).order_by(Job.id.desc()).limit(1)
         )
+
+    def held_encodes(self, version_ids: list[int], beat_since: datetime) -> list[Job]:
+        """Encode jobs of ``version_ids`` running with a heartbeat since ``beat_since`` (a live worker)."""
+        if not version_ids:
+            return []
+        return list(
+            self.s.scalars(
+                select(Job).where(
+                    Job.kind == "encode_version",
+                    Job.target_id.in_(version_ids),
+                    Job.status == "running",
+                    Job.updated_at >= beat_since,
+                )
+            )
+        )
+
+    def cancel_encodes(self, version_ids: list[int], reason: str) -> None:
+        """Mark the unfinished encode jobs of ``version_ids`` failed (their version is being deleted)."""
+        if version_ids:
+            self.s.execute(
+                update(Job)
+                .where(
+                    Job.kind == "encode_version",
+                    Job.target_id.in_(version_ids),
+                    Job.status.in_(("queued", "running")),
+                )
+                .values(status="failed", error=reason)
+            )
 
     def set_progress(self, job_id: int, progress: float) -> None:
         self.s.execute(update(Job).where(Job.id == job_id).values(progress=progress))

@@ -23,6 +23,8 @@ TABLES = {
     "job",
     "evaluation",
     "text_set",
+    "sketch_band",
+    "version_tag",
     "alembic_version",
 }
 

@@ -9,6 +9,7 @@ from api.auth import Viewer
 from api.deps import DB, Store
 from registry.repositories import ModelRepository
 from registry.services import views
+from registry.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
 from registry.services.refs import get_model
 from registry.services.versions import create_model, delete_model
 
@@ -41,8 +42,16 @@ def get_model_detail(org: str, name: str, session: DB) -> dict:
 
 
 @router.get("/models/{org}/{name}/lineage", response_model=schemas.Lineage)
-def get_lineage(org: str, name: str, session: DB, viewer: Viewer) -> dict:
-    return views.lineage(session, get_model(session, org, name), f"{org}/{name}", viewer)
+def get_lineage(
+    org: str,
+    name: str,
+    session: DB,
+    viewer: Viewer,
+    limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
+    cursor: str | None = Query(None, max_length=40),
+) -> dict:
+    model = get_model(session, org, name)
+    return lineage_page(session, model, f"{org}/{name}", viewer, limit, cursor).body
 
 
 @router.delete("/models/{org}/{name}", status_code=204)

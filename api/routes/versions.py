@@ -20,6 +20,7 @@ from registry.services.refs import get_model, get_version, ref_string
 from registry.services.resumable import partials_for
 from registry.services.staging import sweep_stale_uploads
 from registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
+from workers.jobs import held_since
 
 router = APIRouter(tags=["versions"])
 V = "/models/{org}/{name}/versions/{rev}"
@@ -69,9 +70,10 @@ def get_manifest(org: str, name: str, rev: str, session: DB) -> dict[str, Any]:
 
 
 @router.delete(V, status_code=204)
-def delete(org: str, name: str, rev: str, session: DB, store: Store) -> Response:
+def delete(org: str, name: str, rev: str, session: DB, store: Store, settings: Config) -> Response:
     _, version = get_version(session, org, name, rev)
-    delete_version(session, store, version, ref_string(f"{org}/{name}", version.revision))
+    ref = ref_string(f"{org}/{name}", version.revision)
+    delete_version(session, store, version, ref, held_since(settings))
     return Response(status_code=204)
 
 

@@ -13,7 +13,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import Session
 
 from api.auth import current_principal
 from api.deps import DB, Store
@@ -22,18 +21,20 @@ from api.model_card import MAX_CARD_BYTES, render_card
 from api.plots import gain_plot, stored_share_plot
 from deltazoo import units
 from registry.errors import DeltazooError, NotFound
-from registry.repositories import ModelRepository, VersionRepository
+from registry.repositories import ModelRepository
 from registry.services import views
 from registry.services.cards import card_bytes
 from registry.services.evaluation import list_texts, text_info
 from registry.services.family import family_graph
 from registry.services.leaderboard import leaderboard, version_quality
+from registry.services.lineage import lineage_page
 from registry.services.refs import get_model, get_version
 
 HERE = Path(__file__).resolve().parent.parent
 STATIC = HERE / "static"
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+WEB_LINEAGE_PAGE = 100  # descendants drawn in a model's tree; the counts cover them all
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -81,15 +82,6 @@ def index(request: Request, session: DB, q: str = "") -> HTMLResponse:
     )
 
 
-def _quality_by_ref(session: Session, refs: list[str]) -> dict[str, list[dict[str, Any]]]:
-    ids: dict[int, str] = {}
-    for ref in refs:
-        full, _, rev = ref.partition("@")
-        org, name = full.split("/", 1)
-        ids[get_version(session, org, name, rev)[1].id] = ref
-    return {ids[vid]: q for vid, q in version_quality(session, list(ids)).items()}
-
-
 @router.get("/models/{org}/{name}", response_class=HTMLResponse)
 def model_page(request: Request, org: str, name: str, session: DB, store: Store) -> HTMLResponse:
     try:
@@ -97,13 +89,20 @@ def model_page(request: Request, org: str, name: str, session: DB, store: Store)
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
         detail = views.model_detail(session, model, f"{org}/{name}")
-        graph = family_graph(session, model, current_principal(request))
+        page = lineage_page(session, model, f"{org}/{name}", current_principal(request), WEB_LINEAGE_PAGE)
+        lineage = page.body
+        graph = family_graph(
+            session, model, f"{org}/{name}", lineage, page.version_ids, current_principal(request)
+        )
     except DeltazooError as exc:
         return _error(request, exc)
-    latest = VersionRepository(session).latest(model.id, ready_only=True)
+    quality = version_quality(session, list(page.version_ids.values()))
+    ready = [v for v in detail["versions"] if v["status"] == "ready"]
+    latest = ready[-1]["revision"] if ready else None
     card = None
-    if latest is not None:
-        data = card_bytes(session, store, latest, f"{org}/{name}@{latest.revision}", MAX_CARD_BYTES)
+    if ready and ready[-1]["ref"] in page.version_ids:
+        ref = ready[-1]["ref"]
+        data = card_bytes(session, store, page.version_ids[ref], ref, MAX_CARD_BYTES)
         card = render_card(data) if data is not None else None
     return _page(
         request,
@@ -111,10 +110,13 @@ def model_page(request: Request, org: str, name: str, session: DB, store: Store)
         {
             "model": detail,
             "graph": layout(graph),
-            "quality": _quality_by_ref(session, [v["ref"] for v in detail["versions"]]),
+            "counts": lineage["descendant_counts"],
+            "total": lineage["descendants_total"],
+            "not_shown": lineage["descendants_total"] - len(lineage["descendants"]),
+            "quality": {ref: quality[vid] for ref, vid in page.version_ids.items()},
             "plot": stored_share_plot(detail["versions"]),
             "card": card,
-            "latest": latest.revision if latest is not None else None,
+            "latest": latest,
             "server": str(request.base_url).rstrip("/"),
         },
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from compression.safetensors_io import is_safetensors_path
 from registry.db import after_commit
 from registry.errors import BadRequest, Conflict, NotFound, Unprocessable
-from registry.models import Artifact, File, Job, Model, Version
+from registry.models import Artifact, File, Job, Model, Version, utcnow
 from registry.objectstore import ObjectStore, blob_key, delete_objects
 from registry.repositories import (
     ArtifactRepository,
@@ -236,8 +237,14 @@ def commit_version(session: Session, store: ObjectStore, version: Version, ref: 
     return job
 
 
-def delete_version(session: Session, store: ObjectStore, version: Version, ref: str) -> None:
-    delete_versions(session, store, [version], ref)
+def delete_version(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    ref: str,
+    worker_grace: timedelta = timedelta(seconds=30),
+) -> None:
+    delete_versions(session, store, [version], ref, worker_grace)
 
 
 def delete_model(session: Session, store: ObjectStore, model: Model, full_name: str) -> None:
@@ -247,17 +254,32 @@ def delete_model(session: Session, store: ObjectStore, model: Model, full_name: 
     session.flush()
 
 
-def delete_versions(session: Session, store: ObjectStore, versions: list[Version], what: str) -> None:
+def delete_versions(
+    session: Session,
+    store: ObjectStore,
+    versions: list[Version],
+    what: str,
+    worker_grace: timedelta = timedelta(seconds=30),
+) -> None:
     """Delete ``versions`` and drop their blob references (objects go once no reference is left).
+
+    A ``processing`` version is refused (409 ``version_busy``) only while a worker holds its encode job
+    (a heartbeat newer than ``worker_grace``); a stuck one (its job queued, or its worker gone) is
+    cancelled: the job is marked failed and the version deleted.
 
     Refused (409 ``has_descendants``) while a version outside the set decodes through their tensors,
     naming each one and why: a descendant (``delta``/``delta-rows``) or a version that reuses
     identical tensors (``same``, e.g. after a deduplicated push).
     """
-    busy = [v for v in versions if v.status == "processing"]
-    if busy:
-        raise Conflict(f"{what} is being encoded; delete it once its job has finished", code="version_busy")
     ids = [v.id for v in versions]
+    jobs = JobRepository(session)
+    processing = [v.id for v in versions if v.status == "processing"]
+    if jobs.held_encodes(processing, utcnow() - worker_grace):
+        raise Conflict(
+            f"{what} is being encoded by a live worker; delete it once its job has finished",
+            code="version_busy",
+        )
+    jobs.cancel_encodes(processing, f"cancelled: {what} was deleted")  # queued or stuck: nobody holds it
     tensors = TensorRepository(session)
     dependents = tensors.dependents_of(ids)
     if dependents:

@@ -12,11 +12,11 @@ from registry.repositories import (
     BlobRepository,
     FileRepository,
     ModelRepository,
+    TagRepository,
     TensorRepository,
     VersionRepository,
     count_rows,
 )
-from registry.services.access import OPEN, Principal, can_read_model
 from registry.services.refs import ref_string
 
 
@@ -34,6 +34,7 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
     )
     names = _names(session, [*versions, *parents.values()])
     artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
+    tags = TagRepository(session).names_by_version(v.id for v in versions)
     out = []
     for v in versions:
         p = parents.get(v.parent_version_id) if v.parent_version_id else None
@@ -54,6 +55,8 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
                 "created_at": v.created_at,
                 "parent_similarity": v.parent_similarity,
                 "suggested_base": (v.sketch or {}).get("suggested") if v.parent_version_id is None else None,
+                "commit_id": v.commit_id,
+                "tags": tags.get(v.id, []),
             }
         )
     return out
@@ -209,66 +212,6 @@ def manifest(session: Session, version: Version, ref: str) -> dict[str, Any]:
             {**file_info(f), "blob": f.blob, "header_blob": f.header_blob, "tensors": by_file[f.id]}
             for f in files
         ],
-    }
-
-
-def lineage(
-    session: Session, model: Model, full_name: str, viewer: Principal = OPEN
-) -> dict[str, Any]:
-    """Every version of ``model``, their ancestors and descendants; versions of private models the
-    ``viewer`` may not read are left out (and named nowhere), as if they did not exist."""
-    repo = VersionRepository(session)
-    own = repo.for_model(model.id)
-    nodes: dict[int, Version] = {v.id: v for v in own}
-    ancestors: list[Version] = []
-    for v in own:
-        for a in chain(session, v)[1:]:
-            if a.id not in nodes:
-                nodes[a.id] = a
-                ancestors.append(a)
-    descendants: list[Version] = []
-    frontier = [v.id for v in own]
-    while frontier:
-        kids = [k for k in repo.children(frontier) if k.id not in nodes]
-        for k in kids:
-            nodes[k.id] = k
-            descendants.append(k)
-        frontier = [k.id for k in kids]
-    hidden = _hidden_models(session, {v.model_id for v in nodes.values()}, viewer)
-    nodes = {i: v for i, v in nodes.items() if v.model_id not in hidden}
-    ancestors = [a for a in ancestors if a.id in nodes]
-    descendants = [d for d in descendants if d.id in nodes]
-    summaries = {
-        v.id: s for v, s in zip(nodes.values(), version_summaries(session, list(nodes.values())), strict=True)
-    }
-    for v in nodes.values():
-        if v.parent_version_id is not None and v.parent_version_id not in nodes:
-            summaries[v.id]["parent"] = None  # a private parent the viewer may not see
-    edges = [
-        {
-            "parent": summaries[v.parent_version_id]["ref"],
-            "child": summaries[v.id]["ref"],
-            "relation": v.relation,
-        }
-        for v in nodes.values()
-        if v.parent_version_id in summaries
-    ]
-    return {
-        "model": full_name,
-        "nodes": list(summaries.values()),
-        "edges": edges,
-        "ancestors": [summaries[a.id]["ref"] for a in ancestors],
-        "descendants": [summaries[d.id]["ref"] for d in descendants],
-    }
-
-
-def _hidden_models(session: Session, model_ids: set[int], viewer: Principal) -> set[int]:
-    models = [session.get(Model, i) for i in model_ids]
-    names = ModelRepository(session).full_names(model_ids)
-    return {
-        m.id
-        for m in models
-        if m is not None and not can_read_model(viewer, m, names[m.id].split("/", 1)[0])
     }
 
 
