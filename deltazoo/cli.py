@@ -84,9 +84,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             "WARNING: --insecure: an open server (no tokens) is reachable from the network", file=sys.stderr
         )
+    if not _services_ready("serve", s, broker=not s.embedded):
+        return EXIT_SERVER
+    if s.auth and not s.admin_token:
+        print(
+            "deltazoo serve: note: tokens are required (DELTAZOO_AUTH, on by default with this database) and "
+            "DELTAZOO_ADMIN_TOKEN is not set: only tokens already stored work. Set it to create the admin "
+            "token, or DELTAZOO_AUTH=false for an open server",
+            file=sys.stderr,
+        )
     upgrade_database()
     uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
     return EXIT_OK
+
+
+def _services_ready(command: str, settings: Any, *, broker: bool) -> bool:
+    """Ask the database, broker and object store once; print one line per problem (with its fix)."""
+    from registry.startup_checks import check_services
+
+    problems = check_services(settings, broker=broker)
+    for problem in problems:
+        print(f"deltazoo {command}: {problem.line()}", file=sys.stderr)
+    return not problems
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -115,6 +134,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = args.name or f"deltazoo-{os.getpid()}@{socket.gethostname()}"
     if "@" not in name:
         name = f"{name}@{socket.gethostname()}"
+    if not _services_ready("worker", s, broker=True):
+        return EXIT_SERVER
     print(
         f"deltazoo worker {name}: broker {s.broker_url.split('@')[-1]}, concurrency {concurrency}",
         file=sys.stderr,
@@ -150,9 +171,14 @@ def cmd_push(args: argparse.Namespace) -> int:
             include=args.include,
             exclude=args.exclude,
             allow_no_weights=args.allow_no_weights,
+            restart=args.restart,
             wait=args.wait,
             quiet=args.quiet,
         )
+        if c.last_push_resumed:
+            print(
+                f"resumed {v.ref}: sent {c.bytes_uploaded} bytes, the server held the rest", file=sys.stderr
+            )
     if args.json:
         print_json(v.raw)
         return EXIT_OK
@@ -238,6 +264,33 @@ def cmd_token_rm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tag_set(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        t = c.tag(args.ref, args.tag)
+    if args.json:
+        print_json(t.raw)
+        return EXIT_OK
+    print(f"{t.ref} -> {t.version} (commit {t.commit_id})")
+    return EXIT_OK
+
+
+def cmd_tag_ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        tags = c.tags(args.name)
+    if args.json:
+        print_json({"items": [t.raw for t in tags]})
+        return EXIT_OK
+    print_table(["TAG", "VERSION", "COMMIT"], [[t.name, t.version, t.commit_id] for t in tags])
+    return EXIT_OK
+
+
+def cmd_tag_rm(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.delete_tag(args.name, args.tag)
+    print(f"tag {args.tag} removed from {args.name} (its version stays)")
+    return EXIT_OK
+
+
 def cmd_text_add(args: argparse.Namespace) -> int:
     with _client(args) as c:
         t = c.add_text(args.text_name, Path(args.file), description=args.description)
@@ -317,6 +370,8 @@ def cmd_pull_delta(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.pending:
+        return _ls_pending(args)
     with _client(args) as c:
         models = c.list_models(args.search, limit=args.limit)
     if args.json:
@@ -338,6 +393,30 @@ def cmd_ls(args: argparse.Namespace) -> int:
     )
     if models.total > len(models.items):
         print(f"({len(models.items)} of {models.total}; use --limit)")
+    return EXIT_OK
+
+
+def _ls_pending(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        items = c.pending()
+    if args.json:
+        print_json({"items": items})
+        return EXIT_OK
+    print_table(
+        ["VERSION", "FILES", "HELD", "CREATED", "EXPIRES"],
+        [
+            [
+                p["ref"],
+                f"{p['files_uploaded']}/{p['files']}",
+                f"{human_bytes(p['held_bytes'])} of {human_bytes(p['declared_bytes'])}",
+                str(p["created_at"])[:19],
+                str(p["expires_at"])[:19],
+            ]
+            for p in items
+        ],
+    )
+    if items:
+        print("push the same folder again to finish one, or delete it with `deltazoo rm ORG/NAME@REV`")
     return EXIT_OK
 
 
@@ -454,6 +533,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     if v.status_message:
         print(f"status: {v.status_message}")
+    if v.commit_id:
+        print(f"commit: {v.commit_id}" + (f"  tags: {', '.join(v.tags)}" if v.tags else ""))
     if v.chain:
         print("chain: " + " <- ".join(v.chain))
     print()
@@ -584,6 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp.add_argument("--private", action="store_true", help="create the model private (new models only)")
+    sp.add_argument(
+        "--restart",
+        action="store_true",
+        help="start a new version even if an earlier push of these files left one pending (default: resume)",
+    )
     sp.add_argument("--description", default="", help="the model's description (new models only)")
     _pattern_options(sp, "push")
     sp.add_argument(
@@ -617,6 +703,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr = tsub.add_parser("rm", help="delete a token", parents=[common])
     tr.set_defaults(func=cmd_token_rm)
     tr.add_argument("id", type=int, help="token id (from token ls)")
+
+    sp = add("tag", cmd_tag_ls, "named revisions: tag set ORG/NAME@REV TAG | tag ls ORG/NAME | tag rm")
+    gsub = sp.add_subparsers(dest="tag_command", required=True, metavar="ACTION")
+    gs = gsub.add_parser(
+        "set", help="point TAG at a version (create or move it); then use ORG/NAME@TAG", parents=[common]
+    )
+    gs.set_defaults(func=cmd_tag_set)
+    gs.add_argument("ref", help="ORG/NAME@REV: a revision number, main, a commit id or another tag")
+    gs.add_argument("tag", help="the tag, e.g. prod or v1.2")
+    gs.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    gl = gsub.add_parser("ls", help="list a model's tags", parents=[common])
+    gl.set_defaults(func=cmd_tag_ls)
+    gl.add_argument("name", help="ORG/NAME")
+    gl.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    gr = gsub.add_parser("rm", help="delete a tag (the version stays)", parents=[common])
+    gr.set_defaults(func=cmd_tag_rm)
+    gr.add_argument("name", help="ORG/NAME")
+    gr.add_argument("tag", help="the tag to delete")
 
     sp = add("text", cmd_text_ls, "held-out evaluation texts: text add NAME FILE | text ls")
     xsub = sp.add_subparsers(dest="text_command", required=True, metavar="ACTION")
@@ -662,6 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ls", cmd_ls, "list models with logical and stored bytes", json_flag=True)
     sp.add_argument("--search", help="only names containing this")
     sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument(
+        "--pending", action="store_true", help="list versions created but not committed (unfinished pushes)"
+    )
 
     sp = add("lineage", cmd_lineage, "ancestors and descendants of a model", json_flag=True)
     sp.add_argument("name", help="ORG/NAME")
@@ -676,6 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("info", cmd_info, "version detail with per-tensor encodings", json_flag=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")
+
+    from deltazoo.host.cli import add_host_command
+
+    add_host_command(sub)
     return p
 
 

@@ -199,3 +199,60 @@ def test_bad_requests_are_4xx_in_the_hub_shape(server: ApiServer, zoo: dict) -> 
     r = httpx.get(server.url + "/demo/coder/resolve/main/nope.bin")
     info = httpx.get(server.url + "/api/models/demo/coder").json()
     assert r.headers["x-repo-commit"] == info["sha"]
+
+
+def test_a_tag_works_as_a_revision_in_the_sdk_cli_and_hub(
+    server: ApiServer,
+    zoo: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    from deltazoo.cli import main
+    from deltazoo.settings import get_settings
+
+    monkeypatch.setenv("DELTAZOO_CACHE", str(tmp_path / "dz-cache"))
+    get_settings.cache_clear()
+    pair = zoo["pair"]
+    try:
+        assert main(["--url", server.url, "--token", ADMIN, "tag", "set", "demo/base@1", "v1.2"]) == 0
+        assert "demo/base@v1.2 -> demo/base@1" in capsys.readouterr().out
+        with Client(server.url, token=ADMIN) as client:
+            tag = client.tag("demo/coder@main", "prod")
+            assert tag.revision == 1 and len(tag.commit_id) == 40
+            got = client.pull("demo/coder@prod", tmp_path / "pulled", quiet=True)
+            assert tree_sha256(got) == tree_sha256(pair.finetune)
+            assert client.version_info("demo/coder@prod").tags == ("prod",)
+            assert client.version_info(f"demo/coder@{tag.commit_id}").revision == 1
+        assert main(["--url", server.url, "info", "demo/coder@prod"]) == 0
+        assert f"commit: {tag.commit_id}  tags: prod" in capsys.readouterr().out
+        assert main(["--url", server.url, "tag", "ls", "demo/base"]) == 0
+        assert "v1.2" in capsys.readouterr().out
+        assert main(["--url", server.url, "tag", "set", "demo/base@1", "x"]) == 1  # writing needs a token
+        capsys.readouterr()
+    finally:
+        get_settings.cache_clear()
+
+    got = snapshot_download(
+        "demo/coder", revision="prod", endpoint=server.url, cache_dir=tmp_path / "c", token=False
+    )
+    assert tree_sha256(got) == tree_sha256(pair.finetune)
+    path = hf_hub_download(
+        "demo/base", "README.md", revision="v1.2", endpoint=server.url, cache_dir=tmp_path / "c", token=False
+    )
+    assert Path(path).read_bytes() == CARD
+    path = hf_hub_download(
+        "demo/coder",
+        "config.json",
+        revision=tag.commit_id,
+        endpoint=server.url,
+        cache_dir=tmp_path / "c2",
+        token=False,
+    )
+    assert Path(path).read_bytes() == (pair.finetune / "config.json").read_bytes()
+    refs = HfApi(endpoint=server.url, token=False).list_repo_refs("demo/coder")
+    assert [(t.name, t.target_commit) for t in refs.tags] == [("prod", tag.commit_id)]
+    assert refs.branches[0].name == "main"
+    assert main(["--url", server.url, "--token", ADMIN, "tag", "rm", "demo/base", "v1.2"]) == 0

@@ -91,7 +91,7 @@ def lineage_page(
     }
     nodes = [v for v in nodes if v.model_id not in hidden]
     visible = {v.id for v in nodes} | {i for i, v in outside.items() if v.model_id not in hidden}
-    summaries = dict(zip([v.id for v in nodes], version_summaries(session, nodes), strict=True))
+    summaries = dict(zip([v.id for v in nodes], version_summaries(session, nodes, viewer), strict=True))
     for v in nodes:
         if v.parent_version_id is not None and v.parent_version_id not in visible:
             summaries[v.id]["parent"] = None  # a private parent the viewer may not see
