@@ -48,10 +48,18 @@ def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB, 
 
 @router.post(V + "/commit", status_code=202, response_model=schemas.Committed)
 def post_commit(
-    org: str, name: str, rev: str, session: DB, store: Store, enqueue: Enqueue, settings: Config
+    org: str,
+    name: str,
+    rev: str,
+    session: DB,
+    store: Store,
+    enqueue: Enqueue,
+    settings: Config,
+    viewer: Viewer,
 ) -> dict:
     _, version = get_version(session, org, name, rev)
-    job = commit_version(session, store, version, ref_string(f"{org}/{name}", version.revision), enqueue)
+    ref = ref_string(f"{org}/{name}", version.revision)
+    job = commit_version(session, store, version, ref, enqueue, viewer)
     expiry = timedelta(hours=settings.staging_expiry_hours)
     sweep_stale_uploads(session, store, expiry, partials_for(settings.home))
     return {"version": views.version_summaries(session, [version])[0], "job": views.job_info(job)}
