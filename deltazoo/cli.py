@@ -723,6 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("info", cmd_info, "version detail with per-tensor encodings", json_flag=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")
+
+    from deltazoo.host.cli import add_host_command
+
+    add_host_command(sub)
     return p
 
 

@@ -20,6 +20,7 @@ from deltazoo.kernels import (  # noqa: E402
     random_packed_delta,
     set_active_deltas,
     triton_available,
+    unpatch_model,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -182,3 +183,19 @@ def test_modes_refuse_or_keep_the_base_explicitly() -> None:
     set_active_deltas(mixed, [0, 1])
     with pytest.raises(ValueError, match="input batch"):
         mixed(PROMPTS)
+
+
+def test_unpatch_restores_the_base_and_a_new_set_can_be_patched() -> None:
+    a, b, c = (full_finetune_artifact(tiny("qwen2"), seed) for seed in (51, 52, 53))
+    model = patch_model(tiny("qwen2"), [a, b])
+    unpatch_model(model)
+    assert type(model.model.norm).__name__ == "Qwen2RMSNorm"
+    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    with torch.no_grad():
+        torch.testing.assert_close(model(PROMPTS).logits, tiny("qwen2")(PROMPTS).logits, rtol=0, atol=0)
+        patch_model(model, [c, a])
+        with active_deltas(model, [0, 1, -1, 0, 1]):
+            got = model(PROMPTS).logits
+        expected = single("qwen2", c, "torch")(PROMPTS[:1]).logits[0]
+        torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[2], tiny("qwen2")(PROMPTS[2:3]).logits[0], rtol=1e-5, atol=1e-5)

@@ -41,7 +41,7 @@ def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB, 
         viewer=viewer,
     )
     return {
-        "version": views.version_summaries(session, [version])[0],
+        "version": views.version_summaries(session, [version], viewer)[0],
         "uploads": [{"path": p, "needed": n} for p, n in uploads],
     }
 
@@ -62,26 +62,28 @@ def post_commit(
     job = commit_version(session, store, version, ref, enqueue, viewer)
     expiry = timedelta(hours=settings.staging_expiry_hours)
     sweep_stale_uploads(session, store, expiry, partials_for(settings.home))
-    return {"version": views.version_summaries(session, [version])[0], "job": views.job_info(job)}
+    return {"version": views.version_summaries(session, [version], viewer)[0], "job": views.job_info(job)}
 
 
 @router.get(V, response_model=schemas.VersionDetail)
-def get_version_detail(org: str, name: str, rev: str, session: DB) -> dict:
+def get_version_detail(org: str, name: str, rev: str, session: DB, viewer: Viewer) -> dict:
     _, version = get_version(session, org, name, rev)
-    return views.version_detail(session, version)
+    return views.version_detail(session, version, viewer)
 
 
 @router.get(V + "/manifest")
-def get_manifest(org: str, name: str, rev: str, session: DB) -> dict[str, Any]:
+def get_manifest(org: str, name: str, rev: str, session: DB, viewer: Viewer) -> dict[str, Any]:
     _, version = get_version(session, org, name, rev)
-    return views.manifest(session, version, ref_string(f"{org}/{name}", version.revision))
+    return views.manifest(session, version, ref_string(f"{org}/{name}", version.revision), viewer)
 
 
 @router.delete(V, status_code=204)
-def delete(org: str, name: str, rev: str, session: DB, store: Store, settings: Config) -> Response:
+def delete(
+    org: str, name: str, rev: str, session: DB, store: Store, settings: Config, viewer: Viewer
+) -> Response:
     _, version = get_version(session, org, name, rev)
     ref = ref_string(f"{org}/{name}", version.revision)
-    delete_version(session, store, version, ref, held_since(settings))
+    delete_version(session, store, version, ref, held_since(settings), viewer=viewer)
     return Response(status_code=204)
 
 

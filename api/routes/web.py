@@ -72,7 +72,7 @@ def index(request: Request, session: DB, q: str = "") -> HTMLResponse:
         {
             "q": q,
             "models": views.model_summaries(session, rows),
-            "stats": views.stats(session),
+            "stats": views.stats(session, current_principal(request)),
             "texts": [text_info(t) for t in list_texts(session)],
         },
     )
@@ -84,7 +84,7 @@ def model_page(request: Request, org: str, name: str, session: DB) -> HTMLRespon
         model = get_model(session, org, name)
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
-        detail = views.model_detail(session, model, f"{org}/{name}")
+        detail = views.model_detail(session, model, f"{org}/{name}", current_principal(request))
         page = lineage_page(session, model, f"{org}/{name}", current_principal(request), WEB_LINEAGE_PAGE)
     except DeltazooError as exc:
         return _error(request, exc)
@@ -119,7 +119,7 @@ def version_page(request: Request, org: str, name: str, rev: str, session: DB) -
         model, version = get_version(session, org, name, rev)
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
-        detail = views.version_detail(session, version)
+        detail = views.version_detail(session, version, current_principal(request))
     except DeltazooError as exc:
         return _error(request, exc)
     quality = version_quality(session, [version.id])[version.id]
@@ -134,7 +134,7 @@ def leaderboard_page(request: Request, session: DB, text: str = "") -> HTMLRespo
     board = None
     if text:
         try:
-            board = leaderboard(session, text)
+            board = leaderboard(session, text, current_principal(request))
         except DeltazooError as exc:
             return _error(request, exc)
     plot = gain_plot(board["items"]) if board else None

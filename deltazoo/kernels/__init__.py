@@ -9,7 +9,7 @@ Triton kernels on CUDA when triton is installed, the torch reference elsewhere. 
     # each row runs with its fine-tune's own embeddings, head, norms and biases (kernels/rows.py)
 """
 
-from .module import DeltaLinear, active_deltas, delta_layers, patch_model, set_active_deltas
+from .module import DeltaLinear, active_deltas, delta_layers, patch_model, set_active_deltas, unpatch_model
 from .ops import batched_delta_add_, delta_matmul, linear_with_delta, triton_available
 from .reference import batched_delta_matmul_reference, delta_matmul_reference
 from .rows import PerRowModule
@@ -32,4 +32,5 @@ __all__ = [
     "set_active_deltas",
     "stack_deltas",
     "triton_available",
+    "unpatch_model",
 ]

@@ -272,6 +272,26 @@ def patch_model(
     return model
 
 
+def unpatch_model(model: nn.Module) -> nn.Module:
+    """Undo ``patch_model`` in place: every ``DeltaLinear`` becomes an ``nn.Linear`` on the same base
+    weight and bias, every ``PerRowModule`` its original module (the base's tensors). Exact tensors
+    that were copied into the model (one artifact with ``keep-base`` / ``error``) are not restored.
+    Returns ``model``, ready to be patched with another set of fine-tunes."""
+    for path, module in list(model.named_modules()):
+        if not isinstance(module, (DeltaLinear, PerRowModule)) or not path:
+            continue
+        if isinstance(module, DeltaLinear):
+            restored: nn.Module = nn.Linear(module.in_features, module.out_features,
+                                            bias=module.bias is not None, device="meta")
+            restored.weight = module.weight
+            restored.bias = module.bias
+        else:
+            restored = module.inner
+        parent_path, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, attr, restored)
+    return model
+
+
 def delta_layers(model: nn.Module) -> list[DeltaLinear | PerRowModule]:
     """The modules that choose a fine-tune per row: ``DeltaLinear`` and ``PerRowModule``."""
     return [m for m in model.modules() if isinstance(m, (DeltaLinear, PerRowModule))]

@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import zstandard
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from compression.codecs import decode_tensor, encode_tensor
 from compression.safetensors_io import SafetensorsError, TensorEntry, read_header
 from registry.db import after_commit
 from registry.errors import BadRequest
-from registry.models import File, Tensor, Version
+from registry.models import File, Model, Tensor, Version
 from registry.objectstore import ObjectStore, blob_key, delete_objects
-from registry.repositories import BlobRepository, FileRepository, TensorRepository
+from registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
 from registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
 
 Progress = Callable[[float], None]  # job progress, 0..1
@@ -35,6 +36,14 @@ class EncodeTotals:
     stored_bytes: int = 0
     tensors: int = 0
     encodings: dict[str, int] = field(default_factory=dict)
+
+
+def twin_scope(session: Session, version: Version) -> ColumnElement[bool]:
+    """Models a ``same`` twin of this version's tensors may come from (``repositories.visible_from``):
+    another namespace's private tensor is never named by, nor pinned by, this version."""
+    model = session.get(Model, version.model_id)
+    assert model is not None
+    return visible_from(model)
 
 
 def staged_tensor_names(store: ObjectStore, file: File) -> set[str]:
@@ -146,7 +155,7 @@ def _encode_tensor_row(
         offset_end=entry.end,
         stored_bytes=0,
     )
-    twin = tensors.stored_with_sha(sha)
+    twin = tensors.stored_with_sha(sha, twin_scope(session, version))
     if twin is not None:
         row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
     else:

@@ -24,9 +24,11 @@ from registry.repositories import (
     NamespaceRepository,
     TensorRepository,
     VersionRepository,
+    visible_from,
 )
-from registry.services.access import OPEN, Principal
+from registry.services.access import OPEN, Principal, can_read_model, model_not_found, readable_versions
 from registry.services.card_lineage import apply_card_lineage
+from registry.services.detach import detach_copies
 from registry.services.encode import check_related_base
 from registry.services.profiles import check_profile
 from registry.services.refs import (
@@ -68,15 +70,18 @@ def check_path(path: str) -> str:
 
 
 def create_model(
-    session: Session, name: str, description: str, private: bool, exist_ok: bool
+    session: Session, name: str, description: str, private: bool, exist_ok: bool, viewer: Principal = OPEN
 ) -> tuple[Model, bool]:
+    """A new model; with ``exist_ok`` the existing one, when the ``viewer`` may read it (a private model
+    it may not read is a plain 409: the name is taken, nothing about the model is shown)."""
     org, short = parse_name(name)
     check_description(description, "model")
     existing = ModelRepository(session).get(org, short)
     if existing is not None:
-        if exist_ok:
+        if exist_ok and can_read_model(viewer, existing, org):
             return existing, False
-        raise Conflict(f"model {name} already exists; pass exist_ok to reuse it", code="model_exists")
+        hint = "pass exist_ok to reuse it" if can_read_model(viewer, existing, org) else "pick another name"
+        raise Conflict(f"model {name} already exists; {hint}", code="model_exists")
     ns = NamespaceRepository(session).get_or_create(org)
     model = Model(namespace_id=ns.id, name=short, description=description, private=private)
     session.add(model)
@@ -143,7 +148,9 @@ def create_version(
     uploads = []
     for f in files:
         kind = "safetensors" if is_safetensors_path(f.path) else "other"
-        source = file_repo.stored_ready_with_sha(f.sha256, f.size, viewer.private_namespaces())
+        source = file_repo.stored_ready_with_sha(
+            f.sha256, f.size, viewer.private_namespaces(), visible_from(model)
+        )
         session.add(
             File(
                 version_id=version.id,
@@ -239,13 +246,17 @@ def delete_version(
     version: Version,
     ref: str,
     worker_grace: timedelta = timedelta(seconds=30),
+    *,
+    viewer: Principal = OPEN,
 ) -> None:
-    delete_versions(session, store, [version], ref, worker_grace)
+    delete_versions(session, store, [version], ref, worker_grace, viewer=viewer)
 
 
-def delete_model(session: Session, store: ObjectStore, model: Model, full_name: str) -> None:
+def delete_model(
+    session: Session, store: ObjectStore, model: Model, full_name: str, viewer: Principal = OPEN
+) -> None:
     """Delete a model and all its versions; refused while a version of another model needs them."""
-    delete_versions(session, store, VersionRepository(session).for_model(model.id), full_name)
+    delete_versions(session, store, VersionRepository(session).for_model(model.id), full_name, viewer=viewer)
     session.delete(model)
     session.flush()
 
@@ -256,18 +267,26 @@ def delete_versions(
     versions: list[Version],
     what: str,
     worker_grace: timedelta = timedelta(seconds=30),
+    *,
+    viewer: Principal = OPEN,
 ) -> None:
-    """Delete ``versions`` and drop their blob references (objects go once no reference is left).
+    """Delete ``versions`` (of one model) and drop their blob references (objects go once no reference
+    is left).
 
     A ``processing`` version is refused (409 ``version_busy``) only while a worker holds its encode job
     (a heartbeat newer than ``worker_grace``); a stuck one (its job queued, or its worker gone) is
     cancelled: the job is marked failed and the version deleted.
 
     Refused (409 ``has_descendants``) while a version outside the set decodes through their tensors,
-    naming each one and why: a descendant (``delta``/``delta-rows``) or a version that reuses
-    identical tensors (``same``, e.g. after a deduplicated push).
+    naming each one the ``viewer`` may read and why: a descendant (``delta``/``delta-rows``) or a
+    version of the same namespace that reuses identical tensors (``same``, e.g. after a deduplicated
+    push). Other namespaces' ``same`` copies never block: they get bytes of their own first.
     """
+    if not versions:
+        return
     ids = [v.id for v in versions]
+    owner = session.get(Model, versions[0].model_id)
+    namespace_id = owner.namespace_id if owner is not None else None
     jobs = JobRepository(session)
     processing = [v.id for v in versions if v.status == "processing"]
     if jobs.held_encodes(processing, utcnow() - worker_grace):
@@ -277,18 +296,11 @@ def delete_versions(
         )
     jobs.cancel_encodes(processing, f"cancelled: {what} was deleted")  # queued or stuck: nobody holds it
     tensors = TensorRepository(session)
-    dependents = tensors.dependents_of(ids)
+    dependents = tensors.dependents_of(ids, copies_kept_outside=namespace_id)
     if dependents:
-        refs = dict(zip(sorted(dependents), _refs_by_id(session, sorted(dependents)), strict=True))
-        reasons = []
-        for vid, (n, encodings) in sorted(dependents.items()):
-            how = "reuses" if encodings == {"same"} else "stores deltas against"
-            reasons.append(f"{refs[vid]} {how} {n} of its tensors")
-        raise Conflict(
-            f"{what} is needed to rebuild other versions: {'; '.join(reasons)}. "
-            "Delete those versions first (or keep this one)",
-            code="has_descendants",
-        )
+        raise Conflict(_dependents_message(session, what, dependents, viewer), code="has_descendants")
+    if namespace_id is not None:
+        detach_copies(session, store, ids, namespace_id)
     dropped: list[str] = []
     for version in sorted(versions, key=lambda v: v.id, reverse=True):  # children before parents
         dropped += [t.blob for t in tensors.for_version(version.id) if t.blob]
@@ -304,6 +316,26 @@ def delete_versions(
     blobs = BlobRepository(session)
     gone = [sha for sha in dropped if blobs.drop_reference(sha)]
     after_commit(session, partial(delete_objects, store, [blob_key(sha) for sha in gone]))
+
+
+def _dependents_message(
+    session: Session, what: str, dependents: dict[int, tuple[int, set[str]]], viewer: Principal
+) -> str:
+    """Why ``what`` cannot go, naming only the dependents ``viewer`` may read (the others are counted)."""
+    visible = sorted(readable_versions(session, viewer, set(dependents)))
+    refs = dict(zip(visible, _refs_by_id(session, visible), strict=True))
+    reasons = []
+    for vid in visible:
+        n, encodings = dependents[vid]
+        how = "reuses" if encodings == {"same"} else "stores deltas against"
+        reasons.append(f"{refs[vid]} {how} {n} of its tensors")
+    hidden = len(dependents) - len(visible)
+    if hidden:
+        reasons.append(f"{hidden} version(s) of models this token cannot read depend on it")
+    return (
+        f"{what} is needed to rebuild other versions: {'; '.join(reasons)}. "
+        "Delete those versions first (or keep this one)"
+    )
 
 
 def _refs_by_id(session: Session, version_ids: list[int]) -> list[str]:
