@@ -26,7 +26,7 @@ from registry.repositories import (
     VersionRepository,
     visible_from,
 )
-from registry.services.access import OPEN, Principal, can_read_model, model_not_found, readable_versions
+from registry.services.access import OPEN, Principal, can_read_model, readable_versions
 from registry.services.card_lineage import apply_card_lineage
 from registry.services.detach import detach_copies
 from registry.services.encode import check_related_base
