@@ -84,9 +84,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             "WARNING: --insecure: an open server (no tokens) is reachable from the network", file=sys.stderr
         )
+    if not _services_ready("serve", s, broker=not s.embedded):
+        return EXIT_SERVER
+    if s.auth and not s.admin_token:
+        print(
+            "deltazoo serve: note: tokens are required (DELTAZOO_AUTH, on by default with this database) and "
+            "DELTAZOO_ADMIN_TOKEN is not set: only tokens already stored work. Set it to create the admin "
+            "token, or DELTAZOO_AUTH=false for an open server",
+            file=sys.stderr,
+        )
     upgrade_database()
     uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
     return EXIT_OK
+
+
+def _services_ready(command: str, settings: Any, *, broker: bool) -> bool:
+    """Ask the database, broker and object store once; print one line per problem (with its fix)."""
+    from registry.startup_checks import check_services
+
+    problems = check_services(settings, broker=broker)
+    for problem in problems:
+        print(f"deltazoo {command}: {problem.line()}", file=sys.stderr)
+    return not problems
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -115,6 +134,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = args.name or f"deltazoo-{os.getpid()}@{socket.gethostname()}"
     if "@" not in name:
         name = f"{name}@{socket.gethostname()}"
+    if not _services_ready("worker", s, broker=True):
+        return EXIT_SERVER
     print(
         f"deltazoo worker {name}: broker {s.broker_url.split('@')[-1]}, concurrency {concurrency}",
         file=sys.stderr,
@@ -150,9 +171,14 @@ def cmd_push(args: argparse.Namespace) -> int:
             include=args.include,
             exclude=args.exclude,
             allow_no_weights=args.allow_no_weights,
+            restart=args.restart,
             wait=args.wait,
             quiet=args.quiet,
         )
+        if c.last_push_resumed:
+            print(
+                f"resumed {v.ref}: sent {c.bytes_uploaded} bytes, the server held the rest", file=sys.stderr
+            )
     if args.json:
         print_json(v.raw)
         return EXIT_OK
@@ -344,6 +370,8 @@ def cmd_pull_delta(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.pending:
+        return _ls_pending(args)
     with _client(args) as c:
         models = c.list_models(args.search, limit=args.limit)
     if args.json:
@@ -365,6 +393,30 @@ def cmd_ls(args: argparse.Namespace) -> int:
     )
     if models.total > len(models.items):
         print(f"({len(models.items)} of {models.total}; use --limit)")
+    return EXIT_OK
+
+
+def _ls_pending(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        items = c.pending()
+    if args.json:
+        print_json({"items": items})
+        return EXIT_OK
+    print_table(
+        ["VERSION", "FILES", "HELD", "CREATED", "EXPIRES"],
+        [
+            [
+                p["ref"],
+                f"{p['files_uploaded']}/{p['files']}",
+                f"{human_bytes(p['held_bytes'])} of {human_bytes(p['declared_bytes'])}",
+                str(p["created_at"])[:19],
+                str(p["expires_at"])[:19],
+            ]
+            for p in items
+        ],
+    )
+    if items:
+        print("push the same folder again to finish one, or delete it with `deltazoo rm ORG/NAME@REV`")
     return EXIT_OK
 
 
@@ -613,6 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp.add_argument("--private", action="store_true", help="create the model private (new models only)")
+    sp.add_argument(
+        "--restart",
+        action="store_true",
+        help="start a new version even if an earlier push of these files left one pending (default: resume)",
+    )
     sp.add_argument("--description", default="", help="the model's description (new models only)")
     _pattern_options(sp, "push")
     sp.add_argument(
@@ -709,6 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ls", cmd_ls, "list models with logical and stored bytes", json_flag=True)
     sp.add_argument("--search", help="only names containing this")
     sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument(
+        "--pending", action="store_true", help="list versions created but not committed (unfinished pushes)"
+    )
 
     sp = add("lineage", cmd_lineage, "ancestors and descendants of a model", json_flag=True)
     sp.add_argument("name", help="ORG/NAME")

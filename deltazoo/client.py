@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -92,6 +93,7 @@ class Client:
             transport=transport,
         )
         self.cache = Cache(cache_dir if cache_dir is not None else settings.cache)
+        self.last_push_resumed = False  # the last push continued a pending version an earlier one left
         self.upload_part_bytes = settings.upload_part_mb << 20  # larger files go in resumable parts
         #: how the last ``pull`` placed its files in ``dest``: {"reflink"|"hardlink"|"copy": count}
         self.last_pull_methods: dict[str, int] = {}
@@ -195,6 +197,11 @@ class Client:
             data = text.encode() if isinstance(text, str) else bytes(text)
         params = {"name": name, "description": description}
         return dict(self._t.json("POST", "/v1/texts", params=params, content=lambda: [data]))
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Versions created and not committed (REST ``PendingVersion`` dicts): what the server holds of
+        each and when it expires; push the same folder again to finish one."""
+        return list(self._t.json("GET", "/v1/pending")["items"])
 
     def texts(self) -> list[dict[str, Any]]:
         """The registered text sets (REST ``TextSet`` dicts)."""
@@ -419,11 +426,17 @@ class Client:
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         allow_no_weights: bool = False,
+        restart: bool = False,
         wait: bool = True,
         timeout: float | None = None,
         quiet: bool = False,
     ) -> VersionInfo:
         """Upload the checkpoint directory ``path`` as a new version of ``name``.
+
+        A push that did not finish (the connection or the server went away) is continued by pushing
+        the same folder again: the server's pending version declaring the same files is reused and each
+        file is sent from the byte the server holds (``last_push_resumed`` tells); ``restart`` creates
+        a new version instead.
 
         ``base`` is ``org/name[@rev]``, ``"auto"`` (the server finds the stored version the
         weights are closest to, ``VersionInfo.parent_similarity``) or None (a root). Only files the
@@ -470,10 +483,18 @@ class Client:
                     "relation": relation,
                     "profiles": list(profiles),
                     "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+                    "resume": not restart,
                 },
             )
             version = VersionInfo.from_dict(created["version"])
             vref = Ref(ref.org, ref.name, str(version.revision))
+            self.last_push_resumed = bool(created.get("resumed"))
+            if self.last_push_resumed and not quiet:
+                print(
+                    f"resuming {vref}: an earlier push of these files left it pending "
+                    "(push with --restart for a new version)",
+                    file=sys.stderr,
+                )
             needed = {u["path"] for u in created.get("uploads", []) if u.get("needed", True)}
             self._upload_all(vref, [f for f in files if f.path in needed], root, quiet=quiet)
             committed = self._t.json("POST", f"{_vpath(vref)}/commit")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,7 +31,10 @@ class Settings(BaseSettings):
     s3_region: str | None = None
 
     # --- server behaviour ---
-    auth: bool = Field(default=False, description="require tokens (always on in the full stack)")
+    auth: bool | None = Field(
+        default=None,  # resolved by _auth_rule: always a bool once built
+        description="require tokens; default: on unless the database is SQLite (see docs/REST.md)",
+    )
     admin_token: str | None = Field(default=None, description="admin token created on first start")
     max_chain_depth: int = Field(default=8, description="re-anchor a delta chain deeper than this")
     worker_concurrency: int = 1
@@ -51,6 +54,15 @@ class Settings(BaseSettings):
     retries: int = Field(default=5, description="SDK: re-sends after 429/5xx/connection errors (backoff)")
     upload_part_mb: int = Field(default=64, description="SDK: larger files are sent in resumable parts")
     offline: bool = Field(default=False, description="SDK: pulls come from the cache only, no request")
+
+    @model_validator(mode="after")
+    def _auth_rule(self) -> Settings:
+        """The one auth rule: DELTAZOO_AUTH when set; otherwise on exactly when DELTAZOO_DATABASE_URL
+        names a database other than SQLite (a shared, full-stack deployment)."""
+        if self.auth is None:
+            url = self.database_url or ""
+            self.auth = bool(url) and not url.startswith("sqlite")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

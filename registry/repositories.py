@@ -155,6 +155,16 @@ class VersionRepository:
         top = self.s.scalar(select(func.max(Version.revision)).where(Version.model_id == model_id))
         return (top or 0) + 1
 
+    def pending_for_model(self, model_id: int) -> list[Version]:
+        """The model's pending versions, newest first."""
+        q = select(Version).where(Version.model_id == model_id, Version.status == "pending")
+        return list(self.s.scalars(q.order_by(Version.id.desc())))
+
+    def pending_readable(self, private_namespaces: Sequence[str] | None, limit: int) -> list[Version]:
+        """Pending versions, oldest first, of the models a caller may read (None: all)."""
+        q = of_readable_versions(select(Version).where(Version.status == "pending"), private_namespaces)
+        return list(self.s.scalars(q.order_by(Version.id).limit(limit)))
+
     def pending_created_before(self, cutoff: datetime) -> list[Version]:
         q = select(Version).where(Version.status == "pending", Version.created_at < cutoff)
         return list(self.s.scalars(q.order_by(Version.id)))
