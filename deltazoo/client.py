@@ -15,8 +15,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -55,6 +57,32 @@ from deltazoo.patterns import filter_paths
 from deltazoo.transport import Transport, progress_bar
 
 _CHUNK = 1 << 20
+_PARALLEL_FILES = 4  # files of one pull or push in flight at once
+
+
+class _BarShare:
+    """One file's view of a progress bar shared by the files of a pull: its ``n`` and ``update`` move
+    the shared bar by the difference (under a lock: files download on several threads)."""
+
+    def __init__(self, bar: Any, lock: threading.Lock) -> None:
+        self.bar, self.lock, self._n = bar, lock, 0
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self.update(value - self._n)
+
+    def update(self, delta: int) -> None:
+        with self.lock:
+            self._n += delta
+            self.bar.update(delta)
+
+    def refresh(self) -> None:
+        with self.lock:
+            self.bar.refresh()
 
 
 def _vpath(ref: Ref) -> str:
@@ -327,12 +355,15 @@ class Client:
             return
         total = sum(f.size for f in files)
         bar = progress_bar(total, f"push {ref.model} ({len(files)} files)", quiet=quiet)
-        done = 0
-        try:
-            for f in files:
-                bar.set_postfix_str(f.path, refresh=False)
-                self._upload(ref, f, root / f.path, bar, done)
-                done += f.size
+        lock = threading.Lock()
+        try:  # shards side by side: the server validates, hashes and stages each on its own thread
+            lanes = min(_PARALLEL_FILES, len(files))
+            with ThreadPoolExecutor(lanes, thread_name_prefix="deltazoo-push") as pool:
+                futures = [
+                    pool.submit(self._upload, ref, f, root / f.path, _BarShare(bar, lock), 0) for f in files
+                ]
+                for future in futures:
+                    future.result()
         finally:
             bar.close()
 
@@ -347,7 +378,7 @@ class Client:
             bar.refresh()
             with local.open("rb") as f:
                 while chunk := f.read(_CHUNK):
-                    self._t.bytes_uploaded += len(chunk)
+                    self._t.count("bytes_uploaded", len(chunk))
                     bar.update(len(chunk))
                     yield chunk
 
@@ -380,7 +411,7 @@ class Client:
                         if not chunk:
                             raise UsageError(f"{local} shrank while it was uploaded; push it again")
                         left -= len(chunk)
-                        self._t.bytes_uploaded += len(chunk)
+                        self._t.count("bytes_uploaded", len(chunk))
                         bar.update(len(chunk))
                         yield chunk
 
@@ -590,18 +621,22 @@ class Client:
                     puller.hold(cached)
         total = sum(f.size for f in missing)
         bar = progress_bar(total, f"pull {ref} ({len(missing)} files)", quiet=quiet)
-        done = 0
-        try:
-            for f in missing:
-                bar.set_postfix_str(f.path, refresh=False)
-                if puller is not None and not self.cache.incomplete_path(f.sha256).exists():
-                    puller.pull_file(version.ref, f)
-                else:
-                    url = f"{_vpath(ref)}/files/{quote(f.path)}"
-                    self.cache.download(self._t, url, f, quiet=quiet, bar=bar, before=done)
-                done += f.size
-                bar.n = done
-                bar.refresh()
+        lock = threading.Lock()
+
+        def fetch(f: FileInfo) -> None:
+            share = _BarShare(bar, lock)
+            if puller is not None and not self.cache.incomplete_path(f.sha256).exists():
+                puller.pull_file(version.ref, f)
+            else:
+                url = f"{_vpath(ref)}/files/{quote(f.path)}"
+                self.cache.download(self._t, url, f, quiet=quiet, bar=share)
+            share.n = f.size
+
+        try:  # files side by side; the server rebuilds each on its threads, the client hashes as it writes
+            lanes = min(_PARALLEL_FILES, len(missing))
+            with ThreadPoolExecutor(lanes, thread_name_prefix="deltazoo-pull") as pool:
+                for future in [pool.submit(fetch, f) for f in missing]:
+                    future.result()
         finally:
             bar.close()
 

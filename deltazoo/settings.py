@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(default=None, description="admin token created on first start")
     max_chain_depth: int = Field(default=8, description="re-anchor a delta chain deeper than this")
     worker_concurrency: int = 1
+    encode_threads: int = Field(
+        default=0, description="tensors one encode job codes side by side; 0 = one per core"
+    )
     job_heartbeat_s: float = Field(default=10.0, description="Celery job heartbeat; 3 missed: sent again")
     tensor_cache_mb: int = Field(default=64, description="LRU of decoded parent tensors, per process (MiB)")
     max_text_bytes: int = Field(default=4 << 20, description="largest evaluation text set accepted (bytes)")
