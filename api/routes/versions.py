@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 
 from api import schemas
@@ -17,8 +17,10 @@ from registry.objectstore import blob_key
 from registry.services import views
 from registry.services.artifacts import find_artifact, request_artifact
 from registry.services.limits import UploadLimits
+from registry.services.pending import pending_versions
 from registry.services.refs import get_model, get_version, ref_string
 from registry.services.resumable import partials_for
+from registry.services.resume import find_resumable
 from registry.services.staging import sweep_stale_uploads
 from registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
 from workers.jobs import held_since
@@ -29,22 +31,38 @@ Config = Annotated[Settings, Depends(settings_dep)]
 
 
 @router.post("/models/{org}/{name}/versions", status_code=201, response_model=schemas.VersionCreated)
-def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB, viewer: Viewer) -> dict:
+def post_version(
+    org: str, name: str, body: schemas.VersionCreate, session: DB, viewer: Viewer, response: Response
+) -> dict:
     model = get_model(session, org, name)
-    version, uploads = create_version(
-        session,
-        model,
-        body.base,
-        body.relation,
-        body.profiles,
-        [DeclaredFile(f.path, f.size, f.sha256) for f in body.files],
-        lossy=body.retain == "lossy",
-        viewer=viewer,
-    )
+    declared = [DeclaredFile(f.path, f.size, f.sha256) for f in body.files]
+    lossy = body.retain == "lossy"
+    found = None
+    if body.resume:
+        found = find_resumable(
+            session, model, body.base, body.relation, body.profiles, declared, lossy, viewer=viewer
+        )
+    if found is not None:
+        response.status_code = 200
+        version, uploads = found
+    else:
+        version, uploads = create_version(
+            session, model, body.base, body.relation, body.profiles, declared, lossy=lossy, viewer=viewer
+        )
     return {
         "version": views.version_summaries(session, [version], viewer)[0],
         "uploads": [{"path": p, "needed": n} for p, n in uploads],
+        "resumed": found is not None,
     }
+
+
+@router.get("/pending", response_model=schemas.PendingList)
+def get_pending(
+    session: DB, viewer: Viewer, settings: Config, limit: int = Query(100, ge=1, le=1000)
+) -> dict:
+    """Versions created and not committed: what the server holds of each and when it expires."""
+    expiry = timedelta(hours=settings.staging_expiry_hours)
+    return {"items": pending_versions(session, viewer, partials_for(settings.home), expiry, limit)}
 
 
 @router.post(V + "/commit", status_code=202, response_model=schemas.Committed)
@@ -61,7 +79,7 @@ def post_commit(
     _, version = get_version(session, org, name, rev)
     limits = UploadLimits(settings.max_tensor_mb << 20, settings.max_tensors)
     ref = ref_string(f"{org}/{name}", version.revision)
-    job = commit_version(session, store, version, ref, enqueue, limits)
+    job = commit_version(session, store, version, ref, enqueue, viewer, limits)
     expiry = timedelta(hours=settings.staging_expiry_hours)
     sweep_stale_uploads(session, store, expiry, partials_for(settings.home))
     return {"version": views.version_summaries(session, [version], viewer)[0], "job": views.job_info(job)}

@@ -25,6 +25,7 @@ from compression.safetensors_io import TensorEntry
 from registry.models import File, Tensor, TensorChunk, Version
 from registry.objectstore import ObjectStore
 from registry.repositories import TensorRepository
+from registry.services.encode_pipeline import ParentRef
 from registry.services.storage import (
     RAW_CACHE,
     IntegrityError,
@@ -34,7 +35,6 @@ from registry.services.storage import (
     decode_chunk,
     put_blob,
     reconstruct,
-    resolve_recipes,
 )
 
 DEFAULT_CHUNK_BYTES = 8 << 20
@@ -139,7 +139,7 @@ def streamed_sha256(read: ReadAt, nbytes: int) -> str:
     return digest.hexdigest()
 
 
-def _parent_mode(parent: Tensor | None, shape: list[int]) -> tuple[str, int]:
+def _parent_mode(parent: ParentRef | None, shape: list[int]) -> tuple[str, int]:
     """(encoding of the tensor against ``parent``, how many leading elements the parent covers)."""
     if parent is None:
         return "plain", 0
@@ -158,7 +158,7 @@ def encode_large_tensor(
     file: File,
     entry: TensorEntry,
     read: ReadAt,
-    parents: dict[str, Tensor],
+    parents: dict[str, ParentRef],
     max_depth: int,
     chunk_bytes: int,
     twins: ColumnElement[bool],
@@ -188,7 +188,7 @@ def encode_large_tensor(
     if parent is not None and parent.depth >= max_depth:
         parent = None  # re-anchor: a chain this deep decodes too slowly
     mode, shared = _parent_mode(parent, shape)
-    reader = RangeReader(store, resolve_recipes(session, [parent])[parent.id]) if parent and shared else None
+    reader = RangeReader(store, parent.recipe) if parent and shared else None
     size = dtype_info(dtype).itemsize
     chunks: list[TensorChunk] = []
     for index, (begin, end) in enumerate(chunk_ranges(_numel(shape), size, chunk_bytes, shared)):
@@ -201,7 +201,7 @@ def encode_large_tensor(
     row.encoding = mode if uses_parent else "plain"
     row.blob, row.chunks = None, len(chunks)
     row.stored_bytes = sum(c.stored_bytes for c in chunks)
-    row.parent_tensor_id = parent.id if (uses_parent and parent) else None
+    row.parent_tensor_id = parent.tensor_id if (uses_parent and parent) else None
     row.depth = parent.depth + 1 if (uses_parent and parent) else 0
     session.add(row)
     session.flush()
@@ -220,7 +220,7 @@ def _encode_chunk(
     end: int,
     raw: bytes,
     dtype: str,
-    parent: Tensor | None,
+    parent: ParentRef | None,
     parent_part: bytes | None,
 ) -> tuple[TensorChunk, bool]:
     """One chunk coded and checked, its payload stored; returns it and whether the blob is new."""
