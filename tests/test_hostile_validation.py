@@ -22,7 +22,9 @@ HUGE_INT = "9" * 5000
 @pytest.fixture(params=["sqlite", "postgres"])
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
     url = request.getfixturevalue("empty_postgres_url") if request.param == "postgres" else None
-    settings = Settings(home=tmp_path / "home", database_url=url, broker_url=None, s3_endpoint=None)
+    settings = Settings(
+        home=tmp_path / "home", database_url=url, broker_url=None, s3_endpoint=None, auth=False
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert client.post("/v1/models", json={"name": "h/m"}).status_code == 201
         yield client
