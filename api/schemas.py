@@ -52,6 +52,8 @@ class VersionSummary(Schema):
     created_at: datetime
     parent_similarity: float | None = None  # set when the parent was detected (base="auto")
     suggested_base: BaseSuggestion | None = None  # a clearly related stored version (not applied)
+    commit_id: str | None = None  # 40 hex digits, a revision everywhere (the Hub protocol's sha)
+    tags: list[str] = []  # named revisions pointing at this version
 
 
 class Model(ModelSummary):
@@ -75,6 +77,7 @@ class VersionCreate(Schema):
     profiles: list[str] = []
     files: list[DeclaredFile]
     retain: str = Field(default="exact", pattern="^(exact|lossy)$")
+    resume: bool = False  # continue the newest pending version declaring the same files, if any
 
 
 class Upload(Schema):
@@ -85,6 +88,19 @@ class Upload(Schema):
 class VersionCreated(Schema):
     version: VersionSummary
     uploads: list[Upload]
+    resumed: bool = False  # an unfinished pending version with the same files was continued
+
+
+class PendingVersion(VersionSummary):
+    files: int
+    files_uploaded: int
+    declared_bytes: int
+    held_bytes: int  # whole files uploaded plus the received part of files sent in parts
+    expires_at: datetime
+
+
+class PendingList(Schema):
+    items: list[PendingVersion]
 
 
 class FileInfo(Schema):
@@ -159,7 +175,10 @@ class Lineage(Schema):
     nodes: list[VersionSummary]
     edges: list[Edge]
     ancestors: list[str]
-    descendants: list[str]
+    descendants: list[str]  # one page, by id; ``next_cursor`` asks for the next
+    descendant_counts: dict[str, int]  # relation -> descendants (any depth) the viewer may see
+    descendants_total: int
+    next_cursor: str | None
 
 
 class Stats(Schema):
@@ -204,3 +223,22 @@ class TokenCreated(TokenInfo):
 
 class TokenList(Schema):
     items: list[TokenInfo]
+
+
+class TagSet(Schema):
+    revision: str = Field(
+        min_length=1, max_length=100, description="a revision number, main, a commit id or another tag"
+    )
+
+
+class Tag(Schema):
+    name: str
+    ref: str
+    version: str  # ORG/NAME@REV the tag points at
+    revision: int
+    commit_id: str
+    updated_at: datetime
+
+
+class TagList(Schema):
+    items: list[Tag]

@@ -34,10 +34,18 @@ class NotEvaluable(ValueError):
 
 
 def gain_kept(bpb_base: float, bpb_finetune: float, bpb_profile: float) -> float:
-    """Fraction of the fine-tune's bpb gain over its base that a profile keeps (1.0 = all of it)."""
+    """Fraction of the fine-tune's bpb gain over its base that a profile keeps (1.0 = all of it).
+
+    Defined only where the fine-tune gained (lower bpb than its base): on a text the fine-tune made
+    worse, the ratio of two negative numbers would read as a high "kept" share for a profile worse
+    than both, so it raises ``ValueError`` instead.
+    """
     gain = bpb_base - bpb_finetune
-    if gain == 0:
-        raise ValueError("the fine-tune has the same bpb as its base on this text: there is no gain to keep")
+    if gain <= 0:
+        raise ValueError(
+            f"the fine-tune did not gain on this text (bpb {bpb_finetune:.4f} vs its base's {bpb_base:.4f}): "
+            "there is no gain to keep"
+        )
     return (bpb_base - bpb_profile) / gain
 
 

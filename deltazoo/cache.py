@@ -9,7 +9,8 @@
     artifacts/<org>/<name>/<rev>/<profile>.safetensors   packed delta containers
 
 Nothing is ever re-downloaded while its blob is here; a blob is only renamed into place after its
-size and sha256 are checked, so a file that looks complete is complete.
+size and sha256 are checked, so a file that looks complete is complete. Blobs are read-only: pulls
+link them into destinations (``deltazoo.linking``), and an edit in place must not change the cache.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from deltazoo.errors import DeltazooConnectionError, IntegrityError
 from deltazoo.models import FileInfo, Ref, VersionInfo
@@ -35,6 +37,37 @@ def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class HashingWriter:
+    """A binary file opened for writing that hashes what is written to it (no second read to check it)."""
+
+    def __init__(self, path: Path, mode: str = "wb") -> None:
+        self.sha = hashlib.sha256()
+        if mode == "ab" and path.exists():  # a resumed download: hash the part already held, once
+            with path.open("rb") as f:
+                while block := f.read(1 << 22):
+                    self.sha.update(block)
+        self.file = path.open(mode)
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def profile_filename(profile: str) -> str:
@@ -81,8 +114,11 @@ class Cache:
         p = self.blob_path(sha256)
         return p.is_file() and (size is None or p.stat().st_size == size)
 
-    def install(self, tmp: Path, sha256: str, size: int) -> Path:
-        """Check ``tmp`` (size, sha256) and rename it to ``blobs/<sha256>``; delete it when wrong."""
+    def install(self, tmp: Path, sha256: str, size: int, actual_sha256: str | None = None) -> Path:
+        """Check ``tmp`` (size, sha256) and rename it to ``blobs/<sha256>``; delete it when wrong.
+
+        ``actual_sha256`` is the hash taken while ``tmp`` was written (``HashingWriter``); without it
+        the file is read again to hash it."""
         actual_size = tmp.stat().st_size
         if actual_size != size:
             tmp.unlink()
@@ -90,7 +126,7 @@ class Cache:
                 f"downloaded {actual_size} bytes for blob {sha256[:12]}, expected {size}; pull again",
                 code="size_mismatch",
             )
-        actual = _sha256_file(tmp)
+        actual = actual_sha256 or _sha256_file(tmp)
         if actual != sha256:
             tmp.unlink()
             raise IntegrityError(
@@ -98,24 +134,41 @@ class Cache:
                 code="sha256_mismatch",
             )
         final = self.blob_path(sha256)
+        os.chmod(tmp, 0o444)
         os.replace(tmp, final)
         return final
 
-    def download(self, transport: Transport, url_path: str, file: FileInfo, *, quiet: bool) -> Path:
-        """Fetch a dense file into ``blobs/``, resuming a ``.incomplete`` part with ``Range``."""
+    def download(
+        self,
+        transport: Transport,
+        url_path: str,
+        file: FileInfo,
+        *,
+        quiet: bool,
+        bar: Any = None,
+        before: int = 0,
+    ) -> Path:
+        """Fetch a dense file into ``blobs/``, resuming a ``.incomplete`` part with ``Range``.
+
+        ``bar`` is a progress bar shared by every file of a pull, ``before`` the bytes counted on it
+        before this file; without one the file gets a bar of its own.
+        """
         if self.has_blob(file.sha256, file.size):
             return self.blob_path(file.sha256)
         tmp = self.incomplete_path(file.sha256)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        bar = progress_bar(file.size, f"pull {file.path}", quiet=quiet)
+        own = bar is None
+        if own:
+            bar = progress_bar(file.size, f"pull {file.path}", quiet=quiet)
+        digest: str | None = None
         try:
             for attempt in range(_RESUME_ATTEMPTS + 1):
                 have = tmp.stat().st_size if tmp.exists() else 0
                 if have > file.size:
                     tmp.unlink()
                     have = 0
-                bar.reset(total=file.size)
-                bar.update(have)
+                bar.n = before + have
+                bar.refresh()
                 if have == file.size:
                     break
                 headers = {"Range": f"bytes={have}-"} if have else None
@@ -123,18 +176,20 @@ class Cache:
                     with transport.stream("GET", url_path, headers=headers) as response:
                         mode = "ab" if have and response.status_code == 206 else "wb"
                         if mode == "wb":
-                            bar.reset(total=file.size)
-                        with tmp.open(mode) as out:
+                            bar.n = before
+                        with HashingWriter(tmp, mode) as out:
                             for chunk in transport.iter_body(response):
                                 out.write(chunk)
                                 bar.update(len(chunk))
+                            digest = out.hexdigest()
                     break
                 except DeltazooConnectionError:
                     if attempt == _RESUME_ATTEMPTS:
                         raise
-            return self.install(tmp, file.sha256, file.size)
+            return self.install(tmp, file.sha256, file.size, digest)
         finally:
-            bar.close()
+            if own:
+                bar.close()
 
     # --- snapshots and versions ------------------------------------------------------------------
 
@@ -173,10 +228,25 @@ class Cache:
             return files
         return None
 
+    def recorded_files(self, ref: Ref) -> list[FileInfo] | None:
+        """The file list of a version this cache has seen (its blobs may be partly held), or None."""
+        path = self._version_record(ref)
+        if not path.is_file():
+            return None
+        return [FileInfo.from_dict(f) for f in json.loads(path.read_text())["files"]]
+
     def set_latest(self, ref: Ref, revision: int) -> None:
         path = self._ref_path(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(revision))
+
+    def latest_revision(self, ref: Ref) -> int | None:
+        """The revision ``latest`` last resolved to when online (offline mode answers with it)."""
+        path = self._ref_path(ref)
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     # --- tensor index (for delta-only pulls) -----------------------------------------------------
 

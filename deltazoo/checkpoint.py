@@ -3,17 +3,56 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from deltazoo.errors import UsageError
 from deltazoo.models import FileInfo
+from deltazoo.patterns import path_matches
 from deltazoo.transport import progress_bar
 
 _CHUNK = 1 << 22
+#: files torch.save / pickle wrote: stored as opaque bytes, never unpickled
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-def scan_checkpoint(root: Path, *, quiet: bool = False) -> list[FileInfo]:
-    """Every regular file under ``root`` (hidden files and folders skipped), with size and sha256."""
+def is_pickle_path(path: str) -> bool:
+    return path.lower().endswith(PICKLE_SUFFIXES)
+
+
+def check_weights(root: Path, files: Sequence[FileInfo], *, allow_no_weights: bool) -> None:
+    """Refuse a checkpoint without ``*.safetensors`` weights unless ``allow_no_weights``.
+
+    deltazoo deduplicates, deltas and evaluates tensors it reads from safetensors files; anything
+    else (``pytorch_model.bin`` and other pickles included) is kept as opaque bytes, never unpickled.
+    """
+    if allow_no_weights or any(f.kind == "safetensors" for f in files):
+        return
+    names = ", ".join(f.path for f in files[:5]) + (", ..." if len(files) > 5 else "")
+    pickles = [f.path for f in files if is_pickle_path(f.path)]
+    convert = (
+        f" {pickles[0]} is a pickle: deltazoo never unpickles it; convert it to safetensors first "
+        "(model.save_pretrained(dir, safe_serialization=True))."
+        if pickles
+        else ""
+    )
+    raise UsageError(
+        f"{root} has no *.safetensors weights (it holds {names}): nothing could be stored as "
+        f"tensors, deduplicated against a base or evaluated.{convert} To store these files as opaque "
+        "bytes anyway, push with --allow-no-weights (SDK: allow_no_weights=True)",
+        code="no_weights",
+    )
+
+
+def scan_checkpoint(
+    root: Path,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    quiet: bool = False,
+) -> list[FileInfo]:
+    """Every regular file under ``root`` (hidden files and folders skipped) that passes the
+    ``include`` / ``exclude`` glob patterns (``deltazoo.patterns``), with size and sha256."""
     if not root.is_dir():
         raise UsageError(
             f"{root} is not a directory: push a checkpoint folder (config.json, *.safetensors)",
@@ -22,10 +61,13 @@ def scan_checkpoint(root: Path, *, quiet: bool = False) -> list[FileInfo]:
     paths = sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and path_matches(p.relative_to(root).as_posix(), include, exclude)
     )
     if not paths:
-        raise UsageError(f"{root} holds no files to push", code="empty_checkpoint")
+        filtered = " that match --include/--exclude" if include or exclude else ""
+        raise UsageError(f"{root} holds no files{filtered} to push", code="empty_checkpoint")
     total = sum(p.stat().st_size for p in paths)
     bar = progress_bar(total, "hashing", quiet=quiet)
     files: list[FileInfo] = []

@@ -12,10 +12,13 @@ Names are ``org/name`` or ``org/name@rev``. Every method takes keyword arguments
 
 from __future__ import annotations
 
+import glob
 import hashlib
-import shutil
+import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,17 +26,20 @@ from urllib.parse import quote
 import httpx
 
 from deltazoo.cache import Cache
-from deltazoo.checkpoint import scan_checkpoint
+from deltazoo.checkpoint import check_weights, scan_checkpoint
 from deltazoo.delta_pull import DeltaPuller
 from deltazoo.errors import (
+    ClientError,
     ConflictError,
     DeltazooConnectionError,
+    DeltazooError,
     IntegrityError,
     JobFailedError,
     NotFoundError,
     ServerError,
     UsageError,
 )
+from deltazoo.linking import place
 from deltazoo.models import (
     Artifact,
     FileInfo,
@@ -43,12 +49,40 @@ from deltazoo.models import (
     ModelList,
     Ref,
     Stats,
+    TagInfo,
     TokenInfo,
     VersionInfo,
 )
+from deltazoo.patterns import filter_paths
 from deltazoo.transport import Transport, progress_bar
 
 _CHUNK = 1 << 20
+_PARALLEL_FILES = 4  # files of one pull or push in flight at once
+
+
+class _BarShare:
+    """One file's view of a progress bar shared by the files of a pull: its ``n`` and ``update`` move
+    the shared bar by the difference (under a lock: files download on several threads)."""
+
+    def __init__(self, bar: Any, lock: threading.Lock) -> None:
+        self.bar, self.lock, self._n = bar, lock, 0
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self.update(value - self._n)
+
+    def update(self, delta: int) -> None:
+        with self.lock:
+            self._n += delta
+            self.bar.update(delta)
+
+    def refresh(self) -> None:
+        with self.lock:
+            self.bar.refresh()
 
 
 def _vpath(ref: Ref) -> str:
@@ -58,8 +92,10 @@ def _vpath(ref: Ref) -> str:
 class Client:
     """A connection to one deltazoo server plus the local cache.
 
-    ``url``, ``token`` and ``cache_dir`` default to the settings (``DELTAZOO_URL``,
-    ``DELTAZOO_TOKEN``, ``DELTAZOO_CACHE``). ``transport`` is passed to httpx (tests, proxies).
+    ``url``, ``token``, ``cache_dir`` and ``offline`` default to the settings (``DELTAZOO_URL``,
+    ``DELTAZOO_TOKEN``, ``DELTAZOO_CACHE``, ``DELTAZOO_OFFLINE``). Offline, pulls are answered from
+    the cache alone and anything else raises ``DeltazooConnectionError`` without a request.
+    ``transport`` is passed to httpx (tests, proxies).
     """
 
     def __init__(
@@ -69,20 +105,26 @@ class Client:
         *,
         cache_dir: str | Path | None = None,
         max_retries: int | None = None,
+        offline: bool | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         from deltazoo.settings import get_settings
 
         settings = get_settings()
         self.url = (url or settings.url).rstrip("/")
+        self.offline = settings.offline if offline is None else offline
         self._t = Transport(
             self.url,
             token if token is not None else settings.token,
             max_retries=settings.retries if max_retries is None else max_retries,
+            offline=self.offline,
             transport=transport,
         )
         self.cache = Cache(cache_dir if cache_dir is not None else settings.cache)
+        self.last_push_resumed = False  # the last push continued a pending version an earlier one left
         self.upload_part_bytes = settings.upload_part_mb << 20  # larger files go in resumable parts
+        #: how the last ``pull`` placed its files in ``dest``: {"reflink"|"hardlink"|"copy": count}
+        self.last_pull_methods: dict[str, int] = {}
 
     def close(self) -> None:
         self._t.close()
@@ -125,9 +167,32 @@ class Client:
         """Version detail (files, tensors with encodings, artifacts, chain); ``@latest`` by default."""
         return VersionInfo.from_dict(self._t.json("GET", _vpath(Ref.parse(name))))
 
-    def lineage(self, name: str) -> Lineage:
+    def lineage(self, name: str, *, limit: int | None = None, page_size: int = 1000) -> Lineage:
+        """Ancestors and descendants of a model. Every descendant by default (the pages of the lineage
+        API, ``page_size`` each, fetched in turn); with ``limit``, at most that many (``next_cursor``
+        then says whether more exist). ``descendant_counts`` always counts them all."""
+        pages = list(self.iter_lineage_pages(name, page_size=page_size, limit=limit))
+        return Lineage.from_pages(pages)
+
+    def iter_lineage_pages(
+        self, name: str, *, page_size: int = 1000, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The raw pages of a model's lineage, in order, until the descendants run out (or ``limit``)."""
         ref = Ref.parse(name)
-        return Lineage.from_dict(self._t.json("GET", f"/v1/models/{ref.org}/{ref.name}/lineage"))
+        path = f"/v1/models/{ref.org}/{ref.name}/lineage"
+        cursor: str | None = None
+        fetched = 0
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - fetched))
+            params: dict[str, Any] = {"limit": size}
+            if cursor:
+                params["cursor"] = cursor
+            page = self._t.json("GET", path, params=params)
+            yield page
+            fetched += len(page.get("descendants") or ())
+            cursor = page.get("next_cursor")
+            if not cursor or (limit is not None and fetched >= limit):
+                return
 
     def stats(self) -> Stats:
         return Stats.from_dict(self._t.json("GET", "/v1/stats"))
@@ -161,12 +226,44 @@ class Client:
         params = {"name": name, "description": description}
         return dict(self._t.json("POST", "/v1/texts", params=params, content=lambda: [data]))
 
+    def pending(self) -> list[dict[str, Any]]:
+        """Versions created and not committed (REST ``PendingVersion`` dicts): what the server holds of
+        each and when it expires; push the same folder again to finish one."""
+        return list(self._t.json("GET", "/v1/pending")["items"])
+
     def texts(self) -> list[dict[str, Any]]:
         """The registered text sets (REST ``TextSet`` dicts)."""
         return list(self._t.json("GET", "/v1/texts")["items"])
 
     def job(self, id: str) -> Job:
         return Job.from_dict(self._t.json("GET", f"/v1/jobs/{quote(str(id))}"))
+
+    def delete_model(self, name: str) -> None:
+        """Delete a model and every version of it (refused while another model's versions need them)."""
+        ref = Ref.parse(name)
+        if ref.rev != "latest" and "@" in name:
+            raise UsageError(f"delete_model takes ORG/NAME; for one version use delete_version({name!r})")
+        self._t.json("DELETE", f"/v1/models/{ref.org}/{ref.name}")
+
+    def tags(self, name: str) -> list[TagInfo]:
+        """The named revisions of model ``name`` (``ORG/NAME``)."""
+        ref = Ref.parse(name)
+        body = self._t.json("GET", f"/v1/models/{ref.org}/{ref.name}/tags")
+        return [TagInfo.from_dict(t) for t in body["items"]]
+
+    def tag(self, name: str, tag: str) -> TagInfo:
+        """Point ``tag`` at the version ``name`` (``ORG/NAME@REV``; a number, main, a commit id or another
+        tag) names, creating or moving it; ``ORG/NAME@<tag>`` then works wherever a revision does."""
+        ref = Ref.parse(name)
+        if "@" not in name:
+            raise UsageError(f"say which version to tag: {ref.model}@<rev>", code="revision_required")
+        url = f"/v1/models/{ref.org}/{ref.name}/tags/{quote(tag, safe='')}"
+        return TagInfo.from_dict(self._t.json("PUT", url, json={"revision": ref.rev}, idempotent=True))
+
+    def delete_tag(self, name: str, tag: str) -> None:
+        """Remove ``tag`` from model ``name``; the version it pointed at stays."""
+        ref = Ref.parse(name)
+        self._t.json("DELETE", f"/v1/models/{ref.org}/{ref.name}/tags/{quote(tag, safe='')}")
 
     def delete_version(self, name: str) -> None:
         ref = Ref.parse(name)
@@ -252,34 +349,47 @@ class Client:
 
     # --- push ------------------------------------------------------------------------------------
 
-    def _upload(self, ref: Ref, file: FileInfo, local: Path, *, quiet: bool) -> None:
-        bar = progress_bar(file.size, f"push {file.path}", quiet=quiet)
-        if file.size > self.upload_part_bytes:
-            try:
-                self._upload_parts(ref, file, local, bar)
-            finally:
-                bar.close()
+    def _upload_all(self, ref: Ref, files: list[FileInfo], root: Path, *, quiet: bool) -> None:
+        """Send ``files`` with one progress bar over all of them (bytes, not per file)."""
+        if not files:
             return
-
-        def body() -> Iterator[bytes]:
-            bar.reset(total=file.size)
-            with local.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    self._t.bytes_uploaded += len(chunk)
-                    bar.update(len(chunk))
-                    yield chunk
-
-        try:
-            self._t.json(
-                "PUT",
-                f"{_vpath(ref)}/files/{quote(file.path)}",
-                content=body,
-                headers={"Content-Length": str(file.size), "Content-Type": "application/octet-stream"},
-            )
+        total = sum(f.size for f in files)
+        bar = progress_bar(total, f"push {ref.model} ({len(files)} files)", quiet=quiet)
+        lock = threading.Lock()
+        try:  # shards side by side: the server validates, hashes and stages each on its own thread
+            lanes = min(_PARALLEL_FILES, len(files))
+            with ThreadPoolExecutor(lanes, thread_name_prefix="deltazoo-push") as pool:
+                futures = [
+                    pool.submit(self._upload, ref, f, root / f.path, _BarShare(bar, lock), 0) for f in files
+                ]
+                for future in futures:
+                    future.result()
         finally:
             bar.close()
 
-    def _upload_parts(self, ref: Ref, file: FileInfo, local: Path, bar: Any) -> None:
+    def _upload(self, ref: Ref, file: FileInfo, local: Path, bar: Any, before: int) -> None:
+        """One file; ``bar`` counts every file of the push and ``before`` bytes precede this one."""
+        if file.size > self.upload_part_bytes:
+            self._upload_parts(ref, file, local, bar, before)
+            return
+
+        def body() -> Iterator[bytes]:
+            bar.n = before  # a retry starts the file again
+            bar.refresh()
+            with local.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    self._t.count("bytes_uploaded", len(chunk))
+                    bar.update(len(chunk))
+                    yield chunk
+
+        self._t.json(
+            "PUT",
+            f"{_vpath(ref)}/files/{quote(file.path)}",
+            content=body,
+            headers={"Content-Length": str(file.size), "Content-Type": "application/octet-stream"},
+        )
+
+    def _upload_parts(self, ref: Ref, file: FileInfo, local: Path, bar: Any, before: int) -> None:
         """Send ``local`` in parts (``Content-Range``); after a dropped connection or a 5xx, ask the
         server how many bytes it holds and send only the rest."""
         url = f"{_vpath(ref)}/files/{quote(file.path)}"
@@ -288,10 +398,11 @@ class Client:
         failures = 0
         while True:
             start, end = received, min(file.size, received + self.upload_part_bytes)
-            bar.n = start
+            bar.n = before + start
             bar.refresh()
 
             def body(start: int = start, end: int = end) -> Iterator[bytes]:
+                bar.n = before + start  # a re-sent part counts from its start again
                 with local.open("rb") as f:
                     f.seek(start)
                     left = end - start
@@ -300,7 +411,7 @@ class Client:
                         if not chunk:
                             raise UsageError(f"{local} shrank while it was uploaded; push it again")
                         left -= len(chunk)
-                        self._t.bytes_uploaded += len(chunk)
+                        self._t.count("bytes_uploaded", len(chunk))
                         bar.update(len(chunk))
                         yield chunk
 
@@ -340,19 +451,36 @@ class Client:
         *,
         base: str | None = None,
         relation: str = "finetune",
-        profiles: Sequence[str] = (),
+        profiles: Sequence[str] | None = None,
         description: str = "",
         private: bool = False,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        allow_no_weights: bool = False,
+        restart: bool = False,
         wait: bool = True,
         timeout: float | None = None,
         quiet: bool = False,
     ) -> VersionInfo:
         """Upload the checkpoint directory ``path`` as a new version of ``name``.
 
+        A push that did not finish (the connection or the server went away) is continued by pushing
+        the same folder again: the server's pending version declaring the same files is reused and each
+        file is sent from the byte the server holds (``last_push_resumed`` tells); ``restart`` creates
+        a new version instead.
+
         ``base`` is ``org/name[@rev]``, ``"auto"`` (the server finds the stored version the
         weights are closest to, ``VersionInfo.parent_similarity``) or None (a root). Only files the
-        server does not already hold are sent. With ``wait`` the call returns once the version is
-        ``ready`` (and its profiles built), raising ``JobFailedError`` when encoding failed.
+        server does not already hold are sent; ``include`` / ``exclude`` glob patterns pick the files
+        (``deltazoo.patterns``). A folder without ``*.safetensors`` weights is refused unless
+        ``allow_no_weights`` (its files are then stored as opaque bytes; pickles are never unpickled).
+
+        ``profiles=None`` carries the serving profiles of the model's latest version over to a new
+        revision pushed with a ``base`` (its ``artifacts`` say which); ``profiles=[]`` asks for none.
+        ``description`` is set on a model this push creates. A push the server refuses (a 4xx) leaves
+        nothing behind: the version it created is deleted, and the model too when this push created it.
+        With ``wait`` the call returns once the version is ``ready`` (and its profiles built), raising
+        ``JobFailedError`` when encoding failed.
         """
         ref = Ref.parse(name)
         if ref.rev != "latest":
@@ -361,32 +489,50 @@ class Client:
                 code="revision_given",
             )
         root = Path(path)
-        files = scan_checkpoint(root, quiet=quiet)
+        files = scan_checkpoint(root, include=include, exclude=exclude, quiet=quiet)
+        check_weights(root, files, allow_no_weights=allow_no_weights)
         if base is not None and base != "auto":
             self._check_base(base)  # an unknown base fails here, before the model is created
-        self._t.json(
-            "POST",
-            "/v1/models",
-            json={"name": ref.model, "description": description, "private": private, "exist_ok": True},
-            idempotent=True,
+        model_created = (
+            self._t.send(
+                "POST",
+                "/v1/models",
+                json={"name": ref.model, "description": description, "private": private, "exist_ok": True},
+                idempotent=True,
+            ).status_code
+            == 201
         )
-        created = self._t.json(
-            "POST",
-            f"/v1/models/{ref.org}/{ref.name}/versions",
-            json={
-                "base": base,
-                "relation": relation,
-                "profiles": list(profiles),
-                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
-            },
-        )
-        version = VersionInfo.from_dict(created["version"])
-        vref = Ref(ref.org, ref.name, str(version.revision))
-        needed = {u["path"] for u in created.get("uploads", []) if u.get("needed", True)}
-        for f in files:
-            if f.path in needed:
-                self._upload(vref, f, root / f.path, quiet=quiet)
-        committed = self._t.json("POST", f"{_vpath(vref)}/commit")
+        if profiles is None:
+            profiles = [] if model_created or base is None else self._carried_profiles(ref)
+        vref: Ref | None = None
+        try:
+            created = self._t.json(
+                "POST",
+                f"/v1/models/{ref.org}/{ref.name}/versions",
+                json={
+                    "base": base,
+                    "relation": relation,
+                    "profiles": list(profiles),
+                    "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+                    "resume": not restart,
+                },
+            )
+            version = VersionInfo.from_dict(created["version"])
+            vref = Ref(ref.org, ref.name, str(version.revision))
+            self.last_push_resumed = bool(created.get("resumed"))
+            if self.last_push_resumed and not quiet:
+                print(
+                    f"resuming {vref}: an earlier push of these files left it pending "
+                    "(push with --restart for a new version)",
+                    file=sys.stderr,
+                )
+            needed = {u["path"] for u in created.get("uploads", []) if u.get("needed", True)}
+            self._upload_all(vref, [f for f in files if f.path in needed], root, quiet=quiet)
+            committed = self._t.json("POST", f"{_vpath(vref)}/commit")
+        except ClientError:
+            # refused: nothing of this push may stay behind (an outage keeps it, to resume)
+            self._undo_push(ref, vref, model_created)
+            raise
         if not wait:
             return VersionInfo.from_dict(committed["version"])
         self.wait(Job.from_dict(committed["job"]), timeout=timeout, quiet=quiet)
@@ -394,12 +540,31 @@ class Client:
             self._wait_artifacts(str(vref), profiles, timeout=timeout, quiet=quiet)
         return self.version_info(str(vref))
 
+    def _carried_profiles(self, ref: Ref) -> list[str]:
+        """The latest version's profiles, for its next derived revision (none when it has none)."""
+        try:
+            return [a.profile for a in self.version_info(ref.model).artifacts]
+        except NotFoundError:
+            return []
+
+    def _undo_push(self, ref: Ref, vref: Ref | None, model_created: bool) -> None:
+        try:
+            if model_created:
+                self._t.json("DELETE", f"/v1/models/{ref.org}/{ref.name}")
+            elif vref is not None:
+                self._t.json("DELETE", _vpath(vref))
+        except DeltazooError:  # best effort: the refusal is what the caller needs to see
+            pass
+
     # --- pull ------------------------------------------------------------------------------------
 
     def _resolve(self, name: str) -> tuple[Ref, list[FileInfo], VersionInfo | None]:
-        """Numeric revisions held whole in the cache are answered without asking the server."""
+        """Numeric revisions held whole in the cache are answered without asking the server;
+        offline, ``latest`` is the revision it last resolved to and nothing is asked at all."""
         ref = Ref.parse(name)
-        if ref.rev != "latest":
+        if self.offline:
+            return self._resolve_offline(ref)
+        if not ref.moving:
             cached = self.cache.cached_files(ref)
             if cached is not None:
                 return ref, cached, None
@@ -415,8 +580,38 @@ class Client:
             )
         return Ref(ref.org, ref.name, str(version.revision)), list(version.files), version
 
+    def _resolve_offline(self, ref: Ref) -> tuple[Ref, list[FileInfo], None]:
+        if ref.moving and ref.rev != "latest":
+            raise NotFoundError(
+                f"offline: {ref} names a tag or commit the cache cannot resolve; pull it by revision number"
+                " or once online",
+                code="not_cached",
+                status=None,
+            )
+        if ref.rev == "latest":
+            latest = self.cache.latest_revision(ref)
+            if latest is None:
+                raise NotFoundError(
+                    f"offline: {ref.model} was never pulled as latest into the cache at {self.cache.root}; "
+                    "pull it once online (without --offline / DELTAZOO_OFFLINE)",
+                    code="not_cached",
+                    status=None,
+                )
+            ref = Ref(ref.org, ref.name, str(latest))
+        files = self.cache.recorded_files(ref)
+        if files is None:
+            raise NotFoundError(
+                f"offline: {ref} is not in the cache at {self.cache.root}; pull it once online "
+                "(without --offline / DELTAZOO_OFFLINE)",
+                code="not_cached",
+                status=None,
+            )
+        return ref, files, None
+
     def _fill_cache(self, ref: Ref, files: list[FileInfo], version: VersionInfo, *, quiet: bool) -> None:
         missing = [f for f in files if not self.cache.has_blob(f.sha256, f.size)]
+        if not missing:
+            return
         puller: DeltaPuller | None = None
         held = [self.cache.cached_files(Ref.parse(r)) for r in version.chain if Ref.parse(r) != ref]
         if any(held):
@@ -424,37 +619,144 @@ class Client:
             for cached in held:
                 if cached:
                     puller.hold(cached)
-        for f in missing:
+        total = sum(f.size for f in missing)
+        bar = progress_bar(total, f"pull {ref} ({len(missing)} files)", quiet=quiet)
+        lock = threading.Lock()
+
+        def fetch(f: FileInfo) -> None:
+            share = _BarShare(bar, lock)
             if puller is not None and not self.cache.incomplete_path(f.sha256).exists():
                 puller.pull_file(version.ref, f)
             else:
-                self.cache.download(self._t, f"{_vpath(ref)}/files/{quote(f.path)}", f, quiet=quiet)
+                url = f"{_vpath(ref)}/files/{quote(f.path)}"
+                self.cache.download(self._t, url, f, quiet=quiet, bar=share)
+            share.n = f.size
 
-    def snapshot(self, name: str, *, quiet: bool = False) -> Path:
-        """The cache directory holding every file of ``name`` (fetched when missing)."""
+        try:  # files side by side; the server rebuilds each on its threads, the client hashes as it writes
+            lanes = min(_PARALLEL_FILES, len(missing))
+            with ThreadPoolExecutor(lanes, thread_name_prefix="deltazoo-pull") as pool:
+                for future in [pool.submit(fetch, f) for f in missing]:
+                    future.result()
+        finally:
+            bar.close()
+
+    def snapshot(
+        self,
+        name: str,
+        *,
+        include: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str | None = None,
+        quiet: bool = False,
+    ) -> Path:
+        """The cache directory holding the files of ``name`` (fetched when missing); ``include`` /
+        ``exclude`` glob patterns (``deltazoo.patterns``) pick which files."""
         ref, files, version = self._resolve(name)
+        chosen = filter_paths(files, include, exclude, key=lambda f: f.path)
+        if not chosen:
+            listed = ", ".join(f.path for f in files[:8]) + (", ..." if len(files) > 8 else "")
+            raise NotFoundError(
+                f"no file of {ref} matches the patterns (include {include or '*'}, exclude "
+                f"{exclude or 'nothing'}); its files: {listed}",
+                code="no_matching_files",
+                status=None,
+            )
+        if self.offline:
+            absent = [f.path for f in chosen if not self.cache.has_blob(f.sha256, f.size)]
+            if absent:
+                raise NotFoundError(
+                    f"offline: {ref} is only partly in the cache (missing {', '.join(absent[:5])}); "
+                    "pull it once online",
+                    code="not_cached",
+                    status=None,
+                )
         if version is not None:
-            self._fill_cache(ref, files, version, quiet=quiet)
+            self._fill_cache(ref, chosen, version, quiet=quiet)
             self.cache.record_version(version)
             if Ref.parse(name).rev == "latest":
                 self.cache.set_latest(ref, version.revision)
-        return self.cache.link_snapshot(ref, files)
+        return self.cache.link_snapshot(ref, chosen)
 
-    def pull(self, name: str, dest: str | Path | None = None, *, quiet: bool = False) -> Path:
+    def pull(
+        self,
+        name: str,
+        dest: str | Path | None = None,
+        *,
+        include: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str | None = None,
+        copy: bool = False,
+        quiet: bool = False,
+    ) -> Path:
         """Bit-exact files of ``name`` in ``dest`` (or the cache's snapshot when None); returns the dir.
 
         Files already in the cache are not downloaded again; when an ancestor version is cached only
         the tensors that differ from it travel; an interrupted download resumes where it stopped.
+        ``include`` / ``exclude`` glob patterns pick the files (``"*.json"``, ``"tokenizer*"``).
+        Files land in ``dest`` as reflinks or read-only hard links of the cache's blobs where the
+        filesystem allows (no second copy; ``last_pull_methods`` says which), else as copies;
+        ``copy=True`` always writes independent, writable copies.
         """
-        snap = self.snapshot(name, quiet=quiet)
-        if dest is None:
+        out = None if dest is None else Path(dest)
+        if out is not None and out.exists() and not out.is_dir():
+            raise UsageError(
+                f"{out} exists and is not a folder: pull writes a model's files into a folder; "
+                "give a new or existing folder (for one file use `deltazoo get NAME PATH`)",
+                code="dest_not_a_folder",
+            )
+        snap = self.snapshot(name, include=include, exclude=exclude, quiet=quiet)
+        if out is None:
             return snap
-        out = Path(dest)
-        for src in sorted(p for p in snap.rglob("*") if p.is_file()):
-            target = out / src.relative_to(snap)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
+        self.last_pull_methods = self._place_tree(snap, out, include, exclude, copy=copy)
         return out
+
+    def _place_tree(
+        self,
+        snap: Path,
+        out: Path,
+        include: Sequence[str] | str | None,
+        exclude: Sequence[str] | str | None,
+        *,
+        copy: bool,
+    ) -> dict[str, int]:
+        methods: dict[str, int] = {}
+        sources = sorted(p for p in snap.rglob("*") if p.is_file())
+        for src in filter_paths(sources, include, exclude, key=lambda p: p.relative_to(snap).as_posix()):
+            target = out / src.relative_to(snap)
+            if target.is_dir():
+                raise UsageError(
+                    f"{target} is a folder, but {src.relative_to(snap)} is a file of the model; "
+                    "move it away or pull into another folder",
+                    code="dest_conflict",
+                )
+            how = place(src, target, copy=copy)
+            methods[how] = methods.get(how, 0) + 1
+        return methods
+
+    def get_file(
+        self, name: str, path: str, dest: str | Path | None = None, *, copy: bool = False, quiet: bool = False
+    ) -> Path:
+        """One file of ``name`` (``path`` inside the model, e.g. ``config.json``), bit-exact.
+
+        Returns its path: inside the cache when ``dest`` is None, else ``dest`` itself, or
+        ``dest/<file name>`` when ``dest`` is an existing folder.
+        """
+        try:
+            snap = self.snapshot(name, include=[glob.escape(path)], quiet=quiet)
+        except NotFoundError as exc:
+            if exc.code != "no_matching_files":
+                raise
+            raise NotFoundError(
+                f"{name} has no file {path!r}; " + exc.message.split("; ", 1)[-1],
+                code="file_not_found",
+                status=None,
+            ) from None
+        src = snap / path
+        if dest is None:
+            return src
+        target = Path(dest)
+        if target.is_dir():
+            target = target / Path(path).name
+        place(src, target, copy=copy)
+        return target
 
     def state_dict(self, name: str, *, device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
         """Every tensor of every safetensors file of ``name``, bit-exact, as torch tensors."""
@@ -485,8 +787,14 @@ class Client:
     ) -> Path:
         """The packed delta container of ``profile`` for ``name``, in the cache (waits while it builds)."""
         ref = Ref.parse(name)
-        if ref.rev == "latest":
-            ref = Ref(ref.org, ref.name, str(self.version_info(name).revision))
+        if ref.moving:
+            online = not self.offline or ref.rev != "latest"
+            rev = self.version_info(name).revision if online else self.cache.latest_revision(ref)
+            if rev is None:
+                raise NotFoundError(
+                    f"offline: {ref.model} was never pulled as latest; pull it once online", code="not_cached"
+                )
+            ref = Ref(ref.org, ref.name, str(rev))
         path = self.cache.artifact_path(ref, profile)
         if path.is_file():
             return path

@@ -14,6 +14,10 @@ into the cache. Memory is bounded by one tensor and its parent chain.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,12 +25,13 @@ from urllib.parse import quote
 import zstandard
 
 from compression.codecs import decode_tensor
-from deltazoo.cache import Cache
+from deltazoo.cache import Cache, HashingWriter
 from deltazoo.errors import IntegrityError
 from deltazoo.models import FileInfo, Ref
 from deltazoo.transport import Transport, progress_bar
 
 _MAX_DEPTH = 64
+_AHEAD = max(2, os.cpu_count() or 1)  # tensors rebuilt ahead of the one being written
 
 
 def _version_path(ref: Ref) -> str:
@@ -127,46 +132,62 @@ class DeltaPuller:
             raise IntegrityError(f"manifest of {ref} lacks {file.path}", code="manifest_inconsistent")
         tmp = self.cache.incomplete_path(file.sha256)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        if entry.get("tensors") is None or not entry.get("header_blob"):
-            self._pull_other(entry, tmp)
-        else:
-            self._pull_safetensors(entry, tmp, file)
-        return self.cache.install(tmp, file.sha256, file.size)
+        with HashingWriter(tmp) as out:
+            if entry.get("tensors") is None or not entry.get("header_blob"):
+                self._pull_other(entry, out)
+            else:
+                self._pull_safetensors(entry, out, file)
+        return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
 
-    def _pull_other(self, entry: dict[str, Any], tmp: Path) -> None:
+    def _pull_other(self, entry: dict[str, Any], out: HashingWriter) -> None:
         dctx = zstandard.ZstdDecompressor()
         with (
             self.transport.stream("GET", f"/v1/blobs/{quote(entry['blob'])}") as response,
-            tmp.open("wb") as out,
-            dctx.stream_writer(out, closefd=False) as writer,
+            dctx.stream_writer(out, closefd=False) as writer,  # type: ignore[arg-type]  # has write/flush
         ):
             for chunk in self.transport.iter_body(response):
                 writer.write(chunk)
 
-    def _pull_safetensors(self, entry: dict[str, Any], tmp: Path, file: FileInfo) -> None:
+    def _rebuilt_in_order(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """Each tensor with its raw bytes, in order; up to ``_AHEAD`` of them fetched and decoded on other
+        threads meanwhile (the decoders and sockets release the GIL): memory ``_AHEAD + 1`` tensors."""
+        with ThreadPoolExecutor(_AHEAD, thread_name_prefix="deltazoo-rebuild") as pool:
+            queued: deque[tuple[dict[str, Any], Future[bytes]]] = deque()
+            todo = iter(tensors)
+            try:
+                while True:
+                    while len(queued) < _AHEAD and (t := next(todo, None)) is not None:
+                        queued.append((t, pool.submit(self.raw, t)))
+                    if not queued:
+                        return
+                    t, future = queued.popleft()
+                    yield t, future.result()
+            finally:
+                for _, future in queued:
+                    future.cancel()
+
+    def _pull_safetensors(self, entry: dict[str, Any], out: HashingWriter, file: FileInfo) -> None:
         header = self.transport.get_bytes(f"/v1/blobs/{entry['header_blob']}")
         tensors = sorted(entry["tensors"], key=lambda t: t["offset"][0])
         bar = progress_bar(file.size, f"rebuild {file.path}", quiet=self.quiet)
         try:
-            with tmp.open("wb") as out:
-                out.write(header)
-                bar.update(len(header))
-                position = 0
-                for t in tensors:
-                    begin, end = t["offset"]
-                    if begin != position:
-                        raise IntegrityError(
-                            f"{file.path}: tensor {t['name']} starts at {begin}, expected {position}",
-                            code="manifest_inconsistent",
-                        )
-                    data = self.raw(t)
-                    if len(data) != end - begin:
-                        raise IntegrityError(
-                            f"{file.path}: tensor {t['name']} is {len(data)} bytes, expected {end - begin}",
-                            code="size_mismatch",
-                        )
-                    out.write(data)
-                    bar.update(len(data))
-                    position = end
+            out.write(header)
+            bar.update(len(header))
+            position = 0
+            for t, data in self._rebuilt_in_order(tensors):
+                begin, end = t["offset"]
+                if begin != position:
+                    raise IntegrityError(
+                        f"{file.path}: tensor {t['name']} starts at {begin}, expected {position}",
+                        code="manifest_inconsistent",
+                    )
+                if len(data) != end - begin:
+                    raise IntegrityError(
+                        f"{file.path}: tensor {t['name']} is {len(data)} bytes, expected {end - begin}",
+                        code="size_mismatch",
+                    )
+                out.write(data)
+                bar.update(len(data))
+                position = end
         finally:
             bar.close()

@@ -13,12 +13,13 @@ from typing import Any
 from deltazoo.errors import UsageError
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
-_REF = re.compile(rf"^(?P<org>{_PART})/(?P<name>{_PART})(?:@(?P<rev>[0-9]+|latest))?$")
+_REF = re.compile(rf"^(?P<org>{_PART})/(?P<name>{_PART})(?:@(?P<rev>{_PART}))?$")
 
 
 @dataclass(frozen=True)
 class Ref:
-    """A parsed ``org/name[@rev]``; ``rev`` is a revision number as text, or ``latest``."""
+    """A parsed ``org/name[@rev]``; ``rev`` is a revision number as text, ``latest``, ``main``, a 40-hex
+    commit id or a tag name (``prod``, ``v1.2``)."""
 
     org: str
     name: str
@@ -30,7 +31,7 @@ class Ref:
         if not m:
             raise UsageError(
                 f"{text!r} is not a model name: write ORG/NAME or ORG/NAME@REV "
-                "(letters, digits, '.', '_', '-'; REV a revision number or 'latest')",
+                "(letters, digits, '.', '_', '-'; REV a revision number, 'latest', a tag or a commit id)",
                 code="invalid_name",
             )
         return cls(m["org"], m["name"], m["rev"] or "latest")
@@ -38,6 +39,12 @@ class Ref:
     @property
     def model(self) -> str:
         return f"{self.org}/{self.name}"
+
+    @property
+    def moving(self) -> bool:
+        """Whether the server must say which version this names (``latest``, ``main``, a tag, a commit id);
+        a revision number names one version forever."""
+        return not self.rev.isdigit()
 
     def __str__(self) -> str:
         return f"{self.model}@{self.rev}"
@@ -128,6 +135,8 @@ class VersionInfo:
     chain: tuple[str, ...] = ()
     parent_similarity: float | None = None  # set when the server detected the parent (base="auto")
     suggested_base: str | None = None  # a clearly related stored version the server noticed (not applied)
+    commit_id: str | None = None  # 40 hex digits; usable as a revision (ORG/NAME@<commit_id>)
+    tags: tuple[str, ...] = ()  # named revisions pointing at this version
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -151,6 +160,8 @@ class VersionInfo:
             chain=tuple(d.get("chain") or ()),
             parent_similarity=d.get("parent_similarity"),
             suggested_base=(d.get("suggested_base") or {}).get("ref"),
+            commit_id=d.get("commit_id"),
+            tags=tuple(d.get("tags") or ()),
             raw=d,
         )
 
@@ -215,23 +226,54 @@ class Edge:
 
 @dataclass(frozen=True)
 class Lineage:
+    """A model's versions, ancestors (nearest first) and descendants (versions of other models, any
+    depth). ``descendants`` holds the ones fetched (every one, unless a limit was asked for);
+    ``descendant_counts`` counts them all by relation, fetched or not."""
+
     model: str
     nodes: tuple[VersionInfo, ...]
     edges: tuple[Edge, ...]
     ancestors: tuple[str, ...]
     descendants: tuple[str, ...]
+    descendant_counts: dict[str, int] = field(default_factory=dict)
+    descendants_total: int = 0
+    next_cursor: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Lineage:
+        descendants = tuple(d.get("descendants") or ())
         return cls(
             model=d["model"],
             nodes=tuple(VersionInfo.from_dict(n) for n in d.get("nodes") or ()),
             edges=tuple(Edge(e["parent"], e["child"], e.get("relation")) for e in d.get("edges") or ()),
             ancestors=tuple(d.get("ancestors") or ()),
-            descendants=tuple(d.get("descendants") or ()),
+            descendants=descendants,
+            descendant_counts=dict(d.get("descendant_counts") or {}),
+            descendants_total=int(d.get("descendants_total", len(descendants))),
+            next_cursor=d.get("next_cursor"),
             raw=d,
         )
+
+    @classmethod
+    def from_pages(cls, pages: list[dict[str, Any]]) -> Lineage:
+        """One lineage from consecutive pages of the lineage API (nodes and edges once each)."""
+        first, last = pages[0], pages[-1]
+        nodes: dict[str, dict[str, Any]] = {}
+        edges: dict[tuple[str, str], dict[str, Any]] = {}
+        descendants: list[str] = []
+        for page in pages:
+            nodes.update((n["ref"], n) for n in page.get("nodes") or ())
+            edges.update(((e["parent"], e["child"]), e) for e in page.get("edges") or ())
+            descendants += page.get("descendants") or ()
+        merged = {
+            **first,
+            "nodes": list(nodes.values()),
+            "edges": list(edges.values()),
+            "descendants": descendants,
+            "next_cursor": last.get("next_cursor"),
+        }
+        return cls.from_dict(merged)
 
 
 @dataclass(frozen=True)
@@ -317,5 +359,28 @@ class TokenInfo:
             scopes=tuple(d.get("scopes", ())),
             admin=bool(d.get("admin", False)),
             token=d.get("token"),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    """A named revision: ``name`` points at ``version`` (``ORG/NAME@REV``)."""
+
+    name: str
+    ref: str
+    version: str
+    revision: int
+    commit_id: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TagInfo:
+        return cls(
+            name=d["name"],
+            ref=d["ref"],
+            version=d["version"],
+            revision=int(d["revision"]),
+            commit_id=d["commit_id"],
             raw=d,
         )

@@ -5,11 +5,16 @@ Retry policy: a request is re-sent after a connection error, a 429, or a 5xx, wi
 harmless: GET/HEAD/PUT/DELETE always; a POST only when the request never reached the server
 (connect error) or the server said 429 (it did nothing), unless the caller marks it idempotent.
 Uploads pass a body *factory* so that every attempt re-sends the file from its start.
+
+A connection refused before the server ever answered is not retried: nothing is listening there
+(a typo in the URL, a server not started), and the user should hear so at once, not after seconds of
+backoff. Once the server has answered, a refused connection is an outage (a restart) and is retried.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -24,20 +29,32 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
+def bar_options(unit: str) -> dict[str, Any]:
+    """tqdm options for ``unit``: ``"B"`` counts bytes in decimal units like the rest of deltazoo
+    (``12.3MB/45.6MB``, a rate in MB/s); ``"%"`` is a job's progress out of 100, shown as a
+    percentage and elapsed time (a rate of "%/s" means nothing)."""
+    if unit == "%":
+        return {"unit": "%", "bar_format": "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}]"}
+    if unit == "B":
+        return {
+            "unit": "B",
+            "unit_scale": True,
+            "unit_divisor": 1000,
+            "bar_format": "{l_bar}{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+        }
+    return {"unit": unit}
+
+
 def progress_bar(total: int | None, desc: str, *, quiet: bool, unit: str = "B") -> tqdm:
-    """A tqdm bar on stderr; silent when ``quiet`` or when stderr is not a terminal."""
-    disable = quiet or not sys.stderr.isatty()
-    scale = unit == "B"
+    """A tqdm bar on stderr (``bar_options``); silent when ``quiet`` or when stderr is not a terminal."""
     return tqdm(
         total=total,
         desc=desc,
-        unit=unit,
-        unit_scale=scale,
-        unit_divisor=1024 if scale else 1000,
-        disable=disable,
+        disable=quiet or not sys.stderr.isatty(),
         file=sys.stderr,
         leave=False,
         dynamic_ncols=True,
+        **bar_options(unit),
     )
 
 
@@ -53,9 +70,11 @@ class Transport:
         backoff: float = 0.25,
         backoff_cap: float = 8.0,
         timeout: float = 300.0,
+        offline: bool = False,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.offline = offline
         headers = {"User-Agent": "deltazoo-sdk"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -70,14 +89,22 @@ class Transport:
         self.backoff = backoff
         self.backoff_cap = backoff_cap
         #: bytes of file and blob bodies received (not JSON answers): what a pull cost on the wire
+        self._counting = threading.Lock()  # downloads and uploads may run on several threads
         self.bytes_downloaded = 0
         #: bytes of file bodies sent
         self.bytes_uploaded = 0
         #: bytes of JSON answers received
         self.api_bytes = 0
+        #: whether the server has answered once (a refused connection before that is not retried)
+        self.reached = False
 
     def close(self) -> None:
         self.http.close()
+
+    def count(self, counter: str, nbytes: int) -> None:
+        """Add ``nbytes`` to ``bytes_downloaded``, ``bytes_uploaded`` or ``api_bytes`` (thread-safe)."""
+        with self._counting:
+            setattr(self, counter, getattr(self, counter) + nbytes)
 
     # --- retries ---------------------------------------------------------------------------------
 
@@ -111,6 +138,12 @@ class Transport:
 
         With ``stream`` the body is not read: the caller must close the response.
         """
+        if self.offline:
+            raise DeltazooConnectionError(
+                f"offline mode (--offline / DELTAZOO_OFFLINE) answers pulls of cached versions only; "
+                f"this needs the server at {self.url}: run it without --offline",
+                code="offline",
+            )
         safe = method in _IDEMPOTENT if idempotent is None else idempotent
         attempt = 0
         while True:
@@ -121,12 +154,15 @@ class Transport:
             try:
                 response = self.http.send(request, stream=True)
             except httpx.TransportError as exc:
-                # a connect error means the request never left: any method may be re-sent
-                if attempt < self.max_retries and (safe or isinstance(exc, httpx.ConnectError)):
+                # a connect error means the request never left: any method may be re-sent, unless
+                # the server was never reached at all (nothing listens there: say so at once)
+                connect = isinstance(exc, httpx.ConnectError)
+                if attempt < self.max_retries and (safe or connect) and (self.reached or not connect):
                     time.sleep(self._delay(attempt, None))
                     attempt += 1
                     continue
                 raise self._unreachable(exc) from exc
+            self.reached = True
             if (
                 response.status_code in _RETRY_STATUS
                 and attempt < self.max_retries
@@ -159,7 +195,7 @@ class Transport:
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.send(method, path, **kwargs)
-        self.api_bytes += len(response.content)
+        self.count("api_bytes", len(response.content))
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -182,7 +218,7 @@ class Transport:
         """The body's chunks, counted in ``bytes_downloaded``; connection drops become typed errors."""
         try:
             for chunk in response.iter_bytes(chunk_size):
-                self.bytes_downloaded += len(chunk)
+                self.count("bytes_downloaded", len(chunk))
                 yield chunk
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
@@ -190,5 +226,5 @@ class Transport:
     def get_bytes(self, path: str) -> bytes:
         """A whole (small: one tensor's) body, counted in ``bytes_downloaded``."""
         response = self.send("GET", path, headers={"Accept-Encoding": "identity"})
-        self.bytes_downloaded += response.num_bytes_downloaded
+        self.count("bytes_downloaded", response.num_bytes_downloaded)
         return response.content

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -35,6 +37,11 @@ SHA256 = String(64)
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_commit_id() -> str:
+    """A version's commit id: 40 hex digits, as a git commit sha looks to Hugging Face Hub clients."""
+    return secrets.token_hex(20)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -101,7 +108,12 @@ class Model(Timestamped, Base):
 
 class Version(Timestamped, Base):
     __tablename__ = "version"
-    __table_args__ = (UniqueConstraint("model_id", "revision"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "revision"),
+        Index("ix_version_status_created_at", "status", "created_at"),  # the stale-upload sweep
+        # lineage: the recursive walk over descendants reads this index only (registry.lineage_repository)
+        Index("ix_version_lineage", "parent_version_id", "id", "model_id", "relation"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
     revision: Mapped[int] = mapped_column(Integer)
@@ -117,9 +129,24 @@ class Version(Timestamped, Base):
     profiles: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     # base="auto": per-tensor value samples (registry.services.similarity) and the picked parent's score
-    sketch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # deferred: a page of versions must not parse a sketch per row (sketch_band_repository reads them)
+    sketch: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     parent_similarity: Mapped[float | None] = mapped_column(Float)
+    # the stable 40-hex id that names this version as a revision (Hugging Face Hub ``sha``)
+    commit_id: Mapped[str] = mapped_column(String(40), unique=True, default=new_commit_id)
     model: Mapped[Model] = relationship(lazy="raise")
+
+
+class VersionTag(Timestamped, Base):
+    """A named revision (``prod``, ``v1.2``) of a model: points at one of its versions; can be moved."""
+
+    __tablename__ = "version_tag"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class File(Base):
@@ -134,8 +161,8 @@ class File(Base):
     uploaded: Mapped[bool] = mapped_column(Boolean, default=False)
     source_file_id: Mapped[int | None] = mapped_column(ForeignKey("file.id", ondelete="SET NULL"))
     staging_key: Mapped[str | None] = mapped_column(String(200))  # upload waiting to be encoded
-    header_blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
-    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    header_blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
 
 
 class Tensor(Base):
@@ -151,7 +178,7 @@ class Tensor(Base):
     offset_begin: Mapped[int] = mapped_column(BigInteger)
     offset_end: Mapped[int] = mapped_column(BigInteger)
     encoding: Mapped[str] = mapped_column(String(16))  # same | delta | delta-rows | plain
-    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     depth: Mapped[int] = mapped_column(Integer, default=0)  # decode steps from a plain tensor
     parent_tensor_id: Mapped[int | None] = mapped_column(ForeignKey("tensor.id"), index=True)
@@ -166,12 +193,13 @@ class Artifact(Timestamped, Base):
     status: Mapped[str] = mapped_column(String(20), default="pending")
     status_message: Mapped[str | None] = mapped_column(Text)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"))
+    blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
     quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Job(Timestamped, Base):
     __tablename__ = "job"
+    __table_args__ = (Index("ix_job_kind_target_id", "kind", "target_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))  # encode_version | build_artifact
     target: Mapped[str] = mapped_column(String(300))  # e.g. "org/name@2" or "org/name@2:deltadq:..."
@@ -204,3 +232,16 @@ class Evaluation(Timestamped, Base):
     status: Mapped[str] = mapped_column(String(20), default="pending", server_default="ready")
     status_message: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class SketchBand(Base):
+    """One locality-sensitive key of a version's sketch (``registry.services.sketch_index``): versions
+    sharing a (band, key) pair are the candidates compared when a push asks for ``base="auto"``."""
+
+    __tablename__ = "sketch_band"
+    __table_args__ = (Index("ix_sketch_band_band_key", "band", "key", "version_id"),)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("version.id", ondelete="CASCADE"), primary_key=True
+    )
+    band: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[int] = mapped_column(Integer)

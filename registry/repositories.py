@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, union, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry.models import Artifact, Blob, File, Job, Model, Namespace, Tensor, Version
+from registry.models import (
+    Artifact,
+    Blob,
+    File,
+    Job,
+    Model,
+    Namespace,
+    Tensor,
+    Version,
+    VersionTag,
+    utcnow,
+)
 
 
 def readable(private_namespaces: Sequence[str]) -> ColumnElement[bool]:
@@ -26,6 +40,28 @@ def of_readable_versions(query: Select, private_namespaces: Sequence[str] | None
         .join(Namespace, Namespace.id == Model.namespace_id)
         .where(readable(private_namespaces))
     )
+
+
+def visible_from(own: Model) -> ColumnElement[bool]:
+    """Models whose names and tensors may show through ``own`` (dedup twins, similar-base candidates):
+    public ones, and for a private model also the private models of its own namespace, never another
+    namespace's private model (a query using it joins Model)."""
+    if not own.private:
+        return Model.private.is_(False)
+    return or_(Model.private.is_(False), Model.namespace_id == own.namespace_id)
+
+
+def readable_model_ids(
+    session: Session, model_ids: Iterable[int], private_namespaces: Sequence[str] | None
+) -> set[int]:
+    """Those of ``model_ids`` a caller with ``private_namespaces`` (None: all) may read."""
+    ids = set(model_ids)
+    if private_namespaces is None or not ids:
+        return ids
+    rows = session.scalars(
+        select(Model.id).join(Namespace).where(Model.id.in_(ids), readable(private_namespaces))
+    )
+    return set(rows)
 
 
 class NamespaceRepository:
@@ -58,11 +94,19 @@ class ModelRepository:
         return {mid: f"{org}/{name}" for mid, org, name in rows}
 
     def search(
-        self, text: str, limit: int, offset: int, private_namespaces: Sequence[str] | None = None
+        self,
+        text: str,
+        limit: int,
+        offset: int,
+        private_namespaces: Sequence[str] | None = None,
+        namespace: str | None = None,
     ) -> tuple[list[tuple[Model, str]], int]:
-        """Models matching ``text``; private ones only in ``private_namespaces`` (None: all of them)."""
+        """Models matching ``text`` (in ``namespace`` when given); private ones only in
+        ``private_namespaces`` (None: all of them)."""
         full = Namespace.name + "/" + Model.name
         q = select(Model, Namespace.name).join(Namespace)
+        if namespace is not None:
+            q = q.where(Namespace.name == namespace)
         if private_namespaces is not None:
             q = q.where(readable(private_namespaces))
         if text:
@@ -91,6 +135,11 @@ class VersionRepository:
             select(Version).where(Version.model_id == model_id, Version.revision == revision)
         )
 
+    def by_commit_id(self, model_id: int, commit_id: str) -> Version | None:
+        return self.s.scalar(
+            select(Version).where(Version.model_id == model_id, Version.commit_id == commit_id)
+        )
+
     def latest(self, model_id: int, ready_only: bool = False) -> Version | None:
         q = select(Version).where(Version.model_id == model_id)
         if ready_only:
@@ -105,6 +154,16 @@ class VersionRepository:
     def next_revision(self, model_id: int) -> int:
         top = self.s.scalar(select(func.max(Version.revision)).where(Version.model_id == model_id))
         return (top or 0) + 1
+
+    def pending_for_model(self, model_id: int) -> list[Version]:
+        """The model's pending versions, newest first."""
+        q = select(Version).where(Version.model_id == model_id, Version.status == "pending")
+        return list(self.s.scalars(q.order_by(Version.id.desc())))
+
+    def pending_readable(self, private_namespaces: Sequence[str] | None, limit: int) -> list[Version]:
+        """Pending versions, oldest first, of the models a caller may read (None: all)."""
+        q = of_readable_versions(select(Version).where(Version.status == "pending"), private_namespaces)
+        return list(self.s.scalars(q.order_by(Version.id).limit(limit)))
 
     def pending_created_before(self, cutoff: datetime) -> list[Version]:
         q = select(Version).where(Version.status == "pending", Version.created_at < cutoff)
@@ -143,6 +202,31 @@ class VersionRepository:
         return {mid: (n, rev, logical, stored) for mid, n, rev, logical, stored in rows}
 
 
+class TagRepository:
+    """Named revisions (``version_tag``): a model's tag names and the versions they point at."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, model_id: int, name: str) -> VersionTag | None:
+        q = select(VersionTag).where(VersionTag.model_id == model_id, VersionTag.name == name)
+        return self.s.scalar(q)
+
+    def for_model(self, model_id: int) -> list[VersionTag]:
+        q = select(VersionTag).where(VersionTag.model_id == model_id).order_by(VersionTag.name)
+        return list(self.s.scalars(q))
+
+    def names_by_version(self, version_ids: Iterable[int]) -> dict[int, list[str]]:
+        ids = list(set(version_ids))
+        if not ids:
+            return {}
+        out: dict[int, list[str]] = {}
+        q = select(VersionTag.version_id, VersionTag.name).where(VersionTag.version_id.in_(ids))
+        for vid, name in self.s.execute(q.order_by(VersionTag.name)):
+            out.setdefault(vid, []).append(name)
+        return out
+
+
 class FileRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -158,21 +242,41 @@ class FileRepository:
     def for_version(self, version_id: int) -> list[File]:
         return list(self.s.scalars(select(File).where(File.version_id == version_id).order_by(File.path)))
 
+    def referenced_staging_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of the staging object ``keys`` a file row still points at."""
+        if not keys:
+            return set()
+        return set(self.s.scalars(select(File.staging_key).where(File.staging_key.in_(list(keys)))))
+
+    def staging_keys(self) -> list[str]:
+        """Every staging object key a file row points at (uploads not yet encoded)."""
+        return [k for k in self.s.scalars(select(File.staging_key).where(File.staging_key.is_not(None))) if k]
+
     def get(self, version_id: int, path: str) -> File | None:
         return self.s.scalar(select(File).where(File.version_id == version_id, File.path == path))
 
     def stored_ready_with_sha(
-        self, sha256: str, size: int, private_namespaces: list[str] | None
+        self,
+        sha256: str,
+        size: int,
+        private_namespaces: list[str] | None,
+        visible: ColumnElement[bool] | None = None,
     ) -> File | None:
         """A file with these bytes already stored in a ready version (for upload dedup), of a public model
         or of a private one in ``private_namespaces`` (None: any): knowing a sha256 never grants the bytes
-        of a model the uploader cannot read."""
+        of a model the uploader cannot read. With ``visible`` (``visible_from(model)``), also only of a
+        model that may show through the new version (its tensors become ``same`` copies of these)."""
         query = (
             select(File)
             .join(Version, Version.id == File.version_id)
             .where(File.sha256 == sha256, File.size == size, Version.status == "ready")
         )
-        return self.s.scalar(of_readable_versions(query, private_namespaces).order_by(File.id).limit(1))
+        query = of_readable_versions(query, private_namespaces)
+        if visible is not None:
+            if private_namespaces is None:
+                query = query.join(Model, Model.id == Version.model_id)
+            query = query.where(visible)
+        return self.s.scalar(query.order_by(File.id).limit(1))
 
 
 class TensorRepository:
@@ -199,11 +303,17 @@ class TensorRepository:
             return {}
         return {t.id: t for t in self.s.scalars(select(Tensor).where(Tensor.id.in_(ids)))}
 
-    def stored_with_sha(self, sha256: str) -> Tensor | None:
-        """A stored tensor whose raw bytes have this sha256, preferring the shortest decode chain."""
-        return self.s.scalar(
-            select(Tensor).where(Tensor.sha256 == sha256).order_by(Tensor.depth, Tensor.id).limit(1)
-        )
+    def stored_with_sha(self, sha256: str, visible: ColumnElement[bool] | None = None) -> Tensor | None:
+        """A stored tensor whose raw bytes have this sha256, preferring the shortest decode chain; with
+        ``visible`` (``visible_from(model)``) only one of a model that may show through the new one."""
+        query = select(Tensor).where(Tensor.sha256 == sha256)
+        if visible is not None:
+            query = (
+                query.join(Version, Version.id == Tensor.version_id)
+                .join(Model, Model.id == Version.model_id)
+                .where(visible)
+            )
+        return self.s.scalar(query.order_by(Tensor.depth, Tensor.id).limit(1))
 
     def by_name(self, version_id: int) -> dict[str, Tensor]:
         return {t.name: t for t in self.for_version(version_id)}
@@ -218,19 +328,45 @@ class TensorRepository:
         )
         return list(rows)
 
-    def dependents_of(self, version_ids: Sequence[int]) -> dict[int, tuple[int, set[str]]]:
-        """Versions not in ``version_ids`` decoding through their tensors: id -> (tensors, encodings)."""
-        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
-        rows = self.s.execute(
-            select(Tensor.version_id, Tensor.encoding, func.count())
-            .where(Tensor.parent_tensor_id.in_(mine), Tensor.version_id.not_in(list(version_ids)))
-            .group_by(Tensor.version_id, Tensor.encoding)
+    def _copies_outside(self, namespace_id: int) -> ColumnElement[bool]:
+        """Tensors that are ``same`` copies held by a version of another namespace's model."""
+        elsewhere = (
+            select(Version.id)
+            .join(Model, Model.id == Version.model_id)
+            .where(Model.namespace_id != namespace_id)
         )
+        return (Tensor.encoding == "same") & Tensor.version_id.in_(elsewhere)
+
+    def dependents_of(
+        self, version_ids: Sequence[int], copies_kept_outside: int | None = None
+    ) -> dict[int, tuple[int, set[str]]]:
+        """Versions not in ``version_ids`` decoding through their tensors: id -> (tensors, encodings).
+
+        With ``copies_kept_outside`` (a namespace id), ``same`` copies held by other namespaces are not
+        counted: they are given bytes of their own (``copies_outside``) instead of pinning these."""
+        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
+        query = select(Tensor.version_id, Tensor.encoding, func.count()).where(
+            Tensor.parent_tensor_id.in_(mine), Tensor.version_id.not_in(list(version_ids))
+        )
+        if copies_kept_outside is not None:
+            query = query.where(~self._copies_outside(copies_kept_outside))
+        rows = self.s.execute(query.group_by(Tensor.version_id, Tensor.encoding))
         out: dict[int, tuple[int, set[str]]] = {}
         for vid, encoding, n in rows:
             count, encodings = out.get(vid, (0, set()))
             out[vid] = (count + int(n), encodings | {encoding})
         return out
+
+    def copies_outside(self, version_ids: Sequence[int], namespace_id: int) -> list[Tensor]:
+        """``same`` tensors of other namespaces' versions whose parent is a tensor of ``version_ids``."""
+        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
+        return list(
+            self.s.scalars(
+                select(Tensor)
+                .where(Tensor.parent_tensor_id.in_(mine), self._copies_outside(namespace_id))
+                .order_by(Tensor.id)
+            )
+        )
 
     def encoding_counts(self) -> dict[str, int]:
         return dict(self.s.execute(select(Tensor.encoding, func.count()).group_by(Tensor.encoding)).all())  # type: ignore[arg-type]
@@ -247,9 +383,22 @@ class BlobRepository:
         return self.s.get(Blob, sha256)
 
     def add_reference(self, sha256: str, size: int) -> bool:
-        """Count one more reference to a blob; True when the blob row is new."""
-        blob = self.s.get(Blob, sha256)
-        if blob is None:
+        """Count one more reference to a blob; True when the blob row is new.
+
+        Insert-or-ignore: two encodes storing the same bytes at once both succeed (the second one's
+        insert waits for the first one's row and then counts a reference) instead of one failing on
+        the primary key and retrying."""
+        dialect = self.s.get_bind().dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            statement = (
+                insert(Blob)
+                .values(sha256=sha256, size=size, refcount=1, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["sha256"])
+            )
+            if self.s.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
+                return True
+        elif self.s.get(Blob, sha256) is None:
             self.s.add(Blob(sha256=sha256, size=size, refcount=1))
             self.s.flush()
             return True
@@ -267,6 +416,26 @@ class BlobRepository:
                 self.s.flush()
                 return True
         return False
+
+    def existing(self, shas: Sequence[str]) -> set[str]:
+        """Which of ``shas`` have a blob row."""
+        if not shas:
+            return set()
+        return set(self.s.scalars(select(Blob.sha256).where(Blob.sha256.in_(list(shas)))))
+
+    def all_shas(self, batch: int = 5000) -> Iterator[str]:
+        """Every blob row's sha256, read in batches."""
+        last = ""
+        while True:
+            page = list(
+                self.s.scalars(
+                    select(Blob.sha256).where(Blob.sha256 > last).order_by(Blob.sha256).limit(batch)
+                )
+            )
+            yield from page
+            if len(page) < batch:
+                return
+            last = page[-1]
 
     def totals(self) -> tuple[int, int]:
         n, size = self.s.execute(select(func.count(), func.coalesce(func.sum(Blob.size), 0))).one()
@@ -332,9 +501,87 @@ class JobRepository:
             select(Job).where(Job.kind == kind, Job.target_id == target_id).order_by(Job.id.desc()).limit(1)
         )
 
+    def held_encodes(self, version_ids: list[int], beat_since: datetime) -> list[Job]:
+        """Encode jobs of ``version_ids`` running with a heartbeat since ``beat_since`` (a live worker)."""
+        if not version_ids:
+            return []
+        return list(
+            self.s.scalars(
+                select(Job).where(
+                    Job.kind == "encode_version",
+                    Job.target_id.in_(version_ids),
+                    Job.status == "running",
+                    Job.updated_at >= beat_since,
+                )
+            )
+        )
+
+    def cancel_encodes(self, version_ids: list[int], reason: str) -> None:
+        """Mark the unfinished encode jobs of ``version_ids`` failed (their version is being deleted)."""
+        if version_ids:
+            self.s.execute(
+                update(Job)
+                .where(
+                    Job.kind == "encode_version",
+                    Job.target_id.in_(version_ids),
+                    Job.status.in_(("queued", "running")),
+                )
+                .values(status="failed", error=reason)
+            )
+
     def set_progress(self, job_id: int, progress: float) -> None:
         self.s.execute(update(Job).where(Job.id == job_id).values(progress=progress))
 
 
 def count_rows(session: Session, model: type) -> int:
     return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+class ReadableTotals:
+    """The zoo's totals over the models a caller with ``private_namespaces`` may read (stats)."""
+
+    def __init__(self, session: Session, private_namespaces: Sequence[str]) -> None:
+        self.s = session
+        self.allowed = list(private_namespaces)
+
+    def _versions(self) -> Select:
+        return of_readable_versions(select(Version.id), self.allowed)
+
+    def _count(self, query: Select) -> int:
+        return int(self.s.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        versions = self._versions()
+        models = select(Model.id).join(Namespace).where(readable(self.allowed))
+        in_readable = Tensor.version_id.in_(versions)
+        shas = union(
+            select(File.blob.label("sha")).where(File.version_id.in_(versions)),
+            select(File.header_blob.label("sha")).where(File.version_id.in_(versions)),
+            select(Tensor.blob.label("sha")).where(in_readable),
+            select(Artifact.blob.label("sha")).where(Artifact.version_id.in_(versions)),
+        ).subquery()
+        totals = select(func.count(), func.coalesce(func.sum(Blob.size), 0))
+        blobs, stored = self.s.execute(totals.where(Blob.sha256.in_(select(shas.c.sha)))).one()
+        artifact_shas = select(Artifact.blob).where(Artifact.version_id.in_(versions)).distinct()
+        artifact_bytes = self.s.scalar(
+            select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.sha256.in_(artifact_shas))
+        )
+        logical = self.s.scalar(
+            select(func.coalesce(func.sum(Version.logical_bytes), 0)).where(
+                Version.id.in_(versions), Version.status == "ready"
+            )
+        )
+        encodings = self.s.execute(
+            select(Tensor.encoding, func.count()).where(in_readable).group_by(Tensor.encoding)
+        )
+        return {
+            "models": self._count(models),
+            "versions": self._count(versions),
+            "files": self._count(select(File.id).where(File.version_id.in_(versions))),
+            "tensors": self._count(select(Tensor.id).where(in_readable)),
+            "blobs": int(blobs),
+            "logical_bytes": int(logical or 0),
+            "stored_bytes": int(stored),
+            "artifact_bytes": int(artifact_bytes or 0),
+            "encodings": {e: int(n) for e, n in encodings},
+        }

@@ -95,6 +95,8 @@ def test_gain_kept():
     assert gain_kept(3.0, 2.0, 3.5) == pytest.approx(-0.5)
     with pytest.raises(ValueError, match="no gain"):
         gain_kept(2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="did not gain"):  # was 1.11: -0.5 / -0.45 read as "111 % kept"
+        gain_kept(2.0, 2.45, 2.5)
 
 
 def test_build_causal_lm_refuses_what_it_cannot_build():

@@ -29,13 +29,15 @@ def _response(status: int, body: object = None, method: str = "GET") -> httpx.Re
         ("acme/base", Ref("acme", "base", "latest")),
         ("acme/base@3", Ref("acme", "base", "3")),
         ("a-b.c/x_y@latest", Ref("a-b.c", "x_y", "latest")),
+        ("acme/base@v2", Ref("acme", "base", "v2")),  # a tag
+        ("acme/base@main", Ref("acme", "base", "main")),
     ],
 )
 def test_ref_parse(text: str, expected: Ref) -> None:
     assert Ref.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["base", "acme/", "/x", "acme/base@", "acme/base@v2", "a/b/c", "acme/ba se"])
+@pytest.mark.parametrize("text", ["base", "acme/", "/x", "acme/base@", "acme/base@-v2", "acme/base@v/2", "a/b/c", "acme/ba se"])
 def test_ref_parse_rejects_with_a_value_error_saying_the_form(text: str) -> None:
     with pytest.raises(ValueError, match="ORG/NAME"):
         Ref.parse(text)

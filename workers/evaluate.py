@@ -92,7 +92,7 @@ def _gain(bpb_base: float, bpb_ft: float, bpb_profile: float) -> float | None:
 
     try:
         return round(gain_kept(bpb_base, bpb_ft, bpb_profile), 6)
-    except ValueError:  # the fine-tune did not move bpb on this text: nothing to keep
+    except ValueError:  # the fine-tune did not gain on this text: there is nothing to keep
         return None
 
 

@@ -14,16 +14,14 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 
 from sqlalchemy import select, update
 
 from registry.db import session_scope
 from registry.models import Job, utcnow
-from workers.jobs import JobContext
+from workers.jobs import JobContext, held_since
 
 log = logging.getLogger("deltazoo.heartbeat")
-STALE_BEATS = 3
 
 
 def beat(ctx: JobContext, job_id: int) -> None:
@@ -58,7 +56,7 @@ def requeue_stale(ctx: JobContext, submit: Callable[[int], None]) -> list[int]:
     Rows locked by a live transaction (a worker committing its progress) are skipped: that worker is
     alive. A killed worker's connection closes with it, and so do its locks.
     """
-    cutoff = utcnow() - timedelta(seconds=STALE_BEATS * ctx.settings.job_heartbeat_s)
+    cutoff = utcnow() - held_since(ctx.settings)
     with session_scope(ctx.settings) as s:
         stale = list(
             s.scalars(
@@ -76,16 +74,27 @@ def requeue_stale(ctx: JobContext, submit: Callable[[int], None]) -> list[int]:
     return sent
 
 
-def start_reaper(ctx: JobContext, submit: Callable[[int], None]) -> threading.Event:
-    """A daemon thread that calls ``requeue_stale`` every beat; set the returned event to stop it."""
+def start_reaper(
+    ctx: JobContext,
+    submit: Callable[[int], None],
+    live: Callable[[], set[int] | None] | None = None,
+) -> threading.Event:
+    """A daemon thread that, every beat, calls ``requeue_stale`` and, when ``live`` can read the broker,
+    ``outbox.resend_unsent`` (queued jobs whose message was never sent or was lost); set the returned
+    event to stop it."""
+    from workers.outbox import resend_unsent
+
     stop = threading.Event()
 
     def loop() -> None:
         while True:
             try:
                 requeue_stale(ctx, submit)
-            except Exception as exc:  # noqa: BLE001 - database away: try again on the next beat
-                log.warning("stale-job check failed: %s", exc)
+                held = live() if live is not None else None
+                if held is not None:
+                    resend_unsent(ctx, submit, held)
+            except Exception as exc:  # noqa: BLE001 - database or broker away: try again on the next beat
+                log.warning("job sweep failed: %s", exc)
             if stop.wait(ctx.settings.job_heartbeat_s):
                 return
 

@@ -9,16 +9,18 @@ with a message.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from deltazoo.settings import Settings
 from registry.db import session_scope
-from registry.models import Artifact, Job, Version
+from registry.models import Artifact, Job, Version, utcnow
 from registry.objectstore import ObjectStore
 from registry.repositories import ArtifactRepository
 from registry.services.artifacts import build_artifact, enqueue_pending_artifacts
@@ -27,6 +29,12 @@ from registry.services.evaluation import enqueue_for_version
 from registry.services.evaluation import mark_failed as mark_evaluation_failed
 
 log = logging.getLogger("deltazoo.jobs")
+STALE_BEATS = 3  # a running job whose heartbeat is older than this many beats has lost its worker
+
+
+def held_since(settings: Settings) -> timedelta:
+    """How recent a running job's heartbeat must be for its worker to count as alive."""
+    return timedelta(seconds=STALE_BEATS * settings.job_heartbeat_s)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -86,7 +94,13 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> None:
     if version.status == "processing":
         marks = _Checkpoints(session, job)
         encode_version(
-            session, ctx.store, version, ctx.settings.max_chain_depth, marks.progress, marks.checkpoint
+            session,
+            ctx.store,
+            version,
+            ctx.settings.max_chain_depth,
+            marks.progress,
+            marks.checkpoint,
+            threads=ctx.settings.encode_threads or os.cpu_count() or 1,
         )
     if version.status == "ready":
         enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)
@@ -150,6 +164,10 @@ def run_job(job_id: int, ctx: JobContext) -> str:
             return "missing"
         if job.status in ("succeeded", "failed"):
             return job.status
+        if job.status == "running" and job.updated_at >= utcnow() - held_since(ctx.settings):
+            # a second message for a job a live worker holds (a re-send raced its pick-up): leave it
+            log.info("job %s is held by a live worker; this message is dropped", job_id)
+            return "running"
         if job.kind not in HANDLERS:
             job.status, job.error = "failed", f"unknown job kind {job.kind!r}"
             return "failed"

@@ -28,7 +28,10 @@ class InProcessRunner:
 
     def start(self) -> None:
         with session_scope(self.ctx.settings) as s:
-            leftover = [j.id for j in JobRepository(s).unfinished()]
+            unfinished = JobRepository(s).unfinished()
+            for job in unfinished:  # a previous process ran it: nobody holds it now
+                job.status = "queued"
+            leftover = [j.id for j in unfinished]
         for job_id in leftover:
             self.submit(job_id)
 

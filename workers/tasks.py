@@ -53,5 +53,8 @@ def run_job_task(job_id: int) -> str:
 
 @worker_ready.connect
 def _start_reaper(**_kwargs: object) -> None:
-    """Jobs whose worker died (no heartbeat) are sent again by any live worker (workers/heartbeat.py)."""
-    start_reaper(worker_context(), CeleryDispatcher(app).submit)
+    """Jobs whose worker died (no heartbeat) or whose message never reached the broker are sent again by
+    any live worker (workers/heartbeat.py, workers/outbox.py)."""
+    from workers.outbox import live_job_ids
+
+    start_reaper(worker_context(), CeleryDispatcher(app).submit, lambda: live_job_ids(app))

@@ -9,6 +9,7 @@ from api.auth import Viewer
 from api.deps import DB, Store
 from registry.repositories import ModelRepository
 from registry.services import views
+from registry.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
 from registry.services.refs import get_model
 from registry.services.versions import create_model, delete_model
 
@@ -16,11 +17,11 @@ router = APIRouter(tags=["models"])
 
 
 @router.post("/models", status_code=201, response_model=schemas.Model)
-def post_model(body: schemas.ModelCreate, session: DB, response: Response) -> dict:
-    model, created = create_model(session, body.name, body.description, body.private, body.exist_ok)
+def post_model(body: schemas.ModelCreate, session: DB, response: Response, viewer: Viewer) -> dict:
+    model, created = create_model(session, body.name, body.description, body.private, body.exist_ok, viewer)
     if not created:
         response.status_code = 200
-    return views.model_detail(session, model, body.name)
+    return views.model_detail(session, model, body.name, viewer)
 
 
 @router.get("/models", response_model=schemas.ModelList)
@@ -36,16 +37,24 @@ def list_models(
 
 
 @router.get("/models/{org}/{name}", response_model=schemas.Model)
-def get_model_detail(org: str, name: str, session: DB) -> dict:
-    return views.model_detail(session, get_model(session, org, name), f"{org}/{name}")
+def get_model_detail(org: str, name: str, session: DB, viewer: Viewer) -> dict:
+    return views.model_detail(session, get_model(session, org, name), f"{org}/{name}", viewer)
 
 
 @router.get("/models/{org}/{name}/lineage", response_model=schemas.Lineage)
-def get_lineage(org: str, name: str, session: DB, viewer: Viewer) -> dict:
-    return views.lineage(session, get_model(session, org, name), f"{org}/{name}", viewer)
+def get_lineage(
+    org: str,
+    name: str,
+    session: DB,
+    viewer: Viewer,
+    limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
+    cursor: str | None = Query(None, max_length=40),
+) -> dict:
+    model = get_model(session, org, name)
+    return lineage_page(session, model, f"{org}/{name}", viewer, limit, cursor).body
 
 
 @router.delete("/models/{org}/{name}", status_code=204)
-def delete(org: str, name: str, session: DB, store: Store) -> Response:
-    delete_model(session, store, get_model(session, org, name), f"{org}/{name}")
+def delete(org: str, name: str, session: DB, store: Store, viewer: Viewer) -> Response:
+    delete_model(session, store, get_model(session, org, name), f"{org}/{name}", viewer)
     return Response(status_code=204)

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from registry.models import Artifact, Evaluation, Version
 from registry.repositories import ModelRepository
+from registry.services.access import OPEN, Principal, readable_models
 from registry.services.evaluation import evaluations_of_text, get_text, text_info
 from registry.services.refs import ref_string
 
@@ -17,13 +18,34 @@ def compression_ratio(bpb: float | None) -> float | None:
     return round(8 / bpb, 4) if bpb else None
 
 
+NO_GAIN = "fine-tune did not gain here"
+
+
+def gain_fields(details: dict[str, Any]) -> dict[str, Any]:
+    """Gain kept of a profile, defined only where its fine-tune gained over the base on the text;
+    else ``gain_kept`` is None and ``gain_note`` says so, with both bpb figures beside it."""
+    base, ft = details.get("bpb_base"), details.get("bpb_finetune")
+    gained = base is not None and ft is not None and base - ft > 0
+    return {
+        "gain_kept": details.get("gain_kept") if gained else None,
+        "gain_note": None if gained or base is None or ft is None else NO_GAIN,
+        "bpb_base": base,
+        "bpb_finetune": ft,
+    }
+
+
 def entry(ev: Evaluation, version: Version, artifact: Artifact | None, name: str) -> dict[str, Any]:
+    gain = (
+        gain_fields(ev.details or {})
+        if artifact
+        else {"gain_kept": None, "gain_note": None, "bpb_base": None, "bpb_finetune": None}
+    )
     return {
         "ref": ref_string(name, version.revision),
         "profile": artifact.profile if artifact else None,
         "bpb": ev.bits_per_byte,
         "ratio": compression_ratio(ev.bits_per_byte),
-        "gain_kept": (ev.details or {}).get("gain_kept") if artifact else None,
+        **gain,
         "stored_bytes": artifact.bytes if artifact else version.stored_bytes,
         "logical_bytes": version.logical_bytes,
         "status": ev.status,
@@ -31,10 +53,13 @@ def entry(ev: Evaluation, version: Version, artifact: Artifact | None, name: str
     }
 
 
-def leaderboard(session: Session, text_name: str) -> dict[str, Any]:
-    """Every evaluation on the text, best ratio first; unfinished or not evaluable ones last."""
+def leaderboard(session: Session, text_name: str, viewer: Principal = OPEN) -> dict[str, Any]:
+    """Every evaluation on the text of a model the ``viewer`` may read, best ratio first; unfinished or
+    not evaluable ones last."""
     text = get_text(session, text_name)
     rows = evaluations_of_text(session, text)
+    visible = readable_models(session, viewer, {v.model_id for _, v, _ in rows})
+    rows = [row for row in rows if row[1].model_id in visible]
     names = ModelRepository(session).full_names(v.model_id for _, v, _ in rows)
     items = [entry(e, v, a, names[v.model_id]) for e, v, a in rows]
     items.sort(key=lambda i: (i["ratio"] is None, -(i["ratio"] or 0.0), i["ref"], i["profile"] or ""))

@@ -7,20 +7,26 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from registry.errors import NotFound, Unprocessable
+from registry.errors import Conflict, NotFound, Unprocessable
 from registry.models import Model, Version
-from registry.repositories import ModelRepository, VersionRepository
+from registry.repositories import ModelRepository, TagRepository, VersionRepository
+from registry.services.access import Principal, can_read_model, model_not_found
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 NAME_RE = re.compile(rf"^({_PART})/({_PART})$")
 RELATIONS = ("finetune", "adapter", "merge", "quantized", "continued-pretrain")
+COMMIT_ID_RE = re.compile(r"^[0-9a-f]{40}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAIN = "main"  # the Hugging Face default branch: the latest ready version
+RESERVED_REVISIONS = ("latest", MAIN)
+Revision = int | str | None
 
 
 @dataclass(frozen=True)
 class Ref:
     org: str
     name: str
-    revision: int | None  # None = latest
+    revision: Revision  # None = latest; an int; "main", a 40-hex commit id or a tag name
 
     @property
     def full_name(self) -> str:
@@ -51,16 +57,23 @@ def parse_name(name: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def parse_revision(text: str | int) -> int | None:
+def parse_revision(text: str | int) -> Revision:
+    """A revision as users write it: a number, ``latest`` (None), ``main``, a commit id or a tag name."""
     if isinstance(text, int):
         return text
     if text in ("", "latest"):
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise Unprocessable(
-            f"revision {text!r} must be a positive integer or 'latest'", code="invalid_revision"
-        )
-    return int(text)
+    if text.isdigit():
+        if int(text) < 1:
+            raise Unprocessable(f"revision {text!r} must be a positive integer", code="invalid_revision")
+        return int(text)
+    if text == MAIN or COMMIT_ID_RE.match(text) or TAG_RE.match(text):
+        return text
+    raise Unprocessable(
+        f"revision {text!r} must be a positive integer, 'latest', 'main', a 40-hex commit id or a tag name"
+        " (letters, digits, '.', '_', '-')",
+        code="invalid_revision",
+    )
 
 
 def parse_ref(ref: str) -> Ref:
@@ -84,10 +97,42 @@ def get_model(session: Session, org: str, name: str) -> Model:
 
 def get_version(session: Session, org: str, name: str, revision: str | int | None) -> tuple[Model, Version]:
     model = get_model(session, org, name)
+    return model, find_version(session, model, f"{org}/{name}", revision)
+
+
+def find_version(session: Session, model: Model, full_name: str, revision: str | int | None) -> Version:
+    """The version a revision names: a number, latest (None), ``main`` (latest ready), a commit id, a tag."""
     rev = parse_revision(revision) if revision is not None else None
     versions = VersionRepository(session)
-    version = versions.latest(model.id) if rev is None else versions.by_revision(model.id, rev)
+    if rev is None:
+        version, what = versions.latest(model.id), "has no versions yet"
+    elif isinstance(rev, int):
+        version, what = versions.by_revision(model.id, rev), f"has no revision {rev}"
+    elif rev == MAIN:
+        version, what = versions.latest(model.id, ready_only=True), "has no ready version yet (main)"
+    elif COMMIT_ID_RE.match(rev):
+        version, what = versions.by_commit_id(model.id, rev), f"has no version with commit id {rev}"
+    else:
+        tag = TagRepository(session).get(model.id, rev)
+        version = versions.get(tag.version_id) if tag is not None else None
+        what = f"has no revision or tag {rev!r}"
     if version is None:
-        what = "has no versions yet" if rev is None else f"has no revision {rev}"
-        raise NotFound(f"model {org}/{name} {what}", code="version_not_found")
-    return model, version
+        raise NotFound(f"model {full_name} {what}", code="version_not_found")
+    return version
+
+
+def resolve_base(session: Session, base: str, viewer: Principal) -> Version:
+    """The ready version ``base`` (``ORG/NAME[@REV]``) names, if ``viewer`` may read it."""
+    ref = parse_ref(base)
+    try:
+        model, version = get_version(session, ref.org, ref.name, ref.revision)
+        if not can_read_model(viewer, model, ref.org):
+            raise model_not_found(ref.org, ref.name)
+    except NotFound as exc:
+        raise NotFound(f"base {base} not found: {exc.message}", code="base_not_found") from None
+    if version.status != "ready":
+        raise Conflict(
+            f"base {base} is {version.status}, not ready; wait for its job to finish (or push it again)",
+            code="base_not_ready",
+        )
+    return version

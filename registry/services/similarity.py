@@ -19,18 +19,20 @@ import hashlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from compression.safetensors_io import SafetensorsError, read_header
+from registry.lineage_repository import LineageRepository
 from registry.models import File, Model, Version
 from registry.objectstore import ObjectStore
-from registry.repositories import FileRepository, ModelRepository, TensorRepository
+from registry.repositories import FileRepository, ModelRepository, TensorRepository, visible_from
 from registry.services.refs import ref_string
+from registry.services.sketch_index import PER_BAND, band_keys
+from registry.sketch_band_repository import SketchBandRepository, ready_candidates
 
 SAMPLES = 64
 MAX_TENSORS = 64
-MAX_CANDIDATES = 500
 RELATED_THRESHOLD = 0.5
 ANCESTOR_MARGIN = 0.01  # similarities this close to the best count as a tie
 SKETCH_VERSION = 1
@@ -133,20 +135,17 @@ def similarity(upload: dict[str, Any], candidate: dict[str, Any]) -> float:
 def rank_candidates(
     session: Session, version: Version, sketch: dict[str, Any]
 ) -> list[tuple[Version, float]]:
-    """Ready versions with a sketch (the newest ``MAX_CANDIDATES``), most similar first: of public
-    models, and for a private model also of the private models of its own namespace (never another
-    namespace's private model: neither its name nor its bytes may show through this one)."""
+    """Related ready versions, most similar first: those sharing a sketch band key with the upload
+    (``registry.services.sketch_index``: at most ``PER_BAND`` per band, found on an index) and their
+    ancestors, so the work is bounded whatever the size of the zoo. Of public models, and for a private
+    model also of the private models of its own namespace (never another namespace's private model:
+    neither its name nor its bytes may show through this one)."""
     own = session.get(Model, version.model_id)
-    visible: ColumnElement[bool] = Model.private.is_(False)
-    if own is not None and own.private:
-        visible = or_(visible, and_(Model.private.is_(True), Model.namespace_id == own.namespace_id))
-    rows = session.scalars(
-        select(Version)
-        .join(Model, Model.id == Version.model_id)
-        .where(Version.status == "ready", Version.sketch.is_not(None), Version.id != version.id, visible)
-        .order_by(Version.id.desc())
-        .limit(MAX_CANDIDATES)
-    ).all()
+    visible: ColumnElement[bool] = visible_from(own) if own is not None else Model.private.is_(False)
+    ids = SketchBandRepository(session).sharing(band_keys(sketch), PER_BAND, exclude=version.id)
+    ids |= LineageRepository(session).ancestor_ids(ids)
+    ids.discard(version.id)
+    rows = ready_candidates(session, ids, visible)
     scored = [(v, similarity(sketch, v.sketch or {})) for v in rows]
     scored.sort(key=lambda pair: (-pair[1], -pair[0].id))
     return prefer_ancestor(session, scored)
@@ -193,6 +192,7 @@ def sketch_and_resolve(session: Session, store: ObjectStore, version: Version) -
     sketch["auto_base"] = auto
     sketch["suggested"] = best
     version.sketch = sketch
+    SketchBandRepository(session).replace(version.id, band_keys(sketch))
     return best
 
 

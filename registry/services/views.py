@@ -12,12 +12,15 @@ from registry.repositories import (
     BlobRepository,
     FileRepository,
     ModelRepository,
+    ReadableTotals,
+    TagRepository,
     TensorRepository,
     VersionRepository,
     count_rows,
 )
-from registry.services.access import OPEN, Principal, can_read_model
+from registry.services.access import OPEN, Principal, readable_versions
 from registry.services.refs import ref_string
+from registry.sketch_band_repository import suggested_bases
 
 
 def ratio(logical: int, stored: int) -> float | None:
@@ -28,12 +31,17 @@ def _names(session: Session, versions: list[Version]) -> dict[int, str]:
     return ModelRepository(session).full_names(v.model_id for v in versions)
 
 
-def version_summaries(session: Session, versions: list[Version]) -> list[dict[str, Any]]:
-    parents = VersionRepository(session).get_many(
-        v.parent_version_id for v in versions if v.parent_version_id
-    )
+def version_summaries(
+    session: Session, versions: list[Version], viewer: Principal = OPEN
+) -> list[dict[str, Any]]:
+    """Summaries of ``versions``; a parent the ``viewer`` may not read is not named (``parent`` null)."""
+    wanted = {v.parent_version_id for v in versions if v.parent_version_id}
+    parent_ids = readable_versions(session, viewer, wanted)
+    parents = VersionRepository(session).get_many(parent_ids)
     names = _names(session, [*versions, *parents.values()])
     artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
+    suggested = suggested_bases(session, [v.id for v in versions if v.parent_version_id is None])
+    tags = TagRepository(session).names_by_version(v.id for v in versions)
     out = []
     for v in versions:
         p = parents.get(v.parent_version_id) if v.parent_version_id else None
@@ -53,7 +61,9 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
                 "lossy": v.lossy,
                 "created_at": v.created_at,
                 "parent_similarity": v.parent_similarity,
-                "suggested_base": (v.sketch or {}).get("suggested") if v.parent_version_id is None else None,
+                "suggested_base": suggested.get(v.id) if v.parent_version_id is None else None,
+                "commit_id": v.commit_id,
+                "tags": tags.get(v.id, []),
             }
         )
     return out
@@ -80,9 +90,9 @@ def model_summaries(session: Session, models: list[tuple[Model, str]]) -> list[d
     return out
 
 
-def model_detail(session: Session, model: Model, full_name: str) -> dict[str, Any]:
+def model_detail(session: Session, model: Model, full_name: str, viewer: Principal = OPEN) -> dict[str, Any]:
     summary = model_summaries(session, [(model, full_name)])[0]
-    summary["versions"] = version_summaries(session, VersionRepository(session).for_model(model.id))
+    summary["versions"] = version_summaries(session, VersionRepository(session).for_model(model.id), viewer)
     return summary
 
 
@@ -115,23 +125,28 @@ def job_info(j: Job) -> dict[str, Any]:
     }
 
 
-def chain(session: Session, version: Version) -> list[Version]:
+def chain(session: Session, version: Version, viewer: Principal = OPEN) -> list[Version]:
     """This version, its parent, ... to the root."""
     out = [version]
     seen = {version.id}
     repo = VersionRepository(session)
     while out[-1].parent_version_id is not None and out[-1].parent_version_id not in seen:
         parent = repo.get(out[-1].parent_version_id)
-        if parent is None:
+        if parent is None or not readable_versions(session, viewer, {parent.id}):
             break
         seen.add(parent.id)
         out.append(parent)
     return out
 
 
-def _parent_refs(session: Session, parent_ids: set[int]) -> dict[int, tuple[str, str, str]]:
-    """tensor id -> (version ref, file path, tensor name) for the given parent tensors."""
+def _parent_refs(
+    session: Session, parent_ids: set[int], viewer: Principal
+) -> dict[int, tuple[str, str, str]]:
+    """tensor id -> (version ref, file path, tensor name) for the given parent tensors that the
+    ``viewer`` may read (a ``same`` twin or delta parent in a model it may not read is never named)."""
     tensors = TensorRepository(session).get_many(parent_ids)
+    visible = readable_versions(session, viewer, {t.version_id for t in tensors.values()})
+    tensors = {i: t for i, t in tensors.items() if t.version_id in visible}
     files = {
         f.id: f
         for vid in {t.version_id for t in tensors.values()}
@@ -146,12 +161,12 @@ def _parent_refs(session: Session, parent_ids: set[int]) -> dict[int, tuple[str,
     return out
 
 
-def version_detail(session: Session, version: Version) -> dict[str, Any]:
-    detail = version_summaries(session, [version])[0]
+def version_detail(session: Session, version: Version, viewer: Principal = OPEN) -> dict[str, Any]:
+    detail = version_summaries(session, [version], viewer)[0]
     files = FileRepository(session).for_version(version.id)
     paths = {f.id: f.path for f in files}
     tensors = TensorRepository(session).for_version(version.id)
-    parents = _parent_refs(session, {t.parent_tensor_id for t in tensors if t.parent_tensor_id})
+    parents = _parent_refs(session, {t.parent_tensor_id for t in tensors if t.parent_tensor_id}, viewer)
     detail["files"] = [file_info(f) for f in files]
     detail["tensors"] = [
         {
@@ -163,25 +178,25 @@ def version_detail(session: Session, version: Version) -> dict[str, Any]:
             "encoding": t.encoding,
             "logical_bytes": t.offset_end - t.offset_begin,
             "stored_bytes": t.stored_bytes,
-            "parent": ":".join(parents[t.parent_tensor_id]) if t.parent_tensor_id else None,
+            "parent": ":".join(parents[t.parent_tensor_id]) if t.parent_tensor_id in parents else None,
         }
         for t in tensors
     ]
     detail["artifacts"] = [artifact_info(a) for a in ArtifactRepository(session).for_version(version.id)]
-    detail["chain"] = [s["ref"] for s in version_summaries(session, chain(session, version))]
+    detail["chain"] = [s["ref"] for s in version_summaries(session, chain(session, version, viewer), viewer)]
     return detail
 
 
-def manifest(session: Session, version: Version, ref: str) -> dict[str, Any]:
+def manifest(session: Session, version: Version, ref: str, viewer: Principal = OPEN) -> dict[str, Any]:
     files = FileRepository(session).for_version(version.id)
     tensors = TensorRepository(session).for_version(version.id)
     parent_rows = TensorRepository(session).get_many(
         t.parent_tensor_id for t in tensors if t.parent_tensor_id
     )
-    parents = _parent_refs(session, set(parent_rows))
+    parents = _parent_refs(session, set(parent_rows), viewer)
     by_file: dict[int, list[dict[str, Any]]] = {f.id: [] for f in files}
     for t in tensors:
-        p = parent_rows.get(t.parent_tensor_id) if t.parent_tensor_id else None
+        p = parent_rows.get(t.parent_tensor_id) if t.parent_tensor_id in parents else None
         by_file[t.file_id].append(
             {
                 "name": t.name,
@@ -212,67 +227,13 @@ def manifest(session: Session, version: Version, ref: str) -> dict[str, Any]:
     }
 
 
-def lineage(
-    session: Session, model: Model, full_name: str, viewer: Principal = OPEN
-) -> dict[str, Any]:
-    """Every version of ``model``, their ancestors and descendants; versions of private models the
-    ``viewer`` may not read are left out (and named nowhere), as if they did not exist."""
-    repo = VersionRepository(session)
-    own = repo.for_model(model.id)
-    nodes: dict[int, Version] = {v.id: v for v in own}
-    ancestors: list[Version] = []
-    for v in own:
-        for a in chain(session, v)[1:]:
-            if a.id not in nodes:
-                nodes[a.id] = a
-                ancestors.append(a)
-    descendants: list[Version] = []
-    frontier = [v.id for v in own]
-    while frontier:
-        kids = [k for k in repo.children(frontier) if k.id not in nodes]
-        for k in kids:
-            nodes[k.id] = k
-            descendants.append(k)
-        frontier = [k.id for k in kids]
-    hidden = _hidden_models(session, {v.model_id for v in nodes.values()}, viewer)
-    nodes = {i: v for i, v in nodes.items() if v.model_id not in hidden}
-    ancestors = [a for a in ancestors if a.id in nodes]
-    descendants = [d for d in descendants if d.id in nodes]
-    summaries = {
-        v.id: s for v, s in zip(nodes.values(), version_summaries(session, list(nodes.values())), strict=True)
-    }
-    for v in nodes.values():
-        if v.parent_version_id is not None and v.parent_version_id not in nodes:
-            summaries[v.id]["parent"] = None  # a private parent the viewer may not see
-    edges = [
-        {
-            "parent": summaries[v.parent_version_id]["ref"],
-            "child": summaries[v.id]["ref"],
-            "relation": v.relation,
-        }
-        for v in nodes.values()
-        if v.parent_version_id in summaries
-    ]
-    return {
-        "model": full_name,
-        "nodes": list(summaries.values()),
-        "edges": edges,
-        "ancestors": [summaries[a.id]["ref"] for a in ancestors],
-        "descendants": [summaries[d.id]["ref"] for d in descendants],
-    }
-
-
-def _hidden_models(session: Session, model_ids: set[int], viewer: Principal) -> set[int]:
-    models = [session.get(Model, i) for i in model_ids]
-    names = ModelRepository(session).full_names(model_ids)
-    return {
-        m.id
-        for m in models
-        if m is not None and not can_read_model(viewer, m, names[m.id].split("/", 1)[0])
-    }
-
-
-def stats(session: Session) -> dict[str, Any]:
+def stats(session: Session, viewer: Principal = OPEN) -> dict[str, Any]:
+    """Whole-zoo totals; for a viewer who may not read every model, totals of what it may read (so a
+    private push changes no number an outsider sees)."""
+    allowed = viewer.private_namespaces()
+    if allowed is not None:
+        totals = ReadableTotals(session, allowed).as_dict()
+        return {**totals, "ratio": ratio(totals["logical_bytes"], totals["stored_bytes"])}
     blobs, stored = BlobRepository(session).totals()
     logical = VersionRepository(session).ready_logical_total()
     tensors = TensorRepository(session)

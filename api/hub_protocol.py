@@ -1,0 +1,97 @@
+"""HTTP details of the Hugging Face Hub protocol: its error shape and its tokens.
+
+huggingface_hub (``utils/_http.py: hf_raise_for_status``) keys on the ``X-Error-Code`` header
+(``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``) and shows ``X-Error-Message`` and the body's
+``{"error": "<message>"}``; a 401 on a repository is read as "not found or private". A missing file
+names the commit (``X-Repo-Commit``) so that the client caches its absence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import bearer_token
+from registry.db import session_scope
+from registry.errors import DeltazooError
+from registry.services.access import ANONYMOUS, OPEN, Principal
+from registry.services.hub import MissingEntry
+from registry.services.tokens import principal_for
+
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+_REPO_CODES = ("model_not_found", "invalid_name")
+_REVISION_CODES = ("version_not_found", "invalid_revision")
+
+
+def hub_error(request: Request, exc: DeltazooError) -> JSONResponse:
+    """``exc`` as the Hub answers it: status, ``X-Error-Code`` / ``X-Error-Message``, ``{"error": ...}``."""
+    status, message = exc.status, exc.message
+    headers = {"X-Error-Message": _header_safe(message)}
+    if exc.code in _REPO_CODES:
+        headers["X-Error-Code"] = "RepoNotFound"
+        principal = getattr(request.state, "principal", ANONYMOUS)
+        anonymous = principal.token_id is None and not principal.admin
+        status = 401 if anonymous else 404  # without a token, "missing" and "private" look the same
+    elif exc.code in _REVISION_CODES:
+        headers["X-Error-Code"], status = "RevisionNotFound", 404
+    elif exc.code == "file_not_found":
+        headers["X-Error-Code"], status = "EntryNotFound", 404
+        if isinstance(exc, MissingEntry):
+            headers["X-Repo-Commit"] = exc.commit_id
+    elif exc.code == "unauthorized" and exc.status == 401 and "not known" in message:
+        headers["X-Error-Message"] = INVALID_CREDENTIALS
+    return JSONResponse({"error": message, "code": exc.code}, status_code=status, headers=headers)
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")[:500]
+
+
+class HubRoute(APIRoute):
+    """A route whose errors (deltazoo's and request validation) leave in the Hub's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except DeltazooError as exc:
+                return hub_error(request, exc)
+            except RequestValidationError as exc:
+                parts = [
+                    f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
+                    for e in exc.errors()
+                ]
+                error = DeltazooError(
+                    "; ".join(parts) or "invalid request", code="invalid_request", status=400
+                )
+                return hub_error(request, error)
+
+        return route
+
+
+async def hub_principal(request: Request) -> Principal:
+    """The caller: a deltazoo token sent as ``Authorization: Bearer`` (HF_TOKEN for the Hub client)."""
+    settings = request.app.state.settings
+    if not settings.auth:
+        principal = OPEN
+    else:
+        token = bearer_token(request)
+
+        def lookup() -> Principal:
+            with session_scope(settings) as session:
+                return principal_for(session, token) if token else ANONYMOUS
+
+        principal = await run_in_threadpool(lookup)
+    request.state.principal = principal
+    return principal
+
+
+HubViewer = Annotated[Principal, Depends(hub_principal)]

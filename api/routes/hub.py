@@ -1,0 +1,121 @@
+"""The Hugging Face Hub protocol beside ``/v1``: what huggingface_hub, transformers and the hf CLI call
+with ``HF_ENDPOINT`` (or ``endpoint=``) pointing at deltazoo (registry/services/hub.py)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from api.deps import DB, Store
+from api.hub_protocol import HubRoute, HubViewer
+from registry.services import hub
+from registry.services.transfer import iter_file, parse_range
+
+router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
+REPO = "/api/models/{org}/{name}"
+
+
+@router.get("/api/models")
+def list_models(
+    request: Request,
+    session: DB,
+    viewer: HubViewer,
+    search: str = "",
+    author: str = "",
+    limit: int = Query(hub.MAX_LISTED_MODELS, ge=1, le=hub.MAX_LISTED_MODELS),
+    offset: int = Query(0, ge=0, le=2**31),
+) -> Response:
+    items, more = hub.list_models(session, viewer, search, author, limit, offset)
+    response = _json(items)
+    if more:
+        url = request.url.include_query_params(offset=offset + limit, limit=limit)
+        response.headers["Link"] = f'<{url}>; rel="next"'
+    return response
+
+
+@router.get(REPO)
+def model_info(org: str, name: str, session: DB, store: Store, viewer: HubViewer) -> dict:
+    return hub.model_info(session, store, hub.open_repo(session, viewer, f"{org}/{name}", None))
+
+
+@router.get(REPO + "/revision/{revision}")
+def model_info_at(org: str, name: str, revision: str, session: DB, store: Store, viewer: HubViewer) -> dict:
+    return hub.model_info(session, store, hub.open_repo(session, viewer, f"{org}/{name}", revision))
+
+
+@router.get(REPO + "/tree/{revision}")
+@router.get(REPO + "/tree/{revision}/{path:path}", operation_id="hub_tree_path")
+def tree(
+    org: str,
+    name: str,
+    revision: str,
+    session: DB,
+    viewer: HubViewer,
+    path: str = "",
+    recursive: bool = False,
+) -> list[dict]:
+    return hub.tree(session, hub.open_repo(session, viewer, f"{org}/{name}", revision), path, recursive)
+
+
+@router.post(REPO + "/paths-info/{revision}")
+async def paths_info(
+    org: str, name: str, revision: str, request: Request, session: DB, viewer: HubViewer
+) -> list:
+    form = await request.form()
+    paths = [str(p) for p in form.getlist("paths")]
+    return hub.paths_info(session, hub.open_repo(session, viewer, f"{org}/{name}", revision), paths)
+
+
+@router.get(REPO + "/refs")
+def refs(org: str, name: str, session: DB, viewer: HubViewer) -> dict:
+    return hub.refs(session, hub.open_repo(session, viewer, f"{org}/{name}", None))
+
+
+@router.get("/api/whoami-v2")
+def whoami(session: DB, viewer: HubViewer) -> dict:
+    return hub.whoami(session, viewer)
+
+
+@router.get("/{org}/{name}/resolve/{revision}/{path:path}")
+@router.head("/{org}/{name}/resolve/{revision}/{path:path}", operation_id="hub_resolve_head")
+def resolve(
+    org: str,
+    name: str,
+    revision: str,
+    path: str,
+    request: Request,
+    session: DB,
+    store: Store,
+    viewer: HubViewer,
+) -> Response:
+    repo = hub.open_repo(session, viewer, f"{org}/{name}", revision)
+    found = hub.resolve_file(session, store, repo, path)
+    plan = found.plan
+    etag = f'"{plan.sha256}"'
+    headers = {
+        "X-Repo-Commit": found.commit_id,
+        "ETag": etag,
+        "X-Linked-Etag": etag,
+        "X-Linked-Size": str(plan.size),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
+    }
+    wanted = parse_range(request.headers.get("range"), plan.size)
+    start, end, status = (0, plan.size, 200) if wanted is None else (wanted[0], wanted[1], 206)
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{plan.size}"
+    headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    return StreamingResponse(
+        iter_file(store, plan, start, end),
+        status_code=status,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+def _json(items: list[dict]) -> Response:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(items)

@@ -1,0 +1,336 @@
+"""The full stack when its broker, API or database go away (issue 19): nothing is stranded.
+
+The module runs a stack of its own: its own ``redis-server`` on a free port (stopped and started again
+here, never the machine's shared Redis), its own S3 server (``weed mini``), a temporary Postgres
+database, the API and two ``deltazoo worker`` processes. Workers beat every 0.5 s, so a job whose
+message was lost is sent again about 1.5 s after the broker answers (workers/outbox.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.servers import ApiServer, full_stack_env, log_problems, start_api_server
+from tests.services import (
+    ADMIN_TOKEN,
+    ManagedProcess,
+    S3Server,
+    child_env,
+    free_port,
+    port_answers,
+    start_s3_server,
+    temporary_database,
+    wait_until,
+)
+from tests.test_api_support import base_state, checkpoint, sha, wait_job
+
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH"),
+]
+
+READY_BOUND_S = 120  # all versions ready within this many seconds of the broker's return
+
+
+class OwnRedis:
+    """A ``redis-server`` of this module's own, without persistence: a restart loses every message."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self.process = ManagedProcess("redis-server", argv, child_env({}), root / "redis.log", cwd=root)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process.start()
+        wait_until(lambda: port_answers("127.0.0.1", self.port), timeout=30, what="redis-server answering")
+
+    def stop(self) -> None:
+        self.process.stop(grace=10.0)
+
+
+class Worker:
+    """``deltazoo worker --name ... --concurrency 1`` as an operator runs it."""
+
+    def __init__(self, name: str, env: dict[str, str], root: Path) -> None:
+        argv = [sys.executable, "-m", "deltazoo.cli", "worker", "--name", name, "--concurrency", "1"]
+        self.process = ManagedProcess(f"worker {name}", argv, env, root / f"{name}.log", cwd=root)
+
+    def start(self) -> None:
+        before = self.process.log_text().count(" ready.")
+        self.process.start()
+        wait_until(
+            lambda: self.process.ensure_alive() is None and self.process.log_text().count(" ready.") > before,
+            timeout=90,
+            what="the worker logging 'ready.'",
+        )
+
+
+class OutboxStack:
+    def __init__(
+        self, redis: OwnRedis, s3: S3Server, api: ApiServer, workers: list[Worker], settings: dict[str, str]
+    ) -> None:
+        self.redis, self.s3, self.api, self.workers, self.settings = redis, s3, api, workers, settings
+
+    def restart_api(self) -> None:
+        """A new API process on the same home (its part files) and database, after the old one died
+        (its log goes on in the same file)."""
+        self.api = start_api_server(self.api.home, self.settings)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutboxStack]:
+    from registry.db import upgrade_database
+
+    root = tmp_path_factory.mktemp("outbox")
+    redis = OwnRedis(root)
+    redis.start()
+    s3 = start_s3_server(root / "s3")
+    try:
+        with temporary_database() as database:
+            upgrade_database(database)
+            settings = {
+                **full_stack_env(database, redis.url, s3, ADMIN_TOKEN),
+                "DELTAZOO_JOB_HEARTBEAT_S": "0.5",
+            }
+            env = child_env({"DELTAZOO_HOME": str(root / "wh"), **settings})
+            workers = [Worker(f"w{i}", env, root) for i in (1, 2)]
+            try:
+                for w in workers:
+                    w.start()
+                stack = OutboxStack(redis, s3, start_api_server(root / "home", settings), workers, settings)
+                try:
+                    yield stack
+                finally:
+                    stack.api.stop()
+            finally:
+                for w in workers:
+                    w.process.stop(grace=15.0)
+    finally:
+        s3.stop()
+        redis.stop()
+    problems = [p for p in log_problems(stack.api.process.log_text()) if '" 503' not in p]
+    assert not problems, "\n\n".join(problems[:5])
+    for w in workers:
+        text = w.process.log_text()
+        assert "UniqueViolation" not in text and "IntegrityError" not in text, w.process.log_tail()
+
+
+@pytest.fixture
+def client(stack: OutboxStack) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=stack.api.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60
+    ) as c:
+        yield c
+
+
+def upload_all(client: httpx.Client, model: str, files: dict[str, bytes]) -> int:
+    """Create the model and a version and upload its files; returns the revision (not committed)."""
+    assert client.post("/v1/models", json={"name": model, "exist_ok": True}).status_code in (200, 201)
+    body = {"files": [{"path": p, "size": len(d), "sha256": sha(d)} for p, d in files.items()]}
+    r = client.post(f"/v1/models/{model}/versions", json=body)
+    assert r.status_code == 201, r.text
+    rev = int(r.json()["version"]["revision"])
+    for up in r.json()["uploads"]:
+        if up["needed"]:
+            r = client.put(f"/v1/models/{model}/versions/{rev}/files/{up['path']}", content=files[up["path"]])
+            assert r.status_code == 200, r.text
+    return rev
+
+
+def assert_exact(client: httpx.Client, model: str, files: dict[str, bytes], rev: int = 1) -> None:
+    for path, data in files.items():
+        r = client.get(f"/v1/models/{model}/versions/{rev}/files/{path}")
+        assert r.status_code == 200, r.text
+        assert sha(r.content) == sha(data), f"{model}@{rev}/{path} is not bit-exact"
+
+
+def test_broker_down_while_three_pushes_commit(
+    stack: OutboxStack, client: httpx.Client, unique_org: str
+) -> None:
+    pushes = {f"{unique_org}/b{i}": checkpoint(base_state(seed=40 + i)) for i in range(3)}
+    revs = {m: upload_all(client, m, f) for m, f in pushes.items()}
+    stack.redis.stop()
+    down_at = time.monotonic()
+    answers: dict[str, httpx.Response] = {}
+    try:
+        for model, rev in revs.items():  # one after another while the broker is away
+            answers[model] = client.post(f"/v1/models/{model}/versions/{rev}/commit")
+        assert [r.status_code for r in answers.values()] == [202, 202, 202], [
+            r.text for r in answers.values()
+        ]
+        time.sleep(max(0.0, 15.0 - (time.monotonic() - down_at)))  # the broker stays away ~15 s
+        for model in pushes:  # nothing could run: the versions wait, they do not fail
+            assert client.get(f"/v1/models/{model}/versions/1").json()["status"] == "processing"
+    finally:
+        stack.redis.start()
+    back_at = time.monotonic()
+    for model, answer in answers.items():
+        left = READY_BOUND_S - (time.monotonic() - back_at)
+        job = wait_job(client, answer.json()["job"]["id"], timeout_s=max(1.0, left))
+        assert job["status"] == "succeeded", (
+            f"{model} not ready {READY_BOUND_S} s after the broker came back: {job}"
+        )
+    for model, files in pushes.items():
+        assert client.get(f"/v1/models/{model}/versions/1").json()["status"] == "ready"
+        assert_exact(client, model, files)
+
+
+def test_a_stuck_version_can_be_deleted(stack: OutboxStack, client: httpx.Client, unique_org: str) -> None:
+    """A committed version nobody works on (workers stopped) is cancelled by DELETE, not refused."""
+    files = checkpoint(base_state(seed=50))
+    model = f"{unique_org}/stuck"
+    rev = upload_all(client, model, files)
+    for w in stack.workers:
+        w.process.stop(grace=15.0)
+    try:
+        r = client.post(f"/v1/models/{model}/versions/{rev}/commit")
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job"]["id"]
+        r = client.delete(f"/v1/models/{model}/versions/{rev}")
+        assert r.status_code == 204, r.text
+        assert client.get(f"/v1/models/{model}/versions/{rev}").status_code == 404
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "failed" and "cancelled" in job["error"], job
+    finally:
+        for w in stack.workers:
+            w.start()
+    # the same files pushed again become a ready version (nothing of the cancelled one is in the way)
+    rev = upload_all(client, model, files)
+    r = client.post(f"/v1/models/{model}/versions/{rev}/commit")
+    assert r.status_code == 202, r.text
+    assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+    assert_exact(client, model, files, rev)
+
+
+def _push(stack: OutboxStack, folder: Path, model: str, cache: Path, **extra: str) -> subprocess.Popen[str]:
+    """``deltazoo push FOLDER --name MODEL --wait`` as a user runs it, against the current API."""
+    env = child_env(
+        {
+            "DELTAZOO_URL": stack.api.url,
+            "DELTAZOO_TOKEN": ADMIN_TOKEN,
+            "DELTAZOO_CACHE": str(cache),
+            "DELTAZOO_UPLOAD_PART_MB": "1",
+            **extra,
+        }
+    )
+    argv = [sys.executable, "-m", "deltazoo.cli", "push", str(folder), "--name", model, "--wait", "--quiet"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_api_killed_mid_upload_then_the_same_push_resumes(
+    stack: OutboxStack, client: httpx.Client, unique_org: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(60)
+    save_file(
+        {"w": torch.randn(4096, 6144, generator=g).to(torch.bfloat16)}, str(folder / "model.safetensors")
+    )
+    data = (folder / "model.safetensors").read_bytes()
+    model = f"{unique_org}/resumed"
+    parts = stack.api.home / "uploads"
+
+    first = _push(stack, folder, model, tmp_path / "cache", DELTAZOO_RETRIES="1")
+    held = 0
+
+    def part_growing() -> bool:
+        nonlocal held
+        assert first.poll() is None, f"the push ended before the fault: {first.communicate()}"
+        held = max((p.stat().st_size for p in parts.glob("*.part")), default=0)
+        return held >= 4 << 20
+
+    wait_until(part_growing, timeout=120, what="4 MiB of the upload on the API's disk", interval=0.002)
+    os.kill(first.pid, signal.SIGSTOP)  # hold the client still while the API dies under it
+    try:
+        stack.api.process.kill()
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode != 0, f"the push did not notice the API going away: {out} {err}"
+    assert "Traceback" not in err, err
+
+    stack.restart_api()
+    with httpx.Client(base_url=stack.api.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
+        received = c.get(f"/v1/models/{model}/versions/1/uploads/model.safetensors").json()["received"]
+        assert 0 < received < len(data), received
+        pending = [p for p in c.get("/v1/pending").json()["items"] if p["name"] == model]
+        assert [(p["revision"], p["held_bytes"]) for p in pending] == [(1, received)]
+
+        second = _push(stack, folder, model, tmp_path / "cache")
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 0, f"{out}\n{err}"
+        sent = re.search(r"resumed \S+@1: sent (\d+) bytes", err)
+        assert sent is not None, err
+        assert int(sent.group(1)) == len(data) - received, "bytes the server held were sent again"
+
+        versions = c.get(f"/v1/models/{model}").json()["versions"]
+        assert [(v["revision"], v["status"]) for v in versions] == [(1, "ready")]
+        assert not [p for p in c.get("/v1/pending").json()["items"] if p["name"] == model]
+        assert_exact(c, model, {"model.safetensors": data})
+
+
+def test_incomplete_multipart_uploads_and_unnamed_objects_are_swept(
+    stack: OutboxStack, client: httpx.Client, unique_org: str, tmp_path: Path
+) -> None:
+    """What an S3 outage mid-upload leaves (a multipart upload the client could not abort, an object no
+    row names) is listed by ``deltazoo admin audit`` and removed by ``--repair``; the rest is untouched."""
+    import io
+
+    files = checkpoint(base_state(seed=80))
+    model = f"{unique_org}/kept"
+    rev = upload_all(client, model, files)
+    r = client.post(f"/v1/models/{model}/versions/{rev}/commit")
+    assert r.status_code == 202, r.text
+    assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+
+    s3, bucket = stack.s3.client(), stack.s3.bucket
+    abandoned = "staging/" + "f" * 32
+    upload_id = s3._create_multipart_upload(bucket, abandoned, {"Content-Type": "application/octet-stream"})
+    s3._upload_part(bucket, abandoned, b"x" * (5 << 20), None, upload_id, 1)
+    stray = "blobs/ee/" + "e" * 64
+    s3.put_object(bucket, stray, io.BytesIO(b"no row names me"), length=15)
+
+    env = child_env({**stack.settings, "DELTAZOO_HOME": str(tmp_path / "home")})
+    argv = [sys.executable, "-m", "deltazoo.cli", "admin", "audit", "--grace-hours", "0", "--json"]
+    found = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert found.returncode == 1 and "Traceback" not in found.stderr, found
+    report = json.loads(found.stdout)
+    assert abandoned in report["incomplete_uploads"] and stray in report["orphan_blobs"], report
+    assert report["missing_blobs"] == [] and report["missing_staging"] == [], report
+
+    fixed = subprocess.run(
+        [*argv, "--repair"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert fixed.returncode == 0, fixed
+    assert not s3._list_multipart_uploads(bucket).uploads, "an incomplete multipart upload is left"
+    assert not any(
+        o.object_name == stray for o in s3.list_objects(bucket, prefix="blobs/ee/", recursive=True)
+    )
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0, again
+    assert_exact(client, model, files, rev)
