@@ -132,6 +132,8 @@ def _as_child_dtype(parent_raw: Buffer, parent_dtype: str, dtype: str) -> np.nda
         fast = narrow.bf16_of_f32(parent_raw)
     elif (parent_dtype, dtype) == ("F16", "BF16"):
         fast = narrow.bf16_rne_of_f16(parent_raw)
+    elif (parent_dtype, dtype) == ("BF16", "F32"):  # widening is exact: the bf16 bits are the high half
+        fast = np.frombuffer(parent_raw, "<u2").astype("<u4") << np.uint32(16)
     if fast is not None:
         return fast
     import torch
