@@ -16,16 +16,16 @@ numpy fallback of the same format). Its ``plain`` payloads and the new rows of `
 ``PLAIN16``; ``delta-rows`` written before the flag have format-4 new rows) are plain streams of
 ``compression.exact_plain``: the exponent and the top mantissa bit Huffman-coded, sign and the other
 mantissa bits as a packed plane. Format 6 (``DZT6``, written now for F32 that no narrower dtype holds;
-``compression.exact_f32``) codes the zigzagged 32-bit difference as a Huffman token per parent exponent
-with its low bits in a raw plane apart, and plain F32 as exponent-and-top-mantissa-bit symbols plus a
-raw plane; ``version=5`` writes F32 in format 4 as before. Every other dtype stays format 4.
-Format 4 (``DZT4``) codes a delta as the integer difference of bit patterns ``child − parent``
-(wrapping), as a sign-and-magnitude token modelled per parent exponent (interleaved rANS) plus raw
-low bits packed apart, in chunks of 2^18 elements (``compression.exact_v4``; a C kernel with a numpy fallback of the same format). Format 3 (``DZT3``,
-``compression.exact_rans``) has the same tokens and tables but codes raw bits through rANS too; it is
-read, no longer written. A parent of another float dtype is first cast to the child's dtype (torch, round
-to nearest even) and the payload records the parent's dtype. Format-4 ``plain`` floats code the exponent
-and keep sign and mantissa as raw bits. Layout: docs/FORMAT.md.
+``compression.exact_f32``) codes the zigzagged 32-bit difference as a Huffman token per parent exponent with
+its low bits in a raw plane apart, and plain F32 as exponent-and-top-mantissa-bit symbols plus a raw plane;
+``version=5`` writes F32 in format 4 as before. Every other dtype stays format 4. Format 4 (``DZT4``) codes
+a delta as the integer difference of bit patterns ``child − parent`` (wrapping), as a sign-and-magnitude
+token modelled per parent exponent (interleaved rANS) plus raw low bits packed apart, in chunks of 2^18
+elements (``compression.exact_v4``; a C kernel with a numpy fallback of the same format). Format 3
+(``DZT3``, ``compression.exact_rans``) has the same tokens and tables but codes raw bits through rANS too;
+it is read, no longer written. A parent of another float dtype is first cast to the child's dtype (torch,
+round to nearest even) and the payload records the parent's dtype. Format-4 ``plain`` floats code the
+exponent and keep sign and mantissa as raw bits. Layout: docs/FORMAT.md.
 """
 
 from __future__ import annotations
