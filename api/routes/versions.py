@@ -76,7 +76,8 @@ def post_commit(
     viewer: Viewer,
 ) -> dict:
     _, version = get_version(session, org, name, rev)
-    job = commit_version(session, store, version, ref_string(f"{org}/{name}", version.revision), enqueue)
+    ref = ref_string(f"{org}/{name}", version.revision)
+    job = commit_version(session, store, version, ref, enqueue, viewer)
     expiry = timedelta(hours=settings.staging_expiry_hours)
     sweep_stale_uploads(session, store, expiry, partials_for(settings.home))
     return {"version": views.version_summaries(session, [version], viewer)[0], "job": views.job_info(job)}

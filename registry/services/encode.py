@@ -55,8 +55,10 @@ def staged_tensor_names(store: ObjectStore, file: File) -> set[str]:
 
 
 def check_related_base(session: Session, store: ObjectStore, version: Version, base_ref: str) -> None:
-    """Refuse a base that shares no tensor name with the upload: it is certainly not this model's base."""
-    if version.parent_version_id is None:
+    """Refuse a base that shares no tensor name with the upload: it is certainly not this model's base.
+
+    An adapter is exempt: its tensors (``lora_A``/``lora_B``) never share a name with its base."""
+    if version.parent_version_id is None or version.relation == "adapter":
         return
     base_names = set(TensorRepository(session).by_name(version.parent_version_id))
     if not base_names:

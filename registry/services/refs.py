@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from registry.errors import NotFound, Unprocessable
+from registry.errors import Conflict, NotFound, Unprocessable
 from registry.models import Model, Version
 from registry.repositories import ModelRepository, TagRepository, VersionRepository
+from registry.services.access import Principal, can_read_model, model_not_found
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 NAME_RE = re.compile(rf"^({_PART})/({_PART})$")
@@ -117,4 +118,21 @@ def find_version(session: Session, model: Model, full_name: str, revision: str |
         what = f"has no revision or tag {rev!r}"
     if version is None:
         raise NotFound(f"model {full_name} {what}", code="version_not_found")
+    return version
+
+
+def resolve_base(session: Session, base: str, viewer: Principal) -> Version:
+    """The ready version ``base`` (``ORG/NAME[@REV]``) names, if ``viewer`` may read it."""
+    ref = parse_ref(base)
+    try:
+        model, version = get_version(session, ref.org, ref.name, ref.revision)
+        if not can_read_model(viewer, model, ref.org):
+            raise model_not_found(ref.org, ref.name)
+    except NotFound as exc:
+        raise NotFound(f"base {base} not found: {exc.message}", code="base_not_found") from None
+    if version.status != "ready":
+        raise Conflict(
+            f"base {base} is {version.status}, not ready; wait for its job to finish (or push it again)",
+            code="base_not_ready",
+        )
     return version

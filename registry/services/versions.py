@@ -26,17 +26,17 @@ from registry.repositories import (
     VersionRepository,
     visible_from,
 )
-from registry.services.access import OPEN, Principal, can_read_model, model_not_found, readable_versions
+from registry.services.access import OPEN, Principal, can_read_model, readable_versions
+from registry.services.card_lineage import apply_card_lineage
 from registry.services.detach import detach_copies
 from registry.services.encode import check_related_base
 from registry.services.profiles import check_profile
 from registry.services.refs import (
     RELATIONS,
     check_description,
-    get_version,
     parse_name,
-    parse_ref,
     ref_string,
+    resolve_base,
 )
 from registry.services.similarity import mark_auto_base, sketch_and_resolve
 
@@ -89,22 +89,6 @@ def create_model(
     return model, True
 
 
-def resolve_base(session: Session, base: str, viewer: Principal) -> Version:
-    ref = parse_ref(base)
-    try:
-        model, version = get_version(session, ref.org, ref.name, ref.revision)
-        if not can_read_model(viewer, model, ref.org):
-            raise model_not_found(ref.org, ref.name)
-    except NotFound as exc:
-        raise NotFound(f"base {base} not found: {exc.message}", code="base_not_found") from None
-    if version.status != "ready":
-        raise Conflict(
-            f"base {base} is {version.status}, not ready; wait for its job to finish (or push it again)",
-            code="base_not_ready",
-        )
-    return version
-
-
 def create_version(
     session: Session,
     model: Model,
@@ -151,7 +135,7 @@ def create_version(
         model_id=model.id,
         revision=versions.next_revision(model.id),
         parent_version_id=parent.id if parent else None,
-        relation=relation if parent or auto else "finetune",
+        relation=relation,  # shown once there is a parent (from the base, auto or the model card)
         status="pending",
         lossy=lossy,
         profiles=list(dict.fromkeys(profiles)),
@@ -220,14 +204,26 @@ def record_upload(session: Session, store: ObjectStore, file: File, staging_key:
     return file
 
 
-def commit_version(session: Session, store: ObjectStore, version: Version, ref: str, enqueue: Enqueue) -> Job:
-    """Freeze the uploads and enqueue the encode job (after the database commit)."""
+def commit_version(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    ref: str,
+    enqueue: Enqueue,
+    viewer: Principal = OPEN,
+) -> Job:
+    """Freeze the uploads and enqueue the encode job (after the database commit).
+
+    A version pushed without a base takes its parent and relation from its model card
+    (``base_model`` / ``base_model_relation`` in README.md) when that base is stored and ``viewer``
+    may read it."""
     if version.status != "pending":
         raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
     files = FileRepository(session).for_version(version.id)
     missing = [f.path for f in files if not f.uploaded]
     if missing:
         raise BadRequest(f"upload these files before commit: {', '.join(missing)}", code="files_missing")
+    apply_card_lineage(session, store, version, viewer)
     sketch_and_resolve(session, store, version)
     if version.parent_version_id is not None:
         parent = VersionRepository(session).get(version.parent_version_id)
