@@ -110,8 +110,10 @@ def encode_and_store(
         raise IntegrityError(f"{path}: tensor {entry.name!r} did not round-trip through {encoded.encoding}")
     del check, parent_raw
     sha = hashlib.sha256(encoded.payload).hexdigest()
-    if not store.exists(blob_key(sha)):
-        store.put_bytes(blob_key(sha), encoded.payload)
+    # written even when an object of that name exists: without a blob row it may be an orphan the
+    # object-store sweep is about to delete; a fresh write makes it new again (payloads that repeat
+    # are rare: equal inputs became ``same`` before any encode)
+    store.put_bytes(blob_key(sha), encoded.payload)
     return Coded(encoded.encoding, sha, len(encoded.payload), uses_parent)
 
 
