@@ -21,6 +21,7 @@ from registry.services.staging import sweep_stale_uploads
 from registry.services.storage import RAW_CACHE
 from registry.services.tokens import ensure_admin_token
 from workers.jobs import JobContext
+from workers.orphan_sweep import start_orphan_sweeper
 
 log = logging.getLogger("deltazoo.api")
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         with session_scope(settings) as session:  # uploads of versions never committed (expired)
             expiry = timedelta(hours=settings.staging_expiry_hours)
             sweep_stale_uploads(session, app.state.store, expiry, partials_for(settings.home))
+        sweeper = start_orphan_sweeper(settings, app.state.store)  # incomplete uploads, unnamed objects
         runner = None
         if settings.embedded:
             from workers.runner import InProcessRunner
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         try:
             yield
         finally:
+            sweeper.set()
             if runner is not None:
                 runner.stop(wait=True)
 

@@ -70,9 +70,10 @@ def test_pages_in_chromium(server: ApiServer, tmp_path: Path) -> None:
     assert seen["lineageEdges"] == 2
     assert seen["card"] == {"license": "apache-2.0", "base_model": "family/base", "tags": "math, tiny"}
     assert seen["cardHeading"] == "Math fine-tune"
-    cli, sdk = seen["snippets"]
+    cli, sdk, hf = seen["snippets"]
     assert cli == f"export DELTAZOO_URL={server.url}\ndeltazoo pull family/math@1 ./math"
     assert f'Client(url="{server.url}")' in sdk and 'state_dict("family/math@1")' in sdk
+    assert hf.startswith(f"export HF_ENDPOINT={server.url}") and 'revision="1"' in hf
     assert seen["copyButton"] in ("copied", "selected: press Ctrl+C")
     assert seen["modelOverflow"] <= 0 and seen["versionOverflow"] <= 0  # nothing wider than the window
     assert seen["modelSvg"] == 1 and shot.stat().st_size > 0

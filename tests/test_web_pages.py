@@ -98,6 +98,7 @@ def test_model_page_shows_the_lineage_graph_card_and_snippet(client: TestClient)
     assert "<script>alert(2)</script>" not in html and "&lt;script&gt;alert(2)&lt;/script&gt;" in html
     # "use this model": the CLI and SDK lines name the latest ready revision and this server
     assert "deltazoo pull family/math@1 ./math" in html and 'client.state_dict("family/math@1")' in html
+    assert 'from_pretrained("family/math", revision="1")' in html and "export HF_ENDPOINT=http" in html
     for link in set(re.findall(r'href="(/models/[^"]+)"', html)):
         assert client.get(link).status_code == 200, link
 
