@@ -96,11 +96,11 @@ def test_upload_folder_of_a_sharded_checkpoint_with_a_card(server: ApiServer, tm
     assert "same" in encodings and encodings & {"delta", "delta-rows"}  # coded against its base
     assert v.stored_bytes < v.logical_bytes
 
-    # a second commit on top of main: one file changed, one deleted, the rest carried over
-    (folder / "config.json").write_text('{"changed": true}')
+    # commits on top of main: a file added, then one deleted; the rest is carried over
     info2 = api.upload_file(path_or_fileobj=b"notes\n", path_in_repo="notes/a.txt", repo_id="acme/ft")
     wait_main(api, "acme/ft", info2.oid)
-    api.delete_file("README.md", repo_id="acme/ft")
+    info3 = api.delete_file("README.md", repo_id="acme/ft")
+    wait_main(api, "acme/ft", info3.oid)
     files = set(api.list_repo_files("acme/ft"))
     assert "notes/a.txt" in files and "README.md" not in files
     assert "model-00001-of-00002.safetensors" in files
