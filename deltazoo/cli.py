@@ -234,6 +234,43 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_admin_audit(args: argparse.Namespace) -> int:
+    """Server side (the same DELTAZOO_* settings as `serve`): the database against the object store."""
+    from deltazoo.settings import get_settings
+
+    s = get_settings()
+    if args.grace_hours is not None:
+        s = s.model_copy(update={"orphan_grace_hours": args.grace_hours})
+    if not _services_ready("admin audit", s, broker=False):
+        return EXIT_SERVER
+    from registry.objectstore import object_store_from_settings
+    from workers.orphan_sweep import sweep_once
+
+    report = sweep_once(s, object_store_from_settings(s), repair=args.repair)
+    unrepairable = report.missing_blobs or report.missing_staging
+    leftovers = report.incomplete_uploads or report.orphan_staging or report.orphan_blobs
+    code = EXIT_REFUSED if unrepairable or (leftovers and not args.repair) else EXIT_OK
+    if args.json:
+        print_json(report.as_dict())
+        return code
+    verb = "removed" if args.repair else "found"
+    for title, items in (
+        (f"incomplete uploads {verb}", report.incomplete_uploads),
+        (f"staging objects no file names, {verb}", report.orphan_staging),
+        (f"blob objects no blob row names, {verb}", report.orphan_blobs),
+        ("blob rows whose object is missing (cannot be repaired)", report.missing_blobs),
+        ("staging keys whose object is missing (delete their pending versions)", report.missing_staging),
+    ):
+        print(f"{title}: {len(items)}")
+        for key in items[:20]:
+            print(f"  {key}")
+        if len(items) > 20:
+            print(f"  ... and {len(items) - 20} more (--json lists all)")
+    if leftovers and not args.repair:
+        print(f"run again with --repair to remove them (only what is older than {s.orphan_grace_hours} h)")
+    return code
+
+
 def cmd_token_ls(args: argparse.Namespace) -> int:
     with _client(args) as c:
         tokens = c.tokens()
@@ -687,6 +724,22 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("profile", help="e.g. deltadq:n=1,m=32,bits=4")
     pa.add_argument("--wait", action="store_true", help="wait until it is built (non-zero if it fails)")
     pa.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+    sp = add("admin", cmd_admin_audit, "server-side maintenance: admin audit [--repair]")
+    asub = sp.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    aa = asub.add_parser(
+        "audit",
+        help="compare the database with the object store (run where the server's settings are)",
+        parents=[common],
+    )
+    aa.set_defaults(func=cmd_admin_audit)
+    aa.add_argument("--repair", action="store_true", help="abort incomplete uploads, delete unnamed objects")
+    aa.add_argument(
+        "--grace-hours",
+        type=float,
+        help="only touch what is older than this (default DELTAZOO_ORPHAN_GRACE_HOURS, 6)",
+    )
+    aa.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sp = add("token", cmd_token_ls, "manage API tokens (admin): token create | token ls | token rm")
     tsub = sp.add_subparsers(dest="token_command", required=True, metavar="ACTION")

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     max_text_bytes: int = Field(default=4 << 20, description="largest evaluation text set accepted (bytes)")
     eval_device: str = Field(default="cpu", description="torch device the evaluate job runs models on")
     eval_max_versions: int = Field(default=200, description="newest ready versions a new text set evaluates")
+    orphan_grace_hours: float = Field(
+        default=6.0, description="objects no row names are swept once older than this (hours)"
+    )
+    orphan_sweep_hours: float = Field(
+        default=6.0, description="the API sweeps the object store at start and then this often; 0: never"
+    )
     staging_expiry_hours: float = Field(
         default=24.0, description="versions left uncommitted longer than this are removed with their uploads"
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -242,6 +242,16 @@ class FileRepository:
     def for_version(self, version_id: int) -> list[File]:
         return list(self.s.scalars(select(File).where(File.version_id == version_id).order_by(File.path)))
 
+    def referenced_staging_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of the staging object ``keys`` a file row still points at."""
+        if not keys:
+            return set()
+        return set(self.s.scalars(select(File.staging_key).where(File.staging_key.in_(list(keys)))))
+
+    def staging_keys(self) -> list[str]:
+        """Every staging object key a file row points at (uploads not yet encoded)."""
+        return [k for k in self.s.scalars(select(File.staging_key).where(File.staging_key.is_not(None))) if k]
+
     def get(self, version_id: int, path: str) -> File | None:
         return self.s.scalar(select(File).where(File.version_id == version_id, File.path == path))
 
@@ -406,6 +416,26 @@ class BlobRepository:
                 self.s.flush()
                 return True
         return False
+
+    def existing(self, shas: Sequence[str]) -> set[str]:
+        """Which of ``shas`` have a blob row."""
+        if not shas:
+            return set()
+        return set(self.s.scalars(select(Blob.sha256).where(Blob.sha256.in_(list(shas)))))
+
+    def all_shas(self, batch: int = 5000) -> Iterator[str]:
+        """Every blob row's sha256, read in batches."""
+        last = ""
+        while True:
+            page = list(
+                self.s.scalars(
+                    select(Blob.sha256).where(Blob.sha256 > last).order_by(Blob.sha256).limit(batch)
+                )
+            )
+            yield from page
+            if len(page) < batch:
+                return
+            last = page[-1]
 
     def totals(self) -> tuple[int, int]:
         n, size = self.s.execute(select(func.count(), func.coalesce(func.sum(Blob.size), 0))).one()
