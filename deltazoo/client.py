@@ -309,7 +309,7 @@ class Client:
                         f"check it later with Client.job({current.id!r})"
                     )
                 time.sleep(delay)
-                delay = min(delay * 1.5, 2.0)
+                delay = min(delay * 1.5, 0.5)  # a finished job is seen within half a second
                 current = self.job(current.id)
                 bar.n = round(100 * current.progress)
                 bar.refresh()
