@@ -27,7 +27,6 @@ import httpx
 
 from deltazoo.cache import Cache
 from deltazoo.checkpoint import check_weights, scan_checkpoint
-from deltazoo.delta_pull import DeltaPuller
 from deltazoo.errors import (
     ClientError,
     ConflictError,
@@ -612,6 +611,8 @@ class Client:
         missing = [f for f in files if not self.cache.has_blob(f.sha256, f.size)]
         if not missing:
             return
+        from deltazoo.delta_pull import DeltaPuller  # the codecs (numpy): only a pull needs them
+
         puller: DeltaPuller | None = None
         held = [self.cache.cached_files(Ref.parse(r)) for r in version.chain if Ref.parse(r) != ref]
         if any(held):
