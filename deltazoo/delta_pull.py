@@ -25,6 +25,7 @@ from urllib.parse import quote
 import zstandard
 
 from compression.codecs import decode_tensor
+from compression.dtypes import dtype_info
 from deltazoo.cache import Cache, HashingWriter
 from deltazoo.errors import IntegrityError
 from deltazoo.models import FileInfo, Ref
@@ -103,6 +104,9 @@ class DeltaPuller:
                     f"tensor {tensor['name']} is 'same' without a parent", code="bad_manifest"
                 )
             data = self._parent_raw(parent, depth)
+        elif tensor.get("chunks"):
+            parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
+            data = self._chunked(tensor, parent, parent_raw)
         else:
             payload = self.transport.get_bytes(f"/v1/blobs/{tensor['blob']}")
             parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
@@ -122,6 +126,28 @@ class DeltaPuller:
                 code="sha256_mismatch",
             )
         return data
+
+    def _chunked(
+        self, tensor: dict[str, Any], parent: dict[str, Any] | None, parent_raw: bytes | None
+    ) -> bytes:
+        """A tensor stored in chunks: each an element range, coded alone or against the same elements
+        of the parent."""
+        out = bytearray()
+        view = memoryview(parent_raw) if parent_raw is not None else None
+        pitem = dtype_info(parent["dtype"]).itemsize if parent else 0
+        for chunk in tensor["chunks"]:
+            n = [chunk["end"] - chunk["begin"]]
+            payload = self.transport.get_bytes(f"/v1/blobs/{chunk['blob']}")
+            if chunk["encoding"] == "plain":
+                out += decode_tensor("plain", payload, tensor["dtype"], n)
+                continue
+            if view is None or parent is None:
+                raise IntegrityError(
+                    f"tensor {tensor['name']}: a delta chunk without a parent", code="bad_manifest"
+                )
+            part = view[chunk["begin"] * pitem : chunk["end"] * pitem]
+            out += decode_tensor(chunk["encoding"], payload, tensor["dtype"], n, part, parent["dtype"], n)
+        return bytes(out)
 
     # --- whole files -----------------------------------------------------------------------------
 
