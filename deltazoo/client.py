@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -837,6 +838,7 @@ class Client:
             raise IntegrityError(
                 "artifact bytes do not match the server's ETag; retry", code="sha256_mismatch"
             )
+        os.chmod(tmp, 0o444)  # read-only like the blobs: pulls link it into place
         tmp.replace(path)
         return path
 

@@ -350,3 +350,17 @@ def test_a_delta_only_pull_shows_one_bar_over_its_files(
     )
     # config.json is the base's: one file travels, rebuilt from deltas, under the pull's one bar
     assert bars == [f"pull {unique_org}/ft@1 (1 file)"]
+
+
+def test_leaderboard_cli_says_when_the_fine_tune_did_not_gain() -> None:
+    from deltazoo.cli import _gain_text
+
+    assert _gain_text({"gain_kept": 0.9731}) == "97.3 %"
+    row = {
+        "gain_kept": None,
+        "gain_note": "fine-tune did not gain here",
+        "bpb_base": 2.0,
+        "bpb_finetune": 2.45,
+    }
+    assert _gain_text(row) == "fine-tune did not gain here (bpb base 2.000, fine-tune 2.450)"
+    assert _gain_text({"gain_kept": None}) == "-"  # a dense row
