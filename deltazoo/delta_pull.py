@@ -151,8 +151,9 @@ class DeltaPuller:
 
     # --- whole files -----------------------------------------------------------------------------
 
-    def pull_file(self, ref: str, file: FileInfo) -> Path:
-        """Rebuild one file of ``ref`` into the cache's blobs from its manifest entry."""
+    def pull_file(self, ref: str, file: FileInfo, *, bar: Any = None) -> Path:
+        """Rebuild one file of ``ref`` into the cache's blobs from its manifest entry; ``bar`` is the
+        pull's progress bar over all of its files (else the file gets a bar of its own)."""
         entry = next((f for f in self.manifest(ref)["files"] if f["path"] == file.path), None)
         if entry is None:
             raise IntegrityError(f"manifest of {ref} lacks {file.path}", code="manifest_inconsistent")
@@ -162,7 +163,7 @@ class DeltaPuller:
             if entry.get("tensors") is None or not entry.get("header_blob"):
                 self._pull_other(entry, out)
             else:
-                self._pull_safetensors(entry, out, file)
+                self._pull_safetensors(entry, out, file, bar)
         return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
 
     def _pull_other(self, entry: dict[str, Any], out: HashingWriter) -> None:
@@ -192,10 +193,16 @@ class DeltaPuller:
                 for _, future in queued:
                     future.cancel()
 
-    def _pull_safetensors(self, entry: dict[str, Any], out: HashingWriter, file: FileInfo) -> None:
+    def _pull_safetensors(
+        self, entry: dict[str, Any], out: HashingWriter, file: FileInfo, shared: Any = None
+    ) -> None:
         header = self.transport.get_bytes(f"/v1/blobs/{entry['header_blob']}")
         tensors = sorted(entry["tensors"], key=lambda t: t["offset"][0])
-        bar = progress_bar(file.size, f"rebuild {file.path}", quiet=self.quiet)
+        bar = (
+            shared
+            if shared is not None
+            else progress_bar(file.size, f"rebuild {file.path}", quiet=self.quiet)
+        )
         try:
             out.write(header)
             bar.update(len(header))
@@ -216,4 +223,5 @@ class DeltaPuller:
                 bar.update(len(data))
                 position = end
         finally:
-            bar.close()
+            if shared is None:
+                bar.close()
