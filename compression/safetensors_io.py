@@ -164,7 +164,7 @@ def _check_strings(value: object, what: str, depth: int = 0) -> None:
         except UnicodeEncodeError:
             raise SafetensorsError(f"{what} holds a string with a lone surrogate escape") from None
         if "\x00" in value:
-            raise SafetensorsError(f"{what} holds a string with a NUL character")
+            raise SafetensorsError(f"{what} holds a string with a NUL character; names must be without NUL")
     elif isinstance(value, int) and not -(2**63) <= value < 2**64:
         raise SafetensorsError(f"{what} holds an integer outside 64 bits")
 
