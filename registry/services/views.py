@@ -20,6 +20,7 @@ from registry.repositories import (
 )
 from registry.services.access import OPEN, Principal, readable_versions
 from registry.services.refs import ref_string
+from registry.sketch_band_repository import suggested_bases
 
 
 def ratio(logical: int, stored: int) -> float | None:
@@ -39,6 +40,7 @@ def version_summaries(
     parents = VersionRepository(session).get_many(parent_ids)
     names = _names(session, [*versions, *parents.values()])
     artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
+    suggested = suggested_bases(session, [v.id for v in versions if v.parent_version_id is None])
     tags = TagRepository(session).names_by_version(v.id for v in versions)
     out = []
     for v in versions:
@@ -59,7 +61,7 @@ def version_summaries(
                 "lossy": v.lossy,
                 "created_at": v.created_at,
                 "parent_similarity": v.parent_similarity,
-                "suggested_base": (v.sketch or {}).get("suggested") if v.parent_version_id is None else None,
+                "suggested_base": suggested.get(v.id) if v.parent_version_id is None else None,
                 "commit_id": v.commit_id,
                 "tags": tags.get(v.id, []),
             }
