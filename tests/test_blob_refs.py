@@ -68,6 +68,9 @@ def test_the_same_blob_added_by_two_open_transactions(settings: Settings) -> Non
 def _waiting_on_a_lock(settings: Settings) -> bool:
     from sqlalchemy import text
 
-    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
     with session_factory(settings)() as s:
         return bool(s.scalar(text(query)))
