@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 
 from api.auth import require_token
 from api.errors import RejectNul, install_error_handlers
-from api.routes import files, health, hub, misc, models, tags, tokens, versions
+from api.routes import files, health, hub, hub_upload, misc, models, tags, tokens, versions
 from deltazoo.settings import Settings, get_settings
 from registry.db import session_scope, upgrade_database
 from registry.memory import bound_heap
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         app.include_router(module.router, prefix="/v1", dependencies=[Depends(require_token)])
     app.include_router(health.router, prefix="/v1")
     _include_optional_routes(app)
+    app.include_router(hub_upload.router)
     app.include_router(hub.router)  # last: its /{org}/{name}/resolve/... must not shadow the web pages
     return app
 
