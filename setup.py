@@ -1,5 +1,5 @@
 """Builds the optional C kernels of the exact codec (compression._exactc, compression._exact4,
-compression._exact5); metadata is in pyproject.toml.
+compression._exact5, compression._exact6); metadata is in pyproject.toml.
 
 The extensions are optional: without a C compiler the install still succeeds and compression.exact_rans
 (format 3), compression.exact_v4 (format 4) and compression.exact_v5 (format 5) run the same formats in
@@ -23,6 +23,8 @@ setup(
         Extension("compression._exact5", sources=["compression/_exact5.c"], extra_compile_args=FLAGS,
                   optional=True),
         Extension("compression._plain5", sources=["compression/_plain5.c"], extra_compile_args=FLAGS,
+                  optional=True),
+        Extension("compression._exact6", sources=["compression/_exact6.c"], extra_compile_args=FLAGS,
                   optional=True),
         Extension("compression._narrow", sources=["compression/_narrow.c"], extra_compile_args=FLAGS,
                   optional=True),

@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 
 from api.auth import require_token
 from api.errors import RejectNul, install_error_handlers
-from api.routes import files, health, hub, misc, models, tags, tokens, versions
+from api.routes import files, health, hub, hub_upload, misc, models, tags, tokens, versions
 from deltazoo.settings import Settings, get_settings
 from registry.db import session_scope, upgrade_database
 from registry.memory import bound_heap
@@ -21,6 +21,7 @@ from registry.services.staging import sweep_stale_uploads
 from registry.services.storage import RAW_CACHE
 from registry.services.tokens import ensure_admin_token
 from workers.jobs import JobContext
+from workers.orphan_sweep import start_orphan_sweeper
 
 log = logging.getLogger("deltazoo.api")
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         with session_scope(settings) as session:  # uploads of versions never committed (expired)
             expiry = timedelta(hours=settings.staging_expiry_hours)
             sweep_stale_uploads(session, app.state.store, expiry, partials_for(settings.home))
+        sweeper = start_orphan_sweeper(settings, app.state.store)  # incomplete uploads, unnamed objects
         runner = None
         if settings.embedded:
             from workers.runner import InProcessRunner
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         try:
             yield
         finally:
+            sweeper.set()
             if runner is not None:
                 runner.stop(wait=True)
 
@@ -76,6 +79,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         app.include_router(module.router, prefix="/v1", dependencies=[Depends(require_token)])
     app.include_router(health.router, prefix="/v1")
     _include_optional_routes(app)
+    app.include_router(hub_upload.router)
     app.include_router(hub.router)  # last: its /{org}/{name}/resolve/... must not shadow the web pages
     return app
 

@@ -77,6 +77,7 @@ class VersionCreate(Schema):
     profiles: list[str] = []
     files: list[DeclaredFile]
     retain: str = Field(default="exact", pattern="^(exact|lossy)$")
+    resume: bool = False  # continue the newest pending version declaring the same files, if any
 
 
 class Upload(Schema):
@@ -87,6 +88,19 @@ class Upload(Schema):
 class VersionCreated(Schema):
     version: VersionSummary
     uploads: list[Upload]
+    resumed: bool = False  # an unfinished pending version with the same files was continued
+
+
+class PendingVersion(VersionSummary):
+    files: int
+    files_uploaded: int
+    declared_bytes: int
+    held_bytes: int  # whole files uploaded plus the received part of files sent in parts
+    expires_at: datetime
+
+
+class PendingList(Schema):
+    items: list[PendingVersion]
 
 
 class FileInfo(Schema):

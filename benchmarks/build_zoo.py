@@ -18,6 +18,12 @@ eval_docs.txt (held out, up to 200 kB each).
 Models are byte-level (vocab 256, token id = byte value); training windows start with BOS = 1, which
 is how compression/quality.py evaluates them. Default sizes match /work/shared/zoo (hidden 512,
 2 layers, 8 heads, context 256); ``--tiny`` trains a 64-wide model for a few steps in seconds.
+
+``--dtype float32`` saves every model in float32 at full mantissa (what most Hub checkpoints are) and
+fine-tunes from the f32 base as saved; it adds ``coder-chain/`` (``coder`` fine-tuned again on prose: a
+fine-tune of a fine-tune, parent ``coder``) and ``f32-of-bf16/`` (an f32 fine-tune of the base rounded to
+bf16, saved with ``base-bf16/``, its parent). Each fine-tune folder gets a ``parent.txt`` naming its
+parent folder, which ``benchmarks/exact.py`` reads.
 """
 
 from __future__ import annotations
@@ -107,11 +113,16 @@ def train(model: torch.nn.Module, text: str, steps: int, lr: float, batch: int, 
     return loss.item()
 
 
-def save(model: torch.nn.Module, config: dict, folder: Path) -> None:
+def save(
+    model: torch.nn.Module, config: dict, folder: Path, dtype: torch.dtype = torch.bfloat16, parent: str = ""
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    name = {torch.bfloat16: "bfloat16", torch.float32: "float32"}[dtype]
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": name}, indent=2) + "\n")
+    if parent:
+        (folder / "parent.txt").write_text(parent + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ft-steps", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="saved dtype")
     args = ap.parse_args(argv)
     base_steps = args.base_steps if args.base_steps is not None else (30 if args.tiny else 600)
     ft_steps = args.ft_steps if args.ft_steps is not None else (15 if args.tiny else 250)
@@ -137,14 +149,31 @@ def main(argv: list[str] | None = None) -> int:
     base = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
     loss = train(base, corpora["licences"] + corpora["prose_a"], base_steps, 1e-3, batch, ctx, args.seed)
     print(f"base: {base_steps} steps, last loss {loss:.3f} nats/byte", flush=True)
-    save(base, config, args.out / "base")
-    # fine-tune from the bf16 weights as saved, so untouched tensors stay bit-equal to the base
-    base_state = {k: v.to(torch.bfloat16).float() for k, v in base.state_dict().items()}
-    for name, text in (("coder", corpora["code"]), ("writer", corpora["prose_b"])):
-        base.load_state_dict(base_state)
-        loss = train(base, text, ft_steps, 3e-4, batch, ctx, args.seed + 1)
+    f32 = args.dtype == "float32"
+    dtype = getattr(torch, args.dtype)
+    save(base, config, args.out / "base", dtype)
+    # fine-tune from the weights as saved, so untouched tensors stay bit-equal to the base
+    base_state = {k: v.to(dtype).float() for k, v in base.state_dict().items()}
+    runs = [
+        ("coder", corpora["code"], base_state, "base"),
+        ("writer", corpora["prose_b"], base_state, "base"),
+    ]
+    if f32:
+        bf16_state = {k: v.to(torch.bfloat16).float() for k, v in base_state.items()}
+        base.load_state_dict(bf16_state)
+        save(base, config, args.out / "base-bf16", torch.bfloat16)
+        runs.append(("f32-of-bf16", corpora["code"], bf16_state, "base-bf16"))
+    for i, (name, text, start, parent) in enumerate(runs):
+        base.load_state_dict(start)
+        loss = train(base, text, ft_steps, 3e-4, batch, ctx, args.seed + 1 + i * f32)
         print(f"{name}: {ft_steps} steps, last loss {loss:.3f} nats/byte", flush=True)
-        save(base, config, args.out / name)
+        save(base, config, args.out / name, dtype, parent if f32 else "")
+        if f32 and name == "coder":  # a fine-tune of this fine-tune, from its weights as saved
+            chain_start = {k: v.to(dtype).float() for k, v in base.state_dict().items()}
+            base.load_state_dict(chain_start)
+            loss = train(base, corpora["prose_b"], ft_steps, 3e-4, batch, ctx, args.seed + 7)
+            print(f"coder-chain: {ft_steps} steps, last loss {loss:.3f} nats/byte", flush=True)
+            save(base, config, args.out / "coder-chain", dtype, "coder")
     for name in ("eval_code", "eval_docs"):
         (args.out / f"{name}.txt").write_text(corpora[name], encoding="utf-8")
     print(f"zoo in {args.out} ({time.time() - t0:.0f} s)")

@@ -2,10 +2,13 @@
 
     python benchmarks/exact.py ZOO_DIR [--out benchmarks/results/exact.md] [--repeat 3]
 
-ZOO_DIR holds base/model.safetensors and one folder per fine-tune with its own model.safetensors. For
-each fine-tune, in one run: zstd -3 on the file, ZipNN on the file, ZipNN on the XOR with the base file,
-BitX (XOR, high/low byte planes, zstd -3), and deltazoo's exact codec (delta against the base in format 5,
-the one written now, and in format 4, the one before; and plain).
+ZOO_DIR holds base/model.safetensors and one folder per fine-tune with its own model.safetensors. A
+fine-tune's parent is base/, or the folder its parent.txt names (``build_zoo.py --dtype float32`` writes
+them: a chain and an f32 fine-tune of a bf16 base); when any folder has a parent.txt, only those folders
+are fine-tunes. For each fine-tune, in one run: zstd -3 on the file, ZipNN on the file, ZipNN on the XOR
+with the parent file, BitX (XOR, high/low byte planes, zstd -3), and deltazoo's exact codec (delta against
+the parent and plain, as written now, and with ``version=5``: F32 in format 4, as before format 6). A
+parent tensor of a narrower float dtype is widened to the child's for the XOR peers (as they would).
 Ratios are file bytes / coded bytes; MB/s are file bytes per second, wall clock and process CPU time
 (best of --repeat runs, one process, one thread: the target is per core, and every peer runs one
 thread). deltazoo's round trip is verified by
@@ -66,10 +69,7 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
     """name -> (compress() -> payload, decompress(payload) -> bytes or None, verified?)."""
     # The base laid out like this file (tensor by tensor, in this file's order), so that XOR pairs
     # each element with its own parent element whatever order the two files store tensors in.
-    base_file = header + b"".join(
-        base_t[n][2] if n in base_t and len(base_t[n][2]) == len(t[2]) else bytes(len(t[2]))
-        for n, t in tensors.items()
-    )
+    base_file = header + b"".join(_parent_bytes(base_t.get(n), t) for n, t in tensors.items())
     z3 = zstandard.ZstdCompressor(level=3)
     dz = zstandard.ZstdDecompressor()
 
@@ -119,9 +119,23 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         "ZipNN on the XOR with base": zipnn_pair(True),
         "BitX (XOR, byte planes, zstd -3)": (bitx_c, bitx_d),
         "deltazoo plain (no parent)": deltazoo(False),
-        "deltazoo delta vs base (format 5)": deltazoo(True),
-        "deltazoo delta vs base, format 4": deltazoo(True, version=4),
+        "deltazoo delta vs parent": deltazoo(True),
+        "deltazoo plain, version 5 (F32 in format 4)": deltazoo(False, version=5),
+        "deltazoo delta, version 5 (F32 in format 4)": deltazoo(True, version=5),
     }
+
+
+def _parent_bytes(parent: tuple[str, list[int], bytes] | None, child: tuple[str, list[int], bytes]) -> bytes:
+    """The parent tensor's bytes in the child's dtype when they pair element for element, else zeros."""
+    if parent is None or parent[1] != child[1]:
+        return bytes(len(child[2]))
+    if parent[0] == child[0]:
+        return parent[2]
+    if (parent[0], child[0]) == ("BF16", "F32"):
+        return (np.frombuffer(parent[2], "<u2").astype("<u4") << 16).tobytes()
+    if (parent[0], child[0]) == ("F16", "F32"):
+        return np.frombuffer(parent[2], "<f2").astype("<f4").tobytes()
+    return bytes(len(child[2]))
 
 
 _ZIPNN_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
@@ -143,18 +157,23 @@ def size_of(payload: object) -> int:
     return len(payload[0]) + sum(len(e.payload) for e in payload[1:])  # deltazoo: header + tensors
 
 
+def fine_tunes(zoo: Path) -> list[tuple[Path, str]]:
+    """(fine-tune folder, parent folder name)."""
+    folders = sorted(p for p in zoo.iterdir() if p.is_dir() and (p / "model.safetensors").exists())
+    if any((p / "parent.txt").exists() for p in folders):
+        return [(p, (p / "parent.txt").read_text().strip()) for p in folders if (p / "parent.txt").exists()]
+    return [(p, "base") for p in folders if p.name != "base"]
+
+
 def run(zoo: Path, repeat: int) -> str:
-    base_file, _, base_t = read_safetensors(zoo / "base" / "model.safetensors")
     lines = [
         "| fine-tune | coder | ratio | compress MB/s (wall / CPU) | decompress MB/s (wall / CPU)"
         " | round trip |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for folder in sorted(p for p in zoo.iterdir() if p.is_dir() and p.name != "base"):
-        path = folder / "model.safetensors"
-        if not path.exists():
-            continue
-        data, header, tensors = read_safetensors(path)
+    for folder, parent in fine_tunes(zoo):
+        base_file, _, base_t = read_safetensors(zoo / parent / "model.safetensors")
+        data, header, tensors = read_safetensors(folder / "model.safetensors")
         digest = hashlib.sha256(data).hexdigest()
         for name, (enc, dec) in coders(base_file, base_t, header, tensors).items():
             tc, cc, payload = best_time(lambda enc=enc, data=data: enc(data), repeat)
@@ -167,7 +186,7 @@ def run(zoo: Path, repeat: int) -> str:
             ratio = len(data) / size_of(payload)
             check = "sha256 ok" if ok else "MISMATCH"
             lines.append(
-                f"| {folder.name} | {name} | {ratio:.3f} | {len(data) / tc / 1e6:.0f} /"
+                f"| {folder.name} (parent {parent}) | {name} | {ratio:.3f} | {len(data) / tc / 1e6:.0f} /"
                 f" {len(data) / cc / 1e6:.0f} | {dspeed} | {check} |"
             )
     return "\n".join(lines)

@@ -15,14 +15,17 @@ inline, in byte-aligned segments that decode four at a time (``compression.exact
 numpy fallback of the same format). Its ``plain`` payloads and the new rows of ``delta-rows`` (header flag
 ``PLAIN16``; ``delta-rows`` written before the flag have format-4 new rows) are plain streams of
 ``compression.exact_plain``: the exponent and the top mantissa bit Huffman-coded, sign and the other
-mantissa bits as a packed plane. Every other dtype stays format 4. Format 4 (``DZT4``) codes a delta as
-the integer difference of bit patterns ``child − parent`` (wrapping), as a sign-and-magnitude token
-modelled per parent exponent (interleaved rANS) plus raw low bits packed apart, in chunks of 2^18 elements
-(``compression.exact_v4``; a C kernel with a numpy fallback of the same format). Format 3 (``DZT3``,
-``compression.exact_rans``) has the same tokens and tables but codes raw bits through rANS too; it is
-read, no longer written. A parent of another float dtype is first cast to the child's dtype (torch, round
-to nearest even) and the payload records the parent's dtype. Format-4 ``plain`` floats code the exponent
-and keep sign and mantissa as raw bits. Layout: docs/FORMAT.md.
+mantissa bits as a packed plane. Format 6 (``DZT6``, written now for F32 that no narrower dtype holds;
+``compression.exact_f32``) codes the zigzagged 32-bit difference as a Huffman token per parent exponent with
+its low bits in a raw plane apart, and plain F32 as exponent-and-top-mantissa-bit symbols plus a raw plane;
+``version=5`` writes F32 in format 4 as before. Every other dtype stays format 4. Format 4 (``DZT4``) codes
+a delta as the integer difference of bit patterns ``child − parent`` (wrapping), as a sign-and-magnitude
+token modelled per parent exponent (interleaved rANS) plus raw low bits packed apart, in chunks of 2^18
+elements (``compression.exact_v4``; a C kernel with a numpy fallback of the same format). Format 3
+(``DZT3``, ``compression.exact_rans``) has the same tokens and tables but codes raw bits through rANS too;
+it is read, no longer written. A parent of another float dtype is first cast to the child's dtype (torch,
+round to nearest even) and the payload records the parent's dtype. Format-4 ``plain`` floats code the
+exponent and keep sign and mantissa as raw bits. Layout: docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compression import exact_plain, exact_rans, exact_v4, exact_v5, narrow
+from compression import exact_f32, exact_plain, exact_rans, exact_v4, exact_v5, narrow
 from compression.dtypes import DTYPES, dtype_info
 from compression.exact_errors import CodecError
 from compression.exact_legacy import MAGIC_V1, decode_v1
@@ -47,6 +50,7 @@ from compression.exact_v2 import decode_v2
 __all__ = ["CodecError", "EncodedTensor", "decode_tensor", "encode_tensor"]
 
 MAGIC = b"DZT5"
+MAGIC_V6 = b"DZT6"  # F32 payloads (compression.exact_f32)
 MAGIC_V4 = b"DZT4"
 MAGIC_V3 = b"DZT3"
 MAGIC_V2 = b"DZT2"
@@ -128,6 +132,8 @@ def _as_child_dtype(parent_raw: Buffer, parent_dtype: str, dtype: str) -> np.nda
         fast = narrow.bf16_of_f32(parent_raw)
     elif (parent_dtype, dtype) == ("F16", "BF16"):
         fast = narrow.bf16_rne_of_f16(parent_raw)
+    elif (parent_dtype, dtype) == ("BF16", "F32"):  # widening is exact: the bf16 bits are the high half
+        fast = np.frombuffer(parent_raw, "<u2").astype("<u4") << np.uint32(16)
     if fast is not None:
         return fast
     import torch
@@ -151,7 +157,7 @@ def layout(dtype: str, with_parent: bool) -> Layout:
 
 
 _V5_SHIFT = {"BF16": 7, "F16": 10}  # dtypes format 5 codes, with their mantissa bits
-VERSIONS = (4, 5)  # formats encode_tensor can write
+VERSIONS = (4, 5, 6)  # formats encode_tensor can write (6: 5, and F32 in format 6)
 
 
 def _header(
@@ -161,8 +167,11 @@ def _header(
     return _HEADER.pack(magic, _CODEC_IDS[codec], DTYPE_CODES.index(dtype), parent_code, flags, n)
 
 
-def _plain(raw: Buffer, dtype: str, n: int, threads: int, version: int = 5) -> EncodedTensor:
-    if version == 5 and dtype in exact_plain.FLOATS:  # one thread: it runs near memory-copy speed
+def _plain(raw: Buffer, dtype: str, n: int, threads: int, version: int = 6) -> EncodedTensor:
+    if version == 6 and dtype == "F32":
+        head = _header("plain", dtype, None, n, MAGIC_V6)
+        return EncodedTensor("plain", exact_f32.encode_stream(np.frombuffer(raw, "<u4"), None, prefix=head))
+    if version >= 5 and dtype in exact_plain.FLOATS:  # one thread: it runs near memory-copy speed
         head = _header("plain", dtype, None, n, MAGIC, PLAIN16)
         return EncodedTensor("plain", exact_plain.encode(raw, dtype, head))
     elems = np.frombuffer(raw, dtype=uint_dtype(dtype_info(dtype).itemsize))
@@ -179,7 +188,7 @@ def encode_tensor(
     parent_shape: Shape | None = None,
     *,
     threads: int = 1,
-    version: int = 5,
+    version: int = 6,
     narrowing: bool = True,
 ) -> EncodedTensor:
     """Encode one tensor's raw little-endian bytes, against ``parent_raw`` when given.
@@ -188,22 +197,25 @@ def encode_tensor(
     child's dtype), and its shape equals the child's (``delta``) or has fewer rows with the same
     trailing dims (``delta-rows``); otherwise the tensor is coded ``plain``. ``threads`` > 1 codes the
     2^18-element chunks of a format-4 tensor, or runs of segments of a format-5 delta, side by side (same
-    bytes as one thread; format-5 plain streams run on one thread). ``version`` 4 writes format 4 only
-    (for readers older than format 5). With version 5, a float tensor whose every element a narrower
+    bytes as one thread; format-5 plain streams and format 6 run on one thread). ``version`` 4 writes
+    format 4 only (for readers older than format 5); 5 writes F32 in format 4 (for readers older than
+    format 6); 6 (the default) codes F32 in format 6 (``compression.exact_f32``). With version 5 or 6, a
+    float tensor whose every element a narrower
     float dtype holds bit for bit (bf16 weights saved as f32, say) is coded in that dtype inside a
     ``DZTN`` payload (``compression.narrow``; ``narrowing=False`` turns this off).
     """
     if version not in VERSIONS:
         raise CodecError(f"version must be one of {VERSIONS}, not {version!r}")
     n = _check(raw, dtype, shape, "tensor")
-    if version == 5 and narrowing:
+    if version >= 5 and narrowing:
         if parent_raw is not None:  # checked here: a wrong parent must not pass as a narrow one
             _check(parent_raw, parent_dtype, parent_shape, "parent tensor")
         held = narrow.narrowest(raw, dtype)
         if held is not None:  # code the values in the narrowest float dtype that holds them all
             inner_dtype, inner_raw = held
             inner = encode_tensor(
-                inner_raw, inner_dtype, shape, parent_raw, parent_dtype, parent_shape, narrowing=False
+                inner_raw, inner_dtype, shape, parent_raw, parent_dtype, parent_shape,
+                version=version, narrowing=False,
             )
             head = narrow.HEADER.pack(
                 narrow.MAGIC_NARROW, DTYPE_CODES.index(dtype), DTYPE_CODES.index(inner_dtype)
@@ -228,7 +240,9 @@ def encode_tensor(
         return _plain(raw, dtype, n, threads, version)
     child = np.frombuffer(raw, dtype=parent.dtype)
     shared = parent.size
-    magic = MAGIC if version == 5 and dtype in _V5_SHIFT else MAGIC_V4
+    if version == 6 and dtype == "F32":
+        return _encode_f32(child, parent, same, dtype, parent_dtype, n)
+    magic = MAGIC if version >= 5 and dtype in _V5_SHIFT else MAGIC_V4
     if magic == MAGIC and same:  # the header goes in ahead of the stream: no copy of the body after
         head = _header("delta", dtype, parent_dtype, n, magic)
         payload = exact_v5.encode_stream(child, parent, _V5_SHIFT[dtype], threads=threads, prefix=head)
@@ -245,6 +259,19 @@ def encode_tensor(
     tail = exact_v4.encode_stream(layout(dtype, False), child[shared:], None, threads=threads)
     head = _header("delta-rows", dtype, parent_dtype, n, magic) + struct.pack("<Q", shared)
     return EncodedTensor("delta-rows", head + body + tail)
+
+
+def _encode_f32(
+    child: np.ndarray, parent: np.ndarray, same: bool, dtype: str, parent_dtype: str, n: int
+) -> EncodedTensor:
+    """Format 6: the delta stream of the shared elements, then for ``delta-rows`` the new rows plain."""
+    if same:
+        head = _header("delta", dtype, parent_dtype, n, MAGIC_V6)
+        return EncodedTensor("delta", exact_f32.encode_stream(child, parent, prefix=head))
+    shared = parent.size
+    head = _header("delta-rows", dtype, parent_dtype, n, MAGIC_V6) + struct.pack("<Q", shared)
+    body = exact_f32.encode_stream(child[:shared], parent, prefix=head)
+    return EncodedTensor("delta-rows", exact_f32.encode_stream(child[shared:], None, prefix=body))
 
 
 def decode_tensor(
@@ -270,12 +297,14 @@ def decode_tensor(
         out = _decode_narrowed(buf, encoding, dtype, shape, parent_raw, parent_dtype, parent_shape, threads)
     elif magic == MAGIC_V1:
         out = decode_v1(bytes(buf), itemsize, parent_raw)
+    elif magic == MAGIC_V6:
+        out = _decode_v6(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape)
     elif magic in (MAGIC, MAGIC_V4, MAGIC_V3, MAGIC_V2):
         out = _decode_v234(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, threads)
     else:
         raise CodecError(
-            f"not a deltazoo tensor payload (magic {magic!r},"
-            f" expected {MAGIC!r}, {MAGIC_V4!r}, {MAGIC_V3!r}, {MAGIC_V2!r} or {MAGIC_V1!r})"
+            f"not a deltazoo tensor payload (magic {magic!r}, expected {MAGIC_V6!r},"
+            f" {MAGIC!r}, {MAGIC_V4!r}, {MAGIC_V3!r}, {MAGIC_V2!r} or {MAGIC_V1!r})"
         )
     if len(out) != n * itemsize:
         raise CodecError(
@@ -396,6 +425,56 @@ def _decode_v234(
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
     if type(out.base) is bytes and len(out.base) == out.nbytes:  # format 5 decodes into a bytes object
         return out.base  # of its own: handed over as it is, not copied
+    return out.tobytes()
+
+
+def _decode_v6(
+    buf: memoryview,
+    encoding: str,
+    dtype: str,
+    n: int,
+    parent_raw: Buffer | None,
+    parent_dtype: str | None,
+    parent_shape: Shape | None,
+) -> bytes:
+    if len(buf) < _HEADER.size:
+        raise CodecError(f"corrupt payload: {len(buf)} bytes is shorter than the {_HEADER.size}-byte header")
+    _, cid, dcode, pcode, flags, count = _HEADER.unpack_from(buf)
+    codec = _ENCODINGS.get(cid)
+    if codec is None:
+        raise CodecError(f"corrupt payload: unknown codec id {cid!r}")
+    if codec != encoding:
+        raise CodecError(f"payload is {codec!r} but was asked to decode as {encoding!r}")
+    _check_dtype_code(dcode, dtype)
+    if dtype != "F32":
+        raise CodecError(f"corrupt payload: format 6 codes F32 tensors, not {dtype}")
+    if count != n:
+        raise CodecError(f"payload holds {count} elements but the shape asks for {n}")
+    if flags:
+        raise CodecError(f"corrupt payload: unknown format-6 flags {flags:#x}")
+    offset = _HEADER.size
+    if codec == "plain":
+        if pcode != NO_PARENT:
+            raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
+        out, offset = exact_f32.decode_stream(buf, offset, n, None)
+    else:
+        parent = _parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
+        shared = n
+        if codec == "delta-rows":
+            if len(buf) < offset + 8:
+                raise CodecError("corrupt payload: truncated delta-rows header")
+            (shared,) = struct.unpack_from("<Q", buf, offset)
+            offset += 8
+        if shared != parent.size or shared > n:
+            raise CodecError(
+                f"payload was coded against a parent of {shared} elements but the parent has {parent.size}"
+            )
+        out, offset = exact_f32.decode_stream(buf, offset, shared, parent)
+        if codec == "delta-rows":
+            rows, offset = exact_f32.decode_stream(buf, offset, n - shared, None)
+            out = np.concatenate([out, rows])
+    if offset != len(buf):
+        raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
     return out.tobytes()
 
 

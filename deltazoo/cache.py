@@ -39,6 +39,37 @@ def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+class HashingWriter:
+    """A binary file opened for writing that hashes what is written to it (no second read to check it)."""
+
+    def __init__(self, path: Path, mode: str = "wb") -> None:
+        self.sha = hashlib.sha256()
+        if mode == "ab" and path.exists():  # a resumed download: hash the part already held, once
+            with path.open("rb") as f:
+                while block := f.read(1 << 22):
+                    self.sha.update(block)
+        self.file = path.open(mode)
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def profile_filename(profile: str) -> str:
     """A file name for a profile: ``deltadq:n=1,m=32,bits=4`` -> ``deltadq-n=1_m=32_bits=4``."""
     return profile.replace(":", "-").replace(",", "_").replace("/", "_")
@@ -83,8 +114,11 @@ class Cache:
         p = self.blob_path(sha256)
         return p.is_file() and (size is None or p.stat().st_size == size)
 
-    def install(self, tmp: Path, sha256: str, size: int) -> Path:
-        """Check ``tmp`` (size, sha256) and rename it to ``blobs/<sha256>``; delete it when wrong."""
+    def install(self, tmp: Path, sha256: str, size: int, actual_sha256: str | None = None) -> Path:
+        """Check ``tmp`` (size, sha256) and rename it to ``blobs/<sha256>``; delete it when wrong.
+
+        ``actual_sha256`` is the hash taken while ``tmp`` was written (``HashingWriter``); without it
+        the file is read again to hash it."""
         actual_size = tmp.stat().st_size
         if actual_size != size:
             tmp.unlink()
@@ -92,7 +126,7 @@ class Cache:
                 f"downloaded {actual_size} bytes for blob {sha256[:12]}, expected {size}; pull again",
                 code="size_mismatch",
             )
-        actual = _sha256_file(tmp)
+        actual = actual_sha256 or _sha256_file(tmp)
         if actual != sha256:
             tmp.unlink()
             raise IntegrityError(
@@ -126,6 +160,7 @@ class Cache:
         own = bar is None
         if own:
             bar = progress_bar(file.size, f"pull {file.path}", quiet=quiet)
+        digest: str | None = None
         try:
             for attempt in range(_RESUME_ATTEMPTS + 1):
                 have = tmp.stat().st_size if tmp.exists() else 0
@@ -142,15 +177,16 @@ class Cache:
                         mode = "ab" if have and response.status_code == 206 else "wb"
                         if mode == "wb":
                             bar.n = before
-                        with tmp.open(mode) as out:
+                        with HashingWriter(tmp, mode) as out:
                             for chunk in transport.iter_body(response):
                                 out.write(chunk)
                                 bar.update(len(chunk))
+                            digest = out.hexdigest()
                     break
                 except DeltazooConnectionError:
                     if attempt == _RESUME_ATTEMPTS:
                         raise
-            return self.install(tmp, file.sha256, file.size)
+            return self.install(tmp, file.sha256, file.size, digest)
         finally:
             if own:
                 bar.close()

@@ -84,9 +84,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             "WARNING: --insecure: an open server (no tokens) is reachable from the network", file=sys.stderr
         )
+    if not _services_ready("serve", s, broker=not s.embedded):
+        return EXIT_SERVER
+    if s.auth and not s.admin_token:
+        print(
+            "deltazoo serve: note: tokens are required (DELTAZOO_AUTH, on by default with this database) and "
+            "DELTAZOO_ADMIN_TOKEN is not set: only tokens already stored work. Set it to create the admin "
+            "token, or DELTAZOO_AUTH=false for an open server",
+            file=sys.stderr,
+        )
     upgrade_database()
     uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
     return EXIT_OK
+
+
+def _services_ready(command: str, settings: Any, *, broker: bool) -> bool:
+    """Ask the database, broker and object store once; print one line per problem (with its fix)."""
+    from registry.startup_checks import check_services
+
+    problems = check_services(settings, broker=broker)
+    for problem in problems:
+        print(f"deltazoo {command}: {problem.line()}", file=sys.stderr)
+    return not problems
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -115,6 +134,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = args.name or f"deltazoo-{os.getpid()}@{socket.gethostname()}"
     if "@" not in name:
         name = f"{name}@{socket.gethostname()}"
+    if not _services_ready("worker", s, broker=True):
+        return EXIT_SERVER
     print(
         f"deltazoo worker {name}: broker {s.broker_url.split('@')[-1]}, concurrency {concurrency}",
         file=sys.stderr,
@@ -150,9 +171,14 @@ def cmd_push(args: argparse.Namespace) -> int:
             include=args.include,
             exclude=args.exclude,
             allow_no_weights=args.allow_no_weights,
+            restart=args.restart,
             wait=args.wait,
             quiet=args.quiet,
         )
+        if c.last_push_resumed:
+            print(
+                f"resumed {v.ref}: sent {c.bytes_uploaded} bytes, the server held the rest", file=sys.stderr
+            )
     if args.json:
         print_json(v.raw)
         return EXIT_OK
@@ -206,6 +232,43 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     print(t.token)
     print("keep it now: the server stores only its hash and will not show it again", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_admin_audit(args: argparse.Namespace) -> int:
+    """Server side (the same DELTAZOO_* settings as `serve`): the database against the object store."""
+    from deltazoo.settings import get_settings
+
+    s = get_settings()
+    if args.grace_hours is not None:
+        s = s.model_copy(update={"orphan_grace_hours": args.grace_hours})
+    if not _services_ready("admin audit", s, broker=False):
+        return EXIT_SERVER
+    from registry.objectstore import object_store_from_settings
+    from workers.orphan_sweep import sweep_once
+
+    report = sweep_once(s, object_store_from_settings(s), repair=args.repair)
+    unrepairable = report.missing_blobs or report.missing_staging
+    leftovers = report.incomplete_uploads or report.orphan_staging or report.orphan_blobs
+    code = EXIT_REFUSED if unrepairable or (leftovers and not args.repair) else EXIT_OK
+    if args.json:
+        print_json(report.as_dict())
+        return code
+    verb = "removed" if args.repair else "found"
+    for title, items in (
+        (f"incomplete uploads {verb}", report.incomplete_uploads),
+        (f"staging objects no file names, {verb}", report.orphan_staging),
+        (f"blob objects no blob row names, {verb}", report.orphan_blobs),
+        ("blob rows whose object is missing (cannot be repaired)", report.missing_blobs),
+        ("staging keys whose object is missing (delete their pending versions)", report.missing_staging),
+    ):
+        print(f"{title}: {len(items)}")
+        for key in items[:20]:
+            print(f"  {key}")
+        if len(items) > 20:
+            print(f"  ... and {len(items) - 20} more (--json lists all)")
+    if leftovers and not args.repair:
+        print(f"run again with --repair to remove them (only what is older than {s.orphan_grace_hours} h)")
+    return code
 
 
 def cmd_token_ls(args: argparse.Namespace) -> int:
@@ -331,19 +394,19 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_pull_delta(args: argparse.Namespace) -> int:
-    import shutil
+    from deltazoo.linking import place
 
     with _client(args) as c:
         src = c.fetch_delta_file(args.name, args.profile, quiet=args.quiet)
-    dest = Path(args.dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / src.name
-    shutil.copyfile(src, target)
-    print(f"{target}  ({human_bytes(target.stat().st_size)})")
+    target = Path(args.dest) / src.name
+    how = place(src, target)  # a link to the cache's read-only copy where the filesystem allows
+    print(f"{target}  ({human_bytes(target.stat().st_size)}, {'copied' if how == 'copy' else how + 'ed'})")
     return EXIT_OK
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.pending:
+        return _ls_pending(args)
     with _client(args) as c:
         models = c.list_models(args.search, limit=args.limit)
     if args.json:
@@ -365,6 +428,30 @@ def cmd_ls(args: argparse.Namespace) -> int:
     )
     if models.total > len(models.items):
         print(f"({len(models.items)} of {models.total}; use --limit)")
+    return EXIT_OK
+
+
+def _ls_pending(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        items = c.pending()
+    if args.json:
+        print_json({"items": items})
+        return EXIT_OK
+    print_table(
+        ["VERSION", "FILES", "HELD", "CREATED", "EXPIRES"],
+        [
+            [
+                p["ref"],
+                f"{p['files_uploaded']}/{p['files']}",
+                f"{human_bytes(p['held_bytes'])} of {human_bytes(p['declared_bytes'])}",
+                str(p["created_at"])[:19],
+                str(p["expires_at"])[:19],
+            ]
+            for p in items
+        ],
+    )
+    if items:
+        print("push the same folder again to finish one, or delete it with `deltazoo rm ORG/NAME@REV`")
     return EXIT_OK
 
 
@@ -613,6 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp.add_argument("--private", action="store_true", help="create the model private (new models only)")
+    sp.add_argument(
+        "--restart",
+        action="store_true",
+        help="start a new version even if an earlier push of these files left one pending (default: resume)",
+    )
     sp.add_argument("--description", default="", help="the model's description (new models only)")
     _pattern_options(sp, "push")
     sp.add_argument(
@@ -630,6 +722,22 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("profile", help="e.g. deltadq:n=1,m=32,bits=4")
     pa.add_argument("--wait", action="store_true", help="wait until it is built (non-zero if it fails)")
     pa.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+    sp = add("admin", cmd_admin_audit, "server-side maintenance: admin audit [--repair]")
+    asub = sp.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    aa = asub.add_parser(
+        "audit",
+        help="compare the database with the object store (run where the server's settings are)",
+        parents=[common],
+    )
+    aa.set_defaults(func=cmd_admin_audit)
+    aa.add_argument("--repair", action="store_true", help="abort incomplete uploads, delete unnamed objects")
+    aa.add_argument(
+        "--grace-hours",
+        type=float,
+        help="only touch what is older than this (default DELTAZOO_ORPHAN_GRACE_HOURS, 6)",
+    )
+    aa.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sp = add("token", cmd_token_ls, "manage API tokens (admin): token create | token ls | token rm")
     tsub = sp.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -709,6 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ls", cmd_ls, "list models with logical and stored bytes", json_flag=True)
     sp.add_argument("--search", help="only names containing this")
     sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument(
+        "--pending", action="store_true", help="list versions created but not committed (unfinished pushes)"
+    )
 
     sp = add("lineage", cmd_lineage, "ancestors and descendants of a model", json_flag=True)
     sp.add_argument("name", help="ORG/NAME")

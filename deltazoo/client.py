@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
+import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +28,6 @@ import httpx
 
 from deltazoo.cache import Cache
 from deltazoo.checkpoint import check_weights, scan_checkpoint
-from deltazoo.delta_pull import DeltaPuller
 from deltazoo.errors import (
     ClientError,
     ConflictError,
@@ -54,6 +57,32 @@ from deltazoo.patterns import filter_paths
 from deltazoo.transport import Transport, progress_bar
 
 _CHUNK = 1 << 20
+_PARALLEL_FILES = 4  # files of one pull or push in flight at once
+
+
+class _BarShare:
+    """One file's view of a progress bar shared by the files of a pull: its ``n`` and ``update`` move
+    the shared bar by the difference (under a lock: files download on several threads)."""
+
+    def __init__(self, bar: Any, lock: threading.Lock) -> None:
+        self.bar, self.lock, self._n = bar, lock, 0
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self.update(value - self._n)
+
+    def update(self, delta: int) -> None:
+        with self.lock:
+            self._n += delta
+            self.bar.update(delta)
+
+    def refresh(self) -> None:
+        with self.lock:
+            self.bar.refresh()
 
 
 def _vpath(ref: Ref) -> str:
@@ -92,6 +121,7 @@ class Client:
             transport=transport,
         )
         self.cache = Cache(cache_dir if cache_dir is not None else settings.cache)
+        self.last_push_resumed = False  # the last push continued a pending version an earlier one left
         self.upload_part_bytes = settings.upload_part_mb << 20  # larger files go in resumable parts
         #: how the last ``pull`` placed its files in ``dest``: {"reflink"|"hardlink"|"copy": count}
         self.last_pull_methods: dict[str, int] = {}
@@ -196,6 +226,11 @@ class Client:
         params = {"name": name, "description": description}
         return dict(self._t.json("POST", "/v1/texts", params=params, content=lambda: [data]))
 
+    def pending(self) -> list[dict[str, Any]]:
+        """Versions created and not committed (REST ``PendingVersion`` dicts): what the server holds of
+        each and when it expires; push the same folder again to finish one."""
+        return list(self._t.json("GET", "/v1/pending")["items"])
+
     def texts(self) -> list[dict[str, Any]]:
         """The registered text sets (REST ``TextSet`` dicts)."""
         return list(self._t.json("GET", "/v1/texts")["items"])
@@ -274,7 +309,7 @@ class Client:
                         f"check it later with Client.job({current.id!r})"
                     )
                 time.sleep(delay)
-                delay = min(delay * 1.5, 2.0)
+                delay = min(delay * 1.5, 0.5)  # a finished job is seen within half a second
                 current = self.job(current.id)
                 bar.n = round(100 * current.progress)
                 bar.refresh()
@@ -319,13 +354,17 @@ class Client:
         if not files:
             return
         total = sum(f.size for f in files)
-        bar = progress_bar(total, f"push {ref.model} ({len(files)} files)", quiet=quiet)
-        done = 0
-        try:
-            for f in files:
-                bar.set_postfix_str(f.path, refresh=False)
-                self._upload(ref, f, root / f.path, bar, done)
-                done += f.size
+        n = len(files)
+        bar = progress_bar(total, f"push {ref.model} ({n} file{'' if n == 1 else 's'})", quiet=quiet)
+        lock = threading.Lock()
+        try:  # shards side by side: the server validates, hashes and stages each on its own thread
+            lanes = min(_PARALLEL_FILES, len(files))
+            with ThreadPoolExecutor(lanes, thread_name_prefix="deltazoo-push") as pool:
+                futures = [
+                    pool.submit(self._upload, ref, f, root / f.path, _BarShare(bar, lock), 0) for f in files
+                ]
+                for future in futures:
+                    future.result()
         finally:
             bar.close()
 
@@ -340,7 +379,7 @@ class Client:
             bar.refresh()
             with local.open("rb") as f:
                 while chunk := f.read(_CHUNK):
-                    self._t.bytes_uploaded += len(chunk)
+                    self._t.count("bytes_uploaded", len(chunk))
                     bar.update(len(chunk))
                     yield chunk
 
@@ -373,7 +412,7 @@ class Client:
                         if not chunk:
                             raise UsageError(f"{local} shrank while it was uploaded; push it again")
                         left -= len(chunk)
-                        self._t.bytes_uploaded += len(chunk)
+                        self._t.count("bytes_uploaded", len(chunk))
                         bar.update(len(chunk))
                         yield chunk
 
@@ -419,11 +458,17 @@ class Client:
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         allow_no_weights: bool = False,
+        restart: bool = False,
         wait: bool = True,
         timeout: float | None = None,
         quiet: bool = False,
     ) -> VersionInfo:
         """Upload the checkpoint directory ``path`` as a new version of ``name``.
+
+        A push that did not finish (the connection or the server went away) is continued by pushing
+        the same folder again: the server's pending version declaring the same files is reused and each
+        file is sent from the byte the server holds (``last_push_resumed`` tells); ``restart`` creates
+        a new version instead.
 
         ``base`` is ``org/name[@rev]``, ``"auto"`` (the server finds the stored version the
         weights are closest to, ``VersionInfo.parent_similarity``) or None (a root). Only files the
@@ -470,10 +515,18 @@ class Client:
                     "relation": relation,
                     "profiles": list(profiles),
                     "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+                    "resume": not restart,
                 },
             )
             version = VersionInfo.from_dict(created["version"])
             vref = Ref(ref.org, ref.name, str(version.revision))
+            self.last_push_resumed = bool(created.get("resumed"))
+            if self.last_push_resumed and not quiet:
+                print(
+                    f"resuming {vref}: an earlier push of these files left it pending "
+                    "(push with --restart for a new version)",
+                    file=sys.stderr,
+                )
             needed = {u["path"] for u in created.get("uploads", []) if u.get("needed", True)}
             self._upload_all(vref, [f for f in files if f.path in needed], root, quiet=quiet)
             committed = self._t.json("POST", f"{_vpath(vref)}/commit")
@@ -560,6 +613,8 @@ class Client:
         missing = [f for f in files if not self.cache.has_blob(f.sha256, f.size)]
         if not missing:
             return
+        from deltazoo.delta_pull import DeltaPuller  # the codecs (numpy): only a pull needs them
+
         puller: DeltaPuller | None = None
         held = [self.cache.cached_files(Ref.parse(r)) for r in version.chain if Ref.parse(r) != ref]
         if any(held):
@@ -568,19 +623,24 @@ class Client:
                 if cached:
                     puller.hold(cached)
         total = sum(f.size for f in missing)
-        bar = progress_bar(total, f"pull {ref} ({len(missing)} files)", quiet=quiet)
-        done = 0
-        try:
-            for f in missing:
-                bar.set_postfix_str(f.path, refresh=False)
-                if puller is not None and not self.cache.incomplete_path(f.sha256).exists():
-                    puller.pull_file(version.ref, f)
-                else:
-                    url = f"{_vpath(ref)}/files/{quote(f.path)}"
-                    self.cache.download(self._t, url, f, quiet=quiet, bar=bar, before=done)
-                done += f.size
-                bar.n = done
-                bar.refresh()
+        n = len(missing)
+        bar = progress_bar(total, f"pull {ref} ({n} file{'' if n == 1 else 's'})", quiet=quiet)
+        lock = threading.Lock()
+
+        def fetch(f: FileInfo) -> None:
+            share = _BarShare(bar, lock)
+            if puller is not None and not self.cache.incomplete_path(f.sha256).exists():
+                puller.pull_file(version.ref, f, bar=share)
+            else:
+                url = f"{_vpath(ref)}/files/{quote(f.path)}"
+                self.cache.download(self._t, url, f, quiet=quiet, bar=share)
+            share.n = f.size
+
+        try:  # files side by side; the server rebuilds each on its threads, the client hashes as it writes
+            lanes = min(_PARALLEL_FILES, len(missing))
+            with ThreadPoolExecutor(lanes, thread_name_prefix="deltazoo-pull") as pool:
+                for future in [pool.submit(fetch, f) for f in missing]:
+                    future.result()
         finally:
             bar.close()
 
@@ -778,6 +838,7 @@ class Client:
             raise IntegrityError(
                 "artifact bytes do not match the server's ETag; retry", code="sha256_mismatch"
             )
+        os.chmod(tmp, 0o444)  # read-only like the blobs: pulls link it into place
         tmp.replace(path)
         return path
 

@@ -14,6 +14,10 @@ into the cache. Memory is bounded by one tensor and its parent chain.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,12 +25,14 @@ from urllib.parse import quote
 import zstandard
 
 from compression.codecs import decode_tensor
-from deltazoo.cache import Cache
+from compression.dtypes import dtype_info
+from deltazoo.cache import Cache, HashingWriter
 from deltazoo.errors import IntegrityError
 from deltazoo.models import FileInfo, Ref
 from deltazoo.transport import Transport, progress_bar
 
 _MAX_DEPTH = 64
+_AHEAD = max(2, os.cpu_count() or 1)  # tensors rebuilt ahead of the one being written
 
 
 def _version_path(ref: Ref) -> str:
@@ -98,6 +104,9 @@ class DeltaPuller:
                     f"tensor {tensor['name']} is 'same' without a parent", code="bad_manifest"
                 )
             data = self._parent_raw(parent, depth)
+        elif tensor.get("chunks"):
+            parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
+            data = self._chunked(tensor, parent, parent_raw)
         else:
             payload = self.transport.get_bytes(f"/v1/blobs/{tensor['blob']}")
             parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
@@ -118,55 +127,101 @@ class DeltaPuller:
             )
         return data
 
+    def _chunked(
+        self, tensor: dict[str, Any], parent: dict[str, Any] | None, parent_raw: bytes | None
+    ) -> bytes:
+        """A tensor stored in chunks: each an element range, coded alone or against the same elements
+        of the parent."""
+        out = bytearray()
+        view = memoryview(parent_raw) if parent_raw is not None else None
+        pitem = dtype_info(parent["dtype"]).itemsize if parent else 0
+        for chunk in tensor["chunks"]:
+            n = [chunk["end"] - chunk["begin"]]
+            payload = self.transport.get_bytes(f"/v1/blobs/{chunk['blob']}")
+            if chunk["encoding"] == "plain":
+                out += decode_tensor("plain", payload, tensor["dtype"], n)
+                continue
+            if view is None or parent is None:
+                raise IntegrityError(
+                    f"tensor {tensor['name']}: a delta chunk without a parent", code="bad_manifest"
+                )
+            part = view[chunk["begin"] * pitem : chunk["end"] * pitem]
+            out += decode_tensor(chunk["encoding"], payload, tensor["dtype"], n, part, parent["dtype"], n)
+        return bytes(out)
+
     # --- whole files -----------------------------------------------------------------------------
 
-    def pull_file(self, ref: str, file: FileInfo) -> Path:
-        """Rebuild one file of ``ref`` into the cache's blobs from its manifest entry."""
+    def pull_file(self, ref: str, file: FileInfo, *, bar: Any = None) -> Path:
+        """Rebuild one file of ``ref`` into the cache's blobs from its manifest entry; ``bar`` is the
+        pull's progress bar over all of its files (else the file gets a bar of its own)."""
         entry = next((f for f in self.manifest(ref)["files"] if f["path"] == file.path), None)
         if entry is None:
             raise IntegrityError(f"manifest of {ref} lacks {file.path}", code="manifest_inconsistent")
         tmp = self.cache.incomplete_path(file.sha256)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        if entry.get("tensors") is None or not entry.get("header_blob"):
-            self._pull_other(entry, tmp)
-        else:
-            self._pull_safetensors(entry, tmp, file)
-        return self.cache.install(tmp, file.sha256, file.size)
+        with HashingWriter(tmp) as out:
+            if entry.get("tensors") is None or not entry.get("header_blob"):
+                self._pull_other(entry, out)
+            else:
+                self._pull_safetensors(entry, out, file, bar)
+        return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
 
-    def _pull_other(self, entry: dict[str, Any], tmp: Path) -> None:
+    def _pull_other(self, entry: dict[str, Any], out: HashingWriter) -> None:
         dctx = zstandard.ZstdDecompressor()
         with (
             self.transport.stream("GET", f"/v1/blobs/{quote(entry['blob'])}") as response,
-            tmp.open("wb") as out,
-            dctx.stream_writer(out, closefd=False) as writer,
+            dctx.stream_writer(out, closefd=False) as writer,  # type: ignore[arg-type]  # has write/flush
         ):
             for chunk in self.transport.iter_body(response):
                 writer.write(chunk)
 
-    def _pull_safetensors(self, entry: dict[str, Any], tmp: Path, file: FileInfo) -> None:
+    def _rebuilt_in_order(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """Each tensor with its raw bytes, in order; up to ``_AHEAD`` of them fetched and decoded on other
+        threads meanwhile (the decoders and sockets release the GIL): memory ``_AHEAD + 1`` tensors."""
+        with ThreadPoolExecutor(_AHEAD, thread_name_prefix="deltazoo-rebuild") as pool:
+            queued: deque[tuple[dict[str, Any], Future[bytes]]] = deque()
+            todo = iter(tensors)
+            try:
+                while True:
+                    while len(queued) < _AHEAD and (t := next(todo, None)) is not None:
+                        queued.append((t, pool.submit(self.raw, t)))
+                    if not queued:
+                        return
+                    t, future = queued.popleft()
+                    yield t, future.result()
+            finally:
+                for _, future in queued:
+                    future.cancel()
+
+    def _pull_safetensors(
+        self, entry: dict[str, Any], out: HashingWriter, file: FileInfo, shared: Any = None
+    ) -> None:
         header = self.transport.get_bytes(f"/v1/blobs/{entry['header_blob']}")
         tensors = sorted(entry["tensors"], key=lambda t: t["offset"][0])
-        bar = progress_bar(file.size, f"rebuild {file.path}", quiet=self.quiet)
+        bar = (
+            shared
+            if shared is not None
+            else progress_bar(file.size, f"rebuild {file.path}", quiet=self.quiet)
+        )
         try:
-            with tmp.open("wb") as out:
-                out.write(header)
-                bar.update(len(header))
-                position = 0
-                for t in tensors:
-                    begin, end = t["offset"]
-                    if begin != position:
-                        raise IntegrityError(
-                            f"{file.path}: tensor {t['name']} starts at {begin}, expected {position}",
-                            code="manifest_inconsistent",
-                        )
-                    data = self.raw(t)
-                    if len(data) != end - begin:
-                        raise IntegrityError(
-                            f"{file.path}: tensor {t['name']} is {len(data)} bytes, expected {end - begin}",
-                            code="size_mismatch",
-                        )
-                    out.write(data)
-                    bar.update(len(data))
-                    position = end
+            out.write(header)
+            bar.update(len(header))
+            position = 0
+            for t, data in self._rebuilt_in_order(tensors):
+                begin, end = t["offset"]
+                if begin != position:
+                    raise IntegrityError(
+                        f"{file.path}: tensor {t['name']} starts at {begin}, expected {position}",
+                        code="manifest_inconsistent",
+                    )
+                if len(data) != end - begin:
+                    raise IntegrityError(
+                        f"{file.path}: tensor {t['name']} is {len(data)} bytes, expected {end - begin}",
+                        code="size_mismatch",
+                    )
+                out.write(data)
+                bar.update(len(data))
+                position = end
         finally:
-            bar.close()
+            if shared is None:
+                bar.close()

@@ -14,6 +14,7 @@ backoff. Once the server has answered, a refused connection is an outage (a rest
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -88,6 +89,7 @@ class Transport:
         self.backoff = backoff
         self.backoff_cap = backoff_cap
         #: bytes of file and blob bodies received (not JSON answers): what a pull cost on the wire
+        self._counting = threading.Lock()  # downloads and uploads may run on several threads
         self.bytes_downloaded = 0
         #: bytes of file bodies sent
         self.bytes_uploaded = 0
@@ -98,6 +100,11 @@ class Transport:
 
     def close(self) -> None:
         self.http.close()
+
+    def count(self, counter: str, nbytes: int) -> None:
+        """Add ``nbytes`` to ``bytes_downloaded``, ``bytes_uploaded`` or ``api_bytes`` (thread-safe)."""
+        with self._counting:
+            setattr(self, counter, getattr(self, counter) + nbytes)
 
     # --- retries ---------------------------------------------------------------------------------
 
@@ -188,7 +195,7 @@ class Transport:
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.send(method, path, **kwargs)
-        self.api_bytes += len(response.content)
+        self.count("api_bytes", len(response.content))
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -211,7 +218,7 @@ class Transport:
         """The body's chunks, counted in ``bytes_downloaded``; connection drops become typed errors."""
         try:
             for chunk in response.iter_bytes(chunk_size):
-                self.bytes_downloaded += len(chunk)
+                self.count("bytes_downloaded", len(chunk))
                 yield chunk
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
@@ -219,5 +226,5 @@ class Transport:
     def get_bytes(self, path: str) -> bytes:
         """A whole (small: one tensor's) body, counted in ``bytes_downloaded``."""
         response = self.send("GET", path, headers={"Accept-Encoding": "identity"})
-        self.bytes_downloaded += response.num_bytes_downloaded
+        self.count("bytes_downloaded", response.num_bytes_downloaded)
         return response.content

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import CTE, Select, func, select
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from registry.models import Model, Namespace, Version
 from registry.repositories import readable
+
+MAX_DEPTH = 10_000  # generations walked below a model's versions
 
 
 class LineageRepository:
@@ -33,50 +35,53 @@ class LineageRepository:
         )
         return set(self.s.scalars(select(up.c.id)))
 
-    def _descendants(self, root_ids: Sequence[int]) -> CTE:
-        down = (
-            select(Version.id.label("id")).where(Version.parent_version_id.in_(list(root_ids)))
-        ).cte("descendants", recursive=True)
-        return down.union(select(Version.id).where(Version.parent_version_id == down.c.id))
-
-    def _of(
-        self, query: Select, root_ids: Sequence[int], model_id: int, private_namespaces: Sequence[str] | None
-    ) -> Select:
-        down = self._descendants(root_ids)
-        query = query.join(down, down.c.id == Version.id).where(Version.model_id != model_id)
-        if private_namespaces is not None:
-            query = (
-                query.join(Model, Model.id == Version.model_id)
-                .join(Namespace, Namespace.id == Model.namespace_id)
-                .where(readable(private_namespaces))
-            )
-        return query
-
-    def descendant_counts(
-        self, root_ids: Sequence[int], model_id: int, private_namespaces: Sequence[str] | None
-    ) -> dict[str, int]:
-        """relation -> how many versions of other models descend from ``root_ids`` (any depth)."""
-        if not root_ids:
-            return {}
-        query = self._of(
-            select(Version.relation, func.count()), root_ids, model_id, private_namespaces
-        ).group_by(Version.relation)
-        return {relation: int(n) for relation, n in self.s.execute(query)}
-
-    def descendant_page(
+    def descendants(
         self,
         root_ids: Sequence[int],
         model_id: int,
         private_namespaces: Sequence[str] | None,
         after_id: int,
         limit: int,
-    ) -> list[Version]:
-        """Descendants (of other models) with id > ``after_id``, by id, at most ``limit``. A parent is
-        always older than its child, so a page by id holds each node's parent or an earlier page does."""
+    ) -> tuple[dict[str, int], list[int]]:
+        """(relation -> how many versions of other models descend from ``root_ids``, at any depth; the ids
+        of those after ``after_id``, by id, at most ``limit``), from one recursive walk in one statement.
+
+        The walk reads only the covering index ``ix_version_lineage`` (parent, id, model, relation); a
+        node's parent may sit on another page."""
         if not root_ids:
-            return []
-        query = self._of(select(Version), root_ids, model_id, private_namespaces)
-        return list(self.s.scalars(query.where(Version.id > after_id).order_by(Version.id).limit(limit)))
+            return {}, []
+        down = (
+            select(
+                Version.id.label("id"),
+                Version.model_id.label("model_id"),
+                Version.relation.label("relation"),
+                literal(1).label("depth"),
+            )
+            .where(Version.parent_version_id.in_(list(root_ids)))
+            .cte("descendants", recursive=True)
+        )
+        # UNION ALL (no de-duplication to pay for): lineage has no cycles (a parent exists before its child
+        # is committed); the depth bound still ends the walk if a corrupt row made one
+        down = down.union_all(
+            select(Version.id, Version.model_id, Version.relation, down.c.depth + 1).where(
+                Version.parent_version_id == down.c.id, down.c.depth < MAX_DEPTH
+            )
+        )
+        found = select(down.c.id, down.c.relation).where(down.c.model_id != model_id)
+        if private_namespaces is not None:
+            found = (
+                found.join(Model, Model.id == down.c.model_id)
+                .join(Namespace, Namespace.id == Model.namespace_id)
+                .where(readable(private_namespaces))
+            )
+        shown = found.cte("shown")
+        counts = select(shown.c.relation, func.count().label("n"), literal(None).label("id")).group_by(
+            shown.c.relation
+        )
+        page = select(shown.c.id).where(shown.c.id > after_id).order_by(shown.c.id).limit(limit).subquery()
+        rows = self.s.execute(union_all(counts, select(literal(None), literal(None), page.c.id))).all()
+        tally = {relation: int(n) for relation, n, vid in rows if vid is None and relation is not None}
+        return tally, sorted(int(vid) for _, _, vid in rows if vid is not None)
 
     def readers(self, model_ids: Iterable[int]) -> dict[int, tuple[bool, str]]:
         """model id -> (private, namespace name), in one statement."""

@@ -111,6 +111,8 @@ class Version(Timestamped, Base):
     __table_args__ = (
         UniqueConstraint("model_id", "revision"),
         Index("ix_version_status_created_at", "status", "created_at"),  # the stale-upload sweep
+        # lineage: the recursive walk over descendants reads this index only (registry.lineage_repository)
+        Index("ix_version_lineage", "parent_version_id", "id", "model_id", "relation"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
@@ -127,7 +129,8 @@ class Version(Timestamped, Base):
     profiles: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     # base="auto": per-tensor value samples (registry.services.similarity) and the picked parent's score
-    sketch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # deferred: a page of versions must not parse a sketch per row (sketch_band_repository reads them)
+    sketch: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     parent_similarity: Mapped[float | None] = mapped_column(Float)
     # the stable 40-hex id that names this version as a revision (Hugging Face Hub ``sha``)
     commit_id: Mapped[str] = mapped_column(String(40), unique=True, default=new_commit_id)
@@ -179,6 +182,23 @@ class Tensor(Base):
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     depth: Mapped[int] = mapped_column(Integer, default=0)  # decode steps from a plain tensor
     parent_tensor_id: Mapped[int | None] = mapped_column(ForeignKey("tensor.id"), index=True)
+    # > 0: the payload is in this many tensor_chunk rows (element ranges coded apart, blob is null)
+    chunks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class TensorChunk(Base):
+    """One element range ``[begin, end)`` of a large tensor, coded on its own (``plain``, or ``delta``
+    against the same elements of the tensor's parent), so a Range read decodes only what it returns."""
+
+    __tablename__ = "tensor_chunk"
+    tensor_id: Mapped[int] = mapped_column(ForeignKey("tensor.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    begin: Mapped[int] = mapped_column(BigInteger)
+    end: Mapped[int] = mapped_column(BigInteger)
+    encoding: Mapped[str] = mapped_column(String(16))  # plain | delta
+    blob: Mapped[str] = mapped_column(ForeignKey("blob.sha256"), index=True)
+    sha256: Mapped[str] = mapped_column(SHA256)  # of the chunk's raw bytes
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class Artifact(Timestamped, Base):

@@ -13,6 +13,8 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -33,6 +35,22 @@ class ObjectNotFound(KeyError):
     pass
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: datetime  # UTC
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """A write that never finished: an S3 multipart upload, or a local temporary file."""
+
+    key: str
+    upload_id: str
+    initiated: datetime  # UTC
+
+
 class ObjectStore(Protocol):
     def put_file(self, key: str, fileobj: BinaryIO, length: int) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
@@ -42,6 +60,9 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def ping(self) -> None: ...
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]: ...
+    def incomplete_uploads(self) -> Iterator[IncompleteUpload]: ...
+    def abort_upload(self, upload: IncompleteUpload) -> None: ...
 
 
 class LocalObjectStore:
@@ -104,6 +125,38 @@ class LocalObjectStore:
     def ping(self) -> None:
         if not self.root.is_dir():
             raise OSError(f"object directory {self.root} is missing")
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """The objects under ``prefix`` (a folder such as ``blobs/``, or one object's key)."""
+        top = self._path(prefix.rstrip("/"))
+        if top.is_file():
+            st = top.stat()
+            yield StoredObject(prefix, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+            return
+        if not top.is_dir():
+            return
+        for folder, dirs, names in os.walk(top):
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(folder) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                key = path.relative_to(self.root).as_posix()
+                yield StoredObject(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def incomplete_uploads(self) -> Iterator[IncompleteUpload]:
+        """Temporary files of writes that were interrupted (a crash between write and rename)."""
+        for path in sorted((self.root / "tmp").glob("*")):
+            try:
+                initiated = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            except FileNotFoundError:
+                continue
+            yield IncompleteUpload(f"tmp/{path.name}", path.name, initiated)
+
+    def abort_upload(self, upload: IncompleteUpload) -> None:
+        (self.root / "tmp" / upload.upload_id).unlink(missing_ok=True)
 
 
 class S3ObjectStore:
@@ -198,6 +251,32 @@ class S3ObjectStore:
 
     def ping(self) -> None:
         self.client.bucket_exists(self.bucket)
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+            if obj.object_name is None or obj.is_dir:
+                continue
+            modified = obj.last_modified or datetime.now(UTC)
+            yield StoredObject(obj.object_name, int(obj.size or 0), modified.astimezone(UTC))
+
+    def incomplete_uploads(self) -> Iterator[IncompleteUpload]:
+        """Multipart uploads started and neither completed nor aborted (e.g. the store went away
+        mid-upload, so the client's own abort failed too)."""
+        key_marker: str | None = None
+        upload_marker: str | None = None
+        while True:
+            page = self.client._list_multipart_uploads(  # noqa: SLF001 - minio has no public listing
+                self.bucket, key_marker=key_marker, upload_id_marker=upload_marker, max_uploads=1000
+            )
+            for up in page.uploads:
+                initiated = up.initiated_time or datetime.now(UTC)
+                yield IncompleteUpload(up.object_name, up.upload_id or "", initiated.astimezone(UTC))
+            if not page.is_truncated:
+                return
+            key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
+
+    def abort_upload(self, upload: IncompleteUpload) -> None:
+        self.client._abort_multipart_upload(self.bucket, upload.key, upload.upload_id)  # noqa: SLF001
 
 
 def delete_objects(store: ObjectStore, keys: list[str]) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -18,6 +19,7 @@ from registry.models import (
     Model,
     Namespace,
     Tensor,
+    TensorChunk,
     Version,
     VersionTag,
     utcnow,
@@ -39,6 +41,28 @@ def of_readable_versions(query: Select, private_namespaces: Sequence[str] | None
         .join(Namespace, Namespace.id == Model.namespace_id)
         .where(readable(private_namespaces))
     )
+
+
+def visible_from(own: Model) -> ColumnElement[bool]:
+    """Models whose names and tensors may show through ``own`` (dedup twins, similar-base candidates):
+    public ones, and for a private model also the private models of its own namespace, never another
+    namespace's private model (a query using it joins Model)."""
+    if not own.private:
+        return Model.private.is_(False)
+    return or_(Model.private.is_(False), Model.namespace_id == own.namespace_id)
+
+
+def readable_model_ids(
+    session: Session, model_ids: Iterable[int], private_namespaces: Sequence[str] | None
+) -> set[int]:
+    """Those of ``model_ids`` a caller with ``private_namespaces`` (None: all) may read."""
+    ids = set(model_ids)
+    if private_namespaces is None or not ids:
+        return ids
+    rows = session.scalars(
+        select(Model.id).join(Namespace).where(Model.id.in_(ids), readable(private_namespaces))
+    )
+    return set(rows)
 
 
 class NamespaceRepository:
@@ -128,9 +152,30 @@ class VersionRepository:
             self.s.scalars(select(Version).where(Version.model_id == model_id).order_by(Version.revision))
         )
 
+    def claim_pending(self, version_id: int) -> bool:
+        """pending -> processing in one conditional UPDATE (it locks the row until the commit): True for
+        exactly one of concurrent callers."""
+        result = self.s.execute(
+            update(Version)
+            .where(Version.id == version_id, Version.status == "pending")
+            .values(status="processing")
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     def next_revision(self, model_id: int) -> int:
         top = self.s.scalar(select(func.max(Version.revision)).where(Version.model_id == model_id))
         return (top or 0) + 1
+
+    def pending_for_model(self, model_id: int) -> list[Version]:
+        """The model's pending versions, newest first."""
+        q = select(Version).where(Version.model_id == model_id, Version.status == "pending")
+        return list(self.s.scalars(q.order_by(Version.id.desc())))
+
+    def pending_readable(self, private_namespaces: Sequence[str] | None, limit: int) -> list[Version]:
+        """Pending versions, oldest first, of the models a caller may read (None: all)."""
+        q = of_readable_versions(select(Version).where(Version.status == "pending"), private_namespaces)
+        return list(self.s.scalars(q.order_by(Version.id).limit(limit)))
 
     def pending_created_before(self, cutoff: datetime) -> list[Version]:
         q = select(Version).where(Version.status == "pending", Version.created_at < cutoff)
@@ -209,21 +254,41 @@ class FileRepository:
     def for_version(self, version_id: int) -> list[File]:
         return list(self.s.scalars(select(File).where(File.version_id == version_id).order_by(File.path)))
 
+    def referenced_staging_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of the staging object ``keys`` a file row still points at."""
+        if not keys:
+            return set()
+        return set(self.s.scalars(select(File.staging_key).where(File.staging_key.in_(list(keys)))))
+
+    def staging_keys(self) -> list[str]:
+        """Every staging object key a file row points at (uploads not yet encoded)."""
+        return [k for k in self.s.scalars(select(File.staging_key).where(File.staging_key.is_not(None))) if k]
+
     def get(self, version_id: int, path: str) -> File | None:
         return self.s.scalar(select(File).where(File.version_id == version_id, File.path == path))
 
     def stored_ready_with_sha(
-        self, sha256: str, size: int, private_namespaces: list[str] | None
+        self,
+        sha256: str,
+        size: int,
+        private_namespaces: list[str] | None,
+        visible: ColumnElement[bool] | None = None,
     ) -> File | None:
         """A file with these bytes already stored in a ready version (for upload dedup), of a public model
         or of a private one in ``private_namespaces`` (None: any): knowing a sha256 never grants the bytes
-        of a model the uploader cannot read."""
+        of a model the uploader cannot read. With ``visible`` (``visible_from(model)``), also only of a
+        model that may show through the new version (its tensors become ``same`` copies of these)."""
         query = (
             select(File)
             .join(Version, Version.id == File.version_id)
             .where(File.sha256 == sha256, File.size == size, Version.status == "ready")
         )
-        return self.s.scalar(of_readable_versions(query, private_namespaces).order_by(File.id).limit(1))
+        query = of_readable_versions(query, private_namespaces)
+        if visible is not None:
+            if private_namespaces is None:
+                query = query.join(Model, Model.id == Version.model_id)
+            query = query.where(visible)
+        return self.s.scalar(query.order_by(File.id).limit(1))
 
 
 class TensorRepository:
@@ -250,11 +315,17 @@ class TensorRepository:
             return {}
         return {t.id: t for t in self.s.scalars(select(Tensor).where(Tensor.id.in_(ids)))}
 
-    def stored_with_sha(self, sha256: str) -> Tensor | None:
-        """A stored tensor whose raw bytes have this sha256, preferring the shortest decode chain."""
-        return self.s.scalar(
-            select(Tensor).where(Tensor.sha256 == sha256).order_by(Tensor.depth, Tensor.id).limit(1)
-        )
+    def stored_with_sha(self, sha256: str, visible: ColumnElement[bool] | None = None) -> Tensor | None:
+        """A stored tensor whose raw bytes have this sha256, preferring the shortest decode chain; with
+        ``visible`` (``visible_from(model)``) only one of a model that may show through the new one."""
+        query = select(Tensor).where(Tensor.sha256 == sha256)
+        if visible is not None:
+            query = (
+                query.join(Version, Version.id == Tensor.version_id)
+                .join(Model, Model.id == Version.model_id)
+                .where(visible)
+            )
+        return self.s.scalar(query.order_by(Tensor.depth, Tensor.id).limit(1))
 
     def by_name(self, version_id: int) -> dict[str, Tensor]:
         return {t.name: t for t in self.for_version(version_id)}
@@ -269,25 +340,73 @@ class TensorRepository:
         )
         return list(rows)
 
-    def dependents_of(self, version_ids: Sequence[int]) -> dict[int, tuple[int, set[str]]]:
-        """Versions not in ``version_ids`` decoding through their tensors: id -> (tensors, encodings)."""
-        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
-        rows = self.s.execute(
-            select(Tensor.version_id, Tensor.encoding, func.count())
-            .where(Tensor.parent_tensor_id.in_(mine), Tensor.version_id.not_in(list(version_ids)))
-            .group_by(Tensor.version_id, Tensor.encoding)
+    def _copies_outside(self, namespace_id: int) -> ColumnElement[bool]:
+        """Tensors that are ``same`` copies held by a version of another namespace's model."""
+        elsewhere = (
+            select(Version.id)
+            .join(Model, Model.id == Version.model_id)
+            .where(Model.namespace_id != namespace_id)
         )
+        return (Tensor.encoding == "same") & Tensor.version_id.in_(elsewhere)
+
+    def dependents_of(
+        self, version_ids: Sequence[int], copies_kept_outside: int | None = None
+    ) -> dict[int, tuple[int, set[str]]]:
+        """Versions not in ``version_ids`` decoding through their tensors: id -> (tensors, encodings).
+
+        With ``copies_kept_outside`` (a namespace id), ``same`` copies held by other namespaces are not
+        counted: they are given bytes of their own (``copies_outside``) instead of pinning these."""
+        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
+        query = select(Tensor.version_id, Tensor.encoding, func.count()).where(
+            Tensor.parent_tensor_id.in_(mine), Tensor.version_id.not_in(list(version_ids))
+        )
+        if copies_kept_outside is not None:
+            query = query.where(~self._copies_outside(copies_kept_outside))
+        rows = self.s.execute(query.group_by(Tensor.version_id, Tensor.encoding))
         out: dict[int, tuple[int, set[str]]] = {}
         for vid, encoding, n in rows:
             count, encodings = out.get(vid, (0, set()))
             out[vid] = (count + int(n), encodings | {encoding})
         return out
 
+    def copies_outside(self, version_ids: Sequence[int], namespace_id: int) -> list[Tensor]:
+        """``same`` tensors of other namespaces' versions whose parent is a tensor of ``version_ids``."""
+        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
+        return list(
+            self.s.scalars(
+                select(Tensor)
+                .where(Tensor.parent_tensor_id.in_(mine), self._copies_outside(namespace_id))
+                .order_by(Tensor.id)
+            )
+        )
+
     def encoding_counts(self) -> dict[str, int]:
         return dict(self.s.execute(select(Tensor.encoding, func.count()).group_by(Tensor.encoding)).all())  # type: ignore[arg-type]
 
     def count(self) -> int:
         return self.s.scalar(select(func.count()).select_from(Tensor)) or 0
+
+
+class TensorChunkRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def for_tensors(self, tensor_ids: Iterable[int]) -> dict[int, list[TensorChunk]]:
+        """tensor id -> its chunks in element order (tensors stored whole have none)."""
+        ids = list(set(tensor_ids))
+        out: dict[int, list[TensorChunk]] = {}
+        if not ids:
+            return out
+        query = select(TensorChunk).where(TensorChunk.tensor_id.in_(ids))
+        rows = self.s.scalars(query.order_by(TensorChunk.tensor_id, TensorChunk.index))
+        for c in rows:
+            out.setdefault(c.tensor_id, []).append(c)
+        return out
+
+    def blobs_of_versions(self, version_ids: Sequence[int]) -> list[str]:
+        """Blob of every chunk of the versions' tensors (one entry per reference)."""
+        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
+        return list(self.s.scalars(select(TensorChunk.blob).where(TensorChunk.tensor_id.in_(mine))))
 
 
 class BlobRepository:
@@ -331,6 +450,26 @@ class BlobRepository:
                 self.s.flush()
                 return True
         return False
+
+    def existing(self, shas: Sequence[str]) -> set[str]:
+        """Which of ``shas`` have a blob row."""
+        if not shas:
+            return set()
+        return set(self.s.scalars(select(Blob.sha256).where(Blob.sha256.in_(list(shas)))))
+
+    def all_shas(self, batch: int = 5000) -> Iterator[str]:
+        """Every blob row's sha256, read in batches."""
+        last = ""
+        while True:
+            page = list(
+                self.s.scalars(
+                    select(Blob.sha256).where(Blob.sha256 > last).order_by(Blob.sha256).limit(batch)
+                )
+            )
+            yield from page
+            if len(page) < batch:
+                return
+            last = page[-1]
 
     def totals(self) -> tuple[int, int]:
         n, size = self.s.execute(select(func.count(), func.coalesce(func.sum(Blob.size), 0))).one()
@@ -430,3 +569,56 @@ class JobRepository:
 
 def count_rows(session: Session, model: type) -> int:
     return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+class ReadableTotals:
+    """The zoo's totals over the models a caller with ``private_namespaces`` may read (stats)."""
+
+    def __init__(self, session: Session, private_namespaces: Sequence[str]) -> None:
+        self.s = session
+        self.allowed = list(private_namespaces)
+
+    def _versions(self) -> Select:
+        return of_readable_versions(select(Version.id), self.allowed)
+
+    def _count(self, query: Select) -> int:
+        return int(self.s.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        versions = self._versions()
+        models = select(Model.id).join(Namespace).where(readable(self.allowed))
+        in_readable = Tensor.version_id.in_(versions)
+        shas = union(
+            select(File.blob.label("sha")).where(File.version_id.in_(versions)),
+            select(File.header_blob.label("sha")).where(File.version_id.in_(versions)),
+            select(Tensor.blob.label("sha")).where(in_readable),
+            select(TensorChunk.blob.label("sha")).where(
+                TensorChunk.tensor_id.in_(select(Tensor.id).where(in_readable))
+            ),
+            select(Artifact.blob.label("sha")).where(Artifact.version_id.in_(versions)),
+        ).subquery()
+        totals = select(func.count(), func.coalesce(func.sum(Blob.size), 0))
+        blobs, stored = self.s.execute(totals.where(Blob.sha256.in_(select(shas.c.sha)))).one()
+        artifact_shas = select(Artifact.blob).where(Artifact.version_id.in_(versions)).distinct()
+        artifact_bytes = self.s.scalar(
+            select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.sha256.in_(artifact_shas))
+        )
+        logical = self.s.scalar(
+            select(func.coalesce(func.sum(Version.logical_bytes), 0)).where(
+                Version.id.in_(versions), Version.status == "ready"
+            )
+        )
+        encodings = self.s.execute(
+            select(Tensor.encoding, func.count()).where(in_readable).group_by(Tensor.encoding)
+        )
+        return {
+            "models": self._count(models),
+            "versions": self._count(versions),
+            "files": self._count(select(File.id).where(File.version_id.in_(versions))),
+            "tensors": self._count(select(Tensor.id).where(in_readable)),
+            "blobs": int(blobs),
+            "logical_bytes": int(logical or 0),
+            "stored_bytes": int(stored),
+            "artifact_bytes": int(artifact_bytes or 0),
+            "encodings": {e: int(n) for e, n in encodings},
+        }

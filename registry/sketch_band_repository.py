@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, select, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from registry.models import Model, SketchBand, Version
 
@@ -47,7 +48,19 @@ def ready_candidates(
     return list(
         session.scalars(
             select(Version)
+            .options(undefer(Version.sketch))
             .join(Model, Model.id == Version.model_id)
             .where(and_(Version.id.in_(ids), Version.status == "ready", Version.sketch.is_not(None), visible))
         )
     )
+
+
+def suggested_bases(session: Session, version_ids: Iterable[int]) -> dict[int, Any]:
+    """version id -> the related version its commit found (``sketch["suggested"]``), without reading
+    the rest of the sketch."""
+    ids = list(set(version_ids))
+    if not ids:
+        return {}
+    query = select(Version.id, Version.sketch["suggested"])
+    rows = session.execute(query.where(Version.id.in_(ids), Version.sketch.is_not(None)))
+    return {vid: suggested for vid, suggested in rows if suggested is not None}

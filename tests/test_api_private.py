@@ -229,9 +229,12 @@ def test_a_known_sha256_does_not_dedup_into_a_private_file(api: TestClient) -> N
     api.post("/v1/models", json={"name": "acme/vault", "private": True})
     job = push(api, "acme/vault", {"config.json": secret})["job"]
     assert wait_job(api, job["id"])["status"] == "succeeded"
-    api.post("/v1/models", json={"name": "acme/again"})
+    api.post("/v1/models", json={"name": "acme/again", "private": True})
     r = api.post("/v1/models/acme/again/versions", json=version_body(secret))
     assert r.json()["uploads"] == [{"path": "config.json", "needed": False}]  # its namespace: deduplicated
+    api.post("/v1/models", json={"name": "acme/public"})  # a public model never reuses a private file:
+    r = api.post("/v1/models/acme/public/versions", json=version_body(secret))  # its readers could not
+    assert r.json()["uploads"] == [{"path": "config.json", "needed": True}]  # follow the `same` links
     api.headers.update(bearer(other_rw))
     api.post("/v1/models", json={"name": "other/copy"})
     r = api.post("/v1/models/other/copy/versions", json=version_body(secret))

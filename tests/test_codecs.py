@@ -232,7 +232,7 @@ def test_golden_format_4(encoding: str) -> None:
     shape, parent, pshape, hexed = GOLDEN_V4[encoding]
     pdtype = "F32" if parent is not None else None
     assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
-    enc = encode_tensor(CHILD, "F32", shape, parent, pdtype, pshape)
+    enc = encode_tensor(CHILD, "F32", shape, parent, pdtype, pshape, version=5)  # 6 writes F32 as format 6
     assert (enc.encoding, enc.payload.hex()) == (encoding, hexed)
 
 

@@ -223,7 +223,8 @@ def test_versions_and_dtypes_that_keep_format_4() -> None:
     x = samples("BF16", 5000, seed=1)["weights"].tobytes()
     assert encode_tensor(x, "BF16", [5000], version=4).payload[:4] == b"DZT4"
     f32 = np.linspace(-1, 1, 3000, dtype="<f4").tobytes()
-    assert encode_tensor(f32, "F32", [3000]).payload[:4] == b"DZT4"
+    assert encode_tensor(f32, "F32", [3000], version=5).payload[:4] == b"DZT4"
+    assert encode_tensor(f32, "F32", [3000]).payload[:4] == b"DZT6"  # F32: format 6 (test_codecs_f32.py)
     for version in (4, 5):
         enc = encode_tensor(x, "BF16", [5000], version=version)
         assert decode_tensor("plain", enc.payload, "BF16", [5000]) == x

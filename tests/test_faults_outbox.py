@@ -8,7 +8,12 @@ message was lost is sent again about 1.5 s after the broker answers (workers/out
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from tests.servers import ApiServer, full_stack_env, log_problems, start_api_server
 from tests.services import (
@@ -84,8 +91,15 @@ class Worker:
 
 
 class OutboxStack:
-    def __init__(self, redis: OwnRedis, s3: S3Server, api: ApiServer, workers: list[Worker]) -> None:
-        self.redis, self.s3, self.api, self.workers = redis, s3, api, workers
+    def __init__(
+        self, redis: OwnRedis, s3: S3Server, api: ApiServer, workers: list[Worker], settings: dict[str, str]
+    ) -> None:
+        self.redis, self.s3, self.api, self.workers, self.settings = redis, s3, api, workers, settings
+
+    def restart_api(self) -> None:
+        """A new API process on the same home (its part files) and database, after the old one died
+        (its log goes on in the same file)."""
+        self.api = start_api_server(self.api.home, self.settings)
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +122,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutboxStack]:
             try:
                 for w in workers:
                     w.start()
-                api = start_api_server(root / "home", settings)
+                stack = OutboxStack(redis, s3, start_api_server(root / "home", settings), workers, settings)
                 try:
-                    yield OutboxStack(redis, s3, api, workers)
+                    yield stack
                 finally:
-                    api.stop()
+                    stack.api.stop()
             finally:
                 for w in workers:
                     w.process.stop(grace=15.0)
     finally:
         s3.stop()
         redis.stop()
-    problems = [p for p in log_problems(api.process.log_text()) if '" 503' not in p]
+    problems = [p for p in log_problems(stack.api.process.log_text()) if '" 503' not in p]
     assert not problems, "\n\n".join(problems[:5])
     for w in workers:
         text = w.process.log_text()
@@ -210,4 +224,113 @@ def test_a_stuck_version_can_be_deleted(stack: OutboxStack, client: httpx.Client
     r = client.post(f"/v1/models/{model}/versions/{rev}/commit")
     assert r.status_code == 202, r.text
     assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+    assert_exact(client, model, files, rev)
+
+
+def _push(stack: OutboxStack, folder: Path, model: str, cache: Path, **extra: str) -> subprocess.Popen[str]:
+    """``deltazoo push FOLDER --name MODEL --wait`` as a user runs it, against the current API."""
+    env = child_env(
+        {
+            "DELTAZOO_URL": stack.api.url,
+            "DELTAZOO_TOKEN": ADMIN_TOKEN,
+            "DELTAZOO_CACHE": str(cache),
+            "DELTAZOO_UPLOAD_PART_MB": "1",
+            **extra,
+        }
+    )
+    argv = [sys.executable, "-m", "deltazoo.cli", "push", str(folder), "--name", model, "--wait", "--quiet"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_api_killed_mid_upload_then_the_same_push_resumes(
+    stack: OutboxStack, client: httpx.Client, unique_org: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(60)
+    save_file(
+        {"w": torch.randn(4096, 6144, generator=g).to(torch.bfloat16)}, str(folder / "model.safetensors")
+    )
+    data = (folder / "model.safetensors").read_bytes()
+    model = f"{unique_org}/resumed"
+    parts = stack.api.home / "uploads"
+
+    first = _push(stack, folder, model, tmp_path / "cache", DELTAZOO_RETRIES="1")
+    held = 0
+
+    def part_growing() -> bool:
+        nonlocal held
+        assert first.poll() is None, f"the push ended before the fault: {first.communicate()}"
+        held = max((p.stat().st_size for p in parts.glob("*.part")), default=0)
+        return held >= 4 << 20
+
+    wait_until(part_growing, timeout=120, what="4 MiB of the upload on the API's disk", interval=0.002)
+    os.kill(first.pid, signal.SIGSTOP)  # hold the client still while the API dies under it
+    try:
+        stack.api.process.kill()
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode != 0, f"the push did not notice the API going away: {out} {err}"
+    assert "Traceback" not in err, err
+
+    stack.restart_api()
+    with httpx.Client(base_url=stack.api.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
+        received = c.get(f"/v1/models/{model}/versions/1/uploads/model.safetensors").json()["received"]
+        assert 0 < received < len(data), received
+        pending = [p for p in c.get("/v1/pending").json()["items"] if p["name"] == model]
+        assert [(p["revision"], p["held_bytes"]) for p in pending] == [(1, received)]
+
+        second = _push(stack, folder, model, tmp_path / "cache")
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 0, f"{out}\n{err}"
+        sent = re.search(r"resumed \S+@1: sent (\d+) bytes", err)
+        assert sent is not None, err
+        assert int(sent.group(1)) == len(data) - received, "bytes the server held were sent again"
+
+        versions = c.get(f"/v1/models/{model}").json()["versions"]
+        assert [(v["revision"], v["status"]) for v in versions] == [(1, "ready")]
+        assert not [p for p in c.get("/v1/pending").json()["items"] if p["name"] == model]
+        assert_exact(c, model, {"model.safetensors": data})
+
+
+def test_incomplete_multipart_uploads_and_unnamed_objects_are_swept(
+    stack: OutboxStack, client: httpx.Client, unique_org: str, tmp_path: Path
+) -> None:
+    """What an S3 outage mid-upload leaves (a multipart upload the client could not abort, an object no
+    row names) is listed by ``deltazoo admin audit`` and removed by ``--repair``; the rest is untouched."""
+    import io
+
+    files = checkpoint(base_state(seed=80))
+    model = f"{unique_org}/kept"
+    rev = upload_all(client, model, files)
+    r = client.post(f"/v1/models/{model}/versions/{rev}/commit")
+    assert r.status_code == 202, r.text
+    assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+
+    s3, bucket = stack.s3.client(), stack.s3.bucket
+    abandoned = "staging/" + "f" * 32
+    upload_id = s3._create_multipart_upload(bucket, abandoned, {"Content-Type": "application/octet-stream"})
+    s3._upload_part(bucket, abandoned, b"x" * (5 << 20), None, upload_id, 1)
+    stray = "blobs/ee/" + "e" * 64
+    s3.put_object(bucket, stray, io.BytesIO(b"no row names me"), length=15)
+
+    env = child_env({**stack.settings, "DELTAZOO_HOME": str(tmp_path / "home")})
+    argv = [sys.executable, "-m", "deltazoo.cli", "admin", "audit", "--grace-hours", "0", "--json"]
+    found = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert found.returncode == 1 and "Traceback" not in found.stderr, found
+    report = json.loads(found.stdout)
+    assert abandoned in report["incomplete_uploads"] and stray in report["orphan_blobs"], report
+    assert report["missing_blobs"] == [] and report["missing_staging"] == [], report
+
+    fixed = subprocess.run(
+        [*argv, "--repair"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert fixed.returncode == 0, fixed
+    assert not s3._list_multipart_uploads(bucket).uploads, "an incomplete multipart upload is left"
+    assert not any(
+        o.object_name == stray for o in s3.list_objects(bucket, prefix="blobs/ee/", recursive=True)
+    )
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0, again
     assert_exact(client, model, files, rev)

@@ -61,10 +61,21 @@ def test_pages_in_chromium(server: ApiServer, tmp_path: Path) -> None:
     assert "<script>" in next(m["description"] for m in seen["index"] if m["name"] == "family/x-script")
 
     assert seen["modelUrl"].endswith("/models/family/math")
-    parents = {n["ref"]: n["parent"] for n in seen["lineage"]}
-    assert parents == {
-        "family/base@1": None, "family/math@1": "family/base@1", "family/math-v2@1": "family/math@1"
+    graph = {n["ref"]: (n["role"], n["parent"], n["text"]) for n in seen["lineage"]}
+    assert graph == {
+        "family/base@1": ("ancestor", None, "family/base@1"),
+        "family/math@1": ("own", "family/base@1", "family/math@1"),
+        "family/math-v2@1": ("child", "family/math@1", "family/math-v2@1"),
     }
+    assert seen["lineageEdges"] == 2
+    assert seen["card"] == {"license": "apache-2.0", "base_model": "family/base", "tags": "math, tiny"}
+    assert seen["cardHeading"] == "Math fine-tune"
+    cli, sdk, hf = seen["snippets"]
+    assert cli == f"export DELTAZOO_URL={server.url}\ndeltazoo pull family/math@1 ./math"
+    assert f'Client(url="{server.url}")' in sdk and 'state_dict("family/math@1")' in sdk
+    assert hf.startswith(f"export HF_ENDPOINT={server.url}") and 'revision="1"' in hf
+    assert seen["copyButton"] in ("copied", "selected: press Ctrl+C")
+    assert seen["modelOverflow"] <= 0 and seen["versionOverflow"] <= 0  # nothing wider than the window
     assert seen["modelSvg"] == 1 and shot.stat().st_size > 0
 
     detail = httpx.get(f"{server.url}/v1/models/family/math/versions/1").json()
@@ -75,4 +86,8 @@ def test_pages_in_chromium(server: ApiServer, tmp_path: Path) -> None:
     assert [(i["ref"], i["profile"], i["bpb"], i["gain_kept"]) for i in board] == [
         (e["ref"], e["profile"], e["bpb"], e["gain"]) for e in seen["leaderboard"]
     ]
-    assert seen["leaderboardDots"] >= 2
+    dense = [i for i in board if i["profile"] is None and i["status"] == "ready"]
+    assert seen["leaderboardDots"] == 1 + len(dense)  # the 0 B version (math-v2) is drawn too
+    assert any(i["stored_bytes"] == 0 for i in dense)
+    assert seen["legend"] == ["lossy profile", "dense (exact) version", "deduplicated version (0 B stored)"]
+    assert all(t.endswith("%") and float(t[:-1]) % 1 == 0 for t in seen["yticks"])

@@ -15,6 +15,11 @@ from deltazoo.settings import Settings
 from tests.test_api_support import push, wait_job
 from tests.test_eval_leaderboard import CONFIG, PROFILE, TEXT, _files, _model_state
 
+CARD = (
+    b"---\nlicense: apache-2.0\nbase_model: family/base\ntags:\n- math\n- tiny\n---\n"
+    b"# Math fine-tune\n\nTrained on **sums**. <script>alert(2)</script>\n"
+)
+
 
 def build_zoo(client: Any) -> None:
     """A base, a fine-tune with a deltadq profile, a fine-tune of the fine-tune, one text set, evaluated.
@@ -25,11 +30,12 @@ def build_zoo(client: Any) -> None:
     ft = _model_state(0, 12)
     for name, state, parent, profiles in (
         ("family/base", base, None, []),
-        ("family/math", ft, "family/base@1", [PROFILE]),
+        ("family/math", ft, "family/base@1", [PROFILE]),  # with a model card (README.md)
         ("family/math-v2", {k: v.clone() for k, v in ft.items()} | {"lm_head.weight": base["lm_head.weight"]},
          "family/math@1", []),
     ):
-        answer = push(client, name, _files(state, CONFIG), base=parent, profiles=profiles)
+        files = _files(state, CONFIG) | ({"README.md": CARD} if name == "family/math" else {})
+        answer = push(client, name, files, base=parent, profiles=profiles)
         assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
     client.post("/v1/models", json={"name": "family/x-script", "description": "<script>alert(1)</script>",
                                     "exist_ok": True})
@@ -72,14 +78,27 @@ def test_model_list_numbers_equal_the_api(client: TestClient) -> None:
     assert 'data-model="family/math"' in only and 'data-model="family/base"' not in only
 
 
-def test_lineage_page_shows_the_tree_and_quality(client: TestClient) -> None:
+def test_model_page_shows_the_lineage_graph_card_and_snippet(client: TestClient) -> None:
     html = client.get("/models/family/math").text
-    tree = html.split('id="lineage"')[1].split("</ul>\n<h2>")[0]
-    # base -> math -> math-v2, nested in that order
-    assert tree.index('data-ref="family/base@1"') < tree.index('data-ref="family/math@1"')
-    assert tree.index('data-ref="family/math@1"') < tree.index('data-ref="family/math-v2@1"')
-    assert "fox:" in tree and "bpb" in tree
+    graph = html.split('id="lineage"')[1].split("</svg>")[0]
+    nodes = re.findall(r'data-ref="([^"]+)" data-role="([^"]+)" data-parent="([^"]*)"', graph)
+    assert sorted(nodes) == [
+        ("family/base@1", "ancestor", ""),
+        ("family/math-v2@1", "child", "family/math@1"),
+        ("family/math@1", "own", "family/base@1"),
+    ]
+    assert graph.count('class="edge"') == 2
+    versions = html.split('id="versions"')[1].split("</table>")[0]
+    assert "fox:" in versions and "bpb" in versions
     assert "<svg" in html and "stored / logical" in html
+    # the card: front matter as fields, Markdown rendered, raw HTML escaped
+    assert '<dd data-field="license">apache-2.0</dd>' in html
+    assert '<dd data-field="tags">math, tiny</dd>' in html
+    assert "<h1>Math fine-tune</h1>" in html and "<strong>sums</strong>" in html
+    assert "<script>alert(2)</script>" not in html and "&lt;script&gt;alert(2)&lt;/script&gt;" in html
+    # "use this model": the CLI and SDK lines name the latest ready revision and this server
+    assert "deltazoo pull family/math@1 ./math" in html and 'client.state_dict("family/math@1")' in html
+    assert 'from_pretrained("family/math", revision="1")' in html and "export HF_ENDPOINT=http" in html
     for link in set(re.findall(r'href="(/models/[^"]+)"', html)):
         assert client.get(link).status_code == 200, link
 
@@ -106,3 +125,50 @@ def test_leaderboard_page_equals_the_api_and_plots_gain(client: TestClient) -> N
     assert missing.status_code == 404 and "<b>nope</b>" not in missing.text
     assert client.get("/models/family/none").status_code == 404
     assert client.get("/static/deltazoo.css").status_code == 200
+
+
+def test_the_lineage_graph_draws_a_bounded_page(client: TestClient) -> None:
+    """Last in the module: it adds versions. Three more children of the base; a page of two is drawn,
+    and the page says how many it left out."""
+    state = _model_state(0, 12)
+    for i in range(3):
+        answer = push(client, f"bounded/kid{i}", _files(state, CONFIG), base="family/base@1")
+        assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+    from registry.db import session_scope
+    from registry.family_repository import FamilyRepository
+    from registry.repositories import ModelRepository, VersionRepository
+
+    with session_scope(client.app.state.settings) as session:  # type: ignore[attr-defined]
+        base = ModelRepository(session).get("family", "base")
+        math = ModelRepository(session).get("family", "math")
+        assert base is not None and math is not None
+        base_v = VersionRepository(session).latest(base.id)
+        assert base_v is not None
+        rows, total = FamilyRepository(session).children_page(
+            [base_v.id], exclude_model_id=math.id, limit=2, private_namespaces=None
+        )
+    assert len(rows) == 2 and total == 3  # a page of two, and the count of all three
+    html = client.get("/models/family/math").text  # math's siblings: bounded/kid0-2
+    assert html.count('data-role="sibling"') == 3
+
+
+def test_a_profile_whose_fine_tune_did_not_gain_shows_no_gain_kept(client: TestClient) -> None:
+    """Made so in the stored figures: the fine-tune's bpb above its base's on this text."""
+    from sqlalchemy import select
+
+    from registry.db import session_scope
+    from registry.models import Evaluation
+
+    with session_scope(client.app.state.settings) as session:  # type: ignore[attr-defined]
+        ev = session.scalars(select(Evaluation).where(Evaluation.artifact_id.is_not(None))).first()
+        assert ev is not None and ev.details["gain_kept"] is not None
+        base = ev.details["bpb_base"]
+        ev.details = {**ev.details, "bpb_finetune": base + 0.25}
+    board = client.get("/v1/leaderboard", params={"text": "fox"}).json()["items"]
+    (profile,) = [i for i in board if i["profile"]]
+    assert profile["gain_kept"] is None and profile["gain_note"] == "fine-tune did not gain here"
+    assert profile["bpb_finetune"] == pytest.approx(base + 0.25) and profile["bpb_base"] == base
+    html = client.get("/leaderboard", params={"text": "fox"}).text
+    row = html.split(f'data-profile="{profile["profile"]}"')[1].split("</tr>")[0]
+    assert "fine-tune did not gain here" in row and f"bpb base {base:.4f}" in row
+    assert "stored bytes against gain kept" not in html  # no profile with a defined gain: no plot

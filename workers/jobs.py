@@ -9,6 +9,7 @@ with a message.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,7 +94,14 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> None:
     if version.status == "processing":
         marks = _Checkpoints(session, job)
         encode_version(
-            session, ctx.store, version, ctx.settings.max_chain_depth, marks.progress, marks.checkpoint
+            session,
+            ctx.store,
+            version,
+            ctx.settings.max_chain_depth,
+            marks.progress,
+            marks.checkpoint,
+            threads=ctx.settings.encode_threads or os.cpu_count() or 1,
+            chunk_bytes=ctx.settings.tensor_chunk_mb << 20,
         )
     if version.status == "ready":
         enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)

@@ -54,7 +54,8 @@ def tree(
     path: str = "",
     recursive: bool = False,
 ) -> list[dict]:
-    return hub.tree(session, hub.open_repo(session, viewer, f"{org}/{name}", revision), path, recursive)
+    repo = hub.open_repo(session, viewer, f"{org}/{name}", revision, empty_main=True)
+    return hub.tree(session, repo, path, recursive)
 
 
 @router.post(REPO + "/paths-info/{revision}")
@@ -63,7 +64,8 @@ async def paths_info(
 ) -> list:
     form = await request.form()
     paths = [str(p) for p in form.getlist("paths")]
-    return hub.paths_info(session, hub.open_repo(session, viewer, f"{org}/{name}", revision), paths)
+    repo = hub.open_repo(session, viewer, f"{org}/{name}", revision, empty_main=True)
+    return hub.paths_info(session, repo, paths)
 
 
 @router.get(REPO + "/refs")

@@ -10,9 +10,10 @@ from api.auth import Viewer
 from api.deps import DB, Store
 from registry.errors import NotFound
 from registry.objectstore import blob_key
-from registry.repositories import BlobRepository, JobRepository
+from registry.repositories import BlobRepository
 from registry.services import views
 from registry.services.access import can_read_blob
+from registry.services.job_status import job_for
 from registry.services.versions import SHA_RE
 
 router = APIRouter(tags=["zoo"])
@@ -20,11 +21,8 @@ MAX_ID = 2**63 - 1  # larger ids cannot exist (64-bit columns); they are 422, no
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
-def get_job(session: DB, job_id: int = Path(ge=1, le=MAX_ID)) -> dict:
-    job = JobRepository(session).get(job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist", code="job_not_found")
-    return views.job_info(job)
+def get_job(session: DB, viewer: Viewer, job_id: int = Path(ge=1, le=MAX_ID)) -> dict:
+    return views.job_info(job_for(session, viewer, job_id))
 
 
 @router.get("/blobs/{sha256}")
@@ -41,5 +39,5 @@ def get_blob(sha256: str, session: DB, store: Store, viewer: Viewer) -> Streamin
 
 
 @router.get("/stats", response_model=schemas.Stats)
-def get_stats(session: DB) -> dict:
-    return views.stats(session)
+def get_stats(session: DB, viewer: Viewer) -> dict:
+    return views.stats(session, viewer)

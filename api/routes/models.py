@@ -17,11 +17,11 @@ router = APIRouter(tags=["models"])
 
 
 @router.post("/models", status_code=201, response_model=schemas.Model)
-def post_model(body: schemas.ModelCreate, session: DB, response: Response) -> dict:
-    model, created = create_model(session, body.name, body.description, body.private, body.exist_ok)
+def post_model(body: schemas.ModelCreate, session: DB, response: Response, viewer: Viewer) -> dict:
+    model, created = create_model(session, body.name, body.description, body.private, body.exist_ok, viewer)
     if not created:
         response.status_code = 200
-    return views.model_detail(session, model, body.name)
+    return views.model_detail(session, model, body.name, viewer)
 
 
 @router.get("/models", response_model=schemas.ModelList)
@@ -37,8 +37,8 @@ def list_models(
 
 
 @router.get("/models/{org}/{name}", response_model=schemas.Model)
-def get_model_detail(org: str, name: str, session: DB) -> dict:
-    return views.model_detail(session, get_model(session, org, name), f"{org}/{name}")
+def get_model_detail(org: str, name: str, session: DB, viewer: Viewer) -> dict:
+    return views.model_detail(session, get_model(session, org, name), f"{org}/{name}", viewer)
 
 
 @router.get("/models/{org}/{name}/lineage", response_model=schemas.Lineage)
@@ -55,6 +55,6 @@ def get_lineage(
 
 
 @router.delete("/models/{org}/{name}", status_code=204)
-def delete(org: str, name: str, session: DB, store: Store) -> Response:
-    delete_model(session, store, get_model(session, org, name), f"{org}/{name}")
+def delete(org: str, name: str, session: DB, store: Store, viewer: Viewer) -> Response:
+    delete_model(session, store, get_model(session, org, name), f"{org}/{name}", viewer)
     return Response(status_code=204)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 
 from api import schemas
@@ -16,8 +16,11 @@ from deltazoo.settings import Settings
 from registry.objectstore import blob_key
 from registry.services import views
 from registry.services.artifacts import find_artifact, request_artifact
+from registry.services.limits import UploadLimits
+from registry.services.pending import pending_versions
 from registry.services.refs import get_model, get_version, ref_string
 from registry.services.resumable import partials_for
+from registry.services.resume import find_resumable
 from registry.services.staging import sweep_stale_uploads
 from registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
 from workers.jobs import held_since
@@ -28,52 +31,79 @@ Config = Annotated[Settings, Depends(settings_dep)]
 
 
 @router.post("/models/{org}/{name}/versions", status_code=201, response_model=schemas.VersionCreated)
-def post_version(org: str, name: str, body: schemas.VersionCreate, session: DB, viewer: Viewer) -> dict:
+def post_version(
+    org: str, name: str, body: schemas.VersionCreate, session: DB, viewer: Viewer, response: Response
+) -> dict:
     model = get_model(session, org, name)
-    version, uploads = create_version(
-        session,
-        model,
-        body.base,
-        body.relation,
-        body.profiles,
-        [DeclaredFile(f.path, f.size, f.sha256) for f in body.files],
-        lossy=body.retain == "lossy",
-        viewer=viewer,
-    )
+    declared = [DeclaredFile(f.path, f.size, f.sha256) for f in body.files]
+    lossy = body.retain == "lossy"
+    found = None
+    if body.resume:
+        found = find_resumable(
+            session, model, body.base, body.relation, body.profiles, declared, lossy, viewer=viewer
+        )
+    if found is not None:
+        response.status_code = 200
+        version, uploads = found
+    else:
+        version, uploads = create_version(
+            session, model, body.base, body.relation, body.profiles, declared, lossy=lossy, viewer=viewer
+        )
     return {
-        "version": views.version_summaries(session, [version])[0],
+        "version": views.version_summaries(session, [version], viewer)[0],
         "uploads": [{"path": p, "needed": n} for p, n in uploads],
+        "resumed": found is not None,
     }
+
+
+@router.get("/pending", response_model=schemas.PendingList)
+def get_pending(
+    session: DB, viewer: Viewer, settings: Config, limit: int = Query(100, ge=1, le=1000)
+) -> dict:
+    """Versions created and not committed: what the server holds of each and when it expires."""
+    expiry = timedelta(hours=settings.staging_expiry_hours)
+    return {"items": pending_versions(session, viewer, partials_for(settings.home), expiry, limit)}
 
 
 @router.post(V + "/commit", status_code=202, response_model=schemas.Committed)
 def post_commit(
-    org: str, name: str, rev: str, session: DB, store: Store, enqueue: Enqueue, settings: Config
+    org: str,
+    name: str,
+    rev: str,
+    session: DB,
+    store: Store,
+    enqueue: Enqueue,
+    settings: Config,
+    viewer: Viewer,
 ) -> dict:
     _, version = get_version(session, org, name, rev)
-    job = commit_version(session, store, version, ref_string(f"{org}/{name}", version.revision), enqueue)
+    limits = UploadLimits(settings.max_tensor_mb << 20, settings.max_tensors)
+    ref = ref_string(f"{org}/{name}", version.revision)
+    job = commit_version(session, store, version, ref, enqueue, viewer, limits)
     expiry = timedelta(hours=settings.staging_expiry_hours)
     sweep_stale_uploads(session, store, expiry, partials_for(settings.home))
-    return {"version": views.version_summaries(session, [version])[0], "job": views.job_info(job)}
+    return {"version": views.version_summaries(session, [version], viewer)[0], "job": views.job_info(job)}
 
 
 @router.get(V, response_model=schemas.VersionDetail)
-def get_version_detail(org: str, name: str, rev: str, session: DB) -> dict:
+def get_version_detail(org: str, name: str, rev: str, session: DB, viewer: Viewer) -> dict:
     _, version = get_version(session, org, name, rev)
-    return views.version_detail(session, version)
+    return views.version_detail(session, version, viewer)
 
 
 @router.get(V + "/manifest")
-def get_manifest(org: str, name: str, rev: str, session: DB) -> dict[str, Any]:
+def get_manifest(org: str, name: str, rev: str, session: DB, viewer: Viewer) -> dict[str, Any]:
     _, version = get_version(session, org, name, rev)
-    return views.manifest(session, version, ref_string(f"{org}/{name}", version.revision))
+    return views.manifest(session, version, ref_string(f"{org}/{name}", version.revision), viewer)
 
 
 @router.delete(V, status_code=204)
-def delete(org: str, name: str, rev: str, session: DB, store: Store, settings: Config) -> Response:
+def delete(
+    org: str, name: str, rev: str, session: DB, store: Store, settings: Config, viewer: Viewer
+) -> Response:
     _, version = get_version(session, org, name, rev)
     ref = ref_string(f"{org}/{name}", version.revision)
-    delete_version(session, store, version, ref, held_since(settings))
+    delete_version(session, store, version, ref, held_since(settings), viewer=viewer)
     return Response(status_code=204)
 
 

@@ -15,13 +15,17 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from api.auth import current_principal
-from api.deps import DB
+from api.deps import DB, Store
+from api.lineage_graph import layout
+from api.model_card import MAX_CARD_BYTES, render_card
 from api.plots import gain_plot, stored_share_plot
 from deltazoo import units
 from registry.errors import DeltazooError, NotFound
 from registry.repositories import ModelRepository
 from registry.services import views
+from registry.services.cards import card_bytes
 from registry.services.evaluation import list_texts, text_info
+from registry.services.family import family_graph
 from registry.services.leaderboard import leaderboard, version_quality
 from registry.services.lineage import lineage_page
 from registry.services.refs import get_model, get_version
@@ -72,43 +76,48 @@ def index(request: Request, session: DB, q: str = "") -> HTMLResponse:
         {
             "q": q,
             "models": views.model_summaries(session, rows),
-            "stats": views.stats(session),
+            "stats": views.stats(session, current_principal(request)),
             "texts": [text_info(t) for t in list_texts(session)],
         },
     )
 
 
 @router.get("/models/{org}/{name}", response_class=HTMLResponse)
-def model_page(request: Request, org: str, name: str, session: DB) -> HTMLResponse:
+def model_page(request: Request, org: str, name: str, session: DB, store: Store) -> HTMLResponse:
     try:
         model = get_model(session, org, name)
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
-        detail = views.model_detail(session, model, f"{org}/{name}")
+        detail = views.model_detail(session, model, f"{org}/{name}", current_principal(request))
         page = lineage_page(session, model, f"{org}/{name}", current_principal(request), WEB_LINEAGE_PAGE)
+        lineage = page.body
+        graph = family_graph(
+            session, model, f"{org}/{name}", lineage, page.version_ids, current_principal(request)
+        )
     except DeltazooError as exc:
         return _error(request, exc)
-    lineage = page.body
-    nodes = {n["ref"]: n for n in lineage["nodes"]}
-    children: dict[str, list[str]] = {}
-    for edge in lineage["edges"]:
-        if edge["parent"] in nodes:
-            children.setdefault(edge["parent"], []).append(edge["child"])
-    roots = [ref for ref, n in nodes.items() if n["parent"] not in nodes]
     quality = version_quality(session, list(page.version_ids.values()))
+    ready = [v for v in detail["versions"] if v["status"] == "ready"]
+    latest = ready[-1]["revision"] if ready else None
+    card = None
+    if ready and ready[-1]["ref"] in page.version_ids:
+        ref = ready[-1]["ref"]
+        data = card_bytes(session, store, page.version_ids[ref], ref, MAX_CARD_BYTES)
+        card = render_card(data) if data is not None else None
     return _page(
         request,
         "model.html",
         {
             "model": detail,
-            "nodes": nodes,
-            "children": children,
-            "roots": roots,
+            "graph": layout(graph),
             "counts": lineage["descendant_counts"],
             "total": lineage["descendants_total"],
             "not_shown": lineage["descendants_total"] - len(lineage["descendants"]),
             "quality": {ref: quality[vid] for ref, vid in page.version_ids.items()},
             "plot": stored_share_plot(detail["versions"]),
+            "card": card,
+            "latest": latest,
+            "server": str(request.base_url).rstrip("/"),
         },
     )
 
@@ -119,7 +128,7 @@ def version_page(request: Request, org: str, name: str, rev: str, session: DB) -
         model, version = get_version(session, org, name, rev)
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
-        detail = views.version_detail(session, version)
+        detail = views.version_detail(session, version, current_principal(request))
     except DeltazooError as exc:
         return _error(request, exc)
     quality = version_quality(session, [version.id])[version.id]
@@ -134,7 +143,7 @@ def leaderboard_page(request: Request, session: DB, text: str = "") -> HTMLRespo
     board = None
     if text:
         try:
-            board = leaderboard(session, text)
+            board = leaderboard(session, text, current_principal(request))
         except DeltazooError as exc:
             return _error(request, exc)
     plot = gain_plot(board["items"]) if board else None

@@ -4,9 +4,10 @@ Revision ID: issue18_zoo_scale
 Revises: issue12_revisions
 
 Indexes for the queries every push, commit, download and lineage call makes (stale-upload sweep on
-version status and age, jobs by target, blob holders), and ``sketch_band``: the locality-sensitive
-keys of every version's sketch (``registry.services.sketch_index``), filled here from the sketches
-already stored, so that ``base="auto"`` compares an upload with a bounded set of candidates.
+version status and age, a covering index for the lineage walk, jobs by target, blob holders), and
+``sketch_band``: the locality-sensitive keys of every version's sketch
+(``registry.services.sketch_index``), filled here from the sketches already stored, so that
+``base="auto"`` compares an upload with a bounded set of candidates.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_sketch_band_band_key", ["band", "key", "version_id"], unique=False)
     with op.batch_alter_table("version", schema=None) as batch_op:
         batch_op.create_index("ix_version_status_created_at", ["status", "created_at"], unique=False)
+        batch_op.create_index(
+            "ix_version_lineage", ["parent_version_id", "id", "model_id", "relation"], unique=False
+        )
     with op.batch_alter_table("job", schema=None) as batch_op:
         batch_op.create_index("ix_job_kind_target_id", ["kind", "target_id"], unique=False)
     for table, column in BLOB_HOLDERS:
@@ -71,6 +75,7 @@ def downgrade() -> None:
     with op.batch_alter_table("job", schema=None) as batch_op:
         batch_op.drop_index("ix_job_kind_target_id")
     with op.batch_alter_table("version", schema=None) as batch_op:
+        batch_op.drop_index("ix_version_lineage")
         batch_op.drop_index("ix_version_status_created_at")
     with op.batch_alter_table("sketch_band", schema=None) as batch_op:
         batch_op.drop_index("ix_sketch_band_band_key")

@@ -15,8 +15,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from registry.errors import DeltazooError, NotFound
-from registry.models import Artifact, File, Model, Tensor, Version
-from registry.repositories import of_readable_versions
+from registry.models import Artifact, File, Model, Tensor, TensorChunk, Version
+from registry.repositories import of_readable_versions, readable_model_ids
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,29 @@ def can_read_blob(session: Session, principal: Principal, sha256: str) -> bool:
         select(Version.id).join(File, File.version_id == Version.id)
         .where(or_(File.blob == sha256, File.header_blob == sha256)),
         select(Version.id).join(Tensor, Tensor.version_id == Version.id).where(Tensor.blob == sha256),
+        select(Version.id)
+        .join(Tensor, Tensor.version_id == Version.id)
+        .join(TensorChunk, TensorChunk.tensor_id == Tensor.id)
+        .where(TensorChunk.blob == sha256),
         select(Version.id).join(Artifact, Artifact.version_id == Version.id).where(Artifact.blob == sha256),
     ]
     for holder in holders:
         if session.execute(of_readable_versions(holder, allowed).limit(1)).first() is not None:
             return True
     return False
+
+
+def readable_versions(session: Session, principal: Principal, version_ids: set[int] | list[int]) -> set[int]:
+    """Those of ``version_ids`` whose model the principal may read: the one rule every view applies
+    before it names a version (a parent, a ``same`` twin, a dependent, a job's target, a ranking)."""
+    ids = set(version_ids)
+    allowed = principal.private_namespaces()
+    if allowed is None or not ids:
+        return ids
+    query = of_readable_versions(select(Version.id).where(Version.id.in_(ids)), allowed)
+    return set(session.scalars(query))
+
+
+def readable_models(session: Session, principal: Principal, model_ids: set[int] | list[int]) -> set[int]:
+    """Those of ``model_ids`` the principal may read."""
+    return readable_model_ids(session, model_ids, principal.private_namespaces())

@@ -1,10 +1,11 @@
 """The encode rule: turn a committed version's staged uploads into stored tensors and blobs.
 
-Per safetensors file: the exact header bytes become a blob; then, tensor by tensor (ranged reads of
-the staged object, so memory is bounded by one tensor), bytes already stored anywhere become ``same``,
-otherwise the tensor is coded against the parent version's tensor of the same name (``delta`` /
-``delta-rows``) or alone (``plain``). Every payload is decoded and checked against the raw sha256
-before it is trusted. Other files are stored zstd-compressed.
+Per safetensors file: the exact header bytes become a blob; then, tensors side by side in a few lanes
+(ranged reads of the staged object, so memory is bounded by a few tensors per lane, see
+``encode_pipeline``), bytes already stored anywhere become ``same``, otherwise the tensor is coded
+against the parent version's tensor of the same name (``delta`` / ``delta-rows``) or alone (``plain``).
+Every payload is decoded and compared with the input before it is trusted. Other files are stored
+zstd-compressed.
 """
 
 from __future__ import annotations
@@ -12,20 +13,23 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 import zstandard
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
-from compression.codecs import decode_tensor, encode_tensor
 from compression.safetensors_io import SafetensorsError, TensorEntry, read_header
 from registry.db import after_commit
 from registry.errors import BadRequest
-from registry.models import File, Tensor, Version
+from registry.models import File, Model, Tensor, Version
 from registry.objectstore import ObjectStore, blob_key, delete_objects
-from registry.repositories import BlobRepository, FileRepository, TensorRepository
-from registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
+from registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
+from registry.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
+from registry.services.encode_pipeline import FilePipeline, ParentRef, Slot
+from registry.services.storage import IntegrityError, put_blob, resolve_recipes
 
 Progress = Callable[[float], None]  # job progress, 0..1
 
@@ -37,6 +41,14 @@ class EncodeTotals:
     encodings: dict[str, int] = field(default_factory=dict)
 
 
+def twin_scope(session: Session, version: Version) -> ColumnElement[bool]:
+    """Models a ``same`` twin of this version's tensors may come from (``repositories.visible_from``):
+    another namespace's private tensor is never named by, nor pinned by, this version."""
+    model = session.get(Model, version.model_id)
+    assert model is not None
+    return visible_from(model)
+
+
 def staged_tensor_names(store: ObjectStore, file: File) -> set[str]:
     assert file.staging_key is not None
     header = read_header(lambda o, n: store.get_range(file.staging_key, o, n), file.size)  # type: ignore[arg-type]
@@ -44,8 +56,10 @@ def staged_tensor_names(store: ObjectStore, file: File) -> set[str]:
 
 
 def check_related_base(session: Session, store: ObjectStore, version: Version, base_ref: str) -> None:
-    """Refuse a base that shares no tensor name with the upload: it is certainly not this model's base."""
-    if version.parent_version_id is None:
+    """Refuse a base that shares no tensor name with the upload: it is certainly not this model's base.
+
+    An adapter is exempt: its tensors (``lora_A``/``lora_B``) never share a name with its base."""
+    if version.parent_version_id is None or version.relation == "adapter":
         return
     base_names = set(TensorRepository(session).by_name(version.parent_version_id))
     if not base_names:
@@ -119,66 +133,18 @@ def _copy_file(session: Session, version: Version, file: File) -> int:
     return 0
 
 
-def _encode_tensor_row(
-    session: Session,
-    store: ObjectStore,
-    version: Version,
-    file: File,
-    entry: TensorEntry,
-    raw: bytes,
-    parents: dict[str, Tensor],
-    max_depth: int,
-    totals: EncodeTotals,
-) -> None:
-    tensors = TensorRepository(session)
-    name, dtype, shape = entry.name, entry.dtype, list(entry.shape)
-    sha = hashlib.sha256(raw).hexdigest()
-    row = Tensor(
+def _tensor_row(version: Version, file: File, entry: TensorEntry, sha: str) -> Tensor:
+    return Tensor(
         version_id=version.id,
         file_id=file.id,
-        name=name,
-        dtype=dtype,
-        shape=shape,
+        name=entry.name,
+        dtype=entry.dtype,
+        shape=list(entry.shape),
         sha256=sha,
         offset_begin=entry.begin,
         offset_end=entry.end,
         stored_bytes=0,
     )
-    twin = tensors.stored_with_sha(sha)
-    if twin is not None:
-        row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
-    else:
-        parent = parents.get(name)
-        if parent is not None and parent.depth >= max_depth:
-            parent = None  # re-anchor: a chain this deep decodes too slowly
-        parent_raw = reconstruct(store, resolve_recipes(session, [parent])[parent.id]) if parent else None
-        pdtype = parent.dtype if parent else None
-        pshape = list(parent.shape) if parent else None
-        encoded = encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape)
-        uses_parent = parent is not None and encoded.encoding != "plain"
-        check = decode_tensor(
-            encoded.encoding,
-            encoded.payload,
-            dtype,
-            shape,
-            parent_raw if uses_parent else None,
-            pdtype if uses_parent else None,
-            pshape if uses_parent else None,
-        )
-        if hashlib.sha256(check).hexdigest() != sha:
-            raise IntegrityError(
-                f"{file.path}: tensor {name!r} did not round-trip through {encoded.encoding}"
-            )
-        blob_sha, new = put_blob(session, store, encoded.payload)
-        row.encoding, row.blob, row.stored_bytes = encoded.encoding, blob_sha, len(encoded.payload)
-        row.parent_tensor_id = parent.id if (uses_parent and parent) else None
-        row.depth = parent.depth + 1 if (uses_parent and parent) else 0
-        if new:
-            version.stored_bytes += len(encoded.payload)
-    session.add(row)
-    session.flush()
-    totals.tensors += 1
-    totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
 
 
 def _encode_safetensors(
@@ -186,10 +152,13 @@ def _encode_safetensors(
     store: ObjectStore,
     version: Version,
     file: File,
-    parents: dict[str, Tensor],
+    parents: dict[str, ParentRef],
     max_depth: int,
     totals: EncodeTotals,
     after_tensor: Callable[[int], None],
+    pool: ThreadPoolExecutor,
+    threads: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> None:
     key = file.staging_key
     assert key is not None
@@ -204,12 +173,69 @@ def _encode_safetensors(
     if file.header_blob is None:
         file.header_blob, new = put_blob(session, store, header.header_bytes)
         version.stored_bytes += header.header_size if new else 0
-    done = {t.name for t in TensorRepository(session).for_file(file.id)}  # from an interrupted run
+    tensors, blobs = TensorRepository(session), BlobRepository(session)
+    scope = twin_scope(session, version)
+    done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run
     for entry in header.tensors:
-        if entry.name not in done:
-            raw = read_at(header.header_size + entry.begin, entry.nbytes) if entry.nbytes else b""
-            _encode_tensor_row(session, store, version, file, entry, raw, parents, max_depth, totals)
+        if entry.name in done:
+            after_tensor(entry.nbytes)
+
+    def classify(slot: Slot) -> None:
+        assert slot.sha256 is not None
+        slot.twin = tensors.stored_with_sha(slot.sha256, scope)
+        if slot.twin is None:
+            parent = parents.get(slot.entry.name)
+            slot.parent = parent if parent is not None and parent.depth < max_depth else None  # re-anchor
+
+    def record(slot: Slot) -> None:
+        assert slot.sha256 is not None
+        row = _tensor_row(version, file, slot.entry, slot.sha256)
+        if slot.coded is None:
+            twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin
+            assert isinstance(twin, Tensor)
+            row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
+        else:
+            coded = slot.coded.result()
+            parent = slot.parent if coded.uses_parent else None
+            row.encoding, row.blob, row.stored_bytes = coded.encoding, coded.blob, coded.size
+            row.parent_tensor_id = parent.tensor_id if parent else None
+            row.depth = parent.depth + 1 if parent else 0
+            if blobs.add_reference(coded.blob, coded.size):
+                version.stored_bytes += coded.size
+        session.add(row)
+        session.flush()  # its id: a later tensor with the same bytes points at it
+        slot.row = row
+        totals.tensors += 1
+        totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
+        after_tensor(slot.entry.nbytes)
+
+    todo = [e for e in header.tensors if e.name not in done and e.nbytes <= chunk_bytes]
+    FilePipeline(pool, threads, store, file.path, read_at, header.header_size).run(todo, classify, record)
+    for entry in header.tensors:  # larger ones in chunks, one at a time: memory is a few chunks
+        if entry.name in done or entry.nbytes <= chunk_bytes:
+            continue
+        read = partial(_read_from, read_at, header.header_size + entry.begin)
+        row = encode_large_tensor(
+            session, store, version, file, entry, read, parents, max_depth, chunk_bytes, scope
+        )
+        totals.tensors += 1
+        totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
         after_tensor(entry.nbytes)
+
+
+def _read_from(read_at: Callable[[int, int], bytes], start: int, offset: int, length: int) -> bytes:
+    return read_at(start + offset, length)
+
+
+def _parent_refs(session: Session, version: Version) -> dict[str, ParentRef]:
+    """The parent version's tensors by name, with their decode recipes resolved in one pass."""
+    if version.parent_version_id is None:
+        return {}
+    by_name = TensorRepository(session).by_name(version.parent_version_id)
+    recipes = resolve_recipes(session, by_name.values())
+    return {
+        name: ParentRef(t.id, t.depth, t.dtype, list(t.shape), recipes[t.id]) for name, t in by_name.items()
+    }
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -236,17 +262,21 @@ def encode_version(
     max_depth: int,
     progress: Progress,
     checkpoint: Callable[[], None] = lambda: None,
+    threads: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> EncodeTotals:
     """Encode every file of ``version`` (status ``processing``) and mark it ``ready``.
 
     ``checkpoint`` is called after every tensor: the job wrapper may commit there (so a long encode
     does not hold the database's write lock, and its progress is visible). Work committed by an
-    interrupted run is found again and skipped, so the job can simply be run again.
+    interrupted run is found again and skipped, so the job can simply be run again. ``threads`` lanes
+    encode the tensors of a file side by side (``registry.services.encode_pipeline``); the stored
+    bytes do not depend on it. Tensors larger than ``chunk_bytes`` are stored in chunks
+    (``registry.services.chunks``), one at a time: the encode's peak memory is then a few chunks per
+    lane plus the parent tensor when that was stored whole, not the largest tensor.
     """
     files = FileRepository(session).for_version(version.id)
-    parents = (
-        TensorRepository(session).by_name(version.parent_version_id) if version.parent_version_id else {}
-    )
+    parents = _parent_refs(session, version)
     totals = EncodeTotals()
     total_bytes = max(1, sum(f.size for f in files))
     done = 0
@@ -268,7 +298,11 @@ def encode_version(
                 version.stored_bytes += size if new else 0
             advance(file.size)
         else:
-            _encode_safetensors(session, store, version, file, parents, max_depth, totals, advance)
+            with ThreadPoolExecutor(max(1, threads), thread_name_prefix="deltazoo-encode") as pool:
+                _encode_safetensors(
+                    session, store, version, file, parents, max_depth, totals, advance, pool, threads,
+                    chunk_bytes,
+                )
     staged = [f.staging_key for f in files if f.staging_key]
     for file in files:
         file.staging_key = None

@@ -50,13 +50,16 @@ class Repo:
     version: Version | None
 
 
-def open_repo(session: Session, viewer: Principal, repo_id: str, revision: str | None) -> Repo:
-    """The repository ``repo_id`` at ``revision`` (None: ``main``, which may not exist yet)."""
+def open_repo(
+    session: Session, viewer: Principal, repo_id: str, revision: str | None, *, empty_main: bool = False
+) -> Repo:
+    """The repository ``repo_id`` at ``revision`` (None: ``main``, which may not exist yet; so may an
+    explicit ``main`` with ``empty_main``, for listings of a repository created but not yet committed)."""
     org, name = parse_name(repo_id)
     model = get_model(session, org, name)
     if not can_read_model(viewer, model, org):
         raise model_not_found(org, name)
-    if revision is None:
+    if revision is None or (empty_main and revision == MAIN):
         version = VersionRepository(session).latest(model.id, ready_only=True)
     else:
         version = find_version(session, model, repo_id, revision)
@@ -128,6 +131,8 @@ def read_small_file(session: Session, store: ObjectStore, version: Version, f: F
 
 def tree(session: Session, repo: Repo, path: str, recursive: bool) -> list[dict[str, Any]]:
     """``GET /api/models/{repo}/tree/{rev}[/{path}]``: files and folders under ``path``."""
+    if repo.version is None and not path.strip("/"):
+        return []  # created, nothing committed yet
     version = _require_version(repo)
     files = FileRepository(session).for_version(version.id)
     prefix = f"{path.strip('/')}/" if path.strip("/") else ""
@@ -149,6 +154,8 @@ def tree(session: Session, repo: Repo, path: str, recursive: bool) -> list[dict[
 
 def paths_info(session: Session, repo: Repo, paths: list[str]) -> list[dict[str, Any]]:
     """``POST /api/models/{repo}/paths-info/{rev}``: the entries of the given paths that exist."""
+    if repo.version is None:
+        return []
     version = _require_version(repo)
     files = FileRepository(session).for_version(version.id)
     by_path = {f.path: f for f in files}

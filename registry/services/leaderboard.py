@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from registry.models import Artifact, Evaluation, Version
 from registry.repositories import ModelRepository
+from registry.services.access import OPEN, Principal, readable_models
 from registry.services.evaluation import evaluations_of_text, get_text, text_info
 from registry.services.refs import ref_string
 
@@ -52,10 +53,13 @@ def entry(ev: Evaluation, version: Version, artifact: Artifact | None, name: str
     }
 
 
-def leaderboard(session: Session, text_name: str) -> dict[str, Any]:
-    """Every evaluation on the text, best ratio first; unfinished or not evaluable ones last."""
+def leaderboard(session: Session, text_name: str, viewer: Principal = OPEN) -> dict[str, Any]:
+    """Every evaluation on the text of a model the ``viewer`` may read, best ratio first; unfinished or
+    not evaluable ones last."""
     text = get_text(session, text_name)
     rows = evaluations_of_text(session, text)
+    visible = readable_models(session, viewer, {v.model_id for _, v, _ in rows})
+    rows = [row for row in rows if row[1].model_id in visible]
     names = ModelRepository(session).full_names(v.model_id for _, v, _ in rows)
     items = [entry(e, v, a, names[v.model_id]) for e, v, a in rows]
     items.sort(key=lambda i: (i["ratio"] is None, -(i["ratio"] or 0.0), i["ref"], i["profile"] or ""))

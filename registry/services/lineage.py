@@ -64,6 +64,7 @@ def lineage_page(
 ) -> LineagePage:
     """Every version of ``model``, all their ancestors, the count of their descendants (versions of other
     models, any depth) by relation, and the descendants with id after ``cursor``, at most ``limit``.
+    A node's parent may sit on another page (its edge names it all the same).
     Versions of private models the ``viewer`` may not read are left out, counted nowhere and named
     nowhere, as if they did not exist."""
     if not 1 <= limit <= MAX_PAGE:
@@ -74,9 +75,10 @@ def lineage_page(
     own = versions.for_model(model.id)
     own_ids = [v.id for v in own]
     ancestors = _ancestors_nearest_first(own, versions.get_many(lineage.ancestor_ids(own_ids)))
-    rows = lineage.descendant_page(own_ids, model.id, allowed, after, limit + 1)
-    page, more = rows[:limit], len(rows) > limit
-    counts = lineage.descendant_counts(own_ids, model.id, allowed)
+    counts, ids = lineage.descendants(own_ids, model.id, allowed, after, limit + 1)
+    more = len(ids) > limit
+    found = versions.get_many(ids[:limit])
+    page = [found[i] for i in ids[:limit] if i in found]
 
     nodes = [*own, *ancestors, *page]
     node_ids = {v.id for v in nodes}
@@ -89,7 +91,7 @@ def lineage_page(
     }
     nodes = [v for v in nodes if v.model_id not in hidden]
     visible = {v.id for v in nodes} | {i for i, v in outside.items() if v.model_id not in hidden}
-    summaries = dict(zip([v.id for v in nodes], version_summaries(session, nodes), strict=True))
+    summaries = dict(zip([v.id for v in nodes], version_summaries(session, nodes, viewer), strict=True))
     for v in nodes:
         if v.parent_version_id is not None and v.parent_version_id not in visible:
             summaries[v.id]["parent"] = None  # a private parent the viewer may not see

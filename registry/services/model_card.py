@@ -67,3 +67,22 @@ def card_lineage(readme: bytes) -> CardLineage:
         base if isinstance(base, str) and base.strip() else None,
         relation if isinstance(relation, str) and relation.strip() else None,
     )
+
+
+def front_matter_problem(readme: str) -> str | None:
+    """What is wrong with a card's YAML header (``POST /api/validate-yaml``), or None."""
+    import yaml
+
+    lines = readme.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return None
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+    if end is None:
+        return "the YAML header opened with '---' is never closed by another '---' line"
+    try:
+        data = yaml.safe_load("\n".join(lines[1:end]))
+    except yaml.YAMLError as exc:
+        return f"the YAML header does not parse: {exc}".replace("\n", " ")
+    if data is not None and not isinstance(data, dict):
+        return "the YAML header must be a mapping (key: value lines)"
+    return None

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from registry.errors import NotFound, Unprocessable
+from registry.errors import Conflict, NotFound, Unprocessable
 from registry.models import Model, Version
 from registry.repositories import ModelRepository, TagRepository, VersionRepository
+from registry.services.access import Principal, can_read_model, model_not_found
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 NAME_RE = re.compile(rf"^({_PART})/({_PART})$")
@@ -56,16 +57,28 @@ def parse_name(name: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
+MAX_REVISION = 2**31 - 1  # the revision column is a 32-bit integer
+
+
 def parse_revision(text: str | int) -> Revision:
     """A revision as users write it: a number, ``latest`` (None), ``main``, a commit id or a tag name."""
     if isinstance(text, int):
         return text
     if text in ("", "latest"):
         return None
-    if text.isdigit():
-        if int(text) < 1:
-            raise Unprocessable(f"revision {text!r} must be a positive integer", code="invalid_revision")
+    if text.isascii() and text.isdigit():  # ASCII only: '²' is a digit to str.isdigit, not to int()
+        if len(text) > len(str(MAX_REVISION)) or not 1 <= int(text) <= MAX_REVISION:
+            raise Unprocessable(
+                f"revision {text[:40]!r} must be a positive integer up to {MAX_REVISION}",
+                code="invalid_revision",
+            )
         return int(text)
+    if not text.isascii() or len(text) > 200:
+        raise Unprocessable(
+            "a revision is a number, 'latest', 'main', a 40-hex commit id or a tag name (ASCII letters,"
+            " digits, '.', '_', '-')",
+            code="invalid_revision",
+        )
     if text == MAIN or COMMIT_ID_RE.match(text) or TAG_RE.match(text):
         return text
     raise Unprocessable(
@@ -117,4 +130,21 @@ def find_version(session: Session, model: Model, full_name: str, revision: str |
         what = f"has no revision or tag {rev!r}"
     if version is None:
         raise NotFound(f"model {full_name} {what}", code="version_not_found")
+    return version
+
+
+def resolve_base(session: Session, base: str, viewer: Principal) -> Version:
+    """The ready version ``base`` (``ORG/NAME[@REV]``) names, if ``viewer`` may read it."""
+    ref = parse_ref(base)
+    try:
+        model, version = get_version(session, ref.org, ref.name, ref.revision)
+        if not can_read_model(viewer, model, ref.org):
+            raise model_not_found(ref.org, ref.name)
+    except NotFound as exc:
+        raise NotFound(f"base {base} not found: {exc.message}", code="base_not_found") from None
+    if version.status != "ready":
+        raise Conflict(
+            f"base {base} is {version.status}, not ready; wait for its job to finish (or push it again)",
+            code="base_not_ready",
+        )
     return version

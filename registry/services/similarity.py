@@ -19,14 +19,14 @@ import hashlib
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from compression.safetensors_io import SafetensorsError, read_header
 from registry.lineage_repository import LineageRepository
 from registry.models import File, Model, Version
 from registry.objectstore import ObjectStore
-from registry.repositories import FileRepository, ModelRepository, TensorRepository
+from registry.repositories import FileRepository, ModelRepository, TensorRepository, visible_from
 from registry.services.refs import ref_string
 from registry.services.sketch_index import PER_BAND, band_keys
 from registry.sketch_band_repository import SketchBandRepository, ready_candidates
@@ -141,9 +141,7 @@ def rank_candidates(
     model also of the private models of its own namespace (never another namespace's private model:
     neither its name nor its bytes may show through this one)."""
     own = session.get(Model, version.model_id)
-    visible: ColumnElement[bool] = Model.private.is_(False)
-    if own is not None and own.private:
-        visible = or_(visible, and_(Model.private.is_(True), Model.namespace_id == own.namespace_id))
+    visible: ColumnElement[bool] = visible_from(own) if own is not None else Model.private.is_(False)
     ids = SketchBandRepository(session).sharing(band_keys(sketch), PER_BAND, exclude=version.id)
     ids |= LineageRepository(session).ancestor_ids(ids)
     ids.discard(version.id)

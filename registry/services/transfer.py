@@ -4,8 +4,11 @@ tensor, any byte range)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -22,6 +25,7 @@ from registry.errors import BadRequest, Conflict, RangeNotSatisfiable
 from registry.models import File, Version
 from registry.objectstore import ObjectStore, blob_key, new_staging_key
 from registry.repositories import FileRepository, TensorRepository
+from registry.services.chunks import RangeReader
 from registry.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
 
 MAX_INDEX_BYTES = 64 << 20
@@ -175,24 +179,64 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size)
 
 
+DECODE_AHEAD = 3  # tensors of one download decoded ahead of the stream (memory: that many + one)
+_decode_pool: ThreadPoolExecutor | None = None
+_decode_pool_lock = threading.Lock()
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """Threads shared by every download: the decoders release the GIL, so they use every core."""
+    global _decode_pool
+    with _decode_pool_lock:
+        if _decode_pool is None:
+            _decode_pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="deltazoo-decode")
+        return _decode_pool
+
+
 def iter_file(
-    store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None
+    store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None, ahead: int = DECODE_AHEAD
 ) -> Iterator[bytes | memoryview]:
-    """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors that overlap."""
+    """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors that overlap.
+
+    Up to ``ahead`` tensors are rebuilt on the shared decode threads while the stream sends the
+    current one, so a download runs at the decoders' speed on every core, its memory still bounded by
+    ``ahead + 1`` tensors (and the parent LRU). A stream closed early cancels what it queued.
+    """
     end = plan.size if end is None else end
-    for seg in plan.segments:
-        if seg.end <= start or seg.start >= end:
-            continue
-        lo, hi = max(start, seg.start) - seg.start, min(end, seg.end) - seg.start
-        if seg.header is not None:
-            yield seg.header[lo:hi]
-        elif seg.recipe is not None:
-            raw = memoryview(reconstruct(store, seg.recipe))
-            for a in range(lo, hi, SEND_CHUNK):  # small writes: the socket buffer never holds a tensor
-                yield raw[a : min(hi, a + SEND_CHUNK)]
-        else:
-            assert seg.blob is not None
-            yield from _iter_zstd(store, seg.blob, lo, hi)
+    wanted = [
+        (seg, max(start, seg.start) - seg.start, min(end, seg.end) - seg.start)
+        for seg in plan.segments
+        if seg.end > start and seg.start < end
+    ]
+    queued: dict[int, Future[bytes]] = {}
+    submitted = 0
+
+    def queue_upto(last: int) -> None:
+        nonlocal submitted
+        while submitted < len(wanted) and submitted <= last:
+            recipe = wanted[submitted][0].recipe
+            if recipe is not None and not recipe.steps[-1].chunks:  # chunked ones: RangeReader below
+                queued[submitted] = decode_pool().submit(reconstruct, store, recipe)
+            submitted += 1
+
+    try:
+        for i, (seg, lo, hi) in enumerate(wanted):
+            queue_upto(i + ahead)
+            if seg.header is not None:
+                yield seg.header[lo:hi]
+            elif seg.recipe is not None and seg.recipe.steps[-1].chunks:  # only overlapping chunks
+                yield from RangeReader(store, seg.recipe).iter_bytes(lo, hi)
+            elif seg.recipe is not None:
+                raw = memoryview(queued.pop(i).result())
+                for a in range(lo, hi, SEND_CHUNK):  # small writes: the socket buffer never holds a tensor
+                    yield raw[a : min(hi, a + SEND_CHUNK)]
+                del raw
+            else:
+                assert seg.blob is not None
+                yield from _iter_zstd(store, seg.blob, lo, hi)
+    finally:
+        for future in queued.values():
+            future.cancel()
 
 
 def _iter_zstd(store: ObjectStore, blob: str, lo: int, hi: int) -> Iterator[bytes]:

@@ -22,19 +22,24 @@ from registry.repositories import (
     JobRepository,
     ModelRepository,
     NamespaceRepository,
+    TensorChunkRepository,
     TensorRepository,
     VersionRepository,
+    visible_from,
 )
-from registry.services.access import Principal, can_read_model, model_not_found
+from registry.services.access import OPEN, Principal, can_read_model, readable_versions
+from registry.services.card_lineage import apply_card_lineage
+from registry.services.detach import detach_copies
 from registry.services.encode import check_related_base
+from registry.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
+from registry.services.paths import check_portable_paths
 from registry.services.profiles import check_profile
 from registry.services.refs import (
     RELATIONS,
     check_description,
-    get_version,
     parse_name,
-    parse_ref,
     ref_string,
+    resolve_base,
 )
 from registry.services.similarity import mark_auto_base, sketch_and_resolve
 
@@ -68,36 +73,23 @@ def check_path(path: str) -> str:
 
 
 def create_model(
-    session: Session, name: str, description: str, private: bool, exist_ok: bool
+    session: Session, name: str, description: str, private: bool, exist_ok: bool, viewer: Principal = OPEN
 ) -> tuple[Model, bool]:
+    """A new model; with ``exist_ok`` the existing one, when the ``viewer`` may read it (a private model
+    it may not read is a plain 409: the name is taken, nothing about the model is shown)."""
     org, short = parse_name(name)
     check_description(description, "model")
     existing = ModelRepository(session).get(org, short)
     if existing is not None:
-        if exist_ok:
+        if exist_ok and can_read_model(viewer, existing, org):
             return existing, False
-        raise Conflict(f"model {name} already exists; pass exist_ok to reuse it", code="model_exists")
+        hint = "pass exist_ok to reuse it" if can_read_model(viewer, existing, org) else "pick another name"
+        raise Conflict(f"model {name} already exists; {hint}", code="model_exists")
     ns = NamespaceRepository(session).get_or_create(org)
     model = Model(namespace_id=ns.id, name=short, description=description, private=private)
     session.add(model)
     session.flush()
     return model, True
-
-
-def resolve_base(session: Session, base: str, viewer: Principal) -> Version:
-    ref = parse_ref(base)
-    try:
-        model, version = get_version(session, ref.org, ref.name, ref.revision)
-        if not can_read_model(viewer, model, ref.org):
-            raise model_not_found(ref.org, ref.name)
-    except NotFound as exc:
-        raise NotFound(f"base {base} not found: {exc.message}", code="base_not_found") from None
-    if version.status != "ready":
-        raise Conflict(
-            f"base {base} is {version.status}, not ready; wait for its job to finish (or push it again)",
-            code="base_not_ready",
-        )
-    return version
 
 
 def create_version(
@@ -131,6 +123,7 @@ def create_version(
             )
         if f.size < 0:
             raise Unprocessable(f"size of {f.path!r} must be >= 0", code="invalid_size")
+    check_portable_paths([f.path for f in files])
     auto = base == "auto"  # the parent is detected from the upload at commit (services.similarity)
     parent = resolve_base(session, base, viewer) if base and not auto else None
     if parent is not None and not model.private:
@@ -146,7 +139,7 @@ def create_version(
         model_id=model.id,
         revision=versions.next_revision(model.id),
         parent_version_id=parent.id if parent else None,
-        relation=relation if parent or auto else "finetune",
+        relation=relation,  # shown once there is a parent (from the base, auto or the model card)
         status="pending",
         lossy=lossy,
         profiles=list(dict.fromkeys(profiles)),
@@ -159,7 +152,9 @@ def create_version(
     uploads = []
     for f in files:
         kind = "safetensors" if is_safetensors_path(f.path) else "other"
-        source = file_repo.stored_ready_with_sha(f.sha256, f.size, viewer.private_namespaces())
+        source = file_repo.stored_ready_with_sha(
+            f.sha256, f.size, viewer.private_namespaces(), visible_from(model)
+        )
         session.add(
             File(
                 version_id=version.id,
@@ -213,14 +208,33 @@ def record_upload(session: Session, store: ObjectStore, file: File, staging_key:
     return file
 
 
-def commit_version(session: Session, store: ObjectStore, version: Version, ref: str, enqueue: Enqueue) -> Job:
-    """Freeze the uploads and enqueue the encode job (after the database commit)."""
+def commit_version(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    ref: str,
+    enqueue: Enqueue,
+    viewer: Principal = OPEN,
+    limits: UploadLimits = UploadLimits(),
+) -> Job:
+    """Freeze the uploads and enqueue the encode job (after the database commit).
+
+    A version commits once: the pending -> processing change is one conditional UPDATE, so of
+    concurrent commits one wins and the others answer 409 ``version_not_pending``. A version pushed
+    without a base takes its parent and relation from its model card (``base_model`` /
+    ``base_model_relation`` in README.md) when that base is stored and ``viewer`` may read it."""
     if version.status != "pending":
         raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
     files = FileRepository(session).for_version(version.id)
     missing = [f.path for f in files if not f.uploaded]
     if missing:
         raise BadRequest(f"upload these files before commit: {', '.join(missing)}", code="files_missing")
+    if not VersionRepository(session).claim_pending(version.id):
+        session.refresh(version)
+        raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
+    check_upload_limits(session, store, version, limits)
+    check_shard_indexes(session, store, version)
+    apply_card_lineage(session, store, version, viewer)
     sketch_and_resolve(session, store, version)
     if version.parent_version_id is not None:
         parent = VersionRepository(session).get(version.parent_version_id)
@@ -243,13 +257,17 @@ def delete_version(
     version: Version,
     ref: str,
     worker_grace: timedelta = timedelta(seconds=30),
+    *,
+    viewer: Principal = OPEN,
 ) -> None:
-    delete_versions(session, store, [version], ref, worker_grace)
+    delete_versions(session, store, [version], ref, worker_grace, viewer=viewer)
 
 
-def delete_model(session: Session, store: ObjectStore, model: Model, full_name: str) -> None:
+def delete_model(
+    session: Session, store: ObjectStore, model: Model, full_name: str, viewer: Principal = OPEN
+) -> None:
     """Delete a model and all its versions; refused while a version of another model needs them."""
-    delete_versions(session, store, VersionRepository(session).for_model(model.id), full_name)
+    delete_versions(session, store, VersionRepository(session).for_model(model.id), full_name, viewer=viewer)
     session.delete(model)
     session.flush()
 
@@ -260,18 +278,26 @@ def delete_versions(
     versions: list[Version],
     what: str,
     worker_grace: timedelta = timedelta(seconds=30),
+    *,
+    viewer: Principal = OPEN,
 ) -> None:
-    """Delete ``versions`` and drop their blob references (objects go once no reference is left).
+    """Delete ``versions`` (of one model) and drop their blob references (objects go once no reference
+    is left).
 
     A ``processing`` version is refused (409 ``version_busy``) only while a worker holds its encode job
     (a heartbeat newer than ``worker_grace``); a stuck one (its job queued, or its worker gone) is
     cancelled: the job is marked failed and the version deleted.
 
     Refused (409 ``has_descendants``) while a version outside the set decodes through their tensors,
-    naming each one and why: a descendant (``delta``/``delta-rows``) or a version that reuses
-    identical tensors (``same``, e.g. after a deduplicated push).
+    naming each one the ``viewer`` may read and why: a descendant (``delta``/``delta-rows``) or a
+    version of the same namespace that reuses identical tensors (``same``, e.g. after a deduplicated
+    push). Other namespaces' ``same`` copies never block: they get bytes of their own first.
     """
+    if not versions:
+        return
     ids = [v.id for v in versions]
+    owner = session.get(Model, versions[0].model_id)
+    namespace_id = owner.namespace_id if owner is not None else None
     jobs = JobRepository(session)
     processing = [v.id for v in versions if v.status == "processing"]
     if jobs.held_encodes(processing, utcnow() - worker_grace):
@@ -281,21 +307,15 @@ def delete_versions(
         )
     jobs.cancel_encodes(processing, f"cancelled: {what} was deleted")  # queued or stuck: nobody holds it
     tensors = TensorRepository(session)
-    dependents = tensors.dependents_of(ids)
+    dependents = tensors.dependents_of(ids, copies_kept_outside=namespace_id)
     if dependents:
-        refs = dict(zip(sorted(dependents), _refs_by_id(session, sorted(dependents)), strict=True))
-        reasons = []
-        for vid, (n, encodings) in sorted(dependents.items()):
-            how = "reuses" if encodings == {"same"} else "stores deltas against"
-            reasons.append(f"{refs[vid]} {how} {n} of its tensors")
-        raise Conflict(
-            f"{what} is needed to rebuild other versions: {'; '.join(reasons)}. "
-            "Delete those versions first (or keep this one)",
-            code="has_descendants",
-        )
+        raise Conflict(_dependents_message(session, what, dependents, viewer), code="has_descendants")
+    if namespace_id is not None:
+        detach_copies(session, store, ids, namespace_id)
     dropped: list[str] = []
     for version in sorted(versions, key=lambda v: v.id, reverse=True):  # children before parents
         dropped += [t.blob for t in tensors.for_version(version.id) if t.blob]
+        dropped += TensorChunkRepository(session).blobs_of_versions([version.id])
         for f in FileRepository(session).for_version(version.id):
             dropped += [b for b in (f.header_blob, f.blob) if b]
             if f.staging_key:
@@ -308,6 +328,26 @@ def delete_versions(
     blobs = BlobRepository(session)
     gone = [sha for sha in dropped if blobs.drop_reference(sha)]
     after_commit(session, partial(delete_objects, store, [blob_key(sha) for sha in gone]))
+
+
+def _dependents_message(
+    session: Session, what: str, dependents: dict[int, tuple[int, set[str]]], viewer: Principal
+) -> str:
+    """Why ``what`` cannot go, naming only the dependents ``viewer`` may read (the others are counted)."""
+    visible = sorted(readable_versions(session, viewer, set(dependents)))
+    refs = dict(zip(visible, _refs_by_id(session, visible), strict=True))
+    reasons = []
+    for vid in visible:
+        n, encodings = dependents[vid]
+        how = "reuses" if encodings == {"same"} else "stores deltas against"
+        reasons.append(f"{refs[vid]} {how} {n} of its tensors")
+    hidden = len(dependents) - len(visible)
+    if hidden:
+        reasons.append(f"{hidden} version(s) of models this token cannot read depend on it")
+    return (
+        f"{what} is needed to rebuild other versions: {'; '.join(reasons)}. "
+        "Delete those versions first (or keep this one)"
+    )
 
 
 def _refs_by_id(session: Session, version_ids: list[int]) -> list[str]:

@@ -6,18 +6,22 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from registry.models import Artifact, File, Job, Model, Version
+from registry.models import Artifact, File, Job, Model, TensorChunk, Version
 from registry.repositories import (
     ArtifactRepository,
     BlobRepository,
     FileRepository,
     ModelRepository,
+    ReadableTotals,
     TagRepository,
+    TensorChunkRepository,
     TensorRepository,
     VersionRepository,
     count_rows,
 )
+from registry.services.access import OPEN, Principal, readable_versions
 from registry.services.refs import ref_string
+from registry.sketch_band_repository import suggested_bases
 
 
 def ratio(logical: int, stored: int) -> float | None:
@@ -28,12 +32,16 @@ def _names(session: Session, versions: list[Version]) -> dict[int, str]:
     return ModelRepository(session).full_names(v.model_id for v in versions)
 
 
-def version_summaries(session: Session, versions: list[Version]) -> list[dict[str, Any]]:
-    parents = VersionRepository(session).get_many(
-        v.parent_version_id for v in versions if v.parent_version_id
-    )
+def version_summaries(
+    session: Session, versions: list[Version], viewer: Principal = OPEN
+) -> list[dict[str, Any]]:
+    """Summaries of ``versions``; a parent the ``viewer`` may not read is not named (``parent`` null)."""
+    wanted = {v.parent_version_id for v in versions if v.parent_version_id}
+    parent_ids = readable_versions(session, viewer, wanted)
+    parents = VersionRepository(session).get_many(parent_ids)
     names = _names(session, [*versions, *parents.values()])
     artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
+    suggested = suggested_bases(session, [v.id for v in versions if v.parent_version_id is None])
     tags = TagRepository(session).names_by_version(v.id for v in versions)
     out = []
     for v in versions:
@@ -54,7 +62,7 @@ def version_summaries(session: Session, versions: list[Version]) -> list[dict[st
                 "lossy": v.lossy,
                 "created_at": v.created_at,
                 "parent_similarity": v.parent_similarity,
-                "suggested_base": (v.sketch or {}).get("suggested") if v.parent_version_id is None else None,
+                "suggested_base": suggested.get(v.id) if v.parent_version_id is None else None,
                 "commit_id": v.commit_id,
                 "tags": tags.get(v.id, []),
             }
@@ -83,9 +91,9 @@ def model_summaries(session: Session, models: list[tuple[Model, str]]) -> list[d
     return out
 
 
-def model_detail(session: Session, model: Model, full_name: str) -> dict[str, Any]:
+def model_detail(session: Session, model: Model, full_name: str, viewer: Principal = OPEN) -> dict[str, Any]:
     summary = model_summaries(session, [(model, full_name)])[0]
-    summary["versions"] = version_summaries(session, VersionRepository(session).for_model(model.id))
+    summary["versions"] = version_summaries(session, VersionRepository(session).for_model(model.id), viewer)
     return summary
 
 
@@ -118,23 +126,28 @@ def job_info(j: Job) -> dict[str, Any]:
     }
 
 
-def chain(session: Session, version: Version) -> list[Version]:
+def chain(session: Session, version: Version, viewer: Principal = OPEN) -> list[Version]:
     """This version, its parent, ... to the root."""
     out = [version]
     seen = {version.id}
     repo = VersionRepository(session)
     while out[-1].parent_version_id is not None and out[-1].parent_version_id not in seen:
         parent = repo.get(out[-1].parent_version_id)
-        if parent is None:
+        if parent is None or not readable_versions(session, viewer, {parent.id}):
             break
         seen.add(parent.id)
         out.append(parent)
     return out
 
 
-def _parent_refs(session: Session, parent_ids: set[int]) -> dict[int, tuple[str, str, str]]:
-    """tensor id -> (version ref, file path, tensor name) for the given parent tensors."""
+def _parent_refs(
+    session: Session, parent_ids: set[int], viewer: Principal
+) -> dict[int, tuple[str, str, str]]:
+    """tensor id -> (version ref, file path, tensor name) for the given parent tensors that the
+    ``viewer`` may read (a ``same`` twin or delta parent in a model it may not read is never named)."""
     tensors = TensorRepository(session).get_many(parent_ids)
+    visible = readable_versions(session, viewer, {t.version_id for t in tensors.values()})
+    tensors = {i: t for i, t in tensors.items() if t.version_id in visible}
     files = {
         f.id: f
         for vid in {t.version_id for t in tensors.values()}
@@ -149,12 +162,12 @@ def _parent_refs(session: Session, parent_ids: set[int]) -> dict[int, tuple[str,
     return out
 
 
-def version_detail(session: Session, version: Version) -> dict[str, Any]:
-    detail = version_summaries(session, [version])[0]
+def version_detail(session: Session, version: Version, viewer: Principal = OPEN) -> dict[str, Any]:
+    detail = version_summaries(session, [version], viewer)[0]
     files = FileRepository(session).for_version(version.id)
     paths = {f.id: f.path for f in files}
     tensors = TensorRepository(session).for_version(version.id)
-    parents = _parent_refs(session, {t.parent_tensor_id for t in tensors if t.parent_tensor_id})
+    parents = _parent_refs(session, {t.parent_tensor_id for t in tensors if t.parent_tensor_id}, viewer)
     detail["files"] = [file_info(f) for f in files]
     detail["tensors"] = [
         {
@@ -166,25 +179,30 @@ def version_detail(session: Session, version: Version) -> dict[str, Any]:
             "encoding": t.encoding,
             "logical_bytes": t.offset_end - t.offset_begin,
             "stored_bytes": t.stored_bytes,
-            "parent": ":".join(parents[t.parent_tensor_id]) if t.parent_tensor_id else None,
+            "parent": ":".join(parents[t.parent_tensor_id]) if t.parent_tensor_id in parents else None,
         }
         for t in tensors
     ]
     detail["artifacts"] = [artifact_info(a) for a in ArtifactRepository(session).for_version(version.id)]
-    detail["chain"] = [s["ref"] for s in version_summaries(session, chain(session, version))]
+    detail["chain"] = [s["ref"] for s in version_summaries(session, chain(session, version, viewer), viewer)]
     return detail
 
 
-def manifest(session: Session, version: Version, ref: str) -> dict[str, Any]:
+def _chunk_info(c: TensorChunk) -> dict[str, Any]:
+    return {"begin": c.begin, "end": c.end, "encoding": c.encoding, "blob": c.blob, "sha256": c.sha256}
+
+
+def manifest(session: Session, version: Version, ref: str, viewer: Principal = OPEN) -> dict[str, Any]:
     files = FileRepository(session).for_version(version.id)
     tensors = TensorRepository(session).for_version(version.id)
     parent_rows = TensorRepository(session).get_many(
         t.parent_tensor_id for t in tensors if t.parent_tensor_id
     )
-    parents = _parent_refs(session, set(parent_rows))
+    parents = _parent_refs(session, set(parent_rows), viewer)
+    chunks = TensorChunkRepository(session).for_tensors(t.id for t in tensors if t.chunks)
     by_file: dict[int, list[dict[str, Any]]] = {f.id: [] for f in files}
     for t in tensors:
-        p = parent_rows.get(t.parent_tensor_id) if t.parent_tensor_id else None
+        p = parent_rows.get(t.parent_tensor_id) if t.parent_tensor_id in parents else None
         by_file[t.file_id].append(
             {
                 "name": t.name,
@@ -194,6 +212,7 @@ def manifest(session: Session, version: Version, ref: str) -> dict[str, Any]:
                 "sha256": t.sha256,
                 "encoding": t.encoding,
                 "blob": t.blob,
+                "chunks": [_chunk_info(c) for c in chunks[t.id]] if t.id in chunks else None,
                 "parent": None
                 if p is None
                 else {
@@ -215,7 +234,13 @@ def manifest(session: Session, version: Version, ref: str) -> dict[str, Any]:
     }
 
 
-def stats(session: Session) -> dict[str, Any]:
+def stats(session: Session, viewer: Principal = OPEN) -> dict[str, Any]:
+    """Whole-zoo totals; for a viewer who may not read every model, totals of what it may read (so a
+    private push changes no number an outsider sees)."""
+    allowed = viewer.private_namespaces()
+    if allowed is not None:
+        totals = ReadableTotals(session, allowed).as_dict()
+        return {**totals, "ratio": ratio(totals["logical_bytes"], totals["stored_bytes"])}
     blobs, stored = BlobRepository(session).totals()
     logical = VersionRepository(session).ready_logical_total()
     tensors = TensorRepository(session)

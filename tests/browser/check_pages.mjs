@@ -29,15 +29,23 @@ try {
   await page.click('a[href="/models/family/math"]');
   await page.waitForSelector("#lineage");
   out.modelUrl = page.url();
-  out.lineage = await page.$$eval("#lineage li", (lis) => lis.map((li) => ({
-    ref: li.dataset.ref,
-    parent: li.parentElement.closest("li") ? li.parentElement.closest("li").dataset.ref : null,
+  out.lineage = await page.$$eval("#lineage a.node", (nodes) => nodes.map((a) => ({
+    ref: a.dataset.ref, role: a.dataset.role, parent: a.dataset.parent || null,
+    text: a.querySelector("text").textContent,
   })));
+  out.lineageEdges = await page.$$eval("#lineage path.edge", (p) => p.length);
+  out.card = await page.$$eval("#card dd[data-field]", (dds) => Object.fromEntries(dds.map((d) => [d.dataset.field, d.textContent])));
+  out.cardHeading = await page.$eval("#card .card-body h1", (h) => h.textContent);
+  out.snippets = await page.$$eval("#use pre", (pres) => pres.map((p) => p.textContent));
+  await page.click('button[data-copy="cli-code"]');
+  out.copyButton = await page.$eval('button[data-copy="cli-code"]', (b) => b.textContent);
+  out.modelOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   out.modelSvg = await page.$$eval("svg.plot rect.bar", (bars) => bars.length);
   await page.screenshot({ path: screenshot, fullPage: true });
 
   await page.click('#versions a[href="/models/family/math/1"]');
   await page.waitForSelector("#tensors");
+  out.versionOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   out.tensors = await page.$$eval("#tensors tbody tr", (rows) => rows.map((r) => ({
     name: r.dataset.tensor,
     encoding: r.cells[3].textContent.trim(),
@@ -51,7 +59,9 @@ try {
     bpb: Number(r.querySelector(".bpb").dataset.bpb),
     gain: r.querySelector(".gain").dataset.gain === "" ? null : Number(r.querySelector(".gain").dataset.gain),
   })));
-  out.leaderboardDots = await page.$$eval("svg.plot circle", (c) => c.length);
+  out.leaderboardDots = await page.$$eval("svg.plot circle.dot:not(.legend *)", (c) => c.length);
+  out.legend = await page.$$eval("svg.plot .legend .legendlabel", (t) => t.map((x) => x.textContent));
+  out.yticks = await page.$$eval("svg.plot text.tick[text-anchor=end]", (t) => t.map((x) => x.textContent));
 } catch (e) {
   out.errors.push(String(e));
 } finally {

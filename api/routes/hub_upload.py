@@ -1,0 +1,171 @@
+"""The Hugging Face Hub protocol's write side: create repo, preupload, commit (NDJSON), and the Xet
+token route answered with what to do instead (registry/services/hub_commit.py)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import DB, Enqueue, Store
+from api.hub_protocol import HubRoute, HubViewer, hub_error
+from registry.errors import BadRequest, DeltazooError
+from registry.services import hub_commit
+from registry.services.model_card import front_matter_problem
+
+router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
+REPO = "/api/models/{org}/{name}"
+MAX_LINE_BYTES = 512 << 20  # one NDJSON line: a file sent inline, base64
+
+
+@router.post("/api/repos/create", response_model=None)
+async def create_repo(request: Request, session: DB, viewer: HubViewer) -> dict | Response:
+    body = await _json_body(request)
+    private = body.get("private") is True or body.get("visibility") == "private"
+    name, org = body.get("name"), body.get("organization")
+    if body.get("type") not in (None, "model"):
+        raise BadRequest("deltazoo stores models only (repo_type='model')", code="invalid_repo_type")
+    base = str(request.base_url).rstrip("/")
+    try:
+        created = await run_in_threadpool(hub_commit.create_repo, session, viewer, name, org, private)
+    except DeltazooError as exc:
+        if exc.code != "model_exists":
+            raise
+        response = hub_error(request, exc)  # the Hub's 409 names the repository (create_repo(exist_ok=True))
+        response.body = json.dumps({"error": exc.message, "url": f"{base}/{org}/{name}"}).encode()
+        response.headers["content-length"] = str(len(response.body))
+        return response
+    return {**created, "url": f"{base}/{created['name']}"}
+
+
+@router.post(REPO + "/preupload/{revision}")
+async def preupload(
+    org: str, name: str, revision: str, request: Request, session: DB, viewer: HubViewer
+) -> dict:
+    files = (await _json_body(request)).get("files")
+    if not isinstance(files, list):
+        raise BadRequest("the body needs a 'files' list", code="invalid_request")
+    return await run_in_threadpool(hub_commit.preupload, session, viewer, f"{org}/{name}", revision, files)
+
+
+@router.post(REPO + "/commit/{revision}")
+async def commit(
+    org: str,
+    name: str,
+    revision: str,
+    request: Request,
+    session: DB,
+    store: Store,
+    enqueue: Enqueue,
+    viewer: HubViewer,
+) -> dict:
+    ops = hub_commit.CommitOperations()
+    try:
+        async for line in _lines(request.stream()):
+            _apply(ops, line)
+        version, _ = await run_in_threadpool(
+            hub_commit.commit, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
+        )
+    finally:
+        ops.close()
+    base = str(request.base_url).rstrip("/")
+    return {
+        "commitOid": version.commit_id,
+        "commitUrl": f"{base}/{org}/{name}/commit/{version.commit_id}",
+        "success": True,
+        "revision": version.revision,
+    }
+
+
+@router.post("/api/validate-yaml", response_model=None)
+async def validate_yaml(request: Request) -> dict | Response:
+    """What ``upload_folder`` / ``ModelCard.push_to_hub`` ask before sending a README.md."""
+    content = (await _json_body(request)).get("content")
+    problem: str | None = "'content' must be the card's text"
+    if isinstance(content, str):
+        problem = front_matter_problem(content)
+    if problem is None:
+        return {"errors": [], "warnings": []}
+    return JSONResponse({"error": problem, "errors": [{"message": problem}], "warnings": []}, status_code=400)
+
+
+@router.get(REPO + "/xet-write-token/{revision}")
+@router.get(REPO + "/xet-read-token/{revision}", operation_id="hub_xet_read_token")
+def xet_token(org: str, name: str, revision: str) -> dict:
+    raise DeltazooError(
+        "this server does not speak Xet; deltazoo answers preupload with uploadMode 'regular', so only"
+        " files forced through LFS/Xet get here: set HF_HUB_DISABLE_XET=1",
+        code="xet_not_supported",
+        status=400,
+    )
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body must be JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    return body
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            if line.strip():
+                yield line
+        if len(buffer) > MAX_LINE_BYTES:
+            raise DeltazooError(
+                f"a commit line is over {MAX_LINE_BYTES >> 20} MiB; commit large files in several commits",
+                code="too_large",
+                status=413,
+            )
+    if buffer.strip():
+        yield bytes(buffer)
+
+
+def _apply(ops: hub_commit.CommitOperations, line: bytes) -> None:
+    """One NDJSON operation of huggingface_hub's ``_prepare_commit_payload``."""
+    try:
+        item = json.loads(line)
+        key, value = item["key"], item["value"]
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest(
+            "each commit line must be a JSON object with 'key' and 'value'", code="invalid_commit"
+        ) from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"commit operation {key!r} needs an object value", code="invalid_commit")
+    path = value.get("path")
+    if key == "header":
+        ops.header = value
+    elif key == "file" and isinstance(path, str):
+        if value.get("encoding", "base64") != "base64" or not isinstance(value.get("content"), str):
+            raise BadRequest(f"{path}: file content must be base64 text", code="invalid_commit")
+        try:
+            data = base64.b64decode(value["content"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"{path}: file content is not valid base64", code="invalid_commit") from None
+        ops.add(path, data)
+    elif key == "deletedFile" and isinstance(path, str):
+        ops.deleted_files.add(path)
+    elif key == "deletedFolder" and isinstance(path, str):
+        ops.deleted_folders.add(path.rstrip("/"))
+    elif key == "lfsFile":
+        raise BadRequest(
+            f"{path}: LFS files are not accepted here; deltazoo takes files inline (preupload answers"
+            " 'regular'): upload with an unchanged huggingface_hub client",
+            code="lfs_not_supported",
+        )
+    else:
+        raise BadRequest(f"unsupported commit operation {key!r}", code="invalid_commit")

@@ -1,0 +1,159 @@
+"""The Hugging Face Hub protocol, upload side, with the real huggingface_hub (hf-xet installed, as users
+get it) against a real ``deltazoo serve`` (auth on): create_repo, upload_folder of a sharded checkpoint
+with a model card (lineage from the card, deduplicated, exact), commits on top of main, refusals."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from safetensors.torch import save_file
+
+from deltazoo import Client
+from tests.checkpoints import make_base_and_finetune, tree_sha256
+from tests.servers import ApiServer, start_api_server
+
+ADMIN = "hub-up-admin-secret"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    home = tmp_path_factory.mktemp("hub-up") / "home"
+    api = start_api_server(home, {"DELTAZOO_AUTH": "true", "DELTAZOO_ADMIN_TOKEN": ADMIN})
+    try:
+        yield api
+    finally:
+        api.stop()
+    problems = api.problems()
+    assert not problems, "\n\n".join(problems[:5])
+
+
+@pytest.fixture(autouse=True)
+def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+def sharded(src: Path, dest: Path, card: str) -> Path:
+    """``src``'s weights in two shards with an index, its config, and a model card."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(src / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    dest.mkdir(parents=True)
+    weight_map = {}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k].contiguous() for k in keys}, str(dest / shard))
+        weight_map.update(dict.fromkeys(keys, shard))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (dest / "config.json").write_bytes((src / "config.json").read_bytes())
+    (dest / "README.md").write_text(card)
+    return dest
+
+
+def wait_main(api: object, repo: str, commit: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while api.model_info(repo).sha != commit:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, f"main of {repo} never reached {commit}"
+        time.sleep(0.2)
+
+
+def test_upload_folder_of_a_sharded_checkpoint_with_a_card(server: ApiServer, tmp_path: Path) -> None:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    pair = make_base_and_finetune(tmp_path / "ckpt")
+    with Client(server.url, token=ADMIN) as client:
+        client.push(pair.base, "acme/base", quiet=True)
+        writer = client.create_token("acme-writer", namespace="acme", scopes=["read", "write"]).token
+    folder = sharded(pair.finetune, tmp_path / "up", "---\nbase_model: acme/base\nlicense: mit\n---\n# ft\n")
+
+    api = HfApi(endpoint=server.url, token=writer)
+    url = api.create_repo("acme/ft", private=True)
+    assert str(url).endswith("/acme/ft")
+    assert api.create_repo("acme/ft", exist_ok=True)
+    with pytest.raises(HfHubHTTPError) as conflict:
+        api.create_repo("acme/ft")
+    assert conflict.value.response.status_code == 409
+    info = api.upload_folder(repo_id="acme/ft", folder_path=folder, commit_message="first")
+    assert len(info.oid) == 40
+    wait_main(api, "acme/ft", info.oid)
+
+    got = snapshot_download("acme/ft", endpoint=server.url, cache_dir=tmp_path / "c", token=writer)
+    assert tree_sha256(got) == tree_sha256(folder)
+    with Client(server.url, token=ADMIN) as client:
+        v = client.version_info("acme/ft@main")
+    assert v.parent == "acme/base@1" and v.relation == "finetune"  # lineage from the model card
+    assert v.commit_id == info.oid
+    encodings = {t.encoding for t in v.tensors}
+    assert "same" in encodings and encodings & {"delta", "delta-rows"}  # coded against its base
+    assert v.stored_bytes < v.logical_bytes
+
+    # commits on top of main: a file added, then one deleted; the rest is carried over
+    info2 = api.upload_file(path_or_fileobj=b"notes\n", path_in_repo="notes/a.txt", repo_id="acme/ft")
+    wait_main(api, "acme/ft", info2.oid)
+    info3 = api.delete_file("README.md", repo_id="acme/ft")
+    wait_main(api, "acme/ft", info3.oid)
+    files = set(api.list_repo_files("acme/ft"))
+    assert "notes/a.txt" in files and "README.md" not in files
+    assert "model-00001-of-00002.safetensors" in files
+
+
+def test_upload_refusals_are_4xx_in_the_hub_shape(server: ApiServer, tmp_path: Path) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    with Client(server.url, token=ADMIN) as client:
+        other = client.create_token("other-writer", namespace="other", scopes=["read", "write"]).token
+    anonymous = HfApi(endpoint=server.url, token=False)
+    with pytest.raises(HfHubHTTPError) as no_token:
+        anonymous.create_repo("acme/x")
+    assert no_token.value.response.status_code == 401
+    with pytest.raises(HfHubHTTPError) as wrong_ns:
+        HfApi(endpoint=server.url, token=other).create_repo("acme/x")
+    assert wrong_ns.value.response.status_code == 403
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=server.url, token=other).upload_file(
+            path_or_fileobj=b"x", path_in_repo="a.txt", repo_id="other/missing"
+        )
+    admin = HfApi(endpoint=server.url, token=ADMIN)
+    admin.create_repo("acme/bad")
+    bad_shard = tmp_path / "bad.safetensors"
+    bad_shard.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header....")
+    with pytest.raises(HfHubHTTPError) as invalid:
+        admin.upload_file(
+            path_or_fileobj=str(bad_shard), path_in_repo="model.safetensors", repo_id="acme/bad"
+        )
+    assert invalid.value.response.status_code == 400
+    assert admin.list_repo_files("acme/bad") == []  # nothing stored
+    h = {"Authorization": f"Bearer {ADMIN}"}
+    cases = [
+        (
+            "/api/models/acme/bad/commit/main",
+            b'{"key": "lfsFile", "value": {"path": "a", "oid": "x"}}\n',
+            400,
+        ),
+        ("/api/models/acme/bad/commit/main", b"not json\n", 400),
+        ("/api/models/acme/bad/commit/v1", b'{"key": "header", "value": {}}\n', 400),
+        (
+            "/api/models/acme/bad/commit/main",
+            b'{"key": "file", "value": {"path": "../x", "content": ""}}\n',
+            422,
+        ),
+        ("/api/models/acme/bad/commit/main", b'{"key": "header", "value": {"summary": "empty"}}\n', 422),
+        ("/api/models/acme/bad/preupload/main", b'{"files": 3}', 400),
+        ("/api/repos/create", b'{"name": "solo"}', 422),
+        ("/api/models/acme/bad/xet-write-token/main", None, 400),
+    ]
+    for path, body, status in cases:
+        method = "GET" if body is None else "POST"
+        r = httpx.request(method, server.url + path, content=body, headers=h)
+        assert r.status_code == status, (path, body, r.status_code, r.text)
+        assert isinstance(r.json()["error"], str)
