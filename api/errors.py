@@ -81,6 +81,15 @@ def install_error_handlers(app: FastAPI) -> None:
     for error in _unavailable_errors():  # handled by class: a 503, never a 500 with a traceback
         app.add_exception_handler(error, _retryable)
 
+    from sqlalchemy.exc import IntegrityError
+
+    @app.exception_handler(IntegrityError)
+    async def _race(_request: Request, exc: IntegrityError) -> JSONResponse:
+        """A unique key taken by a concurrent request between our check and our insert."""
+        log.info("integrity race: %s", (str(exc).splitlines() or [""])[0][:300])
+        message = "a concurrent request changed the same name or rows first; look again and retry"
+        return JSONResponse(error_body("conflict", message), status_code=409)
+
     @app.exception_handler(Exception)
     async def _bug(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
@@ -91,7 +100,8 @@ def _unavailable_errors() -> tuple[type[Exception], ...]:
     """Errors that mean the database or the object store did not answer: retryable, not a bug."""
     from sqlalchemy import exc as sa_exc
 
-    errors: list[type[Exception]] = [sa_exc.OperationalError, sa_exc.DisconnectionError]
+    # TimeoutError: no pooled connection came free in time (a burst); the client retries after a pause
+    errors: list[type[Exception]] = [sa_exc.OperationalError, sa_exc.DisconnectionError, sa_exc.TimeoutError]
     errors += [ConnectionError, TimeoutError]
     try:
         import urllib3.exceptions

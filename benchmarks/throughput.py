@@ -163,7 +163,69 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def one_repetition(pair: Path, work: Path, rep: int) -> dict[str, float]:
+# Stages of the API's time, first match wins: a stage matches a stack when, for each of its groups, some
+# frame contains one of the group's strings (py-spy raw stacks: ``function (file:line)``).
+STAGES: list[tuple[str, list[tuple[str, ...]]]] = [
+    ("encode: parent reconstruction (decode + verify)", [("encode_and_store (",), ("reconstruct (",)]),
+    ("encode: codec encode", [("encode_and_store (",), ("encode_tensor (",)]),
+    ("encode: round-trip decode check", [("encode_and_store (",), ("decode_tensor (",)]),
+    ("encode: payload sha256, blob write + fsync", [("encode_and_store (",)]),
+    ("encode: read staged tensor + sha256", [("read_and_hash (",)]),
+    ("encode: database (dedup, rows, commits)", [("encode_version (",), ("sqlalchemy",)]),
+    ("encode: other (job thread)", [("encode_version (",)]),
+    ("pull: tensor decode + verify", [("reconstruct (",)]),
+    ("upload: validate + hash + spool", [("feed (", "account (")]),
+    ("upload: staging write (copy + fsync)", [("put_file (",)]),
+    ("database, other requests", [("sqlalchemy",)]),
+    ("HTTP server (uvicorn / starlette)", [("uvicorn", "starlette", "anyio", "h11")]),
+]
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return None
+    argv = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "50",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "-o",
+        str(out),
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        spy.wait(timeout=60)
+
+
+def profile_breakdown(raw: Path) -> list[tuple[str, int]]:
+    """Samples per stage of a py-spy raw (collapsed) profile: ``frame;frame;... count`` per line."""
+    counts: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        stage = next(
+            (
+                name
+                for name, groups in STAGES
+                if all(any(k in f for f in frames for k in group) for group in groups)
+            ),
+            "other",
+        )
+        counts[stage] = counts.get(stage, 0) + int(n)
+    return sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def one_repetition(pair: Path, work: Path, rep: int, profile: Path | None = None) -> dict[str, float]:
     from deltazoo import Client
     from tests.servers import start_api_server
 
@@ -171,14 +233,20 @@ def one_repetition(pair: Path, work: Path, rep: int) -> dict[str, float]:
     want = tree_sha256(pair / "ft")
     home = work / f"home-{rep}"
     api = start_api_server(home, {"DELTAZOO_TENSOR_CACHE_MB": "64"})
-    r: dict[str, float] = {}
+    r: dict[str, float] = {"API idle RSS MiB": peak_rss_mib(api.process.pid)}
+    spy = start_profiler(api.process.pid, profile) if profile is not None else None
     try:
         r["zstd -3 -T2"], r["zstd -d"] = zstd_files(ft_files, work)
         with Client(api.url, cache_dir=work / f"push-cache-{rep}") as c:
             r["push base"] = timed(lambda: c.push(pair / "base", "bench/base", quiet=True))
-            r["push fine-tune"] = timed(
-                lambda: c.push(pair / "ft", "bench/ft", base="bench/base@1", quiet=True)
-            )
+            start = time.perf_counter()
+            c.push(pair / "ft", "bench/ft", base="bench/base@1", quiet=True, wait=False)
+            r["push fine-tune: upload"] = time.perf_counter() - start
+            while (status := c.version_info("bench/ft@1").status) not in ("ready", "failed"):
+                time.sleep(0.05)
+            assert status == "ready", f"the fine-tune's encode {status}"
+            r["push fine-tune"] = time.perf_counter() - start
+            r["push fine-tune: encode"] = r["push fine-tune"] - r["push fine-tune: upload"]
         r["zstd -d (again)"] = zstd_files(ft_files, work)[1]
         with Client(api.url, cache_dir=work / f"cold-{rep}") as c:
             r["cold pull"] = timed(lambda: c.pull("bench/ft@1", work / f"cold-out-{rep}", quiet=True))
@@ -189,6 +257,7 @@ def one_repetition(pair: Path, work: Path, rep: int) -> dict[str, float]:
         assert tree_sha256(work / f"delta-out-{rep}") == want, "delta-only pull differs"
         r["API peak RSS MiB"] = peak_rss_mib(api.process.pid)
     finally:
+        stop_profiler(spy)
         api.stop()
         for p in work.iterdir():
             if p.name.endswith(f"-{rep}") or p.name == f"home-{rep}-api.log":
@@ -222,6 +291,16 @@ def report(pair: Path, size_mib: int, dtype: str, shards: int, runs: list[dict[s
             col("push fine-tune"),
             ratio("push fine-tune", "zstd -3 -T2"),
         ),
+        (
+            "… of which upload (client hash + send, server validate + hash + stage)",
+            col("push fine-tune: upload"),
+            ratio("push fine-tune: upload", "zstd -3 -T2"),
+        ),
+        (
+            "… of which the encode job (polled every 50 ms)",
+            col("push fine-tune: encode"),
+            ratio("push fine-tune: encode", "zstd -3 -T2"),
+        ),
         ("cold pull of the fine-tune", col("cold pull"), ratio("cold pull", "zstd -d (again)")),
         (
             "delta-only pull (base cached)",
@@ -249,7 +328,13 @@ def report(pair: Path, size_mib: int, dtype: str, shards: int, runs: list[dict[s
     for label, secs, rat in rows:
         mbs = mib * 1.048576 / statistics.median(secs)
         lines.append(f"| {label} | {spread(secs)} | {mbs:.0f} | {spread(rat) if rat else '–'} |")
-    lines += ["", f"API peak RSS: {spread(col('API peak RSS MiB'), '{:.0f}')} MiB.", ""]
+    above = [r["API peak RSS MiB"] - r["API idle RSS MiB"] for r in runs]
+    lines += [
+        "",
+        f"API peak RSS {spread(col('API peak RSS MiB'), '{:.0f}')} MiB, "
+        f"{spread(above, '{:.0f}')} MiB above its RSS after start-up.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -265,6 +350,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "deltazoo-throughput")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.md")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated pairs in --data")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the API during the first repetition into this file"
+    )
     args = parser.parse_args()
     if shutil.which("zstd") is None:
         parser.error("the zstd command is needed (apt-get install zstd)")
@@ -276,10 +364,27 @@ def main() -> int:
             runs = []
             with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
                 for rep in range(args.reps):
-                    runs.append(one_repetition(pair, Path(tmp), rep))
+                    runs.append(one_repetition(pair, Path(tmp), rep, args.profile if rep == 0 else None))
                     print(json.dumps({"dtype": dtype, "size_mib": size, "rep": rep, **runs[-1]}), flush=True)
             sections.append(report(pair, size, dtype, args.shards, runs))
             print(sections[-1], flush=True)
+            if args.profile is not None and args.profile.is_file():
+                stages = profile_breakdown(args.profile)
+                total = sum(n for _, n in stages) or 1
+                sections.append(
+                    "\n".join(
+                        [
+                            "Where the API process spends its CPU: py-spy samples of its running threads "
+                            "(idle threads left out), all threads summed, over the first repetition:",
+                            "",
+                            "| stage | share of samples |",
+                            "| --- | --- |",
+                            *[f"| {name} | {100 * n / total:.1f} % |" for name, n in stages],
+                            "",
+                        ]
+                    )
+                )
+                print(sections[-1], flush=True)
             if not args.keep_data:
                 shutil.rmtree(pair, ignore_errors=True)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])

@@ -132,18 +132,62 @@ def _entry(name: str, raw: object) -> TensorEntry:
     return TensorEntry(name, dtype, shape, begin, end)
 
 
+MAX_JSON_DEPTH = 32
+MAX_JSON_INT_DIGITS = 20  # an int64 has at most 19 digits (and a sign)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits (at most {MAX_JSON_INT_DIGITS})")
+    return int(text)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_strings(value: object, what: str, depth: int = 0) -> None:
+    """Depth at most ``MAX_JSON_DEPTH``; every string (keys too) UTF-8 encodable (no lone surrogate
+    escapes such as "\\ud800") and free of NUL, so the database and file systems can hold it."""
+    if depth > MAX_JSON_DEPTH:
+        raise SafetensorsError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, what, depth + 1)
+            _check_strings(v, what, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_strings(v, what, depth + 1)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SafetensorsError(f"{what} holds a string with a lone surrogate escape") from None
+        if "\x00" in value:
+            raise SafetensorsError(f"{what} holds a string with a NUL character")
+    elif isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise SafetensorsError(f"{what} holds an integer outside 64 bits")
+
+
+def strict_json(raw: bytes, what: str) -> object:
+    """JSON from an untrusted file, refused with ``SafetensorsError`` (never a Python limit): UTF-8,
+    depth, integer length, NaN/Infinity, lone surrogates and NUL in strings."""
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_int=_bounded_int, parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise SafetensorsError(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise SafetensorsError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
+    _check_strings(doc, what)
+    return doc
+
+
 def parse_header(first_bytes: bytes, max_header: int = MAX_HEADER_BYTES) -> SafetensorsHeader:
     """Parse and check the header at the start of ``first_bytes`` (which may hold more of the file)."""
     n = header_length(first_bytes, max_header)
     if len(first_bytes) < 8 + n:
         raise SafetensorsError(f"file ends inside its {n}-byte header (only {len(first_bytes) - 8} bytes)")
-    raw = first_bytes[8 : 8 + n]
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SafetensorsError(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise SafetensorsError(f"header is not valid JSON: {exc}") from None
+    doc = strict_json(first_bytes[8 : 8 + n], "header")
     if not isinstance(doc, dict):
         raise SafetensorsError(f"header must be a JSON object, got {type(doc).__name__}")
     metadata = doc.pop("__metadata__", None)
@@ -253,10 +297,7 @@ def read_header(read_at: ReadAt, file_size: int, max_header: int = MAX_HEADER_BY
 
 def validate_index(data: bytes) -> dict[str, str]:
     """Check a ``model.safetensors.index.json`` and return its weight map (tensor name -> shard file)."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorsError(f"index file is not UTF-8 JSON: {exc}") from None
+    doc = strict_json(data, "index file")
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and is_safetensors_path(v) for k, v in weight_map.items()

@@ -394,15 +394,13 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_pull_delta(args: argparse.Namespace) -> int:
-    import shutil
+    from deltazoo.linking import place
 
     with _client(args) as c:
         src = c.fetch_delta_file(args.name, args.profile, quiet=args.quiet)
-    dest = Path(args.dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / src.name
-    shutil.copyfile(src, target)
-    print(f"{target}  ({human_bytes(target.stat().st_size)})")
+    target = Path(args.dest) / src.name
+    how = place(src, target)  # a link to the cache's read-only copy where the filesystem allows
+    print(f"{target}  ({human_bytes(target.stat().st_size)}, {'copied' if how == 'copy' else how + 'ed'})")
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -27,7 +28,6 @@ import httpx
 
 from deltazoo.cache import Cache
 from deltazoo.checkpoint import check_weights, scan_checkpoint
-from deltazoo.delta_pull import DeltaPuller
 from deltazoo.errors import (
     ClientError,
     ConflictError,
@@ -309,7 +309,7 @@ class Client:
                         f"check it later with Client.job({current.id!r})"
                     )
                 time.sleep(delay)
-                delay = min(delay * 1.5, 2.0)
+                delay = min(delay * 1.5, 0.5)  # a finished job is seen within half a second
                 current = self.job(current.id)
                 bar.n = round(100 * current.progress)
                 bar.refresh()
@@ -354,7 +354,8 @@ class Client:
         if not files:
             return
         total = sum(f.size for f in files)
-        bar = progress_bar(total, f"push {ref.model} ({len(files)} files)", quiet=quiet)
+        n = len(files)
+        bar = progress_bar(total, f"push {ref.model} ({n} file{'' if n == 1 else 's'})", quiet=quiet)
         lock = threading.Lock()
         try:  # shards side by side: the server validates, hashes and stages each on its own thread
             lanes = min(_PARALLEL_FILES, len(files))
@@ -612,6 +613,8 @@ class Client:
         missing = [f for f in files if not self.cache.has_blob(f.sha256, f.size)]
         if not missing:
             return
+        from deltazoo.delta_pull import DeltaPuller  # the codecs (numpy): only a pull needs them
+
         puller: DeltaPuller | None = None
         held = [self.cache.cached_files(Ref.parse(r)) for r in version.chain if Ref.parse(r) != ref]
         if any(held):
@@ -620,13 +623,14 @@ class Client:
                 if cached:
                     puller.hold(cached)
         total = sum(f.size for f in missing)
-        bar = progress_bar(total, f"pull {ref} ({len(missing)} files)", quiet=quiet)
+        n = len(missing)
+        bar = progress_bar(total, f"pull {ref} ({n} file{'' if n == 1 else 's'})", quiet=quiet)
         lock = threading.Lock()
 
         def fetch(f: FileInfo) -> None:
             share = _BarShare(bar, lock)
             if puller is not None and not self.cache.incomplete_path(f.sha256).exists():
-                puller.pull_file(version.ref, f)
+                puller.pull_file(version.ref, f, bar=share)
             else:
                 url = f"{_vpath(ref)}/files/{quote(f.path)}"
                 self.cache.download(self._t, url, f, quiet=quiet, bar=share)
@@ -834,6 +838,7 @@ class Client:
             raise IntegrityError(
                 "artifact bytes do not match the server's ETag; retry", code="sha256_mismatch"
             )
+        os.chmod(tmp, 0o444)  # read-only like the blobs: pulls link it into place
         tmp.replace(path)
         return path
 

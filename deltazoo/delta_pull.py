@@ -25,6 +25,7 @@ from urllib.parse import quote
 import zstandard
 
 from compression.codecs import decode_tensor
+from compression.dtypes import dtype_info
 from deltazoo.cache import Cache, HashingWriter
 from deltazoo.errors import IntegrityError
 from deltazoo.models import FileInfo, Ref
@@ -103,6 +104,9 @@ class DeltaPuller:
                     f"tensor {tensor['name']} is 'same' without a parent", code="bad_manifest"
                 )
             data = self._parent_raw(parent, depth)
+        elif tensor.get("chunks"):
+            parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
+            data = self._chunked(tensor, parent, parent_raw)
         else:
             payload = self.transport.get_bytes(f"/v1/blobs/{tensor['blob']}")
             parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
@@ -123,10 +127,33 @@ class DeltaPuller:
             )
         return data
 
+    def _chunked(
+        self, tensor: dict[str, Any], parent: dict[str, Any] | None, parent_raw: bytes | None
+    ) -> bytes:
+        """A tensor stored in chunks: each an element range, coded alone or against the same elements
+        of the parent."""
+        out = bytearray()
+        view = memoryview(parent_raw) if parent_raw is not None else None
+        pitem = dtype_info(parent["dtype"]).itemsize if parent else 0
+        for chunk in tensor["chunks"]:
+            n = [chunk["end"] - chunk["begin"]]
+            payload = self.transport.get_bytes(f"/v1/blobs/{chunk['blob']}")
+            if chunk["encoding"] == "plain":
+                out += decode_tensor("plain", payload, tensor["dtype"], n)
+                continue
+            if view is None or parent is None:
+                raise IntegrityError(
+                    f"tensor {tensor['name']}: a delta chunk without a parent", code="bad_manifest"
+                )
+            part = view[chunk["begin"] * pitem : chunk["end"] * pitem]
+            out += decode_tensor(chunk["encoding"], payload, tensor["dtype"], n, part, parent["dtype"], n)
+        return bytes(out)
+
     # --- whole files -----------------------------------------------------------------------------
 
-    def pull_file(self, ref: str, file: FileInfo) -> Path:
-        """Rebuild one file of ``ref`` into the cache's blobs from its manifest entry."""
+    def pull_file(self, ref: str, file: FileInfo, *, bar: Any = None) -> Path:
+        """Rebuild one file of ``ref`` into the cache's blobs from its manifest entry; ``bar`` is the
+        pull's progress bar over all of its files (else the file gets a bar of its own)."""
         entry = next((f for f in self.manifest(ref)["files"] if f["path"] == file.path), None)
         if entry is None:
             raise IntegrityError(f"manifest of {ref} lacks {file.path}", code="manifest_inconsistent")
@@ -136,7 +163,7 @@ class DeltaPuller:
             if entry.get("tensors") is None or not entry.get("header_blob"):
                 self._pull_other(entry, out)
             else:
-                self._pull_safetensors(entry, out, file)
+                self._pull_safetensors(entry, out, file, bar)
         return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
 
     def _pull_other(self, entry: dict[str, Any], out: HashingWriter) -> None:
@@ -166,10 +193,16 @@ class DeltaPuller:
                 for _, future in queued:
                     future.cancel()
 
-    def _pull_safetensors(self, entry: dict[str, Any], out: HashingWriter, file: FileInfo) -> None:
+    def _pull_safetensors(
+        self, entry: dict[str, Any], out: HashingWriter, file: FileInfo, shared: Any = None
+    ) -> None:
         header = self.transport.get_bytes(f"/v1/blobs/{entry['header_blob']}")
         tensors = sorted(entry["tensors"], key=lambda t: t["offset"][0])
-        bar = progress_bar(file.size, f"rebuild {file.path}", quiet=self.quiet)
+        bar = (
+            shared
+            if shared is not None
+            else progress_bar(file.size, f"rebuild {file.path}", quiet=self.quiet)
+        )
         try:
             out.write(header)
             bar.update(len(header))
@@ -190,4 +223,5 @@ class DeltaPuller:
                 bar.update(len(data))
                 position = end
         finally:
-            bar.close()
+            if shared is None:
+                bar.close()

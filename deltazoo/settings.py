@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     )
     job_heartbeat_s: float = Field(default=10.0, description="Celery job heartbeat; 3 missed: sent again")
     tensor_cache_mb: int = Field(default=64, description="LRU of decoded parent tensors, per process (MiB)")
+    max_tensor_mb: int = Field(default=65536, ge=1, description="largest tensor an upload may hold (MiB)")
+    max_tensors: int = Field(default=100_000, ge=1, description="most tensors one version may hold")
+    tensor_chunk_mb: int = Field(
+        default=8, ge=1, description="tensors larger than this are stored in chunks of it (MiB)"
+    )
     max_text_bytes: int = Field(default=4 << 20, description="largest evaluation text set accepted (bytes)")
     eval_device: str = Field(default="cpu", description="torch device the evaluate job runs models on")
     eval_max_versions: int = Field(default=200, description="newest ready versions a new text set evaluates")

@@ -14,8 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from deltazoo.settings import Settings, get_settings
 
@@ -48,7 +49,27 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # pool_timeout: a burst that takes every connection waits at most 5 s, then answers 503 (Retry-After)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=5)
+
+
+_health_engines: dict[str, Engine] = {}
+
+
+def ping_database(settings: Settings) -> None:
+    """SELECT 1 on a connection of its own (no pool): the health check answers at once even while a
+    burst holds every pooled connection."""
+    url = normalize_url(settings.resolved_database_url)
+    with _lock:
+        engine = _health_engines.get(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 5})
+            else:
+                engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+            _health_engines[url] = engine
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:

@@ -182,6 +182,23 @@ class Tensor(Base):
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     depth: Mapped[int] = mapped_column(Integer, default=0)  # decode steps from a plain tensor
     parent_tensor_id: Mapped[int | None] = mapped_column(ForeignKey("tensor.id"), index=True)
+    # > 0: the payload is in this many tensor_chunk rows (element ranges coded apart, blob is null)
+    chunks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class TensorChunk(Base):
+    """One element range ``[begin, end)`` of a large tensor, coded on its own (``plain``, or ``delta``
+    against the same elements of the tensor's parent), so a Range read decodes only what it returns."""
+
+    __tablename__ = "tensor_chunk"
+    tensor_id: Mapped[int] = mapped_column(ForeignKey("tensor.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    begin: Mapped[int] = mapped_column(BigInteger)
+    end: Mapped[int] = mapped_column(BigInteger)
+    encoding: Mapped[str] = mapped_column(String(16))  # plain | delta
+    blob: Mapped[str] = mapped_column(ForeignKey("blob.sha256"), index=True)
+    sha256: Mapped[str] = mapped_column(SHA256)  # of the chunk's raw bytes
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class Artifact(Timestamped, Base):

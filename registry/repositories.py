@@ -19,6 +19,7 @@ from registry.models import (
     Model,
     Namespace,
     Tensor,
+    TensorChunk,
     Version,
     VersionTag,
     utcnow,
@@ -150,6 +151,17 @@ class VersionRepository:
         return list(
             self.s.scalars(select(Version).where(Version.model_id == model_id).order_by(Version.revision))
         )
+
+    def claim_pending(self, version_id: int) -> bool:
+        """pending -> processing in one conditional UPDATE (it locks the row until the commit): True for
+        exactly one of concurrent callers."""
+        result = self.s.execute(
+            update(Version)
+            .where(Version.id == version_id, Version.status == "pending")
+            .values(status="processing")
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def next_revision(self, model_id: int) -> int:
         top = self.s.scalar(select(func.max(Version.revision)).where(Version.model_id == model_id))
@@ -375,6 +387,28 @@ class TensorRepository:
         return self.s.scalar(select(func.count()).select_from(Tensor)) or 0
 
 
+class TensorChunkRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def for_tensors(self, tensor_ids: Iterable[int]) -> dict[int, list[TensorChunk]]:
+        """tensor id -> its chunks in element order (tensors stored whole have none)."""
+        ids = list(set(tensor_ids))
+        out: dict[int, list[TensorChunk]] = {}
+        if not ids:
+            return out
+        query = select(TensorChunk).where(TensorChunk.tensor_id.in_(ids))
+        rows = self.s.scalars(query.order_by(TensorChunk.tensor_id, TensorChunk.index))
+        for c in rows:
+            out.setdefault(c.tensor_id, []).append(c)
+        return out
+
+    def blobs_of_versions(self, version_ids: Sequence[int]) -> list[str]:
+        """Blob of every chunk of the versions' tensors (one entry per reference)."""
+        mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
+        return list(self.s.scalars(select(TensorChunk.blob).where(TensorChunk.tensor_id.in_(mine))))
+
+
 class BlobRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -558,6 +592,9 @@ class ReadableTotals:
             select(File.blob.label("sha")).where(File.version_id.in_(versions)),
             select(File.header_blob.label("sha")).where(File.version_id.in_(versions)),
             select(Tensor.blob.label("sha")).where(in_readable),
+            select(TensorChunk.blob.label("sha")).where(
+                TensorChunk.tensor_id.in_(select(Tensor.id).where(in_readable))
+            ),
             select(Artifact.blob.label("sha")).where(Artifact.version_id.in_(versions)),
         ).subquery()
         totals = select(func.count(), func.coalesce(func.sum(Blob.size), 0))

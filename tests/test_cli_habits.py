@@ -315,3 +315,52 @@ def test_job_progress_has_no_rate_and_transfers_count_bytes() -> None:
     assert "37%" in job and "/s" not in job  # was "18.50%/s"
     pull = tqdm.format_meter(3_000_000, 10_000_000, 2.0, ncols=100, **bar_options("B"))
     assert "3.00MB/10.0MB" in pull and "1.50MB/s" in pull
+
+
+def test_a_delta_only_pull_shows_one_bar_over_its_files(
+    env: str,
+    checkpoint_pair: CheckpointPair,
+    unique_org: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deltazoo import Client, delta_pull
+    from deltazoo import client as client_module
+
+    with Client(env, cache_dir=tmp_path / "c") as c:
+        c.push(checkpoint_pair.base, f"{unique_org}/base", quiet=True)
+        c.push(checkpoint_pair.finetune, f"{unique_org}/ft", base=f"{unique_org}/base", quiet=True)
+        c.pull(f"{unique_org}/base", quiet=True)  # the base in the cache: the fine-tune travels as deltas
+        bars: list[str] = []
+
+        def recording(module: object) -> object:
+            real = module.progress_bar  # type: ignore[attr-defined]
+
+            def bar(total: int | None, desc: str, **kw: object):  # type: ignore[no-untyped-def]
+                bars.append(desc)
+                return real(total, desc, **kw)
+
+            return bar
+
+        monkeypatch.setattr(client_module, "progress_bar", recording(client_module))
+        monkeypatch.setattr(delta_pull, "progress_bar", recording(delta_pull))
+        out = c.pull(f"{unique_org}/ft", tmp_path / "ft", quiet=True)
+    assert file_sha256(out / "model.safetensors") == file_sha256(
+        checkpoint_pair.finetune / "model.safetensors"
+    )
+    # config.json is the base's: one file travels, rebuilt from deltas, under the pull's one bar
+    assert bars == [f"pull {unique_org}/ft@1 (1 file)"]
+
+
+def test_leaderboard_cli_says_when_the_fine_tune_did_not_gain() -> None:
+    from deltazoo.cli import _gain_text
+
+    assert _gain_text({"gain_kept": 0.9731}) == "97.3 %"
+    row = {
+        "gain_kept": None,
+        "gain_note": "fine-tune did not gain here",
+        "bpb_base": 2.0,
+        "bpb_finetune": 2.45,
+    }
+    assert _gain_text(row) == "fine-tune did not gain here (bpb base 2.000, fine-tune 2.450)"
+    assert _gain_text({"gain_kept": None}) == "-"  # a dense row

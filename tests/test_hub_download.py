@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,3 +257,30 @@ def test_a_tag_works_as_a_revision_in_the_sdk_cli_and_hub(
     assert [(t.name, t.target_commit) for t in refs.tags] == [("prod", tag.commit_id)]
     assert refs.branches[0].name == "main"
     assert main(["--url", server.url, "--token", ADMIN, "tag", "rm", "demo/base", "v1.2"]) == 0
+
+
+def test_the_hf_cli_downloads_and_uploads(server: ApiServer, zoo: dict, tmp_path: Path) -> None:
+    hf = str(Path(sys.executable).parent / "hf")
+    env = hub_env(server, tmp_path / "hf", token=ADMIN)
+
+    def run(*argv: str) -> str:
+        done = subprocess.run([hf, *argv], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done.stdout
+
+    run("download", "demo/coder", "--local-dir", str(tmp_path / "out"))
+    got = {k: v for k, v in tree_sha256(tmp_path / "out").items() if not k.startswith(".cache")}
+    assert got == tree_sha256(zoo["pair"].finetune)
+    run("upload", "cli/up", str(zoo["pair"].finetune))  # creates the repository, then commits
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=server.url, token=ADMIN)
+    deadline = time.monotonic() + 120
+    while api.model_info("cli/up").sha is None:  # main exists once the version is encoded
+        assert time.monotonic() < deadline, "cli/up never became ready"
+        time.sleep(0.2)
+    assert sorted(api.list_repo_files("cli/up")) == ["config.json", "model.safetensors"]
+    run("download", "cli/up", "config.json", "--revision", "1", "--local-dir", str(tmp_path / "one"))
+    assert (tmp_path / "one" / "config.json").read_bytes() == (
+        zoo["pair"].finetune / "config.json"
+    ).read_bytes()

@@ -18,6 +18,7 @@ TABLES = {
     "version",
     "file",
     "tensor",
+    "tensor_chunk",
     "blob",
     "artifact",
     "job",

@@ -37,7 +37,9 @@ def test_ref_parse(text: str, expected: Ref) -> None:
     assert Ref.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["base", "acme/", "/x", "acme/base@", "acme/base@-v2", "acme/base@v/2", "a/b/c", "acme/ba se"])
+@pytest.mark.parametrize(
+    "text", ["base", "acme/", "/x", "acme/base@", "acme/base@-v2", "acme/base@v/2", "a/b/c", "acme/ba se"]
+)
 def test_ref_parse_rejects_with_a_value_error_saying_the_form(text: str) -> None:
     with pytest.raises(ValueError, match="ORG/NAME"):
         Ref.parse(text)

@@ -150,3 +150,25 @@ def test_the_lineage_graph_draws_a_bounded_page(client: TestClient) -> None:
     assert len(rows) == 2 and total == 3  # a page of two, and the count of all three
     html = client.get("/models/family/math").text  # math's siblings: bounded/kid0-2
     assert html.count('data-role="sibling"') == 3
+
+
+def test_a_profile_whose_fine_tune_did_not_gain_shows_no_gain_kept(client: TestClient) -> None:
+    """Made so in the stored figures: the fine-tune's bpb above its base's on this text."""
+    from sqlalchemy import select
+
+    from registry.db import session_scope
+    from registry.models import Evaluation
+
+    with session_scope(client.app.state.settings) as session:  # type: ignore[attr-defined]
+        ev = session.scalars(select(Evaluation).where(Evaluation.artifact_id.is_not(None))).first()
+        assert ev is not None and ev.details["gain_kept"] is not None
+        base = ev.details["bpb_base"]
+        ev.details = {**ev.details, "bpb_finetune": base + 0.25}
+    board = client.get("/v1/leaderboard", params={"text": "fox"}).json()["items"]
+    (profile,) = [i for i in board if i["profile"]]
+    assert profile["gain_kept"] is None and profile["gain_note"] == "fine-tune did not gain here"
+    assert profile["bpb_finetune"] == pytest.approx(base + 0.25) and profile["bpb_base"] == base
+    html = client.get("/leaderboard", params={"text": "fox"}).text
+    row = html.split(f'data-profile="{profile["profile"]}"')[1].split("</tr>")[0]
+    assert "fine-tune did not gain here" in row and f"bpb base {base:.4f}" in row
+    assert "stored bytes against gain kept" not in html  # no profile with a defined gain: no plot

@@ -101,6 +101,7 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> None:
             marks.progress,
             marks.checkpoint,
             threads=ctx.settings.encode_threads or os.cpu_count() or 1,
+            chunk_bytes=ctx.settings.tensor_chunk_mb << 20,
         )
     if version.status == "ready":
         enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)

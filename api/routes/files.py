@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from api import schemas
+from api.body_feed import feed_body
 from api.deps import DB, Store
 from api.errors import error_body
 from registry.errors import BadRequest, DeltazooError
@@ -45,9 +46,7 @@ async def put_file(
     partials.abandon(file)  # a one-request upload replaces a resumable one left unfinished
     sink = UploadSink(file)
     try:
-        async for chunk in request.stream():
-            if chunk:
-                sink.feed(chunk)
+        await feed_body(request, sink.feed)
         key = await run_in_threadpool(sink.finish, store)
     except BadRequest:
         sink.close()
@@ -72,15 +71,15 @@ async def _put_part(
             code="invalid_content_range",
         )
     sink = partials.begin(file, start)
+
+    def too_much() -> BadRequest:
+        return BadRequest(
+            f"{file.path}: more bytes arrived than Content-Range {header!r} names",
+            code="invalid_content_range",
+        )
+
     try:
-        async for chunk in request.stream():
-            if sink.size + len(chunk) > end:
-                raise BadRequest(
-                    f"{file.path}: more bytes arrived than Content-Range {header!r} names",
-                    code="invalid_content_range",
-                )
-            if chunk:
-                sink.feed(chunk)
+        await feed_body(request, sink.feed, limit=end - start, too_much=too_much)
     except BadRequest:
         partials.discard(file)
         raise

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from api import schemas
 from api.deps import Store
 from api.errors import error_body
-from registry.db import session_scope
+from registry.db import ping_database
 
 router = APIRouter(tags=["health"])
 
@@ -20,8 +19,7 @@ router = APIRouter(tags=["health"])
 def health(request: Request, store: Store) -> object:
     result = {"status": "ok", "database": "ok", "object_store": "ok"}
     try:
-        with session_scope(request.app.state.settings) as s:
-            s.execute(text("SELECT 1"))
+        ping_database(request.app.state.settings)
     except Exception as exc:  # any failure means "not answering"
         result["database"] = f"error: {type(exc).__name__}: {exc}"
     try:

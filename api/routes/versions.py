@@ -16,6 +16,7 @@ from deltazoo.settings import Settings
 from registry.objectstore import blob_key
 from registry.services import views
 from registry.services.artifacts import find_artifact, request_artifact
+from registry.services.limits import UploadLimits
 from registry.services.pending import pending_versions
 from registry.services.refs import get_model, get_version, ref_string
 from registry.services.resumable import partials_for
@@ -76,8 +77,9 @@ def post_commit(
     viewer: Viewer,
 ) -> dict:
     _, version = get_version(session, org, name, rev)
+    limits = UploadLimits(settings.max_tensor_mb << 20, settings.max_tensors)
     ref = ref_string(f"{org}/{name}", version.revision)
-    job = commit_version(session, store, version, ref, enqueue, viewer)
+    job = commit_version(session, store, version, ref, enqueue, viewer, limits)
     expiry = timedelta(hours=settings.staging_expiry_hours)
     sweep_stale_uploads(session, store, expiry, partials_for(settings.home))
     return {"version": views.version_summaries(session, [version], viewer)[0], "job": views.job_info(job)}

@@ -15,7 +15,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from registry.errors import DeltazooError, NotFound
-from registry.models import Artifact, File, Model, Tensor, Version
+from registry.models import Artifact, File, Model, Tensor, TensorChunk, Version
 from registry.repositories import of_readable_versions, readable_model_ids
 
 
@@ -110,6 +110,10 @@ def can_read_blob(session: Session, principal: Principal, sha256: str) -> bool:
         select(Version.id).join(File, File.version_id == Version.id)
         .where(or_(File.blob == sha256, File.header_blob == sha256)),
         select(Version.id).join(Tensor, Tensor.version_id == Version.id).where(Tensor.blob == sha256),
+        select(Version.id)
+        .join(Tensor, Tensor.version_id == Version.id)
+        .join(TensorChunk, TensorChunk.tensor_id == Tensor.id)
+        .where(TensorChunk.blob == sha256),
         select(Version.id).join(Artifact, Artifact.version_id == Version.id).where(Artifact.blob == sha256),
     ]
     for holder in holders:

@@ -17,12 +17,19 @@ from compression.codecs import decode_tensor, encode_tensor
 from registry.models import Tensor
 from registry.objectstore import ObjectStore
 from registry.repositories import BlobRepository, TensorRepository, VersionRepository
+from registry.services.chunks import DEFAULT_CHUNK_BYTES, plain_chunks_of
 from registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
 
 
-def detach_copies(session: Session, store: ObjectStore, version_ids: Sequence[int], namespace_id: int) -> int:
+def detach_copies(
+    session: Session,
+    store: ObjectStore,
+    version_ids: Sequence[int],
+    namespace_id: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> int:
     """Give every other namespace's ``same`` copy of a tensor of ``version_ids`` its own bytes; returns
-    how many tensors were detached. Memory: one tensor at a time."""
+    how many tensors were detached. Memory: one chunk at a time (a small tensor: the tensor)."""
     copies = TensorRepository(session).copies_outside(version_ids, namespace_id)
     if not copies:
         return 0
@@ -31,13 +38,21 @@ def detach_copies(session: Session, store: ObjectStore, version_ids: Sequence[in
     blobs = BlobRepository(session)
     for copy in copies:
         recipe = recipes[copy.id]
-        if len(recipe.steps) == 1:  # stored plain: share the blob, count one more reference
+        sha: str | None
+        if len(recipe.steps) == 1 and recipe.steps[0].blob:  # stored plain: share the blob
             sha = recipe.steps[0].blob
             blob = blobs.get(sha)
             if blob is None:
                 raise IntegrityError(f"tensor {copy.name!r}: blob {sha} is missing")
             blobs.add_reference(sha, blob.size)
             encoding, size = "plain", blob.size
+        elif recipe.nbytes > chunk_bytes or any(step.chunks for step in recipe.steps):
+            chunks = plain_chunks_of(session, store, recipe, copy.dtype, chunk_bytes)  # one chunk at a time
+            for chunk in chunks:
+                chunk.tensor_id = copy.id
+            session.add_all(chunks)
+            sha, encoding, size = None, "plain", sum(c.stored_bytes for c in chunks)
+            copy.chunks = len(chunks)
         else:
             sha, encoding, size = _recode_alone(session, store, copy, reconstruct(store, recipe))
         copy.encoding, copy.blob, copy.stored_bytes = encoding, sha, size

@@ -27,6 +27,7 @@ from registry.errors import BadRequest
 from registry.models import File, Model, Tensor, Version
 from registry.objectstore import ObjectStore, blob_key, delete_objects
 from registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
+from registry.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
 from registry.services.encode_pipeline import FilePipeline, ParentRef, Slot
 from registry.services.storage import IntegrityError, put_blob, resolve_recipes
 
@@ -157,6 +158,7 @@ def _encode_safetensors(
     after_tensor: Callable[[int], None],
     pool: ThreadPoolExecutor,
     threads: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> None:
     key = file.staging_key
     assert key is not None
@@ -207,8 +209,22 @@ def _encode_safetensors(
         totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
         after_tensor(slot.entry.nbytes)
 
-    todo = [e for e in header.tensors if e.name not in done]
+    todo = [e for e in header.tensors if e.name not in done and e.nbytes <= chunk_bytes]
     FilePipeline(pool, threads, store, file.path, read_at, header.header_size).run(todo, classify, record)
+    for entry in header.tensors:  # larger ones in chunks, one at a time: memory is a few chunks
+        if entry.name in done or entry.nbytes <= chunk_bytes:
+            continue
+        read = partial(_read_from, read_at, header.header_size + entry.begin)
+        row = encode_large_tensor(
+            session, store, version, file, entry, read, parents, max_depth, chunk_bytes, scope
+        )
+        totals.tensors += 1
+        totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
+        after_tensor(entry.nbytes)
+
+
+def _read_from(read_at: Callable[[int, int], bytes], start: int, offset: int, length: int) -> bytes:
+    return read_at(start + offset, length)
 
 
 def _parent_refs(session: Session, version: Version) -> dict[str, ParentRef]:
@@ -247,6 +263,7 @@ def encode_version(
     progress: Progress,
     checkpoint: Callable[[], None] = lambda: None,
     threads: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> EncodeTotals:
     """Encode every file of ``version`` (status ``processing``) and mark it ``ready``.
 
@@ -254,7 +271,9 @@ def encode_version(
     does not hold the database's write lock, and its progress is visible). Work committed by an
     interrupted run is found again and skipped, so the job can simply be run again. ``threads`` lanes
     encode the tensors of a file side by side (``registry.services.encode_pipeline``); the stored
-    bytes do not depend on it.
+    bytes do not depend on it. Tensors larger than ``chunk_bytes`` are stored in chunks
+    (``registry.services.chunks``), one at a time: the encode's peak memory is then a few chunks per
+    lane plus the parent tensor when that was stored whole, not the largest tensor.
     """
     files = FileRepository(session).for_version(version.id)
     parents = _parent_refs(session, version)
@@ -281,7 +300,8 @@ def encode_version(
         else:
             with ThreadPoolExecutor(max(1, threads), thread_name_prefix="deltazoo-encode") as pool:
                 _encode_safetensors(
-                    session, store, version, file, parents, max_depth, totals, advance, pool, threads
+                    session, store, version, file, parents, max_depth, totals, advance, pool, threads,
+                    chunk_bytes,
                 )
     staged = [f.staging_key for f in files if f.staging_key]
     for file in files:

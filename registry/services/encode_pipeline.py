@@ -7,10 +7,10 @@ the calling thread (the session is not thread-safe), in tensor order:
 1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them;
 2. the caller, in order, looks for a stored twin (``same``, no encode) or an earlier tensor of this run
    with the same bytes still being encoded (``same`` of it, recorded after it);
-3. otherwise a lane rebuilds the parent tensor (``reconstruct``: verified against its sha256, hot ones
-   cached), encodes, decodes the payload and compares it to the input (a byte comparison: the input's
-   sha256 is already known), hashes the payload and writes the blob (content-addressed, so a write that
-   an interrupted run already made is simply repeated);
+3. otherwise a lane rebuilds the parent tensor (``reconstruct``; not re-hashed, see
+   ``encode_and_store``), encodes, decodes the payload and compares it to the input (a byte
+   comparison: the input's sha256 is already known), hashes the payload and writes the blob
+   (content-addressed, so a write that an interrupted run already made is simply repeated);
 4. the caller records rows strictly in tensor order, so what a checkpoint commits is always a prefix of
    the file's tensors and a resumed run starts after it and stores exactly the same bytes.
 
@@ -90,7 +90,9 @@ def encode_and_store(
 ) -> Coded:
     """Encode one tensor (against ``parent`` when given), check the round trip, write the blob."""
     dtype, shape = entry.dtype, list(entry.shape)
-    parent_raw = reconstruct(store, parent.recipe) if parent else None
+    # not re-hashed: a wrong parent cannot slip through, since the payload is checked against the input
+    # decoded with these very parent bytes, and every pull verifies each step of the chain
+    parent_raw = reconstruct(store, parent.recipe, verify=False) if parent else None
     pdtype = parent.dtype if parent else None
     pshape = parent.shape if parent else None
     encoded = encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape)
@@ -108,8 +110,10 @@ def encode_and_store(
         raise IntegrityError(f"{path}: tensor {entry.name!r} did not round-trip through {encoded.encoding}")
     del check, parent_raw
     sha = hashlib.sha256(encoded.payload).hexdigest()
-    if not store.exists(blob_key(sha)):
-        store.put_bytes(blob_key(sha), encoded.payload)
+    # written even when an object of that name exists: without a blob row it may be an orphan the
+    # object-store sweep is about to delete; a fresh write makes it new again (payloads that repeat
+    # are rare: equal inputs became ``same`` before any encode)
+    store.put_bytes(blob_key(sha), encoded.payload)
     return Coded(encoded.encoding, sha, len(encoded.payload), uses_parent)
 
 

@@ -57,16 +57,28 @@ def parse_name(name: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
+MAX_REVISION = 2**31 - 1  # the revision column is a 32-bit integer
+
+
 def parse_revision(text: str | int) -> Revision:
     """A revision as users write it: a number, ``latest`` (None), ``main``, a commit id or a tag name."""
     if isinstance(text, int):
         return text
     if text in ("", "latest"):
         return None
-    if text.isdigit():
-        if int(text) < 1:
-            raise Unprocessable(f"revision {text!r} must be a positive integer", code="invalid_revision")
+    if text.isascii() and text.isdigit():  # ASCII only: '²' is a digit to str.isdigit, not to int()
+        if len(text) > len(str(MAX_REVISION)) or not 1 <= int(text) <= MAX_REVISION:
+            raise Unprocessable(
+                f"revision {text[:40]!r} must be a positive integer up to {MAX_REVISION}",
+                code="invalid_revision",
+            )
         return int(text)
+    if not text.isascii() or len(text) > 200:
+        raise Unprocessable(
+            "a revision is a number, 'latest', 'main', a 40-hex commit id or a tag name (ASCII letters,"
+            " digits, '.', '_', '-')",
+            code="invalid_revision",
+        )
     if text == MAIN or COMMIT_ID_RE.match(text) or TAG_RE.match(text):
         return text
     raise Unprocessable(

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from compression.codecs import decode_tensor
+from compression.dtypes import dtype_info
 from registry.models import Tensor
 from registry.objectstore import ObjectStore, blob_key
-from registry.repositories import BlobRepository, TensorRepository
+from registry.repositories import BlobRepository, TensorChunkRepository, TensorRepository
 
 
 class IntegrityError(RuntimeError):
@@ -41,12 +42,25 @@ def get_blob(store: ObjectStore, sha256: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """Elements ``[begin, end)`` of a chunked step, coded alone (``plain``) or against the same
+    elements of the step before (``delta``)."""
+
+    begin: int
+    end: int
+    encoding: str  # plain | delta
+    blob: str
+    sha256: str  # of the chunk's raw bytes
+
+
+@dataclass(frozen=True)
 class Step:
     encoding: str  # plain | delta | delta-rows
-    blob: str
+    blob: str | None  # None when the step is chunked
     dtype: str
     shape: tuple[int, ...]
     sha256: str  # of the raw bytes this step yields
+    chunks: tuple[Chunk, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,11 @@ class RawCache:
                 self._items.move_to_end(key)
             return value
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
     def put(self, key: str, value: bytes) -> None:
         if len(value) > self.max_bytes:
             return
@@ -106,6 +125,7 @@ def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Re
         loaded = repo.get_many(frontier - known.keys())
         known.update(loaded)
         frontier = {t.parent_tensor_id for t in loaded.values() if t.parent_tensor_id is not None}
+    chunked = TensorChunkRepository(session).for_tensors(t.id for t in known.values() if t.chunks)
     memo: dict[int, tuple[Step, ...]] = {}
 
     def steps_of(tid: int, seen: frozenset[int] = frozenset()) -> tuple[Step, ...]:
@@ -118,9 +138,12 @@ def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Re
             assert t.parent_tensor_id is not None
             result = steps_of(t.parent_tensor_id, seen | {tid})
         else:
-            if t.blob is None:
+            chunks = tuple(
+                Chunk(c.begin, c.end, c.encoding, c.blob, c.sha256) for c in chunked.get(t.id, ())
+            )
+            if t.blob is None and (not chunks or len(chunks) != t.chunks):
                 raise IntegrityError(f"tensor {t.name!r} ({t.encoding}) has no blob")
-            step = Step(t.encoding, t.blob, t.dtype, tuple(t.shape), t.sha256)
+            step = Step(t.encoding, t.blob, t.dtype, tuple(t.shape), t.sha256, chunks)
             if t.encoding == "plain":
                 result = (step,)
             else:
@@ -132,10 +155,42 @@ def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Re
     return {tid: Recipe(steps_of(tid), known[tid].offset_end - known[tid].offset_begin) for tid in wanted}
 
 
+def decode_chunk(
+    store: ObjectStore, step: Step, chunk: Chunk, parent: Step | None, parent_part: bytes | memoryview | None
+) -> bytes:
+    """The raw bytes of one chunk (``parent_part``: the parent step's raw bytes of the same elements,
+    needed for a ``delta`` chunk), checked against the chunk's sha256."""
+    n = [chunk.end - chunk.begin]
+    payload = get_blob(store, chunk.blob)
+    if chunk.encoding == "plain":
+        raw = decode_tensor("plain", payload, step.dtype, n)
+    else:
+        if parent is None or parent_part is None:
+            raise IntegrityError(f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent")
+        raw = decode_tensor(chunk.encoding, payload, step.dtype, n, parent_part, parent.dtype, n)
+    if hashlib.sha256(raw).hexdigest() != chunk.sha256:
+        raise IntegrityError(f"a chunk of tensor {step.sha256} does not match its recorded sha256")
+    return raw
+
+
+def decode_chunked(store: ObjectStore, step: Step, parent: Step | None, parent_raw: bytes | None) -> bytes:
+    """A chunked step decoded whole, given the whole parent's raw bytes."""
+    out = bytearray()
+    pitem = dtype_info(parent.dtype).itemsize if parent else 0
+    view = memoryview(parent_raw) if parent_raw is not None else None
+    for chunk in step.chunks:
+        part = view[chunk.begin * pitem : chunk.end * pitem] if view is not None else None
+        out += decode_chunk(store, step, chunk, parent, part if chunk.encoding != "plain" else None)
+    return bytes(out)
+
+
 def reconstruct(
     store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
 ) -> bytes:
-    """The raw bytes of a tensor, decoded forward through its recipe (checked against its sha256)."""
+    """The raw bytes of a tensor, decoded forward through its recipe (checked against its sha256).
+
+    With ``verify=False`` nothing is hashed and nothing decoded is cached (the cache holds only checked
+    bytes, which every caller may trust)."""
     hit = cache.get(recipe.sha256)
     if hit is not None:
         return hit
@@ -149,19 +204,24 @@ def reconstruct(
     for i in range(start, len(recipe.steps)):
         step = recipe.steps[i]
         parent = recipe.steps[i - 1] if i > 0 else None
-        raw = decode_tensor(
-            step.encoding,
-            get_blob(store, step.blob),
-            step.dtype,
-            list(step.shape),
-            parent_raw=raw if parent else None,
-            parent_dtype=parent.dtype if parent else None,
-            parent_shape=list(parent.shape) if parent else None,
-        )
+        if step.chunks:
+            raw = decode_chunked(store, step, parent, raw)
+        else:
+            assert step.blob is not None
+            raw = decode_tensor(
+                step.encoding,
+                get_blob(store, step.blob),
+                step.dtype,
+                list(step.shape),
+                parent_raw=raw if parent else None,
+                parent_dtype=parent.dtype if parent else None,
+                parent_shape=list(parent.shape) if parent else None,
+            )
         if verify and hashlib.sha256(raw).hexdigest() != step.sha256:
             raise IntegrityError(f"decoded tensor does not match its recorded sha256 {step.sha256}")
-        if i < len(recipe.steps) - 1:
+        if verify and i < len(recipe.steps) - 1:
             cache.put(step.sha256, raw)
     assert raw is not None
-    cache.put(recipe.sha256, raw)
+    if verify:
+        cache.put(recipe.sha256, raw)
     return raw

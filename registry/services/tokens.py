@@ -22,11 +22,20 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+ADMIN_FROM_SETTINGS = "admin (from settings)"
+
+
 def ensure_admin_token(session: Session, token: str) -> None:
+    """The admin token named by the settings exists, and replaces the one an earlier setting named (a
+    rotated secret stops working at the next start); admin tokens created through the API are kept."""
     digest = token_hash(token)
+    for old in session.scalars(select(ApiToken).where(ApiToken.name == ADMIN_FROM_SETTINGS)):
+        if old.token_hash != digest:
+            session.delete(old)
+    session.flush()
     if session.scalar(select(ApiToken).where(ApiToken.token_hash == digest)) is None:
         session.add(
-            ApiToken(name="admin (from settings)", token_hash=digest, scopes=["read", "write"], admin=True)
+            ApiToken(name=ADMIN_FROM_SETTINGS, token_hash=digest, scopes=["read", "write"], admin=True)
         )
 
 

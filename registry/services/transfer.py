@@ -25,6 +25,7 @@ from registry.errors import BadRequest, Conflict, RangeNotSatisfiable
 from registry.models import File, Version
 from registry.objectstore import ObjectStore, blob_key, new_staging_key
 from registry.repositories import FileRepository, TensorRepository
+from registry.services.chunks import RangeReader
 from registry.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
 
 MAX_INDEX_BYTES = 64 << 20
@@ -214,7 +215,7 @@ def iter_file(
         nonlocal submitted
         while submitted < len(wanted) and submitted <= last:
             recipe = wanted[submitted][0].recipe
-            if recipe is not None:
+            if recipe is not None and not recipe.steps[-1].chunks:  # chunked ones: RangeReader below
                 queued[submitted] = decode_pool().submit(reconstruct, store, recipe)
             submitted += 1
 
@@ -223,6 +224,8 @@ def iter_file(
             queue_upto(i + ahead)
             if seg.header is not None:
                 yield seg.header[lo:hi]
+            elif seg.recipe is not None and seg.recipe.steps[-1].chunks:  # only overlapping chunks
+                yield from RangeReader(store, seg.recipe).iter_bytes(lo, hi)
             elif seg.recipe is not None:
                 raw = memoryview(queued.pop(i).result())
                 for a in range(lo, hi, SEND_CHUNK):  # small writes: the socket buffer never holds a tensor

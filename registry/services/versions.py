@@ -22,6 +22,7 @@ from registry.repositories import (
     JobRepository,
     ModelRepository,
     NamespaceRepository,
+    TensorChunkRepository,
     TensorRepository,
     VersionRepository,
     visible_from,
@@ -30,6 +31,8 @@ from registry.services.access import OPEN, Principal, can_read_model, readable_v
 from registry.services.card_lineage import apply_card_lineage
 from registry.services.detach import detach_copies
 from registry.services.encode import check_related_base
+from registry.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
+from registry.services.paths import check_portable_paths
 from registry.services.profiles import check_profile
 from registry.services.refs import (
     RELATIONS,
@@ -120,6 +123,7 @@ def create_version(
             )
         if f.size < 0:
             raise Unprocessable(f"size of {f.path!r} must be >= 0", code="invalid_size")
+    check_portable_paths([f.path for f in files])
     auto = base == "auto"  # the parent is detected from the upload at commit (services.similarity)
     parent = resolve_base(session, base, viewer) if base and not auto else None
     if parent is not None and not model.private:
@@ -211,18 +215,25 @@ def commit_version(
     ref: str,
     enqueue: Enqueue,
     viewer: Principal = OPEN,
+    limits: UploadLimits = UploadLimits(),
 ) -> Job:
     """Freeze the uploads and enqueue the encode job (after the database commit).
 
-    A version pushed without a base takes its parent and relation from its model card
-    (``base_model`` / ``base_model_relation`` in README.md) when that base is stored and ``viewer``
-    may read it."""
+    A version commits once: the pending -> processing change is one conditional UPDATE, so of
+    concurrent commits one wins and the others answer 409 ``version_not_pending``. A version pushed
+    without a base takes its parent and relation from its model card (``base_model`` /
+    ``base_model_relation`` in README.md) when that base is stored and ``viewer`` may read it."""
     if version.status != "pending":
         raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
     files = FileRepository(session).for_version(version.id)
     missing = [f.path for f in files if not f.uploaded]
     if missing:
         raise BadRequest(f"upload these files before commit: {', '.join(missing)}", code="files_missing")
+    if not VersionRepository(session).claim_pending(version.id):
+        session.refresh(version)
+        raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
+    check_upload_limits(session, store, version, limits)
+    check_shard_indexes(session, store, version)
     apply_card_lineage(session, store, version, viewer)
     sketch_and_resolve(session, store, version)
     if version.parent_version_id is not None:
@@ -304,6 +315,7 @@ def delete_versions(
     dropped: list[str] = []
     for version in sorted(versions, key=lambda v: v.id, reverse=True):  # children before parents
         dropped += [t.blob for t in tensors.for_version(version.id) if t.blob]
+        dropped += TensorChunkRepository(session).blobs_of_versions([version.id])
         for f in FileRepository(session).for_version(version.id):
             dropped += [b for b in (f.header_blob, f.blob) if b]
             if f.staging_key:

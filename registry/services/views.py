@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from registry.models import Artifact, File, Job, Model, Version
+from registry.models import Artifact, File, Job, Model, TensorChunk, Version
 from registry.repositories import (
     ArtifactRepository,
     BlobRepository,
@@ -14,6 +14,7 @@ from registry.repositories import (
     ModelRepository,
     ReadableTotals,
     TagRepository,
+    TensorChunkRepository,
     TensorRepository,
     VersionRepository,
     count_rows,
@@ -187,6 +188,10 @@ def version_detail(session: Session, version: Version, viewer: Principal = OPEN)
     return detail
 
 
+def _chunk_info(c: TensorChunk) -> dict[str, Any]:
+    return {"begin": c.begin, "end": c.end, "encoding": c.encoding, "blob": c.blob, "sha256": c.sha256}
+
+
 def manifest(session: Session, version: Version, ref: str, viewer: Principal = OPEN) -> dict[str, Any]:
     files = FileRepository(session).for_version(version.id)
     tensors = TensorRepository(session).for_version(version.id)
@@ -194,6 +199,7 @@ def manifest(session: Session, version: Version, ref: str, viewer: Principal = O
         t.parent_tensor_id for t in tensors if t.parent_tensor_id
     )
     parents = _parent_refs(session, set(parent_rows), viewer)
+    chunks = TensorChunkRepository(session).for_tensors(t.id for t in tensors if t.chunks)
     by_file: dict[int, list[dict[str, Any]]] = {f.id: [] for f in files}
     for t in tensors:
         p = parent_rows.get(t.parent_tensor_id) if t.parent_tensor_id in parents else None
@@ -206,6 +212,7 @@ def manifest(session: Session, version: Version, ref: str, viewer: Principal = O
                 "sha256": t.sha256,
                 "encoding": t.encoding,
                 "blob": t.blob,
+                "chunks": [_chunk_info(c) for c in chunks[t.id]] if t.id in chunks else None,
                 "parent": None
                 if p is None
                 else {

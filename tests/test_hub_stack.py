@@ -1,0 +1,50 @@
+"""The Hugging Face Hub protocol on the full stack (Postgres, Celery worker, S3 server, auth on): an
+upload_folder with a model card becomes a version coded against its base by the worker, and downloads
+come back byte-exact, by main, tag and commit id."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from deltazoo import Client
+from tests.checkpoints import make_base_and_finetune, tree_sha256
+from tests.servers import Stack
+
+pytestmark = pytest.mark.stack
+
+
+def test_upload_and_download_through_the_hub_protocol_on_the_stack(
+    stack_server: Stack, unique_org: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    url, token = stack_server.url, stack_server.admin_token
+    pair = make_base_and_finetune(tmp_path / "ckpt")
+    base, ft = f"{unique_org}/base", f"{unique_org}/ft"
+    with Client(url, token=token) as client:
+        client.push(pair.base, base, quiet=True)
+    (pair.finetune / "README.md").write_text(f"---\nbase_model: {base}\n---\n# fine-tune\n")
+
+    api = HfApi(endpoint=url, token=token)
+    api.create_repo(ft, private=True)
+    commit = api.upload_folder(repo_id=ft, folder_path=pair.finetune).oid
+    deadline = time.monotonic() + 180
+    while api.model_info(ft).sha != commit:
+        assert time.monotonic() < deadline, "the worker never finished the uploaded version"
+        time.sleep(0.5)
+
+    got = snapshot_download(ft, endpoint=url, cache_dir=tmp_path / "c", token=token)
+    assert tree_sha256(got) == tree_sha256(pair.finetune)
+    with Client(url, token=token) as client:
+        v = client.version_info(f"{ft}@{commit}")
+        assert v.parent == f"{base}@1" and {t.encoding for t in v.tensors} & {"delta", "delta-rows"}
+        client.tag(f"{ft}@1", "prod")
+    path = hf_hub_download(
+        ft, "model.safetensors", revision="prod", endpoint=url, cache_dir=tmp_path / "d", token=token
+    )
+    assert Path(path).read_bytes() == (pair.finetune / "model.safetensors").read_bytes()
