@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -466,6 +466,57 @@ def run_backend(backend: str, levels: list[int], zoo: int, pushes: int, reps: in
     return results
 
 
+def side_by_side(backend: str, sizes: list[int], pushes: int, reps: int) -> dict[str, Any]:
+    """One database per size, built alike, then every push and read alternated between them in one
+    run: the machine's load hits every size equally, so the ratios between sizes hold even when the
+    absolute times move."""
+    with ExitStack() as stack:
+        clients: dict[int, TestClient] = {}
+        for size in sizes:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            url = stack.enter_context(database(backend, tmp))
+            settings = Settings(
+                home=tmp,
+                database_url=url,
+                broker_url=None,
+                s3_endpoint=None,
+                auth=False,
+                worker_concurrency=2,
+            )
+            upgrade_database(url)
+            seeder = Seeder(settings)
+            client = stack.enter_context(TestClient(create_app(settings)))
+            push(client, "fam/base", checkpoint(None), "")
+            seeder.text_set()
+            push(client, "fam/ft-00000", checkpoint(1), "fam/base@1")
+            seeder.evaluate("fam/base")
+            seeder.evaluate("fam/ft-00000")
+            for i in range(1, min(size, SERVICE_SEEDED)):
+                seeder.finetune(f"fam/ft-{i:05d}", "fam/base@1")
+            seeder.clone("fam/ft-00001", [(f"fam/ft-{i:05d}", 1, None) for i in range(SERVICE_SEEDED, size)])
+            clients[size] = client
+            print(f"[{backend} side by side] built {size}", flush=True)
+        times: dict[int, dict[str, list[float]]] = {size: {} for size in sizes}
+        for i in range(pushes):
+            for size, client in clients.items():
+                w, c = push(client, f"fam/probe-{i}", checkpoint(secrets.randbits(32)), "fam/base@1")
+                times[size].setdefault("push", []).append(w)
+                times[size].setdefault("commit", []).append(c)
+        for what, path in family_reads().items():
+            for _ in range(reps if what != "leaderboard" else min(reps, 5)):
+                for size, client in clients.items():
+                    t0 = time.perf_counter()
+                    r = client.get(path)
+                    times[size].setdefault(what, []).append(time.perf_counter() - t0)
+                    assert r.status_code == 200, (path, r.status_code)
+    dispose_engines()
+    out = {
+        str(size): {what: quantiles(xs) for what, xs in figures.items()} for size, figures in times.items()
+    }
+    print(f"[{backend} side by side] {json.dumps(out)}", flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------- 1,000,000 versions
 
 
@@ -636,12 +687,21 @@ def main() -> None:
     p.add_argument("--pushes", type=int, default=9)
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--simulate", type=int, default=1_000_000, help="versions of the EXPLAIN run (0: none)")
+    p.add_argument(
+        "--side-by-side",
+        default="",
+        help="sizes (e.g. 100,10000) built in separate databases, measured alternately",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "registry_scale.md")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     results = {}
     for backend in filter(None, args.backends.split(",")):
-        results[backend] = run_backend(backend, levels, args.zoo, args.pushes, args.reps)
+        if args.side_by_side:
+            sizes = [int(x) for x in args.side_by_side.split(",")]
+            results[f"{backend}, side by side"] = side_by_side(backend, sizes, args.pushes, args.reps)
+        else:
+            results[backend] = run_backend(backend, levels, args.zoo, args.pushes, args.reps)
     report = [
         "# registry_scale",
         "",

@@ -126,6 +126,7 @@ def _median_seconds(fn: Callable[[], object], reps: int) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    print(f"  timed: median {statistics.median(times) * 1000:.0f} ms of {reps}", flush=True)
     return statistics.median(times)
 
 
@@ -208,6 +209,8 @@ def _markdown(args: argparse.Namespace, quality_rows: list[dict[str, object]],
         exact = sum(t.numel() * t.element_size() for t in art.dense.values())
         lines.append(f"- {name}: packed {packed:,} B, exact {exact:,} B ({len(art.dense)} tensors: "
                      f"{', '.join(sorted(art.dense)[:3])}, …)")
+    if not speed_rows:
+        return "\n".join(lines) + "\n"
     base_s = next(s / n for label, n, s in speed_rows if label == "base alone")
     b1 = next(s / n for label, n, s in speed_rows if label == "batch 1: base alone")
     lines += ["", f"## Speed (batch {args.batch}, {args.prompt}-token prompts, {args.new} new tokens, "
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4], help="fine-tunes per batch")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     fts = {name: _load(args.zoo / name)[1] for name, _ in FINETUNES}
     arts = {name: build_artifact(base, ft, args.profile) for name, ft in fts.items()}
     quality_rows = [] if args.skip_quality else quality(args, config, base, fts, arts)
-    speed_rows = speed(args, config, base, fts, arts)
+    speed_rows = [] if args.skip_speed else speed(args, config, base, fts, arts)
     table = _markdown(args, quality_rows, speed_rows, arts)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -233,7 +233,7 @@ def one_repetition(pair: Path, work: Path, rep: int, profile: Path | None = None
     want = tree_sha256(pair / "ft")
     home = work / f"home-{rep}"
     api = start_api_server(home, {"DELTAZOO_TENSOR_CACHE_MB": "64"})
-    r: dict[str, float] = {}
+    r: dict[str, float] = {"API idle RSS MiB": peak_rss_mib(api.process.pid)}
     spy = start_profiler(api.process.pid, profile) if profile is not None else None
     try:
         r["zstd -3 -T2"], r["zstd -d"] = zstd_files(ft_files, work)
@@ -328,7 +328,13 @@ def report(pair: Path, size_mib: int, dtype: str, shards: int, runs: list[dict[s
     for label, secs, rat in rows:
         mbs = mib * 1.048576 / statistics.median(secs)
         lines.append(f"| {label} | {spread(secs)} | {mbs:.0f} | {spread(rat) if rat else '–'} |")
-    lines += ["", f"API peak RSS: {spread(col('API peak RSS MiB'), '{:.0f}')} MiB.", ""]
+    above = [r["API peak RSS MiB"] - r["API idle RSS MiB"] for r in runs]
+    lines += [
+        "",
+        f"API peak RSS {spread(col('API peak RSS MiB'), '{:.0f}')} MiB, "
+        f"{spread(above, '{:.0f}')} MiB above its RSS after start-up.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -361,14 +367,15 @@ def main() -> int:
                     runs.append(one_repetition(pair, Path(tmp), rep, args.profile if rep == 0 else None))
                     print(json.dumps({"dtype": dtype, "size_mib": size, "rep": rep, **runs[-1]}), flush=True)
             sections.append(report(pair, size, dtype, args.shards, runs))
+            print(sections[-1], flush=True)
             if args.profile is not None and args.profile.is_file():
                 stages = profile_breakdown(args.profile)
                 total = sum(n for _, n in stages) or 1
                 sections.append(
                     "\n".join(
                         [
-                            "API process, py-spy samples of busy threads in the first repetition "
-                            "(all threads summed; push, pulls and idle waits excluded):",
+                            "Where the API process spends its CPU: py-spy samples of its running threads "
+                            "(idle threads left out), all threads summed, over the first repetition:",
                             "",
                             "| stage | share of samples |",
                             "| --- | --- |",
@@ -377,7 +384,7 @@ def main() -> int:
                         ]
                     )
                 )
-            print(sections[-1], flush=True)
+                print(sections[-1], flush=True)
             if not args.keep_data:
                 shutil.rmtree(pair, ignore_errors=True)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])

@@ -57,14 +57,16 @@ class LineageRepository:
                 Version.relation.label("relation"),
                 literal(1).label("depth"),
             )
-            .where(Version.parent_version_id.in_(list(root_ids)))
+            .where(Version.parent_version_id.in_(list(root_ids)), Version.model_id != model_id)
             .cte("descendants", recursive=True)
         )
         # UNION ALL (no de-duplication to pay for): lineage has no cycles (a parent exists before its child
-        # is committed); the depth bound still ends the walk if a corrupt row made one
+        # is committed); the depth bound still ends the walk if a corrupt row made one. The walk never
+        # enters the model's own versions: each is a root already (a chain of 100 revisions walks the
+        # other models below it once, not 100 + 99 + ... times)
         down = down.union_all(
             select(Version.id, Version.model_id, Version.relation, down.c.depth + 1).where(
-                Version.parent_version_id == down.c.id, down.c.depth < MAX_DEPTH
+                Version.parent_version_id == down.c.id, Version.model_id != model_id, down.c.depth < MAX_DEPTH
             )
         )
         found = select(down.c.id, down.c.relation).where(down.c.model_id != model_id)

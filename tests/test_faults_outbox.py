@@ -192,6 +192,7 @@ def test_broker_down_while_three_pushes_commit(
     for model, answer in answers.items():
         left = READY_BOUND_S - (time.monotonic() - back_at)
         job = wait_job(client, answer.json()["job"]["id"], timeout_s=max(1.0, left))
+        print(f"{model} ready {time.monotonic() - back_at:.1f} s after the broker came back")
         assert job["status"] == "succeeded", (
             f"{model} not ready {READY_BOUND_S} s after the broker came back: {job}"
         )
@@ -334,3 +335,58 @@ def test_incomplete_multipart_uploads_and_unnamed_objects_are_swept(
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert again.returncode == 0, again
     assert_exact(client, model, files, rev)
+
+
+def test_s3_down_longer_than_the_sdk_retries_then_the_same_push_resumes(
+    stack: OutboxStack, client: httpx.Client, unique_org: str, tmp_path: Path
+) -> None:
+    """The store is away when the last part arrives: the upload is kept on the API's disk, the push
+    gives up (one retry), and once the store is back the same push sends only the last part again."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(90)
+    save_file(
+        {"w": torch.randn(1024, 3072, generator=g).to(torch.bfloat16)}, str(folder / "model.safetensors")
+    )
+    data = (folder / "model.safetensors").read_bytes()
+    model = f"{unique_org}/s3away"
+    s3 = stack.s3
+    s3.process.stop(grace=5.0)
+    try:
+        first = _push(stack, folder, model, tmp_path / "cache", DELTAZOO_RETRIES="1")
+        out, err = first.communicate(timeout=300)
+        assert first.returncode != 0 and "Traceback" not in err, f"{out}\n{err}"
+        received = client.get(f"/v1/models/{model}/versions/1/uploads/model.safetensors").json()["received"]
+        assert 0 < received < len(data), received
+    finally:
+        s3.process.start()
+        wait_until(lambda: _bucket_answers(s3), timeout=60, what="the S3 server answering again")
+    second = _push(stack, folder, model, tmp_path / "cache")
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, f"{out}\n{err}"
+    sent = re.search(r"resumed \S+@1: sent (\d+) bytes", err)
+    assert sent is not None and int(sent.group(1)) == len(data) - received, err
+    assert [v["status"] for v in client.get(f"/v1/models/{model}").json()["versions"]] == ["ready"]
+    assert_exact(client, model, {"model.safetensors": data})
+    env = child_env({**stack.settings, "DELTAZOO_HOME": str(tmp_path / "home")})
+    argv = [
+        sys.executable,
+        "-m",
+        "deltazoo.cli",
+        "admin",
+        "audit",
+        "--grace-hours",
+        "0",
+        "--repair",
+        "--json",
+    ]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done
+    assert not s3.client()._list_multipart_uploads(s3.bucket).uploads
+
+
+def _bucket_answers(s3: S3Server) -> bool:
+    try:
+        return bool(s3.client().bucket_exists(s3.bucket))
+    except Exception:  # noqa: BLE001 - not up yet
+        return False

@@ -85,3 +85,11 @@ def test_bad_tags_are_refused_and_a_deleted_version_takes_its_tags(
     assert client.delete("/v1/models/acme/ft/versions/2").status_code == 204
     assert client.get("/v1/models/acme/ft/tags").json()["items"] == []
     assert client.get("/v1/models/acme/ft/versions/main").json()["revision"] == 1
+
+
+def test_the_web_pages_show_commit_ids_and_tags(client: TestClient, two_versions: list[dict]) -> None:
+    client.put("/v1/models/acme/ft/tags/prod", json={"revision": "1"})
+    page = client.get("/models/acme/ft")
+    assert page.status_code == 200 and '<span class="tag">prod</span>' in page.text
+    page = client.get("/models/acme/ft/prod")  # a page by tag
+    assert page.status_code == 200 and two_versions[0]["commit_id"] in page.text and "acme/ft@1" in page.text

@@ -3,10 +3,7 @@ token route answered with what to do instead (registry/services/hub_commit.py)."
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -14,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import DB, Enqueue, Store
+from api.hub_ndjson import read_commit
 from api.hub_protocol import HubRoute, HubViewer, hub_error
 from registry.errors import BadRequest, DeltazooError
 from registry.services import hub_commit
@@ -21,7 +19,6 @@ from registry.services.model_card import front_matter_problem
 
 router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
 REPO = "/api/models/{org}/{name}"
-MAX_LINE_BYTES = 512 << 20  # one NDJSON line: a file sent inline, base64
 
 
 @router.post("/api/repos/create", response_model=None)
@@ -67,8 +64,7 @@ async def commit(
 ) -> dict:
     ops = hub_commit.CommitOperations()
     try:
-        async for line in _lines(request.stream()):
-            _apply(ops, line)
+        await read_commit(request.stream(), ops)
         version, _ = await run_in_threadpool(
             hub_commit.commit, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
         )
@@ -114,58 +110,3 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     return body
-
-
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    buffer = bytearray()
-    async for chunk in chunks:
-        buffer += chunk
-        while (end := buffer.find(b"\n")) >= 0:
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if line.strip():
-                yield line
-        if len(buffer) > MAX_LINE_BYTES:
-            raise DeltazooError(
-                f"a commit line is over {MAX_LINE_BYTES >> 20} MiB; commit large files in several commits",
-                code="too_large",
-                status=413,
-            )
-    if buffer.strip():
-        yield bytes(buffer)
-
-
-def _apply(ops: hub_commit.CommitOperations, line: bytes) -> None:
-    """One NDJSON operation of huggingface_hub's ``_prepare_commit_payload``."""
-    try:
-        item = json.loads(line)
-        key, value = item["key"], item["value"]
-    except (ValueError, KeyError, TypeError):
-        raise BadRequest(
-            "each commit line must be a JSON object with 'key' and 'value'", code="invalid_commit"
-        ) from None
-    if not isinstance(value, dict):
-        raise BadRequest(f"commit operation {key!r} needs an object value", code="invalid_commit")
-    path = value.get("path")
-    if key == "header":
-        ops.header = value
-    elif key == "file" and isinstance(path, str):
-        if value.get("encoding", "base64") != "base64" or not isinstance(value.get("content"), str):
-            raise BadRequest(f"{path}: file content must be base64 text", code="invalid_commit")
-        try:
-            data = base64.b64decode(value["content"], validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest(f"{path}: file content is not valid base64", code="invalid_commit") from None
-        ops.add(path, data)
-    elif key == "deletedFile" and isinstance(path, str):
-        ops.deleted_files.add(path)
-    elif key == "deletedFolder" and isinstance(path, str):
-        ops.deleted_folders.add(path.rstrip("/"))
-    elif key == "lfsFile":
-        raise BadRequest(
-            f"{path}: LFS files are not accepted here; deltazoo takes files inline (preupload answers"
-            " 'regular'): upload with an unchanged huggingface_hub client",
-            code="lfs_not_supported",
-        )
-    else:
-        raise BadRequest(f"unsupported commit operation {key!r}", code="invalid_commit")

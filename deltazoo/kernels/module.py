@@ -227,8 +227,8 @@ def patch_model(
       chosen per row (``PerRowModule``, per-row biases), so each row equals its single-artifact
       model and the base rows (``-1``) the base model; state-dict names and values stay the base's;
     * ``"keep-base"``: the base's tensors are kept where the artifacts differ. Every row then loses
-      its fine-tune's embeddings, head and norms: on the zoo's fine-tunes this kept 59-80 % of the
-      gain where the profile alone keeps 87-94 % (issue 20's measurement);
+      its fine-tune's embeddings, head and norms: on the zoo's fine-tunes this kept 79 % / 61 % of
+      the gain where the profile alone keeps 91 % / 78 % (BENCHMARKS.md, Serving);
     * ``"error"``: refuse artifacts whose exact tensors differ.
 
     With ``"keep-base"`` and ``"error"`` the tensors equal in every artifact are copied into the

@@ -112,13 +112,21 @@ class CommitOperations:
             staged.spool.close()
 
     def add(self, path: str, data: bytes) -> None:
-        check_path(path)
         spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115  # closed in close()
         spool.write(data)
+        self.add_spooled(path, spool, len(data))  # type: ignore[arg-type]
+
+    def add_spooled(self, path: str, spool: IO[bytes], size: int) -> None:
+        """Take ``spool`` (``size`` bytes of ``path``): closed with the operations, or now if refused."""
+        try:
+            check_path(path)
+        except BaseException:
+            spool.close()
+            raise
         old = self.added.pop(path, None)
         if old is not None:
             old.spool.close()
-        self.added[path] = StagedFile(path, len(data), spool)  # type: ignore[arg-type]
+        self.added[path] = StagedFile(path, size, spool)
 
 
 def commit(
