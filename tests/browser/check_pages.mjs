@@ -38,6 +38,10 @@ try {
   out.cardHeading = await page.$eval("#card .card-body h1", (h) => h.textContent);
   out.snippets = await page.$$eval("#use pre", (pres) => pres.map((p) => p.textContent));
   await page.click('button[data-copy="cli-code"]');
+  // the button answers once the clipboard promise settles: wait for its new label (or give up after 10 s)
+  await page
+    .waitForFunction(() => document.querySelector('button[data-copy="cli-code"]').textContent !== "copy", null, { timeout: 10000 })
+    .catch(() => {});
   out.copyButton = await page.$eval('button[data-copy="cli-code"]', (b) => b.textContent);
   out.modelOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   out.modelSvg = await page.$$eval("svg.plot rect.bar", (bars) => bars.length);
