@@ -20,7 +20,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.
         "torch==${TORCH_VERSION}"
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY deltazoo ./deltazoo
 COPY registry ./registry
 COPY compression ./compression

@@ -7,21 +7,34 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+from deltazoo.api.auth import require_token
+from deltazoo.api.errors import RejectNul, install_error_handlers
+from deltazoo.api.routes import (
+    evaluations,
+    files,
+    health,
+    hub,
+    hub_upload,
+    leaderboard,
+    misc,
+    models,
+    tags,
+    tokens,
+    versions,
+    web,
+)
+from deltazoo.registry.db import session_scope, upgrade_database
+from deltazoo.registry.memory import bound_heap
+from deltazoo.registry.objectstore import object_store_from_settings
+from deltazoo.registry.services.resumable import partials_for
+from deltazoo.registry.services.staging import sweep_stale_uploads
+from deltazoo.registry.services.storage import RAW_CACHE
+from deltazoo.registry.services.tokens import ensure_admin_token
+from deltazoo.workers.jobs import JobContext
+from deltazoo.workers.orphan_sweep import start_orphan_sweeper
 from fastapi import Depends, FastAPI
 
-from api.auth import require_token
-from api.errors import RejectNul, install_error_handlers
-from api.routes import files, health, hub, hub_upload, misc, models, tags, tokens, versions
 from deltazoo.settings import Settings, get_settings
-from registry.db import session_scope, upgrade_database
-from registry.memory import bound_heap
-from registry.objectstore import object_store_from_settings
-from registry.services.resumable import partials_for
-from registry.services.staging import sweep_stale_uploads
-from registry.services.storage import RAW_CACHE
-from registry.services.tokens import ensure_admin_token
-from workers.jobs import JobContext
-from workers.orphan_sweep import start_orphan_sweeper
 
 log = logging.getLogger("deltazoo.api")
 
@@ -46,7 +59,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         sweeper = start_orphan_sweeper(settings, app.state.store)  # incomplete uploads, unnamed objects
         runner = None
         if settings.embedded:
-            from workers.runner import InProcessRunner
+            from deltazoo.workers.runner import InProcessRunner
 
             def submit(job_id: int) -> None:  # jobs that start other jobs go through the same pool
                 assert runner is not None
@@ -56,7 +69,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             app.state.dispatcher = runner
             runner.start()
         else:
-            from workers.celery_app import CeleryDispatcher, make_celery
+            from deltazoo.workers.celery_app import CeleryDispatcher, make_celery
 
             app.state.dispatcher = CeleryDispatcher(make_celery(settings))
         try:
@@ -75,29 +88,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(RejectNul)
-    for module in (models, versions, files, misc, tokens, tags):
+    for module in (models, versions, files, misc, tokens, tags, leaderboard, evaluations):
         app.include_router(module.router, prefix="/v1", dependencies=[Depends(require_token)])
     app.include_router(health.router, prefix="/v1")
-    _include_optional_routes(app)
+    app.include_router(web.router)
     app.include_router(hub_upload.router)
     app.include_router(hub.router)  # last: its /{org}/{name}/resolve/... must not shadow the web pages
     return app
-
-
-def _include_optional_routes(app: FastAPI) -> None:
-    """Web pages and the leaderboard are written by other engineers; mount them when present."""
-    import importlib
-
-    for name in ("api.routes.web", "api.routes.leaderboard", "api.routes.evaluations"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        router = getattr(module, "router", None)
-        if router is not None:
-            if name.endswith(".web"):
-                app.include_router(router)
-            else:
-                app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.repositories import ModelRepository
+from deltazoo.registry.services.access import ANONYMOUS, OPEN, Principal, check_model_access, check_write
+from deltazoo.registry.services.tokens import principal_for
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
-
-from registry.db import session_scope
-from registry.repositories import ModelRepository
-from registry.services.access import ANONYMOUS, OPEN, Principal, check_model_access, check_write
-from registry.services.tokens import principal_for
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.objectstore import ObjectStore
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from deltazoo.settings import Settings
-from registry.db import session_scope
-from registry.objectstore import ObjectStore
 
 
 def db_session(request: Request) -> Iterator[Session]:

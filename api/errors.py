@@ -6,12 +6,7 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from registry.errors import (
+from deltazoo.registry.errors import (
     BadRequest,
     Conflict,
     DeltazooError,
@@ -20,6 +15,10 @@ from registry.errors import (
     Unavailable,
     Unprocessable,
 )
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "BadRequest",

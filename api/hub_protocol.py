@@ -11,18 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+from deltazoo.api.auth import bearer_token
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.errors import DeltazooError
+from deltazoo.registry.services.access import ANONYMOUS, OPEN, Principal
+from deltazoo.registry.services.hub import MissingEntry
+from deltazoo.registry.services.tokens import principal_for
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-
-from api.auth import bearer_token
-from registry.db import session_scope
-from registry.errors import DeltazooError
-from registry.services.access import ANONYMOUS, OPEN, Principal
-from registry.services.hub import MissingEntry
-from registry.services.tokens import principal_for
 
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 _REPO_CODES = ("model_not_found", "invalid_name")

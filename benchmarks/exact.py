@@ -32,7 +32,7 @@ import numpy as np
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from compression.codecs import decode_tensor, encode_tensor  # noqa: E402
+from deltazoo.compression.codecs import decode_tensor, encode_tensor  # noqa: E402
 
 Tensors = dict[str, tuple[str, list[int], bytes]]
 

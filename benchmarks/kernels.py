@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from deltazoo.compression.packed import index_bits, row_bytes
 
-from compression.packed import index_bits, row_bytes
 from deltazoo.kernels import linear_with_delta, random_packed_delta, stack_deltas
 from deltazoo.kernels.stacked import StackedDeltas
 

@@ -71,7 +71,8 @@ def family(count: int, tensors: int, rows: int, cols: int) -> list[bytes]:
 @contextmanager
 def server(stack: bool, root: Path) -> Iterator[tuple[str, str | None, object]]:
     """(url, token, object store) of a running server."""
-    from registry.objectstore import LocalObjectStore, S3ObjectStore
+    from deltazoo.registry.objectstore import LocalObjectStore, S3ObjectStore
+
     from tests.servers import own_stack, start_api_server
 
     if not stack:

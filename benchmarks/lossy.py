@@ -35,10 +35,10 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compression.baselines import dare, kept_for_budget, magnitude, sparse_bytes  # noqa: E402
-from compression.calibration import collect_hessians  # noqa: E402
-from compression.deltadq import build_artifact, is_packable, parse_profile  # noqa: E402
-from compression.quality import bits_per_byte, build_causal_lm, gain_kept  # noqa: E402
+from deltazoo.compression.baselines import dare, kept_for_budget, magnitude, sparse_bytes  # noqa: E402
+from deltazoo.compression.calibration import collect_hessians  # noqa: E402
+from deltazoo.compression.deltadq import build_artifact, is_packable, parse_profile  # noqa: E402
+from deltazoo.compression.quality import bits_per_byte, build_causal_lm, gain_kept  # noqa: E402
 
 PAPER = [
     "deltadq:n=1,m=32,bits=4", "deltadq:n=2,m=32,bits=4", "deltadq:n=1,m=16,bits=4",

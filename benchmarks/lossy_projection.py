@@ -29,9 +29,9 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compression.calibration import collect_hessians  # noqa: E402
-from compression.deltadq import build_artifact, is_packable, parse_profile  # noqa: E402
-from compression.quality import bits_per_byte, build_causal_lm, gain_kept  # noqa: E402
+from deltazoo.compression.calibration import collect_hessians  # noqa: E402
+from deltazoo.compression.deltadq import build_artifact, is_packable, parse_profile  # noqa: E402
+from deltazoo.compression.quality import bits_per_byte, build_causal_lm, gain_kept  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deltazoo.compression.codecs import decode_tensor, encode_tensor  # noqa: E402
+
 from benchmarks.memory import tensor_bf16  # noqa: E402
-from compression.codecs import decode_tensor, encode_tensor  # noqa: E402
 
 
 def codec_peaks(rows: int, cols: int) -> None:
@@ -54,7 +55,7 @@ def codec_peaks(rows: int, cols: int) -> None:
 
 def arena_run(bounded: bool, rows: int, cols: int) -> None:
     if bounded:
-        from registry.memory import bound_heap
+        from deltazoo.registry.memory import bound_heap
 
         bound_heap()
     shape = [rows, cols]

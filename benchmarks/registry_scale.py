@@ -45,14 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from safetensors.torch import save  # noqa: E402
-from sqlalchemy import create_engine, event, insert, select, text, update  # noqa: E402
-
-from api.app import create_app  # noqa: E402
-from deltazoo.settings import Settings  # noqa: E402
-from registry.db import dispose_engines, session_factory, session_scope, upgrade_database  # noqa: E402
-from registry.models import (  # noqa: E402
+from deltazoo.api.app import create_app  # noqa: E402
+from deltazoo.registry.db import dispose_engines, session_factory, session_scope, upgrade_database  # noqa: E402
+from deltazoo.registry.models import (  # noqa: E402
     Blob,
     Evaluation,
     File,
@@ -65,13 +60,18 @@ from registry.models import (  # noqa: E402
     Version,
     new_commit_id,
 )  # noqa: E402
-from registry.objectstore import object_store_from_settings  # noqa: E402
-from registry.repositories import FileRepository, NamespaceRepository, TensorRepository  # noqa: E402
-from registry.services.access import OPEN  # noqa: E402
-from registry.services.evaluation import register_text  # noqa: E402
-from registry.services.refs import get_version  # noqa: E402
-from registry.services.versions import DeclaredFile, commit_version, create_model, create_version  # noqa: E402
-from workers.jobs import JobContext, run_job  # noqa: E402
+from deltazoo.registry.objectstore import object_store_from_settings  # noqa: E402
+from deltazoo.registry.repositories import FileRepository, NamespaceRepository, TensorRepository  # noqa: E402
+from deltazoo.registry.services.access import OPEN  # noqa: E402
+from deltazoo.registry.services.evaluation import register_text  # noqa: E402
+from deltazoo.registry.services.refs import get_version  # noqa: E402
+from deltazoo.registry.services.versions import DeclaredFile, commit_version, create_model, create_version  # noqa: E402
+from deltazoo.workers.jobs import JobContext, run_job  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from safetensors.torch import save  # noqa: E402
+from sqlalchemy import create_engine, event, insert, select, text, update  # noqa: E402
+
+from deltazoo.settings import Settings  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 SHAPES = {f"layers.{i}.weight": (64, 64) for i in range(8)}
@@ -559,14 +559,19 @@ SELECT setval(pg_get_serial_sequence('job', 'id'), (SELECT max(id) FROM job));
 
 def hot_paths(models: int, revs: int) -> dict[str, Callable[[Any], Any]]:
     """Name -> a read path of the services, run on a session (its SELECTs are captured)."""
-    from registry.lineage_repository import LineageRepository
-    from registry.repositories import FileRepository, JobRepository, ModelRepository, TensorRepository
-    from registry.repositories import VersionRepository as VR
-    from registry.services.access import ANONYMOUS, can_read_blob
-    from registry.services.lineage import lineage_page
-    from registry.services.refs import get_model, get_version
-    from registry.services.views import model_detail
-    from registry.sketch_band_repository import SketchBandRepository
+    from deltazoo.registry.lineage_repository import LineageRepository
+    from deltazoo.registry.repositories import (
+        FileRepository,
+        JobRepository,
+        ModelRepository,
+        TensorRepository,
+    )
+    from deltazoo.registry.repositories import VersionRepository as VR
+    from deltazoo.registry.services.access import ANONYMOUS, can_read_blob
+    from deltazoo.registry.services.lineage import lineage_page
+    from deltazoo.registry.services.refs import get_model, get_version
+    from deltazoo.registry.services.views import model_detail
+    from deltazoo.registry.sketch_band_repository import SketchBandRepository
 
     leaf_model = models // 2
     leaf = f"m-{leaf_model:05d}"

@@ -42,11 +42,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
+from deltazoo.compression.deltadq import build_artifact  # noqa: E402
+from deltazoo.compression.packed import PackedArtifact  # noqa: E402
+from deltazoo.compression.quality import bits_per_byte, build_causal_lm, gain_kept  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from compression.deltadq import build_artifact  # noqa: E402
-from compression.packed import PackedArtifact  # noqa: E402
-from compression.quality import bits_per_byte, build_causal_lm, gain_kept  # noqa: E402
 from deltazoo.kernels import patch_model, set_active_deltas  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serving.md"

@@ -131,9 +131,8 @@ def zstd_files(files: list[Path], work: Path) -> tuple[float, float]:
 def codec_alone(pair: Path) -> tuple[float, float]:
     """Seconds of encode_tensor and decode_tensor of every fine-tune tensor against its base, one thread."""
     import torch
+    from deltazoo.compression.codecs import decode_tensor, encode_tensor
     from safetensors import safe_open
-
-    from compression.codecs import decode_tensor, encode_tensor
 
     enc = dec = 0.0
     for ft_file in sorted((pair / "ft").glob("*.safetensors")):

@@ -25,8 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-from compression.deltadq import tensor_seed
+from deltazoo.compression.deltadq import tensor_seed
 
 
 def mask_entropy_bits(numel: int, kept: int) -> float:

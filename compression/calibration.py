@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from compression.quality import DEFAULT_WINDOW, _config_int, _token_ids
+from deltazoo.compression.quality import DEFAULT_WINDOW, _config_int, _token_ids
 
 DEFAULT_MAX_TOKENS = 32768
 

@@ -37,15 +37,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from compression import exact_f32, exact_plain, exact_rans, exact_v4, exact_v5, narrow
-from compression.dtypes import DTYPES, dtype_info
-from compression.exact_errors import CodecError
-from compression.exact_legacy import MAGIC_V1, decode_v1
-from compression.exact_planes import uint_dtype
-from compression.exact_rans import MODE_DELTA, MODE_FLOAT, Layout
-from compression.exact_v2 import HEADER as _HEADER_V2
-from compression.exact_v2 import decode_v2
+from deltazoo.compression import exact_f32, exact_plain, exact_rans, exact_v4, exact_v5, narrow
+from deltazoo.compression.dtypes import DTYPES, dtype_info
+from deltazoo.compression.exact_errors import CodecError
+from deltazoo.compression.exact_legacy import MAGIC_V1, decode_v1
+from deltazoo.compression.exact_planes import uint_dtype
+from deltazoo.compression.exact_rans import MODE_DELTA, MODE_FLOAT, Layout
+from deltazoo.compression.exact_v2 import HEADER as _HEADER_V2
+from deltazoo.compression.exact_v2 import decode_v2
 
 __all__ = ["CodecError", "EncodedTensor", "decode_tensor", "encode_tensor"]
 

@@ -58,11 +58,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 import torch
-
-from compression.deltadq_alloc import CANDIDATES, allocate, importance_keep, layer_choices
-from compression.deltadq_fit import damped, obs_positions, quantize_fitted, refit
-from compression.deltadq_search import MAX_DRAWS, search_keep
-from compression.packed import PackedArtifact, PackedDelta, index_bits, pack_bits
+from deltazoo.compression.deltadq_alloc import CANDIDATES, allocate, importance_keep, layer_choices
+from deltazoo.compression.deltadq_fit import damped, obs_positions, quantize_fitted, refit
+from deltazoo.compression.deltadq_search import MAX_DRAWS, search_keep
+from deltazoo.compression.packed import PackedArtifact, PackedDelta, index_bits, pack_bits
 
 DELTADQ_VERSION = 1
 PREFIX = "deltadq"

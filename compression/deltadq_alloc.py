@@ -26,8 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-
-from compression.packed import PackedDelta
+from deltazoo.compression.packed import PackedDelta
 
 # (n, m, bits) tried per layer by alloc=sensitivity (those whose m divides the row length). No 2-bit:
 # its min-max levels {-1, 0, +1} zero most kept values, which LOWERS the output error on calibration

@@ -24,8 +24,7 @@ Cost: about ``SWEEPS`` · rows · cols² multiply-adds per layer (float64), plus
 from __future__ import annotations
 
 import torch
-
-from compression.deltadq_alloc import importance_keep
+from deltazoo.compression.deltadq_alloc import importance_keep
 
 SWEEPS = 2
 MAX_DRAWS = 256

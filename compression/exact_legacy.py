@@ -16,8 +16,7 @@ import struct
 
 import numpy as np
 import zstandard
-
-from compression.exact_errors import CodecError
+from deltazoo.compression.exact_errors import CodecError
 
 MAGIC_V1 = b"DZT1"
 

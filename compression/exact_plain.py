@@ -19,12 +19,11 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-
-from compression.exact_errors import CodecError
-from compression.exact_v4 import pack_bits
+from deltazoo.compression.exact_errors import CodecError
+from deltazoo.compression.exact_v4 import pack_bits
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from compression import _plain5  # type: ignore[attr-defined]  # a C extension, no stubs
+    from deltazoo.compression import _plain5  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _plain5 = None
 

@@ -19,8 +19,7 @@ import threading
 
 import numpy as np
 import zstandard
-
-from compression.exact_errors import CodecError
+from deltazoo.compression.exact_errors import CodecError
 
 ZSTD_LEVEL = 1
 

@@ -25,11 +25,10 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-
-from compression.exact_errors import CodecError
+from deltazoo.compression.exact_errors import CodecError
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from compression import _exactc  # type: ignore[attr-defined]
+    from deltazoo.compression import _exactc  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _exactc = None
 

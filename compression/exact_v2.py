@@ -8,10 +8,9 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-
-from compression.dtypes import dtype_info
-from compression.exact_errors import CodecError
-from compression.exact_planes import decode_planes, uint_dtype
+from deltazoo.compression.dtypes import dtype_info
+from deltazoo.compression.exact_errors import CodecError
+from deltazoo.compression.exact_planes import decode_planes, uint_dtype
 
 HEADER = struct.Struct("<4s c B B x I I Q")  # magic, codec id, dtype, parent dtype, chunk, min group, elems
 

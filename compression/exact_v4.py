@@ -20,9 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
-
-from compression.exact_errors import CodecError
-from compression.exact_rans import (
+from deltazoo.compression.exact_errors import CodecError
+from deltazoo.compression.exact_rans import (
     ALPHA,
     PROB_BITS,
     PROB_SCALE,
@@ -37,7 +36,7 @@ from compression.exact_rans import (
 )
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from compression import _exact4  # type: ignore[attr-defined]  # a C extension, no stubs
+    from deltazoo.compression import _exact4  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _exact4 = None
 

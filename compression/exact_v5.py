@@ -20,12 +20,11 @@ import struct
 import zlib
 
 import numpy as np
-
-from compression.exact_errors import CodecError
-from compression.exact_v4 import _map, pack_bits
+from deltazoo.compression.exact_errors import CodecError
+from deltazoo.compression.exact_v4 import _map, pack_bits
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from compression import _exact5  # type: ignore[attr-defined]  # a C extension, no stubs
+    from deltazoo.compression import _exact5  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _exact5 = None
 

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 try:  # built by setup.py; optional (torch does the same casts, slower)
-    from compression import _narrow  # type: ignore[attr-defined]  # a C extension, no stubs
+    from deltazoo.compression import _narrow  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _narrow = None
 

@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from compression.dtypes import DTYPES
+from deltazoo.compression.dtypes import DTYPES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_NAME_CHARS = 500  # the registry's column width for tensor names

@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from registry.db import upgrade_database
+        from deltazoo.registry.db import upgrade_database
     except ImportError as exc:
         raise UsageError(
             f"`deltazoo serve` needs the server extra ({exc.name} is missing): pip install 'deltazoo[server]'"
@@ -94,13 +94,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     upgrade_database()
-    uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port)
+    uvicorn.run("deltazoo.api.app:create_app", factory=True, host=args.host, port=args.port)
     return EXIT_OK
 
 
 def _services_ready(command: str, settings: Any, *, broker: bool) -> bool:
     """Ask the database, broker and object store once; print one line per problem (with its fix)."""
-    from registry.startup_checks import check_services
+    from deltazoo.registry.startup_checks import check_services
 
     problems = check_services(settings, broker=broker)
     for problem in problems:
@@ -118,7 +118,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "the embedded `deltazoo serve` runs jobs itself"
         )
     try:
-        from workers.celery_app import app
+        from deltazoo.workers.celery_app import app
     except ImportError as exc:
         raise UsageError(
             f"`deltazoo worker` needs the server extra ({exc.name} is missing): "
@@ -243,8 +243,8 @@ def cmd_admin_audit(args: argparse.Namespace) -> int:
         s = s.model_copy(update={"orphan_grace_hours": args.grace_hours})
     if not _services_ready("admin audit", s, broker=False):
         return EXIT_SERVER
-    from registry.objectstore import object_store_from_settings
-    from workers.orphan_sweep import sweep_once
+    from deltazoo.registry.objectstore import object_store_from_settings
+    from deltazoo.workers.orphan_sweep import sweep_once
 
     report = sweep_once(s, object_store_from_settings(s), repair=args.repair)
     unrepairable = report.missing_blobs or report.missing_staging

@@ -844,6 +844,6 @@ class Client:
 
     def fetch_delta(self, name: str, profile: str, device: str = "cpu", *, quiet: bool = False) -> Any:
         """The ``compression.packed.PackedArtifact`` of ``profile`` for ``name``, loaded onto ``device``."""
-        from compression.packed import load_artifact
+        from deltazoo.compression.packed import load_artifact
 
         return load_artifact(self.fetch_delta_file(name, profile, quiet=quiet), device=device)

@@ -24,9 +24,9 @@ from urllib.parse import quote
 
 import zstandard
 
-from compression.codecs import decode_tensor
-from compression.dtypes import dtype_info
 from deltazoo.cache import Cache, HashingWriter
+from deltazoo.compression.codecs import decode_tensor
+from deltazoo.compression.dtypes import dtype_info
 from deltazoo.errors import IntegrityError
 from deltazoo.models import FileInfo, Ref
 from deltazoo.transport import Transport, progress_bar

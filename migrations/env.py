@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
+from deltazoo.registry.db import make_engine
+from deltazoo.registry.models import Base
 
 from deltazoo.settings import get_settings
-from registry.db import make_engine
-from registry.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -117,9 +117,9 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
-    ini = resources.files("migrations") / "alembic.ini"
+    ini = resources.files("deltazoo.migrations") / "alembic.ini"
     cfg = Config(str(ini))
-    cfg.set_main_option("script_location", str(resources.files("migrations")))
+    cfg.set_main_option("script_location", str(resources.files("deltazoo.migrations")))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["database_url"] = url
     return cfg

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from deltazoo.registry.models import File, Version
+from deltazoo.registry.repositories import of_readable_versions
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-
-from registry.models import File, Version
-from registry.repositories import of_readable_versions
 
 
 class FamilyRepository:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from deltazoo.registry.models import Model, Namespace, Version
+from deltazoo.registry.repositories import readable
 from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
-
-from registry.models import Model, Namespace, Version
-from registry.repositories import readable
 
 MAX_DEPTH = 10_000  # generations walked below a model's versions
 

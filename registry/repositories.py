@@ -6,12 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, union, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
-
-from registry.models import (
+from deltazoo.registry.models import (
     Artifact,
     Blob,
     File,
@@ -24,6 +19,10 @@ from registry.models import (
     VersionTag,
     utcnow,
 )
+from sqlalchemy import ColumnElement, Select, func, or_, select, union, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 
 def readable(private_namespaces: Sequence[str]) -> ColumnElement[bool]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from deltazoo.registry.models import Model, SketchBand, Version
 from sqlalchemy import ColumnElement, and_, delete, select, union_all
 from sqlalchemy.orm import Session, undefer
-
-from registry.models import Model, SketchBand, Version
 
 
 class SketchBandRepository:

@@ -45,10 +45,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_database(settings: Settings) -> Problem | None:
+    from deltazoo.registry.db import normalize_url
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
-
-    from registry.db import normalize_url
 
     raw = settings.resolved_database_url
     if raw.startswith("sqlite"):

@@ -64,7 +64,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    from registry.db import upgrade_database
+    from deltazoo.registry.db import upgrade_database
 
     name = new_database_name()
     url = create_database(name)

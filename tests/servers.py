@@ -104,7 +104,7 @@ class CeleryWorker:
             raise ServiceError("the Celery worker is already running: kill() or stop() it first")
         self.starts += 1
         node = f"deltazoo-{xdist_worker_id()}-{self.starts}@%h"
-        argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker"]
+        argv = [sys.executable, "-m", "celery", "-A", "deltazoo.workers.celery_app:app", "worker"]
         argv += ["--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "-n", node]
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         log_path = self.log_dir / f"worker-{self.starts}.log"
@@ -196,7 +196,8 @@ def start_stack(
 def own_stack(root: Path, broker_db: int, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """A whole stack of its own (S3 server, temporary Postgres database, Redis db ``broker_db``), for the
     benchmarks: nothing shared with a running test session as long as ``broker_db`` is not one of its."""
-    from registry.db import upgrade_database
+    from deltazoo.registry.db import upgrade_database
+
     from tests.services import ADMIN_TOKEN, flush_redis, redis_url, start_s3_server, temporary_database
 
     broker = redis_url(db=broker_db)

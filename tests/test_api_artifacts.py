@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from deltazoo.api.app import create_app
+from deltazoo.compression.deltadq import build_artifact
+from deltazoo.compression.packed import load_artifact
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from compression.deltadq import build_artifact
-from compression.packed import load_artifact
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import base_state, checkpoint, finetune_state, push, wait_job
 

@@ -6,13 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from deltazoo.api.app import create_app
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.models import ApiToken
+from deltazoo.registry.repositories import NamespaceRepository
+from deltazoo.registry.services.tokens import token_hash
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from registry.db import session_scope
-from registry.models import ApiToken
-from registry.repositories import NamespaceRepository
-from registry.services.tokens import token_hash
 from tests.test_api_roundtrip import embedded_settings
 
 ADMIN = "admin-secret"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 from safetensors.torch import load
 
-from api.app import create_app
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import checkpoint, push, sha, wait_job
 

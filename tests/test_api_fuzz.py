@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from api.app import create_app
 from tests.test_api_roundtrip import embedded_settings
 
 MAX_EXAMPLES = 8

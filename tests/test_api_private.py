@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from deltazoo import Client, NotFoundError
 from deltazoo.errors import AuthenticationError, PermissionDenied
 from tests.servers import start_api_server

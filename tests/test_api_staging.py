@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import push, sha, wait_job
 

@@ -8,11 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from deltazoo.registry.db import session_factory, upgrade_database
+from deltazoo.registry.models import Blob
+from deltazoo.registry.repositories import BlobRepository
 
 from deltazoo.settings import Settings
-from registry.db import session_factory, upgrade_database
-from registry.models import Blob
-from registry.repositories import BlobRepository
 from tests.services import wait_until
 
 

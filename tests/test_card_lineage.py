@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from api.app import create_app
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
 

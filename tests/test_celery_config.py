@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from deltazoo.workers.celery_app import make_celery
+from deltazoo.workers.outbox import _TASK_ID, task_id
 
 from deltazoo.settings import Settings
-from workers.celery_app import make_celery
-from workers.outbox import _TASK_ID, task_id
 
 
 def test_late_acks_and_a_visibility_timeout_above_the_longest_job() -> None:
@@ -42,8 +42,8 @@ def test_the_sweep_sees_messages_waiting_in_the_broker(tmp_path: Path) -> None:
 
 
 def _sweep_sees_messages(url: str) -> None:
-    from workers.celery_app import CeleryDispatcher
-    from workers.outbox import live_job_ids
+    from deltazoo.workers.celery_app import CeleryDispatcher
+    from deltazoo.workers.outbox import live_job_ids
 
     app = make_celery(Settings(broker_url=url))
     for job_id in (7, 9):

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from deltazoo.api.app import create_app
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.services import storage
+from deltazoo.registry.services.refs import get_version
+from deltazoo.registry.services.transfer import iter_file, plan_file
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from api.app import create_app
-from registry.db import session_scope
-from registry.services import storage
-from registry.services.refs import get_version
-from registry.services.transfer import iter_file, plan_file
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import CONFIG, push, sha, wait_job
 

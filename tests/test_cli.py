@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from deltazoo.compression.packed import load_artifact
 
-from compression.packed import load_artifact
 from deltazoo.cli import main
 from tests.checkpoints import CheckpointPair, file_sha256
 

@@ -7,11 +7,10 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
+from deltazoo.compression.dtypes import DTYPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from compression.codecs import CodecError, decode_tensor, encode_tensor
-from compression.dtypes import DTYPES
 
 TORCH = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -9,11 +9,10 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from deltazoo.compression import exact_f32 as F
+from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from compression import exact_f32 as F
-from compression.codecs import CodecError, decode_tensor, encode_tensor
 
 needs_c = pytest.mark.skipif(not F.has_extension(), reason="compression._exact6 is not built")
 

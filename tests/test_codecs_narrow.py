@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from compression import narrow
-from compression.codecs import CodecError, decode_tensor, encode_tensor
+from deltazoo.compression import narrow
+from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
 
 
 def bf16_values(n: int, seed: int, scale: float = 0.02) -> torch.Tensor:

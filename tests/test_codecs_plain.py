@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from deltazoo.compression import exact_plain as X
+from deltazoo.compression.codecs import PLAIN16, CodecError, decode_tensor, encode_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from compression import exact_plain as X
-from compression.codecs import PLAIN16, CodecError, decode_tensor, encode_tensor
 
 needs_c = pytest.mark.skipif(not X.has_extension(), reason="compression._plain5 is not built")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from deltazoo.compression import exact_rans as R
+from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor, layout
 
-from compression import exact_rans as R
-from compression.codecs import CodecError, decode_tensor, encode_tensor, layout
 from tests.codec_samples import DTYPES, pair
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from deltazoo.compression import exact_v4 as V
+from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor, layout
+from deltazoo.compression.exact_rans import Tables
 
-from compression import exact_v4 as V
-from compression.codecs import CodecError, decode_tensor, encode_tensor, layout
-from compression.exact_rans import Tables
 from tests.codec_samples import DTYPES, pair
 
 needs_c = pytest.mark.skipif(not V.has_extension(), reason="compression._exact4 is not built")

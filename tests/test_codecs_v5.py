@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from compression import exact_v5 as V
-from compression.codecs import CodecError, decode_tensor, encode_tensor
+from deltazoo.compression import exact_v5 as V
+from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
 
 needs_c = pytest.mark.skipif(not V.has_extension(), reason="compression._exact5 is not built")
 SHIFT = {"BF16": 7, "F16": 10}

@@ -28,7 +28,7 @@ def test_compose_has_the_full_stack(compose: dict) -> None:
     assert services["postgres"]["image"] == "postgres:16"
     assert services["redis"]["image"] == "redis:7"
     assert services["api"]["command"][:4] == ["deltazoo", "serve", "--host", "0.0.0.0"]
-    assert services["worker"]["command"] == ["deltazoo", "worker"]
+    assert services["worker"]["command"] == ["deltazoo", "worker", "--name", "worker"]
     for name in ("postgres", "redis", "minio", "api", "worker"):
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
     assert "mc mb" in " ".join(services["minio-init"]["entrypoint"])

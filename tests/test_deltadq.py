@@ -6,9 +6,14 @@ import json
 
 import pytest
 import torch
-
-from compression.deltadq import DeltaDQProfile, build_artifact, compress_delta, parse_profile, tensor_seed
-from compression.packed import index_bits, load_artifact, save_artifact, unpack_bits
+from deltazoo.compression.deltadq import (
+    DeltaDQProfile,
+    build_artifact,
+    compress_delta,
+    parse_profile,
+    tensor_seed,
+)
+from deltazoo.compression.packed import index_bits, load_artifact, save_artifact, unpack_bits
 
 
 def _pair(rows: int = 6, cols: int = 64, seed: int = 0, dtype: torch.dtype = torch.bfloat16):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from compression.deltadq import build_artifact, compress_delta, parse_profile
-from compression.deltadq_alloc import Choice, allocate, importance_keep, inclusion
+from deltazoo.compression.deltadq import build_artifact, compress_delta, parse_profile
+from deltazoo.compression.deltadq_alloc import Choice, allocate, importance_keep, inclusion
 
 
 def _heavy_delta(rows: int = 4, cols: int = 64, seed: int = 0) -> torch.Tensor:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from compression.calibration import collect_hessians
-from compression.deltadq import build_artifact, compress_delta, parse_profile
-from compression.deltadq_fit import damped, refit
-from compression.packed import index_bits, unpack_bits
+from deltazoo.compression.calibration import collect_hessians
+from deltazoo.compression.deltadq import build_artifact, compress_delta, parse_profile
+from deltazoo.compression.deltadq_fit import damped, refit
+from deltazoo.compression.packed import index_bits, unpack_bits
 
 
 def _layer(rows: int = 24, cols: int = 128, tokens: int = 2048, seed: int = 0):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from compression.deltadq import build_artifact, compress_delta, parse_profile
-from compression.deltadq_alloc import importance_keep
-from compression.deltadq_search import DRAW_STRIDE, search_keep
+from deltazoo.compression.deltadq import build_artifact, compress_delta, parse_profile
+from deltazoo.compression.deltadq_alloc import importance_keep
+from deltazoo.compression.deltadq_search import DRAW_STRIDE, search_keep
 
 
 def _layer(rows: int = 16, cols: int = 128, tokens: int = 1024, seed: int = 0):

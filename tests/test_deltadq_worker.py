@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from deltazoo.api.app import create_app
+from deltazoo.compression.calibration import collect_hessians
+from deltazoo.compression.deltadq import build_artifact
+from deltazoo.compression.packed import load_artifact
+from deltazoo.compression.quality import build_causal_lm
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from compression.calibration import collect_hessians
-from compression.deltadq import build_artifact
-from compression.packed import load_artifact
-from compression.quality import build_causal_lm
 from deltazoo.settings import Settings
 from tests.test_api_support import push, wait_job
 from tests.test_eval_leaderboard import CONFIG, TEXT, _files, _model_state

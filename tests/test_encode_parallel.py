@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 import torch
+from deltazoo.api.app import create_app
+from deltazoo.registry.objectstore import LocalObjectStore
+from deltazoo.workers.jobs import JobContext, run_job
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from deltazoo.settings import Settings
-from registry.objectstore import LocalObjectStore
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
-from workers.jobs import JobContext, run_job
 
 
 def wide_pair() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -79,8 +79,9 @@ class CrashingStore(LocalObjectStore):
 def encode_pair(
     home: Path, threads: int, fail_at: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
-    import workers.jobs
+    import deltazoo.workers.jobs  # noqa: F401 (loads workers.jobs)
 
+    from deltazoo import workers
     monkeypatch.setattr(workers.jobs._Checkpoints, "EVERY_S", 0.0)  # commit after every tensor
     settings = embedded_settings(home).model_copy(update={"encode_threads": threads})
     base, ft = wide_pair()

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import torch
+from deltazoo.api.app import create_app
+from deltazoo.compression.quality import bits_per_byte, build_causal_lm
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from api.app import create_app
-from compression.quality import bits_per_byte, build_causal_lm
 from deltazoo.settings import Settings
 from tests.test_api_support import push, wait_job
 

@@ -53,7 +53,7 @@ class FaultStack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
-    from registry.db import upgrade_database
+    from deltazoo.registry.db import upgrade_database
 
     root = tmp_path_factory.mktemp("faults")
     broker = redis_url(db=14 - 2 * max(0, xdist_worker_index()))  # not a db the shared stack_server uses

@@ -104,7 +104,7 @@ class OutboxStack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutboxStack]:
-    from registry.db import upgrade_database
+    from deltazoo.registry.db import upgrade_database
 
     root = tmp_path_factory.mktemp("outbox")
     redis = OwnRedis(root)

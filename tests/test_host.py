@@ -22,7 +22,8 @@ from deltazoo import Client
 
 transformers = pytest.importorskip("transformers")
 
-from compression.packed import load_artifact  # noqa: E402
+from deltazoo.compression.packed import load_artifact  # noqa: E402
+
 from deltazoo.host import Host, HostSettings  # noqa: E402
 from deltazoo.host.http import serve  # noqa: E402
 from deltazoo.host.store import artifact_bytes  # noqa: E402

@@ -9,10 +9,9 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
-
-from api.hub_ndjson import read_commit
-from registry.errors import DeltazooError
-from registry.services.hub_commit import CommitOperations
+from deltazoo.api.hub_ndjson import read_commit
+from deltazoo.registry.errors import DeltazooError
+from deltazoo.registry.services.hub_commit import CommitOperations
 
 
 def payload(files: dict[str, bytes]) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from deltazoo.compression.packed import PackedArtifact, PackedFormatError, load_artifact, save_artifact
 
-from compression.packed import PackedArtifact, PackedFormatError, load_artifact, save_artifact
 from deltazoo.kernels import DeltaLinear, active_deltas, patch_model, random_packed_delta, set_active_deltas
 
 transformers = pytest.importorskip("transformers")
@@ -116,7 +116,7 @@ def test_mismatched_artifacts_are_refused_on_request_with_advice() -> None:
 
 
 def test_real_deltadq_artifact() -> None:
-    deltadq = pytest.importorskip("compression.deltadq")
+    deltadq = pytest.importorskip("deltazoo.compression.deltadq")
     base = tiny_llama()
     g = torch.Generator().manual_seed(9)
     finetune_state = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.state_dict().items()}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from deltazoo.compression.packed import PackedFormatError
 
-from compression.packed import PackedFormatError
 from deltazoo.kernels import (
     batched_delta_matmul_reference,
     delta_matmul,

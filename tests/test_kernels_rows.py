@@ -12,7 +12,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from compression.packed import PackedArtifact, PackedFormatError  # noqa: E402
+from deltazoo.compression.packed import PackedArtifact, PackedFormatError  # noqa: E402
+
 from deltazoo.kernels import (  # noqa: E402
     PerRowModule,
     active_deltas,

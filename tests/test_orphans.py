@@ -14,13 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from deltazoo.api.app import create_app
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.objectstore import LocalObjectStore
+from deltazoo.registry.services.orphans import audit_store
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from deltazoo.settings import Settings
-from registry.db import session_scope
-from registry.objectstore import LocalObjectStore
-from registry.services.orphans import audit_store
 from tests.services import child_env
 from tests.test_api_support import base_state, checkpoint, push, sha, wait_job
 

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-
-from compression.baselines import dare, kept_for_budget, magnitude, mask_entropy_bits, sparse_bytes
-from compression.quality import NotEvaluable, bits_per_byte, build_causal_lm, gain_kept
+from deltazoo.compression.baselines import dare, kept_for_budget, magnitude, mask_entropy_bits, sparse_bytes
+from deltazoo.compression.quality import NotEvaluable, bits_per_byte, build_causal_lm, gain_kept
 
 CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256, "hidden_size": 16,

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from api.app import create_app
 from deltazoo.settings import Settings
 from tests.test_api_support import CONFIG, sha, wait_job
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from deltazoo.registry.db import upgrade_database
+from deltazoo.registry.models import Base
 from sqlalchemy import create_engine, inspect
-
-from registry.db import upgrade_database
-from registry.models import Base
 
 TABLES = {
     "namespace",
@@ -62,8 +61,7 @@ def test_upgrading_a_populated_sqlite_database_keeps_its_rows(tmp_path: Path) ->
     import sqlite3
 
     from alembic import command
-
-    from registry.db import alembic_config
+    from deltazoo.registry.db import alembic_config
 
     path = tmp_path / "old.db"
     cfg = alembic_config(f"sqlite:///{path}")

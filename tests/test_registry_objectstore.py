@@ -8,8 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from deltazoo.registry.objectstore import (
+    LocalObjectStore,
+    ObjectNotFound,
+    ObjectStore,
+    S3ObjectStore,
+    blob_key,
+)
 
-from registry.objectstore import LocalObjectStore, ObjectNotFound, ObjectStore, S3ObjectStore, blob_key
 from tests.services import S3Server
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deltazoo.api.app import create_app
+from deltazoo.registry.db import session_factory, upgrade_database
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
-from api.app import create_app
 from deltazoo.models import Lineage
 from deltazoo.settings import Settings
-from registry.db import session_factory, upgrade_database
 from tests.checkpoints import TINY_LLAMA_SHAPES, finetune_of, random_tensors
 from tests.test_api_support import checkpoint, push, sha, wait_job
 
@@ -208,7 +208,7 @@ def test_lineage_rejects_a_bad_page_request_with_a_4xx(family: TestClient, param
 def test_model_page_draws_one_page_and_counts_the_rest(
     family: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.routes import web
+    from deltazoo.api.routes import web
 
     monkeypatch.setattr(web, "WEB_LINEAGE_PAGE", 4)
     html = family.get("/models/zoo/base").text

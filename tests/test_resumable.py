@@ -166,9 +166,9 @@ def test_sdk_push_resumes_after_a_dropped_connection(
 
 
 def test_parts_of_uploads_that_can_no_longer_finish_are_swept(tmp_path: Path) -> None:
+    from deltazoo.api.app import create_app
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
     from tests.test_api_roundtrip import embedded_settings
     from tests.test_api_support import push
 

@@ -8,11 +8,7 @@ import struct
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from safetensors.torch import save
-
-from compression.safetensors_io import (
+from deltazoo.compression.safetensors_io import (
     SafetensorsError,
     SafetensorsStreamValidator,
     is_index_file,
@@ -22,6 +18,9 @@ from compression.safetensors_io import (
     validate_bytes,
     validate_index,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save
 
 
 def make_file(header: dict, data: bytes, pad: bytes = b"") -> bytes:

@@ -185,7 +185,7 @@ def test_load_model_builds_the_transformers_model(
 def test_fetch_delta_returns_the_packed_artifact(
     embedded_server: str, checkpoint_pair: CheckpointPair, unique_org: str, tmp_path: Path
 ):
-    from compression.packed import PackedArtifact
+    from deltazoo.compression.packed import PackedArtifact
 
     profile = "deltadq:n=1,m=32,bits=4"
     with _client(embedded_server, tmp_path / "cache") as c:

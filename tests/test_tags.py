@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import base_state, checkpoint, finetune_state, push, wait_job
 

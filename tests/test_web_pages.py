@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from deltazoo.settings import Settings
 from tests.test_api_support import push, wait_job
 from tests.test_eval_leaderboard import CONFIG, PROFILE, TEXT, _files, _model_state
@@ -134,9 +134,9 @@ def test_the_lineage_graph_draws_a_bounded_page(client: TestClient) -> None:
     for i in range(3):
         answer = push(client, f"bounded/kid{i}", _files(state, CONFIG), base="family/base@1")
         assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
-    from registry.db import session_scope
-    from registry.family_repository import FamilyRepository
-    from registry.repositories import ModelRepository, VersionRepository
+    from deltazoo.registry.db import session_scope
+    from deltazoo.registry.family_repository import FamilyRepository
+    from deltazoo.registry.repositories import ModelRepository, VersionRepository
 
     with session_scope(client.app.state.settings) as session:  # type: ignore[attr-defined]
         base = ModelRepository(session).get("family", "base")
@@ -154,10 +154,9 @@ def test_the_lineage_graph_draws_a_bounded_page(client: TestClient) -> None:
 
 def test_a_profile_whose_fine_tune_did_not_gain_shows_no_gain_kept(client: TestClient) -> None:
     """Made so in the stored figures: the fine-tune's bpb above its base's on this text."""
+    from deltazoo.registry.db import session_scope
+    from deltazoo.registry.models import Evaluation
     from sqlalchemy import select
-
-    from registry.db import session_scope
-    from registry.models import Evaluation
 
     with session_scope(client.app.state.settings) as session:  # type: ignore[attr-defined]
         ev = session.scalars(select(Evaluation).where(Evaluation.artifact_id.is_not(None))).first()

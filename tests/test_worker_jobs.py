@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from deltazoo.api.app import create_app
+from deltazoo.registry.objectstore import LocalObjectStore
+from deltazoo.workers.jobs import JobContext, run_job
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from registry.objectstore import LocalObjectStore
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
-from workers.jobs import JobContext, run_job
 
 
 def test_running_a_finished_job_again_changes_nothing(tmp_path: Path) -> None:
@@ -82,8 +82,9 @@ class FlakyStore(LocalObjectStore):
 
 
 def test_interrupted_encode_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import workers.jobs
+    import deltazoo.workers.jobs  # noqa: F401 (loads workers.jobs)
 
+    from deltazoo import workers
     monkeypatch.setattr(workers.jobs._Checkpoints, "EVERY_S", 0.0)  # commit after every tensor
     # one lane: the read that fails then comes after some tensors are committed (several lanes read
     # ahead; tests/test_encode_parallel.py crashes those mid-file)
@@ -112,7 +113,7 @@ def test_interrupted_encode_resumes_where_it_stopped(tmp_path: Path, monkeypatch
 
 
 def test_runner_marks_a_job_failed_when_transient_errors_persist(tmp_path: Path) -> None:
-    from workers.runner import InProcessRunner
+    from deltazoo.workers.runner import InProcessRunner
 
     settings = embedded_settings(tmp_path / "home")
     with TestClient(create_app(settings)) as client:

@@ -20,7 +20,7 @@ VISIBILITY_TIMEOUT_S = TASK_TIME_LIMIT_S + 600
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("deltazoo", broker=settings.broker_url or "memory://", include=["workers.tasks"])
+    app = Celery("deltazoo", broker=settings.broker_url or "memory://", include=["deltazoo.workers.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -51,7 +51,7 @@ class CeleryDispatcher:
         self.celery = celery
 
     def submit(self, job_id: int) -> None:
-        from workers.outbox import task_id
+        from deltazoo.workers.outbox import task_id
 
         try:
             self.celery.send_task(

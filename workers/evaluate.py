@@ -12,23 +12,22 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
-
-from registry.models import Artifact, Evaluation, Job, TextSet, Version
-from registry.objectstore import ObjectStore
-from registry.repositories import ArtifactRepository
-from registry.services.artifacts import ArtifactBuildError, load_state
-from registry.services.evaluation import (
+from deltazoo.registry.models import Artifact, Evaluation, Job, TextSet, Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import ArtifactRepository
+from deltazoo.registry.services.artifacts import ArtifactBuildError, load_state
+from deltazoo.registry.services.evaluation import (
     DONE,
     _dense_row,
     _row,
     load_tokenizer,
     version_config,
 )
-from registry.services.storage import get_blob
+from deltazoo.registry.services.storage import get_blob
+from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
-    from workers.jobs import JobContext
+    from deltazoo.workers.jobs import JobContext
 
 
 class _Evaluator:
@@ -44,7 +43,7 @@ class _Evaluator:
         return self.states[version.id]
 
     def bpb(self, version: Version, state: dict[str, Any]) -> float:
-        from compression.quality import NotEvaluable, bits_per_byte, build_causal_lm
+        from deltazoo.compression.quality import NotEvaluable, bits_per_byte, build_causal_lm
 
         config = version_config(self.session, self.store, version)
         if config is None:
@@ -58,7 +57,7 @@ class _Evaluator:
 
     def dense(self, version: Version, row: Evaluation) -> float | None:
         """The version's dense bpb (computed into ``row`` unless done); None when not evaluable."""
-        from compression.quality import NotEvaluable
+        from deltazoo.compression.quality import NotEvaluable
 
         if row.status == "ready":
             return row.bits_per_byte
@@ -75,7 +74,7 @@ class _Evaluator:
         return row.bits_per_byte
 
     def profile(self, version: Version, parent: Version, artifact: Artifact) -> float:
-        from compression.packed import load_artifact
+        from deltazoo.compression.packed import load_artifact
 
         fd, path = tempfile.mkstemp(suffix=".safetensors")
         try:
@@ -88,7 +87,7 @@ class _Evaluator:
 
 
 def _gain(bpb_base: float, bpb_ft: float, bpb_profile: float) -> float | None:
-    from compression.quality import gain_kept
+    from deltazoo.compression.quality import gain_kept
 
     try:
         return round(gain_kept(bpb_base, bpb_ft, bpb_profile), 6)

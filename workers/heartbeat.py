@@ -15,11 +15,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.models import Job, utcnow
+from deltazoo.workers.jobs import JobContext, held_since
 from sqlalchemy import select, update
-
-from registry.db import session_scope
-from registry.models import Job, utcnow
-from workers.jobs import JobContext, held_since
 
 log = logging.getLogger("deltazoo.heartbeat")
 
@@ -82,7 +81,7 @@ def start_reaper(
     """A daemon thread that, every beat, calls ``requeue_stale`` and, when ``live`` can read the broker,
     ``outbox.resend_unsent`` (queued jobs whose message was never sent or was lost); set the returned
     event to stop it."""
-    from workers.outbox import resend_unsent
+    from deltazoo.workers.outbox import resend_unsent
 
     stop = threading.Event()
 

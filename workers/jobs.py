@@ -15,18 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.models import Artifact, Job, Version, utcnow
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import ArtifactRepository
+from deltazoo.registry.services.artifacts import build_artifact, enqueue_pending_artifacts
+from deltazoo.registry.services.encode import encode_version
+from deltazoo.registry.services.evaluation import enqueue_for_version
+from deltazoo.registry.services.evaluation import mark_failed as mark_evaluation_failed
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from deltazoo.settings import Settings
-from registry.db import session_scope
-from registry.models import Artifact, Job, Version, utcnow
-from registry.objectstore import ObjectStore
-from registry.repositories import ArtifactRepository
-from registry.services.artifacts import build_artifact, enqueue_pending_artifacts
-from registry.services.encode import encode_version
-from registry.services.evaluation import enqueue_for_version
-from registry.services.evaluation import mark_failed as mark_evaluation_failed
 
 log = logging.getLogger("deltazoo.jobs")
 STALE_BEATS = 3  # a running job whose heartbeat is older than this many beats has lost its worker
@@ -122,7 +122,7 @@ def _build(session: Session, job: Job, ctx: JobContext) -> None:
 
 
 def _evaluate(session: Session, job: Job, ctx: JobContext) -> None:
-    from workers.evaluate import evaluate  # torch and transformers load only in evaluate jobs
+    from deltazoo.workers.evaluate import evaluate  # torch and transformers load only in evaluate jobs
 
     evaluate(session, job, ctx)
 

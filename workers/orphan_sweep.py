@@ -11,10 +11,11 @@ import logging
 import threading
 from datetime import timedelta
 
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.services.orphans import Audit, audit_store
+
 from deltazoo.settings import Settings
-from registry.db import session_scope
-from registry.objectstore import ObjectStore
-from registry.services.orphans import Audit, audit_store
 
 log = logging.getLogger("deltazoo.orphans")
 

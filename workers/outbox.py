@@ -19,11 +19,10 @@ import re
 import uuid
 from collections.abc import Callable
 
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.models import Job, utcnow
+from deltazoo.workers.jobs import JobContext, held_since
 from sqlalchemy import select
-
-from registry.db import session_scope
-from registry.models import Job, utcnow
-from workers.jobs import JobContext, held_since
 
 log = logging.getLogger("deltazoo.outbox")
 _TASK_ID = re.compile(rb"deltazoo-job-(\d+)-")

@@ -7,9 +7,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from registry.db import session_scope
-from registry.repositories import JobRepository
-from workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.repositories import JobRepository
+from deltazoo.workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
 
 log = logging.getLogger("deltazoo.runner")
 

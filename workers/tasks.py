@@ -6,14 +6,14 @@ from functools import lru_cache
 
 from celery import Task
 from celery.signals import worker_ready
+from deltazoo.registry.memory import bound_heap, release_free_memory
+from deltazoo.registry.objectstore import object_store_from_settings
+from deltazoo.registry.services.storage import RAW_CACHE
+from deltazoo.workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
+from deltazoo.workers.heartbeat import heartbeat, start_reaper
+from deltazoo.workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
 
 from deltazoo.settings import get_settings
-from registry.memory import bound_heap, release_free_memory
-from registry.objectstore import object_store_from_settings
-from registry.services.storage import RAW_CACHE
-from workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
-from workers.heartbeat import heartbeat, start_reaper
-from workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
 
 
 @lru_cache(maxsize=1)
@@ -55,6 +55,6 @@ def run_job_task(job_id: int) -> str:
 def _start_reaper(**_kwargs: object) -> None:
     """Jobs whose worker died (no heartbeat) or whose message never reached the broker are sent again by
     any live worker (workers/heartbeat.py, workers/outbox.py)."""
-    from workers.outbox import live_job_ids
+    from deltazoo.workers.outbox import live_job_ids
 
     start_reaper(worker_context(), CeleryDispatcher(app).submit, lambda: live_job_ids(app))

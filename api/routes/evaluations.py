@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
-
-from api.deps import DB, Enqueue, Store
-from registry.db import session_scope
-from registry.errors import BadRequest
-from registry.services import views
-from registry.services.evaluation import (
+from deltazoo.api.deps import DB, Enqueue, Store
+from deltazoo.registry.db import session_scope
+from deltazoo.registry.errors import BadRequest
+from deltazoo.registry.services import views
+from deltazoo.registry.services.evaluation import (
     TooLarge,
     list_texts,
     register_text,
     request_evaluation,
     text_info,
 )
-from registry.services.refs import get_version, ref_string
+from deltazoo.registry.services.refs import get_version, ref_string
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(tags=["evaluation"])
 

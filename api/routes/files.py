@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+from deltazoo.api import schemas
+from deltazoo.api.body_feed import feed_body
+from deltazoo.api.deps import DB, Store
+from deltazoo.api.errors import error_body
+from deltazoo.registry.errors import BadRequest, DeltazooError
+from deltazoo.registry.models import File
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.services.refs import get_version, ref_string
+from deltazoo.registry.services.resumable import PartialUploads, parse_content_range, partials_for
+from deltazoo.registry.services.transfer import UploadSink, iter_file, parse_range, plan_file
+from deltazoo.registry.services.versions import check_path, pending_file, record_upload
+from deltazoo.registry.services.views import file_info
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
-
-from api import schemas
-from api.body_feed import feed_body
-from api.deps import DB, Store
-from api.errors import error_body
-from registry.errors import BadRequest, DeltazooError
-from registry.models import File
-from registry.objectstore import ObjectStore
-from registry.services.refs import get_version, ref_string
-from registry.services.resumable import PartialUploads, parse_content_range, partials_for
-from registry.services.transfer import UploadSink, iter_file, parse_range, plan_file
-from registry.services.versions import check_path, pending_file, record_upload
-from registry.services.views import file_info
 
 router = APIRouter(tags=["files"])
 F = "/models/{org}/{name}/versions/{rev}/files/{path:path}"

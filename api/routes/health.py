@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from deltazoo.api import schemas
+from deltazoo.api.deps import Store
+from deltazoo.api.errors import error_body
+from deltazoo.registry.db import ping_database
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-
-from api import schemas
-from api.deps import Store
-from api.errors import error_body
-from registry.db import ping_database
 
 router = APIRouter(tags=["health"])
 

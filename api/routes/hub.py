@@ -3,13 +3,12 @@ with ``HF_ENDPOINT`` (or ``endpoint=``) pointing at deltazoo (registry/services/
 
 from __future__ import annotations
 
+from deltazoo.api.deps import DB, Store
+from deltazoo.api.hub_protocol import HubRoute, HubViewer
+from deltazoo.registry.services import hub
+from deltazoo.registry.services.transfer import iter_file, parse_range
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-
-from api.deps import DB, Store
-from api.hub_protocol import HubRoute, HubViewer
-from registry.services import hub
-from registry.services.transfer import iter_file, parse_range
 
 router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
 REPO = "/api/models/{org}/{name}"

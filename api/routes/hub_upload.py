@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from deltazoo.api.deps import DB, Enqueue, Store
+from deltazoo.api.hub_ndjson import read_commit
+from deltazoo.api.hub_protocol import HubRoute, HubViewer, hub_error
+from deltazoo.registry.errors import BadRequest, DeltazooError
+from deltazoo.registry.services import hub_commit
+from deltazoo.registry.services.model_card import front_matter_problem
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-
-from api.deps import DB, Enqueue, Store
-from api.hub_ndjson import read_commit
-from api.hub_protocol import HubRoute, HubViewer, hub_error
-from registry.errors import BadRequest, DeltazooError
-from registry.services import hub_commit
-from registry.services.model_card import front_matter_problem
 
 router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
 REPO = "/api/models/{org}/{name}"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from deltazoo.api.auth import Viewer
+from deltazoo.api.deps import DB
+from deltazoo.registry.errors import BadRequest
+from deltazoo.registry.services.leaderboard import leaderboard
 from fastapi import APIRouter
-
-from api.auth import Viewer
-from api.deps import DB
-from registry.errors import BadRequest
-from registry.services.leaderboard import leaderboard
 
 router = APIRouter(tags=["evaluation"])
 

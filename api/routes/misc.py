@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+from deltazoo.api import schemas
+from deltazoo.api.auth import Viewer
+from deltazoo.api.deps import DB, Store
+from deltazoo.registry.errors import NotFound
+from deltazoo.registry.objectstore import blob_key
+from deltazoo.registry.repositories import BlobRepository
+from deltazoo.registry.services import views
+from deltazoo.registry.services.access import can_read_blob
+from deltazoo.registry.services.job_status import job_for
+from deltazoo.registry.services.versions import SHA_RE
 from fastapi import APIRouter, Path
 from fastapi.responses import StreamingResponse
-
-from api import schemas
-from api.auth import Viewer
-from api.deps import DB, Store
-from registry.errors import NotFound
-from registry.objectstore import blob_key
-from registry.repositories import BlobRepository
-from registry.services import views
-from registry.services.access import can_read_blob
-from registry.services.job_status import job_for
-from registry.services.versions import SHA_RE
 
 router = APIRouter(tags=["zoo"])
 MAX_ID = 2**63 - 1  # larger ids cannot exist (64-bit columns); they are 422, not a 500

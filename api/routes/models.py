@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from deltazoo.api import schemas
+from deltazoo.api.auth import Viewer
+from deltazoo.api.deps import DB, Store
+from deltazoo.registry.repositories import ModelRepository
+from deltazoo.registry.services import views
+from deltazoo.registry.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
+from deltazoo.registry.services.refs import get_model
+from deltazoo.registry.services.versions import create_model, delete_model
 from fastapi import APIRouter, Query, Response
-
-from api import schemas
-from api.auth import Viewer
-from api.deps import DB, Store
-from registry.repositories import ModelRepository
-from registry.services import views
-from registry.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
-from registry.services.refs import get_model
-from registry.services.versions import create_model, delete_model
 
 router = APIRouter(tags=["models"])
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from deltazoo.api import schemas
+from deltazoo.api.deps import DB
+from deltazoo.registry.services.refs import get_model
+from deltazoo.registry.services.tags import delete_tag, list_tags, set_tag
 from fastapi import APIRouter, Response
-
-from api import schemas
-from api.deps import DB
-from registry.services.refs import get_model
-from registry.services.tags import delete_tag, list_tags, set_tag
 
 router = APIRouter(tags=["tags"])
 T = "/models/{org}/{name}/tags"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from deltazoo.api import schemas
+from deltazoo.api.auth import Viewer
+from deltazoo.api.deps import DB
+from deltazoo.registry.models import ApiToken
+from deltazoo.registry.services.access import check_admin
+from deltazoo.registry.services.tokens import create_token, delete_token, list_tokens
 from fastapi import APIRouter, Path, Response
-
-from api import schemas
-from api.auth import Viewer
-from api.deps import DB
-from registry.models import ApiToken
-from registry.services.access import check_admin
-from registry.services.tokens import create_token, delete_token, list_tokens
 
 router = APIRouter(tags=["tokens"])
 

@@ -5,25 +5,25 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
+from deltazoo.api import schemas
+from deltazoo.api.auth import Viewer
+from deltazoo.api.deps import DB, Enqueue, Store
+from deltazoo.api.deps import settings as settings_dep
+from deltazoo.registry.objectstore import blob_key
+from deltazoo.registry.services import views
+from deltazoo.registry.services.artifacts import find_artifact, request_artifact
+from deltazoo.registry.services.limits import UploadLimits
+from deltazoo.registry.services.pending import pending_versions
+from deltazoo.registry.services.refs import get_model, get_version, ref_string
+from deltazoo.registry.services.resumable import partials_for
+from deltazoo.registry.services.resume import find_resumable
+from deltazoo.registry.services.staging import sweep_stale_uploads
+from deltazoo.registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
+from deltazoo.workers.jobs import held_since
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 
-from api import schemas
-from api.auth import Viewer
-from api.deps import DB, Enqueue, Store
-from api.deps import settings as settings_dep
 from deltazoo.settings import Settings
-from registry.objectstore import blob_key
-from registry.services import views
-from registry.services.artifacts import find_artifact, request_artifact
-from registry.services.limits import UploadLimits
-from registry.services.pending import pending_versions
-from registry.services.refs import get_model, get_version, ref_string
-from registry.services.resumable import partials_for
-from registry.services.resume import find_resumable
-from registry.services.staging import sweep_stale_uploads
-from registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
-from workers.jobs import held_since
 
 router = APIRouter(tags=["versions"])
 V = "/models/{org}/{name}/versions/{rev}"

@@ -10,25 +10,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deltazoo.api.auth import current_principal
+from deltazoo.api.deps import DB, Store
+from deltazoo.api.lineage_graph import layout
+from deltazoo.api.model_card import MAX_CARD_BYTES, render_card
+from deltazoo.api.plots import gain_plot, stored_share_plot
+from deltazoo.registry.errors import DeltazooError, NotFound
+from deltazoo.registry.repositories import ModelRepository
+from deltazoo.registry.services import views
+from deltazoo.registry.services.cards import card_bytes
+from deltazoo.registry.services.evaluation import list_texts, text_info
+from deltazoo.registry.services.family import family_graph
+from deltazoo.registry.services.leaderboard import leaderboard, version_quality
+from deltazoo.registry.services.lineage import lineage_page
+from deltazoo.registry.services.refs import get_model, get_version
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from api.auth import current_principal
-from api.deps import DB, Store
-from api.lineage_graph import layout
-from api.model_card import MAX_CARD_BYTES, render_card
-from api.plots import gain_plot, stored_share_plot
 from deltazoo import units
-from registry.errors import DeltazooError, NotFound
-from registry.repositories import ModelRepository
-from registry.services import views
-from registry.services.cards import card_bytes
-from registry.services.evaluation import list_texts, text_info
-from registry.services.family import family_graph
-from registry.services.leaderboard import leaderboard, version_quality
-from registry.services.lineage import lineage_page
-from registry.services.refs import get_model, get_version
 
 HERE = Path(__file__).resolve().parent.parent
 STATIC = HERE / "static"

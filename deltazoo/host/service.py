@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from compression.packed import PackedArtifact, load_artifact
+from deltazoo.compression.packed import PackedArtifact, load_artifact
 from deltazoo.errors import ClientError, DeltazooError, NotFoundError
 from deltazoo.models import Ref, VersionInfo
 

@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from compression.packed import PackedArtifact
+from deltazoo.compression.packed import PackedArtifact
 
 from .errors import HostError
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from compression.packed import PackedArtifact, PackedDelta, PackedFormatError
+from deltazoo.compression.packed import PackedArtifact, PackedDelta, PackedFormatError
 
 from .ops import Backend, batched_delta_add_, linear_with_delta, resolve_backend
 from .reference import check_delta_ids

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from compression.packed import PackedDelta
+from deltazoo.compression.packed import PackedDelta
 
 from .reference import batched_delta_matmul_reference, check_delta_ids
 from .stacked import StackedDeltas, stack_deltas

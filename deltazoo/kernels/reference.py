@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from compression.packed import PackedDelta
+from deltazoo.compression.packed import PackedDelta
 
 from .stacked import StackedDeltas
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from compression.packed import PackedFormatError
+from deltazoo.compression.packed import PackedFormatError
 
 from .reference import check_delta_ids
 

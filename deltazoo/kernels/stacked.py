@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compression.packed import PackedDelta, PackedFormatError
+from deltazoo.compression.packed import PackedDelta, PackedFormatError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from compression.packed import PackedDelta, index_bits, pack_bits
+from deltazoo.compression.packed import PackedDelta, index_bits, pack_bits
 
 
 def random_packed_delta(

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from compression.packed import index_bits
+from deltazoo.compression.packed import index_bits
 
 from .stacked import StackedDeltas
 

@@ -53,7 +53,7 @@ def upgrade() -> None:
 
 
 def _fill_bands() -> None:
-    from registry.services.sketch_index import band_keys
+    from deltazoo.registry.services.sketch_index import band_keys
 
     bind = op.get_bind()
     rows = bind.execute(sa.text("SELECT id, sketch FROM version WHERE sketch IS NOT NULL")).all()

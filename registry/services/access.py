@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deltazoo.registry.errors import DeltazooError, NotFound
+from deltazoo.registry.models import Artifact, File, Model, Tensor, TensorChunk, Version
+from deltazoo.registry.repositories import of_readable_versions, readable_model_ids
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
-
-from registry.errors import DeltazooError, NotFound
-from registry.models import Artifact, File, Model, Tensor, TensorChunk, Version
-from registry.repositories import of_readable_versions, readable_model_ids
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,16 @@ import tempfile
 from collections.abc import Callable
 
 import torch
+from deltazoo.compression import deltadq
+from deltazoo.registry.db import after_commit
+from deltazoo.registry.errors import Conflict, NotFound
+from deltazoo.registry.models import Artifact, Job, TextSet, Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import ArtifactRepository, JobRepository, TensorRepository
+from deltazoo.registry.services.profiles import check_profile
+from deltazoo.registry.services.storage import get_blob, put_blob, reconstruct, resolve_recipes
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from compression import deltadq
-from registry.db import after_commit
-from registry.errors import Conflict, NotFound
-from registry.models import Artifact, Job, TextSet, Version
-from registry.objectstore import ObjectStore
-from registry.repositories import ArtifactRepository, JobRepository, TensorRepository
-from registry.services.profiles import check_profile
-from registry.services.storage import get_blob, put_blob, reconstruct, resolve_recipes
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -130,9 +129,9 @@ def _calibration(
 ) -> dict[str, torch.Tensor]:
     """Input Hessians of the base model's linear layers on the first registered text, for the profiles
     that need calibration (fit=refit|gptq|obs, select=obs|search, alloc=sensitivity)."""
-    from compression.calibration import collect_hessians
-    from compression.quality import NotEvaluable, build_causal_lm
-    from registry.services.evaluation import load_tokenizer, version_config
+    from deltazoo.compression.calibration import collect_hessians
+    from deltazoo.compression.quality import NotEvaluable, build_causal_lm
+    from deltazoo.registry.services.evaluation import load_tokenizer, version_config
 
     text = session.scalar(select(TextSet).order_by(TextSet.id).limit(1))
     if text is None or text.blob is None:
@@ -168,7 +167,7 @@ def build_artifact(session: Session, store: ObjectStore, artifact: Artifact) -> 
     except ValueError as exc:
         raise ArtifactBuildError(str(exc)) from exc
     del base, finetune
-    from compression.packed import save_artifact
+    from deltazoo.compression.packed import save_artifact
 
     fd, path = tempfile.mkstemp(suffix=".safetensors")
     os.close(fd)

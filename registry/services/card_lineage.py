@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 
 import zstandard
+from deltazoo.registry.errors import DeltazooError
+from deltazoo.registry.models import File, Model, Version
+from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.registry.repositories import FileRepository
+from deltazoo.registry.services.access import Principal
+from deltazoo.registry.services.model_card import MAX_CARD_BYTES, card_lineage
+from deltazoo.registry.services.refs import RELATIONS, resolve_base
 from sqlalchemy.orm import Session
-
-from registry.errors import DeltazooError
-from registry.models import File, Model, Version
-from registry.objectstore import ObjectStore, blob_key
-from registry.repositories import FileRepository
-from registry.services.access import Principal
-from registry.services.model_card import MAX_CARD_BYTES, card_lineage
-from registry.services.refs import RELATIONS, resolve_base
 
 log = logging.getLogger("deltazoo.card")
 CARD_PATH = "README.md"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from deltazoo.registry.family_repository import FamilyRepository
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import VersionRepository
+from deltazoo.registry.services.transfer import iter_file, plan_file
 from sqlalchemy.orm import Session
-
-from registry.family_repository import FamilyRepository
-from registry.objectstore import ObjectStore
-from registry.repositories import VersionRepository
-from registry.services.transfer import iter_file, plan_file
 
 CARD_PATHS = ("README.md", "readme.md", "Readme.md", "README.MD")
 

@@ -16,17 +16,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 
-from sqlalchemy import ColumnElement
-from sqlalchemy.orm import Session
-
-from compression.codecs import decode_tensor, encode_tensor
-from compression.dtypes import dtype_info
-from compression.safetensors_io import TensorEntry
-from registry.models import File, Tensor, TensorChunk, Version
-from registry.objectstore import ObjectStore
-from registry.repositories import TensorRepository
-from registry.services.encode_pipeline import ParentRef
-from registry.services.storage import (
+from deltazoo.compression.codecs import decode_tensor, encode_tensor
+from deltazoo.compression.dtypes import dtype_info
+from deltazoo.compression.safetensors_io import TensorEntry
+from deltazoo.registry.models import File, Tensor, TensorChunk, Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import TensorRepository
+from deltazoo.registry.services.encode_pipeline import ParentRef
+from deltazoo.registry.services.storage import (
     RAW_CACHE,
     IntegrityError,
     RawCache,
@@ -36,6 +33,8 @@ from registry.services.storage import (
     put_blob,
     reconstruct,
 )
+from sqlalchemy import ColumnElement
+from sqlalchemy.orm import Session
 
 DEFAULT_CHUNK_BYTES = 8 << 20
 HASH_READ = 8 << 20

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from deltazoo.compression.codecs import decode_tensor, encode_tensor
+from deltazoo.registry.models import Tensor
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import BlobRepository, TensorRepository, VersionRepository
+from deltazoo.registry.services.chunks import DEFAULT_CHUNK_BYTES, plain_chunks_of
+from deltazoo.registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
-
-from compression.codecs import decode_tensor, encode_tensor
-from registry.models import Tensor
-from registry.objectstore import ObjectStore
-from registry.repositories import BlobRepository, TensorRepository, VersionRepository
-from registry.services.chunks import DEFAULT_CHUNK_BYTES, plain_chunks_of
-from registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
 
 
 def detach_copies(

@@ -18,18 +18,17 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import zstandard
+from deltazoo.compression.safetensors_io import SafetensorsError, TensorEntry, read_header
+from deltazoo.registry.db import after_commit
+from deltazoo.registry.errors import BadRequest
+from deltazoo.registry.models import File, Model, Tensor, Version
+from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
+from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
+from deltazoo.registry.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
+from deltazoo.registry.services.encode_pipeline import FilePipeline, ParentRef, Slot
+from deltazoo.registry.services.storage import IntegrityError, put_blob, resolve_recipes
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
-
-from compression.safetensors_io import SafetensorsError, TensorEntry, read_header
-from registry.db import after_commit
-from registry.errors import BadRequest
-from registry.models import File, Model, Tensor, Version
-from registry.objectstore import ObjectStore, blob_key, delete_objects
-from registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
-from registry.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
-from registry.services.encode_pipeline import FilePipeline, ParentRef, Slot
-from registry.services.storage import IntegrityError, put_blob, resolve_recipes
 
 Progress = Callable[[float], None]  # job progress, 0..1
 

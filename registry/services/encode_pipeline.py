@@ -28,10 +28,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from compression.codecs import decode_tensor, encode_tensor
-from compression.safetensors_io import TensorEntry
-from registry.objectstore import ObjectStore, blob_key
-from registry.services.storage import IntegrityError, Recipe, reconstruct
+from deltazoo.compression.codecs import decode_tensor, encode_tensor
+from deltazoo.compression.safetensors_io import TensorEntry
+from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.registry.services.storage import IntegrityError, Recipe, reconstruct
 
 IN_FLIGHT_PER_LANE = 2
 

@@ -20,16 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 import zstandard
+from deltazoo.registry.db import after_commit
+from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFound
+from deltazoo.registry.models import Artifact, Evaluation, File, Job, TextSet, Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
+from deltazoo.registry.services.refs import check_description, ref_string
+from deltazoo.registry.services.storage import get_blob, put_blob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from registry.db import after_commit
-from registry.errors import BadRequest, Conflict, DeltazooError, NotFound
-from registry.models import Artifact, Evaluation, File, Job, TextSet, Version
-from registry.objectstore import ObjectStore
-from registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
-from registry.services.refs import check_description, ref_string
-from registry.services.storage import get_blob, put_blob
 
 Enqueue = Callable[[int], None]
 TEXT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -221,9 +220,8 @@ def load_tokenizer(session: Session, store: ObjectStore, version: Version) -> An
     files = [f for f in FileRepository(session).for_version(version.id) if f.kind == "other"]
     if not any(os.path.basename(f.path) in TOKENIZER_FILES for f in files):
         return None
+    from deltazoo.compression.quality import NotEvaluable
     from transformers import AutoTokenizer
-
-    from compression.quality import NotEvaluable
 
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:

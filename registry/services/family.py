@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from deltazoo.registry.family_repository import FamilyRepository
+from deltazoo.registry.models import Model
+from deltazoo.registry.services.access import Principal
+from deltazoo.registry.services.views import version_summaries
 from sqlalchemy.orm import Session
-
-from registry.family_repository import FamilyRepository
-from registry.models import Model
-from registry.services.access import Principal
-from registry.services.views import version_summaries
 
 
 def family_graph(

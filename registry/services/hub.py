@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from deltazoo.registry.errors import DeltazooError, NotFound
+from deltazoo.registry.models import ApiToken, File, Model, Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
+from deltazoo.registry.services.access import Principal, can_read_model, model_not_found
+from deltazoo.registry.services.model_card import card_data
+from deltazoo.registry.services.refs import MAIN, find_version, get_model, parse_name, ref_string
+from deltazoo.registry.services.transfer import FilePlan, iter_file, plan_file
 from sqlalchemy.orm import Session
-
-from registry.errors import DeltazooError, NotFound
-from registry.models import ApiToken, File, Model, Version
-from registry.objectstore import ObjectStore
-from registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
-from registry.services.access import Principal, can_read_model, model_not_found
-from registry.services.model_card import card_data
-from registry.services.refs import MAIN, find_version, get_model, parse_name, ref_string
-from registry.services.transfer import FilePlan, iter_file, plan_file
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 MAX_LISTED_MODELS = 1000

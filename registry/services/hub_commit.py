@@ -18,16 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from sqlalchemy.orm import Session
-
-from registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
-from registry.models import Version
-from registry.objectstore import ObjectStore
-from registry.repositories import FileRepository, VersionRepository
-from registry.services.access import Principal, check_write
-from registry.services.refs import MAIN, get_model, parse_name, ref_string
-from registry.services.transfer import UploadSink
-from registry.services.versions import (
+from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
+from deltazoo.registry.models import Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import FileRepository, VersionRepository
+from deltazoo.registry.services.access import Principal, check_write
+from deltazoo.registry.services.refs import MAIN, get_model, parse_name, ref_string
+from deltazoo.registry.services.transfer import UploadSink
+from deltazoo.registry.services.versions import (
     DeclaredFile,
     Enqueue,
     check_path,
@@ -36,6 +34,7 @@ from registry.services.versions import (
     create_version,
     record_upload,
 )
+from sqlalchemy.orm import Session
 
 MAX_PREUPLOAD_FILES = 10_000
 

@@ -3,12 +3,11 @@ caller may not read answers 404 exactly like a job that does not exist."""
 
 from __future__ import annotations
 
+from deltazoo.registry.errors import NotFound
+from deltazoo.registry.models import Job
+from deltazoo.registry.repositories import JobRepository, ModelRepository
+from deltazoo.registry.services.access import Principal, can_read_model
 from sqlalchemy.orm import Session
-
-from registry.errors import NotFound
-from registry.models import Job
-from registry.repositories import JobRepository, ModelRepository
-from registry.services.access import Principal, can_read_model
 
 
 def job_for(session: Session, viewer: Principal, job_id: int) -> Job:

@@ -8,14 +8,13 @@ import posixpath
 from dataclasses import dataclass
 from functools import partial
 
+from deltazoo.compression.safetensors_io import SafetensorsError, is_index_file, read_header, validate_index
+from deltazoo.registry.errors import DeltazooError, Unprocessable
+from deltazoo.registry.models import Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import FileRepository, TensorRepository
+from deltazoo.registry.services.transfer import MAX_INDEX_BYTES
 from sqlalchemy.orm import Session
-
-from compression.safetensors_io import SafetensorsError, is_index_file, read_header, validate_index
-from registry.errors import DeltazooError, Unprocessable
-from registry.models import Version
-from registry.objectstore import ObjectStore
-from registry.repositories import FileRepository, TensorRepository
-from registry.services.transfer import MAX_INDEX_BYTES
 
 
 def _read_range(store: ObjectStore, key: str, offset: int, length: int) -> bytes:

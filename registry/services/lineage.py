@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from deltazoo.registry.errors import Unprocessable
+from deltazoo.registry.lineage_repository import LineageRepository
+from deltazoo.registry.models import Model, Version
+from deltazoo.registry.repositories import VersionRepository
+from deltazoo.registry.services.access import OPEN, Principal
+from deltazoo.registry.services.views import version_summaries
 from sqlalchemy.orm import Session
-
-from registry.errors import Unprocessable
-from registry.lineage_repository import LineageRepository
-from registry.models import Model, Version
-from registry.repositories import VersionRepository
-from registry.services.access import OPEN, Principal
-from registry.services.views import version_summaries
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000

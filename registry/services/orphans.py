@@ -22,11 +22,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from deltazoo.registry.models import utcnow
+from deltazoo.registry.objectstore import ObjectStore, StoredObject, blob_key
+from deltazoo.registry.repositories import BlobRepository, FileRepository
 from sqlalchemy.orm import Session
-
-from registry.models import utcnow
-from registry.objectstore import ObjectStore, StoredObject, blob_key
-from registry.repositories import BlobRepository, FileRepository
 
 log = logging.getLogger("deltazoo.orphans")
 _BATCH = 500

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from registry.errors import Unprocessable
+from deltazoo.registry.errors import Unprocessable
 
 _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)
 _WINDOWS_FORBIDDEN = set('<>:"|?*')

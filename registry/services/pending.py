@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from deltazoo.registry.repositories import FileRepository, VersionRepository
+from deltazoo.registry.services.access import Principal
+from deltazoo.registry.services.resumable import PartialUploads
+from deltazoo.registry.services.views import version_summaries
 from sqlalchemy.orm import Session
-
-from registry.repositories import FileRepository, VersionRepository
-from registry.services.access import Principal
-from registry.services.resumable import PartialUploads
-from registry.services.views import version_summaries
 
 
 def pending_versions(

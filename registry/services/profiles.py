@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from compression.deltadq import parse_profile
-from registry.errors import Unprocessable
+from deltazoo.compression.deltadq import parse_profile
+from deltazoo.registry.errors import Unprocessable
 
 MAX_PROFILE_CHARS = 200  # the registry's artifact.profile column
 

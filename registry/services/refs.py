@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from deltazoo.registry.errors import Conflict, NotFound, Unprocessable
+from deltazoo.registry.models import Model, Version
+from deltazoo.registry.repositories import ModelRepository, TagRepository, VersionRepository
+from deltazoo.registry.services.access import Principal, can_read_model, model_not_found
 from sqlalchemy.orm import Session
-
-from registry.errors import Conflict, NotFound, Unprocessable
-from registry.models import Model, Version
-from registry.repositories import ModelRepository, TagRepository, VersionRepository
-from registry.services.access import Principal, can_read_model, model_not_found
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 NAME_RE = re.compile(rf"^({_PART})/({_PART})$")

@@ -16,9 +16,9 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from registry.errors import BadRequest, Conflict
-from registry.models import File
-from registry.services.transfer import UploadSink
+from deltazoo.registry.errors import BadRequest, Conflict
+from deltazoo.registry.models import File
+from deltazoo.registry.services.transfer import UploadSink
 
 _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _REPLAY_CHUNK = 8 << 20

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from deltazoo.registry.models import Model, Version
+from deltazoo.registry.repositories import FileRepository, VersionRepository
+from deltazoo.registry.services.access import Principal
+from deltazoo.registry.services.profiles import check_profile
+from deltazoo.registry.services.versions import DeclaredFile, resolve_base
 from sqlalchemy.orm import Session
-
-from registry.models import Model, Version
-from registry.repositories import FileRepository, VersionRepository
-from registry.services.access import Principal
-from registry.services.profiles import check_profile
-from registry.services.versions import DeclaredFile, resolve_base
 
 
 def find_resumable(

@@ -19,17 +19,16 @@ import hashlib
 from typing import Any
 
 import numpy as np
+from deltazoo.compression.safetensors_io import SafetensorsError, read_header
+from deltazoo.registry.lineage_repository import LineageRepository
+from deltazoo.registry.models import File, Model, Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import FileRepository, ModelRepository, TensorRepository, visible_from
+from deltazoo.registry.services.refs import ref_string
+from deltazoo.registry.services.sketch_index import PER_BAND, band_keys
+from deltazoo.registry.sketch_band_repository import SketchBandRepository, ready_candidates
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
-
-from compression.safetensors_io import SafetensorsError, read_header
-from registry.lineage_repository import LineageRepository
-from registry.models import File, Model, Version
-from registry.objectstore import ObjectStore
-from registry.repositories import FileRepository, ModelRepository, TensorRepository, visible_from
-from registry.services.refs import ref_string
-from registry.services.sketch_index import PER_BAND, band_keys
-from registry.sketch_band_repository import SketchBandRepository, ready_candidates
 
 SAMPLES = 64
 MAX_TENSORS = 64

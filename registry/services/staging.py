@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from deltazoo.registry.models import utcnow
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import FileRepository, ModelRepository, VersionRepository
+from deltazoo.registry.services.refs import ref_string
+from deltazoo.registry.services.resumable import PartialUploads
+from deltazoo.registry.services.versions import delete_versions
 from sqlalchemy.orm import Session
-
-from registry.models import utcnow
-from registry.objectstore import ObjectStore
-from registry.repositories import FileRepository, ModelRepository, VersionRepository
-from registry.services.refs import ref_string
-from registry.services.resumable import PartialUploads
-from registry.services.versions import delete_versions
 
 log = logging.getLogger("deltazoo.staging")
 

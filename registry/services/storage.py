@@ -15,13 +15,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from deltazoo.compression.codecs import decode_tensor
+from deltazoo.compression.dtypes import dtype_info
+from deltazoo.registry.models import Tensor
+from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.registry.repositories import BlobRepository, TensorChunkRepository, TensorRepository
 from sqlalchemy.orm import Session
-
-from compression.codecs import decode_tensor
-from compression.dtypes import dtype_info
-from registry.models import Tensor
-from registry.objectstore import ObjectStore, blob_key
-from registry.repositories import BlobRepository, TensorChunkRepository, TensorRepository
 
 
 class IntegrityError(RuntimeError):

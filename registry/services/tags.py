@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from deltazoo.registry.errors import NotFound, Unprocessable
+from deltazoo.registry.models import Model, VersionTag
+from deltazoo.registry.repositories import TagRepository, VersionRepository
+from deltazoo.registry.services.refs import COMMIT_ID_RE, RESERVED_REVISIONS, TAG_RE, find_version, ref_string
 from sqlalchemy.orm import Session
-
-from registry.errors import NotFound, Unprocessable
-from registry.models import Model, VersionTag
-from registry.repositories import TagRepository, VersionRepository
-from registry.services.refs import COMMIT_ID_RE, RESERVED_REVISIONS, TAG_RE, find_version, ref_string
 
 
 def check_tag_name(tag: str) -> str:

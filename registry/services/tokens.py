@@ -6,13 +6,12 @@ import hashlib
 import re
 import secrets
 
+from deltazoo.registry.errors import DeltazooError, NotFound, Unprocessable
+from deltazoo.registry.models import ApiToken, Namespace, utcnow
+from deltazoo.registry.repositories import NamespaceRepository
+from deltazoo.registry.services.access import Principal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from registry.errors import DeltazooError, NotFound, Unprocessable
-from registry.models import ApiToken, Namespace, utcnow
-from registry.repositories import NamespaceRepository
-from registry.services.access import Principal
 
 SCOPES = ("read", "write")
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -13,20 +13,19 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
-from sqlalchemy.orm import Session
-
-from compression.safetensors_io import (
+from deltazoo.compression.safetensors_io import (
     SafetensorsError,
     SafetensorsStreamValidator,
     is_index_file,
     validate_index,
 )
-from registry.errors import BadRequest, Conflict, RangeNotSatisfiable
-from registry.models import File, Version
-from registry.objectstore import ObjectStore, blob_key, new_staging_key
-from registry.repositories import FileRepository, TensorRepository
-from registry.services.chunks import RangeReader
-from registry.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
+from deltazoo.registry.errors import BadRequest, Conflict, RangeNotSatisfiable
+from deltazoo.registry.models import File, Version
+from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
+from deltazoo.registry.repositories import FileRepository, TensorRepository
+from deltazoo.registry.services.chunks import RangeReader
+from deltazoo.registry.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
+from sqlalchemy.orm import Session
 
 MAX_INDEX_BYTES = 64 << 20
 SEND_CHUNK = 1 << 20
@@ -133,7 +132,7 @@ def plan_file(session: Session, store: ObjectStore, version: Version, path: str,
         )
     file = FileRepository(session).get(version.id, path)
     if file is None:
-        from registry.errors import NotFound
+        from deltazoo.registry.errors import NotFound
 
         raise NotFound(f"{ref} has no file {path!r}", code="file_not_found")
     if file.kind != "safetensors":

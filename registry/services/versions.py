@@ -8,14 +8,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
-from sqlalchemy.orm import Session
-
-from compression.safetensors_io import is_safetensors_path
-from registry.db import after_commit
-from registry.errors import BadRequest, Conflict, NotFound, Unprocessable
-from registry.models import Artifact, File, Job, Model, Version, utcnow
-from registry.objectstore import ObjectStore, blob_key, delete_objects
-from registry.repositories import (
+from deltazoo.compression.safetensors_io import is_safetensors_path
+from deltazoo.registry.db import after_commit
+from deltazoo.registry.errors import BadRequest, Conflict, NotFound, Unprocessable
+from deltazoo.registry.models import Artifact, File, Job, Model, Version, utcnow
+from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
+from deltazoo.registry.repositories import (
     ArtifactRepository,
     BlobRepository,
     FileRepository,
@@ -27,21 +25,22 @@ from registry.repositories import (
     VersionRepository,
     visible_from,
 )
-from registry.services.access import OPEN, Principal, can_read_model, readable_versions
-from registry.services.card_lineage import apply_card_lineage
-from registry.services.detach import detach_copies
-from registry.services.encode import check_related_base
-from registry.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
-from registry.services.paths import check_portable_paths
-from registry.services.profiles import check_profile
-from registry.services.refs import (
+from deltazoo.registry.services.access import OPEN, Principal, can_read_model, readable_versions
+from deltazoo.registry.services.card_lineage import apply_card_lineage
+from deltazoo.registry.services.detach import detach_copies
+from deltazoo.registry.services.encode import check_related_base
+from deltazoo.registry.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
+from deltazoo.registry.services.paths import check_portable_paths
+from deltazoo.registry.services.profiles import check_profile
+from deltazoo.registry.services.refs import (
     RELATIONS,
     check_description,
     parse_name,
     ref_string,
     resolve_base,
 )
-from registry.services.similarity import mark_auto_base, sketch_and_resolve
+from deltazoo.registry.services.similarity import mark_auto_base, sketch_and_resolve
+from sqlalchemy.orm import Session
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 Enqueue = Callable[[int], None]

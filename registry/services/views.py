@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from registry.models import Artifact, File, Job, Model, TensorChunk, Version
-from registry.repositories import (
+from deltazoo.registry.models import Artifact, File, Job, Model, TensorChunk, Version
+from deltazoo.registry.repositories import (
     ArtifactRepository,
     BlobRepository,
     FileRepository,
@@ -19,9 +17,10 @@ from registry.repositories import (
     VersionRepository,
     count_rows,
 )
-from registry.services.access import OPEN, Principal, readable_versions
-from registry.services.refs import ref_string
-from registry.sketch_band_repository import suggested_bases
+from deltazoo.registry.services.access import OPEN, Principal, readable_versions
+from deltazoo.registry.services.refs import ref_string
+from deltazoo.registry.sketch_band_repository import suggested_bases
+from sqlalchemy.orm import Session
 
 
 def ratio(logical: int, stored: int) -> float | None:
