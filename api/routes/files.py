@@ -6,16 +6,17 @@ from deltazoo.api import schemas
 from deltazoo.api.body_feed import feed_body
 from deltazoo.api.deps import DB, Store
 from deltazoo.api.errors import error_body
+from deltazoo.api.file_response import file_response
 from deltazoo.registry.errors import BadRequest, DeltazooError
 from deltazoo.registry.models import File
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.services.refs import get_version, ref_string
 from deltazoo.registry.services.resumable import PartialUploads, parse_content_range, partials_for
-from deltazoo.registry.services.transfer import UploadSink, iter_file, parse_range, plan_file
+from deltazoo.registry.services.transfer import UploadSink, plan_file
 from deltazoo.registry.services.versions import check_path, pending_file, record_upload
 from deltazoo.registry.services.views import file_info
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -122,19 +123,4 @@ def get_file(
 ) -> Response:
     _, version = get_version(session, org, name, rev)
     plan = plan_file(session, store, version, path, ref_string(f"{org}/{name}", version.revision))
-    headers = {"ETag": f'"{plan.sha256}"', "Accept-Ranges": "bytes"}
-    wanted = parse_range(request.headers.get("range"), plan.size)
-    if wanted is None:
-        start, end, status = 0, plan.size, 200
-    else:
-        start, end, status = wanted[0], wanted[1], 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{plan.size}"
-    headers["Content-Length"] = str(end - start)
-    if request.method == "HEAD":
-        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    return StreamingResponse(
-        iter_file(store, plan, start, end),
-        status_code=status,
-        headers=headers,
-        media_type="application/octet-stream",
-    )
+    return file_response(request, store, plan, {"ETag": f'"{plan.sha256}"'})

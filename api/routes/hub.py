@@ -4,11 +4,11 @@ with ``HF_ENDPOINT`` (or ``endpoint=``) pointing at deltazoo (registry/services/
 from __future__ import annotations
 
 from deltazoo.api.deps import DB, Store
+from deltazoo.api.file_response import file_response
 from deltazoo.api.hub_protocol import HubRoute, HubViewer
 from deltazoo.registry.services import hub
-from deltazoo.registry.services.transfer import iter_file, parse_range
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
 REPO = "/api/models/{org}/{name}"
@@ -98,22 +98,9 @@ def resolve(
         "ETag": etag,
         "X-Linked-Etag": etag,
         "X-Linked-Size": str(plan.size),
-        "Accept-Ranges": "bytes",
         "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
     }
-    wanted = parse_range(request.headers.get("range"), plan.size)
-    start, end, status = (0, plan.size, 200) if wanted is None else (wanted[0], wanted[1], 206)
-    if wanted is not None:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{plan.size}"
-    headers["Content-Length"] = str(end - start)
-    if request.method == "HEAD":
-        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    return StreamingResponse(
-        iter_file(store, plan, start, end),
-        status_code=status,
-        headers=headers,
-        media_type="application/octet-stream",
-    )
+    return file_response(request, store, plan, headers)
 
 
 def _json(items: list[dict]) -> Response:
