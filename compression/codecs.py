@@ -386,15 +386,7 @@ def _decode_v234(
     parent, shared, offset = None, n, header.size
     if codec != "plain":
         parent = _parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
-        if codec == "delta-rows":
-            if len(buf) < offset + 8:
-                raise CodecError("corrupt payload: truncated delta-rows header")
-            (shared,) = struct.unpack_from("<Q", buf, offset)
-            offset += 8
-        if shared != parent.size or shared > n:
-            raise CodecError(
-                f"payload was coded against a parent of {shared} elements but the parent has {parent.size}"
-            )
+        shared, offset = _shared_elements(buf, offset, codec, n, parent)
     if v2:
         out, offset = decode_v2(buf, codec, dtype, n, parent, shared)
     else:
@@ -458,16 +450,7 @@ def _decode_v6(
         out, offset = exact_f32.decode_stream(buf, offset, n, None)
     else:
         parent = _parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
-        shared = n
-        if codec == "delta-rows":
-            if len(buf) < offset + 8:
-                raise CodecError("corrupt payload: truncated delta-rows header")
-            (shared,) = struct.unpack_from("<Q", buf, offset)
-            offset += 8
-        if shared != parent.size or shared > n:
-            raise CodecError(
-                f"payload was coded against a parent of {shared} elements but the parent has {parent.size}"
-            )
+        shared, offset = _shared_elements(buf, offset, codec, n, parent)
         out, offset = exact_f32.decode_stream(buf, offset, shared, parent)
         if codec == "delta-rows":
             rows, offset = exact_f32.decode_stream(buf, offset, n - shared, None)
@@ -475,6 +458,22 @@ def _decode_v6(
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
     return out.tobytes()
+
+
+def _shared_elements(buf: memoryview, offset: int, codec: str, n: int, parent: np.ndarray) -> tuple[int, int]:
+    """How many leading elements a delta payload codes against its parent (all ``n``, or a delta-rows
+    header's count), checked against the parent; and the offset after that header."""
+    shared = n
+    if codec == "delta-rows":
+        if len(buf) < offset + 8:
+            raise CodecError("corrupt payload: truncated delta-rows header")
+        (shared,) = struct.unpack_from("<Q", buf, offset)
+        offset += 8
+    if shared != parent.size or shared > n:
+        raise CodecError(
+            f"payload was coded against a parent of {shared} elements but the parent has {parent.size}"
+        )
+    return shared, offset
 
 
 def _parent_for(
