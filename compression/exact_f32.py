@@ -20,9 +20,10 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+from deltazoo.compression import huffman
 from deltazoo.compression.exact_errors import CodecError
 from deltazoo.compression.exact_v4 import pack_bits
-from deltazoo.compression.exact_v5 import _crc32, _ctxmap, _huffman_depths
+from deltazoo.compression.exact_v5 import _crc32, _ctxmap
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
     from deltazoo.compression import _exact6  # type: ignore[attr-defined]  # a C extension, no stubs
@@ -83,54 +84,21 @@ def delta_tokens(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------ Huffman
 def code_lengths(counts: np.ndarray) -> np.ndarray:
-    """Huffman code lengths (<= MAX_LEN; 0 unused; 1 for a lone symbol) of the counts, each used one
-    raised to at least 1/512 of the total first. Depths over MAX_LEN are cut to it and the prefix
-    property restored by lengthening, one bit at a time, a longest code below MAX_LEN (the smallest
-    (count, symbol))."""
-    lengths = np.zeros(counts.size, np.uint8)
-    used = np.flatnonzero(counts)
-    if used.size == 1:
-        lengths[used] = 1
-    if used.size <= 1:
-        return lengths
-    # rare symbols weigh at least 1/512 of the total: depths then rarely pass MAX_LEN, so the cut below
-    # takes few steps (a few hundredths of a bit per element at most, where such symbols exist)
-    floor = max(1, int(counts.sum()) >> 9)
-    w = [max(int(c), floor) for c in counts[used].tolist()]
-    ln = [min(d, MAX_LEN) for d in _huffman_depths(w)]
-    excess = sum(1 << (MAX_LEN - d) for d in ln) - (1 << MAX_LEN)
-    while excess > 0:
-        top = max(d for d in ln if d < MAX_LEN)
-        i = min((w[j], j) for j, d in enumerate(ln) if d == top)[1]
-        excess -= 1 << (MAX_LEN - top - 1)
-        ln[i] += 1
-    lengths[used] = ln
-    return lengths
+    """Huffman code lengths (<= MAX_LEN) of one context's counts, each used one raised to at least 1/512
+    of the total first: depths then rarely pass MAX_LEN, so the cut takes few steps (a few hundredths of a
+    bit per element at most, where such symbols exist)."""
+    return huffman.limited_lengths(counts, MAX_LEN, floor=max(1, int(counts.sum()) >> 9))
 
 
-_REV = np.array([int(f"{i:0{MAX_LEN}b}"[::-1], 2) for i in range(1 << MAX_LEN)], np.int64)  # 12-bit reversal
+_REV = huffman.bit_reversal(MAX_LEN)
 
 
 def _canonical(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every coded symbol in canonical order (by context, length, symbol): (context, symbol, length,
-    first 12-bit slot in MSB-first order). Per context the codes are consecutive from 0, each the
-    previous plus one shifted left by the length difference: the code of length l is slot >> (12 − l),
-    and it holds 2^(12 − l) slots from there."""
-    ctx, sym = np.nonzero(lengths)
-    ln = lengths[ctx, sym].astype(np.int64)
-    order = np.lexsort((sym, ln, ctx))
-    ctx, sym, ln = ctx[order], sym[order], ln[order]
-    span = 1 << (MAX_LEN - ln)
-    ends = np.cumsum(span)
-    first = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]]) if ctx.size else np.zeros(0, np.int64)
-    before = np.repeat(ends[first] - span[first], np.diff(np.r_[first, ctx.size]))  # earlier contexts' slots
-    return ctx, sym, ln, ends - span - before
+    return huffman.canonical(lengths, MAX_LEN)
 
 
 def _check_kraft(lengths: np.ndarray) -> None:
-    ln = lengths.astype(np.int64)
-    if (ln > MAX_LEN).any() or ((ln > 0) * (1 << MAX_LEN >> ln)).sum(axis=1).max(initial=0) > 1 << MAX_LEN:
-        raise CodecError("corrupt payload: Huffman code lengths are not a prefix code")
+    huffman.check_kraft(lengths, MAX_LEN)
 
 
 def enc_table(lengths: np.ndarray) -> np.ndarray:

@@ -15,11 +15,11 @@ call each way. Layout: docs/FORMAT.md ("Exact tensor payloads", format 5).
 
 from __future__ import annotations
 
-import heapq
 import struct
 import zlib
 
 import numpy as np
+from deltazoo.compression import huffman
 from deltazoo.compression.exact_errors import CodecError
 from deltazoo.compression.exact_v4 import _map, pack_bits
 
@@ -83,69 +83,20 @@ def _zigzag(d: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ Huffman
-_REV = np.array([int(f"{i:0{MAX_LEN}b}"[::-1], 2) for i in range(1 << MAX_LEN)], np.int64)  # 11-bit reversal
+_REV = huffman.bit_reversal(MAX_LEN)
 
 
 def code_lengths(counts: np.ndarray) -> np.ndarray:
-    """Huffman code lengths (<= MAX_LEN; 0 for unused tokens; 1 for a lone token) of one context. Codes
-    longer than MAX_LEN are cut to it and the prefix code restored by lengthening, one bit at a time, the
-    longest code still shorter than MAX_LEN (among those the rarest, then the lowest token)."""
-    lengths = np.zeros(counts.size, np.uint8)
-    used = np.flatnonzero(counts)
-    if used.size == 1:
-        lengths[used] = 1
-    if used.size <= 1:
-        return lengths
-    w = counts[used].tolist()
-    ln = [min(d, MAX_LEN) for d in _huffman_depths(w)]
-    excess = sum(1 << (MAX_LEN - d) for d in ln) - (1 << MAX_LEN)
-    while excess > 0:  # at most a few dozen steps over at most 64 tokens: plain Python is fastest
-        top = max(d for d in ln if d < MAX_LEN)
-        i = min((w[j], j) for j, d in enumerate(ln) if d == top)[1]
-        excess -= 1 << (MAX_LEN - top - 1)
-        ln[i] += 1
-    lengths[used] = ln
-    return lengths
-
-
-def _huffman_depths(weights: list[int]) -> list[int]:
-    """Leaf depths of a Huffman tree over (at most 64) weights: merges by heap, each node remembering
-    its parent; a leaf's depth is the length of its path to the root."""
-    m = len(weights)
-    heap = [(w, i) for i, w in enumerate(weights)]
-    heapq.heapify(heap)
-    up = [0] * (2 * m - 1)
-    node = m
-    while len(heap) > 1:
-        wa, a = heapq.heappop(heap)
-        wb, b = heapq.heappop(heap)
-        up[a] = up[b] = node
-        heapq.heappush(heap, (wa + wb, node))
-        node += 1
-    depth = [0] * (2 * m - 1)
-    for i in range(2 * m - 3, -1, -1):  # parents are numbered after their children
-        depth[i] = depth[up[i]] + 1
-    return depth[:m]
+    """Huffman code lengths (<= MAX_LEN) of one context's token counts (``huffman.limited_lengths``)."""
+    return huffman.limited_lengths(counts, MAX_LEN)
 
 
 def _canonical(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every context's used tokens in canonical order (by context, length, token): (context, token,
-    length, first 11-bit slot in MSB-first order); a code of length l holds 2^(11 - l) slots from there."""
-    ctx, tok = np.nonzero(lengths)
-    ln = lengths[ctx, tok].astype(np.int64)
-    order = np.lexsort((tok, ln, ctx))
-    ctx, tok, ln = ctx[order], tok[order], ln[order]
-    span = 1 << (MAX_LEN - ln)
-    ends = np.cumsum(span)
-    first = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]]) if ctx.size else np.zeros(0, np.int64)
-    before = np.repeat(ends[first] - span[first], np.diff(np.r_[first, ctx.size]))  # earlier contexts' slots
-    return ctx, tok, ln, ends - span - before
+    return huffman.canonical(lengths, MAX_LEN)
 
 
 def _check_kraft(lengths: np.ndarray) -> None:
-    ln = lengths.astype(np.int64)
-    if (ln > MAX_LEN).any() or ((ln > 0) * (1 << MAX_LEN >> ln)).sum(axis=1).max(initial=0) > 1 << MAX_LEN:
-        raise CodecError("corrupt payload: Huffman code lengths are not a prefix code")
+    huffman.check_kraft(lengths, MAX_LEN)
 
 
 def enc_table(lengths: np.ndarray) -> np.ndarray:
