@@ -130,3 +130,11 @@ def checkpoint_pair(tmp_path: Path) -> CheckpointPair:
 def unique_org() -> str:
     """A namespace no other test uses, for tests that share a session-scoped server."""
     return f"org-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No Hugging Face token or cache of the machine's user leaks into a test: HF_HOME is the test's own."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return tmp_path / "hf-home"

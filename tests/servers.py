@@ -225,3 +225,16 @@ def full_stack_env(database_url: str, broker_url: str, s3: S3Server, admin_token
         "DELTAZOO_AUTH": "true",
         "DELTAZOO_ADMIN_TOKEN": admin_token,
     }
+
+
+@contextmanager
+def running_api_server(home: Path, settings_env: dict[str, str]) -> Iterator[ApiServer]:
+    """``start_api_server`` for the length of a ``with``: stopped after it, and its log then checked for
+    tracebacks and 5xx answers (a module's tests share one server this way)."""
+    api = start_api_server(home, settings_env)
+    try:
+        yield api
+    finally:
+        api.stop()
+    problems = api.problems()
+    assert not problems, "\n\n".join(problems[:5])

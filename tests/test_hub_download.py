@@ -17,7 +17,7 @@ import pytest
 
 from deltazoo import Client
 from tests.checkpoints import make_base_and_finetune, tree_sha256
-from tests.servers import ApiServer, start_api_server
+from tests.servers import ApiServer, running_api_server
 
 ADMIN = "hub-admin-secret"
 CARD = b"---\nlicense: apache-2.0\ntags:\n- tiny\n---\n# tiny llama\n"
@@ -26,21 +26,11 @@ CARD = b"---\nlicense: apache-2.0\ntags:\n- tiny\n---\n# tiny llama\n"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     home = tmp_path_factory.mktemp("hub") / "home"
-    api = start_api_server(home, {"DELTAZOO_AUTH": "true", "DELTAZOO_ADMIN_TOKEN": ADMIN})
-    try:
+    with running_api_server(home, {"DELTAZOO_AUTH": "true", "DELTAZOO_ADMIN_TOKEN": ADMIN}) as api:
         yield api
-    finally:
-        api.stop()
-    problems = api.problems()
-    assert not problems, "\n\n".join(problems[:5])
 
 
-@pytest.fixture(autouse=True)
-def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No token or cache of the machine's user leaks in: HF_HOME is the test's own."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    return tmp_path / "hf-home"
+pytestmark = pytest.mark.usefixtures("hf_home")  # tests/conftest.py: HF_HOME of the test's own
 
 
 def hub_env(server: ApiServer, home: Path, token: str | None = None) -> dict[str, str]:

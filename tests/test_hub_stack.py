@@ -17,12 +17,10 @@ pytestmark = pytest.mark.stack
 
 
 def test_upload_and_download_through_the_hub_protocol_on_the_stack(
-    stack_server: Stack, unique_org: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack_server: Stack, unique_org: str, tmp_path: Path, hf_home: Path
 ) -> None:
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
     url, token = stack_server.url, stack_server.admin_token
     pair = make_base_and_finetune(tmp_path / "ckpt")
     base, ft = f"{unique_org}/base", f"{unique_org}/ft"

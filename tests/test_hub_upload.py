@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from deltazoo import Client
 from tests.checkpoints import make_base_and_finetune, tree_sha256
-from tests.servers import ApiServer, start_api_server
+from tests.servers import ApiServer, running_api_server
 
 ADMIN = "hub-up-admin-secret"
 
@@ -23,19 +23,11 @@ ADMIN = "hub-up-admin-secret"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     home = tmp_path_factory.mktemp("hub-up") / "home"
-    api = start_api_server(home, {"DELTAZOO_AUTH": "true", "DELTAZOO_ADMIN_TOKEN": ADMIN})
-    try:
+    with running_api_server(home, {"DELTAZOO_AUTH": "true", "DELTAZOO_ADMIN_TOKEN": ADMIN}) as api:
         yield api
-    finally:
-        api.stop()
-    problems = api.problems()
-    assert not problems, "\n\n".join(problems[:5])
 
 
-@pytest.fixture(autouse=True)
-def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+pytestmark = pytest.mark.usefixtures("hf_home")  # tests/conftest.py: HF_HOME of the test's own
 
 
 def sharded(src: Path, dest: Path, card: str) -> Path:
