@@ -32,6 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.memory import peak_rss_mib  # noqa: E402
+
 BLOCK_ROWS = 512
 
 
@@ -62,16 +64,6 @@ def write_checkpoint(path: Path, rows: int, cols: int, finetune: bool) -> str:
             digest.update(data)
     (path.parent / "config.json").write_text(json.dumps({"architectures": ["Synthetic"]}))
     return digest.hexdigest()
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of ``pid`` in MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
 
 
 def reset_peak(pid: int) -> None:
@@ -105,13 +97,13 @@ def main() -> int:
         api = start_api_server(root / "home", env)
         try:
             pid = api.process.pid
-            idle = rss_mib(pid)[0]
+            idle = peak_rss_mib(pid)[0]
             with Client(api.url, cache_dir=root / "cache") as client:
                 t0 = time.perf_counter()
                 client.push(root / "base", "mem/base", quiet=True)
                 client.push(root / "ft", "mem/ft", base="mem/base@1", quiet=True)
                 push_s = time.perf_counter() - t0
-            now, peak = rss_mib(pid)
+            now, peak = peak_rss_mib(pid)
             rows.append(f"| push + encode base and fine-tune | {idle:.0f} | {peak:.0f} | {peak - idle:.0f} |")
             print(rows[-1], f"({push_s:.0f} s)", flush=True)
             url = f"{api.url}/v1/models/mem/ft/versions/1/files/model.safetensors"
@@ -121,7 +113,7 @@ def main() -> int:
                     ("three at other places, in parallel", [size // 4, size // 2, 3 * size // 4]),
                 )
                 for label, starts in reads:
-                    before = rss_mib(pid)[0]
+                    before = peak_rss_mib(pid)[0]
                     reset_peak(pid)
                     t0 = time.perf_counter()
                     with ThreadPoolExecutor(len(starts)) as pool:
@@ -132,12 +124,12 @@ def main() -> int:
                         )
                     took = time.perf_counter() - t0
                     assert all(r.status_code == 206 and len(r.content) == 16 for r in answers)
-                    peak = rss_mib(pid)[1]
+                    peak = peak_rss_mib(pid)[1]
                     rows.append(
                         f"| {label} ({took:.2f} s) | {before:.0f} | {peak:.0f} | {peak - before:.0f} |"
                     )
                     print(rows[-1], flush=True)
-                before = rss_mib(pid)[0]
+                before = peak_rss_mib(pid)[0]
                 reset_peak(pid)
                 digest = hashlib.sha256()
                 with http.stream("GET", url) as r:
@@ -145,7 +137,7 @@ def main() -> int:
                         digest.update(piece)
                 if digest.hexdigest() != ft_sha:
                     raise SystemExit("the streamed fine-tune is not bit-exact")
-                peak = rss_mib(pid)[1]
+                peak = peak_rss_mib(pid)[1]
                 rows.append(
                     f"| whole file streamed (sha256 exact) | {before:.0f} | {peak:.0f} "
                     f"| {peak - before:.0f} |"

@@ -155,13 +155,6 @@ def codec_alone(pair: Path) -> tuple[float, float]:
     return enc, dec
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 # Stages of the API's time, first match wins: a stage matches a stack when, for each of its groups, some
 # frame contains one of the group's strings (py-spy raw stacks: ``function (file:line)``).
 STAGES: list[tuple[str, list[tuple[str, ...]]]] = [
@@ -225,6 +218,7 @@ def profile_breakdown(raw: Path) -> list[tuple[str, int]]:
 
 
 def one_repetition(pair: Path, work: Path, rep: int, profile: Path | None = None) -> dict[str, float]:
+    from benchmarks.memory import peak_rss_mib
     from deltazoo import Client
     from tests.servers import start_api_server
 
@@ -232,7 +226,7 @@ def one_repetition(pair: Path, work: Path, rep: int, profile: Path | None = None
     want = tree_sha256(pair / "ft")
     home = work / f"home-{rep}"
     api = start_api_server(home, {"DELTAZOO_TENSOR_CACHE_MB": "64"})
-    r: dict[str, float] = {"API idle RSS MiB": peak_rss_mib(api.process.pid)}
+    r: dict[str, float] = {"API idle RSS MiB": peak_rss_mib(api.process.pid)[1]}
     spy = start_profiler(api.process.pid, profile) if profile is not None else None
     try:
         r["zstd -3 -T2"], r["zstd -d"] = zstd_files(ft_files, work)
@@ -254,7 +248,7 @@ def one_repetition(pair: Path, work: Path, rep: int, profile: Path | None = None
             c.pull("bench/base@1", quiet=True)
             r["delta-only pull"] = timed(lambda: c.pull("bench/ft@1", work / f"delta-out-{rep}", quiet=True))
         assert tree_sha256(work / f"delta-out-{rep}") == want, "delta-only pull differs"
-        r["API peak RSS MiB"] = peak_rss_mib(api.process.pid)
+        r["API peak RSS MiB"] = peak_rss_mib(api.process.pid)[1]
     finally:
         stop_profiler(spy)
         api.stop()
