@@ -4,7 +4,7 @@ into a deltazoo version.
 A commit applies its operations to ``main`` (the latest ready version): files it does not touch are
 carried over (deduplicated, no bytes move), added files arrive inline (``uploadMode: regular``,
 base64 in the commit's NDJSON), deleted files and folders are left out. The result is created,
-uploaded, validated and committed exactly like any push (registry/services/versions.py), so it is
+uploaded, validated and committed exactly like any push (services/versions.py), so it is
 encoded, deduplicated and exact; its model card may name its base. Files are asked for inline because
 that path needs neither Git LFS nor Xet on the client: huggingface_hub with hf-xet installed sends
 every "lfs" file through Xet, which this server does not speak.
@@ -22,10 +22,10 @@ from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unproc
 from deltazoo.registry.models import Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, VersionRepository
-from deltazoo.registry.services.access import Principal, check_write
-from deltazoo.registry.services.refs import MAIN, get_model, parse_name, ref_string
-from deltazoo.registry.services.transfer import UploadSink
-from deltazoo.registry.services.versions import (
+from deltazoo.services.access import Principal, check_write
+from deltazoo.services.refs import MAIN, get_model, parse_name, ref_string
+from deltazoo.services.transfer import UploadSink
+from deltazoo.services.versions import (
     DeclaredFile,
     Enqueue,
     check_path,
