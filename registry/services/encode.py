@@ -310,6 +310,7 @@ def encode_version(
     version.logical_bytes = sum(f.size for f in files)
     version.status, version.status_message = "ready", stored_note(files)
     session.flush()
-    after_commit(session, partial(delete_objects, store, staged))
+    shared = FileRepository(session).referenced_staging_keys(staged)  # an LFS object another commit names
+    after_commit(session, partial(delete_objects, store, [k for k in staged if k not in shared]))
     totals.stored_bytes = version.stored_bytes
     return totals
