@@ -40,7 +40,8 @@ def load_model(
     owned = client is None
     c = client or Client()
     try:
-        parent = None
+        parent: str | None = None
+        base_ref = base_dir = None
         if c.offline:  # from the cache only: the lineage is not at hand
             local_dir = c.pull(name)
         else:
@@ -60,7 +61,7 @@ def load_model(
         if owned:
             c.close()
     kwargs.setdefault("torch_dtype", "auto")
-    if not adapter:
+    if base_ref is None or base_dir is None:  # not an adapter
         return _from_pretrained(AutoModelForCausalLM, name, local_dir, kwargs).to(device)
     try:
         from peft import PeftModel
