@@ -14,7 +14,7 @@ import torch
 from deltazoo.api.app import create_app
 from deltazoo.registry.db import session_factory
 from deltazoo.registry.objectstore import LocalObjectStore
-from deltazoo.registry.services.encode_pipeline import LOOKUP_BATCH
+from deltazoo.services.encode_pipeline import LOOKUP_BATCH
 from deltazoo.workers import jobs
 from deltazoo.workers.jobs import JobContext, run_job
 from fastapi.testclient import TestClient

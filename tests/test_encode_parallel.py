@@ -80,7 +80,7 @@ def encode_pair(
     home: Path, threads: int, fail_at: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
     import deltazoo.workers.jobs  # noqa: F401 (loads workers.jobs)
-    from deltazoo.registry.services import encode_pipeline, tensor_rows
+    from deltazoo.services import encode_pipeline, tensor_rows
 
     from deltazoo import workers
 
