@@ -29,6 +29,7 @@ from deltazoo.registry.objectstore import object_store_from_settings
 from deltazoo.services.resumable import partials_for
 from deltazoo.services.staging import sweep_stale_uploads
 from deltazoo.services.storage import RAW_CACHE
+from deltazoo.services.token_limits import UploadSlots
 from deltazoo.services.tokens import ensure_admin_token
 from deltazoo.workers.jobs import JobContext
 from deltazoo.workers.orphan_sweep import start_orphan_sweeper
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         description="Storage for families of fine-tuned models (docs/REST.md).",
     )
     app.state.settings = settings
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)  # services/token_limits.py
     install_error_handlers(app)
     app.add_middleware(RejectNul)
     for module in (models, versions, files, misc, tokens, tags, leaderboard, evaluations):

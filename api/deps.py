@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Annotated
 
 from deltazoo.registry.db import session_scope
@@ -35,3 +36,8 @@ def settings(request: Request) -> Settings:
 DB = Annotated[Session, Depends(db_session, scope="function")]
 Store = Annotated[ObjectStore, Depends(object_store)]
 Enqueue = Annotated[Callable[[int], None], Depends(enqueuer)]
+
+
+def upload_slot(request: Request, token_id: int | None) -> AbstractContextManager[None]:
+    """One of the token's concurrent-upload slots (``services.token_limits``): 429 when none is free."""
+    return request.app.state.upload_slots.hold(token_id)  # type: ignore[no-any-return]

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     tensor_chunk_mb: int = Field(
         default=8, ge=1, description="tensors larger than this are stored in chunks of it (MiB)"
     )
+    max_pending_versions: int = Field(
+        default=20, ge=1, description="versions one token may hold created and not committed (429 past it)"
+    )
+    max_concurrent_uploads: int = Field(
+        default=16, ge=1, description="file uploads one token may stream at once, per API process (429)"
+    )
     max_text_bytes: int = Field(default=4 << 20, description="largest evaluation text set accepted (bytes)")
     eval_device: str = Field(default="cpu", description="torch device the evaluate job runs models on")
     eval_max_versions: int = Field(default=200, description="newest ready versions a new text set evaluates")

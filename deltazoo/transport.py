@@ -1,7 +1,8 @@
 """HTTP plumbing of the SDK: one httpx client, retries with capped exponential backoff, byte counters.
 
 Retry policy: a request is re-sent after a connection error, a 429, or a 5xx, with backoff
-``min(cap, base * 2**attempt)`` (or the server's ``Retry-After``), but only when re-sending is
+``min(cap, base * 2**attempt)`` (or the server's ``Retry-After``; an answer asking to wait longer than
+the cap is raised at once: the user has to act), but only when re-sending is
 harmless: GET/HEAD/PUT/DELETE always; a POST only when the request never reached the server
 (connect error) or the server said 429 (it did nothing), unless the caller marks it idempotent.
 Uploads pass a body *factory* so that every attempt re-sends the file from its start.
@@ -115,6 +116,12 @@ class Transport:
                 return min(self.backoff_cap, float(after))
         return min(self.backoff_cap, self.backoff * (2**attempt))
 
+    def _asks_too_long(self, response: httpx.Response) -> bool:
+        """A Retry-After beyond the backoff cap (e.g. "too many pending versions: the oldest expires in
+        20 h"): the caller has to act, so the error is raised at once instead of retried."""
+        after = response.headers.get("Retry-After", "")
+        return after.replace(".", "", 1).isdigit() and float(after) > self.backoff_cap
+
     def _unreachable(self, exc: httpx.TransportError) -> DeltazooConnectionError:
         return DeltazooConnectionError(
             f"cannot reach deltazoo at {self.url} ({type(exc).__name__}: {exc}): "
@@ -167,6 +174,7 @@ class Transport:
                 response.status_code in _RETRY_STATUS
                 and attempt < self.max_retries
                 and (safe or response.status_code == 429)
+                and not self._asks_too_long(response)
             ):
                 response.close()
                 time.sleep(self._delay(attempt, response))

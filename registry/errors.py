@@ -47,3 +47,14 @@ class RangeNotSatisfiable(DeltazooError):
 class Unavailable(DeltazooError):
     status = 503
     code = "unavailable"
+
+
+class TooManyRequests(DeltazooError):
+    """429: the caller holds too much at once; ``retry_after`` (seconds) goes out as Retry-After."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after

@@ -113,6 +113,7 @@ class Version(Timestamped, Base):
         Index("ix_version_status_created_at", "status", "created_at"),  # the stale-upload sweep
         # lineage: the recursive walk over descendants reads this index only (registry.lineage_repository)
         Index("ix_version_lineage", "parent_version_id", "id", "model_id", "relation"),
+        Index("ix_version_creator_status", "created_by_token_id", "status"),  # per-token pending limit
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"), index=True)
@@ -134,6 +135,8 @@ class Version(Timestamped, Base):
     parent_similarity: Mapped[float | None] = mapped_column(Float)
     # the stable 40-hex id that names this version as a revision (Hugging Face Hub ``sha``)
     commit_id: Mapped[str] = mapped_column(String(40), unique=True, default=new_commit_id)
+    # the token that created it (None: auth off, or a deleted token): its pending versions are limited
+    created_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_token.id", ondelete="SET NULL"))
     model: Mapped[Model] = relationship(lazy="raise")
 
 

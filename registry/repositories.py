@@ -177,6 +177,15 @@ class VersionRepository:
         q = of_readable_versions(select(Version).where(Version.status == "pending"), private_namespaces)
         return list(self.s.scalars(q.order_by(Version.id).limit(limit)))
 
+    def pending_created_by(self, token_id: int | None) -> tuple[int, datetime | None]:
+        """How many versions the token (None: no token) holds pending, and when the oldest was made."""
+        creator = Version.created_by_token_id
+        mine = creator.is_(None) if token_id is None else creator == token_id
+        n, oldest = self.s.execute(
+            select(func.count(), func.min(Version.created_at)).where(mine, Version.status == "pending")
+        ).one()
+        return int(n), oldest
+
     def pending_created_before(self, cutoff: datetime) -> list[Version]:
         q = select(Version).where(Version.status == "pending", Version.created_at < cutoff)
         return list(self.s.scalars(q.order_by(Version.id)))

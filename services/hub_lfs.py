@@ -121,7 +121,13 @@ def batch(
             continue
         ticket = secrets.token_urlsafe(32)
         expires = utcnow() + TICKET_TTL
-        record = {"model_id": model.id, "oid": oid, "size": size, "expires": expires.isoformat()}
+        record = {
+            "model_id": model.id,
+            "oid": oid,
+            "size": size,
+            "expires": expires.isoformat(),
+            "token_id": viewer.token_id,  # its concurrent-upload limit applies to the PUT
+        }
         store.put_bytes(_ticket_key(ticket), json.dumps(record).encode())
         expires_in = int(TICKET_TTL.total_seconds())
         answered.append(
@@ -138,9 +144,9 @@ def batch(
     return {"transfer": "basic", "objects": answered, "hash_algo": "sha256"}
 
 
-def open_ticket(store: ObjectStore, ticket: str) -> tuple[UploadSink, str]:
-    """The sink for ``PUT /api/lfs/objects/{ticket}`` and the staging key it is to be written to: 404
-    for an unknown or expired ticket."""
+def open_ticket(store: ObjectStore, ticket: str) -> tuple[UploadSink, str, int | None]:
+    """The sink for ``PUT /api/lfs/objects/{ticket}``, the staging key it is to be written to and the
+    token that asked for it: 404 for an unknown or expired ticket."""
     gone = NotFound(
         "this LFS upload link is unknown or expired; run the upload again (it asks for a new one)",
         code="lfs_ticket_not_found",
@@ -155,7 +161,7 @@ def open_ticket(store: ObjectStore, ticket: str) -> tuple[UploadSink, str]:
         raise gone
     # a file row that is never added to a session: the sink checks size and sha256 against it
     target = File(path=f"LFS object {record['oid']}", size=record["size"], sha256=record["oid"], kind="other")
-    return UploadSink(target), lfs_key(record["model_id"], record["oid"])
+    return UploadSink(target), lfs_key(record["model_id"], record["oid"]), record.get("token_id")
 
 
 def verify(store: ObjectStore, model: Model, body: dict[str, Any]) -> None:

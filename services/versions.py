@@ -40,6 +40,7 @@ from deltazoo.services.refs import (
     resolve_base,
 )
 from deltazoo.services.similarity import mark_auto_base, sketch_and_resolve
+from deltazoo.services.token_limits import PendingLimit, check_pending_limit
 from sqlalchemy.orm import Session
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -101,8 +102,12 @@ def create_version(
     lossy: bool = False,
     *,
     viewer: Principal,
+    pending_limit: PendingLimit | None = None,
 ) -> tuple[Version, list[tuple[str, bool]]]:
-    """A new pending version; returns it and, per declared file, whether its bytes must be uploaded."""
+    """A new pending version; returns it and, per declared file, whether its bytes must be uploaded.
+
+    With ``pending_limit``, 429 ``too_many_pending`` when the viewer's token would hold more pending
+    versions than it allows (``services.token_limits``)."""
     if relation not in RELATIONS:
         raise Unprocessable(
             f"relation {relation!r} is not one of {', '.join(RELATIONS)}", code="invalid_relation"
@@ -142,11 +147,14 @@ def create_version(
         status="pending",
         lossy=lossy,
         profiles=list(dict.fromkeys(profiles)),
+        created_by_token_id=viewer.token_id,
     )
     if auto:
         mark_auto_base(version)
     session.add(version)
     session.flush()
+    if pending_limit is not None:
+        check_pending_limit(session, viewer.token_id, pending_limit)
     file_repo = FileRepository(session)
     uploads = []
     for f in files:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from deltazoo.api import schemas
+from deltazoo.api.auth import Viewer
 from deltazoo.api.body_feed import feed_body
-from deltazoo.api.deps import DB, Store
+from deltazoo.api.deps import DB, Store, upload_slot
 from deltazoo.api.errors import error_body
 from deltazoo.api.file_response import file_response
 from deltazoo.registry.errors import BadRequest, DeltazooError
@@ -27,7 +28,7 @@ F = "/models/{org}/{name}/versions/{rev}/files/{path:path}"
 
 @router.put(F, response_model=schemas.FileInfo)
 async def put_file(
-    org: str, name: str, rev: str, path: str, request: Request, session: DB, store: Store
+    org: str, name: str, rev: str, path: str, request: Request, session: DB, store: Store, viewer: Viewer
 ) -> dict | JSONResponse:
     if "content-length" not in request.headers:
         raise DeltazooError("send the file with a Content-Length header", code="length_required", status=411)
@@ -39,6 +40,13 @@ async def put_file(
 
     file = await run_in_threadpool(find)
     await run_in_threadpool(session.commit)  # ends the read: no transaction stays open while bytes stream in
+    with upload_slot(request, viewer.token_id):  # 429 past the token's concurrent uploads
+        return await _put_file(file, request, session, store)
+
+
+async def _put_file(
+    file: File, request: Request, session: Session, store: ObjectStore
+) -> dict | JSONResponse:
     partials = _partials(request)
     content_range = request.headers.get("content-range")
     if content_range is not None:

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from deltazoo.api.body_feed import feed_body
-from deltazoo.api.deps import DB, Enqueue, Store
+from deltazoo.api.deps import DB, Enqueue, Store, upload_slot
 from deltazoo.api.hub_ndjson import read_commit
 from deltazoo.api.hub_protocol import HubRoute, HubViewer, hub_error
 from deltazoo.registry.errors import BadRequest, DeltazooError
@@ -76,10 +76,11 @@ async def lfs_batch(
 async def lfs_upload(ticket: str, request: Request, store: Store) -> dict:
     """The basic transfer's upload href: the client PUTs the object here without its token (the ticket
     the batch handed out admits it), streamed through the transfer service into staging."""
-    sink, key = await run_in_threadpool(hub_lfs.open_ticket, store, ticket)
+    sink, key, token_id = await run_in_threadpool(hub_lfs.open_ticket, store, ticket)
     try:
-        await feed_body(request, sink.feed)
-        await run_in_threadpool(sink.finish, store, key)
+        with upload_slot(request, token_id):  # the token that asked for the ticket
+            await feed_body(request, sink.feed)
+            await run_in_threadpool(sink.finish, store, key)
     except BaseException:
         sink.close()
         raise
@@ -112,7 +113,8 @@ async def commit(
 ) -> dict:
     ops = hub_commit.CommitOperations()
     try:
-        await read_commit(request.stream(), ops)
+        with upload_slot(request, viewer.token_id):  # its body carries the files inline
+            await read_commit(request.stream(), ops)
         version, _ = await run_in_threadpool(
             hub_commit.commit, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
         )

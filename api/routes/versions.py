@@ -18,6 +18,7 @@ from deltazoo.services.refs import get_model, get_version, ref_string
 from deltazoo.services.resumable import partials_for
 from deltazoo.services.resume import find_resumable
 from deltazoo.services.staging import sweep_stale_uploads
+from deltazoo.services.token_limits import PendingLimit
 from deltazoo.services.versions import DeclaredFile, commit_version, create_version, delete_version
 from deltazoo.workers.jobs import held_since
 from fastapi import APIRouter, Depends, Query, Response
@@ -32,7 +33,13 @@ Config = Annotated[Settings, Depends(settings_dep)]
 
 @router.post("/models/{org}/{name}/versions", status_code=201, response_model=schemas.VersionCreated)
 def post_version(
-    org: str, name: str, body: schemas.VersionCreate, session: DB, viewer: Viewer, response: Response
+    org: str,
+    name: str,
+    body: schemas.VersionCreate,
+    session: DB,
+    viewer: Viewer,
+    response: Response,
+    settings: Config,
 ) -> dict:
     model = get_model(session, org, name)
     declared = [DeclaredFile(f.path, f.size, f.sha256) for f in body.files]
@@ -46,8 +53,17 @@ def post_version(
         response.status_code = 200
         version, uploads = found
     else:
+        limit = PendingLimit(settings.max_pending_versions, timedelta(hours=settings.staging_expiry_hours))
         version, uploads = create_version(
-            session, model, body.base, body.relation, body.profiles, declared, lossy=lossy, viewer=viewer
+            session,
+            model,
+            body.base,
+            body.relation,
+            body.profiles,
+            declared,
+            lossy=lossy,
+            viewer=viewer,
+            pending_limit=limit,
         )
     return {
         "version": views.version_summaries(session, [version], viewer)[0],
