@@ -16,18 +16,24 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zstandard
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFound
-from deltazoo.registry.models import Artifact, Evaluation, File, Job, TextSet, Version
+from deltazoo.registry.models import Artifact, Evaluation, File, Job, Model, Namespace, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
+from deltazoo.registry.repositories import (
+    ArtifactRepository,
+    FileRepository,
+    JobRepository,
+    ModelRepository,
+    readable,
+)
 from deltazoo.services.refs import check_description, ref_string
 from deltazoo.services.storage import get_blob, put_blob
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 Enqueue = Callable[[int], None]
@@ -235,14 +241,41 @@ def load_tokenizer(session: Session, store: ObjectStore, version: Version) -> An
             raise NotEvaluable(f"the version's tokenizer cannot be loaded: {exc}") from exc
 
 
-def evaluations_of_text(session: Session, text: TextSet) -> list[tuple[Evaluation, Version, Artifact | None]]:
-    rows = session.execute(
+def ranked_evaluations(
+    session: Session, text_id: int, private_namespaces: Sequence[str] | None, limit: int, offset: int
+) -> tuple[int, int, list[tuple[Evaluation, Version, Artifact | None]]]:
+    """(how many have a bpb, how many in all, the page ``offset``..``offset + limit``) of the
+    evaluations on a text of models the caller may read (None: all): by bpb ascending (best ratio
+    first), then those without a bpb by id. Reads ``ix_evaluation_text_bpb`` in order."""
+    of_text = (
         select(Evaluation, Version, Artifact)
         .join(Version, Version.id == Evaluation.version_id)
         .outerjoin(Artifact, Artifact.id == Evaluation.artifact_id)
-        .where(Evaluation.text_set_id == text.id)
-    ).all()
-    return [(e, v, a) for e, v, a in rows]
+        .where(Evaluation.text_set_id == text_id)
+    )
+    if private_namespaces is not None:
+        of_text = (
+            of_text.join(Model, Model.id == Version.model_id)
+            .join(Namespace, Namespace.id == Model.namespace_id)
+            .where(readable(private_namespaces))
+        )
+    has_bpb = Evaluation.bits_per_byte > 0
+    ranked_q, unranked_q = (
+        of_text.where(has_bpb),
+        of_text.where(~has_bpb | Evaluation.bits_per_byte.is_(None)),
+    )
+    ranked = int(session.scalar(select(func.count()).select_from(ranked_q.subquery())) or 0)
+    total = ranked + int(session.scalar(select(func.count()).select_from(unranked_q.subquery())) or 0)
+    rows: list[Any] = []
+    if offset < ranked:
+        rows += session.execute(
+            ranked_q.order_by(Evaluation.bits_per_byte, Evaluation.id).offset(offset).limit(limit)
+        ).all()
+    if len(rows) < limit and offset + len(rows) < total:
+        rows += session.execute(
+            unranked_q.order_by(Evaluation.id).offset(max(0, offset - ranked)).limit(limit - len(rows))
+        ).all()
+    return ranked, total, [(e, v, a) for e, v, a in rows]
 
 
 def evaluations_of_versions(session: Session, version_ids: list[int]) -> list[tuple[Evaluation, TextSet]]:
