@@ -30,11 +30,10 @@ from deltazoo.registry.services.resumable import partials_for
 from deltazoo.registry.services.staging import sweep_stale_uploads
 from deltazoo.registry.services.storage import RAW_CACHE
 from deltazoo.registry.services.tokens import ensure_admin_token
+from deltazoo.registry.settings import Settings, get_settings
 from deltazoo.workers.jobs import JobContext
 from deltazoo.workers.orphan_sweep import start_orphan_sweeper
 from fastapi import Depends, FastAPI
-
-from deltazoo.settings import Settings, get_settings
 
 log = logging.getLogger("deltazoo.api")
 

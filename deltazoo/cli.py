@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"`deltazoo serve` needs the server extra ({exc.name} is missing): pip install 'deltazoo[server]'"
         ) from exc
-    from deltazoo.settings import get_settings
+    from deltazoo.registry.settings import get_settings
 
     s = get_settings()
     full = bool(s.database_url or s.broker_url or s.s3_endpoint)
@@ -109,7 +109,7 @@ def _services_ready(command: str, settings: Any, *, broker: bool) -> bool:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from deltazoo.settings import get_settings
+    from deltazoo.registry.settings import get_settings
 
     s = get_settings()
     if s.broker_url is None:
@@ -236,7 +236,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_admin_audit(args: argparse.Namespace) -> int:
     """Server side (the same DELTAZOO_* settings as `serve`): the database against the object store."""
-    from deltazoo.settings import get_settings
+    from deltazoo.registry.settings import get_settings
 
     s = get_settings()
     if args.grace_hours is not None:

@@ -23,10 +23,9 @@ from deltazoo.registry.services.artifacts import build_artifact, enqueue_pending
 from deltazoo.registry.services.encode import encode_version
 from deltazoo.registry.services.evaluation import enqueue_for_version
 from deltazoo.registry.services.evaluation import mark_failed as mark_evaluation_failed
+from deltazoo.registry.settings import Settings
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
-
-from deltazoo.settings import Settings
 
 log = logging.getLogger("deltazoo.jobs")
 STALE_BEATS = 3  # a running job whose heartbeat is older than this many beats has lost its worker

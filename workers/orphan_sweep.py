@@ -14,8 +14,7 @@ from datetime import timedelta
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.services.orphans import Audit, audit_store
-
-from deltazoo.settings import Settings
+from deltazoo.registry.settings import Settings
 
 log = logging.getLogger("deltazoo.orphans")
 

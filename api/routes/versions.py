@@ -19,11 +19,10 @@ from deltazoo.registry.services.resumable import partials_for
 from deltazoo.registry.services.resume import find_resumable
 from deltazoo.registry.services.staging import sweep_stale_uploads
 from deltazoo.registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
+from deltazoo.registry.settings import Settings
 from deltazoo.workers.jobs import held_since
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
-
-from deltazoo.settings import Settings
 
 router = APIRouter(tags=["versions"])
 V = "/models/{org}/{name}/versions/{rev}"
