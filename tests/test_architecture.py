@@ -46,7 +46,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "deltazoo": ("deltazoo.compression", "deltazoo.kernels", *CONTRACT),
 }
 # the one door from the client package into the server: `deltazoo serve` and `deltazoo worker` start them
-SERVER_DOORS = {"deltazoo/cli.py"}
+SERVER_DOORS = {"deltazoo/cli_server.py"}
 
 
 def module_name(path: Path) -> str:

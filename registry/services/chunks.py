@@ -25,7 +25,7 @@ from deltazoo.registry.repositories import TensorRepository
 from deltazoo.registry.services.encode_pipeline import ParentRef
 from deltazoo.registry.services.storage import (
     RAW_CACHE,
-    IntegrityError,
+    CorruptStoreError,
     RawCache,
     Recipe,
     Step,
@@ -92,7 +92,9 @@ class RangeReader:
         part = None
         if chunk.encoding != "plain":
             if parent is None:
-                raise IntegrityError(f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step")
+                raise CorruptStoreError(
+                    f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step"
+                )
             part = self.elements(i - 1, chunk.begin, chunk.end)
         raw = decode_chunk(self.store, step, chunk, parent, part)
         self.cache.put(key, raw)
@@ -238,7 +240,7 @@ def _encode_chunk(
     )
     sha = hashlib.sha256(raw).hexdigest()
     if hashlib.sha256(check).hexdigest() != sha:
-        raise IntegrityError(f"chunk {index} of a tensor did not round-trip through {encoded.encoding}")
+        raise CorruptStoreError(f"chunk {index} of a tensor did not round-trip through {encoded.encoding}")
     blob_sha, new = put_blob(session, store, encoded.payload)
     chunk = TensorChunk(
         index=index,

@@ -1,8 +1,8 @@
 """The tensors of one safetensors file encoded side by side: read → hash → (dedup) → encode → verify → write.
 
-Lanes are threads: the C codecs (``compression._exact5``, ``_plain5``, ``_narrow``), zstd, hashlib and
-file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The database is touched only by
-the calling thread (the session is not thread-safe), in tensor order:
+Lanes are threads: the C codecs (``compression._exact16_delta``, ``_exact16_plain``, ``_narrow``), zstd,
+hashlib and file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The database is
+touched only by the calling thread (the session is not thread-safe), in tensor order:
 
 1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them;
 2. the caller, in order, looks for a stored twin (``same``, no encode) or an earlier tensor of this run
@@ -31,7 +31,7 @@ from typing import Any
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.objectstore import ObjectStore, blob_key
-from deltazoo.registry.services.storage import IntegrityError, Recipe, reconstruct
+from deltazoo.registry.services.storage import CorruptStoreError, Recipe, reconstruct
 
 IN_FLIGHT_PER_LANE = 2
 
@@ -107,7 +107,9 @@ def encode_and_store(
         pshape if uses_parent else None,
     )
     if check != raw:
-        raise IntegrityError(f"{path}: tensor {entry.name!r} did not round-trip through {encoded.encoding}")
+        raise CorruptStoreError(
+            f"{path}: tensor {entry.name!r} did not round-trip through {encoded.encoding}"
+        )
     del check, parent_raw
     sha = hashlib.sha256(encoded.payload).hexdigest()
     # written even when an object of that name exists: without a blob row it may be an orphan the

@@ -69,8 +69,9 @@ class UploadSink:
             except SafetensorsError as exc:
                 raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
 
-    def finish(self, store: ObjectStore) -> str:
-        """Check the whole file and write it to a new staging object; returns its key."""
+    def finish(self, store: ObjectStore, key: str | None = None) -> str:
+        """Check the whole file and write it to a staging object (``key``, default a new one); returns
+        its key."""
         try:
             if self.validator is not None:
                 try:
@@ -96,7 +97,7 @@ class UploadSink:
                     validate_index(self.spool.read())
                 except SafetensorsError as exc:
                     raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
-            key = new_staging_key()
+            key = key or new_staging_key()
             self.spool.seek(0)
             store.put_file(key, self.spool, self.size)  # type: ignore[arg-type]
             return key
