@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from deltazoo.registry import lineage_index  # noqa: F401  (keeps lineage_descendant in step on every flush)
+from deltazoo.registry.settings import Settings, get_settings
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
-
-from deltazoo.settings import Settings, get_settings
 
 _lock = threading.Lock()
 _factories: dict[str, sessionmaker[Session]] = {}

@@ -16,24 +16,19 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import zstandard
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFound
-from deltazoo.registry.models import Artifact, Evaluation, File, Job, Model, Namespace, TextSet, Version
+from deltazoo.registry.evaluation_repository import EvaluationRepository
+from deltazoo.registry.models import Evaluation, File, Job, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.repositories import (
-    ArtifactRepository,
-    FileRepository,
-    JobRepository,
-    ModelRepository,
-    readable,
-)
+from deltazoo.registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
 from deltazoo.services.refs import check_description, ref_string
-from deltazoo.services.storage import get_blob, put_blob
-from sqlalchemy import func, select
+from deltazoo.services.storage import put_blob, read_blob
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 Enqueue = Callable[[int], None]
@@ -126,31 +121,13 @@ def register_text(
 # --- enqueueing --------------------------------------------------------------------------------
 
 
-def _row(session: Session, version_id: int, text_id: int, artifact_id: int | None) -> Evaluation | None:
-    q = select(Evaluation).where(
-        Evaluation.version_id == version_id,
-        Evaluation.text_set_id == text_id,
-        Evaluation.artifact_id.is_(None) if artifact_id is None else Evaluation.artifact_id == artifact_id,
-    )
-    return session.scalars(q.order_by(Evaluation.id)).first()
-
-
-def _dense_row(session: Session, version: Version, text: TextSet) -> Evaluation:
-    row = _row(session, version.id, text.id, None)
-    if row is None:
-        row = Evaluation(version_id=version.id, text_set_id=text.id, status="pending", details={})
-        session.add(row)
-        session.flush()
-    return row
-
-
 def _work_left(session: Session, version: Version, text: TextSet, dense: Evaluation) -> bool:
     if dense.status not in DONE:
         return True
     if dense.status == "not_evaluable":
         return False
     for a in ArtifactRepository(session).for_version(version.id):
-        row = _row(session, version.id, text.id, a.id)
+        row = EvaluationRepository(session).find(version.id, text.id, a.id)
         if a.status == "ready" and (row is None or row.status not in DONE):
             return True
     return False
@@ -160,7 +137,7 @@ def ensure_evaluation(
     session: Session, version: Version, text: TextSet, enqueue: Enqueue, retry: bool = False
 ) -> tuple[Evaluation, Job | None]:
     """The version's dense row on ``text``, and a job when work is left (None: nothing to do)."""
-    dense = _dense_row(session, version, text)
+    dense = EvaluationRepository(session).dense(version, text)
     if retry and dense.status == "failed":
         dense.status, dense.status_message = "pending", None
     if dense.status == "failed" or not _work_left(session, version, text, dense):
@@ -194,7 +171,7 @@ def request_evaluation(
     return ensure_evaluation(session, version, text, enqueue, retry=True)
 
 
-def mark_failed(session: Session, evaluation_id: int, message: str) -> None:
+def mark_evaluation_failed(session: Session, evaluation_id: int, message: str) -> None:
     row = session.get(Evaluation, evaluation_id)
     if row is not None and row.status not in DONE:
         row.status, row.status_message = "failed", message
@@ -207,7 +184,7 @@ def read_other_file(session: Session, store: ObjectStore, file: File) -> bytes:
     """A non-tensor file's bytes (stored zstd-compressed in its blob)."""
     if file.blob is None:
         raise NotFound(f"{file.path} has no stored bytes yet")
-    return zstandard.ZstdDecompressor().decompress(get_blob(store, file.blob), max_output_size=file.size)
+    return zstandard.ZstdDecompressor().decompress(read_blob(store, file.blob), max_output_size=file.size)
 
 
 def version_config(session: Session, store: ObjectStore, version: Version) -> dict[str, Any] | None:
@@ -239,43 +216,6 @@ def load_tokenizer(session: Session, store: ObjectStore, version: Version) -> An
             return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
         except Exception as exc:  # transformers raises many kinds for an unusable tokenizer
             raise NotEvaluable(f"the version's tokenizer cannot be loaded: {exc}") from exc
-
-
-def ranked_evaluations(
-    session: Session, text_id: int, private_namespaces: Sequence[str] | None, limit: int, offset: int
-) -> tuple[int, int, list[tuple[Evaluation, Version, Artifact | None]]]:
-    """(how many have a bpb, how many in all, the page ``offset``..``offset + limit``) of the
-    evaluations on a text of models the caller may read (None: all): by bpb ascending (best ratio
-    first), then those without a bpb by id. Reads ``ix_evaluation_text_bpb`` in order."""
-    of_text = (
-        select(Evaluation, Version, Artifact)
-        .join(Version, Version.id == Evaluation.version_id)
-        .outerjoin(Artifact, Artifact.id == Evaluation.artifact_id)
-        .where(Evaluation.text_set_id == text_id)
-    )
-    if private_namespaces is not None:
-        of_text = (
-            of_text.join(Model, Model.id == Version.model_id)
-            .join(Namespace, Namespace.id == Model.namespace_id)
-            .where(readable(private_namespaces))
-        )
-    has_bpb = Evaluation.bits_per_byte > 0
-    ranked_q, unranked_q = (
-        of_text.where(has_bpb),
-        of_text.where(~has_bpb | Evaluation.bits_per_byte.is_(None)),
-    )
-    ranked = int(session.scalar(select(func.count()).select_from(ranked_q.subquery())) or 0)
-    total = ranked + int(session.scalar(select(func.count()).select_from(unranked_q.subquery())) or 0)
-    rows: list[Any] = []
-    if offset < ranked:
-        rows += session.execute(
-            ranked_q.order_by(Evaluation.bits_per_byte, Evaluation.id).offset(offset).limit(limit)
-        ).all()
-    if len(rows) < limit and offset + len(rows) < total:
-        rows += session.execute(
-            unranked_q.order_by(Evaluation.id).offset(max(0, offset - ranked)).limit(limit - len(rows))
-        ).all()
-    return ranked, total, [(e, v, a) for e, v, a in rows]
 
 
 def evaluations_of_versions(session: Session, version_ids: list[int]) -> list[tuple[Evaluation, TextSet]]:

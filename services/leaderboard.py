@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from deltazoo.registry.errors import Unprocessable
+from deltazoo.registry.evaluation_repository import EvaluationRepository
 from deltazoo.registry.models import Artifact, Evaluation, Version
 from deltazoo.registry.repositories import ModelRepository
 from deltazoo.services.access import OPEN, Principal
-from deltazoo.services.evaluation import get_text, ranked_evaluations, text_info
+from deltazoo.services.evaluation import get_text, text_info
 from deltazoo.services.refs import ref_string
 from sqlalchemy.orm import Session
 
@@ -68,7 +69,9 @@ def leaderboard(
     if offset < 0:
         raise Unprocessable(f"offset must be >= 0 (got {offset})", code="invalid_offset")
     text = get_text(session, text_name)
-    ranked, total, rows = ranked_evaluations(session, text.id, viewer.private_namespaces(), limit, offset)
+    ranked, total, rows = EvaluationRepository(session).ranked(
+        text.id, viewer.private_namespaces(), limit, offset
+    )
     names = ModelRepository(session).full_names(v.model_id for _, v, _ in rows)
     items = [entry(e, v, a, names[v.model_id]) for e, v, a in rows]
     return {"text": text_info(text), "items": items, "total": total, "ranked": ranked, "offset": offset}
