@@ -11,11 +11,10 @@ from deltazoo.registry.db import session_scope
 from deltazoo.registry.models import Evaluation, Model, TextSet, Version
 from deltazoo.registry.objectstore import object_store_from_settings
 from deltazoo.registry.repositories import NamespaceRepository
+from deltazoo.registry.settings import Settings
 from deltazoo.services.evaluation import register_text
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-
-from deltazoo.settings import Settings
 
 BPB = [0.9, None, 0.7, 1.1, 0.7, None, 0.8, 1.0]  # two ties, two without a figure
 

@@ -12,13 +12,12 @@ from deltazoo.registry.db import session_scope, upgrade_database
 from deltazoo.registry.lineage_repository import LineageRepository
 from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import object_store_from_settings
+from deltazoo.registry.settings import Settings
 from deltazoo.services.access import OPEN
 from deltazoo.services.refs import get_model, get_version
 from deltazoo.services.versions import DeclaredFile, create_model, create_version, delete_version
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
-
-from deltazoo.settings import Settings
 
 FILES = [DeclaredFile("config.json", 2, "a" * 64)]
 
