@@ -1,4 +1,4 @@
-"""Layout of the model page's lineage graph (``registry.services.family``): boxes in columns by
+"""Layout of the model page's lineage graph (``services.family``): boxes in columns by
 generation (a parent left of its children), edges from parent to child, "+N more" where a list
 was cut (the page counts the descendants it leaves out). Drawn as inline SVG by ``templates/_macros.html``."""
 

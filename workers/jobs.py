@@ -19,10 +19,10 @@ from deltazoo.registry.db import session_scope
 from deltazoo.registry.models import Artifact, Job, Version, utcnow
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository
-from deltazoo.registry.services.artifacts import build_artifact, enqueue_pending_artifacts
-from deltazoo.registry.services.encode import encode_version
-from deltazoo.registry.services.evaluation import enqueue_for_version
-from deltazoo.registry.services.evaluation import mark_failed as mark_evaluation_failed
+from deltazoo.services.artifacts import build_artifact, enqueue_pending_artifacts
+from deltazoo.services.encode import encode_version
+from deltazoo.services.evaluation import enqueue_for_version
+from deltazoo.services.evaluation import mark_failed as mark_evaluation_failed
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 

@@ -32,7 +32,7 @@ from deltazoo.compression import elf32
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.objectstore import ObjectStore, blob_key
-from deltazoo.registry.services.storage import CorruptStoreError, Recipe, reconstruct
+from deltazoo.services.storage import CorruptStoreError, Recipe, reconstruct
 
 IN_FLIGHT_PER_LANE = 2
 

@@ -24,10 +24,10 @@ from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File, Model, Tensor, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
-from deltazoo.registry.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
-from deltazoo.registry.services.encode_pipeline import FilePipeline, ParentRef, Slot
-from deltazoo.registry.services.lossy import record_served_sha256
-from deltazoo.registry.services.storage import CorruptStoreError, put_blob, resolve_recipes
+from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
+from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
+from deltazoo.services.lossy import record_served_sha256
+from deltazoo.services.storage import CorruptStoreError, put_blob, resolve_recipes
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
@@ -273,9 +273,9 @@ def encode_version(
     ``checkpoint`` is called after every tensor: the job wrapper may commit there (so a long encode
     does not hold the database's write lock, and its progress is visible). Work committed by an
     interrupted run is found again and skipped, so the job can simply be run again. ``threads`` lanes
-    encode the tensors of a file side by side (``registry.services.encode_pipeline``); the stored
+    encode the tensors of a file side by side (``services.encode_pipeline``); the stored
     bytes do not depend on it. Tensors larger than ``chunk_bytes`` are stored in chunks
-    (``registry.services.chunks``), one at a time: the encode's peak memory is then a few chunks per
+    (``services.chunks``), one at a time: the encode's peak memory is then a few chunks per
     lane plus the parent tensor when that was stored whole, not the largest tensor.
     """
     files = FileRepository(session).for_version(version.id)

@@ -23,8 +23,8 @@ from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.models import File, Tensor, TensorChunk, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import TensorRepository
-from deltazoo.registry.services.encode_pipeline import ParentRef
-from deltazoo.registry.services.storage import (
+from deltazoo.services.encode_pipeline import ParentRef
+from deltazoo.services.storage import (
     RAW_CACHE,
     CorruptStoreError,
     RawCache,

@@ -16,7 +16,7 @@ from deltazoo.registry.errors import Unprocessable
 from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository
-from deltazoo.registry.services.transfer import file_plan, iter_file
+from deltazoo.services.transfer import file_plan, iter_file
 from sqlalchemy.orm import Session
 
 FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
