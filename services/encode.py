@@ -28,6 +28,7 @@ from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
 from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
 from deltazoo.services.lossy import record_served_sha256
 from deltazoo.services.storage import CorruptStoreError, put_blob, resolve_recipes
+from deltazoo.services.tensor_rows import TensorRowWriter
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
@@ -175,45 +176,48 @@ def _encode_safetensors(
     if file.header_blob is None:
         file.header_blob, new = put_blob(session, store, header.header_bytes)
         version.stored_bytes += header.header_size if new else 0
-    tensors, blobs = TensorRepository(session), BlobRepository(session)
+    tensors = TensorRepository(session)
     scope = twin_scope(session, version)
     done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run
     for entry in header.tensors:
         if entry.name in done:
             after_tensor(entry.nbytes)
+    rows = TensorRowWriter(session, version, after_tensor)
 
-    def classify(slot: Slot) -> None:
-        assert slot.sha256 is not None
-        slot.twin = tensors.stored_with_sha(slot.sha256, scope)
-        if slot.twin is None:
-            parent = parents.get(slot.entry.name)
-            slot.parent = parent if parent is not None and parent.depth < max_depth else None  # re-anchor
+    def classify(batch: list[Slot]) -> None:
+        rows.write()  # a twin may be a tensor of this run recorded since the last batch
+        stored = tensors.stored_with_shas((slot.sha256 for slot in batch if slot.sha256), scope)
+        for slot in batch:
+            assert slot.sha256 is not None
+            slot.twin = stored.get(slot.sha256)
+            if slot.twin is None:
+                parent = parents.get(slot.entry.name)
+                slot.parent = parent if parent is not None and parent.depth < max_depth else None  # re-anchor
 
     def record(slot: Slot) -> None:
         assert slot.sha256 is not None
         row = _tensor_row(version, file, slot.entry, slot.sha256)
+        same_as = None
         if slot.coded is None:
-            twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin
+            twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin  # of this run, or stored
             assert isinstance(twin, Tensor)
             row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
+            same_as = twin if isinstance(slot.twin, Slot) else None  # its id is known once it is written
         else:
             coded = slot.coded.result()
             parent = slot.parent if coded.uses_parent else None
             row.encoding, row.blob, row.stored_bytes = coded.encoding, coded.blob, coded.size
             row.parent_tensor_id = parent.tensor_id if parent else None
             row.depth = parent.depth + 1 if parent else 0
-            if blobs.add_reference(coded.blob, coded.size):
-                version.stored_bytes += coded.size
-        session.add(row)
-        session.flush()  # its id: a later tensor with the same bytes points at it
         slot.row = row
         totals.tensors += 1
         totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
-        after_tensor(slot.entry.nbytes)
+        rows.add(row, slot.entry.nbytes, same_as)
 
     todo = [e for e in header.tensors if e.name not in done and e.nbytes <= chunk_bytes]
     pipeline = FilePipeline(pool, threads, store, file.path, read_at, header.header_size, version.lossy)
     pipeline.run(todo, classify, record)
+    rows.write()
     for entry in header.tensors:  # larger ones in chunks, one at a time: memory is a few chunks
         if entry.name in done or entry.nbytes <= chunk_bytes:
             continue

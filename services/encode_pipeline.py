@@ -5,8 +5,9 @@ hashlib and file I/O release the GIL, so ``threads`` lanes keep that many cores 
 touched only by the calling thread (the session is not thread-safe), in tensor order:
 
 1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them;
-2. the caller, in order, looks for a stored twin (``same``, no encode) or an earlier tensor of this run
-   with the same bytes still being encoded (``same`` of it, recorded after it);
+2. the caller, in order and a batch at a time (``LOOKUP_BATCH`` tensors, one query), looks for stored
+   twins (``same``, no encode); a tensor whose bytes equal an earlier tensor of this run still being
+   encoded becomes ``same`` of it, recorded after it;
 3. otherwise a lane rebuilds the parent tensor (``reconstruct``; not re-hashed, see
    ``encode_and_store``), encodes, decodes the payload and compares it to the input (a byte
    comparison: the input's sha256 is already known), hashes the payload and writes the blob
@@ -14,9 +15,12 @@ touched only by the calling thread (the session is not thread-safe), in tensor o
 4. the caller records rows strictly in tensor order, so what a checkpoint commits is always a prefix of
    the file's tensors and a resumed run starts after it and stores exactly the same bytes.
 
-Memory: at most ``2 * threads`` tensors are in flight (read ahead or being encoded); each holds its raw
-bytes, and a lane encoding one also holds the parent's raw bytes, the payload and the decoded check,
-so the peak is about ``2 * threads + 3 * threads`` tensor sizes (plus the parent LRU), not the file.
+Memory: at most ``2 * threads`` tensors are in flight (read ahead or being encoded), or more while
+they are small: up to ``2 * LOOKUP_BATCH`` tensors holding ``READ_AHEAD_BYTES`` of raw bytes together,
+so that a file of tens of thousands of small tensors costs a few statements per batch, not per tensor.
+Each holds its raw bytes, and a lane encoding one also holds the parent's raw bytes, the payload and
+the decoded check, so the peak is about ``max(2 * threads tensor sizes, READ_AHEAD_BYTES) + 3 *
+threads`` tensor sizes (plus the parent LRU), not the file.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from deltazoo.registry.objectstore import ObjectStore, blob_key
 from deltazoo.services.storage import CorruptStoreError, Recipe, reconstruct
 
 IN_FLIGHT_PER_LANE = 2
+LOOKUP_BATCH = 256  # tensors classified together: one dedup query (and one row flush) per batch
+READ_AHEAD_BYTES = 64 << 20  # raw bytes small tensors may hold while they wait for their batch
 
 
 @dataclass(frozen=True)
@@ -135,9 +141,12 @@ def encode_and_store(
 class FilePipeline:
     """Drives the lanes over one file's tensors; the caller's callbacks do all database work.
 
-    ``classify(slot)`` runs in tensor order once the slot's bytes are hashed: it sets ``slot.twin`` (a
-    stored or earlier tensor with the same bytes) or ``slot.parent`` (may stay None: ``plain``).
-    ``record(slot)`` runs in tensor order once the slot is finished (twin found or blob written).
+    ``classify(slots)`` runs in tensor order on a batch of consecutive slots once their bytes are
+    hashed (at most ``LOOKUP_BATCH``; fewer at the end of the file or while large tensors fill the
+    window): for each it sets ``slot.twin`` (a stored tensor with the same bytes) or ``slot.parent``
+    (may stay None: ``plain``). A slot whose bytes an earlier slot of this run holds is not passed: it
+    becomes ``same`` of that slot. ``record(slot)`` runs in tensor order once the slot is finished
+    (twin found or blob written).
     """
 
     def __init__(
@@ -157,24 +166,27 @@ class FilePipeline:
     def run(
         self,
         entries: list[TensorEntry],
-        classify: Callable[[Slot], None],
+        classify: Callable[[list[Slot]], None],
         record: Callable[[Slot], None],
     ) -> None:
-        todo = iter(entries)
         slots: deque[Slot] = deque()
         encoding: dict[str, Slot] = {}  # raw sha256 -> the slot being encoded with those bytes
+        admitted, held = 0, 0  # entries read so far; raw bytes of the slots in ``slots``
         try:
             while True:
-                while len(slots) < self.window and (entry := next(todo, None)) is not None:
+                while admitted < len(entries) and self._admits(len(slots), held, entries[admitted]):
+                    entry = entries[admitted]
                     future = self.pool.submit(
                         read_and_hash, self.read_at, self.data_offset, entry, self.lossy
                     )
                     slots.append(Slot(entry, future))
+                    admitted, held = admitted + 1, held + entry.nbytes
                 if not slots:
                     return
-                self._classify_ready(slots, encoding, classify)
+                self._classify_ready(slots, encoding, classify, admitted == len(entries))
                 while slots and self._finished(slots[0]):
                     slot = slots.popleft()
+                    held -= slot.entry.nbytes
                     if slot.coded is not None:
                         slot.coded.result()  # raises what the lane raised
                         if encoding.get(slot.sha256 or "") is slot:
@@ -189,25 +201,47 @@ class FilePipeline:
             wait(futures)
             raise
 
+    def _admits(self, in_flight: int, held: int, entry: TensorEntry) -> bool:
+        """Room for one more tensor: the lanes' own window, or more small ones for a fuller batch."""
+        if in_flight < self.window:
+            return True
+        return in_flight < 2 * LOOKUP_BATCH and held + entry.nbytes <= READ_AHEAD_BYTES
+
     def _classify_ready(
-        self, slots: deque[Slot], encoding: dict[str, Slot], classify: Callable[[Slot], None]
+        self,
+        slots: deque[Slot],
+        encoding: dict[str, Slot],
+        classify: Callable[[list[Slot]], None],
+        all_admitted: bool,
     ) -> None:
-        for slot in slots:
-            if slot.classified:
-                continue
+        """Classify the next batch of hashed slots, strictly in order (a later tensor may be a twin of
+        an earlier one): a full batch, or a shorter one when no more can join it (the end of the file,
+        or every slot in flight is waiting for it)."""
+        start = next((i for i, slot in enumerate(slots) if not slot.classified), len(slots))
+        run: list[Slot] = []
+        for i in range(start, len(slots)):
+            digest = slots[i].digest
+            assert digest is not None
+            if not digest.done() or len(run) == LOOKUP_BATCH:
+                break
+            run.append(slots[i])
+        to_end = start + len(run) == len(slots)
+        if not run or not (len(run) == LOOKUP_BATCH or (to_end and (all_admitted or start == 0))):
+            return
+        for slot in run:
             assert slot.digest is not None
-            if not slot.digest.done():
-                return  # strictly in order: a later tensor may be a twin of this one
-            digest = slot.digest.result()
-            slot.sha256 = digest.sha256
-            slot.twin = encoding.get(digest.sha256)
+            slot.sha256 = slot.digest.result().sha256
+            slot.twin = encoding.get(slot.sha256)
+        classify([slot for slot in run if slot.twin is None])
+        for slot in run:
+            assert slot.digest is not None and slot.sha256 is not None
+            if slot.twin is None and (earlier := encoding.get(slot.sha256)) is not None:
+                slot.twin, slot.parent = earlier, None  # an earlier slot of this batch has these bytes
             if slot.twin is None:
-                classify(slot)
-            if slot.twin is None:
-                encoding[digest.sha256] = slot
+                encoding[slot.sha256] = slot
+                raw = slot.digest.result().raw
                 slot.coded = self.pool.submit(
-                    encode_and_store,
-                    self.store, slot.entry, digest.raw, self.path, slot.parent, self.lossy,
+                    encode_and_store, self.store, slot.entry, raw, self.path, slot.parent, self.lossy
                 )
             slot.digest = None  # the raw bytes now live only in the lane that encodes them
 
