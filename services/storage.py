@@ -36,7 +36,8 @@ def put_blob(session: Session, store: ObjectStore, data: bytes) -> tuple[str, bo
     return sha, blobs.add_reference(sha, len(data))
 
 
-def get_blob(store: ObjectStore, sha256: str) -> bytes:
+def read_blob(store: ObjectStore, sha256: str) -> bytes:
+    """A stored blob's bytes, as written by ``put_blob`` (raw: a tensor blob is still encoded)."""
     return store.get(blob_key(sha256))
 
 
@@ -160,7 +161,7 @@ def decode_chunk(
     """The raw bytes of one chunk (``parent_part``: the parent step's raw bytes of the same elements,
     needed for a ``delta`` chunk), checked against the chunk's sha256."""
     n = [chunk.end - chunk.begin]
-    payload = get_blob(store, chunk.blob)
+    payload = read_blob(store, chunk.blob)
     if chunk.encoding == "plain":
         raw = decode_tensor("plain", payload, step.dtype, n)
     else:
@@ -209,7 +210,7 @@ def reconstruct(
             assert step.blob is not None
             raw = decode_tensor(
                 step.encoding,
-                get_blob(store, step.blob),
+                read_blob(store, step.blob),
                 step.dtype,
                 list(step.shape),
                 parent_raw=raw if parent else None,

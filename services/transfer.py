@@ -24,7 +24,7 @@ from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
 from deltazoo.services.chunks import RangeReader
-from deltazoo.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
+from deltazoo.services.storage import Recipe, read_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
 MAX_INDEX_BYTES = 64 << 20
@@ -145,7 +145,7 @@ def file_plan(session: Session, store: ObjectStore, file: File) -> FilePlan:
         assert file.blob is not None
         return FilePlan(file.path, file.size, file.sha256, (Segment(0, file.size, blob=file.blob),))
     assert file.header_blob is not None
-    header = get_blob(store, file.header_blob)
+    header = read_blob(store, file.header_blob)
     tensors = TensorRepository(session).for_file(file.id)
     recipes = resolve_recipes(session, tensors)
     base = len(header)

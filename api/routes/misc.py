@@ -25,7 +25,7 @@ def get_job(session: DB, viewer: Viewer, job_id: int = Path(ge=1, le=MAX_ID)) ->
 
 
 @router.get("/blobs/{sha256}")
-def get_blob(sha256: str, session: DB, store: Store, viewer: Viewer) -> StreamingResponse:
+def download_blob(sha256: str, session: DB, store: Store, viewer: Viewer) -> StreamingResponse:
     """The stored (encoded) bytes of a blob that a model the caller may read refers to."""
     blob = BlobRepository(session).get(sha256) if SHA_RE.match(sha256) else None
     if blob is None or not can_read_blob(session, viewer, sha256):
