@@ -123,7 +123,7 @@ def test_upgrading_a_populated_database_fills_the_index(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     cfg = alembic_config(url)
-    command.upgrade(cfg, "issue15_tensor_chunks")
+    command.upgrade(cfg, "issue13_lossy_files")
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO namespace (id, name, created_at) VALUES (1, 'o', '2026-01-01')"))

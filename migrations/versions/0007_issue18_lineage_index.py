@@ -3,7 +3,7 @@ from an index instead of walked (registry.lineage_index keeps it; filled here fr
 stored); ix_evaluation_text_bpb: the leaderboard ranked and paged in the database
 
 Revision ID: issue18_lineage_index
-Revises: issue15_tensor_chunks
+Revises: issue13_lossy_files
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "issue18_lineage_index"
-down_revision = "issue15_tensor_chunks"
+down_revision = "issue13_lossy_files"
 branch_labels = None
 depends_on = None
 
