@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from deltazoo.registry.db import end_read, session_scope, upgrade_database
 from deltazoo.registry.models import Blob, Namespace
+from deltazoo.registry.settings import Settings
 from sqlalchemy import select
-
-from deltazoo.settings import Settings
 
 
 @pytest.fixture
