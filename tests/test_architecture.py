@@ -27,11 +27,15 @@ FOLDERS = {
 SERVER = ("deltazoo.registry", "deltazoo.workers", "deltazoo.api", "deltazoo.migrations")
 
 # layer -> the deltazoo layers it may import (its own always allowed). The server settings still live in
-# deltazoo.settings (shared with the SDK), so the server layers may import that one SDK module.
+# deltazoo.settings (shared with the SDK), so the server layers may import that one SDK module; they also
+# share the SDK's contract modules: deltazoo.refs (the syntax of names, revisions and tags) and
+# deltazoo.errors (which deltazoo.refs raises).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "deltazoo.compression": (),
     "deltazoo.kernels": ("deltazoo.compression",),
-    "deltazoo.registry": ("deltazoo.compression", "deltazoo.settings", "deltazoo.units", "deltazoo.errors"),
+    "deltazoo.registry": (
+        "deltazoo.compression", "deltazoo.settings", "deltazoo.units", "deltazoo.errors", "deltazoo.refs",
+    ),
     "deltazoo.workers": ("deltazoo.registry", "deltazoo.compression", "deltazoo.settings"),
     "deltazoo.api": (
         "deltazoo.registry", "deltazoo.workers", "deltazoo.compression", "deltazoo.settings",
@@ -131,7 +135,7 @@ sys.meta_path.insert(0, Block())
 @pytest.mark.parametrize(
     "statement",
     [
-        "from deltazoo import Client; import deltazoo.cli, deltazoo.cache, deltazoo.models",
+        "from deltazoo import Client; import deltazoo.cli, deltazoo.cache, deltazoo.models, deltazoo.refs",
         "import deltazoo.kernels; from deltazoo.kernels import patch_model",
     ],
 )

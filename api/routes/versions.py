@@ -9,6 +9,7 @@ from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Enqueue, Store
 from deltazoo.api.deps import settings as settings_dep
+from deltazoo.api.file_response import object_response
 from deltazoo.registry.objectstore import blob_key
 from deltazoo.registry.services import views
 from deltazoo.registry.services.artifacts import find_artifact, request_artifact
@@ -20,8 +21,7 @@ from deltazoo.registry.services.resume import find_resumable
 from deltazoo.registry.services.staging import sweep_stale_uploads
 from deltazoo.registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
 from deltazoo.workers.jobs import held_since
-from fastapi import APIRouter, Depends, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from deltazoo.settings import Settings
 
@@ -118,12 +118,10 @@ def post_artifact(
 
 
 @router.get(V + "/artifacts/{profile}")
-def get_artifact(org: str, name: str, rev: str, profile: str, session: DB, store: Store) -> StreamingResponse:
+def get_artifact(
+    org: str, name: str, rev: str, profile: str, request: Request, session: DB, store: Store
+) -> Response:
     _, version = get_version(session, org, name, rev)
     artifact = find_artifact(session, version, ref_string(f"{org}/{name}", version.revision), profile)
     assert artifact.blob is not None  # find_artifact returns ready artifacts only
-    return StreamingResponse(
-        store.iter_chunks(blob_key(artifact.blob)),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(artifact.bytes), "ETag": f'"{artifact.blob}"'},
-    )
+    return object_response(request, store, blob_key(artifact.blob), artifact.bytes, artifact.blob)
