@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from deltazoo.registry.objectstore import CHUNK, ObjectStore
-from deltazoo.registry.services.transfer import FilePlan, iter_file, parse_range
+from deltazoo.services.transfer import FilePlan, iter_file, parse_range
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 

@@ -4,7 +4,7 @@
 a letter or digit); ``ORG/NAME@REV`` a version of it, where ``REV`` is a revision number, ``latest``
 (the default), ``main`` (the latest ready version), a 40-hex commit id or a tag name. This module imports
 nothing of the server (a shared contract, like the response shapes); the server maps ``RefError`` onto
-its 422 and resolves what a revision names in ``registry/services/refs.py``.
+its 422 and resolves what a revision names in ``services/refs.py``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def parse_ref(text: str) -> Ref:
             raise RefError("nothing follows the '@'", "invalid_revision")
         revision = parse_revision(rev)
     except RefError as exc:
-        raise RefError(f"{text!r} is not ORG/NAME or ORG/NAME@REV: {exc.message}", exc.code) from None
+        raise RefError(
+            f"{text!r} is not ORG/NAME or ORG/NAME@REV: {exc.message}", exc.code or "invalid_revision"
+        ) from None
     return Ref(org, model, LATEST if revision is None else str(revision))
 
 

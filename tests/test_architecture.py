@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,28 +21,35 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {
     "compression": "deltazoo.compression",
     "registry": "deltazoo.registry",
+    "services": "deltazoo.services",
     "workers": "deltazoo.workers",
     "api": "deltazoo.api",
     "migrations": "deltazoo.migrations",
 }
-SERVER = ("deltazoo.registry", "deltazoo.workers", "deltazoo.api", "deltazoo.migrations")
+SERVER = ("deltazoo.registry", "deltazoo.services", "deltazoo.workers", "deltazoo.api", "deltazoo.migrations")
 
 # layer -> the deltazoo layers it may import (its own always allowed). The server settings still live in
-# deltazoo.settings (shared with the SDK), so the server layers may import that one SDK module; they also
-# share the SDK's contract modules: deltazoo.refs (the syntax of names, revisions and tags) and
+# deltazoo.settings (shared with the SDK), so the server layers may import that one SDK module; services and
+# api also share the SDK's contract module deltazoo.refs (the syntax of names, revisions and tags) and
 # deltazoo.errors (which deltazoo.refs raises).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "deltazoo.compression": (),
     "deltazoo.kernels": ("deltazoo.compression",),
-    "deltazoo.registry": (
-        "deltazoo.compression", "deltazoo.settings", "deltazoo.units", "deltazoo.errors", "deltazoo.refs",
+    # data: tables, repositories, database, object store; never the rules above it
+    "deltazoo.registry": ("deltazoo.compression", "deltazoo.settings", "deltazoo.units", "deltazoo.errors"),
+    # the rules, on the data
+    "deltazoo.services": (
+        "deltazoo.registry", "deltazoo.compression", "deltazoo.settings", "deltazoo.units", "deltazoo.errors",
+        "deltazoo.refs",
     ),
-    "deltazoo.workers": ("deltazoo.registry", "deltazoo.compression", "deltazoo.settings"),
+    "deltazoo.workers": (
+        "deltazoo.services", "deltazoo.registry", "deltazoo.compression", "deltazoo.settings",
+    ),
     "deltazoo.api": (
-        "deltazoo.registry", "deltazoo.workers", "deltazoo.compression", "deltazoo.settings",
-        "deltazoo.units", "deltazoo.models", "deltazoo.errors", "deltazoo.refs",
+        "deltazoo.services", "deltazoo.registry", "deltazoo.workers", "deltazoo.compression",
+        "deltazoo.settings", "deltazoo.units", "deltazoo.models", "deltazoo.errors", "deltazoo.refs",
     ),
-    "deltazoo.migrations": ("deltazoo.registry", "deltazoo.settings"),
+    "deltazoo.migrations": ("deltazoo.registry", "deltazoo.services", "deltazoo.settings"),
     # the SDK, CLI and host: everything of deltazoo except the server layers
     "deltazoo": ("deltazoo.compression", "deltazoo.kernels"),
 }
@@ -107,22 +115,28 @@ def test_no_import_crosses_a_forbidden_arrow() -> None:
     assert not problems, "imports that cross the layers of docs/ARCHITECTURE.md:\n" + "\n".join(problems)
 
 
+OLD_SERVICES = "deltazoo.registry" + ".services"  # written in two parts so that a rename does not touch it
+
+
 def test_old_top_level_names_are_not_imported() -> None:
-    """The wheel installs one top-level name: `import registry` would work in the repository only."""
+    """The wheel installs one top-level name: `import registry` would work in the repository only.
+
+    The services moved out of the data layer: `deltazoo.registry.services` is now `deltazoo.services`."""
     old = tuple(FOLDERS)
     problems = [
         f"{path.relative_to(ROOT)}:{line} imports {name}"
         for path in [*source_files(), *(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
         for line, name in imports_of(path)
-        if name.split(".")[0] in old
+        if name.split(".")[0] in old or name.startswith(OLD_SERVICES)
     ]
     assert not problems, "\n".join(problems)
 
 
 BLOCKER = """
 import importlib.abc, sys
-BLOCKED = ("deltazoo.api", "deltazoo.registry", "deltazoo.workers", "deltazoo.migrations",
-           "fastapi", "sqlalchemy", "alembic", "celery", "minio", "uvicorn", "psycopg2")
+BLOCKED = ("deltazoo.api", "deltazoo.registry", "deltazoo.services", "deltazoo.workers",
+           "deltazoo.migrations", "fastapi", "sqlalchemy", "alembic", "celery", "minio", "uvicorn",
+           "psycopg2")
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if any(name == blocked or name.startswith(blocked + ".") for blocked in BLOCKED):
@@ -144,3 +158,149 @@ def test_client_and_kernels_import_without_the_server(statement: str) -> None:
     argv = [sys.executable, "-c", code]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def runtime_imports_of(path: Path) -> list[tuple[int, str]]:
+    """``imports_of`` less the imports under ``if TYPE_CHECKING:`` (annotations only, never executed)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only |= {n.lineno for stmt in node.body for n in ast.walk(stmt) if hasattr(n, "lineno")}
+    return [(line, name) for line, name in imports_of(path) if line not in typing_only]
+
+
+def import_graph(imports: Callable[[Path], list[tuple[int, str]]]) -> dict[str, set[str]]:
+    """Module -> the deltazoo modules it imports (an import of a module's own package is no edge: Python
+    imports a package before any of its modules)."""
+    paths = {module_name(path): path for path in source_files()}
+
+    def resolve(name: str) -> str | None:
+        parts = name.split(".")
+        prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))
+        return next((prefix for prefix in prefixes if prefix in paths), None)
+
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        targets = {resolve(name) for _, name in imports(path)}
+        graph[module] = {
+            t for t in targets if t is not None and t != module and not module.startswith(t + ".")
+        }
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_cycles_finds_a_loop_and_only_a_loop() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_no_import_cycle_among_deltazoo_modules() -> None:
+    """Every import that runs (module level or inside a function) counts: a lazy import that closes a
+    loop is still a loop, it only moves the failure to a later moment."""
+    loops = cycles(import_graph(runtime_imports_of))
+    assert not loops, "modules that import each other (in a loop):\n" + "\n".join(map(" <-> ".join, loops))
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_names_used_across(path: Path) -> list[str]:
+    """``from deltazoo.x import _y`` and ``x._y`` (``x`` an imported deltazoo module) in one file.
+
+    A C extension ``compression/_name.c`` imported by its own wrapper ``compression/name.py`` is the one
+    exception: the leading underscore there names the compiled half of that module."""
+    modules = {module_name(p) for p in source_files()}
+    own = module_name(path) if path.is_relative_to(ROOT) else ""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[str] = []
+    bound: dict[str, str] = {}  # local name -> the deltazoo module it holds
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("deltazoo"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                extension = full.startswith("deltazoo.compression._") and own == full.replace("._", ".", 1)
+                if is_private(alias.name) and not extension:
+                    found.append(f"{node.lineno}: from {node.module} import {alias.name}")
+                if full in modules:
+                    bound[alias.asname or alias.name] = full
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("deltazoo") and alias.asname:
+                    bound[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and is_private(node.attr)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+        ):
+            found.append(f"{node.lineno}: {bound[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_private_names_check_finds_an_import_and_an_attribute(tmp_path: Path) -> None:
+    module = tmp_path / "example.py"
+    module.write_text(
+        "from deltazoo.services.evaluation import _row\n"
+        "from deltazoo.services import storage\n"
+        "storage._helper()\n"
+        "from deltazoo.services.storage import read_blob\n"
+    )
+    assert private_names_used_across(module) == [
+        "1: from deltazoo.services.evaluation import _row",
+        "3: deltazoo.services.storage._helper",
+    ]
+
+
+def test_no_private_name_is_used_across_modules() -> None:
+    """A name that starts with ``_`` belongs to its module: another module of the package (or a
+    benchmark) that needs it needs a public name, or the code belongs where the name is."""
+    problems = [
+        f"{path.relative_to(ROOT)}:{problem}"
+        for path in [*source_files(), *(ROOT / "benchmarks").glob("*.py")]
+        for problem in private_names_used_across(path)
+    ]
+    assert not problems, "private names used across modules:\n" + "\n".join(problems)

@@ -83,7 +83,7 @@ def test_a_chain_refuses_bytes_that_do_not_match_their_sha256() -> None:
 
 
 def test_the_server_and_the_sdk_decode_with_the_same_function() -> None:
-    from deltazoo.registry.services import storage
+    from deltazoo.services import storage
 
     from deltazoo import delta_pull
 
@@ -137,7 +137,7 @@ def test_names_and_revisions_parse_one_way(text: str, ref: Ref) -> None:
 )
 def test_malformed_names_are_usage_errors_in_the_sdk_and_422_on_the_server(text: str, code: str) -> None:
     from deltazoo.registry.errors import Unprocessable
-    from deltazoo.registry.services.refs import parse_ref as server_parse_ref
+    from deltazoo.services.refs import parse_ref as server_parse_ref
 
     with pytest.raises(RefError) as info:
         Ref.parse(text)

@@ -9,10 +9,10 @@ from deltazoo.api.file_response import object_response
 from deltazoo.registry.errors import NotFound
 from deltazoo.registry.objectstore import blob_key
 from deltazoo.registry.repositories import BlobRepository
-from deltazoo.registry.services import views
-from deltazoo.registry.services.access import can_read_blob
-from deltazoo.registry.services.job_status import job_for
-from deltazoo.registry.services.versions import SHA_RE
+from deltazoo.services import views
+from deltazoo.services.access import can_read_blob
+from deltazoo.services.job_status import job_for
+from deltazoo.services.versions import SHA_RE
 from fastapi import APIRouter, Path, Request, Response
 
 router = APIRouter(tags=["zoo"])
@@ -25,7 +25,7 @@ def get_job(session: DB, viewer: Viewer, job_id: int = Path(ge=1, le=MAX_ID)) ->
 
 
 @router.get("/blobs/{sha256}")
-def get_blob(sha256: str, request: Request, session: DB, store: Store, viewer: Viewer) -> Response:
+def download_blob(sha256: str, request: Request, session: DB, store: Store, viewer: Viewer) -> Response:
     """The stored (encoded) bytes of a blob that a model the caller may read refers to (Range too)."""
     blob = BlobRepository(session).get(sha256) if SHA_RE.match(sha256) else None
     if blob is None or not can_read_blob(session, viewer, sha256):

@@ -1,0 +1,316 @@
+"""The encode rule: turn a committed version's staged uploads into stored tensors and blobs.
+
+Per safetensors file: the exact header bytes become a blob; then, tensors side by side in a few lanes
+(ranged reads of the staged object, so memory is bounded by a few tensors per lane, see
+``encode_pipeline``), bytes already stored anywhere become ``same``, otherwise the tensor is coded
+against the parent version's tensor of the same name (``delta`` / ``delta-rows``) or alone (``plain``).
+Every payload is decoded and compared with the input before it is trusted. Other files are stored
+zstd-compressed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+from deltazoo.compression.other_files import compress_stream
+from deltazoo.compression.safetensors_io import SafetensorsError, TensorEntry, read_header
+from deltazoo.registry.db import after_commit
+from deltazoo.registry.errors import BadRequest
+from deltazoo.registry.models import File, Model, Tensor, Version
+from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
+from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
+from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
+from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
+from deltazoo.services.storage import CorruptStoreError, put_blob, resolve_recipes
+from deltazoo.services.tensor_rows import TensorRowWriter
+from sqlalchemy import ColumnElement
+from sqlalchemy.orm import Session
+
+Progress = Callable[[float], None]  # job progress, 0..1
+
+
+@dataclass
+class EncodeTotals:
+    stored_bytes: int = 0
+    tensors: int = 0
+    encodings: dict[str, int] = field(default_factory=dict)
+
+
+def twin_scope(session: Session, version: Version) -> ColumnElement[bool]:
+    """Models a ``same`` twin of this version's tensors may come from (``repositories.visible_from``):
+    another namespace's private tensor is never named by, nor pinned by, this version."""
+    model = session.get(Model, version.model_id)
+    assert model is not None
+    return visible_from(model)
+
+
+def staged_tensor_names(store: ObjectStore, file: File) -> set[str]:
+    assert file.staging_key is not None
+    header = read_header(lambda o, n: store.get_range(file.staging_key, o, n), file.size)  # type: ignore[arg-type]
+    return {t.name for t in header.tensors}
+
+
+def check_related_base(session: Session, store: ObjectStore, version: Version, base_ref: str) -> None:
+    """Refuse a base that shares no tensor name with the upload: it is certainly not this model's base.
+
+    An adapter is exempt: its tensors (``lora_A``/``lora_B``) never share a name with its base."""
+    if version.parent_version_id is None or version.relation == "adapter":
+        return
+    base_names = set(TensorRepository(session).by_name(version.parent_version_id))
+    if not base_names:
+        return
+    names: set[str] = set()
+    tensors = TensorRepository(session)
+    for f in FileRepository(session).for_version(version.id):
+        if f.kind != "safetensors":
+            continue
+        if f.staging_key:
+            names |= staged_tensor_names(store, f)
+        elif f.source_file_id:
+            names |= {t.name for t in tensors.for_file(f.source_file_id)}
+    if names and not names & base_names:
+        raise BadRequest(
+            f"base {base_ref} shares no tensor name with this upload, so it is not its base; "
+            "push without --base or name the model it was fine-tuned from",
+            code="unrelated_base",
+        )
+
+
+def _store_other_file(session: Session, store: ObjectStore, key: str) -> tuple[str, int, bool]:
+    """A staged non-tensor file into a blob in its stored form (``compression.other_files``) without
+    holding it whole in memory."""
+    digest = hashlib.sha256()
+    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+        for out in compress_stream(store.iter_chunks(key)):
+            digest.update(out)
+            spool.write(out)
+        size = spool.tell()
+        sha = digest.hexdigest()
+        blobs = BlobRepository(session)
+        if blobs.get(sha) is None or not store.exists(blob_key(sha)):
+            spool.seek(0)
+            store.put_file(blob_key(sha), spool, size)  # type: ignore[arg-type]
+        return sha, size, blobs.add_reference(sha, size)
+
+
+def _copy_file(session: Session, version: Version, file: File) -> int:
+    """A file whose bytes a ready version already holds: reuse its blobs, tensors become ``same``."""
+    source = session.get(File, file.source_file_id)
+    if source is None:
+        raise CorruptStoreError(
+            f"{file.path}: the stored copy it was deduplicated against is gone; push again"
+        )
+    blobs = BlobRepository(session)
+    for sha in (source.header_blob, source.blob):
+        if sha:
+            blobs.add_reference(sha, 0)
+    file.header_blob, file.blob = source.header_blob, source.blob
+    for t in TensorRepository(session).for_file(source.id):
+        session.add(
+            Tensor(
+                version_id=version.id,
+                file_id=file.id,
+                name=t.name,
+                dtype=t.dtype,
+                shape=t.shape,
+                sha256=t.sha256,
+                offset_begin=t.offset_begin,
+                offset_end=t.offset_end,
+                encoding="same",
+                blob=None,
+                stored_bytes=0,
+                depth=t.depth,
+                parent_tensor_id=t.id,
+            )
+        )
+    return 0
+
+
+def _tensor_row(version: Version, file: File, entry: TensorEntry, sha: str) -> Tensor:
+    return Tensor(
+        version_id=version.id,
+        file_id=file.id,
+        name=entry.name,
+        dtype=entry.dtype,
+        shape=list(entry.shape),
+        sha256=sha,
+        offset_begin=entry.begin,
+        offset_end=entry.end,
+        stored_bytes=0,
+    )
+
+
+def _encode_safetensors(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    file: File,
+    parents: dict[str, ParentRef],
+    max_depth: int,
+    totals: EncodeTotals,
+    after_tensor: Callable[[int], None],
+    pool: ThreadPoolExecutor,
+    threads: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> None:
+    key = file.staging_key
+    assert key is not None
+
+    def read_at(offset: int, length: int) -> bytes:
+        return store.get_range(key, offset, length)
+
+    try:
+        header = read_header(read_at, file.size)
+    except SafetensorsError as exc:
+        raise CorruptStoreError(f"{file.path}: {exc}") from None
+    if file.header_blob is None:
+        file.header_blob, new = put_blob(session, store, header.header_bytes)
+        version.stored_bytes += header.header_size if new else 0
+    tensors = TensorRepository(session)
+    scope = twin_scope(session, version)
+    done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run
+    for entry in header.tensors:
+        if entry.name in done:
+            after_tensor(entry.nbytes)
+    rows = TensorRowWriter(session, version, after_tensor)
+
+    def classify(batch: list[Slot]) -> None:
+        rows.write()  # a twin may be a tensor of this run recorded since the last batch
+        stored = tensors.stored_with_shas((slot.sha256 for slot in batch if slot.sha256), scope)
+        for slot in batch:
+            assert slot.sha256 is not None
+            slot.twin = stored.get(slot.sha256)
+            if slot.twin is None:
+                parent = parents.get(slot.entry.name)
+                slot.parent = parent if parent is not None and parent.depth < max_depth else None  # re-anchor
+
+    def record(slot: Slot) -> None:
+        assert slot.sha256 is not None
+        row = _tensor_row(version, file, slot.entry, slot.sha256)
+        same_as = None
+        if slot.coded is None:
+            twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin  # of this run, or stored
+            assert isinstance(twin, Tensor)
+            row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
+            same_as = twin if isinstance(slot.twin, Slot) else None  # its id is known once it is written
+        else:
+            coded = slot.coded.result()
+            parent = slot.parent if coded.uses_parent else None
+            row.encoding, row.blob, row.stored_bytes = coded.encoding, coded.blob, coded.size
+            row.parent_tensor_id = parent.tensor_id if parent else None
+            row.depth = parent.depth + 1 if parent else 0
+        slot.row = row
+        totals.tensors += 1
+        totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
+        rows.add(row, slot.entry.nbytes, same_as)
+
+    todo = [e for e in header.tensors if e.name not in done and e.nbytes <= chunk_bytes]
+    FilePipeline(pool, threads, store, file.path, read_at, header.header_size).run(todo, classify, record)
+    rows.write()
+    for entry in header.tensors:  # larger ones in chunks, one at a time: memory is a few chunks
+        if entry.name in done or entry.nbytes <= chunk_bytes:
+            continue
+        read = partial(_read_from, read_at, header.header_size + entry.begin)
+        row = encode_large_tensor(
+            session, store, version, file, entry, read, parents, max_depth, chunk_bytes, scope
+        )
+        totals.tensors += 1
+        totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
+        after_tensor(entry.nbytes)
+
+
+def _read_from(read_at: Callable[[int, int], bytes], start: int, offset: int, length: int) -> bytes:
+    return read_at(start + offset, length)
+
+
+def _parent_refs(session: Session, version: Version) -> dict[str, ParentRef]:
+    """The parent version's tensors by name, with their decode recipes resolved in one pass."""
+    if version.parent_version_id is None:
+        return {}
+    by_name = TensorRepository(session).by_name(version.parent_version_id)
+    recipes = resolve_recipes(session, by_name.values())
+    return {
+        name: ParentRef(t.id, t.depth, t.dtype, list(t.shape), recipes[t.id]) for name, t in by_name.items()
+    }
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def stored_note(files: list[File]) -> str | None:
+    """What a ready version should say about files it could not read as tensors (None: nothing)."""
+    pickles = [f.path for f in files if f.path.lower().endswith(_PICKLE_SUFFIXES)]
+    named = ", ".join(pickles[:3]) + (" ..." if len(pickles) > 3 else "")
+    kept = f"{named} kept as opaque bytes, never unpickled"
+    if not any(f.kind == "safetensors" for f in files):
+        return (
+            f"no safetensors weights: its {len(files)} files are stored as opaque bytes "
+            "(no tensors deduplicated, no delta against a base, nothing to evaluate)"
+            + (f"; {kept}" if pickles else "")
+        )
+    return kept if pickles else None
+
+
+def encode_version(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    max_depth: int,
+    progress: Progress,
+    checkpoint: Callable[[], None] = lambda: None,
+    threads: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> EncodeTotals:
+    """Encode every file of ``version`` (status ``processing``) and mark it ``ready``.
+
+    ``checkpoint`` is called after every tensor: the job wrapper may commit there (so a long encode
+    does not hold the database's write lock, and its progress is visible). Work committed by an
+    interrupted run is found again and skipped, so the job can simply be run again. ``threads`` lanes
+    encode the tensors of a file side by side (``services.encode_pipeline``); the stored
+    bytes do not depend on it. Tensors larger than ``chunk_bytes`` are stored in chunks
+    (``services.chunks``), one at a time: the encode's peak memory is then a few chunks per
+    lane plus the parent tensor when that was stored whole, not the largest tensor.
+    """
+    files = FileRepository(session).for_version(version.id)
+    parents = _parent_refs(session, version)
+    totals = EncodeTotals()
+    total_bytes = max(1, sum(f.size for f in files))
+    done = 0
+
+    def advance(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        progress(min(0.99, done / total_bytes))
+        checkpoint()
+
+    for file in files:
+        if file.staging_key is None:
+            if file.header_blob is None and file.blob is None:
+                _copy_file(session, version, file)
+            advance(file.size)
+        elif file.kind == "other":
+            if file.blob is None:
+                file.blob, size, new = _store_other_file(session, store, file.staging_key)
+                version.stored_bytes += size if new else 0
+            advance(file.size)
+        else:
+            with ThreadPoolExecutor(max(1, threads), thread_name_prefix="deltazoo-encode") as pool:
+                _encode_safetensors(
+                    session, store, version, file, parents, max_depth, totals, advance, pool, threads,
+                    chunk_bytes,
+                )
+    staged = [f.staging_key for f in files if f.staging_key]
+    for file in files:
+        file.staging_key = None
+    version.logical_bytes = sum(f.size for f in files)
+    version.status, version.status_message = "ready", stored_note(files)
+    session.flush()
+    shared = FileRepository(session).referenced_staging_keys(staged)  # an LFS object another commit names
+    after_commit(session, partial(delete_objects, store, [k for k in staged if k not in shared]))
+    totals.stored_bytes = version.stored_bytes
+    return totals

@@ -1,0 +1,228 @@
+"""The write side of the Hugging Face Hub protocol: create a repository, answer preupload, turn a commit
+into a deltazoo version.
+
+A commit applies its operations to ``main`` (the latest ready version): files it does not touch are
+carried over (deduplicated, no bytes move), added files arrive inline (``uploadMode: regular``,
+base64 in the commit's NDJSON) or were sent before through Git LFS (``lfsFile`` naming a staged
+object: services/hub_lfs.py), deleted files and folders are left out. The result is created,
+uploaded, validated and committed exactly like any push (services/versions.py), so it is
+encoded, deduplicated and exact; its model card may name its base.
+
+Which files preupload asks for through LFS is the server's choice (``settings.hub_large_files``):
+huggingface_hub 2.x with hf-xet importable sends every file answered "lfs" through Xet
+(``_commit_api._upload_files``, ``HfApi.upload_folder``), never through the LFS batch API, and says
+nothing in its requests that would let a server tell it apart; this server does not speak Xet. So the
+default, ``inline``, answers "regular" for every file (every client works), and ``lfs`` answers "lfs"
+for weight files, for clients without Xet (``HF_HUB_DISABLE_XET=1``); a Xet client that gets "lfs"
+is told, in the 400 of the Xet token route, to set it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
+from deltazoo.registry.models import Model, Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import FileRepository, VersionRepository
+from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
+from deltazoo.services.hub_lfs import claim_staged, wants_lfs
+from deltazoo.services.refs import MAIN, get_model, parse_name, ref_string
+from deltazoo.services.transfer import UploadSink
+from deltazoo.services.versions import (
+    DeclaredFile,
+    Enqueue,
+    check_path,
+    commit_version,
+    create_model,
+    create_version,
+    record_upload,
+)
+from sqlalchemy.orm import Session
+
+MAX_PREUPLOAD_FILES = 10_000
+
+
+def create_repo(
+    session: Session, viewer: Principal, name: str | None, organization: str | None, private: bool
+) -> dict[str, Any]:
+    """``POST /api/repos/create``: a new model ``organization/name`` (409 when it exists)."""
+    if not organization or not name:
+        raise Unprocessable(
+            "deltazoo repositories are ORG/NAME: pass repo_id='org/name'", code="invalid_repo_id"
+        )
+    repo_id = f"{organization}/{name}"
+    try:
+        parse_name(repo_id)
+    except Unprocessable as exc:
+        raise Unprocessable(exc.message, code="invalid_repo_id") from None
+    check_write(viewer, organization)
+    model, _ = create_model(session, repo_id, "", private, exist_ok=False)
+    return {"name": repo_id, "id": f"{model.id:024x}", "private": model.private}
+
+
+def check_main(revision: str) -> None:
+    if revision != MAIN:
+        raise BadRequest(
+            f"commits go to 'main' (got {revision!r}); name a version afterwards with a tag",
+            code="revision_not_writable",
+        )
+
+
+def writable_model(session: Session, viewer: Principal, repo_id: str) -> Model:
+    """The model ``repo_id`` for a write: a private one the caller may not read is missing (404, as if
+    it did not exist, before any 401/403 could tell it exists); then the write scope is checked."""
+    org, name = parse_name(repo_id)
+    model = get_model(session, org, name)
+    if not can_read_model(viewer, model, org):
+        raise model_not_found(org, name)
+    check_write(viewer, org)
+    return model
+
+
+def preupload(
+    session: Session,
+    viewer: Principal,
+    repo_id: str,
+    revision: str,
+    files: list[dict[str, Any]],
+    large_files: str = "inline",
+) -> dict[str, Any]:
+    """``POST /api/models/{repo}/preupload/{rev}``: each file inline (``regular``), or weight files
+    through LFS when ``large_files`` is ``lfs`` (see the module's docstring)."""
+    writable_model(session, viewer, repo_id)
+    check_main(revision)
+    if len(files) > MAX_PREUPLOAD_FILES:
+        raise Unprocessable(f"at most {MAX_PREUPLOAD_FILES} files per request", code="too_many_files")
+    out = []
+    for f in files:
+        path = f.get("path") if isinstance(f, dict) else None
+        if not isinstance(path, str):
+            raise Unprocessable("each file needs a 'path'", code="invalid_request")
+        check_path(path)
+        mode = "lfs" if large_files == "lfs" and wants_lfs(path, f.get("size")) else "regular"
+        out.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": None})
+    return {"files": out, "commitOid": None}
+
+
+@dataclass
+class StagedFile:
+    """An added file's bytes, decoded from the commit and spooled (memory up to 8 MiB, then disk)."""
+
+    path: str
+    size: int
+    spool: IO[bytes]
+
+    def chunks(self) -> Iterator[bytes]:
+        self.spool.seek(0)
+        while chunk := self.spool.read(1 << 20):
+            yield chunk
+
+
+@dataclass
+class CommitOperations:
+    header: dict[str, Any] = field(default_factory=dict)
+    added: dict[str, StagedFile] = field(default_factory=dict)
+    lfs: dict[str, tuple[str, int]] = field(default_factory=dict)  # path -> (sha256, size) sent by LFS
+    deleted_files: set[str] = field(default_factory=set)
+    deleted_folders: set[str] = field(default_factory=set)
+
+    def close(self) -> None:
+        for staged in self.added.values():
+            staged.spool.close()
+
+    def add(self, path: str, data: bytes) -> None:
+        spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115  # closed in close()
+        spool.write(data)
+        self.add_spooled(path, spool, len(data))  # type: ignore[arg-type]
+
+    def add_spooled(self, path: str, spool: IO[bytes], size: int) -> None:
+        """Take ``spool`` (``size`` bytes of ``path``): closed with the operations, or now if refused."""
+        try:
+            check_path(path)
+        except BaseException:
+            spool.close()
+            raise
+        self._drop(path)
+        self.added[path] = StagedFile(path, size, spool)
+
+    def add_lfs(self, path: str, oid: str, size: int) -> None:
+        check_path(path)
+        self._drop(path)
+        self.lfs[path] = (oid, size)
+
+    def _drop(self, path: str) -> None:
+        old = self.added.pop(path, None)
+        if old is not None:
+            old.spool.close()
+        self.lfs.pop(path, None)
+
+
+def commit(
+    session: Session,
+    store: ObjectStore,
+    enqueue: Enqueue,
+    viewer: Principal,
+    repo_id: str,
+    revision: str,
+    ops: CommitOperations,
+) -> tuple[Version, str]:
+    """``POST /api/models/{repo}/commit/{rev}``: a new version of the model (``main`` + the operations),
+    committed and queued for encoding; returns it and its ref."""
+    model = writable_model(session, viewer, repo_id)
+    check_main(revision)
+    main = VersionRepository(session).latest(model.id, ready_only=True)
+    parent_commit = ops.header.get("parentCommit")
+    if parent_commit and (main is None or parent_commit != main.commit_id):
+        raise Conflict(
+            f"main has moved since {parent_commit}; fetch it again and redo the commit", code="parent_moved"
+        )
+    declared: dict[str, DeclaredFile] = {}
+    if main is not None:
+        for f in FileRepository(session).for_version(main.id):
+            gone = f.path in ops.deleted_files or any(f.path.startswith(d + "/") for d in ops.deleted_folders)
+            if not gone:
+                declared[f.path] = DeclaredFile(f.path, f.size, f.sha256)
+    digests: dict[str, str] = {}
+    for path, staged in ops.added.items():
+        digest = hashlib.sha256()
+        for chunk in staged.chunks():
+            digest.update(chunk)
+        digests[path] = digest.hexdigest()
+        declared[path] = DeclaredFile(path, staged.size, digests[path])
+    for path, (oid, size) in ops.lfs.items():
+        declared[path] = DeclaredFile(path, size, oid)
+    if not declared:
+        raise Unprocessable("the commit leaves the repository empty; add at least one file", code="no_files")
+    version, uploads = create_version(
+        session, model, None, "finetune", [], list(declared.values()), viewer=viewer
+    )
+    files = {f.path: f for f in FileRepository(session).for_version(version.id)}
+    for path, needed in uploads:
+        if not needed:
+            continue
+        if path in ops.lfs:
+            oid, size = ops.lfs[path]
+            record_upload(session, store, files[path], claim_staged(store, model, path, oid, size))
+            continue
+        staged_file = ops.added.get(path)
+        if staged_file is None:
+            raise DeltazooError(
+                f"{path} is no longer stored; add it to the commit again", code="file_missing", status=409
+            )
+        sink = UploadSink(files[path])
+        try:
+            for chunk in staged_file.chunks():
+                sink.feed(chunk)
+            key = sink.finish(store)
+        except BaseException:
+            sink.close()
+            raise
+        record_upload(session, store, files[path], key)
+    ref = ref_string(repo_id, version.revision)
+    commit_version(session, store, version, ref, enqueue, viewer)
+    return version, ref

@@ -1,0 +1,89 @@
+"""Per-upload limits, checked at commit before any encode work is queued: the largest tensor and the
+number of tensors one version may declare (``settings.max_tensor_mb`` / ``settings.max_tensors``), so
+one upload can neither take the worker's memory nor occupy it for minutes."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from functools import partial
+
+from deltazoo.compression.safetensors_io import SafetensorsError, is_index_file, read_header, validate_index
+from deltazoo.registry.errors import DeltazooError, Unprocessable
+from deltazoo.registry.models import Version
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.repositories import FileRepository, TensorRepository
+from deltazoo.services.transfer import MAX_INDEX_BYTES
+from sqlalchemy.orm import Session
+
+
+def _read_range(store: ObjectStore, key: str, offset: int, length: int) -> bytes:
+    return store.get_range(key, offset, length)
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_tensor_bytes: int = 64 << 30
+    max_tensors: int = 100_000
+
+
+def check_upload_limits(session: Session, store: ObjectStore, version: Version, limits: UploadLimits) -> None:
+    """413 ``tensor_too_large`` / 422 ``too_many_tensors`` naming the file and tensor at fault."""
+    count = 0
+    tensors = TensorRepository(session)
+    for f in FileRepository(session).for_version(version.id):
+        if f.kind != "safetensors":
+            continue
+        if f.staging_key is None:  # deduplicated against a stored file: its tensors are known
+            count += len(tensors.for_file(f.source_file_id)) if f.source_file_id else 0
+            continue
+        try:
+            header = read_header(partial(_read_range, store, f.staging_key), f.size)
+        except SafetensorsError:
+            continue  # uploads were validated; a damaged staging object fails in the encode job
+        for t in header.tensors:
+            if t.nbytes > limits.max_tensor_bytes:
+                raise DeltazooError(
+                    f"{f.path}: tensor {t.name!r} has {t.nbytes} bytes, more than the server's limit of "
+                    f"{limits.max_tensor_bytes} (DELTAZOO_MAX_TENSOR_MB); split it or ask the admin",
+                    code="tensor_too_large",
+                    status=413,
+                )
+        count += len(header.tensors)
+        if count > limits.max_tensors:
+            raise Unprocessable(
+                f"this version declares more than {limits.max_tensors} tensors (at {f.path}), the server's "
+                "limit (DELTAZOO_MAX_TENSORS); push fewer, larger tensors or ask the admin",
+                code="too_many_tensors",
+            )
+
+
+def check_shard_indexes(session: Session, store: ObjectStore, version: Version) -> None:
+    """A ``*.safetensors.index.json`` uploaded with this version names exactly the shards uploaded
+    beside it (every one, and no other), all inside the checkpoint: 422 naming what is wrong."""
+    files = FileRepository(session).for_version(version.id)
+    shards = {f.path for f in files if f.kind == "safetensors"}
+    for f in files:
+        if not is_index_file(f.path) or f.staging_key is None or f.size > MAX_INDEX_BYTES:
+            continue
+        try:
+            weight_map = validate_index(store.get_range(f.staging_key, 0, f.size))
+        except SafetensorsError:
+            continue  # validated at upload
+        folder = posixpath.dirname(f.path)
+        named = {posixpath.normpath(posixpath.join(folder, shard)) for shard in set(weight_map.values())}
+        outside = sorted(p for p in named if p.startswith("../") or p == ".." or posixpath.isabs(p))
+        if outside:
+            raise Unprocessable(
+                f"{f.path} names shards outside the checkpoint: {', '.join(outside[:5])}",
+                code="index_outside",
+            )
+        missing = sorted(named - shards)
+        beside = {s for s in shards if posixpath.dirname(s) == folder}
+        unnamed = sorted(beside - named)
+        if missing or unnamed:
+            what = [f"names shards not uploaded: {', '.join(missing[:5])}"] if missing else []
+            what += [f"does not name uploaded shards: {', '.join(unnamed[:5])}"] if unnamed else []
+            raise Unprocessable(
+                f"{f.path} {'; '.join(what)}; push the index with exactly its shards", code="index_mismatch"
+            )

@@ -1,0 +1,239 @@
+"""Uploads in (validated while they stream to a staging object) and dense files out (rebuilt tensor by
+tensor, any byte range)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from deltazoo.compression.other_files import decompress_range
+from deltazoo.compression.safetensors_io import (
+    SafetensorsError,
+    SafetensorsStreamValidator,
+    is_index_file,
+    validate_index,
+)
+from deltazoo.registry.errors import BadRequest, Conflict, RangeNotSatisfiable
+from deltazoo.registry.models import File, Version
+from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
+from deltazoo.registry.repositories import FileRepository, TensorRepository
+from deltazoo.services.chunks import RangeReader
+from deltazoo.services.storage import Recipe, read_blob, reconstruct, resolve_recipes
+from sqlalchemy.orm import Session
+
+MAX_INDEX_BYTES = 64 << 20
+SEND_CHUNK = 1 << 20
+
+
+class UploadSink:
+    """Receives one file's bytes chunk by chunk: hashes, validates and spools them, then stages them.
+
+    Memory holds at most the spool's in-memory part (8 MiB) and a safetensors header.
+    """
+
+    def __init__(self, file: File, spool: BinaryIO | None = None) -> None:
+        """``spool`` (default: a temporary file) receives the bytes; a resumed upload passes its part file."""
+        self.file = file
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.validator = (
+            SafetensorsStreamValidator(expected_size=file.size) if file.kind == "safetensors" else None
+        )
+        if spool is None:
+            spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # type: ignore[assignment]  # noqa: SIM115
+        self.spool: BinaryIO = spool  # type: ignore[assignment]  # closed in finish/close
+
+    def feed(self, chunk: bytes) -> None:
+        self.account(chunk)
+        self.spool.write(chunk)
+
+    def account(self, chunk: bytes) -> None:
+        """Count, hash and validate ``chunk`` without spooling it (a resumed upload replays its part file)."""
+        self.size += len(chunk)
+        if self.size > self.file.size:
+            raise BadRequest(
+                f"{self.file.path}: more than the declared {self.file.size} bytes arrived; "
+                "declare the real size",
+                code="size_mismatch",
+            )
+        self.sha.update(chunk)
+        if self.validator is not None:
+            try:
+                self.validator.feed(chunk)
+            except SafetensorsError as exc:
+                raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
+
+    def finish(self, store: ObjectStore, key: str | None = None) -> str:
+        """Check the whole file and write it to a staging object (``key``, default a new one); returns
+        its key."""
+        try:
+            if self.validator is not None:
+                try:
+                    self.validator.finish()
+                except SafetensorsError as exc:
+                    raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
+            if self.size != self.file.size:
+                raise BadRequest(
+                    f"{self.file.path}: {self.size} bytes arrived but {self.file.size} were declared",
+                    code="size_mismatch",
+                )
+            if self.sha.hexdigest() != self.file.sha256:
+                raise BadRequest(
+                    f"{self.file.path}: sha256 of the bytes is {self.sha.hexdigest()}, "
+                    f"declared {self.file.sha256}; upload the file that was declared",
+                    code="sha256_mismatch",
+                )
+            if is_index_file(self.file.path):
+                if self.size > MAX_INDEX_BYTES:
+                    raise BadRequest(f"{self.file.path}: index file larger than {MAX_INDEX_BYTES} bytes")
+                self.spool.seek(0)
+                try:
+                    validate_index(self.spool.read())
+                except SafetensorsError as exc:
+                    raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
+            key = key or new_staging_key()
+            self.spool.seek(0)
+            store.put_file(key, self.spool, self.size)  # type: ignore[arg-type]
+            return key
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int  # offset in the file
+    end: int
+    header: bytes | None = None
+    recipe: Recipe | None = None
+    blob: str | None = None  # a zstd-compressed "other" file
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    path: str
+    size: int
+    sha256: str
+    segments: tuple[Segment, ...]
+
+
+def plan_file(session: Session, store: ObjectStore, version: Version, path: str, ref: str) -> FilePlan:
+    """Everything needed to stream ``path`` of a ready version, with no database access afterwards."""
+    if version.status != "ready":
+        raise Conflict(
+            f"{ref} is {version.status}; files can be downloaded once it is ready", code="version_not_ready"
+        )
+    file = FileRepository(session).get(version.id, path)
+    if file is None:
+        from deltazoo.registry.errors import NotFound
+
+        raise NotFound(f"{ref} has no file {path!r}", code="file_not_found")
+    if file.kind != "safetensors":
+        assert file.blob is not None
+        return FilePlan(file.path, file.size, file.sha256, (Segment(0, file.size, blob=file.blob),))
+    assert file.header_blob is not None
+    header = read_blob(store, file.header_blob)
+    tensors = TensorRepository(session).for_file(file.id)
+    recipes = resolve_recipes(session, tensors)
+    base = len(header)
+    segments = [Segment(0, base, header=header)]
+    segments += [
+        Segment(base + t.offset_begin, base + t.offset_end, recipe=recipes[t.id])
+        for t in tensors
+        if t.offset_end > t.offset_begin
+    ]
+    return FilePlan(file.path, file.size, file.sha256, tuple(segments))
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` -> (start, end exclusive); None for no range. Raises 416 when unsatisfiable."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    bad = RangeNotSatisfiable(
+        f"range {header!r} is not satisfiable for a file of {size} bytes; use bytes=START-END within it"
+    )
+    if unit.strip() != "bytes" or "," in spec:
+        raise bad
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            length = int(last)
+            if length <= 0:
+                raise bad
+            return max(0, size - length), size
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        raise bad from None
+    if start >= size or start < 0 or end <= start:
+        raise bad
+    return start, min(end, size)
+
+
+DECODE_AHEAD = 3  # tensors of one download decoded ahead of the stream (memory: that many + one)
+_decode_pool: ThreadPoolExecutor | None = None
+_decode_pool_lock = threading.Lock()
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """Threads shared by every download: the decoders release the GIL, so they use every core."""
+    global _decode_pool
+    with _decode_pool_lock:
+        if _decode_pool is None:
+            _decode_pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="deltazoo-decode")
+        return _decode_pool
+
+
+def iter_file(
+    store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None, ahead: int = DECODE_AHEAD
+) -> Iterator[bytes | memoryview]:
+    """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors that overlap.
+
+    Up to ``ahead`` tensors are rebuilt on the shared decode threads while the stream sends the
+    current one, so a download runs at the decoders' speed on every core, its memory still bounded by
+    ``ahead + 1`` tensors (and the parent LRU). A stream closed early cancels what it queued.
+    """
+    end = plan.size if end is None else end
+    wanted = [
+        (seg, max(start, seg.start) - seg.start, min(end, seg.end) - seg.start)
+        for seg in plan.segments
+        if seg.end > start and seg.start < end
+    ]
+    queued: dict[int, Future[bytes]] = {}
+    submitted = 0
+
+    def queue_upto(last: int) -> None:
+        nonlocal submitted
+        while submitted < len(wanted) and submitted <= last:
+            recipe = wanted[submitted][0].recipe
+            if recipe is not None and not recipe.steps[-1].chunks:  # chunked ones: RangeReader below
+                queued[submitted] = decode_pool().submit(reconstruct, store, recipe)
+            submitted += 1
+
+    try:
+        for i, (seg, lo, hi) in enumerate(wanted):
+            queue_upto(i + ahead)
+            if seg.header is not None:
+                yield seg.header[lo:hi]
+            elif seg.recipe is not None and seg.recipe.steps[-1].chunks:  # only overlapping chunks
+                yield from RangeReader(store, seg.recipe).iter_bytes(lo, hi)
+            elif seg.recipe is not None:
+                raw = memoryview(queued.pop(i).result())
+                for a in range(lo, hi, SEND_CHUNK):  # small writes: the socket buffer never holds a tensor
+                    yield raw[a : min(hi, a + SEND_CHUNK)]
+                del raw
+            else:
+                assert seg.blob is not None
+                yield from decompress_range(store.iter_chunks(blob_key(seg.blob)), lo, hi)
+    finally:
+        for future in queued.values():
+            future.cancel()

@@ -1,0 +1,361 @@
+"""Creating a version, receiving its files, committing it, deleting it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+from deltazoo.compression.safetensors_io import is_safetensors_path
+from deltazoo.registry.db import after_commit
+from deltazoo.registry.errors import BadRequest, Conflict, NotFound, Unprocessable
+from deltazoo.registry.models import Artifact, File, Job, Model, Version, utcnow
+from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
+from deltazoo.registry.repositories import (
+    ArtifactRepository,
+    BlobRepository,
+    FileRepository,
+    JobRepository,
+    ModelRepository,
+    NamespaceRepository,
+    TensorChunkRepository,
+    TensorRepository,
+    VersionRepository,
+    visible_from,
+)
+from deltazoo.services.access import OPEN, Principal, can_read_model, readable_versions
+from deltazoo.services.card_lineage import apply_card_lineage
+from deltazoo.services.detach import detach_copies
+from deltazoo.services.encode import check_related_base
+from deltazoo.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
+from deltazoo.services.paths import check_portable_paths
+from deltazoo.services.profiles import check_profile
+from deltazoo.services.refs import (
+    RELATIONS,
+    check_description,
+    parse_name,
+    ref_string,
+    resolve_base,
+)
+from deltazoo.services.similarity import mark_auto_base, sketch_and_resolve
+from sqlalchemy.orm import Session
+
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+Enqueue = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class DeclaredFile:
+    path: str
+    size: int
+    sha256: str
+
+
+def check_path(path: str) -> str:
+    parts = path.split("/")
+    if (
+        not path
+        or len(path) > 500
+        or path.startswith("/")
+        or "\\" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or any(ord(c) < 32 for c in path)
+    ):
+        raise Unprocessable(
+            f"file path {path!r} must be relative, use '/' between parts, "
+            "and contain no '.', '..' or empty parts",
+            code="invalid_path",
+        )
+    return path
+
+
+def create_model(
+    session: Session, name: str, description: str, private: bool, exist_ok: bool, viewer: Principal = OPEN
+) -> tuple[Model, bool]:
+    """A new model; with ``exist_ok`` the existing one, when the ``viewer`` may read it (a private model
+    it may not read is a plain 409: the name is taken, nothing about the model is shown)."""
+    org, short = parse_name(name)
+    check_description(description, "model")
+    existing = ModelRepository(session).get(org, short)
+    if existing is not None:
+        if exist_ok and can_read_model(viewer, existing, org):
+            return existing, False
+        hint = "pass exist_ok to reuse it" if can_read_model(viewer, existing, org) else "pick another name"
+        raise Conflict(f"model {name} already exists; {hint}", code="model_exists")
+    ns = NamespaceRepository(session).get_or_create(org)
+    model = Model(namespace_id=ns.id, name=short, description=description, private=private)
+    session.add(model)
+    session.flush()
+    return model, True
+
+
+def create_version(
+    session: Session,
+    model: Model,
+    base: str | None,
+    relation: str,
+    profiles: list[str],
+    files: list[DeclaredFile],
+    lossy: bool = False,
+    *,
+    viewer: Principal,
+) -> tuple[Version, list[tuple[str, bool]]]:
+    """A new pending version; returns it and, per declared file, whether its bytes must be uploaded."""
+    if relation not in RELATIONS:
+        raise Unprocessable(
+            f"relation {relation!r} is not one of {', '.join(RELATIONS)}", code="invalid_relation"
+        )
+    profiles = [check_profile(p) for p in profiles]
+    if not files:
+        raise Unprocessable("a version needs at least one file", code="no_files")
+    seen: set[str] = set()
+    for f in files:
+        check_path(f.path)
+        if f.path in seen:
+            raise Unprocessable(f"file {f.path!r} is declared twice", code="duplicate_file")
+        seen.add(f.path)
+        if not SHA_RE.match(f.sha256):
+            raise Unprocessable(
+                f"sha256 of {f.path!r} must be 64 lowercase hex digits", code="invalid_sha256"
+            )
+        if f.size < 0:
+            raise Unprocessable(f"size of {f.path!r} must be >= 0", code="invalid_size")
+    check_portable_paths([f.path for f in files])
+    auto = base == "auto"  # the parent is detected from the upload at commit (services.similarity)
+    parent = resolve_base(session, base, viewer) if base and not auto else None
+    if parent is not None and not model.private:
+        parent_model = session.get(Model, parent.model_id)
+        if parent_model is not None and parent_model.private:
+            raise Unprocessable(
+                f"base {base} is private and {model.name!r} is public: its name and bytes would show through"
+                " the public model; create the model with private=true (--private) or pick a public base",
+                code="private_base",
+            )
+    versions = VersionRepository(session)
+    version = Version(
+        model_id=model.id,
+        revision=versions.next_revision(model.id),
+        parent_version_id=parent.id if parent else None,
+        relation=relation,  # shown once there is a parent (from the base, auto or the model card)
+        status="pending",
+        lossy=lossy,
+        profiles=list(dict.fromkeys(profiles)),
+    )
+    if auto:
+        mark_auto_base(version)
+    session.add(version)
+    session.flush()
+    file_repo = FileRepository(session)
+    uploads = []
+    for f in files:
+        kind = "safetensors" if is_safetensors_path(f.path) else "other"
+        source = file_repo.stored_ready_with_sha(
+            f.sha256, f.size, viewer.private_namespaces(), visible_from(model)
+        )
+        session.add(
+            File(
+                version_id=version.id,
+                path=f.path,
+                size=f.size,
+                sha256=f.sha256,
+                kind=kind,
+                uploaded=source is not None,
+                source_file_id=source.id if source else None,
+            )
+        )
+        uploads.append((f.path, source is None))
+    session.flush()
+    return version, uploads
+
+
+def pending_file(session: Session, version: Version, path: str) -> File:
+    if version.status != "pending":
+        raise Conflict(
+            f"version is {version.status}; files can only be uploaded before commit (create a new version)",
+            code="version_not_pending",
+        )
+    file = FileRepository(session).get(version.id, path)
+    if file is None:
+        raise NotFound(
+            f"file {path!r} was not declared when the version was created", code="file_not_declared"
+        )
+    return file
+
+
+def record_upload(session: Session, store: ObjectStore, file: File, staging_key: str) -> File:
+    """Point a declared file at its validated staging object (replacing an earlier upload).
+
+    The version is checked again: it may have been committed while the bytes were streaming in.
+    """
+    session.refresh(file)
+    version = session.get(Version, file.version_id)
+    if version is not None:
+        session.refresh(version)
+    if version is None or version.status != "pending":
+        store.delete(staging_key)
+        raise Conflict(
+            "the version was committed or deleted while this file was uploading; create a new version",
+            code="version_not_pending",
+        )
+    if file.staging_key and file.staging_key != staging_key:
+        store.delete(file.staging_key)
+    file.staging_key = staging_key
+    file.uploaded = True
+    file.source_file_id = None
+    return file
+
+
+def commit_version(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    ref: str,
+    enqueue: Enqueue,
+    viewer: Principal = OPEN,
+    limits: UploadLimits = UploadLimits(),
+) -> Job:
+    """Freeze the uploads and enqueue the encode job (after the database commit).
+
+    A version commits once: the pending -> processing change is one conditional UPDATE, so of
+    concurrent commits one wins and the others answer 409 ``version_not_pending``. A version pushed
+    without a base takes its parent and relation from its model card (``base_model`` /
+    ``base_model_relation`` in README.md) when that base is stored and ``viewer`` may read it."""
+    if version.status != "pending":
+        raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
+    files = FileRepository(session).for_version(version.id)
+    missing = [f.path for f in files if not f.uploaded]
+    if missing:
+        raise BadRequest(f"upload these files before commit: {', '.join(missing)}", code="files_missing")
+    if not VersionRepository(session).claim_pending(version.id):
+        session.refresh(version)
+        raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
+    check_upload_limits(session, store, version, limits)
+    check_shard_indexes(session, store, version)
+    apply_card_lineage(session, store, version, viewer)
+    sketch_and_resolve(session, store, version)
+    if version.parent_version_id is not None:
+        parent = VersionRepository(session).get(version.parent_version_id)
+        assert parent is not None
+        check_related_base(session, store, version, _refs(session, [parent.id])[0])
+    version.status = "processing"
+    job = JobRepository(session).add("encode_version", ref, version.id)
+    for profile in version.profiles:
+        if ArtifactRepository(session).by_profile(version.id, profile) is None:
+            session.add(Artifact(version_id=version.id, profile=profile, status="pending", quality={}))
+    session.flush()
+    job_id = job.id
+    after_commit(session, lambda: enqueue(job_id))
+    return job
+
+
+def delete_version(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    ref: str,
+    worker_grace: timedelta = timedelta(seconds=30),
+    *,
+    viewer: Principal = OPEN,
+) -> None:
+    delete_versions(session, store, [version], ref, worker_grace, viewer=viewer)
+
+
+def delete_model(
+    session: Session, store: ObjectStore, model: Model, full_name: str, viewer: Principal = OPEN
+) -> None:
+    """Delete a model and all its versions; refused while a version of another model needs them."""
+    delete_versions(session, store, VersionRepository(session).for_model(model.id), full_name, viewer=viewer)
+    session.delete(model)
+    session.flush()
+
+
+def delete_versions(
+    session: Session,
+    store: ObjectStore,
+    versions: list[Version],
+    what: str,
+    worker_grace: timedelta = timedelta(seconds=30),
+    *,
+    viewer: Principal = OPEN,
+) -> None:
+    """Delete ``versions`` (of one model) and drop their blob references (objects go once no reference
+    is left).
+
+    A ``processing`` version is refused (409 ``version_busy``) only while a worker holds its encode job
+    (a heartbeat newer than ``worker_grace``); a stuck one (its job queued, or its worker gone) is
+    cancelled: the job is marked failed and the version deleted.
+
+    Refused (409 ``has_descendants``) while a version outside the set decodes through their tensors,
+    naming each one the ``viewer`` may read and why: a descendant (``delta``/``delta-rows``) or a
+    version of the same namespace that reuses identical tensors (``same``, e.g. after a deduplicated
+    push). Other namespaces' ``same`` copies never block: they get bytes of their own first.
+    """
+    if not versions:
+        return
+    ids = [v.id for v in versions]
+    owner = session.get(Model, versions[0].model_id)
+    namespace_id = owner.namespace_id if owner is not None else None
+    jobs = JobRepository(session)
+    processing = [v.id for v in versions if v.status == "processing"]
+    if jobs.held_encodes(processing, utcnow() - worker_grace):
+        raise Conflict(
+            f"{what} is being encoded by a live worker; delete it once its job has finished",
+            code="version_busy",
+        )
+    jobs.cancel_encodes(processing, f"cancelled: {what} was deleted")  # queued or stuck: nobody holds it
+    tensors = TensorRepository(session)
+    dependents = tensors.dependents_of(ids, copies_kept_outside=namespace_id)
+    if dependents:
+        raise Conflict(_dependents_message(session, what, dependents, viewer), code="has_descendants")
+    if namespace_id is not None:
+        detach_copies(session, store, ids, namespace_id)
+    dropped: list[str] = []
+    for version in sorted(versions, key=lambda v: v.id, reverse=True):  # children before parents
+        dropped += [t.blob for t in tensors.for_version(version.id) if t.blob]
+        dropped += TensorChunkRepository(session).blobs_of_versions([version.id])
+        for f in FileRepository(session).for_version(version.id):
+            dropped += [b for b in (f.header_blob, f.blob) if b]
+            if f.staging_key:
+                after_commit(session, partial(delete_objects, store, [f.staging_key]))
+        dropped += [a.blob for a in ArtifactRepository(session).for_version(version.id) if a.blob]
+        for child in VersionRepository(session).children([version.id]):
+            child.parent_version_id = None
+        session.delete(version)
+        session.flush()
+    blobs = BlobRepository(session)
+    gone = [sha for sha in dropped if blobs.drop_reference(sha)]
+    after_commit(session, partial(delete_objects, store, [blob_key(sha) for sha in gone]))
+
+
+def _dependents_message(
+    session: Session, what: str, dependents: dict[int, tuple[int, set[str]]], viewer: Principal
+) -> str:
+    """Why ``what`` cannot go, naming only the dependents ``viewer`` may read (the others are counted)."""
+    visible = sorted(readable_versions(session, viewer, set(dependents)))
+    refs = dict(zip(visible, _refs_by_id(session, visible), strict=True))
+    reasons = []
+    for vid in visible:
+        n, encodings = dependents[vid]
+        how = "reuses" if encodings == {"same"} else "stores deltas against"
+        reasons.append(f"{refs[vid]} {how} {n} of its tensors")
+    hidden = len(dependents) - len(visible)
+    if hidden:
+        reasons.append(f"{hidden} version(s) of models this token cannot read depend on it")
+    return (
+        f"{what} is needed to rebuild other versions: {'; '.join(reasons)}. "
+        "Delete those versions first (or keep this one)"
+    )
+
+
+def _refs_by_id(session: Session, version_ids: list[int]) -> list[str]:
+    versions = VersionRepository(session).get_many(version_ids)
+    names = ModelRepository(session).full_names(v.model_id for v in versions.values())
+    return [ref_string(names[versions[i].model_id], versions[i].revision) for i in version_ids]
+
+
+def _refs(session: Session, version_ids: list[int]) -> list[str]:
+    versions = VersionRepository(session).get_many(version_ids)
+    names = ModelRepository(session).full_names(v.model_id for v in versions.values())
+    return sorted(ref_string(names[v.model_id], v.revision) for v in versions.values())

@@ -1,0 +1,257 @@
+"""Read-side rules: the shapes of docs/REST.md (summaries, details, manifest, lineage, stats) as dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deltazoo.registry.models import Artifact, File, Job, Model, TensorChunk, Version
+from deltazoo.registry.repositories import (
+    ArtifactRepository,
+    BlobRepository,
+    FileRepository,
+    ModelRepository,
+    ReadableTotals,
+    TagRepository,
+    TensorChunkRepository,
+    TensorRepository,
+    VersionRepository,
+    count_rows,
+)
+from deltazoo.registry.sketch_band_repository import suggested_bases
+from deltazoo.services.access import OPEN, Principal, readable_versions
+from deltazoo.services.refs import ref_string
+from sqlalchemy.orm import Session
+
+
+def ratio(logical: int, stored: int) -> float | None:
+    return round(logical / stored, 4) if stored else None
+
+
+def _names(session: Session, versions: list[Version]) -> dict[int, str]:
+    return ModelRepository(session).full_names(v.model_id for v in versions)
+
+
+def version_summaries(
+    session: Session, versions: list[Version], viewer: Principal = OPEN
+) -> list[dict[str, Any]]:
+    """Summaries of ``versions``; a parent the ``viewer`` may not read is not named (``parent`` null)."""
+    wanted = {v.parent_version_id for v in versions if v.parent_version_id}
+    parent_ids = readable_versions(session, viewer, wanted)
+    parents = VersionRepository(session).get_many(parent_ids)
+    names = _names(session, [*versions, *parents.values()])
+    artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
+    suggested = suggested_bases(session, [v.id for v in versions if v.parent_version_id is None])
+    tags = TagRepository(session).names_by_version(v.id for v in versions)
+    out = []
+    for v in versions:
+        p = parents.get(v.parent_version_id) if v.parent_version_id else None
+        out.append(
+            {
+                "name": names[v.model_id],
+                "revision": v.revision,
+                "ref": ref_string(names[v.model_id], v.revision),
+                "parent": ref_string(names[p.model_id], p.revision) if p else None,
+                "relation": v.relation if v.parent_version_id else None,  # a root has no relation
+                "status": v.status,
+                "status_message": v.status_message,
+                "logical_bytes": v.logical_bytes,
+                "stored_bytes": v.stored_bytes,
+                "artifact_bytes": artifact_bytes.get(v.id, 0),
+                "ratio": ratio(v.logical_bytes, v.stored_bytes) if v.status == "ready" else None,
+                "lossy": v.lossy,
+                "created_at": v.created_at,
+                "parent_similarity": v.parent_similarity,
+                "suggested_base": suggested.get(v.id) if v.parent_version_id is None else None,
+                "commit_id": v.commit_id,
+                "tags": tags.get(v.id, []),
+            }
+        )
+    return out
+
+
+def model_summaries(session: Session, models: list[tuple[Model, str]]) -> list[dict[str, Any]]:
+    totals = VersionRepository(session).totals_by_model(m.id for m, _ in models)
+    out = []
+    for m, full in models:
+        n, latest, logical, stored = totals.get(m.id, (0, None, 0, 0))
+        out.append(
+            {
+                "name": full,
+                "description": m.description,
+                "private": m.private,
+                "versions": n,
+                "latest_revision": latest,
+                "logical_bytes": logical,
+                "stored_bytes": stored,
+                "ratio": ratio(logical, stored),
+                "created_at": m.created_at,
+            }
+        )
+    return out
+
+
+def model_detail(session: Session, model: Model, full_name: str, viewer: Principal = OPEN) -> dict[str, Any]:
+    summary = model_summaries(session, [(model, full_name)])[0]
+    summary["versions"] = version_summaries(session, VersionRepository(session).for_model(model.id), viewer)
+    return summary
+
+
+def file_info(f: File) -> dict[str, Any]:
+    return {"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind}
+
+
+def artifact_info(a: Artifact) -> dict[str, Any]:
+    return {
+        "profile": a.profile,
+        "status": a.status,
+        "status_message": a.status_message,
+        "bytes": a.bytes,
+        "quality": a.quality or {},
+        "created_at": a.created_at,
+    }
+
+
+def job_info(j: Job) -> dict[str, Any]:
+    return {
+        "id": j.id,
+        "kind": j.kind,
+        "target": j.target,
+        "status": j.status,
+        "attempts": j.attempts,
+        "progress": j.progress,
+        "error": j.error,
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
+    }
+
+
+def chain(session: Session, version: Version, viewer: Principal = OPEN) -> list[Version]:
+    """This version, its parent, ... to the root."""
+    out = [version]
+    seen = {version.id}
+    repo = VersionRepository(session)
+    while out[-1].parent_version_id is not None and out[-1].parent_version_id not in seen:
+        parent = repo.get(out[-1].parent_version_id)
+        if parent is None or not readable_versions(session, viewer, {parent.id}):
+            break
+        seen.add(parent.id)
+        out.append(parent)
+    return out
+
+
+def _parent_refs(
+    session: Session, parent_ids: set[int], viewer: Principal
+) -> dict[int, tuple[str, str, str]]:
+    """tensor id -> (version ref, file path, tensor name) for the given parent tensors that the
+    ``viewer`` may read (a ``same`` twin or delta parent in a model it may not read is never named)."""
+    tensors = TensorRepository(session).get_many(parent_ids)
+    visible = readable_versions(session, viewer, {t.version_id for t in tensors.values()})
+    tensors = {i: t for i, t in tensors.items() if t.version_id in visible}
+    files = {
+        f.id: f
+        for vid in {t.version_id for t in tensors.values()}
+        for f in FileRepository(session).for_version(vid)
+    }
+    versions = VersionRepository(session).get_many(t.version_id for t in tensors.values())
+    names = _names(session, list(versions.values()))
+    out = {}
+    for t in tensors.values():
+        v = versions[t.version_id]
+        out[t.id] = (ref_string(names[v.model_id], v.revision), files[t.file_id].path, t.name)
+    return out
+
+
+def version_detail(session: Session, version: Version, viewer: Principal = OPEN) -> dict[str, Any]:
+    detail = version_summaries(session, [version], viewer)[0]
+    files = FileRepository(session).for_version(version.id)
+    paths = {f.id: f.path for f in files}
+    tensors = TensorRepository(session).for_version(version.id)
+    parents = _parent_refs(session, {t.parent_tensor_id for t in tensors if t.parent_tensor_id}, viewer)
+    detail["files"] = [file_info(f) for f in files]
+    detail["tensors"] = [
+        {
+            "file": paths[t.file_id],
+            "name": t.name,
+            "dtype": t.dtype,
+            "shape": t.shape,
+            "sha256": t.sha256,
+            "encoding": t.encoding,
+            "logical_bytes": t.offset_end - t.offset_begin,
+            "stored_bytes": t.stored_bytes,
+            "parent": ":".join(parents[t.parent_tensor_id]) if t.parent_tensor_id in parents else None,
+        }
+        for t in tensors
+    ]
+    detail["artifacts"] = [artifact_info(a) for a in ArtifactRepository(session).for_version(version.id)]
+    detail["chain"] = [s["ref"] for s in version_summaries(session, chain(session, version, viewer), viewer)]
+    return detail
+
+
+def _chunk_info(c: TensorChunk) -> dict[str, Any]:
+    return {"begin": c.begin, "end": c.end, "encoding": c.encoding, "blob": c.blob, "sha256": c.sha256}
+
+
+def manifest(session: Session, version: Version, ref: str, viewer: Principal = OPEN) -> dict[str, Any]:
+    files = FileRepository(session).for_version(version.id)
+    tensors = TensorRepository(session).for_version(version.id)
+    parent_rows = TensorRepository(session).get_many(
+        t.parent_tensor_id for t in tensors if t.parent_tensor_id
+    )
+    parents = _parent_refs(session, set(parent_rows), viewer)
+    chunks = TensorChunkRepository(session).for_tensors(t.id for t in tensors if t.chunks)
+    by_file: dict[int, list[dict[str, Any]]] = {f.id: [] for f in files}
+    for t in tensors:
+        p = parent_rows.get(t.parent_tensor_id) if t.parent_tensor_id in parents else None
+        by_file[t.file_id].append(
+            {
+                "name": t.name,
+                "dtype": t.dtype,
+                "shape": t.shape,
+                "offset": [t.offset_begin, t.offset_end],
+                "sha256": t.sha256,
+                "encoding": t.encoding,
+                "blob": t.blob,
+                "chunks": [_chunk_info(c) for c in chunks[t.id]] if t.id in chunks else None,
+                "parent": None
+                if p is None
+                else {
+                    "ref": parents[p.id][0],
+                    "file": parents[p.id][1],
+                    "name": p.name,
+                    "sha256": p.sha256,
+                    "dtype": p.dtype,
+                    "shape": p.shape,
+                },
+            }
+        )
+    return {
+        "ref": ref,
+        "files": [
+            {**file_info(f), "blob": f.blob, "header_blob": f.header_blob, "tensors": by_file[f.id]}
+            for f in files
+        ],
+    }
+
+
+def stats(session: Session, viewer: Principal = OPEN) -> dict[str, Any]:
+    """Whole-zoo totals; for a viewer who may not read every model, totals of what it may read (so a
+    private push changes no number an outsider sees)."""
+    allowed = viewer.private_namespaces()
+    if allowed is not None:
+        totals = ReadableTotals(session, allowed).as_dict()
+        return {**totals, "ratio": ratio(totals["logical_bytes"], totals["stored_bytes"])}
+    blobs, stored = BlobRepository(session).totals()
+    logical = VersionRepository(session).ready_logical_total()
+    tensors = TensorRepository(session)
+    return {
+        "models": count_rows(session, Model),
+        "versions": count_rows(session, Version),
+        "files": count_rows(session, File),
+        "tensors": tensors.count(),
+        "blobs": blobs,
+        "logical_bytes": logical,
+        "stored_bytes": stored,
+        "artifact_bytes": ArtifactRepository(session).blob_bytes(),
+        "ratio": ratio(logical, stored),
+        "encodings": tensors.encoding_counts(),
+    }

@@ -1,0 +1,225 @@
+"""Format 6 (F32 at full mantissa, delta and plain): golden bytes, the C kernel and the numpy fallback
+write and read the same bytes, round trips by sha256 (hypothesis), parents of other float dtypes,
+older formats still written on request, corruption caught."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from deltazoo.compression import exact32 as F
+from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+needs_c = pytest.mark.skipif(not F.has_extension(), reason="compression._exact32 is not built")
+
+# Golden bytes: fixed F32 values with full mantissas (no narrower dtype holds them) and a parent near
+# them. decode must read these forever; the encode comparison flags any change of the written format.
+CHILD = bytes.fromhex("0100003f0bd7a3badd0f494000000080c216010002504348f285493c0200f0c0")
+PARENT = bytes.fromhex("b0feff3e65daa3ba560e494000000000c216010080524348e2af493c14aeefc0")
+GOLDEN_V6 = {
+    "delta": (
+        [8], PARENT, [8],
+        "445a543664010100080000000000000000010000010b0000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000030000"
+        "000000000000000000000000003003030300000000000030003000000000000000000000000000000000000000000000"
+        "00000000000000000000300000030000008c0e77a259c7ffffffdfff1eee014041c007"
+    ),
+    "delta-rows": (
+        [4, 2], PARENT[:16], [2, 2],
+        "445a54367201010008000000000000000400000000000000000100000107000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000200200020000000000000000000000000000000000000000000000"
+        "00000000000000000000000000000000000020000001000000e4a259c7ffffff07e39a4f8e00010000010c0000000000"
+        "000002000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000020000000000000000020000000000000000000000000"
+        "000020000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000010000006cc2160101a8817c614200000edd3e5ccf"
+    ),
+    "plain": (
+        [8], None, None,
+        "445a54367001ff0008000000000000000001000001170000000000000002000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000003000030000000000003003030000000000000000000000000000030000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000030000"
+        "0051e11e01008085eb71f743020000286c1110801ac817260400e09ab0f628"
+    ),
+}
+
+
+def pair(n: int, seed: int, rel: float) -> tuple[np.ndarray, np.ndarray]:
+    """u32 patterns of f32 weights (parent) and a child that differs by about ``rel`` relative."""
+    rng = np.random.default_rng(seed)
+    parent = (rng.standard_normal(n) * 0.02).astype("<f4")
+    child = (parent.astype(np.float64) * (1 + rng.standard_normal(n) * rel)).astype("<f4")
+    return child.view("<u4"), parent.view("<u4")
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def test_extension_is_built() -> None:
+    assert F.has_extension(), "compression._exact32 did not build: pip install -e . needs gcc, Python headers"
+
+
+@pytest.mark.parametrize("encoding", list(GOLDEN_V6))
+def test_golden_format_6(encoding: str) -> None:
+    shape, parent, pshape, hexed = GOLDEN_V6[encoding]
+    pdtype = "F32" if parent is not None else None
+    assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
+    enc = encode_tensor(CHILD, "F32", shape, parent, pdtype, pshape)
+    assert (enc.encoding, enc.payload.hex()) == (encoding, hexed)
+
+
+@needs_c
+@pytest.mark.parametrize("n", [0, 1, 255, 4099, 70001])
+def test_c_and_numpy_write_and_read_the_same_bytes(n: int) -> None:
+    near, parent = pair(n, seed=n, rel=1e-6)
+    rng = np.random.default_rng(n + 1)
+    far = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype("<u4")  # every token, bit lengths up to 32
+    for child, par in ((near, parent), (far, parent), (near, None), (far, None)):
+        coded = F.encode_stream(child, par, backend="c")
+        assert F.encode_stream(child, par, backend="numpy") == coded
+        for backend in ("c", "numpy"):
+            out, end = F.decode_stream(memoryview(coded), 0, n, par, backend=backend)
+            assert end == len(coded)
+            assert out.tobytes() == child.tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, (1 << 32) - 1), min_size=0, max_size=300),
+    st.integers(0, (1 << 32) - 1),
+    st.sampled_from([0, 1, 1 << 10, 1 << 20, 1 << 31]),
+)
+def test_any_f32_bits_round_trip(values: list[int], seed: int, spread: int) -> None:
+    """Every bit pattern (NaNs, infinities, subnormals, signed zeros) round-trips, plain and delta."""
+    child = np.array(values, "<u4")
+    rng = np.random.default_rng(seed)
+    step = rng.integers(-spread, spread + 1, child.size)
+    parent = ((child.astype(np.int64) + step) & 0xFFFFFFFF).astype("<u4")
+    raw, praw, n = child.tobytes(), parent.tobytes(), child.size
+    for args in ((), (praw, "F32", [n])):
+        enc = encode_tensor(raw, "F32", [n], *args)
+        assert sha(decode_tensor(enc.encoding, enc.payload, "F32", [n], *args)) == sha(raw)
+    if n:
+        for backend in ("c", "numpy") if F.has_extension() else ("numpy",):
+            coded = F.encode_stream(child, parent, backend=backend)
+            assert F.decode_stream(memoryview(coded), 0, n, parent, backend=backend)[0].tobytes() == raw
+
+
+def test_f32_deltas_and_plains_are_format_6_and_version_5_still_writes_format_4() -> None:
+    n = 70000
+    child, parent = pair(n, seed=3, rel=1e-5)
+    raw, praw = child.tobytes(), parent.tobytes()
+    for args, encoding in (((praw, "F32", [n]), "delta"), ((), "plain")):
+        new = encode_tensor(raw, "F32", [n], *args)
+        old = encode_tensor(raw, "F32", [n], *args, version=5)
+        assert (new.encoding, new.payload[:4], old.payload[:4]) == (encoding, b"DZT6", b"DZT4")
+        for enc in (new, old):
+            assert decode_tensor(encoding, enc.payload, "F32", [n], *args) == raw
+        assert len(new.payload) < len(old.payload) * 1.01  # same model: no worse than format 4 by > 1 %
+
+
+def test_delta_rows_code_the_new_rows_plain() -> None:
+    child, _ = pair(6000, seed=4, rel=1e-6)
+    parent = pair(6000, seed=4, rel=0)[1][:4000].copy()
+    raw, praw = child.tobytes(), parent.tobytes()
+    enc = encode_tensor(raw, "F32", [60, 100], praw, "F32", [40, 100])
+    assert (enc.encoding, enc.payload[:4]) == ("delta-rows", b"DZT6")
+    assert sha(decode_tensor("delta-rows", enc.payload, "F32", [60, 100], praw, "F32", [40, 100])) == sha(raw)
+
+
+@pytest.mark.parametrize("pdtype", [torch.bfloat16, torch.float16])
+def test_f32_child_of_a_16_bit_parent(pdtype: torch.dtype) -> None:
+    """An f32 fine-tune of a bf16/f16 base: the parent is widened (exact) and the delta is format 6."""
+    g = torch.Generator().manual_seed(6)
+    base = (torch.randn(3000, generator=g) * 0.02).to(pdtype)
+    child = base.float() * (1 + torch.randn(3000, generator=g) * 1e-3)
+    raw = child.numpy().tobytes()
+    code = {torch.bfloat16: "BF16", torch.float16: "F16"}[pdtype]
+    praw = base.view(torch.int16).numpy().tobytes()
+    enc = encode_tensor(raw, "F32", [3000], praw, code, [3000])
+    assert (enc.encoding, enc.payload[:4]) == ("delta", b"DZT6")
+    assert enc.payload[6] == {"BF16": 3, "F16": 2}[code]  # the parent's dtype code is recorded
+    assert sha(decode_tensor("delta", enc.payload, "F32", [3000], praw, code, [3000])) == sha(raw)
+    plain = encode_tensor(raw, "F32", [3000])
+    assert len(enc.payload) < len(plain.payload)  # the parent helps
+
+
+def test_bf16_child_of_an_f32_parent() -> None:
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(3000, generator=g) * 0.02  # full-mantissa f32 parent
+    child = (base * (1 + torch.randn(3000, generator=g) * 1e-2)).to(torch.bfloat16)
+    raw, praw = child.view(torch.int16).numpy().tobytes(), base.numpy().tobytes()
+    enc = encode_tensor(raw, "BF16", [3000], praw, "F32", [3000])
+    assert (enc.encoding, enc.payload[:4], enc.payload[6]) == ("delta", b"DZT5", 1)
+    assert sha(decode_tensor("delta", enc.payload, "BF16", [3000], praw, "F32", [3000])) == sha(raw)
+
+
+def test_every_flipped_bit_of_a_stream_is_caught() -> None:
+    child, parent = pair(3000, seed=8, rel=1e-5)
+    raw, praw = child.tobytes(), parent.tobytes()
+    for args, encoding in (((praw, "F32", [3000]), "delta"), ((), "plain")):
+        payload = encode_tensor(raw, "F32", [3000], *args).payload
+        for i in range(16, len(payload), 97):
+            bad = bytearray(payload)
+            bad[i] ^= 0x10
+            with pytest.raises(CodecError, match="corrupt payload"):
+                decode_tensor(encoding, bytes(bad), "F32", [3000], *args)
+
+
+def test_truncated_and_mislabelled_payloads_raise_codec_error() -> None:
+    shape, parent, pshape, hexed = GOLDEN_V6["delta"]
+    payload = bytes.fromhex(hexed)
+    for cut in (10, 20, 300, len(payload) - 5, len(payload) - 1):
+        with pytest.raises(CodecError, match="corrupt payload"):
+            decode_tensor("delta", payload[:cut], "F32", shape, parent, "F32", pshape)
+    with pytest.raises(CodecError, match="payload is 'delta' but was asked to decode as 'plain'"):
+        decode_tensor("plain", payload, "F32", shape)
+    with pytest.raises(CodecError, match="needs its parent"):
+        decode_tensor("delta", payload, "F32", shape)
+    as_bf16 = bytearray(payload)
+    as_bf16[5] = 3  # BF16: format 6 codes only F32
+    with pytest.raises(CodecError, match="format 6 codes F32"):
+        decode_tensor("delta", bytes(as_bf16), "BF16", [8], bytes(16), "F32", [4])
+    huge = bytearray(payload)
+    huge[16:20] = (1 << 31).to_bytes(4, "little")  # a segment size no writer uses
+    with pytest.raises(CodecError, match="format-6 segments of"):
+        decode_tensor("delta", bytes(huge), "F32", shape, parent, "F32", pshape)
+
+
+def test_numpy_fallback_codes_what_the_extension_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    child, parent = pair(20000, seed=9, rel=1e-4)
+    raw, praw = child.tobytes(), parent.tobytes()
+    enc = encode_tensor(raw, "F32", [20000], praw, "F32", [20000])
+    plain = encode_tensor(raw, "F32", [20000])
+    monkeypatch.setattr(F, "_exact32", None)  # as if the extension had not built
+    assert not F.has_extension()
+    assert decode_tensor("delta", enc.payload, "F32", [20000], praw, "F32", [20000]) == raw
+    assert decode_tensor("plain", plain.payload, "F32", [20000]) == raw
+    assert encode_tensor(raw, "F32", [20000], praw, "F32", [20000]) == enc
+    assert encode_tensor(raw, "F32", [20000]) == plain
+
+
+def test_code_lengths_are_a_prefix_code_of_at_most_12_bits() -> None:
+    counts = np.array([1 << 30] + [1] * 127, np.int64)  # a skewed table deeper than 12 bits unlimited
+    ln = F.code_lengths(counts).astype(np.int64)
+    assert ln.max() <= F.MAX_LEN and (ln > 0).all()
+    assert sum(1 << (F.MAX_LEN - int(x)) for x in ln) <= 1 << F.MAX_LEN
