@@ -7,10 +7,9 @@ from typing import Annotated
 
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.settings import Settings
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
-
-from deltazoo.settings import Settings
 
 
 def db_session(request: Request) -> Iterator[Session]:

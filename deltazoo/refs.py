@@ -3,7 +3,7 @@
 ``ORG/NAME`` names a model (each part 1-100 of ASCII letters, digits, ``.``, ``_``, ``-``, starting with
 a letter or digit); ``ORG/NAME@REV`` a version of it, where ``REV`` is a revision number, ``latest``
 (the default), ``main`` (the latest ready version), a 40-hex commit id or a tag name. This module imports
-nothing of the server (a shared contract, like the response shapes); the server maps ``RefError`` onto
+nothing of deltazoo (a contract module, like the response shapes); the server maps ``RefError`` onto
 its 422 and resolves what a revision names in ``services/refs.py``.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from deltazoo.errors import UsageError
 
 NAME_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 NAME_RE = re.compile(rf"^({NAME_PART})/({NAME_PART})$")
@@ -25,13 +23,14 @@ MAX_REVISION = 2**31 - 1  # the server's revision column is a 32-bit integer
 Revision = int | str | None  # None = latest; a number; "main", a 40-hex commit id or a tag name
 
 
-class RefError(UsageError):
+class RefError(ValueError):
     """A model name, revision or tag that is not well formed; ``code`` is ``invalid_name``,
-    ``invalid_revision`` or ``invalid_tag``. A ``UsageError`` in the SDK and the CLI (exit 2); the server
-    answers it with a 422."""
+    ``invalid_revision`` or ``invalid_tag``. The CLI exits 2 on it (a usage error); the server answers
+    it with a 422."""
 
     def __init__(self, message: str, code: str) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message)
+        self.message, self.code = message, code
 
 
 def parse_name(name: str) -> tuple[str, str]:

@@ -28,30 +28,29 @@ FOLDERS = {
 }
 SERVER = ("deltazoo.registry", "deltazoo.services", "deltazoo.workers", "deltazoo.api", "deltazoo.migrations")
 
-# layer -> the deltazoo layers it may import (its own always allowed). The server settings still live in
-# deltazoo.settings (shared with the SDK), so the server layers may import that one SDK module; services and
-# api also share the SDK's contract module deltazoo.refs (the syntax of names, revisions and tags) and
-# deltazoo.errors (which deltazoo.refs raises).
+# The contract modules: client-side modules the server imports too, so that one definition serves both
+# sides (the response shapes the API produces and the SDK parses; the ref parser; how sizes are written for
+# people, in CLI tables and web pages alike). They import nothing of deltazoo but each other, so the server
+# never pulls in the SDK through them.
+CONTRACT = ("deltazoo.schemas", "deltazoo.refs", "deltazoo.units")
+
+# layer -> the deltazoo layers it may import (its own always allowed). The server layers take nothing of
+# the client package but the contract modules (their settings are deltazoo.registry.settings).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "deltazoo.compression": (),
     "deltazoo.kernels": ("deltazoo.compression",),
-    # data: tables, repositories, database, object store; never the rules above it
-    "deltazoo.registry": ("deltazoo.compression", "deltazoo.settings", "deltazoo.units", "deltazoo.errors"),
+    **{module: CONTRACT for module in CONTRACT},
+    # data: tables, repositories, database, object store, the server's settings; never the rules above it
+    "deltazoo.registry": ("deltazoo.compression", *CONTRACT),
     # the rules, on the data
-    "deltazoo.services": (
-        "deltazoo.registry", "deltazoo.compression", "deltazoo.settings", "deltazoo.units", "deltazoo.errors",
-        "deltazoo.refs",
-    ),
-    "deltazoo.workers": (
-        "deltazoo.services", "deltazoo.registry", "deltazoo.compression", "deltazoo.settings",
-    ),
+    "deltazoo.services": ("deltazoo.registry", "deltazoo.compression", *CONTRACT),
+    "deltazoo.workers": ("deltazoo.services", "deltazoo.registry", "deltazoo.compression", *CONTRACT),
     "deltazoo.api": (
-        "deltazoo.services", "deltazoo.registry", "deltazoo.workers", "deltazoo.compression",
-        "deltazoo.settings", "deltazoo.units", "deltazoo.models", "deltazoo.errors", "deltazoo.refs",
+        "deltazoo.services", "deltazoo.registry", "deltazoo.workers", "deltazoo.compression", *CONTRACT,
     ),
-    "deltazoo.migrations": ("deltazoo.registry", "deltazoo.services", "deltazoo.settings"),
+    "deltazoo.migrations": ("deltazoo.registry", "deltazoo.services"),
     # the SDK, CLI and host: everything of deltazoo except the server layers
-    "deltazoo": ("deltazoo.compression", "deltazoo.kernels"),
+    "deltazoo": ("deltazoo.compression", "deltazoo.kernels", *CONTRACT),
 }
 # the one door from the client package into the server: `deltazoo serve` and `deltazoo worker` start them
 SERVER_DOORS = {"deltazoo/cli_server.py"}
@@ -304,3 +303,15 @@ def test_no_private_name_is_used_across_modules() -> None:
         for problem in private_names_used_across(path)
     ]
     assert not problems, "private names used across modules:\n" + "\n".join(problems)
+
+
+def test_the_client_settings_hold_no_server_setting() -> None:
+    """The SDK's settings are what a client needs; database, object store, broker and limits are the
+    server's (deltazoo.registry.settings), and no variable means one thing to both."""
+    from deltazoo.registry.settings import Settings as ServerSettings
+
+    from deltazoo.settings import Settings as ClientSettings
+
+    client = {"url", "token", "cache", "retries", "upload_part_mb", "offline"}
+    assert set(ClientSettings.model_fields) == client
+    assert not set(ClientSettings.model_fields) & set(ServerSettings.model_fields)

@@ -13,7 +13,6 @@ from deltazoo.compression.chain import Chunk, Step, decode_chain
 from deltazoo.compression.codecs import CodecError, encode_tensor
 from deltazoo.compression.other_files import compress_stream, decompress, decompress_range, decompress_stream
 
-from deltazoo.errors import UsageError
 from deltazoo.refs import Ref, RefError, check_tag_name, parse_ref, parse_revision
 
 SHAPE = (64, 32)
@@ -135,16 +134,26 @@ def test_names_and_revisions_parse_one_way(text: str, ref: Ref) -> None:
         ("acme/base@", "invalid_revision"),
     ],
 )
-def test_malformed_names_are_usage_errors_in_the_sdk_and_422_on_the_server(text: str, code: str) -> None:
+def test_malformed_names_are_value_errors_in_the_sdk_and_422_on_the_server(text: str, code: str) -> None:
     from deltazoo.registry.errors import Unprocessable
     from deltazoo.services.refs import parse_ref as server_parse_ref
 
     with pytest.raises(RefError) as info:
         Ref.parse(text)
-    assert info.value.code == code and isinstance(info.value, UsageError)  # the CLI exits 2 on it
+    assert info.value.code == code and isinstance(info.value, ValueError)
     with pytest.raises(Unprocessable) as answered:
         server_parse_ref(text)
     assert answered.value.code == code and answered.value.status == 422
+
+
+def test_the_cli_answers_a_malformed_name_with_exit_2_and_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from deltazoo.cli import main
+
+    assert main(["rm", "acme/base@0", "--yes"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'acme/base@0' is not ORG/NAME or ORG/NAME@REV") and err.count("\n") == 1
 
 
 def test_revisions_and_tags() -> None:

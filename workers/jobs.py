@@ -19,13 +19,12 @@ from deltazoo.registry.db import session_scope
 from deltazoo.registry.models import Artifact, Job, Version, utcnow
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository
+from deltazoo.registry.settings import Settings
 from deltazoo.services.artifacts import build_stored_artifact, enqueue_pending_artifacts
 from deltazoo.services.encode import encode_version
 from deltazoo.services.evaluation import enqueue_for_version, mark_evaluation_failed
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
-
-from deltazoo.settings import Settings
 
 log = logging.getLogger("deltazoo.jobs")
 STALE_BEATS = 3  # a running job whose heartbeat is older than this many beats has lost its worker

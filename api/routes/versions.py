@@ -11,6 +11,7 @@ from deltazoo.api.deps import DB, Enqueue, Store
 from deltazoo.api.deps import settings as settings_dep
 from deltazoo.api.file_response import object_response
 from deltazoo.registry.objectstore import blob_key
+from deltazoo.registry.settings import Settings
 from deltazoo.services import views
 from deltazoo.services.artifacts import find_artifact, request_artifact
 from deltazoo.services.limits import UploadLimits
@@ -22,8 +23,6 @@ from deltazoo.services.staging import sweep_stale_uploads
 from deltazoo.services.versions import DeclaredFile, commit_version, create_version, delete_version
 from deltazoo.workers.jobs import held_since
 from fastapi import APIRouter, Depends, Query, Request, Response
-
-from deltazoo.settings import Settings
 
 router = APIRouter(tags=["versions"])
 V = "/models/{org}/{name}/versions/{rev}"
