@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from deltazoo.api.http_ranges import parse_range
 from deltazoo.registry.objectstore import CHUNK, ObjectStore
-from deltazoo.services.transfer import FilePlan, iter_file, parse_range
+from deltazoo.services.transfer import FilePlan, iter_file
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 

@@ -106,8 +106,9 @@ class PendingList(Schema):
 class FileInfo(Schema):
     path: str
     size: int
-    sha256: str
+    sha256: str  # of the bytes a pull serves
     kind: str
+    original_sha256: str | None = None  # of the pushed bytes, where a lossy version serves others
 
 
 class TensorInfo(Schema):

@@ -97,7 +97,9 @@ def model_detail(session: Session, model: Model, full_name: str, viewer: Princip
 
 
 def file_info(f: File) -> dict[str, Any]:
-    return {"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind}
+    info: dict[str, Any] = {"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind}
+    info["original_sha256"] = f.original_sha256  # a lossy file: the pushed bytes' (sha256: what is served)
+    return info
 
 
 def artifact_info(a: Artifact) -> dict[str, Any]:
