@@ -75,8 +75,8 @@ def index(request: Request, session: DB, q: str = "") -> HTMLResponse:
         "index.html",
         {
             "q": q,
-            "models": views.model_summaries(session, rows),
-            "stats": views.stats(session, current_principal(request)),
+            "models": [m.model_dump() for m in views.model_summaries(session, rows)],
+            "stats": views.stats(session, current_principal(request)).model_dump(),
             "texts": [text_info(t) for t in list_texts(session)],
         },
     )
@@ -88,9 +88,9 @@ def model_page(request: Request, org: str, name: str, session: DB, store: Store)
         model = get_model(session, org, name)
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
-        detail = views.model_detail(session, model, f"{org}/{name}", current_principal(request))
+        detail = views.model_detail(session, model, f"{org}/{name}", current_principal(request)).model_dump()
         page = lineage_page(session, model, f"{org}/{name}", current_principal(request), WEB_LINEAGE_PAGE)
-        lineage = page.body
+        lineage = page.body.model_dump()
         graph = family_graph(
             session, model, f"{org}/{name}", lineage, page.version_ids, current_principal(request)
         )
@@ -128,7 +128,7 @@ def version_page(request: Request, org: str, name: str, rev: str, session: DB) -
         model, version = get_version(session, org, name, rev)
         if _hidden(request, model.private):
             raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
-        detail = views.version_detail(session, version, current_principal(request))
+        detail = views.version_detail(session, version, current_principal(request)).model_dump()
     except DeltazooError as exc:
         return _error(request, exc)
     quality = version_quality(session, [version.id])[version.id]
