@@ -59,12 +59,16 @@ def _ratio(d: dict[str, Any]) -> float | None:
 class FileInfo:
     path: str
     size: int
-    sha256: str
+    sha256: str  # of the bytes a pull serves (and checks)
     kind: str = "other"
+    original_sha256: str | None = None  # of the pushed bytes, where a lossy version serves others
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileInfo:
-        return cls(path=d["path"], size=int(d["size"]), sha256=d["sha256"], kind=d.get("kind", "other"))
+        return cls(
+            path=d["path"], size=int(d["size"]), sha256=d["sha256"], kind=d.get("kind", "other"),
+            original_sha256=d.get("original_sha256"),
+        )
 
 
 @dataclass(frozen=True)

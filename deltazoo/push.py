@@ -47,8 +47,11 @@ def push_folder(
     wait: bool,
     timeout: float | None,
     quiet: bool,
+    retain: str = "exact",
 ) -> VersionInfo:
     """What ``Client.push`` documents; sets ``client.last_push_resumed``."""
+    if retain not in ("exact", "lossy"):
+        raise UsageError(f"retain must be exact or lossy, not {retain!r}", code="invalid_retain")
     ref = Ref.parse(name)
     if ref.rev != "latest":
         raise UsageError(
@@ -83,6 +86,7 @@ def push_folder(
                 "profiles": list(profiles),
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
                 "resume": not restart,
+                "retain": retain,
             },
         )
         version = VersionInfo.from_dict(created["version"])

@@ -91,8 +91,9 @@ class ModelList(Shape):
 class FileInfo(Shape):
     path: str
     size: int
-    sha256: str
+    sha256: str  # of the bytes a pull serves (and checks)
     kind: str  # safetensors | json | other
+    original_sha256: str | None = None  # of the pushed bytes, where a lossy version serves others
 
 
 class TensorInfo(Shape):

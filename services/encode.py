@@ -26,6 +26,7 @@ from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
 from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
 from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
+from deltazoo.services.lossy import record_served_sha256
 from deltazoo.services.storage import CorruptStoreError, put_blob, resolve_recipes
 from deltazoo.services.tensor_rows import TensorRowWriter
 from sqlalchemy import ColumnElement
@@ -214,14 +215,15 @@ def _encode_safetensors(
         rows.add(row, slot.entry.nbytes, same_as)
 
     todo = [e for e in header.tensors if e.name not in done and e.nbytes <= chunk_bytes]
-    FilePipeline(pool, threads, store, file.path, read_at, header.header_size).run(todo, classify, record)
+    pipeline = FilePipeline(pool, threads, store, file.path, read_at, header.header_size, version.lossy)
+    pipeline.run(todo, classify, record)
     rows.write()
     for entry in header.tensors:  # larger ones in chunks, one at a time: memory is a few chunks
         if entry.name in done or entry.nbytes <= chunk_bytes:
             continue
         read = partial(_read_from, read_at, header.header_size + entry.begin)
         row = encode_large_tensor(
-            session, store, version, file, entry, read, parents, max_depth, chunk_bytes, scope
+            session, store, version, file, entry, read, parents, max_depth, chunk_bytes, scope, version.lossy
         )
         totals.tensors += 1
         totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
@@ -308,6 +310,8 @@ def encode_version(
                     session, store, version, file, parents, max_depth, totals, advance, pool, threads,
                     chunk_bytes,
                 )
+            if version.lossy:
+                record_served_sha256(session, store, file)
     staged = [f.staging_key for f in files if f.staging_key]
     for file in files:
         file.staging_key = None

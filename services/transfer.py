@@ -136,6 +136,11 @@ def plan_file(session: Session, store: ObjectStore, version: Version, path: str,
         from deltazoo.registry.errors import NotFound
 
         raise NotFound(f"{ref} has no file {path!r}", code="file_not_found")
+    return file_plan(session, store, file)
+
+
+def file_plan(session: Session, store: ObjectStore, file: File) -> FilePlan:
+    """How a stored file's bytes are rebuilt: its header and tensors (or its one blob), in file order."""
     if file.kind != "safetensors":
         assert file.blob is not None
         return FilePlan(file.path, file.size, file.sha256, (Segment(0, file.size, blob=file.blob),))

@@ -30,6 +30,7 @@ from deltazoo.services.card_lineage import apply_card_lineage
 from deltazoo.services.detach import detach_copies
 from deltazoo.services.encode import check_related_base
 from deltazoo.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
+from deltazoo.services.lossy import check_lossy_checkpoint
 from deltazoo.services.paths import check_portable_paths
 from deltazoo.services.profiles import check_profile
 from deltazoo.services.refs import (
@@ -151,7 +152,7 @@ def create_version(
     uploads = []
     for f in files:
         kind = "safetensors" if is_safetensors_path(f.path) else "other"
-        source = file_repo.stored_ready_with_sha(
+        source = None if lossy else file_repo.stored_ready_with_sha(  # lossy: never an exact copy
             f.sha256, f.size, viewer.private_namespaces(), visible_from(model)
         )
         session.add(
@@ -233,6 +234,7 @@ def commit_version(
         raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
     check_upload_limits(session, store, version, limits)
     check_shard_indexes(session, store, version)
+    check_lossy_checkpoint(session, store, version)
     apply_card_lineage(session, store, version, viewer)
     sketch_and_resolve(session, store, version)
     if version.parent_version_id is not None:

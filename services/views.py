@@ -100,7 +100,9 @@ def model_detail(session: Session, model: Model, full_name: str, viewer: Princip
 
 
 def file_info(f: File) -> schemas.FileInfo:
-    return schemas.FileInfo(path=f.path, size=f.size, sha256=f.sha256, kind=f.kind)
+    return schemas.FileInfo(
+        path=f.path, size=f.size, sha256=f.sha256, kind=f.kind, original_sha256=f.original_sha256
+    )
 
 
 def artifact_info(a: Artifact) -> schemas.Artifact:
