@@ -6,8 +6,9 @@ headers they add.
 
 from __future__ import annotations
 
+from deltazoo.api.http_ranges import parse_range
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.services.transfer import FilePlan, iter_file, parse_range
+from deltazoo.services.transfer import FilePlan, iter_file
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 

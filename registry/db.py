@@ -96,6 +96,15 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
+def end_read(session: Session) -> None:
+    """End a transaction that has only read, so that no connection or snapshot is held while a long
+    request body streams in; the unit of work (``session_scope``) goes on and commits what is written
+    after. Loaded rows stay loaded. Raises when something was written: that must commit with the rest."""
+    if session.new or session.dirty or session.deleted or session.info.get("after_commit"):
+        raise RuntimeError("end_read after a write: the request's unit of work must commit it whole")
+    session.commit()
+
+
 @contextmanager
 def session_scope(settings: Settings | None = None) -> Iterator[Session]:
     session = session_factory(settings)()

@@ -100,9 +100,16 @@ def ref_string(full_name: str, revision: int) -> str:
 def get_model(session: Session, org: str, name: str) -> Model:
     model = ModelRepository(session).get(org, name)
     if model is None:
-        raise NotFound(
-            f"model {org}/{name} does not exist; create it with POST /v1/models", code="model_not_found"
-        )
+        raise model_not_found(org, name)
+    return model
+
+
+def get_readable_model(session: Session, viewer: Principal, org: str, name: str) -> Model:
+    """The model ``org/name`` when ``viewer`` may read it (``access.can_read_model``, the one privacy
+    rule); a private model it may not read is missing, with the same answer as a model that is not there."""
+    model = get_model(session, org, name)
+    if not can_read_model(viewer, model, org):
+        raise model_not_found(org, name)
     return model
 
 

@@ -10,6 +10,7 @@ stale).
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -17,10 +18,14 @@ from dataclasses import dataclass
 
 from deltazoo.compression.codecs import decode_tensor
 from deltazoo.compression.dtypes import dtype_info
-from deltazoo.registry.models import Tensor
+from deltazoo.registry.errors import NotFound
+from deltazoo.registry.models import Blob, Tensor
 from deltazoo.registry.objectstore import ObjectStore, blob_key
 from deltazoo.registry.repositories import BlobRepository, TensorChunkRepository, TensorRepository
+from deltazoo.services.access import Principal, can_read_blob
 from sqlalchemy.orm import Session
+
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")  # a blob's name, and a declared file's sha256
 
 
 class CorruptStoreError(RuntimeError):
@@ -34,6 +39,15 @@ def put_blob(session: Session, store: ObjectStore, data: bytes) -> tuple[str, bo
     if blobs.get(sha) is None or not store.exists(blob_key(sha)):
         store.put_bytes(blob_key(sha), data)
     return sha, blobs.add_reference(sha, len(data))
+
+
+def readable_blob(session: Session, viewer: Principal, sha256: str) -> Blob:
+    """A stored blob that a model ``viewer`` may read refers to; any other name (not a sha256, unknown,
+    or held only by private models it may not read) is missing, all with the same answer."""
+    blob = BlobRepository(session).get(sha256) if SHA_RE.match(sha256) else None
+    if blob is None or not can_read_blob(session, viewer, sha256):
+        raise NotFound(f"no blob {sha256}; blob names come from a version's manifest", code="blob_not_found")
+    return blob
 
 
 def read_blob(store: ObjectStore, sha256: str) -> bytes:

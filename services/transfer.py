@@ -19,7 +19,7 @@ from deltazoo.compression.safetensors_io import (
     is_index_file,
     validate_index,
 )
-from deltazoo.registry.errors import BadRequest, Conflict, RangeNotSatisfiable
+from deltazoo.registry.errors import BadRequest, Conflict
 from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
@@ -156,32 +156,6 @@ def file_plan(session: Session, store: ObjectStore, file: File) -> FilePlan:
         if t.offset_end > t.offset_begin
     ]
     return FilePlan(file.path, file.size, file.sha256, tuple(segments))
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``Range: bytes=a-b`` -> (start, end exclusive); None for no range. Raises 416 when unsatisfiable."""
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    bad = RangeNotSatisfiable(
-        f"range {header!r} is not satisfiable for a file of {size} bytes; use bytes=START-END within it"
-    )
-    if unit.strip() != "bytes" or "," in spec:
-        raise bad
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            length = int(last)
-            if length <= 0:
-                raise bad
-            return max(0, size - length), size
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        raise bad from None
-    if start >= size or start < 0 or end <= start:
-        raise bad
-    return start, min(end, size)
 
 
 DECODE_AHEAD = 3  # tensors of one download decoded ahead of the stream (memory: that many + one)

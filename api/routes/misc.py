@@ -5,13 +5,10 @@ from __future__ import annotations
 from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Store
-from deltazoo.registry.errors import NotFound
 from deltazoo.registry.objectstore import blob_key
-from deltazoo.registry.repositories import BlobRepository
 from deltazoo.services import views
-from deltazoo.services.access import can_read_blob
 from deltazoo.services.job_status import job_for
-from deltazoo.services.versions import SHA_RE
+from deltazoo.services.storage import readable_blob
 from fastapi import APIRouter, Path
 from fastapi.responses import StreamingResponse
 
@@ -27,9 +24,7 @@ def get_job(session: DB, viewer: Viewer, job_id: int = Path(ge=1, le=MAX_ID)) ->
 @router.get("/blobs/{sha256}")
 def download_blob(sha256: str, session: DB, store: Store, viewer: Viewer) -> StreamingResponse:
     """The stored (encoded) bytes of a blob that a model the caller may read refers to."""
-    blob = BlobRepository(session).get(sha256) if SHA_RE.match(sha256) else None
-    if blob is None or not can_read_blob(session, viewer, sha256):
-        raise NotFound(f"no blob {sha256}; blob names come from a version's manifest", code="blob_not_found")
+    blob = readable_blob(session, viewer, sha256)
     return StreamingResponse(
         store.iter_chunks(blob_key(sha256)),
         media_type="application/octet-stream",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Store
-from deltazoo.registry.repositories import ModelRepository
 from deltazoo.services import views
+from deltazoo.services.catalog import search_models
 from deltazoo.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
 from deltazoo.services.refs import get_model
 from deltazoo.services.versions import create_model, delete_model
@@ -32,9 +32,8 @@ def list_models(
     search: str = "",
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=2**63 - 1),
-) -> dict:
-    rows, total = ModelRepository(session).search(search, limit, offset, viewer.private_namespaces())
-    return schemas.ModelList(items=tuple(views.model_summaries(session, rows)), total=total)
+) -> schemas.ModelList:
+    return search_models(session, viewer, search, limit, offset)
 
 
 @router.get("/models/{org}/{name}", response_model=schemas.Model)
