@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import zstandard
+from deltazoo.compression.other_files import decompress
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFound
 from deltazoo.registry.evaluation_repository import EvaluationRepository
@@ -181,10 +181,10 @@ def mark_evaluation_failed(session: Session, evaluation_id: int, message: str) -
 
 
 def read_other_file(session: Session, store: ObjectStore, file: File) -> bytes:
-    """A non-tensor file's bytes (stored zstd-compressed in its blob)."""
+    """A non-tensor file's bytes (its blob holds them in ``compression.other_files`` form)."""
     if file.blob is None:
         raise NotFound(f"{file.path} has no stored bytes yet")
-    return zstandard.ZstdDecompressor().decompress(read_blob(store, file.blob), max_output_size=file.size)
+    return decompress(read_blob(store, file.blob), file.size)
 
 
 def version_config(session: Session, store: ObjectStore, version: Version) -> dict[str, Any] | None:

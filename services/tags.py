@@ -7,23 +7,18 @@ A tag is usable wherever a revision is (``acme/ft@prod``, ``/versions/prod``, th
 
 from __future__ import annotations
 
-from deltazoo.registry.errors import NotFound, Unprocessable
+from deltazoo.registry.errors import NotFound
 from deltazoo.registry.models import Model, VersionTag
 from deltazoo.registry.repositories import TagRepository, VersionRepository
-from deltazoo.services.refs import COMMIT_ID_RE, RESERVED_REVISIONS, TAG_RE, find_version, ref_string
+from deltazoo.services.refs import checked, find_version, ref_string
 from sqlalchemy.orm import Session
 
+from deltazoo import refs as ref_syntax
 from deltazoo.schemas import Tag
 
 
 def check_tag_name(tag: str) -> str:
-    if not TAG_RE.match(tag) or tag.isdigit() or tag in RESERVED_REVISIONS or COMMIT_ID_RE.match(tag):
-        raise Unprocessable(
-            f"tag {tag!r} must be 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit, and"
-            " not a number, 'latest', 'main' or 40 hex digits (those already name revisions)",
-            code="invalid_tag",
-        )
-    return tag
+    return checked(ref_syntax.check_tag_name, tag)
 
 
 def set_tag(session: Session, model: Model, full_name: str, tag: str, revision: str) -> tuple[Tag, bool]:

@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import zstandard
+from deltazoo.compression.other_files import decompress_range
 from deltazoo.compression.safetensors_io import (
     SafetensorsError,
     SafetensorsStreamValidator,
@@ -212,20 +212,7 @@ def iter_file(
                 del raw
             else:
                 assert seg.blob is not None
-                yield from _iter_zstd(store, seg.blob, lo, hi)
+                yield from decompress_range(store.iter_chunks(blob_key(seg.blob)), lo, hi)
     finally:
         for future in queued.values():
             future.cancel()
-
-
-def _iter_zstd(store: ObjectStore, blob: str, lo: int, hi: int) -> Iterator[bytes]:
-    reader = zstandard.ZstdDecompressor().decompressobj()
-    position = 0
-    for chunk in store.iter_chunks(blob_key(blob)):
-        out = reader.decompress(chunk)
-        a, b = max(lo, position), min(hi, position + len(out))
-        if a < b:
-            yield out[a - position : b - position]
-        position += len(out)
-        if position >= hi:
-            return

@@ -149,7 +149,7 @@ sys.meta_path.insert(0, Block())
 @pytest.mark.parametrize(
     "statement",
     [
-        "from deltazoo import Client; import deltazoo.cli, deltazoo.cache, deltazoo.models",
+        "from deltazoo import Client; import deltazoo.cli, deltazoo.cache, deltazoo.models, deltazoo.refs",
         "import deltazoo.kernels; from deltazoo.kernels import patch_model",
     ],
 )

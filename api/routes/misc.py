@@ -5,12 +5,12 @@ from __future__ import annotations
 from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Store
+from deltazoo.api.file_response import object_response
 from deltazoo.registry.objectstore import blob_key
 from deltazoo.services import views
 from deltazoo.services.job_status import job_for
 from deltazoo.services.storage import readable_blob
-from fastapi import APIRouter, Path
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Path, Request, Response
 
 router = APIRouter(tags=["zoo"])
 MAX_ID = 2**63 - 1  # larger ids cannot exist (64-bit columns); they are 422, not a 500
@@ -22,14 +22,10 @@ def get_job(session: DB, viewer: Viewer, job_id: int = Path(ge=1, le=MAX_ID)) ->
 
 
 @router.get("/blobs/{sha256}")
-def download_blob(sha256: str, session: DB, store: Store, viewer: Viewer) -> StreamingResponse:
-    """The stored (encoded) bytes of a blob that a model the caller may read refers to."""
+def download_blob(sha256: str, request: Request, session: DB, store: Store, viewer: Viewer) -> Response:
+    """The stored (encoded) bytes of a blob that a model the caller may read refers to (Range too)."""
     blob = readable_blob(session, viewer, sha256)
-    return StreamingResponse(
-        store.iter_chunks(blob_key(sha256)),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(blob.size), "ETag": f'"{sha256}"'},
-    )
+    return object_response(request, store, blob_key(sha256), blob.size, sha256)
 
 
 @router.get("/stats", response_model=schemas.Stats)

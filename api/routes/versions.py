@@ -9,6 +9,7 @@ from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Enqueue, Store
 from deltazoo.api.deps import settings as settings_dep
+from deltazoo.api.file_response import object_response
 from deltazoo.registry.objectstore import blob_key
 from deltazoo.registry.settings import Settings
 from deltazoo.services import views
@@ -21,8 +22,7 @@ from deltazoo.services.resume import find_resumable
 from deltazoo.services.staging import sweep_stale_uploads
 from deltazoo.services.versions import DeclaredFile, commit_version, create_version, delete_version
 from deltazoo.workers.jobs import held_since
-from fastapi import APIRouter, Depends, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 router = APIRouter(tags=["versions"])
 V = "/models/{org}/{name}/versions/{rev}"
@@ -119,12 +119,10 @@ def post_artifact(
 
 
 @router.get(V + "/artifacts/{profile}")
-def get_artifact(org: str, name: str, rev: str, profile: str, session: DB, store: Store) -> StreamingResponse:
+def get_artifact(
+    org: str, name: str, rev: str, profile: str, request: Request, session: DB, store: Store
+) -> Response:
     _, version = get_version(session, org, name, rev)
     artifact = find_artifact(session, version, ref_string(f"{org}/{name}", version.revision), profile)
     assert artifact.blob is not None  # find_artifact returns ready artifacts only
-    return StreamingResponse(
-        store.iter_chunks(blob_key(artifact.blob)),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(artifact.bytes), "ETag": f'"{artifact.blob}"'},
-    )
+    return object_response(request, store, blob_key(artifact.blob), artifact.bytes, artifact.blob)
