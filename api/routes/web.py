@@ -68,8 +68,8 @@ def index(request: Request, session: DB, viewer: Viewer, q: str = "") -> HTMLRes
         "index.html",
         {
             "q": q,
-            "models": search_models(session, viewer, q, 500, 0)["items"],
-            "stats": views.stats(session, viewer),
+            "models": [m.model_dump() for m in search_models(session, viewer, q, 500, 0).items],
+            "stats": views.stats(session, viewer).model_dump(),
             "texts": [text_info(t) for t in list_texts(session)],
         },
     )
