@@ -8,10 +8,9 @@ from typing import Annotated
 
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.settings import Settings
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
-
-from deltazoo.settings import Settings
 
 
 def db_session(request: Request) -> Iterator[Session]:
@@ -36,6 +35,7 @@ def settings(request: Request) -> Settings:
 DB = Annotated[Session, Depends(db_session, scope="function")]
 Store = Annotated[ObjectStore, Depends(object_store)]
 Enqueue = Annotated[Callable[[int], None], Depends(enqueuer)]
+ServerSettings = Annotated[Settings, Depends(settings)]
 
 
 def upload_slot(request: Request, token_id: int | None) -> AbstractContextManager[None]:

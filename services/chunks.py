@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 
+from deltazoo.compression import elf32
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import TensorEntry
@@ -152,6 +153,13 @@ def _parent_mode(parent: ParentRef | None, shape: list[int]) -> tuple[str, int]:
     return "plain", 0
 
 
+def _served_by_elf(read: ReadAt) -> ReadAt:
+    def served(offset: int, length: int) -> bytes:
+        return elf32.served(read(offset, length))
+
+    return served
+
+
 def encode_large_tensor(
     session: Session,
     store: ObjectStore,
@@ -163,10 +171,14 @@ def encode_large_tensor(
     max_depth: int,
     chunk_bytes: int,
     twins: ColumnElement[bool],
+    lossy: bool = False,
 ) -> Tensor:
     """Store one tensor larger than ``chunk_bytes`` (``same`` when its bytes are already stored in a
-    model ``twins`` allows, else in chunks); reads the staged bytes chunk by chunk (twice: hash, code)."""
+    model ``twins`` allows, else in chunks); reads the staged bytes chunk by chunk (twice: hash, code).
+    With ``lossy`` an F32 tensor is read as ELF serves it and its chunks coded as ELF."""
     name, dtype, shape = entry.name, entry.dtype, [int(d) for d in entry.shape]
+    if lossy and dtype == "F32":  # chunks and hash reads are whole elements: aligned piece by piece
+        read = _served_by_elf(read)
     sha = streamed_sha256(read, entry.nbytes)
     row = Tensor(
         version_id=version.id,
@@ -195,7 +207,7 @@ def encode_large_tensor(
     for index, (begin, end) in enumerate(chunk_ranges(_numel(shape), size, chunk_bytes, shared)):
         raw = read(begin * size, (end - begin) * size)
         parent_part = reader.elements(len(reader.steps) - 1, begin, end) if reader and end <= shared else None
-        chunk, new = _encode_chunk(session, store, index, begin, end, raw, dtype, parent, parent_part)
+        chunk, new = _encode_chunk(session, store, index, begin, end, raw, dtype, parent, parent_part, lossy)
         version.stored_bytes += chunk.stored_bytes if new else 0
         chunks.append(chunk)
     uses_parent = any(c.encoding != "plain" for c in chunks)
@@ -223,11 +235,12 @@ def _encode_chunk(
     dtype: str,
     parent: ParentRef | None,
     parent_part: bytes | None,
+    lossy: bool = False,
 ) -> tuple[TensorChunk, bool]:
     """One chunk coded and checked, its payload stored; returns it and whether the blob is new."""
     n = [end - begin]
     pdtype = parent.dtype if parent is not None and parent_part is not None else None
-    encoded = encode_tensor(raw, dtype, n, parent_part, pdtype, n if pdtype else None)
+    encoded = encode_tensor(raw, dtype, n, parent_part, pdtype, n if pdtype else None, lossy=lossy)
     uses_parent = encoded.encoding != "plain"
     check = decode_tensor(
         encoded.encoding,

@@ -32,6 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from deltazoo.compression import elf32
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.objectstore import ObjectStore, blob_key
@@ -86,22 +87,34 @@ class Slot:
         return self.sha256 is not None
 
 
-def read_and_hash(read_at: Callable[[int, int], bytes], offset: int, entry: TensorEntry) -> Digest:
+def read_and_hash(
+    read_at: Callable[[int, int], bytes], offset: int, entry: TensorEntry, lossy: bool = False
+) -> Digest:
+    """A tensor's bytes and their sha256; with ``lossy`` an F32 tensor's bytes are those ELF serves
+    (``compression.elf32.served``): a lossy version stores, deduplicates and hashes what it serves."""
     raw = read_at(offset + entry.begin, entry.nbytes) if entry.nbytes else b""
+    if lossy and entry.dtype == "F32":
+        raw = elf32.served(raw)
     return Digest(raw, hashlib.sha256(raw).hexdigest())
 
 
 def encode_and_store(
-    store: ObjectStore, entry: TensorEntry, raw: bytes, path: str, parent: ParentRef | None
+    store: ObjectStore,
+    entry: TensorEntry,
+    raw: bytes,
+    path: str,
+    parent: ParentRef | None,
+    lossy: bool = False,
 ) -> Coded:
-    """Encode one tensor (against ``parent`` when given), check the round trip, write the blob."""
+    """Encode one tensor (against ``parent`` when given; ``lossy``: F32 as ELF, whose ``raw`` is already
+    what ELF serves), check the round trip, write the blob."""
     dtype, shape = entry.dtype, list(entry.shape)
     # not re-hashed: a wrong parent cannot slip through, since the payload is checked against the input
     # decoded with these very parent bytes, and every pull verifies each step of the chain
     parent_raw = reconstruct(store, parent.recipe, verify=False) if parent else None
     pdtype = parent.dtype if parent else None
     pshape = parent.shape if parent else None
-    encoded = encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape)
+    encoded = encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape, lossy=lossy)
     uses_parent = parent is not None and encoded.encoding != "plain"
     check = decode_tensor(
         encoded.encoding,
@@ -144,9 +157,11 @@ class FilePipeline:
         path: str,
         read_at: Callable[[int, int], bytes],
         data_offset: int,
+        lossy: bool = False,
     ) -> None:
         self.pool, self.window = pool, max(1, threads) * IN_FLIGHT_PER_LANE
         self.store, self.path, self.read_at, self.data_offset = store, path, read_at, data_offset
+        self.lossy = lossy
 
     def run(
         self,
@@ -161,7 +176,9 @@ class FilePipeline:
             while True:
                 while admitted < len(entries) and self._admits(len(slots), held, entries[admitted]):
                     entry = entries[admitted]
-                    future = self.pool.submit(read_and_hash, self.read_at, self.data_offset, entry)
+                    future = self.pool.submit(
+                        read_and_hash, self.read_at, self.data_offset, entry, self.lossy
+                    )
                     slots.append(Slot(entry, future))
                     admitted, held = admitted + 1, held + entry.nbytes
                 if not slots:
@@ -224,7 +241,7 @@ class FilePipeline:
                 encoding[slot.sha256] = slot
                 raw = slot.digest.result().raw
                 slot.coded = self.pool.submit(
-                    encode_and_store, self.store, slot.entry, raw, self.path, slot.parent
+                    encode_and_store, self.store, slot.entry, raw, self.path, slot.parent, self.lossy
                 )
             slot.digest = None  # the raw bytes now live only in the lane that encodes them
 

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from deltazoo.api.app import create_app
+from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 
-from deltazoo.settings import Settings
 from tests.servers import running_api_server
 from tests.test_api_support import CONFIG, sha
 from tests.test_races_and_limits import at_barrier, codes

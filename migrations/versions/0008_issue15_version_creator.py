@@ -1,7 +1,7 @@
 """the token that created each version (per-token limit on pending versions)
 
 Revision ID: issue15_version_creator
-Revises: issue15_tensor_chunks
+Revises: issue18_lineage_index
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "issue15_version_creator"
-down_revision = "issue15_tensor_chunks"
+down_revision = "issue18_lineage_index"
 branch_labels = None
 depends_on = None
 
