@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from deltazoo.registry.repositories import ModelRepository
 from deltazoo.services import views
 from deltazoo.services.access import Principal
 from sqlalchemy.orm import Session
 
+from deltazoo.schemas import ModelList
+
 
 def search_models(
     session: Session, viewer: Principal, search: str, limit: int, offset: int
-) -> dict[str, Any]:
-    """``{"items": [model summary], "total": n}``: the readable models whose name contains ``search``."""
+) -> ModelList:
+    """The readable models whose name contains ``search`` (one page) and how many there are."""
     rows, total = ModelRepository(session).search(search, limit, offset, viewer.private_namespaces())
-    return {"items": views.model_summaries(session, rows), "total": total}
+    return ModelList(items=tuple(views.model_summaries(session, rows)), total=total)

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 @dataclass(frozen=True)
 class ModelPage:
-    detail: dict[str, Any]  # views.model_detail
-    lineage: dict[str, Any]  # the lineage page's body (``Lineage`` of docs/REST.md)
+    detail: dict[str, Any]  # views.model_detail, as plain data for the templates
+    lineage: dict[str, Any]  # the lineage page's body (``Lineage`` of docs/REST.md), likewise
     graph: dict[str, Any]  # family.family_graph
     quality: dict[str, list[dict[str, Any]]]  # ref -> its dense evaluations
     card: bytes | None  # the newest ready version's README.md, at most ``max_card_bytes``
@@ -40,9 +40,10 @@ def model_page(
 ) -> ModelPage:
     full_name = f"{org}/{name}"
     model = get_readable_model(session, viewer, org, name)
-    detail = views.model_detail(session, model, full_name, viewer)
+    detail = views.model_detail(session, model, full_name, viewer).model_dump()
     page = lineage_page(session, model, full_name, viewer, lineage_limit)
-    graph = family_graph(session, model, full_name, page.body, page.version_ids, viewer)
+    lineage = page.body.model_dump()
+    graph = family_graph(session, model, full_name, lineage, page.version_ids, viewer)
     quality = version_quality(session, list(page.version_ids.values()))
     ready = [v for v in detail["versions"] if v["status"] == "ready"]
     card = None
@@ -51,7 +52,7 @@ def model_page(
         card = card_bytes(session, store, page.version_ids[ref], ref, max_card_bytes)
     return ModelPage(
         detail=detail,
-        lineage=page.body,
+        lineage=lineage,
         graph=graph,
         quality={ref: quality[vid] for ref, vid in page.version_ids.items()},
         card=card,
@@ -65,4 +66,5 @@ def version_page(
     """A version's detail and its dense evaluations."""
     model = get_readable_model(session, viewer, org, name)
     version = find_version(session, model, f"{org}/{name}", rev)
-    return views.version_detail(session, version, viewer), version_quality(session, [version.id])[version.id]
+    detail = views.version_detail(session, version, viewer).model_dump()
+    return detail, version_quality(session, [version.id])[version.id]

@@ -44,7 +44,7 @@ def receiving_file(session: Session, org: str, name: str, rev: str, path: str) -
 @router.put(F, response_model=schemas.FileInfo)
 async def put_file(
     org: str, name: str, rev: str, path: str, request: Request, session: DB, store: Store
-) -> dict | JSONResponse:
+) -> schemas.FileInfo | JSONResponse:
     if "content-length" not in request.headers:
         raise DeltazooError("send the file with a Content-Length header", code="length_required", status=411)
     file = await run_in_threadpool(receiving_file, session, org, name, rev, path)
@@ -67,7 +67,7 @@ def _partials(request: Request) -> PartialUploads:
 
 async def _put_part(
     file: File, header: str, request: Request, partials: PartialUploads, session: Session, store: ObjectStore
-) -> dict | JSONResponse:
+) -> schemas.FileInfo | JSONResponse:
     """One part of a resumable upload: 202 until the last byte, then 200."""
     start, end = parse_content_range(header, file.size, file.path)
     if int(request.headers["content-length"]) != end - start:

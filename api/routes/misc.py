@@ -17,7 +17,7 @@ MAX_ID = 2**63 - 1  # larger ids cannot exist (64-bit columns); they are 422, no
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
-def get_job(session: DB, viewer: Viewer, job_id: int = Path(ge=1, le=MAX_ID)) -> dict:
+def get_job(session: DB, viewer: Viewer, job_id: int = Path(ge=1, le=MAX_ID)) -> schemas.Job:
     return views.job_info(job_for(session, viewer, job_id))
 
 
@@ -29,5 +29,5 @@ def download_blob(sha256: str, request: Request, session: DB, store: Store, view
 
 
 @router.get("/stats", response_model=schemas.Stats)
-def get_stats(session: DB, viewer: Viewer) -> dict:
+def get_stats(session: DB, viewer: Viewer) -> schemas.Stats:
     return views.stats(session, viewer)
