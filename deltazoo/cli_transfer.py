@@ -52,7 +52,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         )
     if v.suggested_base and not v.parent:
         print(
-            f"note: this looks derived from {v.suggested_base}; push with --base {v.suggested_base} "
+            f"note: this looks derived from {v.suggested_base.ref}; push with --base {v.suggested_base.ref} "
             "to store it as a delta",
             file=sys.stderr,
         )
