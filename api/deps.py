@@ -34,3 +34,4 @@ def settings(request: Request) -> Settings:
 DB = Annotated[Session, Depends(db_session, scope="function")]
 Store = Annotated[ObjectStore, Depends(object_store)]
 Enqueue = Annotated[Callable[[int], None], Depends(enqueuer)]
+ServerSettings = Annotated[Settings, Depends(settings)]

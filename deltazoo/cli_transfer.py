@@ -101,7 +101,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from deltazoo.models import Ref
+    from deltazoo.refs import Ref
 
     ref = Ref.parse(args.name)
     whole = "@" not in args.name

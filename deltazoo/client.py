@@ -29,13 +29,13 @@ from deltazoo.models import (
     Lineage,
     ModelInfo,
     ModelList,
-    Ref,
     Stats,
     TagInfo,
     TokenInfo,
     VersionInfo,
 )
 from deltazoo.push import push_folder
+from deltazoo.refs import Ref
 from deltazoo.rest_paths import version_path
 from deltazoo.transport import Transport
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from deltazoo.checkpoint import check_weights, scan_checkpoint
 from deltazoo.errors import ClientError, DeltazooError, NotFoundError, UsageError
-from deltazoo.models import Job, Ref, VersionInfo
+from deltazoo.models import Job, VersionInfo
+from deltazoo.refs import Ref
 from deltazoo.rest_paths import version_path
 from deltazoo.upload import Uploader
 

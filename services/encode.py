@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-import zstandard
+from deltazoo.compression.other_files import compress_stream
 from deltazoo.compression.safetensors_io import SafetensorsError, TensorEntry, read_header
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest
@@ -83,17 +83,13 @@ def check_related_base(session: Session, store: ObjectStore, version: Version, b
 
 
 def _store_other_file(session: Session, store: ObjectStore, key: str) -> tuple[str, int, bool]:
-    """zstd-compress a staged non-tensor file into a blob without holding it whole in memory."""
+    """A staged non-tensor file into a blob in its stored form (``compression.other_files``) without
+    holding it whole in memory."""
     digest = hashlib.sha256()
     with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
-        compressor = zstandard.ZstdCompressor(level=9).compressobj()
-        for chunk in store.iter_chunks(key):
-            out = compressor.compress(chunk)
+        for out in compress_stream(store.iter_chunks(key)):
             digest.update(out)
             spool.write(out)
-        out = compressor.flush()
-        digest.update(out)
-        spool.write(out)
         size = spool.tell()
         sha = digest.hexdigest()
         blobs = BlobRepository(session)

@@ -19,11 +19,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import zstandard
+from deltazoo.compression.other_files import decompress
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFound
 from deltazoo.registry.evaluation_repository import EvaluationRepository
-from deltazoo.registry.models import Artifact, Evaluation, File, Job, TextSet, Version
+from deltazoo.registry.models import Evaluation, File, Job, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
 from deltazoo.services.refs import check_description, ref_string
@@ -181,10 +181,10 @@ def mark_evaluation_failed(session: Session, evaluation_id: int, message: str) -
 
 
 def read_other_file(session: Session, store: ObjectStore, file: File) -> bytes:
-    """A non-tensor file's bytes (stored zstd-compressed in its blob)."""
+    """A non-tensor file's bytes (its blob holds them in ``compression.other_files`` form)."""
     if file.blob is None:
         raise NotFound(f"{file.path} has no stored bytes yet")
-    return zstandard.ZstdDecompressor().decompress(read_blob(store, file.blob), max_output_size=file.size)
+    return decompress(read_blob(store, file.blob), file.size)
 
 
 def version_config(session: Session, store: ObjectStore, version: Version) -> dict[str, Any] | None:
@@ -216,16 +216,6 @@ def load_tokenizer(session: Session, store: ObjectStore, version: Version) -> An
             return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
         except Exception as exc:  # transformers raises many kinds for an unusable tokenizer
             raise NotEvaluable(f"the version's tokenizer cannot be loaded: {exc}") from exc
-
-
-def evaluations_of_text(session: Session, text: TextSet) -> list[tuple[Evaluation, Version, Artifact | None]]:
-    rows = session.execute(
-        select(Evaluation, Version, Artifact)
-        .join(Version, Version.id == Evaluation.version_id)
-        .outerjoin(Artifact, Artifact.id == Evaluation.artifact_id)
-        .where(Evaluation.text_set_id == text.id)
-    ).all()
-    return [(e, v, a) for e, v, a in rows]
 
 
 def evaluations_of_versions(session: Session, version_ids: list[int]) -> list[tuple[Evaluation, TextSet]]:

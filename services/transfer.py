@@ -12,14 +12,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import zstandard
+from deltazoo.compression.other_files import decompress_range
 from deltazoo.compression.safetensors_io import (
     SafetensorsError,
     SafetensorsStreamValidator,
     is_index_file,
     validate_index,
 )
-from deltazoo.registry.errors import BadRequest, Conflict, RangeNotSatisfiable
+from deltazoo.registry.errors import BadRequest, Conflict
 from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
@@ -158,32 +158,6 @@ def file_plan(session: Session, store: ObjectStore, file: File) -> FilePlan:
     return FilePlan(file.path, file.size, file.sha256, tuple(segments))
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``Range: bytes=a-b`` -> (start, end exclusive); None for no range. Raises 416 when unsatisfiable."""
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    bad = RangeNotSatisfiable(
-        f"range {header!r} is not satisfiable for a file of {size} bytes; use bytes=START-END within it"
-    )
-    if unit.strip() != "bytes" or "," in spec:
-        raise bad
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            length = int(last)
-            if length <= 0:
-                raise bad
-            return max(0, size - length), size
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        raise bad from None
-    if start >= size or start < 0 or end <= start:
-        raise bad
-    return start, min(end, size)
-
-
 DECODE_AHEAD = 3  # tensors of one download decoded ahead of the stream (memory: that many + one)
 _decode_pool: ThreadPoolExecutor | None = None
 _decode_pool_lock = threading.Lock()
@@ -238,20 +212,7 @@ def iter_file(
                 del raw
             else:
                 assert seg.blob is not None
-                yield from _iter_zstd(store, seg.blob, lo, hi)
+                yield from decompress_range(store.iter_chunks(blob_key(seg.blob)), lo, hi)
     finally:
         for future in queued.values():
             future.cancel()
-
-
-def _iter_zstd(store: ObjectStore, blob: str, lo: int, hi: int) -> Iterator[bytes]:
-    reader = zstandard.ZstdDecompressor().decompressobj()
-    position = 0
-    for chunk in store.iter_chunks(blob_key(blob)):
-        out = reader.decompress(chunk)
-        a, b = max(lo, position), min(hi, position + len(out))
-        if a < b:
-            yield out[a - position : b - position]
-        position += len(out)
-        if position >= hi:
-            return

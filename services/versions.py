@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,9 +40,9 @@ from deltazoo.services.refs import (
     resolve_base,
 )
 from deltazoo.services.similarity import mark_auto_base, sketch_and_resolve
+from deltazoo.services.storage import SHA_RE
 from sqlalchemy.orm import Session
 
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 Enqueue = Callable[[int], None]
 
 

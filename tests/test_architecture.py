@@ -75,13 +75,14 @@ def layer_of(module: str) -> str | None:
 
 def imports_of(path: Path) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
+                own = module_name(path)
+                package = own if path.name == "__init__.py" else own.rsplit(".", 1)[0]
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
@@ -148,7 +149,7 @@ sys.meta_path.insert(0, Block())
 @pytest.mark.parametrize(
     "statement",
     [
-        "from deltazoo import Client; import deltazoo.cli, deltazoo.cache, deltazoo.models",
+        "from deltazoo import Client; import deltazoo.cli, deltazoo.cache, deltazoo.models, deltazoo.refs",
         "import deltazoo.kernels; from deltazoo.kernels import patch_model",
     ],
 )
@@ -303,6 +304,61 @@ def test_no_private_name_is_used_across_modules() -> None:
         for problem in private_names_used_across(path)
     ]
     assert not problems, "private names used across modules:\n" + "\n".join(problems)
+
+
+def route_problems(path: Path) -> list[str]:
+    """What a route module may not do: query (a repository, ``select``), open a session of its own
+    (``session_scope``, ``session_factory``), end the unit of work (``.commit()``, ``.rollback()``) or
+    reach past the enqueue dependency (``app.state.dispatcher``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = [
+        f"{line}: imports {name}"
+        for line, name in imports_of(path)
+        if name.endswith(("Repository", ".select", ".session_scope", ".session_factory"))
+        or "repositories" in name
+        or name.endswith("_repository")
+    ]
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        ends_the_session = (
+            node.attr in ("commit", "rollback", "close")
+            and isinstance(node.value, ast.Name)
+            and node.value.id.endswith("session")
+        )
+        if ends_the_session or node.attr == "dispatcher":
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_route_problems_finds_a_query_a_session_and_a_commit(tmp_path: Path) -> None:
+    route = tmp_path / "route.py"
+    route.write_text(
+        "from deltazoo.registry.repositories import ModelRepository\n"
+        "from deltazoo.registry.db import session_scope\n"
+        "def r(session, request, hub_commit):\n"
+        "    session.commit()\n"
+        "    request.app.state.dispatcher.submit(1)\n"
+        "    hub_commit.commit(session)\n"  # a service named commit is no transaction
+    )
+    assert route_problems(route) == [
+        "1: imports deltazoo.registry.repositories",
+        "1: imports deltazoo.registry.repositories.ModelRepository",
+        "2: imports deltazoo.registry.db.session_scope",
+        "4: session.commit",
+        "5: request.app.state.dispatcher",
+    ]
+
+
+def test_routes_are_thin() -> None:
+    """Routes parse, are authorised by a dependency, call a service and return: the queries live in
+    the repositories, the unit of work in the ``DB`` dependency, the enqueueing in ``Enqueue``."""
+    problems = [
+        f"{path.relative_to(ROOT)}:{problem}"
+        for path in sorted((ROOT / "api" / "routes").glob("*.py"))
+        for problem in route_problems(path)
+    ]
+    assert not problems, "routes that do what belongs below them:\n" + "\n".join(problems)
 
 
 def test_the_client_settings_hold_no_server_setting() -> None:
