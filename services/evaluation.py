@@ -31,8 +31,10 @@ from deltazoo.services.storage import put_blob, read_blob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deltazoo.refs import NAME_PART
+
 Enqueue = Callable[[int], None]
-TEXT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TEXT_NAME_RE = re.compile(rf"^{NAME_PART}$")  # the syntax of an ORG or NAME part
 DONE = ("ready", "not_evaluable")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt")
 
