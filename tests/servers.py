@@ -20,6 +20,7 @@ from tests.services import (
     ServiceError,
     child_env,
     free_port,
+    port_answers,
     wait_until,
     xdist_worker_id,
 )
@@ -238,3 +239,47 @@ def running_api_server(home: Path, settings_env: dict[str, str]) -> Iterator[Api
         api.stop()
     problems = api.problems()
     assert not problems, "\n\n".join(problems[:5])
+
+
+class OwnRedis:
+    """A ``redis-server`` of this module's own, without persistence: a restart loses every message."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self.process = ManagedProcess("redis-server", argv, child_env({}), root / "redis.log", cwd=root)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process.start()
+        wait_until(lambda: port_answers("127.0.0.1", self.port), timeout=30, what="redis-server answering")
+
+    def stop(self) -> None:
+        self.process.stop(grace=10.0)
+
+
+class DeltazooWorker:
+    """``deltazoo worker --name ... --concurrency 1`` as an operator runs it."""
+
+    def __init__(self, name: str, env: dict[str, str], root: Path) -> None:
+        argv = [sys.executable, "-m", "deltazoo.cli", "worker", "--name", name, "--concurrency", "1"]
+        self.process = ManagedProcess(f"worker {name}", argv, env, root / f"{name}.log", cwd=root)
+
+    def start(self) -> None:
+        before = self.process.log_text().count(" ready.")
+        self.process.start()
+        wait_until(
+            lambda: self.process.ensure_alive() is None and self.process.log_text().count(" ready.") > before,
+            timeout=90,
+            what="the worker logging 'ready.'",
+        )

@@ -24,14 +24,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.servers import ApiServer, full_stack_env, log_problems, start_api_server
+from tests.servers import (
+    ApiServer,
+    DeltazooWorker,
+    OwnRedis,
+    full_stack_env,
+    log_problems,
+    start_api_server,
+)
 from tests.services import (
     ADMIN_TOKEN,
-    ManagedProcess,
     S3Server,
     child_env,
-    free_port,
-    port_answers,
     start_s3_server,
     temporary_database,
     wait_until,
@@ -46,53 +50,14 @@ pytestmark = [
 READY_BOUND_S = 120  # all versions ready within this many seconds of the broker's return
 
 
-class OwnRedis:
-    """A ``redis-server`` of this module's own, without persistence: a restart loses every message."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        argv = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        self.process = ManagedProcess("redis-server", argv, child_env({}), root / "redis.log", cwd=root)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process.start()
-        wait_until(lambda: port_answers("127.0.0.1", self.port), timeout=30, what="redis-server answering")
-
-    def stop(self) -> None:
-        self.process.stop(grace=10.0)
-
-
-class Worker:
-    """``deltazoo worker --name ... --concurrency 1`` as an operator runs it."""
-
-    def __init__(self, name: str, env: dict[str, str], root: Path) -> None:
-        argv = [sys.executable, "-m", "deltazoo.cli", "worker", "--name", name, "--concurrency", "1"]
-        self.process = ManagedProcess(f"worker {name}", argv, env, root / f"{name}.log", cwd=root)
-
-    def start(self) -> None:
-        before = self.process.log_text().count(" ready.")
-        self.process.start()
-        wait_until(
-            lambda: self.process.ensure_alive() is None and self.process.log_text().count(" ready.") > before,
-            timeout=90,
-            what="the worker logging 'ready.'",
-        )
-
-
 class OutboxStack:
     def __init__(
-        self, redis: OwnRedis, s3: S3Server, api: ApiServer, workers: list[Worker], settings: dict[str, str]
+        self,
+        redis: OwnRedis,
+        s3: S3Server,
+        api: ApiServer,
+        workers: list[DeltazooWorker],
+        settings: dict[str, str],
     ) -> None:
         self.redis, self.s3, self.api, self.workers, self.settings = redis, s3, api, workers, settings
 
@@ -118,7 +83,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutboxStack]:
                 "DELTAZOO_JOB_HEARTBEAT_S": "0.5",
             }
             env = child_env({"DELTAZOO_HOME": str(root / "wh"), **settings})
-            workers = [Worker(f"w{i}", env, root) for i in (1, 2)]
+            workers = [DeltazooWorker(f"w{i}", env, root) for i in (1, 2)]
             try:
                 for w in workers:
                     w.start()

@@ -1,22 +1,29 @@
 """The tensors of one safetensors file encoded side by side: read → hash → (dedup) → encode → verify → write.
 
 Lanes are threads: the C codecs (``compression._exact5``, ``_plain5``, ``_narrow``), zstd, hashlib and
-file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The database is touched only by
-the calling thread (the session is not thread-safe), in tensor order:
+file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The unit of work of a lane is
+a *chunk*: a tensor up to ``chunk_bytes`` is one unit, a larger one (stored in chunks,
+``registry.services.chunks``) is one unit per chunk, so the lanes share out the chunks of one big tensor
+as they share out small tensors. The database is touched only by the calling thread (the session is
+not thread-safe), in tensor order:
 
-1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them;
+1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them; a chunked
+   tensor is read and hashed chunk by chunk, and its bytes are not kept (read again per chunk in 3);
 2. the caller, in order, looks for a stored twin (``same``, no encode) or an earlier tensor of this run
    with the same bytes still being encoded (``same`` of it, recorded after it);
-3. otherwise a lane rebuilds the parent tensor (``reconstruct``; not re-hashed, see
-   ``encode_and_store``), encodes, decodes the payload and compares it to the input (a byte
-   comparison: the input's sha256 is already known), hashes the payload and writes the blob
+3. otherwise lanes rebuild the parent's bytes (``reconstruct`` for a whole tensor, the same elements
+   through a ``RangeReader`` for a chunk; not re-hashed, see ``encode_and_store``), encode, decode the
+   payload and compare it to the input byte for byte, hash the payload and write the blob
    (content-addressed, so a write that an interrupted run already made is simply repeated);
 4. the caller records rows strictly in tensor order, so what a checkpoint commits is always a prefix of
    the file's tensors and a resumed run starts after it and stores exactly the same bytes.
 
-Memory: at most ``2 * threads`` tensors are in flight (read ahead or being encoded); each holds its raw
-bytes, and a lane encoding one also holds the parent's raw bytes, the payload and the decoded check,
-so the peak is about ``2 * threads + 3 * threads`` tensor sizes (plus the parent LRU), not the file.
+Memory bound: at most ``window = IN_FLIGHT_PER_LANE * threads`` units run at once and at most ``window``
+tensors are read ahead. A unit holds at most one chunk's raw bytes, the parent's same elements, the
+payload and the decoded check (about 4 chunks); a hashed small tensor waiting for its turn holds its
+bytes (at most a chunk). So the lanes hold at most ``window * 5 * chunk_bytes`` (2 lanes, 8 MiB chunks:
+160 MiB), whatever the size of the tensors or the file. Tensors stored whole before chunks existed
+(a parent larger than a chunk) are rebuilt whole, once per child tensor.
 """
 
 from __future__ import annotations
@@ -25,12 +32,15 @@ import hashlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
+from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.registry.services.chunks import CodedChunk, RangeReader, chunk_ranges, code_chunk, parent_mode
 from deltazoo.registry.services.storage import IntegrityError, Recipe, reconstruct
 
 IN_FLIGHT_PER_LANE = 2
@@ -38,13 +48,13 @@ IN_FLIGHT_PER_LANE = 2
 
 @dataclass(frozen=True)
 class Digest:
-    raw: bytes
+    raw: bytes  # empty for a chunked tensor: its chunks are read again when they are encoded
     sha256: str
 
 
 @dataclass(frozen=True)
 class Coded:
-    """What a lane produced for one tensor: the blob is already in the object store."""
+    """What a lane produced for one whole tensor: the blob is already in the object store."""
 
     encoding: str
     blob: str
@@ -69,20 +79,42 @@ class Slot:
 
     entry: TensorEntry
     digest: Future[Digest] | None
+    chunked: bool = False
     sha256: str | None = None
-    coded: Future[Coded] | None = None
     parent: ParentRef | None = None
     twin: object | None = None  # a stored Tensor row, or the Slot of an earlier tensor with these bytes
     row: object | None = None  # set by ``record``: what a later twin of this slot points at
+    mode: str = "plain"  # a chunked tensor's encoding against ``parent`` (delta, delta-rows or plain)
+    units: deque[Callable[[], Any]] = field(default_factory=deque)  # lane work not yet submitted
+    coded: list[Future[Any]] = field(default_factory=list)  # Coded, or one CodedChunk per chunk
 
     @property
     def classified(self) -> bool:
         return self.sha256 is not None
 
+    def whole(self) -> Coded:
+        """The coded whole tensor (raises what its lane raised)."""
+        result: Coded = self.coded[0].result()
+        return result
+
+    def chunks(self) -> list[CodedChunk]:
+        """The coded chunks, in order (raises what a lane raised)."""
+        return [f.result() for f in self.coded]
+
 
 def read_and_hash(read_at: Callable[[int, int], bytes], offset: int, entry: TensorEntry) -> Digest:
     raw = read_at(offset + entry.begin, entry.nbytes) if entry.nbytes else b""
     return Digest(raw, hashlib.sha256(raw).hexdigest())
+
+
+def hash_in_chunks(
+    read_at: Callable[[int, int], bytes], offset: int, entry: TensorEntry, chunk_bytes: int
+) -> Digest:
+    digest = hashlib.sha256()
+    start = offset + entry.begin
+    for a in range(0, entry.nbytes, chunk_bytes):
+        digest.update(read_at(start + a, min(chunk_bytes, entry.nbytes - a)))
+    return Digest(b"", digest.hexdigest())
 
 
 def encode_and_store(
@@ -117,12 +149,30 @@ def encode_and_store(
     return Coded(encoded.encoding, sha, len(encoded.payload), uses_parent)
 
 
+def encode_chunk_of(
+    store: ObjectStore,
+    read_at: Callable[[int, int], bytes],
+    start: int,
+    entry: TensorEntry,
+    index: int,
+    begin: int,
+    end: int,
+    parent: tuple[RangeReader, str] | None,
+) -> CodedChunk:
+    """Read elements ``[begin, end)`` of a staged tensor starting at byte ``start`` and code them
+    (against the same elements of ``parent``'s reader top step when given)."""
+    size = dtype_info(entry.dtype).itemsize
+    raw = read_at(start + begin * size, (end - begin) * size)
+    part = parent[0].elements(len(parent[0].steps) - 1, begin, end) if parent else None
+    return code_chunk(store, index, begin, end, raw, entry.dtype, parent[1] if parent else None, part)
+
+
 class FilePipeline:
     """Drives the lanes over one file's tensors; the caller's callbacks do all database work.
 
     ``classify(slot)`` runs in tensor order once the slot's bytes are hashed: it sets ``slot.twin`` (a
     stored or earlier tensor with the same bytes) or ``slot.parent`` (may stay None: ``plain``).
-    ``record(slot)`` runs in tensor order once the slot is finished (twin found or blob written).
+    ``record(slot)`` runs in tensor order once the slot is finished (twin found or every blob written).
     """
 
     def __init__(
@@ -133,9 +183,12 @@ class FilePipeline:
         path: str,
         read_at: Callable[[int, int], bytes],
         data_offset: int,
+        chunk_bytes: int,
     ) -> None:
         self.pool, self.window = pool, max(1, threads) * IN_FLIGHT_PER_LANE
         self.store, self.path, self.read_at, self.data_offset = store, path, read_at, data_offset
+        self.chunk_bytes = chunk_bytes
+        self.running: set[Future[Any]] = set()
 
     def run(
         self,
@@ -148,27 +201,43 @@ class FilePipeline:
         encoding: dict[str, Slot] = {}  # raw sha256 -> the slot being encoded with those bytes
         try:
             while True:
-                while len(slots) < self.window and (entry := next(todo, None)) is not None:
-                    future = self.pool.submit(read_and_hash, self.read_at, self.data_offset, entry)
-                    slots.append(Slot(entry, future))
+                self.running = {f for f in self.running if not f.done()}
+                self._classify_ready(slots, encoding, classify)
+                self._submit_units(slots)
+                while len(slots) < self.window and len(self.running) < self.window:
+                    entry = next(todo, None)
+                    if entry is None:
+                        break
+                    slots.append(self._read(entry))
                 if not slots:
                     return
-                self._classify_ready(slots, encoding, classify)
                 while slots and self._finished(slots[0]):
                     slot = slots.popleft()
-                    if slot.coded is not None:
-                        slot.coded.result()  # raises what the lane raised
+                    if slot.coded:
+                        for future in slot.coded:
+                            future.result()  # raises what the lane raised
                         if encoding.get(slot.sha256 or "") is slot:
                             del encoding[slot.sha256 or ""]
                     record(slot)
                 if slots and not self._finished(slots[0]):
-                    self._wait_for_progress(slots)
+                    assert self.running, "the head tensor waits for nothing"
+                    wait(self.running, return_when=FIRST_COMPLETED)
         except BaseException:
-            futures: list[Future[Any]] = [f for s in slots for f in (s.digest, s.coded) if f is not None]
-            for future in futures:  # an interrupted run leaves no lane writing after it returns
+            for future in self.running:  # an interrupted run leaves no lane writing after it returns
                 future.cancel()
-            wait(futures)
+            wait(self.running)
             raise
+
+    def _submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        future = self.pool.submit(fn)
+        self.running.add(future)
+        return future
+
+    def _read(self, entry: TensorEntry) -> Slot:
+        if entry.nbytes > self.chunk_bytes:
+            read = partial(hash_in_chunks, self.read_at, self.data_offset, entry, self.chunk_bytes)
+            return Slot(entry, self._submit(read), chunked=True)
+        return Slot(entry, self._submit(partial(read_and_hash, self.read_at, self.data_offset, entry)))
 
     def _classify_ready(
         self, slots: deque[Slot], encoding: dict[str, Slot], classify: Callable[[Slot], None]
@@ -186,29 +255,35 @@ class FilePipeline:
                 classify(slot)
             if slot.twin is None:
                 encoding[digest.sha256] = slot
-                slot.coded = self.pool.submit(
-                    encode_and_store, self.store, slot.entry, digest.raw, self.path, slot.parent
-                )
+                self._plan_units(slot, digest.raw)
             slot.digest = None  # the raw bytes now live only in the lane that encodes them
+
+    def _plan_units(self, slot: Slot, raw: bytes) -> None:
+        entry, parent = slot.entry, slot.parent
+        if not slot.chunked:
+            slot.units.append(partial(encode_and_store, self.store, entry, raw, self.path, parent))
+            return
+        shape = [int(d) for d in entry.shape]
+        slot.mode, shared = parent_mode(parent.shape if parent else None, shape)
+        reader = None
+        if parent is not None and shared:
+            reader = (RangeReader(self.store, parent.recipe, verify=False), parent.dtype)
+        size = dtype_info(entry.dtype).itemsize
+        start = self.data_offset + entry.begin
+        numel = entry.nbytes // size
+        for index, (begin, end) in enumerate(chunk_ranges(numel, size, self.chunk_bytes, shared)):
+            against = reader if reader is not None and end <= shared else None
+            slot.units.append(
+                partial(encode_chunk_of, self.store, self.read_at, start, entry, index, begin, end, against)
+            )
+
+    def _submit_units(self, slots: deque[Slot]) -> None:
+        for slot in slots:
+            while slot.units and len(self.running) < self.window:
+                slot.coded.append(self._submit(slot.units.popleft()))
+            if len(self.running) >= self.window:
+                return
 
     @staticmethod
     def _finished(slot: Slot) -> bool:
-        if not slot.classified:
-            return False
-        if slot.coded is not None:
-            return slot.coded.done()
-        return True
-
-    @staticmethod
-    def _wait_for_progress(slots: deque[Slot]) -> None:
-        pending: list[Future[Any]] = []
-        for slot in slots:
-            if slot.digest is not None and not slot.digest.done():
-                pending.append(slot.digest)
-                break  # the next to classify
-        head = slots[0]
-        if head.coded is not None:
-            pending.append(head.coded)
-        elif head.digest is not None:
-            pending.append(head.digest)
-        wait(pending, return_when=FIRST_COMPLETED)
+        return slot.classified and not slot.units and all(f.done() for f in slot.coded)

@@ -7,12 +7,16 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
+from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import (
     SafetensorsError,
     SafetensorsStreamValidator,
@@ -178,7 +182,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size)
 
 
-DECODE_AHEAD = 3  # tensors of one download decoded ahead of the stream (memory: that many + one)
+DECODE_AHEAD = max(3, os.cpu_count() or 1)  # pieces of one download decoded ahead of the stream
 _decode_pool: ThreadPoolExecutor | None = None
 _decode_pool_lock = threading.Lock()
 
@@ -192,50 +196,88 @@ def decode_pool() -> ThreadPoolExecutor:
         return _decode_pool
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One unit of a download: bytes ``[lo, hi)`` of what ``decode`` returns (a whole tensor or one
+    chunk of a chunked one), of ``data`` (the header), or of the zstd ``blob`` (streamed)."""
+
+    lo: int
+    hi: int
+    decode: Callable[[], bytes] | None = None
+    data: bytes | None = None
+    blob: str | None = None
+
+
+def _pieces(store: ObjectStore, seg: Segment, lo: int, hi: int) -> Iterator[Piece]:
+    """The pieces of bytes ``[lo, hi)`` of one segment: a chunked tensor gives one per overlapping chunk
+    (all sharing one ``RangeReader``), so chunks are decoded ahead like whole tensors."""
+    if seg.header is not None:
+        yield Piece(lo, hi, data=seg.header)
+    elif seg.recipe is None:
+        yield Piece(lo, hi, blob=seg.blob)
+    elif not seg.recipe.steps[-1].chunks:
+        yield Piece(lo, hi, decode=partial(reconstruct, store, seg.recipe))
+    else:
+        reader = RangeReader(store, seg.recipe)
+        top = len(seg.recipe.steps) - 1
+        step = seg.recipe.steps[top]
+        size = dtype_info(step.dtype).itemsize
+        for chunk in step.chunks:
+            a, b = chunk.begin * size, chunk.end * size
+            if a < hi and b > lo:
+                yield Piece(max(lo, a) - a, min(hi, b) - a, decode=partial(reader.chunk, top, chunk.begin))
+
+
 def iter_file(
     store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None, ahead: int = DECODE_AHEAD
 ) -> Iterator[bytes | memoryview]:
-    """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors that overlap.
+    """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors (and, of a chunked
+    tensor, the chunks) that overlap.
 
-    Up to ``ahead`` tensors are rebuilt on the shared decode threads while the stream sends the
-    current one, so a download runs at the decoders' speed on every core, its memory still bounded by
-    ``ahead + 1`` tensors (and the parent LRU). A stream closed early cancels what it queued.
+    Up to ``ahead`` pieces (a tensor stored whole, or one chunk) are decoded on the shared decode
+    threads while the stream sends the current one, so a download runs at the decoders' speed on every
+    core, its memory bounded by ``ahead + 1`` pieces (a chunk each, or a tensor stored whole, which is
+    no larger than a chunk unless written before chunks existed) and the parent LRU. A stream closed
+    early cancels what it queued.
     """
     end = plan.size if end is None else end
-    wanted = [
-        (seg, max(start, seg.start) - seg.start, min(end, seg.end) - seg.start)
+    pieces = (
+        piece
         for seg in plan.segments
         if seg.end > start and seg.start < end
-    ]
-    queued: dict[int, Future[bytes]] = {}
-    submitted = 0
+        for piece in _pieces(store, seg, max(start, seg.start) - seg.start, min(end, seg.end) - seg.start)
+    )
+    queued: deque[tuple[Piece, Future[bytes] | None]] = deque()
 
-    def queue_upto(last: int) -> None:
-        nonlocal submitted
-        while submitted < len(wanted) and submitted <= last:
-            recipe = wanted[submitted][0].recipe
-            if recipe is not None and not recipe.steps[-1].chunks:  # chunked ones: RangeReader below
-                queued[submitted] = decode_pool().submit(reconstruct, store, recipe)
-            submitted += 1
+    def fill() -> None:
+        while sum(1 for _, f in queued if f is not None) < ahead + 1:
+            piece = next(pieces, None)
+            if piece is None:
+                return
+            decoded = decode_pool().submit(piece.decode) if piece.decode is not None else None
+            queued.append((piece, decoded))
 
     try:
-        for i, (seg, lo, hi) in enumerate(wanted):
-            queue_upto(i + ahead)
-            if seg.header is not None:
-                yield seg.header[lo:hi]
-            elif seg.recipe is not None and seg.recipe.steps[-1].chunks:  # only overlapping chunks
-                yield from RangeReader(store, seg.recipe).iter_bytes(lo, hi)
-            elif seg.recipe is not None:
-                raw = memoryview(queued.pop(i).result())
-                for a in range(lo, hi, SEND_CHUNK):  # small writes: the socket buffer never holds a tensor
-                    yield raw[a : min(hi, a + SEND_CHUNK)]
-                del raw
+        while True:
+            fill()
+            if not queued:
+                return
+            piece, decoded = queued.popleft()
+            if piece.data is not None:
+                yield piece.data[piece.lo : piece.hi]
+            elif piece.blob is not None:
+                yield from _iter_zstd(store, piece.blob, piece.lo, piece.hi)
             else:
-                assert seg.blob is not None
-                yield from _iter_zstd(store, seg.blob, lo, hi)
+                assert decoded is not None
+                raw = memoryview(decoded.result())
+                del decoded
+                for a in range(piece.lo, piece.hi, SEND_CHUNK):  # small writes: never a whole piece
+                    yield raw[a : min(piece.hi, a + SEND_CHUNK)]
+                del raw
     finally:
-        for future in queued.values():
-            future.cancel()
+        for _, future in queued:
+            if future is not None:
+                future.cancel()
 
 
 def _iter_zstd(store: ObjectStore, blob: str, lo: int, hi: int) -> Iterator[bytes]:
