@@ -44,7 +44,7 @@ async def put_file(
     if content_range is not None:
         return await _put_part(file, content_range, request, partials, session, store)
     partials.abandon(file)  # a one-request upload replaces a resumable one left unfinished
-    sink = UploadSink(file)
+    sink = UploadSink(file, scratch_dir=store.scratch_dir())
     try:
         await feed_body(request, sink.feed)
         key = await run_in_threadpool(sink.finish, store)

@@ -41,15 +41,20 @@ class UploadSink:
     Memory holds at most the spool's in-memory part (8 MiB) and a safetensors header.
     """
 
-    def __init__(self, file: File, spool: BinaryIO | None = None) -> None:
-        """``spool`` (default: a temporary file) receives the bytes; a resumed upload passes its part file."""
+    def __init__(self, file: File, spool: BinaryIO | None = None, scratch_dir: Path | None = None) -> None:
+        """``spool`` (default: a temporary file, in ``scratch_dir`` when given: the object store's own,
+        so staging renames it instead of copying) receives the bytes; a resumed upload passes its part
+        file."""
         self.file = file
         self.sha = hashlib.sha256()
         self.size = 0
         self.validator = (
             SafetensorsStreamValidator(expected_size=file.size) if file.kind == "safetensors" else None
         )
-        if spool is None:
+        if spool is None and scratch_dir is not None:
+            scratch_dir.mkdir(parents=True, exist_ok=True)
+            spool = tempfile.NamedTemporaryFile(dir=scratch_dir, prefix="upload-", delete=False)  # type: ignore[assignment]  # noqa: SIM115
+        elif spool is None:
             spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # type: ignore[assignment]  # noqa: SIM115
         self.spool: BinaryIO = spool  # type: ignore[assignment]  # closed in finish/close
 
@@ -101,14 +106,27 @@ class UploadSink:
                 except SafetensorsError as exc:
                     raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
             key = new_staging_key()
-            self.spool.seek(0)
-            store.put_file(key, self.spool, self.size)  # type: ignore[arg-type]
+            path = self._spool_path()
+            if path is None:
+                self.spool.seek(0)
+                store.put_file(key, self.spool, self.size)  # type: ignore[arg-type]
+            else:  # a file of its own (the scratch spool or a resumable upload's part file)
+                self.spool.close()
+                store.put_path(key, path)  # renamed into a local store: the bytes are not copied
             return key
         finally:
             self.close()
 
+    def _spool_path(self) -> Path | None:
+        name = getattr(self.spool, "name", None)
+        return Path(name) if isinstance(name, str) and os.path.isfile(name) else None
+
     def close(self) -> None:
+        """Close the spool; a scratch spool that was not staged is deleted."""
         self.spool.close()
+        path = self._spool_path()
+        if path is not None and path.name.startswith("upload-"):
+            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
