@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from typing import IO
@@ -19,6 +20,7 @@ from deltazoo.registry.errors import BadRequest, DeltazooError
 from deltazoo.registry.services.hub_commit import CommitOperations
 
 FILE_PREFIX = b'{"key": "file", "value": {"content": "'
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_LINE_BYTES = 16 << 20
 
 
@@ -145,10 +147,19 @@ def apply_line(ops: CommitOperations, line: bytes) -> None:
     elif key == "deletedFolder" and isinstance(path, str):
         ops.deleted_folders.add(path.rstrip("/"))
     elif key == "lfsFile":
-        raise BadRequest(
-            f"{path}: LFS files are not accepted here; deltazoo takes files inline (preupload answers"
-            " 'regular'): upload with an unchanged huggingface_hub client",
-            code="lfs_not_supported",
-        )
+        oid, size = value.get("oid"), value.get("size")
+        if (
+            not isinstance(path, str)
+            or value.get("algo", "sha256") != "sha256"
+            or not isinstance(oid, str)
+            or not SHA256_RE.match(oid)
+            or type(size) is not int
+            or size < 0
+        ):
+            raise BadRequest(
+                "an 'lfsFile' operation needs 'path', 'algo': 'sha256', 'oid' (64 lowercase hex) and 'size'",
+                code="invalid_commit",
+            )
+        ops.add_lfs(path, oid, size)
     else:
         raise BadRequest(f"unsupported commit operation {key!r}", code="invalid_commit")

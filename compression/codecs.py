@@ -2,30 +2,30 @@
 
 ``encode_tensor`` picks the encoding from what it is given (``delta`` when a parent tensor of the same
 shape exists, ``delta-rows`` when the parent has fewer rows and the same trailing dims, ``plain``
-otherwise); ``decode_tensor`` inverts it given the same parent. Payloads are self-describing (magic
-with the format version, codec id, dtypes, sizes), so bytes written by any version of deltazoo decode
-forever: format 1 (``DZT1``, XOR + zstd) by ``compression.exact_legacy``, format 2 (``DZT2``, byte
-planes + zstd) by ``compression.exact_v2``. A float tensor whose values a narrower float dtype holds bit
-for bit (bf16 weights saved as f32, say) is coded in that dtype inside a ``DZTN`` payload
-(``compression.narrow``).
+otherwise); ``decode_tensor`` inverts it given the same parent. Payloads are self-describing (magic with
+the format number, codec id, dtypes, sizes), so every format written by default since format 4 decodes
+forever. What is written now, by dtype (docs/ARCHITECTURE.md has the module map):
 
-Format 5 (``DZT5``, written now for every payload of BF16 and F16) codes the zigzagged 16-bit difference
-``child − parent`` as a token, Huffman-coded with a table per parent exponent, and the token's extra bits
-inline, in byte-aligned segments that decode four at a time (``compression.exact_v5``; a C kernel with a
-numpy fallback of the same format). Its ``plain`` payloads and the new rows of ``delta-rows`` (header flag
-``PLAIN16``; ``delta-rows`` written before the flag have format-4 new rows) are plain streams of
-``compression.exact_plain``: the exponent and the top mantissa bit Huffman-coded, sign and the other
-mantissa bits as a packed plane. Format 6 (``DZT6``, written now for F32 that no narrower dtype holds;
-``compression.exact_f32``) codes the zigzagged 32-bit difference as a Huffman token per parent exponent with
-its low bits in a raw plane apart, and plain F32 as exponent-and-top-mantissa-bit symbols plus a raw plane;
-``version=5`` writes F32 in format 4 as before. Every other dtype stays format 4. Format 4 (``DZT4``) codes
-a delta as the integer difference of bit patterns ``child − parent`` (wrapping), as a sign-and-magnitude
-token modelled per parent exponent (interleaved rANS) plus raw low bits packed apart, in chunks of 2^18
-elements (``compression.exact_v4``; a C kernel with a numpy fallback of the same format). Format 3
-(``DZT3``, ``compression.exact_rans``) has the same tokens and tables but codes raw bits through rANS too;
-it is read, no longer written. A parent of another float dtype is first cast to the child's dtype (torch,
-round to nearest even) and the payload records the parent's dtype. Format-4 ``plain`` floats code the
-exponent and keep sign and mantissa as raw bits. Layout: docs/FORMAT.md.
+* BF16, F16: format 5 (``DZT5``): deltas by ``compression.exact16_delta`` (the zigzagged 16-bit difference
+  ``child − parent`` as a token Huffman-coded with a table per parent exponent, extra bits inline, in
+  byte-aligned segments); ``plain`` and the new rows of ``delta-rows`` (header flag ``PLAIN16``) by
+  ``compression.exact16_plain`` (exponent and top mantissa bit Huffman-coded, sign and the other mantissa
+  bits as a packed plane).
+* F32: format 6 (``DZT6``, ``compression.exact32``): the zigzagged 32-bit difference as a Huffman token per
+  parent exponent with its low bits in a raw plane apart; plain F32 as exponent-and-top-mantissa-bit
+  symbols plus a raw plane.
+* Every other dtype (F64, F8, integers, bool): format 4 (``DZT4``, ``compression.exact_any``): the integer
+  difference of bit patterns as a sign-and-magnitude token per parent exponent (interleaved rANS) plus raw
+  low bits packed apart, in chunks of 2^18 elements. Format 4 was also the default for BF16/F16 before
+  format 5 and for F32 before format 6, so stores hold it for every dtype; ``version=4`` and ``version=5``
+  still write it (for readers older than format 5 or 6).
+* A float tensor whose values a narrower float dtype holds bit for bit (bf16 weights saved as f32, say) is
+  coded in that dtype inside a ``DZTN`` payload (``compression.narrow``).
+
+Formats 1-3 (``DZT1``-``DZT3``) were written only before format 4 became the default (2026-11-22) and no
+deployment holds them; they are refused by name. A parent of another float dtype is first cast to the
+child's dtype (torch, round to nearest even) and the payload records the parent's dtype. Layout:
+docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -37,23 +37,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from deltazoo.compression import exact_f32, exact_plain, exact_rans, exact_v4, exact_v5, narrow
-from deltazoo.compression.dtypes import DTYPES, dtype_info
+from deltazoo.compression import exact16_delta, exact16_plain, exact32, exact_any, narrow
+from deltazoo.compression.dtypes import DTYPES, dtype_info, uint_dtype
+from deltazoo.compression.exact_any_tokens import MODE_DELTA, MODE_FLOAT, Layout
 from deltazoo.compression.exact_errors import CodecError
-from deltazoo.compression.exact_legacy import MAGIC_V1, decode_v1
-from deltazoo.compression.exact_planes import uint_dtype
-from deltazoo.compression.exact_rans import MODE_DELTA, MODE_FLOAT, Layout
-from deltazoo.compression.exact_v2 import HEADER as _HEADER_V2
-from deltazoo.compression.exact_v2 import decode_v2
 
 __all__ = ["CodecError", "EncodedTensor", "decode_tensor", "encode_tensor"]
 
 MAGIC = b"DZT5"
-MAGIC_V6 = b"DZT6"  # F32 payloads (compression.exact_f32)
+MAGIC_V6 = b"DZT6"  # F32 payloads (compression.exact32)
 MAGIC_V4 = b"DZT4"
-MAGIC_V3 = b"DZT3"
-MAGIC_V2 = b"DZT2"
-# Dtype codes stored in format-2 to -5 payloads; append only, never reorder.
+RETIRED = (b"DZT1", b"DZT2", b"DZT3")  # formats no deployment holds: refused by name
+# Dtype codes stored in payload headers; append only, never reorder.
 DTYPE_CODES: tuple[str, ...] = (
     "F64",
     "F32",
@@ -74,7 +69,7 @@ DTYPE_CODES: tuple[str, ...] = (
 NO_PARENT = 0xFF
 _HEADER = struct.Struct("<4s c B B B Q")  # magic, codec id, dtype, parent dtype, flags, element count
 # Format-5 header flag: the payload's plain streams (`p`, the new rows of `r`) of BF16/F16 are
-# compression.exact_plain streams (without it: format-4 streams, as format 5 first wrote them).
+# compression.exact16_plain streams (without it: format-4 streams, as format 5 first wrote them).
 PLAIN16 = 1
 _CODEC_IDS = {"plain": b"p", "delta": b"d", "delta-rows": b"r"}
 _ENCODINGS = {v: k for k, v in _CODEC_IDS.items()}
@@ -145,7 +140,7 @@ def _as_child_dtype(parent_raw: Buffer, parent_dtype: str, dtype: str) -> np.nda
 
 
 def layout(dtype: str, with_parent: bool) -> Layout:
-    """How formats 3 and 4 tokenize ``dtype``: floats by exponent (delta: the parent's), integers by
+    """How format 4 tokenizes ``dtype``: floats by exponent (delta: the parent's), integers by
     magnitude."""
     info = dtype_info(dtype)
     if not info.is_float:
@@ -169,12 +164,12 @@ def _header(
 def _plain(raw: Buffer, dtype: str, n: int, threads: int, version: int = 6) -> EncodedTensor:
     if version == 6 and dtype == "F32":
         head = _header("plain", dtype, None, n, MAGIC_V6)
-        return EncodedTensor("plain", exact_f32.encode_stream(np.frombuffer(raw, "<u4"), None, prefix=head))
-    if version >= 5 and dtype in exact_plain.FLOATS:  # one thread: it runs near memory-copy speed
+        return EncodedTensor("plain", exact32.encode_stream(np.frombuffer(raw, "<u4"), None, prefix=head))
+    if version >= 5 and dtype in exact16_plain.FLOATS:  # one thread: it runs near memory-copy speed
         head = _header("plain", dtype, None, n, MAGIC, PLAIN16)
-        return EncodedTensor("plain", exact_plain.encode(raw, dtype, head))
+        return EncodedTensor("plain", exact16_plain.encode(raw, dtype, head))
     elems = np.frombuffer(raw, dtype=uint_dtype(dtype_info(dtype).itemsize))
-    body = exact_v4.encode_stream(layout(dtype, False), elems, None, threads=threads)
+    body = exact_any.encode_stream(layout(dtype, False), elems, None, threads=threads)
     return EncodedTensor("plain", _header("plain", dtype, None, n) + body)
 
 
@@ -198,7 +193,7 @@ def encode_tensor(
     2^18-element chunks of a format-4 tensor, or runs of segments of a format-5 delta, side by side (same
     bytes as one thread; format-5 plain streams and format 6 run on one thread). ``version`` 4 writes
     format 4 only (for readers older than format 5); 5 writes F32 in format 4 (for readers older than
-    format 6); 6 (the default) codes F32 in format 6 (``compression.exact_f32``). With version 5 or 6, a
+    format 6); 6 (the default) codes F32 in format 6 (``compression.exact32``). With version 5 or 6, a
     float tensor whose every element a narrower
     float dtype holds bit for bit (bf16 weights saved as f32, say) is coded in that dtype inside a
     ``DZTN`` payload (``compression.narrow``; ``narrowing=False`` turns this off).
@@ -244,18 +239,18 @@ def encode_tensor(
     magic = MAGIC if version >= 5 and dtype in _V5_SHIFT else MAGIC_V4
     if magic == MAGIC and same:  # the header goes in ahead of the stream: no copy of the body after
         head = _header("delta", dtype, parent_dtype, n, magic)
-        payload = exact_v5.encode_stream(child, parent, _V5_SHIFT[dtype], threads=threads, prefix=head)
+        payload = exact16_delta.encode_stream(child, parent, _V5_SHIFT[dtype], threads=threads, prefix=head)
         return EncodedTensor("delta", payload)
     if magic == MAGIC:
-        body = exact_v5.encode_stream(child[:shared], parent, _V5_SHIFT[dtype], threads=threads)
+        body = exact16_delta.encode_stream(child[:shared], parent, _V5_SHIFT[dtype], threads=threads)
     else:
-        body = exact_v4.encode_stream(layout(dtype, True), child[:shared], parent, threads=threads)
+        body = exact_any.encode_stream(layout(dtype, True), child[:shared], parent, threads=threads)
     if same:
         return EncodedTensor("delta", _header("delta", dtype, parent_dtype, n, magic) + body)
-    if magic == MAGIC:  # BF16/F16: the new rows as a plain stream of exact_plain
+    if magic == MAGIC:  # BF16/F16: the new rows as a plain stream of exact16_plain
         head = _header("delta-rows", dtype, parent_dtype, n, magic, PLAIN16) + struct.pack("<Q", shared)
-        return EncodedTensor("delta-rows", exact_plain.encode(child[shared:], dtype, head + body))
-    tail = exact_v4.encode_stream(layout(dtype, False), child[shared:], None, threads=threads)
+        return EncodedTensor("delta-rows", exact16_plain.encode(child[shared:], dtype, head + body))
+    tail = exact_any.encode_stream(layout(dtype, False), child[shared:], None, threads=threads)
     head = _header("delta-rows", dtype, parent_dtype, n, magic) + struct.pack("<Q", shared)
     return EncodedTensor("delta-rows", head + body + tail)
 
@@ -266,11 +261,11 @@ def _encode_f32(
     """Format 6: the delta stream of the shared elements, then for ``delta-rows`` the new rows plain."""
     if same:
         head = _header("delta", dtype, parent_dtype, n, MAGIC_V6)
-        return EncodedTensor("delta", exact_f32.encode_stream(child, parent, prefix=head))
+        return EncodedTensor("delta", exact32.encode_stream(child, parent, prefix=head))
     shared = parent.size
     head = _header("delta-rows", dtype, parent_dtype, n, MAGIC_V6) + struct.pack("<Q", shared)
-    body = exact_f32.encode_stream(child[:shared], parent, prefix=head)
-    return EncodedTensor("delta-rows", exact_f32.encode_stream(child[shared:], None, prefix=body))
+    body = exact32.encode_stream(child[:shared], parent, prefix=head)
+    return EncodedTensor("delta-rows", exact32.encode_stream(child[shared:], None, prefix=body))
 
 
 def decode_tensor(
@@ -294,16 +289,19 @@ def decode_tensor(
     magic = bytes(buf[:4])
     if magic == narrow.MAGIC_NARROW:
         out = _decode_narrowed(buf, encoding, dtype, shape, parent_raw, parent_dtype, parent_shape, threads)
-    elif magic == MAGIC_V1:
-        out = decode_v1(bytes(buf), itemsize, parent_raw)
     elif magic == MAGIC_V6:
         out = _decode_v6(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape)
-    elif magic in (MAGIC, MAGIC_V4, MAGIC_V3, MAGIC_V2):
-        out = _decode_v234(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, threads)
+    elif magic in (MAGIC, MAGIC_V4):
+        out = _decode_v45(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, threads)
+    elif magic in RETIRED:
+        raise CodecError(
+            f"a format {magic[3] - 48} payload ({magic.decode()}) is no longer read: formats 1-3 were"
+            " written only by deltazoo before 2026-11-22; decode it with that release and push it again"
+        )
     else:
         raise CodecError(
-            f"not a deltazoo tensor payload (magic {magic!r}, expected {MAGIC_V6!r},"
-            f" {MAGIC!r}, {MAGIC_V4!r}, {MAGIC_V3!r}, {MAGIC_V2!r} or {MAGIC_V1!r})"
+            f"not a deltazoo tensor payload (magic {magic!r}, expected {MAGIC_V6!r}, {MAGIC!r},"
+            f" {MAGIC_V4!r} or {narrow.MAGIC_NARROW!r})"
         )
     if len(out) != n * itemsize:
         raise CodecError(
@@ -346,7 +344,7 @@ def _decode_narrowed(
     return narrow.widen(raw, inner_dtype, dtype)
 
 
-def _decode_v234(
+def _decode_v45(
     buf: memoryview,
     encoding: str,
     dtype: str,
@@ -356,8 +354,7 @@ def _decode_v234(
     parent_shape: Shape | None,
     threads: int,
 ) -> bytes:
-    v2 = bytes(buf[:4]) == MAGIC_V2
-    header = _HEADER_V2 if v2 else _HEADER
+    header = _HEADER
     if len(buf) < header.size:
         raise CodecError(f"corrupt payload: {len(buf)} bytes is shorter than the {header.size}-byte header")
     fields = header.unpack_from(buf)
@@ -374,12 +371,12 @@ def _decode_v234(
     if v5 and fields[4] not in (0, PLAIN16):
         raise CodecError(f"corrupt payload: unknown format-5 flags {fields[4]:#x}")
     plain16 = v5 and fields[4] == PLAIN16
-    if plain16 and dtype not in exact_plain.FLOATS:
+    if plain16 and dtype not in exact16_plain.FLOATS:
         raise CodecError(f"corrupt payload: format-5 plain streams code BF16 and F16, not {dtype}")
     if plain16 and codec == "plain":  # the decoded bytes as they are: no copy
         if pcode != NO_PARENT:
             raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
-        data, offset = exact_plain.decode(buf, header.size, n, dtype)
+        data, offset = exact16_plain.decode(buf, header.size, n, dtype)
         if offset != len(buf):
             raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
         return data
@@ -387,31 +384,25 @@ def _decode_v234(
     if codec != "plain":
         parent = _parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
         shared, offset = _shared_elements(buf, offset, codec, n, parent)
-    if v2:
-        out, offset = decode_v2(buf, codec, dtype, n, parent, shared)
+
+    def stream(with_parent: bool, at: int, count: int, par: np.ndarray | None) -> tuple[np.ndarray, int]:
+        if v5 and with_parent:
+            if dtype not in _V5_SHIFT:
+                raise CodecError(f"corrupt payload: format 5 codes BF16 and F16 deltas, not {dtype}")
+            assert par is not None
+            return exact16_delta.decode_stream(buf, at, count, par, _V5_SHIFT[dtype], threads=threads)
+        return exact_any.decode_stream(layout(dtype, with_parent), buf, at, count, par, threads=threads)
+
+    if codec == "plain":
+        out, offset = stream(False, offset, n, None)
     else:
-        v3, v5 = bytes(buf[:4]) == MAGIC_V3, bytes(buf[:4]) == MAGIC
-
-        def stream(with_parent: bool, at: int, count: int, par: np.ndarray | None) -> tuple[np.ndarray, int]:
-            if v5 and with_parent:
-                if dtype not in _V5_SHIFT:
-                    raise CodecError(f"corrupt payload: format 5 codes BF16 and F16 deltas, not {dtype}")
-                assert par is not None
-                return exact_v5.decode_stream(buf, at, count, par, _V5_SHIFT[dtype], threads=threads)
-            if v3:
-                return exact_rans.decode_stream(layout(dtype, with_parent), buf, at, count, par)
-            return exact_v4.decode_stream(layout(dtype, with_parent), buf, at, count, par, threads=threads)
-
-        if codec == "plain":
-            out, offset = stream(False, offset, n, None)
-        else:
-            out, offset = stream(True, offset, shared, parent)
-        if codec == "delta-rows" and plain16:
-            rows, offset = exact_plain.decode(buf, offset, n - shared, dtype)
-            out = np.concatenate([out, np.frombuffer(rows, "<u2")])
-        elif codec == "delta-rows":
-            tail, offset = stream(False, offset, n - shared, None)
-            out = np.concatenate([out, tail])
+        out, offset = stream(True, offset, shared, parent)
+    if codec == "delta-rows" and plain16:
+        rows, offset = exact16_plain.decode(buf, offset, n - shared, dtype)
+        out = np.concatenate([out, np.frombuffer(rows, "<u2")])
+    elif codec == "delta-rows":
+        tail, offset = stream(False, offset, n - shared, None)
+        out = np.concatenate([out, tail])
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
     if type(out.base) is bytes and len(out.base) == out.nbytes:  # format 5 decodes into a bytes object
@@ -447,13 +438,13 @@ def _decode_v6(
     if codec == "plain":
         if pcode != NO_PARENT:
             raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
-        out, offset = exact_f32.decode_stream(buf, offset, n, None)
+        out, offset = exact32.decode_stream(buf, offset, n, None)
     else:
         parent = _parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
         shared, offset = _shared_elements(buf, offset, codec, n, parent)
-        out, offset = exact_f32.decode_stream(buf, offset, shared, parent)
+        out, offset = exact32.decode_stream(buf, offset, shared, parent)
         if codec == "delta-rows":
-            rows, offset = exact_f32.decode_stream(buf, offset, n - shared, None)
+            rows, offset = exact32.decode_stream(buf, offset, n - shared, None)
             out = np.concatenate([out, rows])
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")

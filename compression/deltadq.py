@@ -61,7 +61,7 @@ import torch
 from deltazoo.compression.deltadq_alloc import CANDIDATES, allocate, importance_keep, layer_choices
 from deltazoo.compression.deltadq_fit import damped, obs_positions, quantize_fitted, refit
 from deltazoo.compression.deltadq_search import MAX_DRAWS, search_keep
-from deltazoo.compression.packed import PackedArtifact, PackedDelta, index_bits, pack_bits
+from deltazoo.compression.packed import PackedArtifact, PackedDelta, index_bits, pack_code_rows
 
 DELTADQ_VERSION = 1
 PREFIX = "deltadq"
@@ -364,8 +364,8 @@ def compress_delta(
         q, scales = quantize(kept, profile, name)
     return PackedDelta(
         shape=(rows, cols), n=profile.n, m=profile.m, bits=profile.bits,
-        values=pack_bits(q + (1 << (profile.bits - 1)), profile.bits),
-        indices=pack_bits(pos.reshape(rows, -1), index_bits(profile.m)),
+        values=pack_code_rows(q + (1 << (profile.bits - 1)), profile.bits),
+        indices=pack_code_rows(pos.reshape(rows, -1), index_bits(profile.m)),
         scales=scales, scale_granularity=profile.scale, group_size=profile.group_size, seed=seed,
         dtype=str(finetune.dtype).removeprefix("torch."),
     )

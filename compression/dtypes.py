@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class DtypeInfo:
@@ -46,3 +48,8 @@ def dtype_info(name: str) -> DtypeInfo:
         raise ValueError(
             f"unsupported dtype {name!r}; deltazoo stores {', '.join(sorted(DTYPES))}"
         ) from None
+
+
+def uint_dtype(width: int) -> np.dtype:
+    """The little-endian unsigned integer dtype of ``width`` bytes: how the codecs read bit patterns."""
+    return np.dtype(f"<u{width}")

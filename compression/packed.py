@@ -48,7 +48,7 @@ def row_bytes(count: int, bits: int) -> int:
     return ((count * bits + 31) // 32) * 4
 
 
-def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+def pack_code_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack unsigned codes ``[rows, count]`` (< 2**bits) into LSB-first rows of ``row_bytes`` bytes."""
     rows, count = codes.shape
     stride = row_bytes(count, bits)
@@ -64,8 +64,8 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return packed.to(torch.uint8)
 
 
-def unpack_bits(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
-    """Inverse of ``pack_bits``: ``uint8[rows, stride]`` to int32 codes ``[rows, count]``."""
+def unpack_code_rows(packed: torch.Tensor, count: int, bits: int) -> torch.Tensor:
+    """Inverse of ``pack_code_rows``: ``uint8[rows, stride]`` to int32 codes ``[rows, count]``."""
     rows = packed.shape[0]
     if bits == 0 or count == 0:
         return torch.zeros((rows, count), dtype=torch.int32, device=packed.device)
@@ -145,8 +145,8 @@ class PackedDelta:
     def codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Signed levels ``q`` and columns of the kept entries, both int32 ``[rows, kept_per_row]``."""
         count = self.kept_per_row
-        q = unpack_bits(self.values, count, self.bits) - (1 << (self.bits - 1))
-        pos = unpack_bits(self.indices, count, index_bits(self.m))
+        q = unpack_code_rows(self.values, count, self.bits) - (1 << (self.bits - 1))
+        pos = unpack_code_rows(self.indices, count, index_bits(self.m))
         group = torch.arange(count, device=pos.device, dtype=torch.int32) // self.n
         return q, group * self.m + pos
 

@@ -1,4 +1,4 @@
-"""Printing for the ``deltazoo`` command: tables, JSON, ratios."""
+"""Printing for the ``deltazoo`` command: tables, JSON, ratios, a version in one line."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from deltazoo.units import human_bytes
 
 
 def ratio_text(r: float | None) -> str:
@@ -22,3 +24,18 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def ratio_or_dedup(v: Any) -> str:
+    if v.status == "ready" and v.stored_bytes == 0 and v.logical_bytes > 0:
+        return "- (every byte already stored: deduplicated)"
+    return ratio_text(v.ratio)
+
+
+def version_line(v: Any) -> str:
+    """One line for a version: ref, parent, status, logical and stored bytes, ratio."""
+    parent = f" <- {v.parent}" if v.parent else ""
+    return (
+        f"{v.ref}{parent}  {v.status}  logical {human_bytes(v.logical_bytes)}  "
+        f"stored {human_bytes(v.stored_bytes)}  ratio {ratio_or_dedup(v)}"
+    )

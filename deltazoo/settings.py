@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
     )
     staging_expiry_hours: float = Field(
         default=24.0, description="versions left uncommitted longer than this are removed with their uploads"
+    )
+    hub_large_files: Literal["inline", "lfs"] = Field(
+        default="inline",
+        description="Hub uploads: weight files asked inline (any client) or through Git LFS (clients"
+        " without Xet: HF_HUB_DISABLE_XET=1)",
     )
 
     # --- client side ---

@@ -42,7 +42,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "deltazoo": ("deltazoo.compression", "deltazoo.kernels"),
 }
 # the one door from the client package into the server: `deltazoo serve` and `deltazoo worker` start them
-SERVER_DOORS = {"deltazoo/cli.py"}
+SERVER_DOORS = {"deltazoo/cli_server.py"}
 
 
 def module_name(path: Path) -> str:

@@ -244,20 +244,20 @@ def test_get_patterns_links_cache_offline_and_rm(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from deltazoo import client as client_module
+    from deltazoo import pull as pull_module
     from deltazoo.settings import get_settings
 
     name = f"{unique_org}/m"
     assert _run(capsys, "push", str(checkpoint_pair.base), "--name", name, "--wait")[0] == 0
 
     bars: list[tuple[int | None, str]] = []
-    real_bar = client_module.progress_bar
+    real_bar = pull_module.progress_bar
 
     def recording_bar(total: int | None, desc: str, **kw: object):  # type: ignore[no-untyped-def]
         bars.append((total, desc))
         return real_bar(total, desc, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(client_module, "progress_bar", recording_bar)
+    monkeypatch.setattr(pull_module, "progress_bar", recording_bar)
     code, out, _ = _run(capsys, "pull", name, str(tmp_path / "all"))
     assert code == 0 and ("hardlinked" in out or "reflinked" in out)
     sizes = [(checkpoint_pair.base / f).stat().st_size for f in ("config.json", "model.safetensors")]
@@ -325,7 +325,7 @@ def test_a_delta_only_pull_shows_one_bar_over_its_files(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from deltazoo import Client, delta_pull
-    from deltazoo import client as client_module
+    from deltazoo import pull as pull_module
 
     with Client(env, cache_dir=tmp_path / "c") as c:
         c.push(checkpoint_pair.base, f"{unique_org}/base", quiet=True)
@@ -342,7 +342,7 @@ def test_a_delta_only_pull_shows_one_bar_over_its_files(
 
             return bar
 
-        monkeypatch.setattr(client_module, "progress_bar", recording(client_module))
+        monkeypatch.setattr(pull_module, "progress_bar", recording(pull_module))
         monkeypatch.setattr(delta_pull, "progress_bar", recording(delta_pull))
         out = c.pull(f"{unique_org}/ft", tmp_path / "ft", quiet=True)
     assert file_sha256(out / "model.safetensors") == file_sha256(
@@ -353,14 +353,14 @@ def test_a_delta_only_pull_shows_one_bar_over_its_files(
 
 
 def test_leaderboard_cli_says_when_the_fine_tune_did_not_gain() -> None:
-    from deltazoo.cli import _gain_text
+    from deltazoo.cli_browse import gain_text
 
-    assert _gain_text({"gain_kept": 0.9731}) == "97.3 %"
+    assert gain_text({"gain_kept": 0.9731}) == "97.3 %"
     row = {
         "gain_kept": None,
         "gain_note": "fine-tune did not gain here",
         "bpb_base": 2.0,
         "bpb_finetune": 2.45,
     }
-    assert _gain_text(row) == "fine-tune did not gain here (bpb base 2.000, fine-tune 2.450)"
-    assert _gain_text({"gain_kept": None}) == "-"  # a dense row
+    assert gain_text(row) == "fine-tune did not gain here (bpb base 2.000, fine-tune 2.450)"
+    assert gain_text({"gain_kept": None}) == "-"  # a dense row

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deltazoo import Client, cli
+from deltazoo import Client, cli, cli_browse
 from tests.checkpoints import CheckpointPair
 
 
@@ -37,7 +37,7 @@ def test_sdk_lineage_fetches_every_page_or_stops_at_a_limit(
 def test_cli_lineage_shows_a_page_and_the_counts_and_all_with_all(
     embedded_server: str, family: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "LINEAGE_SHOWN", 1)
+    monkeypatch.setattr(cli_browse, "LINEAGE_SHOWN", 1)
     assert cli.main(["--url", embedded_server, "lineage", family]) == 0
     out = capsys.readouterr().out
     assert "3 descendant versions in other models: 3 finetune" in out

@@ -1,4 +1,4 @@
-"""Exact codecs: bit-exact round trips for every dtype, golden bytes, old formats, clear errors."""
+"""Exact codecs: bit-exact round trips for every dtype, golden bytes, format 4, clear errors."""
 
 from __future__ import annotations
 
@@ -167,63 +167,6 @@ GOLDEN_V4 = {
         "30000000000000006f12030000e0cf85b92a",
     ),
 }
-GOLDEN_V3 = {  # written by the third codec (format 3: raw bits inside rANS)
-    "plain": (
-        [6], None, None,
-        "445a54337001ff000600000000000000010000000100000000008200aa02000000000000000000000000000000000000"
-        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-        "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-        "00000000000000000000000000000000000000000000aa02000000000000000000000000000000000000aa025805aa02"
-        "5ef7f02309000000000000000056a08e9ca00022ee6c50f30301668de000dee62685",
-    ),
-    "delta": (
-        [6], PARENT, [6],
-        "445a543364010100060000000000000001000000050075000000010000107e00e700010000107f000000010000108000"
-        "980009000008000000000000000000000000000000088100a00001000010000820000500000000000000000000070000"
-        "00000000630a0960",
-    ),
-    "delta-rows": (
-        [3, 2], PARENT[:16], [2, 2],
-        "445a543372010100060000000000000004000000000000000100000003007e00e700010000107f000000010000108000"
-        "980009000008000000000000000000000000000000080008040004000000000000000000000000070000de1fee2f0100"
-        "00000100000075000d0000080000000000000000000000000000000000000000000000086f2204000300000000000000"
-        "03000008e00009a17f6c",
-    ),
-}
-GOLDEN_V2 = {  # written by the second codec (byte planes + zstd)
-    "plain": (
-        [6], None, None,
-        "445a54327001ff00000010000010000006000000000000001300000013000000130000001300000028b52ffd24063100"
-        "00000000006f00b737370728b52ffd2406310000000000001200ee49ee4228b52ffd24063100008020005083e09325e3"
-        "0828b52ffd24063100003fc000403ac070f919a6",
-    ),
-    "delta": (
-        [6], PARENT, [6],
-        "445a543264010100000010000010000006000000000000001300000013000000130000001300000028b52ffd24063100"
-        "000000ff00000030ae192928b52ffd24063100000000ff00000030ae192928b52ffd24063100000000ff204040ff7851"
-        "5628b52ffd240631000000007d000000ad3a72fa",
-    ),
-    "delta-rows": (
-        [3, 2], PARENT[:16], [2, 2],
-        "445a5432720101000000100000100000060000000000000004000000000000001100000011000000110000001100000028"
-        "b52ffd240421000000ff000037c9837728b52ffd240421000000ff000037c9837728b52ffd240421000000ff2040096ca0"
-        "c828b52ffd2404210000007d00003d32011a0f0000000f0000000f0000000f00000028b52ffd24021100006f009d7f0390"
-        "28b52ffd2402110000120025d909d028b52ffd240211000083e07b603a6728b52ffd24021100003ac03967efa5",
-    ),
-}
-GOLDEN_V1 = {  # written by deltazoo's first codec (XOR + zstd); stores may still hold these
-    "plain": (
-        [6], None, None, "445a54315028b52ffd2018c100000000803f000020c000000000000050406f12833a0000e0c0"
-    ),
-    "delta": ([6], PARENT, [6], "445a54314428b52ffd2018ad0000600000203f00001000000020000304012b94720116"),
-    "delta-rows": (
-        [3, 2], PARENT[:16], [2, 2],
-        "445a543152100000000000000028b52ffd201081000000000000000020000000003f0000100028b52ffd20084100006f1283"
-        "3a0000e0c0",
-    ),
-}
 
 
 @pytest.mark.parametrize("encoding", list(GOLDEN_V4))
@@ -235,32 +178,18 @@ def test_golden_format_4(encoding: str) -> None:
     assert (enc.encoding, enc.payload.hex()) == (encoding, hexed)
 
 
-@pytest.mark.parametrize("encoding", list(GOLDEN_V3))
-def test_format_3_payloads_still_decode(encoding: str) -> None:
-    shape, parent, pshape, hexed = GOLDEN_V3[encoding]
-    pdtype = "F32" if parent is not None else None
-    assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
-
-
-@pytest.mark.parametrize("encoding", list(GOLDEN_V2))
-def test_format_2_payloads_still_decode(encoding: str) -> None:
-    shape, parent, pshape, hexed = GOLDEN_V2[encoding]
-    pdtype = "F32" if parent is not None else None
-    assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
-
-
-@pytest.mark.parametrize("encoding", list(GOLDEN_V1))
-def test_format_1_payloads_still_decode(encoding: str) -> None:
-    shape, parent, pshape, hexed = GOLDEN_V1[encoding]
-    pdtype = "F32" if parent is not None else None
-    assert decode_tensor(encoding, bytes.fromhex(hexed), "F32", shape, parent, pdtype, pshape) == CHILD
+@pytest.mark.parametrize("magic", [b"DZT1", b"DZT2", b"DZT3"])
+def test_formats_no_deployment_holds_are_refused_by_name(magic: bytes) -> None:
+    """Formats 1-3 were written only before format 4 (2026-11-22); their decoders are gone."""
+    with pytest.raises(CodecError, match=f"format {magic[3] - 48} .* no longer read"):
+        decode_tensor("plain", magic + bytes(40), "F32", [6])
 
 
 def test_unsupported_dtype_is_named() -> None:
     with pytest.raises(CodecError, match="unsupported tensor dtype 'F4'"):
         encode_tensor(b"\0", "F4", [1])
     with pytest.raises(CodecError, match="unsupported dtype 'C64'"):
-        decode_tensor("plain", GOLDEN_V3["plain"][3], "C64", [6])
+        decode_tensor("plain", GOLDEN_V4["plain"][3], "C64", [6])
 
 
 def test_wrong_byte_length_is_named() -> None:
@@ -270,7 +199,7 @@ def test_wrong_byte_length_is_named() -> None:
         encode_tensor(b"\0" * 6, "F16", [3], b"\0" * 4, "F16", [3])
 
 
-@pytest.mark.parametrize("golden", [GOLDEN_V4, GOLDEN_V3, GOLDEN_V2])
+@pytest.mark.parametrize("golden", [GOLDEN_V4])
 def test_decode_checks_what_it_is_asked(golden: dict) -> None:
     payload = bytes.fromhex(golden["delta"][3])
     with pytest.raises(CodecError, match="needs its parent tensor"):
@@ -283,7 +212,7 @@ def test_decode_checks_what_it_is_asked(golden: dict) -> None:
         decode_tensor("delta", payload, "F32", [4], PARENT[:16], "F32", [4])
 
 
-@pytest.mark.parametrize("golden", [GOLDEN_V4, GOLDEN_V3, GOLDEN_V2])
+@pytest.mark.parametrize("golden", [GOLDEN_V4])
 def test_corrupt_payloads_raise_codec_error(golden: dict) -> None:
     payload = bytearray(bytes.fromhex(golden["delta"][3]))
     args = ("F32", [6], PARENT, "F32", [6])
@@ -296,12 +225,10 @@ def test_corrupt_payloads_raise_codec_error(golden: dict) -> None:
     with pytest.raises(CodecError, match="unexpected bytes after the last frame"):
         decode_tensor("delta", bytes(payload) + b"\0", *args)
     flipped = bytearray(payload)
-    flipped[-6] ^= 0x40  # format 2: the zstd checksum notices; formats 3 and 4: the stream's crc32
+    flipped[-6] ^= 0x40  # the stream's crc32 notices
     with pytest.raises(CodecError, match="corrupt payload"):
         decode_tensor("delta", bytes(flipped), *args)
     bad_id = bytearray(payload)
     bad_id[4] = ord("z")
     with pytest.raises(CodecError, match="unknown codec id"):
         decode_tensor("delta", bytes(bad_id), *args)
-    with pytest.raises(CodecError, match="corrupt format-1 payload"):
-        decode_tensor("plain", b"DZT1P" + b"garbage", "F32", [6])

@@ -13,7 +13,7 @@ from deltazoo.compression.deltadq import (
     parse_profile,
     tensor_seed,
 )
-from deltazoo.compression.packed import index_bits, load_artifact, save_artifact, unpack_bits
+from deltazoo.compression.packed import index_bits, load_artifact, save_artifact, unpack_code_rows
 
 
 def _pair(rows: int = 6, cols: int = 64, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
@@ -67,7 +67,7 @@ def test_nm_pattern_has_exactly_n_per_group_in_ascending_order():
     ft, base = _pair(rows=5, cols=96)
     d = compress_delta(ft, base, "deltadq:n=3,m=16,bits=4", "w")
     d.validate("w")
-    pos = unpack_bits(d.indices, d.kept_per_row, index_bits(16)).reshape(5, 6, 3)
+    pos = unpack_code_rows(d.indices, d.kept_per_row, index_bits(16)).reshape(5, 6, 3)
     assert (pos < 16).all()
     assert (pos[..., 1:] > pos[..., :-1]).all()  # n distinct, ascending
     _, columns = d.codes()
@@ -100,7 +100,7 @@ def test_levels_stay_in_the_symmetric_range(bits):
     d = compress_delta(ft, base, f"deltadq:n=4,m=8,bits={bits},scale=row", "w")
     q, _ = d.codes()
     assert q.abs().max().item() <= 2 ** (bits - 1) - 1
-    codes = unpack_bits(d.values, d.kept_per_row, bits)
+    codes = unpack_code_rows(d.values, d.kept_per_row, bits)
     assert codes.min().item() >= 1 and codes.max().item() <= 2**bits - 1
 
 

@@ -7,7 +7,7 @@ import torch
 from deltazoo.compression.calibration import collect_hessians
 from deltazoo.compression.deltadq import build_artifact, compress_delta, parse_profile
 from deltazoo.compression.deltadq_fit import damped, refit
-from deltazoo.compression.packed import index_bits, unpack_bits
+from deltazoo.compression.packed import index_bits, unpack_code_rows
 
 
 def _layer(rows: int = 24, cols: int = 128, tokens: int = 2048, seed: int = 0):
@@ -74,7 +74,7 @@ def test_select_obs_with_identity_hessian_is_magnitude_selection():
     obs = compress_delta(ft, base, "deltadq:n=2,m=16,bits=8,select=obs,fit=refit", "w.weight", eye)
     mag = compress_delta(ft, base, "deltadq:n=2,m=16,bits=8,select=magnitude", "w.weight")
     bits = index_bits(16)
-    assert torch.equal(unpack_bits(obs.indices, 16, bits), unpack_bits(mag.indices, 16, bits))
+    assert torch.equal(unpack_code_rows(obs.indices, 16, bits), unpack_code_rows(mag.indices, 16, bits))
 
 
 def test_calibrated_profiles_without_calibration_say_what_to_do():

@@ -11,9 +11,10 @@ import pytest
 from deltazoo import errors
 from deltazoo.cache import Cache
 from deltazoo.checkpoint import scan_checkpoint
-from deltazoo.cli import human_bytes, main
+from deltazoo.cli import main
 from deltazoo.models import FileInfo, ModelInfo, Ref, VersionInfo
 from deltazoo.transport import Transport
+from deltazoo.units import human_bytes
 
 
 def _response(status: int, body: object = None, method: str = "GET") -> httpx.Response:

@@ -1,16 +1,18 @@
-"""The Hugging Face Hub protocol's write side: create repo, preupload, commit (NDJSON), and the Xet
-token route answered with what to do instead (registry/services/hub_commit.py)."""
+"""The Hugging Face Hub protocol's write side: create repo, preupload, the Git LFS batch API with its
+basic transfer, commit (NDJSON), and the Xet token route answered with what to do instead
+(registry/services/hub_commit.py, hub_lfs.py)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from deltazoo.api.body_feed import feed_body
 from deltazoo.api.deps import DB, Enqueue, Store
 from deltazoo.api.hub_ndjson import read_commit
 from deltazoo.api.hub_protocol import HubRoute, HubViewer, hub_error
 from deltazoo.registry.errors import BadRequest, DeltazooError
-from deltazoo.registry.services import hub_commit
+from deltazoo.registry.services import hub_commit, hub_lfs
 from deltazoo.registry.services.model_card import front_matter_problem
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -47,7 +49,54 @@ async def preupload(
     files = (await _json_body(request)).get("files")
     if not isinstance(files, list):
         raise BadRequest("the body needs a 'files' list", code="invalid_request")
-    return await run_in_threadpool(hub_commit.preupload, session, viewer, f"{org}/{name}", revision, files)
+    large_files = request.app.state.settings.hub_large_files
+    return await run_in_threadpool(
+        hub_commit.preupload, session, viewer, f"{org}/{name}", revision, files, large_files
+    )
+
+
+@router.post("/{org}/{name}.git/info/lfs/objects/batch")
+async def lfs_batch(
+    org: str, name: str, request: Request, session: DB, store: Store, viewer: HubViewer
+) -> Response:
+    body = await _json_body(request)
+
+    def answer() -> dict:
+        model = hub_commit.writable_model(session, viewer, f"{org}/{name}")
+        ref = body.get("ref")
+        if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+            hub_commit.check_main(ref["name"].removeprefix("refs/heads/"))
+        base = str(request.base_url).rstrip("/")
+        return hub_lfs.batch(session, store, viewer, model, body, base, f"{base}/{org}/{name}.git/info/lfs")
+
+    return JSONResponse(await run_in_threadpool(answer), media_type="application/vnd.git-lfs+json")
+
+
+@router.put("/api/lfs/objects/{ticket}")
+async def lfs_upload(ticket: str, request: Request, store: Store) -> dict:
+    """The basic transfer's upload href: the client PUTs the object here without its token (the ticket
+    the batch handed out admits it), streamed through the transfer service into staging."""
+    sink, key = await run_in_threadpool(hub_lfs.open_ticket, store, ticket)
+    try:
+        await feed_body(request, sink.feed)
+        await run_in_threadpool(sink.finish, store, key)
+    except BaseException:
+        sink.close()
+        raise
+    return {"oid": sink.file.sha256, "size": sink.size}
+
+
+@router.post("/{org}/{name}.git/info/lfs/verify")
+async def lfs_verify(
+    org: str, name: str, request: Request, session: DB, store: Store, viewer: HubViewer
+) -> dict:
+    body = await _json_body(request)
+
+    def check() -> None:
+        hub_lfs.verify(store, hub_commit.writable_model(session, viewer, f"{org}/{name}"), body)
+
+    await run_in_threadpool(check)
+    return {"message": "ok"}
 
 
 @router.post(REPO + "/commit/{revision}")
@@ -94,8 +143,8 @@ async def validate_yaml(request: Request) -> dict | Response:
 @router.get(REPO + "/xet-read-token/{revision}", operation_id="hub_xet_read_token")
 def xet_token(org: str, name: str, revision: str) -> dict:
     raise DeltazooError(
-        "this server does not speak Xet; deltazoo answers preupload with uploadMode 'regular', so only"
-        " files forced through LFS/Xet get here: set HF_HUB_DISABLE_XET=1",
+        "this server does not speak Xet: it takes large files through Git LFS; run the upload again with"
+        " HF_HUB_DISABLE_XET=1 (huggingface_hub then uses the LFS batch API)",
         code="xet_not_supported",
         status=400,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deltazoo.compression.packed import PackedDelta, index_bits, pack_bits
+from deltazoo.compression.packed import PackedDelta, index_bits, pack_code_rows
 
 
 def random_packed_delta(
@@ -28,7 +28,7 @@ def random_packed_delta(
     scales = (scale * (0.5 + torch.rand(scales_shape, generator=generator))).to(torch.float16)
     delta = PackedDelta(
         shape=(rows, cols), n=n, m=m, bits=bits,
-        values=pack_bits(codes, bits), indices=pack_bits(positions, index_bits(m)), scales=scales,
+        values=pack_code_rows(codes, bits), indices=pack_code_rows(positions, index_bits(m)), scales=scales,
         scale_granularity=scale_granularity, group_size=group_size if scale_granularity == "group" else 0,
     )
     delta.validate("random delta")

@@ -26,7 +26,7 @@ from deltazoo.registry.objectstore import ObjectStore, blob_key
 from deltazoo.registry.repositories import BlobRepository
 from deltazoo.registry.services.storage import (
     RAW_CACHE,
-    IntegrityError,
+    CorruptStoreError,
     RawCache,
     Recipe,
     Step,
@@ -95,7 +95,9 @@ class RangeReader:
         part = None
         if chunk.encoding != "plain":
             if parent is None:
-                raise IntegrityError(f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step")
+                raise CorruptStoreError(
+                    f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step"
+                )
             part = self.elements(i - 1, chunk.begin, chunk.end)
         raw = decode_chunk(self.store, step, chunk, parent, part, verify=self.verify)
         if self.verify:
@@ -184,7 +186,7 @@ def code_chunk(
         n if uses_parent else None,
     )
     if check != raw:
-        raise IntegrityError(f"chunk {index} of a tensor did not round-trip through {encoded.encoding}")
+        raise CorruptStoreError(f"chunk {index} of a tensor did not round-trip through {encoded.encoding}")
     del check
     blob = hashlib.sha256(encoded.payload).hexdigest()
     # written even when it exists: without a blob row it may be an orphan the sweep is about to delete

@@ -16,7 +16,7 @@ from deltazoo.registry.models import Tensor
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import BlobRepository, TensorRepository, VersionRepository
 from deltazoo.registry.services.chunks import DEFAULT_CHUNK_BYTES, plain_chunks_of
-from deltazoo.registry.services.storage import IntegrityError, put_blob, reconstruct, resolve_recipes
+from deltazoo.registry.services.storage import CorruptStoreError, put_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
 
@@ -42,7 +42,7 @@ def detach_copies(
             sha = recipe.steps[0].blob
             blob = blobs.get(sha)
             if blob is None:
-                raise IntegrityError(f"tensor {copy.name!r}: blob {sha} is missing")
+                raise CorruptStoreError(f"tensor {copy.name!r}: blob {sha} is missing")
             blobs.add_reference(sha, blob.size)
             encoding, size = "plain", blob.size
         elif recipe.nbytes > chunk_bytes or any(step.chunks for step in recipe.steps):
@@ -65,6 +65,6 @@ def _recode_alone(session: Session, store: ObjectStore, copy: Tensor, raw: bytes
     encoded = encode_tensor(raw, copy.dtype, list(copy.shape))
     check = decode_tensor(encoded.encoding, encoded.payload, copy.dtype, list(copy.shape))
     if hashlib.sha256(check).hexdigest() != copy.sha256:
-        raise IntegrityError(f"tensor {copy.name!r} did not round-trip through {encoded.encoding}")
+        raise CorruptStoreError(f"tensor {copy.name!r} did not round-trip through {encoded.encoding}")
     sha, _ = put_blob(session, store, encoded.payload)
     return sha, encoded.encoding, len(encoded.payload)

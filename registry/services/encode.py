@@ -26,7 +26,7 @@ from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
 from deltazoo.registry.services.chunks import DEFAULT_CHUNK_BYTES, CodedChunk
 from deltazoo.registry.services.encode_pipeline import FilePipeline, ParentRef, Slot
-from deltazoo.registry.services.storage import IntegrityError, put_blob, resolve_recipes
+from deltazoo.registry.services.storage import CorruptStoreError, put_blob, resolve_recipes
 from sqlalchemy import ColumnElement, event, update
 from sqlalchemy.orm import Session
 
@@ -105,7 +105,9 @@ def _copy_file(session: Session, version: Version, file: File) -> int:
     """A file whose bytes a ready version already holds: reuse its blobs, tensors become ``same``."""
     source = session.get(File, file.source_file_id)
     if source is None:
-        raise IntegrityError(f"{file.path}: the stored copy it was deduplicated against is gone; push again")
+        raise CorruptStoreError(
+            f"{file.path}: the stored copy it was deduplicated against is gone; push again"
+        )
     blobs = BlobRepository(session)
     for sha in (source.header_blob, source.blob):
         if sha:
@@ -170,7 +172,7 @@ def _encode_safetensors(
     try:
         header = read_header(read_at, file.size)
     except SafetensorsError as exc:
-        raise IntegrityError(f"{file.path}: {exc}") from None
+        raise CorruptStoreError(f"{file.path}: {exc}") from None
     if file.header_blob is None:
         file.header_blob, new = put_blob(session, store, header.header_bytes)
         add_stored(header.header_size if new else 0)
@@ -400,6 +402,7 @@ def encode_version(
     version.logical_bytes = sum(f.size for f in files)
     version.status, version.status_message = "ready", stored_note(files)
     session.flush()
-    after_commit(session, partial(delete_objects, store, staged))
+    shared = FileRepository(session).referenced_staging_keys(staged)  # an LFS object another commit names
+    after_commit(session, partial(delete_objects, store, [k for k in staged if k not in shared]))
     totals.stored_bytes = version.stored_bytes
     return totals

@@ -1,6 +1,6 @@
 """The tensors of one safetensors file encoded side by side: read → hash → (dedup) → encode → verify → write.
 
-Lanes are threads: the C codecs (``compression._exact5``, ``_plain5``, ``_narrow``), zstd, hashlib and
+Lanes are threads: the C codecs (``compression._exact16_delta``, ``_exact16_plain``, ``_narrow``), zstd, hashlib and
 file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The unit of work of a lane is
 a *chunk*: a tensor up to ``chunk_bytes`` is one unit, a larger one (stored in chunks,
 ``registry.services.chunks``) is one unit per chunk, so the lanes share out the chunks of one big tensor
@@ -41,7 +41,7 @@ from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.objectstore import ObjectStore, blob_key
 from deltazoo.registry.services.chunks import CodedChunk, RangeReader, chunk_ranges, code_chunk, parent_mode
-from deltazoo.registry.services.storage import IntegrityError, Recipe, reconstruct
+from deltazoo.registry.services.storage import CorruptStoreError, Recipe, reconstruct
 
 IN_FLIGHT_PER_LANE = 2
 
@@ -139,7 +139,9 @@ def encode_and_store(
         pshape if uses_parent else None,
     )
     if check != raw:
-        raise IntegrityError(f"{path}: tensor {entry.name!r} did not round-trip through {encoded.encoding}")
+        raise CorruptStoreError(
+            f"{path}: tensor {entry.name!r} did not round-trip through {encoded.encoding}"
+        )
     del check, parent_raw
     sha = hashlib.sha256(encoded.payload).hexdigest()
     # written even when an object of that name exists: without a blob row it may be an orphan the

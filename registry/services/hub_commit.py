@@ -3,11 +3,18 @@ into a deltazoo version.
 
 A commit applies its operations to ``main`` (the latest ready version): files it does not touch are
 carried over (deduplicated, no bytes move), added files arrive inline (``uploadMode: regular``,
-base64 in the commit's NDJSON), deleted files and folders are left out. The result is created,
+base64 in the commit's NDJSON) or were sent before through Git LFS (``lfsFile`` naming a staged
+object: services/hub_lfs.py), deleted files and folders are left out. The result is created,
 uploaded, validated and committed exactly like any push (registry/services/versions.py), so it is
-encoded, deduplicated and exact; its model card may name its base. Files are asked for inline because
-that path needs neither Git LFS nor Xet on the client: huggingface_hub with hf-xet installed sends
-every "lfs" file through Xet, which this server does not speak.
+encoded, deduplicated and exact; its model card may name its base.
+
+Which files preupload asks for through LFS is the server's choice (``settings.hub_large_files``):
+huggingface_hub 2.x with hf-xet importable sends every file answered "lfs" through Xet
+(``_commit_api._upload_files``, ``HfApi.upload_folder``), never through the LFS batch API, and says
+nothing in its requests that would let a server tell it apart; this server does not speak Xet. So the
+default, ``inline``, answers "regular" for every file (every client works), and ``lfs`` answers "lfs"
+for weight files, for clients without Xet (``HF_HUB_DISABLE_XET=1``); a Xet client that gets "lfs"
+is told, in the 400 of the Xet token route, to set it.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
-from deltazoo.registry.models import Version
+from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, VersionRepository
-from deltazoo.registry.services.access import Principal, check_write
+from deltazoo.registry.services.access import Principal, can_read_model, check_write, model_not_found
+from deltazoo.registry.services.hub_lfs import claim_staged, wants_lfs
 from deltazoo.registry.services.refs import MAIN, get_model, parse_name, ref_string
 from deltazoo.registry.services.transfer import UploadSink
 from deltazoo.registry.services.versions import (
@@ -65,13 +73,28 @@ def check_main(revision: str) -> None:
         )
 
 
-def preupload(
-    session: Session, viewer: Principal, repo_id: str, revision: str, files: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """``POST /api/models/{repo}/preupload/{rev}``: every file is to be sent inline (``regular``)."""
+def writable_model(session: Session, viewer: Principal, repo_id: str) -> Model:
+    """The model ``repo_id`` for a write: a private one the caller may not read is missing (404, as if
+    it did not exist, before any 401/403 could tell it exists); then the write scope is checked."""
     org, name = parse_name(repo_id)
-    get_model(session, org, name)
+    model = get_model(session, org, name)
+    if not can_read_model(viewer, model, org):
+        raise model_not_found(org, name)
     check_write(viewer, org)
+    return model
+
+
+def preupload(
+    session: Session,
+    viewer: Principal,
+    repo_id: str,
+    revision: str,
+    files: list[dict[str, Any]],
+    large_files: str = "inline",
+) -> dict[str, Any]:
+    """``POST /api/models/{repo}/preupload/{rev}``: each file inline (``regular``), or weight files
+    through LFS when ``large_files`` is ``lfs`` (see the module's docstring)."""
+    writable_model(session, viewer, repo_id)
     check_main(revision)
     if len(files) > MAX_PREUPLOAD_FILES:
         raise Unprocessable(f"at most {MAX_PREUPLOAD_FILES} files per request", code="too_many_files")
@@ -81,7 +104,8 @@ def preupload(
         if not isinstance(path, str):
             raise Unprocessable("each file needs a 'path'", code="invalid_request")
         check_path(path)
-        out.append({"path": path, "uploadMode": "regular", "shouldIgnore": False, "oid": None})
+        mode = "lfs" if large_files == "lfs" and wants_lfs(path, f.get("size")) else "regular"
+        out.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": None})
     return {"files": out, "commitOid": None}
 
 
@@ -103,6 +127,7 @@ class StagedFile:
 class CommitOperations:
     header: dict[str, Any] = field(default_factory=dict)
     added: dict[str, StagedFile] = field(default_factory=dict)
+    lfs: dict[str, tuple[str, int]] = field(default_factory=dict)  # path -> (sha256, size) sent by LFS
     deleted_files: set[str] = field(default_factory=set)
     deleted_folders: set[str] = field(default_factory=set)
 
@@ -122,10 +147,19 @@ class CommitOperations:
         except BaseException:
             spool.close()
             raise
+        self._drop(path)
+        self.added[path] = StagedFile(path, size, spool)
+
+    def add_lfs(self, path: str, oid: str, size: int) -> None:
+        check_path(path)
+        self._drop(path)
+        self.lfs[path] = (oid, size)
+
+    def _drop(self, path: str) -> None:
         old = self.added.pop(path, None)
         if old is not None:
             old.spool.close()
-        self.added[path] = StagedFile(path, size, spool)
+        self.lfs.pop(path, None)
 
 
 def commit(
@@ -139,9 +173,7 @@ def commit(
 ) -> tuple[Version, str]:
     """``POST /api/models/{repo}/commit/{rev}``: a new version of the model (``main`` + the operations),
     committed and queued for encoding; returns it and its ref."""
-    org, name = parse_name(repo_id)
-    model = get_model(session, org, name)
-    check_write(viewer, org)
+    model = writable_model(session, viewer, repo_id)
     check_main(revision)
     main = VersionRepository(session).latest(model.id, ready_only=True)
     parent_commit = ops.header.get("parentCommit")
@@ -162,6 +194,8 @@ def commit(
             digest.update(chunk)
         digests[path] = digest.hexdigest()
         declared[path] = DeclaredFile(path, staged.size, digests[path])
+    for path, (oid, size) in ops.lfs.items():
+        declared[path] = DeclaredFile(path, size, oid)
     if not declared:
         raise Unprocessable("the commit leaves the repository empty; add at least one file", code="no_files")
     version, uploads = create_version(
@@ -170,6 +204,10 @@ def commit(
     files = {f.path: f for f in FileRepository(session).for_version(version.id)}
     for path, needed in uploads:
         if not needed:
+            continue
+        if path in ops.lfs:
+            oid, size = ops.lfs[path]
+            record_upload(session, store, files[path], claim_staged(store, model, path, oid, size))
             continue
         staged_file = ops.added.get(path)
         if staged_file is None:

@@ -23,7 +23,7 @@ from deltazoo.registry.repositories import BlobRepository, TensorChunkRepository
 from sqlalchemy.orm import Session
 
 
-class IntegrityError(RuntimeError):
+class CorruptStoreError(RuntimeError):
     """Stored bytes do not decode to what the registry recorded (a bug or a damaged store)."""
 
 
@@ -131,7 +131,7 @@ def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Re
         if tid in memo:
             return memo[tid]
         if tid in seen:
-            raise IntegrityError(f"tensor {tid} is its own ancestor")
+            raise CorruptStoreError(f"tensor {tid} is its own ancestor")
         t = known[tid]
         if t.encoding == "same":
             assert t.parent_tensor_id is not None
@@ -139,7 +139,7 @@ def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Re
         else:
             chunks = tuple(Chunk(c.begin, c.end, c.encoding, c.blob, c.sha256) for c in chunked.get(t.id, ()))
             if t.blob is None and (not chunks or len(chunks) != t.chunks):
-                raise IntegrityError(f"tensor {t.name!r} ({t.encoding}) has no blob")
+                raise CorruptStoreError(f"tensor {t.name!r} ({t.encoding}) has no blob")
             step = Step(t.encoding, t.blob, t.dtype, tuple(t.shape), t.sha256, chunks)
             if t.encoding == "plain":
                 result = (step,)
@@ -168,10 +168,10 @@ def decode_chunk(
         raw = decode_tensor("plain", payload, step.dtype, n)
     else:
         if parent is None or parent_part is None:
-            raise IntegrityError(f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent")
+            raise CorruptStoreError(f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent")
         raw = decode_tensor(chunk.encoding, payload, step.dtype, n, parent_part, parent.dtype, n)
     if verify and hashlib.sha256(raw).hexdigest() != chunk.sha256:
-        raise IntegrityError(f"a chunk of tensor {step.sha256} does not match its recorded sha256")
+        raise CorruptStoreError(f"a chunk of tensor {step.sha256} does not match its recorded sha256")
     return raw
 
 
@@ -223,7 +223,7 @@ def reconstruct(
                 parent_shape=list(parent.shape) if parent else None,
             )
         if verify and hashlib.sha256(raw).hexdigest() != step.sha256:
-            raise IntegrityError(f"decoded tensor does not match its recorded sha256 {step.sha256}")
+            raise CorruptStoreError(f"decoded tensor does not match its recorded sha256 {step.sha256}")
         if verify and i < len(recipe.steps) - 1:
             cache.put(step.sha256, raw)
     assert raw is not None

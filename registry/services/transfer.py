@@ -78,8 +78,9 @@ class UploadSink:
             except SafetensorsError as exc:
                 raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
 
-    def finish(self, store: ObjectStore) -> str:
-        """Check the whole file and write it to a new staging object; returns its key."""
+    def finish(self, store: ObjectStore, key: str | None = None) -> str:
+        """Check the whole file and write it to a staging object (``key``, default a new one); returns
+        its key."""
         try:
             if self.validator is not None:
                 try:
@@ -105,7 +106,7 @@ class UploadSink:
                     validate_index(self.spool.read())
                 except SafetensorsError as exc:
                     raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
-            key = new_staging_key()
+            key = key or new_staging_key()
             path = self._spool_path()
             if path is None:
                 self.spool.seek(0)

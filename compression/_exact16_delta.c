@@ -1,7 +1,7 @@
 /* Format-5 exact coder kernels: canonical Huffman over delta tokens, extra bits inline, segments.
  *
  * Specified in docs/FORMAT.md ("Exact tensor payloads", format 5) and implemented twice: here and in
- * numpy (compression/exact_v5.py, the fallback when this extension did not build); tests/test_codecs_v5.py
+ * numpy (compression/exact16_delta.py, the fallback when this extension did not build); tests/test_codecs_16_delta.py
  * checks both write and read the same bytes. Elements are 16-bit (BF16/F16). Per element: z = zigzag of
  * the wrapping difference child − parent; its token and extra bit count (token(), ZZ); the context is
  * ctxmap[the parent's exponent]; the bitstream gets the token's bit-reversed canonical code (LSB-first)
@@ -14,7 +14,7 @@
  * rorx; the decoder's in inline assembly) picked at import where the CPU has BMI2, so the module still
  * runs on x86-64-v2; set_portable(True) forces the plain code (tests check both give the same bytes).
  * encode_stream and decode_stream do a whole stream in one call (counts, context map, codes, crc32 by
- * PCLMULQDQ folding); the smaller entry points serve the threaded and checked paths of exact_v5.py.
+ * PCLMULQDQ folding); the smaller entry points serve the threaded and checked paths of exact16_delta.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -34,7 +34,7 @@ static int ctx_ok(const Py_buffer *ctxmap, Py_ssize_t tables) {
     return 1;
 }
 
-/* Token | extra bit count << 8 of a wrapping difference (compression.exact_v5.ZTAB, computed). */
+/* Token | extra bit count << 8 of a wrapping difference (compression.exact16_delta.ZTAB, computed). */
 static inline uint32_t token(uint16_t z) {
     uint32_t zz = (uint16_t)((z << 1) ^ (uint16_t)((int16_t)z >> 15));
     uint32_t k = 32 - (uint32_t)__builtin_clz(zz | 1), big = 0u - (uint32_t)(zz >= 8); /* masks: z is */
@@ -149,11 +149,11 @@ static PyObject *py_count(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&child); PyBuffer_Release(&parent); PyBuffer_Release(&counts);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact5.count: bad arguments"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact16_delta.count: bad arguments"); return NULL; }
     Py_RETURN_NONE;
 }
 
-/* A token's extra bit count and base z (compression.exact_v5.TOK_EXTRA, TOK_BASE): z itself below 8, else
+/* A token's extra bit count and base z (compression.exact16_delta.TOK_EXTRA, TOK_BASE): z itself below 8, else
  * bit length kt = (t - 8) / 4 + 4 with the two bits after the leading one; the escape (63): z's 16 bits. */
 #define TOK_KT(t) ((uint32_t)((t) - 8) / 4 + 4)
 #define TOK_NX(t) ((t) == 63 ? 16u : (t) < 8 ? 0u : TOK_KT(t) - 3)
@@ -174,7 +174,7 @@ static uint32_t zz_entry(uint32_t d) {
     return tok | zz << 16;
 }
 
-/* enc (u32 code | length << 16 | escaped << 24 per (row, token), compression.exact_v5.enc_table) to
+/* enc (u32 code | length << 16 | escaped << 24 per (row, token), compression.exact16_delta.enc_table) to
  * encoder rows (u64[rows * 64]). */
 static void encoder_rows(const uint32_t *enc, Py_ssize_t rows, uint64_t *out) {
     for (Py_ssize_t i = 0; i < rows * NTOK; i++) {
@@ -253,7 +253,7 @@ ENCODERS(bmi2, __attribute__((target("bmi2"))), 1)
 static int use_bmi2 = 0; /* set at import where the CPU has BMI2; set_portable() clears it (tests) */
 
 /* Codes n elements into o (4 * n + 8 bytes), segment sizes into sz; enc is u32[256 * 64] per (parent
- * exponent, token), as compression.exact_v5.enc_table. Returns the bytes written, -1 if out of memory. */
+ * exponent, token), as compression.exact16_delta.enc_table. Returns the bytes written, -1 if out of memory. */
 static Py_ssize_t encode_body(const uint8_t *c, const uint8_t *p, Py_ssize_t n, int shift, const uint32_t *enc,
                               Py_ssize_t seg, uint8_t *o, uint32_t *sz) {
     uint64_t *rows = malloc(256 * NTOK * sizeof(uint64_t));
@@ -274,7 +274,7 @@ static Py_ssize_t encode_body(const uint8_t *c, const uint8_t *p, Py_ssize_t n, 
 /* encode(child, parent, shift, ztab, enc, seg, out, sizes): writes the segments back to back into out
  * (byte-aligned each), their byte sizes into sizes; returns the total bytes. enc is u32[256 * 64] per
  * (parent exponent, token) (a token without a code of its own is escaped: the escape token's code, then
- * z's 16 bits). out needs 4 * n + 8 bytes. (ztab, compression.exact_v5.ZTAB, is checked, not read.) */
+ * z's 16 bits). out needs 4 * n + 8 bytes. (ztab, compression.exact16_delta.ZTAB, is checked, not read.) */
 static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_buffer child, parent, ztab, enc, out, sizes;
     int shift;
@@ -291,13 +291,13 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&child); PyBuffer_Release(&parent); PyBuffer_Release(&ztab); PyBuffer_Release(&enc);
     PyBuffer_Release(&out); PyBuffer_Release(&sizes);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact5.encode: bad arguments"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact16_delta.encode: bad arguments"); return NULL; }
     if (total < 0) return PyErr_NoMemory();
     return PyLong_FromSsize_t(total);
 }
 
 /* ---------------------------------------------------------------------------------------- decode
- * The decoder's own table (built here from the code lengths, not compression.exact_v5.dec_table): per
+ * The decoder's own table (built here from the code lengths, not compression.exact16_delta.dec_table): per
  * (context, next 11 bits) a u32 of bits taken (code + extra bits, bits 0-7) | a shift (bits 8-13) | SLOW
  * (bit 14) | a 16-bit value A (bits 16-31). The bit after a code of at most 10 bits is in the lookup, and it
  * is z's low bit (the sign of the difference) whenever the token has extra bits, so the entry knows the
@@ -625,12 +625,12 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     free(dt);
     PyBuffer_Release(&srcb); PyBuffer_Release(&offs); PyBuffer_Release(&parent); PyBuffer_Release(&ctxmap);
     PyBuffer_Release(&lens); PyBuffer_Release(&out);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact5.decode: bad arguments"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact16_delta.decode: bad arguments"); return NULL; }
     return PyLong_FromLong(result);
 }
 
 /* decode_stream(buf, offset, n, parent, shift) -> (the n elements' bytes, offset past the stream), or an
- * int (nonzero) where the stream is corrupt: compression.exact_v5.decode_stream then reads it again the
+ * int (nonzero) where the stream is corrupt: compression.exact16_delta.decode_stream then reads it again the
  * long way, which names the fault. The same checks, in one call. */
 static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
     Py_buffer buf, parent;
@@ -720,7 +720,7 @@ static PyObject *py_set_portable(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(use_bmi2 ? "bmi2" : "portable");
 }
 
-/* Code lengths of one context, as compression.exact_v5.code_lengths computes them (the same merges:
+/* Code lengths of one context, as compression.exact16_delta.code_lengths computes them (the same merges:
  * nodes are ordered by (weight, id), leaves numbered 0..m-1 in token order, merged nodes m, m+1, ...;
  * keys are distinct, so any min-selection pops them in the same order as Python's heapq). */
 static void context_lengths(const uint32_t *cnt, uint8_t *len) {
@@ -771,12 +771,12 @@ static PyObject *py_lengths(PyObject *self, PyObject *args) {
             context_lengths(c32, (uint8_t *)out.buf + k * NTOK);
         }
     PyBuffer_Release(&counts); PyBuffer_Release(&out);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact5.lengths: bad arguments (counts < 2^32 each)"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact16_delta.lengths: bad arguments (counts < 2^32 each)"); return NULL; }
     Py_RETURN_NONE;
 }
 
 /* tables(lengths u8[k * 64], tok_extra i64[64], tok_base i64[64], enc u32[k * 64], dec u32[k << 11]): the
- * canonical codes of compression.exact_v5.enc_table and dec_table (same entries, same filler), built here
+ * canonical codes of compression.exact16_delta.enc_table and dec_table (same entries, same filler), built here
  * because numpy's fixed costs per call dominate for small tensors. */
 static PyObject *py_tables(PyObject *self, PyObject *args) {
     Py_buffer lengths, extra, base, enc, dec;
@@ -817,11 +817,11 @@ static PyObject *py_tables(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&lengths); PyBuffer_Release(&extra); PyBuffer_Release(&base); PyBuffer_Release(&enc);
     PyBuffer_Release(&dec);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact5.tables: bad arguments or not a prefix code"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact16_delta.tables: bad arguments or not a prefix code"); return NULL; }
     Py_RETURN_NONE;
 }
 
-/* The canonical codes of one context's lengths (compression.exact_v5.enc_table): per token its bit-reversed
+/* The canonical codes of one context's lengths (compression.exact16_delta.enc_table): per token its bit-reversed
  * code | length << 16, a token without a code the escape's | 1 << 24; 0 if the lengths are no prefix code. */
 static int context_codes(const uint8_t *len, uint32_t *erow) {
     uint32_t start = 0; /* next free slot, MSB-first, in 11-bit space */
@@ -838,10 +838,10 @@ static int context_codes(const uint8_t *len, uint32_t *erow) {
     return 1;
 }
 
-#define CONTEXTS 8 /* compression.exact_v5.CONTEXTS */
+#define CONTEXTS 8 /* compression.exact16_delta.CONTEXTS */
 
 /* encode_stream(child, parent, shift, stride, seg, prefix) -> prefix + the whole format-5 stream (head,
- * context map, code lengths, segment sizes, segments, crc32), as compression.exact_v5.encode_stream writes
+ * context map, code lengths, segment sizes, segments, crc32), as compression.exact16_delta.encode_stream writes
  * it with one thread: the same counts (every stride-th element), context map, codes and bytes. */
 static PyObject *py_encode_stream(PyObject *self, PyObject *args) {
     Py_buffer child, parent, prefix;
@@ -908,7 +908,7 @@ static PyObject *py_encode_stream(PyObject *self, PyObject *args) {
     }
     free(hist); free(rows); free(sizes);
     PyBuffer_Release(&child); PyBuffer_Release(&parent); PyBuffer_Release(&prefix);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact5.encode_stream: bad arguments"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact16_delta.encode_stream: bad arguments"); return NULL; }
     if (!sizes) { Py_XDECREF(res); return res ? PyErr_NoMemory() : NULL; }
     if (_PyBytes_Resize(&res, at + total + 4) < 0) return NULL;
     return res;
@@ -927,10 +927,10 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_exact5", "Format-5 exact coder kernels.", -1,
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_exact16_delta", "Format-5 BF16/F16 delta kernels.", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__exact5(void) {
+PyMODINIT_FUNC PyInit__exact16_delta(void) {
     for (uint32_t j = 0; j < (1u << LOOKUP); j++) {
         uint32_t rev = 0;
         for (int b = 0; b < LOOKUP; b++) rev |= ((j >> b) & 1u) << (LOOKUP - 1 - b);

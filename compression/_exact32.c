@@ -1,4 +1,4 @@
-/* Format-6 streams of 32-bit floats (compression/exact_f32.py has the format and the numpy twin that
+/* Format-6 streams of 32-bit floats (compression/exact32.py has the format and the numpy twin that
  * writes and reads the same bytes). The Python side picks the Huffman code lengths and hands over the
  * tables; this kernel counts symbols, writes the token segments and the raw plane, and decodes them.
  *
@@ -119,7 +119,7 @@ static PyObject *py_count(PyObject *self, PyObject *args) {
     PyBuffer_Release(&child);
     PyBuffer_Release(&parent);
     PyBuffer_Release(&counts);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact6.count: bad buffer sizes"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact32.count: bad buffer sizes"); return NULL; }
     Py_RETURN_NONE;
 }
 
@@ -174,7 +174,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     PyBuffer_Release(&tok);
     PyBuffer_Release(&sizes);
     PyBuffer_Release(&raw);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact6.encode: bad buffer sizes"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact32.encode: bad buffer sizes"); return NULL; }
     return Py_BuildValue("nn", tbytes, rbytes);
 }
 
@@ -370,7 +370,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     PyBuffer_Release(&ctxmap);
     PyBuffer_Release(&dec);
     PyBuffer_Release(&out);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact6.decode: bad buffer sizes or tables"); return NULL; }
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact32.decode: bad buffer sizes or tables"); return NULL; }
     return PyLong_FromLong(status);
 }
 
@@ -381,9 +381,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_exact6", "format-6 kernels", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_exact32", "Format-6 F32 kernels.", -1, methods};
 
-PyMODINIT_FUNC PyInit__exact6(void) {
+PyMODINIT_FUNC PyInit__exact32(void) {
     init_tokens();
     return PyModule_Create(&module);
 }

@@ -9,12 +9,12 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from deltazoo.compression import exact_f32 as F
+from deltazoo.compression import exact32 as F
 from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-needs_c = pytest.mark.skipif(not F.has_extension(), reason="compression._exact6 is not built")
+needs_c = pytest.mark.skipif(not F.has_extension(), reason="compression._exact32 is not built")
 
 # Golden bytes: fixed F32 values with full mantissas (no narrower dtype holds them) and a parent near
 # them. decode must read these forever; the encode comparison flags any change of the written format.
@@ -75,7 +75,7 @@ def sha(b: bytes) -> str:
 
 
 def test_extension_is_built() -> None:
-    assert F.has_extension(), "compression._exact6 did not build: pip install -e . needs gcc, Python headers"
+    assert F.has_extension(), "compression._exact32 did not build: pip install -e . needs gcc, Python headers"
 
 
 @pytest.mark.parametrize("encoding", list(GOLDEN_V6))
@@ -210,7 +210,7 @@ def test_numpy_fallback_codes_what_the_extension_codes(monkeypatch: pytest.Monke
     raw, praw = child.tobytes(), parent.tobytes()
     enc = encode_tensor(raw, "F32", [20000], praw, "F32", [20000])
     plain = encode_tensor(raw, "F32", [20000])
-    monkeypatch.setattr(F, "_exact6", None)  # as if the extension had not built
+    monkeypatch.setattr(F, "_exact32", None)  # as if the extension had not built
     assert not F.has_extension()
     assert decode_tensor("delta", enc.payload, "F32", [20000], praw, "F32", [20000]) == raw
     assert decode_tensor("plain", plain.payload, "F32", [20000]) == raw

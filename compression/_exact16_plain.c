@@ -2,8 +2,8 @@
  * k mantissa bits, the sign and the other mantissa bits as a packed raw plane.
  *
  * Specified in docs/FORMAT.md ("Exact tensor payloads", format 5, plain streams) and implemented twice:
- * here and in numpy (compression/exact_plain.py, the fallback when this extension did not build);
- * tests/test_codecs_plain.py checks both write and read the same bytes. For BF16 (E = 8 exponent bits,
+ * here and in numpy (compression/exact16_plain.py, the fallback when this extension did not build);
+ * tests/test_codecs_16_plain.py checks both write and read the same bytes. For BF16 (E = 8 exponent bits,
  * M = 7 mantissa bits) and F16 (E = 5, M = 10), element x: symbol s = (x & 0x7FFF) >> (M − k) (E + k
  * bits), raw r = sign << (M − k) | low M − k mantissa bits (R = 1 + M − k bits). Symbols are coded in
  * segments of `seg` elements, each its own byte-aligned LSB-first bitstream; raw values are packed
@@ -776,7 +776,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_plain5", "Format-5 plain stream kernels.", -1,
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_exact16_plain", "Format-5 plain stream kernels.", -1,
                                     methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__plain5(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__exact16_plain(void) { return PyModule_Create(&module); }

@@ -11,7 +11,7 @@ decoder (for full-mantissa f32 most of an element's bits are raw).
 
 Why this model (``benchmarks/f32_entropy.py``): on f32 deltas the integer difference given the parent's
 exponent is the cheapest of the measured models that a fast decoder can use; finer tokens or more
-context gain < 0.5 %. The C kernel (``compression._exact6``) and the numpy fallback (``backend="numpy"``)
+context gain < 0.5 %. The C kernel (``compression._exact32``) and the numpy fallback (``backend="numpy"``)
 write and read the same bytes; code lengths are always chosen here in Python. Layout: docs/FORMAT.md.
 """
 
@@ -21,14 +21,15 @@ import struct
 
 import numpy as np
 from deltazoo.compression import huffman
+from deltazoo.compression.bitpack import pack_lsb_first
+from deltazoo.compression.exact16_delta import context_map, crc32
 from deltazoo.compression.exact_errors import CodecError
-from deltazoo.compression.exact_v4 import pack_bits
-from deltazoo.compression.exact_v5 import _crc32, _ctxmap
+from deltazoo.compression.parallel import pick_c_kernel
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from deltazoo.compression import _exact6  # type: ignore[attr-defined]  # a C extension, no stubs
+    from deltazoo.compression import _exact32  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
-    _exact6 = None
+    _exact32 = None
 
 NTOK_DELTA, NTOK_PLAIN = 128, 512  # table widths (delta tokens 124..127 never occur)
 TOK_USED = 124
@@ -40,15 +41,7 @@ _HEAD = struct.Struct("<IBQ")  # segment elements, contexts, raw plane bytes
 
 
 def has_extension() -> bool:
-    return _exact6 is not None
-
-
-def _pick(backend: str) -> bool:
-    if backend not in ("auto", "c", "numpy"):
-        raise ValueError(f"backend must be auto, c or numpy, not {backend!r}")
-    if backend == "c" and _exact6 is None:
-        raise CodecError("the compression._exact6 extension is not built; reinstall with a C compiler")
-    return _exact6 is not None and backend != "numpy"
+    return _exact32 is not None
 
 
 def _segment(n: int) -> int:
@@ -128,7 +121,7 @@ def encode_stream(
 ) -> bytes:
     """``prefix`` + one format-6 stream of u32 ``child`` (delta against u32 ``parent``, plain when None):
     head, [ctxmap], code lengths, segment sizes, segments, raw plane, crc32."""
-    use_c = _pick(backend)
+    use_c = pick_c_kernel(_exact32, "_exact32", backend)
     delta = parent is not None
     child = np.ascontiguousarray(child, "<u4")
     par = np.ascontiguousarray(parent, "<u4") if delta else np.zeros(0, "<u4")
@@ -140,7 +133,7 @@ def encode_stream(
     raw: bytes | memoryview
     if use_c:
         per = np.zeros((256, ntok) if delta else (1, ntok), np.uint32)
-        _exact6.count(delta, child, par, per)
+        _exact32.count(delta, child, par, per)
     elif delta:
         z = zigzag(child, par)
         tok, nx = delta_tokens(z)
@@ -151,7 +144,7 @@ def encode_stream(
         per = np.bincount(tok, minlength=ntok).reshape(1, ntok)
     if delta:
         hist = per.sum(axis=1, dtype=np.int64)  # small tensors: one context (its table costs less)
-        ctxmap = _ctxmap(hist) if n >= SMALL else np.zeros(256, np.uint8)
+        ctxmap = context_map(hist) if n >= SMALL else np.zeros(256, np.uint8)
         onehot = (ctxmap[None, :] == np.arange(int(ctxmap.max()) + 1)[:, None]).astype(np.int64)
         counts = onehot @ per.astype(np.int64)
         head_map = ctxmap.tobytes()
@@ -164,7 +157,7 @@ def encode_stream(
         folded = enc[ctxmap] if delta else enc  # the context lookup folded into the table
         tokbuf = np.empty(2 * n + 8 * nseg + 16, np.uint8)
         rawbuf = np.empty(4 * n + 16, np.uint8)
-        tb, rb = _exact6.encode(delta, child, par, folded, seg, tokbuf, sizes, rawbuf)
+        tb, rb = _exact32.encode(delta, child, par, folded, seg, tokbuf, sizes, rawbuf)
         body, raw = tokbuf[:tb].data, rawbuf[:rb].data
     else:
         if delta:
@@ -176,13 +169,13 @@ def encode_stream(
             rawv, rawn = (c64 >> 31) << 22 | (c64 & 0x3FFFFF), np.full(n, 23, np.int64)
         e = enc.ravel()[sym].astype(np.int64)
         body = _segments(e & 0xFFFF, e >> 16, seg, sizes)
-        raw = pack_bits(rawv.astype(np.uint64), rawn)
+        raw = pack_lsb_first(rawv.astype(np.uint64), rawn)
     packed = (lengths[:, 0::2] | lengths[:, 1::2] << 4).astype(np.uint8)  # two 4-bit lengths a byte
     parts = [_HEAD.pack(seg, lengths.shape[0], len(raw)), head_map, packed.tobytes(),
              sizes.astype("<u4").tobytes(), body, raw]
     crc = 0
     for p in parts:
-        crc = _crc32(p, crc)
+        crc = crc32(p, crc)
     return b"".join([prefix, *parts, struct.pack("<I", crc)])
 
 
@@ -200,7 +193,7 @@ def _segments(codes: np.ndarray, nbits: np.ndarray, seg: int, sizes: np.ndarray)
     bits = np.zeros(n + sizes.size, np.int64)
     vals[at], bits[at] = codes, nbits
     bits[ends + np.arange(sizes.size)] = pad
-    return pack_bits(vals.astype(np.uint64), bits)
+    return pack_lsb_first(vals.astype(np.uint64), bits)
 
 
 # ------------------------------------------------------------------------------------------ decode
@@ -208,7 +201,7 @@ def decode_stream(
     buf: memoryview, offset: int, n: int, parent: np.ndarray | None, backend: str = "auto"
 ) -> tuple[np.ndarray, int]:
     """Inverse of ``encode_stream``: n u32 elements and the offset just past the stream."""
-    use_c = _pick(backend)
+    use_c = pick_c_kernel(_exact32, "_exact32", backend)
     delta = parent is not None
     start = offset
     if offset + _HEAD.size > len(buf):
@@ -242,13 +235,13 @@ def decode_stream(
     end = raw_at + rawlen
     if end + 4 > len(buf):
         raise CodecError("corrupt payload: truncated format-6 segments or raw plane")
-    if _crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
+    if crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
         raise CodecError("corrupt payload: stream checksum (crc32) mismatch")
     dec = dec_table(lengths)
     par = np.ascontiguousarray(parent, "<u4") if delta else np.zeros(0, "<u4")
     out = np.empty(n, "<u4")
     if use_c:
-        status = _exact6.decode(
+        status = _exact32.decode(
             delta, buf[body_at:raw_at], offsets, buf[raw_at:end], par, ctxmap, dec, seg, out
         )
     else:

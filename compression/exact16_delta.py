@@ -8,7 +8,7 @@ else 8 + 4·(bit length − 4) + the two bits after the leading one) and ``bit l
 (shift = mantissa bits), and its
 extra bits follow it in the same LSB-first bitstream, so a decoder does one 2048-entry table lookup per
 element. The tensor is cut into segments of ``seg`` elements, each its own byte-aligned bitstream: the
-C decoder (``compression._exact5``) runs eight segments interleaved and the numpy fallback
+C decoder (``compression._exact16_delta``) runs eight segments interleaved and the numpy fallback
 (``backend="numpy"``, same bytes) runs all segments in lockstep. With one thread a whole stream is one C
 call each way. Layout: docs/FORMAT.md ("Exact tensor payloads", format 5).
 """
@@ -20,18 +20,19 @@ import zlib
 
 import numpy as np
 from deltazoo.compression import huffman
+from deltazoo.compression.bitpack import pack_lsb_first
 from deltazoo.compression.exact_errors import CodecError
-from deltazoo.compression.exact_v4 import _map, pack_bits
+from deltazoo.compression.parallel import pick_c_kernel, thread_map
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from deltazoo.compression import _exact5  # type: ignore[attr-defined]  # a C extension, no stubs
+    from deltazoo.compression import _exact16_delta  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
-    _exact5 = None
+    _exact16_delta = None
 
 
-def _crc32(data: bytes | memoryview, value: int = 0) -> int:
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """zlib.crc32, by the extension's carry-less-multiply kernel when it is built."""
-    return zlib.crc32(data, value) if _exact5 is None else int(_exact5.crc32(data, value))
+    return zlib.crc32(data, value) if _exact16_delta is None else int(_exact16_delta.crc32(data, value))
 
 NTOK = 64  # tokens per context (59 used)
 MAX_LEN = 11  # longest code; the decoder's lookup width
@@ -43,15 +44,7 @@ _HEAD = struct.Struct("<IB")  # segment elements, contexts
 
 
 def has_extension() -> bool:
-    return _exact5 is not None
-
-
-def _pick(backend: str) -> bool:
-    if backend not in ("auto", "c", "numpy"):
-        raise ValueError(f"backend must be auto, c or numpy, not {backend!r}")
-    if backend == "c" and _exact5 is None:
-        raise CodecError("the compression._exact5 extension is not built; reinstall with a C compiler")
-    return _exact5 is not None and backend != "numpy"
+    return _exact16_delta is not None
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -130,7 +123,7 @@ def _tables(lengths: np.ndarray, use_c: bool) -> tuple[np.ndarray, np.ndarray]:
         return enc_table(lengths), dec_table(lengths)
     enc = np.empty(lengths.size, np.uint32)
     dec = np.empty(lengths.shape[0] << MAX_LEN, np.uint32)
-    _exact5.tables(np.ascontiguousarray(lengths, np.uint8), TOK_EXTRA, TOK_BASE, enc, dec)
+    _exact16_delta.tables(np.ascontiguousarray(lengths, np.uint8), TOK_EXTRA, TOK_BASE, enc, dec)
     return enc, dec
 
 
@@ -140,7 +133,7 @@ def exponent(parent: np.ndarray, shift: int) -> np.ndarray:
     return (parent.astype(np.uint16) << np.uint16(1)) >> np.uint16(shift + 1)
 
 
-def _ctxmap(hist: np.ndarray) -> np.ndarray:
+def context_map(hist: np.ndarray) -> np.ndarray:
     """Context per parent exponent (hist: elements per exponent): the highest exponent at or above
     which lie >= 1/1000 of the elements is context 0, each exponent below it one more, up to
     CONTEXTS − 1; higher ones share 0."""
@@ -165,31 +158,31 @@ def encode_stream(
 ) -> bytes:
     """``prefix`` + one format-5 stream of 16-bit child against parent: head, ctxmap, code lengths,
     segment sizes, segments, crc32. ``threads`` > 1 codes runs of segments side by side (the same bytes).
-    With one thread the extension does it all in one call (``_exact5.encode_stream``, same bytes)."""
-    use_c = _pick(backend)
+    With one thread the extension does it all in one call (``_exact16_delta.encode_stream``, same bytes)."""
+    use_c = pick_c_kernel(_exact16_delta, "_exact16_delta", backend)
     n, seg = child.size, _segment(child.size)
     nseg = (n + seg - 1) // seg
     stride = 1 if n < SAMPLE_FROM else SAMPLE_STRIDE
     if use_c and (threads <= 1 or nseg <= 1):
-        return bytes(_exact5.encode_stream(child, parent, shift, stride, seg, prefix))
+        return bytes(_exact16_delta.encode_stream(child, parent, shift, stride, seg, prefix))
     per_exp: np.ndarray  # elements per (parent exponent, token)
     body: bytes | memoryview
     if use_c:
         per_exp = np.zeros((256, NTOK), np.uint32)
-        _exact5.count(child, parent, shift, stride, per_exp)
+        _exact16_delta.count(child, parent, shift, stride, per_exp)
     else:
         d = (child.astype(np.int64) - parent.astype(np.int64)) & 0xFFFF
         exp = exponent(parent, shift).astype(np.int64)
         tok = (ZTAB[d] & 255).astype(np.int64)
         per_exp = np.bincount(exp[::stride] * NTOK + tok[::stride], minlength=256 * NTOK).reshape(256, NTOK)
-    ctxmap = _ctxmap(per_exp.sum(axis=1, dtype=np.int64))
+    ctxmap = context_map(per_exp.sum(axis=1, dtype=np.int64))
     onehot = (ctxmap[None, :] == np.arange(CONTEXTS)[:, None]).astype(np.int64)
     counts = onehot @ per_exp.astype(np.int64)  # per (context, token)
     if stride > 1:  # a sample: the tokens it missed are escaped
         counts[:, ESCAPE] += 1
     if use_c:
         lengths = np.zeros((CONTEXTS, NTOK), np.uint8)
-        _exact5.lengths(counts, lengths)
+        _exact16_delta.lengths(counts, lengths)
     else:
         lengths = np.stack([code_lengths(c) for c in counts])
     enc = _tables(lengths, use_c)[0]
@@ -200,10 +193,12 @@ def encode_stream(
         def code(g: tuple[int, int, int, int]) -> memoryview:
             s0, s1, a, b = g
             out = np.empty(4 * (b - a) + 8, np.uint8)
-            total = _exact5.encode(child[a:b], parent[a:b], shift, ZTAB, per_exponent, seg, out, sizes[s0:s1])
+            total = _exact16_delta.encode(
+                child[a:b], parent[a:b], shift, ZTAB, per_exponent, seg, out, sizes[s0:s1]
+            )
             return out[:total].data  # joined below without a copy of its own
 
-        bodies = _map(code, _groups(nseg, seg, n, threads), threads)
+        bodies = thread_map(code, _groups(nseg, seg, n, threads), threads)
         body = bodies[0] if len(bodies) == 1 else b"".join(bodies)  # no segment: b""
     else:
         body = _encode_numpy(d, ctxmap[exp].astype(np.int64) * NTOK + tok, enc, seg, sizes)
@@ -211,7 +206,7 @@ def encode_stream(
     parts: list[bytes | memoryview] = [*head, body]
     crc = 0
     for p in parts:
-        crc = _crc32(p, crc)
+        crc = crc32(p, crc)
     return b"".join([prefix, *parts, struct.pack("<I", crc)])
 
 
@@ -234,7 +229,7 @@ def _encode_numpy(
     bits = np.zeros(n + sizes.size, np.int64)
     vals[at], bits[at] = value, nbits
     bits[ends + np.arange(sizes.size)] = pad
-    return pack_bits(vals.astype(np.uint64), bits)
+    return pack_lsb_first(vals.astype(np.uint64), bits)
 
 
 # ------------------------------------------------------------------------------------------ decode
@@ -244,9 +239,9 @@ def decode_stream(
 ) -> tuple[np.ndarray, int]:
     """Inverse of ``encode_stream``: n elements and the offset just past the stream; ``threads`` > 1
     decodes runs of segments side by side."""
-    use_c = _pick(backend)
+    use_c = pick_c_kernel(_exact16_delta, "_exact16_delta", backend)
     if use_c and threads <= 1:
-        got = _exact5.decode_stream(buf, offset, n, parent, shift)
+        got = _exact16_delta.decode_stream(buf, offset, n, parent, shift)
         if not isinstance(got, int):  # else corrupt: the checks below name the fault
             return np.frombuffer(got[0], "<u2"), got[1]
     start = offset
@@ -272,7 +267,7 @@ def decode_stream(
     body_at, end = offset, offset + int(sizes.sum())
     if end + 4 > len(buf):
         raise CodecError("corrupt payload: truncated format-5 segments")
-    if _crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
+    if crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
         raise CodecError("corrupt payload: stream checksum (crc32) mismatch")
     offsets = np.zeros(nseg + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
@@ -283,9 +278,9 @@ def decode_stream(
         def run(g: tuple[int, int, int, int]) -> int:
             s0, s1, a, b = g
             ofs = offsets[s0 : s1 + 1]
-            return int(_exact5.decode(body, ofs, parent[a:b], shift, ctxmap, lengths, seg, out[a:b]))
+            return int(_exact16_delta.decode(body, ofs, parent[a:b], shift, ctxmap, lengths, seg, out[a:b]))
 
-        status = min(_map(run, _groups(nseg, seg, n, threads), threads), default=0)
+        status = min(thread_map(run, _groups(nseg, seg, n, threads), threads), default=0)
         if status == -2:
             raise CodecError("corrupt payload: Huffman code lengths are not a prefix code")
         bad = status < 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from deltazoo.compression import exact_v5 as V
+from deltazoo.compression import exact16_delta as V
 from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
 
-needs_c = pytest.mark.skipif(not V.has_extension(), reason="compression._exact5 is not built")
+needs_c = pytest.mark.skipif(not V.has_extension(), reason="compression._exact16_delta is not built")
 SHIFT = {"BF16": 7, "F16": 10}
 
 # Golden bytes: a fixed BF16 child and parent and their format-5 payloads. decode must read these
@@ -70,15 +70,17 @@ def pair(n: int, seed: int, spread: int, base: int = 0x3C00) -> tuple[np.ndarray
 
 
 def test_extension_is_built() -> None:
-    """CI builds compression._exact5 (setup.py); without it the numpy fallback is the only path."""
-    assert V.has_extension(), "compression._exact5 did not build: pip install -e . needs gcc, Python headers"
+    """CI builds compression._exact16_delta (setup.py); without it the numpy fallback is the only path."""
+    assert V.has_extension(), (
+        "compression._exact16_delta did not build: pip install -e . needs gcc, Python headers"
+    )
 
 
 @pytest.mark.parametrize("encoding", list(GOLDEN_V5))
 def test_golden_format_5(encoding: str) -> None:
     shape, parent, pshape, hexed = GOLDEN_V5[encoding]
     assert decode_tensor(encoding, bytes.fromhex(hexed), "BF16", shape, parent, "BF16", pshape) == CHILD
-    if encoding == "delta":  # delta-rows now code new rows with exact_plain: golden in test_codecs_plain.py
+    if encoding == "delta":  # delta-rows code new rows with exact16_plain: see test_codecs_16_plain.py
         enc = encode_tensor(CHILD, "BF16", shape, parent, "BF16", pshape)
         assert (enc.encoding, enc.payload.hex()) == (encoding, hexed)
 
@@ -126,7 +128,7 @@ def test_code_lengths_of_c_and_python_agree() -> None:
         used = rng.choice(V.NTOK, int(rng.integers(0, V.NTOK)), replace=False)
         row[used] = (rng.pareto(rng.uniform(0.3, 3.0), used.size) * 1000).astype(np.int64) + 1
     c_lengths = np.zeros(counts.shape, np.uint8)
-    V._exact5.lengths(counts, c_lengths)
+    V._exact16_delta.lengths(counts, c_lengths)
     for row, got in zip(counts, c_lengths, strict=True):
         want = V.code_lengths(row)
         assert got.tolist() == want.tolist()
@@ -166,7 +168,7 @@ def test_bf16_and_f16_deltas_are_written_as_format_5_and_version_4_still_writes_
         old = encode_tensor(raw, dtype, [5000], praw, dtype, [5000], version=4)
         assert old.payload[:4] == b"DZT4"
         assert decode_tensor("delta", old.payload, dtype, [5000], praw, dtype, [5000]) == raw
-    assert encode_tensor(raw, "BF16", [5000]).payload[:4] == b"DZT5"  # plain: see test_codecs_plain.py
+    assert encode_tensor(raw, "BF16", [5000]).payload[:4] == b"DZT5"  # plain: see test_codecs_16_plain.py
     with pytest.raises(CodecError, match="version must be one of"):
         encode_tensor(raw, "BF16", [5000], praw, "BF16", [5000], version=3)
 
@@ -203,7 +205,7 @@ def test_numpy_fallback_codes_what_the_extension_codes(monkeypatch: pytest.Monke
     child, parent = pair(20000, seed=12, spread=40)
     raw, praw = child.tobytes(), parent.tobytes()
     enc = encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000])
-    monkeypatch.setattr(V, "_exact5", None)  # as if the extension had not built
+    monkeypatch.setattr(V, "_exact16_delta", None)  # as if the extension had not built
     assert not V.has_extension()
     assert decode_tensor("delta", enc.payload, "BF16", [20000], praw, "BF16", [20000]) == raw
     assert encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000]) == enc
@@ -218,22 +220,22 @@ def test_bmi2_and_portable_kernels_write_and_read_the_same_bytes(dtype: str, n: 
     stream back."""
     near, parent = pair(n, seed=n, spread=300)
     far, _ = pair(n, seed=n + 1, spread=1 << 15)  # long codes with extra bits (the rare slow step), escapes
-    chosen = V._exact5.set_portable(False)  # "bmi2" where the CPU has it
+    chosen = V._exact16_delta.set_portable(False)  # "bmi2" where the CPU has it
     try:
         for child in (near, far):
-            V._exact5.set_portable(False)
+            V._exact16_delta.set_portable(False)
             coded = V.encode_stream(child, parent, SHIFT[dtype])
             assert V.encode_stream(child, parent, SHIFT[dtype], backend="numpy") == coded
             out, _ = V.decode_stream(memoryview(coded), 0, n, parent, SHIFT[dtype])
             assert out.tobytes() == child.tobytes()
-            assert V._exact5.set_portable(True) == "portable"
+            assert V._exact16_delta.set_portable(True) == "portable"
             assert V.encode_stream(child, parent, SHIFT[dtype]) == coded
             out, _ = V.decode_stream(memoryview(coded), 0, n, parent, SHIFT[dtype])
             assert out.tobytes() == child.tobytes()
             out, _ = V.decode_stream(memoryview(coded), 0, n, parent, SHIFT[dtype], threads=2)
             assert out.tobytes() == child.tobytes()
     finally:
-        assert V._exact5.set_portable(False) == chosen
+        assert V._exact16_delta.set_portable(False) == chosen
 
 
 @needs_c
@@ -242,17 +244,17 @@ def test_crc32_kernel_is_zlib_crc32() -> None:
 
     rng = np.random.default_rng(13)
     data = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
-    chosen = V._exact5.set_portable(False)
+    chosen = V._exact16_delta.set_portable(False)
     try:
         for portable in (False, True):  # carry-less multiplies (where the CPU has them), byte table
-            V._exact5.set_portable(portable)
+            V._exact16_delta.set_portable(portable)
             for n in [*range(0, 200), 1000, 4999]:
                 for at in (0, 1, 7):
                     chunk = memoryview(data)[at : at + n]
-                    assert V._exact5.crc32(chunk) == zlib.crc32(chunk)
-                    assert V._exact5.crc32(chunk, 0xDEADBEEF) == zlib.crc32(chunk, 0xDEADBEEF)
+                    assert V._exact16_delta.crc32(chunk) == zlib.crc32(chunk)
+                    assert V._exact16_delta.crc32(chunk, 0xDEADBEEF) == zlib.crc32(chunk, 0xDEADBEEF)
     finally:
-        assert V._exact5.set_portable(False) == chosen
+        assert V._exact16_delta.set_portable(False) == chosen
 
 
 @needs_c

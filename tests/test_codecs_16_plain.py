@@ -1,4 +1,4 @@
-"""Format-5 plain streams (compression.exact_plain, BF16/F16 with no parent): golden bytes, the C kernel
+"""Format-5 plain streams (compression.exact16_plain, BF16/F16 with no parent): golden bytes, the C kernel
 (both instruction sets) and the numpy fallback write and read the same bytes, edge cases, older payloads
 still read, corruption caught (never a crash)."""
 
@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from deltazoo.compression import exact_plain as X
+from deltazoo.compression import exact16_plain as X
 from deltazoo.compression.codecs import PLAIN16, CodecError, decode_tensor, encode_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-needs_c = pytest.mark.skipif(not X.has_extension(), reason="compression._plain5 is not built")
+needs_c = pytest.mark.skipif(not X.has_extension(), reason="compression._exact16_plain is not built")
 
 
 def golden_input(dtype: str, n: int) -> bytes:
@@ -73,7 +73,7 @@ GOLDEN = {
 
 
 # A delta-rows payload of format 5 written now (flag PLAIN16): the format-5 delta stream of the shared
-# rows, then the new rows as a plain stream (stored: 4 elements). Child and parent of test_codecs_v5.
+# rows, then the new rows as a plain stream (stored: 4 elements). Child and parent of test_codecs_16_delta.
 GOLDEN_ROWS = (
     "445a54357203030108000000000000000400000000000000000100000807070707070707070707070707070707070707"
     "070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707070707"
@@ -133,8 +133,10 @@ def samples(dtype: str, n: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def test_extension_is_built() -> None:
-    """CI builds compression._plain5 (setup.py); without it the numpy fallback is the only path."""
-    assert X.has_extension(), "compression._plain5 did not build: pip install -e . needs gcc, Python headers"
+    """CI builds compression._exact16_plain (setup.py); without it the numpy fallback is the only path."""
+    assert X.has_extension(), (
+        "compression._exact16_plain did not build: pip install -e . needs gcc, Python headers"
+    )
 
 
 @pytest.mark.parametrize("key", list(GOLDEN))
@@ -149,7 +151,7 @@ def test_golden_plain_streams(key: tuple[str, int]) -> None:
 
 
 def test_golden_delta_rows_with_a_plain_tail() -> None:
-    from tests.test_codecs_v5 import CHILD, GOLDEN_V5, PARENT
+    from tests.test_codecs_16_delta import CHILD, GOLDEN_V5, PARENT
 
     payload = bytes.fromhex(GOLDEN_ROWS)
     assert payload[7] == PLAIN16
@@ -176,18 +178,18 @@ def test_c_and_numpy_write_and_read_the_same_bytes(dtype: str, n: int) -> None:
 @needs_c
 @pytest.mark.parametrize("dtype", ["BF16", "F16"])
 def test_portable_and_bmi2_kernels_write_and_read_the_same_bytes(dtype: str) -> None:
-    _plain5 = X._plain5  # the C extension (no type stubs)
+    _exact16_plain = X._exact16_plain  # the C extension (no type stubs)
 
     blobs = [x.tobytes() for n in (5, 5000, 40000) for x in samples(dtype, n, seed=3).values()]
     fast = [X.encode(raw, dtype) for raw in blobs]
     try:
-        assert _plain5.set_portable(True) == "portable"
+        assert _exact16_plain.set_portable(True) == "portable"
         assert [X.encode(raw, dtype) for raw in blobs] == fast
         assert [
             X.decode(memoryview(p), 0, len(raw) // 2, dtype)[0] for p, raw in zip(fast, blobs, strict=True)
         ] == blobs
     finally:
-        _plain5.set_portable(False)
+        _exact16_plain.set_portable(False)
     assert [
         X.decode(memoryview(p), 0, len(raw) // 2, dtype)[0] for p, raw in zip(fast, blobs, strict=True)
     ] == blobs
@@ -223,7 +225,7 @@ def test_versions_and_dtypes_that_keep_format_4() -> None:
     assert encode_tensor(x, "BF16", [5000], version=4).payload[:4] == b"DZT4"
     f32 = np.linspace(-1, 1, 3000, dtype="<f4").tobytes()
     assert encode_tensor(f32, "F32", [3000], version=5).payload[:4] == b"DZT4"
-    assert encode_tensor(f32, "F32", [3000]).payload[:4] == b"DZT6"  # F32: format 6 (test_codecs_f32.py)
+    assert encode_tensor(f32, "F32", [3000]).payload[:4] == b"DZT6"  # F32: format 6 (test_codecs_32.py)
     for version in (4, 5):
         enc = encode_tensor(x, "BF16", [5000], version=version)
         assert decode_tensor("plain", enc.payload, "BF16", [5000]) == x
@@ -308,10 +310,11 @@ def test_garbage_with_a_valid_checksum_never_crashes(dtype: str) -> None:
 
 
 def test_without_the_extension_codecs_write_and_read_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where compression._plain5 did not build, encode_tensor and decode_tensor run the numpy fallback."""
+    """Where compression._exact16_plain did not build, encode_tensor and decode_tensor run the numpy
+    fallback."""
     x = samples("BF16", 9000, seed=4)["weights"].tobytes()
     with_c = encode_tensor(x, "BF16", [90, 100]).payload
-    monkeypatch.setattr(X, "_plain5", None)
+    monkeypatch.setattr(X, "_exact16_plain", None)
     assert not X.has_extension()
     assert encode_tensor(x, "BF16", [90, 100]).payload == with_c
     assert decode_tensor("plain", with_c, "BF16", [90, 100]) == x

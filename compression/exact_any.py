@@ -1,27 +1,24 @@
-"""Format-4 streams: format 3's tokens and tables, raw bits packed apart, rANS over tokens only, in chunks.
+"""Format-4 streams: any dtype (F64, F8, integers, bool; BF16/F16/F32 as older writers did), delta or plain.
 
-Tokens, contexts, raw bits and the 12-bit per-context tables are format 3's (``compression.exact_rans``).
-What changed is speed: raw bits go LSB-first into a plain bit stream (they cost the same bytes as coding
-them at probability 1/2 in rANS, but no rANS op), the rANS stream codes one token per element with
-a multiply instead of a divide, the encoder derives tokens, counts and raw bits in one pass, and the
-tensor is cut into chunks of ``CHUNK`` (2^18) elements (shared tables, their own states, words and raw bits),
-which threads can code side by side. Layout: docs/FORMAT.md ("Exact tensor payloads", format 4).
+Each element becomes a token and raw bits (``compression.exact_any_tokens``: sign-and-magnitude tokens of
+the wrapping integer difference, per parent exponent, or plain float exponents); tokens go through
+interleaved rANS with 12-bit per-context tables, one rANS op per element with a multiply instead of a
+divide; raw bits go LSB-first into a plain bit stream apart. The encoder derives tokens, counts and raw bits
+in one pass, and the tensor is cut into chunks of ``CHUNK`` (2^18) elements (shared tables, their own
+states, words and raw bits), which threads can code side by side. Layout: docs/FORMAT.md ("Exact tensor
+payloads", format 4).
 
-The C extension ``compression._exact4`` runs the hot loops; the numpy path (``backend="numpy"``) writes
+The C extension ``compression._exact_any`` runs the hot loops; the numpy path (``backend="numpy"``) writes
 and reads the same bytes and is used when the extension is missing.
 """
-
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import numpy as np
-from deltazoo.compression.exact_errors import CodecError
-from deltazoo.compression.exact_rans import (
+from deltazoo.compression.bitpack import pack_lsb_first, unpack_lsb_first
+from deltazoo.compression.exact_any_tokens import (
     ALPHA,
     PROB_BITS,
     PROB_SCALE,
@@ -34,84 +31,26 @@ from deltazoo.compression.exact_rans import (
     tokenize,
     untokenize,
 )
+from deltazoo.compression.exact_errors import CodecError
+from deltazoo.compression.parallel import pick_c_kernel, thread_map
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from deltazoo.compression import _exact4  # type: ignore[attr-defined]  # a C extension, no stubs
+    from deltazoo.compression import _exact_any  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
-    _exact4 = None
+    _exact_any = None
 
 CHUNK = 1 << 18  # elements per chunk (512 KiB of BF16: threads get work even on small models)
 _HEAD = struct.Struct("<IH")  # chunk elements, number of context tables
 _CHUNK = struct.Struct("<IQ")  # words, raw bits
-_TABLE = struct.Struct("<HHH")  # context, first token, token count (format 3's table header)
-T = TypeVar("T")
-R = TypeVar("R")
+_TABLE = struct.Struct("<HHH")  # context, first token, token count
 
 
 def has_extension() -> bool:
-    return _exact4 is not None
-
-
-def _pick(backend: str) -> bool:
-    if backend not in ("auto", "c", "numpy"):
-        raise ValueError(f"backend must be auto, c or numpy, not {backend!r}")
-    if backend == "c" and _exact4 is None:
-        raise CodecError("the compression._exact4 extension is not built; reinstall with a C compiler")
-    return _exact4 is not None and backend != "numpy"
-
-
-def _map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
-    """fn over items, in order; on ``threads`` threads when > 1 (the C kernels release the GIL)."""
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, not {threads}")
-    items = list(items)
-    if threads == 1 or len(items) < 2:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(min(threads, len(items))) as pool:
-        return list(pool.map(fn, items))
+    return _exact_any is not None
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + size)) for a in range(0, n, size)]
-
-
-# ------------------------------------------------------------------------------------------ raw bits
-def pack_bits(values: np.ndarray, nbits: np.ndarray) -> bytes:
-    """The low nbits[i] bits of values[i], concatenated LSB-first (as the C scan writes them)."""
-    v, nb = values.astype(np.uint64), nbits.astype(np.int64)
-    ends = np.cumsum(nb)
-    total = int(ends[-1]) if ends.size else 0
-    out = np.zeros((total + 7) // 8 + 8, np.float64)
-    start = ends - nb
-    lo_n = np.minimum(nb, 32)
-    parts = [(v & np.uint64(0xFFFFFFFF), start, lo_n), (v >> np.uint64(32), start + 32, nb - lo_n)]
-    for part, at, width in parts:
-        keep = width > 0
-        part = part[keep] & ((np.uint64(1) << width[keep].astype(np.uint64)) - np.uint64(1))
-        at = at[keep]
-        shifted = part << (at & 7).astype(np.uint64)
-        for b in range(5):
-            byte = (shifted >> np.uint64(8 * b)) & np.uint64(0xFF)
-            out += np.bincount((at >> 3) + b, weights=byte.astype(np.float64), minlength=out.size)
-    return out.astype(np.uint8)[: (total + 7) // 8].tobytes()
-
-
-def unpack_bits(buf: np.ndarray, nbits: np.ndarray) -> np.ndarray:
-    """Inverse of ``pack_bits``: buf is the packed bytes plus 8 zero bytes of padding."""
-    nb = nbits.astype(np.int64)
-    start = np.cumsum(nb) - nb
-    b = buf.astype(np.uint64)
-    out = np.zeros(nb.shape, np.uint64)
-    lo_n = np.minimum(nb, 32)
-    for at, width, shift in ((start, lo_n, 0), (start + 32, nb - lo_n, 32)):
-        at = np.minimum(at, 8 * (buf.size - 8))
-        word = np.zeros(nb.shape, np.uint64)
-        for k in range(5):
-            word |= b[(at >> 3) + k] << np.uint64(8 * k)
-        ones = (np.uint64(1) << width.astype(np.uint64)) - np.uint64(1)
-        val = (word >> (at & 7).astype(np.uint64)) & ones
-        out |= val << np.uint64(shift)
-    return out
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -145,7 +84,7 @@ _RCP = _reciprocals()  # per frequency: floor(2^64 / f) + 1
 
 
 def table_bytes(tables: Tables) -> bytes:
-    """``tables.to_bytes()`` (format 3's table layout, kept by format 4) without a loop over rows."""
+    """Per used context: u16 context, first token, token count, then those tokens' u16 frequencies."""
     f = tables.freq.reshape(-1, ALPHA)
     if not f.size:
         return b""
@@ -165,7 +104,8 @@ def table_bytes(tables: Tables) -> bytes:
 
 
 def parse_tables(buf: memoryview, offset: int, count: int) -> tuple[Tables, int]:
-    """``Tables.from_bytes`` with the same checks, the frequencies gathered by one numpy copy."""
+    """Inverse of ``table_bytes`` (checked: ascending contexts, spans inside the alphabet, rows summing to
+    ``PROB_SCALE``); the frequencies gathered by one numpy copy."""
     used = np.empty(count, np.int64)
     spans: list[tuple[int, int, int]] = []  # (flat position of the first frequency, its offset, count)
     for row in range(count):
@@ -196,7 +136,7 @@ def encode_stream(
     lay: Layout, child: np.ndarray, parent: np.ndarray | None, backend: str = "auto", threads: int = 1
 ) -> bytes:
     """One format-4 stream of child (against parent, or none): header, tables, chunks, crc32."""
-    use_c = _pick(backend)
+    use_c = pick_c_kernel(_exact_any, "_exact_any", backend)
     n = child.size
     bounds = _chunks(n, CHUNK)
     syms = np.empty(n, np.uint16)
@@ -207,14 +147,14 @@ def encode_stream(
         if use_c:
             raw = np.empty((b - a) * lay.width + 8, np.uint8)
             subs = np.zeros((256 * ALPHA, 4 if b - a >= 1 << 16 else 1), np.uint32)
-            bits = _exact4.scan(child[a:b], par, *lay.args(), syms[a:b], subs, raw)
+            bits = _exact_any.scan(child[a:b], par, *lay.args(), syms[a:b], subs, raw)
             return subs[:, 0], raw[: (bits + 7) // 8], bits
         ctx, tok, rawv, nraw = tokenize(lay, child[a:b], par)
         syms[a:b] = ctx << 8 | tok
         counts = np.bincount(syms[a:b], minlength=256 * ALPHA).astype(np.uint32)
-        return counts, pack_bits(rawv, nraw), int(nraw.sum())
+        return counts, pack_lsb_first(rawv, nraw), int(nraw.sum())
 
-    scanned = _map(scan, bounds, threads)
+    scanned = thread_map(scan, bounds, threads)
     counts = np.zeros(256 * ALPHA, np.uint32)
     for part in scanned:
         counts += part[0]
@@ -227,11 +167,11 @@ def encode_stream(
         states = np.empty(lanes_for(b - a), np.uint32)
         if use_c:
             words = np.empty(b - a + 1, np.uint16)
-            count = _exact4.encode(syms[a:b], states.size, enc, states, words)
+            count = _exact_any.encode(syms[a:b], states.size, enc, states, words)
             return states, words[words.size - count :]
         return states, _encode_numpy(syms[a:b], tables, states)
 
-    coded = _map(code, bounds, threads)
+    coded = thread_map(code, bounds, threads)
     parts = [_HEAD.pack(CHUNK, len(used)), table_bytes(tables)]
     for (states, words), (_, raw, bits) in zip(coded, scanned, strict=True):
         raw_bytes = raw.tobytes() if isinstance(raw, np.ndarray) else raw
@@ -267,7 +207,7 @@ def decode_stream(
     threads: int = 1,
 ) -> tuple[np.ndarray, int]:
     """Inverse of ``encode_stream``: n elements and the offset just past the stream."""
-    use_c = _pick(backend)
+    use_c = pick_c_kernel(_exact_any, "_exact_any", backend)
     start = offset
     if offset + _HEAD.size > len(buf):
         raise CodecError("corrupt payload: truncated stream header")
@@ -303,13 +243,13 @@ def decode_stream(
     def run(job: tuple) -> None:
         a, b, states, wordb, rawb, bits = job
         lanes, nwords = states.size, len(wordb) // 2
-        words = np.zeros(nwords + lanes, np.uint16)  # padding: see _exact4.c, decode
+        words = np.zeros(nwords + lanes, np.uint16)  # padding: see _exact_any.c, decode
         words[:nwords] = np.frombuffer(wordb, "<u2")
         raw = np.zeros(len(rawb) + lanes * lay.width + 8, np.uint8)
         raw[: len(rawb)] = np.frombuffer(rawb, np.uint8)
         par = None if parent is None else parent[a:b]
         if use_c:
-            got = _exact4.decode(words, states, raw, par, *lay.args(), lanes, tables.rowmap, slots, fc,
+            got = _exact_any.decode(words, states, raw, par, *lay.args(), lanes, tables.rowmap, slots, fc,
                                  out[a:b])
         else:
             got = _decode_numpy(lay, words[:nwords], states, raw, par, tables, lut, out[a:b])
@@ -320,7 +260,7 @@ def decode_stream(
         if got != (nwords, bits) or not (states == RANS_L).all():
             raise CodecError("corrupt payload: the chunk does not decode to its initial state")
 
-    _map(run, jobs, threads)
+    thread_map(run, jobs, threads)
     return out, offset + 4
 
 
@@ -361,5 +301,5 @@ def _decode_numpy(
     bits = int(nraw.sum())
     if bits > 8 * (raw.size - 8):
         raise CodecError("corrupt payload: the raw bits end early")
-    out[:] = untokenize(lay, tok, unpack_bits(raw, nraw), parent)
+    out[:] = untokenize(lay, tok, unpack_lsb_first(raw, nraw), parent)
     return pos, bits

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from deltazoo.compression import exact_v4 as V
+from deltazoo.compression import exact_any as V
+from deltazoo.compression import exact_any_tokens as T
+from deltazoo.compression.bitpack import pack_lsb_first, unpack_lsb_first
 from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor, layout
-from deltazoo.compression.exact_rans import Tables
 
 from tests.codec_samples import DTYPES, pair
 
-needs_c = pytest.mark.skipif(not V.has_extension(), reason="compression._exact4 is not built")
+needs_c = pytest.mark.skipif(not V.has_extension(), reason="compression._exact_any is not built")
 
 
 def test_extension_is_built() -> None:
-    """CI builds compression._exact4 (setup.py); without it the numpy fallback is the only path."""
-    assert V.has_extension(), "compression._exact4 did not build: pip install -e . needs gcc, Python headers"
+    """CI builds compression._exact_any (setup.py); without it the numpy fallback is the only path."""
+    assert V.has_extension(), (
+        "compression._exact_any did not build: pip install -e . needs gcc, Python headers"
+    )
 
 
 @needs_c
@@ -40,17 +43,32 @@ def test_c_and_numpy_write_and_read_the_same_bytes(name: str, n: int) -> None:
 def test_bits_pack_lsb_first_and_unpack() -> None:
     values = np.array([0b101, 0, 0xFFFFFFFFFF, 1], np.uint64)
     nbits = np.array([3, 0, 40, 1])
-    packed = V.pack_bits(values, nbits)
+    packed = pack_lsb_first(values, nbits)
     assert len(packed) == 6  # 44 bits
     assert packed[0] == 0b11111101  # 101, then the first five ones of the 40-bit value
     padded = np.frombuffer(packed + bytes(8), np.uint8)
-    assert V.unpack_bits(padded, nbits).tolist() == values.tolist()
+    assert unpack_lsb_first(padded, nbits).tolist() == values.tolist()
+
+
+def test_lanes_grow_with_the_tensor() -> None:
+    assert [T.lanes_for(n) for n in (0, 1, 8191, 8192, 1 << 20, 1 << 30)] == [1, 1, 1, 2, 256, 4096]
+
+
+def test_quantized_tables_sum_to_scale_and_keep_every_seen_token() -> None:
+    counts = np.zeros((256, T.ALPHA), np.uint32)
+    counts[3, :200] = 1
+    counts[3, 7] = 10**9
+    counts[9, 5] = 4
+    used, f = T.quantize(counts)
+    assert used.tolist() == [3, 9]
+    assert (f.sum(axis=1) == T.PROB_SCALE).all()
+    assert (f[0, :200] >= 1).all() and f[1, 5] == T.PROB_SCALE
 
 
 def test_reciprocal_table_divides_exactly() -> None:
     """q = mulhi(x, rcp) is floor(x / f) for every frequency and the extreme states."""
     f = np.arange(1, 4097)
-    tables = Tables.build(np.arange(16), np.zeros((16, 256), np.int64))
+    tables = T.Tables.build(np.arange(16), np.zeros((16, 256), np.int64))
     tables.freq = np.concatenate([f, np.ones(16 * 256 - f.size, np.int64)]).astype(np.uint32)
     tables.cum = np.zeros(16 * 256, np.uint32)
     enc = V.enc_table(tables).reshape(-1, 2)[: f.size]  # contexts 0..15 are rows 0..15
@@ -101,7 +119,7 @@ def test_numpy_fallback_codes_what_the_extension_codes(monkeypatch: pytest.Monke
     child, parent = pair(2, 20000, seed=12, spread=40)
     raw, praw = child.tobytes(), parent.tobytes()
     enc = encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000], version=4)
-    monkeypatch.setattr(V, "_exact4", None)  # as if the extension had not built
+    monkeypatch.setattr(V, "_exact_any", None)  # as if the extension had not built
     assert not V.has_extension()
     assert decode_tensor("delta", enc.payload, "BF16", [20000], praw, "BF16", [20000]) == raw
     assert encode_tensor(raw, "BF16", [20000], praw, "BF16", [20000], version=4) == enc

@@ -9,7 +9,7 @@ other ``M − k`` mantissa bits (``R = 1 + M − k`` bits), is packed LSB-first 
 that would not be smaller than the elements themselves stores them as they are. Layout:
 docs/FORMAT.md ("Exact tensor payloads", format 5, plain streams).
 
-The C kernel (``compression._plain5``) decodes up to four symbols per table lookup, four segments
+The C kernel (``compression._exact16_plain``) decodes up to four symbols per table lookup, four segments
 interleaved, and merges the raw plane with pdep; the numpy fallback (``backend="numpy"``, the same
 bytes) decodes all segments in lockstep, one symbol per step (slow).
 """
@@ -19,13 +19,14 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+from deltazoo.compression.bitpack import pack_lsb_first
 from deltazoo.compression.exact_errors import CodecError
-from deltazoo.compression.exact_v4 import pack_bits
+from deltazoo.compression.parallel import pick_c_kernel
 
 try:  # built by setup.py; optional so that the format never depends on a compiler
-    from deltazoo.compression import _plain5  # type: ignore[attr-defined]  # a C extension, no stubs
+    from deltazoo.compression import _exact16_plain  # type: ignore[attr-defined]  # a C extension, no stubs
 except ImportError:  # pragma: no cover - exercised where no compiler was available
-    _plain5 = None
+    _exact16_plain = None
 
 FLOATS = {"BF16": (8, 7), "F16": (5, 10)}  # dtypes with a plain stream: (exponent bits, mantissa bits)
 MAX_LEN = 12  # longest code
@@ -38,15 +39,7 @@ _SUMS = struct.Struct("<QQ")
 
 
 def has_extension() -> bool:
-    return _plain5 is not None
-
-
-def _pick(backend: str) -> bool:
-    if backend not in ("auto", "c", "numpy"):
-        raise ValueError(f"backend must be auto, c or numpy, not {backend!r}")
-    if backend == "c" and _plain5 is None:
-        raise CodecError("the compression._plain5 extension is not built; reinstall with a C compiler")
-    return _plain5 is not None and backend != "numpy"
+    return _exact16_plain is not None
 
 
 def _float(dtype: str) -> tuple[int, int]:
@@ -144,8 +137,8 @@ def encode(
 ) -> bytes:
     """``prefix`` followed by the plain stream of ``raw`` (the tensor's little-endian 16-bit elements)."""
     e_bits, m_bits = _float(dtype)
-    if _pick(backend):
-        return bytes(_plain5.encode(raw, e_bits, m_bits, K, SEGMENT, prefix))
+    if pick_c_kernel(_exact16_plain, "_exact16_plain", backend):
+        return bytes(_exact16_plain.encode(raw, e_bits, m_bits, K, SEGMENT, prefix))
     return prefix + _encode_numpy(np.frombuffer(raw, "<u2"), e_bits, m_bits, K, SEGMENT)
 
 
@@ -171,7 +164,7 @@ def _encode_numpy(x: np.ndarray, e_bits: int, m_bits: int, k: int, seg: int) -> 
         width = np.zeros(n + nseg, np.int64)
         vals[at], width[at] = value, nbits
         width[np.minimum(np.arange(1, nseg + 1) * seg, n) + np.arange(nseg)] = pad
-        segments = pack_bits(vals.astype(np.uint64), width)
+        segments = pack_lsb_first(vals.astype(np.uint64), width)
         rawv = ((x.astype(np.int64) >> 15) << shift) | (x.astype(np.int64) & ((1 << shift) - 1))
         planes = (rawv[:, None] >> np.arange(r_bits)) & 1
         packed = np.packbits(planes.astype(np.uint8).ravel(), bitorder="little").tobytes()
@@ -193,9 +186,9 @@ def _encode_numpy(x: np.ndarray, e_bits: int, m_bits: int, k: int, seg: int) -> 
 def decode(buf: memoryview, offset: int, n: int, dtype: str, backend: str = "auto") -> tuple[bytes, int]:
     """Inverse of ``encode``: the n elements' bytes and the offset just past the stream."""
     e_bits, m_bits = _float(dtype)
-    if _pick(backend):
+    if pick_c_kernel(_exact16_plain, "_exact16_plain", backend):
         try:
-            out, end = _plain5.decode(buf, offset, n, e_bits, m_bits)
+            out, end = _exact16_plain.decode(buf, offset, n, e_bits, m_bits)
         except ValueError as exc:
             raise CodecError(str(exc)) from None
         return out, int(end)

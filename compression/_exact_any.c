@@ -1,11 +1,11 @@
 /* Format-4 exact coder kernels: one fused scan (tokens, counts, raw bits), rANS over tokens only.
  *
  * The stream is specified in docs/FORMAT.md ("Exact tensor payloads", format 4) and implemented twice:
- * here, and in vectorised numpy in compression/exact_v4.py (the fallback when this extension did not
- * build); tests/test_codecs_v4.py checks that both write and read the same bytes.
+ * here, and in vectorised numpy in compression/exact_any.py (the fallback when this extension did not
+ * build); tests/test_codecs_any.py checks that both write and read the same bytes.
  *
- * Tokens and raw bits are those of format 3 (compression/_exactc.c). What changed is where they go:
- * raw bits are packed LSB-first into their own bit stream in element order (never through rANS), and
+ * Tokens and raw bits as compression/exact_any_tokens.py computes them: raw bits are packed LSB-first
+ * into their own bit stream in element order (never through rANS), and
  * the rANS stream (32-bit states, 16-bit words, L = 2^16, 12-bit frequencies) codes tokens only, so
  * each element costs one rANS op, at most one renormalisation, and no divide (a 64-bit reciprocal).
  * Element i of a chunk is in lane i % lanes at step i / lanes; the decoder runs lanes in ascending
@@ -53,7 +53,7 @@ static inline uint64_t load64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); 
 static int parse_layout(layout_t *L, int width, int mode, int shift, int tbits) {
     if (!(width == 1 || width == 2 || width == 4 || width == 8) || tbits < 0 || tbits > 8 || shift < 0 ||
         shift + tbits > width * 8 || (mode != MODE_DELTA && mode != MODE_FLOAT)) {
-        PyErr_SetString(PyExc_ValueError, "_exact4: bad layout");
+        PyErr_SetString(PyExc_ValueError, "_exact_any: bad layout");
         return -1;
     }
     L->mode = mode; L->shift = shift;
@@ -184,7 +184,7 @@ static int get_parent(PyObject *obj, Py_buffer *buf, Py_ssize_t need) {
     if (buf->len != need) {
         PyBuffer_Release(buf);
         buf->obj = NULL;
-        PyErr_SetString(PyExc_ValueError, "_exact4: parent length differs from the tensor's");
+        PyErr_SetString(PyExc_ValueError, "_exact_any: parent length differs from the tensor's");
         return -1;
     }
     return 0;
@@ -207,7 +207,7 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     Py_ssize_t h = counts.len / (4 * 65536);
     if (syms.len != 2 * n || !(h == 1 || h == 2 || h == 4) || counts.len != h * 4 * 65536 ||
         raw.len < n * width + 8) {
-        PyErr_SetString(PyExc_ValueError, "_exact4.scan: bad syms/counts/raw buffer sizes");
+        PyErr_SetString(PyExc_ValueError, "_exact_any.scan: bad syms/counts/raw buffer sizes");
         goto out;
     }
     if (get_parent(pobj, &parent, child.len) < 0) goto out;
@@ -257,7 +257,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*iy*w*w*", &syms, &lanes, &enc, &states, &words)) return NULL;
     Py_ssize_t n = syms.len / 2, cap = words.len / 2, pos;
     if (lanes < 1 || lanes > MAX_LANES || states.len != 4 * lanes || enc.len != 65536 * 16 || cap < n + 1) {
-        PyErr_SetString(PyExc_ValueError, "_exact4.encode: bad lanes/states/enc/words");
+        PyErr_SetString(PyExc_ValueError, "_exact_any.encode: bad lanes/states/enc/words");
         goto out;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -378,7 +378,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_ssize_t pad = (Py_ssize_t)lanes * width + 8;
     if (lanes < 1 || lanes > MAX_LANES || states.len != 4 * lanes || rowmap.len != 512 || nw < 0 ||
         raw.len < pad || ((uintptr_t)words.buf & 1) || fcs.len != nrows * 256 * 4) {
-        PyErr_SetString(PyExc_ValueError, "_exact4.decode: bad lanes/states/rowmap/words/raw padding/tables");
+        PyErr_SetString(PyExc_ValueError, "_exact_any.decode: bad lanes/states/rowmap/words/raw padding/tables");
         goto done;
     }
     uint64_t bits, nbits = 8 * (uint64_t)(raw.len - pad);
@@ -404,10 +404,10 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_exact4", "Format-4 exact coder kernels.", -1,
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_exact_any", "Format-4 exact coder kernels.", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__exact4(void) {
+PyMODINIT_FUNC PyInit__exact_any(void) {
     init_tables();
     return PyModule_Create(&module);
 }
