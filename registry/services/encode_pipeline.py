@@ -1,10 +1,10 @@
 """The tensors of one safetensors file encoded side by side: read → hash → (dedup) → encode → verify → write.
 
-Lanes are threads: the C codecs (``compression._exact16_delta``, ``_exact16_plain``, ``_narrow``), zstd, hashlib and
-file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The unit of work of a lane is
-a *chunk*: a tensor up to ``chunk_bytes`` is one unit, a larger one (stored in chunks,
-``registry.services.chunks``) is one unit per chunk, so the lanes share out the chunks of one big tensor
-as they share out small tensors. The database is touched only by the calling thread (the session is
+Lanes are threads: the C codecs (``compression._exact16_delta``, ``_exact16_plain``, ``_narrow``), zstd,
+hashlib and file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The unit of work
+of a lane is a *chunk*: a tensor up to ``chunk_bytes`` is one unit, a larger one (stored in chunks,
+``registry.services.chunks``) is one unit per chunk, so the lanes share out the chunks of one big
+tensor as they share out small tensors. The database is touched only by the calling thread (the session is
 not thread-safe), in tensor order:
 
 1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them; a chunked
