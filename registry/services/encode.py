@@ -228,6 +228,18 @@ def _add_stored(version: Version, nbytes: int) -> None:
     version.stored_bytes += nbytes
 
 
+class Advance:
+    """Job progress over ``total`` bytes, and a checkpoint, after every tensor."""
+
+    def __init__(self, total: int, progress: Progress, checkpoint: Callable[[], None]) -> None:
+        self.total, self.done, self.progress, self.checkpoint = max(1, total), 0, progress, checkpoint
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+        self.progress(min(0.99, self.done / self.total))
+        self.checkpoint()
+
+
 class StoredTally:
     """Bytes newly stored by one part of a split encode, added to the version's total with one atomic
     ``UPDATE`` just before each commit (parts on other workers add to the same row at the same time; the
@@ -268,14 +280,7 @@ def encode_file(
     ``registry.services.encode_split``): its tensors are stored exactly as ``encode_version`` stores
     them; the version stays ``processing`` (its last encode run marks it ready)."""
     totals = EncodeTotals()
-    done = 0
-
-    def advance(nbytes: int) -> None:
-        nonlocal done
-        done += nbytes
-        progress(min(0.99, done / max(1, file.size)))
-        checkpoint()
-
+    advance = Advance(file.size, progress, checkpoint)
     tally = StoredTally(session, version.id)
     try:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="deltazoo-encode") as pool:
@@ -361,14 +366,7 @@ def encode_version(
     files = FileRepository(session).for_version(version.id)
     parents = _parent_refs(session, version)
     totals = EncodeTotals()
-    total_bytes = max(1, sum(f.size for f in files))
-    done = 0
-
-    def advance(nbytes: int) -> None:
-        nonlocal done
-        done += nbytes
-        progress(min(0.99, done / total_bytes))
-        checkpoint()
+    advance = Advance(sum(f.size for f in files), progress, checkpoint)
 
     for file in files:
         if file.staging_key is None:
