@@ -283,3 +283,47 @@ class DeltazooWorker:
             timeout=90,
             what="the worker logging 'ready.'",
         )
+
+
+@dataclass
+class WorkerStack:
+    """Its own ``redis-server``, S3 server and migrated Postgres database, and two ``deltazoo worker``
+    processes on them (beating every 0.5 s); the API is the caller's to start (``settings``)."""
+
+    redis: OwnRedis
+    s3: S3Server
+    database: str
+    settings: dict[str, str]
+    workers: list[DeltazooWorker]
+
+
+@contextmanager
+def own_worker_stack(root: Path, extra_settings: dict[str, str] | None = None) -> Iterator[WorkerStack]:
+    """A ``WorkerStack`` under ``root`` for the length of a ``with`` (workers stopped, then S3 and Redis)."""
+    from deltazoo.registry.db import upgrade_database
+
+    from tests.services import ADMIN_TOKEN, start_s3_server, temporary_database
+
+    redis = OwnRedis(root)
+    redis.start()
+    s3 = start_s3_server(root / "s3")
+    try:
+        with temporary_database() as database:
+            upgrade_database(database)
+            settings = {
+                **full_stack_env(database, redis.url, s3, ADMIN_TOKEN),
+                "DELTAZOO_JOB_HEARTBEAT_S": "0.5",
+                **(extra_settings or {}),
+            }
+            env = child_env({"DELTAZOO_HOME": str(root / "wh"), **settings})
+            workers = [DeltazooWorker(f"w{i}", env, root) for i in (1, 2)]
+            try:
+                for w in workers:
+                    w.start()
+                yield WorkerStack(redis, s3, database, settings, workers)
+            finally:
+                for w in workers:
+                    w.process.stop(grace=15.0)
+    finally:
+        s3.stop()
+        redis.stop()

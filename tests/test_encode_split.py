@@ -21,8 +21,8 @@ import sqlalchemy as sa
 import torch
 from safetensors.torch import save
 
-from tests.servers import DeltazooWorker, OwnRedis, full_stack_env, log_problems, running_api_server
-from tests.services import ADMIN_TOKEN, child_env, start_s3_server, temporary_database, wait_until
+from tests.servers import DeltazooWorker, log_problems, own_worker_stack, running_api_server
+from tests.services import ADMIN_TOKEN, wait_until
 from tests.test_api_support import push, sha, wait_job
 
 pytestmark = [
@@ -34,8 +34,8 @@ SHARDS = 4
 
 
 class SplitStack:
-    def __init__(self, url: str, database: str, workers: list[DeltazooWorker], s3: Any) -> None:
-        self.url, self.database, self.workers, self.s3 = url, database, workers, s3
+    def __init__(self, url: str, database: str, workers: list[DeltazooWorker]) -> None:
+        self.url, self.database, self.workers = url, database, workers
 
     def part_jobs(self) -> list[tuple[int, str, float, int]]:
         """(id, status, progress, attempts) of every part job, oldest first."""
@@ -56,35 +56,11 @@ class SplitStack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitStack]:
-    from deltazoo.registry.db import upgrade_database
-
     root = tmp_path_factory.mktemp("split")
-    redis = OwnRedis(root)
-    redis.start()
-    s3 = start_s3_server(root / "s3")
-    workers: list[DeltazooWorker] = []
-    try:
-        with temporary_database() as database:
-            upgrade_database(database)
-            settings = {
-                **full_stack_env(database, redis.url, s3, ADMIN_TOKEN),
-                "DELTAZOO_JOB_HEARTBEAT_S": "0.5",
-                "DELTAZOO_TENSOR_CHUNK_MB": "1",
-                "DELTAZOO_ENCODE_THREADS": "2",
-            }
-            env = child_env({"DELTAZOO_HOME": str(root / "wh"), **settings})
-            workers = [DeltazooWorker(f"w{i}", env, root) for i in (1, 2)]
-            try:
-                for w in workers:
-                    w.start()
-                with running_api_server(root / "home", settings) as api:
-                    yield SplitStack(api.url, database, workers, s3)
-            finally:
-                for w in workers:
-                    w.process.stop(grace=15.0)
-    finally:
-        s3.stop()
-        redis.stop()
+    chunked = {"DELTAZOO_TENSOR_CHUNK_MB": "1", "DELTAZOO_ENCODE_THREADS": "2"}
+    with own_worker_stack(root, chunked) as own, running_api_server(root / "home", own.settings) as api:
+        yield SplitStack(api.url, own.database, own.workers)
+    workers = own.workers
     for w in workers:
         problems = log_problems(w.process.log_text())
         assert not problems, w.process.log_tail()

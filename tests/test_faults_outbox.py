@@ -28,16 +28,14 @@ from tests.servers import (
     ApiServer,
     DeltazooWorker,
     OwnRedis,
-    full_stack_env,
     log_problems,
+    own_worker_stack,
     start_api_server,
 )
 from tests.services import (
     ADMIN_TOKEN,
     S3Server,
     child_env,
-    start_s3_server,
-    temporary_database,
     wait_until,
 )
 from tests.test_api_support import base_state, checkpoint, sha, wait_job
@@ -69,35 +67,16 @@ class OutboxStack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutboxStack]:
-    from deltazoo.registry.db import upgrade_database
-
     root = tmp_path_factory.mktemp("outbox")
-    redis = OwnRedis(root)
-    redis.start()
-    s3 = start_s3_server(root / "s3")
-    try:
-        with temporary_database() as database:
-            upgrade_database(database)
-            settings = {
-                **full_stack_env(database, redis.url, s3, ADMIN_TOKEN),
-                "DELTAZOO_JOB_HEARTBEAT_S": "0.5",
-            }
-            env = child_env({"DELTAZOO_HOME": str(root / "wh"), **settings})
-            workers = [DeltazooWorker(f"w{i}", env, root) for i in (1, 2)]
-            try:
-                for w in workers:
-                    w.start()
-                stack = OutboxStack(redis, s3, start_api_server(root / "home", settings), workers, settings)
-                try:
-                    yield stack
-                finally:
-                    stack.api.stop()
-            finally:
-                for w in workers:
-                    w.process.stop(grace=15.0)
-    finally:
-        s3.stop()
-        redis.stop()
+    with own_worker_stack(root) as own:
+        stack = OutboxStack(
+            own.redis, own.s3, start_api_server(root / "home", own.settings), own.workers, own.settings
+        )
+        try:
+            yield stack
+        finally:
+            stack.api.stop()
+    workers = own.workers
     problems = [p for p in log_problems(stack.api.process.log_text()) if '" 503' not in p]
     assert not problems, "\n\n".join(problems[:5])
     for w in workers:
