@@ -102,6 +102,7 @@ def test_a_delta_pull_over_a_damaged_cached_base_installs_nothing(
         tuned = c.push(tuned_dir, f"{unique_org}/damaged-tuned", base=base.ref, quiet=True)
         c.pull(base.ref, quiet=True)
         weights = next(f for f in base.files if f.path.endswith(".safetensors"))
+        c.cache.tensor_index(weights)  # indexed while intact: the damage below is then not noticed by it
         blob = c.cache.blob_path(weights.sha256)
         blob.chmod(0o644)
         data = bytearray(blob.read_bytes())
