@@ -23,6 +23,7 @@ WORKDIR /app
 COPY pyproject.toml setup.py README.md ./
 COPY deltazoo ./deltazoo
 COPY registry ./registry
+COPY services ./services
 COPY compression ./compression
 COPY api ./api
 COPY workers ./workers

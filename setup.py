@@ -2,9 +2,9 @@
 pyproject.toml.
 
 The wheel installs one top-level import name, `deltazoo`. The repository keeps the server's folders at its
-top level (api/, registry/, compression/, workers/, migrations/, as docs/ARCHITECTURE.md lays them out)
-and maps each under the package: api/ is imported as deltazoo.api, compression/ as deltazoo.compression,
-and so on. Editable installs map them the same way.
+top level (api/, registry/, services/, compression/, workers/, migrations/, as docs/ARCHITECTURE.md lays
+them out) and maps each under the package: api/ is imported as deltazoo.api, services/ as
+deltazoo.services, and so on. Editable installs map them the same way.
 
 Every compression/_*.c is an optional extension deltazoo.compression._*: without a C compiler the install
 still succeeds and the codecs run the same formats in numpy (slower).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-MAPPED = ("api", "registry", "compression", "workers", "migrations")
+MAPPED = ("api", "registry", "services", "compression", "workers", "migrations")
 
 # x86-64-v2 (SSE4.2, POPCNT; every x86-64 CPU since 2009) and never -march=native: the wheel must run
 # on other machines than the one that built it.

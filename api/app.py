@@ -26,10 +26,10 @@ from deltazoo.api.routes import (
 from deltazoo.registry.db import session_scope, upgrade_database
 from deltazoo.registry.memory import bound_heap
 from deltazoo.registry.objectstore import object_store_from_settings
-from deltazoo.registry.services.resumable import partials_for
-from deltazoo.registry.services.staging import sweep_stale_uploads
-from deltazoo.registry.services.storage import RAW_CACHE
-from deltazoo.registry.services.tokens import ensure_admin_token
+from deltazoo.services.resumable import partials_for
+from deltazoo.services.staging import sweep_stale_uploads
+from deltazoo.services.storage import RAW_CACHE
+from deltazoo.services.tokens import ensure_admin_token
 from deltazoo.workers.jobs import JobContext
 from deltazoo.workers.orphan_sweep import start_orphan_sweeper
 from fastapi import Depends, FastAPI

@@ -1,4 +1,4 @@
-"""Bearer tokens and private models (``registry.services.access``); with auth off the server is open.
+"""Bearer tokens and private models (``services.access``); with auth off the server is open.
 
 The check runs before every ``/v1`` route but health: it sets ``request.state.principal``, answers
 401/403 for writes without the right token and 404 for a private model the caller may not read.
@@ -10,8 +10,8 @@ from typing import Annotated
 
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.repositories import ModelRepository
-from deltazoo.registry.services.access import ANONYMOUS, OPEN, Principal, check_model_access, check_write
-from deltazoo.registry.services.tokens import principal_for
+from deltazoo.services.access import ANONYMOUS, OPEN, Principal, check_model_access, check_write
+from deltazoo.services.tokens import principal_for
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 

@@ -1,6 +1,6 @@
 """A request body handed to a synchronous sink off the event loop, in batches, receiving ahead.
 
-An upload's sink hashes, validates and writes every byte (``registry.services.transfer.UploadSink``);
+An upload's sink hashes, validates and writes every byte (``services.transfer.UploadSink``);
 run on the event loop that work would serialise every upload of the server on one thread. Here each
 batch of about ``FEED_BATCH`` bytes goes to a worker thread (hashlib and file writes release the GIL)
 while the loop receives the next one: at most two batches per upload are held in memory.

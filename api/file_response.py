@@ -7,7 +7,7 @@ headers they add.
 from __future__ import annotations
 
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.services.transfer import FilePlan, iter_file, parse_range
+from deltazoo.services.transfer import FilePlan, iter_file, parse_range
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import IO
 
 from deltazoo.registry.errors import BadRequest, DeltazooError
-from deltazoo.registry.services.hub_commit import CommitOperations
+from deltazoo.services.hub_commit import CommitOperations
 
 FILE_PREFIX = b'{"key": "file", "value": {"content": "'
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from deltazoo.api.auth import bearer_token
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.errors import DeltazooError
-from deltazoo.registry.services.access import ANONYMOUS, OPEN, Principal
-from deltazoo.registry.services.hub import MissingEntry
-from deltazoo.registry.services.tokens import principal_for
+from deltazoo.services.access import ANONYMOUS, OPEN, Principal
+from deltazoo.services.hub import MissingEntry
+from deltazoo.services.tokens import principal_for
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse

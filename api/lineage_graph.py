@@ -1,12 +1,14 @@
-"""Layout of the model page's lineage graph (``registry.services.family``): boxes in columns by
-generation (a parent left of its children), edges from parent to child, "+N more" where a list
-was cut (the page counts the descendants it leaves out). Drawn as inline SVG by ``templates/_macros.html``."""
+"""Layout of the model page's lineage graph (``services.family``): boxes in columns by
+generation (a parent left of its children), edges from parent to child, each version's tags under its
+name, "+N more" where a list was cut (the page counts the descendants it leaves out). Drawn as
+inline SVG by ``templates/_macros.html``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-BOX_W, BOX_H, COL_GAP, ROW_GAP, PAD = 190, 30, 60, 12, 16
+BOX_W, BOX_H, COL_GAP, ROW_GAP, PAD = 190, 40, 60, 12, 16
+TAGS_CHARS = 28  # a longer list of tags is cut with an ellipsis (the tooltip holds them all)
 ROLE_ORDER = {"ancestor": 0, "own": 1, "sibling": 2, "child": 3, "descendant": 4}
 
 
@@ -29,6 +31,8 @@ def layout(graph: dict[str, Any]) -> dict[str, Any] | None:
     for col, members in sorted(columns.items()):
         members.sort(key=lambda n: (ROLE_ORDER[n["role"]], n["name"], n["revision"]))
         for row, n in enumerate(members):
+            tags = list(n.get("tags") or [])
+            shown = ", ".join(tags)
             boxes[n["ref"]] = {
                 "ref": n["ref"],
                 "role": n["role"],
@@ -40,7 +44,10 @@ def layout(graph: dict[str, Any]) -> dict[str, Any] | None:
                 "h": BOX_H,
                 "href": "/models/{}/{}".format(*n["ref"].split("@")),
                 "label": n["ref"] if len(n["ref"]) <= 28 else n["ref"][:27] + "…",
-                "tip": f"{n['ref']} ({n['role']}, {n['relation'] or 'root'}, {n['status']})",
+                "tags": tags,
+                "tags_label": shown if len(shown) <= TAGS_CHARS else shown[: TAGS_CHARS - 1] + "…",
+                "tip": f"{n['ref']} ({n['role']}, {n['relation'] or 'root'}, {n['status']})"
+                + (f" tags: {shown}" if tags else ""),
             }
     edges = []
     for e in graph["edges"]:

@@ -62,10 +62,10 @@ from deltazoo.registry.models import (  # noqa: E402
 )  # noqa: E402
 from deltazoo.registry.objectstore import object_store_from_settings  # noqa: E402
 from deltazoo.registry.repositories import FileRepository, NamespaceRepository, TensorRepository  # noqa: E402
-from deltazoo.registry.services.access import OPEN  # noqa: E402
-from deltazoo.registry.services.evaluation import register_text  # noqa: E402
-from deltazoo.registry.services.refs import get_version  # noqa: E402
-from deltazoo.registry.services.versions import DeclaredFile, commit_version, create_model, create_version  # noqa: E402
+from deltazoo.services.access import OPEN  # noqa: E402
+from deltazoo.services.evaluation import register_text  # noqa: E402
+from deltazoo.services.refs import get_version  # noqa: E402
+from deltazoo.services.versions import DeclaredFile, commit_version, create_model, create_version  # noqa: E402
 from deltazoo.workers.jobs import JobContext, run_job  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from safetensors.torch import save  # noqa: E402
@@ -567,11 +567,11 @@ def hot_paths(models: int, revs: int) -> dict[str, Callable[[Any], Any]]:
         TensorRepository,
     )
     from deltazoo.registry.repositories import VersionRepository as VR
-    from deltazoo.registry.services.access import ANONYMOUS, can_read_blob
-    from deltazoo.registry.services.lineage import lineage_page
-    from deltazoo.registry.services.refs import get_model, get_version
-    from deltazoo.registry.services.views import model_detail
     from deltazoo.registry.sketch_band_repository import SketchBandRepository
+    from deltazoo.services.access import ANONYMOUS, can_read_blob
+    from deltazoo.services.lineage import lineage_page
+    from deltazoo.services.refs import get_model, get_version
+    from deltazoo.services.views import model_detail
 
     leaf_model = models // 2
     leaf = f"m-{leaf_model:05d}"

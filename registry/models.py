@@ -128,7 +128,7 @@ class Version(Timestamped, Base):
     lossy: Mapped[bool] = mapped_column(Boolean, default=False)
     profiles: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-    # base="auto": per-tensor value samples (registry.services.similarity) and the picked parent's score
+    # base="auto": per-tensor value samples (services.similarity) and the picked parent's score
     # deferred: a page of versions must not parse a sketch per row (sketch_band_repository reads them)
     sketch: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     parent_similarity: Mapped[float | None] = mapped_column(Float)
@@ -252,7 +252,7 @@ class Evaluation(Timestamped, Base):
 
 
 class SketchBand(Base):
-    """One locality-sensitive key of a version's sketch (``registry.services.sketch_index``): versions
+    """One locality-sensitive key of a version's sketch (``services.sketch_index``): versions
     sharing a (band, key) pair are the candidates compared when a push asks for ``base="auto"``."""
 
     __tablename__ = "sketch_band"

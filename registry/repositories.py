@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -315,16 +316,36 @@ class TensorRepository:
         return {t.id: t for t in self.s.scalars(select(Tensor).where(Tensor.id.in_(ids)))}
 
     def stored_with_sha(self, sha256: str, visible: ColumnElement[bool] | None = None) -> Tensor | None:
-        """A stored tensor whose raw bytes have this sha256, preferring the shortest decode chain; with
-        ``visible`` (``visible_from(model)``) only one of a model that may show through the new one."""
-        query = select(Tensor).where(Tensor.sha256 == sha256)
+        """A stored tensor whose raw bytes have this sha256 (see ``stored_with_shas``)."""
+        return self.stored_with_shas([sha256], visible).get(sha256)
+
+    def stored_with_shas(
+        self, shas: Iterable[str], visible: ColumnElement[bool] | None = None
+    ) -> dict[str, Tensor]:
+        """sha256 -> a stored tensor with those raw bytes, for many tensors in one statement, preferring
+        the shortest decode chain; with ``visible`` (``visible_from(model)``) only one of a model that
+        may show through the new one. ``same`` copies are never picked: the tensor they copy has their
+        depth and a smaller id, and skipping them keeps the query small when thousands of versions
+        copy one base tensor."""
+        wanted = sorted(set(shas))
+        if not wanted:
+            return {}
+        rank = func.row_number().over(partition_by=Tensor.sha256, order_by=(Tensor.depth, Tensor.id))
+        ranked = select(Tensor.id, rank.label("rank")).where(
+            Tensor.sha256.in_(wanted), Tensor.encoding != "same"
+        )
         if visible is not None:
-            query = (
-                query.join(Version, Version.id == Tensor.version_id)
+            ranked = (
+                ranked.join(Version, Version.id == Tensor.version_id)
                 .join(Model, Model.id == Version.model_id)
                 .where(visible)
             )
-        return self.s.scalar(query.order_by(Tensor.depth, Tensor.id).limit(1))
+        best = ranked.subquery()
+        rows = self.s.scalars(select(Tensor).join(best, best.c.id == Tensor.id).where(best.c.rank == 1))
+        return {t.sha256: t for t in rows}
+
+    def id_by_name(self, file_id: int, name: str) -> int | None:
+        return self.s.scalar(select(Tensor.id).where(Tensor.file_id == file_id, Tensor.name == name))
 
     def by_name(self, version_id: int) -> dict[str, Tensor]:
         return {t.name: t for t in self.for_version(version_id)}
@@ -416,27 +437,41 @@ class BlobRepository:
         return self.s.get(Blob, sha256)
 
     def add_reference(self, sha256: str, size: int) -> bool:
-        """Count one more reference to a blob; True when the blob row is new.
+        """Count one more reference to a blob; True when the blob row is new."""
+        return sha256 in self.add_references([(sha256, size)])
+
+    def add_references(self, refs: Sequence[tuple[str, int]]) -> set[str]:
+        """Count one more reference per ``(sha256, size)`` (a sha256 may repeat); returns the shas whose
+        blob row is new. A few statements per call, however many references.
 
         Insert-or-ignore: two encodes storing the same bytes at once both succeed (the second one's
         insert waits for the first one's row and then counts a reference) instead of one failing on
-        the primary key and retrying."""
+        the primary key and retrying. Rows are written in sha256 order, so two such inserts never wait
+        on each other in opposite orders."""
+        if not refs:
+            return set()
+        counts = Counter(sha for sha, _ in refs)
+        sizes = dict(refs)
         dialect = self.s.get_bind().dialect.name
         if dialect in ("postgresql", "sqlite"):
             insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            statement = (
-                insert(Blob)
-                .values(sha256=sha256, size=size, refcount=1, created_at=utcnow())
-                .on_conflict_do_nothing(index_elements=["sha256"])
-            )
-            if self.s.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
-                return True
-        elif self.s.get(Blob, sha256) is None:
-            self.s.add(Blob(sha256=sha256, size=size, refcount=1))
+            now = utcnow()
+            rows = [dict(sha256=sha, size=sizes[sha], refcount=1, created_at=now) for sha in sorted(counts)]
+            statement = insert(Blob).values(rows).on_conflict_do_nothing(index_elements=["sha256"])
+            new = set(self.s.scalars(statement.returning(Blob.sha256)))
+        else:
+            new = set(counts) - self.existing(sorted(counts))
+            self.s.add_all(Blob(sha256=sha, size=sizes[sha], refcount=1) for sha in sorted(new))
             self.s.flush()
-            return True
-        self.s.execute(update(Blob).where(Blob.sha256 == sha256).values(refcount=Blob.refcount + 1))
-        return False
+        more: dict[int, list[str]] = {}  # references still to count -> the blobs that get that many
+        for sha, n in counts.items():
+            if n - (sha in new):
+                more.setdefault(n - (sha in new), []).append(sha)
+        for n, shas in sorted(more.items()):
+            self.s.execute(
+                update(Blob).where(Blob.sha256.in_(sorted(shas))).values(refcount=Blob.refcount + n)
+            )
+        return new
 
     def drop_reference(self, sha256: str) -> bool:
         """Count one reference less; True when nothing references the blob any more (row deleted)."""
@@ -514,7 +549,7 @@ class ArtifactRepository:
 
 
 VERSION_KIND = "encode_version"  # a job encoding a whole version (target: the version)
-PART_KIND = "encode_file"  # one file of a split encode (target: the file; registry.services.encode_split)
+PART_KIND = "encode_file"  # one file of a split encode (target: the file; services.encode_split)
 
 
 def _encodes_of(version_ids: list[int]) -> ColumnElement[bool]:

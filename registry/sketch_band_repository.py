@@ -1,4 +1,4 @@
-"""Queries of the sketch band index (``registry.services.sketch_index``); they never commit."""
+"""Queries of the sketch band index (``services.sketch_index``); they never commit."""
 
 from __future__ import annotations
 

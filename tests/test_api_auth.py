@@ -10,7 +10,7 @@ from deltazoo.api.app import create_app
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.models import ApiToken
 from deltazoo.registry.repositories import NamespaceRepository
-from deltazoo.registry.services.tokens import token_hash
+from deltazoo.services.tokens import token_hash
 from fastapi.testclient import TestClient
 
 from tests.test_api_roundtrip import embedded_settings

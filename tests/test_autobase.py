@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from deltazoo.api.app import create_app
-from deltazoo.registry.services.similarity import RELATED_THRESHOLD, sample_window, similarity
+from deltazoo.services.similarity import RELATED_THRESHOLD, sample_window, similarity
 from fastapi.testclient import TestClient
 
 from deltazoo.settings import Settings

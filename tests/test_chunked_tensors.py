@@ -13,9 +13,9 @@ import pytest
 import torch
 from deltazoo.api.app import create_app
 from deltazoo.registry.db import session_scope
-from deltazoo.registry.services import storage
-from deltazoo.registry.services.refs import get_version
-from deltazoo.registry.services.transfer import iter_file, plan_file
+from deltazoo.services import storage
+from deltazoo.services.refs import get_version
+from deltazoo.services.transfer import iter_file, plan_file
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 

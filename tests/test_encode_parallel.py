@@ -87,10 +87,13 @@ def encode_pair(
     home: Path, threads: int, fail_at: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
     import deltazoo.workers.jobs  # noqa: F401 (loads workers.jobs)
+    from deltazoo.services import encode_pipeline, tensor_rows
 
     from deltazoo import workers
 
-    monkeypatch.setattr(workers.jobs._Checkpoints, "EVERY_S", 0.0)  # commit after every tensor
+    monkeypatch.setattr(workers.jobs._Checkpoints, "EVERY_S", 0.0)  # commit after every tensor:
+    monkeypatch.setattr(tensor_rows, "ROWS_PER_WRITE", 1)  # rows written one by one
+    monkeypatch.setattr(encode_pipeline, "LOOKUP_BATCH", 1)
     settings = embedded_settings(home).model_copy(update={"encode_threads": threads, "tensor_chunk_mb": 1})
     base, ft = wide_pair()
     files = {"base": checkpoint(base), "ft": checkpoint(ft)}

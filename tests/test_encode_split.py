@@ -1,4 +1,4 @@
-"""One version's encode split across Celery workers (registry/services/encode_split.py): two real
+"""One version's encode split across Celery workers (services/encode_split.py): two real
 ``deltazoo worker`` processes on Redis store exactly what one stores, and a worker SIGKILLed in the middle
 of a part resumes to exactly the same stored bytes.
 

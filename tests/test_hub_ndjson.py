@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from deltazoo.api.hub_ndjson import read_commit
 from deltazoo.registry.errors import DeltazooError
-from deltazoo.registry.services.hub_commit import CommitOperations
+from deltazoo.services.hub_commit import CommitOperations
 
 
 def payload(files: dict[str, bytes]) -> bytes:

@@ -1,4 +1,4 @@
-"""The object-store audit and sweep (registry/services/orphans.py, ``deltazoo admin audit``) on the
+"""The object-store audit and sweep (services/orphans.py, ``deltazoo admin audit``) on the
 embedded default: what no row names is reported, and removed only once older than the grace period;
 nothing a row names is ever touched, and every pull stays exact."""
 
@@ -17,7 +17,7 @@ import pytest
 from deltazoo.api.app import create_app
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.objectstore import LocalObjectStore
-from deltazoo.registry.services.orphans import audit_store
+from deltazoo.services.orphans import audit_store
 from fastapi.testclient import TestClient
 
 from deltazoo.settings import Settings

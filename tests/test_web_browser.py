@@ -68,6 +68,12 @@ def test_pages_in_chromium(server: ApiServer, tmp_path: Path) -> None:
         "family/math-v2@1": ("child", "family/math@1", "family/math-v2@1"),
     }
     assert seen["lineageEdges"] == 2
+    tags = {n["ref"]: (n["tags"], n["tagsText"]) for n in seen["lineage"]}
+    assert tags == {  # build_zoo tags family/math@1 "prod" and "v1.0"
+        "family/base@1": ("", None),
+        "family/math@1": ("prod v1.0", "prod, v1.0"),
+        "family/math-v2@1": ("", None),
+    }
     assert seen["card"] == {"license": "apache-2.0", "base_model": "family/base", "tags": "math, tiny"}
     assert seen["cardHeading"] == "Math fine-tune"
     cli, sdk, hf = seen["snippets"]

@@ -37,6 +37,8 @@ def build_zoo(client: Any) -> None:
         files = _files(state, CONFIG) | ({"README.md": CARD} if name == "family/math" else {})
         answer = push(client, name, files, base=parent, profiles=profiles)
         assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+    for tag in ("prod", "v1.0"):  # shown in the lineage graph
+        assert client.put(f"/v1/models/family/math/tags/{tag}", json={"revision": "1"}).status_code == 201
     client.post("/v1/models", json={"name": "family/x-script", "description": "<script>alert(1)</script>",
                                     "exist_ok": True})
     assert client.post("/v1/texts", params={"name": "fox"}, content=TEXT.encode()).status_code == 201
@@ -88,6 +90,9 @@ def test_model_page_shows_the_lineage_graph_card_and_snippet(client: TestClient)
         ("family/math@1", "own", "family/base@1"),
     ]
     assert graph.count('class="edge"') == 2
+    tags = dict(re.findall(r'data-ref="([^"]+)"[^>]* data-tags="([^"]*)"', graph))
+    assert tags == {"family/base@1": "", "family/math@1": "prod v1.0", "family/math-v2@1": ""}
+    assert '<text class="tags"' in graph and ">prod, v1.0</text>" in graph
     versions = html.split('id="versions"')[1].split("</table>")[0]
     assert "fox:" in versions and "bpb" in versions
     assert "<svg" in html and "stored / logical" in html

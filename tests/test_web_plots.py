@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from deltazoo.api.plots import CHAR_W, KINDS, LABEL_H, MAX_LABELS, gain_plot, nice_step, stored_share_plot
-from deltazoo.registry.services.leaderboard import NO_GAIN, gain_fields
+from deltazoo.services.leaderboard import NO_GAIN, gain_fields
 
 
 def _items(n: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 from deltazoo.registry.models import Artifact, Evaluation, Job, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository
-from deltazoo.registry.services.artifacts import ArtifactBuildError, load_state
-from deltazoo.registry.services.evaluation import (
+from deltazoo.services.artifacts import ArtifactBuildError, load_state
+from deltazoo.services.evaluation import (
     DONE,
     _dense_row,
     _row,
     load_tokenizer,
     version_config,
 )
-from deltazoo.registry.services.storage import get_blob
+from deltazoo.services.storage import get_blob
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:

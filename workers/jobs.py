@@ -20,11 +20,11 @@ from deltazoo.registry.db import after_commit, session_scope
 from deltazoo.registry.models import Artifact, File, Job, Version, utcnow
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import PART_KIND, VERSION_KIND, ArtifactRepository, JobRepository
-from deltazoo.registry.services.artifacts import build_artifact, enqueue_pending_artifacts
-from deltazoo.registry.services.encode import encode_file, encode_version
-from deltazoo.registry.services.encode_split import WAITING, finish_part, plan_parts
-from deltazoo.registry.services.evaluation import enqueue_for_version
-from deltazoo.registry.services.evaluation import mark_failed as mark_evaluation_failed
+from deltazoo.services.artifacts import build_artifact, enqueue_pending_artifacts
+from deltazoo.services.encode import encode_file, encode_version
+from deltazoo.services.encode_split import WAITING, finish_part, plan_parts
+from deltazoo.services.evaluation import enqueue_for_version
+from deltazoo.services.evaluation import mark_failed as mark_evaluation_failed
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -64,7 +64,7 @@ class JobContext:
     settings: Settings
     store: ObjectStore
     enqueue: Callable[[int], None]
-    split: bool = False  # split a version's encode into part jobs (registry.services.encode_split)
+    split: bool = False  # split a version's encode into part jobs (services.encode_split)
 
 
 class _Checkpoints:

@@ -1,4 +1,4 @@
-"""The periodic object-store sweep (registry/services/orphans.py) in a daemon thread of the API.
+"""The periodic object-store sweep (services/orphans.py) in a daemon thread of the API.
 
 It runs when the API starts and then every ``DELTAZOO_ORPHAN_SWEEP_HOURS`` (0: never), on the embedded
 default and the full stack alike; several API replicas sweeping at once is harmless (each deletion is
@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.services.orphans import Audit, audit_store
+from deltazoo.services.orphans import Audit, audit_store
 
 from deltazoo.settings import Settings
 

@@ -8,7 +8,7 @@ from celery import Task
 from celery.signals import worker_ready
 from deltazoo.registry.memory import bound_heap, release_free_memory
 from deltazoo.registry.objectstore import object_store_from_settings
-from deltazoo.registry.services.storage import RAW_CACHE
+from deltazoo.services.storage import RAW_CACHE
 from deltazoo.workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
 from deltazoo.workers.heartbeat import heartbeat, start_reaper
 from deltazoo.workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job

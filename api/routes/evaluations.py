@@ -5,15 +5,15 @@ from __future__ import annotations
 from deltazoo.api.deps import DB, Enqueue, Store
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.errors import BadRequest
-from deltazoo.registry.services import views
-from deltazoo.registry.services.evaluation import (
+from deltazoo.services import views
+from deltazoo.services.evaluation import (
     TooLarge,
     list_texts,
     register_text,
     request_evaluation,
     text_info,
 )
-from deltazoo.registry.services.refs import get_version, ref_string
+from deltazoo.services.refs import get_version, ref_string
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool

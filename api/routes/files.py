@@ -10,11 +10,11 @@ from deltazoo.api.file_response import file_response
 from deltazoo.registry.errors import BadRequest, DeltazooError
 from deltazoo.registry.models import File
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.services.refs import get_version, ref_string
-from deltazoo.registry.services.resumable import PartialUploads, parse_content_range, partials_for
-from deltazoo.registry.services.transfer import UploadSink, plan_file
-from deltazoo.registry.services.versions import check_path, pending_file, record_upload
-from deltazoo.registry.services.views import file_info
+from deltazoo.services.refs import get_version, ref_string
+from deltazoo.services.resumable import PartialUploads, parse_content_range, partials_for
+from deltazoo.services.transfer import UploadSink, plan_file
+from deltazoo.services.versions import check_path, pending_file, record_upload
+from deltazoo.services.views import file_info
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
@@ -62,7 +62,7 @@ def _partials(request: Request) -> PartialUploads:
 async def _put_part(
     file: File, header: str, request: Request, partials: PartialUploads, session: Session, store: ObjectStore
 ) -> dict | JSONResponse:
-    """One part of a resumable upload (registry/services/resumable.py): 202 until the last byte, then 200."""
+    """One part of a resumable upload (services/resumable.py): 202 until the last byte, then 200."""
     start, end = parse_content_range(header, file.size, file.path)
     if int(request.headers["content-length"]) != end - start:
         raise BadRequest(

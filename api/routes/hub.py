@@ -1,12 +1,12 @@
 """The Hugging Face Hub protocol beside ``/v1``: what huggingface_hub, transformers and the hf CLI call
-with ``HF_ENDPOINT`` (or ``endpoint=``) pointing at deltazoo (registry/services/hub.py)."""
+with ``HF_ENDPOINT`` (or ``endpoint=``) pointing at deltazoo (services/hub.py)."""
 
 from __future__ import annotations
 
 from deltazoo.api.deps import DB, Store
 from deltazoo.api.file_response import file_response
 from deltazoo.api.hub_protocol import HubRoute, HubViewer
-from deltazoo.registry.services import hub
+from deltazoo.services import hub
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 

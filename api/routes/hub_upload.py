@@ -1,6 +1,6 @@
 """The Hugging Face Hub protocol's write side: create repo, preupload, the Git LFS batch API with its
 basic transfer, commit (NDJSON), and the Xet token route answered with what to do instead
-(registry/services/hub_commit.py, hub_lfs.py)."""
+(services/hub_commit.py, hub_lfs.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from deltazoo.api.deps import DB, Enqueue, Store
 from deltazoo.api.hub_ndjson import read_commit
 from deltazoo.api.hub_protocol import HubRoute, HubViewer, hub_error
 from deltazoo.registry.errors import BadRequest, DeltazooError
-from deltazoo.registry.services import hub_commit, hub_lfs
-from deltazoo.registry.services.model_card import front_matter_problem
+from deltazoo.services import hub_commit, hub_lfs
+from deltazoo.services.model_card import front_matter_problem
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool

@@ -5,7 +5,7 @@ from __future__ import annotations
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB
 from deltazoo.registry.errors import BadRequest
-from deltazoo.registry.services.leaderboard import leaderboard
+from deltazoo.services.leaderboard import leaderboard
 from fastapi import APIRouter
 
 router = APIRouter(tags=["evaluation"])

@@ -8,10 +8,10 @@ from deltazoo.api.deps import DB, Store
 from deltazoo.registry.errors import NotFound
 from deltazoo.registry.objectstore import blob_key
 from deltazoo.registry.repositories import BlobRepository
-from deltazoo.registry.services import views
-from deltazoo.registry.services.access import can_read_blob
-from deltazoo.registry.services.job_status import job_for
-from deltazoo.registry.services.versions import SHA_RE
+from deltazoo.services import views
+from deltazoo.services.access import can_read_blob
+from deltazoo.services.job_status import job_for
+from deltazoo.services.versions import SHA_RE
 from fastapi import APIRouter, Path
 from fastapi.responses import StreamingResponse
 

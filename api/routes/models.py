@@ -6,10 +6,10 @@ from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Store
 from deltazoo.registry.repositories import ModelRepository
-from deltazoo.registry.services import views
-from deltazoo.registry.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
-from deltazoo.registry.services.refs import get_model
-from deltazoo.registry.services.versions import create_model, delete_model
+from deltazoo.services import views
+from deltazoo.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
+from deltazoo.services.refs import get_model
+from deltazoo.services.versions import create_model, delete_model
 from fastapi import APIRouter, Query, Response
 
 router = APIRouter(tags=["models"])

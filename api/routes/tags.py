@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from deltazoo.api import schemas
 from deltazoo.api.deps import DB
-from deltazoo.registry.services.refs import get_model
-from deltazoo.registry.services.tags import delete_tag, list_tags, set_tag
+from deltazoo.services.refs import get_model
+from deltazoo.services.tags import delete_tag, list_tags, set_tag
 from fastapi import APIRouter, Response
 
 router = APIRouter(tags=["tags"])

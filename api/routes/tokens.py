@@ -6,8 +6,8 @@ from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB
 from deltazoo.registry.models import ApiToken
-from deltazoo.registry.services.access import check_admin
-from deltazoo.registry.services.tokens import create_token, delete_token, list_tokens
+from deltazoo.services.access import check_admin
+from deltazoo.services.tokens import create_token, delete_token, list_tokens
 from fastapi import APIRouter, Path, Response
 
 router = APIRouter(tags=["tokens"])

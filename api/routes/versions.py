@@ -10,15 +10,15 @@ from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Enqueue, Store
 from deltazoo.api.deps import settings as settings_dep
 from deltazoo.registry.objectstore import blob_key
-from deltazoo.registry.services import views
-from deltazoo.registry.services.artifacts import find_artifact, request_artifact
-from deltazoo.registry.services.limits import UploadLimits
-from deltazoo.registry.services.pending import pending_versions
-from deltazoo.registry.services.refs import get_model, get_version, ref_string
-from deltazoo.registry.services.resumable import partials_for
-from deltazoo.registry.services.resume import find_resumable
-from deltazoo.registry.services.staging import sweep_stale_uploads
-from deltazoo.registry.services.versions import DeclaredFile, commit_version, create_version, delete_version
+from deltazoo.services import views
+from deltazoo.services.artifacts import find_artifact, request_artifact
+from deltazoo.services.limits import UploadLimits
+from deltazoo.services.pending import pending_versions
+from deltazoo.services.refs import get_model, get_version, ref_string
+from deltazoo.services.resumable import partials_for
+from deltazoo.services.resume import find_resumable
+from deltazoo.services.staging import sweep_stale_uploads
+from deltazoo.services.versions import DeclaredFile, commit_version, create_version, delete_version
 from deltazoo.workers.jobs import held_since
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse

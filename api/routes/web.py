@@ -1,7 +1,7 @@
 """Server-rendered pages: models, a model's lineage and versions, a version, the leaderboard.
 
-Every number comes from the same service functions as the JSON API (``registry.services.views``,
-``registry.services.leaderboard``); templates only format them. Jinja2 autoescapes every value.
+Every number comes from the same service functions as the JSON API (``services.views``,
+``services.leaderboard``); templates only format them. Jinja2 autoescapes every value.
 With auth on, private models are not shown here (the pages carry no token).
 """
 
@@ -17,13 +17,13 @@ from deltazoo.api.model_card import MAX_CARD_BYTES, render_card
 from deltazoo.api.plots import gain_plot, stored_share_plot
 from deltazoo.registry.errors import DeltazooError, NotFound
 from deltazoo.registry.repositories import ModelRepository
-from deltazoo.registry.services import views
-from deltazoo.registry.services.cards import card_bytes
-from deltazoo.registry.services.evaluation import list_texts, text_info
-from deltazoo.registry.services.family import family_graph
-from deltazoo.registry.services.leaderboard import leaderboard, version_quality
-from deltazoo.registry.services.lineage import lineage_page
-from deltazoo.registry.services.refs import get_model, get_version
+from deltazoo.services import views
+from deltazoo.services.cards import card_bytes
+from deltazoo.services.evaluation import list_texts, text_info
+from deltazoo.services.family import family_graph
+from deltazoo.services.leaderboard import leaderboard, version_quality
+from deltazoo.services.lineage import lineage_page
+from deltazoo.services.refs import get_model, get_version
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates

@@ -6,7 +6,7 @@ Revises: issue12_revisions
 Indexes for the queries every push, commit, download and lineage call makes (stale-upload sweep on
 version status and age, a covering index for the lineage walk, jobs by target, blob holders), and
 ``sketch_band``: the locality-sensitive keys of every version's sketch
-(``registry.services.sketch_index``), filled here from the sketches already stored, so that
+(``services.sketch_index``), filled here from the sketches already stored, so that
 ``base="auto"`` compares an upload with a bounded set of candidates.
 """
 
@@ -53,7 +53,7 @@ def upgrade() -> None:
 
 
 def _fill_bands() -> None:
-    from deltazoo.registry.services.sketch_index import band_keys
+    from deltazoo.services.sketch_index import band_keys
 
     bind = op.get_bind()
     rows = bind.execute(sa.text("SELECT id, sketch FROM version WHERE sketch IS NOT NULL")).all()

@@ -31,7 +31,8 @@ try {
   out.modelUrl = page.url();
   out.lineage = await page.$$eval("#lineage a.node", (nodes) => nodes.map((a) => ({
     ref: a.dataset.ref, role: a.dataset.role, parent: a.dataset.parent || null,
-    text: a.querySelector("text").textContent,
+    text: a.querySelector("text.label").textContent,
+    tags: a.dataset.tags, tagsText: a.querySelector("text.tags") ? a.querySelector("text.tags").textContent : null,
   })));
   out.lineageEdges = await page.$$eval("#lineage path.edge", (p) => p.length);
   out.card = await page.$$eval("#card dd[data-field]", (dds) => Object.fromEntries(dds.map((d) => [d.dataset.field, d.textContent])));

@@ -15,9 +15,9 @@ from deltazoo.registry.errors import DeltazooError
 from deltazoo.registry.models import File, Model, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key
 from deltazoo.registry.repositories import FileRepository
-from deltazoo.registry.services.access import Principal
-from deltazoo.registry.services.model_card import MAX_CARD_BYTES, card_lineage
-from deltazoo.registry.services.refs import RELATIONS, resolve_base
+from deltazoo.services.access import Principal
+from deltazoo.services.model_card import MAX_CARD_BYTES, card_lineage
+from deltazoo.services.refs import RELATIONS, resolve_base
 from sqlalchemy.orm import Session
 
 log = logging.getLogger("deltazoo.card")

@@ -1,6 +1,6 @@
 """The model page's lineage graph: a bounded neighbourhood of a model, not its whole family.
 
-Built on one page of ``registry.services.lineage`` (ancestors, this model's versions, a page of
+Built on one page of ``services.lineage`` (ancestors, this model's versions, a page of
 descendants, with counts of the rest) plus the siblings the lineage does not hold: other models'
 versions sharing a parent with one of this model's, a page of at most ``limit`` with their count.
 Private models the viewer may not read are left out, as everywhere.
@@ -12,8 +12,8 @@ from typing import Any
 
 from deltazoo.registry.family_repository import FamilyRepository
 from deltazoo.registry.models import Model
-from deltazoo.registry.services.access import Principal
-from deltazoo.registry.services.views import version_summaries
+from deltazoo.services.access import Principal
+from deltazoo.services.views import version_summaries
 from sqlalchemy.orm import Session
 
 

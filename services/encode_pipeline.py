@@ -3,14 +3,15 @@
 Lanes are threads: the C codecs (``compression._exact16_delta``, ``_exact16_plain``, ``_narrow``), zstd,
 hashlib and file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The unit of work
 of a lane is a *chunk*: a tensor up to ``chunk_bytes`` is one unit, a larger one (stored in chunks,
-``registry.services.chunks``) is one unit per chunk, so the lanes share out the chunks of one big
+``services.chunks``) is one unit per chunk, so the lanes share out the chunks of one big
 tensor as they share out small tensors. The database is touched only by the calling thread (the session is
 not thread-safe), in tensor order:
 
 1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them; a chunked
    tensor is read and hashed chunk by chunk, and its bytes are not kept (read again per chunk in 3);
-2. the caller, in order, looks for a stored twin (``same``, no encode) or an earlier tensor of this run
-   with the same bytes still being encoded (``same`` of it, recorded after it);
+2. the caller, in order and a batch at a time (``LOOKUP_BATCH`` tensors, one query), looks for stored
+   twins (``same``, no encode); a tensor whose bytes equal an earlier tensor of this run still being
+   encoded becomes ``same`` of it, recorded after it;
 3. otherwise lanes rebuild the parent's bytes (``reconstruct`` for a whole tensor, the same elements
    through a ``RangeReader`` for a chunk; not re-hashed, see ``encode_and_store``), encode, decode the
    payload and compare it to the input byte for byte, hash the payload and write the blob
@@ -18,12 +19,15 @@ not thread-safe), in tensor order:
 4. the caller records rows strictly in tensor order, so what a checkpoint commits is always a prefix of
    the file's tensors and a resumed run starts after it and stores exactly the same bytes.
 
-Memory bound: at most ``window = IN_FLIGHT_PER_LANE * threads`` units run at once and at most ``window``
-tensors are read ahead. A unit holds at most one chunk's raw bytes, the parent's same elements, the
-payload and the decoded check (about 4 chunks); a hashed small tensor waiting for its turn holds its
-bytes (at most a chunk). So the lanes hold at most ``window * 5 * chunk_bytes`` (2 lanes, 8 MiB chunks:
-160 MiB), whatever the size of the tensors or the file. Tensors stored whole before chunks existed
-(a parent larger than a chunk) are rebuilt whole, once per child tensor.
+Memory bound: at most ``window = IN_FLIGHT_PER_LANE * threads`` units are submitted to the lanes at
+once. A unit holds at most one chunk's raw bytes, the parent's same elements, the payload and the
+decoded check (about 4 chunks): ``window * 4 * chunk_bytes`` (2 lanes, 8 MiB chunks: 128 MiB). Hashed
+small tensors waiting for their lookup batch hold their bytes: at most ``window`` tensors, or more while
+they total at most ``READ_AHEAD_BYTES`` (so a file of tens of thousands of small tensors costs a few
+statements per batch, not per tensor); a chunked tensor being hashed holds one chunk. So the lanes hold
+about ``window * 4 * chunk_bytes + READ_AHEAD_BYTES`` whatever the size of the tensors or the file.
+Tensors stored whole before chunks existed (a parent larger than a chunk) are rebuilt whole, once per
+child tensor.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.objectstore import ObjectStore, blob_key
-from deltazoo.registry.services.chunks import CodedChunk, RangeReader, chunk_ranges, code_chunk, parent_mode
-from deltazoo.registry.services.storage import CorruptStoreError, Recipe, reconstruct
+from deltazoo.services.chunks import CodedChunk, RangeReader, chunk_ranges, code_chunk, parent_mode
+from deltazoo.services.storage import CorruptStoreError, Recipe, reconstruct
 
 IN_FLIGHT_PER_LANE = 2
+LOOKUP_BATCH = 256  # tensors classified together: one dedup query (and one row flush) per batch
+READ_AHEAD_BYTES = 64 << 20  # raw bytes small tensors may hold while they wait for their batch
 
 
 @dataclass(frozen=True)
@@ -172,9 +178,12 @@ def encode_chunk_of(
 class FilePipeline:
     """Drives the lanes over one file's tensors; the caller's callbacks do all database work.
 
-    ``classify(slot)`` runs in tensor order once the slot's bytes are hashed: it sets ``slot.twin`` (a
-    stored or earlier tensor with the same bytes) or ``slot.parent`` (may stay None: ``plain``).
-    ``record(slot)`` runs in tensor order once the slot is finished (twin found or every blob written).
+    ``classify(slots)`` runs in tensor order on a batch of consecutive slots once their bytes are
+    hashed (at most ``LOOKUP_BATCH``; fewer at the end of the file or while large tensors fill the
+    window): for each it sets ``slot.twin`` (a stored tensor with the same bytes) or ``slot.parent``
+    (may stay None: ``plain``). A slot whose bytes an earlier slot of this run holds is not passed: it
+    becomes ``same`` of that slot. ``record(slot)`` runs in tensor order once the slot is finished
+    (twin found or every blob written).
     """
 
     def __init__(
@@ -195,26 +204,26 @@ class FilePipeline:
     def run(
         self,
         entries: list[TensorEntry],
-        classify: Callable[[Slot], None],
+        classify: Callable[[list[Slot]], None],
         record: Callable[[Slot], None],
     ) -> None:
-        todo = iter(entries)
         slots: deque[Slot] = deque()
         encoding: dict[str, Slot] = {}  # raw sha256 -> the slot being encoded with those bytes
+        admitted, held = 0, 0  # entries read so far; raw bytes the slots in ``slots`` hold
         try:
             while True:
                 self.running = {f for f in self.running if not f.done()}
-                self._classify_ready(slots, encoding, classify)
+                self._classify_ready(slots, encoding, classify, admitted == len(entries))
                 self._submit_units(slots)
-                while len(slots) < self.window and len(self.running) < self.window:
-                    entry = next(todo, None)
-                    if entry is None:
-                        break
+                while admitted < len(entries) and self._admits(len(slots), held, entries[admitted]):
+                    entry = entries[admitted]
                     slots.append(self._read(entry))
+                    admitted, held = admitted + 1, held + self._holds(entry)
                 if not slots:
                     return
                 while slots and self._finished(slots[0]):
                     slot = slots.popleft()
+                    held -= self._holds(slot.entry)
                     if slot.coded:
                         for future in slot.coded:
                             future.result()  # raises what the lane raised
@@ -230,6 +239,18 @@ class FilePipeline:
             wait(self.running)
             raise
 
+    def _holds(self, entry: TensorEntry) -> int:
+        """Raw bytes a slot of ``entry`` holds while it waits (a chunked tensor keeps none)."""
+        return 0 if entry.nbytes > self.chunk_bytes else entry.nbytes
+
+    def _admits(self, in_flight: int, held: int, entry: TensorEntry) -> bool:
+        """Room for one more tensor: the lanes' own window, or more small ones for a fuller batch."""
+        if in_flight < self.window:
+            return True
+        if entry.nbytes > self.chunk_bytes:
+            return False  # read ahead by the window only: its hashing is a lane's work
+        return in_flight < 2 * LOOKUP_BATCH and held + entry.nbytes <= READ_AHEAD_BYTES
+
     def _submit(self, fn: Callable[[], Any]) -> Future[Any]:
         future = self.pool.submit(fn)
         self.running.add(future)
@@ -242,23 +263,39 @@ class FilePipeline:
         return Slot(entry, self._submit(partial(read_and_hash, self.read_at, self.data_offset, entry)))
 
     def _classify_ready(
-        self, slots: deque[Slot], encoding: dict[str, Slot], classify: Callable[[Slot], None]
+        self,
+        slots: deque[Slot],
+        encoding: dict[str, Slot],
+        classify: Callable[[list[Slot]], None],
+        all_admitted: bool,
     ) -> None:
-        for slot in slots:
-            if slot.classified:
-                continue
+        """Classify the next batch of hashed slots, strictly in order (a later tensor may be a twin of
+        an earlier one): a full batch, or a shorter one when no more can join it (the end of the file,
+        or every slot in flight is waiting for it)."""
+        start = next((i for i, slot in enumerate(slots) if not slot.classified), len(slots))
+        run: list[Slot] = []
+        for i in range(start, len(slots)):
+            digest = slots[i].digest
+            assert digest is not None
+            if not digest.done() or len(run) == LOOKUP_BATCH:
+                break
+            run.append(slots[i])
+        to_end = start + len(run) == len(slots)
+        if not run or not (len(run) == LOOKUP_BATCH or (to_end and (all_admitted or start == 0))):
+            return
+        for slot in run:
             assert slot.digest is not None
-            if not slot.digest.done():
-                return  # strictly in order: a later tensor may be a twin of this one
-            digest = slot.digest.result()
-            slot.sha256 = digest.sha256
-            slot.twin = encoding.get(digest.sha256)
+            slot.sha256 = slot.digest.result().sha256
+            slot.twin = encoding.get(slot.sha256)
+        classify([slot for slot in run if slot.twin is None])
+        for slot in run:
+            assert slot.digest is not None and slot.sha256 is not None
+            if slot.twin is None and (earlier := encoding.get(slot.sha256)) is not None:
+                slot.twin, slot.parent = earlier, None  # an earlier slot of this batch has these bytes
             if slot.twin is None:
-                classify(slot)
-            if slot.twin is None:
-                encoding[digest.sha256] = slot
-                self._plan_units(slot, digest.raw)
-            slot.digest = None  # the raw bytes now live only in the lane that encodes them
+                encoding[slot.sha256] = slot
+                self._plan_units(slot, slot.digest.result().raw)
+            slot.digest = None  # the raw bytes now live only in the lane work that encodes them
 
     def _plan_units(self, slot: Slot, raw: bytes) -> None:
         entry, parent = slot.entry, slot.parent

@@ -10,8 +10,8 @@ from deltazoo.registry.errors import Unprocessable
 from deltazoo.registry.lineage_repository import LineageRepository
 from deltazoo.registry.models import Model, Version
 from deltazoo.registry.repositories import VersionRepository
-from deltazoo.registry.services.access import OPEN, Principal
-from deltazoo.registry.services.views import version_summaries
+from deltazoo.services.access import OPEN, Principal
+from deltazoo.services.views import version_summaries
 from sqlalchemy.orm import Session
 
 DEFAULT_PAGE = 100

@@ -5,7 +5,7 @@ A commit applies its operations to ``main`` (the latest ready version): files it
 carried over (deduplicated, no bytes move), added files arrive inline (``uploadMode: regular``,
 base64 in the commit's NDJSON) or were sent before through Git LFS (``lfsFile`` naming a staged
 object: services/hub_lfs.py), deleted files and folders are left out. The result is created,
-uploaded, validated and committed exactly like any push (registry/services/versions.py), so it is
+uploaded, validated and committed exactly like any push (services/versions.py), so it is
 encoded, deduplicated and exact; its model card may name its base.
 
 Which files preupload asks for through LFS is the server's choice (``settings.hub_large_files``):
@@ -29,11 +29,11 @@ from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unproc
 from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, VersionRepository
-from deltazoo.registry.services.access import Principal, can_read_model, check_write, model_not_found
-from deltazoo.registry.services.hub_lfs import claim_staged, wants_lfs
-from deltazoo.registry.services.refs import MAIN, get_model, parse_name, ref_string
-from deltazoo.registry.services.transfer import UploadSink
-from deltazoo.registry.services.versions import (
+from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
+from deltazoo.services.hub_lfs import claim_staged, wants_lfs
+from deltazoo.services.refs import MAIN, get_model, parse_name, ref_string
+from deltazoo.services.transfer import UploadSink
+from deltazoo.services.versions import (
     DeclaredFile,
     Enqueue,
     check_path,

@@ -13,7 +13,7 @@ from deltazoo.registry.errors import DeltazooError, Unprocessable
 from deltazoo.registry.models import Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, TensorRepository
-from deltazoo.registry.services.transfer import MAX_INDEX_BYTES
+from deltazoo.services.transfer import MAX_INDEX_BYTES
 from sqlalchemy.orm import Session
 
 

@@ -25,21 +25,21 @@ from deltazoo.registry.repositories import (
     VersionRepository,
     visible_from,
 )
-from deltazoo.registry.services.access import OPEN, Principal, can_read_model, readable_versions
-from deltazoo.registry.services.card_lineage import apply_card_lineage
-from deltazoo.registry.services.detach import detach_copies
-from deltazoo.registry.services.encode import check_related_base
-from deltazoo.registry.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
-from deltazoo.registry.services.paths import check_portable_paths
-from deltazoo.registry.services.profiles import check_profile
-from deltazoo.registry.services.refs import (
+from deltazoo.services.access import OPEN, Principal, can_read_model, readable_versions
+from deltazoo.services.card_lineage import apply_card_lineage
+from deltazoo.services.detach import detach_copies
+from deltazoo.services.encode import check_related_base
+from deltazoo.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
+from deltazoo.services.paths import check_portable_paths
+from deltazoo.services.profiles import check_profile
+from deltazoo.services.refs import (
     RELATIONS,
     check_description,
     parse_name,
     ref_string,
     resolve_base,
 )
-from deltazoo.registry.services.similarity import mark_auto_base, sketch_and_resolve
+from deltazoo.services.similarity import mark_auto_base, sketch_and_resolve
 from sqlalchemy.orm import Session
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -24,9 +24,10 @@ from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File, Model, Tensor, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
-from deltazoo.registry.services.chunks import DEFAULT_CHUNK_BYTES, CodedChunk
-from deltazoo.registry.services.encode_pipeline import FilePipeline, ParentRef, Slot
-from deltazoo.registry.services.storage import CorruptStoreError, put_blob, resolve_recipes
+from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES
+from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
+from deltazoo.services.storage import CorruptStoreError, put_blob, resolve_recipes
+from deltazoo.services.tensor_rows import TensorRowWriter
 from sqlalchemy import ColumnElement, event, update
 from sqlalchemy.orm import Session
 
@@ -176,52 +177,52 @@ def _encode_safetensors(
     if file.header_blob is None:
         file.header_blob, new = put_blob(session, store, header.header_bytes)
         add_stored(header.header_size if new else 0)
-    tensors, blobs = TensorRepository(session), BlobRepository(session)
+    tensors = TensorRepository(session)
     scope = twin_scope(session, version)
     done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run
     for entry in header.tensors:
         if entry.name in done:
             after_tensor(entry.nbytes)
+    rows = TensorRowWriter(session, add_stored, after_tensor)
 
-    def classify(slot: Slot) -> None:
-        assert slot.sha256 is not None
-        slot.twin = tensors.stored_with_sha(slot.sha256, scope)
-        if slot.twin is None:
-            parent = parents.get(slot.entry.name)
-            slot.parent = parent if parent is not None and parent.depth < max_depth else None  # re-anchor
+    def classify(batch: list[Slot]) -> None:
+        rows.write()  # a twin may be a tensor of this run recorded since the last batch
+        stored = tensors.stored_with_shas((slot.sha256 for slot in batch if slot.sha256), scope)
+        for slot in batch:
+            assert slot.sha256 is not None
+            slot.twin = stored.get(slot.sha256)
+            if slot.twin is None:
+                parent = parents.get(slot.entry.name)
+                slot.parent = parent if parent is not None and parent.depth < max_depth else None  # re-anchor
 
     def record(slot: Slot) -> None:
         assert slot.sha256 is not None
         row = _tensor_row(version, file, slot.entry, slot.sha256)
-        chunks: list[CodedChunk] = []
+        same_as, chunks = None, []
         if not slot.coded:
-            twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin
+            twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin  # of this run, or stored
             assert isinstance(twin, Tensor)
             row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
+            same_as = twin if isinstance(slot.twin, Slot) else None  # its id is known once it is written
         elif slot.chunked:
             chunks = slot.chunks()
             uses_parent = any(c.encoding != "plain" for c in chunks)
             _set_coded(row, slot.mode if uses_parent else "plain", None, sum(c.stored_bytes for c in chunks))
             _set_parent(row, slot.parent if uses_parent else None)
             row.chunks = len(chunks)
-            for c in chunks:
-                add_stored(c.stored_bytes if blobs.add_reference(c.blob, c.stored_bytes) else 0)
         else:
             coded = slot.whole()
             _set_coded(row, coded.encoding, coded.blob, coded.size)
             _set_parent(row, slot.parent if coded.uses_parent else None)
-            add_stored(coded.size if blobs.add_reference(coded.blob, coded.size) else 0)
-        session.add(row)
-        session.flush()  # its id: a later tensor with the same bytes points at it
-        session.add_all([c.row(row.id) for c in chunks])
         slot.row = row
         totals.tensors += 1
         totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
-        after_tensor(slot.entry.nbytes)
+        rows.add(row, slot.entry.nbytes, same_as, [c.row() for c in chunks])
 
     todo = [e for e in header.tensors if e.name not in done]
     pipeline = FilePipeline(pool, threads, store, file.path, read_at, header.header_size, chunk_bytes)
     pipeline.run(todo, classify, record)
+    rows.write()
 
 
 def _add_stored(version: Version, nbytes: int) -> None:
@@ -277,7 +278,7 @@ def encode_file(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> EncodeTotals:
     """Encode one staged safetensors file of ``version`` (one part of a split encode,
-    ``registry.services.encode_split``): its tensors are stored exactly as ``encode_version`` stores
+    ``services.encode_split``): its tensors are stored exactly as ``encode_version`` stores
     them; the version stays ``processing`` (its last encode run marks it ready)."""
     totals = EncodeTotals()
     advance = Advance(file.size, progress, checkpoint)
@@ -357,9 +358,9 @@ def encode_version(
     ``checkpoint`` is called after every tensor: the job wrapper may commit there (so a long encode
     does not hold the database's write lock, and its progress is visible). Work committed by an
     interrupted run is found again and skipped, so the job can simply be run again. ``threads`` lanes
-    encode the tensors of a file side by side (``registry.services.encode_pipeline``); the stored
+    encode the tensors of a file side by side (``services.encode_pipeline``); the stored
     bytes do not depend on it. Tensors larger than ``chunk_bytes`` are stored in chunks
-    (``registry.services.chunks``), and each chunk is a unit of work of the lanes: the encode's peak
+    (``services.chunks``), and each chunk is a unit of work of the lanes: the encode's peak
     memory is a few chunks per lane (plus a parent tensor stored whole before chunks existed), not the
     largest tensor.
     """

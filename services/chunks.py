@@ -24,7 +24,7 @@ from deltazoo.compression.dtypes import dtype_info
 from deltazoo.registry.models import TensorChunk
 from deltazoo.registry.objectstore import ObjectStore, blob_key
 from deltazoo.registry.repositories import BlobRepository
-from deltazoo.registry.services.storage import (
+from deltazoo.services.storage import (
     RAW_CACHE,
     CorruptStoreError,
     RawCache,

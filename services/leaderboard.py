@@ -6,9 +6,9 @@ from typing import Any
 
 from deltazoo.registry.models import Artifact, Evaluation, Version
 from deltazoo.registry.repositories import ModelRepository
-from deltazoo.registry.services.access import OPEN, Principal, readable_models
-from deltazoo.registry.services.evaluation import evaluations_of_text, get_text, text_info
-from deltazoo.registry.services.refs import ref_string
+from deltazoo.services.access import OPEN, Principal, readable_models
+from deltazoo.services.evaluation import evaluations_of_text, get_text, text_info
+from deltazoo.services.refs import ref_string
 from sqlalchemy.orm import Session
 
 
@@ -67,7 +67,7 @@ def leaderboard(session: Session, text_name: str, viewer: Principal = OPEN) -> d
 
 def version_quality(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     """Per version: its dense evaluations ``{"text", "bpb", "ratio", "status"}`` (for the web pages)."""
-    from deltazoo.registry.services.evaluation import evaluations_of_versions
+    from deltazoo.services.evaluation import evaluations_of_versions
 
     out: dict[int, list[dict[str, Any]]] = {v: [] for v in version_ids}
     for ev, text in evaluations_of_versions(session, version_ids):

@@ -1,6 +1,6 @@
 """Locality-sensitive keys over version sketches: the bounded candidate lookup of ``base="auto"``.
 
-A version's sketch (``registry.services.similarity``) holds a run of sampled values per tensor. For up
+A version's sketch (``services.similarity``) holds a run of sampled values per tensor. For up
 to ``BANDS`` of its tensors (picked by a hash of name, dtype and shape, so every version of one
 architecture picks the same ones) the band is that hash and the key is a ``BITS``-bit SimHash of the
 centred samples: the signs of their dot products with ``BITS`` fixed random directions.

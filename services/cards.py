@@ -5,7 +5,7 @@ from __future__ import annotations
 from deltazoo.registry.family_repository import FamilyRepository
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import VersionRepository
-from deltazoo.registry.services.transfer import iter_file, plan_file
+from deltazoo.services.transfer import iter_file, plan_file
 from sqlalchemy.orm import Session
 
 CARD_PATHS = ("README.md", "readme.md", "Readme.md", "README.MD")

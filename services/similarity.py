@@ -24,9 +24,9 @@ from deltazoo.registry.lineage_repository import LineageRepository
 from deltazoo.registry.models import File, Model, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, ModelRepository, TensorRepository, visible_from
-from deltazoo.registry.services.refs import ref_string
-from deltazoo.registry.services.sketch_index import PER_BAND, band_keys
 from deltazoo.registry.sketch_band_repository import SketchBandRepository, ready_candidates
+from deltazoo.services.refs import ref_string
+from deltazoo.services.sketch_index import PER_BAND, band_keys
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
@@ -135,7 +135,7 @@ def rank_candidates(
     session: Session, version: Version, sketch: dict[str, Any]
 ) -> list[tuple[Version, float]]:
     """Related ready versions, most similar first: those sharing a sketch band key with the upload
-    (``registry.services.sketch_index``: at most ``PER_BAND`` per band, found on an index) and their
+    (``services.sketch_index``: at most ``PER_BAND`` per band, found on an index) and their
     ancestors, so the work is bounded whatever the size of the zoo. Of public models, and for a private
     model also of the private models of its own namespace (never another namespace's private model:
     neither its name nor its bytes may show through this one)."""

@@ -15,8 +15,8 @@ from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.registry.models import Tensor
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import BlobRepository, TensorRepository, VersionRepository
-from deltazoo.registry.services.chunks import DEFAULT_CHUNK_BYTES, plain_chunks_of
-from deltazoo.registry.services.storage import CorruptStoreError, put_blob, reconstruct, resolve_recipes
+from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES, plain_chunks_of
+from deltazoo.services.storage import CorruptStoreError, put_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
 

@@ -25,8 +25,8 @@ from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFou
 from deltazoo.registry.models import Artifact, Evaluation, File, Job, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
-from deltazoo.registry.services.refs import check_description, ref_string
-from deltazoo.registry.services.storage import get_blob, put_blob
+from deltazoo.services.refs import check_description, ref_string
+from deltazoo.services.storage import get_blob, put_blob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 

@@ -12,7 +12,7 @@ from typing import Any
 from deltazoo.registry.errors import NotFound, Unprocessable
 from deltazoo.registry.models import Model, VersionTag
 from deltazoo.registry.repositories import TagRepository, VersionRepository
-from deltazoo.registry.services.refs import COMMIT_ID_RE, RESERVED_REVISIONS, TAG_RE, find_version, ref_string
+from deltazoo.services.refs import COMMIT_ID_RE, RESERVED_REVISIONS, TAG_RE, find_version, ref_string
 from sqlalchemy.orm import Session
 
 

@@ -6,7 +6,7 @@ disk. Pushing the same folder again with ``resume`` finds that version instead o
 the newest pending version of the model with the same base, relation, profiles, retention and exactly
 the same declared files (path, size, sha256). The client then sends only the files still missing,
 each from the server's ``received`` offset. Pending versions expire ``DELTAZOO_STAGING_EXPIRY_HOURS``
-after they were created (registry/services/staging.py).
+after they were created (services/staging.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from deltazoo.registry.models import Model, Version
 from deltazoo.registry.repositories import FileRepository, VersionRepository
-from deltazoo.registry.services.access import Principal
-from deltazoo.registry.services.profiles import check_profile
-from deltazoo.registry.services.versions import DeclaredFile, resolve_base
+from deltazoo.services.access import Principal
+from deltazoo.services.profiles import check_profile
+from deltazoo.services.versions import DeclaredFile, resolve_base
 from sqlalchemy.orm import Session
 
 

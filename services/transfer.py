@@ -27,8 +27,8 @@ from deltazoo.registry.errors import BadRequest, Conflict, RangeNotSatisfiable
 from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
-from deltazoo.registry.services.chunks import RangeReader
-from deltazoo.registry.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
+from deltazoo.services.chunks import RangeReader
+from deltazoo.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
 MAX_INDEX_BYTES = 64 << 20

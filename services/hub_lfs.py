@@ -36,8 +36,8 @@ from deltazoo.registry.errors import BadRequest, DeltazooError, NotFound, Unproc
 from deltazoo.registry.models import File, Model, utcnow
 from deltazoo.registry.objectstore import ObjectNotFound, ObjectStore
 from deltazoo.registry.repositories import FileRepository, visible_from
-from deltazoo.registry.services.access import Principal
-from deltazoo.registry.services.transfer import MAX_INDEX_BYTES, UploadSink
+from deltazoo.services.access import Principal
+from deltazoo.services.transfer import MAX_INDEX_BYTES, UploadSink
 from sqlalchemy.orm import Session
 
 TICKET_TTL = timedelta(hours=1)

@@ -17,9 +17,9 @@ from deltazoo.registry.repositories import (
     VersionRepository,
     count_rows,
 )
-from deltazoo.registry.services.access import OPEN, Principal, readable_versions
-from deltazoo.registry.services.refs import ref_string
 from deltazoo.registry.sketch_band_repository import suggested_bases
+from deltazoo.services.access import OPEN, Principal, readable_versions
+from deltazoo.services.refs import ref_string
 from sqlalchemy.orm import Session
 
 

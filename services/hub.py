@@ -17,10 +17,10 @@ from deltazoo.registry.errors import DeltazooError, NotFound
 from deltazoo.registry.models import ApiToken, File, Model, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
-from deltazoo.registry.services.access import Principal, can_read_model, model_not_found
-from deltazoo.registry.services.model_card import card_data
-from deltazoo.registry.services.refs import MAIN, find_version, get_model, parse_name, ref_string
-from deltazoo.registry.services.transfer import FilePlan, iter_file, plan_file
+from deltazoo.services.access import Principal, can_read_model, model_not_found
+from deltazoo.services.model_card import card_data
+from deltazoo.services.refs import MAIN, find_version, get_model, parse_name, ref_string
+from deltazoo.services.transfer import FilePlan, iter_file, plan_file
 from sqlalchemy.orm import Session
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"

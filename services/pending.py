@@ -6,9 +6,9 @@ from datetime import timedelta
 from typing import Any
 
 from deltazoo.registry.repositories import FileRepository, VersionRepository
-from deltazoo.registry.services.access import Principal
-from deltazoo.registry.services.resumable import PartialUploads
-from deltazoo.registry.services.views import version_summaries
+from deltazoo.services.access import Principal
+from deltazoo.services.resumable import PartialUploads
+from deltazoo.services.views import version_summaries
 from sqlalchemy.orm import Session
 
 

@@ -13,8 +13,8 @@ from deltazoo.registry.errors import Conflict, NotFound
 from deltazoo.registry.models import Artifact, Job, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository, JobRepository, TensorRepository
-from deltazoo.registry.services.profiles import check_profile
-from deltazoo.registry.services.storage import get_blob, put_blob, reconstruct, resolve_recipes
+from deltazoo.services.profiles import check_profile
+from deltazoo.services.storage import get_blob, put_blob, reconstruct, resolve_recipes
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -131,7 +131,7 @@ def _calibration(
     that need calibration (fit=refit|gptq|obs, select=obs|search, alloc=sensitivity)."""
     from deltazoo.compression.calibration import collect_hessians
     from deltazoo.compression.quality import NotEvaluable, build_causal_lm
-    from deltazoo.registry.services.evaluation import load_tokenizer, version_config
+    from deltazoo.services.evaluation import load_tokenizer, version_config
 
     text = session.scalar(select(TextSet).order_by(TextSet.id).limit(1))
     if text is None or text.blob is None:

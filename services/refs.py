@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from deltazoo.registry.errors import Conflict, NotFound, Unprocessable
 from deltazoo.registry.models import Model, Version
 from deltazoo.registry.repositories import ModelRepository, TagRepository, VersionRepository
-from deltazoo.registry.services.access import Principal, can_read_model, model_not_found
+from deltazoo.services.access import Principal, can_read_model, model_not_found
 from sqlalchemy.orm import Session
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"

@@ -9,7 +9,7 @@ import secrets
 from deltazoo.registry.errors import DeltazooError, NotFound, Unprocessable
 from deltazoo.registry.models import ApiToken, Namespace, utcnow
 from deltazoo.registry.repositories import NamespaceRepository
-from deltazoo.registry.services.access import Principal
+from deltazoo.services.access import Principal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 

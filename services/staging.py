@@ -13,9 +13,9 @@ from datetime import timedelta
 from deltazoo.registry.models import utcnow
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, ModelRepository, VersionRepository
-from deltazoo.registry.services.refs import ref_string
-from deltazoo.registry.services.resumable import PartialUploads
-from deltazoo.registry.services.versions import delete_versions
+from deltazoo.services.refs import ref_string
+from deltazoo.services.resumable import PartialUploads
+from deltazoo.services.versions import delete_versions
 from sqlalchemy.orm import Session
 
 log = logging.getLogger("deltazoo.staging")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from deltazoo.registry.errors import BadRequest, Conflict
 from deltazoo.registry.models import File
-from deltazoo.registry.services.transfer import UploadSink
+from deltazoo.services.transfer import UploadSink
 
 _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _REPLAY_CHUNK = 8 << 20

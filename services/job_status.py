@@ -6,7 +6,7 @@ from __future__ import annotations
 from deltazoo.registry.errors import NotFound
 from deltazoo.registry.models import Job
 from deltazoo.registry.repositories import JobRepository, ModelRepository
-from deltazoo.registry.services.access import Principal, can_read_model
+from deltazoo.services.access import Principal, can_read_model
 from sqlalchemy.orm import Session
 
 

@@ -1,1 +1,0 @@
-"""The registry's rules. Services take a session, never commit, and raise ``registry.errors``."""
