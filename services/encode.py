@@ -10,6 +10,7 @@ stored zstd-compressed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
 from collections.abc import Callable
@@ -221,7 +222,12 @@ def _encode_safetensors(
 
     todo = [e for e in header.tensors if e.name not in done]
     pipeline = FilePipeline(pool, threads, store, file.path, read_at, header.header_size, chunk_bytes)
-    pipeline.run(todo, classify, record)
+    try:
+        pipeline.run(todo, classify, record)
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep what was recorded: a resumed run starts after it
+            rows.write()
+        raise
     rows.write()
 
 

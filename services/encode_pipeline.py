@@ -230,9 +230,10 @@ class FilePipeline:
                         if encoding.get(slot.sha256 or "") is slot:
                             del encoding[slot.sha256 or ""]
                     record(slot)
-                if slots and not self._finished(slots[0]):
-                    assert self.running, "the head tensor waits for nothing"
+                if slots and not self._finished(slots[0]) and self.running:
                     wait(self.running, return_when=FIRST_COMPLETED)
+                # (nothing running: the head was hashed before the slots ahead of it left, so its
+                # batch is classified on the next turn)
         except BaseException:
             for future in self.running:  # an interrupted run leaves no lane writing after it returns
                 future.cancel()
@@ -274,14 +275,21 @@ class FilePipeline:
         or every slot in flight is waiting for it)."""
         start = next((i for i, slot in enumerate(slots) if not slot.classified), len(slots))
         run: list[Slot] = []
+        failed = False  # a read failed: the batch stops before it, and it raises once it leads
         for i in range(start, len(slots)):
             digest = slots[i].digest
             assert digest is not None
             if not digest.done() or len(run) == LOOKUP_BATCH:
                 break
+            if digest.exception() is not None:
+                if i == 0:
+                    digest.result()  # raises: every tensor before it is recorded
+                failed = True
+                break
             run.append(slots[i])
         to_end = start + len(run) == len(slots)
-        if not run or not (len(run) == LOOKUP_BATCH or (to_end and (all_admitted or start == 0))):
+        full = len(run) == LOOKUP_BATCH or failed
+        if not run or not (full or (to_end and (all_admitted or start == 0))):
             return
         for slot in run:
             assert slot.digest is not None

@@ -79,8 +79,7 @@ class TensorRowWriter:
         for name, chunks in self.chunks.items():
             for chunk in chunks:
                 chunk.tensor_id = self.ids[name]
-            self.session.add_all(chunks)
-        self.session.flush()
+            self.session.add_all(chunks)  # flushed with the next statement or the commit
         nbytes, self.pending, self.queued_bytes, self.chunks = self.queued_bytes, [], 0, {}
         self.written(nbytes)
 
