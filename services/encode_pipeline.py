@@ -213,14 +213,14 @@ class FilePipeline:
         try:
             while True:
                 self.running = {f for f in self.running if not f.done()}
-                self._classify_ready(slots, encoding, classify, admitted == len(entries))
-                self._submit_units(slots)
                 while admitted < len(entries) and self._admits(len(slots), held, entries[admitted]):
                     entry = entries[admitted]
                     slots.append(self._read(entry))
                     admitted, held = admitted + 1, held + self._holds(entry)
                 if not slots:
                     return
+                self._classify_ready(slots, encoding, classify, admitted == len(entries))
+                self._submit_units(slots)
                 while slots and self._finished(slots[0]):
                     slot = slots.popleft()
                     held -= self._holds(slot.entry)
@@ -230,10 +230,8 @@ class FilePipeline:
                         if encoding.get(slot.sha256 or "") is slot:
                             del encoding[slot.sha256 or ""]
                     record(slot)
-                if slots and not self._finished(slots[0]) and self.running:
-                    wait(self.running, return_when=FIRST_COMPLETED)
-                # (nothing running: the head was hashed before the slots ahead of it left, so its
-                # batch is classified on the next turn)
+                if slots and not self._finished(slots[0]):
+                    self._wait_for_progress(slots)
         except BaseException:
             for future in self.running:  # an interrupted run leaves no lane writing after it returns
                 future.cancel()
@@ -330,6 +328,20 @@ class FilePipeline:
                 slot.coded.append(self._submit(slot.units.popleft()))
             if len(self.running) >= self.window:
                 return
+
+    def _wait_for_progress(self, slots: deque[Slot]) -> None:
+        """Wait for the head tensor's work or the next digest to classify (waking on every lane's
+        progress would classify batches while the one before is half recorded: more, smaller writes);
+        with none of those pending, any lane's progress (room in the window for the head's units)."""
+        head = slots[0]
+        pending = [f for f in head.coded if not f.done()]
+        nxt = next((slot for slot in slots if not slot.classified), None)
+        if head.digest is not None and not head.digest.done():
+            pending.append(head.digest)
+        if nxt is not None and nxt.digest is not None and not nxt.digest.done():
+            pending.append(nxt.digest)
+        if pending or head.units:
+            wait(pending or self.running, return_when=FIRST_COMPLETED)
 
     @staticmethod
     def _finished(slot: Slot) -> bool:
