@@ -26,6 +26,7 @@ from deltazoo.api.routes import (
 from deltazoo.registry.db import session_scope, upgrade_database
 from deltazoo.registry.memory import bound_heap
 from deltazoo.registry.objectstore import object_store_from_settings
+from deltazoo.registry.settings import Settings, get_settings
 from deltazoo.services.resumable import partials_for
 from deltazoo.services.staging import sweep_stale_uploads
 from deltazoo.services.storage import RAW_CACHE
@@ -33,8 +34,6 @@ from deltazoo.services.tokens import ensure_admin_token
 from deltazoo.workers.jobs import JobContext
 from deltazoo.workers.orphan_sweep import start_orphan_sweeper
 from fastapi import Depends, FastAPI
-
-from deltazoo.settings import Settings, get_settings
 
 log = logging.getLogger("deltazoo.api")
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from deltazoo.registry.db import session_scope
-from deltazoo.registry.repositories import ModelRepository
-from deltazoo.services.access import ANONYMOUS, OPEN, Principal, check_model_access, check_write
-from deltazoo.services.tokens import principal_for
+from deltazoo.services.access import ANONYMOUS, OPEN, Principal
+from deltazoo.services.tokens import authorise
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -48,14 +47,8 @@ async def require_token(request: Request) -> None:
         org, name = await _name_of_new_model(request)
 
     def check() -> Principal:
-        with session_scope(settings) as session:
-            principal = principal_for(session, token) if token else ANONYMOUS
-            if org is not None and name is not None and not creating:
-                model = ModelRepository(session).get(org, name)
-                check_model_access(principal, model, org, name, write)
-            elif write:
-                check_write(principal, org)
-            return principal
+        with session_scope(settings) as session:  # a read of its own: it ends before the route's work
+            return authorise(session, token, org, name, write=write, creating=creating)
 
     request.state.principal = await run_in_threadpool(check)
 

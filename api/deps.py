@@ -7,10 +7,9 @@ from typing import Annotated
 
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.settings import Settings
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
-
-from deltazoo.settings import Settings
 
 
 def db_session(request: Request) -> Iterator[Session]:
@@ -35,3 +34,4 @@ def settings(request: Request) -> Settings:
 DB = Annotated[Session, Depends(db_session, scope="function")]
 Store = Annotated[ObjectStore, Depends(object_store)]
 Enqueue = Annotated[Callable[[int], None], Depends(enqueuer)]
+ServerSettings = Annotated[Settings, Depends(settings)]

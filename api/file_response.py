@@ -1,28 +1,53 @@
 """A stored file as an HTTP answer: HEAD or GET, whole (200) or one Range (206), streamed as it is rebuilt.
 
 Shared by the REST download route and the Hugging Face Hub's ``resolve`` route, which differ only in the
-headers they add.
+headers they add; ``object_response`` answers the same way for one stored object (a blob, a packed
+profile), so the SDK's downloader resumes those with ``Range`` too.
 """
 
 from __future__ import annotations
 
-from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.services.transfer import FilePlan, iter_file, parse_range
+from collections.abc import Callable, Iterator
+
+from deltazoo.api.http_ranges import parse_range
+from deltazoo.registry.objectstore import CHUNK, ObjectStore
+from deltazoo.services.transfer import FilePlan, iter_file
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
+Body = Callable[[int, int], Iterator[bytes | memoryview]]  # (start, end) -> the bytes in between
 
-def file_response(request: Request, store: ObjectStore, plan: FilePlan, headers: dict[str, str]) -> Response:
-    """``headers`` plus Content-Length (and Content-Range for a Range request) over the file's bytes."""
+
+def _ranged(request: Request, size: int, headers: dict[str, str], body: Body) -> Response:
+    """``headers`` plus Content-Length (and Content-Range for a Range request) over ``body(start, end)``."""
     headers = {**headers, "Accept-Ranges": "bytes"}
-    wanted = parse_range(request.headers.get("range"), plan.size)
+    wanted = parse_range(request.headers.get("range"), size)
     if wanted is None:
-        start, end, status = 0, plan.size, 200
+        start, end, status = 0, size, 200
     else:
         start, end, status = wanted[0], wanted[1], 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{plan.size}"
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    body = iter_file(store, plan, start, end)
-    return StreamingResponse(body, status_code=status, headers=headers, media_type="application/octet-stream")
+    return StreamingResponse(
+        body(start, end), status_code=status, headers=headers, media_type="application/octet-stream"
+    )
+
+
+def file_response(request: Request, store: ObjectStore, plan: FilePlan, headers: dict[str, str]) -> Response:
+    """A version's file (rebuilt from its blobs as it streams)."""
+    return _ranged(request, plan.size, headers, lambda start, end: iter_file(store, plan, start, end))
+
+
+def object_response(request: Request, store: ObjectStore, key: str, size: int, etag: str) -> Response:
+    """One stored object of ``size`` bytes as it is stored, with ``ETag: "<etag>"``."""
+
+    def body(start: int, end: int) -> Iterator[bytes]:
+        if start == 0 and end == size:
+            yield from store.iter_chunks(key)
+            return
+        for offset in range(start, end, CHUNK):
+            yield store.get_range(key, offset, min(CHUNK, end - offset))
+
+    return _ranged(request, size, {"ETag": f'"{etag}"'}, body)

@@ -62,6 +62,7 @@ from deltazoo.registry.models import (  # noqa: E402
 )  # noqa: E402
 from deltazoo.registry.objectstore import object_store_from_settings  # noqa: E402
 from deltazoo.registry.repositories import FileRepository, NamespaceRepository, TensorRepository  # noqa: E402
+from deltazoo.registry.settings import Settings  # noqa: E402
 from deltazoo.services.access import OPEN  # noqa: E402
 from deltazoo.services.evaluation import register_text  # noqa: E402
 from deltazoo.services.refs import get_version  # noqa: E402
@@ -70,8 +71,6 @@ from deltazoo.workers.jobs import JobContext, run_job  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from safetensors.torch import save  # noqa: E402
 from sqlalchemy import create_engine, event, insert, select, text, update  # noqa: E402
-
-from deltazoo.settings import Settings  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 SHAPES = {f"layers.{i}.weight": (64, 64) for i in range(8)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from deltazoo.compression.quality import DEFAULT_WINDOW, _config_int, _token_ids
+from deltazoo.compression.quality import DEFAULT_WINDOW, config_int, token_ids
 
 DEFAULT_MAX_TOKENS = 32768
 
@@ -35,12 +35,12 @@ def collect_hessians(
         raise ValueError("cannot calibrate on an empty text")
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens} must be ≥ 1")
-    vocab = _config_int(model, "vocab_size") or 0
-    window = window or _config_int(model, "max_position_embeddings") or DEFAULT_WINDOW
+    vocab = config_int(model, "vocab_size") or 0
+    window = window or config_int(model, "max_position_embeddings") or DEFAULT_WINDOW
     if window < 2:
         raise ValueError(f"window={window} must be ≥ 2")
-    bos = _config_int(model, "bos_token_id")
-    ids = torch.tensor(_token_ids(tokenizer, text, vocab)[:max_tokens], dtype=torch.long)
+    bos = config_int(model, "bos_token_id")
+    ids = torch.tensor(token_ids(tokenizer, text, vocab)[:max_tokens], dtype=torch.long)
     span = window - 1 if bos is not None else window
     windows = list(torch.split(ids, span))
     prefix = torch.tensor([bos] if bos is not None else [], dtype=torch.long)

@@ -49,7 +49,7 @@ def gain_kept(bpb_base: float, bpb_finetune: float, bpb_profile: float) -> float
     return (bpb_base - bpb_profile) / gain
 
 
-def _token_ids(tokenizer: Any, text: str, vocab_size: int) -> list[int]:
+def token_ids(tokenizer: Any, text: str, vocab_size: int) -> list[int]:
     """Token ids of ``text`` without special tokens (BOS is added per window)."""
     if tokenizer is None:
         if vocab_size < 256:
@@ -60,7 +60,7 @@ def _token_ids(tokenizer: Any, text: str, vocab_size: int) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _config_int(model: Any, key: str) -> int | None:
+def config_int(model: Any, key: str) -> int | None:
     value = getattr(getattr(model, "config", None), key, None)
     if isinstance(value, list):
         value = value[0] if value else None
@@ -81,10 +81,10 @@ def bits_per_byte(
     n_bytes = len(text.encode("utf-8"))
     if n_bytes == 0:
         raise ValueError("cannot compute bits-per-byte of an empty text")
-    vocab = _config_int(model, "vocab_size") or 0
-    window = window or _config_int(model, "max_position_embeddings") or DEFAULT_WINDOW
-    bos = _config_int(model, "bos_token_id")
-    ids = _token_ids(tokenizer, text, vocab)
+    vocab = config_int(model, "vocab_size") or 0
+    window = window or config_int(model, "max_position_embeddings") or DEFAULT_WINDOW
+    bos = config_int(model, "bos_token_id")
+    ids = token_ids(tokenizer, text, vocab)
     span = window - 1  # tokens scored per window at most: one position is BOS or the first context token
     stride = stride or span
     if window < 2 or not 1 <= stride <= span:

@@ -24,50 +24,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from deltazoo.errors import DeltazooConnectionError, IntegrityError
-from deltazoo.models import FileInfo, Ref, VersionInfo
-from deltazoo.transport import Transport, progress_bar
-
-_RESUME_ATTEMPTS = 5
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-class HashingWriter:
-    """A binary file opened for writing that hashes what is written to it (no second read to check it)."""
-
-    def __init__(self, path: Path, mode: str = "wb") -> None:
-        self.sha = hashlib.sha256()
-        if mode == "ab" and path.exists():  # a resumed download: hash the part already held, once
-            with path.open("rb") as f:
-                while block := f.read(1 << 22):
-                    self.sha.update(block)
-        self.file = path.open(mode)
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.sha.update(data)
-        return self.file.write(data)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def hexdigest(self) -> str:
-        return self.sha.hexdigest()
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self) -> HashingWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+from deltazoo.download import download, incomplete_path, install
+from deltazoo.models import FileInfo, VersionInfo
+from deltazoo.refs import Ref
+from deltazoo.transport import Transport
 
 
 def profile_filename(profile: str) -> str:
@@ -87,7 +47,7 @@ class Cache:
         return self.root / "blobs" / sha256
 
     def incomplete_path(self, sha256: str) -> Path:
-        return self.root / "blobs" / f"{sha256}.incomplete"
+        return incomplete_path(self.blob_path(sha256))
 
     def snapshot_dir(self, ref: Ref) -> Path:
         return self.root / "snapshots" / ref.org / ref.name / ref.rev
@@ -119,24 +79,8 @@ class Cache:
 
         ``actual_sha256`` is the hash taken while ``tmp`` was written (``HashingWriter``); without it
         the file is read again to hash it."""
-        actual_size = tmp.stat().st_size
-        if actual_size != size:
-            tmp.unlink()
-            raise IntegrityError(
-                f"downloaded {actual_size} bytes for blob {sha256[:12]}, expected {size}; pull again",
-                code="size_mismatch",
-            )
-        actual = actual_sha256 or _sha256_file(tmp)
-        if actual != sha256:
-            tmp.unlink()
-            raise IntegrityError(
-                f"downloaded bytes hash to {actual[:12]}, expected {sha256[:12]}; pull again",
-                code="sha256_mismatch",
-            )
-        final = self.blob_path(sha256)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
-        return final
+        what = f"blob {sha256[:12]}"
+        return install(tmp, self.blob_path(sha256), size=size, sha256=sha256, digest=actual_sha256, what=what)
 
     def download(
         self,
@@ -148,48 +92,25 @@ class Cache:
         bar: Any = None,
         before: int = 0,
     ) -> Path:
-        """Fetch a dense file into ``blobs/``, resuming a ``.incomplete`` part with ``Range``.
+        """Fetch a dense file into ``blobs/`` (``deltazoo.download``: resumed with ``Range``, checked by
+        size and sha256 before it is renamed into place).
 
         ``bar`` is a progress bar shared by every file of a pull, ``before`` the bytes counted on it
         before this file; without one the file gets a bar of its own.
         """
         if self.has_blob(file.sha256, file.size):
             return self.blob_path(file.sha256)
-        tmp = self.incomplete_path(file.sha256)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        own = bar is None
-        if own:
-            bar = progress_bar(file.size, f"pull {file.path}", quiet=quiet)
-        digest: str | None = None
-        try:
-            for attempt in range(_RESUME_ATTEMPTS + 1):
-                have = tmp.stat().st_size if tmp.exists() else 0
-                if have > file.size:
-                    tmp.unlink()
-                    have = 0
-                bar.n = before + have
-                bar.refresh()
-                if have == file.size:
-                    break
-                headers = {"Range": f"bytes={have}-"} if have else None
-                try:
-                    with transport.stream("GET", url_path, headers=headers) as response:
-                        mode = "ab" if have and response.status_code == 206 else "wb"
-                        if mode == "wb":
-                            bar.n = before
-                        with HashingWriter(tmp, mode) as out:
-                            for chunk in transport.iter_body(response):
-                                out.write(chunk)
-                                bar.update(len(chunk))
-                            digest = out.hexdigest()
-                    break
-                except DeltazooConnectionError:
-                    if attempt == _RESUME_ATTEMPTS:
-                        raise
-            return self.install(tmp, file.sha256, file.size, digest)
-        finally:
-            if own:
-                bar.close()
+        return download(
+            transport,
+            url_path,
+            self.blob_path(file.sha256),
+            size=file.size,
+            sha256=file.sha256,
+            what=file.path,
+            bar=bar,
+            before=before,
+            quiet=quiet,
+        )
 
     # --- snapshots and versions ------------------------------------------------------------------
 

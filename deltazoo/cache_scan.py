@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from deltazoo.cache import Cache
-from deltazoo.models import FileInfo, Ref
+from deltazoo.models import FileInfo
+from deltazoo.refs import Ref
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from deltazoo.errors import (
     ServerError,
     UsageError,
 )
+from deltazoo.refs import RefError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def exit_code(exc: BaseException) -> int:
-    if isinstance(exc, UsageError):
+    if isinstance(exc, UsageError | RefError):
         return EXIT_USAGE
     if isinstance(exc, ClientError | JobFailedError):
         return EXIT_REFUSED
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeltazooError as exc:
         print(f"error: {cli_message(exc, has_token=has_token(args))}", file=sys.stderr)
         return exit_code(exc)
-    except TimeoutError as exc:
+    except (RefError, TimeoutError) as exc:  # a malformed ORG/NAME[@REV]; a wait that ran out
         print(f"error: {exc}", file=sys.stderr)
         return exit_code(exc)
     except OSError as exc:  # a local file problem (permissions, disk full, a path in the way)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from deltazoo.cli_args import EXIT_OK, CommandTable, open_client
-from deltazoo.cli_output import print_json, print_table, ratio_text, version_line
+from deltazoo.cli_output import LOSSY_NOTE, print_json, print_table, ratio_text, version_line
 from deltazoo.units import human_bytes
 
 
@@ -175,6 +175,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     if v.status_message:
         print(f"status: {v.status_message}")
+    if v.lossy:
+        print(LOSSY_NOTE)
     if v.commit_id:
         print(f"commit: {v.commit_id}" + (f"  tags: {', '.join(v.tags)}" if v.tags else ""))
     if v.chain:

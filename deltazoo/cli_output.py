@@ -32,6 +32,13 @@ def ratio_or_dedup(v: Any) -> str:
     return ratio_text(v.ratio)
 
 
+LOSSY_NOTE = (
+    "lossy: pushed with --retain lossy, so its float32 weights are ELF-archived (each within 2^-24 of the"
+    " pushed value) and the pushed bytes are not kept; its files' sha256 are those of the served bytes"
+    " (the pushed ones: original_sha256 in `info --json`)"
+)
+
+
 def version_line(v: Any) -> str:
     """One line for a version: ref, parent, status, logical and stored bytes, ratio."""
     parent = f" <- {v.parent}" if v.parent else ""

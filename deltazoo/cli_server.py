@@ -21,7 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"`deltazoo serve` needs the server extra ({exc.name} is missing): pip install 'deltazoo[server]'"
         ) from exc
-    from deltazoo.settings import get_settings
+    from deltazoo.registry.settings import get_settings
 
     s = get_settings()
     full = bool(s.database_url or s.broker_url or s.s3_endpoint)
@@ -81,7 +81,7 @@ def services_ready(command: str, settings: Any, *, broker: bool) -> bool:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from deltazoo.settings import get_settings
+    from deltazoo.registry.settings import get_settings
 
     s = get_settings()
     if s.broker_url is None:
@@ -118,7 +118,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_admin_audit(args: argparse.Namespace) -> int:
     """Server side (the same DELTAZOO_* settings as `serve`): the database against the object store."""
-    from deltazoo.settings import get_settings
+    from deltazoo.registry.settings import get_settings
 
     s = get_settings()
     if args.grace_hours is not None:

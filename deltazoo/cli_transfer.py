@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from deltazoo.cli_args import EXIT_OK, CommandTable, open_client, pattern_options
-from deltazoo.cli_output import print_json, version_line
+from deltazoo.cli_output import LOSSY_NOTE, print_json, version_line
 from deltazoo.errors import JobFailedError, UsageError
 from deltazoo.units import human_bytes
 
@@ -28,6 +28,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             restart=args.restart,
             wait=args.wait,
             quiet=args.quiet,
+            retain=args.retain,
         )
         if c.last_push_resumed:
             print(
@@ -39,6 +40,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     print(version_line(v))
     if v.status_message:
         print(f"note: {v.status_message}")
+    if v.lossy:
+        print(LOSSY_NOTE)
     if v.parent_similarity is not None:
         print(f"base detected: {v.parent} (similarity {v.parent_similarity:.3f})")
     carried = [a.profile for a in v.artifacts if a.profile not in (args.profile or ())]
@@ -81,8 +84,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
         )
         got = c.bytes_downloaded
         methods = c.last_pull_methods
+        lossy = c.version_info(args.name).lossy
     how = ", ".join(f"{n} {'copied' if m == 'copy' else m + 'ed'}" for m, n in sorted(methods.items()))
     print(f"{out}  ({human_bytes(got)} downloaded{'; ' + how if how else ''})")
+    if lossy:
+        print(f"note: {LOSSY_NOTE}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -95,7 +101,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from deltazoo.models import Ref
+    from deltazoo.refs import Ref
 
     ref = Ref.parse(args.name)
     whole = "@" not in args.name
@@ -154,6 +160,13 @@ def add_transfer_commands(commands: CommandTable) -> None:
         "--wait", action="store_true", help="wait until the version is ready (non-zero if it fails)"
     )
 
+    sp.add_argument(
+        "--retain",
+        choices=("exact", "lossy"),
+        default="exact",
+        help="exact (default: every byte kept) or lossy: archive a float32 checkpoint with ELF, every "
+        "weight within 2^-24, the exact bytes NOT kept (pulls return the ELF weights)",
+    )
     sp.add_argument("--private", action="store_true", help="create the model private (new models only)")
     sp.add_argument(
         "--restart",

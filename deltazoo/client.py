@@ -29,13 +29,13 @@ from deltazoo.models import (
     Lineage,
     ModelInfo,
     ModelList,
-    Ref,
     Stats,
     TagInfo,
     TokenInfo,
     VersionInfo,
 )
 from deltazoo.push import push_folder
+from deltazoo.refs import Ref
 from deltazoo.rest_paths import version_path
 from deltazoo.transport import Transport
 
@@ -274,6 +274,7 @@ class Client:
         wait: bool = True,
         timeout: float | None = None,
         quiet: bool = False,
+        retain: str = "exact",
     ) -> VersionInfo:
         """Upload the checkpoint directory ``path`` as a new version of ``name``.
 
@@ -294,6 +295,11 @@ class Client:
         nothing behind: the version it created is deleted, and the model too when this push created it.
         With ``wait`` the call returns once the version is ``ready`` (and its profiles built), raising
         ``JobFailedError`` when encoding failed.
+
+        ``retain="lossy"`` (only on this explicit request) archives a float32 checkpoint with ELF: every
+        weight within 2⁻²⁴, the exact bytes not kept. The version is marked ``lossy``; a pull returns the
+        ELF-decoded weights, so a file's ``sha256`` (what is served) differs from the pushed one, which
+        its ``original_sha256`` keeps. A checkpoint with other float dtypes is refused (422).
         """
         return push_folder(
             self,
@@ -311,6 +317,7 @@ class Client:
             wait=wait,
             timeout=timeout,
             quiet=quiet,
+            retain=retain,
         )
 
     # --- pull ------------------------------------------------------------------------------------
@@ -337,7 +344,8 @@ class Client:
         copy: bool = False,
         quiet: bool = False,
     ) -> Path:
-        """Bit-exact files of ``name`` in ``dest`` (or the cache's snapshot when None); returns the dir.
+        """The stored files of ``name`` in ``dest`` (or the cache's snapshot when None); returns the dir.
+        Bit-exact, except that a version pushed with ``retain="lossy"`` returns its ELF-decoded weights.
 
         Files already in the cache are not downloaded again; when an ancestor version is cached only
         the tensors that differ from it travel; an interrupted download resumes where it stopped.

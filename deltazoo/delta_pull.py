@@ -4,17 +4,16 @@ For every tensor of a safetensors file (manifest order = offset order), the raw 
 
 1. a cached tensor with the same sha256 (no bytes on the wire), else
 2. ``same``: the parent tensor's raw bytes (resolved the same way, recursively), else
-3. the tensor's blob (``GET /v1/blobs/{sha}``) decoded by ``compression.codecs.decode_tensor`` against
-   its parent's raw bytes (resolved recursively; an uncached parent costs its own blob).
+3. the tensor's blob (``GET /v1/blobs/{sha}``) decoded against its parent's raw bytes, the chain down
+   to a cached or ``plain`` tensor decoded by ``compression.chain`` (the server's decoder); an uncached
+   parent costs its own blob.
 
-The file's sha256 is taken as it is written (no second read) and checked with its size before it is
-renamed into the cache; a tensor rebuilt only as a parent is checked against its own sha256. Memory is
-bounded by one tensor and its parent chain.
+Each tensor's sha256 is checked as it is rebuilt, the file's sha256 and size before it is renamed
+into the cache. Memory is bounded by one tensor and its parent chain.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -23,13 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import zstandard
-
-from deltazoo.cache import Cache, HashingWriter
-from deltazoo.compression.codecs import decode_tensor
-from deltazoo.compression.dtypes import dtype_info
+from deltazoo.cache import Cache
+from deltazoo.compression.chain import Chunk, Step, decode_chain
+from deltazoo.compression.codecs import CodecError
+from deltazoo.compression.other_files import decompress_stream
+from deltazoo.download import HashingWriter, download
 from deltazoo.errors import IntegrityError
-from deltazoo.models import FileInfo, Ref
+from deltazoo.models import FileInfo
+from deltazoo.refs import Ref
 from deltazoo.transport import Transport, progress_bar
 
 _MAX_DEPTH = 64
@@ -72,56 +72,72 @@ class DeltaPuller:
             f.seek(begin)
             return f.read(end - begin)
 
-    def _parent_raw(self, parent: dict[str, Any], depth: int) -> bytes:
-        if parent["sha256"] in self._local:
-            return self._read_local(parent["sha256"])
-        manifest = self.manifest(parent["ref"])
-        for f in manifest["files"]:
+    def _entry_of(self, parent: dict[str, Any]) -> dict[str, Any]:
+        """The manifest entry of a tensor's parent (``{ref, file, name, ...}``)."""
+        for f in self.manifest(parent["ref"])["files"]:
             if f["path"] != parent["file"]:
                 continue
             for t in f.get("tensors") or ():
                 if t["name"] == parent["name"]:
-                    return self.raw(t, depth + 1)
+                    return dict(t)
         raise IntegrityError(
             f"manifest of {parent['ref']} has no tensor {parent['name']} in {parent['file']}; "
             "the server's manifest is inconsistent",
             code="manifest_inconsistent",
         )
 
-    def raw(self, tensor: dict[str, Any], depth: int = 0, verify: bool = True) -> bytes:
-        """The raw bytes of a manifest tensor entry, checked against its sha256 unless ``verify`` is
-        False (a tensor written into a file whose own sha256 is checked as it is written)."""
-        if depth > _MAX_DEPTH:
-            raise IntegrityError(
-                f"tensor {tensor['name']}: parent chain deeper than {_MAX_DEPTH}", code="chain_too_deep"
-            )
-        sha = tensor["sha256"]
-        if sha in self._local:
-            return self._read_local(sha)
-        parent = tensor.get("parent")
-        encoding = tensor["encoding"]
-        if encoding == "same":
-            if not parent:
-                raise IntegrityError(
-                    f"tensor {tensor['name']} is 'same' without a parent", code="bad_manifest"
+    def _chain(self, tensor: dict[str, Any]) -> tuple[list[Step], bytes | None]:
+        """The steps that rebuild ``tensor``, bottom first, and the raw bytes below the first of them:
+        the chain stops at a tensor cached here (its bytes are read, not fetched) or at a ``plain`` one."""
+        steps: list[Step] = []
+        node = tensor  # a manifest entry, or a parent reference with its sha256, dtype and shape
+        for _ in range(_MAX_DEPTH + 1):
+            if node["sha256"] in self._local:
+                held = Step("plain", None, node["dtype"], tuple(node["shape"]), node["sha256"])
+                return [held, *reversed(steps)], self._read_local(node["sha256"])
+            entry = node if "encoding" in node else self._entry_of(node)
+            if entry["encoding"] != "same":
+                chunks = tuple(
+                    Chunk(c["begin"], c["end"], c["encoding"], c["blob"], c["sha256"])
+                    for c in entry.get("chunks") or ()
                 )
-            data = self._parent_raw(parent, depth)
-        elif tensor.get("chunks"):
-            parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
-            data = self._chunked(tensor, parent, parent_raw)
-        else:
-            payload = self.transport.get_bytes(f"/v1/blobs/{tensor['blob']}")
-            parent_raw = self._parent_raw(parent, depth) if parent and encoding != "plain" else None
-            data = decode_tensor(
-                encoding,
-                payload,
-                tensor["dtype"],
-                tensor["shape"],
-                parent_raw,
-                parent["dtype"] if parent else None,
-                parent["shape"] if parent else None,
-            )
-        if verify and hashlib.sha256(data).hexdigest() != sha:
+                steps.append(
+                    Step(
+                        entry["encoding"],
+                        entry.get("blob"),
+                        entry["dtype"],
+                        tuple(entry["shape"]),
+                        entry["sha256"],
+                        chunks,
+                    )
+                )
+                if entry["encoding"] == "plain":
+                    return list(reversed(steps)), None
+            if not entry.get("parent"):
+                raise IntegrityError(
+                    f"tensor {entry['name']} is '{entry['encoding']}' without a parent", code="bad_manifest"
+                )
+            node = entry["parent"]
+        raise IntegrityError(
+            f"tensor {tensor['name']}: parent chain deeper than {_MAX_DEPTH}", code="chain_too_deep"
+        )
+
+    def raw(self, tensor: dict[str, Any]) -> bytes:
+        """The raw bytes of a manifest tensor entry, checked against its sha256 (each step of its chain
+        decoded by ``compression.chain``, as the server does)."""
+        steps, below = self._chain(tensor)
+        try:
+            if below is not None and len(steps) == 1:
+                data = below  # held here already, read by the sha256 it was indexed under
+            else:
+                data = decode_chain(self._fetch_blob, steps, start=1 if below is not None else 0, raw=below)
+        except CodecError as exc:
+            raise IntegrityError(
+                f"tensor {tensor['name']} rebuilt wrong ({exc}); pull again without the cache (delete it) "
+                "and report this",
+                code="sha256_mismatch",
+            ) from None
+        if steps[-1].sha256 != tensor["sha256"]:
             raise IntegrityError(
                 f"tensor {tensor['name']} rebuilt with a wrong sha256; pull again without "
                 "the cache (delete it) and report this",
@@ -129,27 +145,8 @@ class DeltaPuller:
             )
         return data
 
-    def _chunked(
-        self, tensor: dict[str, Any], parent: dict[str, Any] | None, parent_raw: bytes | None
-    ) -> bytes:
-        """A tensor stored in chunks: each an element range, coded alone or against the same elements
-        of the parent."""
-        out = bytearray()
-        view = memoryview(parent_raw) if parent_raw is not None else None
-        pitem = dtype_info(parent["dtype"]).itemsize if parent else 0
-        for chunk in tensor["chunks"]:
-            n = [chunk["end"] - chunk["begin"]]
-            payload = self.transport.get_bytes(f"/v1/blobs/{chunk['blob']}")
-            if chunk["encoding"] == "plain":
-                out += decode_tensor("plain", payload, tensor["dtype"], n)
-                continue
-            if view is None or parent is None:
-                raise IntegrityError(
-                    f"tensor {tensor['name']}: a delta chunk without a parent", code="bad_manifest"
-                )
-            part = view[chunk["begin"] * pitem : chunk["end"] * pitem]
-            out += decode_tensor(chunk["encoding"], payload, tensor["dtype"], n, part, parent["dtype"], n)
-        return bytes(out)
+    def _fetch_blob(self, sha256: str) -> bytes:
+        return self.transport.get_bytes(f"/v1/blobs/{sha256}")
 
     # --- whole files -----------------------------------------------------------------------------
 
@@ -159,23 +156,31 @@ class DeltaPuller:
         entry = next((f for f in self.manifest(ref)["files"] if f["path"] == file.path), None)
         if entry is None:
             raise IntegrityError(f"manifest of {ref} lacks {file.path}", code="manifest_inconsistent")
+        other = entry.get("tensors") is None or not entry.get("header_blob")
+        stored = self._fetch_stored(entry["blob"], file) if other else None
         tmp = self.cache.incomplete_path(file.sha256)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         with HashingWriter(tmp) as out:
-            if entry.get("tensors") is None or not entry.get("header_blob"):
-                self._pull_other(entry, out)
+            if stored is not None:
+                self._unpack_other(stored, out)
             else:
                 self._pull_safetensors(entry, out, file, bar)
         return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
 
-    def _pull_other(self, entry: dict[str, Any], out: HashingWriter) -> None:
-        dctx = zstandard.ZstdDecompressor()
-        with (
-            self.transport.stream("GET", f"/v1/blobs/{quote(entry['blob'])}") as response,
-            dctx.stream_writer(out, closefd=False) as writer,  # type: ignore[arg-type]  # has write/flush
-        ):
-            for chunk in self.transport.iter_body(response):
-                writer.write(chunk)
+    def _fetch_stored(self, blob: str, file: FileInfo) -> Path:
+        """A non-tensor file's blob (its stored form) through the one downloader: resumed after an
+        interruption and checked against the blob's name, its sha256."""
+        path = self.cache.root / "blobs" / f"{blob}.stored"
+        if path.is_file():  # checked when it was renamed into place
+            return path
+        url = f"/v1/blobs/{quote(blob)}"
+        return download(self.transport, url, path, sha256=blob, what=f"{file.path} (stored)")
+
+    def _unpack_other(self, stored: Path, out: HashingWriter) -> None:
+        with stored.open("rb") as f:
+            for piece in decompress_stream(iter(lambda: f.read(1 << 20), b"")):
+                out.write(piece)
+        stored.unlink()
 
     def _rebuilt_in_order(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes]]:
         """Each tensor with its raw bytes, in order; up to ``_AHEAD`` of them fetched and decoded on other
@@ -186,8 +191,7 @@ class DeltaPuller:
             try:
                 while True:
                     while len(queued) < _AHEAD and (t := next(todo, None)) is not None:
-                        # not hashed here: the file's sha256, taken as it is written, covers them
-                        queued.append((t, pool.submit(self.raw, t, 0, False)))
+                        queued.append((t, pool.submit(self.raw, t)))
                     if not queued:
                         return
                     t, future = queued.popleft()

@@ -6,48 +6,10 @@ and keeps the raw answer in ``raw`` for ``--json`` output.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from deltazoo.errors import UsageError
-
-_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
-_REF = re.compile(rf"^(?P<org>{_PART})/(?P<name>{_PART})(?:@(?P<rev>{_PART}))?$")
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A parsed ``org/name[@rev]``; ``rev`` is a revision number as text, ``latest``, ``main``, a 40-hex
-    commit id or a tag name (``prod``, ``v1.2``)."""
-
-    org: str
-    name: str
-    rev: str = "latest"
-
-    @classmethod
-    def parse(cls, text: str) -> Ref:
-        m = _REF.match(text.strip()) if isinstance(text, str) else None
-        if not m:
-            raise UsageError(
-                f"{text!r} is not a model name: write ORG/NAME or ORG/NAME@REV "
-                "(letters, digits, '.', '_', '-'; REV a revision number, 'latest', a tag or a commit id)",
-                code="invalid_name",
-            )
-        return cls(m["org"], m["name"], m["rev"] or "latest")
-
-    @property
-    def model(self) -> str:
-        return f"{self.org}/{self.name}"
-
-    @property
-    def moving(self) -> bool:
-        """Whether the server must say which version this names (``latest``, ``main``, a tag, a commit id);
-        a revision number names one version forever."""
-        return not self.rev.isdigit()
-
-    def __str__(self) -> str:
-        return f"{self.model}@{self.rev}"
+from deltazoo.refs import Ref  # noqa: F401  (``deltazoo.models.Ref``, as before: the parser lives in refs)
 
 
 def _ratio(d: dict[str, Any]) -> float | None:
@@ -59,12 +21,16 @@ def _ratio(d: dict[str, Any]) -> float | None:
 class FileInfo:
     path: str
     size: int
-    sha256: str
+    sha256: str  # of the bytes a pull serves (and checks)
     kind: str = "other"
+    original_sha256: str | None = None  # of the pushed bytes, where a lossy version serves others
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileInfo:
-        return cls(path=d["path"], size=int(d["size"]), sha256=d["sha256"], kind=d.get("kind", "other"))
+        return cls(
+            path=d["path"], size=int(d["size"]), sha256=d["sha256"], kind=d.get("kind", "other"),
+            original_sha256=d.get("original_sha256"),
+        )
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,6 @@ serving profiles' packed containers fetched the same way. ``Client`` documents e
 from __future__ import annotations
 
 import glob
-import hashlib
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,11 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from deltazoo.errors import ConflictError, IntegrityError, NotFoundError, UsageError
+from deltazoo.download import download
+from deltazoo.errors import ConflictError, NotFoundError, UsageError
 from deltazoo.linking import place
-from deltazoo.models import FileInfo, Ref, VersionInfo
+from deltazoo.models import FileInfo, VersionInfo
 from deltazoo.patterns import filter_paths
 from deltazoo.progress import BarShare
+from deltazoo.refs import Ref
 from deltazoo.rest_paths import file_path, version_path
 from deltazoo.transport import progress_bar
 from deltazoo.upload import PARALLEL_FILES
@@ -246,31 +246,6 @@ def fetch_delta_file(
 
 
 def download_artifact(client: Client, url: str, path: Path, *, quiet: bool) -> Path:
-    """A packed container into ``path`` (read-only), checked by size and the server's sha256 ETag."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".incomplete")
-    digest = hashlib.sha256()
-    with client.transport.stream("GET", url) as response:
-        size = int(response.headers.get("Content-Length", 0)) or None
-        bar = progress_bar(size, f"pull-delta {path.stem}", quiet=quiet)
-        try:
-            with tmp.open("wb") as out:
-                for chunk in client.transport.iter_body(response):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        finally:
-            bar.close()
-        etag = response.headers.get("ETag", "").strip('"')
-    if size is not None and tmp.stat().st_size != size:
-        got = tmp.stat().st_size
-        tmp.unlink()
-        raise IntegrityError(
-            f"artifact download stopped at {got} of {size} bytes; retry", code="size_mismatch"
-        )
-    if len(etag) == 64 and etag != digest.hexdigest():
-        tmp.unlink()
-        raise IntegrityError("artifact bytes do not match the server's ETag; retry", code="sha256_mismatch")
-    os.chmod(tmp, 0o444)  # read-only like the blobs: pulls link it into place
-    tmp.replace(path)
-    return path
+    """A packed container into ``path`` (``deltazoo.download``: resumed with ``Range``, checked by size
+    and the server's sha256 ETag, read-only)."""
+    return download(client.transport, url, path, what=path.name, quiet=quiet)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from deltazoo.checkpoint import check_weights, scan_checkpoint
 from deltazoo.errors import ClientError, DeltazooError, NotFoundError, UsageError
-from deltazoo.models import Job, Ref, VersionInfo
+from deltazoo.models import Job, VersionInfo
+from deltazoo.refs import Ref
 from deltazoo.rest_paths import version_path
 from deltazoo.upload import Uploader
 
@@ -47,8 +48,11 @@ def push_folder(
     wait: bool,
     timeout: float | None,
     quiet: bool,
+    retain: str = "exact",
 ) -> VersionInfo:
     """What ``Client.push`` documents; sets ``client.last_push_resumed``."""
+    if retain not in ("exact", "lossy"):
+        raise UsageError(f"retain must be exact or lossy, not {retain!r}", code="invalid_retain")
     ref = Ref.parse(name)
     if ref.rev != "latest":
         raise UsageError(
@@ -83,6 +87,7 @@ def push_folder(
                 "profiles": list(profiles),
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
                 "resume": not restart,
+                "retain": retain,
             },
         )
         version = VersionInfo.from_dict(created["version"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from deltazoo.models import Ref
+from deltazoo.refs import Ref
 
 
 def version_path(ref: Ref) -> str:

@@ -12,8 +12,9 @@ from typing import Any
 from urllib.parse import quote
 
 from deltazoo.errors import DeltazooConnectionError, ServerError, UsageError
-from deltazoo.models import FileInfo, Ref
+from deltazoo.models import FileInfo
 from deltazoo.progress import BarShare
+from deltazoo.refs import Ref
 from deltazoo.rest_paths import file_path, version_path
 from deltazoo.transport import Transport, progress_bar
 

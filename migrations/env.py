@@ -5,8 +5,7 @@ from __future__ import annotations
 from alembic import context
 from deltazoo.registry.db import make_engine
 from deltazoo.registry.models import Base
-
-from deltazoo.settings import get_settings
+from deltazoo.registry.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

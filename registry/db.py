@@ -14,11 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from deltazoo.registry.settings import Settings, get_settings
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
-
-from deltazoo.settings import Settings, get_settings
 
 _lock = threading.Lock()
 _factories: dict[str, sessionmaker[Session]] = {}
@@ -95,6 +94,15 @@ def dispose_engines() -> None:
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run ``callback`` once the session's transaction has been committed by ``session_scope``."""
     session.info.setdefault("after_commit", []).append(callback)
+
+
+def end_read(session: Session) -> None:
+    """End a transaction that has only read, so that no connection or snapshot is held while a long
+    request body streams in; the unit of work (``session_scope``) goes on and commits what is written
+    after. Loaded rows stay loaded. Raises when something was written: that must commit with the rest."""
+    if session.new or session.dirty or session.deleted or session.info.get("after_commit"):
+        raise RuntimeError("end_read after a write: the request's unit of work must commit it whole")
+    session.commit()
 
 
 @contextmanager

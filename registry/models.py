@@ -156,7 +156,8 @@ class File(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
     path: Mapped[str] = mapped_column(String(500))
     size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(SHA256, index=True)
+    sha256: Mapped[str] = mapped_column(SHA256, index=True)  # of the bytes a pull serves
+    original_sha256: Mapped[str | None] = mapped_column(SHA256)  # of the pushed bytes if not (lossy)
     kind: Mapped[str] = mapped_column(String(20))  # "safetensors" | "other"
     uploaded: Mapped[bool] = mapped_column(Boolean, default=False)
     source_file_id: Mapped[int | None] = mapped_column(ForeignKey("file.id", ondelete="SET NULL"))

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from deltazoo.settings import Settings
+from deltazoo.registry.settings import Settings
 
 CHUNK = 1 << 20
 

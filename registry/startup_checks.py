@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltazoo.settings import Settings
+from deltazoo.registry.settings import Settings
 
 CONNECT_TIMEOUT_S = 5
 

@@ -14,7 +14,7 @@ from deltazoo.registry.models import Artifact, Job, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository, JobRepository, TensorRepository
 from deltazoo.services.profiles import check_profile
-from deltazoo.services.storage import get_blob, put_blob, reconstruct, resolve_recipes
+from deltazoo.services.storage import put_blob, read_blob, reconstruct, resolve_recipes
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -146,13 +146,14 @@ def _calibration(
     try:
         model = build_causal_lm(config, base)
         tokenizer = load_tokenizer(session, store, base_version)
-        return collect_hessians(model, get_blob(store, text.blob).decode("utf-8"), tokenizer=tokenizer)
+        return collect_hessians(model, read_blob(store, text.blob).decode("utf-8"), tokenizer=tokenizer)
     except NotEvaluable as exc:
         raise ArtifactBuildError(f"calibrated profiles run the base model, which cannot run: {exc}") from exc
 
 
-def build_artifact(session: Session, store: ObjectStore, artifact: Artifact) -> None:
-    """Build and store one artifact; raises ``ArtifactBuildError`` for a profile that cannot be built."""
+def build_stored_artifact(session: Session, store: ObjectStore, artifact: Artifact) -> None:
+    """Build one artifact row's packed delta (``compression.deltadq.build_artifact``) and store it;
+    raises ``ArtifactBuildError`` for a profile that cannot be built."""
     version = session.get(Version, artifact.version_id)
     assert version is not None
     if version.parent_version_id is None:

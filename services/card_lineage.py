@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-import zstandard
+from deltazoo.compression.other_files import decompress
 from deltazoo.registry.errors import DeltazooError
 from deltazoo.registry.models import File, Model, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key
@@ -60,4 +60,4 @@ def read_uploaded(session: Session, store: ObjectStore, file: File) -> bytes:
     if source is None or source.blob is None:
         return b""
     compressed = store.get(blob_key(source.blob))
-    return zstandard.ZstdDecompressor().decompress(compressed, max_output_size=file.size)
+    return decompress(compressed, file.size)

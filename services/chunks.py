@@ -56,7 +56,8 @@ class RangeReader:
     Decoded chunks go to the shared LRU (``storage.RAW_CACHE``, bounded in bytes); a step stored whole
     is decoded whole once per reader. Safe to share between threads (the decode-ahead of a download and
     the encode lanes of a child tensor each share one). With ``verify=False`` (the encoder reading a
-    parent: its output is checked against the input anyway) nothing is hashed and nothing cached."""
+    parent: its output is checked against the input anyway) a tensor stored whole is not hashed, and
+    nothing is cached."""
 
     def __init__(
         self, store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
@@ -99,7 +100,7 @@ class RangeReader:
                     f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step"
                 )
             part = self.elements(i - 1, chunk.begin, chunk.end)
-        raw = decode_chunk(self.store, step, chunk, parent, part, verify=self.verify)
+        raw = decode_chunk(self.store, step, chunk, parent, part)  # checked against its sha256
         if self.verify:
             self.cache.put(key, raw)
         return raw
@@ -169,12 +170,14 @@ def code_chunk(
     dtype: str,
     parent_dtype: str | None,
     parent_part: bytes | None,
+    lossy: bool = False,
 ) -> CodedChunk:
-    """Code elements ``[begin, end)`` (against ``parent_part``, the parent's same elements, when given),
-    compare the decoded payload with the input byte for byte, and write the payload's blob."""
+    """Code elements ``[begin, end)`` (against ``parent_part``, the parent's same elements, when given;
+    ``lossy``: F32 as ELF, whose ``raw`` is already what ELF serves), compare the decoded payload with
+    the input byte for byte, and write the payload's blob."""
     n = [end - begin]
     pdtype = parent_dtype if parent_part is not None else None
-    encoded = encode_tensor(raw, dtype, n, parent_part, pdtype, n if pdtype else None)
+    encoded = encode_tensor(raw, dtype, n, parent_part, pdtype, n if pdtype else None, lossy=lossy)
     uses_parent = encoded.encoding != "plain"
     check = decode_tensor(
         encoded.encoding,

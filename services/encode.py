@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-import zstandard
+from deltazoo.compression.other_files import compress_stream
 from deltazoo.compression.safetensors_io import SafetensorsError, TensorEntry, read_header
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest
@@ -27,6 +27,7 @@ from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
 from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES
 from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
+from deltazoo.services.lossy import record_served_sha256
 from deltazoo.services.storage import CorruptStoreError, put_blob, resolve_recipes
 from deltazoo.services.tensor_rows import TensorRowWriter
 from sqlalchemy import ColumnElement, event, update
@@ -83,17 +84,13 @@ def check_related_base(session: Session, store: ObjectStore, version: Version, b
 
 
 def _store_other_file(session: Session, store: ObjectStore, key: str) -> tuple[str, int, bool]:
-    """zstd-compress a staged non-tensor file into a blob without holding it whole in memory."""
+    """A staged non-tensor file into a blob in its stored form (``compression.other_files``) without
+    holding it whole in memory."""
     digest = hashlib.sha256()
     with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
-        compressor = zstandard.ZstdCompressor(level=9).compressobj()
-        for chunk in store.iter_chunks(key):
-            out = compressor.compress(chunk)
+        for out in compress_stream(store.iter_chunks(key)):
             digest.update(out)
             spool.write(out)
-        out = compressor.flush()
-        digest.update(out)
-        spool.write(out)
         size = spool.tell()
         sha = digest.hexdigest()
         blobs = BlobRepository(session)
@@ -221,7 +218,9 @@ def _encode_safetensors(
         rows.add(row, slot.entry.nbytes, same_as, [c.row() for c in chunks])
 
     todo = [e for e in header.tensors if e.name not in done]
-    pipeline = FilePipeline(pool, threads, store, file.path, read_at, header.header_size, chunk_bytes)
+    pipeline = FilePipeline(
+        pool, threads, store, file.path, read_at, header.header_size, chunk_bytes, version.lossy
+    )
     try:
         pipeline.run(todo, classify, record)
     except BaseException:
@@ -401,6 +400,8 @@ def encode_version(
                     chunk_bytes,
                     partial(_add_stored, version),
                 )
+            if version.lossy:
+                record_served_sha256(session, store, file)
     staged = [f.staging_key for f in files if f.staging_key]
     for file in files:
         file.staging_key = None

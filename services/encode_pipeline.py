@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from deltazoo.compression import elf32
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import TensorEntry
@@ -108,32 +109,50 @@ class Slot:
         return [f.result() for f in self.coded]
 
 
-def read_and_hash(read_at: Callable[[int, int], bytes], offset: int, entry: TensorEntry) -> Digest:
+def read_and_hash(
+    read_at: Callable[[int, int], bytes], offset: int, entry: TensorEntry, lossy: bool = False
+) -> Digest:
+    """A tensor's bytes and their sha256; with ``lossy`` an F32 tensor's bytes are those ELF serves
+    (``compression.elf32.served``): a lossy version stores, deduplicates and hashes what it serves."""
     raw = read_at(offset + entry.begin, entry.nbytes) if entry.nbytes else b""
+    if lossy and entry.dtype == "F32":
+        raw = elf32.served(raw)
     return Digest(raw, hashlib.sha256(raw).hexdigest())
 
 
 def hash_in_chunks(
-    read_at: Callable[[int, int], bytes], offset: int, entry: TensorEntry, chunk_bytes: int
+    read_at: Callable[[int, int], bytes],
+    offset: int,
+    entry: TensorEntry,
+    chunk_bytes: int,
+    lossy: bool = False,
 ) -> Digest:
+    """The sha256 of a chunked tensor, read a chunk at a time (``lossy``: as ``read_and_hash``)."""
     digest = hashlib.sha256()
     start = offset + entry.begin
     for a in range(0, entry.nbytes, chunk_bytes):
-        digest.update(read_at(start + a, min(chunk_bytes, entry.nbytes - a)))
+        piece = read_at(start + a, min(chunk_bytes, entry.nbytes - a))
+        digest.update(elf32.served(piece) if lossy and entry.dtype == "F32" else piece)
     return Digest(b"", digest.hexdigest())
 
 
 def encode_and_store(
-    store: ObjectStore, entry: TensorEntry, raw: bytes, path: str, parent: ParentRef | None
+    store: ObjectStore,
+    entry: TensorEntry,
+    raw: bytes,
+    path: str,
+    parent: ParentRef | None,
+    lossy: bool = False,
 ) -> Coded:
-    """Encode one tensor (against ``parent`` when given), check the round trip, write the blob."""
+    """Encode one tensor (against ``parent`` when given; ``lossy``: F32 as ELF, whose ``raw`` is already
+    what ELF serves), check the round trip, write the blob."""
     dtype, shape = entry.dtype, list(entry.shape)
     # not re-hashed: a wrong parent cannot slip through, since the payload is checked against the input
     # decoded with these very parent bytes, and every pull verifies each step of the chain
     parent_raw = reconstruct(store, parent.recipe, verify=False) if parent else None
     pdtype = parent.dtype if parent else None
     pshape = parent.shape if parent else None
-    encoded = encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape)
+    encoded = encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape, lossy=lossy)
     uses_parent = parent is not None and encoded.encoding != "plain"
     check = decode_tensor(
         encoded.encoding,
@@ -166,13 +185,18 @@ def encode_chunk_of(
     begin: int,
     end: int,
     parent: tuple[RangeReader, str] | None,
+    lossy: bool = False,
 ) -> CodedChunk:
     """Read elements ``[begin, end)`` of a staged tensor starting at byte ``start`` and code them
-    (against the same elements of ``parent``'s reader top step when given)."""
+    (against the same elements of ``parent``'s reader top step when given; ``lossy``: as
+    ``read_and_hash``)."""
     size = dtype_info(entry.dtype).itemsize
     raw = read_at(start + begin * size, (end - begin) * size)
+    if lossy and entry.dtype == "F32":
+        raw = elf32.served(raw)
     part = parent[0].elements(len(parent[0].steps) - 1, begin, end) if parent else None
-    return code_chunk(store, index, begin, end, raw, entry.dtype, parent[1] if parent else None, part)
+    pdtype = parent[1] if parent else None
+    return code_chunk(store, index, begin, end, raw, entry.dtype, pdtype, part, lossy)
 
 
 class FilePipeline:
@@ -195,10 +219,11 @@ class FilePipeline:
         read_at: Callable[[int, int], bytes],
         data_offset: int,
         chunk_bytes: int,
+        lossy: bool = False,
     ) -> None:
         self.pool, self.window = pool, max(1, threads) * IN_FLIGHT_PER_LANE
         self.store, self.path, self.read_at, self.data_offset = store, path, read_at, data_offset
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes, self.lossy = chunk_bytes, lossy
         self.running: set[Future[Any]] = set()
 
     def run(
@@ -257,9 +282,12 @@ class FilePipeline:
 
     def _read(self, entry: TensorEntry) -> Slot:
         if entry.nbytes > self.chunk_bytes:
-            read = partial(hash_in_chunks, self.read_at, self.data_offset, entry, self.chunk_bytes)
+            read = partial(
+                hash_in_chunks, self.read_at, self.data_offset, entry, self.chunk_bytes, self.lossy
+            )
             return Slot(entry, self._submit(read), chunked=True)
-        return Slot(entry, self._submit(partial(read_and_hash, self.read_at, self.data_offset, entry)))
+        read = partial(read_and_hash, self.read_at, self.data_offset, entry, self.lossy)
+        return Slot(entry, self._submit(read))
 
     def _classify_ready(
         self,
@@ -306,7 +334,9 @@ class FilePipeline:
     def _plan_units(self, slot: Slot, raw: bytes) -> None:
         entry, parent = slot.entry, slot.parent
         if not slot.chunked:
-            slot.units.append(partial(encode_and_store, self.store, entry, raw, self.path, parent))
+            slot.units.append(
+                partial(encode_and_store, self.store, entry, raw, self.path, parent, self.lossy)
+            )
             return
         shape = [int(d) for d in entry.shape]
         slot.mode, shared = parent_mode(parent.shape if parent else None, shape)
@@ -319,7 +349,18 @@ class FilePipeline:
         for index, (begin, end) in enumerate(chunk_ranges(numel, size, self.chunk_bytes, shared)):
             against = reader if reader is not None and end <= shared else None
             slot.units.append(
-                partial(encode_chunk_of, self.store, self.read_at, start, entry, index, begin, end, against)
+                partial(
+                    encode_chunk_of,
+                    self.store,
+                    self.read_at,
+                    start,
+                    entry,
+                    index,
+                    begin,
+                    end,
+                    against,
+                    self.lossy,
+                )
             )
 
     def _submit_units(self, slots: deque[Slot]) -> None:

@@ -19,14 +19,15 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import zstandard
+from deltazoo.compression.other_files import decompress
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFound
+from deltazoo.registry.evaluation_repository import EvaluationRepository
 from deltazoo.registry.models import Artifact, Evaluation, File, Job, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
 from deltazoo.services.refs import check_description, ref_string
-from deltazoo.services.storage import get_blob, put_blob
+from deltazoo.services.storage import put_blob, read_blob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -120,31 +121,13 @@ def register_text(
 # --- enqueueing --------------------------------------------------------------------------------
 
 
-def _row(session: Session, version_id: int, text_id: int, artifact_id: int | None) -> Evaluation | None:
-    q = select(Evaluation).where(
-        Evaluation.version_id == version_id,
-        Evaluation.text_set_id == text_id,
-        Evaluation.artifact_id.is_(None) if artifact_id is None else Evaluation.artifact_id == artifact_id,
-    )
-    return session.scalars(q.order_by(Evaluation.id)).first()
-
-
-def _dense_row(session: Session, version: Version, text: TextSet) -> Evaluation:
-    row = _row(session, version.id, text.id, None)
-    if row is None:
-        row = Evaluation(version_id=version.id, text_set_id=text.id, status="pending", details={})
-        session.add(row)
-        session.flush()
-    return row
-
-
 def _work_left(session: Session, version: Version, text: TextSet, dense: Evaluation) -> bool:
     if dense.status not in DONE:
         return True
     if dense.status == "not_evaluable":
         return False
     for a in ArtifactRepository(session).for_version(version.id):
-        row = _row(session, version.id, text.id, a.id)
+        row = EvaluationRepository(session).find(version.id, text.id, a.id)
         if a.status == "ready" and (row is None or row.status not in DONE):
             return True
     return False
@@ -154,7 +137,7 @@ def ensure_evaluation(
     session: Session, version: Version, text: TextSet, enqueue: Enqueue, retry: bool = False
 ) -> tuple[Evaluation, Job | None]:
     """The version's dense row on ``text``, and a job when work is left (None: nothing to do)."""
-    dense = _dense_row(session, version, text)
+    dense = EvaluationRepository(session).dense(version, text)
     if retry and dense.status == "failed":
         dense.status, dense.status_message = "pending", None
     if dense.status == "failed" or not _work_left(session, version, text, dense):
@@ -188,7 +171,7 @@ def request_evaluation(
     return ensure_evaluation(session, version, text, enqueue, retry=True)
 
 
-def mark_failed(session: Session, evaluation_id: int, message: str) -> None:
+def mark_evaluation_failed(session: Session, evaluation_id: int, message: str) -> None:
     row = session.get(Evaluation, evaluation_id)
     if row is not None and row.status not in DONE:
         row.status, row.status_message = "failed", message
@@ -198,10 +181,10 @@ def mark_failed(session: Session, evaluation_id: int, message: str) -> None:
 
 
 def read_other_file(session: Session, store: ObjectStore, file: File) -> bytes:
-    """A non-tensor file's bytes (stored zstd-compressed in its blob)."""
+    """A non-tensor file's bytes (its blob holds them in ``compression.other_files`` form)."""
     if file.blob is None:
         raise NotFound(f"{file.path} has no stored bytes yet")
-    return zstandard.ZstdDecompressor().decompress(get_blob(store, file.blob), max_output_size=file.size)
+    return decompress(read_blob(store, file.blob), file.size)
 
 
 def version_config(session: Session, store: ObjectStore, version: Version) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ def family_graph(
         parent_ids, exclude_model_id=model.id, limit=limit, private_namespaces=viewer.private_namespaces()
     )
     edges = [dict(e) for e in lineage["edges"]]
-    for s in version_summaries(session, siblings) if siblings else []:
+    for s in [v.model_dump() for v in version_summaries(session, siblings)] if siblings else []:
         if s["ref"] not in nodes:
             nodes[s["ref"]] = {**s, "role": "sibling"}
             if s["parent"]:

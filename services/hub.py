@@ -109,7 +109,8 @@ def model_info(session: Session, store: ObjectStore, repo: Repo) -> dict[str, An
         "disabled": False,
         "downloads": 0,
         "likes": 0,
-        "tags": ["safetensors"] if any(f.kind == "safetensors" for f in files) else [],
+        "tags": (["safetensors"] if any(f.kind == "safetensors" for f in files) else [])
+        + (["deltazoo:lossy-elf"] if version is not None and version.lossy else []),
         "siblings": siblings,
         "usedStorage": version.stored_bytes if version is not None else 0,
     }

@@ -4,7 +4,6 @@ by relation and one page of descendants (by id, with a cursor), whatever the siz
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from deltazoo.registry.errors import Unprocessable
 from deltazoo.registry.lineage_repository import LineageRepository
@@ -14,13 +13,15 @@ from deltazoo.services.access import OPEN, Principal
 from deltazoo.services.views import version_summaries
 from sqlalchemy.orm import Session
 
+from deltazoo.schemas import Edge, Lineage
+
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
 @dataclass(frozen=True)
 class LineagePage:
-    body: dict[str, Any]  # the ``Lineage`` shape of docs/REST.md
+    body: Lineage  # the answer of docs/REST.md
     version_ids: dict[str, int]  # ref -> version id, for every node of the page
 
 
@@ -93,21 +94,21 @@ def lineage_page(
     summaries = dict(zip([v.id for v in nodes], version_summaries(session, nodes, viewer), strict=True))
     for v in nodes:
         if v.parent_version_id is not None and v.parent_version_id not in visible:
-            summaries[v.id]["parent"] = None  # a private parent the viewer may not see
+            # a private parent the viewer may not see
+            summaries[v.id] = summaries[v.id].model_copy(update={"parent": None})
     edges = [
-        {"parent": summaries[v.id]["parent"], "child": summaries[v.id]["ref"], "relation": v.relation}
+        Edge(parent=parent, child=summaries[v.id].ref, relation=v.relation)
         for v in nodes
-        if summaries[v.id]["parent"] is not None
+        if (parent := summaries[v.id].parent) is not None
     ]
-    shown = [summaries[v.id]["ref"] for v in page if v.id in summaries]
-    body = {
-        "model": full_name,
-        "nodes": list(summaries.values()),
-        "edges": edges,
-        "ancestors": [summaries[a.id]["ref"] for a in ancestors if a.id in summaries],
-        "descendants": shown,
-        "descendant_counts": dict(sorted(counts.items())),
-        "descendants_total": sum(counts.values()),
-        "next_cursor": str(page[-1].id) if more and page else None,
-    }
-    return LineagePage(body, {s["ref"]: vid for vid, s in summaries.items()})
+    body = Lineage(
+        model=full_name,
+        nodes=tuple(summaries.values()),
+        edges=tuple(edges),
+        ancestors=tuple(summaries[a.id].ref for a in ancestors if a.id in summaries),
+        descendants=tuple(summaries[v.id].ref for v in page if v.id in summaries),
+        descendant_counts=dict(sorted(counts.items())),
+        descendants_total=sum(counts.values()),
+        next_cursor=str(page[-1].id) if more and page else None,
+    )
+    return LineagePage(body, {s.ref: vid for vid, s in summaries.items()})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from deltazoo.registry.repositories import FileRepository, VersionRepository
 from deltazoo.services.access import Principal
@@ -11,10 +10,12 @@ from deltazoo.services.resumable import PartialUploads
 from deltazoo.services.views import version_summaries
 from sqlalchemy.orm import Session
 
+from deltazoo.schemas import PendingVersion
+
 
 def pending_versions(
     session: Session, viewer: Principal, partials: PartialUploads, expiry: timedelta, limit: int
-) -> list[dict[str, Any]]:
+) -> list[PendingVersion]:
     """The pending versions the viewer may read, oldest first, with the bytes the server holds (whole
     files uploaded plus the received part of files sent in parts) and when the expiry removes them."""
     versions = VersionRepository(session).pending_readable(viewer.private_namespaces(), limit)
@@ -24,13 +25,13 @@ def pending_versions(
         declared = files.for_version(version.id)
         held = sum(f.size if f.uploaded else partials.received(f) for f in declared)
         out.append(
-            {
-                **summary,
-                "files": len(declared),
-                "files_uploaded": sum(1 for f in declared if f.uploaded),
-                "declared_bytes": sum(f.size for f in declared),
-                "held_bytes": held,
-                "expires_at": version.created_at + expiry,
-            }
+            PendingVersion(
+                **dict(summary),
+                files=len(declared),
+                files_uploaded=sum(1 for f in declared if f.uploaded),
+                declared_bytes=sum(f.size for f in declared),
+                held_bytes=held,
+                expires_at=version.created_at + expiry,
+            )
         )
     return out

@@ -1,9 +1,11 @@
-"""Names (``org/name``) and version references (``org/name@rev``): parsing and lookup."""
+"""Names (``org/name``) and version references (``org/name@rev``): what they name in the database.
+
+Their syntax is ``deltazoo.refs`` (shared with the SDK); a malformed one answers 422 here."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TypeVar
 
 from deltazoo.registry.errors import Conflict, NotFound, Unprocessable
 from deltazoo.registry.models import Model, Version
@@ -11,25 +13,11 @@ from deltazoo.registry.repositories import ModelRepository, TagRepository, Versi
 from deltazoo.services.access import Principal, can_read_model, model_not_found
 from sqlalchemy.orm import Session
 
-_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
-NAME_RE = re.compile(rf"^({_PART})/({_PART})$")
+from deltazoo import refs as ref_syntax
+from deltazoo.refs import COMMIT_ID_RE, MAIN, Ref, RefError, Revision
+
+T = TypeVar("T")
 RELATIONS = ("finetune", "adapter", "merge", "quantized", "continued-pretrain")
-COMMIT_ID_RE = re.compile(r"^[0-9a-f]{40}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-MAIN = "main"  # the Hugging Face default branch: the latest ready version
-RESERVED_REVISIONS = ("latest", MAIN)
-Revision = int | str | None
-
-
-@dataclass(frozen=True)
-class Ref:
-    org: str
-    name: str
-    revision: Revision  # None = latest; an int; "main", a 40-hex commit id or a tag name
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.org}/{self.name}"
 
 
 MAX_DESCRIPTION_CHARS = 10_000
@@ -46,51 +34,24 @@ def check_description(text: str, what: str) -> str:
     return text
 
 
+def checked(parse: Callable[[str], T], text: str) -> T:
+    """``parse(text)`` with a ``deltazoo.refs`` parser; a malformed name, revision or tag answers 422."""
+    try:
+        return parse(text)
+    except RefError as exc:
+        raise Unprocessable(exc.message, code=exc.code) from None
+
+
 def parse_name(name: str) -> tuple[str, str]:
-    m = NAME_RE.match(name or "")
-    if not m:
-        raise Unprocessable(
-            f"{name!r} is not a model name; use ORG/NAME (letters, digits, '.', '_', '-'; up to 100 each)",
-            code="invalid_name",
-        )
-    return m.group(1), m.group(2)
-
-
-MAX_REVISION = 2**31 - 1  # the revision column is a 32-bit integer
+    return checked(ref_syntax.parse_name, name or "")
 
 
 def parse_revision(text: str | int) -> Revision:
-    """A revision as users write it: a number, ``latest`` (None), ``main``, a commit id or a tag name."""
-    if isinstance(text, int):
-        return text
-    if text in ("", "latest"):
-        return None
-    if text.isascii() and text.isdigit():  # ASCII only: '²' is a digit to str.isdigit, not to int()
-        if len(text) > len(str(MAX_REVISION)) or not 1 <= int(text) <= MAX_REVISION:
-            raise Unprocessable(
-                f"revision {text[:40]!r} must be a positive integer up to {MAX_REVISION}",
-                code="invalid_revision",
-            )
-        return int(text)
-    if not text.isascii() or len(text) > 200:
-        raise Unprocessable(
-            "a revision is a number, 'latest', 'main', a 40-hex commit id or a tag name (ASCII letters,"
-            " digits, '.', '_', '-')",
-            code="invalid_revision",
-        )
-    if text == MAIN or COMMIT_ID_RE.match(text) or TAG_RE.match(text):
-        return text
-    raise Unprocessable(
-        f"revision {text!r} must be a positive integer, 'latest', 'main', a 40-hex commit id or a tag name"
-        " (letters, digits, '.', '_', '-')",
-        code="invalid_revision",
-    )
+    return checked(ref_syntax.parse_revision, text)  # type: ignore[arg-type]
 
 
 def parse_ref(ref: str) -> Ref:
-    name, _, rev = ref.partition("@")
-    org, model = parse_name(name)
-    return Ref(org, model, parse_revision(rev))
+    return checked(ref_syntax.parse_ref, ref)
 
 
 def ref_string(full_name: str, revision: int) -> str:
@@ -100,9 +61,16 @@ def ref_string(full_name: str, revision: int) -> str:
 def get_model(session: Session, org: str, name: str) -> Model:
     model = ModelRepository(session).get(org, name)
     if model is None:
-        raise NotFound(
-            f"model {org}/{name} does not exist; create it with POST /v1/models", code="model_not_found"
-        )
+        raise model_not_found(org, name)
+    return model
+
+
+def get_readable_model(session: Session, viewer: Principal, org: str, name: str) -> Model:
+    """The model ``org/name`` when ``viewer`` may read it (``access.can_read_model``, the one privacy
+    rule); a private model it may not read is missing, with the same answer as a model that is not there."""
+    model = get_model(session, org, name)
+    if not can_read_model(viewer, model, org):
+        raise model_not_found(org, name)
     return model
 
 

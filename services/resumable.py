@@ -11,36 +11,15 @@ A resumed upload must reach the same API host (another one reports 0 bytes recei
 
 from __future__ import annotations
 
-import re
 import threading
 from functools import lru_cache
 from pathlib import Path
 
-from deltazoo.registry.errors import BadRequest, Conflict
+from deltazoo.registry.errors import Conflict
 from deltazoo.registry.models import File
 from deltazoo.services.transfer import UploadSink
 
-_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _REPLAY_CHUNK = 8 << 20
-
-
-def parse_content_range(header: str, declared: int, path: str) -> tuple[int, int]:
-    """``bytes a-b/total`` -> (a, b + 1); the total must be the declared size."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        raise BadRequest(
-            f"{path}: Content-Range {header!r} is not 'bytes FIRST-LAST/TOTAL'", code="invalid_content_range"
-        )
-    first, last, total = (int(g) for g in match.groups())
-    if total != declared:
-        raise BadRequest(
-            f"{path}: Content-Range total {total} is not the declared size {declared}", code="size_mismatch"
-        )
-    if last < first or last >= total:
-        raise BadRequest(
-            f"{path}: Content-Range {header!r} is not within 0-{total - 1}", code="invalid_content_range"
-        )
-    return first, last + 1
 
 
 class PartialUploads:

@@ -1,26 +1,31 @@
 """Blobs and tensor reconstruction.
 
 A tensor's raw bytes are rebuilt by walking its chain of parents down to a ``plain`` tensor and
-decoding forward. ``resolve_recipes`` turns tensor rows into ``Recipe`` objects (everything needed to
-decode, no database), so a download can stream after the request's session is gone. Hot raw tensors
-are kept in an LRU cache bounded in bytes (keyed by the sha256 of the raw bytes, so it can never be
-stale).
+decoding forward (``compression.chain``, which the SDK's delta-only pulls use too). ``resolve_recipes``
+turns tensor rows into ``Recipe`` objects (everything needed to decode, no database), so a download can
+stream after the request's session is gone. Hot raw tensors are kept in an LRU cache bounded in bytes
+(keyed by the sha256 of the raw bytes, so it can never be stale).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from deltazoo.compression.codecs import decode_tensor
-from deltazoo.compression.dtypes import dtype_info
-from deltazoo.registry.models import Tensor
+from deltazoo.compression import chain
+from deltazoo.compression.chain import Chunk, FetchBlob, Step
+from deltazoo.registry.errors import NotFound
+from deltazoo.registry.models import Blob, Tensor
 from deltazoo.registry.objectstore import ObjectStore, blob_key
 from deltazoo.registry.repositories import BlobRepository, TensorChunkRepository, TensorRepository
+from deltazoo.services.access import Principal, can_read_blob
 from sqlalchemy.orm import Session
+
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")  # a blob's name, and a declared file's sha256
 
 
 class CorruptStoreError(RuntimeError):
@@ -36,30 +41,18 @@ def put_blob(session: Session, store: ObjectStore, data: bytes) -> tuple[str, bo
     return sha, blobs.add_reference(sha, len(data))
 
 
-def get_blob(store: ObjectStore, sha256: str) -> bytes:
+def readable_blob(session: Session, viewer: Principal, sha256: str) -> Blob:
+    """A stored blob that a model ``viewer`` may read refers to; any other name (not a sha256, unknown,
+    or held only by private models it may not read) is missing, all with the same answer."""
+    blob = BlobRepository(session).get(sha256) if SHA_RE.match(sha256) else None
+    if blob is None or not can_read_blob(session, viewer, sha256):
+        raise NotFound(f"no blob {sha256}; blob names come from a version's manifest", code="blob_not_found")
+    return blob
+
+
+def read_blob(store: ObjectStore, sha256: str) -> bytes:
+    """A stored blob's bytes, as written by ``put_blob`` (raw: a tensor blob is still encoded)."""
     return store.get(blob_key(sha256))
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Elements ``[begin, end)`` of a chunked step, coded alone (``plain``) or against the same
-    elements of the step before (``delta``)."""
-
-    begin: int
-    end: int
-    encoding: str  # plain | delta
-    blob: str
-    sha256: str  # of the chunk's raw bytes
-
-
-@dataclass(frozen=True)
-class Step:
-    encoding: str  # plain | delta | delta-rows
-    blob: str | None  # None when the step is chunked
-    dtype: str
-    shape: tuple[int, ...]
-    sha256: str  # of the raw bytes this step yields
-    chunks: tuple[Chunk, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,7 +130,9 @@ def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Re
             assert t.parent_tensor_id is not None
             result = steps_of(t.parent_tensor_id, seen | {tid})
         else:
-            chunks = tuple(Chunk(c.begin, c.end, c.encoding, c.blob, c.sha256) for c in chunked.get(t.id, ()))
+            chunks = tuple(
+                Chunk(c.begin, c.end, c.encoding, c.blob, c.sha256) for c in chunked.get(t.id, ())
+            )
             if t.blob is None and (not chunks or len(chunks) != t.chunks):
                 raise CorruptStoreError(f"tensor {t.name!r} ({t.encoding}) has no blob")
             step = Step(t.encoding, t.blob, t.dtype, tuple(t.shape), t.sha256, chunks)
@@ -152,47 +147,23 @@ def resolve_recipes(session: Session, tensors: Iterable[Tensor]) -> dict[int, Re
     return {tid: Recipe(steps_of(tid), known[tid].offset_end - known[tid].offset_begin) for tid in wanted}
 
 
+def blob_reader(store: ObjectStore) -> FetchBlob:
+    """``compression.chain``'s blob source for this store."""
+    return lambda sha256: read_blob(store, sha256)
+
+
 def decode_chunk(
-    store: ObjectStore,
-    step: Step,
-    chunk: Chunk,
-    parent: Step | None,
-    parent_part: bytes | memoryview | None,
-    verify: bool = True,
+    store: ObjectStore, step: Step, chunk: Chunk, parent: Step | None, parent_part: bytes | memoryview | None
 ) -> bytes:
-    """The raw bytes of one chunk (``parent_part``: the parent step's raw bytes of the same elements,
-    needed for a ``delta`` chunk), checked against the chunk's sha256 unless ``verify`` is False."""
-    n = [chunk.end - chunk.begin]
-    payload = get_blob(store, chunk.blob)
-    if chunk.encoding == "plain":
-        raw = decode_tensor("plain", payload, step.dtype, n)
-    else:
-        if parent is None or parent_part is None:
-            raise CorruptStoreError(f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent")
-        raw = decode_tensor(chunk.encoding, payload, step.dtype, n, parent_part, parent.dtype, n)
-    if verify and hashlib.sha256(raw).hexdigest() != chunk.sha256:
-        raise CorruptStoreError(f"a chunk of tensor {step.sha256} does not match its recorded sha256")
-    return raw
-
-
-def decode_chunked(
-    store: ObjectStore, step: Step, parent: Step | None, parent_raw: bytes | None, verify: bool = True
-) -> bytes:
-    """A chunked step decoded whole, given the whole parent's raw bytes."""
-    out = bytearray()
-    pitem = dtype_info(parent.dtype).itemsize if parent else 0
-    view = memoryview(parent_raw) if parent_raw is not None else None
-    for chunk in step.chunks:
-        part = view[chunk.begin * pitem : chunk.end * pitem] if view is not None else None
-        part = part if chunk.encoding != "plain" else None
-        out += decode_chunk(store, step, chunk, parent, part, verify)
-    return bytes(out)
+    """The raw bytes of one chunk (``compression.chain.decode_chunk`` over this store)."""
+    return chain.decode_chunk(blob_reader(store), step, chunk, parent, parent_part)
 
 
 def reconstruct(
     store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
 ) -> bytes:
-    """The raw bytes of a tensor, decoded forward through its recipe (checked against its sha256).
+    """The raw bytes of a tensor, decoded forward through its recipe (checked against its sha256) by
+    ``compression.chain`` from the deepest step the cache holds.
 
     With ``verify=False`` nothing is hashed and nothing decoded is cached (the cache holds only checked
     bytes, which every caller may trust)."""
@@ -206,27 +177,9 @@ def reconstruct(
         if raw is not None:
             break
         start -= 1
-    for i in range(start, len(recipe.steps)):
-        step = recipe.steps[i]
-        parent = recipe.steps[i - 1] if i > 0 else None
-        if step.chunks:
-            raw = decode_chunked(store, step, parent, raw, verify)
-        else:
-            assert step.blob is not None
-            raw = decode_tensor(
-                step.encoding,
-                get_blob(store, step.blob),
-                step.dtype,
-                list(step.shape),
-                parent_raw=raw if parent else None,
-                parent_dtype=parent.dtype if parent else None,
-                parent_shape=list(parent.shape) if parent else None,
-            )
-        if verify and hashlib.sha256(raw).hexdigest() != step.sha256:
-            raise CorruptStoreError(f"decoded tensor does not match its recorded sha256 {step.sha256}")
-        if verify and i < len(recipe.steps) - 1:
-            cache.put(step.sha256, raw)
-    assert raw is not None
+    raw = chain.decode_chain(
+        blob_reader(store), recipe.steps, start=start, raw=raw, verify=verify, keep=cache.put
+    )
     if verify:
         cache.put(recipe.sha256, raw)
     return raw

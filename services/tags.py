@@ -7,26 +7,21 @@ A tag is usable wherever a revision is (``acme/ft@prod``, ``/versions/prod``, th
 
 from __future__ import annotations
 
-from typing import Any
-
-from deltazoo.registry.errors import NotFound, Unprocessable
+from deltazoo.registry.errors import NotFound
 from deltazoo.registry.models import Model, VersionTag
 from deltazoo.registry.repositories import TagRepository, VersionRepository
-from deltazoo.services.refs import COMMIT_ID_RE, RESERVED_REVISIONS, TAG_RE, find_version, ref_string
+from deltazoo.services.refs import checked, find_version, ref_string
 from sqlalchemy.orm import Session
+
+from deltazoo import refs as ref_syntax
+from deltazoo.schemas import Tag
 
 
 def check_tag_name(tag: str) -> str:
-    if not TAG_RE.match(tag) or tag.isdigit() or tag in RESERVED_REVISIONS or COMMIT_ID_RE.match(tag):
-        raise Unprocessable(
-            f"tag {tag!r} must be 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit, and"
-            " not a number, 'latest', 'main' or 40 hex digits (those already name revisions)",
-            code="invalid_tag",
-        )
-    return tag
+    return checked(ref_syntax.check_tag_name, tag)
 
 
-def set_tag(session: Session, model: Model, full_name: str, tag: str, revision: str) -> tuple[dict, bool]:
+def set_tag(session: Session, model: Model, full_name: str, tag: str, revision: str) -> tuple[Tag, bool]:
     """Point ``tag`` at the version ``revision`` names (a number, main, a commit id or another tag),
     creating or moving it; returns the tag and whether it is new."""
     check_tag_name(tag)
@@ -51,18 +46,18 @@ def delete_tag(session: Session, model: Model, full_name: str, tag: str) -> None
     session.flush()
 
 
-def list_tags(session: Session, model: Model, full_name: str) -> list[dict[str, Any]]:
+def list_tags(session: Session, model: Model, full_name: str) -> list[Tag]:
     return [tag_info(session, row, full_name) for row in TagRepository(session).for_model(model.id)]
 
 
-def tag_info(session: Session, row: VersionTag, full_name: str) -> dict[str, Any]:
+def tag_info(session: Session, row: VersionTag, full_name: str) -> Tag:
     version = VersionRepository(session).get(row.version_id)
     assert version is not None  # the foreign key cascades: a tag never outlives its version
-    return {
-        "name": row.name,
-        "ref": f"{full_name}@{row.name}",
-        "version": ref_string(full_name, version.revision),
-        "revision": version.revision,
-        "commit_id": version.commit_id,
-        "updated_at": row.updated_at,
-    }
+    return Tag(
+        name=row.name,
+        ref=f"{full_name}@{row.name}",
+        version=ref_string(full_name, version.revision),
+        revision=version.revision,
+        commit_id=version.commit_id,
+        updated_at=row.updated_at,
+    )

@@ -8,8 +8,8 @@ import secrets
 
 from deltazoo.registry.errors import DeltazooError, NotFound, Unprocessable
 from deltazoo.registry.models import ApiToken, Namespace, utcnow
-from deltazoo.registry.repositories import NamespaceRepository
-from deltazoo.services.access import Principal
+from deltazoo.registry.repositories import ModelRepository, NamespaceRepository
+from deltazoo.services.access import ANONYMOUS, Principal, check_model_access, check_write
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,20 @@ def ensure_admin_token(session: Session, token: str) -> None:
         session.add(
             ApiToken(name=ADMIN_FROM_SETTINGS, token_hash=digest, scopes=["read", "write"], admin=True)
         )
+
+
+def authorise(
+    session: Session, token: str, org: str | None, name: str | None, *, write: bool, creating: bool
+) -> Principal:
+    """The principal of one request's token (anonymous without one), checked for what the request does
+    to ``org/name``: 404 for a private model it may not read, 401/403 for a write without the right
+    token. ``creating``: the request creates ``org/name``, which need not exist yet."""
+    principal = principal_for(session, token) if token else ANONYMOUS
+    if org is not None and name is not None and not creating:
+        check_model_access(principal, ModelRepository(session).get(org, name), org, name, write)
+    elif write:
+        check_write(principal, org)
+    return principal
 
 
 def principal_for(session: Session, token: str) -> Principal:

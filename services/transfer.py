@@ -15,20 +15,20 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-import zstandard
 from deltazoo.compression.dtypes import dtype_info
+from deltazoo.compression.other_files import decompress_range
 from deltazoo.compression.safetensors_io import (
     SafetensorsError,
     SafetensorsStreamValidator,
     is_index_file,
     validate_index,
 )
-from deltazoo.registry.errors import BadRequest, Conflict, RangeNotSatisfiable
+from deltazoo.registry.errors import BadRequest, Conflict
 from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
 from deltazoo.services.chunks import RangeReader
-from deltazoo.services.storage import Recipe, get_blob, reconstruct, resolve_recipes
+from deltazoo.services.storage import Recipe, read_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
 MAX_INDEX_BYTES = 64 << 20
@@ -158,11 +158,16 @@ def plan_file(session: Session, store: ObjectStore, version: Version, path: str,
         from deltazoo.registry.errors import NotFound
 
         raise NotFound(f"{ref} has no file {path!r}", code="file_not_found")
+    return file_plan(session, store, file)
+
+
+def file_plan(session: Session, store: ObjectStore, file: File) -> FilePlan:
+    """How a stored file's bytes are rebuilt: its header and tensors (or its one blob), in file order."""
     if file.kind != "safetensors":
         assert file.blob is not None
         return FilePlan(file.path, file.size, file.sha256, (Segment(0, file.size, blob=file.blob),))
     assert file.header_blob is not None
-    header = get_blob(store, file.header_blob)
+    header = read_blob(store, file.header_blob)
     tensors = TensorRepository(session).for_file(file.id)
     recipes = resolve_recipes(session, tensors)
     base = len(header)
@@ -173,32 +178,6 @@ def plan_file(session: Session, store: ObjectStore, version: Version, path: str,
         if t.offset_end > t.offset_begin
     ]
     return FilePlan(file.path, file.size, file.sha256, tuple(segments))
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``Range: bytes=a-b`` -> (start, end exclusive); None for no range. Raises 416 when unsatisfiable."""
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    bad = RangeNotSatisfiable(
-        f"range {header!r} is not satisfiable for a file of {size} bytes; use bytes=START-END within it"
-    )
-    if unit.strip() != "bytes" or "," in spec:
-        raise bad
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            length = int(last)
-            if length <= 0:
-                raise bad
-            return max(0, size - length), size
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        raise bad from None
-    if start >= size or start < 0 or end <= start:
-        raise bad
-    return start, min(end, size)
 
 
 DECODE_AHEAD = max(3, os.cpu_count() or 1)  # pieces of one download decoded ahead of the stream
@@ -285,7 +264,7 @@ def iter_file(
             if piece.data is not None:
                 yield piece.data[piece.lo : piece.hi]
             elif piece.blob is not None:
-                yield from _iter_zstd(store, piece.blob, piece.lo, piece.hi)
+                yield from decompress_range(store.iter_chunks(blob_key(piece.blob)), piece.lo, piece.hi)
             else:
                 assert decoded is not None
                 raw = memoryview(decoded.result())
@@ -297,16 +276,3 @@ def iter_file(
         for _, future in queued:
             if future is not None:
                 future.cancel()
-
-
-def _iter_zstd(store: ObjectStore, blob: str, lo: int, hi: int) -> Iterator[bytes]:
-    reader = zstandard.ZstdDecompressor().decompressobj()
-    position = 0
-    for chunk in store.iter_chunks(blob_key(blob)):
-        out = reader.decompress(chunk)
-        a, b = max(lo, position), min(hi, position + len(out))
-        if a < b:
-            yield out[a - position : b - position]
-        position += len(out)
-        if position >= hi:
-            return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +29,7 @@ from deltazoo.services.card_lineage import apply_card_lineage
 from deltazoo.services.detach import detach_copies
 from deltazoo.services.encode import check_related_base
 from deltazoo.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
+from deltazoo.services.lossy import check_lossy_checkpoint
 from deltazoo.services.paths import check_portable_paths
 from deltazoo.services.profiles import check_profile
 from deltazoo.services.refs import (
@@ -40,9 +40,9 @@ from deltazoo.services.refs import (
     resolve_base,
 )
 from deltazoo.services.similarity import mark_auto_base, sketch_and_resolve
+from deltazoo.services.storage import SHA_RE
 from sqlalchemy.orm import Session
 
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 Enqueue = Callable[[int], None]
 
 
@@ -151,7 +151,7 @@ def create_version(
     uploads = []
     for f in files:
         kind = "safetensors" if is_safetensors_path(f.path) else "other"
-        source = file_repo.stored_ready_with_sha(
+        source = None if lossy else file_repo.stored_ready_with_sha(  # lossy: never an exact copy
             f.sha256, f.size, viewer.private_namespaces(), visible_from(model)
         )
         session.add(
@@ -233,6 +233,7 @@ def commit_version(
         raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
     check_upload_limits(session, store, version, limits)
     check_shard_indexes(session, store, version)
+    check_lossy_checkpoint(session, store, version)
     apply_card_lineage(session, store, version, viewer)
     sketch_and_resolve(session, store, version)
     if version.parent_version_id is not None:

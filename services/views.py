@@ -1,4 +1,5 @@
-"""Read-side rules: the shapes of docs/REST.md (summaries, details, manifest, lineage, stats) as dicts."""
+"""Read-side rules: the answers of docs/REST.md (summaries, details, stats) built from the rows as the
+response contract's models (``deltazoo/schemas.py``, which the SDK parses), and the manifest."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from deltazoo.services.access import OPEN, Principal, readable_versions
 from deltazoo.services.refs import ref_string
 from sqlalchemy.orm import Session
 
+from deltazoo import schemas
+
 
 def ratio(logical: int, stored: int) -> float | None:
     return round(logical / stored, 4) if stored else None
@@ -33,7 +36,7 @@ def _names(session: Session, versions: list[Version]) -> dict[int, str]:
 
 def version_summaries(
     session: Session, versions: list[Version], viewer: Principal = OPEN
-) -> list[dict[str, Any]]:
+) -> list[schemas.VersionSummary]:
     """Summaries of ``versions``; a parent the ``viewer`` may not read is not named (``parent`` null)."""
     wanted = {v.parent_version_id for v in versions if v.parent_version_id}
     parent_ids = readable_versions(session, viewer, wanted)
@@ -46,83 +49,85 @@ def version_summaries(
     for v in versions:
         p = parents.get(v.parent_version_id) if v.parent_version_id else None
         out.append(
-            {
-                "name": names[v.model_id],
-                "revision": v.revision,
-                "ref": ref_string(names[v.model_id], v.revision),
-                "parent": ref_string(names[p.model_id], p.revision) if p else None,
-                "relation": v.relation if v.parent_version_id else None,  # a root has no relation
-                "status": v.status,
-                "status_message": v.status_message,
-                "logical_bytes": v.logical_bytes,
-                "stored_bytes": v.stored_bytes,
-                "artifact_bytes": artifact_bytes.get(v.id, 0),
-                "ratio": ratio(v.logical_bytes, v.stored_bytes) if v.status == "ready" else None,
-                "lossy": v.lossy,
-                "created_at": v.created_at,
-                "parent_similarity": v.parent_similarity,
-                "suggested_base": suggested.get(v.id) if v.parent_version_id is None else None,
-                "commit_id": v.commit_id,
-                "tags": tags.get(v.id, []),
-            }
+            schemas.VersionSummary(
+                name=names[v.model_id],
+                revision=v.revision,
+                ref=ref_string(names[v.model_id], v.revision),
+                parent=ref_string(names[p.model_id], p.revision) if p else None,
+                relation=v.relation if v.parent_version_id else None,  # a root has no relation
+                status=v.status,
+                status_message=v.status_message,
+                logical_bytes=v.logical_bytes,
+                stored_bytes=v.stored_bytes,
+                artifact_bytes=artifact_bytes.get(v.id, 0),
+                ratio=ratio(v.logical_bytes, v.stored_bytes) if v.status == "ready" else None,
+                lossy=v.lossy,
+                created_at=v.created_at,
+                parent_similarity=v.parent_similarity,
+                suggested_base=suggested.get(v.id) if v.parent_version_id is None else None,
+                commit_id=v.commit_id,
+                tags=tuple(tags.get(v.id, ())),
+            )
         )
     return out
 
 
-def model_summaries(session: Session, models: list[tuple[Model, str]]) -> list[dict[str, Any]]:
+def model_summaries(session: Session, models: list[tuple[Model, str]]) -> list[schemas.ModelSummary]:
     totals = VersionRepository(session).totals_by_model(m.id for m, _ in models)
     out = []
     for m, full in models:
         n, latest, logical, stored = totals.get(m.id, (0, None, 0, 0))
         out.append(
-            {
-                "name": full,
-                "description": m.description,
-                "private": m.private,
-                "versions": n,
-                "latest_revision": latest,
-                "logical_bytes": logical,
-                "stored_bytes": stored,
-                "ratio": ratio(logical, stored),
-                "created_at": m.created_at,
-            }
+            schemas.ModelSummary(
+                name=full,
+                description=m.description,
+                private=m.private,
+                versions=n,
+                latest_revision=latest,
+                logical_bytes=logical,
+                stored_bytes=stored,
+                ratio=ratio(logical, stored),
+                created_at=m.created_at,
+            )
         )
     return out
 
 
-def model_detail(session: Session, model: Model, full_name: str, viewer: Principal = OPEN) -> dict[str, Any]:
+def model_detail(session: Session, model: Model, full_name: str, viewer: Principal = OPEN) -> schemas.Model:
     summary = model_summaries(session, [(model, full_name)])[0]
-    summary["versions"] = version_summaries(session, VersionRepository(session).for_model(model.id), viewer)
-    return summary
+    versions = version_summaries(session, VersionRepository(session).for_model(model.id), viewer)
+    return schemas.Model(**{**dict(summary), "versions": tuple(versions)})
 
 
-def file_info(f: File) -> dict[str, Any]:
-    return {"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind}
+def file_info(f: File) -> schemas.FileInfo:
+    return schemas.FileInfo(
+        path=f.path, size=f.size, sha256=f.sha256, kind=f.kind, original_sha256=f.original_sha256
+    )
 
 
-def artifact_info(a: Artifact) -> dict[str, Any]:
-    return {
-        "profile": a.profile,
-        "status": a.status,
-        "status_message": a.status_message,
-        "bytes": a.bytes,
-        "quality": a.quality or {},
-        "created_at": a.created_at,
-    }
+def artifact_info(a: Artifact) -> schemas.Artifact:
+    return schemas.Artifact(
+        profile=a.profile,
+        status=a.status,
+        status_message=a.status_message,
+        bytes=a.bytes,
+        quality=a.quality or {},
+        created_at=a.created_at,
+    )
 
 
-def job_info(j: Job) -> dict[str, Any]:
-    return {
-        "id": j.id,
-        "kind": j.kind,
-        "target": j.target,
-        "status": j.status,
-        "attempts": j.attempts,
-        "progress": j.progress,
-        "error": j.error,
-        "created_at": j.created_at,
-        "updated_at": j.updated_at,
-    }
+def job_info(j: Job) -> schemas.Job:
+    return schemas.Job(
+        id=j.id,
+        kind=j.kind,
+        target=j.target,
+        status=j.status,
+        attempts=j.attempts,
+        progress=j.progress,
+        error=j.error,
+        created_at=j.created_at,
+        updated_at=j.updated_at,
+    )
 
 
 def chain(session: Session, version: Version, viewer: Principal = OPEN) -> list[Version]:
@@ -161,30 +166,32 @@ def _parent_refs(
     return out
 
 
-def version_detail(session: Session, version: Version, viewer: Principal = OPEN) -> dict[str, Any]:
-    detail = version_summaries(session, [version], viewer)[0]
+def version_detail(session: Session, version: Version, viewer: Principal = OPEN) -> schemas.VersionDetail:
+    summary = version_summaries(session, [version], viewer)[0]
     files = FileRepository(session).for_version(version.id)
     paths = {f.id: f.path for f in files}
     tensors = TensorRepository(session).for_version(version.id)
     parents = _parent_refs(session, {t.parent_tensor_id for t in tensors if t.parent_tensor_id}, viewer)
-    detail["files"] = [file_info(f) for f in files]
-    detail["tensors"] = [
-        {
-            "file": paths[t.file_id],
-            "name": t.name,
-            "dtype": t.dtype,
-            "shape": t.shape,
-            "sha256": t.sha256,
-            "encoding": t.encoding,
-            "logical_bytes": t.offset_end - t.offset_begin,
-            "stored_bytes": t.stored_bytes,
-            "parent": ":".join(parents[t.parent_tensor_id]) if t.parent_tensor_id in parents else None,
-        }
-        for t in tensors
-    ]
-    detail["artifacts"] = [artifact_info(a) for a in ArtifactRepository(session).for_version(version.id)]
-    detail["chain"] = [s["ref"] for s in version_summaries(session, chain(session, version, viewer), viewer)]
-    return detail
+    return schemas.VersionDetail(
+        **dict(summary),
+        files=tuple(file_info(f) for f in files),
+        tensors=tuple(
+            schemas.TensorInfo(
+                file=paths[t.file_id],
+                name=t.name,
+                dtype=t.dtype,
+                shape=tuple(t.shape),
+                sha256=t.sha256,
+                encoding=t.encoding,
+                logical_bytes=t.offset_end - t.offset_begin,
+                stored_bytes=t.stored_bytes,
+                parent=":".join(parents[t.parent_tensor_id]) if t.parent_tensor_id in parents else None,
+            )
+            for t in tensors
+        ),
+        artifacts=tuple(artifact_info(a) for a in ArtifactRepository(session).for_version(version.id)),
+        chain=tuple(s.ref for s in version_summaries(session, chain(session, version, viewer), viewer)),
+    )
 
 
 def _chunk_info(c: TensorChunk) -> dict[str, Any]:
@@ -227,31 +234,36 @@ def manifest(session: Session, version: Version, ref: str, viewer: Principal = O
     return {
         "ref": ref,
         "files": [
-            {**file_info(f), "blob": f.blob, "header_blob": f.header_blob, "tensors": by_file[f.id]}
+            {
+                **file_info(f).model_dump(),
+                "blob": f.blob,
+                "header_blob": f.header_blob,
+                "tensors": by_file[f.id],
+            }
             for f in files
         ],
     }
 
 
-def stats(session: Session, viewer: Principal = OPEN) -> dict[str, Any]:
+def stats(session: Session, viewer: Principal = OPEN) -> schemas.Stats:
     """Whole-zoo totals; for a viewer who may not read every model, totals of what it may read (so a
     private push changes no number an outsider sees)."""
     allowed = viewer.private_namespaces()
     if allowed is not None:
         totals = ReadableTotals(session, allowed).as_dict()
-        return {**totals, "ratio": ratio(totals["logical_bytes"], totals["stored_bytes"])}
+        return schemas.Stats(**totals, ratio=ratio(totals["logical_bytes"], totals["stored_bytes"]))
     blobs, stored = BlobRepository(session).totals()
     logical = VersionRepository(session).ready_logical_total()
     tensors = TensorRepository(session)
-    return {
-        "models": count_rows(session, Model),
-        "versions": count_rows(session, Version),
-        "files": count_rows(session, File),
-        "tensors": tensors.count(),
-        "blobs": blobs,
-        "logical_bytes": logical,
-        "stored_bytes": stored,
-        "artifact_bytes": ArtifactRepository(session).blob_bytes(),
-        "ratio": ratio(logical, stored),
-        "encodings": tensors.encoding_counts(),
-    }
+    return schemas.Stats(
+        models=count_rows(session, Model),
+        versions=count_rows(session, Version),
+        files=count_rows(session, File),
+        tensors=tensors.count(),
+        blobs=blobs,
+        logical_bytes=logical,
+        stored_bytes=stored,
+        artifact_bytes=ArtifactRepository(session).blob_bytes(),
+        ratio=ratio(logical, stored),
+        encodings=tensors.encoding_counts(),
+    )

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from deltazoo.api.app import create_app
+from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 
-from deltazoo.settings import Settings
 from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from deltazoo.api.app import create_app
+from deltazoo.registry.settings import Settings
 from deltazoo.services.similarity import RELATED_THRESHOLD, sample_window, similarity
 from fastapi.testclient import TestClient
 
-from deltazoo.settings import Settings
 from tests.checkpoints import TINY_LLAMA_SHAPES, finetune_of, random_tensors
 from tests.test_api_support import checkpoint, push, wait_job
 

@@ -11,8 +11,8 @@ import pytest
 from deltazoo.registry.db import session_factory, upgrade_database
 from deltazoo.registry.models import Blob
 from deltazoo.registry.repositories import BlobRepository
+from deltazoo.registry.settings import Settings
 
-from deltazoo.settings import Settings
 from tests.services import wait_until
 
 

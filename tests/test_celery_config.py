@@ -6,10 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from deltazoo.registry.settings import Settings
 from deltazoo.workers.celery_app import make_celery
 from deltazoo.workers.outbox import _TASK_ID, task_id
-
-from deltazoo.settings import Settings
 
 
 def test_late_acks_and_a_visibility_timeout_above_the_longest_job() -> None:

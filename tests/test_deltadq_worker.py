@@ -13,9 +13,9 @@ from deltazoo.compression.calibration import collect_hessians
 from deltazoo.compression.deltadq import build_artifact
 from deltazoo.compression.packed import load_artifact
 from deltazoo.compression.quality import build_causal_lm
+from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 
-from deltazoo.settings import Settings
 from tests.test_api_support import push, wait_job
 from tests.test_eval_leaderboard import CONFIG, TEXT, _files, _model_state
 

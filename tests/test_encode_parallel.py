@@ -10,10 +10,10 @@ import pytest
 import torch
 from deltazoo.api.app import create_app
 from deltazoo.registry.objectstore import LocalObjectStore
+from deltazoo.registry.settings import Settings
 from deltazoo.workers.jobs import JobContext, run_job
 from fastapi.testclient import TestClient
 
-from deltazoo.settings import Settings
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
 

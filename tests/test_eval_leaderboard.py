@@ -12,10 +12,10 @@ import pytest
 import torch
 from deltazoo.api.app import create_app
 from deltazoo.compression.quality import bits_per_byte, build_causal_lm
+from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from deltazoo.settings import Settings
 from tests.test_api_support import push, wait_job
 
 PROFILE = "deltadq:n=1,m=32,bits=4"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from deltazoo.api.app import create_app
+from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 
-from deltazoo.settings import Settings
 from tests.test_api_support import CONFIG, sha
 
 HUGE_INT = "9" * 5000

@@ -17,10 +17,10 @@ import pytest
 from deltazoo.api.app import create_app
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.objectstore import LocalObjectStore
+from deltazoo.registry.settings import Settings
 from deltazoo.services.orphans import audit_store
 from fastapi.testclient import TestClient
 
-from deltazoo.settings import Settings
 from tests.services import child_env
 from tests.test_api_support import base_state, checkpoint, push, sha, wait_job
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 import torch
 from deltazoo.api.app import create_app
+from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from deltazoo.settings import Settings
 from tests.test_api_support import CONFIG, sha, wait_job
 
 THREADS = 8

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from deltazoo.api.app import create_app
 from deltazoo.registry.db import session_factory, upgrade_database
+from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from deltazoo.models import Lineage
-from deltazoo.settings import Settings
 from tests.checkpoints import TINY_LLAMA_SHAPES, finetune_of, random_tensors
 from tests.test_api_support import checkpoint, push, sha, wait_job
 

@@ -1,5 +1,5 @@
 """``deltazoo serve`` / ``deltazoo worker`` check their services first and say, in one line each, what
-is wrong and how to fix it (registry/startup_checks.py); the one auth rule of deltazoo/settings.py."""
+is wrong and how to fix it (registry/startup_checks.py); the one auth rule of registry/settings.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from deltazoo.registry.settings import Settings
 
-from deltazoo.settings import Settings
 from tests.services import (
     POSTGRES_HOST,
     POSTGRES_PORT,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from deltazoo.api.app import create_app
+from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 
-from deltazoo.settings import Settings
 from tests.test_api_support import push, wait_job
 from tests.test_eval_leaderboard import CONFIG, PROFILE, TEXT, _files, _model_state
 

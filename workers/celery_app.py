@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-
-from deltazoo.settings import Settings, get_settings
+from deltazoo.registry.settings import Settings, get_settings
 
 RUN_JOB_TASK = "deltazoo.run_job"
 log = logging.getLogger("deltazoo.dispatch")

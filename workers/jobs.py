@@ -20,15 +20,13 @@ from deltazoo.registry.db import after_commit, session_scope
 from deltazoo.registry.models import Artifact, File, Job, Version, utcnow
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import PART_KIND, VERSION_KIND, ArtifactRepository, JobRepository
-from deltazoo.services.artifacts import build_artifact, enqueue_pending_artifacts
+from deltazoo.registry.settings import Settings
+from deltazoo.services.artifacts import build_stored_artifact, enqueue_pending_artifacts
 from deltazoo.services.encode import encode_file, encode_version
 from deltazoo.services.encode_split import WAITING, finish_part, plan_parts
-from deltazoo.services.evaluation import enqueue_for_version
-from deltazoo.services.evaluation import mark_failed as mark_evaluation_failed
+from deltazoo.services.evaluation import enqueue_for_version, mark_evaluation_failed
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
-
-from deltazoo.settings import Settings
 
 log = logging.getLogger("deltazoo.jobs")
 STALE_BEATS = 3  # a running job whose heartbeat is older than this many beats has lost its worker
@@ -158,7 +156,7 @@ def _build(session: Session, job: Job, ctx: JobContext) -> str | None:
     if artifact.status == "ready":
         return None
     artifact.status = "building"
-    build_artifact(session, ctx.store, artifact)
+    build_stored_artifact(session, ctx.store, artifact)
     version = session.get(Version, artifact.version_id)
     if version is not None:
         enqueue_for_version(session, version, ctx.enqueue)
@@ -166,9 +164,9 @@ def _build(session: Session, job: Job, ctx: JobContext) -> str | None:
 
 
 def _evaluate(session: Session, job: Job, ctx: JobContext) -> str | None:
-    from deltazoo.workers.evaluate import evaluate  # torch and transformers load only in evaluate jobs
+    from deltazoo.services.evaluation_run import run_evaluation  # torch and transformers: evaluate jobs only
 
-    evaluate(session, job, ctx)
+    run_evaluation(session, ctx.store, job.target_id, ctx.settings.eval_device, job.target)
     return None
 
 
@@ -181,7 +179,7 @@ HANDLERS: dict[str, Callable[[Session, Job, JobContext], str | None]] = {
 }
 
 
-def mark_failed(ctx: JobContext, job_id: int, message: str) -> None:
+def mark_job_failed(ctx: JobContext, job_id: int, message: str) -> None:
     """Record a job, and what it worked on, as failed (also when transient errors never went away)."""
     with session_scope(ctx.settings) as s:
         job = s.get(Job, job_id)
@@ -242,5 +240,5 @@ def run_job(job_id: int, ctx: JobContext) -> str:
         raise
     except Exception as exc:  # a non-transient failure is recorded, not raised
         log.exception("job %s failed", job_id)
-        mark_failed(ctx, job_id, f"{type(exc).__name__}: {exc}")
+        mark_job_failed(ctx, job_id, f"{type(exc).__name__}: {exc}")
         return "failed"

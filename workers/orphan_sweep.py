@@ -13,9 +13,8 @@ from datetime import timedelta
 
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.settings import Settings
 from deltazoo.services.orphans import Audit, audit_store
-
-from deltazoo.settings import Settings
 
 log = logging.getLogger("deltazoo.orphans")
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.repositories import JobRepository
-from deltazoo.workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
+from deltazoo.workers.jobs import TRANSIENT_ERRORS, JobContext, mark_job_failed, run_job
 
 log = logging.getLogger("deltazoo.runner")
 
@@ -52,7 +52,8 @@ class InProcessRunner:
                 log.exception("job %s crashed", job_id)
                 return
         log.error("job %s gave up after %s transient errors", job_id, self.retries + 1)
-        mark_failed(self.ctx, job_id, f"gave up after {self.retries + 1} attempts that hit transient errors")
+        message = f"gave up after {self.retries + 1} attempts that hit transient errors"
+        mark_job_failed(self.ctx, job_id, message)
 
     def stop(self, wait: bool = True) -> None:
         self._stopped.set()

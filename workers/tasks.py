@@ -8,12 +8,11 @@ from celery import Task
 from celery.signals import worker_ready
 from deltazoo.registry.memory import bound_heap, release_free_memory
 from deltazoo.registry.objectstore import object_store_from_settings
+from deltazoo.registry.settings import get_settings
 from deltazoo.services.storage import RAW_CACHE
 from deltazoo.workers.celery_app import RUN_JOB_TASK, CeleryDispatcher, app
 from deltazoo.workers.heartbeat import heartbeat, start_reaper
-from deltazoo.workers.jobs import TRANSIENT_ERRORS, JobContext, mark_failed, run_job
-
-from deltazoo.settings import get_settings
+from deltazoo.workers.jobs import TRANSIENT_ERRORS, JobContext, mark_job_failed, run_job
 
 
 @lru_cache(maxsize=1)
@@ -30,7 +29,7 @@ class JobTask(Task):  # type: ignore[misc]
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: object) -> None:
         if args:
-            mark_failed(worker_context(), int(args[0]), f"gave up: {type(exc).__name__}: {exc}")
+            mark_job_failed(worker_context(), int(args[0]), f"gave up: {type(exc).__name__}: {exc}")
 
 
 @app.task(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from deltazoo.api.deps import DB, Enqueue, Store
-from deltazoo.registry.db import session_scope
+from deltazoo.api.deps import DB, Enqueue, ServerSettings, Store
 from deltazoo.registry.errors import BadRequest
 from deltazoo.services import views
 from deltazoo.services.evaluation import (
@@ -40,28 +39,25 @@ async def _read_capped(request: Request, max_bytes: int) -> bytes:
 
 
 @router.post("/texts", status_code=201)
-async def post_text(request: Request, name: str = "", description: str = "") -> dict:
+async def post_text(
+    request: Request,
+    session: DB,
+    store: Store,
+    enqueue: Enqueue,
+    settings: ServerSettings,
+    name: str = "",
+    description: str = "",
+) -> dict:
     """Register a UTF-8 text set: raw body, ``?name=NAME[&description=...]``."""
     if not name:
         raise BadRequest("name the text set: POST /v1/texts?name=NAME with the text as body", code="no_name")
-    settings = request.app.state.settings
     data = await _read_capped(request, settings.max_text_bytes)
+    def register() -> dict:
+        limits = settings.max_text_bytes, settings.eval_max_versions
+        text = register_text(session, store, name, data, description, *limits, enqueue)
+        return text_info(text)
 
-    def store_it() -> dict:
-        with session_scope(settings) as session:
-            text = register_text(
-                session,
-                request.app.state.store,
-                name,
-                data,
-                description,
-                settings.max_text_bytes,
-                settings.eval_max_versions,
-                request.app.state.dispatcher.submit,
-            )
-            return text_info(text)
-
-    return await run_in_threadpool(store_it)
+    return await run_in_threadpool(register)
 
 
 @router.get("/texts")

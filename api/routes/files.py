@@ -1,4 +1,7 @@
-"""File uploads (streamed in, validated on the fly) and dense downloads (streamed out, ranges)."""
+"""File uploads (streamed in, validated on the fly) and dense downloads (streamed out, ranges).
+
+What a body's ending does to the bytes received is ``services/uploads.py``'s; here are the headers.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,16 @@ from deltazoo.api.body_feed import feed_body
 from deltazoo.api.deps import DB, Store
 from deltazoo.api.errors import error_body
 from deltazoo.api.file_response import file_response
+from deltazoo.api.http_ranges import parse_content_range
+from deltazoo.registry.db import end_read
 from deltazoo.registry.errors import BadRequest, DeltazooError
 from deltazoo.registry.models import File
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.services.refs import get_version, ref_string
-from deltazoo.services.resumable import PartialUploads, parse_content_range, partials_for
-from deltazoo.services.transfer import UploadSink, plan_file
-from deltazoo.services.versions import check_path, pending_file, record_upload
+from deltazoo.services.resumable import PartialUploads, partials_for
+from deltazoo.services.transfer import plan_file
+from deltazoo.services.uploads import PartUpload, WholeUpload
+from deltazoo.services.versions import check_path, pending_file
 from deltazoo.services.views import file_info
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,33 +31,33 @@ router = APIRouter(tags=["files"])
 F = "/models/{org}/{name}/versions/{rev}/files/{path:path}"
 
 
+def receiving_file(session: Session, org: str, name: str, rev: str, path: str) -> File:
+    """The declared file of a pending version that bytes are sent for; the read ends here, so no
+    transaction stays open while the bytes stream in."""
+    check_path(path)
+    _, version = get_version(session, org, name, rev)
+    file = pending_file(session, version, path)
+    end_read(session)
+    return file
+
+
 @router.put(F, response_model=schemas.FileInfo)
 async def put_file(
     org: str, name: str, rev: str, path: str, request: Request, session: DB, store: Store
-) -> dict | JSONResponse:
+) -> schemas.FileInfo | JSONResponse:
     if "content-length" not in request.headers:
         raise DeltazooError("send the file with a Content-Length header", code="length_required", status=411)
-    check_path(path)
-
-    def find():  # type: ignore[no-untyped-def]
-        _, version = get_version(session, org, name, rev)
-        return pending_file(session, version, path)
-
-    file = await run_in_threadpool(find)
-    await run_in_threadpool(session.commit)  # ends the read: no transaction stays open while bytes stream in
-    partials = _partials(request)
+    file = await run_in_threadpool(receiving_file, session, org, name, rev, path)
     content_range = request.headers.get("content-range")
     if content_range is not None:
-        return await _put_part(file, content_range, request, partials, session, store)
-    partials.abandon(file)  # a one-request upload replaces a resumable one left unfinished
-    sink = UploadSink(file, scratch_dir=store.scratch_dir())
+        return await _put_part(file, content_range, request, _partials(request), session, store)
+    upload = WholeUpload(_partials(request), file, store.scratch_dir())
     try:
-        await feed_body(request, sink.feed)
-        key = await run_in_threadpool(sink.finish, store)
+        await feed_body(request, upload.feed)
     except BadRequest:
-        sink.close()
+        upload.reject()
         raise
-    await run_in_threadpool(record_upload, session, store, file, key)
+    await run_in_threadpool(upload.finish, session, store)
     return file_info(file)
 
 
@@ -61,8 +67,8 @@ def _partials(request: Request) -> PartialUploads:
 
 async def _put_part(
     file: File, header: str, request: Request, partials: PartialUploads, session: Session, store: ObjectStore
-) -> dict | JSONResponse:
-    """One part of a resumable upload (services/resumable.py): 202 until the last byte, then 200."""
+) -> schemas.FileInfo | JSONResponse:
+    """One part of a resumable upload: 202 until the last byte, then 200."""
     start, end = parse_content_range(header, file.size, file.path)
     if int(request.headers["content-length"]) != end - start:
         raise BadRequest(
@@ -70,40 +76,21 @@ async def _put_part(
             f"{end - start} bytes the Content-Range names",
             code="invalid_content_range",
         )
-    sink = partials.begin(file, start)
-
-    def too_much() -> BadRequest:
-        return BadRequest(
-            f"{file.path}: more bytes arrived than Content-Range {header!r} names",
-            code="invalid_content_range",
-        )
-
+    part = PartUpload(partials, file, start, end)
     try:
-        await feed_body(request, sink.feed, limit=end - start, too_much=too_much)
+        await feed_body(request, part.feed, limit=end - start, too_much=lambda: part.too_much(header))
     except BadRequest:
-        partials.discard(file)
+        part.reject()
         raise
     except ClientDisconnect:  # cut off: what arrived stays, the client resumes from GET .../uploads
-        received = partials.keep(file, sink)
-        message = f"{file.path}: the part was cut off; {received} bytes are received, resume from there"
+        message = f"{file.path}: the part was cut off; {part.keep()} bytes are received, resume from there"
         return JSONResponse(error_body("upload_interrupted", message), status_code=400)
     except BaseException:
-        partials.keep(file, sink)
+        part.keep()
         raise
-    if sink.size < file.size:
-        received = partials.keep(file, sink)
+    received = await run_in_threadpool(part.finish, session, store)
+    if received < file.size:
         return JSONResponse({"path": file.path, "size": file.size, "received": received}, status_code=202)
-    partials.complete(file, sink)
-    try:
-        key = await run_in_threadpool(sink.finish, store)
-    except BadRequest:
-        partials.discard(file)
-        raise
-    except BaseException:  # e.g. the store did not answer: the last part is sent again
-        partials.rewind(file, start)
-        raise
-    partials.discard(file)
-    await run_in_threadpool(record_upload, session, store, file, key)
     return file_info(file)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Store
-from deltazoo.registry.repositories import ModelRepository
 from deltazoo.services import views
+from deltazoo.services.catalog import search_models
 from deltazoo.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
 from deltazoo.services.refs import get_model
 from deltazoo.services.versions import create_model, delete_model
@@ -16,7 +16,9 @@ router = APIRouter(tags=["models"])
 
 
 @router.post("/models", status_code=201, response_model=schemas.Model)
-def post_model(body: schemas.ModelCreate, session: DB, response: Response, viewer: Viewer) -> dict:
+def post_model(
+    body: schemas.ModelCreate, session: DB, response: Response, viewer: Viewer
+) -> schemas.Model:
     model, created = create_model(session, body.name, body.description, body.private, body.exist_ok, viewer)
     if not created:
         response.status_code = 200
@@ -30,13 +32,12 @@ def list_models(
     search: str = "",
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=2**63 - 1),
-) -> dict:
-    rows, total = ModelRepository(session).search(search, limit, offset, viewer.private_namespaces())
-    return {"items": views.model_summaries(session, rows), "total": total}
+) -> schemas.ModelList:
+    return search_models(session, viewer, search, limit, offset)
 
 
 @router.get("/models/{org}/{name}", response_model=schemas.Model)
-def get_model_detail(org: str, name: str, session: DB, viewer: Viewer) -> dict:
+def get_model_detail(org: str, name: str, session: DB, viewer: Viewer) -> schemas.Model:
     return views.model_detail(session, get_model(session, org, name), f"{org}/{name}", viewer)
 
 
@@ -48,7 +49,7 @@ def get_lineage(
     viewer: Viewer,
     limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
     cursor: str | None = Query(None, max_length=40),
-) -> dict:
+) -> schemas.Lineage:
     model = get_model(session, org, name)
     return lineage_page(session, model, f"{org}/{name}", viewer, limit, cursor).body
 

@@ -13,12 +13,14 @@ T = "/models/{org}/{name}/tags"
 
 
 @router.get(T, response_model=schemas.TagList)
-def get_tags(org: str, name: str, session: DB) -> dict:
-    return {"items": list_tags(session, get_model(session, org, name), f"{org}/{name}")}
+def get_tags(org: str, name: str, session: DB) -> schemas.TagList:
+    return schemas.TagList(items=tuple(list_tags(session, get_model(session, org, name), f"{org}/{name}")))
 
 
 @router.put(T + "/{tag}", response_model=schemas.Tag)
-def put_tag(org: str, name: str, tag: str, body: schemas.TagSet, session: DB, response: Response) -> dict:
+def put_tag(
+    org: str, name: str, tag: str, body: schemas.TagSet, session: DB, response: Response
+) -> schemas.Tag:
     info, created = set_tag(session, get_model(session, org, name), f"{org}/{name}", tag, body.revision)
     response.status_code = 201 if created else 200
     return info

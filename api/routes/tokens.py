@@ -13,29 +13,29 @@ from fastapi import APIRouter, Path, Response
 router = APIRouter(tags=["tokens"])
 
 
-def _info(row: ApiToken, namespace: str | None) -> dict:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "namespace": namespace,
-        "scopes": list(row.scopes),
-        "admin": row.admin,
-        "created_at": row.created_at,
-        "last_used_at": row.last_used_at,
-    }
+def _info(row: ApiToken, namespace: str | None) -> schemas.TokenInfo:
+    return schemas.TokenInfo(
+        id=row.id,
+        name=row.name,
+        namespace=namespace,
+        scopes=tuple(row.scopes),
+        admin=row.admin,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+    )
 
 
 @router.post("/tokens", status_code=201, response_model=schemas.TokenCreated)
-def post_token(body: schemas.TokenCreate, session: DB, viewer: Viewer) -> dict:
+def post_token(body: schemas.TokenCreate, session: DB, viewer: Viewer) -> schemas.TokenCreated:
     check_admin(viewer)
     row, secret = create_token(session, body.name, body.namespace, body.scopes, body.admin)
-    return {**_info(row, body.namespace), "token": secret}
+    return schemas.TokenCreated(**{**dict(_info(row, body.namespace)), "token": secret})
 
 
 @router.get("/tokens", response_model=schemas.TokenList)
-def get_tokens(session: DB, viewer: Viewer) -> dict:
+def get_tokens(session: DB, viewer: Viewer) -> schemas.TokenList:
     check_admin(viewer)
-    return {"items": [_info(row, ns) for row, ns in list_tokens(session)]}
+    return schemas.TokenList(items=tuple(_info(row, ns) for row, ns in list_tokens(session)))
 
 
 @router.delete("/tokens/{token_id}", status_code=204)

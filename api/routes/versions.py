@@ -9,7 +9,9 @@ from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Enqueue, Store
 from deltazoo.api.deps import settings as settings_dep
+from deltazoo.api.file_response import object_response
 from deltazoo.registry.objectstore import blob_key
+from deltazoo.registry.settings import Settings
 from deltazoo.services import views
 from deltazoo.services.artifacts import find_artifact, request_artifact
 from deltazoo.services.limits import UploadLimits
@@ -20,10 +22,7 @@ from deltazoo.services.resume import find_resumable
 from deltazoo.services.staging import sweep_stale_uploads
 from deltazoo.services.versions import DeclaredFile, commit_version, create_version, delete_version
 from deltazoo.workers.jobs import held_since
-from fastapi import APIRouter, Depends, Query, Response
-from fastapi.responses import StreamingResponse
-
-from deltazoo.settings import Settings
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 router = APIRouter(tags=["versions"])
 V = "/models/{org}/{name}/versions/{rev}"
@@ -33,7 +32,7 @@ Config = Annotated[Settings, Depends(settings_dep)]
 @router.post("/models/{org}/{name}/versions", status_code=201, response_model=schemas.VersionCreated)
 def post_version(
     org: str, name: str, body: schemas.VersionCreate, session: DB, viewer: Viewer, response: Response
-) -> dict:
+) -> schemas.VersionCreated:
     model = get_model(session, org, name)
     declared = [DeclaredFile(f.path, f.size, f.sha256) for f in body.files]
     lossy = body.retain == "lossy"
@@ -49,20 +48,21 @@ def post_version(
         version, uploads = create_version(
             session, model, body.base, body.relation, body.profiles, declared, lossy=lossy, viewer=viewer
         )
-    return {
-        "version": views.version_summaries(session, [version], viewer)[0],
-        "uploads": [{"path": p, "needed": n} for p, n in uploads],
-        "resumed": found is not None,
-    }
+    return schemas.VersionCreated(
+        version=views.version_summaries(session, [version], viewer)[0],
+        uploads=tuple(schemas.Upload(path=p, needed=n) for p, n in uploads),
+        resumed=found is not None,
+    )
 
 
 @router.get("/pending", response_model=schemas.PendingList)
 def get_pending(
     session: DB, viewer: Viewer, settings: Config, limit: int = Query(100, ge=1, le=1000)
-) -> dict:
+) -> schemas.PendingList:
     """Versions created and not committed: what the server holds of each and when it expires."""
     expiry = timedelta(hours=settings.staging_expiry_hours)
-    return {"items": pending_versions(session, viewer, partials_for(settings.home), expiry, limit)}
+    pending = pending_versions(session, viewer, partials_for(settings.home), expiry, limit)
+    return schemas.PendingList(items=tuple(pending))
 
 
 @router.post(V + "/commit", status_code=202, response_model=schemas.Committed)
@@ -75,18 +75,19 @@ def post_commit(
     enqueue: Enqueue,
     settings: Config,
     viewer: Viewer,
-) -> dict:
+) -> schemas.Committed:
     _, version = get_version(session, org, name, rev)
     limits = UploadLimits(settings.max_tensor_mb << 20, settings.max_tensors)
     ref = ref_string(f"{org}/{name}", version.revision)
     job = commit_version(session, store, version, ref, enqueue, viewer, limits)
     expiry = timedelta(hours=settings.staging_expiry_hours)
     sweep_stale_uploads(session, store, expiry, partials_for(settings.home))
-    return {"version": views.version_summaries(session, [version], viewer)[0], "job": views.job_info(job)}
+    summary = views.version_summaries(session, [version], viewer)[0]
+    return schemas.Committed(version=summary, job=views.job_info(job))
 
 
 @router.get(V, response_model=schemas.VersionDetail)
-def get_version_detail(org: str, name: str, rev: str, session: DB, viewer: Viewer) -> dict:
+def get_version_detail(org: str, name: str, rev: str, session: DB, viewer: Viewer) -> schemas.VersionDetail:
     _, version = get_version(session, org, name, rev)
     return views.version_detail(session, version, viewer)
 
@@ -110,20 +111,18 @@ def delete(
 @router.post(V + "/artifacts", status_code=202, response_model=schemas.ArtifactRequested)
 def post_artifact(
     org: str, name: str, rev: str, body: schemas.ArtifactRequest, session: DB, enqueue: Enqueue
-) -> dict:
+) -> schemas.ArtifactRequested:
     _, version = get_version(session, org, name, rev)
     ref = ref_string(f"{org}/{name}", version.revision)
     artifact, job = request_artifact(session, version, ref, body.profile, enqueue)
-    return {"artifact": views.artifact_info(artifact), "job": views.job_info(job)}
+    return schemas.ArtifactRequested(artifact=views.artifact_info(artifact), job=views.job_info(job))
 
 
 @router.get(V + "/artifacts/{profile}")
-def get_artifact(org: str, name: str, rev: str, profile: str, session: DB, store: Store) -> StreamingResponse:
+def get_artifact(
+    org: str, name: str, rev: str, profile: str, request: Request, session: DB, store: Store
+) -> Response:
     _, version = get_version(session, org, name, rev)
     artifact = find_artifact(session, version, ref_string(f"{org}/{name}", version.revision), profile)
     assert artifact.blob is not None  # find_artifact returns ready artifacts only
-    return StreamingResponse(
-        store.iter_chunks(blob_key(artifact.blob)),
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(artifact.bytes), "ETag": f'"{artifact.blob}"'},
-    )
+    return object_response(request, store, blob_key(artifact.blob), artifact.bytes, artifact.blob)

@@ -2,7 +2,8 @@
 
 Every number comes from the same service functions as the JSON API (``services.views``,
 ``services.leaderboard``); templates only format them. Jinja2 autoescapes every value.
-With auth on, private models are not shown here (the pages carry no token).
+With auth on, private models are not shown here (the pages carry no token: the viewer is anonymous), by
+the same rule as the JSON API (``services.access``).
 """
 
 from __future__ import annotations
@@ -10,20 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deltazoo.api.auth import current_principal
+from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Store
 from deltazoo.api.lineage_graph import layout
 from deltazoo.api.model_card import MAX_CARD_BYTES, render_card
 from deltazoo.api.plots import gain_plot, stored_share_plot
 from deltazoo.registry.errors import DeltazooError, NotFound
-from deltazoo.registry.repositories import ModelRepository
 from deltazoo.services import views
-from deltazoo.services.cards import card_bytes
+from deltazoo.services.catalog import search_models
 from deltazoo.services.evaluation import list_texts, text_info
-from deltazoo.services.family import family_graph
-from deltazoo.services.leaderboard import leaderboard, version_quality
-from deltazoo.services.lineage import lineage_page
-from deltazoo.services.refs import get_model, get_version
+from deltazoo.services.leaderboard import leaderboard
+from deltazoo.services.model_page import model_page, version_page
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
@@ -54,10 +52,6 @@ def _error(request: Request, exc: DeltazooError) -> HTMLResponse:
     return _page(request, "error.html", context, exc.status)
 
 
-def _hidden(request: Request, private: bool) -> bool:
-    return private and bool(request.app.state.settings.auth)
-
-
 @router.get("/static/{filename}")
 def static(filename: str) -> FileResponse:
     path = STATIC / filename
@@ -67,83 +61,68 @@ def static(filename: str) -> FileResponse:
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, session: DB, q: str = "") -> HTMLResponse:
-    rows, _total = ModelRepository(session).search(q, 500, 0)
-    rows = [(m, full) for m, full in rows if not _hidden(request, m.private)]
+def index(request: Request, session: DB, viewer: Viewer, q: str = "") -> HTMLResponse:
     return _page(
         request,
         "index.html",
         {
             "q": q,
-            "models": views.model_summaries(session, rows),
-            "stats": views.stats(session, current_principal(request)),
+            "models": [m.model_dump() for m in search_models(session, viewer, q, 500, 0).items],
+            "stats": views.stats(session, viewer).model_dump(),
             "texts": [text_info(t) for t in list_texts(session)],
         },
     )
 
 
 @router.get("/models/{org}/{name}", response_class=HTMLResponse)
-def model_page(request: Request, org: str, name: str, session: DB, store: Store) -> HTMLResponse:
+def model_page_route(
+    request: Request, org: str, name: str, session: DB, store: Store, viewer: Viewer
+) -> HTMLResponse:
     try:
-        model = get_model(session, org, name)
-        if _hidden(request, model.private):
-            raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
-        detail = views.model_detail(session, model, f"{org}/{name}", current_principal(request))
-        page = lineage_page(session, model, f"{org}/{name}", current_principal(request), WEB_LINEAGE_PAGE)
-        lineage = page.body
-        graph = family_graph(
-            session, model, f"{org}/{name}", lineage, page.version_ids, current_principal(request)
+        page = model_page(
+            session, store, viewer, org, name, lineage_limit=WEB_LINEAGE_PAGE, max_card_bytes=MAX_CARD_BYTES
         )
     except DeltazooError as exc:
         return _error(request, exc)
-    quality = version_quality(session, list(page.version_ids.values()))
-    ready = [v for v in detail["versions"] if v["status"] == "ready"]
-    latest = ready[-1]["revision"] if ready else None
-    card = None
-    if ready and ready[-1]["ref"] in page.version_ids:
-        ref = ready[-1]["ref"]
-        data = card_bytes(session, store, page.version_ids[ref], ref, MAX_CARD_BYTES)
-        card = render_card(data) if data is not None else None
+    lineage = page.lineage
     return _page(
         request,
         "model.html",
         {
-            "model": detail,
-            "graph": layout(graph),
+            "model": page.detail,
+            "graph": layout(page.graph),
             "counts": lineage["descendant_counts"],
             "total": lineage["descendants_total"],
             "not_shown": lineage["descendants_total"] - len(lineage["descendants"]),
-            "quality": {ref: quality[vid] for ref, vid in page.version_ids.items()},
-            "plot": stored_share_plot(detail["versions"]),
-            "card": card,
-            "latest": latest,
+            "quality": page.quality,
+            "plot": stored_share_plot(page.detail["versions"]),
+            "card": render_card(page.card) if page.card is not None else None,
+            "latest": page.latest,
             "server": str(request.base_url).rstrip("/"),
         },
     )
 
 
 @router.get("/models/{org}/{name}/{rev}", response_class=HTMLResponse)
-def version_page(request: Request, org: str, name: str, rev: str, session: DB) -> HTMLResponse:
+def version_page_route(
+    request: Request, org: str, name: str, rev: str, session: DB, viewer: Viewer
+) -> HTMLResponse:
     try:
-        model, version = get_version(session, org, name, rev)
-        if _hidden(request, model.private):
-            raise NotFound(f"model {org}/{name} does not exist", code="model_not_found")
-        detail = views.version_detail(session, version, current_principal(request))
+        detail, quality = version_page(session, viewer, org, name, rev)
     except DeltazooError as exc:
         return _error(request, exc)
-    quality = version_quality(session, [version.id])[version.id]
     return _page(request, "version.html", {"v": detail, "quality": quality})
 
 
 @router.get("/leaderboard", response_class=HTMLResponse)
-def leaderboard_page(request: Request, session: DB, text: str = "") -> HTMLResponse:
+def leaderboard_page(request: Request, session: DB, viewer: Viewer, text: str = "") -> HTMLResponse:
     texts = [text_info(t) for t in list_texts(session)]
     if not text and texts:
         text = texts[0]["name"]
     board = None
     if text:
         try:
-            board = leaderboard(session, text, current_principal(request))
+            board = leaderboard(session, text, viewer)
         except DeltazooError as exc:
             return _error(request, exc)
     plot = gain_plot(board["items"]) if board else None

@@ -14,7 +14,8 @@ import torch
 
 from deltazoo.compression.packed import PackedArtifact, load_artifact
 from deltazoo.errors import ClientError, DeltazooError, NotFoundError
-from deltazoo.models import Ref, VersionInfo
+from deltazoo.models import VersionInfo
+from deltazoo.refs import Ref
 
 from .engine import Completion, Engine
 from .errors import HostError

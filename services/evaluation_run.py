@@ -1,36 +1,30 @@
-"""The ``evaluate`` job: bits-per-byte of a version and of its ready lossy profiles on one text set.
+"""Running one ``evaluate`` job's work: bits-per-byte of a version and of its ready lossy profiles on one
+text set (the rules; ``workers/jobs.py`` only dispatches here).
 
 Models are rebuilt from storage (dense, bit-exact) with ``compression.quality.build_causal_lm`` and
 run on ``settings.eval_device``; a profile is the parent's weights plus the unpacked packed delta
 (``PackedArtifact.apply_to``). Memory: one whole model (two while a profile is applied) — evaluation
-needs the model resident, unlike storage paths, which stay bounded by one tensor.
+needs the model resident, unlike storage paths, which stay bounded by one tensor. torch and
+transformers are imported when a job runs, not with this module.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from deltazoo.registry.models import Artifact, Evaluation, Job, TextSet, Version
+from deltazoo.registry.evaluation_repository import EvaluationRepository
+from deltazoo.registry.models import Artifact, Evaluation, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository
 from deltazoo.services.artifacts import ArtifactBuildError, load_state
-from deltazoo.services.evaluation import (
-    DONE,
-    _dense_row,
-    _row,
-    load_tokenizer,
-    version_config,
-)
-from deltazoo.services.storage import get_blob
+from deltazoo.services.evaluation import DONE, load_tokenizer, version_config
+from deltazoo.services.storage import read_blob
 from sqlalchemy.orm import Session
 
-if TYPE_CHECKING:
-    from deltazoo.workers.jobs import JobContext
 
-
-class _Evaluator:
+class Evaluator:
     """Evaluates versions of one text, remembering what it built (the parent's weights, its bpb)."""
 
     def __init__(self, session: Session, store: ObjectStore, text: str, device: str) -> None:
@@ -79,14 +73,15 @@ class _Evaluator:
         fd, path = tempfile.mkstemp(suffix=".safetensors")
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(get_blob(self.store, artifact.blob))  # type: ignore[arg-type]
+                out.write(read_blob(self.store, artifact.blob))  # type: ignore[arg-type]
             packed = load_artifact(path)
         finally:
             os.unlink(path)
         return self.bpb(version, packed.apply_to(self.state(parent)))
 
 
-def _gain(bpb_base: float, bpb_ft: float, bpb_profile: float) -> float | None:
+def gain_kept_or_none(bpb_base: float, bpb_ft: float, bpb_profile: float) -> float | None:
+    """The share of the fine-tune's gain a profile keeps; None when the fine-tune did not gain here."""
     from deltazoo.compression.quality import gain_kept
 
     try:
@@ -95,30 +90,29 @@ def _gain(bpb_base: float, bpb_ft: float, bpb_profile: float) -> float | None:
         return None
 
 
-def evaluate(session: Session, job: Job, ctx: JobContext) -> None:
-    """Job handler: fill the missing evaluation rows of one (version, text set)."""
-    dense = session.get(Evaluation, job.target_id)
+def run_evaluation(
+    session: Session, store: ObjectStore, evaluation_id: int, device: str, target: str
+) -> None:
+    """Fill the missing evaluation rows of one (version, text set), whose dense row is ``evaluation_id``
+    (``target`` names it in the error when the row is gone)."""
+    dense = session.get(Evaluation, evaluation_id)
     if dense is None:
-        raise LookupError(f"evaluation of {job.target} no longer exists")
+        raise LookupError(f"evaluation of {target} no longer exists")
     version = session.get(Version, dense.version_id)
     text_set = session.get(TextSet, dense.text_set_id)
     assert version is not None and text_set is not None and text_set.blob is not None
-    text = get_blob(ctx.store, text_set.blob).decode("utf-8")
-    ev = _Evaluator(session, ctx.store, text, ctx.settings.eval_device)
+    text = read_blob(store, text_set.blob).decode("utf-8")
+    ev = Evaluator(session, store, text, device)
+    rows = EvaluationRepository(session)
     bpb_ft = ev.dense(version, dense)
     parent = session.get(Version, version.parent_version_id) if version.parent_version_id else None
     for artifact in ArtifactRepository(session).for_version(version.id):
         if artifact.status != "ready":
             continue
-        row = _row(session, version.id, text_set.id, artifact.id)
-        if row is None:
-            row = Evaluation(
-                version_id=version.id, artifact_id=artifact.id, text_set_id=text_set.id, details={}
-            )
-            session.add(row)
+        row = rows.profile(version, text_set, artifact.id)
         if row.status in DONE:
             continue
-        bpb_base = ev.dense(parent, _dense_row(session, parent, text_set)) if parent else None
+        bpb_base = ev.dense(parent, rows.dense(parent, text_set)) if parent else None
         if bpb_ft is None or bpb_base is None:
             why = dense.status_message if bpb_ft is None else "its base cannot be evaluated"
             row.status, row.status_message, row.bits_per_byte = "not_evaluable", why, None
@@ -130,6 +124,6 @@ def evaluate(session: Session, job: Job, ctx: JobContext) -> None:
             "ratio": round(8 / bpb, 4),
             "bpb_base": bpb_base,
             "bpb_finetune": bpb_ft,
-            "gain_kept": _gain(bpb_base, bpb_ft, bpb),
+            "gain_kept": gain_kept_or_none(bpb_base, bpb_ft, bpb),
         }
         session.flush()

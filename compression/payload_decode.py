@@ -1,0 +1,116 @@
+"""The decoders of format 4/5 (``DZT4``, ``DZT5``), format 6 (``DZT6``) and format 7 (``DZT7``, ELF)
+payloads, their header checked against what the caller asks; dispatched by
+``compression.codecs.decode_tensor``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from deltazoo.compression import elf32, exact16_delta, exact16_plain, exact32, exact_any
+from deltazoo.compression.exact_errors import CodecError
+from deltazoo.compression.payload import (
+    HEADER,
+    MAGIC,
+    NO_PARENT,
+    PLAIN16,
+    V5_SHIFT,
+    Buffer,
+    Shape,
+    layout,
+    parent_for,
+    read_header,
+    shared_elements,
+)
+
+
+def decode_v45(
+    buf: memoryview,
+    encoding: str,
+    dtype: str,
+    n: int,
+    parent_raw: Buffer | None,
+    parent_dtype: str | None,
+    parent_shape: Shape | None,
+    threads: int,
+) -> bytes:
+    codec, pcode, flags = read_header(buf, encoding, dtype, n)
+    v5 = bytes(buf[:4]) == MAGIC
+    if v5 and flags not in (0, PLAIN16):
+        raise CodecError(f"corrupt payload: unknown format-5 flags {flags:#x}")
+    plain16 = v5 and flags == PLAIN16
+    if plain16 and dtype not in exact16_plain.FLOATS:
+        raise CodecError(f"corrupt payload: format-5 plain streams code BF16 and F16, not {dtype}")
+    if plain16 and codec == "plain":  # the decoded bytes as they are: no copy
+        if pcode != NO_PARENT:
+            raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
+        data, offset = exact16_plain.decode(buf, HEADER.size, n, dtype)
+        if offset != len(buf):
+            raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
+        return data
+    parent, shared, offset = None, n, HEADER.size
+    if codec != "plain":
+        parent = parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
+        shared, offset = shared_elements(buf, offset, codec, n, parent)
+
+    def stream(with_parent: bool, at: int, count: int, par: np.ndarray | None) -> tuple[np.ndarray, int]:
+        if v5 and with_parent:
+            if dtype not in V5_SHIFT:
+                raise CodecError(f"corrupt payload: format 5 codes BF16 and F16 deltas, not {dtype}")
+            assert par is not None
+            return exact16_delta.decode_stream(buf, at, count, par, V5_SHIFT[dtype], threads=threads)
+        return exact_any.decode_stream(layout(dtype, with_parent), buf, at, count, par, threads=threads)
+
+    if codec == "plain":
+        out, offset = stream(False, offset, n, None)
+    else:
+        out, offset = stream(True, offset, shared, parent)
+    if codec == "delta-rows" and plain16:
+        rows, offset = exact16_plain.decode(buf, offset, n - shared, dtype)
+        out = np.concatenate([out, np.frombuffer(rows, "<u2")])
+    elif codec == "delta-rows":
+        tail, offset = stream(False, offset, n - shared, None)
+        out = np.concatenate([out, tail])
+    if offset != len(buf):
+        raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
+    if type(out.base) is bytes and len(out.base) == out.nbytes:  # format 5 decodes into a bytes object
+        return out.base  # of its own: handed over as it is, not copied
+    return out.tobytes()
+
+
+def decode_v6(
+    buf: memoryview,
+    encoding: str,
+    dtype: str,
+    n: int,
+    parent_raw: Buffer | None,
+    parent_dtype: str | None,
+    parent_shape: Shape | None,
+) -> bytes:
+    codec, pcode, flags = read_header(buf, encoding, dtype, n)
+    if dtype != "F32":
+        raise CodecError(f"corrupt payload: format 6 codes F32 tensors, not {dtype}")
+    if flags:
+        raise CodecError(f"corrupt payload: unknown format-6 flags {flags:#x}")
+    offset = HEADER.size
+    if codec == "plain":
+        if pcode != NO_PARENT:
+            raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
+        out, offset = exact32.decode_stream(buf, offset, n, None)
+    else:
+        parent = parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
+        shared, offset = shared_elements(buf, offset, codec, n, parent)
+        out, offset = exact32.decode_stream(buf, offset, shared, parent)
+        if codec == "delta-rows":
+            rows, offset = exact32.decode_stream(buf, offset, n - shared, None)
+            out = np.concatenate([out, rows])
+    if offset != len(buf):
+        raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
+    return out.tobytes()
+
+
+def decode_elf(buf: memoryview, encoding: str, dtype: str, n: int) -> bytes:
+    """A format-7 (ELF) payload: always ``plain`` F32, no parent, no flags."""
+    codec, pcode, flags = read_header(buf, encoding, dtype, n)
+    if dtype != "F32" or codec != "plain" or flags or pcode != NO_PARENT:
+        raise CodecError(f"corrupt payload: format 7 codes plain F32 tensors, not a {codec} {dtype} one")
+    return elf32.decode(buf, HEADER.size, n)
