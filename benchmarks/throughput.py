@@ -211,6 +211,15 @@ def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
         spy.wait(timeout=60)
 
 
+def _frame_matches(frame: str, key: str) -> bool:
+    """``name (`` keys name a function (``decode_chunk (`` is not ``code_chunk (``: the frame's function,
+    possibly ``Class.name``, must be it); others are any part of the frame (a module path)."""
+    if not key.endswith(" ("):
+        return key in frame
+    function = frame.split(" (", 1)[0]
+    return function == key[:-2] or function.endswith("." + key[:-2])
+
+
 def profile_breakdown(raw: Path) -> list[tuple[str, int]]:
     """Samples per stage of a py-spy raw (collapsed) profile: ``frame;frame;... count`` per line."""
     counts: dict[str, int] = {}
@@ -221,7 +230,7 @@ def profile_breakdown(raw: Path) -> list[tuple[str, int]]:
             (
                 name
                 for name, groups in STAGES
-                if all(any(k in f for f in frames for k in group) for group in groups)
+                if all(any(_frame_matches(f, k) for f in frames for k in group) for group in groups)
             ),
             "other",
         )
