@@ -14,13 +14,13 @@ import torch
 from deltazoo.api.app import create_app
 from deltazoo.registry.db import session_factory
 from deltazoo.registry.objectstore import LocalObjectStore
+from deltazoo.registry.settings import Settings
 from deltazoo.services.encode_pipeline import LOOKUP_BATCH
 from deltazoo.workers import jobs
 from deltazoo.workers.jobs import JobContext, run_job
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from deltazoo.settings import Settings
 from tests.test_api_support import checkpoint, push, sha
 
 N = LOOKUP_BATCH + 44  # two batches; ten times as many tensors make twelve

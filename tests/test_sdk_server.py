@@ -91,8 +91,8 @@ def test_pull_of_a_finetune_whose_base_is_cached_moves_only_the_delta(
 def test_a_delta_pull_over_a_damaged_cached_base_installs_nothing(
     embedded_server: str, unique_org: str, tmp_path: Path
 ):
-    """A delta-only pull does not hash each rebuilt tensor on its own: the file's sha256, taken as it
-    is written, must catch a wrong parent (here the cached base damaged on disk) and install nothing."""
+    """A cached parent damaged on disk after it was indexed: the delta-only pull rebuilds a wrong tensor,
+    says so, and installs nothing."""
     base_t = random_tensors({"a.weight": (256, 256), "b.weight": (128, 64)}, seed=5)
     base_dir = make_checkpoint(tmp_path / "base", base_t)
     tuned_dir = make_checkpoint(tmp_path / "tuned", finetune_of(base_t, seed=6))
@@ -109,7 +109,7 @@ def test_a_delta_pull_over_a_damaged_cached_base_installs_nothing(
         data[-100] ^= 0x40  # a weight of the last tensor: the fine-tune's delta decodes against it
         blob.write_bytes(bytes(data))
     with _client(embedded_server, cache) as c:
-        with pytest.raises(IntegrityError, match="hash"):
+        with pytest.raises(IntegrityError, match="sha256"):
             c.pull(tuned.ref, tmp_path / "out", quiet=True)
         rebuilt = next(f for f in tuned.files if f.path.endswith(".safetensors"))
         assert not c.cache.blob_path(rebuilt.sha256).exists()
