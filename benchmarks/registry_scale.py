@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from deltazoo.api.app import create_app  # noqa: E402
 from deltazoo.registry.db import dispose_engines, session_factory, session_scope, upgrade_database  # noqa: E402
+from deltazoo.registry.lineage_index import add_rows as add_lineage_rows  # noqa: E402
 from deltazoo.registry.models import (  # noqa: E402
     Blob,
     Evaluation,
@@ -304,6 +305,7 @@ class Seeder:
             ):
                 for i in range(0, len(rows[key]), 5000):
                     conn.execute(insert(table), rows[key][i : i + 5000])
+            add_lineage_rows(conn, list(version_ids.values()))  # what registry.lineage_index writes on flush
             for f in t["files"]:
                 for blob in (f["blob"], f["header_blob"]):
                     if blob:
@@ -545,6 +547,8 @@ INSERT INTO tensor (id, version_id, file_id, name, dtype, shape, sha256, offset_
          md5(v.id::text) || md5('b' || v.id::text), 100, 0, v.parent_version_id FROM version v;
 INSERT INTO job (id, kind, target, target_id, status, attempts, progress, updated_at, created_at)
   SELECT v.id, 'encode_version', 'sim@' || v.id, v.id, 'succeeded', 1, 1.0, now(), now() FROM version v;
+INSERT INTO lineage_descendant (ancestor_model_id, version_id, model_id, relation, private)
+  SELECT 0, v.id, v.model_id, 'finetune', false FROM version v WHERE v.model_id <> 0;
 INSERT INTO sketch_band (version_id, band, key)
   SELECT v.id, b, (v.id * 2654435761 + b) % 4096 FROM version v, generate_series(1, 2) AS b;
 SELECT setval(pg_get_serial_sequence('version', 'id'), (SELECT max(id) FROM version));
@@ -619,7 +623,16 @@ def simulate(versions: int) -> str:
             conn.execute(text("VACUUM ANALYZE"))
         counts = {}
         with engine.connect() as conn:
-            for table in ("model", "version", "file", "tensor", "blob", "job", "sketch_band"):
+            for table in (
+                "model",
+                "version",
+                "file",
+                "tensor",
+                "blob",
+                "job",
+                "sketch_band",
+                "lineage_descendant",
+            ):
                 counts[table] = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
         lines.append(f"rows inserted in {time.perf_counter() - t0:.0f} s: {counts}")
         from sqlalchemy.orm import Session

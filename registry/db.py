@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from deltazoo.registry import lineage_index  # noqa: F401  (keeps lineage_descendant in step on every flush)
 from deltazoo.registry.settings import Settings, get_settings
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,7 +36,7 @@ def normalize_url(url: str) -> str:
     """``postgres://`` and ``postgresql://`` mean the psycopg2 driver deltazoo installs."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from deltazoo.registry.models import Evaluation, TextSet, Version
-from sqlalchemy import select
+from collections.abc import Sequence
+from typing import Any
+
+from deltazoo.registry.models import Artifact, Evaluation, Model, Namespace, TextSet, Version
+from deltazoo.registry.repositories import readable
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 
@@ -37,3 +41,39 @@ class EvaluationRepository:
             row = Evaluation(version_id=version.id, artifact_id=artifact_id, text_set_id=text.id, details={})
             self.s.add(row)
         return row
+
+    def ranked(
+        self, text_id: int, private_namespaces: Sequence[str] | None, limit: int, offset: int
+    ) -> tuple[int, int, list[tuple[Evaluation, Version, Artifact | None]]]:
+        """(how many have a bpb, how many in all, the page ``offset``..``offset + limit``) of the
+        evaluations on a text of models the caller may read (None: all): by bpb ascending (best ratio
+        first), then those without a bpb by id. Reads ``ix_evaluation_text_bpb`` in order."""
+        of_text = (
+            select(Evaluation, Version, Artifact)
+            .join(Version, Version.id == Evaluation.version_id)
+            .outerjoin(Artifact, Artifact.id == Evaluation.artifact_id)
+            .where(Evaluation.text_set_id == text_id)
+        )
+        if private_namespaces is not None:
+            of_text = (
+                of_text.join(Model, Model.id == Version.model_id)
+                .join(Namespace, Namespace.id == Model.namespace_id)
+                .where(readable(private_namespaces))
+            )
+        has_bpb = Evaluation.bits_per_byte > 0
+        ranked_q, unranked_q = (
+            of_text.where(has_bpb),
+            of_text.where(~has_bpb | Evaluation.bits_per_byte.is_(None)),
+        )
+        ranked = int(self.s.scalar(select(func.count()).select_from(ranked_q.subquery())) or 0)
+        total = ranked + int(self.s.scalar(select(func.count()).select_from(unranked_q.subquery())) or 0)
+        rows: list[Any] = []
+        if offset < ranked:
+            rows += self.s.execute(
+                ranked_q.order_by(Evaluation.bits_per_byte, Evaluation.id).offset(offset).limit(limit)
+            ).all()
+        if len(rows) < limit and offset + len(rows) < total:
+            rows += self.s.execute(
+                unranked_q.order_by(Evaluation.id).offset(max(0, offset - ranked)).limit(limit - len(rows))
+            ).all()
+        return ranked, total, [(e, v, a) for e, v, a in rows]

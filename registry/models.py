@@ -111,7 +111,7 @@ class Version(Timestamped, Base):
     __table_args__ = (
         UniqueConstraint("model_id", "revision"),
         Index("ix_version_status_created_at", "status", "created_at"),  # the stale-upload sweep
-        # lineage: the recursive walk over descendants reads this index only (registry.lineage_repository)
+        # lineage: walks over children (registry.lineage_index rewriting a subtree) read this index only
         Index("ix_version_lineage", "parent_version_id", "id", "model_id", "relation"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -135,6 +135,27 @@ class Version(Timestamped, Base):
     # the stable 40-hex id that names this version as a revision (Hugging Face Hub ``sha``)
     commit_id: Mapped[str] = mapped_column(String(40), unique=True, default=new_commit_id)
     model: Mapped[Model] = relationship(lazy="raise")
+
+
+class LineageDescendant(Base):
+    """One version of another model below ``ancestor_model_id`` in the lineage, at any depth: a model's
+    descendants are paged and counted from this table's index instead of walking the family. Kept by
+    ``registry.lineage_index`` in the transaction that sets or cuts a parent; ``private`` is the
+    descendant model's (a model's privacy never changes)."""
+
+    __tablename__ = "lineage_descendant"
+    __table_args__ = (
+        Index("ix_lineage_descendant_counts", "ancestor_model_id", "relation", "private", "model_id"),
+    )
+    ancestor_model_id: Mapped[int] = mapped_column(
+        ForeignKey("model.id", ondelete="CASCADE"), primary_key=True
+    )
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("version.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"))  # the descendant's
+    relation: Mapped[str] = mapped_column(String(40))
+    private: Mapped[bool] = mapped_column(Boolean)
 
 
 class VersionTag(Timestamped, Base):
@@ -241,6 +262,8 @@ class TextSet(Timestamped, Base):
 
 class Evaluation(Timestamped, Base):
     __tablename__ = "evaluation"
+    # the leaderboard: a text's evaluations in bpb order, a page read in order (services.leaderboard)
+    __table_args__ = (Index("ix_evaluation_text_bpb", "text_set_id", "bits_per_byte", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
     artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifact.id", ondelete="CASCADE"))
@@ -258,8 +281,6 @@ class SketchBand(Base):
 
     __tablename__ = "sketch_band"
     __table_args__ = (Index("ix_sketch_band_band_key", "band", "key", "version_id"),)
-    version_id: Mapped[int] = mapped_column(
-        ForeignKey("version.id", ondelete="CASCADE"), primary_key=True
-    )
+    version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), primary_key=True)
     band: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[int] = mapped_column(Integer)

@@ -52,19 +52,6 @@ def visible_from(own: Model) -> ColumnElement[bool]:
     return or_(Model.private.is_(False), Model.namespace_id == own.namespace_id)
 
 
-def readable_model_ids(
-    session: Session, model_ids: Iterable[int], private_namespaces: Sequence[str] | None
-) -> set[int]:
-    """Those of ``model_ids`` a caller with ``private_namespaces`` (None: all) may read."""
-    ids = set(model_ids)
-    if private_namespaces is None or not ids:
-        return ids
-    rows = session.scalars(
-        select(Model.id).join(Namespace).where(Model.id.in_(ids), readable(private_namespaces))
-    )
-    return set(rows)
-
-
 class NamespaceRepository:
     def __init__(self, session: Session) -> None:
         self.s = session

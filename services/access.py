@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from deltazoo.registry.errors import DeltazooError, NotFound
 from deltazoo.registry.models import Artifact, File, Model, Tensor, TensorChunk, Version
-from deltazoo.registry.repositories import of_readable_versions, readable_model_ids
+from deltazoo.registry.repositories import of_readable_versions
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -131,7 +131,3 @@ def readable_versions(session: Session, principal: Principal, version_ids: set[i
     query = of_readable_versions(select(Version.id).where(Version.id.in_(ids)), allowed)
     return set(session.scalars(query))
 
-
-def readable_models(session: Session, principal: Principal, model_ids: set[int] | list[int]) -> set[int]:
-    """Those of ``model_ids`` the principal may read."""
-    return readable_model_ids(session, model_ids, principal.private_namespaces())

@@ -23,7 +23,7 @@ from deltazoo.compression.other_files import decompress
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFound
 from deltazoo.registry.evaluation_repository import EvaluationRepository
-from deltazoo.registry.models import Artifact, Evaluation, File, Job, TextSet, Version
+from deltazoo.registry.models import Evaluation, File, Job, TextSet, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
 from deltazoo.services.refs import check_description, ref_string
@@ -31,8 +31,10 @@ from deltazoo.services.storage import put_blob, read_blob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deltazoo.refs import NAME_PART
+
 Enqueue = Callable[[int], None]
-TEXT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+TEXT_NAME_RE = re.compile(rf"^{NAME_PART}$")  # the syntax of an ORG or NAME part
 DONE = ("ready", "not_evaluable")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt")
 
@@ -216,16 +218,6 @@ def load_tokenizer(session: Session, store: ObjectStore, version: Version) -> An
             return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
         except Exception as exc:  # transformers raises many kinds for an unusable tokenizer
             raise NotEvaluable(f"the version's tokenizer cannot be loaded: {exc}") from exc
-
-
-def evaluations_of_text(session: Session, text: TextSet) -> list[tuple[Evaluation, Version, Artifact | None]]:
-    rows = session.execute(
-        select(Evaluation, Version, Artifact)
-        .join(Version, Version.id == Evaluation.version_id)
-        .outerjoin(Artifact, Artifact.id == Evaluation.artifact_id)
-        .where(Evaluation.text_set_id == text.id)
-    ).all()
-    return [(e, v, a) for e, v, a in rows]
 
 
 def evaluations_of_versions(session: Session, version_ids: list[int]) -> list[tuple[Evaluation, TextSet]]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from deltazoo.registry.errors import Unprocessable
+from deltazoo.registry.evaluation_repository import EvaluationRepository
 from deltazoo.registry.models import Artifact, Evaluation, Version
 from deltazoo.registry.repositories import ModelRepository
-from deltazoo.services.access import OPEN, Principal, readable_models
-from deltazoo.services.evaluation import evaluations_of_text, get_text, text_info
+from deltazoo.services.access import OPEN, Principal
+from deltazoo.services.evaluation import get_text, text_info
 from deltazoo.services.refs import ref_string
 from sqlalchemy.orm import Session
 
@@ -52,17 +54,27 @@ def entry(ev: Evaluation, version: Version, artifact: Artifact | None, name: str
     }
 
 
-def leaderboard(session: Session, text_name: str, viewer: Principal = OPEN) -> dict[str, Any]:
-    """Every evaluation on the text of a model the ``viewer`` may read, best ratio first; unfinished or
-    not evaluable ones last."""
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def leaderboard(
+    session: Session, text_name: str, viewer: Principal = OPEN, limit: int = DEFAULT_PAGE, offset: int = 0
+) -> dict[str, Any]:
+    """One page of the evaluations on the text of models the ``viewer`` may read, best ratio (lowest
+    bpb) first, unfinished or not evaluable ones last; ``total`` counts them all. Ranked and paged in
+    the database on ``ix_evaluation_text_bpb``: a page costs the same in a zoo of any size."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise Unprocessable(f"limit must be between 1 and {MAX_PAGE} (got {limit})", code="invalid_limit")
+    if offset < 0:
+        raise Unprocessable(f"offset must be >= 0 (got {offset})", code="invalid_offset")
     text = get_text(session, text_name)
-    rows = evaluations_of_text(session, text)
-    visible = readable_models(session, viewer, {v.model_id for _, v, _ in rows})
-    rows = [row for row in rows if row[1].model_id in visible]
+    ranked, total, rows = EvaluationRepository(session).ranked(
+        text.id, viewer.private_namespaces(), limit, offset
+    )
     names = ModelRepository(session).full_names(v.model_id for _, v, _ in rows)
     items = [entry(e, v, a, names[v.model_id]) for e, v, a in rows]
-    items.sort(key=lambda i: (i["ratio"] is None, -(i["ratio"] or 0.0), i["ref"], i["profile"] or ""))
-    return {"text": text_info(text), "items": items}
+    return {"text": text_info(text), "items": items, "total": total, "ranked": ranked, "offset": offset}
 
 
 def version_quality(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:

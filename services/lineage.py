@@ -75,7 +75,7 @@ def lineage_page(
     own = versions.for_model(model.id)
     own_ids = [v.id for v in own]
     ancestors = _ancestors_nearest_first(own, versions.get_many(lineage.ancestor_ids(own_ids)))
-    counts, ids = lineage.descendants(own_ids, model.id, allowed, after, limit + 1)
+    counts, ids = lineage.descendants(model.id, allowed, after, limit + 1)
     more = len(ids) > limit
     found = versions.get_many(ids[:limit])
     page = [found[i] for i in ids[:limit] if i in found]

@@ -13,8 +13,10 @@ from deltazoo.services.access import ANONYMOUS, Principal, check_model_access, c
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deltazoo.refs import NAME_PART
+
 SCOPES = ("read", "write")
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAMESPACE_RE = re.compile(rf"^{NAME_PART}$")  # the syntax of an ORG or NAME part
 
 
 def token_hash(token: str) -> str:

@@ -24,6 +24,7 @@ TABLES = {
     "evaluation",
     "text_set",
     "sketch_band",
+    "lineage_descendant",
     "version_tag",
     "alembic_version",
 }

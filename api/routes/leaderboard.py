@@ -1,18 +1,24 @@
-"""``GET /v1/leaderboard?text=NAME``: versions and profiles ranked by 8 / bpb."""
+"""``GET /v1/leaderboard?text=NAME[&limit=N&offset=K]``: a page of versions and profiles ranked by 8 / bpb."""
 
 from __future__ import annotations
 
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB
 from deltazoo.registry.errors import BadRequest
-from deltazoo.services.leaderboard import leaderboard
-from fastapi import APIRouter
+from deltazoo.services.leaderboard import DEFAULT_PAGE, MAX_PAGE, leaderboard
+from fastapi import APIRouter, Query
 
 router = APIRouter(tags=["evaluation"])
 
 
 @router.get("/leaderboard")
-def get_leaderboard(session: DB, viewer: Viewer, text: str = "") -> dict:
+def get_leaderboard(
+    session: DB,
+    viewer: Viewer,
+    text: str = "",
+    limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
+    offset: int = Query(0, ge=0, le=2**63 - 1),
+) -> dict:
     if not text:
         raise BadRequest("name the evaluation text set: GET /v1/leaderboard?text=NAME", code="no_text")
-    return leaderboard(session, text, viewer)
+    return leaderboard(session, text, viewer, limit, offset)

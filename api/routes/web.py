@@ -22,7 +22,7 @@ from deltazoo.services.catalog import search_models
 from deltazoo.services.evaluation import list_texts, text_info
 from deltazoo.services.leaderboard import leaderboard
 from deltazoo.services.model_page import model_page, version_page
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
@@ -33,6 +33,7 @@ STATIC = HERE / "static"
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 WEB_LINEAGE_PAGE = 100  # descendants drawn in a model's tree; the counts cover them all
+LEADERBOARD_PAGE = 100  # rows of the leaderboard page; links page through the rest
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -115,15 +116,18 @@ def version_page_route(
 
 
 @router.get("/leaderboard", response_class=HTMLResponse)
-def leaderboard_page(request: Request, session: DB, viewer: Viewer, text: str = "") -> HTMLResponse:
+def leaderboard_page(
+    request: Request, session: DB, viewer: Viewer, text: str = "", offset: int = Query(0, ge=0, le=2**63 - 1)
+) -> HTMLResponse:
     texts = [text_info(t) for t in list_texts(session)]
     if not text and texts:
         text = texts[0]["name"]
     board = None
     if text:
         try:
-            board = leaderboard(session, text, viewer)
+            board = leaderboard(session, text, viewer, LEADERBOARD_PAGE, offset)
         except DeltazooError as exc:
             return _error(request, exc)
     plot = gain_plot(board["items"]) if board else None
-    return _page(request, "leaderboard.html", {"texts": texts, "board": board, "plot": plot})
+    context = {"texts": texts, "board": board, "plot": plot, "page": LEADERBOARD_PAGE}
+    return _page(request, "leaderboard.html", context)
