@@ -144,7 +144,7 @@ class Cache:
         path = self._version_record(ref)
         if not path.is_file():
             return None
-        files = [FileInfo.from_dict(f) for f in json.loads(path.read_text())["files"]]
+        files = [FileInfo.model_validate(f) for f in json.loads(path.read_text())["files"]]
         if all(self.has_blob(f.sha256, f.size) for f in files):
             return files
         return None
@@ -154,7 +154,7 @@ class Cache:
         path = self._version_record(ref)
         if not path.is_file():
             return None
-        return [FileInfo.from_dict(f) for f in json.loads(path.read_text())["files"]]
+        return [FileInfo.model_validate(f) for f in json.loads(path.read_text())["files"]]
 
     def set_latest(self, ref: Ref, revision: int) -> None:
         path = self._ref_path(ref)

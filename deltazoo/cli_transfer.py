@@ -52,7 +52,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         )
     if v.suggested_base and not v.parent:
         print(
-            f"note: this looks derived from {v.suggested_base}; push with --base {v.suggested_base} "
+            f"note: this looks derived from {v.suggested_base.ref}; push with --base {v.suggested_base.ref} "
             "to store it as a delta",
             file=sys.stderr,
         )
@@ -84,7 +84,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         )
         got = c.bytes_downloaded
         methods = c.last_pull_methods
-        lossy = c.version_info(args.name).lossy
+        lossy = not c.offline and c.version_info(args.name).lossy  # offline: nothing is asked
     how = ", ".join(f"{n} {'copied' if m == 'copy' else m + 'ed'}" for m, n in sorted(methods.items()))
     print(f"{out}  ({human_bytes(got)} downloaded{'; ' + how if how else ''})")
     if lossy:

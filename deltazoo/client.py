@@ -25,14 +25,19 @@ from deltazoo.errors import NotFoundError, UsageError
 from deltazoo.jobs import wait_for_job, wait_for_profiles
 from deltazoo.models import (
     Artifact,
+    ArtifactRequested,
     Job,
     Lineage,
     ModelInfo,
     ModelList,
     Stats,
     TagInfo,
+    TagList,
+    TokenCreated,
     TokenInfo,
+    TokenList,
     VersionInfo,
+    VersionSummary,
 )
 from deltazoo.push import push_folder
 from deltazoo.refs import Ref
@@ -108,15 +113,15 @@ class Client:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if search:
             params["search"] = search
-        return ModelList.from_dict(self.transport.json("GET", "/v1/models", params=params))
+        return ModelList.model_validate(self.transport.json("GET", "/v1/models", params=params))
 
     def model_info(self, name: str) -> ModelInfo:
         ref = Ref.parse(name)
-        return ModelInfo.from_dict(self.transport.json("GET", f"/v1/models/{ref.org}/{ref.name}"))
+        return ModelInfo.model_validate(self.transport.json("GET", f"/v1/models/{ref.org}/{ref.name}"))
 
     def version_info(self, name: str) -> VersionInfo:
         """Version detail (files, tensors with encodings, artifacts, chain); ``@latest`` by default."""
-        return VersionInfo.from_dict(self.transport.json("GET", version_path(Ref.parse(name))))
+        return VersionInfo.model_validate(self.transport.json("GET", version_path(Ref.parse(name))))
 
     def lineage(self, name: str, *, limit: int | None = None, page_size: int = 1000) -> Lineage:
         """Ancestors and descendants of a model. Every descendant by default (the pages of the lineage
@@ -146,7 +151,7 @@ class Client:
                 return
 
     def stats(self) -> Stats:
-        return Stats.from_dict(self.transport.json("GET", "/v1/stats"))
+        return Stats.model_validate(self.transport.json("GET", "/v1/stats"))
 
     def leaderboard(self, text: str) -> dict[str, Any]:
         """Versions and profiles ranked by 8 / bpb on the text set ``text`` (REST-shaped dict)."""
@@ -186,8 +191,8 @@ class Client:
         """The registered text sets (REST ``TextSet`` dicts)."""
         return list(self.transport.json("GET", "/v1/texts")["items"])
 
-    def job(self, id: str) -> Job:
-        return Job.from_dict(self.transport.json("GET", f"/v1/jobs/{quote(str(id))}"))
+    def job(self, id: int | str) -> Job:
+        return Job.model_validate(self.transport.json("GET", f"/v1/jobs/{quote(str(id))}"))
 
     def delete_model(self, name: str) -> None:
         """Delete a model and every version of it (refused while another model's versions need them)."""
@@ -200,7 +205,7 @@ class Client:
         """The named revisions of model ``name`` (``ORG/NAME``)."""
         ref = Ref.parse(name)
         body = self.transport.json("GET", f"/v1/models/{ref.org}/{ref.name}/tags")
-        return [TagInfo.from_dict(t) for t in body["items"]]
+        return list(TagList.model_validate(body).items)
 
     def tag(self, name: str, tag: str) -> TagInfo:
         """Point ``tag`` at the version ``name`` (``ORG/NAME@REV``; a number, main, a commit id or another
@@ -209,7 +214,8 @@ class Client:
         if "@" not in name:
             raise UsageError(f"say which version to tag: {ref.model}@<rev>", code="revision_required")
         url = f"/v1/models/{ref.org}/{ref.name}/tags/{quote(tag, safe='')}"
-        return TagInfo.from_dict(self.transport.json("PUT", url, json={"revision": ref.rev}, idempotent=True))
+        answer = self.transport.json("PUT", url, json={"revision": ref.rev}, idempotent=True)
+        return TagInfo.model_validate(answer)
 
     def delete_tag(self, name: str, tag: str) -> None:
         """Remove ``tag`` from model ``name``; the version it pointed at stays."""
@@ -231,20 +237,20 @@ class Client:
         namespace: str | None = None,
         scopes: Sequence[str] = ("read",),
         admin: bool = False,
-    ) -> TokenInfo:
-        """A new API token; its secret is in ``TokenInfo.token`` and is shown only this once."""
+    ) -> TokenCreated:
+        """A new API token; its secret is in ``TokenCreated.token`` and is shown only this once."""
         body = {"name": name, "namespace": namespace, "scopes": list(scopes), "admin": admin}
-        return TokenInfo.from_dict(self.transport.json("POST", "/v1/tokens", json=body))
+        return TokenCreated.model_validate(self.transport.json("POST", "/v1/tokens", json=body))
 
     def tokens(self) -> list[TokenInfo]:
-        return [TokenInfo.from_dict(d) for d in self.transport.json("GET", "/v1/tokens")["items"]]
+        return list(TokenList.model_validate(self.transport.json("GET", "/v1/tokens")).items)
 
     def delete_token(self, token_id: int) -> None:
         self.transport.json("DELETE", f"/v1/tokens/{int(token_id)}")
 
     # --- jobs ------------------------------------------------------------------------------------
 
-    def wait(self, job: Job | str, *, timeout: float | None = None, quiet: bool = False) -> Job:
+    def wait(self, job: Job | int | str, *, timeout: float | None = None, quiet: bool = False) -> Job:
         """Poll a job until it ends; raise ``JobFailedError`` when it failed."""
         return wait_for_job(self, job, timeout=timeout, quiet=quiet)
 
@@ -275,7 +281,7 @@ class Client:
         timeout: float | None = None,
         quiet: bool = False,
         retain: str = "exact",
-    ) -> VersionInfo:
+    ) -> VersionSummary:
         """Upload the checkpoint directory ``path`` as a new version of ``name``.
 
         A push that did not finish (the connection or the server went away) is continued by pushing
@@ -388,7 +394,8 @@ class Client:
         ref = Ref.parse(name)
         path = f"{version_path(ref)}/artifacts"
         answer = self.transport.json("POST", path, json={"profile": profile}, idempotent=True)
-        return Artifact.from_dict(answer["artifact"]), Job.from_dict(answer["job"])
+        requested = ArtifactRequested.model_validate(answer)
+        return requested.artifact, requested.job
 
     def fetch_delta_file(
         self, name: str, profile: str, *, timeout: float | None = 3600, quiet: bool = False

@@ -70,7 +70,7 @@ class ServerError(DeltazooError):
 class JobFailedError(DeltazooError):
     """A server-side job (encoding a version, building an artifact) ended in ``failed``."""
 
-    def __init__(self, message: str, *, job_id: str | None = None, code: str | None = "job_failed") -> None:
+    def __init__(self, message: str, *, job_id: int | None = None, code: str | None = "job_failed") -> None:
         super().__init__(message, code=code)
         self.job_id = job_id
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from deltazoo.client import Client
 
 
-def wait_for_job(client: Client, job: Job | str, *, timeout: float | None, quiet: bool) -> Job:
+def wait_for_job(client: Client, job: Job | int | str, *, timeout: float | None, quiet: bool) -> Job:
     """``Client.wait``."""
     current = job if isinstance(job, Job) else client.job(job)
     deadline = None if timeout is None else time.monotonic() + timeout

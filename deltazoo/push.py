@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from deltazoo.checkpoint import check_weights, scan_checkpoint
 from deltazoo.errors import ClientError, DeltazooError, NotFoundError, UsageError
-from deltazoo.models import Job, VersionInfo
+from deltazoo.models import Committed, VersionCreated, VersionSummary
 from deltazoo.refs import Ref
 from deltazoo.rest_paths import version_path
 from deltazoo.upload import Uploader
@@ -49,7 +49,7 @@ def push_folder(
     timeout: float | None,
     quiet: bool,
     retain: str = "exact",
-) -> VersionInfo:
+) -> VersionSummary:
     """What ``Client.push`` documents; sets ``client.last_push_resumed``."""
     if retain not in ("exact", "lossy"):
         raise UsageError(f"retain must be exact or lossy, not {retain!r}", code="invalid_retain")
@@ -78,7 +78,7 @@ def push_folder(
         profiles = [] if model_created or base is None else carried_profiles(client, ref)
     vref: Ref | None = None
     try:
-        created = transport.json(
+        answer = transport.json(
             "POST",
             f"/v1/models/{ref.org}/{ref.name}/versions",
             json={
@@ -90,26 +90,26 @@ def push_folder(
                 "retain": retain,
             },
         )
-        version = VersionInfo.from_dict(created["version"])
-        vref = Ref(ref.org, ref.name, str(version.revision))
-        client.last_push_resumed = bool(created.get("resumed"))
+        created = VersionCreated.model_validate(answer)
+        vref = Ref(ref.org, ref.name, str(created.version.revision))
+        client.last_push_resumed = created.resumed
         if client.last_push_resumed and not quiet:
             print(
                 f"resuming {vref}: an earlier push of these files left it pending "
                 "(push with --restart for a new version)",
                 file=sys.stderr,
             )
-        needed = {u["path"] for u in created.get("uploads", []) if u.get("needed", True)}
+        needed = {u.path for u in created.uploads if u.needed}
         uploader = Uploader(transport, client.upload_part_bytes)
         uploader.upload_all(vref, [f for f in files if f.path in needed], root, quiet=quiet)
-        committed = transport.json("POST", f"{version_path(vref)}/commit")
+        committed = Committed.model_validate(transport.json("POST", f"{version_path(vref)}/commit"))
     except ClientError:
         # refused: nothing of this push may stay behind (an outage keeps it, to resume)
         undo_push(client, ref, vref, model_created)
         raise
     if not wait:
-        return VersionInfo.from_dict(committed["version"])
-    client.wait(Job.from_dict(committed["job"]), timeout=timeout, quiet=quiet)
+        return committed.version
+    client.wait(committed.job, timeout=timeout, quiet=quiet)
     if profiles:
         client.wait_profiles(str(vref), profiles, timeout=timeout, quiet=quiet)
     return client.version_info(str(vref))

@@ -371,3 +371,23 @@ def test_the_client_settings_hold_no_server_setting() -> None:
     client = {"url", "token", "cache", "retries", "upload_part_mb", "offline"}
     assert set(ClientSettings.model_fields) == client
     assert not set(ClientSettings.model_fields) & set(ServerSettings.model_fields)
+
+
+def test_every_declared_answer_is_a_contract_model() -> None:
+    """Each response shape is written once: the API's response models are deltazoo/schemas.py's, the
+    models the SDK parses with (a second copy in api/ or services/ would drift again)."""
+    import importlib
+
+    from fastapi.routing import APIRoute
+    from pydantic import BaseModel
+
+    declared = {}
+    for path in sorted((ROOT / "api" / "routes").glob("*.py")):
+        router = getattr(importlib.import_module(f"deltazoo.api.routes.{path.stem}"), "router", None)
+        for route in getattr(router, "routes", ()):
+            model = route.response_model if isinstance(route, APIRoute) else None
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                declared[route.path] = f"{model.__module__}.{model.__name__}"
+    assert len(declared) >= 15, sorted(declared)
+    elsewhere = {path: name for path, name in declared.items() if not name.startswith("deltazoo.schemas.")}
+    assert not elsewhere, elsewhere

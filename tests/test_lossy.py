@@ -140,3 +140,30 @@ def test_rest_version_detail_and_web_page_say_lossy(client: TestClient) -> None:
     error = refused.json()["error"]
     assert refused.status_code == 422 and error["code"] == "lossy_needs_f32", refused.text
     assert "F16" in error["message"] and "without --retain lossy" in error["message"]
+
+
+def test_a_chunked_tensor_is_archived_chunk_by_chunk(tmp_path: Path) -> None:
+    from deltazoo.api.app import create_app
+
+    from tests.test_api_roundtrip import embedded_settings
+
+    settings = embedded_settings(tmp_path / "home").model_copy(update={"tensor_chunk_mb": 1})
+    state = {"big.weight": torch.randn(800, 800, generator=torch.Generator().manual_seed(5)) * 0.02}
+    data = save(state)  # 2.4 MiB of f32: three chunks
+    with TestClient(create_app(settings)) as api:
+        assert api.post("/v1/models", json={"name": "org/big"}).status_code == 201
+        declared = [{"path": "model.safetensors", "size": len(data), "sha256": sha(data)}]
+        created = api.post("/v1/models/org/big/versions", json={"files": declared, "retain": "lossy"})
+        assert created.status_code == 201, created.text
+        url = "/v1/models/org/big/versions/1/files/model.safetensors"
+        assert api.put(url, content=data).status_code == 200
+        committed = api.post("/v1/models/org/big/versions/1/commit")
+        assert wait_job(api, committed.json()["job"]["id"])["status"] == "succeeded"
+        detail = api.get("/v1/models/org/big/versions/1").json()
+        served = api.get(url).content
+        assert sha(served) == detail["files"][0]["sha256"]
+        assert detail["files"][0]["original_sha256"] == sha(data)
+        assert detail["tensors"][0]["stored_bytes"] < 0.75 * len(data)
+        check_served(state, load(served))
+        middle = api.get(url, headers={"Range": "bytes=1500000-1500099"})
+        assert middle.status_code == 206 and middle.content == served[1500000:1500100]

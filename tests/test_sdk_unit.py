@@ -7,12 +7,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from deltazoo import errors
 from deltazoo.cache import Cache
 from deltazoo.checkpoint import scan_checkpoint
 from deltazoo.cli import main
-from deltazoo.models import FileInfo, ModelInfo, Ref, VersionInfo
+from deltazoo.models import FileInfo, Job, ModelSummary, Ref, VersionInfo
 from deltazoo.transport import Transport
 from deltazoo.units import human_bytes
 
@@ -160,8 +161,10 @@ def test_scan_checkpoint_hashes_files_and_skips_hidden(tmp_path: Path) -> None:
         scan_checkpoint(tmp_path / "nope")
 
 
-def test_dataclasses_build_from_rest_shapes() -> None:
-    v = VersionInfo.from_dict(
+def test_answers_parse_with_the_response_contract() -> None:
+    """The SDK parses the server's JSON with the models the server answers with (deltazoo/schemas.py):
+    unknown keys are ignored, types are the contract's (a job id is the integer the database holds)."""
+    v = VersionInfo.model_validate(
         {
             "name": "a/b",
             "revision": 2,
@@ -177,18 +180,52 @@ def test_dataclasses_build_from_rest_shapes() -> None:
             "created_at": "2024-01-01T00:00:00Z",
             "future_field": 1,
             "files": [{"path": "model.safetensors", "size": 100, "sha256": "0" * 64, "kind": "safetensors"}],
+            "tensors": [],
             "artifacts": [
-                {"profile": "deltadq:n=1,m=32,bits=4", "status": "ready", "bytes": 10, "quality": {}}
+                {
+                    "profile": "deltadq:n=1,m=32,bits=4",
+                    "status": "ready",
+                    "bytes": 10,
+                    "quality": {},
+                    "created_at": "2024-01-01T00:00:00Z",
+                }
             ],
             "chain": ["a/b@2", "a/base@1"],
         }
     )
-    assert v.files == (FileInfo("model.safetensors", 100, "0" * 64, "safetensors"),)
+    assert v.files == (FileInfo(path="model.safetensors", size=100, sha256="0" * 64, kind="safetensors"),)
     assert v.artifact("deltadq:n=1,m=32,bits=4") is not None and v.chain[1] == "a/base@1"
-    m = ModelInfo.from_dict(
-        {"name": "a/b", "versions": 3, "logical_bytes": 1, "stored_bytes": 1, "ratio": None}
+    assert "future_field" not in v.raw and v.raw["created_at"] == "2024-01-01T00:00:00Z"
+    m = ModelSummary.model_validate(
+        {
+            "name": "a/b",
+            "description": "",
+            "private": False,
+            "versions": 3,
+            "latest_revision": 3,
+            "logical_bytes": 1,
+            "stored_bytes": 1,
+            "ratio": None,
+            "created_at": "2024-01-01T00:00:00Z",
+        }
     )
     assert m.version_count == 3 and m.ratio is None
+    job = Job.model_validate(
+        {
+            "id": 7,
+            "kind": "encode_version",
+            "target": "a/b@2",
+            "status": "succeeded",
+            "attempts": 1,
+            "progress": 1.0,
+            "error": None,
+            "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-01T00:00:01Z",
+        }
+    )
+    assert job.id == 7 and isinstance(job.id, int) and job.done
+    with pytest.raises(ValidationError):  # a field the contract requires is missing: not silently 0
+        Job.model_validate({"id": 7, "status": "queued"})
 
 
 def test_human_bytes() -> None:
