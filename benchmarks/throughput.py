@@ -1,26 +1,30 @@
-"""Real-size throughput on the embedded default: push, cold pull and delta-only pull of a synthetic
-fine-tune, side by side with ``zstd -3 -T2`` / ``zstd -d`` of the same files, in one run.
+"""Real-size throughput: push, cold pull and delta-only pull of a synthetic fine-tune, on the embedded
+default and on the full stack, side by side with ``zstd -3 -T2`` / ``zstd -d`` of the same files, in one run.
 
 A pair is a base of tensors of 2048x4096 (weights ~N(0, 0.02), seeded) and a full fine-tune of it (every
 weight changed by ~2 %: w * (1 + 0.02 * N(0, 1))), in bf16 or fp32, as ``--shards`` safetensors files.
 Pairs are generated once into ``--data`` and reused.
 
-Each repetition starts a fresh ``deltazoo serve`` (embedded: SQLite + object directory, in-process jobs)
-on a temporary home and, interleaved so that the machine's drift hits both sides alike:
+``--servers`` picks what serves them: ``embedded`` (a fresh ``deltazoo serve`` per repetition: SQLite + an
+object directory, in-process jobs) and ``stack-N`` (Postgres, Redis, N Celery workers and ``weed mini``
+as the S3 store, started once; its models are deleted after each repetition). Within each repetition,
+interleaved so that the machine's drift hits both sides alike:
 
 * ``zstd -3 -T2`` of the fine-tune's files (to a file) — then ``push`` of the base, then ``push`` of the
-  fine-tune with ``base=`` (upload + encode, SDK ``Client.push(wait=True)``);
+  fine-tune with ``base=`` (upload + encode, SDK ``Client.push``, the encode polled every 50 ms);
 * ``zstd -d`` of those files — then a cold ``pull`` of the fine-tune (empty cache), then a delta-only
   ``pull`` (fresh cache holding only the base);
 * the codec alone: ``encode_tensor`` / ``decode_tensor`` of every fine-tune tensor against its base on
   one thread (no I/O, no hashing).
 
-Every pull is checked sha256-equal to the original files. The API's peak RSS (VmHWM) is read from /proc
-at the end of each repetition. Ratios are taken within a repetition; the table gives their median and
-range. Writes ``benchmarks/results/throughput.md`` (appends one section per configuration).
+Every pull is checked sha256-equal to the original files. Each server process's peak RSS (VmHWM) is read
+from /proc, and the 1-minute load average before and after each repetition is recorded (this machine is
+shared: say it next to the figures). Ratios are taken within a repetition; the table gives their median
+and range. Writes ``benchmarks/results/throughput.md`` (appends one section per configuration).
 
-    python benchmarks/throughput.py --size-mib 1024 --dtype bf16 --reps 3
-    python benchmarks/throughput.py --size-mib 256 1024 4096 --reps 2     # time against size
+    python benchmarks/throughput.py --size-mib 1024 --shards 4 --servers embedded stack-1 stack-2 --reps 1
+    python benchmarks/throughput.py --size-mib 256 1024 4096 --dtype bf16 fp32 --shards 4 \
+        --servers embedded stack-1 stack-2 --reps 3 --profile /tmp/throughput-profile.txt
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,25 +163,31 @@ def codec_alone(pair: Path) -> tuple[float, float]:
 
 # Stages of the API's time, first match wins: a stage matches a stack when, for each of its groups, some
 # frame contains one of the group's strings (py-spy raw stacks: ``function (file:line)``).
+LANE = ("encode_and_store (", "code_chunk (")  # a lane coding a whole tensor or one chunk
 STAGES: list[tuple[str, list[tuple[str, ...]]]] = [
-    ("encode: parent reconstruction (decode + verify)", [("encode_and_store (",), ("reconstruct (",)]),
-    ("encode: codec encode", [("encode_and_store (",), ("encode_tensor (",)]),
-    ("encode: round-trip decode check", [("encode_and_store (",), ("decode_tensor (",)]),
-    ("encode: payload sha256, blob write + fsync", [("encode_and_store (",)]),
-    ("encode: read staged tensor + sha256", [("read_and_hash (",)]),
-    ("encode: database (dedup, rows, commits)", [("encode_version (",), ("sqlalchemy",)]),
-    ("encode: other (job thread)", [("encode_version (",)]),
-    ("pull: tensor decode + verify", [("reconstruct (",)]),
+    (
+        "encode: parent reconstruction",
+        [("encode_and_store (", "encode_chunk_of ("), ("reconstruct (", "elements (")],
+    ),
+    ("encode: codec encode", [LANE, ("encode_tensor (",)]),
+    ("encode: round-trip decode check", [LANE, ("decode_tensor (",)]),
+    ("encode: payload sha256, blob write", [LANE]),
+    ("encode: read staged tensor + sha256", [("read_and_hash (", "hash_in_chunks (", "encode_chunk_of (")]),
+    ("encode: database (dedup, rows, commits)", [("encode_version (", "encode_file ("), ("sqlalchemy",)]),
+    ("encode: other (job thread)", [("encode_version (", "encode_file (")]),
+    ("pull: tensor / chunk decode + verify", [("reconstruct (", "decode_chunk (")]),
     ("upload: validate + hash + spool", [("feed (", "account (")]),
-    ("upload: staging write (copy + fsync)", [("put_file (",)]),
+    ("upload: staging write", [("put_file (",)]),
     ("database, other requests", [("sqlalchemy",)]),
     ("HTTP server (uvicorn / starlette)", [("uvicorn", "starlette", "anyio", "h11")]),
 ]
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy")
+    beside = Path(sys.executable).parent / "py-spy"  # pip install py-spy into the venv
+    spy = shutil.which("py-spy") or (str(beside) if beside.is_file() else None)
     if spy is None:
+        print("py-spy not found (pip install py-spy): no profile", file=sys.stderr)
         return None
     argv = [
         spy,
@@ -199,6 +211,15 @@ def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
         spy.wait(timeout=60)
 
 
+def _frame_matches(frame: str, key: str) -> bool:
+    """``name (`` keys name a function (``decode_chunk (`` is not ``code_chunk (``: the frame's function,
+    possibly ``Class.name``, must be it); others are any part of the frame (a module path)."""
+    if not key.endswith(" ("):
+        return key in frame
+    function = frame.split(" (", 1)[0]
+    return function == key[:-2] or function.endswith("." + key[:-2])
+
+
 def profile_breakdown(raw: Path) -> list[tuple[str, int]]:
     """Samples per stage of a py-spy raw (collapsed) profile: ``frame;frame;... count`` per line."""
     counts: dict[str, int] = {}
@@ -209,7 +230,7 @@ def profile_breakdown(raw: Path) -> list[tuple[str, int]]:
             (
                 name
                 for name, groups in STAGES
-                if all(any(k in f for f in frames for k in group) for group in groups)
+                if all(any(_frame_matches(f, k) for f in frames for k in group) for group in groups)
             ),
             "other",
         )
@@ -217,20 +238,61 @@ def profile_breakdown(raw: Path) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: -kv[1])
 
 
-def one_repetition(pair: Path, work: Path, rep: int, profile: Path | None = None) -> dict[str, float]:
+@dataclass
+class Server:
+    url: str
+    token: str | None
+    pids: dict[str, int]  # process name -> pid, for peak RSS
+    fresh_per_repetition: bool
+
+
+@contextmanager
+def serve(kind: str, work: Path, broker_db: int) -> Iterator[Server]:
+    """``embedded``: ``deltazoo serve`` on SQLite + an object directory, in-process jobs. ``stack-N``:
+    Postgres (a temporary database), Redis, N Celery workers and ``weed mini`` as the S3 store
+    (``tests.servers.own_stack``)."""
+    from tests.servers import CeleryWorker, own_stack, start_api_server
+    from tests.services import child_env
+
+    env = {"DELTAZOO_TENSOR_CACHE_MB": "64"}
+    if kind == "embedded":
+        api = start_api_server(work / "home", env)
+        try:
+            yield Server(api.url, None, {"API": api.process.pid}, True)
+        finally:
+            api.stop()
+        return
+    workers = int(kind.removeprefix("stack-"))
+    with own_stack(work / "stack", broker_db, env) as stack:
+        extra = []
+        try:
+            for n in range(2, workers + 1):
+                folder = work / f"worker-{n}"
+                folder.mkdir(parents=True, exist_ok=True)
+                worker_env = child_env({**stack.env, "DELTAZOO_HOME": str(folder / "home")})
+                extra.append(CeleryWorker(worker_env, folder).start())
+            pids = {"API": stack.api.process.pid, "worker 1": stack.worker.pid}
+            pids |= {f"worker {n}": w.pid for n, w in enumerate(extra, start=2)}
+            yield Server(stack.url, stack.admin_token, pids, False)
+        finally:
+            for w in extra:
+                w.stop()
+
+
+def one_repetition(
+    pair: Path, work: Path, rep: int, server: Server, profile: Path | None = None
+) -> dict[str, float]:
     from benchmarks.memory import peak_rss_mib
     from deltazoo import Client
-    from tests.servers import start_api_server
 
     ft_files = sorted((pair / "ft").glob("*.safetensors"))
     want = tree_sha256(pair / "ft")
-    home = work / f"home-{rep}"
-    api = start_api_server(home, {"DELTAZOO_TENSOR_CACHE_MB": "64"})
-    r: dict[str, float] = {"API idle RSS MiB": peak_rss_mib(api.process.pid)[1]}
-    spy = start_profiler(api.process.pid, profile) if profile is not None else None
+    r: dict[str, float] = {"load average before": os.getloadavg()[0]}
+    r |= {f"{name} idle RSS MiB": peak_rss_mib(pid)[1] for name, pid in server.pids.items()}
+    spy = start_profiler(server.pids["API"], profile) if profile is not None else None
     try:
         r["zstd -3 -T2"], r["zstd -d"] = zstd_files(ft_files, work)
-        with Client(api.url, cache_dir=work / f"push-cache-{rep}") as c:
+        with Client(server.url, server.token, cache_dir=work / f"push-cache-{rep}") as c:
             r["push base"] = timed(lambda: c.push(pair / "base", "bench/base", quiet=True))
             start = time.perf_counter()
             c.push(pair / "ft", "bench/ft", base="bench/base@1", quiet=True, wait=False)
@@ -241,19 +303,22 @@ def one_repetition(pair: Path, work: Path, rep: int, profile: Path | None = None
             r["push fine-tune"] = time.perf_counter() - start
             r["push fine-tune: encode"] = r["push fine-tune"] - r["push fine-tune: upload"]
         r["zstd -d (again)"] = zstd_files(ft_files, work)[1]
-        with Client(api.url, cache_dir=work / f"cold-{rep}") as c:
+        with Client(server.url, server.token, cache_dir=work / f"cold-{rep}") as c:
             r["cold pull"] = timed(lambda: c.pull("bench/ft@1", work / f"cold-out-{rep}", quiet=True))
         assert tree_sha256(work / f"cold-out-{rep}") == want, "cold pull differs"
-        with Client(api.url, cache_dir=work / f"delta-{rep}") as c:
+        with Client(server.url, server.token, cache_dir=work / f"delta-{rep}") as c:
             c.pull("bench/base@1", quiet=True)
             r["delta-only pull"] = timed(lambda: c.pull("bench/ft@1", work / f"delta-out-{rep}", quiet=True))
-        assert tree_sha256(work / f"delta-out-{rep}") == want, "delta-only pull differs"
-        r["API peak RSS MiB"] = peak_rss_mib(api.process.pid)[1]
+            assert tree_sha256(work / f"delta-out-{rep}") == want, "delta-only pull differs"
+            if not server.fresh_per_repetition:  # the next repetition pushes the same bytes again
+                c.delete_model("bench/ft")
+                c.delete_model("bench/base")
+        r |= {f"{name} peak RSS MiB": peak_rss_mib(pid)[1] for name, pid in server.pids.items()}
+        r["load average after"] = os.getloadavg()[0]
     finally:
         stop_profiler(spy)
-        api.stop()
         for p in work.iterdir():
-            if p.name.endswith(f"-{rep}") or p.name == f"home-{rep}-api.log":
+            if p.name.endswith(f"-{rep}"):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
     r["codec encode 1 thread"], r["codec decode 1 thread"] = codec_alone(pair)
     return r
@@ -266,7 +331,9 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(med)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
-def report(pair: Path, size_mib: int, dtype: str, shards: int, runs: list[dict[str, float]]) -> str:
+def report(
+    pair: Path, size_mib: int, dtype: str, shards: int, kind: str, runs: list[dict[str, float]]
+) -> str:
     mib = sum(p.stat().st_size for p in (pair / "ft").glob("*.safetensors")) / (1 << 20)
 
     def col(key: str) -> list[float]:
@@ -311,9 +378,10 @@ def report(pair: Path, size_mib: int, dtype: str, shards: int, runs: list[dict[s
             ratio("codec decode 1 thread", "zstd -d (again)"),
         ),
     ]
+    loads = col("load average before") + col("load average after")
     lines = [
-        f"### {dtype}, {size_mib} MiB ({mib:.0f} MiB of safetensors in {shards} file(s)), "
-        f"{len(runs)} repetition(s)",
+        f"### {kind}: {dtype}, {size_mib} MiB ({mib:.0f} MiB of safetensors in {shards} file(s)), "
+        f"{len(runs)} repetition(s), 1-minute load average {min(loads):.1f}–{max(loads):.1f}",
         "",
         "| step | seconds, median (range) | MB/s | × zstd in the same repetition |",
         "| --- | --- | --- | --- |",
@@ -321,13 +389,14 @@ def report(pair: Path, size_mib: int, dtype: str, shards: int, runs: list[dict[s
     for label, secs, rat in rows:
         mbs = mib * 1.048576 / statistics.median(secs)
         lines.append(f"| {label} | {spread(secs)} | {mbs:.0f} | {spread(rat) if rat else '–'} |")
-    above = [r["API peak RSS MiB"] - r["API idle RSS MiB"] for r in runs]
-    lines += [
-        "",
-        f"API peak RSS {spread(col('API peak RSS MiB'), '{:.0f}')} MiB, "
-        f"{spread(above, '{:.0f}')} MiB above its RSS after start-up.",
-        "",
-    ]
+    lines.append("")
+    for name in [k.removesuffix(" peak RSS MiB") for k in runs[0] if k.endswith(" peak RSS MiB")]:
+        above = [r[f"{name} peak RSS MiB"] - r[f"{name} idle RSS MiB"] for r in runs]
+        lines.append(
+            f"{name} peak RSS {spread(col(f'{name} peak RSS MiB'), '{:.0f}')} MiB, "
+            f"{spread(above, '{:.0f}')} MiB above its RSS before the repetition."
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -340,6 +409,13 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["embedded"],
+        help="embedded, stack-1, stack-2 (full stack: Postgres, Redis, N Celery workers, weed mini)",
+    )
+    parser.add_argument("--broker-db", type=int, default=15, help="Redis db (after TEST_REDIS_DB_BASE)")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "deltazoo-throughput")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.md")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated pairs in --data")
@@ -354,14 +430,28 @@ def main() -> int:
     for dtype in args.dtype:
         for size in args.size_mib:
             pair = make_pair(args.data, size, dtype, args.shards, args.seed)
-            runs = []
-            with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
-                for rep in range(args.reps):
-                    runs.append(one_repetition(pair, Path(tmp), rep, args.profile if rep == 0 else None))
-                    print(json.dumps({"dtype": dtype, "size_mib": size, "rep": rep, **runs[-1]}), flush=True)
-            sections.append(report(pair, size, dtype, args.shards, runs))
-            print(sections[-1], flush=True)
-            if args.profile is not None and args.profile.is_file():
+            for kind in args.servers:
+                runs = []
+                with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+                    work = Path(tmp)
+                    # a full stack is started once and its models deleted after each repetition; the
+                    # embedded server is started afresh for each
+                    shared: AbstractContextManager[Server | None] = (
+                        nullcontext(None) if kind == "embedded" else serve(kind, work, args.broker_db)
+                    )
+                    with shared as server:
+                        for rep in range(args.reps):
+                            profile = args.profile if rep == 0 and kind == args.servers[0] else None
+                            if server is None:
+                                with serve(kind, work / f"embedded{rep}", args.broker_db) as fresh:
+                                    runs.append(one_repetition(pair, work, rep, fresh, profile))
+                            else:
+                                runs.append(one_repetition(pair, work, rep, server, profile))
+                            line = {"server": kind, "dtype": dtype, "size_mib": size, "rep": rep, **runs[-1]}
+                            print(json.dumps(line), flush=True)
+                sections.append(report(pair, size, dtype, args.shards, kind, runs))
+                print(sections[-1], flush=True)
+            if args.profile is not None and args.profile.is_file() and size == args.size_mib[0]:
                 stages = profile_breakdown(args.profile)
                 total = sum(n for _, n in stages) or 1
                 sections.append(

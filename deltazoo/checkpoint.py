@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from deltazoo.errors import UsageError
@@ -70,19 +73,24 @@ def scan_checkpoint(
         raise UsageError(f"{root} holds no files{filtered} to push", code="empty_checkpoint")
     total = sum(p.stat().st_size for p in paths)
     bar = progress_bar(total, "hashing", quiet=quiet)
-    files: list[FileInfo] = []
-    try:
-        for p in paths:
-            h = hashlib.sha256()
-            size = 0
-            with p.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    h.update(chunk)
-                    size += len(chunk)
+    lock = threading.Lock()
+
+    def digest(p: Path) -> FileInfo:
+        h = hashlib.sha256()
+        size = 0
+        with p.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)  # releases the GIL: shards are hashed on every core
+                size += len(chunk)
+                with lock:
                     bar.update(len(chunk))
-            rel = p.relative_to(root).as_posix()
-            kind = "safetensors" if rel.endswith(".safetensors") else "other"
-            files.append(FileInfo(path=rel, size=size, sha256=h.hexdigest(), kind=kind))
+        rel = p.relative_to(root).as_posix()
+        kind = "safetensors" if rel.endswith(".safetensors") else "other"
+        return FileInfo(path=rel, size=size, sha256=h.hexdigest(), kind=kind)
+
+    try:
+        with ThreadPoolExecutor(min(len(paths), os.cpu_count() or 1)) as pool:
+            files = list(pool.map(digest, paths))
     finally:
         bar.close()
     return files

@@ -7,6 +7,7 @@ object is never visible under its key.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -53,6 +54,8 @@ class IncompleteUpload:
 
 class ObjectStore(Protocol):
     def put_file(self, key: str, fileobj: BinaryIO, length: int) -> None: ...
+    def put_path(self, key: str, path: Path) -> None: ...
+    def scratch_dir(self) -> Path | None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
     def get_range(self, key: str, offset: int, length: int) -> bytes: ...
@@ -89,6 +92,24 @@ class LocalObjectStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def put_path(self, key: str, path: Path) -> None:
+        """Store the file at ``path`` under ``key`` by renaming it (no copy; ``path`` is gone after);
+        a file on another filesystem is copied."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+            try:
+                os.replace(path, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self.put_file(key, f, os.fstat(f.fileno()).st_size)
+
+    def scratch_dir(self) -> Path:
+        """Where a file about to become an object is written, so ``put_path`` can rename it."""
+        return self.root / "tmp"
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put_file(key, io.BytesIO(data), len(data))
@@ -197,6 +218,14 @@ class S3ObjectStore:
 
     def put_file(self, key: str, fileobj: BinaryIO, length: int) -> None:
         self.client.put_object(self.bucket, key, fileobj, length=-1, part_size=self.PART_SIZE)
+
+    def put_path(self, key: str, path: Path) -> None:
+        """Upload the file at ``path`` (which stays where it is)."""
+        with open(path, "rb") as f:
+            self.put_file(key, f, os.fstat(f.fileno()).st_size)
+
+    def scratch_dir(self) -> None:
+        return None  # uploads are spooled wherever the system's temporary files go
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(self.bucket, key, io.BytesIO(data), length=len(data))

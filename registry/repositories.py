@@ -544,6 +544,18 @@ class ArtifactRepository:
         )
 
 
+VERSION_KIND = "encode_version"  # a job encoding a whole version (target: the version)
+PART_KIND = "encode_file"  # one file of a split encode (target: the file; services.encode_split)
+
+
+def _encodes_of(version_ids: list[int]) -> ColumnElement[bool]:
+    files = select(File.id).where(File.version_id.in_(version_ids))
+    return or_(
+        (Job.kind == VERSION_KIND) & Job.target_id.in_(version_ids),
+        (Job.kind == PART_KIND) & Job.target_id.in_(files),
+    )
+
+
 class JobRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -566,31 +578,27 @@ class JobRepository:
         )
 
     def held_encodes(self, version_ids: list[int], beat_since: datetime) -> list[Job]:
-        """Encode jobs of ``version_ids`` running with a heartbeat since ``beat_since`` (a live worker)."""
+        """Encode jobs (whole or part) of ``version_ids`` running with a heartbeat since ``beat_since``
+        (a live worker)."""
         if not version_ids:
             return []
         return list(
             self.s.scalars(
                 select(Job).where(
-                    Job.kind == "encode_version",
-                    Job.target_id.in_(version_ids),
-                    Job.status == "running",
-                    Job.updated_at >= beat_since,
+                    _encodes_of(version_ids), Job.status == "running", Job.updated_at >= beat_since
                 )
             )
         )
 
     def cancel_encodes(self, version_ids: list[int], reason: str) -> None:
-        """Mark the unfinished encode jobs of ``version_ids`` failed (their version is being deleted)."""
+        """Mark the unfinished encode jobs (whole or part) of ``version_ids`` failed (their version is
+        being deleted)."""
         if version_ids:
             self.s.execute(
                 update(Job)
-                .where(
-                    Job.kind == "encode_version",
-                    Job.target_id.in_(version_ids),
-                    Job.status.in_(("queued", "running")),
-                )
+                .where(_encodes_of(version_ids), Job.status.in_(("queued", "running", "waiting")))
                 .values(status="failed", error=reason)
+                .execution_options(synchronize_session=False)
             )
 
     def set_progress(self, job_id: int, progress: float) -> None:

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     encode_threads: int = Field(
         default=0, description="tensors one encode job codes side by side; 0 = one per core"
     )
+    encode_split: bool = Field(
+        default=True,
+        description="Celery workers split a version's encode into one job per weight file, run by any worker",
+    )
     job_heartbeat_s: float = Field(default=10.0, description="Celery job heartbeat; 3 missed: sent again")
     tensor_cache_mb: int = Field(default=64, description="LRU of decoded parent tensors, per process (MiB)")
     max_tensor_mb: int = Field(default=65536, ge=1, description="largest tensor an upload may hold (MiB)")

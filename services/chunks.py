@@ -1,29 +1,29 @@
 """Large tensors in chunks: memory bounded by the chunk, not the tensor, when encoding and reading.
 
-A tensor larger than the chunk size (``settings.tensor_chunk_mb``, 8 MiB by default) is coded as
-element ranges of at most that many bytes (``tensor_chunk`` rows), each on its own: ``delta`` against
-the same elements of the parent tensor (same shape; for ``delta-rows`` the elements the parent has,
-which in row-major order are its first ones), else ``plain``. Each chunk's payload is decoded and
-checked against its sha256 before it is trusted. A Range read decodes only the chunks it overlaps and,
-for a ``delta`` chunk, only the same elements of the parent (recursively), so a 16-byte read of a 2 GB
-tensor decodes a few chunks (bound: chain depth x (chunk payload + 2 chunks of raw bytes)), and a
-whole-file read streams chunk by chunk. Tensors stored whole (smaller ones, and those written before
-chunks existed) are decoded whole as before (their size bounds the memory).
+A tensor larger than the chunk size (``settings.tensor_chunk_mb``, 8 MiB by default) is coded as element
+ranges of at most that many bytes (``tensor_chunk`` rows), each on its own: ``delta`` against the same
+elements of the parent tensor (same shape; for ``delta-rows`` the elements the parent has, which in row-
+major order are its first ones), else ``plain``. Each chunk's payload is decoded and compared with its
+input before it is trusted. A chunk is the unit of work of the encode lanes (``encode_pipeline``) and of
+a download's decode-ahead (``transfer.iter_file``). A Range read decodes only the chunks it overlaps
+and, for a ``delta`` chunk, only the same elements of the parent (recursively), so a 16-byte read of a 2
+GB tensor decodes a few chunks (bound: chain depth x (chunk payload + 2 chunks of raw bytes)), and a
+whole-file read streams chunk by chunk, a few chunks decoded ahead. Tensors stored whole (smaller ones,
+and those written before chunks existed) are decoded whole as before (their size bounds the memory).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from deltazoo.compression import elf32
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.dtypes import dtype_info
-from deltazoo.compression.safetensors_io import TensorEntry
-from deltazoo.registry.models import File, Tensor, TensorChunk, Version
-from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.repositories import TensorRepository
-from deltazoo.services.encode_pipeline import ParentRef
+from deltazoo.registry.models import TensorChunk
+from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.registry.repositories import BlobRepository
 from deltazoo.services.storage import (
     RAW_CACHE,
     CorruptStoreError,
@@ -31,15 +31,11 @@ from deltazoo.services.storage import (
     Recipe,
     Step,
     decode_chunk,
-    put_blob,
     reconstruct,
 )
-from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 DEFAULT_CHUNK_BYTES = 8 << 20
-HASH_READ = 8 << 20
-SEND_CHUNK = 1 << 20
 ReadAt = Callable[[int, int], bytes]  # (offset in the tensor's raw bytes, length) -> bytes
 
 
@@ -58,13 +54,20 @@ class RangeReader:
     """Raw bytes of element ranges of the steps of one recipe, decoding only overlapping chunks.
 
     Decoded chunks go to the shared LRU (``storage.RAW_CACHE``, bounded in bytes); a step stored whole
-    is decoded whole once per reader."""
+    is decoded whole once per reader. Safe to share between threads (the decode-ahead of a download and
+    the encode lanes of a child tensor each share one). With ``verify=False`` (the encoder reading a
+    parent: its output is checked against the input anyway) a tensor stored whole is not hashed, and
+    nothing is cached."""
 
-    def __init__(self, store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE) -> None:
+    def __init__(
+        self, store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
+    ) -> None:
         self.store = store
         self.steps = recipe.steps
         self.cache = cache
+        self.verify = verify
         self._whole: tuple[int, bytes] | None = None
+        self._whole_lock = threading.Lock()
 
     def elements(self, i: int, begin: int, end: int) -> bytes:
         """Raw bytes of elements ``[begin, end)`` of step ``i``."""
@@ -86,7 +89,7 @@ class RangeReader:
         step = self.steps[i]
         chunk = next(c for c in step.chunks if c.begin == begin)
         key = f"{chunk.sha256}:{step.sha256}:{chunk.begin}:{chunk.end}"
-        hit = self.cache.get(key)
+        hit = self.cache.get(key)  # verified bytes: any reader may use them
         if hit is not None:
             return hit
         parent = self.steps[i - 1] if i > 0 else None
@@ -97,34 +100,19 @@ class RangeReader:
                     f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step"
                 )
             part = self.elements(i - 1, chunk.begin, chunk.end)
-        raw = decode_chunk(self.store, step, chunk, parent, part)
-        self.cache.put(key, raw)
+        raw = decode_chunk(self.store, step, chunk, parent, part)  # checked against its sha256
+        if self.verify:
+            self.cache.put(key, raw)
         return raw
 
     def _whole_step(self, i: int) -> bytes:
-        if self._whole is None or self._whole[0] != i:
-            step = self.steps[i]
-            nbytes = _numel(step.shape) * dtype_info(step.dtype).itemsize
-            self._whole = (i, reconstruct(self.store, Recipe(self.steps[: i + 1], nbytes), self.cache))
-        return self._whole[1]
-
-    def iter_bytes(self, lo: int, hi: int) -> Iterator[bytes | memoryview]:
-        """Bytes ``[lo, hi)`` of the recipe's tensor, in pieces of at most a chunk."""
-        top = len(self.steps) - 1
-        step = self.steps[top]
-        if not step.chunks:
-            raw = memoryview(self._whole_step(top))
-            for a in range(lo, hi, SEND_CHUNK):
-                yield raw[a : min(hi, a + SEND_CHUNK)]
-            return
-        size = dtype_info(step.dtype).itemsize
-        for chunk in step.chunks:
-            a, b = chunk.begin * size, chunk.end * size
-            if b <= lo or a >= hi:
-                continue
-            raw = memoryview(self.chunk(top, chunk.begin))
-            for x in range(max(lo, a) - a, min(hi, b) - a, SEND_CHUNK):
-                yield raw[x : min(min(hi, b) - a, x + SEND_CHUNK)]
+        with self._whole_lock:
+            if self._whole is None or self._whole[0] != i:
+                step = self.steps[i]
+                nbytes = _numel(step.shape) * dtype_info(step.dtype).itemsize
+                recipe = Recipe(self.steps[: i + 1], nbytes)
+                self._whole = (i, reconstruct(self.store, recipe, self.cache, verify=self.verify))
+            return self._whole[1]
 
 
 def _numel(shape: tuple[int, ...] | list[int]) -> int:
@@ -134,18 +122,12 @@ def _numel(shape: tuple[int, ...] | list[int]) -> int:
     return n
 
 
-def streamed_sha256(read: ReadAt, nbytes: int) -> str:
-    digest = hashlib.sha256()
-    for offset in range(0, nbytes, HASH_READ):
-        digest.update(read(offset, min(HASH_READ, nbytes - offset)))
-    return digest.hexdigest()
-
-
-def _parent_mode(parent: ParentRef | None, shape: list[int]) -> tuple[str, int]:
-    """(encoding of the tensor against ``parent``, how many leading elements the parent covers)."""
-    if parent is None:
+def parent_mode(parent_shape: list[int] | None, shape: list[int]) -> tuple[str, int]:
+    """(encoding of a tensor of ``shape`` against a parent of ``parent_shape``, how many leading elements
+    the parent covers)."""
+    if parent_shape is None:
         return "plain", 0
-    pshape = [int(d) for d in parent.shape]
+    pshape = [int(d) for d in parent_shape]
     if pshape == shape:
         return "delta", _numel(shape)
     if len(shape) >= 1 and len(pshape) == len(shape) and pshape[1:] == shape[1:] and pshape[0] < shape[0]:
@@ -153,93 +135,48 @@ def _parent_mode(parent: ParentRef | None, shape: list[int]) -> tuple[str, int]:
     return "plain", 0
 
 
-def _served_by_elf(read: ReadAt) -> ReadAt:
-    def served(offset: int, length: int) -> bytes:
-        return elf32.served(read(offset, length))
+@dataclass(frozen=True)
+class CodedChunk:
+    """One chunk coded, checked and its payload written (the blob row is the caller's: lanes have no
+    database session)."""
 
-    return served
+    index: int
+    begin: int
+    end: int
+    encoding: str  # plain | delta
+    blob: str
+    sha256: str  # of the chunk's raw bytes
+    stored_bytes: int
 
-
-def encode_large_tensor(
-    session: Session,
-    store: ObjectStore,
-    version: Version,
-    file: File,
-    entry: TensorEntry,
-    read: ReadAt,
-    parents: dict[str, ParentRef],
-    max_depth: int,
-    chunk_bytes: int,
-    twins: ColumnElement[bool],
-    lossy: bool = False,
-) -> Tensor:
-    """Store one tensor larger than ``chunk_bytes`` (``same`` when its bytes are already stored in a
-    model ``twins`` allows, else in chunks); reads the staged bytes chunk by chunk (twice: hash, code).
-    With ``lossy`` an F32 tensor is read as ELF serves it and its chunks coded as ELF."""
-    name, dtype, shape = entry.name, entry.dtype, [int(d) for d in entry.shape]
-    if lossy and dtype == "F32":  # chunks and hash reads are whole elements: aligned piece by piece
-        read = _served_by_elf(read)
-    sha = streamed_sha256(read, entry.nbytes)
-    row = Tensor(
-        version_id=version.id,
-        file_id=file.id,
-        name=name,
-        dtype=dtype,
-        shape=shape,
-        sha256=sha,
-        offset_begin=entry.begin,
-        offset_end=entry.end,
-        stored_bytes=0,
-    )
-    twin = TensorRepository(session).stored_with_sha(sha, twins)
-    if twin is not None:
-        row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
-        session.add(row)
-        session.flush()
-        return row
-    parent = parents.get(name)
-    if parent is not None and parent.depth >= max_depth:
-        parent = None  # re-anchor: a chain this deep decodes too slowly
-    mode, shared = _parent_mode(parent, shape)
-    reader = RangeReader(store, parent.recipe) if parent and shared else None
-    size = dtype_info(dtype).itemsize
-    chunks: list[TensorChunk] = []
-    for index, (begin, end) in enumerate(chunk_ranges(_numel(shape), size, chunk_bytes, shared)):
-        raw = read(begin * size, (end - begin) * size)
-        parent_part = reader.elements(len(reader.steps) - 1, begin, end) if reader and end <= shared else None
-        chunk, new = _encode_chunk(session, store, index, begin, end, raw, dtype, parent, parent_part, lossy)
-        version.stored_bytes += chunk.stored_bytes if new else 0
-        chunks.append(chunk)
-    uses_parent = any(c.encoding != "plain" for c in chunks)
-    row.encoding = mode if uses_parent else "plain"
-    row.blob, row.chunks = None, len(chunks)
-    row.stored_bytes = sum(c.stored_bytes for c in chunks)
-    row.parent_tensor_id = parent.tensor_id if (uses_parent and parent) else None
-    row.depth = parent.depth + 1 if (uses_parent and parent) else 0
-    session.add(row)
-    session.flush()
-    for c in chunks:
-        c.tensor_id = row.id
-    session.add_all(chunks)
-    session.flush()
-    return row
+    def row(self, tensor_id: int | None = None) -> TensorChunk:
+        return TensorChunk(
+            tensor_id=tensor_id,
+            index=self.index,
+            begin=self.begin,
+            end=self.end,
+            encoding=self.encoding,
+            blob=self.blob,
+            sha256=self.sha256,
+            stored_bytes=self.stored_bytes,
+        )
 
 
-def _encode_chunk(
-    session: Session,
+def code_chunk(
     store: ObjectStore,
     index: int,
     begin: int,
     end: int,
     raw: bytes,
     dtype: str,
-    parent: ParentRef | None,
+    parent_dtype: str | None,
     parent_part: bytes | None,
     lossy: bool = False,
-) -> tuple[TensorChunk, bool]:
-    """One chunk coded and checked, its payload stored; returns it and whether the blob is new."""
+) -> CodedChunk:
+    """Code elements ``[begin, end)`` (against ``parent_part``, the parent's same elements, when given;
+    ``lossy``: F32 as ELF, whose ``raw`` is already what ELF serves), compare the decoded payload with
+    the input byte for byte, and write the payload's blob."""
     n = [end - begin]
-    pdtype = parent.dtype if parent is not None and parent_part is not None else None
+    pdtype = parent_dtype if parent_part is not None else None
     encoded = encode_tensor(raw, dtype, n, parent_part, pdtype, n if pdtype else None, lossy=lossy)
     uses_parent = encoded.encoding != "plain"
     check = decode_tensor(
@@ -251,20 +188,14 @@ def _encode_chunk(
         pdtype if uses_parent else None,
         n if uses_parent else None,
     )
-    sha = hashlib.sha256(raw).hexdigest()
-    if hashlib.sha256(check).hexdigest() != sha:
+    if check != raw:
         raise CorruptStoreError(f"chunk {index} of a tensor did not round-trip through {encoded.encoding}")
-    blob_sha, new = put_blob(session, store, encoded.payload)
-    chunk = TensorChunk(
-        index=index,
-        begin=begin,
-        end=end,
-        encoding=encoded.encoding,
-        blob=blob_sha,
-        sha256=sha,
-        stored_bytes=len(encoded.payload),
-    )
-    return chunk, new
+    del check
+    blob = hashlib.sha256(encoded.payload).hexdigest()
+    # written even when it exists: without a blob row it may be an orphan the sweep is about to delete
+    store.put_bytes(blob_key(blob), encoded.payload)
+    sha = hashlib.sha256(raw).hexdigest()
+    return CodedChunk(index, begin, end, encoded.encoding, blob, sha, len(encoded.payload))
 
 
 def plain_chunks_of(
@@ -277,6 +208,7 @@ def plain_chunks_of(
     size = dtype_info(dtype).itemsize
     out = []
     for index, (begin, end) in enumerate(chunk_ranges(_numel(step.shape), size, chunk_bytes)):
-        raw = reader.elements(top, begin, end)
-        out.append(_encode_chunk(session, store, index, begin, end, raw, dtype, None, None)[0])
+        coded = code_chunk(store, index, begin, end, reader.elements(top, begin, end), dtype, None, None)
+        BlobRepository(session).add_reference(coded.blob, coded.stored_bytes)
+        out.append(coded.row())
     return out

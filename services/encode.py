@@ -1,15 +1,16 @@
 """The encode rule: turn a committed version's staged uploads into stored tensors and blobs.
 
-Per safetensors file: the exact header bytes become a blob; then, tensors side by side in a few lanes
-(ranged reads of the staged object, so memory is bounded by a few tensors per lane, see
-``encode_pipeline``), bytes already stored anywhere become ``same``, otherwise the tensor is coded
-against the parent version's tensor of the same name (``delta`` / ``delta-rows``) or alone (``plain``).
-Every payload is decoded and compared with the input before it is trusted. Other files are stored
-zstd-compressed.
+Per safetensors file: the exact header bytes become a blob; then, tensors (and the chunks of large ones)
+side by side in a few lanes (ranged reads of the staged object, so memory is bounded by a few chunks per
+lane, see ``encode_pipeline``), bytes already stored anywhere become ``same``, otherwise the tensor is
+coded against the parent version's tensor of the same name (``delta`` / ``delta-rows``) or alone
+(``plain``). Every payload is decoded and compared with the input before it is trusted. Other files are
+stored zstd-compressed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
 from collections.abc import Callable
@@ -24,12 +25,12 @@ from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File, Model, Tensor, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
-from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES, encode_large_tensor
+from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES
 from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
 from deltazoo.services.lossy import record_served_sha256
 from deltazoo.services.storage import CorruptStoreError, put_blob, resolve_recipes
 from deltazoo.services.tensor_rows import TensorRowWriter
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, event, update
 from sqlalchemy.orm import Session
 
 Progress = Callable[[float], None]  # job progress, 0..1
@@ -157,8 +158,10 @@ def _encode_safetensors(
     after_tensor: Callable[[int], None],
     pool: ThreadPoolExecutor,
     threads: int,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int,
+    add_stored: Callable[[int], None],
 ) -> None:
+    """One staged safetensors file; ``add_stored(n)`` counts bytes of blobs this encode stored first."""
     key = file.staging_key
     assert key is not None
 
@@ -171,14 +174,14 @@ def _encode_safetensors(
         raise CorruptStoreError(f"{file.path}: {exc}") from None
     if file.header_blob is None:
         file.header_blob, new = put_blob(session, store, header.header_bytes)
-        version.stored_bytes += header.header_size if new else 0
+        add_stored(header.header_size if new else 0)
     tensors = TensorRepository(session)
     scope = twin_scope(session, version)
     done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run
     for entry in header.tensors:
         if entry.name in done:
             after_tensor(entry.nbytes)
-    rows = TensorRowWriter(session, version, after_tensor)
+    rows = TensorRowWriter(session, add_stored, after_tensor)
 
     def classify(batch: list[Slot]) -> None:
         rows.write()  # a twin may be a tensor of this run recorded since the last batch
@@ -193,41 +196,128 @@ def _encode_safetensors(
     def record(slot: Slot) -> None:
         assert slot.sha256 is not None
         row = _tensor_row(version, file, slot.entry, slot.sha256)
-        same_as = None
-        if slot.coded is None:
+        same_as, chunks = None, []
+        if not slot.coded:
             twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin  # of this run, or stored
             assert isinstance(twin, Tensor)
             row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
             same_as = twin if isinstance(slot.twin, Slot) else None  # its id is known once it is written
+        elif slot.chunked:
+            chunks = slot.chunks()
+            uses_parent = any(c.encoding != "plain" for c in chunks)
+            _set_coded(row, slot.mode if uses_parent else "plain", None, sum(c.stored_bytes for c in chunks))
+            _set_parent(row, slot.parent if uses_parent else None)
+            row.chunks = len(chunks)
         else:
-            coded = slot.coded.result()
-            parent = slot.parent if coded.uses_parent else None
-            row.encoding, row.blob, row.stored_bytes = coded.encoding, coded.blob, coded.size
-            row.parent_tensor_id = parent.tensor_id if parent else None
-            row.depth = parent.depth + 1 if parent else 0
+            coded = slot.whole()
+            _set_coded(row, coded.encoding, coded.blob, coded.size)
+            _set_parent(row, slot.parent if coded.uses_parent else None)
         slot.row = row
         totals.tensors += 1
         totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
-        rows.add(row, slot.entry.nbytes, same_as)
+        rows.add(row, slot.entry.nbytes, same_as, [c.row() for c in chunks])
 
-    todo = [e for e in header.tensors if e.name not in done and e.nbytes <= chunk_bytes]
-    pipeline = FilePipeline(pool, threads, store, file.path, read_at, header.header_size, version.lossy)
-    pipeline.run(todo, classify, record)
+    todo = [e for e in header.tensors if e.name not in done]
+    pipeline = FilePipeline(
+        pool, threads, store, file.path, read_at, header.header_size, chunk_bytes, version.lossy
+    )
+    try:
+        pipeline.run(todo, classify, record)
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep what was recorded: a resumed run starts after it
+            rows.write()
+        raise
     rows.write()
-    for entry in header.tensors:  # larger ones in chunks, one at a time: memory is a few chunks
-        if entry.name in done or entry.nbytes <= chunk_bytes:
-            continue
-        read = partial(_read_from, read_at, header.header_size + entry.begin)
-        row = encode_large_tensor(
-            session, store, version, file, entry, read, parents, max_depth, chunk_bytes, scope, version.lossy
-        )
-        totals.tensors += 1
-        totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
-        after_tensor(entry.nbytes)
 
 
-def _read_from(read_at: Callable[[int, int], bytes], start: int, offset: int, length: int) -> bytes:
-    return read_at(start + offset, length)
+def _add_stored(version: Version, nbytes: int) -> None:
+    version.stored_bytes += nbytes
+
+
+class Advance:
+    """Job progress over ``total`` bytes, and a checkpoint, after every tensor."""
+
+    def __init__(self, total: int, progress: Progress, checkpoint: Callable[[], None]) -> None:
+        self.total, self.done, self.progress, self.checkpoint = max(1, total), 0, progress, checkpoint
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+        self.progress(min(0.99, self.done / self.total))
+        self.checkpoint()
+
+
+class StoredTally:
+    """Bytes newly stored by one part of a split encode, added to the version's total with one atomic
+    ``UPDATE`` just before each commit (parts on other workers add to the same row at the same time; the
+    row is locked only while committing, and what is added is exactly what that commit stores)."""
+
+    def __init__(self, session: Session, version_id: int) -> None:
+        self.session, self.version_id, self.pending, self.added = session, version_id, 0, 0
+        event.listen(session, "before_commit", self.flush)
+
+    def add(self, nbytes: int) -> None:
+        self.pending += nbytes
+        self.added += nbytes
+
+    def flush(self, _session: Session | None = None) -> None:
+        if self.pending:
+            total = Version.stored_bytes + self.pending
+            self.session.execute(
+                update(Version).where(Version.id == self.version_id).values(stored_bytes=total)
+            )
+            self.pending = 0
+
+    def close(self) -> None:
+        event.remove(self.session, "before_commit", self.flush)
+
+
+def encode_file(
+    session: Session,
+    store: ObjectStore,
+    version: Version,
+    file: File,
+    max_depth: int,
+    progress: Progress,
+    checkpoint: Callable[[], None] = lambda: None,
+    threads: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> EncodeTotals:
+    """Encode one staged safetensors file of ``version`` (one part of a split encode,
+    ``services.encode_split``): its tensors are stored exactly as ``encode_version`` stores
+    them; the version stays ``processing`` (its last encode run marks it ready)."""
+    totals = EncodeTotals()
+    advance = Advance(file.size, progress, checkpoint)
+    tally = StoredTally(session, version.id)
+    try:
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="deltazoo-encode") as pool:
+            _encode_safetensors(
+                session,
+                store,
+                version,
+                file,
+                _parent_refs(session, version),
+                max_depth,
+                totals,
+                advance,
+                pool,
+                threads,
+                chunk_bytes,
+                tally.add,
+            )
+        tally.flush()
+    finally:
+        tally.close()
+    totals.stored_bytes = tally.added
+    return totals
+
+
+def _set_coded(row: Tensor, encoding: str, blob: str | None, size: int) -> None:
+    row.encoding, row.blob, row.stored_bytes = encoding, blob, size
+
+
+def _set_parent(row: Tensor, parent: ParentRef | None) -> None:
+    row.parent_tensor_id = parent.tensor_id if parent else None
+    row.depth = parent.depth + 1 if parent else 0
 
 
 def _parent_refs(session: Session, version: Version) -> dict[str, ParentRef]:
@@ -275,20 +365,14 @@ def encode_version(
     interrupted run is found again and skipped, so the job can simply be run again. ``threads`` lanes
     encode the tensors of a file side by side (``services.encode_pipeline``); the stored
     bytes do not depend on it. Tensors larger than ``chunk_bytes`` are stored in chunks
-    (``services.chunks``), one at a time: the encode's peak memory is then a few chunks per
-    lane plus the parent tensor when that was stored whole, not the largest tensor.
+    (``services.chunks``), and each chunk is a unit of work of the lanes: the encode's peak
+    memory is a few chunks per lane (plus a parent tensor stored whole before chunks existed), not the
+    largest tensor.
     """
     files = FileRepository(session).for_version(version.id)
     parents = _parent_refs(session, version)
     totals = EncodeTotals()
-    total_bytes = max(1, sum(f.size for f in files))
-    done = 0
-
-    def advance(nbytes: int) -> None:
-        nonlocal done
-        done += nbytes
-        progress(min(0.99, done / total_bytes))
-        checkpoint()
+    advance = Advance(sum(f.size for f in files), progress, checkpoint)
 
     for file in files:
         if file.staging_key is None:
@@ -303,8 +387,18 @@ def encode_version(
         else:
             with ThreadPoolExecutor(max(1, threads), thread_name_prefix="deltazoo-encode") as pool:
                 _encode_safetensors(
-                    session, store, version, file, parents, max_depth, totals, advance, pool, threads,
+                    session,
+                    store,
+                    version,
+                    file,
+                    parents,
+                    max_depth,
+                    totals,
+                    advance,
+                    pool,
+                    threads,
                     chunk_bytes,
+                    partial(_add_stored, version),
                 )
             if version.lossy:
                 record_served_sha256(session, store, file)

@@ -1,26 +1,33 @@
 """The tensors of one safetensors file encoded side by side: read → hash → (dedup) → encode → verify → write.
 
 Lanes are threads: the C codecs (``compression._exact16_delta``, ``_exact16_plain``, ``_narrow``), zstd,
-hashlib and file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The database is
-touched only by the calling thread (the session is not thread-safe), in tensor order:
+hashlib and file I/O release the GIL, so ``threads`` lanes keep that many cores busy. The unit of work
+of a lane is a *chunk*: a tensor up to ``chunk_bytes`` is one unit, a larger one (stored in chunks,
+``services.chunks``) is one unit per chunk, so the lanes share out the chunks of one big
+tensor as they share out small tensors. The database is touched only by the calling thread (the session is
+not thread-safe), in tensor order:
 
-1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them;
+1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them; a chunked
+   tensor is read and hashed chunk by chunk, and its bytes are not kept (read again per chunk in 3);
 2. the caller, in order and a batch at a time (``LOOKUP_BATCH`` tensors, one query), looks for stored
    twins (``same``, no encode); a tensor whose bytes equal an earlier tensor of this run still being
    encoded becomes ``same`` of it, recorded after it;
-3. otherwise a lane rebuilds the parent tensor (``reconstruct``; not re-hashed, see
-   ``encode_and_store``), encodes, decodes the payload and compares it to the input (a byte
-   comparison: the input's sha256 is already known), hashes the payload and writes the blob
+3. otherwise lanes rebuild the parent's bytes (``reconstruct`` for a whole tensor, the same elements
+   through a ``RangeReader`` for a chunk; not re-hashed, see ``encode_and_store``), encode, decode the
+   payload and compare it to the input byte for byte, hash the payload and write the blob
    (content-addressed, so a write that an interrupted run already made is simply repeated);
 4. the caller records rows strictly in tensor order, so what a checkpoint commits is always a prefix of
    the file's tensors and a resumed run starts after it and stores exactly the same bytes.
 
-Memory: at most ``2 * threads`` tensors are in flight (read ahead or being encoded), or more while
-they are small: up to ``2 * LOOKUP_BATCH`` tensors holding ``READ_AHEAD_BYTES`` of raw bytes together,
-so that a file of tens of thousands of small tensors costs a few statements per batch, not per tensor.
-Each holds its raw bytes, and a lane encoding one also holds the parent's raw bytes, the payload and
-the decoded check, so the peak is about ``max(2 * threads tensor sizes, READ_AHEAD_BYTES) + 3 *
-threads`` tensor sizes (plus the parent LRU), not the file.
+Memory bound: at most ``window = IN_FLIGHT_PER_LANE * threads`` units are submitted to the lanes at
+once. A unit holds at most one chunk's raw bytes, the parent's same elements, the payload and the
+decoded check (about 4 chunks): ``window * 4 * chunk_bytes`` (2 lanes, 8 MiB chunks: 128 MiB). Hashed
+small tensors waiting for their lookup batch hold their bytes: at most ``window`` tensors, or more while
+they total at most ``READ_AHEAD_BYTES`` (so a file of tens of thousands of small tensors costs a few
+statements per batch, not per tensor); a chunked tensor being hashed holds one chunk. So the lanes hold
+about ``window * 4 * chunk_bytes + READ_AHEAD_BYTES`` whatever the size of the tensors or the file.
+Tensors stored whole before chunks existed (a parent larger than a chunk) are rebuilt whole, once per
+child tensor.
 """
 
 from __future__ import annotations
@@ -29,13 +36,16 @@ import hashlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from deltazoo.compression import elf32
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
+from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.services.chunks import CodedChunk, RangeReader, chunk_ranges, code_chunk, parent_mode
 from deltazoo.services.storage import CorruptStoreError, Recipe, reconstruct
 
 IN_FLIGHT_PER_LANE = 2
@@ -45,13 +55,13 @@ READ_AHEAD_BYTES = 64 << 20  # raw bytes small tensors may hold while they wait 
 
 @dataclass(frozen=True)
 class Digest:
-    raw: bytes
+    raw: bytes  # empty for a chunked tensor: its chunks are read again when they are encoded
     sha256: str
 
 
 @dataclass(frozen=True)
 class Coded:
-    """What a lane produced for one tensor: the blob is already in the object store."""
+    """What a lane produced for one whole tensor: the blob is already in the object store."""
 
     encoding: str
     blob: str
@@ -76,15 +86,27 @@ class Slot:
 
     entry: TensorEntry
     digest: Future[Digest] | None
+    chunked: bool = False
     sha256: str | None = None
-    coded: Future[Coded] | None = None
     parent: ParentRef | None = None
     twin: object | None = None  # a stored Tensor row, or the Slot of an earlier tensor with these bytes
     row: object | None = None  # set by ``record``: what a later twin of this slot points at
+    mode: str = "plain"  # a chunked tensor's encoding against ``parent`` (delta, delta-rows or plain)
+    units: deque[Callable[[], Any]] = field(default_factory=deque)  # lane work not yet submitted
+    coded: list[Future[Any]] = field(default_factory=list)  # Coded, or one CodedChunk per chunk
 
     @property
     def classified(self) -> bool:
         return self.sha256 is not None
+
+    def whole(self) -> Coded:
+        """The coded whole tensor (raises what its lane raised)."""
+        result: Coded = self.coded[0].result()
+        return result
+
+    def chunks(self) -> list[CodedChunk]:
+        """The coded chunks, in order (raises what a lane raised)."""
+        return [f.result() for f in self.coded]
 
 
 def read_and_hash(
@@ -96,6 +118,22 @@ def read_and_hash(
     if lossy and entry.dtype == "F32":
         raw = elf32.served(raw)
     return Digest(raw, hashlib.sha256(raw).hexdigest())
+
+
+def hash_in_chunks(
+    read_at: Callable[[int, int], bytes],
+    offset: int,
+    entry: TensorEntry,
+    chunk_bytes: int,
+    lossy: bool = False,
+) -> Digest:
+    """The sha256 of a chunked tensor, read a chunk at a time (``lossy``: as ``read_and_hash``)."""
+    digest = hashlib.sha256()
+    start = offset + entry.begin
+    for a in range(0, entry.nbytes, chunk_bytes):
+        piece = read_at(start + a, min(chunk_bytes, entry.nbytes - a))
+        digest.update(elf32.served(piece) if lossy and entry.dtype == "F32" else piece)
+    return Digest(b"", digest.hexdigest())
 
 
 def encode_and_store(
@@ -138,6 +176,29 @@ def encode_and_store(
     return Coded(encoded.encoding, sha, len(encoded.payload), uses_parent)
 
 
+def encode_chunk_of(
+    store: ObjectStore,
+    read_at: Callable[[int, int], bytes],
+    start: int,
+    entry: TensorEntry,
+    index: int,
+    begin: int,
+    end: int,
+    parent: tuple[RangeReader, str] | None,
+    lossy: bool = False,
+) -> CodedChunk:
+    """Read elements ``[begin, end)`` of a staged tensor starting at byte ``start`` and code them
+    (against the same elements of ``parent``'s reader top step when given; ``lossy``: as
+    ``read_and_hash``)."""
+    size = dtype_info(entry.dtype).itemsize
+    raw = read_at(start + begin * size, (end - begin) * size)
+    if lossy and entry.dtype == "F32":
+        raw = elf32.served(raw)
+    part = parent[0].elements(len(parent[0].steps) - 1, begin, end) if parent else None
+    pdtype = parent[1] if parent else None
+    return code_chunk(store, index, begin, end, raw, entry.dtype, pdtype, part, lossy)
+
+
 class FilePipeline:
     """Drives the lanes over one file's tensors; the caller's callbacks do all database work.
 
@@ -146,7 +207,7 @@ class FilePipeline:
     window): for each it sets ``slot.twin`` (a stored tensor with the same bytes) or ``slot.parent``
     (may stay None: ``plain``). A slot whose bytes an earlier slot of this run holds is not passed: it
     becomes ``same`` of that slot. ``record(slot)`` runs in tensor order once the slot is finished
-    (twin found or blob written).
+    (twin found or every blob written).
     """
 
     def __init__(
@@ -157,11 +218,13 @@ class FilePipeline:
         path: str,
         read_at: Callable[[int, int], bytes],
         data_offset: int,
+        chunk_bytes: int,
         lossy: bool = False,
     ) -> None:
         self.pool, self.window = pool, max(1, threads) * IN_FLIGHT_PER_LANE
         self.store, self.path, self.read_at, self.data_offset = store, path, read_at, data_offset
-        self.lossy = lossy
+        self.chunk_bytes, self.lossy = chunk_bytes, lossy
+        self.running: set[Future[Any]] = set()
 
     def run(
         self,
@@ -171,41 +234,60 @@ class FilePipeline:
     ) -> None:
         slots: deque[Slot] = deque()
         encoding: dict[str, Slot] = {}  # raw sha256 -> the slot being encoded with those bytes
-        admitted, held = 0, 0  # entries read so far; raw bytes of the slots in ``slots``
+        admitted, held = 0, 0  # entries read so far; raw bytes the slots in ``slots`` hold
         try:
             while True:
+                self.running = {f for f in self.running if not f.done()}
                 while admitted < len(entries) and self._admits(len(slots), held, entries[admitted]):
                     entry = entries[admitted]
-                    future = self.pool.submit(
-                        read_and_hash, self.read_at, self.data_offset, entry, self.lossy
-                    )
-                    slots.append(Slot(entry, future))
-                    admitted, held = admitted + 1, held + entry.nbytes
+                    slots.append(self._read(entry))
+                    admitted, held = admitted + 1, held + self._holds(entry)
                 if not slots:
                     return
                 self._classify_ready(slots, encoding, classify, admitted == len(entries))
+                self._submit_units(slots)
                 while slots and self._finished(slots[0]):
                     slot = slots.popleft()
-                    held -= slot.entry.nbytes
-                    if slot.coded is not None:
-                        slot.coded.result()  # raises what the lane raised
+                    held -= self._holds(slot.entry)
+                    if slot.coded:
+                        for future in slot.coded:
+                            future.result()  # raises what the lane raised
                         if encoding.get(slot.sha256 or "") is slot:
                             del encoding[slot.sha256 or ""]
                     record(slot)
                 if slots and not self._finished(slots[0]):
                     self._wait_for_progress(slots)
         except BaseException:
-            futures: list[Future[Any]] = [f for s in slots for f in (s.digest, s.coded) if f is not None]
-            for future in futures:  # an interrupted run leaves no lane writing after it returns
+            for future in self.running:  # an interrupted run leaves no lane writing after it returns
                 future.cancel()
-            wait(futures)
+            wait(self.running)
             raise
+
+    def _holds(self, entry: TensorEntry) -> int:
+        """Raw bytes a slot of ``entry`` holds while it waits (a chunked tensor keeps none)."""
+        return 0 if entry.nbytes > self.chunk_bytes else entry.nbytes
 
     def _admits(self, in_flight: int, held: int, entry: TensorEntry) -> bool:
         """Room for one more tensor: the lanes' own window, or more small ones for a fuller batch."""
         if in_flight < self.window:
             return True
+        if entry.nbytes > self.chunk_bytes:
+            return False  # read ahead by the window only: its hashing is a lane's work
         return in_flight < 2 * LOOKUP_BATCH and held + entry.nbytes <= READ_AHEAD_BYTES
+
+    def _submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        future = self.pool.submit(fn)
+        self.running.add(future)
+        return future
+
+    def _read(self, entry: TensorEntry) -> Slot:
+        if entry.nbytes > self.chunk_bytes:
+            read = partial(
+                hash_in_chunks, self.read_at, self.data_offset, entry, self.chunk_bytes, self.lossy
+            )
+            return Slot(entry, self._submit(read), chunked=True)
+        read = partial(read_and_hash, self.read_at, self.data_offset, entry, self.lossy)
+        return Slot(entry, self._submit(read))
 
     def _classify_ready(
         self,
@@ -219,14 +301,21 @@ class FilePipeline:
         or every slot in flight is waiting for it)."""
         start = next((i for i, slot in enumerate(slots) if not slot.classified), len(slots))
         run: list[Slot] = []
+        failed = False  # a read failed: the batch stops before it, and it raises once it leads
         for i in range(start, len(slots)):
             digest = slots[i].digest
             assert digest is not None
             if not digest.done() or len(run) == LOOKUP_BATCH:
                 break
+            if digest.exception() is not None:
+                if i == 0:
+                    digest.result()  # raises: every tensor before it is recorded
+                failed = True
+                break
             run.append(slots[i])
         to_end = start + len(run) == len(slots)
-        if not run or not (len(run) == LOOKUP_BATCH or (to_end and (all_admitted or start == 0))):
+        full = len(run) == LOOKUP_BATCH or failed
+        if not run or not (full or (to_end and (all_admitted or start == 0))):
             return
         for slot in run:
             assert slot.digest is not None
@@ -239,30 +328,62 @@ class FilePipeline:
                 slot.twin, slot.parent = earlier, None  # an earlier slot of this batch has these bytes
             if slot.twin is None:
                 encoding[slot.sha256] = slot
-                raw = slot.digest.result().raw
-                slot.coded = self.pool.submit(
-                    encode_and_store, self.store, slot.entry, raw, self.path, slot.parent, self.lossy
+                self._plan_units(slot, slot.digest.result().raw)
+            slot.digest = None  # the raw bytes now live only in the lane work that encodes them
+
+    def _plan_units(self, slot: Slot, raw: bytes) -> None:
+        entry, parent = slot.entry, slot.parent
+        if not slot.chunked:
+            slot.units.append(
+                partial(encode_and_store, self.store, entry, raw, self.path, parent, self.lossy)
+            )
+            return
+        shape = [int(d) for d in entry.shape]
+        slot.mode, shared = parent_mode(parent.shape if parent else None, shape)
+        reader = None
+        if parent is not None and shared:
+            reader = (RangeReader(self.store, parent.recipe, verify=False), parent.dtype)
+        size = dtype_info(entry.dtype).itemsize
+        start = self.data_offset + entry.begin
+        numel = entry.nbytes // size
+        for index, (begin, end) in enumerate(chunk_ranges(numel, size, self.chunk_bytes, shared)):
+            against = reader if reader is not None and end <= shared else None
+            slot.units.append(
+                partial(
+                    encode_chunk_of,
+                    self.store,
+                    self.read_at,
+                    start,
+                    entry,
+                    index,
+                    begin,
+                    end,
+                    against,
+                    self.lossy,
                 )
-            slot.digest = None  # the raw bytes now live only in the lane that encodes them
+            )
+
+    def _submit_units(self, slots: deque[Slot]) -> None:
+        for slot in slots:
+            while slot.units and len(self.running) < self.window:
+                slot.coded.append(self._submit(slot.units.popleft()))
+            if len(self.running) >= self.window:
+                return
+
+    def _wait_for_progress(self, slots: deque[Slot]) -> None:
+        """Wait for the head tensor's work or the next digest to classify (waking on every lane's
+        progress would classify batches while the one before is half recorded: more, smaller writes);
+        with none of those pending, any lane's progress (room in the window for the head's units)."""
+        head = slots[0]
+        pending = [f for f in head.coded if not f.done()]
+        nxt = next((slot for slot in slots if not slot.classified), None)
+        if head.digest is not None and not head.digest.done():
+            pending.append(head.digest)
+        if nxt is not None and nxt.digest is not None and not nxt.digest.done():
+            pending.append(nxt.digest)
+        if pending or head.units:
+            wait(pending or self.running, return_when=FIRST_COMPLETED)
 
     @staticmethod
     def _finished(slot: Slot) -> bool:
-        if not slot.classified:
-            return False
-        if slot.coded is not None:
-            return slot.coded.done()
-        return True
-
-    @staticmethod
-    def _wait_for_progress(slots: deque[Slot]) -> None:
-        pending: list[Future[Any]] = []
-        for slot in slots:
-            if slot.digest is not None and not slot.digest.done():
-                pending.append(slot.digest)
-                break  # the next to classify
-        head = slots[0]
-        if head.coded is not None:
-            pending.append(head.coded)
-        elif head.digest is not None:
-            pending.append(head.digest)
-        wait(pending, return_when=FIRST_COMPLETED)
+        return slot.classified and not slot.units and all(f.done() for f in slot.coded)

@@ -214,7 +214,7 @@ def commit(
             raise DeltazooError(
                 f"{path} is no longer stored; add it to the commit again", code="file_missing", status=409
             )
-        sink = UploadSink(files[path])
+        sink = UploadSink(files[path], scratch_dir=store.scratch_dir())
         try:
             for chunk in staged_file.chunks():
                 sink.feed(chunk)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from deltazoo.registry.models import Tensor, Version
+from deltazoo.registry.models import Tensor, TensorChunk
 from deltazoo.registry.repositories import BlobRepository
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
@@ -22,22 +22,35 @@ _COLUMNS = [c.key for c in Tensor.__table__.columns if c.key != "id"]
 
 
 class TensorRowWriter:
-    """Collects the new tensor rows of one file (transient ``Tensor`` objects) and inserts them
-    together; ``written(nbytes)`` is told the raw bytes of the tensors each write stored (the job's
-    progress and checkpoint hang there: a checkpoint may commit, so it only ever sees whole batches,
-    blob references included)."""
+    """Collects the new tensor rows of one file (transient ``Tensor`` objects, with the ``TensorChunk``
+    rows of a chunked one) and inserts them together; ``add_stored(nbytes)`` is told the size of the
+    blobs each write stored first (the version's stored bytes), ``written(nbytes)`` the raw bytes of
+    the tensors each write stored (the job's progress and checkpoint hang there: a checkpoint may
+    commit, so it only ever sees whole batches, blob references included)."""
 
-    def __init__(self, session: Session, version: Version, written: Callable[[int], None]) -> None:
-        self.session, self.version, self.written = session, version, written
+    def __init__(
+        self, session: Session, add_stored: Callable[[int], None], written: Callable[[int], None]
+    ) -> None:
+        self.session, self.add_stored, self.written = session, add_stored, written
         self.pending: list[tuple[Tensor, int, Tensor | None]] = []
+        self.chunks: dict[str, list[TensorChunk]] = {}  # tensor name -> its chunk rows
         self.ids: dict[str, int] = {}  # name -> id of the rows written so far
         self.queued_bytes = 0
 
-    def add(self, row: Tensor, raw_bytes: int, same_as: Tensor | None = None) -> None:
-        """Queue ``row`` (a tensor of ``raw_bytes`` input bytes); with ``same_as``, an earlier row given
-        to ``add`` whose id becomes its parent once known. Writes once ``ROWS_PER_WRITE`` rows or
-        ``BYTES_PER_WRITE`` input bytes are queued."""
+    def add(
+        self,
+        row: Tensor,
+        raw_bytes: int,
+        same_as: Tensor | None = None,
+        chunks: list[TensorChunk] | None = None,
+    ) -> None:
+        """Queue ``row`` (a tensor of ``raw_bytes`` input bytes; ``chunks``: its chunk rows when it is
+        stored in chunks); with ``same_as``, an earlier row given to ``add`` whose id becomes its
+        parent once known. Writes once ``ROWS_PER_WRITE`` rows or ``BYTES_PER_WRITE`` input bytes are
+        queued."""
         self.pending.append((row, raw_bytes, same_as))
+        if chunks:
+            self.chunks[row.name] = chunks
         self.queued_bytes += raw_bytes
         if len(self.pending) >= ROWS_PER_WRITE or self.queued_bytes >= BYTES_PER_WRITE:
             self.write()
@@ -49,8 +62,9 @@ class TensorRowWriter:
             return
         rows = [row for row, _, _ in self.pending]
         refs = [(row.blob, row.stored_bytes) for row in rows if row.blob]
+        refs += [(c.blob, c.stored_bytes) for row in rows for c in self.chunks.get(row.name, ())]
         new = BlobRepository(self.session).add_references(refs)
-        self.version.stored_bytes += sum(size for sha, size in dict(refs).items() if sha in new)
+        self.add_stored(sum(size for sha, size in dict(refs).items() if sha in new))
         first, later = [], []
         for row, _, twin in self.pending:
             if twin is None or twin.name in self.ids:
@@ -62,7 +76,11 @@ class TensorRowWriter:
         for row, twin in later:
             row.parent_tensor_id = self.ids[twin.name]
         self._insert([row for row, _ in later])
-        nbytes, self.pending, self.queued_bytes = self.queued_bytes, [], 0
+        for name, chunks in self.chunks.items():
+            for chunk in chunks:
+                chunk.tensor_id = self.ids[name]
+            self.session.add_all(chunks)  # flushed with the next statement or the commit
+        nbytes, self.pending, self.queued_bytes, self.chunks = self.queued_bytes, [], 0, {}
         self.written(nbytes)
 
     def _insert(self, rows: list[Tensor]) -> None:

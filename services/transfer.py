@@ -7,11 +7,15 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import BinaryIO
 
+from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.other_files import decompress_range
 from deltazoo.compression.safetensors_io import (
     SafetensorsError,
@@ -37,15 +41,20 @@ class UploadSink:
     Memory holds at most the spool's in-memory part (8 MiB) and a safetensors header.
     """
 
-    def __init__(self, file: File, spool: BinaryIO | None = None) -> None:
-        """``spool`` (default: a temporary file) receives the bytes; a resumed upload passes its part file."""
+    def __init__(self, file: File, spool: BinaryIO | None = None, scratch_dir: Path | None = None) -> None:
+        """``spool`` (default: a temporary file, in ``scratch_dir`` when given: the object store's own,
+        so staging renames it instead of copying) receives the bytes; a resumed upload passes its part
+        file."""
         self.file = file
         self.sha = hashlib.sha256()
         self.size = 0
         self.validator = (
             SafetensorsStreamValidator(expected_size=file.size) if file.kind == "safetensors" else None
         )
-        if spool is None:
+        if spool is None and scratch_dir is not None:
+            scratch_dir.mkdir(parents=True, exist_ok=True)
+            spool = tempfile.NamedTemporaryFile(dir=scratch_dir, prefix="upload-", delete=False)  # type: ignore[assignment]  # noqa: SIM115
+        elif spool is None:
             spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # type: ignore[assignment]  # noqa: SIM115
         self.spool: BinaryIO = spool  # type: ignore[assignment]  # closed in finish/close
 
@@ -98,14 +107,27 @@ class UploadSink:
                 except SafetensorsError as exc:
                     raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
             key = key or new_staging_key()
-            self.spool.seek(0)
-            store.put_file(key, self.spool, self.size)  # type: ignore[arg-type]
+            path = self._spool_path()
+            if path is None:
+                self.spool.seek(0)
+                store.put_file(key, self.spool, self.size)  # type: ignore[arg-type]
+            else:  # a file of its own (the scratch spool or a resumable upload's part file)
+                self.spool.close()
+                store.put_path(key, path)  # renamed into a local store: the bytes are not copied
             return key
         finally:
             self.close()
 
+    def _spool_path(self) -> Path | None:
+        name = getattr(self.spool, "name", None)
+        return Path(name) if isinstance(name, str) and os.path.isfile(name) else None
+
     def close(self) -> None:
+        """Close the spool; a scratch spool that was not staged is deleted."""
         self.spool.close()
+        path = self._spool_path()
+        if path is not None and path.name.startswith("upload-"):
+            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -158,7 +180,7 @@ def file_plan(session: Session, store: ObjectStore, file: File) -> FilePlan:
     return FilePlan(file.path, file.size, file.sha256, tuple(segments))
 
 
-DECODE_AHEAD = 3  # tensors of one download decoded ahead of the stream (memory: that many + one)
+DECODE_AHEAD = max(3, os.cpu_count() or 1)  # pieces of one download decoded ahead of the stream
 _decode_pool: ThreadPoolExecutor | None = None
 _decode_pool_lock = threading.Lock()
 
@@ -172,47 +194,85 @@ def decode_pool() -> ThreadPoolExecutor:
         return _decode_pool
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One unit of a download: bytes ``[lo, hi)`` of what ``decode`` returns (a whole tensor or one
+    chunk of a chunked one), of ``data`` (the header), or of the zstd ``blob`` (streamed)."""
+
+    lo: int
+    hi: int
+    decode: Callable[[], bytes] | None = None
+    data: bytes | None = None
+    blob: str | None = None
+
+
+def _pieces(store: ObjectStore, seg: Segment, lo: int, hi: int) -> Iterator[Piece]:
+    """The pieces of bytes ``[lo, hi)`` of one segment: a chunked tensor gives one per overlapping chunk
+    (all sharing one ``RangeReader``), so chunks are decoded ahead like whole tensors."""
+    if seg.header is not None:
+        yield Piece(lo, hi, data=seg.header)
+    elif seg.recipe is None:
+        yield Piece(lo, hi, blob=seg.blob)
+    elif not seg.recipe.steps[-1].chunks:
+        yield Piece(lo, hi, decode=partial(reconstruct, store, seg.recipe))
+    else:
+        reader = RangeReader(store, seg.recipe)
+        top = len(seg.recipe.steps) - 1
+        step = seg.recipe.steps[top]
+        size = dtype_info(step.dtype).itemsize
+        for chunk in step.chunks:
+            a, b = chunk.begin * size, chunk.end * size
+            if a < hi and b > lo:
+                yield Piece(max(lo, a) - a, min(hi, b) - a, decode=partial(reader.chunk, top, chunk.begin))
+
+
 def iter_file(
     store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None, ahead: int = DECODE_AHEAD
 ) -> Iterator[bytes | memoryview]:
-    """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors that overlap.
+    """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors (and, of a chunked
+    tensor, the chunks) that overlap.
 
-    Up to ``ahead`` tensors are rebuilt on the shared decode threads while the stream sends the
-    current one, so a download runs at the decoders' speed on every core, its memory still bounded by
-    ``ahead + 1`` tensors (and the parent LRU). A stream closed early cancels what it queued.
+    Up to ``ahead`` pieces (a tensor stored whole, or one chunk) are decoded on the shared decode
+    threads while the stream sends the current one, so a download runs at the decoders' speed on every
+    core, its memory bounded by ``ahead + 1`` pieces (a chunk each, or a tensor stored whole, which is
+    no larger than a chunk unless written before chunks existed) and the parent LRU. A stream closed
+    early cancels what it queued.
     """
     end = plan.size if end is None else end
-    wanted = [
-        (seg, max(start, seg.start) - seg.start, min(end, seg.end) - seg.start)
+    pieces = (
+        piece
         for seg in plan.segments
         if seg.end > start and seg.start < end
-    ]
-    queued: dict[int, Future[bytes]] = {}
-    submitted = 0
+        for piece in _pieces(store, seg, max(start, seg.start) - seg.start, min(end, seg.end) - seg.start)
+    )
+    queued: deque[tuple[Piece, Future[bytes] | None]] = deque()
 
-    def queue_upto(last: int) -> None:
-        nonlocal submitted
-        while submitted < len(wanted) and submitted <= last:
-            recipe = wanted[submitted][0].recipe
-            if recipe is not None and not recipe.steps[-1].chunks:  # chunked ones: RangeReader below
-                queued[submitted] = decode_pool().submit(reconstruct, store, recipe)
-            submitted += 1
+    def fill() -> None:
+        while sum(1 for _, f in queued if f is not None) < ahead + 1:
+            piece = next(pieces, None)
+            if piece is None:
+                return
+            decoded = decode_pool().submit(piece.decode) if piece.decode is not None else None
+            queued.append((piece, decoded))
 
     try:
-        for i, (seg, lo, hi) in enumerate(wanted):
-            queue_upto(i + ahead)
-            if seg.header is not None:
-                yield seg.header[lo:hi]
-            elif seg.recipe is not None and seg.recipe.steps[-1].chunks:  # only overlapping chunks
-                yield from RangeReader(store, seg.recipe).iter_bytes(lo, hi)
-            elif seg.recipe is not None:
-                raw = memoryview(queued.pop(i).result())
-                for a in range(lo, hi, SEND_CHUNK):  # small writes: the socket buffer never holds a tensor
-                    yield raw[a : min(hi, a + SEND_CHUNK)]
-                del raw
+        while True:
+            fill()
+            if not queued:
+                return
+            piece, decoded = queued.popleft()
+            if piece.data is not None:
+                yield piece.data[piece.lo : piece.hi]
+            elif piece.blob is not None:
+                yield from decompress_range(store.iter_chunks(blob_key(piece.blob)), piece.lo, piece.hi)
             else:
-                assert seg.blob is not None
-                yield from decompress_range(store.iter_chunks(blob_key(seg.blob)), lo, hi)
+                assert decoded is not None
+                raw = memoryview(decoded.result())
+                del decoded
+                for a in range(piece.lo, piece.hi, SEND_CHUNK):  # small writes: never a whole piece
+                    yield raw[a : min(piece.hi, a + SEND_CHUNK)]
+                del raw
     finally:
-        for future in queued.values():
-            future.cancel()
+        for _, future in queued:
+            if future is not None:
+                future.cancel()

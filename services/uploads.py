@@ -14,6 +14,8 @@ Either way the checked file is staged and recorded on the pending version (``ver
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File
 from deltazoo.registry.objectstore import ObjectStore
@@ -26,10 +28,12 @@ from sqlalchemy.orm import Session
 class WholeUpload:
     """A file sent in one request."""
 
-    def __init__(self, partials: PartialUploads, file: File) -> None:
+    def __init__(self, partials: PartialUploads, file: File, scratch_dir: Path | None = None) -> None:
+        """``scratch_dir``: the object store's own (``ObjectStore.scratch_dir``), so staging renames the
+        spooled file instead of copying it."""
         partials.abandon(file)  # 409 while a part of a resumable upload of it streams in
         self.file = file
-        self.sink = UploadSink(file)
+        self.sink = UploadSink(file, scratch_dir=scratch_dir)
         self.feed = self.sink.feed
 
     def reject(self) -> None:

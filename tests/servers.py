@@ -20,6 +20,7 @@ from tests.services import (
     ServiceError,
     child_env,
     free_port,
+    port_answers,
     wait_until,
     xdist_worker_id,
 )
@@ -238,3 +239,91 @@ def running_api_server(home: Path, settings_env: dict[str, str]) -> Iterator[Api
         api.stop()
     problems = api.problems()
     assert not problems, "\n\n".join(problems[:5])
+
+
+class OwnRedis:
+    """A ``redis-server`` of this module's own, without persistence: a restart loses every message."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self.process = ManagedProcess("redis-server", argv, child_env({}), root / "redis.log", cwd=root)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process.start()
+        wait_until(lambda: port_answers("127.0.0.1", self.port), timeout=30, what="redis-server answering")
+
+    def stop(self) -> None:
+        self.process.stop(grace=10.0)
+
+
+class DeltazooWorker:
+    """``deltazoo worker --name ... --concurrency 1`` as an operator runs it."""
+
+    def __init__(self, name: str, env: dict[str, str], root: Path) -> None:
+        argv = [sys.executable, "-m", "deltazoo.cli", "worker", "--name", name, "--concurrency", "1"]
+        self.process = ManagedProcess(f"worker {name}", argv, env, root / f"{name}.log", cwd=root)
+
+    def start(self) -> None:
+        before = self.process.log_text().count(" ready.")
+        self.process.start()
+        wait_until(
+            lambda: self.process.ensure_alive() is None and self.process.log_text().count(" ready.") > before,
+            timeout=90,
+            what="the worker logging 'ready.'",
+        )
+
+
+@dataclass
+class WorkerStack:
+    """Its own ``redis-server``, S3 server and migrated Postgres database, and two ``deltazoo worker``
+    processes on them (beating every 0.5 s); the API is the caller's to start (``settings``)."""
+
+    redis: OwnRedis
+    s3: S3Server
+    database: str
+    settings: dict[str, str]
+    workers: list[DeltazooWorker]
+
+
+@contextmanager
+def own_worker_stack(root: Path, extra_settings: dict[str, str] | None = None) -> Iterator[WorkerStack]:
+    """A ``WorkerStack`` under ``root`` for the length of a ``with`` (workers stopped, then S3 and Redis)."""
+    from deltazoo.registry.db import upgrade_database
+
+    from tests.services import ADMIN_TOKEN, start_s3_server, temporary_database
+
+    redis = OwnRedis(root)
+    redis.start()
+    s3 = start_s3_server(root / "s3")
+    try:
+        with temporary_database() as database:
+            upgrade_database(database)
+            settings = {
+                **full_stack_env(database, redis.url, s3, ADMIN_TOKEN),
+                "DELTAZOO_JOB_HEARTBEAT_S": "0.5",
+                **(extra_settings or {}),
+            }
+            env = child_env({"DELTAZOO_HOME": str(root / "wh"), **settings})
+            workers = [DeltazooWorker(f"w{i}", env, root) for i in (1, 2)]
+            try:
+                for w in workers:
+                    w.start()
+                yield WorkerStack(redis, s3, database, settings, workers)
+            finally:
+                for w in workers:
+                    w.process.stop(grace=15.0)
+    finally:
+        s3.stop()
+        redis.stop()

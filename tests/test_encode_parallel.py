@@ -21,12 +21,19 @@ from tests.test_api_support import base_state, checkpoint, finetune_state, push,
 def wide_pair() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """A base and a fine-tune with enough tensors to keep several lanes busy, and every encoding:
     ``delta``, ``delta-rows``, ``plain``, ``same`` of a stored tensor, and ``same`` of an earlier
-    tensor of the same upload (tied weights)."""
+    tensor of the same upload (tied weights); with 1 MiB chunks the ``big.*`` tensors are chunked
+    (their chunks shared out between the lanes), among them a grown vocabulary and a tied copy."""
     g = torch.Generator().manual_seed(7)
     base = base_state()
     for i in range(12):
         base[f"layers.{i}.mlp.weight"] = (torch.randn(64, 48, generator=g) * 0.02).to(torch.bfloat16)
+    base["big.a.weight"] = (torch.randn(1536, 1024, generator=g) * 0.02).to(torch.bfloat16)  # 3 chunks
+    base["big.rows.weight"] = (torch.randn(1100, 1024, generator=g) * 0.02).to(torch.bfloat16)
     ft = finetune_state(base)
+    ft["big.rows.weight"] = torch.cat(
+        [ft["big.rows.weight"], torch.randn(200, 1024, generator=g).to(torch.bfloat16)]
+    )
+    ft["big.tied.weight"] = ft["big.a.weight"].clone()  # a chunked twin of a chunked tensor of this upload
     ft["lm_head_tied.weight"] = ft["lm_head.weight"].clone()  # same bytes as a tensor just before it
     ft["layers.3.mlp.weight"] = base["layers.3.mlp.weight"].clone()  # unchanged: same as the base's
     return base, ft
@@ -37,7 +44,7 @@ def stored(settings: Settings, client: TestClient, ref: str) -> dict[str, Any]:
     objects = settings.objects_dir / "blobs"
     detail = client.get(f"/v1/models/{ref}").json()
     blobs = {
-        t["name"]: (t["blob"], repr(t["parent"]))
+        t["name"]: (t["blob"], repr(t["parent"]), repr(t.get("chunks")))
         for f in client.get(f"/v1/models/{ref}/manifest").json()["files"]
         for t in f.get("tensors", [])
     }
@@ -87,7 +94,7 @@ def encode_pair(
     monkeypatch.setattr(workers.jobs._Checkpoints, "EVERY_S", 0.0)  # commit after every tensor:
     monkeypatch.setattr(tensor_rows, "ROWS_PER_WRITE", 1)  # rows written one by one
     monkeypatch.setattr(encode_pipeline, "LOOKUP_BATCH", 1)
-    settings = embedded_settings(home).model_copy(update={"encode_threads": threads})
+    settings = embedded_settings(home).model_copy(update={"encode_threads": threads, "tensor_chunk_mb": 1})
     base, ft = wide_pair()
     files = {"base": checkpoint(base), "ft": checkpoint(ft)}
     with TestClient(create_app(settings)) as client:
@@ -120,9 +127,13 @@ def test_parallel_encode_stores_what_one_lane_stores(tmp_path: Path, monkeypatch
     assert encodings["lm_head.weight"] == "plain"
     assert encodings["lm_head_tied.weight"] == "same"  # of the tensor just before it, still being encoded
     assert encodings["layers.3.mlp.weight"] == "same"  # of the base's
+    assert (encodings["big.a.weight"], encodings["big.rows.weight"]) == ("delta", "delta-rows")
+    assert encodings["big.tied.weight"] == "same"
+    chunks = {row[0]: row[-1] for row in one["rows"]}
+    assert chunks["big.a.weight"].count("'encoding': 'delta'") == 3  # every chunk against the base's
 
 
-@pytest.mark.parametrize("fail_at", [13, 19])
+@pytest.mark.parametrize("fail_at", [22, 30])
 def test_crash_mid_parallel_encode_resumes_to_the_same_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int
 ) -> None:

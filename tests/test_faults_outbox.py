@@ -24,16 +24,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.servers import ApiServer, full_stack_env, log_problems, start_api_server
+from tests.servers import (
+    ApiServer,
+    DeltazooWorker,
+    OwnRedis,
+    log_problems,
+    own_worker_stack,
+    start_api_server,
+)
 from tests.services import (
     ADMIN_TOKEN,
-    ManagedProcess,
     S3Server,
     child_env,
-    free_port,
-    port_answers,
-    start_s3_server,
-    temporary_database,
     wait_until,
 )
 from tests.test_api_support import base_state, checkpoint, sha, wait_job
@@ -46,53 +48,14 @@ pytestmark = [
 READY_BOUND_S = 120  # all versions ready within this many seconds of the broker's return
 
 
-class OwnRedis:
-    """A ``redis-server`` of this module's own, without persistence: a restart loses every message."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        argv = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        self.process = ManagedProcess("redis-server", argv, child_env({}), root / "redis.log", cwd=root)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process.start()
-        wait_until(lambda: port_answers("127.0.0.1", self.port), timeout=30, what="redis-server answering")
-
-    def stop(self) -> None:
-        self.process.stop(grace=10.0)
-
-
-class Worker:
-    """``deltazoo worker --name ... --concurrency 1`` as an operator runs it."""
-
-    def __init__(self, name: str, env: dict[str, str], root: Path) -> None:
-        argv = [sys.executable, "-m", "deltazoo.cli", "worker", "--name", name, "--concurrency", "1"]
-        self.process = ManagedProcess(f"worker {name}", argv, env, root / f"{name}.log", cwd=root)
-
-    def start(self) -> None:
-        before = self.process.log_text().count(" ready.")
-        self.process.start()
-        wait_until(
-            lambda: self.process.ensure_alive() is None and self.process.log_text().count(" ready.") > before,
-            timeout=90,
-            what="the worker logging 'ready.'",
-        )
-
-
 class OutboxStack:
     def __init__(
-        self, redis: OwnRedis, s3: S3Server, api: ApiServer, workers: list[Worker], settings: dict[str, str]
+        self,
+        redis: OwnRedis,
+        s3: S3Server,
+        api: ApiServer,
+        workers: list[DeltazooWorker],
+        settings: dict[str, str],
     ) -> None:
         self.redis, self.s3, self.api, self.workers, self.settings = redis, s3, api, workers, settings
 
@@ -104,35 +67,16 @@ class OutboxStack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutboxStack]:
-    from deltazoo.registry.db import upgrade_database
-
     root = tmp_path_factory.mktemp("outbox")
-    redis = OwnRedis(root)
-    redis.start()
-    s3 = start_s3_server(root / "s3")
-    try:
-        with temporary_database() as database:
-            upgrade_database(database)
-            settings = {
-                **full_stack_env(database, redis.url, s3, ADMIN_TOKEN),
-                "DELTAZOO_JOB_HEARTBEAT_S": "0.5",
-            }
-            env = child_env({"DELTAZOO_HOME": str(root / "wh"), **settings})
-            workers = [Worker(f"w{i}", env, root) for i in (1, 2)]
-            try:
-                for w in workers:
-                    w.start()
-                stack = OutboxStack(redis, s3, start_api_server(root / "home", settings), workers, settings)
-                try:
-                    yield stack
-                finally:
-                    stack.api.stop()
-            finally:
-                for w in workers:
-                    w.process.stop(grace=15.0)
-    finally:
-        s3.stop()
-        redis.stop()
+    with own_worker_stack(root) as own:
+        stack = OutboxStack(
+            own.redis, own.s3, start_api_server(root / "home", own.settings), own.workers, own.settings
+        )
+        try:
+            yield stack
+        finally:
+            stack.api.stop()
+    workers = own.workers
     problems = [p for p in log_problems(stack.api.process.log_text()) if '" 503' not in p]
     assert not problems, "\n\n".join(problems[:5])
     for w in workers:

@@ -88,6 +88,33 @@ def test_pull_of_a_finetune_whose_base_is_cached_moves_only_the_delta(
     assert got <= tuned.stored_bytes * 1.01, (got, tuned.stored_bytes, dense)
 
 
+def test_a_delta_pull_over_a_damaged_cached_base_installs_nothing(
+    embedded_server: str, unique_org: str, tmp_path: Path
+):
+    """A cached parent damaged on disk after it was indexed: the delta-only pull rebuilds a wrong tensor,
+    says so, and installs nothing."""
+    base_t = random_tensors({"a.weight": (256, 256), "b.weight": (128, 64)}, seed=5)
+    base_dir = make_checkpoint(tmp_path / "base", base_t)
+    tuned_dir = make_checkpoint(tmp_path / "tuned", finetune_of(base_t, seed=6))
+    cache = tmp_path / "cache"
+    with _client(embedded_server, cache) as c:
+        base = c.push(base_dir, f"{unique_org}/damaged-base", quiet=True)
+        tuned = c.push(tuned_dir, f"{unique_org}/damaged-tuned", base=base.ref, quiet=True)
+        c.pull(base.ref, quiet=True)
+        weights = next(f for f in base.files if f.path.endswith(".safetensors"))
+        c.cache.tensor_index(weights)  # indexed while intact: the damage below is then not noticed by it
+        blob = c.cache.blob_path(weights.sha256)
+        blob.chmod(0o644)
+        data = bytearray(blob.read_bytes())
+        data[-100] ^= 0x40  # a weight of the last tensor: the fine-tune's delta decodes against it
+        blob.write_bytes(bytes(data))
+    with _client(embedded_server, cache) as c:
+        with pytest.raises(IntegrityError, match="sha256"):
+            c.pull(tuned.ref, tmp_path / "out", quiet=True)
+        rebuilt = next(f for f in tuned.files if f.path.endswith(".safetensors"))
+        assert not c.cache.blob_path(rebuilt.sha256).exists()
+
+
 def test_interrupted_pull_resumes_with_a_range_request(
     embedded_server: str, checkpoint_pair: CheckpointPair, pushed, tmp_path: Path
 ):

@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
-from deltazoo.registry.db import session_scope
-from deltazoo.registry.models import Artifact, Job, Version, utcnow
+from deltazoo.registry.db import after_commit, session_scope
+from deltazoo.registry.models import Artifact, File, Job, Version, utcnow
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.repositories import ArtifactRepository
+from deltazoo.registry.repositories import PART_KIND, VERSION_KIND, ArtifactRepository, JobRepository
 from deltazoo.registry.settings import Settings
 from deltazoo.services.artifacts import build_stored_artifact, enqueue_pending_artifacts
-from deltazoo.services.encode import encode_version
+from deltazoo.services.encode import encode_file, encode_version
+from deltazoo.services.encode_split import WAITING, finish_part, plan_parts
 from deltazoo.services.evaluation import enqueue_for_version, mark_evaluation_failed
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
@@ -60,6 +62,7 @@ class JobContext:
     settings: Settings
     store: ObjectStore
     enqueue: Callable[[int], None]
+    split: bool = False  # split a version's encode into part jobs (services.encode_split)
 
 
 class _Checkpoints:
@@ -85,10 +88,16 @@ class _Checkpoints:
             self.last = now
 
 
-def _encode(session: Session, job: Job, ctx: JobContext) -> None:
+def _encode(session: Session, job: Job, ctx: JobContext) -> str | None:
     version = session.get(Version, job.target_id)
     if version is None:
         raise LookupError(f"version {job.target} no longer exists")
+    if version.status == "processing" and ctx.split:
+        parts, created = plan_parts(session, version, job)
+        if any(p.status != "succeeded" for p in parts):
+            job.status = WAITING  # the last part to finish sends this job again
+            after_commit(session, partial(_send_all, ctx, created))
+            return WAITING
     if version.status == "processing":
         marks = _Checkpoints(session, job)
         encode_version(
@@ -98,35 +107,73 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> None:
             ctx.settings.max_chain_depth,
             marks.progress,
             marks.checkpoint,
-            threads=ctx.settings.encode_threads or os.cpu_count() or 1,
+            threads=_threads(ctx),
             chunk_bytes=ctx.settings.tensor_chunk_mb << 20,
         )
     if version.status == "ready":
         enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)
         enqueue_for_version(session, version, ctx.enqueue)
+    return None
 
 
-def _build(session: Session, job: Job, ctx: JobContext) -> None:
+def _encode_part(session: Session, job: Job, ctx: JobContext) -> str | None:
+    file = session.get(File, job.target_id)
+    version = session.get(Version, file.version_id) if file is not None else None
+    if file is None or version is None:
+        raise LookupError(f"{job.target} no longer exists")
+    if version.status == "processing" and file.staging_key is not None:
+        marks = _Checkpoints(session, job)
+        encode_file(
+            session,
+            ctx.store,
+            version,
+            file,
+            ctx.settings.max_chain_depth,
+            marks.progress,
+            marks.checkpoint,
+            threads=_threads(ctx),
+            chunk_bytes=ctx.settings.tensor_chunk_mb << 20,
+        )
+    parent = finish_part(session, version, job)
+    if parent is not None:
+        after_commit(session, partial(ctx.enqueue, parent))
+    return None
+
+
+def _threads(ctx: JobContext) -> int:
+    return ctx.settings.encode_threads or os.cpu_count() or 1
+
+
+def _send_all(ctx: JobContext, job_ids: list[int]) -> None:
+    for job_id in job_ids:
+        ctx.enqueue(job_id)
+
+
+def _build(session: Session, job: Job, ctx: JobContext) -> str | None:
     artifact = session.get(Artifact, job.target_id)
     if artifact is None:
         raise LookupError(f"artifact {job.target} no longer exists")
     if artifact.status == "ready":
-        return
+        return None
     artifact.status = "building"
     build_stored_artifact(session, ctx.store, artifact)
     version = session.get(Version, artifact.version_id)
     if version is not None:
         enqueue_for_version(session, version, ctx.enqueue)
+    return None
 
 
-def _evaluate(session: Session, job: Job, ctx: JobContext) -> None:
+def _evaluate(session: Session, job: Job, ctx: JobContext) -> str | None:
     from deltazoo.services.evaluation_run import run_evaluation  # torch and transformers: evaluate jobs only
 
     run_evaluation(session, ctx.store, job.target_id, ctx.settings.eval_device, job.target)
+    return None
 
 
-HANDLERS: dict[str, Callable[[Session, Job, JobContext], None]] = {
-    "encode_version": _encode,
+# a handler returns None when its job is done, or WAITING when other jobs finish it (a split encode)
+HANDLERS: dict[str, Callable[[Session, Job, JobContext], str | None]] = {
+    VERSION_KIND: _encode,
+    PART_KIND: _encode_part,
     "build_artifact": _build,
     "evaluate": _evaluate,
 }
@@ -139,8 +186,13 @@ def mark_job_failed(ctx: JobContext, job_id: int, message: str) -> None:
         if job is None:
             return
         job.status, job.error = "failed", message
-        if job.kind == "encode_version":
-            version = s.get(Version, job.target_id)
+        if job.kind in (VERSION_KIND, PART_KIND):
+            version_id = job.target_id
+            if job.kind == PART_KIND:
+                file = s.get(File, job.target_id)
+                version_id = file.version_id if file is not None else 0
+                JobRepository(s).cancel_encodes([version_id], f"{job.target} failed: {message}")
+            version = s.get(Version, version_id)
             if version is not None and version.status != "ready":
                 version.status, version.status_message = "failed", message
                 for a in ArtifactRepository(s).for_version(version.id):
@@ -175,7 +227,8 @@ def run_job(job_id: int, ctx: JobContext) -> str:
         with session_scope(ctx.settings) as s:
             job = s.get(Job, job_id)
             assert job is not None
-            HANDLERS[job.kind](s, job, ctx)
+            if HANDLERS[job.kind](s, job, ctx) == WAITING:
+                return WAITING
             job.status, job.progress = "succeeded", 1.0
         return "succeeded"
     except TRANSIENT_ERRORS as exc:

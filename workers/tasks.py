@@ -20,7 +20,8 @@ def worker_context() -> JobContext:
     settings = get_settings()
     bound_heap()
     RAW_CACHE.max_bytes = settings.tensor_cache_mb << 20
-    return JobContext(settings, object_store_from_settings(settings), CeleryDispatcher(app).submit)
+    store = object_store_from_settings(settings)
+    return JobContext(settings, store, CeleryDispatcher(app).submit, split=settings.encode_split)
 
 
 class JobTask(Task):  # type: ignore[misc]

@@ -59,7 +59,7 @@ async def _put_file(
     content_range = request.headers.get("content-range")
     if content_range is not None:
         return await _put_part(file, content_range, request, _partials(request), session, store)
-    upload = WholeUpload(_partials(request), file)
+    upload = WholeUpload(_partials(request), file, store.scratch_dir())
     try:
         await feed_body(request, upload.feed)
     except BadRequest:

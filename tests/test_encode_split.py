@@ -1,0 +1,192 @@
+"""One version's encode split across Celery workers (services/encode_split.py): two real
+``deltazoo worker`` processes on Redis store exactly what one stores, and a worker SIGKILLed in the middle
+of a part resumes to exactly the same stored bytes.
+
+The module runs its own stack: its own ``redis-server``, S3 server (``weed mini``), a temporary Postgres
+database, the API and two workers beating every 0.5 s (a killed worker's part is sent again within
+about 1.5 s). Checkpoints have 4 weight shards, each with many small tensors and one tensor stored in
+chunks (1 MiB chunks here).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import torch
+from safetensors.torch import save
+
+from tests.servers import DeltazooWorker, log_problems, own_worker_stack, running_api_server
+from tests.services import ADMIN_TOKEN, wait_until
+from tests.test_api_support import push, sha, wait_job
+
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH"),
+]
+
+SHARDS = 4
+
+
+class SplitStack:
+    def __init__(self, url: str, database: str, workers: list[DeltazooWorker]) -> None:
+        self.url, self.database, self.workers = url, database, workers
+
+    def part_jobs(self) -> list[tuple[int, str, float, int]]:
+        """(id, status, progress, attempts) of every part job, oldest first."""
+        engine = sa.create_engine(self.database)
+        try:
+            with engine.connect() as c:
+                query = (
+                    "SELECT id, status, progress, attempts FROM job WHERE kind = 'encode_file' ORDER BY id"
+                )
+                rows = c.execute(sa.text(query))
+                return [(int(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows]
+        finally:
+            engine.dispose()
+
+    def ran(self, worker: DeltazooWorker, job_id: int) -> bool:
+        return bool(re.search(rf"deltazoo-job-{job_id}-\w+\] received", worker.process.log_text()))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitStack]:
+    root = tmp_path_factory.mktemp("split")
+    chunked = {"DELTAZOO_TENSOR_CHUNK_MB": "1", "DELTAZOO_ENCODE_THREADS": "2"}
+    with own_worker_stack(root, chunked) as own, running_api_server(root / "home", own.settings) as api:
+        yield SplitStack(api.url, own.database, own.workers)
+    workers = own.workers
+    for w in workers:
+        problems = log_problems(w.process.log_text())
+        assert not problems, w.process.log_tail()
+
+
+@pytest.fixture
+def client(stack: SplitStack) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60
+    ) as c:
+        yield c
+
+
+def shards(
+    seed: int, parent: dict[str, dict[str, torch.Tensor]] | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """4 shards of 150 small tensors and one 3 MiB tensor each (a fine-tune of ``parent`` when given)."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for s in range(SHARDS):
+        path = f"model-{s + 1:05d}-of-{SHARDS:05d}.safetensors"
+        if parent is None:
+            state = {f"layers.{s}.{i}.weight": torch.randn(32, 64, generator=g) * 0.02 for i in range(150)}
+            state[f"big.{s}.weight"] = torch.randn(1536, 1024, generator=g) * 0.02
+        else:
+            state = {k: v.float() + torch.randn(v.shape, generator=g) * 1e-3 for k, v in parent[path].items()}
+        out[path] = {k: v.to(torch.bfloat16) for k, v in state.items()}
+    return out
+
+
+BASE = shards(1)
+FT = shards(2, BASE)
+
+
+def files_of(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, bytes]:
+    return {path: save(tensors) for path, tensors in state.items()}
+
+
+def stored(client: httpx.Client, model: str) -> dict[str, Any]:
+    """What a version stored: per tensor its encoding, size, parent, blob and chunks (ids aside)."""
+    manifest = client.get(f"/v1/models/{model}/versions/1/manifest").json()
+    detail = client.get(f"/v1/models/{model}/versions/1").json()
+    tensors = sorted(
+        (f["path"], t["name"], t.get("encoding"), t["blob"], repr(t.get("chunks")))
+        for f in manifest["files"]
+        for t in f.get("tensors", [])
+    )
+    rows = sorted((t["name"], t["encoding"], t["stored_bytes"], repr(t["parent"])) for t in detail["tensors"])
+    return {"tensors": tensors, "rows": rows, "stored_bytes": detail["stored_bytes"]}
+
+
+def push_pair(client: httpx.Client) -> tuple[int, int]:
+    """Push the base and its fine-tune; returns their encode jobs' ids (the fine-tune's not awaited)."""
+    base_job = push(client, "split/base", files_of(BASE))["job"]
+    assert wait_job(client, base_job["id"])["status"] == "succeeded"
+    return base_job["id"], push(client, "split/ft", files_of(FT), base="split/base@1")["job"]["id"]
+
+
+def finish_and_read(client: httpx.Client, ft_job: int) -> dict[str, Any]:
+    done = wait_job(client, ft_job)
+    assert done["status"] == "succeeded", done
+    for model, state in (("split/base", BASE), ("split/ft", FT)):
+        for path, data in files_of(state).items():
+            r = client.get(f"/v1/models/{model}/versions/1/files/{path}")
+            assert r.status_code == 200 and sha(r.content) == sha(data), f"{model}/{path} is not exact"
+    return {"base": stored(client, "split/base"), "ft": stored(client, "split/ft")}
+
+
+def delete_pair(client: httpx.Client) -> None:
+    for model in ("split/ft", "split/base"):
+        assert client.delete(f"/v1/models/{model}").status_code == 204
+
+
+ONE_WORKER: dict[str, Any] = {}
+
+
+def test_two_workers_store_exactly_what_one_worker_stores(stack: SplitStack, client: httpx.Client) -> None:
+    first, second = stack.workers
+    second.process.stop(grace=15.0)
+    try:
+        _, ft_job = push_pair(client)
+        ONE_WORKER.update(finish_and_read(client, ft_job))
+    finally:
+        second.start()
+    delete_pair(client)
+    before = {p[0] for p in stack.part_jobs()}
+
+    _, ft_job = push_pair(client)
+    assert finish_and_read(client, ft_job) == ONE_WORKER
+    parts = [p for p in stack.part_jobs() if p[0] not in before]
+    assert len(parts) == 2 * SHARDS and all(p[1] == "succeeded" for p in parts)
+    for worker in stack.workers:  # the parts were shared out, not run by one worker
+        assert any(stack.ran(worker, p[0]) for p in parts), worker.process.log_tail()
+    delete_pair(client)
+    enc = {row[0]: row[1] for row in ONE_WORKER["ft"]["rows"]}
+    assert enc["big.0.weight"] == "delta" and enc["layers.0.0.weight"] == "delta"
+
+
+def test_worker_killed_mid_part_resumes_to_the_same_bytes(stack: SplitStack, client: httpx.Client) -> None:
+    if not ONE_WORKER:
+        pytest.skip("needs the one-worker bytes of the test before")
+    before = {p[0] for p in stack.part_jobs()}
+    _, ft_job = push_pair(client)
+
+    def part_midway() -> tuple[int, DeltazooWorker] | None:
+        for job_id, status, progress, _ in stack.part_jobs():
+            if job_id in before or status != "running" or not 0 < progress < 1:
+                continue
+            for worker in stack.workers:
+                if stack.ran(worker, job_id):
+                    return job_id, worker
+        return None
+
+    hit: tuple[int, DeltazooWorker] | None = None
+
+    def found() -> bool:
+        nonlocal hit
+        hit = part_midway()
+        return hit is not None
+
+    wait_until(found, timeout=180, what="a part of the fine-tune's encode part-way", interval=0.05)
+    assert hit is not None
+    job_id, worker = hit
+    worker.process.kill()  # SIGKILL, as a crashed host
+    worker.start()
+    assert finish_and_read(client, ft_job) == ONE_WORKER
+    parts = {p[0]: p for p in stack.part_jobs() if p[0] not in before}
+    assert parts[job_id][1] == "succeeded" and parts[job_id][3] >= 2, "the killed part was not run again"
+    delete_pair(client)
