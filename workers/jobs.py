@@ -17,14 +17,13 @@ from datetime import timedelta
 from functools import partial
 
 from deltazoo.registry.db import after_commit, session_scope
-from deltazoo.registry.models import Artifact, File, Job, Version, utcnow
+from deltazoo.registry.models import File, Job, Version, utcnow
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.repositories import PART_KIND, VERSION_KIND, ArtifactRepository, JobRepository
+from deltazoo.registry.repositories import PART_KIND, VERSION_KIND
 from deltazoo.registry.settings import Settings
-from deltazoo.services.artifacts import build_stored_artifact, enqueue_pending_artifacts
 from deltazoo.services.encode import encode_file, encode_version
 from deltazoo.services.encode_split import WAITING, finish_part, plan_parts
-from deltazoo.services.evaluation import enqueue_for_version, mark_evaluation_failed
+from deltazoo.services.job_outcomes import build_artifact_job, encode_finished, record_job_failure
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -110,9 +109,7 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> str | None:
             threads=_threads(ctx),
             chunk_bytes=ctx.settings.tensor_chunk_mb << 20,
         )
-    if version.status == "ready":
-        enqueue_pending_artifacts(session, version, job.target, ctx.enqueue)
-        enqueue_for_version(session, version, ctx.enqueue)
+    encode_finished(session, version, job.target, ctx.enqueue)
     return None
 
 
@@ -150,16 +147,7 @@ def _send_all(ctx: JobContext, job_ids: list[int]) -> None:
 
 
 def _build(session: Session, job: Job, ctx: JobContext) -> str | None:
-    artifact = session.get(Artifact, job.target_id)
-    if artifact is None:
-        raise LookupError(f"artifact {job.target} no longer exists")
-    if artifact.status == "ready":
-        return None
-    artifact.status = "building"
-    build_stored_artifact(session, ctx.store, artifact)
-    version = session.get(Version, artifact.version_id)
-    if version is not None:
-        enqueue_for_version(session, version, ctx.enqueue)
+    build_artifact_job(session, ctx.store, job, ctx.enqueue)
     return None
 
 
@@ -183,27 +171,8 @@ def mark_job_failed(ctx: JobContext, job_id: int, message: str) -> None:
     """Record a job, and what it worked on, as failed (also when transient errors never went away)."""
     with session_scope(ctx.settings) as s:
         job = s.get(Job, job_id)
-        if job is None:
-            return
-        job.status, job.error = "failed", message
-        if job.kind in (VERSION_KIND, PART_KIND):
-            version_id = job.target_id
-            if job.kind == PART_KIND:
-                file = s.get(File, job.target_id)
-                version_id = file.version_id if file is not None else 0
-                JobRepository(s).cancel_encodes([version_id], f"{job.target} failed: {message}")
-            version = s.get(Version, version_id)
-            if version is not None and version.status != "ready":
-                version.status, version.status_message = "failed", message
-                for a in ArtifactRepository(s).for_version(version.id):
-                    if a.status != "ready":
-                        a.status, a.status_message = "failed", "the version failed to encode"
-        elif job.kind == "build_artifact":
-            artifact = s.get(Artifact, job.target_id)
-            if artifact is not None and artifact.status != "ready":
-                artifact.status, artifact.status_message = "failed", message
-        elif job.kind == "evaluate":
-            mark_evaluation_failed(s, job.target_id, message)
+        if job is not None:
+            record_job_failure(s, job, message)
 
 
 def run_job(job_id: int, ctx: JobContext) -> str:
