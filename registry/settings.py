@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         description="Celery workers split a version's encode into one job per weight file, run by any worker",
     )
     job_heartbeat_s: float = Field(default=10.0, description="Celery job heartbeat; 3 missed: sent again")
+    job_commit_every_s: float = Field(
+        default=1.0, ge=0, description="a running encode commits its work and progress at most this often (s)"
+    )
     tensor_cache_mb: int = Field(default=64, description="LRU of decoded parent tensors, per process (MiB)")
     max_tensor_mb: int = Field(default=65536, ge=1, description="largest tensor an upload may hold (MiB)")
     max_tensors: int = Field(default=100_000, ge=1, description="most tensors one version may hold")

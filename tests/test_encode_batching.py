@@ -16,7 +16,6 @@ from deltazoo.registry.db import session_factory
 from deltazoo.registry.objectstore import LocalObjectStore
 from deltazoo.registry.settings import Settings
 from deltazoo.services.encode_pipeline import LOOKUP_BATCH
-from deltazoo.workers import jobs
 from deltazoo.workers.jobs import JobContext, run_job
 from fastapi.testclient import TestClient
 from sqlalchemy import event
@@ -64,9 +63,9 @@ def encode_statements(
     home: Path, database_url: str | None, count: int, monkeypatch: pytest.MonkeyPatch
 ) -> int:
     """Statements of the fine-tune's encode job, run to the end in this thread; checks the pull."""
-    monkeypatch.setattr(jobs._Checkpoints, "EVERY_S", float("inf"))  # no time-based commits in the count
     settings = Settings(
-        home=home, database_url=database_url, broker_url=None, s3_endpoint=None, auth=False, encode_threads=2
+        home=home, database_url=database_url, broker_url=None, s3_endpoint=None, auth=False, encode_threads=2,
+        job_commit_every_s=float("inf"),  # no time-based commits in the count
     )
     base, ft = many_tensors(count)
     files = {"base": checkpoint(base), "ft": checkpoint(ft)}

@@ -89,12 +89,13 @@ def encode_pair(
     import deltazoo.workers.jobs  # noqa: F401 (loads workers.jobs)
     from deltazoo.services import encode_pipeline, tensor_rows
 
-    from deltazoo import workers
 
-    monkeypatch.setattr(workers.jobs._Checkpoints, "EVERY_S", 0.0)  # commit after every tensor:
     monkeypatch.setattr(tensor_rows, "ROWS_PER_WRITE", 1)  # rows written one by one
     monkeypatch.setattr(encode_pipeline, "LOOKUP_BATCH", 1)
-    settings = embedded_settings(home).model_copy(update={"encode_threads": threads, "tensor_chunk_mb": 1})
+    every_tensor = {"job_commit_every_s": 0.0}  # commit after every tensor
+    settings = embedded_settings(home).model_copy(
+        update={"encode_threads": threads, "tensor_chunk_mb": 1, **every_tensor}
+    )
     base, ft = wide_pair()
     files = {"base": checkpoint(base), "ft": checkpoint(ft)}
     with TestClient(create_app(settings)) as client:

@@ -57,7 +57,12 @@ class SplitStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitStack]:
     root = tmp_path_factory.mktemp("split")
-    chunked = {"DELTAZOO_TENSOR_CHUNK_MB": "1", "DELTAZOO_ENCODE_THREADS": "2"}
+    # every tensor's row and progress committed as it goes, so a part is seen part-way however fast it runs
+    chunked = {
+        "DELTAZOO_TENSOR_CHUNK_MB": "1",
+        "DELTAZOO_ENCODE_THREADS": "2",
+        "DELTAZOO_JOB_COMMIT_EVERY_S": "0",
+    }
     with own_worker_stack(root, chunked) as own, running_api_server(root / "home", own.settings) as api:
         yield SplitStack(api.url, own.database, own.workers)
     workers = own.workers

@@ -84,11 +84,11 @@ class FlakyStore(LocalObjectStore):
 def test_interrupted_encode_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import deltazoo.workers.jobs  # noqa: F401 (loads workers.jobs)
 
-    from deltazoo import workers
-    monkeypatch.setattr(workers.jobs._Checkpoints, "EVERY_S", 0.0)  # commit after every tensor
     # one lane: the read that fails then comes after some tensors are committed (several lanes read
     # ahead; tests/test_encode_parallel.py crashes those mid-file)
-    settings = embedded_settings(tmp_path / "home").model_copy(update={"encode_threads": 1})
+    # and a commit after every tensor
+    update = {"encode_threads": 1, "job_commit_every_s": 0.0}
+    settings = embedded_settings(tmp_path / "home").model_copy(update=update)
     base = base_state()
     files = {"base": checkpoint(base), "ft": checkpoint(finetune_state(base))}
     with TestClient(create_app(settings)) as client:

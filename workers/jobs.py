@@ -65,16 +65,14 @@ class JobContext:
 
 
 class _Checkpoints:
-    """Progress on the job row, committed with the work at most once a second.
+    """Progress on the job row, committed with the work at most once every ``job_commit_every_s`` (1 s).
 
     Committing as it goes keeps a long encode from holding the database's write lock (SQLite has one
     writer) and makes progress visible; the encode skips what an interrupted run already committed.
     """
 
-    EVERY_S = 1.0
-
-    def __init__(self, session: Session, job: Job) -> None:
-        self.session, self.job = session, job
+    def __init__(self, session: Session, job: Job, every_s: float) -> None:
+        self.session, self.job, self.every_s = session, job, every_s
         self.last = time.monotonic()
 
     def progress(self, fraction: float) -> None:
@@ -82,7 +80,7 @@ class _Checkpoints:
 
     def checkpoint(self) -> None:
         now = time.monotonic()
-        if now - self.last >= self.EVERY_S:
+        if now - self.last >= self.every_s:
             self.session.commit()
             self.last = now
 
@@ -98,7 +96,7 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> str | None:
             after_commit(session, partial(_send_all, ctx, created))
             return WAITING
     if version.status == "processing":
-        marks = _Checkpoints(session, job)
+        marks = _Checkpoints(session, job, ctx.settings.job_commit_every_s)
         encode_version(
             session,
             ctx.store,
@@ -119,7 +117,7 @@ def _encode_part(session: Session, job: Job, ctx: JobContext) -> str | None:
     if file is None or version is None:
         raise LookupError(f"{job.target} no longer exists")
     if version.status == "processing" and file.staging_key is not None:
-        marks = _Checkpoints(session, job)
+        marks = _Checkpoints(session, job, ctx.settings.job_commit_every_s)
         encode_file(
             session,
             ctx.store,
