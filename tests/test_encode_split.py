@@ -82,13 +82,14 @@ def client(stack: SplitStack) -> Iterator[httpx.Client]:
 def shards(
     seed: int, parent: dict[str, dict[str, torch.Tensor]] | None = None
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """4 shards of 150 small tensors and one 3 MiB tensor each (a fine-tune of ``parent`` when given)."""
+    """4 shards of 600 small tensors and one 3 MiB tensor each (a fine-tune of ``parent`` when given):
+    more tensors than one dedup batch (``LOOKUP_BATCH``), so a part commits rows and progress part-way."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, dict[str, torch.Tensor]] = {}
     for s in range(SHARDS):
         path = f"model-{s + 1:05d}-of-{SHARDS:05d}.safetensors"
         if parent is None:
-            state = {f"layers.{s}.{i}.weight": torch.randn(32, 64, generator=g) * 0.02 for i in range(150)}
+            state = {f"layers.{s}.{i}.weight": torch.randn(32, 64, generator=g) * 0.02 for i in range(600)}
             state[f"big.{s}.weight"] = torch.randn(1536, 1024, generator=g) * 0.02
         else:
             state = {k: v.float() + torch.randn(v.shape, generator=g) * 1e-3 for k, v in parent[path].items()}
