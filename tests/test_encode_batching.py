@@ -93,7 +93,9 @@ def batches(count: int) -> int:
 def assert_statements_per_batch_flat(small: int, large: int) -> None:
     per_batch = (large - small) / (batches(10 * N) - batches(N))
     seen = f"{small} statements for {N} tensors, {large} for {10 * N}: {per_batch:.1f} per batch"
-    assert per_batch <= 8, seen
+    # a batch closes early when the next hash is not done yet, so timing adds a batch now and then;
+    # the old code sent ~300 statements per 256 tensors
+    assert per_batch <= 12, seen
     assert large < 10 * N / 20, f"{large} statements for {10 * N} tensors"
 
 
