@@ -79,7 +79,12 @@ def tensor_range(entries: Sequence[TensorEntry], index: int, count: int) -> list
     into ``count`` equal spans. The ranges are disjoint, cover every tensor, and depend only on the
     header."""
     total = max((e.end for e in entries), default=0)
-    return [e for e in entries if ((e.begin + e.end) // 2 * count // total if total else 0) == index]
+
+    def range_holding(e: TensorEntry) -> int:
+        # an empty tensor at the very end has its middle at ``total``: it joins the last range
+        return min(count - 1, (e.begin + e.end) // 2 * count // total) if total else 0
+
+    return [e for e in entries if range_holding(e) == index]
 
 
 def plan_parts(session: Session, version: Version, job: Job, part_bytes: int) -> tuple[list[Job], list[int]]:
