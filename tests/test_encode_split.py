@@ -141,12 +141,12 @@ def push_pair(client: httpx.Client, layout: str) -> tuple[int, int]:
     """Push the base and its fine-tune; returns their encode jobs' ids (the fine-tune's not awaited)."""
     base, ft = pair(layout)
     base_job = push(client, "split/base", files_of(base))["job"]
-    assert wait_job(client, base_job["id"])["status"] == "succeeded"
+    assert wait_job(client, base_job["id"], timeout_s=600)["status"] == "succeeded"
     return base_job["id"], push(client, "split/ft", files_of(ft), base="split/base@1")["job"]["id"]
 
 
 def finish_and_read(client: httpx.Client, ft_job: int, layout: str) -> dict[str, Any]:
-    done = wait_job(client, ft_job)
+    done = wait_job(client, ft_job, timeout_s=600)  # patience, not a threshold: the machine may be loaded
     assert done["status"] == "succeeded", done
     base, ft = pair(layout)
     for model, state in (("split/base", base), ("split/ft", ft)):
