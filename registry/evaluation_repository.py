@@ -43,11 +43,17 @@ class EvaluationRepository:
         return row
 
     def ranked(
-        self, text_id: int, private_namespaces: Sequence[str] | None, limit: int, offset: int
+        self,
+        text_id: int,
+        private_namespaces: Sequence[str] | None,
+        limit: int,
+        offset: int,
+        counts: tuple[int, int] | None = None,
     ) -> tuple[int, int, list[tuple[Evaluation, Version, Artifact | None]]]:
         """(how many have a bpb, how many in all, the page ``offset``..``offset + limit``) of the
         evaluations on a text of models the caller may read (None: all): by bpb ascending (best ratio
-        first), then those without a bpb by id. Reads ``ix_evaluation_text_bpb`` in order."""
+        first), then those without a bpb by id. Reads ``ix_evaluation_text_bpb`` in order. ``counts``
+        (ranked, total), when the caller has them (the counters), saves counting."""
         of_text = (
             select(Evaluation, Version, Artifact)
             .join(Version, Version.id == Evaluation.version_id)
@@ -65,8 +71,11 @@ class EvaluationRepository:
             of_text.where(has_bpb),
             of_text.where(~has_bpb | Evaluation.bits_per_byte.is_(None)),
         )
-        ranked = int(self.s.scalar(select(func.count()).select_from(ranked_q.subquery())) or 0)
-        total = ranked + int(self.s.scalar(select(func.count()).select_from(unranked_q.subquery())) or 0)
+        if counts is not None:
+            ranked, total = counts
+        else:
+            ranked = int(self.s.scalar(select(func.count()).select_from(ranked_q.subquery())) or 0)
+            total = ranked + int(self.s.scalar(select(func.count()).select_from(unranked_q.subquery())) or 0)
         rows: list[Any] = []
         if offset < ranked:
             rows += self.s.execute(

@@ -8,6 +8,7 @@ from deltazoo.registry.errors import Unprocessable
 from deltazoo.registry.evaluation_repository import EvaluationRepository
 from deltazoo.registry.models import Artifact, Evaluation, Version
 from deltazoo.registry.repositories import ModelRepository
+from deltazoo.registry.tallies import TallyRepository, text_keys
 from deltazoo.services.access import OPEN, Principal
 from deltazoo.services.evaluation import get_text, text_info
 from deltazoo.services.refs import ref_string
@@ -69,12 +70,23 @@ def leaderboard(
     if offset < 0:
         raise Unprocessable(f"offset must be >= 0 (got {offset})", code="invalid_offset")
     text = get_text(session, text_name)
+    allowed = viewer.private_namespaces()
     ranked, total, rows = EvaluationRepository(session).ranked(
-        text.id, viewer.private_namespaces(), limit, offset
+        text.id, allowed, limit, offset, _counted(session, text.id, allowed)
     )
     names = ModelRepository(session).full_names(v.model_id for _, v, _ in rows)
     items = [entry(e, v, a, names[v.model_id]) for e, v, a in rows]
     return {"text": text_info(text), "items": items, "total": total, "ranked": ranked, "offset": offset}
+
+
+def _counted(session: Session, text_id: int, allowed: list[str] | None) -> tuple[int, int] | None:
+    """(ranked, total) on the text from the counters (``registry.tallies``) when the viewer may read
+    every evaluation (all namespaces, or no private model exists); None: count what it may read."""
+    counts = TallyRepository(session).totals()
+    if allowed is not None and counts.get("private_models", 0) > 0:
+        return None
+    every, ranked = text_keys(text_id)
+    return counts.get(ranked, 0), counts.get(every, 0)
 
 
 def version_quality(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:

@@ -63,6 +63,19 @@ def test_f16_values_saved_as_f32_are_coded_as_f16() -> None:
     assert payload[:4] == narrow.MAGIC_NARROW and payload[5] == 2  # dtype code 2 = F16
 
 
+def test_full_mantissa_shortcut_never_skips_a_tensor_a_narrower_dtype_holds() -> None:
+    every_f16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+    for chunk in raw_of(every_f16[: 1 << 15]), raw_of(every_f16[1 << 15 :]):  # NaN, inf, subnormals included
+        assert not narrow.full_mantissa_f32(chunk)
+    g = torch.Generator().manual_seed(6)
+    full = (torch.randn(5000, generator=g, dtype=torch.float64) * 0.1).float()
+    assert narrow.full_mantissa_f32(raw_of(full)) and narrow.narrowest(raw_of(full), "F32") is None
+    f16_head = torch.cat([full[:4096].half().float(), full[4096:]])  # narrow-looking head, full tail
+    assert not narrow.full_mantissa_f32(raw_of(f16_head))
+    assert narrow.narrowest(raw_of(f16_head), "F32") is None
+    assert narrow.narrowest(raw_of(full.half().float()), "F32")[0] == "F16"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_values_no_narrower_dtype_holds_are_coded_as_before(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(5)
