@@ -69,14 +69,27 @@ class DeltaPuller:
         self._local: dict[str, tuple[Path, int, int]] = {}
         self._manifests: dict[str, dict[str, Any]] = {}
 
-    def hold(self, files: list[FileInfo]) -> None:
-        """Make the tensors of these cached files available as parents."""
+    def hold(self, files: list[FileInfo], *, ref: str | None = None) -> None:
+        """Make the tensors of these cached files (of version ``ref``, when known) available as parents.
+
+        A file's tensor index comes from ``ref``'s manifest (each tensor's sha256 and offsets, as the
+        server recorded them) instead of hashing every tensor of the cached file: a wrong entry would
+        rebuild a wrong file, which the pulled file's own sha256 refuses."""
         for f in files:
             if f.kind != "safetensors" and not f.path.endswith(".safetensors"):
                 continue
             blob = self.cache.blob_path(f.sha256)
-            for sha, (begin, end) in self.cache.tensor_index(f).items():
+            listed = self._listed_tensors(ref, f.path) if ref and not self.cache.has_tensor_index(f) else None
+            for sha, (begin, end) in self.cache.tensor_index(f, listed=listed).items():
                 self._local[sha] = (blob, begin, end)
+
+    def _listed_tensors(self, ref: str, path: str) -> dict[str, tuple[int, int]] | None:
+        """``{sha256: (begin, end)}`` of a file's tensors in ``ref``'s manifest (offsets after the
+        header), or None when the manifest does not list them."""
+        entry = next((e for e in self.manifest(ref)["files"] if e["path"] == path), None)
+        if entry is None or entry.get("tensors") is None:
+            return None
+        return {t["sha256"]: (int(t["offset"][0]), int(t["offset"][1])) for t in entry["tensors"]}
 
     def manifest(self, ref: str) -> dict[str, Any]:
         if ref not in self._manifests:
