@@ -254,7 +254,17 @@ class DeltaPuller:
                 self._unpack_other(stored, out)
             else:
                 self._pull_safetensors(entry, out, file, bar)
-        return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
+        try:
+            return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
+        except IntegrityError as exc:  # the one check of every rebuilt byte: say where they came from
+            if stored is not None or exc.code != "sha256_mismatch":
+                raise
+            raise IntegrityError(
+                f"{file.path} rebuilt from the cached ancestors does not match its sha256 "
+                f"{file.sha256[:12]} (a cached file is damaged, or the server's manifest is wrong); "
+                "pull again without the cache (delete it) and report this",
+                code="sha256_mismatch",
+            ) from None
 
     def _fetch_stored(self, blob: str, file: FileInfo) -> Path:
         """A non-tensor file's blob (its stored form) through the one downloader: resumed after an
