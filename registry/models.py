@@ -313,3 +313,22 @@ class SketchBand(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), primary_key=True)
     band: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[int] = mapped_column(Integer)
+
+
+class Tally(Base):
+    """A counter of the zoo (``registry.tallies``: rows, bytes, tensors per encoding, a text's
+    evaluations), kept by triggers in the transaction that writes the rows it counts."""
+
+    __tablename__ = "tally"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class TallyDelta(Base):
+    """Postgres: what one statement added to counters, appended (no lock shared by concurrent writers)
+    and folded into ``tally`` by a reader. Empty on SQLite, whose triggers update ``tally`` directly."""
+
+    __tablename__ = "tally_delta"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    n: Mapped[int] = mapped_column(BigInteger)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from deltazoo.registry.model_search import matching_model_ids
 from deltazoo.registry.models import (
     Artifact,
     Blob,
@@ -88,19 +89,22 @@ class ModelRepository:
         offset: int,
         private_namespaces: Sequence[str] | None = None,
         namespace: str | None = None,
+        known_total: int | None = None,
     ) -> tuple[list[tuple[Model, str]], int]:
-        """Models matching ``text`` (in ``namespace`` when given); private ones only in
-        ``private_namespaces`` (None: all of them)."""
-        full = Namespace.name + "/" + Model.name
+        """Models whose ``org/name`` or description contains ``text`` (``registry.model_search``: an
+        index, not a scan), in ``namespace`` when given; private ones only in ``private_namespaces``
+        (None: all of them). ``known_total``: how many match, when the caller has it (the counters)."""
         q = select(Model, Namespace.name).join(Namespace)
         if namespace is not None:
             q = q.where(Namespace.name == namespace)
         if private_namespaces is not None:
             q = q.where(readable(private_namespaces))
         if text:
-            pattern = f"%{text.lower()}%"
-            q = q.where(func.lower(full).like(pattern) | func.lower(Model.description).like(pattern))
-        total = self.s.scalar(select(func.count()).select_from(q.subquery())) or 0
+            q = q.where(Model.id.in_(matching_model_ids(self.s, text)))
+        if known_total is None:
+            total = self.s.scalar(select(func.count()).select_from(q.subquery())) or 0
+        else:
+            total = known_total
         rows = self.s.execute(q.order_by(Namespace.name, Model.name).limit(limit).offset(offset))
         return [(m, f"{org}/{m.name}") for m, org in rows], total
 

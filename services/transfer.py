@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.other_files import decompress_range
@@ -31,7 +31,11 @@ from deltazoo.services.chunks import RangeReader
 from deltazoo.services.storage import Recipe, read_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
+if TYPE_CHECKING:
+    from deltazoo.registry.s3_parts import StreamedPut
+
 MAX_INDEX_BYTES = 64 << 20
+STREAM_FROM = 8 << 20  # files larger than this stream to an S3 store while they arrive
 SEND_CHUNK = 1 << 20
 
 
@@ -57,10 +61,29 @@ class UploadSink:
         elif spool is None:
             spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # type: ignore[assignment]  # noqa: SIM115
         self.spool: BinaryIO = spool  # type: ignore[assignment]  # closed in finish/close
+        self.streamed: StreamedPut | None = None
+        self.key: str | None = None
+
+    def stream_to(self, store: ObjectStore, fd: int | None = None) -> None:
+        """Send the bytes to their staging object while they arrive, when ``store`` can (S3: parts go
+        out as the spool grows, so staging is done soon after the last byte, not started then).
+        ``fd``: a readable descriptor of the spool, handed over (default: one of the spool's own)."""
+        if self.file.size <= STREAM_FROM:  # small: one write at the end
+            if fd is not None:
+                os.close(fd)
+            return
+        key = new_staging_key()
+        streamed = store.streamed_put(key, os.dup(self.spool.fileno()) if fd is None else fd, self.file.size)
+        if streamed is not None:
+            self.key, self.streamed = key, streamed
+            streamed.grown(self.size)  # a resumed upload: what its part file holds already
 
     def feed(self, chunk: bytes) -> None:
         self.account(chunk)
         self.spool.write(chunk)
+        if self.streamed is not None and self.streamed.wants(self.size):
+            self.spool.flush()  # the part is read from the file
+            self.streamed.grown(self.size)
 
     def account(self, chunk: bytes) -> None:
         """Count, hash and validate ``chunk`` without spooling it (a resumed upload replays its part file)."""
@@ -106,6 +129,12 @@ class UploadSink:
                     validate_index(self.spool.read())
                 except SafetensorsError as exc:
                     raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
+            if self.streamed is not None:
+                self.spool.flush()
+                streamed, self.streamed = self.streamed, None
+                streamed.complete(self.size)
+                assert self.key is not None
+                return self.key
             key = key or new_staging_key()
             path = self._spool_path()
             if path is None:
@@ -123,7 +152,11 @@ class UploadSink:
         return Path(name) if isinstance(name, str) and os.path.isfile(name) else None
 
     def close(self) -> None:
-        """Close the spool; a scratch spool that was not staged is deleted."""
+        """Close the spool (a scratch spool that was not staged is deleted) and give up a streamed
+        write that did not complete."""
+        if self.streamed is not None:
+            self.streamed.abort()
+            self.streamed = None
         self.spool.close()
         path = self._spool_path()
         if path is not None and path.name.startswith("upload-"):

@@ -14,8 +14,6 @@ Either way the checked file is staged and recorded on the pending version (``ver
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File
 from deltazoo.registry.objectstore import ObjectStore
@@ -28,12 +26,13 @@ from sqlalchemy.orm import Session
 class WholeUpload:
     """A file sent in one request."""
 
-    def __init__(self, partials: PartialUploads, file: File, scratch_dir: Path | None = None) -> None:
-        """``scratch_dir``: the object store's own (``ObjectStore.scratch_dir``), so staging renames the
-        spooled file instead of copying it."""
+    def __init__(self, partials: PartialUploads, file: File, store: ObjectStore) -> None:
+        """The bytes are spooled in the store's scratch directory (a local store renames the file into
+        place, no copy), or stream to the store while they arrive (S3)."""
         partials.abandon(file)  # 409 while a part of a resumable upload of it streams in
         self.file = file
-        self.sink = UploadSink(file, scratch_dir=scratch_dir)
+        self.sink = UploadSink(file, scratch_dir=store.scratch_dir())
+        self.sink.stream_to(store)
         self.feed = self.sink.feed
 
     def reject(self) -> None:
@@ -49,9 +48,11 @@ class WholeUpload:
 class PartUpload:
     """Bytes ``[start, end)`` of a file sent in parts."""
 
-    def __init__(self, partials: PartialUploads, file: File, start: int, end: int) -> None:
+    def __init__(
+        self, partials: PartialUploads, file: File, start: int, end: int, store: ObjectStore
+    ) -> None:
         self.partials, self.file, self.start, self.end = partials, file, start, end
-        self.sink = partials.begin(file, start)  # 409 unless ``start`` is the bytes received so far
+        self.sink = partials.begin(file, start, store)  # 409 unless ``start`` is the bytes received so far
         self.feed = self.sink.feed
 
     def too_much(self, header: str) -> BadRequest:

@@ -59,7 +59,7 @@ async def _put_file(
     content_range = request.headers.get("content-range")
     if content_range is not None:
         return await _put_part(file, content_range, request, _partials(request), session, store)
-    upload = WholeUpload(_partials(request), file, store.scratch_dir())
+    upload = WholeUpload(_partials(request), file, store)
     try:
         await feed_body(request, upload.feed)
     except BadRequest:
@@ -84,7 +84,7 @@ async def _put_part(
             f"{end - start} bytes the Content-Range names",
             code="invalid_content_range",
         )
-    part = PartUpload(partials, file, start, end)
+    part = PartUpload(partials, file, start, end, store)
     try:
         await feed_body(request, part.feed, limit=end - start, too_much=lambda: part.too_much(header))
     except BadRequest:
