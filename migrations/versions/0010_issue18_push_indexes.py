@@ -6,7 +6,7 @@ found by key (ix_file_staging_key, partial: only files still waiting to be encod
 every file
 
 Revision ID: issue18_push_indexes
-Revises: issue15_version_creator
+Revises: issue18_tallies_search
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "issue18_push_indexes"
-down_revision = "issue15_version_creator"
+down_revision = "issue18_tallies_search"
 branch_labels = None
 depends_on = None
 
