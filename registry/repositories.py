@@ -21,7 +21,7 @@ from deltazoo.registry.models import (
     VersionTag,
     utcnow,
 )
-from sqlalchemy import ColumnElement, Select, func, or_, select, union, update
+from sqlalchemy import ColumnElement, Select, func, literal_column, or_, select, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -331,8 +331,9 @@ class TensorRepository:
         if not wanted:
             return {}
         rank = func.row_number().over(partition_by=Tensor.sha256, order_by=(Tensor.depth, Tensor.id))
+        # 'same' inline, not bound: both databases then read the partial index ix_tensor_stored_sha256
         ranked = select(Tensor.id, rank.label("rank")).where(
-            Tensor.sha256.in_(wanted), Tensor.encoding != "same"
+            Tensor.sha256.in_(wanted), Tensor.encoding != literal_column("'same'")
         )
         if visible is not None:
             ranked = (
