@@ -28,7 +28,7 @@ from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
 from deltazoo.services.chunks import RangeReader
-from deltazoo.services.storage import Recipe, read_blob, reconstruct, resolve_recipes
+from deltazoo.services.storage import SHA_RE, Recipe, read_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
@@ -37,6 +37,20 @@ if TYPE_CHECKING:
 MAX_INDEX_BYTES = 64 << 20
 STREAM_FROM = 8 << 20  # files larger than this stream to an S3 store while they arrive
 SEND_PIECE = 8 << 20  # the most bytes of one decoded piece handed to the HTTP server at once
+
+
+def check_named(file: File, claimed: str | None) -> None:
+    """A file declared without sha256 is named by the upload that carries its last byte."""
+    if claimed is not None and not SHA_RE.match(claimed):
+        raise BadRequest(
+            f"{file.path}: Deltazoo-Sha256 {claimed!r} is not 64 lowercase hex digits", code="invalid_sha256"
+        )
+    if not file.sha256 and claimed is None:
+        raise BadRequest(
+            f"{file.path} was declared without sha256: send it in the Deltazoo-Sha256 header of the "
+            "request that carries the last byte",
+            code="sha256_required",
+        )
 
 
 class UploadSink:
@@ -101,9 +115,10 @@ class UploadSink:
             except SafetensorsError as exc:
                 raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
 
-    def finish(self, store: ObjectStore, key: str | None = None) -> str:
+    def finish(self, store: ObjectStore, key: str | None = None, claimed: str | None = None) -> str:
         """Check the whole file and write it to a staging object (``key``, default a new one); returns
-        its key."""
+        its key. ``claimed``: the sha256 the client names with the last byte (``Deltazoo-Sha256``), needed
+        when the file was declared without one (``File.sha256`` empty)."""
         try:
             if self.validator is not None:
                 try:
@@ -115,12 +130,14 @@ class UploadSink:
                     f"{self.file.path}: {self.size} bytes arrived but {self.file.size} were declared",
                     code="size_mismatch",
                 )
-            if self.sha.hexdigest() != self.file.sha256:
-                raise BadRequest(
-                    f"{self.file.path}: sha256 of the bytes is {self.sha.hexdigest()}, "
-                    f"declared {self.file.sha256}; upload the file that was declared",
-                    code="sha256_mismatch",
-                )
+            for expected in (self.file.sha256, claimed):
+                if expected and self.sha.hexdigest() != expected:
+                    raise BadRequest(
+                        f"{self.file.path}: sha256 of the bytes is {self.sha.hexdigest()}, "
+                        f"declared {expected}; upload the file that was declared",
+                        code="sha256_mismatch",
+                    )
+            check_named(self.file, claimed)
             if is_index_file(self.file.path):
                 if self.size > MAX_INDEX_BYTES:
                     raise BadRequest(f"{self.file.path}: index file larger than {MAX_INDEX_BYTES} bytes")
