@@ -59,24 +59,63 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
+def _cursor_of(ev: Evaluation) -> str:
+    """Where the next page starts: after this row (``<bpb>:<id>``, or ``-:<id>`` for an unranked one)."""
+    bpb = ev.bits_per_byte
+    return f"{float(bpb)!r}:{ev.id}" if bpb is not None and bpb > 0 else f"-:{ev.id}"
+
+
+def parse_cursor(cursor: str) -> tuple[float | None, int]:
+    bpb, _, last_id = cursor.partition(":")
+    try:
+        after = (None if bpb == "-" else float(bpb), int(last_id))
+        if after[0] is not None and not 0 < after[0] < float("inf") or not 0 < after[1] < 2**63:
+            raise ValueError(cursor)
+        return after
+    except ValueError:
+        raise Unprocessable(
+            f"cursor {cursor[:40]!r} is not one this server gave; pass the previous page's next_cursor"
+            " unchanged, or no cursor for the first page",
+            code="invalid_cursor",
+        ) from None
+
+
 def leaderboard(
-    session: Session, text_name: str, viewer: Principal = OPEN, limit: int = DEFAULT_PAGE, offset: int = 0
+    session: Session,
+    text_name: str,
+    viewer: Principal = OPEN,
+    limit: int = DEFAULT_PAGE,
+    offset: int = 0,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """One page of the evaluations on the text of models the ``viewer`` may read, best ratio (lowest
     bpb) first, unfinished or not evaluable ones last; ``total`` counts them all. Ranked and paged in
-    the database on ``ix_evaluation_text_bpb``: a page costs the same in a zoo of any size."""
+    the database on ``ix_evaluation_text_bpb``, the totals from the counters: the first page costs the
+    same in a zoo of any size, and so does every page read by ``cursor`` (``next_cursor`` of the page
+    before: a range of the index) where a deep ``offset`` skips the rows before it one by one."""
     if not 1 <= limit <= MAX_PAGE:
         raise Unprocessable(f"limit must be between 1 and {MAX_PAGE} (got {limit})", code="invalid_limit")
     if offset < 0:
         raise Unprocessable(f"offset must be >= 0 (got {offset})", code="invalid_offset")
+    if cursor and offset:
+        raise Unprocessable("give a cursor or an offset, not both", code="invalid_offset")
+    after = parse_cursor(cursor) if cursor else None
     text = get_text(session, text_name)
     allowed = viewer.private_namespaces()
     ranked, total, rows = EvaluationRepository(session).ranked(
-        text.id, allowed, limit, offset, _counted(session, text.id, allowed)
+        text.id, allowed, limit + 1, offset, _counted(session, text.id, allowed), after
     )
+    more, rows = len(rows) > limit, rows[:limit]
     names = ModelRepository(session).full_names(v.model_id for _, v, _ in rows)
     items = [entry(e, v, a, names[v.model_id]) for e, v, a in rows]
-    return {"text": text_info(text), "items": items, "total": total, "ranked": ranked, "offset": offset}
+    return {
+        "text": text_info(text),
+        "items": items,
+        "total": total,
+        "ranked": ranked,
+        "offset": offset,
+        "next_cursor": _cursor_of(rows[-1][0]) if more else None,
+    }
 
 
 def _counted(session: Session, text_id: int, allowed: list[str] | None) -> tuple[int, int] | None:

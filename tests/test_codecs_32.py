@@ -239,8 +239,8 @@ def test_c_code_lengths_are_the_python_ones(counts: list[int], zeros: int) -> No
 
 
 @needs_c
-def test_portable_and_bmi2_decoders_agree() -> None:
-    chosen = F._exact32.set_portable(False)  # "bmi2" where the CPU has it
+def test_portable_and_the_cpus_best_decoders_agree() -> None:
+    chosen = F._exact32.set_portable(False)  # "avx2" or "bmi2" where the CPU has them
     try:
         for n in (300, 70001):
             near, parent = pair(n, seed=n, rel=1e-5)

@@ -114,6 +114,8 @@ def test_c_casts_are_exact_on_every_f16_and_agree_with_torch(
         back = np.empty_like(out)
         c.bf16_to_f16(out.tobytes(), back)
         assert (back == h[holds]).all()
+        assert c.bf16_to_f16_bytes(out.tobytes()) == back.tobytes()  # the decoder's form: a new bytes object
+        assert c.bf16_to_f32_bytes(out.tobytes()) == (out.astype("<u4") << 16).tobytes()
         for one in h[~holds][::97]:  # each value bf16 does not hold (or a NaN) is refused: 8 lanes + 1
             assert not c.f16_to_bf16(np.full(9, one, "<u2").tobytes(), np.empty(9, "<u2"))
         rne = np.empty_like(finite)  # the parent cast: torch's round to nearest even

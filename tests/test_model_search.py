@@ -85,10 +85,18 @@ def test_search_reads_the_trigram_index_on_postgres(tmp_path: Path, empty_postgr
     )
     with session_scope(settings) as s:
         s.execute(text("SET LOCAL enable_seqscan = off"))  # a few rows: the planner would scan them
-        query = select(Model.id).where(Model.id.in_(matching_model_ids("ft-0004", "postgresql")))
+        query = select(Model.id).where(Model.id.in_(matching_model_ids(s, "ft-0004")))
         compiled = query.compile(s.get_bind(), compile_kwargs={"literal_binds": True})
         plan = "\n".join(s.execute(text(f"EXPLAIN {compiled}")).scalars())
     assert "ix_model_name_trgm" in plan and "ix_model_description_trgm" in plan, plan
+    with session_scope(settings) as s:
+        options = s.execute(
+            text("SELECT relname, reloptions FROM pg_class WHERE relname LIKE 'ix_model_%_trgm'")
+        ).all()
+    assert sorted(options) == [
+        ("ix_model_description_trgm", ["fastupdate=off"]),
+        ("ix_model_name_trgm", ["fastupdate=off"]),
+    ]
 
 
 @pytest.mark.skipif(not sqlite_has_trigram(), reason="this SQLite has no FTS5 trigram tokenizer")
@@ -98,7 +106,7 @@ def test_search_reads_the_fts5_table_on_sqlite(tmp_path: Path) -> None:
     )
     upgrade_database(settings.resolved_database_url)
     with session_scope(settings) as s:
-        query = select(Model.id).where(Model.id.in_(matching_model_ids("ft-0004", "sqlite")))
+        query = select(Model.id).where(Model.id.in_(matching_model_ids(s, "ft-0004")))
         compiled = query.compile(s.get_bind(), compile_kwargs={"literal_binds": True})
         plan = " | ".join(str(row[-1]) for row in s.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
     assert "VIRTUAL TABLE INDEX" in plan and "SCAN model " not in plan + " ", plan
