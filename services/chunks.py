@@ -57,15 +57,23 @@ class RangeReader:
     is decoded whole once per reader. Safe to share between threads (the decode-ahead of a download and
     the encode lanes of a child tensor each share one). With ``verify=False`` (the encoder reading a
     parent: its output is checked against the input anyway) a tensor stored whole is not hashed, and
-    nothing is cached."""
+    nothing is cached. With ``verify_below=False`` (a download) only the top step's chunks are checked
+    against their sha256 (and cached): they prove the bytes sent, whatever the steps below decoded to,
+    so a delta chunk costs one sha256, not one per step of its chain."""
 
     def __init__(
-        self, store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
+        self,
+        store: ObjectStore,
+        recipe: Recipe,
+        cache: RawCache = RAW_CACHE,
+        verify: bool = True,
+        verify_below: bool = True,
     ) -> None:
         self.store = store
         self.steps = recipe.steps
         self.cache = cache
         self.verify = verify
+        self.verify_below = verify_below
         self._whole: tuple[int, bytes] | None = None
         self._whole_lock = threading.Lock()
 
@@ -74,15 +82,21 @@ class RangeReader:
         step = self.steps[i]
         size = dtype_info(step.dtype).itemsize
         if not step.chunks:
-            return self._whole_step(i)[begin * size : end * size]
-        out = bytearray()
+            whole = self._whole_step(i)
+            return whole if begin == 0 and end * size == len(whole) else whole[begin * size : end * size]
+        parts: list[bytes | memoryview] = []
         for chunk in step.chunks:
             if chunk.end <= begin or chunk.begin >= end:
                 continue
-            raw = memoryview(self.chunk(i, chunk.begin))
+            raw = self.chunk(i, chunk.begin)
+            if chunk.begin >= begin and chunk.end <= end:
+                parts.append(raw)  # a whole chunk: no copy
+                continue
             lo, hi = max(begin, chunk.begin) - chunk.begin, min(end, chunk.end) - chunk.begin
-            out += raw[lo * size : hi * size]
-        return bytes(out)
+            parts.append(memoryview(raw)[lo * size : hi * size])
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]  # the same elements as one chunk of the step (a delta's parent): not copied
+        return b"".join(parts)
 
     def chunk(self, i: int, begin: int) -> bytes:
         """The decoded chunk of step ``i`` that starts at element ``begin``."""
@@ -100,8 +114,9 @@ class RangeReader:
                     f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step"
                 )
             part = self.elements(i - 1, chunk.begin, chunk.end)
-        raw = decode_chunk(self.store, step, chunk, parent, part)  # checked against its sha256
-        if self.verify:
+        check = self.verify_below or i == len(self.steps) - 1
+        raw = decode_chunk(self.store, step, chunk, parent, part, check=check)  # checked: sha256
+        if self.verify and check:
             self.cache.put(key, raw)
         return raw
 
@@ -111,7 +126,15 @@ class RangeReader:
                 step = self.steps[i]
                 nbytes = _numel(step.shape) * dtype_info(step.dtype).itemsize
                 recipe = Recipe(self.steps[: i + 1], nbytes)
-                self._whole = (i, reconstruct(self.store, recipe, self.cache, verify=self.verify))
+                top = i == len(self.steps) - 1
+                whole = reconstruct(
+                    self.store,
+                    recipe,
+                    self.cache,
+                    verify=self.verify and (self.verify_below or top),
+                    verify_below=self.verify_below,
+                )
+                self._whole = (i, whole)
             return self._whole[1]
 
 
