@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.registry.models import TensorChunk
-from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.registry.objectstore import BlobSink, ObjectStore, blob_key
 from deltazoo.registry.repositories import BlobRepository
 from deltazoo.services.storage import (
     RAW_CACHE,
@@ -56,8 +56,9 @@ class RangeReader:
     Decoded chunks go to the shared LRU (``storage.RAW_CACHE``, bounded in bytes); a step stored whole
     is decoded whole once per reader. Safe to share between threads (the decode-ahead of a download and
     the encode lanes of a child tensor each share one). With ``verify=False`` (the encoder reading a
-    parent: its output is checked against the input anyway) a tensor stored whole is not hashed, and
-    nothing is cached."""
+    parent: its output is checked against the input anyway) nothing decoded is hashed (a whole step nor
+    a chunk; a payload damaged in the store still fails its stream's crc32 when decoded), and nothing
+    is cached."""
 
     def __init__(
         self, store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
@@ -75,14 +76,16 @@ class RangeReader:
         size = dtype_info(step.dtype).itemsize
         if not step.chunks:
             return self._whole_step(i)[begin * size : end * size]
-        out = bytearray()
+        pieces = []
         for chunk in step.chunks:
             if chunk.end <= begin or chunk.begin >= end:
                 continue
-            raw = memoryview(self.chunk(i, chunk.begin))
+            raw = self.chunk(i, chunk.begin)
+            if chunk.begin == begin and chunk.end == end:
+                return raw  # the usual case (a child chunked like its parent): no copy
             lo, hi = max(begin, chunk.begin) - chunk.begin, min(end, chunk.end) - chunk.begin
-            out += raw[lo * size : hi * size]
-        return bytes(out)
+            pieces.append(memoryview(raw)[lo * size : hi * size])
+        return b"".join(pieces)
 
     def chunk(self, i: int, begin: int) -> bytes:
         """The decoded chunk of step ``i`` that starts at element ``begin``."""
@@ -100,7 +103,7 @@ class RangeReader:
                     f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step"
                 )
             part = self.elements(i - 1, chunk.begin, chunk.end)
-        raw = decode_chunk(self.store, step, chunk, parent, part)  # checked against its sha256
+        raw = decode_chunk(self.store, step, chunk, parent, part, self.verify)  # checked unless not verify
         if self.verify:
             self.cache.put(key, raw)
         return raw
@@ -162,7 +165,7 @@ class CodedChunk:
 
 
 def code_chunk(
-    store: ObjectStore,
+    store: BlobSink,
     index: int,
     begin: int,
     end: int,
@@ -171,10 +174,12 @@ def code_chunk(
     parent_dtype: str | None,
     parent_part: bytes | None,
     lossy: bool = False,
+    sha256: str | None = None,
 ) -> CodedChunk:
     """Code elements ``[begin, end)`` (against ``parent_part``, the parent's same elements, when given;
     ``lossy``: F32 as ELF, whose ``raw`` is already what ELF serves), compare the decoded payload with
-    the input byte for byte, and write the payload's blob."""
+    the input byte for byte, and write the payload's blob. ``sha256``: of ``raw``, when the caller
+    hashed it already."""
     n = [end - begin]
     pdtype = parent_dtype if parent_part is not None else None
     encoded = encode_tensor(raw, dtype, n, parent_part, pdtype, n if pdtype else None, lossy=lossy)
@@ -194,7 +199,7 @@ def code_chunk(
     blob = hashlib.sha256(encoded.payload).hexdigest()
     # written even when it exists: without a blob row it may be an orphan the sweep is about to delete
     store.put_bytes(blob_key(blob), encoded.payload)
-    sha = hashlib.sha256(raw).hexdigest()
+    sha = sha256 or hashlib.sha256(raw).hexdigest()
     return CodedChunk(index, begin, end, encoded.encoding, blob, sha, len(encoded.payload))
 
 

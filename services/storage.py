@@ -153,10 +153,15 @@ def blob_reader(store: ObjectStore) -> FetchBlob:
 
 
 def decode_chunk(
-    store: ObjectStore, step: Step, chunk: Chunk, parent: Step | None, parent_part: bytes | memoryview | None
+    store: ObjectStore,
+    step: Step,
+    chunk: Chunk,
+    parent: Step | None,
+    parent_part: bytes | memoryview | None,
+    verify: bool = True,
 ) -> bytes:
     """The raw bytes of one chunk (``compression.chain.decode_chunk`` over this store)."""
-    return chain.decode_chunk(blob_reader(store), step, chunk, parent, parent_part)
+    return chain.decode_chunk(blob_reader(store), step, chunk, parent, parent_part, verify)
 
 
 def reconstruct(
