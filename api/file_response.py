@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from deltazoo.api.http_ranges import parse_range
-from deltazoo.registry.objectstore import CHUNK, ObjectStore
-from deltazoo.services.transfer import FilePlan, iter_file
+from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.services.transfer import SEND_PIECE, FilePlan, iter_file
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -43,11 +43,11 @@ def file_response(request: Request, store: ObjectStore, plan: FilePlan, headers:
 def object_response(request: Request, store: ObjectStore, key: str, size: int, etag: str) -> Response:
     """One stored object of ``size`` bytes as it is stored, with ``ETag: "<etag>"``."""
 
-    def body(start: int, end: int) -> Iterator[bytes]:
+    def body(start: int, end: int) -> Iterator[bytes]:  # large pieces: a blob is often one piece
         if start == 0 and end == size:
-            yield from store.iter_chunks(key)
+            yield from store.iter_chunks(key, SEND_PIECE)
             return
-        for offset in range(start, end, CHUNK):
-            yield store.get_range(key, offset, min(CHUNK, end - offset))
+        for offset in range(start, end, SEND_PIECE):
+            yield store.get_range(key, offset, min(SEND_PIECE, end - offset))
 
     return _ranged(request, size, {"ETag": f'"{etag}"'}, body)

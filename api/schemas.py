@@ -56,7 +56,9 @@ class ModelCreate(Schema):
 class DeclaredFile(Schema):
     path: str
     size: int = Field(ge=0, le=2**63 - 1)
-    sha256: str
+    # None: the upload that carries the file's last byte names it (header Deltazoo-Sha256), so a client
+    # hashes a large file while it sends it; such a file is never deduplicated against stored bytes
+    sha256: str | None = None
 
 
 class VersionCreate(Schema):

@@ -94,7 +94,7 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         x |= np.frombuffer(dz.decompress(p[1]), np.uint8)
         return xor_files(x.tobytes(), base_file)
 
-    def deltazoo(use_parent: bool, version: int = 5) -> tuple:
+    def deltazoo(use_parent: bool, version: int = 6) -> tuple:
         def enc(_f: bytes) -> list:
             out = [z3.compress(header)]
             for name, (dtype, shape, raw) in tensors.items():

@@ -5,6 +5,13 @@
  * Delta mode: z = zigzag(child - parent) (wrapping 32-bit), token < 128 (z below 8, else
  * 8 + 4 (k - 4) + the two bits after z's leading one, k = bit length) and k - 3 raw bits (z's low bits).
  * Plain mode: symbol = bits 22..30 (exponent and top mantissa bit), raw = sign << 22 | low 22 bits.
+ *
+ * Speed (the target is ZipNN's per core): count() keeps each element's token for encode(), whose bit
+ * writers store 8 bytes and advance without branches; the code lengths and the decoder table are built
+ * here (the same ones as the Python side's); the decoder reads four segments side by side with a
+ * branch-free refill every four symbols, then the raw bits of those segments, without bounds checks
+ * wherever a run's loads are proven to stay in the buffer (checked loops near its end). BMI2 and AVX2
+ * variants are picked at run time; set_portable(True) forces the plain x86-64 one (tests).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -16,21 +23,16 @@
 #define NTOK_PLAIN 512
 #define TOK_USED 124 /* tokens 124..127 (bit length 33) never occur */
 
-static inline uint32_t bitlen32(uint32_t z) { return z ? 32u - (uint32_t)__builtin_clz(z) : 0u; }
-
-static inline uint32_t delta_token(uint32_t z, uint32_t *nx) {
-    if (z < 8) { *nx = 0; return z; }
-    uint32_t k = bitlen32(z);
-    *nx = k - 3;
-    return 8 + 4 * (k - 4) + ((z >> (k - 3)) & 3);
-}
-
 static inline uint32_t zig(uint32_t c, uint32_t p) {
     int32_t d = (int32_t)(c - p);
     return ((uint32_t)d << 1) ^ (uint32_t)(d >> 31);
 }
 
 static uint32_t TOK_BASE[NTOK_DELTA], TOK_NX[NTOK_DELTA];
+/* The decoder's view of a symbol as pass 1 stores it (12 bits, BAD_SLOT among them): base z | the raw
+ * bits' mask << 32, and the raw bit count; zero for anything but a delta token in use. */
+static uint64_t TOK_INFO[4096];
+static uint8_t TOK_NX8[4096];
 
 static void init_tokens(void) {
     for (uint32_t t = 0; t < NTOK_DELTA; t++) {
@@ -40,30 +42,34 @@ static void init_tokens(void) {
         TOK_BASE[t] = (1u << (k - 1)) | (((t - 8) % 4) << (k - 3));
         TOK_NX[t] = k - 3;
     }
+    for (uint32_t t = 0; t < TOK_USED; t++) {
+        TOK_INFO[t] = TOK_BASE[t] | (uint64_t)((1u << TOK_NX[t]) - 1) << 32;
+        TOK_NX8[t] = (uint8_t)TOK_NX[t];
+    }
 }
 
 /* ------------------------------------------------------------------------------------- bit writer */
+/* Branchless: put() ORs bits in, spill() stores 8 bytes and keeps the partial byte (fill <= 7 after it).
+ * Between spills at most 57 bits are put. The stores run up to 8 bytes past the bytes written: the
+ * Python side sizes the buffers for that. */
 typedef struct { uint8_t *p; uint64_t acc; uint32_t fill; } writer;
 
-static inline void put(writer *w, uint64_t v, uint32_t n) { /* n <= 32 */
+static inline void put(writer *w, uint64_t v, uint32_t n) {
     w->acc |= v << w->fill;
     w->fill += n;
-    if (w->fill >= 32) {
-        uint32_t lo = (uint32_t)w->acc;
-        memcpy(w->p, &lo, 4);
-        w->p += 4;
-        w->acc >>= 32;
-        w->fill -= 32;
-    }
 }
 
-static inline void flush(writer *w) { /* to the next byte boundary */
-    while (w->fill > 0) {
-        *w->p++ = (uint8_t)w->acc;
-        w->acc >>= 8;
-        w->fill = w->fill > 8 ? w->fill - 8 : 0;
-    }
+static inline void spill(writer *w) {
+    memcpy(w->p, &w->acc, 8);
+    w->p += w->fill >> 3;
+    w->acc >>= w->fill & 56;
+    w->fill &= 7;
+}
+
+static inline void flush(writer *w) { /* after a spill: the partial byte (already stored) is kept */
+    w->p += w->fill > 0;
     w->acc = 0;
+    w->fill = 0;
 }
 
 /* ------------------------------------------------------------------------------------- bit reader */
@@ -86,30 +92,34 @@ static inline void refill(reader *r) {
     }
 }
 
-static inline uint64_t take(reader *r, uint32_t n) {
-    uint64_t v = r->acc & ((n >= 64) ? ~0ull : ((1ull << n) - 1));
-    r->acc >>= n;
-    r->fill -= n;
-    r->consumed += n;
-    return v;
+/* --------------------------------------------------------------------------------------- counting */
+/* Branch-free token of z and its raw bit count. */
+static inline uint32_t token_of(uint32_t z, uint32_t *nx) {
+    uint32_t k = 32u - (uint32_t)__builtin_clz(z | 1u);
+    uint32_t x = k > 3 ? k - 3 : 0;
+    *nx = x;
+    return z < 8 ? z : 4 * k - 8 + ((z >> x) & 3);
 }
 
-/* --------------------------------------------------------------------------------------- counting */
+/* Delta: counts per (parent exponent, token) and each element's row of them, exponent * 128 + token, into
+ * tokens (u16[n]) for encode. Plain: counts per symbol (tokens unused). */
 static PyObject *py_count(PyObject *self, PyObject *args) {
-    Py_buffer child, parent, counts;
+    Py_buffer child, parent, counts, tokens;
     int delta;
-    if (!PyArg_ParseTuple(args, "py*y*w*", &delta, &child, &parent, &counts)) return NULL;
+    if (!PyArg_ParseTuple(args, "py*y*w*w*", &delta, &child, &parent, &counts, &tokens)) return NULL;
     Py_ssize_t n = child.len / 4;
     const uint32_t *c = child.buf, *p = parent.buf;
     uint32_t *cnt = counts.buf;
+    uint16_t *tk = tokens.buf;
     int ok = child.len % 4 == 0 && counts.len == 4 * (delta ? 256 * NTOK_DELTA : NTOK_PLAIN) &&
-             (!delta || parent.len == child.len);
+             (!delta || (parent.len == child.len && tokens.len >= 2 * n));
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
         if (delta) {
             for (Py_ssize_t i = 0; i < n; i++) {
-                uint32_t nx, e = (p[i] >> 23) & 0xFF;
-                cnt[e * NTOK_DELTA + delta_token(zig(c[i], p[i]), &nx)]++;
+                uint32_t nx, t = token_of(zig(c[i], p[i]), &nx), at = ((p[i] >> 23) & 0xFF) * NTOK_DELTA + t;
+                tk[i] = (uint16_t)at;
+                cnt[at]++;
             }
         } else {
             for (Py_ssize_t i = 0; i < n; i++) cnt[(c[i] >> 22) & 0x1FF]++;
@@ -119,47 +129,94 @@ static PyObject *py_count(PyObject *self, PyObject *args) {
     PyBuffer_Release(&child);
     PyBuffer_Release(&parent);
     PyBuffer_Release(&counts);
+    PyBuffer_Release(&tokens);
     if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact32.count: bad buffer sizes"); return NULL; }
     Py_RETURN_NONE;
 }
 
 /* --------------------------------------------------------------------------------------- encoding */
+static inline void encode_delta_run(writer *wt, writer *wr, const uint32_t *c, const uint32_t *p,
+                                    const uint16_t *tk, const uint32_t *et, Py_ssize_t a, Py_ssize_t b) {
+    Py_ssize_t i = a;
+#define ENC_DELTA(I)                                                                                  \
+    do {                                                                                              \
+        uint32_t at_ = tk[I], nx_ = TOK_NX[at_ & (NTOK_DELTA - 1)], code_ = et[at_];                  \
+        put(wt, code_ & 0xFFFF, code_ >> 16);                                                         \
+        put(wr, zig(c[I], p[I]) & ((1u << nx_) - 1), nx_);                                            \
+        spill(wr);                                                                                    \
+    } while (0)
+    for (; i + 4 <= b; i += 4) { /* four codes of <= 12 bits between the token writer's spills */
+        ENC_DELTA(i);
+        ENC_DELTA(i + 1);
+        ENC_DELTA(i + 2);
+        ENC_DELTA(i + 3);
+        spill(wt);
+    }
+    for (; i < b; i++) {
+        ENC_DELTA(i);
+        spill(wt);
+    }
+#undef ENC_DELTA
+}
+
+static inline void encode_plain_run(writer *wt, writer *wr, const uint32_t *c, const uint32_t *et, Py_ssize_t a,
+                                    Py_ssize_t b) {
+    Py_ssize_t i = a;
+#define ENC_PLAIN(I)                                                                                  \
+    do {                                                                                              \
+        uint32_t x_ = c[I], code_ = et[(x_ >> 22) & 0x1FF];                                           \
+        put(wt, code_ & 0xFFFF, code_ >> 16);                                                         \
+        put(wr, (x_ >> 31) << 22 | (x_ & 0x3FFFFF), 23);                                              \
+    } while (0)
+    for (; i + 4 <= b; i += 4) { /* 2 x 23 raw bits between the raw writer's spills */
+        ENC_PLAIN(i);
+        ENC_PLAIN(i + 1);
+        spill(wr);
+        ENC_PLAIN(i + 2);
+        ENC_PLAIN(i + 3);
+        spill(wr);
+        spill(wt);
+    }
+    for (; i < b; i++) {
+        ENC_PLAIN(i);
+        spill(wr);
+        spill(wt);
+    }
+#undef ENC_PLAIN
+}
+
 /* enc: delta, u32[256 * 128] per (parent exponent, token); plain, u32[512]: reversed code | length << 16.
- * Writes the token segments into tok (sizes per segment) and the raw plane into raw; returns
- * (token bytes, raw bytes). */
+ * tokens: delta, the rows count() wrote. Writes the token segments into tok (sizes per segment) and the
+ * raw plane into raw; returns (token bytes, raw bytes). */
 static PyObject *py_encode(PyObject *self, PyObject *args) {
-    Py_buffer child, parent, enc, tok, sizes, raw;
+    Py_buffer child, parent, enc, tok, sizes, raw, tokens;
     int delta;
     Py_ssize_t seg;
-    if (!PyArg_ParseTuple(args, "py*y*y*nw*w*w*", &delta, &child, &parent, &enc, &seg, &tok, &sizes, &raw))
+    if (!PyArg_ParseTuple(args, "py*y*y*nw*w*w*y*", &delta, &child, &parent, &enc, &seg, &tok, &sizes, &raw,
+                          &tokens))
         return NULL;
     Py_ssize_t n = child.len / 4, nseg = seg > 0 ? (n + seg - 1) / seg : 0;
-    int ok = seg > 0 && child.len % 4 == 0 && (!delta || parent.len == child.len) &&
+    int ok = seg > 0 && child.len % 4 == 0 && (!delta || (parent.len == child.len && tokens.len >= 2 * n)) &&
              enc.len == 4 * (delta ? 256 * NTOK_DELTA : NTOK_PLAIN) && sizes.len == 4 * nseg &&
              tok.len >= 2 * n + 8 * nseg + 16 && raw.len >= 4 * n + 16;
     Py_ssize_t tbytes = 0, rbytes = 0;
+    if (ok && delta) { /* rows come from count(): refuse any a caller could have changed */
+        const uint16_t *tk = tokens.buf;
+        uint16_t hi = 0;
+        for (Py_ssize_t i = 0; i < n; i++) hi |= tk[i];
+        if (hi >= 256 * NTOK_DELTA) ok = 0;
+    }
     if (ok) {
         const uint32_t *c = child.buf, *p = parent.buf, *et = enc.buf;
+        const uint16_t *tk = tokens.buf;
         uint32_t *sz = sizes.buf;
         Py_BEGIN_ALLOW_THREADS
         writer wt = {tok.buf, 0, 0}, wr = {raw.buf, 0, 0};
         for (Py_ssize_t s = 0; s < nseg; s++) {
             uint8_t *start = wt.p;
             Py_ssize_t a = s * seg, b = a + seg < n ? a + seg : n;
-            if (delta) {
-                for (Py_ssize_t i = a; i < b; i++) {
-                    uint32_t z = zig(c[i], p[i]), nx, t = delta_token(z, &nx);
-                    uint32_t code = et[((p[i] >> 23) & 0xFF) * NTOK_DELTA + t];
-                    put(&wt, code & 0xFFFF, code >> 16);
-                    if (nx) put(&wr, z & ((1u << nx) - 1), nx);
-                }
-            } else {
-                for (Py_ssize_t i = a; i < b; i++) {
-                    uint32_t x = c[i], code = et[(x >> 22) & 0x1FF];
-                    put(&wt, code & 0xFFFF, code >> 16);
-                    put(&wr, (x >> 31) << 22 | (x & 0x3FFFFF), 23);
-                }
-            }
+            if (delta) encode_delta_run(&wt, &wr, c, p, tk, et, a, b);
+            else encode_plain_run(&wt, &wr, c, et, a, b);
             flush(&wt);
             sz[s] = (uint32_t)(wt.p - start);
         }
@@ -174,80 +231,77 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     PyBuffer_Release(&tok);
     PyBuffer_Release(&sizes);
     PyBuffer_Release(&raw);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact32.encode: bad buffer sizes"); return NULL; }
+    PyBuffer_Release(&tokens);
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact32.encode: bad buffer sizes or tokens"); return NULL; }
     return Py_BuildValue("nn", tbytes, rbytes);
 }
 
 /* --------------------------------------------------------------------------------------- decoding */
-/* Symbols of one segment; cm NULL for plain (one table). Returns nonzero if a slot had no code or a
- * delta token is out of range. */
-static inline uint32_t decode_symbols(reader *rt, const uint16_t *dt, const uint8_t *cm, const uint32_t *p,
+/* Decoder table entries (compression.exact32.dec_table): symbol | code length << 12; a slot no code
+ * reaches (or, delta, a token >= TOK_USED) holds BAD_SLOT, length 0. OR-ing every entry looked up and
+ * testing BAD_SLOT once per run of segments catches them. */
+#define BAD_SLOT 0x800u
+
+/* Symbols of one segment with a check on every refill (segments near the end of the buffer). */
+static inline uint32_t decode_symbols(reader *rt, const uint16_t *dt, const uint16_t *cm, const uint32_t *p,
                                       uint16_t *syms, Py_ssize_t m) {
     uint32_t bad = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
         if (rt->fill < LOOKUP) refill(rt);
-        uint32_t ctx = cm ? (uint32_t)cm[(p[i] >> 23) & 0xFF] << LOOKUP : 0;
-        uint32_t e = dt[ctx | (uint32_t)(rt->acc & 4095)], ln = e >> 12, t = e & 0xFFF;
-        bad |= (ln == 0) | (cm != NULL && t >= TOK_USED);
-        syms[i] = (uint16_t)t;
+        uint32_t ctx = cm ? cm[(p[i] >> 23) & 0xFF] : 0;
+        uint32_t e = dt[ctx | (uint32_t)(rt->acc & 4095)], ln = e >> 12;
+        bad |= e;
+        syms[i] = (uint16_t)(e & 0xFFF);
         rt->acc >>= ln;
         rt->fill -= ln;
         rt->consumed += ln;
     }
-    return bad;
+    return bad & BAD_SLOT;
 }
 
-static inline void refill_v(uint64_t *acc, uint32_t *fill, const uint8_t **p, const uint8_t *end) {
-    if (end - *p >= 8) {
-        uint64_t v;
-        memcpy(&v, *p, 8);
-        *acc |= v << *fill;
-        *p += (63 - *fill) >> 3;
-        *fill |= 56;
-    } else {
-        while (*fill <= 56) {
-            uint64_t b = *p < end ? **p : 0;
-            (*p)++;
-            *acc |= b << *fill;
-            *fill += 8;
-        }
-    }
-}
-
-/* Four whole segments of seg elements side by side (their symbols to syms[l * seg + i]); r's consumed
- * counts are set at the end (bits loaded minus bits left). */
-static uint32_t decode4(reader *r, const uint16_t *dt, const uint8_t *cm, const uint32_t *p, uint16_t *syms,
-                        Py_ssize_t seg) {
-    uint32_t bad = 0;
+/* Four whole segments of seg elements (seg a multiple of 4) side by side, symbols to syms[l * seg + i]:
+ * four independent chains, a branch-free refill every four symbols (4 x 12 bits <= 56). The caller has
+ * made sure that every 8-byte load stays inside the buffer. consumed[l]: bits each segment used. */
+static inline __attribute__((always_inline)) void decode4_fast(
+    const uint8_t *const q[4], const uint16_t *dt, const uint16_t *cm, const uint32_t *p, uint16_t *syms,
+    Py_ssize_t seg, int64_t consumed[4]) {
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     uint32_t f0 = 0, f1 = 0, f2 = 0, f3 = 0;
-    const uint8_t *q0 = r[0].p, *q1 = r[1].p, *q2 = r[2].p, *q3 = r[3].p;
-    const uint8_t *e0 = r[0].end, *e1 = r[1].end, *e2 = r[2].end, *e3 = r[3].end;
-    const uint32_t *p0 = p, *p1 = p + seg, *p2 = p + 2 * seg, *p3 = p + 3 * seg;
-    uint16_t *s0 = syms, *s1 = syms + seg, *s2 = syms + 2 * seg, *s3 = syms + 3 * seg;
-    const uint32_t lim = cm ? TOK_USED : 0x1000;
-#define STEP(A, F, Q, E, P, S)                                                                        \
+    const uint8_t *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
+#define RF(A, F, Q)                                                                                   \
     do {                                                                                              \
-        if (F < LOOKUP) refill_v(&A, &F, &Q, E);                                                      \
-        uint32_t ctx = cm ? (uint32_t)cm[(P[i] >> 23) & 0xFF] << LOOKUP : 0;                          \
-        uint32_t e = dt[ctx | (uint32_t)(A & 4095)], ln = e >> 12, t = e & 0xFFF;                     \
-        bad |= (ln == 0) | (t >= lim);                                                                \
-        S[i] = (uint16_t)t;                                                                           \
-        A >>= ln;                                                                                     \
-        F -= ln;                                                                                      \
+        uint64_t v_;                                                                                  \
+        memcpy(&v_, Q, 8);                                                                            \
+        A |= v_ << F;                                                                                 \
+        Q += (63 - F) >> 3;                                                                           \
+        F |= 56;                                                                                      \
     } while (0)
-    for (Py_ssize_t i = 0; i < seg; i++) {
-        STEP(a0, f0, q0, e0, p0, s0);
-        STEP(a1, f1, q1, e1, p1, s1);
-        STEP(a2, f2, q2, e2, p2, s2);
-        STEP(a3, f3, q3, e3, p3, s3);
+#define SY(A, F, L, I)                                                                                \
+    do {                                                                                              \
+        uint32_t ctx_ = cm ? cm[(p[(L) * seg + (I)] >> 23) & 0xFF] : 0;                               \
+        uint32_t e_ = dt[ctx_ | (uint32_t)(A & 4095)], l_ = e_ >> 12;                                 \
+        syms[(L) * seg + (I)] = (uint16_t)(e_ & 0xFFF);                                               \
+        A >>= l_;                                                                                     \
+        F -= l_;                                                                                      \
+    } while (0)
+    for (Py_ssize_t i = 0; i < seg; i += 4) {
+        RF(a0, f0, q0);
+        RF(a1, f1, q1);
+        RF(a2, f2, q2);
+        RF(a3, f3, q3);
+        for (int k = 0; k < 4; k++) {
+            SY(a0, f0, 0, i + k);
+            SY(a1, f1, 1, i + k);
+            SY(a2, f2, 2, i + k);
+            SY(a3, f3, 3, i + k);
+        }
     }
-#undef STEP
-    r[0].consumed = 8 * (q0 - r[0].p) - f0;
-    r[1].consumed = 8 * (q1 - r[1].p) - f1;
-    r[2].consumed = 8 * (q2 - r[2].p) - f2;
-    r[3].consumed = 8 * (q3 - r[3].p) - f3;
-    return bad;
+#undef RF
+#undef SY
+    consumed[0] = 8 * (q0 - q[0]) - f0;
+    consumed[1] = 8 * (q1 - q[1]) - f1;
+    consumed[2] = 8 * (q2 - q[2]) - f2;
+    consumed[3] = 8 * (q3 - q[3]) - f3;
 }
 
 static inline uint64_t load_slow(const uint8_t *rb, int64_t len, int64_t at) {
@@ -256,128 +310,367 @@ static inline uint64_t load_slow(const uint8_t *rb, int64_t len, int64_t at) {
     return w;
 }
 
+static inline uint64_t raw_word(const uint8_t *rb, int64_t len, int64_t rpos, int fast) {
+    uint64_t w;
+    if (fast) memcpy(&w, rb + (rpos >> 3), 8);
+    else w = rpos < 8 * len ? load_slow(rb, len, rpos >> 3) : 0;
+    return w >> (rpos & 7);
+}
+
 /* The raw bits of m delta elements from bit rpos of the raw plane (rb, len bytes): out = parent + the
- * unzigzagged z. Returns the new bit position (past the end means a corrupt plane: checked by caller). */
-static int64_t raw_delta(const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos,
-                         const uint32_t *p, uint32_t *o) {
-    const int64_t safe = 8 * len - 64; /* an 8-byte load from bit position <= safe stays inside */
+ * unzigzagged z. Returns the new bit position (past the end means a corrupt plane: checked by caller);
+ * ORs every symbol into *bad (BAD_SLOT marks a slot without a code). Runs without bounds checks while 29
+ * bits an element cannot reach past the plane. */
+static inline __attribute__((always_inline)) int64_t raw_delta(
+    const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos, const uint32_t *p,
+    uint32_t *o, uint32_t *bad) {
     Py_ssize_t i = 0;
-    for (; i < m && rpos <= safe; i++) {
-        uint32_t t = syms[i], nx = TOK_NX[t];
-        uint64_t w;
-        memcpy(&w, rb + (rpos >> 3), 8);
-        uint32_t r = (uint32_t)(w >> (rpos & 7)) & ((1u << nx) - 1);
-        rpos += nx;
-        uint32_t z = TOK_BASE[t] | r;
-        o[i] = p[i] + ((z >> 1) ^ (0u - (z & 1)));
+    uint32_t acc = 0;
+    if (rpos + 29 * (int64_t)m + 64 <= 8 * len) {
+        for (; i < m; i++) {
+            uint32_t t = syms[i];
+            uint64_t info = TOK_INFO[t];
+            acc |= t;
+            uint32_t r = (uint32_t)raw_word(rb, len, rpos, 1) & (uint32_t)(info >> 32);
+            rpos += TOK_NX8[t];
+            uint32_t z = (uint32_t)info | r;
+            o[i] = p[i] + ((z >> 1) ^ (0u - (z & 1)));
+        }
     }
     for (; i < m; i++) {
-        uint32_t t = syms[i], nx = TOK_NX[t];
-        uint64_t w = rpos < 8 * len ? load_slow(rb, len, rpos >> 3) : 0;
-        uint32_t r = (uint32_t)(w >> (rpos & 7)) & ((1u << nx) - 1);
-        rpos += nx;
-        uint32_t z = TOK_BASE[t] | r;
+        uint32_t t = syms[i];
+        uint64_t info = TOK_INFO[t];
+        acc |= t;
+        uint32_t r = (uint32_t)raw_word(rb, len, rpos, 0) & (uint32_t)(info >> 32);
+        rpos += TOK_NX8[t];
+        uint32_t z = (uint32_t)info | r;
         o[i] = p[i] + ((z >> 1) ^ (0u - (z & 1)));
     }
+    *bad |= acc;
     return rpos;
 }
 
-static int64_t raw_plain(const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos,
-                         uint32_t *o) {
-    const int64_t safe = 8 * len - 64;
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX2_CLONE 1
+/* raw_plain's fast loop, eight elements (23 bytes of the plane) a step: the eight 23-bit fields at byte
+ * offsets 0, 2, 5, 8 | 11 + 0, 3, 6, 9 are gathered into 32-bit lanes by one byte shuffle per half, then
+ * shifted right by 0, 7, 6, 5 | 4, 3, 2, 1. rb + byte must start an element (23 x 8 bits a step); m8 is a
+ * multiple of 8 whose last step's 27 bytes (11 + 16) lie in the plane. */
+__attribute__((target("avx2"))) static void raw_plain_avx2(const uint16_t *syms, Py_ssize_t m8, const uint8_t *rb,
+                                                           uint32_t *o, uint32_t *bad) {
+    const __m256i pick = _mm256_setr_epi8(0, 1, 2, 3, 2, 3, 4, 5, 5, 6, 7, 8, 8, 9, 10, 11,  /* 0, 2, 5, 8 */
+                                          0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11, 12); /* 11 + 0, 3, 6, 9 */
+    const __m256i shift = _mm256_setr_epi32(0, 7, 6, 5, 4, 3, 2, 1);
+    const __m256i low22 = _mm256_set1_epi32(0x3FFFFF), sign = _mm256_set1_epi32(0x400000);
+    __m256i acc = _mm256_setzero_si256();
+    for (Py_ssize_t i = 0; i < m8; i += 8, rb += 23) {
+        __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)rb)),
+                                                _mm_loadu_si128((const __m128i *)(rb + 11)), 1);
+        __m256i r = _mm256_srlv_epi32(_mm256_shuffle_epi8(bytes, pick), shift);
+        __m256i t = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(syms + i)));
+        acc = _mm256_or_si256(acc, t);
+        __m256i v = _mm256_or_si256(_mm256_and_si256(r, low22), _mm256_slli_epi32(t, 22));
+        v = _mm256_or_si256(v, _mm256_slli_epi32(_mm256_and_si256(r, sign), 9));
+        _mm256_storeu_si256((__m256i *)(o + i), v);
+    }
+    __m128i a = _mm_or_si128(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    a = _mm_or_si128(a, _mm_srli_si128(a, 8));
+    a = _mm_or_si128(a, _mm_srli_si128(a, 4));
+    *bad |= (uint32_t)_mm_cvtsi128_si32(a);
+}
+#endif
+
+static inline __attribute__((always_inline)) int64_t raw_plain(
+    const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos, uint32_t *o,
+    uint32_t *bad, int avx2) {
     Py_ssize_t i = 0;
-    for (; i < m && rpos <= safe; i++) {
-        uint64_t w;
-        memcpy(&w, rb + (rpos >> 3), 8);
-        uint32_t r = (uint32_t)(w >> (rpos & 7)) & 0x7FFFFF, t = syms[i];
-        rpos += 23;
-        o[i] = (r >> 22) << 31 | t << 22 | (r & 0x3FFFFF);
+    uint32_t acc = 0;
+#ifdef HAVE_AVX2_CLONE
+    if (avx2 && rpos % 8 == 0 && rpos + 23 * (int64_t)m + 64 <= 8 * len) {
+        i = m & ~(Py_ssize_t)7;
+        raw_plain_avx2(syms, i, rb + rpos / 8, o, &acc);
+        rpos += 23 * (int64_t)i;
+        syms += i, o += i, m -= i, i = 0;
+    }
+#else
+    (void)avx2;
+#endif
+    if (rpos + 23 * (int64_t)m + 64 <= 8 * len) { /* fixed positions: independent loads */
+        for (; i < m; i++) {
+            uint32_t r = (uint32_t)raw_word(rb, len, rpos + 23 * (int64_t)i, 1) & 0x7FFFFF, t = syms[i];
+            acc |= t;
+            o[i] = (r >> 22) << 31 | t << 22 | (r & 0x3FFFFF);
+        }
+        rpos += 23 * (int64_t)m;
     }
     for (; i < m; i++) {
-        uint64_t w = rpos < 8 * len ? load_slow(rb, len, rpos >> 3) : 0;
-        uint32_t r = (uint32_t)(w >> (rpos & 7)) & 0x7FFFFF, t = syms[i];
+        uint32_t r = (uint32_t)raw_word(rb, len, rpos, 0) & 0x7FFFFF, t = syms[i];
+        acc |= t;
         rpos += 23;
         o[i] = (r >> 22) << 31 | t << 22 | (r & 0x3FFFFF);
     }
+    *bad |= acc;
     return rpos;
 }
 
+/* Every segment: four whole ones side by side where their loads stay in the body, else one at a time
+ * with checked refills; after the symbols of each run, its raw bits. Returns 0, or -1 where a slot had no
+ * code, a segment's bits do not end in its last byte, or the raw plane does not end where it should.
+ * body: the segments at of[0..nseg] then the raw plane (raw_len bytes) at of[nseg]. */
+static inline __attribute__((always_inline)) int decode_core(
+    int avx2, int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg, const uint8_t *rb, int64_t raw_len,
+    const uint32_t *p, const uint16_t *cm, const uint16_t *dt, Py_ssize_t seg, Py_ssize_t n, uint32_t *o,
+    uint16_t *syms) {
+    const uint8_t *body_end = rb + raw_len;
+    int64_t rpos = 0;
+    const Py_ssize_t reach = (12 * seg) / 8 + 16; /* bytes a segment's fast decoder may load past its start */
+    Py_ssize_t s = 0;
+    while (s < nseg) {
+        Py_ssize_t a = s * seg, m;
+        int fast4 = seg % 4 == 0 && s + 4 <= nseg && (s + 4) * seg <= n && body + of[s + 3] + reach <= body_end;
+        if (fast4) {
+            const uint8_t *q[4] = {body + of[s], body + of[s + 1], body + of[s + 2], body + of[s + 3]};
+            int64_t used[4];
+            decode4_fast(q, dt, delta ? cm : NULL, p + a, syms, seg, used);
+            for (int l = 0; l < 4; l++)
+                if ((used[l] + 7) / 8 != of[s + l + 1] - of[s + l]) return -1;
+            m = 4 * seg;
+            s += 4;
+        } else {
+            reader rt = {body + of[s], body + of[s + 1], 0, 0, 0};
+            m = (a + seg < n ? a + seg : n) - a;
+            if (decode_symbols(&rt, dt, delta ? cm : NULL, p + a, syms, m)) return -1;
+            if ((rt.consumed + 7) / 8 != of[s + 1] - of[s]) return -1;
+            s += 1;
+        }
+        uint32_t bad = 0;
+        rpos = delta ? raw_delta(syms, m, rb, raw_len, rpos, p + a, o + a, &bad)
+                     : raw_plain(syms, m, rb, raw_len, rpos, o + a, &bad, avx2);
+        if (rpos > 8 * raw_len || (bad & BAD_SLOT)) return -1;
+    }
+    return (rpos + 7) / 8 == raw_len ? 0 : -1;
+}
+
+#define DECODERS(SUFFIX, ATTR, AVX2)                                                                            \
+    ATTR static int decode_##SUFFIX(int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg,         \
+                                    const uint8_t *rb, int64_t raw_len, const uint32_t *p, const uint16_t *cm,  \
+                                    const uint16_t *dt, Py_ssize_t seg, Py_ssize_t n, uint32_t *o, uint16_t *sy) { \
+        if (delta && seg == 4096) return decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, 4096, n, o, sy); \
+        if (!delta && seg == 4096) return decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, 4096, n, o, sy); \
+        if (delta) return decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, seg, n, o, sy);               \
+        return decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, seg, n, o, sy);                          \
+    }
+DECODERS(portable, , 0)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_BMI2_CLONE 1 /* shrx and bzhi for the variable shifts and masks, picked at run time */
+DECODERS(bmi2, __attribute__((target("bmi2"))), 0)
+DECODERS(avx2, __attribute__((target("avx2,bmi2"))), 1) /* and the plain raw plane eight elements a step */
+#endif
+static int use_bmi2 = 0, use_avx2 = 0; /* set at import from the CPU; set_portable() clears them (tests) */
+
+static uint16_t REV12[1 << LOOKUP]; /* 12-bit reversal, filled at import */
+
+/* The decoder table of compression.exact32.dec_table (the same entries) from code lengths u8[k * ntok]:
+ * per context the canonical codes (by length, then symbol) fill their 2^(12 - length) slots, LSB-first;
+ * symbols from `used` on and slots no code reaches hold BAD_SLOT. Returns 0 if some context's lengths are
+ * longer than 12 bits or no prefix code. */
+static int build_dec_table(const uint8_t *len, Py_ssize_t k, int ntok, int used, uint16_t *dt) {
+    for (Py_ssize_t i = 0; i < k << LOOKUP; i++) dt[i] = BAD_SLOT;
+    for (Py_ssize_t c = 0; c < k; c++) {
+        const uint8_t *lc = len + c * ntok;
+        uint16_t *row = dt + (c << LOOKUP);
+        uint32_t next = 0;
+        for (int t = 0; t < ntok; t++) if (lc[t] > LOOKUP) return 0;
+        for (uint32_t l = 1; l <= LOOKUP; l++)
+            for (int t = 0; t < ntok; t++) {
+                if (lc[t] != l) continue;
+                uint32_t span = 1u << (LOOKUP - l);
+                if (next + span > (1u << LOOKUP)) return 0;
+                uint16_t e = t < used ? (uint16_t)(t | l << 12) : (uint16_t)BAD_SLOT;
+                for (uint32_t j = 0; j < span; j++) row[REV12[next + j]] = e;
+                next += span;
+            }
+    }
+    return 1;
+}
+
+/* decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n) -> (status, bytes of n u32):
+ * body holds the token segments at offsets[0..nseg] and the raw plane from raw_at to its end; lengths is
+ * u8[contexts * symbols]. Status 0, -1 for a corrupt stream, -2 for lengths that are no prefix code (then
+ * the bytes are None). */
 static PyObject *py_decode(PyObject *self, PyObject *args) {
-    Py_buffer tok, offs, raw, parent, ctxmap, dec, out;
+    Py_buffer body, offs, parent, ctxmap, lengths;
     int delta;
-    Py_ssize_t seg;
-    if (!PyArg_ParseTuple(args, "py*y*y*y*y*y*nw*", &delta, &tok, &offs, &raw, &parent, &ctxmap, &dec, &seg,
-                          &out))
+    Py_ssize_t seg, raw_at, n;
+    if (!PyArg_ParseTuple(args, "py*y*ny*y*y*nn", &delta, &body, &offs, &raw_at, &parent, &ctxmap, &lengths, &seg,
+                          &n))
         return NULL;
-    Py_ssize_t n = out.len / 4, nseg = seg > 0 ? (n + seg - 1) / seg : 0;
-    Py_ssize_t nctx = dec.len / (2 << LOOKUP);
-    int ok = seg > 0 && out.len % 4 == 0 && offs.len == 8 * (nseg + 1) && nctx > 0 &&
-             (!delta || (parent.len == out.len && ctxmap.len == 256));
-    const uint8_t *cm = ctxmap.buf;
+    const int ntok = delta ? NTOK_DELTA : NTOK_PLAIN;
+    Py_ssize_t nseg = seg > 0 && n >= 0 ? (n + seg - 1) / seg : 0;
+    Py_ssize_t nctx = lengths.len / ntok;
+    int ok = seg > 0 && n >= 0 && n <= PY_SSIZE_T_MAX / 4 && offs.len == 8 * (nseg + 1) && nctx > 0 &&
+             lengths.len == nctx * ntok && raw_at >= 0 && raw_at <= body.len &&
+             (!delta || (parent.len == 4 * n && ctxmap.len == 256));
+    const uint8_t *cmb = ctxmap.buf;
+    uint16_t cm[256];
     if (ok && delta)
-        for (int e = 0; e < 256; e++) if (cm[e] >= nctx) ok = 0;
+        for (int e = 0; e < 256; e++) {
+            if (cmb[e] >= nctx) ok = 0;
+            cm[e] = (uint16_t)(cmb[e] << LOOKUP);
+        }
     if (ok && !delta && nctx != 1) ok = 0;
     const int64_t *of = offs.buf;
-    if (ok && (of[0] != 0 || of[nseg] > tok.len)) ok = 0;
+    if (ok && (of[0] != 0 || of[nseg] != raw_at)) ok = 0;
     for (Py_ssize_t s = 0; ok && s < nseg; s++) if (of[s + 1] < of[s]) ok = 0;
     int status = 0;
-    uint16_t *syms4 = ok ? malloc(sizeof(uint16_t) * 4 * (size_t)seg) : NULL;
-    int have4 = 0;
-    if (ok && !syms4) { ok = 0; }
+    PyObject *out = NULL;
+    uint16_t *syms = NULL, *dt = NULL;
     if (ok) {
-        const uint32_t *p = parent.buf;
-        const uint16_t *dt = dec.buf;
-        uint32_t *o = out.buf;
-        const uint8_t *tb = tok.buf, *rb = raw.buf;
-        const int64_t rawbits = 8 * (int64_t)raw.len;
-        int64_t rpos = 0;
+        syms = malloc(sizeof(uint16_t) * 4 * (size_t)seg);
+        dt = malloc(sizeof(uint16_t) * ((size_t)nctx << LOOKUP));
+        out = PyBytes_FromStringAndSize(NULL, 4 * n);
+        if (!syms || !dt || !out) ok = 0;
+    }
+    if (ok) {
+        const uint8_t *b = body.buf;
+        uint32_t *o = (uint32_t *)PyBytes_AS_STRING(out);
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t s = 0; s < nseg && !status; s++) {
-            reader rt = {tb + of[s], tb + of[s + 1], 0, 0, 0};
-            Py_ssize_t a = s * seg, b = a + seg < n ? a + seg : n, m = b - a;
-            if (s % 4 == 0) { /* the symbols of four whole segments at once: four independent chains */
-                if (s + 4 <= nseg && (s + 4) * seg <= n) {
-                    reader r4[4];
-                    for (int l = 0; l < 4; l++) r4[l] = (reader){tb + of[s + l], tb + of[s + l + 1], 0, 0, 0};
-                    uint32_t bad4 = decode4(r4, dt, delta ? cm : NULL, p + a, syms4, seg);
-                    for (int l = 0; l < 4; l++)
-                        if ((r4[l].consumed + 7) / 8 != of[s + l + 1] - of[s + l]) bad4 = 1;
-                    if (bad4) { status = -1; break; }
-                    have4 = 4;
-                } else {
-                    have4 = 0;
-                }
-            }
-            /* pass 1: the segment's symbols (one dependent table lookup each) */
-            uint16_t *syms = syms4 + (size_t)(s % 4) * seg;
-            if (!have4) {
-                uint32_t bad = decode_symbols(&rt, dt, delta ? cm : NULL, p + a, syms, m);
-                if (bad || (rt.consumed + 7) / 8 != of[s + 1] - of[s]) { status = -1; break; }
-            }
-            /* pass 2: raw bits at positions known from the symbols, independent loads */
-            rpos = delta ? raw_delta(syms, m, rb, raw.len, rpos, p + a, o + a)
-                         : raw_plain(syms, m, rb, raw.len, rpos, o + a);
-            if (rpos > rawbits) status = -1;
-        }
-        if (!status && (rpos + 7) / 8 != raw.len) status = -1;
+        if (!build_dec_table(lengths.buf, nctx, ntok, delta ? TOK_USED : NTOK_PLAIN, dt)) status = -2;
+#ifdef HAVE_BMI2_CLONE
+        else if (use_avx2)
+            status = decode_avx2(delta, b, of, nseg, b + raw_at, body.len - raw_at, parent.buf, cm, dt, seg, n, o, syms);
+        else if (use_bmi2)
+            status = decode_bmi2(delta, b, of, nseg, b + raw_at, body.len - raw_at, parent.buf, cm, dt, seg, n, o, syms);
+#endif
+        else
+            status = decode_portable(delta, b, of, nseg, b + raw_at, body.len - raw_at, parent.buf, cm, dt, seg, n, o,
+                                     syms);
         Py_END_ALLOW_THREADS
     }
-    free(syms4);
-    PyBuffer_Release(&tok);
+    free(syms);
+    free(dt);
+    PyBuffer_Release(&body);
     PyBuffer_Release(&offs);
-    PyBuffer_Release(&raw);
     PyBuffer_Release(&parent);
     PyBuffer_Release(&ctxmap);
-    PyBuffer_Release(&dec);
+    PyBuffer_Release(&lengths);
+    if (!ok) {
+        Py_XDECREF(out);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "_exact32.decode: bad buffer sizes or tables");
+        return NULL;
+    }
+    if (status) {
+        Py_DECREF(out);
+        return Py_BuildValue("(iO)", status, Py_None);
+    }
+    return Py_BuildValue("(iN)", status, out);
+}
+
+/* set_portable(flag): use (or not) the plain x86-64 decoder where the CPU has BMI2 (for tests); returns
+ * the instruction set now used, "bmi2" or "portable". */
+static PyObject *py_set_portable(PyObject *self, PyObject *args) {
+    int flag;
+    if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
+#ifdef HAVE_BMI2_CLONE
+    __builtin_cpu_init();
+    use_bmi2 = !flag && __builtin_cpu_supports("bmi2");
+    use_avx2 = use_bmi2 && __builtin_cpu_supports("avx2");
+#endif
+    return PyUnicode_FromString(use_avx2 ? "avx2" : use_bmi2 ? "bmi2" : "portable");
+}
+
+/* ---------------------------------------------------------------------------------- code lengths */
+/* compression.huffman.limited_lengths, the same merges and the same cuts: nodes ordered by (weight, id),
+ * leaves numbered 0..m-1 in symbol order, merged nodes m, m+1, ...; keys are distinct, so a binary heap pops
+ * them in the order Python's heapq does. Then depths cut to max_len and the prefix code restored by
+ * lengthening the longest code shorter than max_len, the rarest (then lowest) one, one bit at a time. */
+#define MAX_SYMS NTOK_PLAIN
+
+static inline int key_less(const int64_t *w, int a, int b) { return w[a] < w[b] || (w[a] == w[b] && a < b); }
+
+static void heap_push(int *heap, int *size, const int64_t *w, int node) {
+    int i = (*size)++;
+    while (i > 0 && key_less(w, node, heap[(i - 1) / 2])) { heap[i] = heap[(i - 1) / 2]; i = (i - 1) / 2; }
+    heap[i] = node;
+}
+
+static int heap_pop(int *heap, int *size, const int64_t *w) {
+    int top = heap[0], last = heap[--(*size)], i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= *size) break;
+        if (c + 1 < *size && key_less(w, heap[c + 1], heap[c])) c++;
+        if (!key_less(w, heap[c], last)) break;
+        heap[i] = heap[c];
+        i = c;
+    }
+    if (*size > 0) heap[i] = last;
+    return top;
+}
+
+static void limited_lengths(const int64_t *cnt, int nsym, int64_t floor, int max_len, uint8_t *len) {
+    int64_t w[2 * MAX_SYMS];
+    int sym[MAX_SYMS], up[2 * MAX_SYMS], depth[2 * MAX_SYMS], heap[2 * MAX_SYMS], m = 0, size = 0;
+    for (int t = 0; t < nsym; t++) {
+        len[t] = 0;
+        if (cnt[t]) { sym[m] = t; w[m] = cnt[t] > floor ? cnt[t] : floor; m++; }
+    }
+    if (m == 1) len[sym[0]] = 1;
+    if (m <= 1) return;
+    for (int j = 0; j < m; j++) heap_push(heap, &size, w, j);
+    for (int node = m; node < 2 * m - 1; node++) {
+        int a = heap_pop(heap, &size, w), b = heap_pop(heap, &size, w);
+        up[a] = up[b] = node;
+        w[node] = w[a] + w[b];
+        heap_push(heap, &size, w, node);
+    }
+    depth[2 * m - 2] = 0;
+    for (int i = 2 * m - 3; i >= 0; i--) depth[i] = depth[up[i]] + 1;
+    int64_t excess = -((int64_t)1 << max_len);
+    for (int j = 0; j < m; j++) { if (depth[j] > max_len) depth[j] = max_len; excess += (int64_t)1 << (max_len - depth[j]); }
+    while (excess > 0) {
+        int top = 0, best = -1;
+        for (int j = 0; j < m; j++) if (depth[j] < max_len && depth[j] > top) top = depth[j];
+        for (int j = 0; j < m; j++)
+            if (depth[j] == top && (best < 0 || w[j] < w[best])) best = j;
+        excess -= (int64_t)1 << (max_len - top - 1);
+        depth[best]++;
+    }
+    for (int j = 0; j < m; j++) len[sym[j]] = (uint8_t)depth[j];
+}
+
+/* lengths(counts i64[k * nsym], nsym, floor_shift, max_len, out u8[k * nsym]): code lengths of each of k
+ * contexts, each used count first raised to (its context's total >> floor_shift, at least 1). */
+static PyObject *py_lengths(PyObject *self, PyObject *args) {
+    Py_buffer counts, out;
+    int nsym, shift, max_len;
+    if (!PyArg_ParseTuple(args, "y*iiiw*", &counts, &nsym, &shift, &max_len, &out)) return NULL;
+    int ok = nsym > 0 && nsym <= MAX_SYMS && shift >= 0 && shift < 63 && max_len > 0 && max_len <= 30 &&
+             counts.len % (8 * nsym) == 0 && out.len * 8 == counts.len;
+    const int64_t *c = counts.buf;
+    for (Py_ssize_t i = 0; ok && i < counts.len / 8; i++) ok = c[i] >= 0 && c[i] < ((int64_t)1 << 52);
+    if (ok) {
+        for (Py_ssize_t k = 0; k < out.len / nsym; k++) {
+            const int64_t *ck = c + k * nsym;
+            int64_t total = 0;
+            for (int t = 0; t < nsym; t++) total += ck[t];
+            int64_t floor = total >> shift;
+            limited_lengths(ck, nsym, floor > 1 ? floor : 1, max_len, (uint8_t *)out.buf + k * nsym);
+        }
+    }
+    PyBuffer_Release(&counts);
     PyBuffer_Release(&out);
-    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact32.decode: bad buffer sizes or tables"); return NULL; }
-    return PyLong_FromLong(status);
+    if (!ok) { PyErr_SetString(PyExc_ValueError, "_exact32.lengths: bad arguments"); return NULL; }
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
-    {"count", py_count, METH_VARARGS, "count(delta, child, parent, counts): symbol counts"},
-    {"encode", py_encode, METH_VARARGS, "encode(delta, child, parent, enc, seg, tok, sizes, raw)"},
-    {"decode", py_decode, METH_VARARGS, "decode(delta, tok, offsets, raw, parent, ctxmap, dec, seg, out)"},
+    {"count", py_count, METH_VARARGS, "count(delta, child, parent, counts, tokens): symbol counts"},
+    {"encode", py_encode, METH_VARARGS, "encode(delta, child, parent, enc, seg, tok, sizes, raw, tokens)"},
+    {"decode", py_decode, METH_VARARGS, "decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n)"},
+    {"lengths", py_lengths, METH_VARARGS, "lengths(counts, nsym, floor_shift, max_len, out): code lengths"},
+    {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag): the portable decoder, or the CPU's best (avx2, bmi2)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -385,5 +678,15 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_exact32", "Format-6
 
 PyMODINIT_FUNC PyInit__exact32(void) {
     init_tokens();
+    for (uint32_t i = 0; i < (1u << LOOKUP); i++) {
+        uint32_t r = 0;
+        for (int b = 0; b < LOOKUP; b++) r |= ((i >> b) & 1u) << (LOOKUP - 1 - b);
+        REV12[i] = (uint16_t)r;
+    }
+#ifdef HAVE_BMI2_CLONE
+    __builtin_cpu_init();
+    use_bmi2 = __builtin_cpu_supports("bmi2");
+    use_avx2 = use_bmi2 && __builtin_cpu_supports("avx2");
+#endif
     return PyModule_Create(&module);
 }

@@ -165,6 +165,46 @@ static PyObject *py_f16_to_bf16(PyObject *self, PyObject *args) { return run(arg
 /* bf16_to_f16(src, dst): the inverse, for what f16_to_bf16 accepted. */
 static PyObject *py_bf16_to_f16(PyObject *self, PyObject *args) { return run(args, WIDEN, "bf16_to_f16"); }
 
+/* bf16_to_f16_bytes(src) -> bytes: bf16_to_f16 into a new bytes object (the decoder's result: no copy). */
+static PyObject *py_bf16_to_f16_bytes(PyObject *self, PyObject *args) {
+    Py_buffer s;
+    if (!PyArg_ParseTuple(args, "y*", &s)) return NULL;
+    PyObject *out = s.len % 2 ? NULL : PyBytes_FromStringAndSize(NULL, s.len);
+    if (out) {
+        const uint16_t *src = s.buf;
+        uint16_t *dst = (uint16_t *)PyBytes_AS_STRING(out);
+        Py_ssize_t n = s.len / 2;
+        int vec = has_vec() && !portable;
+        Py_BEGIN_ALLOW_THREADS
+        if (vec) widen_vec(src, dst, n);
+        else widen_scalar(src, dst, n);
+        Py_END_ALLOW_THREADS
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "bf16_to_f16_bytes: an odd number of bytes");
+    }
+    PyBuffer_Release(&s);
+    return out;
+}
+
+/* bf16_to_f32_bytes(src) -> bytes: each bf16 the high half of an f32 (exact), into a new bytes object. */
+static PyObject *py_bf16_to_f32_bytes(PyObject *self, PyObject *args) {
+    Py_buffer s;
+    if (!PyArg_ParseTuple(args, "y*", &s)) return NULL;
+    PyObject *out = s.len % 2 ? NULL : PyBytes_FromStringAndSize(NULL, 2 * s.len);
+    if (out) {
+        const uint16_t *src = s.buf;
+        uint32_t *dst = (uint32_t *)PyBytes_AS_STRING(out);
+        Py_ssize_t n = s.len / 2;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) dst[i] = (uint32_t)src[i] << 16;
+        Py_END_ALLOW_THREADS
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "bf16_to_f32_bytes: an odd number of bytes");
+    }
+    PyBuffer_Release(&s);
+    return out;
+}
+
 /* f16_to_bf16_rne(src, dst) -> bool: rounded to nearest even (torch's cast); False if one is NaN. */
 static PyObject *py_f16_to_bf16_rne(PyObject *self, PyObject *args) { return run(args, RNE, "f16_to_bf16_rne"); }
 
@@ -176,6 +216,8 @@ static PyObject *py_set_portable(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"f16_to_bf16", py_f16_to_bf16, METH_VARARGS, "f16_to_bf16(src, dst) -> bool"},
     {"bf16_to_f16", py_bf16_to_f16, METH_VARARGS, "bf16_to_f16(src, dst)"},
+    {"bf16_to_f16_bytes", py_bf16_to_f16_bytes, METH_VARARGS, "bf16_to_f16_bytes(src) -> bytes"},
+    {"bf16_to_f32_bytes", py_bf16_to_f32_bytes, METH_VARARGS, "bf16_to_f32_bytes(src) -> bytes"},
     {"f16_to_bf16_rne", py_f16_to_bf16_rne, METH_VARARGS, "f16_to_bf16_rne(src, dst) -> bool"},
     {"set_portable", py_set_portable, METH_O, "set_portable(flag): scalar loops only"},
     {NULL, NULL, 0, NULL},

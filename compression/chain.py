@@ -48,10 +48,12 @@ def decode_chunk(
     chunk: Chunk,
     parent: Step | None,
     parent_part: bytes | memoryview | None,
-    verify: bool = True,
+    *,
+    check: bool = True,
 ) -> bytes:
     """The raw bytes of one chunk (``parent_part``: the parent step's raw bytes of the same elements,
-    needed for a ``delta`` chunk), checked against the chunk's sha256 unless ``verify`` is False."""
+    needed for a ``delta`` chunk), checked against the chunk's sha256 unless ``check`` is false (the
+    caller checks what is built on them: a parent chunk under a checked child, a file hashed whole)."""
     n = [chunk.end - chunk.begin]
     payload = fetch(chunk.blob)
     if chunk.encoding == "plain":
@@ -60,21 +62,45 @@ def decode_chunk(
         if parent is None or parent_part is None:
             raise CodecError(f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent")
         raw = decode_tensor(chunk.encoding, payload, step.dtype, n, parent_part, parent.dtype, n)
-    if verify and hashlib.sha256(raw).hexdigest() != chunk.sha256:
+    if check and hashlib.sha256(raw).hexdigest() != chunk.sha256:
         raise CodecError(f"a chunk of tensor {step.sha256} does not match its recorded sha256")
     return raw
 
 
-def decode_step(fetch: FetchBlob, step: Step, parent: Step | None, parent_raw: bytes | None) -> bytes:
-    """One step's raw bytes given the whole parent step's (``None`` for a ``plain`` step); unchecked."""
+def _check_coverage(step: Step) -> None:
+    """A chunked step's chunks must tile its elements in order: then its checked chunks are the step."""
+    numel = 1
+    for d in step.shape:
+        numel *= int(d)
+    position = 0
+    for chunk in step.chunks:
+        if chunk.begin != position or chunk.end <= chunk.begin:
+            break
+        position = chunk.end
+    else:
+        if position == numel:
+            return
+    raise CodecError(f"the chunks of tensor {step.sha256} do not cover its {numel} elements in order")
+
+
+def decode_step(
+    fetch: FetchBlob, step: Step, parent: Step | None, parent_raw: bytes | None, *, check: bool = True
+) -> bytes:
+    """One step's raw bytes given the whole parent step's (``None`` for a ``plain`` step); the step is
+    not checked as a whole, its chunks are (unless ``check`` is false)."""
     if step.chunks:
-        out = bytearray()
+        _check_coverage(step)
         pitem = dtype_info(parent.dtype).itemsize if parent else 0
         view = memoryview(parent_raw) if parent_raw is not None else None
+        parts = []
         for chunk in step.chunks:
             part = view[chunk.begin * pitem : chunk.end * pitem] if view is not None else None
-            out += decode_chunk(fetch, step, chunk, parent, part if chunk.encoding != "plain" else None)
-        return bytes(out)
+            parts.append(
+                decode_chunk(
+                    fetch, step, chunk, parent, part if chunk.encoding != "plain" else None, check=check
+                )
+            )
+        return parts[0] if len(parts) == 1 else b"".join(parts)
     if step.blob is None:
         raise CodecError(f"tensor {step.sha256} ({step.encoding}) has no blob")
     if step.encoding != "plain" and (parent is None or parent_raw is None):
@@ -97,6 +123,7 @@ def decode_chain(
     start: int = 0,
     raw: bytes | None = None,
     verify: bool = True,
+    verify_below: bool = True,
     keep: Callable[[str, bytes], None] | None = None,
 ) -> bytes:
     """The raw bytes of ``steps[-1]``: ``steps[start:]`` decoded in turn, each against the one before.
@@ -104,17 +131,22 @@ def decode_chain(
     ``raw`` is the raw bytes of ``steps[start - 1]`` when ``start`` > 0 (held already: a cache, a local
     file). With ``verify`` each decoded step is checked against its sha256 (``CodecError`` when it is
     wrong) and handed to ``keep`` (sha256, raw bytes) below the top, for a cache of checked bytes.
+    ``verify_below=False`` checks only the top step: its sha256 proves the bytes returned, whatever
+    the steps below decoded to (nothing below the top is then kept).
     """
     if start == 0:
         raw = None
     elif raw is None:
         raise ValueError("decode_chain: start > 0 needs the raw bytes of the step below it")
+    top = len(steps) - 1
     for i in range(start, len(steps)):
         step = steps[i]
-        raw = decode_step(fetch, step, steps[i - 1] if i > 0 else None, raw)
-        if verify and hashlib.sha256(raw).hexdigest() != step.sha256:
+        check = verify and (verify_below or i == top)
+        # a chunked step's chunks are checked one by one instead of the step as a whole
+        raw = decode_step(fetch, step, steps[i - 1] if i > 0 else None, raw, check=check)
+        if check and not step.chunks and hashlib.sha256(raw).hexdigest() != step.sha256:
             raise CodecError(f"decoded tensor does not match its recorded sha256 {step.sha256}")
-        if verify and keep is not None and i < len(steps) - 1:
+        if check and keep is not None and i < top:
             keep(step.sha256, raw)
     if raw is None:
         raise ValueError("decode_chain: no step to decode")

@@ -76,11 +76,24 @@ def delta_tokens(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ Huffman
+FLOOR_SHIFT = 9  # each used count is raised to at least 1/512 of its context's total
+
+
 def code_lengths(counts: np.ndarray) -> np.ndarray:
     """Huffman code lengths (<= MAX_LEN) of one context's counts, each used one raised to at least 1/512
     of the total first: depths then rarely pass MAX_LEN, so the cut takes few steps (a few hundredths of a
     bit per element at most, where such symbols exist)."""
-    return huffman.limited_lengths(counts, MAX_LEN, floor=max(1, int(counts.sum()) >> 9))
+    return huffman.limited_lengths(counts, MAX_LEN, floor=max(1, int(counts.sum()) >> FLOOR_SHIFT))
+
+
+def context_lengths(counts: np.ndarray, use_c: bool) -> np.ndarray:
+    """``code_lengths`` of every row of ``counts`` (contexts, symbols): in the C kernel when it is used
+    (the same lengths, without Python's cost per symbol), else row by row."""
+    if use_c:
+        out = np.empty(counts.shape, np.uint8)
+        _exact32.lengths(np.ascontiguousarray(counts, np.int64), counts.shape[1], FLOOR_SHIFT, MAX_LEN, out)
+        return out
+    return np.stack([code_lengths(c) for c in counts])
 
 
 _REV = huffman.bit_reversal(MAX_LEN)
@@ -102,16 +115,20 @@ def enc_table(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def dec_table(lengths: np.ndarray) -> np.ndarray:
-    """u16[contexts << 12] per (context, next 12 bits LSB first): symbol | code length << 12; 0 where no
-    code reaches."""
+BAD_SLOT = 0x800  # a decoder table slot without a code: length 0 and a bit no symbol has
+
+
+def dec_table(lengths: np.ndarray, used: int = NTOK_PLAIN) -> np.ndarray:
+    """u16[contexts << 12] per (context, next 12 bits LSB first): symbol | code length << 12; ``BAD_SLOT``
+    (length 0) where no code reaches or the symbol is not below ``used``."""
     _check_kraft(lengths)
-    out = np.zeros(lengths.shape[0] << MAX_LEN, np.uint16)
+    out = np.full(lengths.shape[0] << MAX_LEN, BAD_SLOT, np.uint16)
     ctx, sym, ln, start = _canonical(lengths)
     span = 1 << (MAX_LEN - ln)
     ends = np.cumsum(span)
     slot = np.arange(int(ends[-1]) if ends.size else 0) - np.repeat(ends - span - start, span)
-    out[np.repeat(ctx, span) << MAX_LEN | _REV[slot]] = np.repeat(sym | ln << 12, span)
+    entry = np.where(sym < used, sym | ln << 12, BAD_SLOT)
+    out[np.repeat(ctx, span) << MAX_LEN | _REV[slot]] = np.repeat(entry, span)
     return out
 
 
@@ -133,7 +150,8 @@ def encode_stream(
     raw: bytes | memoryview
     if use_c:
         per = np.zeros((256, ntok) if delta else (1, ntok), np.uint32)
-        _exact32.count(delta, child, par, per)
+        tokens = np.empty(n if delta else 0, np.uint16)  # each element's row of per, for the encoder
+        _exact32.count(delta, child, par, per, tokens)
     elif delta:
         z = zigzag(child, par)
         tok, nx = delta_tokens(z)
@@ -145,19 +163,20 @@ def encode_stream(
     if delta:
         hist = per.sum(axis=1, dtype=np.int64)  # small tensors: one context (its table costs less)
         ctxmap = context_map(hist) if n >= SMALL else np.zeros(256, np.uint8)
-        onehot = (ctxmap[None, :] == np.arange(int(ctxmap.max()) + 1)[:, None]).astype(np.int64)
-        counts = onehot @ per.astype(np.int64)
+        counts = np.zeros((int(ctxmap.max()) + 1, ntok), np.int64)
+        for c in range(counts.shape[0]):  # the exponents' counts summed per context
+            counts[c] = per[ctxmap == c].sum(axis=0, dtype=np.int64)
         head_map = ctxmap.tobytes()
     else:
         counts, head_map = per.astype(np.int64), b""
-    lengths = np.stack([code_lengths(c) for c in counts])
+    lengths = context_lengths(counts, use_c)
     enc = enc_table(lengths)
     sizes = np.zeros(nseg, np.uint32)
     if use_c:
         folded = enc[ctxmap] if delta else enc  # the context lookup folded into the table
         tokbuf = np.empty(2 * n + 8 * nseg + 16, np.uint8)
         rawbuf = np.empty(4 * n + 16, np.uint8)
-        tb, rb = _exact32.encode(delta, child, par, folded, seg, tokbuf, sizes, rawbuf)
+        tb, rb = _exact32.encode(delta, child, par, folded, seg, tokbuf, sizes, rawbuf, tokens)
         body, raw = tokbuf[:tb].data, rawbuf[:rb].data
     else:
         if delta:
@@ -200,7 +219,16 @@ def _segments(codes: np.ndarray, nbits: np.ndarray, seg: int, sizes: np.ndarray)
 def decode_stream(
     buf: memoryview, offset: int, n: int, parent: np.ndarray | None, backend: str = "auto"
 ) -> tuple[np.ndarray, int]:
-    """Inverse of ``encode_stream``: n u32 elements and the offset just past the stream."""
+    """Inverse of ``encode_stream``: n u32 elements (read-only) and the offset just past the stream."""
+    raw, end = decode_stream_bytes(buf, offset, n, parent, backend)
+    return np.frombuffer(raw, "<u4"), end
+
+
+def decode_stream_bytes(
+    buf: memoryview, offset: int, n: int, parent: np.ndarray | None, backend: str = "auto"
+) -> tuple[bytes, int]:
+    """``decode_stream`` with the elements as little-endian bytes (the C kernel writes them straight into
+    the bytes object: no copy after it)."""
     use_c = pick_c_kernel(_exact32, "_exact32", backend)
     delta = parent is not None
     start = offset
@@ -237,18 +265,21 @@ def decode_stream(
         raise CodecError("corrupt payload: truncated format-6 segments or raw plane")
     if crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
         raise CodecError("corrupt payload: stream checksum (crc32) mismatch")
-    dec = dec_table(lengths)
     par = np.ascontiguousarray(parent, "<u4") if delta else np.zeros(0, "<u4")
-    out = np.empty(n, "<u4")
-    if use_c:
-        status = _exact32.decode(
-            delta, buf[body_at:raw_at], offsets, buf[raw_at:end], par, ctxmap, dec, seg, out
+    if use_c:  # the decoder table is built in C too (the same entries as dec_table)
+        status, raw = _exact32.decode(
+            delta, buf[body_at:end], offsets, raw_at - body_at, par, ctxmap, lengths, seg, n
         )
+        if status == -2:
+            _check_kraft(lengths)  # raises: the lengths are no prefix code
     else:
+        out = np.empty(n, "<u4")
+        dec = dec_table(lengths, TOK_USED if delta else NTOK_PLAIN)
         status = _decode_numpy(buf, body_at, offsets, raw_at, rawlen, par, delta, ctxmap, dec, seg, out)
+        raw = out.tobytes()
     if status:
         raise CodecError("corrupt payload: a format-6 segment or raw plane does not end where its size says")
-    return out, end + 4
+    return raw, end + 4
 
 
 def _decode_numpy(

@@ -68,6 +68,13 @@ def bf16_of_f32(raw: bytes | bytearray | memoryview) -> np.ndarray | None:
     return halves[:, 1].copy()
 
 
+def full_mantissa_f32(raw: bytes | bytearray | memoryview) -> bool:
+    """Whether an f32 element among the first few thousand has a nonzero bit in its low 13 mantissa bits:
+    then neither bf16 (7 mantissa bits) nor f16 (10, fewer for its subnormals) holds it, nor the tensor."""
+    head = np.frombuffer(raw, "<u4", min(len(raw) // 4, _SAMPLE))
+    return bool((head & 0x1FFF).any())
+
+
 def bf16_rne_of_f16(raw: bytes | bytearray | memoryview) -> np.ndarray | None:
     """torch's f16 -> bf16 cast (round to nearest even) by the C extension; None without it or when a
     value is NaN (the caller then casts with torch)."""
@@ -86,6 +93,8 @@ def narrowest(raw: bytes | bytearray | memoryview, dtype: str) -> tuple[str, byt
         bf16 = bf16_of_f32(raw)
         if bf16 is not None:
             return "BF16", bf16.tobytes()
+        if full_mantissa_f32(raw):  # neither candidate can hold the tensor: no torch casts needed
+            return None
     if dtype == "F16" and _narrow is not None:  # the C casts (no NaN: torch refuses those too)
         out = np.empty(len(raw) // 2, "<u2")
         return ("BF16", out.tobytes()) if _narrow.f16_to_bf16(raw, out) else None
@@ -108,11 +117,11 @@ def widen(raw: bytes | bytearray | memoryview, narrow: str, dtype: str) -> bytes
     if len(raw) == 0:
         return b""
     if (narrow, dtype) == ("BF16", "F32"):  # exact by construction: the bf16 bits become the high half
+        if _narrow is not None:  # straight into the result, no temporaries
+            return bytes(_narrow.bf16_to_f32_bytes(raw))
         return (np.frombuffer(raw, "<u2").astype("<u4") << 16).tobytes()
     if (narrow, dtype) == ("BF16", "F16") and _narrow is not None:
-        out = np.empty(len(raw) // 2, "<u2")
-        _narrow.bf16_to_f16(raw, out)
-        return out.tobytes()
+        return bytes(_narrow.bf16_to_f16_bytes(raw))
     import torch
 
     wide = _tensor(raw, narrow).to(getattr(torch, _TORCH[dtype]))

@@ -95,17 +95,17 @@ def decode_v6(
     if codec == "plain":
         if pcode != NO_PARENT:
             raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
-        out, offset = exact32.decode_stream(buf, offset, n, None)
+        out, offset = exact32.decode_stream_bytes(buf, offset, n, None)
     else:
         parent = parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
         shared, offset = shared_elements(buf, offset, codec, n, parent)
-        out, offset = exact32.decode_stream(buf, offset, shared, parent)
+        out, offset = exact32.decode_stream_bytes(buf, offset, shared, parent)
         if codec == "delta-rows":
-            rows, offset = exact32.decode_stream(buf, offset, n - shared, None)
-            out = np.concatenate([out, rows])
+            rows, offset = exact32.decode_stream_bytes(buf, offset, n - shared, None)
+            out += rows
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
-    return out.tobytes()
+    return out
 
 
 def decode_elf(buf: memoryview, encoding: str, dtype: str, n: int) -> bytes:

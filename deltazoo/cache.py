@@ -171,22 +171,36 @@ class Cache:
 
     # --- tensor index (for delta-only pulls) -----------------------------------------------------
 
-    def tensor_index(self, file: FileInfo) -> dict[str, tuple[int, int]]:
-        """``{tensor sha256: (begin, end)}`` absolute byte ranges inside a cached safetensors blob."""
-        index_path = self.root / "tensors" / f"{file.sha256}.json"
+    def _tensor_index_path(self, file: FileInfo) -> Path:
+        return self.root / "tensors" / f"{file.sha256}.json"
+
+    def has_tensor_index(self, file: FileInfo) -> bool:
+        return self._tensor_index_path(file).is_file()
+
+    def tensor_index(
+        self, file: FileInfo, *, listed: dict[str, tuple[int, int]] | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """``{tensor sha256: (begin, end)}`` absolute byte ranges inside a cached safetensors blob.
+
+        ``listed`` is the server's list of the file's tensors (sha256: offsets after the header): taken
+        as it is, with the header's length read from the file; without it every tensor is hashed."""
+        index_path = self._tensor_index_path(file)
         if index_path.is_file():
             return {k: (int(v[0]), int(v[1])) for k, v in json.loads(index_path.read_text()).items()}
         blob = self.blob_path(file.sha256)
         index: dict[str, tuple[int, int]] = {}
         with blob.open("rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-            entries = sorted(
-                (v["data_offsets"] for k, v in header.items() if k != "__metadata__"), key=lambda o: o[0]
-            )
-            for begin, end in entries:
-                f.seek(8 + n + begin)
-                index[hashlib.sha256(f.read(end - begin)).hexdigest()] = (8 + n + begin, 8 + n + end)
+            if listed is not None:
+                index = {sha: (8 + n + begin, 8 + n + end) for sha, (begin, end) in listed.items()}
+            else:
+                header = json.loads(f.read(n))
+                entries = sorted(
+                    (v["data_offsets"] for k, v in header.items() if k != "__metadata__"), key=lambda o: o[0]
+                )
+                for begin, end in entries:
+                    f.seek(8 + n + begin)
+                    index[hashlib.sha256(f.read(end - begin)).hexdigest()] = (8 + n + begin, 8 + n + end)
         index_path.parent.mkdir(parents=True, exist_ok=True)
         index_path.write_text(json.dumps(index))
         return index

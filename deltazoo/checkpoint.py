@@ -53,9 +53,13 @@ def scan_checkpoint(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     quiet: bool = False,
+    hash_up_to: int | None = None,
 ) -> list[FileInfo]:
     """Every regular file under ``root`` (hidden files and folders skipped) that passes the
-    ``include`` / ``exclude`` glob patterns (``deltazoo.patterns``), with size and sha256."""
+    ``include`` / ``exclude`` glob patterns (``deltazoo.patterns``), with size and sha256.
+
+    Files larger than ``hash_up_to`` are not read here: their sha256 is left empty, for the upload to
+    compute while it sends them (one pass over the bytes)."""
     if not root.is_dir():
         raise UsageError(
             f"{root} is not a directory: push a checkpoint folder (config.json, *.safetensors)",
@@ -71,11 +75,18 @@ def scan_checkpoint(
     if not paths:
         filtered = " that match --include/--exclude" if include or exclude else ""
         raise UsageError(f"{root} holds no files{filtered} to push", code="empty_checkpoint")
-    total = sum(p.stat().st_size for p in paths)
+    def hashed_here(p: Path) -> bool:
+        return hash_up_to is None or p.stat().st_size <= hash_up_to
+
+    total = sum(p.stat().st_size for p in paths if hashed_here(p))
     bar = progress_bar(total, "hashing", quiet=quiet)
     lock = threading.Lock()
 
     def digest(p: Path) -> FileInfo:
+        rel = p.relative_to(root).as_posix()
+        kind = "safetensors" if rel.endswith(".safetensors") else "other"
+        if not hashed_here(p):
+            return FileInfo(path=rel, size=p.stat().st_size, sha256="", kind=kind)
         h = hashlib.sha256()
         size = 0
         with p.open("rb") as f:
@@ -84,8 +95,6 @@ def scan_checkpoint(
                 size += len(chunk)
                 with lock:
                     bar.update(len(chunk))
-        rel = p.relative_to(root).as_posix()
-        kind = "safetensors" if rel.endswith(".safetensors") else "other"
         return FileInfo(path=rel, size=size, sha256=h.hexdigest(), kind=kind)
 
     try:

@@ -8,23 +8,32 @@ For every tensor of a safetensors file (manifest order = offset order), the raw 
    to a cached or ``plain`` tensor decoded by ``compression.chain`` (the server's decoder); an uncached
    parent costs its own blob.
 
-Each tensor's sha256 is checked as it is rebuilt, the file's sha256 and size before it is renamed
-into the cache. Memory is bounded by one tensor and its parent chain.
+A file is rebuilt in pieces, in order: a chunk of a chunked tensor coded against a cached one (the
+common fine-tune: its blob decoded against the same elements of the cached parent, read from the
+cached file), or a whole tensor otherwise. Up to ``_AHEAD`` pieces are fetched and decoded on other
+threads while one is written, so a delta-only pull decodes on every core. Each piece's size is checked
+as it is written and the file's sha256 (taken while it is written, not by reading it again) and size
+before it is renamed into the cache: that one hash proves every byte, so the pieces are not hashed
+again on their own. Memory is bounded by ``_AHEAD + 1`` pieces (a chunk, or one tensor and its parent
+chain).
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from deltazoo.cache import Cache
-from deltazoo.compression.chain import Chunk, Step, decode_chain
+from deltazoo.compression.chain import Chunk, Step, decode_chain, decode_chunk
 from deltazoo.compression.codecs import CodecError
+from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.other_files import decompress_stream
 from deltazoo.download import HashingWriter, download
 from deltazoo.errors import IntegrityError
@@ -33,7 +42,17 @@ from deltazoo.refs import Ref
 from deltazoo.transport import Transport, progress_bar
 
 _MAX_DEPTH = 64
-_AHEAD = max(2, os.cpu_count() or 1)  # tensors rebuilt ahead of the one being written
+_AHEAD = max(2, os.cpu_count() or 1)  # pieces rebuilt ahead of the one being written
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Bytes ``[begin, end)`` of a tensor's raw bytes, as ``build`` returns them."""
+
+    tensor: dict[str, Any]
+    begin: int
+    end: int
+    build: Callable[[], bytes]
 
 
 def _version_path(ref: Ref) -> str:
@@ -50,14 +69,27 @@ class DeltaPuller:
         self._local: dict[str, tuple[Path, int, int]] = {}
         self._manifests: dict[str, dict[str, Any]] = {}
 
-    def hold(self, files: list[FileInfo]) -> None:
-        """Make the tensors of these cached files available as parents."""
+    def hold(self, files: list[FileInfo], *, ref: str | None = None) -> None:
+        """Make the tensors of these cached files (of version ``ref``, when known) available as parents.
+
+        A file's tensor index comes from ``ref``'s manifest (each tensor's sha256 and offsets, as the
+        server recorded them) instead of hashing every tensor of the cached file: a wrong entry would
+        rebuild a wrong file, which the pulled file's own sha256 refuses."""
         for f in files:
             if f.kind != "safetensors" and not f.path.endswith(".safetensors"):
                 continue
             blob = self.cache.blob_path(f.sha256)
-            for sha, (begin, end) in self.cache.tensor_index(f).items():
+            listed = self._listed_tensors(ref, f.path) if ref and not self.cache.has_tensor_index(f) else None
+            for sha, (begin, end) in self.cache.tensor_index(f, listed=listed).items():
                 self._local[sha] = (blob, begin, end)
+
+    def _listed_tensors(self, ref: str, path: str) -> dict[str, tuple[int, int]] | None:
+        """``{sha256: (begin, end)}`` of a file's tensors in ``ref``'s manifest (offsets after the
+        header), or None when the manifest does not list them."""
+        entry = next((e for e in self.manifest(ref)["files"] if e["path"] == path), None)
+        if entry is None or entry.get("tensors") is None:
+            return None
+        return {t["sha256"]: (int(t["offset"][0]), int(t["offset"][1])) for t in entry["tensors"]}
 
     def manifest(self, ref: str) -> dict[str, Any]:
         if ref not in self._manifests:
@@ -66,11 +98,13 @@ class DeltaPuller:
 
     # --- raw bytes of one tensor -----------------------------------------------------------------
 
-    def _read_local(self, sha256: str) -> bytes:
+    def _read_local(self, sha256: str, lo: int = 0, hi: int | None = None) -> bytes:
+        """Bytes ``[lo, hi)`` (default: all) of a cached tensor's raw bytes."""
         path, begin, end = self._local[sha256]
-        with path.open("rb") as f:
-            f.seek(begin)
-            return f.read(end - begin)
+        hi = end - begin if hi is None else hi
+        with path.open("rb", buffering=0) as f:
+            f.seek(begin + lo)
+            return f.read(hi - lo)
 
     def _entry_of(self, parent: dict[str, Any]) -> dict[str, Any]:
         """The manifest entry of a tensor's parent (``{ref, file, name, ...}``)."""
@@ -89,12 +123,18 @@ class DeltaPuller:
     def _chain(self, tensor: dict[str, Any]) -> tuple[list[Step], bytes | None]:
         """The steps that rebuild ``tensor``, bottom first, and the raw bytes below the first of them:
         the chain stops at a tensor cached here (its bytes are read, not fetched) or at a ``plain`` one."""
+        steps, held = self._chain_steps(tensor)
+        return steps, self._read_local(held) if held is not None else None
+
+    def _chain_steps(self, tensor: dict[str, Any]) -> tuple[list[Step], str | None]:
+        """``_chain``'s steps, and the sha256 of the cached tensor the first of them stands for (its
+        bytes not read yet), or None when the chain starts at a ``plain`` step."""
         steps: list[Step] = []
         node = tensor  # a manifest entry, or a parent reference with its sha256, dtype and shape
         for _ in range(_MAX_DEPTH + 1):
             if node["sha256"] in self._local:
                 held = Step("plain", None, node["dtype"], tuple(node["shape"]), node["sha256"])
-                return [held, *reversed(steps)], self._read_local(node["sha256"])
+                return [held, *reversed(steps)], node["sha256"]
             entry = node if "encoding" in node else self._entry_of(node)
             if entry["encoding"] != "same":
                 chunks = tuple(
@@ -122,28 +162,77 @@ class DeltaPuller:
             f"tensor {tensor['name']}: parent chain deeper than {_MAX_DEPTH}", code="chain_too_deep"
         )
 
-    def raw(self, tensor: dict[str, Any]) -> bytes:
-        """The raw bytes of a manifest tensor entry, checked against its sha256 (each step of its chain
-        decoded by ``compression.chain``, as the server does)."""
+    def raw(self, tensor: dict[str, Any], *, verify: bool = True) -> bytes:
+        """The raw bytes of a manifest tensor entry (each step of its chain decoded by
+        ``compression.chain``, as the server does), checked against its sha256 unless ``verify`` is
+        false (a whole file's pull hashes the file instead)."""
         steps, below = self._chain(tensor)
+        self._check_top(tensor, steps)
         try:
             if below is not None and len(steps) == 1:
-                data = below  # held here already, read by the sha256 it was indexed under
-            else:
-                data = decode_chain(self._fetch_blob, steps, start=1 if below is not None else 0, raw=below)
+                return below  # held here already, read by the sha256 it was indexed under
+            start = 1 if below is not None else 0
+            return decode_chain(self._fetch_blob, steps, start=start, raw=below, verify=verify)
         except CodecError as exc:
-            raise IntegrityError(
-                f"tensor {tensor['name']} rebuilt wrong ({exc}); pull again without the cache (delete it) "
-                "and report this",
-                code="sha256_mismatch",
-            ) from None
+            raise self._rebuilt_wrong(tensor, exc) from None
+
+    @staticmethod
+    def _check_top(tensor: dict[str, Any], steps: list[Step]) -> None:
         if steps[-1].sha256 != tensor["sha256"]:
             raise IntegrityError(
                 f"tensor {tensor['name']} rebuilt with a wrong sha256; pull again without "
                 "the cache (delete it) and report this",
                 code="sha256_mismatch",
             )
-        return data
+
+    @staticmethod
+    def _rebuilt_wrong(tensor: dict[str, Any], exc: Exception) -> IntegrityError:
+        return IntegrityError(
+            f"tensor {tensor['name']} rebuilt wrong ({exc}); pull again without the cache (delete it) "
+            "and report this",
+            code="sha256_mismatch",
+        )
+
+    def _pieces(self, tensor: dict[str, Any]) -> list[_Piece]:
+        """How one tensor is rebuilt: chunk by chunk when it is chunked and coded against a cached
+        tensor (or alone), else whole. Unchecked: the file's sha256 proves them."""
+        nbytes = tensor["offset"][1] - tensor["offset"][0]
+        if tensor["sha256"] not in self._local and tensor.get("encoding") != "same" and tensor.get("chunks"):
+            steps, held = self._chain_steps(tensor)
+            self._check_top(tensor, steps)
+            top = steps[-1]
+            chunked_alone = len(steps) == 1 and held is None
+            if chunked_alone or (len(steps) == 2 and held is not None):
+                parent = steps[0] if held is not None else None
+                item = dtype_info(top.dtype).itemsize
+                pitem = dtype_info(parent.dtype).itemsize if parent is not None else 0
+                return [
+                    _Piece(
+                        tensor,
+                        c.begin * item,
+                        c.end * item,
+                        partial(self._chunk_raw, tensor, top, c, parent, held, pitem),
+                    )
+                    for c in top.chunks
+                ]
+        return [_Piece(tensor, 0, nbytes, partial(self.raw, tensor, verify=False))]
+
+    def _chunk_raw(
+        self,
+        tensor: dict[str, Any],
+        step: Step,
+        chunk: Chunk,
+        parent: Step | None,
+        held: str | None,
+        pitem: int,
+    ) -> bytes:
+        part = None
+        if chunk.encoding != "plain" and held is not None:
+            part = self._read_local(held, chunk.begin * pitem, chunk.end * pitem)
+        try:
+            return decode_chunk(self._fetch_blob, step, chunk, parent, part, check=False)
+        except CodecError as exc:
+            raise self._rebuilt_wrong(tensor, exc) from None
 
     def _fetch_blob(self, sha256: str) -> bytes:
         return self.transport.get_bytes(f"/v1/blobs/{sha256}")
@@ -165,7 +254,17 @@ class DeltaPuller:
                 self._unpack_other(stored, out)
             else:
                 self._pull_safetensors(entry, out, file, bar)
-        return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
+        try:
+            return self.cache.install(tmp, file.sha256, file.size, out.hexdigest())
+        except IntegrityError as exc:  # the one check of every rebuilt byte: say where they came from
+            if stored is not None or exc.code != "sha256_mismatch":
+                raise
+            raise IntegrityError(
+                f"{file.path} rebuilt from the cached ancestors does not match its sha256 "
+                f"{file.sha256[:12]} (a cached file is damaged, or the server's manifest is wrong); "
+                "pull again without the cache (delete it) and report this",
+                code="sha256_mismatch",
+            ) from None
 
     def _fetch_stored(self, blob: str, file: FileInfo) -> Path:
         """A non-tensor file's blob (its stored form) through the one downloader: resumed after an
@@ -182,20 +281,20 @@ class DeltaPuller:
                 out.write(piece)
         stored.unlink()
 
-    def _rebuilt_in_order(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes]]:
-        """Each tensor with its raw bytes, in order; up to ``_AHEAD`` of them fetched and decoded on other
-        threads meanwhile (the decoders and sockets release the GIL): memory ``_AHEAD + 1`` tensors."""
+    def _rebuilt_in_order(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[_Piece, bytes]]:
+        """Each piece of ``tensors`` with its raw bytes, in order; up to ``_AHEAD`` of them fetched and
+        decoded on other threads meanwhile (the decoders and sockets release the GIL)."""
+        pieces = (piece for t in tensors for piece in self._pieces(t))
         with ThreadPoolExecutor(_AHEAD, thread_name_prefix="deltazoo-rebuild") as pool:
-            queued: deque[tuple[dict[str, Any], Future[bytes]]] = deque()
-            todo = iter(tensors)
+            queued: deque[tuple[_Piece, Future[bytes]]] = deque()
             try:
                 while True:
-                    while len(queued) < _AHEAD and (t := next(todo, None)) is not None:
-                        queued.append((t, pool.submit(self.raw, t)))
+                    while len(queued) < _AHEAD and (piece := next(pieces, None)) is not None:
+                        queued.append((piece, pool.submit(piece.build)))
                     if not queued:
                         return
-                    t, future = queued.popleft()
-                    yield t, future.result()
+                    piece, future = queued.popleft()
+                    yield piece, future.result()
             finally:
                 for _, future in queued:
                     future.cancel()
@@ -214,21 +313,23 @@ class DeltaPuller:
             out.write(header)
             bar.update(len(header))
             position = 0
-            for t, data in self._rebuilt_in_order(tensors):
-                begin, end = t["offset"]
+            for piece, data in self._rebuilt_in_order(tensors):
+                t = piece.tensor
+                begin = t["offset"][0] + piece.begin
                 if begin != position:
                     raise IntegrityError(
                         f"{file.path}: tensor {t['name']} starts at {begin}, expected {position}",
                         code="manifest_inconsistent",
                     )
-                if len(data) != end - begin:
+                if len(data) != piece.end - piece.begin or t["offset"][0] + piece.end > t["offset"][1]:
                     raise IntegrityError(
-                        f"{file.path}: tensor {t['name']} is {len(data)} bytes, expected {end - begin}",
+                        f"{file.path}: tensor {t['name']} is {len(data)} bytes at {piece.begin}, expected "
+                        f"{piece.end - piece.begin} of {t['offset'][1] - t['offset'][0]}",
                         code="size_mismatch",
                     )
                 out.write(data)
                 bar.update(len(data))
-                position = end
+                position = begin + len(data)
         finally:
             if shared is None:
                 bar.close()

@@ -21,6 +21,7 @@ from deltazoo.errors import ClientError, DeltazooConnectionError, IntegrityError
 from deltazoo.transport import Transport, progress_bar
 
 RESUME_ATTEMPTS = 5  # dropped connections survived per download, each resumed where it stopped
+WRITE_BUFFER = 4 << 20  # the network's small pieces reach the disk in writes this large
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -33,7 +34,7 @@ class HashingWriter:
             with path.open("rb") as f:
                 while block := f.read(1 << 22):
                     self.sha.update(block)
-        self.file = path.open(mode)
+        self.file = path.open(mode, buffering=WRITE_BUFFER)
 
     def write(self, data: bytes | memoryview) -> int:
         self.sha.update(data)

@@ -84,12 +84,12 @@ def fill_cache(client: Client, ref: Ref, files: list[FileInfo], version: Version
     from deltazoo.delta_pull import DeltaPuller  # the codecs (numpy): only a pull needs them
 
     puller: DeltaPuller | None = None
-    held = [client.cache.cached_files(Ref.parse(r)) for r in version.chain if Ref.parse(r) != ref]
-    if any(held):
+    held = [(r, client.cache.cached_files(Ref.parse(r))) for r in version.chain if Ref.parse(r) != ref]
+    if any(cached for _, cached in held):
         puller = DeltaPuller(client.transport, client.cache, quiet=quiet)
-        for cached in held:
+        for held_ref, cached in held:
             if cached:
-                puller.hold(cached)
+                puller.hold(cached, ref=held_ref)
     total = sum(f.size for f in missing)
     n = len(missing)
     bar = progress_bar(total, f"pull {ref} ({n} file{'' if n == 1 else 's'})", quiet=quiet)

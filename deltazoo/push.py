@@ -60,7 +60,11 @@ def push_folder(
             code="revision_given",
         )
     root = Path(path)
-    files = scan_checkpoint(root, include=include, exclude=exclude, quiet=quiet)
+    # files sent in parts are hashed while they are sent (their sha256 goes with the last part); the
+    # smaller ones first, so that a file the server already holds is not sent at all
+    files = scan_checkpoint(
+        root, include=include, exclude=exclude, quiet=quiet, hash_up_to=client.upload_part_bytes
+    )
     check_weights(root, files, allow_no_weights=allow_no_weights)
     if base is not None and base != "auto":
         check_base(client, base)  # an unknown base fails here, before the model is created
@@ -85,7 +89,7 @@ def push_folder(
                 "base": base,
                 "relation": relation,
                 "profiles": list(profiles),
-                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256 or None} for f in files],
                 "resume": not restart,
                 "retain": retain,
             },

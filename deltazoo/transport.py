@@ -222,10 +222,11 @@ class Transport:
         finally:
             response.close()
 
-    def iter_body(self, response: httpx.Response, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """The body's chunks, counted in ``bytes_downloaded``; connection drops become typed errors."""
+    def iter_body(self, response: httpx.Response) -> Iterator[bytes]:
+        """The body's pieces as they arrive (not joined into larger ones: that would copy every byte
+        once more), counted in ``bytes_downloaded``; connection drops become typed errors."""
         try:
-            for chunk in response.iter_bytes(chunk_size):
+            for chunk in response.iter_bytes():
                 self.count("bytes_downloaded", len(chunk))
                 yield chunk
         except httpx.TransportError as exc:

@@ -3,6 +3,7 @@ parts (``Content-Range``) that continue from the byte the server holds."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from deltazoo.errors import DeltazooConnectionError, ServerError, UsageError
+from deltazoo.errors import ClientError, DeltazooConnectionError, ServerError, UsageError
 from deltazoo.models import FileInfo
 from deltazoo.progress import BarShare
 from deltazoo.refs import Ref
@@ -49,7 +50,7 @@ class Uploader:
 
     def upload(self, ref: Ref, file: FileInfo, local: Path, bar: Any, before: int) -> None:
         """One file; ``bar`` counts every file of the push and ``before`` bytes precede this one."""
-        if file.size > self.part_bytes:
+        if file.size > self.part_bytes or not file.sha256:
             self.upload_parts(ref, file, local, bar, before)
             return
 
@@ -71,18 +72,37 @@ class Uploader:
 
     def upload_parts(self, ref: Ref, file: FileInfo, local: Path, bar: Any, before: int) -> None:
         """Send ``local`` in parts (``Content-Range``); after a dropped connection or a 5xx, ask the
-        server how many bytes it holds and send only the rest."""
+        server how many bytes it holds and send only the rest.
+
+        A file declared without sha256 is hashed as its parts are sent, and the part with its last byte
+        names it (``Deltazoo-Sha256``; that part is read once more, to hash it before its headers go)."""
         url = file_path(ref, file.path)
         status_url = f"{version_path(ref)}/uploads/{quote(file.path)}"
+        digest = None if file.sha256 else RunningHash(local)
         received = int(self.transport.json("GET", status_url)["received"])
+        resumed = received > 0
         failures = 0
         while True:
             start, end = received, min(file.size, received + self.part_bytes)
             bar.n = before + start
             bar.refresh()
+            headers = {
+                "Content-Range": f"bytes {start}-{end - 1}/{file.size}",
+                "Content-Length": str(end - start),
+                "Content-Type": "application/octet-stream",
+            }
+            hashing = digest
+            if digest is not None and end == file.size:
+                digest.seek(end)
+                headers["Deltazoo-Sha256"] = digest.hexdigest()
+                hashing = None
 
-            def body(start: int = start, end: int = end) -> Iterator[bytes]:
+            def body(
+                start: int = start, end: int = end, hashing: RunningHash | None = hashing
+            ) -> Iterator[bytes]:
                 bar.n = before + start  # a re-sent part counts from its start again
+                if hashing is not None:
+                    hashing.seek(start)
                 with local.open("rb") as f:
                     f.seek(start)
                     left = end - start
@@ -91,15 +111,12 @@ class Uploader:
                         if not chunk:
                             raise UsageError(f"{local} shrank while it was uploaded; push it again")
                         left -= len(chunk)
+                        if hashing is not None:
+                            hashing.update(chunk)
                         self.transport.count("bytes_uploaded", len(chunk))
                         bar.update(len(chunk))
                         yield chunk
 
-            headers = {
-                "Content-Range": f"bytes {start}-{end - 1}/{file.size}",
-                "Content-Length": str(end - start),
-                "Content-Type": "application/octet-stream",
-            }
             try:
                 answer = self.transport.json("PUT", url, content=body, headers=headers, idempotent=False)
             except (DeltazooConnectionError, ServerError):
@@ -109,6 +126,45 @@ class Uploader:
                 time.sleep(self.transport._delay(failures - 1, None))
                 received = int(self.transport.json("GET", status_url)["received"])
                 continue
+            except ClientError as exc:
+                # resumed onto bytes an earlier push sent of another file with this path and size: the
+                # server dropped them; send the whole file once
+                if exc.code != "sha256_mismatch" or digest is None or not resumed:
+                    raise
+                resumed = False
+                received = int(self.transport.json("GET", status_url)["received"])
+                continue
             if end == file.size:
                 return
             received, failures = int(answer["received"]), 0
+
+
+class RunningHash:
+    """The sha256 of a file's first ``upto`` bytes, taken from the bytes as they are sent. It moves back
+    (hashing again from the start) only when the server holds fewer bytes than were hashed: after a
+    part was cut off, or when a push resumes."""
+
+    def __init__(self, local: Path) -> None:
+        self.local = local
+        self.sha = hashlib.sha256()
+        self.upto = 0
+
+    def seek(self, offset: int) -> None:
+        """Hash up to ``offset`` (reading the file for bytes not sent by this process)."""
+        if offset < self.upto:
+            self.sha, self.upto = hashlib.sha256(), 0
+        if offset > self.upto:
+            with self.local.open("rb") as f:
+                f.seek(self.upto)
+                while self.upto < offset:
+                    chunk = f.read(min(_CHUNK, offset - self.upto))
+                    if not chunk:
+                        raise UsageError(f"{self.local} shrank while it was uploaded; push it again")
+                    self.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        self.upto += len(chunk)
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 from deltazoo.registry.db import make_engine
+from deltazoo.registry.model_search import made_outside_metadata
 from deltazoo.registry.models import Base
 from deltazoo.registry.settings import get_settings
 
@@ -22,6 +23,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=url.startswith("sqlite"),
+        include_name=made_outside_metadata,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -53,6 +55,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         render_as_batch=sqlite,
         compare_type=True,
+        include_name=made_outside_metadata,
     )
     try:
         with context.begin_transaction():

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 from deltazoo.registry.models import LineageDescendant, Model, Namespace, Version
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 
 class LineageRepository:
@@ -15,21 +15,23 @@ class LineageRepository:
         self.s = session
 
     def ancestor_ids(self, version_ids: Iterable[int]) -> set[int]:
-        """Ids of every ancestor of ``version_ids`` (parents, their parents, ...), in one statement."""
+        """Ids of every ancestor of ``version_ids`` (parents, their parents, ...), in one statement.
+
+        Each step reads a parent by primary key (a correlated scalar subquery), so the walk costs the
+        ancestry's length whatever the planner guesses: written as a join, Postgres hashed the whole
+        version table at every step once a few ids were asked for."""
         ids = list(set(version_ids))
         if not ids:
             return set()
         up = (
             select(Version.parent_version_id.label("id"))
-            .where(Version.id.in_(ids), Version.parent_version_id.is_not(None))
+            .where(Version.id.in_(ids))
             .cte("ancestors", recursive=True)
         )
-        up = up.union(
-            select(Version.parent_version_id).where(
-                Version.id == up.c.id, Version.parent_version_id.is_not(None)
-            )
-        )
-        return set(self.s.scalars(select(up.c.id)))
+        step = aliased(Version)
+        parent_of = select(step.parent_version_id).where(step.id == up.c.id).scalar_subquery()
+        up = up.union(select(parent_of).where(up.c.id.is_not(None)))  # a root's parent: NULL, then stop
+        return set(self.s.scalars(select(up.c.id).where(up.c.id.is_not(None))))
 
     def descendants(
         self,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -175,12 +176,24 @@ class VersionTag(Timestamped, Base):
 
 class File(Base):
     __tablename__ = "file"
-    __table_args__ = (UniqueConstraint("version_id", "path"),)
+    __table_args__ = (
+        UniqueConstraint("version_id", "path"),
+        # upload dedup: the first ready file with these bytes, read in id order (stops at the first match
+        # however many versions share the bytes)
+        Index("ix_file_sha256_id", "sha256", "id"),
+        # staged uploads still named by a file row (encode's clean-up, the orphan sweep): few rows
+        Index(
+            "ix_file_staging_key",
+            "staging_key",
+            postgresql_where=text("staging_key IS NOT NULL"),
+            sqlite_where=text("staging_key IS NOT NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
     path: Mapped[str] = mapped_column(String(500))
     size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(SHA256, index=True)  # of the bytes a pull serves
+    sha256: Mapped[str] = mapped_column(SHA256)  # of the bytes a pull serves
     original_sha256: Mapped[str | None] = mapped_column(SHA256)  # of the pushed bytes if not (lossy)
     kind: Mapped[str] = mapped_column(String(20))  # "safetensors" | "other"
     uploaded: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -192,14 +205,27 @@ class File(Base):
 
 class Tensor(Base):
     __tablename__ = "tensor"
-    __table_args__ = (UniqueConstraint("file_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("file_id", "name"),
+        # encode dedup (``TensorRepository.stored_with_shas``): stored tensors by their bytes' sha256,
+        # shortest chain first; ``same`` copies are left out, so thousands of versions copying one base
+        # tensor add nothing to the lookup
+        Index(
+            "ix_tensor_stored_sha256",
+            "sha256",
+            "depth",
+            "id",
+            postgresql_where=text("encoding <> 'same'"),
+            sqlite_where=text("encoding <> 'same'"),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), index=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("file.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(500))
     dtype: Mapped[str] = mapped_column(String(16))
     shape: Mapped[list[int]] = mapped_column(JSON)
-    sha256: Mapped[str] = mapped_column(SHA256, index=True)
+    sha256: Mapped[str] = mapped_column(SHA256)
     offset_begin: Mapped[int] = mapped_column(BigInteger)
     offset_end: Mapped[int] = mapped_column(BigInteger)
     encoding: Mapped[str] = mapped_column(String(16))  # same | delta | delta-rows | plain
@@ -287,3 +313,22 @@ class SketchBand(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("version.id", ondelete="CASCADE"), primary_key=True)
     band: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[int] = mapped_column(Integer)
+
+
+class Tally(Base):
+    """A counter of the zoo (``registry.tallies``: rows, bytes, tensors per encoding, a text's
+    evaluations), kept by triggers in the transaction that writes the rows it counts."""
+
+    __tablename__ = "tally"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class TallyDelta(Base):
+    """Postgres: what one statement added to counters, appended (no lock shared by concurrent writers)
+    and folded into ``tally`` by a reader. Empty on SQLite, whose triggers update ``tally`` directly."""
+
+    __tablename__ = "tally_delta"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    n: Mapped[int] = mapped_column(BigInteger)

@@ -21,9 +21,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from deltazoo.registry.settings import Settings
+
+if TYPE_CHECKING:  # minio is imported only by an S3 store
+    from deltazoo.registry.s3_parts import StreamedPut
 
 CHUNK = 1 << 20
 SYNC_THREADS = 4  # a WriteBatch's fsyncs in flight at once (a filesystem commits them together)
@@ -67,6 +70,7 @@ class ObjectStore(Protocol):
     def put_file(self, key: str, fileobj: BinaryIO, length: int) -> None: ...
     def put_path(self, key: str, path: Path) -> None: ...
     def scratch_dir(self) -> Path | None: ...
+    def streamed_put(self, key: str, fd: int, total: int) -> StreamedPut | None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
     def get_range(self, key: str, offset: int, length: int) -> bytes: ...
@@ -149,6 +153,10 @@ class LocalObjectStore:
         """Where a file about to become an object is written, so ``put_path`` can rename it."""
         return self.root / "tmp"
 
+    def streamed_put(self, key: str, fd: int, total: int) -> None:
+        """None: a local upload is renamed into place once whole (``put_path``), never copied."""
+        return None
+
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put_file(key, io.BytesIO(data), len(data))
 
@@ -219,7 +227,8 @@ class LocalObjectStore:
 
 
 class S3ObjectStore:
-    """An S3 bucket through the ``minio`` client; uploads are streamed in parts, reads are ranged."""
+    """An S3 bucket through the ``minio`` client; large writes go in parallel parts from a local file
+    (``registry.s3_parts``), reads are ranged."""
 
     PART_SIZE = 16 * 1024 * 1024
 
@@ -232,9 +241,9 @@ class S3ObjectStore:
         secure: bool = False,
         region: str | None = None,
     ) -> None:
-        from minio import Minio
+        from deltazoo.registry.s3_parts import UnsignedPayloadMinio
 
-        self.client = Minio(
+        self.client = UnsignedPayloadMinio(
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
         )
         self.bucket = bucket
@@ -255,15 +264,50 @@ class S3ObjectStore:
         return exc
 
     def put_file(self, key: str, fileobj: BinaryIO, length: int) -> None:
-        self.client.put_object(self.bucket, key, fileobj, length=-1, part_size=self.PART_SIZE)
+        try:
+            fd = fileobj.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):  # in memory: minio reads it
+            self.client.put_object(self.bucket, key, fileobj, length=-1, part_size=self.PART_SIZE)
+            return
+        self.put_fd(key, fd, os.fstat(fd).st_size)
 
     def put_path(self, key: str, path: Path) -> None:
         """Upload the file at ``path`` (which stays where it is)."""
         with open(path, "rb") as f:
-            self.put_file(key, f, os.fstat(f.fileno()).st_size)
+            self.put_fd(key, f.fileno(), os.fstat(f.fileno()).st_size)
+
+    def put_fd(self, key: str, fd: int, size: int) -> None:
+        """The ``size`` bytes of the file open at ``fd`` (from offset 0), in parallel parts."""
+        from deltazoo.registry.s3_parts import StreamedPut
+
+        StreamedPut(self, key, os.dup(fd), size).complete(size)
+
+    def streamed_put(self, key: str, fd: int, total: int) -> StreamedPut:
+        """A write of ``total`` bytes from the file at ``fd`` (closed by it) while that file grows."""
+        from deltazoo.registry.s3_parts import StreamedPut
+
+        return StreamedPut(self, key, fd, total)
 
     def scratch_dir(self) -> None:
         return None  # uploads are spooled wherever the system's temporary files go
+
+    # --- multipart steps, for ``registry.s3_parts`` (minio has no public API for them) ---------------
+
+    def create_multipart(self, key: str) -> str:
+        headers = {"Content-Type": "application/octet-stream"}
+        return self.client._create_multipart_upload(self.bucket, key, headers)  # noqa: SLF001
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        return self.client._upload_part(self.bucket, key, data, None, upload_id, number)  # noqa: SLF001
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[Any]) -> None:
+        self.client._complete_multipart_upload(self.bucket, key, upload_id, parts)  # noqa: SLF001
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        self.client._abort_multipart_upload(self.bucket, key, upload_id)  # noqa: SLF001
+
+    def put_small(self, key: str, data: bytes) -> None:
+        self.client.put_object(self.bucket, key, io.BytesIO(data), length=len(data))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(self.bucket, key, io.BytesIO(data), length=len(data))

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from deltazoo.registry.model_search import matching_model_ids
 from deltazoo.registry.models import (
     Artifact,
     Blob,
@@ -20,7 +21,7 @@ from deltazoo.registry.models import (
     VersionTag,
     utcnow,
 )
-from sqlalchemy import ColumnElement, Select, func, or_, select, union, update
+from sqlalchemy import ColumnElement, Select, func, literal_column, or_, select, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -88,19 +89,22 @@ class ModelRepository:
         offset: int,
         private_namespaces: Sequence[str] | None = None,
         namespace: str | None = None,
+        known_total: int | None = None,
     ) -> tuple[list[tuple[Model, str]], int]:
-        """Models matching ``text`` (in ``namespace`` when given); private ones only in
-        ``private_namespaces`` (None: all of them)."""
-        full = Namespace.name + "/" + Model.name
+        """Models whose ``org/name`` or description contains ``text`` (``registry.model_search``: an
+        index, not a scan), in ``namespace`` when given; private ones only in ``private_namespaces``
+        (None: all of them). ``known_total``: how many match, when the caller has it (the counters)."""
         q = select(Model, Namespace.name).join(Namespace)
         if namespace is not None:
             q = q.where(Namespace.name == namespace)
         if private_namespaces is not None:
             q = q.where(readable(private_namespaces))
         if text:
-            pattern = f"%{text.lower()}%"
-            q = q.where(func.lower(full).like(pattern) | func.lower(Model.description).like(pattern))
-        total = self.s.scalar(select(func.count()).select_from(q.subquery())) or 0
+            q = q.where(Model.id.in_(matching_model_ids(self.s, text)))
+        if known_total is None:
+            total = self.s.scalar(select(func.count()).select_from(q.subquery())) or 0
+        else:
+            total = known_total
         rows = self.s.execute(q.order_by(Namespace.name, Model.name).limit(limit).offset(offset))
         return [(m, f"{org}/{m.name}") for m, org in rows], total
 
@@ -327,8 +331,9 @@ class TensorRepository:
         if not wanted:
             return {}
         rank = func.row_number().over(partition_by=Tensor.sha256, order_by=(Tensor.depth, Tensor.id))
+        # 'same' inline, not bound: both databases then read the partial index ix_tensor_stored_sha256
         ranked = select(Tensor.id, rank.label("rank")).where(
-            Tensor.sha256.in_(wanted), Tensor.encoding != "same"
+            Tensor.sha256.in_(wanted), Tensor.encoding != literal_column("'same'")
         )
         if visible is not None:
             ranked = (

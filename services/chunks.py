@@ -58,15 +58,23 @@ class RangeReader:
     the encode lanes of a child tensor each share one). With ``verify=False`` (the encoder reading a
     parent: its output is checked against the input anyway) nothing decoded is hashed (a whole step nor
     a chunk; a payload damaged in the store still fails its stream's crc32 when decoded), and nothing
-    is cached."""
+    is cached. With ``verify_below=False`` (a download) only the top step's chunks are checked
+    against their sha256 (and cached): they prove the bytes sent, whatever the steps below decoded to,
+    so a delta chunk costs one sha256, not one per step of its chain."""
 
     def __init__(
-        self, store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
+        self,
+        store: ObjectStore,
+        recipe: Recipe,
+        cache: RawCache = RAW_CACHE,
+        verify: bool = True,
+        verify_below: bool = True,
     ) -> None:
         self.store = store
         self.steps = recipe.steps
         self.cache = cache
         self.verify = verify
+        self.verify_below = verify_below
         self._whole: tuple[int, bytes] | None = None
         self._whole_lock = threading.Lock()
 
@@ -75,17 +83,21 @@ class RangeReader:
         step = self.steps[i]
         size = dtype_info(step.dtype).itemsize
         if not step.chunks:
-            return self._whole_step(i)[begin * size : end * size]
-        pieces = []
+            whole = self._whole_step(i)
+            return whole if begin == 0 and end * size == len(whole) else whole[begin * size : end * size]
+        parts: list[bytes | memoryview] = []
         for chunk in step.chunks:
             if chunk.end <= begin or chunk.begin >= end:
                 continue
             raw = self.chunk(i, chunk.begin)
-            if chunk.begin == begin and chunk.end == end:
-                return raw  # the usual case (a child chunked like its parent): no copy
+            if chunk.begin >= begin and chunk.end <= end:
+                parts.append(raw)  # a whole chunk: no copy
+                continue
             lo, hi = max(begin, chunk.begin) - chunk.begin, min(end, chunk.end) - chunk.begin
-            pieces.append(memoryview(raw)[lo * size : hi * size])
-        return b"".join(pieces)
+            parts.append(memoryview(raw)[lo * size : hi * size])
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]  # the same elements as one chunk of the step (a delta's parent): not copied
+        return b"".join(parts)
 
     def chunk(self, i: int, begin: int) -> bytes:
         """The decoded chunk of step ``i`` that starts at element ``begin``."""
@@ -103,8 +115,9 @@ class RangeReader:
                     f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step"
                 )
             part = self.elements(i - 1, chunk.begin, chunk.end)
-        raw = decode_chunk(self.store, step, chunk, parent, part, self.verify)  # checked unless not verify
-        if self.verify:
+        check = self.verify and (self.verify_below or i == len(self.steps) - 1)
+        raw = decode_chunk(self.store, step, chunk, parent, part, check=check)  # checked: sha256
+        if check:
             self.cache.put(key, raw)
         return raw
 
@@ -114,7 +127,15 @@ class RangeReader:
                 step = self.steps[i]
                 nbytes = _numel(step.shape) * dtype_info(step.dtype).itemsize
                 recipe = Recipe(self.steps[: i + 1], nbytes)
-                self._whole = (i, reconstruct(self.store, recipe, self.cache, verify=self.verify))
+                top = i == len(self.steps) - 1
+                whole = reconstruct(
+                    self.store,
+                    recipe,
+                    self.cache,
+                    verify=self.verify and (self.verify_below or top),
+                    verify_below=self.verify_below,
+                )
+                self._whole = (i, whole)
             return self._whole[1]
 
 

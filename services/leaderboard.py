@@ -8,6 +8,7 @@ from deltazoo.registry.errors import Unprocessable
 from deltazoo.registry.evaluation_repository import EvaluationRepository
 from deltazoo.registry.models import Artifact, Evaluation, Version
 from deltazoo.registry.repositories import ModelRepository
+from deltazoo.registry.tallies import TallyRepository, text_keys
 from deltazoo.services.access import OPEN, Principal
 from deltazoo.services.evaluation import get_text, text_info
 from deltazoo.services.refs import ref_string
@@ -58,23 +59,73 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
+def _cursor_of(ev: Evaluation) -> str:
+    """Where the next page starts: after this row (``<bpb>:<id>``, or ``-:<id>`` for an unranked one)."""
+    bpb = ev.bits_per_byte
+    return f"{float(bpb)!r}:{ev.id}" if bpb is not None and bpb > 0 else f"-:{ev.id}"
+
+
+def parse_cursor(cursor: str) -> tuple[float | None, int]:
+    bpb, _, last_id = cursor.partition(":")
+    try:
+        after = (None if bpb == "-" else float(bpb), int(last_id))
+        if after[0] is not None and not 0 < after[0] < float("inf") or not 0 < after[1] < 2**63:
+            raise ValueError(cursor)
+        return after
+    except ValueError:
+        raise Unprocessable(
+            f"cursor {cursor[:40]!r} is not one this server gave; pass the previous page's next_cursor"
+            " unchanged, or no cursor for the first page",
+            code="invalid_cursor",
+        ) from None
+
+
 def leaderboard(
-    session: Session, text_name: str, viewer: Principal = OPEN, limit: int = DEFAULT_PAGE, offset: int = 0
+    session: Session,
+    text_name: str,
+    viewer: Principal = OPEN,
+    limit: int = DEFAULT_PAGE,
+    offset: int = 0,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """One page of the evaluations on the text of models the ``viewer`` may read, best ratio (lowest
     bpb) first, unfinished or not evaluable ones last; ``total`` counts them all. Ranked and paged in
-    the database on ``ix_evaluation_text_bpb``: a page costs the same in a zoo of any size."""
+    the database on ``ix_evaluation_text_bpb``, the totals from the counters: the first page costs the
+    same in a zoo of any size, and so does every page read by ``cursor`` (``next_cursor`` of the page
+    before: a range of the index) where a deep ``offset`` skips the rows before it one by one."""
     if not 1 <= limit <= MAX_PAGE:
         raise Unprocessable(f"limit must be between 1 and {MAX_PAGE} (got {limit})", code="invalid_limit")
     if offset < 0:
         raise Unprocessable(f"offset must be >= 0 (got {offset})", code="invalid_offset")
+    if cursor and offset:
+        raise Unprocessable("give a cursor or an offset, not both", code="invalid_offset")
+    after = parse_cursor(cursor) if cursor else None
     text = get_text(session, text_name)
+    allowed = viewer.private_namespaces()
     ranked, total, rows = EvaluationRepository(session).ranked(
-        text.id, viewer.private_namespaces(), limit, offset
+        text.id, allowed, limit + 1, offset, _counted(session, text.id, allowed), after
     )
+    more, rows = len(rows) > limit, rows[:limit]
     names = ModelRepository(session).full_names(v.model_id for _, v, _ in rows)
     items = [entry(e, v, a, names[v.model_id]) for e, v, a in rows]
-    return {"text": text_info(text), "items": items, "total": total, "ranked": ranked, "offset": offset}
+    return {
+        "text": text_info(text),
+        "items": items,
+        "total": total,
+        "ranked": ranked,
+        "offset": offset,
+        "next_cursor": _cursor_of(rows[-1][0]) if more else None,
+    }
+
+
+def _counted(session: Session, text_id: int, allowed: list[str] | None) -> tuple[int, int] | None:
+    """(ranked, total) on the text from the counters (``registry.tallies``) when the viewer may read
+    every evaluation (all namespaces, or no private model exists); None: count what it may read."""
+    counts = TallyRepository(session).totals()
+    if allowed is not None and counts.get("private_models", 0) > 0:
+        return None
+    every, ranked = text_keys(text_id)
+    return counts.get(ranked, 0), counts.get(every, 0)
 
 
 def version_quality(session: Session, version_ids: list[int]) -> dict[int, list[dict[str, Any]]]:

@@ -4,19 +4,23 @@ The received bytes of a file live in one part file on the API's disk (``<home>/u
 start where the received bytes end; it is hashed and validated as it streams in, appended, and when the
 last byte has arrived the whole file is checked (size, sha256, safetensors structure) and staged like a
 one-request upload. A part cut off mid-way keeps what arrived, so the client asks for the received
-offset (``GET .../uploads/{path}``) and sends only the rest. The hash and validator state of each file
-is kept in memory between parts; after an API restart it is rebuilt by reading the part file once.
+offset (``GET .../uploads/{path}``) and sends only the rest. On an S3 store the received bytes also
+stream to their staging object part by part as they arrive, so the last byte leaves little to send.
+The hash and validator state of each file (and that stream) is kept in memory between parts; after an
+API restart it is rebuilt by reading the part file once.
 A resumed upload must reach the same API host (another one reports 0 bytes received).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import lru_cache
 from pathlib import Path
 
 from deltazoo.registry.errors import Conflict
 from deltazoo.registry.models import File
+from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.services.transfer import UploadSink
 
 _REPLAY_CHUNK = 8 << 20
@@ -39,8 +43,10 @@ class PartialUploads:
         part = self.path(file)
         return part.stat().st_size if part.exists() else 0
 
-    def begin(self, file: File, start: int) -> UploadSink:
-        """A sink appending to ``file``'s part file; ``start`` must be the bytes received so far."""
+    def begin(self, file: File, start: int, store: ObjectStore | None = None) -> UploadSink:
+        """A sink appending to ``file``'s part file; ``start`` must be the bytes received so far. With
+        ``store``, the bytes also stream to their staging object as they arrive (``UploadSink.stream_to``;
+        the stream lives with the sink between parts)."""
         with self._lock:
             if file.id in self._busy:
                 raise Conflict(
@@ -60,6 +66,8 @@ class PartialUploads:
             if sink is None or sink.size != received:
                 sink = self._replay(file)
             sink.spool = self.path(file).open("ab")
+            if store is not None and sink.streamed is None:
+                sink.stream_to(store, os.open(self.path(file), os.O_RDONLY))
             return sink
         except BaseException:
             self._release(file)

@@ -158,20 +158,26 @@ def decode_chunk(
     chunk: Chunk,
     parent: Step | None,
     parent_part: bytes | memoryview | None,
-    verify: bool = True,
+    *,
+    check: bool = True,
 ) -> bytes:
     """The raw bytes of one chunk (``compression.chain.decode_chunk`` over this store)."""
-    return chain.decode_chunk(blob_reader(store), step, chunk, parent, parent_part, verify)
+    return chain.decode_chunk(blob_reader(store), step, chunk, parent, parent_part, check=check)
 
 
 def reconstruct(
-    store: ObjectStore, recipe: Recipe, cache: RawCache = RAW_CACHE, verify: bool = True
+    store: ObjectStore,
+    recipe: Recipe,
+    cache: RawCache = RAW_CACHE,
+    verify: bool = True,
+    verify_below: bool = True,
 ) -> bytes:
     """The raw bytes of a tensor, decoded forward through its recipe (checked against its sha256) by
     ``compression.chain`` from the deepest step the cache holds.
 
     With ``verify=False`` nothing is hashed and nothing decoded is cached (the cache holds only checked
-    bytes, which every caller may trust)."""
+    bytes, which every caller may trust); ``verify_below=False`` checks (and caches) only the tensor
+    itself, not the steps of its chain below it: a download, whose bytes the top's sha256 proves."""
     hit = cache.get(recipe.sha256)
     if hit is not None:
         return hit
@@ -183,7 +189,13 @@ def reconstruct(
             break
         start -= 1
     raw = chain.decode_chain(
-        blob_reader(store), recipe.steps, start=start, raw=raw, verify=verify, keep=cache.put
+        blob_reader(store),
+        recipe.steps,
+        start=start,
+        raw=raw,
+        verify=verify,
+        verify_below=verify_below,
+        keep=cache.put,
     )
     if verify:
         cache.put(recipe.sha256, raw)

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.other_files import decompress_range
@@ -28,11 +28,29 @@ from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
 from deltazoo.services.chunks import RangeReader
-from deltazoo.services.storage import Recipe, read_blob, reconstruct, resolve_recipes
+from deltazoo.services.storage import SHA_RE, Recipe, read_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
+if TYPE_CHECKING:
+    from deltazoo.registry.s3_parts import StreamedPut
+
 MAX_INDEX_BYTES = 64 << 20
-SEND_CHUNK = 1 << 20
+STREAM_FROM = 8 << 20  # files larger than this stream to an S3 store while they arrive
+SEND_PIECE = 8 << 20  # the most bytes of one decoded piece handed to the HTTP server at once
+
+
+def check_named(file: File, claimed: str | None) -> None:
+    """A file declared without sha256 is named by the upload that carries its last byte."""
+    if claimed is not None and not SHA_RE.match(claimed):
+        raise BadRequest(
+            f"{file.path}: Deltazoo-Sha256 {claimed!r} is not 64 lowercase hex digits", code="invalid_sha256"
+        )
+    if not file.sha256 and claimed is None:
+        raise BadRequest(
+            f"{file.path} was declared without sha256: send it in the Deltazoo-Sha256 header of the "
+            "request that carries the last byte",
+            code="sha256_required",
+        )
 
 
 class UploadSink:
@@ -57,10 +75,29 @@ class UploadSink:
         elif spool is None:
             spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # type: ignore[assignment]  # noqa: SIM115
         self.spool: BinaryIO = spool  # type: ignore[assignment]  # closed in finish/close
+        self.streamed: StreamedPut | None = None
+        self.key: str | None = None
+
+    def stream_to(self, store: ObjectStore, fd: int | None = None) -> None:
+        """Send the bytes to their staging object while they arrive, when ``store`` can (S3: parts go
+        out as the spool grows, so staging is done soon after the last byte, not started then).
+        ``fd``: a readable descriptor of the spool, handed over (default: one of the spool's own)."""
+        if self.file.size <= STREAM_FROM:  # small: one write at the end
+            if fd is not None:
+                os.close(fd)
+            return
+        key = new_staging_key()
+        streamed = store.streamed_put(key, os.dup(self.spool.fileno()) if fd is None else fd, self.file.size)
+        if streamed is not None:
+            self.key, self.streamed = key, streamed
+            streamed.grown(self.size)  # a resumed upload: what its part file holds already
 
     def feed(self, chunk: bytes) -> None:
         self.account(chunk)
         self.spool.write(chunk)
+        if self.streamed is not None and self.streamed.wants(self.size):
+            self.spool.flush()  # the part is read from the file
+            self.streamed.grown(self.size)
 
     def account(self, chunk: bytes) -> None:
         """Count, hash and validate ``chunk`` without spooling it (a resumed upload replays its part file)."""
@@ -78,9 +115,10 @@ class UploadSink:
             except SafetensorsError as exc:
                 raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
 
-    def finish(self, store: ObjectStore, key: str | None = None) -> str:
+    def finish(self, store: ObjectStore, key: str | None = None, claimed: str | None = None) -> str:
         """Check the whole file and write it to a staging object (``key``, default a new one); returns
-        its key."""
+        its key. ``claimed``: the sha256 the client names with the last byte (``Deltazoo-Sha256``), needed
+        when the file was declared without one (``File.sha256`` empty)."""
         try:
             if self.validator is not None:
                 try:
@@ -92,12 +130,14 @@ class UploadSink:
                     f"{self.file.path}: {self.size} bytes arrived but {self.file.size} were declared",
                     code="size_mismatch",
                 )
-            if self.sha.hexdigest() != self.file.sha256:
-                raise BadRequest(
-                    f"{self.file.path}: sha256 of the bytes is {self.sha.hexdigest()}, "
-                    f"declared {self.file.sha256}; upload the file that was declared",
-                    code="sha256_mismatch",
-                )
+            for expected in (self.file.sha256, claimed):
+                if expected and self.sha.hexdigest() != expected:
+                    raise BadRequest(
+                        f"{self.file.path}: sha256 of the bytes is {self.sha.hexdigest()}, "
+                        f"declared {expected}; upload the file that was declared",
+                        code="sha256_mismatch",
+                    )
+            check_named(self.file, claimed)
             if is_index_file(self.file.path):
                 if self.size > MAX_INDEX_BYTES:
                     raise BadRequest(f"{self.file.path}: index file larger than {MAX_INDEX_BYTES} bytes")
@@ -106,6 +146,12 @@ class UploadSink:
                     validate_index(self.spool.read())
                 except SafetensorsError as exc:
                     raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
+            if self.streamed is not None:
+                self.spool.flush()
+                streamed, self.streamed = self.streamed, None
+                streamed.complete(self.size)
+                assert self.key is not None
+                return self.key
             key = key or new_staging_key()
             path = self._spool_path()
             if path is None:
@@ -123,7 +169,11 @@ class UploadSink:
         return Path(name) if isinstance(name, str) and os.path.isfile(name) else None
 
     def close(self) -> None:
-        """Close the spool; a scratch spool that was not staged is deleted."""
+        """Close the spool (a scratch spool that was not staged is deleted) and give up a streamed
+        write that did not complete."""
+        if self.streamed is not None:
+            self.streamed.abort()
+            self.streamed = None
         self.spool.close()
         path = self._spool_path()
         if path is not None and path.name.startswith("upload-"):
@@ -214,9 +264,9 @@ def _pieces(store: ObjectStore, seg: Segment, lo: int, hi: int) -> Iterator[Piec
     elif seg.recipe is None:
         yield Piece(lo, hi, blob=seg.blob)
     elif not seg.recipe.steps[-1].chunks:
-        yield Piece(lo, hi, decode=partial(reconstruct, store, seg.recipe))
+        yield Piece(lo, hi, decode=partial(reconstruct, store, seg.recipe, verify_below=False))
     else:
-        reader = RangeReader(store, seg.recipe)
+        reader = RangeReader(store, seg.recipe, verify_below=False)
         top = len(seg.recipe.steps) - 1
         step = seg.recipe.steps[top]
         size = dtype_info(step.dtype).itemsize
@@ -237,6 +287,11 @@ def iter_file(
     core, its memory bounded by ``ahead + 1`` pieces (a chunk each, or a tensor stored whole, which is
     no larger than a chunk unless written before chunks existed) and the parent LRU. A stream closed
     early cancels what it queued.
+
+    A decoded piece is yielded as the ``bytes`` object the decoder returned when it is sent whole (the
+    HTTP server writes it without a copy), else in slices of at most ``SEND_PIECE`` bytes. Every byte
+    yielded was checked against a recorded sha256: the tensor's, or its chunk's (the steps of its chain
+    below it are not hashed again: a wrong parent decodes to a wrong tensor, which that check refuses).
     """
     end = plan.size if end is None else end
     pieces = (
@@ -267,10 +322,15 @@ def iter_file(
                 yield from decompress_range(store.iter_chunks(blob_key(piece.blob)), piece.lo, piece.hi)
             else:
                 assert decoded is not None
-                raw = memoryview(decoded.result())
+                raw = decoded.result()
                 del decoded
-                for a in range(piece.lo, piece.hi, SEND_CHUNK):  # small writes: never a whole piece
-                    yield raw[a : min(piece.hi, a + SEND_CHUNK)]
+                if piece.lo == 0 and piece.hi == len(raw) <= SEND_PIECE:
+                    yield raw
+                else:
+                    view = memoryview(raw)
+                    for a in range(piece.lo, piece.hi, SEND_PIECE):
+                        yield view[a : min(piece.hi, a + SEND_PIECE)]
+                    del view
                 del raw
     finally:
         for _, future in queued:

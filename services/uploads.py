@@ -10,17 +10,17 @@ upload how the body ended; what each ending does to the bytes received is decide
   (the store did not answer) the last part is dropped so it can be sent again.
 
 Either way the checked file is staged and recorded on the pending version (``versions.record_upload``).
+A file declared without sha256 is named by the request that carries its last byte (``Deltazoo-Sha256``),
+so a client hashes a large file while it sends it; the server compares that with its own hash.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.services.resumable import PartialUploads
-from deltazoo.services.transfer import UploadSink
+from deltazoo.services.transfer import UploadSink, check_named
 from deltazoo.services.versions import record_upload
 from sqlalchemy.orm import Session
 
@@ -28,12 +28,17 @@ from sqlalchemy.orm import Session
 class WholeUpload:
     """A file sent in one request."""
 
-    def __init__(self, partials: PartialUploads, file: File, scratch_dir: Path | None = None) -> None:
-        """``scratch_dir``: the object store's own (``ObjectStore.scratch_dir``), so staging renames the
-        spooled file instead of copying it."""
+    def __init__(
+        self, partials: PartialUploads, file: File, store: ObjectStore, claimed: str | None = None
+    ) -> None:
+        """The bytes are spooled in the store's scratch directory (a local store renames the file into
+        place, no copy), or stream to the store while they arrive (S3). ``claimed``: the client's
+        ``Deltazoo-Sha256``, needed when the file was declared without sha256 (400 before any byte)."""
+        check_named(file, claimed)
         partials.abandon(file)  # 409 while a part of a resumable upload of it streams in
-        self.file = file
-        self.sink = UploadSink(file, scratch_dir=scratch_dir)
+        self.file, self.claimed = file, claimed
+        self.sink = UploadSink(file, scratch_dir=store.scratch_dir())
+        self.sink.stream_to(store)
         self.feed = self.sink.feed
 
     def reject(self) -> None:
@@ -42,16 +47,28 @@ class WholeUpload:
 
     def finish(self, session: Session, store: ObjectStore) -> None:
         """Check the whole file, stage it and record it on its version (the sink is closed either way)."""
-        key = self.sink.finish(store)
-        record_upload(session, store, self.file, key)
+        key = self.sink.finish(store, claimed=self.claimed)
+        record_upload(session, store, self.file, key, self.sink.sha.hexdigest())
 
 
 class PartUpload:
     """Bytes ``[start, end)`` of a file sent in parts."""
 
-    def __init__(self, partials: PartialUploads, file: File, start: int, end: int) -> None:
-        self.partials, self.file, self.start, self.end = partials, file, start, end
-        self.sink = partials.begin(file, start)  # 409 unless ``start`` is the bytes received so far
+    def __init__(
+        self,
+        partials: PartialUploads,
+        file: File,
+        start: int,
+        end: int,
+        store: ObjectStore,
+        claimed: str | None = None,
+    ) -> None:
+        """``claimed``: as for ``WholeUpload``, on the part that carries the last byte (400 before any
+        byte of it is read when it is missing, so the part can be sent again with it)."""
+        if end == file.size:
+            check_named(file, claimed)
+        self.partials, self.file, self.start, self.end, self.claimed = partials, file, start, end, claimed
+        self.sink = partials.begin(file, start, store)  # 409 unless ``start`` is the bytes received so far
         self.feed = self.sink.feed
 
     def too_much(self, header: str) -> BadRequest:
@@ -75,7 +92,7 @@ class PartUpload:
             return self.partials.keep(self.file, self.sink)
         self.partials.complete(self.file, self.sink)
         try:
-            key = self.sink.finish(store)
+            key = self.sink.finish(store, claimed=self.claimed)
         except BadRequest:
             self.partials.discard(self.file)
             raise
@@ -83,5 +100,5 @@ class PartUpload:
             self.partials.rewind(self.file, self.start)
             raise
         self.partials.discard(self.file)
-        record_upload(session, store, self.file, key)
+        record_upload(session, store, self.file, key, self.sink.sha.hexdigest())
         return self.file.size

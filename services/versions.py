@@ -51,7 +51,7 @@ Enqueue = Callable[[int], None]
 class DeclaredFile:
     path: str
     size: int
-    sha256: str
+    sha256: str | None  # None: named by the upload that carries its last byte (``UploadSink.finish``)
 
 
 def check_path(path: str) -> str:
@@ -121,7 +121,7 @@ def create_version(
         if f.path in seen:
             raise Unprocessable(f"file {f.path!r} is declared twice", code="duplicate_file")
         seen.add(f.path)
-        if not SHA_RE.match(f.sha256):
+        if f.sha256 is not None and not SHA_RE.match(f.sha256):
             raise Unprocessable(
                 f"sha256 of {f.path!r} must be 64 lowercase hex digits", code="invalid_sha256"
             )
@@ -159,15 +159,17 @@ def create_version(
     uploads = []
     for f in files:
         kind = "safetensors" if is_safetensors_path(f.path) else "other"
-        source = None if lossy else file_repo.stored_ready_with_sha(  # lossy: never an exact copy
-            f.sha256, f.size, viewer.private_namespaces(), visible_from(model)
-        )
+        source = None
+        if f.sha256 is not None and not lossy:  # lossy: never an exact copy
+            source = file_repo.stored_ready_with_sha(
+                f.sha256, f.size, viewer.private_namespaces(), visible_from(model)
+            )
         session.add(
             File(
                 version_id=version.id,
                 path=f.path,
                 size=f.size,
-                sha256=f.sha256,
+                sha256=f.sha256 or "",  # "" until its upload names and proves it
                 kind=kind,
                 uploaded=source is not None,
                 source_file_id=source.id if source else None,
@@ -192,8 +194,11 @@ def pending_file(session: Session, version: Version, path: str) -> File:
     return file
 
 
-def record_upload(session: Session, store: ObjectStore, file: File, staging_key: str) -> File:
-    """Point a declared file at its validated staging object (replacing an earlier upload).
+def record_upload(
+    session: Session, store: ObjectStore, file: File, staging_key: str, sha256: str | None = None
+) -> File:
+    """Point a declared file at its validated staging object (replacing an earlier upload); ``sha256``
+    (checked by the upload) becomes the file's when it was declared without one.
 
     The version is checked again: it may have been committed while the bytes were streaming in.
     """
@@ -210,6 +215,8 @@ def record_upload(session: Session, store: ObjectStore, file: File, staging_key:
     if file.staging_key and file.staging_key != staging_key:
         store.delete(file.staging_key)
     file.staging_key = staging_key
+    if not file.sha256 and sha256:
+        file.sha256 = sha256
     file.uploaded = True
     file.source_file_id = None
     return file

@@ -8,7 +8,6 @@ from typing import Any
 from deltazoo.registry.models import Artifact, File, Job, Model, TensorChunk, Version
 from deltazoo.registry.repositories import (
     ArtifactRepository,
-    BlobRepository,
     FileRepository,
     ModelRepository,
     ReadableTotals,
@@ -16,9 +15,9 @@ from deltazoo.registry.repositories import (
     TensorChunkRepository,
     TensorRepository,
     VersionRepository,
-    count_rows,
 )
 from deltazoo.registry.sketch_band_repository import suggested_bases
+from deltazoo.registry.tallies import TallyRepository
 from deltazoo.services.access import OPEN, Principal, readable_versions
 from deltazoo.services.refs import ref_string
 from sqlalchemy.orm import Session
@@ -246,24 +245,25 @@ def manifest(session: Session, version: Version, ref: str, viewer: Principal = O
 
 
 def stats(session: Session, viewer: Principal = OPEN) -> schemas.Stats:
-    """Whole-zoo totals; for a viewer who may not read every model, totals of what it may read (so a
-    private push changes no number an outsider sees)."""
+    """Whole-zoo totals, read from the counters the database keeps (``registry.tallies``): a few rows
+    however large the zoo. A viewer who may not read every model gets the totals of what it may read,
+    counted from the rows (so a private push changes no number an outsider sees; its blobs are those
+    its versions reference, which a counter of the whole zoo cannot tell apart)."""
     allowed = viewer.private_namespaces()
     if allowed is not None:
         totals = ReadableTotals(session, allowed).as_dict()
         return schemas.Stats(**totals, ratio=ratio(totals["logical_bytes"], totals["stored_bytes"]))
-    blobs, stored = BlobRepository(session).totals()
-    logical = VersionRepository(session).ready_logical_total()
-    tensors = TensorRepository(session)
+    counts = TallyRepository(session).totals()
+    logical, stored = counts.get("ready_logical_bytes", 0), counts.get("blob_bytes", 0)
     return schemas.Stats(
-        models=count_rows(session, Model),
-        versions=count_rows(session, Version),
-        files=count_rows(session, File),
-        tensors=tensors.count(),
-        blobs=blobs,
+        models=counts.get("models", 0),
+        versions=counts.get("versions", 0),
+        files=counts.get("files", 0),
+        tensors=counts.get("tensors", 0),
+        blobs=counts.get("blobs", 0),
         logical_bytes=logical,
         stored_bytes=stored,
         artifact_bytes=ArtifactRepository(session).blob_bytes(),
         ratio=ratio(logical, stored),
-        encodings=tensors.encoding_counts(),
+        encodings=TallyRepository.encodings(counts),
     )

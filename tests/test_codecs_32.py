@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from deltazoo.compression import exact32 as F
+from deltazoo.compression import huffman
 from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -223,3 +224,73 @@ def test_code_lengths_are_a_prefix_code_of_at_most_12_bits() -> None:
     ln = F.code_lengths(counts).astype(np.int64)
     assert ln.max() <= F.MAX_LEN and (ln > 0).all()
     assert sum(1 << (F.MAX_LEN - int(x)) for x in ln) <= 1 << F.MAX_LEN
+
+
+@needs_c
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 1 << 40), min_size=2, max_size=2 * F.NTOK_DELTA), st.integers(0, 3))
+def test_c_code_lengths_are_the_python_ones(counts: list[int], zeros: int) -> None:
+    for nsym in (F.NTOK_DELTA, F.NTOK_PLAIN):
+        row = np.zeros(nsym, np.int64)
+        row[: min(len(counts), nsym)] = counts[:nsym]
+        row[::4 + zeros] = 0  # unused symbols between used ones
+        table = np.stack([row, row[::-1].copy(), np.zeros(nsym, np.int64)])
+        assert (F.context_lengths(table, use_c=True) == F.context_lengths(table, use_c=False)).all()
+
+
+@needs_c
+def test_portable_and_the_cpus_best_decoders_agree() -> None:
+    chosen = F._exact32.set_portable(False)  # "avx2" or "bmi2" where the CPU has them
+    try:
+        for n in (300, 70001):
+            near, parent = pair(n, seed=n, rel=1e-5)
+            for par in (parent, None):
+                coded = F.encode_stream(near, par)
+                for portable in (True, False):
+                    F._exact32.set_portable(portable)
+                    assert F.decode_stream(memoryview(coded), 0, n, par)[0].tobytes() == near.tobytes()
+        assert F._exact32.set_portable(True) == "portable"
+    finally:
+        assert F._exact32.set_portable(False) == chosen
+
+
+def test_lengths_that_are_no_prefix_code_are_refused_by_both_backends() -> None:
+    child, parent = pair(5000, seed=11, rel=1e-5)
+    coded = bytearray(F.encode_stream(child, parent))
+    at = F._HEAD.size + 256  # the first context's packed lengths
+    coded[at : at + 8] = bytes([0x11] * 8)  # sixteen 1-bit codes: no prefix code
+    crc_at = len(coded) - 4
+    coded[crc_at:] = F.crc32(memoryview(coded)[:crc_at]).to_bytes(4, "little")
+    for backend in ("c", "numpy") if F.has_extension() else ("numpy",):
+        with pytest.raises(CodecError, match="not a prefix code"):
+            F.decode_stream(memoryview(bytes(coded)), 0, 5000, parent, backend=backend)
+
+
+def test_numpy_decoder_table_marks_tokens_no_delta_uses() -> None:
+    lengths = np.zeros((1, F.NTOK_DELTA), np.uint8)
+    lengths[0, [0, F.TOK_USED]] = 1  # a 1-bit code for a token that never occurs
+    dec = F.dec_table(lengths, F.TOK_USED)
+    assert set(np.unique(dec).tolist()) == {0 | 1 << 12, F.BAD_SLOT}
+    assert huffman.check_kraft(lengths, F.MAX_LEN) is None
+
+
+@needs_c
+def test_hostile_streams_with_a_valid_checksum_fail_or_decode_alike_in_c_and_numpy() -> None:
+    rng = np.random.default_rng(12)
+    for n, par_of in ((20000, lambda p: p), (9000, lambda p: None)):
+        child, parent = pair(n, seed=n, rel=1e-4)
+        par = par_of(parent)
+        clean = F.encode_stream(child, par)
+        for _ in range(60):
+            coded = bytearray(clean)
+            for at in rng.integers(F._HEAD.size, len(coded) - 4, 3):
+                coded[at] ^= 1 << int(rng.integers(0, 8))
+            coded[-4:] = F.crc32(memoryview(coded)[:-4]).to_bytes(4, "little")
+            results = []
+            for backend in ("c", "numpy"):
+                try:
+                    out, _ = F.decode_stream(memoryview(bytes(coded)), 0, n, par, backend=backend)
+                    results.append(out.tobytes())
+                except CodecError:
+                    results.append(None)
+            assert results[0] == results[1]

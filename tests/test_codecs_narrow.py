@@ -63,6 +63,19 @@ def test_f16_values_saved_as_f32_are_coded_as_f16() -> None:
     assert payload[:4] == narrow.MAGIC_NARROW and payload[5] == 2  # dtype code 2 = F16
 
 
+def test_full_mantissa_shortcut_never_skips_a_tensor_a_narrower_dtype_holds() -> None:
+    every_f16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+    for chunk in raw_of(every_f16[: 1 << 15]), raw_of(every_f16[1 << 15 :]):  # NaN, inf, subnormals included
+        assert not narrow.full_mantissa_f32(chunk)
+    g = torch.Generator().manual_seed(6)
+    full = (torch.randn(5000, generator=g, dtype=torch.float64) * 0.1).float()
+    assert narrow.full_mantissa_f32(raw_of(full)) and narrow.narrowest(raw_of(full), "F32") is None
+    f16_head = torch.cat([full[:4096].half().float(), full[4096:]])  # narrow-looking head, full tail
+    assert not narrow.full_mantissa_f32(raw_of(f16_head))
+    assert narrow.narrowest(raw_of(f16_head), "F32") is None
+    assert narrow.narrowest(raw_of(full.half().float()), "F32")[0] == "F16"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_values_no_narrower_dtype_holds_are_coded_as_before(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(5)
@@ -101,6 +114,8 @@ def test_c_casts_are_exact_on_every_f16_and_agree_with_torch(
         back = np.empty_like(out)
         c.bf16_to_f16(out.tobytes(), back)
         assert (back == h[holds]).all()
+        assert c.bf16_to_f16_bytes(out.tobytes()) == back.tobytes()  # the decoder's form: a new bytes object
+        assert c.bf16_to_f32_bytes(out.tobytes()) == (out.astype("<u4") << 16).tobytes()
         for one in h[~holds][::97]:  # each value bf16 does not hold (or a NaN) is refused: 8 lanes + 1
             assert not c.f16_to_bf16(np.full(9, one, "<u2").tobytes(), np.empty(9, "<u2"))
         rne = np.empty_like(finite)  # the parent cast: torch's round to nearest even

@@ -77,3 +77,28 @@ def test_the_web_leaderboard_links_its_pages(tmp_path: Path, monkeypatch: pytest
         assert "1–2 of 3" in first and "offset=2" in first and "lb/m0" in first and "lb/m2" not in first
         second = client.get("/leaderboard", params={"text": "t", "offset": 2}).text
         assert "3–3 of 3" in second and "lb/m2" in second and "previous" in second
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 6, 7, 100])
+def test_cursor_pages_rank_every_evaluation_once(tmp_path: Path, limit: int) -> None:
+    """Pages read by ``next_cursor`` (an index range however deep) give what offset pages give, across
+    ties and the step from ranked rows to those without a bpb."""
+    with TestClient(create_app(_settings(tmp_path))) as client:
+        _seed(client.app.state.settings, BPB)  # type: ignore[attr-defined]
+        whole = client.get("/v1/leaderboard", params={"text": "t", "limit": 100}).json()
+        assert whole["next_cursor"] is None
+        pages, cursor = [], None
+        while True:
+            params = {"text": "t", "limit": limit, **({"cursor": cursor} if cursor else {})}
+            body = client.get("/v1/leaderboard", params=params).json()
+            assert body["total"] == len(BPB) and body["ranked"] == 6 and len(body["items"]) <= limit
+            pages += body["items"]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == whole["items"]
+        for bad in ("x", "0.5", "nan:3", "-1.0:3", "0.5:-2", "-:x", "inf:1"):
+            r = client.get("/v1/leaderboard", params={"text": "t", "cursor": bad})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor", (bad, r.text)
+        r = client.get("/v1/leaderboard", params={"text": "t", "cursor": "-:1", "offset": 2})
+        assert r.status_code == 422

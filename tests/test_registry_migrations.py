@@ -7,8 +7,9 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from deltazoo.registry.db import upgrade_database
+from deltazoo.registry.model_search import SEARCH_OBJECTS, made_outside_metadata
 from deltazoo.registry.models import Base
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect
 
 TABLES = {
     "namespace",
@@ -26,6 +27,8 @@ TABLES = {
     "sketch_band",
     "lineage_descendant",
     "version_tag",
+    "tally",
+    "tally_delta",
     "alembic_version",
 }
 
@@ -34,7 +37,8 @@ def schema_diff(url: str) -> list[object]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            opts = {"compare_type": True, "include_name": made_outside_metadata}
+            ctx = MigrationContext.configure(conn, opts=opts)
             return list(compare_metadata(ctx, Base.metadata))
     finally:
         engine.dispose()
@@ -46,7 +50,7 @@ def test_sqlite_models_match_migrations(tmp_path: Path) -> None:
     upgrade_database(url)  # running it again is harmless
     assert schema_diff(url) == []
     engine = create_engine(url)
-    assert set(inspect(engine).get_table_names()) == TABLES
+    assert set(inspect(engine).get_table_names()) - SEARCH_OBJECTS == TABLES
     engine.dispose()
 
 
@@ -109,3 +113,230 @@ def test_upgrading_a_populated_sqlite_database_keeps_its_rows(tmp_path: Path) ->
         assert db.execute("pragma foreign_key_check").fetchall() == []
     finally:
         db.close()
+
+
+# a row in every table of schema 0006 (issue13_lossy_files), linked as the services link them
+ROWS_AT_0006: dict[str, list[dict[str, object]]] = {
+    "namespace": [{"id": 1, "name": "acme"}],
+    "api_token": [
+        {
+            "id": 1,
+            "name": "ci",
+            "token_hash": "0" * 64,
+            "namespace_id": 1,
+            "scopes": '["read"]',
+            "admin": False,
+        }
+    ],
+    "model": [
+        {"id": 1, "namespace_id": 1, "name": "base", "description": "", "private": False},
+        {"id": 2, "namespace_id": 1, "name": "ft", "description": "", "private": False},
+    ],
+    "version": [
+        {"id": 1, "model_id": 1, "revision": 1, "parent_version_id": None, "commit_id": "1" * 40},
+        {"id": 2, "model_id": 2, "revision": 1, "parent_version_id": 1, "commit_id": "2" * 40},
+    ],
+    "blob": [{"sha256": c * 64, "size": 10, "refcount": 1} for c in "abcd"],
+    "text_set": [
+        {"id": 1, "name": "wiki", "description": "", "sha256": "e" * 64, "bytes": 5, "blob": "d" * 64}
+    ],
+    "file": [
+        {
+            "id": 1,
+            "version_id": 1,
+            "path": "model.safetensors",
+            "size": 100,
+            "sha256": "f" * 64,
+            "kind": "safetensors",
+            "uploaded": True,
+            "source_file_id": None,
+            "staging_key": None,
+            "header_blob": "a" * 64,
+            "blob": None,
+        },
+        {
+            "id": 2,
+            "version_id": 2,
+            "path": "model.safetensors",
+            "size": 100,
+            "sha256": "f" * 64,
+            "kind": "safetensors",
+            "uploaded": True,
+            "source_file_id": 1,
+            "staging_key": "staging/upload-2",
+            "header_blob": None,
+            "blob": None,
+        },
+    ],
+    "tensor": [
+        {
+            "id": 1,
+            "version_id": 1,
+            "file_id": 1,
+            "name": "w",
+            "dtype": "BF16",
+            "shape": "[2, 2]",
+            "sha256": "9" * 64,
+            "offset_begin": 0,
+            "offset_end": 8,
+            "encoding": "plain",
+            "blob": None,
+            "stored_bytes": 10,
+            "depth": 0,
+            "parent_tensor_id": None,
+            "chunks": 1,
+        },
+        {
+            "id": 2,
+            "version_id": 2,
+            "file_id": 2,
+            "name": "w",
+            "dtype": "BF16",
+            "shape": "[2, 2]",
+            "sha256": "9" * 64,
+            "offset_begin": 0,
+            "offset_end": 8,
+            "encoding": "same",
+            "blob": None,
+            "stored_bytes": 0,
+            "depth": 0,
+            "parent_tensor_id": 1,
+            "chunks": 0,
+        },
+    ],
+    "tensor_chunk": [
+        {
+            "tensor_id": 1,
+            "index": 0,
+            "begin": 0,
+            "end": 4,
+            "encoding": "plain",
+            "blob": "b" * 64,
+            "sha256": "8" * 64,
+            "stored_bytes": 10,
+        }
+    ],
+    "artifact": [
+        {
+            "id": 1,
+            "version_id": 2,
+            "profile": "deltadq:n=1,m=32,bits=4",
+            "status": "ready",
+            "bytes": 10,
+            "blob": "c" * 64,
+            "quality": "{}",
+        }
+    ],
+    "job": [
+        {
+            "id": 1,
+            "kind": "encode_version",
+            "target": "acme/ft@1",
+            "target_id": 2,
+            "status": "succeeded",
+            "attempts": 1,
+            "progress": 1.0,
+        }
+    ],
+    "evaluation": [
+        {
+            "id": 1,
+            "version_id": 2,
+            "artifact_id": None,
+            "text_set_id": 1,
+            "bits_per_byte": 0.9,
+            "details": "{}",
+            "status": "ready",
+        }
+    ],
+    "sketch_band": [{"version_id": 2, "band": 1, "key": 7}],
+    "version_tag": [{"id": 1, "model_id": 2, "name": "prod", "version_id": 2}],
+}
+VERSION_DEFAULTS: dict[str, object] = {
+    "relation": "finetune",
+    "status": "ready",
+    "logical_bytes": 100,
+    "stored_bytes": 10,
+    "lossy": False,
+    "profiles": "[]",
+}
+STAMPED = {
+    "api_token",
+    "blob",
+    "model",
+    "namespace",
+    "text_set",
+    "version",
+    "artifact",
+    "job",
+    "evaluation",
+    "version_tag",
+}
+
+
+def test_upgrading_a_populated_postgres_database_from_0006_keeps_its_rows(empty_postgres_url: str) -> None:
+    """``alembic upgrade head`` on a Postgres registry at schema 0006 with rows in every table: every row
+    stays, the lineage index is filled from the stored parents, and the queries on the indexes added since
+    find what they found before."""
+    from alembic import command
+    from deltazoo.registry.db import alembic_config
+    from deltazoo.registry.lineage_repository import LineageRepository
+    from deltazoo.registry.repositories import FileRepository, TensorRepository
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    command.upgrade(alembic_config(empty_postgres_url), "issue13_lossy_files")
+    engine = create_engine(empty_postgres_url)
+    try:
+        with engine.begin() as conn:
+            for table, rows in ROWS_AT_0006.items():
+                for row in rows:
+                    row = {**(VERSION_DEFAULTS if table == "version" else {}), **row}
+                    if table in STAMPED:
+                        row = {
+                            **row,
+                            "created_at": "2026-01-01",
+                            **(
+                                {"updated_at": "2026-01-01"}
+                                if table in ("version", "job", "evaluation", "version_tag")
+                                else {}
+                            ),
+                        }
+                    columns = ", ".join(f'"{c}"' for c in row)
+                    conn.execute(
+                        text(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(f':{c}' for c in row)})"),
+                        row,
+                    )
+        before = _row_counts(engine)
+        assert all(before[t] == len(rows) for t, rows in ROWS_AT_0006.items()), before
+
+        upgrade_database(empty_postgres_url)
+
+        assert _row_counts(engine) == before
+        assert schema_diff(empty_postgres_url) == []
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id, parent_version_id FROM version ORDER BY id")).all() == [
+                (1, None),
+                (2, 1),
+            ]
+            assert conn.execute(
+                text("SELECT ancestor_model_id, version_id, model_id FROM lineage_descendant")
+            ).all() == [(1, 2, 2)]
+        with Session(engine) as s:
+            dedup = FileRepository(s).stored_ready_with_sha("f" * 64, 100, None)
+            assert dedup is not None and dedup.id == 1  # the first file with the bytes, not its copy
+            twin = TensorRepository(s).stored_with_sha("9" * 64)
+            assert twin is not None and twin.id == 1  # the stored tensor, never its ``same`` copy
+            assert FileRepository(s).referenced_staging_keys(["staging/upload-2", "staging/gone"]) == {
+                "staging/upload-2"
+            }
+            assert LineageRepository(s).ancestor_ids([2]) == {1}
+    finally:
+        engine.dispose()
+
+
+def _row_counts(engine: Engine) -> dict[str, int]:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in ROWS_AT_0006}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +99,82 @@ def test_write_batch_flush_raises_a_failed_write(tmp_path: Path, monkeypatch: py
     assert not store.exists(key)
     assert list((tmp_path / "objects" / "tmp").iterdir()) == []
     batch.flush()  # nothing left pending
+
+
+# --- S3: a write streamed in multipart parts from a growing local file (registry.s3_parts) ---------
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def s3_store(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3ObjectStore:
+    from deltazoo.registry import s3_parts
+
+    monkeypatch.setattr(s3_parts, "PART_SIZE", 5 * MIB)  # S3's smallest part: a 12 MiB file has 3
+    return S3ObjectStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, s3_server.bucket)
+
+
+def _incomplete(store: S3ObjectStore, key: str) -> list[str]:
+    return [u.upload_id for u in store.incomplete_uploads() if u.key == key]
+
+
+def test_s3_write_streamed_while_the_file_grows(s3_store: S3ObjectStore, tmp_path: Path) -> None:
+    data = secrets.token_bytes(12 * MIB + 7)
+    key = f"staging/{secrets.token_hex(8)}"
+    spool = tmp_path / "spool"
+    with spool.open("wb") as out:
+        streamed = s3_store.streamed_put(key, os.open(spool, os.O_RDONLY), len(data))
+        for start in range(0, len(data), MIB):  # as an upload arrives: write, flush, tell
+            out.write(data[start : start + MIB])
+            out.flush()
+            streamed.grown(min(len(data), start + MIB))
+        assert len(streamed.parts) == 2, "whole parts leave before the last byte arrives"
+    streamed.complete(len(data))
+    assert s3_store.get(key) == data
+    assert _incomplete(s3_store, key) == []
+
+
+def test_s3_part_that_fails_is_sent_again_with_the_whole_file(
+    s3_store: S3ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = secrets.token_bytes(11 * MIB)
+    key = f"staging/{secrets.token_hex(8)}"
+    spool = tmp_path / "spool"
+    spool.write_bytes(data)
+    real = s3_store.upload_part
+    calls = []
+
+    def flaky(key: str, upload_id: str, number: int, body: bytes) -> str:
+        calls.append(number)
+        if len(calls) == 1:
+            raise ConnectionError("the store went away for a moment (test)")
+        return real(key, upload_id, number, body)
+
+    monkeypatch.setattr(s3_store, "upload_part", flaky)
+    s3_store.put_path(key, spool)
+    assert len(calls) > 3, "the whole file was not sent again"
+    assert s3_store.get(key) == data
+    assert _incomplete(s3_store, key) == [], "the failed multipart upload was left behind"
+
+
+def test_s3_streamed_write_given_up_leaves_nothing(s3_store: S3ObjectStore, tmp_path: Path) -> None:
+    from tests.services import wait_until
+
+    data = secrets.token_bytes(11 * MIB)
+    key = f"staging/{secrets.token_hex(8)}"
+    spool = tmp_path / "spool"
+    spool.write_bytes(data)
+    streamed = s3_store.streamed_put(key, os.open(spool, os.O_RDONLY), len(data) + MIB)
+    streamed.grown(len(data))  # two parts sent, then the upload is refused (bad bytes)
+    streamed.abort()
+    wait_until(lambda: not _incomplete(s3_store, key), timeout=30, what="the multipart upload aborted")
+    assert not s3_store.exists(key)
+
+
+def test_s3_store_refuses_a_spool_shorter_than_declared(s3_store: S3ObjectStore, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"x" * MIB)
+    streamed = s3_store.streamed_put("staging/short", os.open(spool, os.O_RDONLY), 2 * MIB)
+    with pytest.raises(ValueError, match="expected"):
+        streamed.complete(MIB)
+    assert not s3_store.exists("staging/short")

@@ -3,6 +3,7 @@ received offset (only the missing bytes are sent), bit-exact after commit; the S
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -189,3 +190,108 @@ def test_parts_of_uploads_that_can_no_longer_finish_are_swept(tmp_path: Path) ->
         assert not parts[0].exists() and parts[1].exists()  # the pending upload keeps its bytes
         r = client.get("/v1/models/zoo/waiting/versions/1/uploads/model.safetensors")
         assert r.json()["received"] == PART
+
+
+# --- a large file declared without sha256: hashed by the client while it is sent, named by its last part
+
+
+def test_file_declared_without_sha256_is_named_by_its_last_part(
+    embedded_server: str, unique_org: str
+) -> None:
+    files = {**big_checkpoint(seed=4), "config.json": b'{"model_type": "llama"}'}
+    data = files["model.safetensors"]
+    model = f"{unique_org}/named"
+    with httpx.Client(base_url=embedded_server, timeout=60) as client:
+        assert client.post("/v1/models", json={"name": model}).status_code == 201
+        body = {
+            "files": [
+                {"path": "model.safetensors", "size": len(data), "sha256": None},
+                {
+                    "path": "config.json",
+                    "size": len(files["config.json"]),
+                    "sha256": sha(files["config.json"]),
+                },
+            ]
+        }
+        assert client.post(f"/v1/models/{model}/versions", json=body).status_code == 201
+        assert client.put(
+            f"/v1/models/{model}/versions/1/files/config.json", content=files["config.json"]
+        ).is_success
+        url = f"/v1/models/{model}/versions/1/files/model.safetensors"
+        status_url = f"/v1/models/{model}/versions/1/uploads/model.safetensors"
+        last = (len(data) - 1) // PART * PART
+        for start in range(0, last, PART):
+            assert put_part(client, url, data, start, start + PART).status_code == 202
+
+        r = put_part(client, url, data, last, len(data))  # the last byte, no sha256 named
+        assert r.status_code == 400 and r.json()["error"]["code"] == "sha256_required", r.text
+        assert client.get(status_url).json()["received"] == last, "the bytes held were lost"
+        r = client.put(url, content=data, headers={"Deltazoo-Sha256": "not-hex"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_sha256", r.text
+
+        wrong = {"Content-Range": f"bytes {last}-{len(data) - 1}/{len(data)}", "Deltazoo-Sha256": sha(b"x")}
+        r = client.put(url, content=data[last:], headers=wrong)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "sha256_mismatch", r.text
+        assert client.get(status_url).json()["received"] == 0  # bytes that are not the file are dropped
+        r = client.post(f"/v1/models/{model}/versions/1/commit")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "files_missing"
+        assert "model.safetensors" in r.json()["error"]["message"]  # config.json is still held
+
+        r = client.put(url, content=data, headers={"Deltazoo-Sha256": sha(data)})  # one request this time
+        assert r.status_code == 200 and r.json()["sha256"] == sha(data), r.text
+        r = client.post(f"/v1/models/{model}/versions/1/commit")
+        assert r.status_code == 202, r.text
+        assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
+        for path, content in files.items():
+            assert sha(client.get(f"/v1/models/{model}/versions/1/files/{path}").content) == sha(content)
+
+
+def test_sdk_push_hashes_large_files_while_sending_and_skips_what_the_server_holds(
+    embedded_server: str, unique_org: str, tmp_path: Path
+) -> None:
+    files = {**big_checkpoint(seed=5), "tokenizer.json": b'{"version": "1.0"}' * 100}
+    folder = write_dir(tmp_path / "ckpt", files)
+    bodies: list[dict] = []
+
+    class Declared(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "POST" and request.url.path.endswith("/versions"):
+                bodies.append(json.loads(request.read()))
+            return super().handle_request(request)
+
+    with Client(embedded_server, cache_dir=tmp_path / "cache", transport=Declared()) as client:
+        client.upload_part_bytes = PART
+        client.push(folder, f"{unique_org}/first", quiet=True)
+        client.transport.bytes_uploaded = 0
+        client.push(folder, f"{unique_org}/second", quiet=True)
+        # the small file, hashed first, is already stored: not sent; the large one goes in parts
+        assert client.transport.bytes_uploaded == len(files["model.safetensors"])
+        pulled = client.pull(f"{unique_org}/second", tmp_path / "pulled", quiet=True)
+    declared = {f["path"]: f["sha256"] for f in bodies[-1]["files"]}
+    assert declared == {"model.safetensors": None, "tokenizer.json": sha(files["tokenizer.json"])}
+    assert {p: sha((pulled / p).read_bytes()) for p in files} == {p: sha(d) for p, d in files.items()}
+
+
+def test_push_resumed_onto_bytes_of_another_file_sends_the_whole_file(
+    embedded_server: str, unique_org: str, tmp_path: Path
+) -> None:
+    """An interrupted push of one file, then a push of another file of the same path and size to the same
+    model: the resume matches (neither was named), the server refuses the mixed bytes, and the client
+    sends the whole new file once."""
+    old, new = big_checkpoint(seed=6), big_checkpoint(seed=7)
+    data = new["model.safetensors"]
+    assert len(old["model.safetensors"]) == len(data)
+    model = f"{unique_org}/replaced"
+    with httpx.Client(base_url=embedded_server, timeout=60) as client:
+        assert client.post("/v1/models", json={"name": model}).status_code == 201
+        body = {"files": [{"path": "model.safetensors", "size": len(data), "sha256": None}], "resume": True}
+        assert client.post(f"/v1/models/{model}/versions", json=body).status_code == 201
+        url = f"/v1/models/{model}/versions/1/files/model.safetensors"
+        assert put_part(client, url, old["model.safetensors"], 0, PART).status_code == 202
+    with Client(embedded_server, cache_dir=tmp_path / "cache") as client:
+        client.upload_part_bytes = PART
+        client.push(write_dir(tmp_path / "ckpt", new), model, quiet=True)
+        assert client.last_push_resumed
+        assert [v.revision for v in client.model_info(model).versions] == [1]
+        pulled = client.pull(model, tmp_path / "pulled", quiet=True)
+    assert sha((pulled / "model.safetensors").read_bytes()) == sha(data)

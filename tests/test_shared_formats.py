@@ -81,6 +81,37 @@ def test_a_chain_refuses_bytes_that_do_not_match_their_sha256() -> None:
         decode_chain(blobs.__getitem__, steps, start=1)
 
 
+def test_a_download_checks_only_the_top_of_a_chain_and_still_refuses_a_wrong_parent() -> None:
+    """``verify_below=False`` (a download) hashes the top step only: a wrong step below it decodes a
+    wrong top, which its sha256 refuses; nothing unchecked is kept."""
+    raws, steps, blobs = _chain()
+    hashed: list[int] = []
+    real_sha256 = hashlib.sha256
+
+    def counting(data: bytes = b"") -> hashlib._Hash:
+        hashed.append(len(data))
+        return real_sha256(data)
+
+    kept: dict[str, bytes] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hashlib, "sha256", counting)
+        assert decode_chain(blobs.__getitem__, steps, verify_below=False, keep=kept.__setitem__) == raws[2]
+    assert sum(hashed) == len(raws[2]) and kept == {}  # the top's two chunks, nothing below
+    wrong_below = [steps[0], Step(steps[1].encoding, steps[0].blob, "F16", SHAPE, steps[1].sha256), steps[2]]
+    with pytest.raises(CodecError):  # the middle step decoded from the wrong blob: the top refuses it
+        decode_chain(blobs.__getitem__, wrong_below, verify_below=False)
+
+
+def test_a_chunked_step_must_cover_its_elements_in_order() -> None:
+    """Its chunks are checked one by one instead of the step as a whole, so they must tile it."""
+    raws, steps, blobs = _chain()
+    first, second = steps[2].chunks
+    for chunks in ((first,), (second, first), (first, first, second)):
+        gap = Step("delta", None, "F16", SHAPE, steps[2].sha256, chunks)
+        with pytest.raises(CodecError, match="do not cover"):
+            decode_chain(blobs.__getitem__, [*steps[:2], gap])
+
+
 def test_the_server_and_the_sdk_decode_with_the_same_function() -> None:
     from deltazoo.services import storage
 

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 router = APIRouter(tags=["files"])
+SHA256_HEADER = "deltazoo-sha256"  # names a file declared without sha256, on the request with its last byte
 F = "/models/{org}/{name}/versions/{rev}/files/{path:path}"
 
 
@@ -59,7 +60,7 @@ async def _put_file(
     content_range = request.headers.get("content-range")
     if content_range is not None:
         return await _put_part(file, content_range, request, _partials(request), session, store)
-    upload = WholeUpload(_partials(request), file, store.scratch_dir())
+    upload = WholeUpload(_partials(request), file, store, request.headers.get(SHA256_HEADER))
     try:
         await feed_body(request, upload.feed)
     except BadRequest:
@@ -84,7 +85,7 @@ async def _put_part(
             f"{end - start} bytes the Content-Range names",
             code="invalid_content_range",
         )
-    part = PartUpload(partials, file, start, end)
+    part = PartUpload(partials, file, start, end, store, request.headers.get(SHA256_HEADER))
     try:
         await feed_body(request, part.feed, limit=end - start, too_much=lambda: part.too_much(header))
     except BadRequest:

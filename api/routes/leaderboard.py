@@ -1,4 +1,4 @@
-"""``GET /v1/leaderboard?text=NAME[&limit=N&offset=K]``: a page of versions and profiles ranked by 8 / bpb."""
+"""``GET /v1/leaderboard?text=NAME[&limit=N][&offset=K|&cursor=C]``: a page ranked by 8 / bpb."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def get_leaderboard(
     text: str = "",
     limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
     offset: int = Query(0, ge=0, le=2**63 - 1),
+    cursor: str | None = Query(None, max_length=60),
 ) -> dict:
     if not text:
         raise BadRequest("name the evaluation text set: GET /v1/leaderboard?text=NAME", code="no_text")
-    return leaderboard(session, text, viewer, limit, offset)
+    return leaderboard(session, text, viewer, limit, offset, cursor)
