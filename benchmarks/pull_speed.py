@@ -87,7 +87,9 @@ def run_pull(
 ) -> subprocess.CompletedProcess[str]:
     """One pull by the SDK of the side whose environment is ``env`` (a child process)."""
     argv = [sys.executable, "-c", PULL, url, str(cache), name, str(dest or "")]
-    return subprocess.run(argv, env=env, capture_output=True, text=True)
+    # run outside the repository: `python -c` puts the working folder first on sys.path, which would
+    # import the checkout's SDK instead of the side's
+    return subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cache.parent)
 
 
 def children_cpu() -> float:
@@ -143,6 +145,7 @@ def main() -> int:
                     [sys.executable, "-c", PUSH, side.url, str(pair / "base"), str(pair / "ft")],
                     env={**os.environ, **side.env},
                     check=True,
+                    cwd=work,
                 )
             idle = {s.name: peak_rss_mib(s.api_pid)[0] for s in sides}
             for s in sides:
