@@ -10,8 +10,10 @@ side, and a delta-only pull (a cache holding the base) from every side, the orde
 alternating between repetitions. A pull is a child process running that side's SDK; it reports its
 wall time and CPU seconds (all its threads, ``getrusage``) around ``Client.pull`` only, and the server's
 CPU seconds are read from ``/proc`` around the child. Every pull is checked sha256-equal to the
-original files. The servers' peak RSS during the pulls is read from ``/proc`` (``VmHWM``, reset
-before the first pull) above their RSS before them.
+original files. ``--stack`` gives each side a full stack instead (Postgres, Redis, a Celery worker,
+``weed mini`` as the S3 store; the API's CPU is counted, not the S3 server's). The API's peak RSS
+during the pulls is read from ``/proc`` (``VmHWM``, reset before the first pull) above its RSS before
+them.
 
     python benchmarks/pull_speed.py --size-mib 256 --shards 4 --data /tmp/pull-data \\
         --side main=/tmp/main-tree --side branch= --reps 5
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +72,9 @@ def reset_peak_rss(pid: int) -> None:
 @dataclass
 class Side:
     name: str
-    env: dict[str, str]
-    server: object = None
+    env: dict[str, str]  # of its server processes and its SDK's (PYTHONPATH; DELTAZOO_TOKEN on a stack)
+    url: str = ""
+    api_pid: int = 0
     figures: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
@@ -83,7 +87,9 @@ def run_pull(
 ) -> subprocess.CompletedProcess[str]:
     """One pull by the SDK of the side whose environment is ``env`` (a child process)."""
     argv = [sys.executable, "-c", PULL, url, str(cache), name, str(dest or "")]
-    return subprocess.run(argv, env=env, capture_output=True, text=True)
+    # run outside the repository: `python -c` puts the working folder first on sys.path, which would
+    # import the checkout's SDK instead of the side's
+    return subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cache.parent)
 
 
 def children_cpu() -> float:
@@ -94,7 +100,7 @@ def children_cpu() -> float:
 def main() -> int:
     from benchmarks.memory import peak_rss_mib
     from benchmarks.throughput import make_pair, tree_sha256
-    from tests.servers import start_api_server
+    from tests.servers import own_stack, start_api_server
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,6 +112,12 @@ def main() -> int:
     parser.add_argument("--side", action="append", default=[], help="NAME=ROOT (ROOT empty: installed tree)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--kinds", nargs="+", default=["cold", "delta"], choices=["cold", "delta"])
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="each side a full stack (Postgres, Redis db 10 + its index after TEST_REDIS_DB_BASE, one "
+        "Celery worker, weed mini as S3) instead of the embedded default",
+    )
     args = parser.parse_args()
     sides = [Side(n, side_env(r)) for n, _, r in (s.partition("=") for s in args.side or ["this="])]
     pair = make_pair(args.data, args.size_mib, "bf16", args.shards, args.seed)
@@ -118,20 +130,26 @@ def main() -> int:
         packed = [work / f"{i}.zst" for i in range(len(ft_files))]
         for src, dst in zip(ft_files, packed, strict=True):
             subprocess.run(["zstd", "-q", "-f", "-3", "-T2", str(src), "-o", str(dst)], check=True)
-        try:
-            for side in sides:
-                side.server = start_api_server(
-                    work / f"{side.name}-home", {"DELTAZOO_TENSOR_CACHE_MB": "64", **side.env}
-                )
-                url = side.server.url  # type: ignore[attr-defined]
+        with ExitStack() as servers:
+            for index, side in enumerate(sides):
+                settings = {"DELTAZOO_TENSOR_CACHE_MB": "64", **side.env}
+                if args.stack:
+                    stack = servers.enter_context(own_stack(work / side.name, 10 + index, settings))
+                    side.url, side.api_pid = stack.url, stack.api.process.pid
+                    side.env["DELTAZOO_TOKEN"] = stack.admin_token
+                else:
+                    api = start_api_server(work / f"{side.name}-home", settings)
+                    servers.callback(api.stop)
+                    side.url, side.api_pid = api.url, api.process.pid
                 subprocess.run(
-                    [sys.executable, "-c", PUSH, url, str(pair / "base"), str(pair / "ft")],
+                    [sys.executable, "-c", PUSH, side.url, str(pair / "base"), str(pair / "ft")],
                     env={**os.environ, **side.env},
                     check=True,
+                    cwd=work,
                 )
-            idle = {s.name: peak_rss_mib(s.server.process.pid)[0] for s in sides}  # type: ignore[attr-defined]
+            idle = {s.name: peak_rss_mib(s.api_pid)[0] for s in sides}
             for s in sides:
-                reset_peak_rss(s.server.process.pid)  # type: ignore[attr-defined]
+                reset_peak_rss(s.api_pid)
             for rep in range(args.reps):
                 before = children_cpu()
                 start = time.perf_counter()
@@ -145,10 +163,10 @@ def main() -> int:
                 order = sides if rep % 2 == 0 else sides[::-1]
                 for kind in args.kinds:
                     for side in order:
-                        pid = side.server.process.pid  # type: ignore[attr-defined]
+                        pid = side.api_pid
                         cache, dest = work / f"cache-{side.name}-{rep}", work / f"out-{side.name}-{rep}"
                         env = {**os.environ, **side.env}
-                        url = side.server.url  # type: ignore[attr-defined]
+                        url = side.url
 
                         if kind == "delta":  # the base into the cache first, not timed
                             run_pull(env, url, cache, "bench/base@1", None).check_returncode()
@@ -167,11 +185,7 @@ def main() -> int:
                         shutil.rmtree(dest, ignore_errors=True)
                         print(json.dumps({"rep": rep, "side": side.name, "kind": kind, **row}), flush=True)
                 loads.append(os.getloadavg()[0])
-            peaks = {s.name: peak_rss_mib(s.server.process.pid)[1] for s in sides}  # type: ignore[attr-defined]
-        finally:
-            for side in sides:
-                if side.server is not None:
-                    side.server.stop()  # type: ignore[attr-defined]
+            peaks = {s.name: peak_rss_mib(s.api_pid)[1] for s in sides}
 
     def med(rows: list[dict[str, float]], key: str) -> str:
         values = [r[key] for r in rows]

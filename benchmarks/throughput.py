@@ -7,8 +7,17 @@ Pairs are generated once into ``--data`` and reused.
 
 ``--servers`` picks what serves them: ``embedded`` (a fresh ``deltazoo serve`` per repetition: SQLite + an
 object directory, in-process jobs) and ``stack-N`` (Postgres, Redis, N Celery workers and ``weed mini``
-as the S3 store, started once; its models are deleted after each repetition). Within each repetition,
-interleaved so that the machine's drift hits both sides alike:
+as the S3 store, started once; its models are deleted after each repetition). Every full stack is
+started before the first repetition and the servers take turns, repetition by repetition (``stack-1``,
+``stack-2``, ``stack-1``, ...), so that the machine's drift hits each alike.
+
+Scale-out (``--pin-workers``): worker *n* of a stack runs on core *n-1* only (its CPU affinity, as
+``taskset -c``; lanes follow the affinity, so one encode lane each). ``stack-1`` against ``stack-2``
+then stands for one single-core worker host against two: on this 2-core machine, unpinned workers
+would each run two lanes on the same two cores and could not show scale-out. The API, Postgres, Redis
+and the S3 server are not pinned and share the cores with the workers (and with whatever else runs).
+
+Within each repetition, interleaved so that the machine's drift hits both sides alike:
 
 * ``zstd -3 -T2`` of the fine-tune's files (to a file) — then ``push`` of the base, then ``push`` of the
   fine-tune with ``base=`` (upload + encode, SDK ``Client.push``, the encode polled every 50 ms);
@@ -17,12 +26,14 @@ interleaved so that the machine's drift hits both sides alike:
 * the codec alone: ``encode_tensor`` / ``decode_tensor`` of every fine-tune tensor against its base on
   one thread (no I/O, no hashing).
 
-Every pull is checked sha256-equal to the original files. Each server process's peak RSS (VmHWM) is read
+Every pull is checked sha256-equal to the original files. The CPU seconds (user + system) the workers
+spent during the fine-tune's encode are read from /proc. Each server process's peak RSS (VmHWM) is read
 from /proc, and the 1-minute load average before and after each repetition is recorded (this machine is
 shared: say it next to the figures). Ratios are taken within a repetition; the table gives their median
 and range. Writes ``benchmarks/results/throughput.md`` (appends one section per configuration).
 
     python benchmarks/throughput.py --size-mib 1024 --shards 4 --servers embedded stack-1 stack-2 --reps 1
+    python benchmarks/throughput.py --size-mib 256 --shards 4 --servers stack-1 stack-2 --pin-workers --reps 2
     python benchmarks/throughput.py --size-mib 256 1024 4096 --dtype bf16 fp32 --shards 4 \
         --servers embedded stack-1 stack-2 --reps 3 --profile /tmp/throughput-profile.txt
 """
@@ -40,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,8 +257,25 @@ class Server:
     fresh_per_repetition: bool
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of process ``pid`` on core ``cpu`` only (``taskset -a -p -c``); threads it starts
+    later inherit it."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pids(server: Server) -> list[int]:
+    return [pid for name, pid in server.pids.items() if name.startswith("worker")]
+
+
 @contextmanager
-def serve(kind: str, work: Path, broker_db: int) -> Iterator[Server]:
+def serve(kind: str, work: Path, broker_db: int, pin_workers: bool = False) -> Iterator[Server]:
     """``embedded``: ``deltazoo serve`` on SQLite + an object directory, in-process jobs. ``stack-N``:
     Postgres (a temporary database), Redis, N Celery workers and ``weed mini`` as the S3 store
     (``tests.servers.own_stack``)."""
@@ -273,6 +301,10 @@ def serve(kind: str, work: Path, broker_db: int) -> Iterator[Server]:
                 extra.append(CeleryWorker(worker_env, folder).start())
             pids = {"API": stack.api.process.pid, "worker 1": stack.worker.pid}
             pids |= {f"worker {n}": w.pid for n, w in enumerate(extra, start=2)}
+            if pin_workers:
+                cores = sorted(os.sched_getaffinity(0))
+                for n, pid in enumerate([stack.worker.pid, *(w.pid for w in extra)]):
+                    pin(pid, cores[n % len(cores)])
             yield Server(stack.url, stack.admin_token, pids, False)
         finally:
             for w in extra:
@@ -297,11 +329,16 @@ def one_repetition(
             start = time.perf_counter()
             c.push(pair / "ft", "bench/ft", base="bench/base@1", quiet=True, wait=False)
             r["push fine-tune: upload"] = time.perf_counter() - start
+            workers_cpu = sum(cpu_seconds(pid) for pid in worker_pids(server))
             while (status := c.version_info("bench/ft@1").status) not in ("ready", "failed"):
                 time.sleep(0.05)
             assert status == "ready", f"the fine-tune's encode {status}"
             r["push fine-tune"] = time.perf_counter() - start
             r["push fine-tune: encode"] = r["push fine-tune"] - r["push fine-tune: upload"]
+            if worker_pids(server):
+                r["encode: workers CPU s"] = (
+                    sum(cpu_seconds(pid) for pid in worker_pids(server)) - workers_cpu
+                )
         r["zstd -d (again)"] = zstd_files(ft_files, work)[1]
         with Client(server.url, server.token, cache_dir=work / f"cold-{rep}") as c:
             r["cold pull"] = timed(lambda: c.pull("bench/ft@1", work / f"cold-out-{rep}", quiet=True))
@@ -361,6 +398,11 @@ def report(
             col("push fine-tune: encode"),
             ratio("push fine-tune: encode", "zstd -3 -T2"),
         ),
+        *(
+            [("… the workers' CPU seconds (user + sys) in the encode", col("encode: workers CPU s"), None)]
+            if "encode: workers CPU s" in runs[0]
+            else []
+        ),
         ("cold pull of the fine-tune", col("cold pull"), ratio("cold pull", "zstd -d (again)")),
         (
             "delta-only pull (base cached)",
@@ -400,6 +442,25 @@ def report(
     return "\n".join(lines)
 
 
+def scale_out(kinds: list[str], runs: dict[str, list[dict[str, float]]], pinned: bool) -> str:
+    """The encode job of the fine-tune on the second stack against the first, repetition by repetition
+    (the servers took turns, so repetition i of each ran side by side)."""
+    one, two = kinds
+    pairs = list(zip(runs[one], runs[two], strict=True))
+    ratios = [b["push fine-tune: encode"] / a["push fine-tune: encode"] for a, b in pairs]
+    cpu = [b["encode: workers CPU s"] / a["encode: workers CPU s"] for a, b in pairs]
+    loads = [r[k] for a, b in pairs for r in (a, b) for k in ("load average before", "load average after")]
+    how = "workers pinned one core each (one lane each)" if pinned else "workers not pinned"
+    return "\n".join(
+        [
+            f"Scale-out, {how}: encode job of the fine-tune, {two} / {one} = {spread(ratios)} "
+            f"(per repetition: {', '.join(f'{x:.2f}' for x in ratios)}); the workers' CPU seconds in it, "
+            f"{two} / {one} = {spread(cpu)}; 1-minute load average {min(loads):.1f}–{max(loads):.1f}.",
+            "",
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -415,7 +476,17 @@ def main() -> int:
         default=["embedded"],
         help="embedded, stack-1, stack-2 (full stack: Postgres, Redis, N Celery workers, weed mini)",
     )
-    parser.add_argument("--broker-db", type=int, default=15, help="Redis db (after TEST_REDIS_DB_BASE)")
+    parser.add_argument(
+        "--broker-db",
+        type=int,
+        default=15,
+        help="Redis db of the first stack (after TEST_REDIS_DB_BASE); the next stacks take the dbs after it",
+    )
+    parser.add_argument(
+        "--pin-workers",
+        action="store_true",
+        help="worker n of a stack on core n-1 only (one lane each): stack-N stands for N single-core hosts",
+    )
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "deltazoo-throughput")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.md")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated pairs in --data")
@@ -430,26 +501,38 @@ def main() -> int:
     for dtype in args.dtype:
         for size in args.size_mib:
             pair = make_pair(args.data, size, dtype, args.shards, args.seed)
-            for kind in args.servers:
-                runs = []
-                with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
-                    work = Path(tmp)
-                    # a full stack is started once and its models deleted after each repetition; the
-                    # embedded server is started afresh for each
-                    shared: AbstractContextManager[Server | None] = (
-                        nullcontext(None) if kind == "embedded" else serve(kind, work, args.broker_db)
+            runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in args.servers}
+            with tempfile.TemporaryDirectory(prefix="throughput-") as tmp, ExitStack() as open_stacks:
+                work = Path(tmp)
+                # every full stack is started once, before the first repetition, and its models deleted
+                # after each; the embedded server is started afresh for each repetition
+                stacks = {
+                    kind: open_stacks.enter_context(
+                        serve(kind, work / kind, args.broker_db + n, args.pin_workers)
                     )
-                    with shared as server:
-                        for rep in range(args.reps):
-                            profile = args.profile if rep == 0 and kind == args.servers[0] else None
-                            if server is None:
-                                with serve(kind, work / f"embedded{rep}", args.broker_db) as fresh:
-                                    runs.append(one_repetition(pair, work, rep, fresh, profile))
-                            else:
-                                runs.append(one_repetition(pair, work, rep, server, profile))
-                            line = {"server": kind, "dtype": dtype, "size_mib": size, "rep": rep, **runs[-1]}
-                            print(json.dumps(line), flush=True)
-                sections.append(report(pair, size, dtype, args.shards, kind, runs))
+                    for n, kind in enumerate(k for k in args.servers if k != "embedded")
+                }
+                for rep in range(args.reps):
+                    for kind in args.servers:  # the servers take turns, repetition by repetition
+                        profile = args.profile if rep == 0 and kind == args.servers[0] else None
+                        if kind == "embedded":
+                            with serve(kind, work / f"embedded{rep}", args.broker_db) as fresh:
+                                runs[kind].append(one_repetition(pair, work, rep, fresh, profile))
+                        else:
+                            runs[kind].append(one_repetition(pair, work, rep, stacks[kind], profile))
+                        line = {
+                            "server": kind,
+                            "dtype": dtype,
+                            "size_mib": size,
+                            "rep": rep,
+                            **runs[kind][-1],
+                        }
+                        print(json.dumps(line), flush=True)
+            for kind in args.servers:
+                sections.append(report(pair, size, dtype, args.shards, kind, runs[kind]))
+                print(sections[-1], flush=True)
+            if len(args.servers) == 2 and all(k.startswith("stack-") for k in args.servers):
+                sections.append(scale_out(args.servers, runs, args.pin_workers))
                 print(sections[-1], flush=True)
             if args.profile is not None and args.profile.is_file() and size == args.size_mib[0]:
                 stages = profile_breakdown(args.profile)

@@ -5,6 +5,13 @@
  * Delta mode: z = zigzag(child - parent) (wrapping 32-bit), token < 128 (z below 8, else
  * 8 + 4 (k - 4) + the two bits after z's leading one, k = bit length) and k - 3 raw bits (z's low bits).
  * Plain mode: symbol = bits 22..30 (exponent and top mantissa bit), raw = sign << 22 | low 22 bits.
+ *
+ * Speed (the target is ZipNN's per core): count() keeps each element's token for encode(), whose bit
+ * writers store 8 bytes and advance without branches; the code lengths and the decoder table are built
+ * here (the same ones as the Python side's); the decoder reads four segments side by side with a
+ * branch-free refill every four symbols, then the raw bits of those segments, without bounds checks
+ * wherever a run's loads are proven to stay in the buffer (checked loops near its end). BMI2 and AVX2
+ * variants are picked at run time; set_portable(True) forces the plain x86-64 one (tests).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -94,8 +101,8 @@ static inline uint32_t token_of(uint32_t z, uint32_t *nx) {
     return z < 8 ? z : 4 * k - 8 + ((z >> x) & 3);
 }
 
-/* Delta: counts per (parent exponent, token) and each element's token into tokens (u8[n]), for encode.
- * Plain: counts per symbol (tokens unused). */
+/* Delta: counts per (parent exponent, token) and each element's row of them, exponent * 128 + token, into
+ * tokens (u16[n]) for encode. Plain: counts per symbol (tokens unused). */
 static PyObject *py_count(PyObject *self, PyObject *args) {
     Py_buffer child, parent, counts, tokens;
     int delta;
@@ -103,16 +110,16 @@ static PyObject *py_count(PyObject *self, PyObject *args) {
     Py_ssize_t n = child.len / 4;
     const uint32_t *c = child.buf, *p = parent.buf;
     uint32_t *cnt = counts.buf;
-    uint8_t *tk = tokens.buf;
+    uint16_t *tk = tokens.buf;
     int ok = child.len % 4 == 0 && counts.len == 4 * (delta ? 256 * NTOK_DELTA : NTOK_PLAIN) &&
-             (!delta || (parent.len == child.len && tokens.len >= n));
+             (!delta || (parent.len == child.len && tokens.len >= 2 * n));
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
         if (delta) {
             for (Py_ssize_t i = 0; i < n; i++) {
-                uint32_t nx, t = token_of(zig(c[i], p[i]), &nx);
-                tk[i] = (uint8_t)t;
-                cnt[((p[i] >> 23) & 0xFF) * NTOK_DELTA + t]++;
+                uint32_t nx, t = token_of(zig(c[i], p[i]), &nx), at = ((p[i] >> 23) & 0xFF) * NTOK_DELTA + t;
+                tk[i] = (uint16_t)at;
+                cnt[at]++;
             }
         } else {
             for (Py_ssize_t i = 0; i < n; i++) cnt[(c[i] >> 22) & 0x1FF]++;
@@ -129,11 +136,11 @@ static PyObject *py_count(PyObject *self, PyObject *args) {
 
 /* --------------------------------------------------------------------------------------- encoding */
 static inline void encode_delta_run(writer *wt, writer *wr, const uint32_t *c, const uint32_t *p,
-                                    const uint8_t *tk, const uint32_t *et, Py_ssize_t a, Py_ssize_t b) {
+                                    const uint16_t *tk, const uint32_t *et, Py_ssize_t a, Py_ssize_t b) {
     Py_ssize_t i = a;
 #define ENC_DELTA(I)                                                                                  \
     do {                                                                                              \
-        uint32_t t_ = tk[I], nx_ = TOK_NX[t_], code_ = et[((p[I] >> 23) & 0xFF) * NTOK_DELTA + t_];  \
+        uint32_t at_ = tk[I], nx_ = TOK_NX[at_ & (NTOK_DELTA - 1)], code_ = et[at_];                  \
         put(wt, code_ & 0xFFFF, code_ >> 16);                                                         \
         put(wr, zig(c[I], p[I]) & ((1u << nx_) - 1), nx_);                                            \
         spill(wr);                                                                                    \
@@ -179,7 +186,7 @@ static inline void encode_plain_run(writer *wt, writer *wr, const uint32_t *c, c
 }
 
 /* enc: delta, u32[256 * 128] per (parent exponent, token); plain, u32[512]: reversed code | length << 16.
- * tokens: delta, the tokens count() wrote. Writes the token segments into tok (sizes per segment) and the
+ * tokens: delta, the rows count() wrote. Writes the token segments into tok (sizes per segment) and the
  * raw plane into raw; returns (token bytes, raw bytes). */
 static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_buffer child, parent, enc, tok, sizes, raw, tokens;
@@ -189,19 +196,19 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
                           &tokens))
         return NULL;
     Py_ssize_t n = child.len / 4, nseg = seg > 0 ? (n + seg - 1) / seg : 0;
-    int ok = seg > 0 && child.len % 4 == 0 && (!delta || (parent.len == child.len && tokens.len >= n)) &&
+    int ok = seg > 0 && child.len % 4 == 0 && (!delta || (parent.len == child.len && tokens.len >= 2 * n)) &&
              enc.len == 4 * (delta ? 256 * NTOK_DELTA : NTOK_PLAIN) && sizes.len == 4 * nseg &&
              tok.len >= 2 * n + 8 * nseg + 16 && raw.len >= 4 * n + 16;
     Py_ssize_t tbytes = 0, rbytes = 0;
-    if (ok && delta) { /* tokens come from count(): refuse any a caller could have changed */
-        const uint8_t *tk = tokens.buf;
-        uint8_t hi = 0;
+    if (ok && delta) { /* rows come from count(): refuse any a caller could have changed */
+        const uint16_t *tk = tokens.buf;
+        uint16_t hi = 0;
         for (Py_ssize_t i = 0; i < n; i++) hi |= tk[i];
-        if (hi >= 128) ok = 0;
+        if (hi >= 256 * NTOK_DELTA) ok = 0;
     }
     if (ok) {
         const uint32_t *c = child.buf, *p = parent.buf, *et = enc.buf;
-        const uint8_t *tk = tokens.buf;
+        const uint16_t *tk = tokens.buf;
         uint32_t *sz = sizes.buf;
         Py_BEGIN_ALLOW_THREADS
         writer wt = {tok.buf, 0, 0}, wr = {raw.buf, 0, 0};

@@ -150,7 +150,7 @@ def encode_stream(
     raw: bytes | memoryview
     if use_c:
         per = np.zeros((256, ntok) if delta else (1, ntok), np.uint32)
-        tokens = np.empty(n if delta else 0, np.uint8)  # each element's token, for the encoder
+        tokens = np.empty(n if delta else 0, np.uint16)  # each element's row of per, for the encoder
         _exact32.count(delta, child, par, per, tokens)
     elif delta:
         z = zigzag(child, par)
@@ -163,8 +163,9 @@ def encode_stream(
     if delta:
         hist = per.sum(axis=1, dtype=np.int64)  # small tensors: one context (its table costs less)
         ctxmap = context_map(hist) if n >= SMALL else np.zeros(256, np.uint8)
-        onehot = (ctxmap[None, :] == np.arange(int(ctxmap.max()) + 1)[:, None]).astype(np.int64)
-        counts = onehot @ per.astype(np.int64)
+        counts = np.zeros((int(ctxmap.max()) + 1, ntok), np.int64)
+        for c in range(counts.shape[0]):  # the exponents' counts summed per context
+            counts[c] = per[ctxmap == c].sum(axis=0, dtype=np.int64)
         head_map = ctxmap.tobytes()
     else:
         counts, head_map = per.astype(np.int64), b""

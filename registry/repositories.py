@@ -550,7 +550,8 @@ class ArtifactRepository:
 
 
 VERSION_KIND = "encode_version"  # a job encoding a whole version (target: the version)
-PART_KIND = "encode_file"  # one file of a split encode (target: the file; services.encode_split)
+PART_KIND = "encode_file"  # one file, or a tensor range of it, of a split encode (target: the file;
+# services.encode_split)
 
 
 def _encodes_of(version_ids: list[int]) -> ColumnElement[bool]:
@@ -580,6 +581,16 @@ class JobRepository:
     def latest_for(self, kind: str, target_id: int) -> Job | None:
         return self.s.scalar(
             select(Job).where(Job.kind == kind, Job.target_id == target_id).order_by(Job.id.desc()).limit(1)
+        )
+
+    def all_for(self, kind: str, target_ids: list[int]) -> list[Job]:
+        """Every job of ``kind`` on ``target_ids``, oldest first."""
+        if not target_ids:
+            return []
+        return list(
+            self.s.scalars(
+                select(Job).where(Job.kind == kind, Job.target_id.in_(target_ids)).order_by(Job.id)
+            )
         )
 
     def held_encodes(self, version_ids: list[int], beat_since: datetime) -> list[Job]:

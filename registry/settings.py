@@ -45,7 +45,14 @@ class Settings(BaseSettings):
     )
     encode_split: bool = Field(
         default=True,
-        description="Celery workers split a version's encode into one job per weight file, run by any worker",
+        description="Celery workers split a version's encode into part jobs (weight files, tensor ranges) "
+        "that any worker runs",
+    )
+    encode_part_mb: int = Field(
+        default=128,
+        ge=1,
+        description="a split encode cuts a weight file larger than this into tensor ranges of about this "
+        "size (MiB)",
     )
     job_heartbeat_s: float = Field(default=10.0, description="Celery job heartbeat; 3 missed: sent again")
     job_commit_every_s: float = Field(

@@ -23,10 +23,11 @@ from deltazoo.compression.safetensors_io import SafetensorsError, TensorEntry, r
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File, Model, Tensor, Version
-from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
+from deltazoo.registry.objectstore import ObjectStore, WriteBatch, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
 from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES
 from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
+from deltazoo.services.encode_split import tensor_range
 from deltazoo.services.lossy import record_served_sha256
 from deltazoo.services.storage import CorruptStoreError, put_blob, resolve_recipes
 from deltazoo.services.tensor_rows import TensorRowWriter
@@ -160,8 +161,11 @@ def _encode_safetensors(
     threads: int,
     chunk_bytes: int,
     add_stored: Callable[[int], None],
+    part: tuple[int, int] | None = None,
 ) -> None:
-    """One staged safetensors file; ``add_stored(n)`` counts bytes of blobs this encode stored first."""
+    """One staged safetensors file (``part``: only range ``(index, count)`` of its tensors,
+    ``encode_split.tensor_range``; the first range stores the header); ``add_stored(n)`` counts bytes
+    of blobs this encode stored first."""
     key = file.staging_key
     assert key is not None
 
@@ -172,16 +176,18 @@ def _encode_safetensors(
         header = read_header(read_at, file.size)
     except SafetensorsError as exc:
         raise CorruptStoreError(f"{file.path}: {exc}") from None
-    if file.header_blob is None:
+    if file.header_blob is None and (part is None or part[0] == 0):
         file.header_blob, new = put_blob(session, store, header.header_bytes)
         add_stored(header.header_size if new else 0)
+    entries = list(header.tensors) if part is None else tensor_range(header.tensors, *part)
     tensors = TensorRepository(session)
     scope = twin_scope(session, version)
-    done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run
-    for entry in header.tensors:
+    done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run (or other parts)
+    for entry in entries:
         if entry.name in done:
             after_tensor(entry.nbytes)
-    rows = TensorRowWriter(session, add_stored, after_tensor)
+    blobs = WriteBatch(store)  # the lanes' blob writes, durable before the rows naming them are written
+    rows = TensorRowWriter(session, add_stored, after_tensor, blobs.flush)
 
     def classify(batch: list[Slot]) -> None:
         rows.write()  # a twin may be a tensor of this run recorded since the last batch
@@ -217,17 +223,18 @@ def _encode_safetensors(
         totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
         rows.add(row, slot.entry.nbytes, same_as, [c.row() for c in chunks])
 
-    todo = [e for e in header.tensors if e.name not in done]
+    todo = [e for e in entries if e.name not in done]
     pipeline = FilePipeline(
-        pool, threads, store, file.path, read_at, header.header_size, chunk_bytes, version.lossy
+        pool, threads, store, file.path, read_at, header.header_size, chunk_bytes, version.lossy, blobs
     )
-    try:
-        pipeline.run(todo, classify, record)
-    except BaseException:
-        with contextlib.suppress(Exception):  # keep what was recorded: a resumed run starts after it
-            rows.write()
-        raise
-    rows.write()
+    with blobs:
+        try:
+            pipeline.run(todo, classify, record)
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep what was recorded: a resumed run starts after it
+                rows.write()
+            raise
+        rows.write()
 
 
 def _add_stored(version: Version, nbytes: int) -> None:
@@ -281,12 +288,14 @@ def encode_file(
     checkpoint: Callable[[], None] = lambda: None,
     threads: int = 1,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    part: tuple[int, int] | None = None,
 ) -> EncodeTotals:
-    """Encode one staged safetensors file of ``version`` (one part of a split encode,
-    ``services.encode_split``): its tensors are stored exactly as ``encode_version`` stores
-    them; the version stays ``processing`` (its last encode run marks it ready)."""
+    """Encode one staged safetensors file of ``version``, or with ``part = (index, count)`` one range
+    of its tensors (one part of a split encode, ``services.encode_split``): its tensors are stored
+    exactly as ``encode_version`` stores them; the version stays ``processing`` (its last encode run
+    marks it ready)."""
     totals = EncodeTotals()
-    advance = Advance(file.size, progress, checkpoint)
+    advance = Advance(file.size // (part[1] if part else 1), progress, checkpoint)
     tally = StoredTally(session, version.id)
     try:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="deltazoo-encode") as pool:
@@ -303,6 +312,7 @@ def encode_file(
                 threads,
                 chunk_bytes,
                 tally.add,
+                part,
             )
         tally.flush()
     finally:

@@ -1,11 +1,13 @@
 """One version's encode split across Celery workers (services/encode_split.py): two real
 ``deltazoo worker`` processes on Redis store exactly what one stores, and a worker SIGKILLed in the middle
-of a part resumes to exactly the same stored bytes.
+of a part resumes to exactly the same stored bytes; both for a checkpoint of 4 weight shards and for a
+checkpoint of one weight file, split into tensor ranges.
 
 The module runs its own stack: its own ``redis-server``, S3 server (``weed mini``), a temporary Postgres
 database, the API and two workers beating every 0.5 s (a killed worker's part is sent again within
-about 1.5 s). Checkpoints have 4 weight shards, each with many small tensors and one tensor stored in
-chunks (1 MiB chunks here).
+about 1.5 s). Weight files have many small tensors and one tensor stored in chunks (1 MiB chunks here);
+a split encode cuts them into tensor ranges of about 2 MiB (``DELTAZOO_ENCODE_PART_MB``), so every file
+is 3 parts.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ pytestmark = [
 ]
 
 SHARDS = 4
+PART_MB = 2
 
 
 class SplitStack:
@@ -62,6 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitStack]:
         "DELTAZOO_TENSOR_CHUNK_MB": "1",
         "DELTAZOO_ENCODE_THREADS": "2",
         "DELTAZOO_JOB_COMMIT_EVERY_S": "0",
+        "DELTAZOO_ENCODE_PART_MB": str(PART_MB),
     }
     with own_worker_stack(root, chunked) as own, running_api_server(root / "home", own.settings) as api:
         yield SplitStack(api.url, own.database, own.workers)
@@ -80,14 +84,16 @@ def client(stack: SplitStack) -> Iterator[httpx.Client]:
 
 
 def shards(
-    seed: int, parent: dict[str, dict[str, torch.Tensor]] | None = None
+    seed: int, parent: dict[str, dict[str, torch.Tensor]] | None = None, count: int = SHARDS
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """4 shards of 600 small tensors and one 3 MiB tensor each (a fine-tune of ``parent`` when given):
-    more tensors than one dedup batch (``LOOKUP_BATCH``), so a part commits rows and progress part-way."""
+    """``count`` shards of 600 small tensors and one 3 MiB tensor each (a fine-tune of ``parent`` when
+    given): each cut into 3 tensor ranges (the 3 MiB tensor, ~140 small ones, ~460 small ones), the
+    last with more tensors than one dedup batch (``LOOKUP_BATCH``), so a part commits rows and progress
+    part-way."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for s in range(SHARDS):
-        path = f"model-{s + 1:05d}-of-{SHARDS:05d}.safetensors"
+    for s in range(count):
+        path = "model.safetensors" if count == 1 else f"model-{s + 1:05d}-of-{count:05d}.safetensors"
         if parent is None:
             state = {f"layers.{s}.{i}.weight": torch.randn(32, 64, generator=g) * 0.02 for i in range(600)}
             state[f"big.{s}.weight"] = torch.randn(1536, 1024, generator=g) * 0.02
@@ -97,8 +103,21 @@ def shards(
     return out
 
 
-BASE = shards(1)
-FT = shards(2, BASE)
+State = dict[str, dict[str, torch.Tensor]]
+PAIRS: dict[str, tuple[State, State]] = {}  # layout -> (base, fine-tune), built when first used
+
+
+def pair(layout: str) -> tuple[State, State]:
+    if layout not in PAIRS:
+        count, seed = (SHARDS, 1) if layout == "4 files" else (1, 3)
+        base = shards(seed, count=count)
+        PAIRS[layout] = (base, shards(seed + 1, base, count=count))
+    return PAIRS[layout]
+
+
+def parts_of(state: State) -> int:
+    """Part jobs of a split encode of ``state``: ``ceil(size / PART_MB)`` tensor ranges per file."""
+    return sum(-(-len(data) // (PART_MB << 20)) for data in files_of(state).values())
 
 
 def files_of(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, bytes]:
@@ -118,17 +137,19 @@ def stored(client: httpx.Client, model: str) -> dict[str, Any]:
     return {"tensors": tensors, "rows": rows, "stored_bytes": detail["stored_bytes"]}
 
 
-def push_pair(client: httpx.Client) -> tuple[int, int]:
+def push_pair(client: httpx.Client, layout: str) -> tuple[int, int]:
     """Push the base and its fine-tune; returns their encode jobs' ids (the fine-tune's not awaited)."""
-    base_job = push(client, "split/base", files_of(BASE))["job"]
-    assert wait_job(client, base_job["id"])["status"] == "succeeded"
-    return base_job["id"], push(client, "split/ft", files_of(FT), base="split/base@1")["job"]["id"]
+    base, ft = pair(layout)
+    base_job = push(client, "split/base", files_of(base))["job"]
+    assert wait_job(client, base_job["id"], timeout_s=600)["status"] == "succeeded"
+    return base_job["id"], push(client, "split/ft", files_of(ft), base="split/base@1")["job"]["id"]
 
 
-def finish_and_read(client: httpx.Client, ft_job: int) -> dict[str, Any]:
-    done = wait_job(client, ft_job)
+def finish_and_read(client: httpx.Client, ft_job: int, layout: str) -> dict[str, Any]:
+    done = wait_job(client, ft_job, timeout_s=600)  # patience, not a threshold: the machine may be loaded
     assert done["status"] == "succeeded", done
-    for model, state in (("split/base", BASE), ("split/ft", FT)):
+    base, ft = pair(layout)
+    for model, state in (("split/base", base), ("split/ft", ft)):
         for path, data in files_of(state).items():
             r = client.get(f"/v1/models/{model}/versions/1/files/{path}")
             assert r.status_code == 200 and sha(r.content) == sha(data), f"{model}/{path} is not exact"
@@ -140,36 +161,44 @@ def delete_pair(client: httpx.Client) -> None:
         assert client.delete(f"/v1/models/{model}").status_code == 204
 
 
-ONE_WORKER: dict[str, Any] = {}
+ONE_WORKER: dict[str, dict[str, Any]] = {}  # layout -> what one worker stored
+LAYOUTS = ["4 files", "1 file"]
 
 
-def test_two_workers_store_exactly_what_one_worker_stores(stack: SplitStack, client: httpx.Client) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_two_workers_store_exactly_what_one_worker_stores(
+    stack: SplitStack, client: httpx.Client, layout: str
+) -> None:
     first, second = stack.workers
     second.process.stop(grace=15.0)
     try:
-        _, ft_job = push_pair(client)
-        ONE_WORKER.update(finish_and_read(client, ft_job))
+        _, ft_job = push_pair(client, layout)
+        ONE_WORKER[layout] = finish_and_read(client, ft_job, layout)
     finally:
         second.start()
     delete_pair(client)
     before = {p[0] for p in stack.part_jobs()}
 
-    _, ft_job = push_pair(client)
-    assert finish_and_read(client, ft_job) == ONE_WORKER
+    _, ft_job = push_pair(client, layout)
+    assert finish_and_read(client, ft_job, layout) == ONE_WORKER[layout]
     parts = [p for p in stack.part_jobs() if p[0] not in before]
-    assert len(parts) == 2 * SHARDS and all(p[1] == "succeeded" for p in parts)
+    base, ft = pair(layout)
+    assert len(parts) == parts_of(base) + parts_of(ft) and all(p[1] == "succeeded" for p in parts)
     for worker in stack.workers:  # the parts were shared out, not run by one worker
         assert any(stack.ran(worker, p[0]) for p in parts), worker.process.log_tail()
     delete_pair(client)
-    enc = {row[0]: row[1] for row in ONE_WORKER["ft"]["rows"]}
+    enc = {row[0]: row[1] for row in ONE_WORKER[layout]["ft"]["rows"]}
     assert enc["big.0.weight"] == "delta" and enc["layers.0.0.weight"] == "delta"
 
 
-def test_worker_killed_mid_part_resumes_to_the_same_bytes(stack: SplitStack, client: httpx.Client) -> None:
-    if not ONE_WORKER:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_worker_killed_mid_part_resumes_to_the_same_bytes(
+    stack: SplitStack, client: httpx.Client, layout: str
+) -> None:
+    if layout not in ONE_WORKER:
         pytest.skip("needs the one-worker bytes of the test before")
     before = {p[0] for p in stack.part_jobs()}
-    _, ft_job = push_pair(client)
+    _, ft_job = push_pair(client, layout)
 
     def part_midway() -> tuple[int, DeltazooWorker] | None:
         for job_id, status, progress, _ in stack.part_jobs():
@@ -192,7 +221,7 @@ def test_worker_killed_mid_part_resumes_to_the_same_bytes(stack: SplitStack, cli
     job_id, worker = hit
     worker.process.kill()  # SIGKILL, as a crashed host
     worker.start()
-    assert finish_and_read(client, ft_job) == ONE_WORKER
+    assert finish_and_read(client, ft_job, layout) == ONE_WORKER[layout]
     parts = {p[0]: p for p in stack.part_jobs() if p[0] not in before}
     assert parts[job_id][1] == "succeeded" and parts[job_id][3] >= 2, "the killed part was not run again"
     delete_pair(client)

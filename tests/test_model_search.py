@@ -89,6 +89,14 @@ def test_search_reads_the_trigram_index_on_postgres(tmp_path: Path, empty_postgr
         compiled = query.compile(s.get_bind(), compile_kwargs={"literal_binds": True})
         plan = "\n".join(s.execute(text(f"EXPLAIN {compiled}")).scalars())
     assert "ix_model_name_trgm" in plan and "ix_model_description_trgm" in plan, plan
+    with session_scope(settings) as s:
+        options = s.execute(
+            text("SELECT relname, reloptions FROM pg_class WHERE relname LIKE 'ix_model_%_trgm'")
+        ).all()
+    assert sorted(options) == [
+        ("ix_model_description_trgm", ["fastupdate=off"]),
+        ("ix_model_name_trgm", ["fastupdate=off"]),
+    ]
 
 
 @pytest.mark.skipif(not sqlite_has_trigram(), reason="this SQLite has no FTS5 trigram tokenizer")

@@ -22,7 +22,7 @@ from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import PART_KIND, VERSION_KIND
 from deltazoo.registry.settings import Settings
 from deltazoo.services.encode import encode_file, encode_version
-from deltazoo.services.encode_split import WAITING, finish_part, plan_parts
+from deltazoo.services.encode_split import WAITING, finish_part, plan_parts, range_of
 from deltazoo.services.job_outcomes import build_artifact_job, encode_finished, record_job_failure
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
@@ -90,7 +90,7 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> str | None:
     if version is None:
         raise LookupError(f"version {job.target} no longer exists")
     if version.status == "processing" and ctx.split:
-        parts, created = plan_parts(session, version, job)
+        parts, created = plan_parts(session, version, job, ctx.settings.encode_part_mb << 20)
         if any(p.status != "succeeded" for p in parts):
             job.status = WAITING  # the last part to finish sends this job again
             after_commit(session, partial(_send_all, ctx, created))
@@ -128,6 +128,7 @@ def _encode_part(session: Session, job: Job, ctx: JobContext) -> str | None:
             marks.checkpoint,
             threads=_threads(ctx),
             chunk_bytes=ctx.settings.tensor_chunk_mb << 20,
+            part=range_of(job.target),
         )
     parent = finish_part(session, version, job)
     if parent is not None:
@@ -136,7 +137,9 @@ def _encode_part(session: Session, job: Job, ctx: JobContext) -> str | None:
 
 
 def _threads(ctx: JobContext) -> int:
-    return ctx.settings.encode_threads or os.cpu_count() or 1
+    """Encode lanes: the setting, else one per core this process may run on (its CPU affinity: a worker
+    started under ``taskset -c 0`` has one lane, however many cores the host has)."""
+    return ctx.settings.encode_threads or len(os.sched_getaffinity(0)) or 1
 
 
 def _send_all(ctx: JobContext, job_ids: list[int]) -> None:
