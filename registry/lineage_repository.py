@@ -39,9 +39,9 @@ class LineageRepository:
         private_namespaces: Sequence[str] | None,
         after_id: int,
         limit: int,
-    ) -> tuple[dict[str, int], list[int]]:
+    ) -> tuple[dict[str, int], list[Version]]:
         """(relation -> how many versions of other models descend from the model's versions, at any
-        depth; the ids of those after ``after_id``, by id, at most ``limit``), from the index
+        depth; those after id ``after_id``, by id, at most ``limit``), from the index
         ``lineage_descendant`` (``registry.lineage_index``): two index range reads, no walk."""
         rows = select(LineageDescendant).where(LineageDescendant.ancestor_model_id == model_id)
         if private_namespaces is not None:
@@ -56,20 +56,23 @@ class LineageRepository:
         shown = rows.subquery()
         counts = select(shown.c.relation, func.count()).group_by(shown.c.relation)
         page = (
-            select(shown.c.version_id)
+            select(Version)
+            .join(shown, shown.c.version_id == Version.id)
             .where(shown.c.version_id > after_id)
             .order_by(shown.c.version_id)
             .limit(limit)
         )
         tally = {relation: int(n) for relation, n in self.s.execute(counts)}
-        return tally, [int(i) for i in self.s.scalars(page)]
+        return tally, list(self.s.scalars(page))
 
-    def readers(self, model_ids: Iterable[int]) -> dict[int, tuple[bool, str]]:
-        """model id -> (private, namespace name), in one statement."""
+    def readers(self, model_ids: Iterable[int]) -> dict[int, tuple[bool, str, str]]:
+        """model id -> (private, namespace name, model name), in one statement."""
         ids = list(set(model_ids))
         if not ids:
             return {}
         rows = self.s.execute(
-            select(Model.id, Model.private, Namespace.name).join(Namespace).where(Model.id.in_(ids))
+            select(Model.id, Model.private, Namespace.name, Model.name)
+            .join(Namespace)
+            .where(Model.id.in_(ids))
         )
-        return {mid: (bool(private), org) for mid, private, org in rows}
+        return {mid: (bool(private), org, name) for mid, private, org, name in rows}

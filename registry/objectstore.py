@@ -2,7 +2,9 @@
 
 Keys: ``blobs/ab/<sha256>`` for content-addressed blobs, ``staging/<uuid>`` for uploads that are not
 yet encoded. A local object is written to a temporary name, fsynced and renamed, so a half-written
-object is never visible under its key.
+object is never visible under its key. ``WriteBatch`` does the fsync and rename of many writes off the
+writers' threads and waits for them all at once (the encode's blobs: durable before the rows naming
+them commit).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +29,7 @@ if TYPE_CHECKING:  # minio is imported only by an S3 store
     from deltazoo.registry.s3_parts import StreamedPut
 
 CHUNK = 1 << 20
+SYNC_THREADS = 4  # a WriteBatch's fsyncs in flight at once (a filesystem commits them together)
 
 
 def blob_key(sha256: str) -> str:
@@ -53,6 +58,12 @@ class IncompleteUpload:
     key: str
     upload_id: str
     initiated: datetime  # UTC
+
+
+class BlobSink(Protocol):
+    """Where an encode writes its blobs: an ``ObjectStore`` or a ``WriteBatch`` over one."""
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
 
 
 class ObjectStore(Protocol):
@@ -95,6 +106,33 @@ class LocalObjectStore:
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def write_temporary(self, data: bytes | memoryview) -> Path:
+        """``data`` in a new temporary file, not yet fsynced nor visible under any key (``place``
+        does both; an interrupted write is an incomplete upload the orphan sweep removes)."""
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return Path(tmp)
+
+    def place(self, tmp: Path, key: str) -> None:
+        """Make a ``write_temporary`` file durable (fsync) and then visible under ``key`` (rename)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
             raise
 
     def put_path(self, key: str, path: Path) -> None:
@@ -350,6 +388,51 @@ class S3ObjectStore:
 
     def abort_upload(self, upload: IncompleteUpload) -> None:
         self.client._abort_multipart_upload(self.bucket, upload.key, upload.upload_id)  # noqa: SLF001
+
+
+class WriteBatch:
+    """Writes that become durable together: ``put_bytes`` from any thread, ``flush`` waits until every
+    write so far is durable under its key.
+
+    In a local store a write goes to a temporary file on the writer's thread, and its fsync and rename
+    run on the batch's own threads, so a writer (an encode lane) never waits for the disk; the object
+    appears under its key only once durable, as with ``put_bytes``. In S3 a write is durable when it
+    returns: ``put_bytes`` is the store's. Use as a context manager (leaving it flushes)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.local = store if isinstance(store, LocalObjectStore) else None
+        self._syncer = (
+            ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="deltazoo-fsync") if self.local else None
+        )
+        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        if self.local is None or self._syncer is None:
+            self.store.put_bytes(key, data)
+            return
+        placed = self._syncer.submit(self.local.place, self.local.write_temporary(data), key)
+        with self._lock:
+            self._pending.append(placed)
+
+    def flush(self) -> None:
+        """Wait until every write made so far is durable and visible (raises what a write raised)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for placed in pending:
+            placed.result()
+
+    def __enter__(self) -> WriteBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.flush()
+        finally:
+            if self._syncer is not None:
+                self._syncer.shutdown(wait=True)
 
 
 def delete_objects(store: ObjectStore, keys: list[str]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.registry.models import TensorChunk
-from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.registry.objectstore import BlobSink, ObjectStore, blob_key
 from deltazoo.registry.repositories import BlobRepository
 from deltazoo.services.storage import (
     RAW_CACHE,
@@ -56,8 +56,9 @@ class RangeReader:
     Decoded chunks go to the shared LRU (``storage.RAW_CACHE``, bounded in bytes); a step stored whole
     is decoded whole once per reader. Safe to share between threads (the decode-ahead of a download and
     the encode lanes of a child tensor each share one). With ``verify=False`` (the encoder reading a
-    parent: its output is checked against the input anyway) a tensor stored whole is not hashed, and
-    nothing is cached. With ``verify_below=False`` (a download) only the top step's chunks are checked
+    parent: its output is checked against the input anyway) nothing decoded is hashed (a whole step nor
+    a chunk; a payload damaged in the store still fails its stream's crc32 when decoded), and nothing
+    is cached. With ``verify_below=False`` (a download) only the top step's chunks are checked
     against their sha256 (and cached): they prove the bytes sent, whatever the steps below decoded to,
     so a delta chunk costs one sha256, not one per step of its chain."""
 
@@ -114,9 +115,9 @@ class RangeReader:
                     f"a {chunk.encoding} chunk of tensor {step.sha256} has no parent step"
                 )
             part = self.elements(i - 1, chunk.begin, chunk.end)
-        check = self.verify_below or i == len(self.steps) - 1
+        check = self.verify and (self.verify_below or i == len(self.steps) - 1)
         raw = decode_chunk(self.store, step, chunk, parent, part, check=check)  # checked: sha256
-        if self.verify and check:
+        if check:
             self.cache.put(key, raw)
         return raw
 
@@ -185,7 +186,7 @@ class CodedChunk:
 
 
 def code_chunk(
-    store: ObjectStore,
+    store: BlobSink,
     index: int,
     begin: int,
     end: int,
@@ -194,10 +195,12 @@ def code_chunk(
     parent_dtype: str | None,
     parent_part: bytes | None,
     lossy: bool = False,
+    sha256: str | None = None,
 ) -> CodedChunk:
     """Code elements ``[begin, end)`` (against ``parent_part``, the parent's same elements, when given;
     ``lossy``: F32 as ELF, whose ``raw`` is already what ELF serves), compare the decoded payload with
-    the input byte for byte, and write the payload's blob."""
+    the input byte for byte, and write the payload's blob. ``sha256``: of ``raw``, when the caller
+    hashed it already."""
     n = [end - begin]
     pdtype = parent_dtype if parent_part is not None else None
     encoded = encode_tensor(raw, dtype, n, parent_part, pdtype, n if pdtype else None, lossy=lossy)
@@ -217,7 +220,7 @@ def code_chunk(
     blob = hashlib.sha256(encoded.payload).hexdigest()
     # written even when it exists: without a blob row it may be an orphan the sweep is about to delete
     store.put_bytes(blob_key(blob), encoded.payload)
-    sha = hashlib.sha256(raw).hexdigest()
+    sha = sha256 or hashlib.sha256(raw).hexdigest()
     return CodedChunk(index, begin, end, encoded.encoding, blob, sha, len(encoded.payload))
 
 

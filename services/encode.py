@@ -23,7 +23,7 @@ from deltazoo.compression.safetensors_io import SafetensorsError, TensorEntry, r
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File, Model, Tensor, Version
-from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
+from deltazoo.registry.objectstore import ObjectStore, WriteBatch, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
 from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES
 from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
@@ -186,7 +186,8 @@ def _encode_safetensors(
     for entry in entries:
         if entry.name in done:
             after_tensor(entry.nbytes)
-    rows = TensorRowWriter(session, add_stored, after_tensor)
+    blobs = WriteBatch(store)  # the lanes' blob writes, durable before the rows naming them are written
+    rows = TensorRowWriter(session, add_stored, after_tensor, blobs.flush)
 
     def classify(batch: list[Slot]) -> None:
         rows.write()  # a twin may be a tensor of this run recorded since the last batch
@@ -224,15 +225,16 @@ def _encode_safetensors(
 
     todo = [e for e in entries if e.name not in done]
     pipeline = FilePipeline(
-        pool, threads, store, file.path, read_at, header.header_size, chunk_bytes, version.lossy
+        pool, threads, store, file.path, read_at, header.header_size, chunk_bytes, version.lossy, blobs
     )
-    try:
-        pipeline.run(todo, classify, record)
-    except BaseException:
-        with contextlib.suppress(Exception):  # keep what was recorded: a resumed run starts after it
-            rows.write()
-        raise
-    rows.write()
+    with blobs:
+        try:
+            pipeline.run(todo, classify, record)
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep what was recorded: a resumed run starts after it
+                rows.write()
+            raise
+        rows.write()
 
 
 def _add_stored(version: Version, nbytes: int) -> None:

@@ -8,14 +8,18 @@ tensor as they share out small tensors. The database is touched only by the call
 not thread-safe), in tensor order:
 
 1. a lane reads a tensor's bytes (one ranged read of the staged object) and hashes them; a chunked
-   tensor is read and hashed chunk by chunk, and its bytes are not kept (read again per chunk in 3);
+   tensor is read chunk by chunk, each chunk hashed for the tensor's sha256 and for its own (its chunk
+   row's), and its chunks are kept for step 3 while the waiting slots hold at most ``READ_AHEAD_BYTES``
+   (beyond that, or where a ``delta-rows`` split moves a boundary, a chunk is read again in 3);
 2. the caller, in order and a batch at a time (``LOOKUP_BATCH`` tensors, one query), looks for stored
    twins (``same``, no encode); a tensor whose bytes equal an earlier tensor of this run still being
    encoded becomes ``same`` of it, recorded after it;
 3. otherwise lanes rebuild the parent's bytes (``reconstruct`` for a whole tensor, the same elements
    through a ``RangeReader`` for a chunk; not re-hashed, see ``encode_and_store``), encode, decode the
    payload and compare it to the input byte for byte, hash the payload and write the blob
-   (content-addressed, so a write that an interrupted run already made is simply repeated);
+   (content-addressed, so a write that an interrupted run already made is simply repeated). So each
+   input byte is read once and hashed once for its tensor (and once for its chunk when chunked), each
+   payload hashed once;
 4. the caller records rows strictly in tensor order, so what a checkpoint commits is always a prefix of
    the file's tensors and a resumed run starts after it and stores exactly the same bytes.
 
@@ -24,8 +28,9 @@ once. A unit holds at most one chunk's raw bytes, the parent's same elements, th
 decoded check (about 4 chunks): ``window * 4 * chunk_bytes`` (2 lanes, 8 MiB chunks: 128 MiB). Hashed
 small tensors waiting for their lookup batch hold their bytes: at most ``window`` tensors, or more while
 they total at most ``READ_AHEAD_BYTES`` (so a file of tens of thousands of small tensors costs a few
-statements per batch, not per tensor); a chunked tensor being hashed holds one chunk. So the lanes hold
-about ``window * 4 * chunk_bytes + READ_AHEAD_BYTES`` whatever the size of the tensors or the file.
+statements per batch, not per tensor); a chunked tensor keeps its chunks only within that budget (one
+that does not fit holds one chunk while it is hashed). So the lanes hold about
+``window * 4 * chunk_bytes + READ_AHEAD_BYTES`` whatever the size of the tensors or the file.
 Tensors stored whole before chunks existed (a parent larger than a chunk) are rebuilt whole, once per
 child tensor.
 """
@@ -44,7 +49,7 @@ from deltazoo.compression import elf32
 from deltazoo.compression.codecs import decode_tensor, encode_tensor
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import TensorEntry
-from deltazoo.registry.objectstore import ObjectStore, blob_key
+from deltazoo.registry.objectstore import BlobSink, ObjectStore, blob_key
 from deltazoo.services.chunks import CodedChunk, RangeReader, chunk_ranges, code_chunk, parent_mode
 from deltazoo.services.storage import CorruptStoreError, Recipe, reconstruct
 
@@ -54,9 +59,21 @@ READ_AHEAD_BYTES = 64 << 20  # raw bytes small tensors may hold while they wait 
 
 
 @dataclass(frozen=True)
-class Digest:
-    raw: bytes  # empty for a chunked tensor: its chunks are read again when they are encoded
+class Piece:
+    """Elements ``[begin, end)`` of a chunked tensor as its hashing read them: their sha256, and their
+    bytes when the pipeline could keep them (``b""``: read again when the chunk is encoded)."""
+
+    begin: int
+    end: int
+    raw: bytes
     sha256: str
+
+
+@dataclass(frozen=True)
+class Digest:
+    raw: bytes  # empty for a chunked tensor: its bytes, if kept, are in ``pieces``
+    sha256: str
+    pieces: tuple[Piece, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,7 @@ class Slot:
     entry: TensorEntry
     digest: Future[Digest] | None
     chunked: bool = False
+    holds: int = 0  # raw bytes its digest keeps while it waits (counted against READ_AHEAD_BYTES)
     sha256: str | None = None
     parent: ParentRef | None = None
     twin: object | None = None  # a stored Tensor row, or the Slot of an earlier tensor with these bytes
@@ -126,14 +144,22 @@ def hash_in_chunks(
     entry: TensorEntry,
     chunk_bytes: int,
     lossy: bool = False,
+    keep: bool = False,
 ) -> Digest:
-    """The sha256 of a chunked tensor, read a chunk at a time (``lossy``: as ``read_and_hash``)."""
+    """The sha256 of a chunked tensor, read a chunk at a time (``lossy``: as ``read_and_hash``), and of
+    each chunk (``chunk_ranges`` without a split; ``keep``: with its bytes, so that encoding it reads
+    nothing again)."""
     digest = hashlib.sha256()
     start = offset + entry.begin
-    for a in range(0, entry.nbytes, chunk_bytes):
-        piece = read_at(start + a, min(chunk_bytes, entry.nbytes - a))
-        digest.update(elf32.served(piece) if lossy and entry.dtype == "F32" else piece)
-    return Digest(b"", digest.hexdigest())
+    size = dtype_info(entry.dtype).itemsize
+    pieces = []
+    for begin, end in chunk_ranges(entry.nbytes // size, size, chunk_bytes):
+        raw = read_at(start + begin * size, (end - begin) * size)
+        if lossy and entry.dtype == "F32":
+            raw = elf32.served(raw)
+        digest.update(raw)
+        pieces.append(Piece(begin, end, raw if keep else b"", hashlib.sha256(raw).hexdigest()))
+    return Digest(b"", digest.hexdigest(), tuple(pieces))
 
 
 def encode_and_store(
@@ -143,9 +169,10 @@ def encode_and_store(
     path: str,
     parent: ParentRef | None,
     lossy: bool = False,
+    sink: BlobSink | None = None,
 ) -> Coded:
     """Encode one tensor (against ``parent`` when given; ``lossy``: F32 as ELF, whose ``raw`` is already
-    what ELF serves), check the round trip, write the blob."""
+    what ELF serves), check the round trip, write the blob (to ``sink``, else ``store``)."""
     dtype, shape = entry.dtype, list(entry.shape)
     # not re-hashed: a wrong parent cannot slip through, since the payload is checked against the input
     # decoded with these very parent bytes, and every pull verifies each step of the chain
@@ -172,12 +199,12 @@ def encode_and_store(
     # written even when an object of that name exists: without a blob row it may be an orphan the
     # object-store sweep is about to delete; a fresh write makes it new again (payloads that repeat
     # are rare: equal inputs became ``same`` before any encode)
-    store.put_bytes(blob_key(sha), encoded.payload)
+    (sink or store).put_bytes(blob_key(sha), encoded.payload)
     return Coded(encoded.encoding, sha, len(encoded.payload), uses_parent)
 
 
 def encode_chunk_of(
-    store: ObjectStore,
+    sink: BlobSink,
     read_at: Callable[[int, int], bytes],
     start: int,
     entry: TensorEntry,
@@ -186,17 +213,24 @@ def encode_chunk_of(
     end: int,
     parent: tuple[RangeReader, str] | None,
     lossy: bool = False,
+    hashed: Piece | None = None,
 ) -> CodedChunk:
-    """Read elements ``[begin, end)`` of a staged tensor starting at byte ``start`` and code them
-    (against the same elements of ``parent``'s reader top step when given; ``lossy``: as
-    ``read_and_hash``)."""
-    size = dtype_info(entry.dtype).itemsize
-    raw = read_at(start + begin * size, (end - begin) * size)
-    if lossy and entry.dtype == "F32":
-        raw = elf32.served(raw)
+    """Code elements ``[begin, end)`` of a staged tensor starting at byte ``start`` (against the same
+    elements of ``parent``'s reader top step when given; ``lossy``: as ``read_and_hash``). ``hashed``:
+    the bytes ``hash_in_chunks`` kept of these very elements, with their sha256; otherwise they are
+    read and hashed here (bytes read again are hashed again: the hash must
+    be of the very bytes the payload was checked against)."""
+    if hashed is not None and hashed.raw:
+        raw, sha = hashed.raw, hashed.sha256
+    else:
+        size = dtype_info(entry.dtype).itemsize
+        raw = read_at(start + begin * size, (end - begin) * size)
+        if lossy and entry.dtype == "F32":
+            raw = elf32.served(raw)
+        sha = None
     part = parent[0].elements(len(parent[0].steps) - 1, begin, end) if parent else None
     pdtype = parent[1] if parent else None
-    return code_chunk(store, index, begin, end, raw, entry.dtype, pdtype, part, lossy)
+    return code_chunk(sink, index, begin, end, raw, entry.dtype, pdtype, part, lossy, sha)
 
 
 class FilePipeline:
@@ -207,7 +241,8 @@ class FilePipeline:
     window): for each it sets ``slot.twin`` (a stored tensor with the same bytes) or ``slot.parent``
     (may stay None: ``plain``). A slot whose bytes an earlier slot of this run holds is not passed: it
     becomes ``same`` of that slot. ``record(slot)`` runs in tensor order once the slot is finished
-    (twin found or every blob written).
+    (twin found or every blob written to ``sink``: the store itself, or a ``WriteBatch`` whose flush
+    the caller makes before the rows naming those blobs can commit).
     """
 
     def __init__(
@@ -220,9 +255,11 @@ class FilePipeline:
         data_offset: int,
         chunk_bytes: int,
         lossy: bool = False,
+        sink: BlobSink | None = None,
     ) -> None:
         self.pool, self.window = pool, max(1, threads) * IN_FLIGHT_PER_LANE
         self.store, self.path, self.read_at, self.data_offset = store, path, read_at, data_offset
+        self.sink: BlobSink = sink or store
         self.chunk_bytes, self.lossy = chunk_bytes, lossy
         self.running: set[Future[Any]] = set()
 
@@ -239,16 +276,15 @@ class FilePipeline:
             while True:
                 self.running = {f for f in self.running if not f.done()}
                 while admitted < len(entries) and self._admits(len(slots), held, entries[admitted]):
-                    entry = entries[admitted]
-                    slots.append(self._read(entry))
-                    admitted, held = admitted + 1, held + self._holds(entry)
+                    slots.append(self._read(entries[admitted], held))
+                    admitted, held = admitted + 1, held + slots[-1].holds
                 if not slots:
                     return
                 self._classify_ready(slots, encoding, classify, admitted == len(entries))
                 self._submit_units(slots)
                 while slots and self._finished(slots[0]):
                     slot = slots.popleft()
-                    held -= self._holds(slot.entry)
+                    held -= slot.holds
                     if slot.coded:
                         for future in slot.coded:
                             future.result()  # raises what the lane raised
@@ -263,10 +299,6 @@ class FilePipeline:
             wait(self.running)
             raise
 
-    def _holds(self, entry: TensorEntry) -> int:
-        """Raw bytes a slot of ``entry`` holds while it waits (a chunked tensor keeps none)."""
-        return 0 if entry.nbytes > self.chunk_bytes else entry.nbytes
-
     def _admits(self, in_flight: int, held: int, entry: TensorEntry) -> bool:
         """Room for one more tensor: the lanes' own window, or more small ones for a fuller batch."""
         if in_flight < self.window:
@@ -280,14 +312,17 @@ class FilePipeline:
         self.running.add(future)
         return future
 
-    def _read(self, entry: TensorEntry) -> Slot:
+    def _read(self, entry: TensorEntry, held: int) -> Slot:
+        """Submit the read and hash of ``entry``; a chunked tensor keeps its bytes for its encode when
+        they fit in what the waiting slots may hold (``held`` so far), else they are read again."""
         if entry.nbytes > self.chunk_bytes:
+            keep = held + entry.nbytes <= READ_AHEAD_BYTES
             read = partial(
-                hash_in_chunks, self.read_at, self.data_offset, entry, self.chunk_bytes, self.lossy
+                hash_in_chunks, self.read_at, self.data_offset, entry, self.chunk_bytes, self.lossy, keep
             )
-            return Slot(entry, self._submit(read), chunked=True)
+            return Slot(entry, self._submit(read), chunked=True, holds=entry.nbytes if keep else 0)
         read = partial(read_and_hash, self.read_at, self.data_offset, entry, self.lossy)
-        return Slot(entry, self._submit(read))
+        return Slot(entry, self._submit(read), holds=entry.nbytes)
 
     def _classify_ready(
         self,
@@ -328,16 +363,19 @@ class FilePipeline:
                 slot.twin, slot.parent = earlier, None  # an earlier slot of this batch has these bytes
             if slot.twin is None:
                 encoding[slot.sha256] = slot
-                self._plan_units(slot, slot.digest.result().raw)
+                self._plan_units(slot, slot.digest.result())
             slot.digest = None  # the raw bytes now live only in the lane work that encodes them
 
-    def _plan_units(self, slot: Slot, raw: bytes) -> None:
+    def _plan_units(self, slot: Slot, digest: Digest) -> None:
         entry, parent = slot.entry, slot.parent
         if not slot.chunked:
             slot.units.append(
-                partial(encode_and_store, self.store, entry, raw, self.path, parent, self.lossy)
+                partial(
+                    encode_and_store, self.store, entry, digest.raw, self.path, parent, self.lossy, self.sink
+                )
             )
             return
+        hashed = {(piece.begin, piece.end): piece for piece in digest.pieces}
         shape = [int(d) for d in entry.shape]
         slot.mode, shared = parent_mode(parent.shape if parent else None, shape)
         reader = None
@@ -351,7 +389,7 @@ class FilePipeline:
             slot.units.append(
                 partial(
                     encode_chunk_of,
-                    self.store,
+                    self.sink,
                     self.read_at,
                     start,
                     entry,
@@ -360,6 +398,7 @@ class FilePipeline:
                     end,
                     against,
                     self.lossy,
+                    hashed.get((begin, end)),  # none where a delta-rows split moved the boundary
                 )
             )
 

@@ -75,10 +75,9 @@ def lineage_page(
     own = versions.for_model(model.id)
     own_ids = [v.id for v in own]
     ancestors = _ancestors_nearest_first(own, versions.get_many(lineage.ancestor_ids(own_ids)))
-    counts, ids = lineage.descendants(model.id, allowed, after, limit + 1)
-    more = len(ids) > limit
-    found = versions.get_many(ids[:limit])
-    page = [found[i] for i in ids[:limit] if i in found]
+    counts, below = lineage.descendants(model.id, allowed, after, limit + 1)
+    more = len(below) > limit
+    page = below[:limit]
 
     nodes = [*own, *ancestors, *page]
     node_ids = {v.id for v in nodes}
@@ -87,11 +86,20 @@ def lineage_page(
     )
     readers = lineage.readers({v.model_id for v in [*nodes, *outside.values()]})
     hidden = {
-        mid for mid, (private, org) in readers.items() if private and not (allowed is None or org in allowed)
+        mid
+        for mid, (private, org, _) in readers.items()
+        if private and not (allowed is None or org in allowed)
     }
     nodes = [v for v in nodes if v.model_id not in hidden]
     visible = {v.id for v in nodes} | {i for i, v in outside.items() if v.model_id not in hidden}
-    summaries = dict(zip([v.id for v in nodes], version_summaries(session, nodes, viewer), strict=True))
+    names = {mid: f"{org}/{name}" for mid, (_, org, name) in readers.items()}
+    summaries = dict(
+        zip(
+            [v.id for v in nodes],
+            version_summaries(session, nodes, viewer, known=[*nodes, *outside.values()], names=names),
+            strict=True,
+        )
+    )
     for v in nodes:
         if v.parent_version_id is not None and v.parent_version_id not in visible:
             # a private parent the viewer may not see

@@ -26,12 +26,18 @@ class TensorRowWriter:
     rows of a chunked one) and inserts them together; ``add_stored(nbytes)`` is told the size of the
     blobs each write stored first (the version's stored bytes), ``written(nbytes)`` the raw bytes of
     the tensors each write stored (the job's progress and checkpoint hang there: a checkpoint may
-    commit, so it only ever sees whole batches, blob references included)."""
+    commit, so it only ever sees whole batches, blob references included). ``durable()`` runs before
+    each write: the blobs its rows name are durable before any of them can commit (a ``WriteBatch``'s
+    flush)."""
 
     def __init__(
-        self, session: Session, add_stored: Callable[[int], None], written: Callable[[int], None]
+        self,
+        session: Session,
+        add_stored: Callable[[int], None],
+        written: Callable[[int], None],
+        durable: Callable[[], None] = lambda: None,
     ) -> None:
-        self.session, self.add_stored, self.written = session, add_stored, written
+        self.session, self.add_stored, self.written, self.durable = session, add_stored, written, durable
         self.pending: list[tuple[Tensor, int, Tensor | None]] = []
         self.chunks: dict[str, list[TensorChunk]] = {}  # tensor name -> its chunk rows
         self.ids: dict[str, int] = {}  # name -> id of the rows written so far
@@ -60,6 +66,7 @@ class TensorRowWriter:
         then those that copy a row of this very batch (they need its id)."""
         if not self.pending:
             return
+        self.durable()
         rows = [row for row, _, _ in self.pending]
         refs = [(row.blob, row.stored_bytes) for row in rows if row.blob]
         refs += [(c.blob, c.stored_bytes) for row in rows for c in self.chunks.get(row.name, ())]

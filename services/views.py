@@ -3,6 +3,7 @@ response contract's models (``deltazoo/schemas.py``, which the SDK parses), and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from deltazoo.registry.models import Artifact, File, Job, Model, TensorChunk, Version
@@ -34,13 +35,25 @@ def _names(session: Session, versions: list[Version]) -> dict[int, str]:
 
 
 def version_summaries(
-    session: Session, versions: list[Version], viewer: Principal = OPEN
+    session: Session,
+    versions: list[Version],
+    viewer: Principal = OPEN,
+    *,
+    known: Sequence[Version] = (),
+    names: dict[int, str] | None = None,
 ) -> list[schemas.VersionSummary]:
-    """Summaries of ``versions``; a parent the ``viewer`` may not read is not named (``parent`` null)."""
+    """Summaries of ``versions``; a parent the ``viewer`` may not read is not named (``parent`` null).
+
+    Parents among ``versions`` or ``known`` and model names in ``names`` (model id -> full name), rows
+    the caller has already read, are not read again."""
     wanted = {v.parent_version_id for v in versions if v.parent_version_id}
     parent_ids = readable_versions(session, viewer, wanted)
-    parents = VersionRepository(session).get_many(parent_ids)
-    names = _names(session, [*versions, *parents.values()])
+    loaded = {v.id: v for v in [*versions, *known]}
+    parents = {i: loaded[i] for i in parent_ids if i in loaded}
+    parents |= VersionRepository(session).get_many(parent_ids - parents.keys())
+    names = dict(names or {})
+    rows = [*versions, *parents.values()]
+    names |= _names(session, [v for v in rows if v.model_id not in names])
     artifact_bytes = ArtifactRepository(session).bytes_by_version(v.id for v in versions)
     suggested = suggested_bases(session, [v.id for v in versions if v.parent_version_id is None])
     tags = TagRepository(session).names_by_version(v.id for v in versions)
@@ -165,6 +178,11 @@ def _parent_refs(
     return out
 
 
+def _refs(session: Session, versions: list[Version]) -> tuple[str, ...]:
+    names = _names(session, versions)
+    return tuple(ref_string(names[v.model_id], v.revision) for v in versions)
+
+
 def version_detail(session: Session, version: Version, viewer: Principal = OPEN) -> schemas.VersionDetail:
     summary = version_summaries(session, [version], viewer)[0]
     files = FileRepository(session).for_version(version.id)
@@ -189,7 +207,7 @@ def version_detail(session: Session, version: Version, viewer: Principal = OPEN)
             for t in tensors
         ),
         artifacts=tuple(artifact_info(a) for a in ArtifactRepository(session).for_version(version.id)),
-        chain=tuple(s.ref for s in version_summaries(session, chain(session, version, viewer), viewer)),
+        chain=_refs(session, chain(session, version, viewer)),
     )
 
 

@@ -134,6 +134,16 @@ def test_parallel_encode_stores_what_one_lane_stores(tmp_path: Path, monkeypatch
     assert chunks["big.a.weight"].count("'encoding': 'delta'") == 3  # every chunk against the base's
 
 
+def test_chunks_read_again_store_what_kept_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunked tensor's chunks are kept from its hashing for its encode while the read-ahead budget
+    allows, else read (and hashed) again: both store the same bytes."""
+    from deltazoo.services import encode_pipeline
+
+    kept = encode_pair(tmp_path / "kept", 4, None, monkeypatch)
+    monkeypatch.setattr(encode_pipeline, "READ_AHEAD_BYTES", 0)  # no chunk kept: every one read again
+    assert encode_pair(tmp_path / "read-again", 4, None, monkeypatch) == kept
+
+
 @pytest.mark.parametrize("fail_at", [22, 30])
 def test_crash_mid_parallel_encode_resumes_to_the_same_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int

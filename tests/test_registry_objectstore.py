@@ -64,6 +64,43 @@ def test_local_store_never_shows_a_half_written_object(tmp_path: Path) -> None:
         store.get("../etc/passwd")
 
 
+def test_write_batch_makes_every_write_durable_by_flush(store: ObjectStore) -> None:
+    """Writes from several threads (an encode's lanes) are all readable under their keys once the batch
+    is flushed; a local store leaves no temporary file behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deltazoo.registry.objectstore import WriteBatch
+
+    blobs = {blob_key(f"{i:02x}" + "0" * 62): secrets.token_bytes(1000 + i) for i in range(12)}
+    with WriteBatch(store) as batch, ThreadPoolExecutor(3) as lanes:
+        list(lanes.map(lambda kv: batch.put_bytes(*kv), blobs.items()))
+        batch.flush()
+        assert all(store.get(key) == data for key, data in blobs.items())
+    if isinstance(store, LocalObjectStore):
+        assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_write_batch_flush_raises_a_failed_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write whose fsync failed is never taken for durable: ``flush`` raises it, the object is not
+    under its key and its temporary file is gone."""
+    from deltazoo.registry import objectstore
+    from deltazoo.registry.objectstore import WriteBatch
+
+    def full_disk(fd: int) -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(objectstore.os, "fsync", full_disk)
+    store = LocalObjectStore(tmp_path / "objects")
+    key = blob_key("cd" + "0" * 62)
+    batch = WriteBatch(store)
+    batch.put_bytes(key, b"payload")
+    with pytest.raises(OSError, match="no space"):
+        batch.flush()
+    assert not store.exists(key)
+    assert list((tmp_path / "objects" / "tmp").iterdir()) == []
+    batch.flush()  # nothing left pending
+
+
 # --- S3: a write streamed in multipart parts from a growing local file (registry.s3_parts) ---------
 
 MIB = 1 << 20
