@@ -134,6 +134,32 @@ def _score_batch(
     return float(nll[mask].sum().item()) / math.log(2)
 
 
+def _check_size_fits(
+    auto_model: Any, config: Any, model_type: str, state_dict: Mapping[str, torch.Tensor]
+) -> None:
+    """Refuse a config whose model is far larger than the weights stored for it before allocating it.
+
+    A config.json that names an architecture but not its sizes (``{"model_type": "llama"}``) gets that
+    architecture's defaults: billions of parameters, allocated for a checkpoint of a few kilobytes. The
+    model is built on the meta device first (no memory), and its parameter count compared with the
+    state dict's elements.
+    """
+    try:
+        with torch.device("meta"):
+            probe = auto_model.from_config(config)
+        wanted = sum(p.numel() for p in probe.parameters())
+    except (ValueError, KeyError, ImportError, TypeError):
+        raise
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta: no probe
+        return
+    stored = sum(t.numel() for t in state_dict.values())
+    if wanted > 2 * stored + (1 << 20):
+        raise NotEvaluable(
+            f"config.json of model_type {model_type!r} describes {wanted:,} parameters but the checkpoint "
+            f"holds {stored:,} weights; give the config the checkpoint's sizes"
+        )
+
+
 def build_causal_lm(
     config_json: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32
 ) -> Any:
@@ -151,6 +177,7 @@ def build_causal_lm(
         raise NotEvaluable("config.json has no 'model_type'; cannot tell which architecture to build")
     try:
         config = AutoConfig.for_model(model_type, **config_dict)
+        _check_size_fits(AutoModelForCausalLM, config, model_type, state_dict)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (ValueError, KeyError, ImportError, TypeError) as exc:
         raise NotEvaluable(

@@ -136,3 +136,10 @@ def test_equal_byte_budget():
     kept = kept_for_budget(numel, budget, value_bits=4)
     assert sparse_bytes(numel, kept, 4) <= budget < sparse_bytes(numel, kept + 1, 4)
     assert kept_for_budget(numel, budget, value_bits=16) < kept
+
+
+def test_a_config_without_sizes_is_not_built_at_its_default_size() -> None:
+    """{"model_type": "llama"} alone means Llama's defaults (billions of parameters): refused before any
+    memory is allocated for it, not built for a checkpoint of a few weights."""
+    with pytest.raises(NotEvaluable, match="describes .* parameters but the checkpoint holds 64 weights"):
+        build_causal_lm({"model_type": "llama"}, {"model.embed_tokens.weight": torch.zeros(8, 8)})
