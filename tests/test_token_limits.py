@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from deltazoo.api.app import create_app
+from deltazoo.api.body_feed import FEED_BATCH
 from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 
@@ -119,22 +120,46 @@ def test_concurrent_creates_at_a_barrier_stop_exactly_at_the_limit(api: TestClie
 
 
 class HeldUpload(threading.Thread):
-    """A PUT whose body sends its first bytes, then waits for ``release`` before the rest."""
+    """A resumable PUT of a whole file (one part) that sends its first ``FEED_BATCH`` bytes, then waits
+    for ``release`` before the rest. The server hands a body to its sink in batches of ``FEED_BATCH``
+    bytes (``api/body_feed.py``), so once it has taken the upload in, ``GET .../uploads/{path}`` reports
+    bytes received: the outside sign that the upload holds its slot (a client's own "sent" is not one:
+    another request may reach the server first and take the slot)."""
 
-    def __init__(self, url: str, token: str, data: bytes, release: threading.Event, sent: threading.Event):
+    def __init__(self, url: str, token: str, data: bytes, release: threading.Event):
         super().__init__()
-        self.url, self.token, self.data, self.release, self.sent = url, token, data, release, sent
+        self.url, self.token, self.data, self.release = url, token, data, release
         self.answer: httpx.Response | None = None
 
     def body(self) -> Iterator[bytes]:
-        yield self.data[:1024]
-        self.sent.set()
+        yield self.data[:FEED_BATCH]
         self.release.wait(60)
-        yield self.data[1024:]
+        yield self.data[FEED_BATCH:]
 
     def run(self) -> None:
-        headers = {**bearer(self.token), "Content-Length": str(len(self.data))}
+        size = len(self.data)
+        headers = {
+            **bearer(self.token),
+            "Content-Length": str(size),
+            "Content-Range": f"bytes 0-{size - 1}/{size}",
+        }
         self.answer = httpx.put(self.url, content=self.body(), headers=headers, timeout=120)
+
+
+def wait_until_streaming(client: httpx.Client, url: str, token: str, held: list[HeldUpload]) -> None:
+    """Until the server reports bytes received of every held upload (each holds its slot by then)."""
+    received: list[httpx.Response] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        received = [client.get(f"{url}/{u.url.rsplit('/', 1)[1]}", headers=bearer(token)) for u in held]
+        assert all(r.status_code == 200 for r in received), [r.text for r in received]
+        if all(r.json()["received"] > 0 for r in received):
+            return
+        if any(not u.is_alive() for u in held):  # answered before its body ended: a 4xx/5xx, shown below
+            break
+        time.sleep(0.05)
+    answers = [(u.answer.status_code, u.answer.text) if u.answer else None for u in held]
+    pytest.fail(f"the held uploads never streamed in: {[r.json() for r in received]}, answers {answers}")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -148,7 +173,8 @@ def test_concurrent_uploads_past_the_limit_are_429_per_token(
     }
     if backend == "postgres":
         env["DELTAZOO_DATABASE_URL"] = request.getfixturevalue("empty_postgres_url")
-    files = {f"part{i}.bin": bytes([i]) * (64 << 10) for i in range(UPLOADS + 2)}
+    size = FEED_BATCH + (64 << 10)  # the held ones send one batch, then wait
+    files = {f"part{i}.bin": bytes([i]) * size for i in range(UPLOADS + 2)}
     with running_api_server(tmp_path / "home", env) as server, httpx.Client(base_url=server.url) as client:
         alice, bob = new_token(client, "alice"), new_token(client, "bob")
         for who, token in (("alice", alice), ("bob", bob)):
@@ -156,29 +182,24 @@ def test_concurrent_uploads_past_the_limit_are_429_per_token(
             assert declare(client, f"{who}/m", token, files).status_code == 201
         url = f"{server.url}/v1/models/alice/m/versions/1/files"
         release = threading.Event()
-        sent = [threading.Event() for _ in range(UPLOADS)]
         held = [
-            HeldUpload(f"{url}/part{i}.bin", alice, files[f"part{i}.bin"], release, sent[i])
-            for i in range(UPLOADS)
+            HeldUpload(f"{url}/part{i}.bin", alice, files[f"part{i}.bin"], release) for i in range(UPLOADS)
         ]
         for upload in held:
             upload.start()
         try:
-            for event in sent:
-                assert event.wait(60)
+            wait_until_streaming(client, "/v1/models/alice/m/versions/1/uploads", alice, held)
+            # both slots are held: one more file, whole or a part, is 429 before any byte is read
             extra = f"/v1/models/alice/m/versions/1/files/part{UPLOADS}.bin"
-            answers = []
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:  # until the server has taken both held uploads in
-                r = client.put(extra, content=files[f"part{UPLOADS}.bin"], headers=bearer(alice))
-                answers.append(r.status_code)
-                if r.status_code == 429:
-                    break
-                time.sleep(0.1)  # leaves the held requests their turn at the database
-            assert answers[-1] == 429, (answers, server.process.log_tail())
-            assert set(answers) <= {200, 429}, answers
-            assert r.json()["error"]["code"] == "too_many_uploads" and r.headers["Retry-After"] == "1"
-            assert "send the next file once one has finished" in r.json()["error"]["message"]
+            data = files[f"part{UPLOADS}.bin"]
+            part = {**bearer(alice), "Content-Range": f"bytes 0-{FEED_BATCH - 1}/{size}"}
+            for r in (
+                client.put(extra, content=data, headers=bearer(alice)),
+                client.put(extra, content=data[:FEED_BATCH], headers=part),
+            ):
+                assert r.status_code == 429, (r.text, server.process.log_tail())
+                assert r.json()["error"]["code"] == "too_many_uploads" and r.headers["Retry-After"] == "1"
+                assert "send the next file once one has finished" in r.json()["error"]["message"]
             # another token uploads meanwhile
             r = client.put(
                 "/v1/models/bob/m/versions/1/files/part0.bin", content=files["part0.bin"], headers=bearer(bob)
