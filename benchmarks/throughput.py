@@ -21,8 +21,10 @@ Within each repetition, interleaved so that the machine's drift hits both sides 
 
 * ``zstd -3 -T2`` of the fine-tune's files (to a file) — then ``push`` of the base, then ``push`` of the
   fine-tune with ``base=`` (upload + encode, SDK ``Client.push``, the encode polled every 50 ms);
-* ``zstd -d`` of those files — then a cold ``pull`` of the fine-tune (empty cache), then a delta-only
-  ``pull`` (fresh cache holding only the base);
+* ``zstd -d`` of those files (the median of ``ZSTD_D_RUNS`` runs, each into new files, the compressed
+  files warm in the page cache as the server's blobs are) — then a cold ``pull`` of the fine-tune (empty
+  cache), then a delta-only ``pull`` (fresh cache holding only the base); both pulls are divided by that
+  median;
 * the codec alone: ``encode_tensor`` / ``decode_tensor`` of every fine-tune tensor against its base on
   one thread (no I/O, no hashing).
 
@@ -125,22 +127,40 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def zstd_files(files: list[Path], work: Path) -> tuple[float, float]:
-    """Seconds of ``zstd -3 -T2`` of ``files`` (to files) and of ``zstd -d`` of what it wrote."""
+ZSTD_D_RUNS = 3  # zstd -d before the pulls: the median of this many runs (one run swung 0.3-1.0 s)
+
+
+def zstd_compress(files: list[Path], work: Path) -> tuple[float, list[Path]]:
+    """Seconds of ``zstd -3 -T2`` of ``files`` (to files in ``work``), and those files."""
     packed = [work / f"{i}.zst" for i in range(len(files))]
-    unpacked = [work / f"{i}.raw" for i in range(len(files))]
 
     def compress() -> None:
         for src, dst in zip(files, packed, strict=True):
             subprocess.run(["zstd", "-q", "-f", "-3", "-T2", str(src), "-o", str(dst)], check=True)
 
+    return timed(compress), packed
+
+
+def zstd_decompress(packed: list[Path], work: Path) -> float:
+    """Seconds of ``zstd -d`` of ``packed`` into new files (as a pull writes new files), deleted after."""
+    unpacked = [work / f"{i}.raw" for i in range(len(packed))]
+
     def decompress() -> None:
         for src, dst in zip(packed, unpacked, strict=True):
             subprocess.run(["zstd", "-q", "-f", "-d", str(src), "-o", str(dst)], check=True)
 
-    c = timed(compress)
-    d = timed(decompress)
-    for p in packed + unpacked:
+    seconds = timed(decompress)
+    for p in unpacked:
+        p.unlink(missing_ok=True)
+    return seconds
+
+
+def zstd_files(files: list[Path], work: Path, runs: int = 1) -> tuple[float, float]:
+    """Seconds of ``zstd -3 -T2`` of ``files`` (to files) and of ``zstd -d`` of what it wrote (the
+    median of ``runs``: the compressed files and the page cache are warm after the first)."""
+    c, packed = zstd_compress(files, work)
+    d = statistics.median(zstd_decompress(packed, work) for _ in range(runs))
+    for p in packed:
         p.unlink(missing_ok=True)
     return c, d
 
@@ -339,7 +359,8 @@ def one_repetition(
                 r["encode: workers CPU s"] = (
                     sum(cpu_seconds(pid) for pid in worker_pids(server)) - workers_cpu
                 )
-        r["zstd -d (again)"] = zstd_files(ft_files, work)[1]
+        # the yardstick of the pulls, right before them: the median of several runs (one swings 3x here)
+        r["zstd -d (again)"] = zstd_files(ft_files, work, runs=ZSTD_D_RUNS)[1]
         with Client(server.url, server.token, cache_dir=work / f"cold-{rep}") as c:
             r["cold pull"] = timed(lambda: c.pull("bench/ft@1", work / f"cold-out-{rep}", quiet=True))
         assert tree_sha256(work / f"cold-out-{rep}") == want, "cold pull differs"
@@ -382,6 +403,11 @@ def report(
     rows = [
         ("`zstd -3 -T2` of the fine-tune", col("zstd -3 -T2"), None),
         ("`zstd -d` of that", col("zstd -d"), None),
+        (
+            f"`zstd -d` again before the pulls (median of {ZSTD_D_RUNS}; the pulls' yardstick)",
+            col("zstd -d (again)"),
+            None,
+        ),
         ("push of the base (upload + encode plain)", col("push base"), ratio("push base", "zstd -3 -T2")),
         (
             "push of the fine-tune (upload + encode delta)",
