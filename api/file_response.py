@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from deltazoo.api.http_ranges import parse_range
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.services.transfer import SEND_PIECE, FilePlan, iter_file
+from deltazoo.services.transfer import CLIENT_VERIFIES, SEND_PIECE, FilePlan, iter_file
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -36,8 +36,13 @@ def _ranged(request: Request, size: int, headers: dict[str, str], body: Body) ->
 
 
 def file_response(request: Request, store: ObjectStore, plan: FilePlan, headers: dict[str, str]) -> Response:
-    """A version's file (rebuilt from its blobs as it streams)."""
-    return _ranged(request, plan.size, headers, lambda start, end: iter_file(store, plan, start, end))
+    """A version's file (rebuilt from its blobs as it streams). A client that checks the file's sha256
+    itself (``Deltazoo-Client-Verifies: sha256``: the SDK) gets it rebuilt without the server hashing
+    each piece too (``iter_file``'s ``verify``)."""
+    verify = request.headers.get(CLIENT_VERIFIES, "").strip().lower() != "sha256"
+    return _ranged(
+        request, plan.size, headers, lambda start, end: iter_file(store, plan, start, end, verify=verify)
+    )
 
 
 def object_response(request: Request, store: ObjectStore, key: str, size: int, etag: str) -> Response:

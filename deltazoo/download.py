@@ -5,6 +5,8 @@ download (this process or an earlier one) is resumed with ``Range``. Before the 
 place it is checked: its size (given, or the server's ``Content-Length`` / ``Content-Range``) and its
 sha256 (given, or the server's sha256 ``ETag``). Wrong bytes are deleted and raise ``IntegrityError``,
 so a file that looks complete is complete. Files land read-only: the cache links them into place.
+A download whose sha256 is given says so (``Deltazoo-Client-Verifies: sha256``): the server then
+rebuilds a version's file without hashing each piece of it as well.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import httpx
 from deltazoo.errors import ClientError, DeltazooConnectionError, IntegrityError
 from deltazoo.transport import Transport, progress_bar
 
+#: tells the server this download is checked against its sha256 here (``api/file_response.py``)
+CLIENT_VERIFIES = "Deltazoo-Client-Verifies"
 RESUME_ATTEMPTS = 5  # dropped connections survived per download, each resumed where it stopped
 WRITE_BUFFER = 4 << 20  # the network's small pieces reach the disk in writes this large
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -139,7 +143,9 @@ def download(
             bar.refresh()
             if size is not None and have == size:
                 break  # an earlier download got every byte; only the checks are left
-            headers = {"Range": f"bytes={have}-"} if have else None
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            if sha256 is not None:  # every byte is hashed here: the server need not hash them too
+                headers[CLIENT_VERIFIES] = "sha256"
             try:
                 with transport.stream("GET", url, headers=headers) as response:
                     resumed = bool(have) and response.status_code == 206

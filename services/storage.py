@@ -83,6 +83,10 @@ class RawCache:
                 self._items.move_to_end(key)
             return value
 
+    def __len__(self) -> int:
+        """How many items it holds."""
+        return len(self._items)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 MAX_INDEX_BYTES = 64 << 20
 STREAM_FROM = 8 << 20  # files larger than this stream to an S3 store while they arrive
 SEND_PIECE = 8 << 20  # the most bytes of one decoded piece handed to the HTTP server at once
+# a download request's header: "sha256" = the client checks the whole file against its sha256 itself
+CLIENT_VERIFIES = "deltazoo-client-verifies"
 
 
 def check_named(file: File, claimed: str | None) -> None:
@@ -256,17 +258,18 @@ class Piece:
     blob: str | None = None
 
 
-def _pieces(store: ObjectStore, seg: Segment, lo: int, hi: int) -> Iterator[Piece]:
+def _pieces(store: ObjectStore, seg: Segment, lo: int, hi: int, verify: bool = True) -> Iterator[Piece]:
     """The pieces of bytes ``[lo, hi)`` of one segment: a chunked tensor gives one per overlapping chunk
-    (all sharing one ``RangeReader``), so chunks are decoded ahead like whole tensors."""
+    (all sharing one ``RangeReader``), so chunks are decoded ahead like whole tensors. ``verify``: each
+    piece checked against its recorded sha256 (``iter_file``)."""
     if seg.header is not None:
         yield Piece(lo, hi, data=seg.header)
     elif seg.recipe is None:
         yield Piece(lo, hi, blob=seg.blob)
     elif not seg.recipe.steps[-1].chunks:
-        yield Piece(lo, hi, decode=partial(reconstruct, store, seg.recipe, verify_below=False))
+        yield Piece(lo, hi, decode=partial(reconstruct, store, seg.recipe, verify=verify, verify_below=False))
     else:
-        reader = RangeReader(store, seg.recipe, verify_below=False)
+        reader = RangeReader(store, seg.recipe, verify=verify, verify_below=False)
         top = len(seg.recipe.steps) - 1
         step = seg.recipe.steps[top]
         size = dtype_info(step.dtype).itemsize
@@ -277,7 +280,12 @@ def _pieces(store: ObjectStore, seg: Segment, lo: int, hi: int) -> Iterator[Piec
 
 
 def iter_file(
-    store: ObjectStore, plan: FilePlan, start: int = 0, end: int | None = None, ahead: int = DECODE_AHEAD
+    store: ObjectStore,
+    plan: FilePlan,
+    start: int = 0,
+    end: int | None = None,
+    ahead: int = DECODE_AHEAD,
+    verify: bool = True,
 ) -> Iterator[bytes | memoryview]:
     """The bytes ``[start, end)`` of a planned file, rebuilding only the tensors (and, of a chunked
     tensor, the chunks) that overlap.
@@ -292,13 +300,20 @@ def iter_file(
     HTTP server writes it without a copy), else in slices of at most ``SEND_PIECE`` bytes. Every byte
     yielded was checked against a recorded sha256: the tensor's, or its chunk's (the steps of its chain
     below it are not hashed again: a wrong parent decodes to a wrong tensor, which that check refuses).
+
+    ``verify=False`` hashes nothing: for a client that checks the whole file against its sha256 itself
+    (the SDK says so, ``CLIENT_VERIFIES``), so each byte is hashed once, there. A payload damaged in the
+    store still fails its stream's crc32 as it is decoded, and anything else wrong fails that client's
+    check; nothing unchecked enters the shared raw cache.
     """
     end = plan.size if end is None else end
     pieces = (
         piece
         for seg in plan.segments
         if seg.end > start and seg.start < end
-        for piece in _pieces(store, seg, max(start, seg.start) - seg.start, min(end, seg.end) - seg.start)
+        for piece in _pieces(
+            store, seg, max(start, seg.start) - seg.start, min(end, seg.end) - seg.start, verify
+        )
     )
     queued: deque[tuple[Piece, Future[bytes] | None]] = deque()
 

@@ -123,3 +123,45 @@ def test_a_small_range_of_a_big_tensor_decodes_only_its_chunks(api: TestClient, 
         tracemalloc.stop()
         assert got == data[start : start + 16]
         assert peak < tensor_bytes // 4, f"a 16-byte read peaked at {peak / MIB:.1f} MiB"
+
+
+def test_a_client_that_checks_the_sha256_itself_is_sent_the_file_unhashed(api: TestClient) -> None:
+    """``Deltazoo-Client-Verifies: sha256`` (the SDK's downloads): the server rebuilds the file without
+    checking each chunk against its recorded sha256, and keeps nothing unchecked in its raw cache.
+    A chunk row whose recorded sha256 is made wrong shows which: refused without the header, sent with
+    it (the bytes themselves are right, so the client's check of the whole file passes)."""
+    from deltazoo.registry.models import Tensor, TensorChunk
+    from sqlalchemy import select, update
+
+    base, ft = states()
+    pushed(api, "org/base", files_of(base))
+    pushed(api, "org/ft", files_of(ft), base="org/base@1")
+    data = files_of(ft)["model.safetensors"]
+    url = "/v1/models/org/ft/versions/1/files/model.safetensors"
+    checks = {"Deltazoo-Client-Verifies": "sha256"}
+
+    storage.RAW_CACHE.clear()
+    r = api.get(url, headers=checks)
+    assert r.status_code == 200 and r.content == data
+    assert len(storage.RAW_CACHE) == 0  # nothing decoded unchecked was kept
+    r = api.get(url)
+    assert r.status_code == 200 and r.content == data
+    assert len(storage.RAW_CACHE) > 0  # checked chunks are kept for other readers
+
+    settings = api.app.state.settings  # type: ignore[attr-defined]
+    with session_scope(settings) as session:
+        tensor_ids = select(Tensor.id).where(Tensor.name == "big.weight", Tensor.encoding == "delta")
+        session.execute(
+            update(TensorChunk)
+            .where(TensorChunk.tensor_id.in_(tensor_ids), TensorChunk.index == 1)
+            .values(sha256="0" * 64)
+        )
+    storage.RAW_CACHE.clear()
+    r = api.get(url, headers=checks)
+    assert r.status_code == 200 and r.content == data
+    storage.RAW_CACHE.clear()
+    try:
+        refused = api.get(url).content != data
+    except Exception:  # the stream is cut once the wrong chunk is found (headers are sent by then)
+        refused = True
+    assert refused, "the server sent a chunk that does not match its recorded sha256"

@@ -93,6 +93,26 @@ def test_wrong_bytes_are_refused_and_removed(tmp_path: Path) -> None:
     assert target.read_bytes() == DATA
 
 
+def test_a_download_checked_here_tells_the_server_so(tmp_path: Path) -> None:
+    """With its sha256 given (every file of a pull), each try, resumed ones too, says
+    ``Deltazoo-Client-Verifies: sha256`` (the server then does not hash the file as well); without one
+    (only the server's ETag to go by) it does not."""
+    said: list[str | None] = []
+    transport, _ = _server(DATA, drops=[MIB])
+    original = transport.http.send
+
+    def send(request: httpx.Request, **kwargs: object) -> httpx.Response:
+        said.append(request.headers.get("deltazoo-client-verifies"))
+        return original(request, **kwargs)  # type: ignore[arg-type]
+
+    transport.http.send = send  # type: ignore[method-assign]
+    download(transport, "/f", tmp_path / "f.bin", size=len(DATA), sha256=SHA)
+    assert said == ["sha256", "sha256"]  # the first try and the resumed one
+    said.clear()
+    download(transport, "/f", tmp_path / "g.bin", size=len(DATA))
+    assert said == [None]
+
+
 def test_a_short_body_is_refused_by_its_size(tmp_path: Path) -> None:
     transport, _ = _server(DATA[:-10], drops=[])
     with pytest.raises(IntegrityError, match="expected") as info:
