@@ -10,17 +10,20 @@ For every tensor of a safetensors file (manifest order = offset order), the raw 
 
 A file is rebuilt in pieces, in order: a chunk of a chunked tensor coded against a cached one (the
 common fine-tune: its blob decoded against the same elements of the cached parent, read from the
-cached file), or a whole tensor otherwise. Up to ``_AHEAD`` pieces are fetched and decoded on other
-threads while one is written, so a delta-only pull decodes on every core. Each piece's size is checked
+cached file), or a whole tensor otherwise. Up to ``_AHEAD`` pieces of each file are fetched and decoded
+ahead while one is written, on ``_AHEAD`` threads shared by every file of the pull (one per core: the
+files rebuilt side by side do not multiply the decoders, their threads nor their heaps), so a
+delta-only pull decodes on every core. Each piece's size is checked
 as it is written and the file's sha256 (taken while it is written, not by reading it again) and size
 before it is renamed into the cache: that one hash proves every byte, so the pieces are not hashed
-again on their own. Memory is bounded by ``_AHEAD + 1`` pieces (a chunk, or one tensor and its parent
-chain).
+again on their own. Memory is bounded by ``_AHEAD + 1`` pieces per file being rebuilt (a chunk, or one
+tensor and its parent chain).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,6 +71,27 @@ class DeltaPuller:
         self.quiet = quiet
         self._local: dict[str, tuple[Path, int, int]] = {}
         self._manifests: dict[str, dict[str, Any]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def __enter__(self) -> DeltaPuller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the rebuild threads (started by the first file rebuilt)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    def _rebuild_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_AHEAD, thread_name_prefix="deltazoo-rebuild")
+            return self._pool
 
     def hold(self, files: list[FileInfo], *, ref: str | None = None) -> None:
         """Make the tensors of these cached files (of version ``ref``, when known) available as parents.
@@ -283,21 +307,21 @@ class DeltaPuller:
 
     def _rebuilt_in_order(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[_Piece, bytes]]:
         """Each piece of ``tensors`` with its raw bytes, in order; up to ``_AHEAD`` of them fetched and
-        decoded on other threads meanwhile (the decoders and sockets release the GIL)."""
+        decoded on the pull's rebuild threads meanwhile (the decoders and sockets release the GIL)."""
         pieces = (piece for t in tensors for piece in self._pieces(t))
-        with ThreadPoolExecutor(_AHEAD, thread_name_prefix="deltazoo-rebuild") as pool:
-            queued: deque[tuple[_Piece, Future[bytes]]] = deque()
-            try:
-                while True:
-                    while len(queued) < _AHEAD and (piece := next(pieces, None)) is not None:
-                        queued.append((piece, pool.submit(piece.build)))
-                    if not queued:
-                        return
-                    piece, future = queued.popleft()
-                    yield piece, future.result()
-            finally:
-                for _, future in queued:
-                    future.cancel()
+        pool = self._rebuild_pool()
+        queued: deque[tuple[_Piece, Future[bytes]]] = deque()
+        try:
+            while True:
+                while len(queued) < _AHEAD and (piece := next(pieces, None)) is not None:
+                    queued.append((piece, pool.submit(piece.build)))
+                if not queued:
+                    return
+                piece, future = queued.popleft()
+                yield piece, future.result()
+        finally:
+            for _, future in queued:
+                future.cancel()
 
     def _pull_safetensors(
         self, entry: dict[str, Any], out: HashingWriter, file: FileInfo, shared: Any = None

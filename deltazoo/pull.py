@@ -111,6 +111,8 @@ def fill_cache(client: Client, ref: Ref, files: list[FileInfo], version: Version
                 future.result()
     finally:
         bar.close()
+        if puller is not None:
+            puller.close()
 
 
 def snapshot(
