@@ -183,9 +183,9 @@ def _encode_safetensors(
     tensors = TensorRepository(session)
     scope = twin_scope(session, version)
     done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run (or other parts)
-    for entry in entries:
-        if entry.name in done:
-            after_tensor(entry.nbytes)
+    skipped = sum(entry.nbytes for entry in entries if entry.name in done)
+    if skipped:  # one step of progress (and one checkpoint) for them all, not a commit per tensor
+        after_tensor(skipped)
     blobs = WriteBatch(store)  # the lanes' blob writes, durable before the rows naming them are written
     rows = TensorRowWriter(session, add_stored, after_tensor, blobs.flush)
 
