@@ -5,15 +5,19 @@ checkpoint of one weight file, split into tensor ranges.
 
 The module runs its own stack: its own ``redis-server``, S3 server (``weed mini``), a temporary Postgres
 database, the API and two workers beating every 0.5 s (a killed worker's part is sent again within
-about 1.5 s). Weight files have many small tensors and one tensor stored in chunks (1 MiB chunks here);
-a split encode cuts them into tensor ranges of about 2 MiB (``DELTAZOO_ENCODE_PART_MB``), so every file
-is 3 parts.
+about 1.5 s). Weight files have one tensor stored in chunks (1 MiB chunks here) and many tiny ones; a
+split encode cuts them into tensor ranges of about 2 MiB (``DELTAZOO_ENCODE_PART_MB``), so every file is
+2 parts: the chunked tensor, and the tiny ones (in the first file more than one row write, so that
+part commits rows and progress part-way). Every tensor costs the workers an object store write and the
+reads a fetch, so the files hold few of them: the encode's cost is its tensor count, not its bytes.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,10 +25,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import torch
+from deltazoo.services.tensor_rows import ROWS_PER_WRITE
 from safetensors.torch import save
 
 from tests.servers import DeltazooWorker, log_problems, own_worker_stack, running_api_server
-from tests.services import ADMIN_TOKEN, wait_until
+from tests.services import ADMIN_TOKEN
 from tests.test_api_support import push, sha, wait_job
 
 pytestmark = [
@@ -34,24 +39,31 @@ pytestmark = [
 
 SHARDS = 4
 PART_MB = 2
+SMALL = ROWS_PER_WRITE + 144  # tiny tensors per file: a part of them commits once before it ends
 
 
 class SplitStack:
     def __init__(self, url: str, database: str, workers: list[DeltazooWorker]) -> None:
         self.url, self.database, self.workers = url, database, workers
+        self.engine = sa.create_engine(database)
 
     def part_jobs(self) -> list[tuple[int, str, float, int]]:
         """(id, status, progress, attempts) of every part job, oldest first."""
-        engine = sa.create_engine(self.database)
-        try:
-            with engine.connect() as c:
-                query = (
-                    "SELECT id, status, progress, attempts FROM job WHERE kind = 'encode_file' ORDER BY id"
-                )
-                rows = c.execute(sa.text(query))
-                return [(int(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows]
-        finally:
-            engine.dispose()
+        with self.engine.connect() as c:
+            query = "SELECT id, status, progress, attempts FROM job WHERE kind = 'encode_file' ORDER BY id"
+            rows = c.execute(sa.text(query))
+            return [(int(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows]
+
+    def part_way(self, job_id: int) -> bool:
+        """The part job is running and some of the first shard's ``SMALL`` tiny tensors are committed in
+        its file, not all: it is their part, between its two row writes."""
+        query = (
+            "SELECT j.status, (SELECT count(*) FROM tensor t WHERE t.file_id = j.target_id "
+            "AND t.name LIKE :tiny) FROM job j WHERE j.id = :id"
+        )
+        with self.engine.connect() as c:
+            status, tiny = c.execute(sa.text(query), {"id": job_id, "tiny": "layers.0.%"}).one()
+        return status == "running" and 0 < int(tiny) < SMALL
 
     def ran(self, worker: DeltazooWorker, job_id: int) -> bool:
         return bool(re.search(rf"deltazoo-job-{job_id}-\w+\] received", worker.process.log_text()))
@@ -69,7 +81,7 @@ class SplitStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitStack]:
     root = tmp_path_factory.mktemp("split")
-    # every tensor's row and progress committed as it goes, so a part is seen part-way however fast it runs
+    # every row write committed with its progress as it goes, so a part is seen part-way however fast it runs
     chunked = {
         "DELTAZOO_TENSOR_CHUNK_MB": "1",
         "DELTAZOO_ENCODE_THREADS": "2",
@@ -77,7 +89,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitStack]:
         "DELTAZOO_ENCODE_PART_MB": str(PART_MB),
     }
     with own_worker_stack(root, chunked) as own, running_api_server(root / "home", own.settings) as api:
-        yield SplitStack(api.url, own.database, own.workers)
+        split = SplitStack(api.url, own.database, own.workers)
+        try:
+            yield split
+        finally:
+            split.engine.dispose()
     workers = own.workers
     for w in workers:
         problems = log_problems(w.process.log_text())
@@ -95,16 +111,18 @@ def client(stack: SplitStack) -> Iterator[httpx.Client]:
 def shards(
     seed: int, parent: dict[str, dict[str, torch.Tensor]] | None = None, count: int = SHARDS
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """``count`` shards of 600 small tensors and one 3 MiB tensor each (a fine-tune of ``parent`` when
-    given): each cut into 3 tensor ranges (the 3 MiB tensor, ~140 small ones, ~460 small ones), the
-    last with more tensors than one dedup batch (``LOOKUP_BATCH``), so a part commits rows and progress
-    part-way."""
+    """``count`` shards of one 3 MiB tensor and tiny tensors (1 KiB) each (a fine-tune of ``parent``
+    when given): each cut into 2 tensor ranges, the 3 MiB tensor (3 chunks) and the tiny ones. The
+    first shard has ``SMALL`` tiny tensors, which their part writes in two row writes
+    (``ROWS_PER_WRITE``): it commits rows and progress part-way, and a worker killed then leaves it half
+    done; the other shards have a few (every tensor costs an object store write and read)."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, dict[str, torch.Tensor]] = {}
     for s in range(count):
         path = "model.safetensors" if count == 1 else f"model-{s + 1:05d}-of-{count:05d}.safetensors"
         if parent is None:
-            state = {f"layers.{s}.{i}.weight": torch.randn(32, 64, generator=g) * 0.02 for i in range(600)}
+            tiny = SMALL if s == 0 else 16
+            state = {f"layers.{s}.{i}.weight": torch.randn(16, 32, generator=g) * 0.02 for i in range(tiny)}
             state[f"big.{s}.weight"] = torch.randn(1536, 1024, generator=g) * 0.02
         else:
             state = {k: v.float() + torch.randn(v.shape, generator=g) * 1e-3 for k, v in parent[path].items()}
@@ -200,6 +218,31 @@ def test_two_workers_store_exactly_what_one_worker_stores(
     assert enc["big.0.weight"] == "delta" and enc["layers.0.0.weight"] == "delta"
 
 
+def frozen_part_way(
+    stack: SplitStack, client: httpx.Client, before: set[int], ft_job: int
+) -> tuple[int, DeltazooWorker]:
+    """A part of the fine-tune's encode seen part-way, and the worker running it stopped (SIGSTOP) there.
+    The part is looked at again once its worker is frozen: one that finished in between lets the worker
+    go on (SIGCONT) and the search goes on, so the kill that follows lands mid-part whatever the timing."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for job_id, status, _, _ in stack.part_jobs():
+            if job_id in before or status != "running" or not stack.part_way(job_id):
+                continue
+            holders = [w for w in stack.workers if stack.holds(w, job_id)]
+            if len(holders) != 1:
+                continue
+            holders[0].process.signal(signal.SIGSTOP)
+            time.sleep(0.5)  # a commit it had sent already lands
+            if stack.part_way(job_id):
+                return job_id, holders[0]
+            holders[0].process.signal(signal.SIGCONT)
+        if client.get(f"/v1/jobs/{ft_job}").json()["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.05)
+    pytest.fail("no part of the fine-tune's encode was seen part-way (its tiny tensors half committed)")
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_worker_killed_mid_part_resumes_to_the_same_bytes(
     stack: SplitStack, client: httpx.Client, layout: str
@@ -208,27 +251,8 @@ def test_worker_killed_mid_part_resumes_to_the_same_bytes(
         pytest.skip("needs the one-worker bytes of the test before")
     before = {p[0] for p in stack.part_jobs()}
     _, ft_job = push_pair(client, layout)
-
-    def part_midway() -> tuple[int, DeltazooWorker] | None:
-        for job_id, status, progress, _ in stack.part_jobs():
-            if job_id in before or status != "running" or not 0 < progress < 1:
-                continue
-            holders = [w for w in stack.workers if stack.holds(w, job_id)]
-            if len(holders) == 1:
-                return job_id, holders[0]
-        return None
-
-    hit: tuple[int, DeltazooWorker] | None = None
-
-    def found() -> bool:
-        nonlocal hit
-        hit = part_midway()
-        return hit is not None
-
-    wait_until(found, timeout=180, what="a part of the fine-tune's encode part-way", interval=0.05)
-    assert hit is not None
-    job_id, worker = hit
-    worker.process.kill()  # SIGKILL, as a crashed host
+    job_id, worker = frozen_part_way(stack, client, before, ft_job)
+    worker.process.kill()  # SIGKILL, as a crashed host: the part stays half committed
     worker.start()
     assert finish_and_read(client, ft_job, layout) == ONE_WORKER[layout]
     parts = {p[0]: p for p in stack.part_jobs() if p[0] not in before}
