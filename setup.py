@@ -7,7 +7,7 @@ them out) and maps each under the package: api/ is imported as deltazoo.api, ser
 deltazoo.services, and so on. Editable installs map them the same way.
 
 Every compression/_*.c is an optional extension deltazoo.compression._*: without a C compiler the install
-still succeeds and the codecs run the same formats in numpy (slower).
+still succeeds and the codecs run the same formats in numpy (slower). compression/_*.h are headers they share.
 """
 
 import platform
@@ -37,8 +37,11 @@ def packages() -> tuple[list[str], dict[str, str]]:
 
 
 def c_extensions() -> list[Extension]:
+    """One extension per compression/_*.c; the headers beside them (compression/_*.h, #included by name) are
+    listed as their dependencies: a change rebuilds them, and the sdist carries the headers."""
+    headers = [h.as_posix() for h in sorted(Path("compression").glob("_*.h"))]
     return [
-        Extension(f"deltazoo.compression.{source.stem}", sources=[source.as_posix()],
+        Extension(f"deltazoo.compression.{source.stem}", sources=[source.as_posix()], depends=headers,
                   extra_compile_args=FLAGS, optional=True)
         for source in sorted(Path("compression").glob("_*.c"))
     ]

@@ -22,6 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_cpu.h"
+
+static cpu_features cpu; /* BMI2 coders and the PCLMULQDQ crc32 where the CPU has them; set at import */
+
 #define LOOKUP 11
 #define NTOK 64
 
@@ -96,12 +100,10 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t crc32_clmul(uint32_t cr
 }
 #endif
 
-static int use_clmul = 0; /* set at import where the CPU has PCLMULQDQ and SSE4.1 */
-
 static uint32_t crc32_any(uint32_t crc, const uint8_t *b, size_t n) {
     crc = ~crc;
 #ifdef HAVE_CLMUL_CLONE
-    if (use_clmul && n >= 64) {
+    if (cpu.clmul && n >= 64) {
         size_t m = n & ~(size_t)15;
         crc = crc32_clmul(crc, b, m);
         b += m, n -= m;
@@ -250,8 +252,6 @@ ENCODERS(portable, , 0)
 ENCODERS(bmi2, __attribute__((target("bmi2"))), 1)
 #endif
 
-static int use_bmi2 = 0; /* set at import where the CPU has BMI2; set_portable() clears it (tests) */
-
 /* Codes n elements into o (4 * n + 8 bytes), segment sizes into sz; enc is u32[256 * 64] per (parent
  * exponent, token), as compression.exact16_delta.enc_table. Returns the bytes written, -1 if out of memory. */
 static Py_ssize_t encode_body(const uint8_t *c, const uint8_t *p, Py_ssize_t n, int shift, const uint32_t *enc,
@@ -263,7 +263,7 @@ static Py_ssize_t encode_body(const uint8_t *c, const uint8_t *p, Py_ssize_t n, 
     for (int v = 0; v < 512; v++) rowp[v] = rows + (v & (0x7FFF >> shift)) * NTOK;
     Py_ssize_t total;
 #ifdef HAVE_BMI2_CLONE
-    if (use_bmi2) total = encode_bmi2(c, p, n, shift, rowp, seg, o, sz);
+    if (cpu.bmi2) total = encode_bmi2(c, p, n, shift, rowp, seg, o, sz);
     else
 #endif
         total = encode_portable(c, p, n, shift, rowp, seg, o, sz);
@@ -611,7 +611,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
             for (int v = 0; v < 512; v++) rowp[v] = dt + ((uint32_t)cm[v & (0x7FFF >> shift)] << LOOKUP);
             int bad;
 #ifdef HAVE_BMI2_CLONE
-            if (use_bmi2)
+            if (cpu.bmi2)
                 bad = decode_bmi2(srcb.buf, (uint64_t)srcb.len, offs.buf, nseg, n, parent.buf, shift, rowp, seg,
                                   out.buf);
             else
@@ -690,7 +690,7 @@ static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
             for (int v = 0; v < 512; v++) rowp[v] = dt + ((uint32_t)cm[v & (0x7FFF >> shift)] << LOOKUP);
             int bad;
 #ifdef HAVE_BMI2_CLONE
-            if (use_bmi2) bad = decode_bmi2(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o);
+            if (cpu.bmi2) bad = decode_bmi2(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o);
             else
 #endif
                 bad = decode_portable(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o);
@@ -710,14 +710,8 @@ static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
 static PyObject *py_set_portable(PyObject *self, PyObject *args) {
     int flag;
     if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
-#ifdef HAVE_BMI2_CLONE
-    __builtin_cpu_init();
-    use_bmi2 = !flag && __builtin_cpu_supports("bmi2");
-#endif
-#ifdef HAVE_CLMUL_CLONE
-    use_clmul = !flag && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
-#endif
-    return PyUnicode_FromString(use_bmi2 ? "bmi2" : "portable");
+    cpu = cpu_pick(flag);
+    return PyUnicode_FromString(cpu.bmi2 ? "bmi2" : "portable");
 }
 
 /* Code lengths of one context, as compression.exact16_delta.code_lengths computes them (the same merges:
@@ -897,7 +891,7 @@ static PyObject *py_encode_stream(PyObject *self, PyObject *args) {
         memcpy(s, &seg32, 4);
         s[4] = CONTEXTS;
 #ifdef HAVE_BMI2_CLONE
-        if (use_bmi2) total = encode_bmi2(c, p, n, shift, rowp, seg, o + at, sizes);
+        if (cpu.bmi2) total = encode_bmi2(c, p, n, shift, rowp, seg, o + at, sizes);
         else
 #endif
             total = encode_portable(c, p, n, shift, rowp, seg, o + at, sizes);
@@ -942,14 +936,6 @@ PyMODINIT_FUNC PyInit__exact16_delta(void) {
         for (int b = 0; b < 8; b++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
         CRC_TABLE[i] = c;
     }
-#if defined(HAVE_BMI2_CLONE) || defined(HAVE_CLMUL_CLONE)
-    __builtin_cpu_init();
-#endif
-#ifdef HAVE_BMI2_CLONE
-    use_bmi2 = __builtin_cpu_supports("bmi2");
-#endif
-#ifdef HAVE_CLMUL_CLONE
-    use_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
-#endif
+    cpu = cpu_pick(0);
     return PyModule_Create(&module);
 }

@@ -10,13 +10,17 @@
  * writers store 8 bytes and advance without branches; the code lengths and the decoder table are built
  * here (the same ones as the Python side's); the decoder reads four segments side by side with a
  * branch-free refill every four symbols, then the raw bits of those segments, without bounds checks
- * wherever a run's loads are proven to stay in the buffer (checked loops near its end). BMI2 and AVX2
- * variants are picked at run time; set_portable(True) forces the plain x86-64 one (tests).
+ * wherever a run's loads are proven to stay in the buffer (checked loops near its end). Plain symbols
+ * (≈ 3.6 bits on weights) are decoded two a lookup where both codes lie in the 12 bits looked up (a pair
+ * table built from the decoder table: 99 % of lookups on weights). BMI2 and AVX2 variants are picked at
+ * run time (_cpu.h); set_portable(True) forces the plain x86-64 one (tests).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_cpu.h"
 
 #define LOOKUP 12
 #define NTOK_DELTA 128
@@ -259,6 +263,17 @@ static inline uint32_t decode_symbols(reader *rt, const uint16_t *dt, const uint
     return bad & BAD_SLOT;
 }
 
+/* The branch-free refill of a segment's bit buffer A (F bits) from Q, in the decoders of four segments side
+ * by side: after it F >= 56. */
+#define RF(A, F, Q)                                                                                   \
+    do {                                                                                              \
+        uint64_t v_;                                                                                  \
+        memcpy(&v_, Q, 8);                                                                            \
+        A |= v_ << F;                                                                                 \
+        Q += (63 - F) >> 3;                                                                           \
+        F |= 56;                                                                                      \
+    } while (0)
+
 /* Four whole segments of seg elements (seg a multiple of 4) side by side, symbols to syms[l * seg + i]:
  * four independent chains, a branch-free refill every four symbols (4 x 12 bits <= 56). The caller has
  * made sure that every 8-byte load stays inside the buffer. consumed[l]: bits each segment used. */
@@ -268,14 +283,6 @@ static inline __attribute__((always_inline)) void decode4_fast(
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     uint32_t f0 = 0, f1 = 0, f2 = 0, f3 = 0;
     const uint8_t *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
-#define RF(A, F, Q)                                                                                   \
-    do {                                                                                              \
-        uint64_t v_;                                                                                  \
-        memcpy(&v_, Q, 8);                                                                            \
-        A |= v_ << F;                                                                                 \
-        Q += (63 - F) >> 3;                                                                           \
-        F |= 56;                                                                                      \
-    } while (0)
 #define SY(A, F, L, I)                                                                                \
     do {                                                                                              \
         uint32_t ctx_ = cm ? cm[(p[(L) * seg + (I)] >> 23) & 0xFF] : 0;                               \
@@ -296,8 +303,69 @@ static inline __attribute__((always_inline)) void decode4_fast(
             SY(a3, f3, 3, i + k);
         }
     }
-#undef RF
 #undef SY
+    consumed[0] = 8 * (q0 - q[0]) - f0;
+    consumed[1] = 8 * (q1 - q[1]) - f1;
+    consumed[2] = 8 * (q2 - q[2]) - f2;
+    consumed[3] = 8 * (q3 - q[3]) - f3;
+}
+
+/* Plain: four whole segments side by side, one or two symbols a lookup in the pair table pt (see
+ * build_pair_table): an entry sym1 | BAD_SLOT | count << 12 | sym2 << 16 | bits << 28 is stored as two
+ * u16 at the segment's next symbol, and the segment moves on by count (a second half that is no symbol is
+ * overwritten by the next store, or lies inside the segment's own symbols: a store of two is done only
+ * where two or more symbols are left, the last one of an odd count comes from dt). The bits above 8 of a
+ * stored u16 never reach the output (raw_plain shifts the symbol left by 22 in 32 bits), and bit 11 is
+ * set only by a bad slot. A run of four lookups takes <= 48 bits: one branch-free refill before it. */
+static inline __attribute__((always_inline)) void decode4_pair(
+    const uint8_t *const q[4], const uint32_t *pt, const uint16_t *dt, uint16_t *syms, Py_ssize_t seg,
+    int64_t consumed[4]) {
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    uint32_t f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+    const uint8_t *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
+    uint16_t *o0 = syms, *o1 = syms + seg, *o2 = syms + 2 * seg, *o3 = syms + 3 * seg;
+    uint16_t *const e0 = o1, *const e1 = o2, *const e2 = o3, *const e3 = syms + 4 * seg;
+#define PR(A, F, O)                                                                                   \
+    do {                                                                                              \
+        uint32_t e_ = pt[A & 4095], l_ = e_ >> 28;                                                    \
+        memcpy(O, &e_, 4);                                                                            \
+        O += (e_ >> 12) & 3;                                                                          \
+        A >>= l_;                                                                                     \
+        F -= l_;                                                                                      \
+    } while (0)
+    while (e0 - o0 >= 8 && e1 - o1 >= 8 && e2 - o2 >= 8 && e3 - o3 >= 8) {
+        RF(a0, f0, q0);
+        RF(a1, f1, q1);
+        RF(a2, f2, q2);
+        RF(a3, f3, q3);
+        for (int k = 0; k < 4; k++) {
+            PR(a0, f0, o0);
+            PR(a1, f1, o1);
+            PR(a2, f2, o2);
+            PR(a3, f3, o3);
+        }
+    }
+#define TAIL(A, F, Q, O, E) /* the rest of one segment */                                             \
+    do {                                                                                              \
+        while (E - O >= 2) {                                                                          \
+            RF(A, F, Q);                                                                              \
+            PR(A, F, O);                                                                              \
+        }                                                                                             \
+        if (O < E) {                                                                                  \
+            RF(A, F, Q);                                                                              \
+            uint32_t e_ = dt[A & 4095], l_ = e_ >> 12;                                                \
+            *O++ = (uint16_t)(e_ & 0xFFF);                                                            \
+            A >>= l_;                                                                                 \
+            F -= l_;                                                                                  \
+        }                                                                                             \
+    } while (0)
+    TAIL(a0, f0, q0, o0, e0);
+    TAIL(a1, f1, q1, o1, e1);
+    TAIL(a2, f2, q2, o2, e2);
+    TAIL(a3, f3, q3, o3, e3);
+#undef RF
+#undef PR
+#undef TAIL
     consumed[0] = 8 * (q0 - q[0]) - f0;
     consumed[1] = 8 * (q1 - q[1]) - f1;
     consumed[2] = 8 * (q2 - q[2]) - f2;
@@ -420,8 +488,8 @@ static inline __attribute__((always_inline)) int64_t raw_plain(
  * body: the segments at of[0..nseg] then the raw plane (raw_len bytes) at of[nseg]. */
 static inline __attribute__((always_inline)) int decode_core(
     int avx2, int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg, const uint8_t *rb, int64_t raw_len,
-    const uint32_t *p, const uint16_t *cm, const uint16_t *dt, Py_ssize_t seg, Py_ssize_t n, uint32_t *o,
-    uint16_t *syms) {
+    const uint32_t *p, const uint16_t *cm, const uint16_t *dt, const uint32_t *pt, Py_ssize_t seg, Py_ssize_t n,
+    uint32_t *o, uint16_t *syms) {
     const uint8_t *body_end = rb + raw_len;
     int64_t rpos = 0;
     const Py_ssize_t reach = (12 * seg) / 8 + 16; /* bytes a segment's fast decoder may load past its start */
@@ -432,7 +500,8 @@ static inline __attribute__((always_inline)) int decode_core(
         if (fast4) {
             const uint8_t *q[4] = {body + of[s], body + of[s + 1], body + of[s + 2], body + of[s + 3]};
             int64_t used[4];
-            decode4_fast(q, dt, delta ? cm : NULL, p + a, syms, seg, used);
+            if (!delta && pt) decode4_pair(q, pt, dt, syms, seg, used);
+            else decode4_fast(q, dt, delta ? cm : NULL, p + a, syms, seg, used);
             for (int l = 0; l < 4; l++)
                 if ((used[l] + 7) / 8 != of[s + l + 1] - of[s + l]) return -1;
             m = 4 * seg;
@@ -452,14 +521,16 @@ static inline __attribute__((always_inline)) int decode_core(
     return (rpos + 7) / 8 == raw_len ? 0 : -1;
 }
 
-#define DECODERS(SUFFIX, ATTR, AVX2)                                                                            \
-    ATTR static int decode_##SUFFIX(int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg,         \
-                                    const uint8_t *rb, int64_t raw_len, const uint32_t *p, const uint16_t *cm,  \
-                                    const uint16_t *dt, Py_ssize_t seg, Py_ssize_t n, uint32_t *o, uint16_t *sy) { \
-        if (delta && seg == 4096) return decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, 4096, n, o, sy); \
-        if (!delta && seg == 4096) return decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, 4096, n, o, sy); \
-        if (delta) return decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, seg, n, o, sy);               \
-        return decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, seg, n, o, sy);                          \
+#define DECODERS(SUFFIX, ATTR, AVX2)                                                                   \
+    ATTR static int decode_##SUFFIX(int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg,       \
+                                    const uint8_t *rb, int64_t raw_len, const uint32_t *p, const uint16_t *cm, \
+                                    const uint16_t *dt, const uint32_t *pt, Py_ssize_t seg, Py_ssize_t n,      \
+                                    uint32_t *o, uint16_t *sy) {                                               \
+        if (seg == 4096)                                                                                       \
+            return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, pt, 4096, n, o, sy)    \
+                         : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, pt, 4096, n, o, sy);   \
+        return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, pt, seg, n, o, sy)         \
+                     : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, pt, seg, n, o, sy);        \
     }
 DECODERS(portable, , 0)
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -467,7 +538,7 @@ DECODERS(portable, , 0)
 DECODERS(bmi2, __attribute__((target("bmi2"))), 0)
 DECODERS(avx2, __attribute__((target("avx2,bmi2"))), 1) /* and the plain raw plane eight elements a step */
 #endif
-static int use_bmi2 = 0, use_avx2 = 0; /* set at import from the CPU; set_portable() clears them (tests) */
+static cpu_features cpu; /* set at import from the CPU; set_portable() clears it (tests) */
 
 static uint16_t REV12[1 << LOOKUP]; /* 12-bit reversal, filled at import */
 
@@ -493,6 +564,18 @@ static int build_dec_table(const uint8_t *len, Py_ssize_t k, int ntok, int used,
             }
     }
     return 1;
+}
+
+/* The pair table of a plain decoder table dt (decode4_pair): per 12 bits, the symbol they start with and,
+ * where the next code also lies within them, the symbol after it. */
+static void build_pair_table(const uint16_t *dt, uint32_t *pt) {
+    for (uint32_t x = 0; x < (1u << LOOKUP); x++) {
+        uint32_t e1 = dt[x], l1 = e1 >> 12, e2 = dt[x >> l1], l2 = e2 >> 12;
+        if ((e1 & BAD_SLOT) || (e2 & BAD_SLOT) || l1 + l2 > LOOKUP)
+            pt[x] = (e1 & 0xFFF) | 1u << 12 | l1 << 28;
+        else
+            pt[x] = (e1 & 0xFFF) | 2u << 12 | (e2 & 0xFFF) << 16 | (l1 + l2) << 28;
+    }
 }
 
 /* decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n) -> (status, bytes of n u32):
@@ -526,30 +609,36 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     int status = 0;
     PyObject *out = NULL;
     uint16_t *syms = NULL, *dt = NULL;
+    uint32_t *pt = NULL;
+    const int pair = !delta && seg >= 1024 && n >= 4 * seg; /* a table of 4096 entries pays from here on */
     if (ok) {
         syms = malloc(sizeof(uint16_t) * 4 * (size_t)seg);
         dt = malloc(sizeof(uint16_t) * ((size_t)nctx << LOOKUP));
+        pt = pair ? malloc(sizeof(uint32_t) << LOOKUP) : NULL;
         out = PyBytes_FromStringAndSize(NULL, 4 * n);
-        if (!syms || !dt || !out) ok = 0;
+        if (!syms || !dt || !out || (pair && !pt)) ok = 0;
     }
     if (ok) {
         const uint8_t *b = body.buf;
         uint32_t *o = (uint32_t *)PyBytes_AS_STRING(out);
         Py_BEGIN_ALLOW_THREADS
+        const uint8_t *rb = b + raw_at;
+        const int64_t rl = body.len - raw_at;
         if (!build_dec_table(lengths.buf, nctx, ntok, delta ? TOK_USED : NTOK_PLAIN, dt)) status = -2;
+        else {
+            if (pt) build_pair_table(dt, pt);
 #ifdef HAVE_BMI2_CLONE
-        else if (use_avx2)
-            status = decode_avx2(delta, b, of, nseg, b + raw_at, body.len - raw_at, parent.buf, cm, dt, seg, n, o, syms);
-        else if (use_bmi2)
-            status = decode_bmi2(delta, b, of, nseg, b + raw_at, body.len - raw_at, parent.buf, cm, dt, seg, n, o, syms);
+            if (cpu.avx2) status = decode_avx2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, pt, seg, n, o, syms);
+            else if (cpu.bmi2) status = decode_bmi2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, pt, seg, n, o, syms);
+            else
 #endif
-        else
-            status = decode_portable(delta, b, of, nseg, b + raw_at, body.len - raw_at, parent.buf, cm, dt, seg, n, o,
-                                     syms);
+                status = decode_portable(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, pt, seg, n, o, syms);
+        }
         Py_END_ALLOW_THREADS
     }
     free(syms);
     free(dt);
+    free(pt);
     PyBuffer_Release(&body);
     PyBuffer_Release(&offs);
     PyBuffer_Release(&parent);
@@ -572,12 +661,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
 static PyObject *py_set_portable(PyObject *self, PyObject *args) {
     int flag;
     if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
-#ifdef HAVE_BMI2_CLONE
-    __builtin_cpu_init();
-    use_bmi2 = !flag && __builtin_cpu_supports("bmi2");
-    use_avx2 = use_bmi2 && __builtin_cpu_supports("avx2");
-#endif
-    return PyUnicode_FromString(use_avx2 ? "avx2" : use_bmi2 ? "bmi2" : "portable");
+    cpu = cpu_pick(flag);
+    return PyUnicode_FromString(cpu.avx2 ? "avx2" : cpu.bmi2 ? "bmi2" : "portable");
 }
 
 /* ---------------------------------------------------------------------------------- code lengths */
@@ -683,10 +768,6 @@ PyMODINIT_FUNC PyInit__exact32(void) {
         for (int b = 0; b < LOOKUP; b++) r |= ((i >> b) & 1u) << (LOOKUP - 1 - b);
         REV12[i] = (uint16_t)r;
     }
-#ifdef HAVE_BMI2_CLONE
-    __builtin_cpu_init();
-    use_bmi2 = __builtin_cpu_supports("bmi2");
-    use_avx2 = use_bmi2 && __builtin_cpu_supports("avx2");
-#endif
+    cpu = cpu_pick(0);
     return PyModule_Create(&module);
 }

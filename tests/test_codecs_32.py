@@ -294,3 +294,33 @@ def test_hostile_streams_with_a_valid_checksum_fail_or_decode_alike_in_c_and_num
                 except CodecError:
                     results.append(None)
             assert results[0] == results[1]
+
+
+@needs_c
+def test_plain_symbols_decoded_two_a_lookup_fail_or_decode_alike_in_c_and_numpy() -> None:
+    """A plain tensor of >= 4 segments of 4096 is decoded two symbols a lookup in C (a pair table); bits
+    flipped among its token segments (valid checksum) must fail or decode as the numpy decoder does."""
+    rng = np.random.default_rng(13)
+    n = 4 * 4096 + 1234  # four segments side by side, then a fifth alone
+    child, _ = pair(n, seed=n, rel=0)
+    rare = rng.integers(0, 1 << 32, 200, dtype=np.uint64).astype("<u4")  # symbols of long codes
+    child[rng.integers(0, n, 200)] = rare
+    clean = F.encode_stream(child, None)
+    body_at = F._HEAD.size + F.NTOK_PLAIN // 2 + 4 * 5
+    body_end = body_at + int(np.frombuffer(clean, "<u4", 5, body_at - 20).sum())
+    outcomes = set()
+    for trial in range(25):
+        coded = bytearray(clean)
+        for at in rng.integers(body_at, body_end, 1 + trial % 3):
+            coded[at] ^= 1 << int(rng.integers(0, 8))
+        coded[-4:] = F.crc32(memoryview(coded)[:-4]).to_bytes(4, "little")
+        results = []
+        for backend in ("c", "numpy"):
+            try:
+                out, _ = F.decode_stream(memoryview(bytes(coded)), 0, n, None, backend=backend)
+                results.append(out.tobytes())
+            except CodecError:
+                results.append(None)
+        assert results[0] == results[1]
+        outcomes.add(results[0] is None)
+    assert True in outcomes  # most flips move every later code of the segment past its size: refused
