@@ -246,14 +246,15 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
  * testing BAD_SLOT once per run of segments catches them. */
 #define BAD_SLOT 0x800u
 
-/* Symbols of one segment with a check on every refill (segments near the end of the buffer). */
-static inline uint32_t decode_symbols(reader *rt, const uint16_t *dt, const uint16_t *cm, const uint32_t *p,
-                                      uint16_t *syms, Py_ssize_t m) {
+/* Symbols of one segment with a check on every refill (segments near the end of the buffer); the table's
+ * rows are mask + 1 entries wide. */
+static inline uint32_t decode_symbols(reader *rt, const uint16_t *dt, uint32_t mask, const uint16_t *cm,
+                                      const uint32_t *p, uint16_t *syms, Py_ssize_t m) {
     uint32_t bad = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
         if (rt->fill < LOOKUP) refill(rt);
         uint32_t ctx = cm ? cm[(p[i] >> 23) & 0xFF] : 0;
-        uint32_t e = dt[ctx | (uint32_t)(rt->acc & 4095)], ln = e >> 12;
+        uint32_t e = dt[ctx | ((uint32_t)rt->acc & mask)], ln = e >> 12;
         bad |= e;
         syms[i] = (uint16_t)(e & 0xFFF);
         rt->acc >>= ln;
@@ -278,15 +279,15 @@ static inline uint32_t decode_symbols(reader *rt, const uint16_t *dt, const uint
  * four independent chains, a branch-free refill every four symbols (4 x 12 bits <= 56). The caller has
  * made sure that every 8-byte load stays inside the buffer. consumed[l]: bits each segment used. */
 static inline __attribute__((always_inline)) void decode4_fast(
-    const uint8_t *const q[4], const uint16_t *dt, const uint16_t *cm, const uint32_t *p, uint16_t *syms,
-    Py_ssize_t seg, int64_t consumed[4]) {
+    const uint8_t *const q[4], const uint16_t *dt, uint32_t mask, const uint16_t *cm, const uint32_t *p,
+    uint16_t *syms, Py_ssize_t seg, int64_t consumed[4]) {
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     uint32_t f0 = 0, f1 = 0, f2 = 0, f3 = 0;
     const uint8_t *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
 #define SY(A, F, L, I)                                                                                \
     do {                                                                                              \
         uint32_t ctx_ = cm ? cm[(p[(L) * seg + (I)] >> 23) & 0xFF] : 0;                               \
-        uint32_t e_ = dt[ctx_ | (uint32_t)(A & 4095)], l_ = e_ >> 12;                                 \
+        uint32_t e_ = dt[ctx_ | ((uint32_t)A & mask)], l_ = e_ >> 12;                                 \
         syms[(L) * seg + (I)] = (uint16_t)(e_ & 0xFFF);                                               \
         A >>= l_;                                                                                     \
         F -= l_;                                                                                      \
@@ -333,16 +334,23 @@ static inline __attribute__((always_inline)) void decode4_pair(
         A >>= l_;                                                                                     \
         F -= l_;                                                                                      \
     } while (0)
-    while (e0 - o0 >= 8 && e1 - o1 >= 8 && e2 - o2 >= 8 && e3 - o3 >= 8) {
-        RF(a0, f0, q0);
-        RF(a1, f1, q1);
-        RF(a2, f2, q2);
-        RF(a3, f3, q3);
-        for (int k = 0; k < 4; k++) {
-            PR(a0, f0, o0);
-            PR(a1, f1, o1);
-            PR(a2, f2, o2);
-            PR(a3, f3, o3);
+    for (;;) { /* a round of four lookups takes <= 8 symbols of a segment: r / 8 rounds need no check */
+        Py_ssize_t r = e0 - o0, r1 = e1 - o1, r2 = e2 - o2, r3 = e3 - o3;
+        r = r < r1 ? r : r1;
+        r = r < r2 ? r : r2;
+        r = r < r3 ? r : r3;
+        if (r < 8) break;
+        for (Py_ssize_t rounds = r / 8; rounds > 0; rounds--) {
+            RF(a0, f0, q0);
+            RF(a1, f1, q1);
+            RF(a2, f2, q2);
+            RF(a3, f3, q3);
+            for (int k = 0; k < 4; k++) {
+                PR(a0, f0, o0);
+                PR(a1, f1, o1);
+                PR(a2, f2, o2);
+                PR(a3, f3, o3);
+            }
         }
     }
 #define TAIL(A, F, Q, O, E) /* the rest of one segment */                                             \
@@ -488,8 +496,8 @@ static inline __attribute__((always_inline)) int64_t raw_plain(
  * body: the segments at of[0..nseg] then the raw plane (raw_len bytes) at of[nseg]. */
 static inline __attribute__((always_inline)) int decode_core(
     int avx2, int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg, const uint8_t *rb, int64_t raw_len,
-    const uint32_t *p, const uint16_t *cm, const uint16_t *dt, const uint32_t *pt, Py_ssize_t seg, Py_ssize_t n,
-    uint32_t *o, uint16_t *syms) {
+    const uint32_t *p, const uint16_t *cm, const uint16_t *dt, uint32_t mask, const uint32_t *pt, Py_ssize_t seg,
+    Py_ssize_t n, uint32_t *o, uint16_t *syms) {
     const uint8_t *body_end = rb + raw_len;
     int64_t rpos = 0;
     const Py_ssize_t reach = (12 * seg) / 8 + 16; /* bytes a segment's fast decoder may load past its start */
@@ -501,7 +509,7 @@ static inline __attribute__((always_inline)) int decode_core(
             const uint8_t *q[4] = {body + of[s], body + of[s + 1], body + of[s + 2], body + of[s + 3]};
             int64_t used[4];
             if (!delta && pt) decode4_pair(q, pt, dt, syms, seg, used);
-            else decode4_fast(q, dt, delta ? cm : NULL, p + a, syms, seg, used);
+            else decode4_fast(q, dt, mask, delta ? cm : NULL, p + a, syms, seg, used);
             for (int l = 0; l < 4; l++)
                 if ((used[l] + 7) / 8 != of[s + l + 1] - of[s + l]) return -1;
             m = 4 * seg;
@@ -509,7 +517,7 @@ static inline __attribute__((always_inline)) int decode_core(
         } else {
             reader rt = {body + of[s], body + of[s + 1], 0, 0, 0};
             m = (a + seg < n ? a + seg : n) - a;
-            if (decode_symbols(&rt, dt, delta ? cm : NULL, p + a, syms, m)) return -1;
+            if (decode_symbols(&rt, dt, mask, delta ? cm : NULL, p + a, syms, m)) return -1;
             if ((rt.consumed + 7) / 8 != of[s + 1] - of[s]) return -1;
             s += 1;
         }
@@ -524,13 +532,13 @@ static inline __attribute__((always_inline)) int decode_core(
 #define DECODERS(SUFFIX, ATTR, AVX2)                                                                   \
     ATTR static int decode_##SUFFIX(int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg,       \
                                     const uint8_t *rb, int64_t raw_len, const uint32_t *p, const uint16_t *cm, \
-                                    const uint16_t *dt, const uint32_t *pt, Py_ssize_t seg, Py_ssize_t n,      \
-                                    uint32_t *o, uint16_t *sy) {                                               \
+                                    const uint16_t *dt, uint32_t mask, const uint32_t *pt, Py_ssize_t seg,     \
+                                    Py_ssize_t n, uint32_t *o, uint16_t *sy) {                                 \
         if (seg == 4096)                                                                                       \
-            return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, pt, 4096, n, o, sy)    \
-                         : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, pt, 4096, n, o, sy);   \
-        return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, pt, seg, n, o, sy)         \
-                     : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, pt, seg, n, o, sy);        \
+            return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, pt, 4096, n, o, sy)    \
+                         : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, pt, 4096, n, o, sy);   \
+        return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, pt, seg, n, o, sy)         \
+                     : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, pt, seg, n, o, sy);        \
     }
 DECODERS(portable, , 0)
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -542,24 +550,26 @@ static cpu_features cpu; /* set at import from the CPU; set_portable() clears it
 
 static uint16_t REV12[1 << LOOKUP]; /* 12-bit reversal, filled at import */
 
-/* The decoder table of compression.exact32.dec_table (the same entries) from code lengths u8[k * ntok]:
- * per context the canonical codes (by length, then symbol) fill their 2^(12 - length) slots, LSB-first;
- * symbols from `used` on and slots no code reaches hold BAD_SLOT. Returns 0 if some context's lengths are
- * longer than 12 bits or no prefix code. */
-static int build_dec_table(const uint8_t *len, Py_ssize_t k, int ntok, int used, uint16_t *dt) {
-    for (Py_ssize_t i = 0; i < k << LOOKUP; i++) dt[i] = BAD_SLOT;
+/* The decoder table of compression.exact32.dec_table (the same entries) from code lengths u8[k * ntok], its
+ * rows 2^width wide (width <= 12: the lookup takes the next width bits, width >= every code's length): per
+ * context the canonical codes (by length, then symbol) fill their 2^(width - length) slots, LSB-first;
+ * symbols from `used` on and slots no code reaches hold BAD_SLOT. dec_table is this table at width 12
+ * (its slot x is this one's x mod 2^width). Returns 0 if some context's lengths are longer than width bits
+ * or no prefix code. */
+static int build_dec_table(const uint8_t *len, Py_ssize_t k, int ntok, int used, uint32_t width, uint16_t *dt) {
+    for (Py_ssize_t i = 0; i < k << width; i++) dt[i] = BAD_SLOT;
     for (Py_ssize_t c = 0; c < k; c++) {
         const uint8_t *lc = len + c * ntok;
-        uint16_t *row = dt + (c << LOOKUP);
+        uint16_t *row = dt + (c << width);
         uint32_t next = 0;
-        for (int t = 0; t < ntok; t++) if (lc[t] > LOOKUP) return 0;
-        for (uint32_t l = 1; l <= LOOKUP; l++)
+        for (int t = 0; t < ntok; t++) if (lc[t] > width) return 0;
+        for (uint32_t l = 1; l <= width; l++)
             for (int t = 0; t < ntok; t++) {
                 if (lc[t] != l) continue;
-                uint32_t span = 1u << (LOOKUP - l);
-                if (next + span > (1u << LOOKUP)) return 0;
+                uint32_t span = 1u << (width - l);
+                if (next + span > (1u << width)) return 0;
                 uint16_t e = t < used ? (uint16_t)(t | l << 12) : (uint16_t)BAD_SLOT;
-                for (uint32_t j = 0; j < span; j++) row[REV12[next + j]] = e;
+                for (uint32_t j = 0; j < span; j++) row[REV12[(next + j) << (LOOKUP - width)]] = e;
                 next += span;
             }
     }
@@ -595,12 +605,21 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     int ok = seg > 0 && n >= 0 && n <= PY_SSIZE_T_MAX / 4 && offs.len == 8 * (nseg + 1) && nctx > 0 &&
              lengths.len == nctx * ntok && raw_at >= 0 && raw_at <= body.len &&
              (!delta || (parent.len == 4 * n && ctxmap.len == 256));
+    /* Delta tables are as wide as the longest code (at most 12 bits; on weights <= 10): 8 contexts of 2^10
+     * entries stay in L1 where 2^12 would not. Plain keeps 12 bits (its pair table takes two codes). */
+    uint32_t width = LOOKUP;
+    if (ok && delta) {
+        uint8_t longest = 1;
+        for (Py_ssize_t i = 0; i < lengths.len; i++)
+            if (((const uint8_t *)lengths.buf)[i] > longest) longest = ((const uint8_t *)lengths.buf)[i];
+        width = longest < LOOKUP ? longest : LOOKUP;
+    }
     const uint8_t *cmb = ctxmap.buf;
     uint16_t cm[256];
     if (ok && delta)
         for (int e = 0; e < 256; e++) {
             if (cmb[e] >= nctx) ok = 0;
-            cm[e] = (uint16_t)(cmb[e] << LOOKUP);
+            cm[e] = (uint16_t)(cmb[e] << width);
         }
     if (ok && !delta && nctx != 1) ok = 0;
     const int64_t *of = offs.buf;
@@ -613,7 +632,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     const int pair = !delta && seg >= 1024 && n >= 4 * seg; /* a table of 4096 entries pays from here on */
     if (ok) {
         syms = malloc(sizeof(uint16_t) * 4 * (size_t)seg);
-        dt = malloc(sizeof(uint16_t) * ((size_t)nctx << LOOKUP));
+        dt = malloc(sizeof(uint16_t) * ((size_t)nctx << width));
         pt = pair ? malloc(sizeof(uint32_t) << LOOKUP) : NULL;
         out = PyBytes_FromStringAndSize(NULL, 4 * n);
         if (!syms || !dt || !out || (pair && !pt)) ok = 0;
@@ -624,15 +643,16 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         const uint8_t *rb = b + raw_at;
         const int64_t rl = body.len - raw_at;
-        if (!build_dec_table(lengths.buf, nctx, ntok, delta ? TOK_USED : NTOK_PLAIN, dt)) status = -2;
+        const uint32_t mask = (1u << width) - 1;
+        if (!build_dec_table(lengths.buf, nctx, ntok, delta ? TOK_USED : NTOK_PLAIN, width, dt)) status = -2;
         else {
             if (pt) build_pair_table(dt, pt);
 #ifdef HAVE_BMI2_CLONE
-            if (cpu.avx2) status = decode_avx2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, pt, seg, n, o, syms);
-            else if (cpu.bmi2) status = decode_bmi2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, pt, seg, n, o, syms);
+            if (cpu.avx2) status = decode_avx2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, pt, seg, n, o, syms);
+            else if (cpu.bmi2) status = decode_bmi2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, pt, seg, n, o, syms);
             else
 #endif
-                status = decode_portable(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, pt, seg, n, o, syms);
+                status = decode_portable(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, pt, seg, n, o, syms);
         }
         Py_END_ALLOW_THREADS
     }

@@ -243,12 +243,14 @@ def test_crc32_kernel_is_zlib_crc32() -> None:
     import zlib
 
     rng = np.random.default_rng(13)
-    data = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    data = rng.integers(0, 256, 100_010, dtype=np.uint8).tobytes()
     chosen = V._exact16_delta.set_portable(False)
     try:
-        for portable in (False, True):  # carry-less multiplies (where the CPU has them), byte table
+        # carry-less multiplies where the CPU has them (128-bit below 256 bytes, 256-bit VPCLMULQDQ from
+        # there on where it has that), then the byte table
+        for portable in (False, True):
             V._exact16_delta.set_portable(portable)
-            for n in [*range(0, 200), 1000, 4999]:
+            for n in [*range(0, 200), 255, 256, 271, 383, 384, 1000, 4999, 100_003]:
                 for at in (0, 1, 7):
                     chunk = memoryview(data)[at : at + n]
                     assert V._exact16_delta.crc32(chunk) == zlib.crc32(chunk)
