@@ -11,9 +11,10 @@
  * here (the same ones as the Python side's); the decoder reads four segments side by side with a
  * branch-free refill every four symbols, then the raw bits of those segments, without bounds checks
  * wherever a run's loads are proven to stay in the buffer (checked loops near its end). Plain symbols
- * (≈ 3.6 bits on weights) are decoded two a lookup where both codes lie in the 12 bits looked up (a pair
- * table built from the decoder table: 99 % of lookups on weights). BMI2 and AVX2 variants are picked at
- * run time (_cpu.h); set_portable(True) forces the plain x86-64 one (tests).
+ * (≈ 3.6 bits on weights) are decoded up to three a lookup of 11 bits where their codes lie within them
+ * (a table built from the decoder table: 2.6 symbols a lookup on weights) when no code is longer than 11
+ * bits. Delta tables are as wide as the longest code (16 KB for 8 contexts on weights). BMI2 and AVX2
+ * variants are picked at run time (_cpu.h); set_portable(True) forces the plain x86-64 one (tests).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -311,55 +312,55 @@ static inline __attribute__((always_inline)) void decode4_fast(
     consumed[3] = 8 * (q3 - q[3]) - f3;
 }
 
-/* Plain: four whole segments side by side, one or two symbols a lookup in the pair table pt (see
- * build_pair_table): an entry sym1 | BAD_SLOT | count << 12 | sym2 << 16 | bits << 28 is stored as two
- * u16 at the segment's next symbol, and the segment moves on by count (a second half that is no symbol is
- * overwritten by the next store, or lies inside the segment's own symbols: a store of two is done only
- * where two or more symbols are left, the last one of an odd count comes from dt). The bits above 8 of a
- * stored u16 never reach the output (raw_plain shifts the symbol left by 22 in 32 bits), and bit 11 is
- * set only by a bad slot. A run of four lookups takes <= 48 bits: one branch-free refill before it. */
-static inline __attribute__((always_inline)) void decode4_pair(
-    const uint8_t *const q[4], const uint32_t *pt, const uint16_t *dt, uint16_t *syms, Py_ssize_t seg,
+/* Plain: four whole segments side by side, up to three symbols a lookup of 11 bits in the table tt (see
+ * build_triple_table; every code <= 11 bits): an entry sym1 | sym2 << 16 | sym3 << 32 | count << 48 |
+ * bits << 58 is stored as four u16 at the segment's next symbol and the segment moves on by count: what
+ * lies past the symbols stored is written over by the next store (each store lies inside the segment:
+ * a round of four lookups is run only where 13 or more symbols are left, a lookup alone where 4 are; the
+ * last ones come from dt one at a time). BAD_SLOT reaches the symbols through sym1 only. */
+static inline __attribute__((always_inline)) void decode4_triple(
+    const uint8_t *const q[4], const uint64_t *tt, const uint16_t *dt, uint16_t *syms, Py_ssize_t seg,
     int64_t consumed[4]) {
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     uint32_t f0 = 0, f1 = 0, f2 = 0, f3 = 0;
     const uint8_t *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
     uint16_t *o0 = syms, *o1 = syms + seg, *o2 = syms + 2 * seg, *o3 = syms + 3 * seg;
     uint16_t *const e0 = o1, *const e1 = o2, *const e2 = o3, *const e3 = syms + 4 * seg;
-#define PR(A, F, O)                                                                                   \
+#define TR(A, F, O)                                                                                   \
     do {                                                                                              \
-        uint32_t e_ = pt[A & 4095], l_ = e_ >> 28;                                                    \
-        memcpy(O, &e_, 4);                                                                            \
-        O += (e_ >> 12) & 3;                                                                          \
+        uint64_t e_ = tt[A & 2047];                                                                   \
+        uint32_t l_ = (uint32_t)(e_ >> 58);                                                           \
+        memcpy(O, &e_, 8);                                                                            \
+        O += (e_ >> 48) & 3;                                                                          \
         A >>= l_;                                                                                     \
         F -= l_;                                                                                      \
     } while (0)
-    for (;;) { /* a round of four lookups takes <= 8 symbols of a segment: r / 8 rounds need no check */
+    for (;;) { /* a round of four lookups takes <= 12 symbols and stores up to 3 past them */
         Py_ssize_t r = e0 - o0, r1 = e1 - o1, r2 = e2 - o2, r3 = e3 - o3;
         r = r < r1 ? r : r1;
         r = r < r2 ? r : r2;
         r = r < r3 ? r : r3;
-        if (r < 8) break;
-        for (Py_ssize_t rounds = r / 8; rounds > 0; rounds--) {
+        if (r < 13) break;
+        for (Py_ssize_t rounds = (r - 1) / 12; rounds > 0; rounds--) {
             RF(a0, f0, q0);
             RF(a1, f1, q1);
             RF(a2, f2, q2);
             RF(a3, f3, q3);
             for (int k = 0; k < 4; k++) {
-                PR(a0, f0, o0);
-                PR(a1, f1, o1);
-                PR(a2, f2, o2);
-                PR(a3, f3, o3);
+                TR(a0, f0, o0);
+                TR(a1, f1, o1);
+                TR(a2, f2, o2);
+                TR(a3, f3, o3);
             }
         }
     }
 #define TAIL(A, F, Q, O, E) /* the rest of one segment */                                             \
     do {                                                                                              \
-        while (E - O >= 2) {                                                                          \
+        while (E - O >= 4) {                                                                          \
             RF(A, F, Q);                                                                              \
-            PR(A, F, O);                                                                              \
+            TR(A, F, O);                                                                              \
         }                                                                                             \
-        if (O < E) {                                                                                  \
+        while (O < E) {                                                                               \
             RF(A, F, Q);                                                                              \
             uint32_t e_ = dt[A & 4095], l_ = e_ >> 12;                                                \
             *O++ = (uint16_t)(e_ & 0xFFF);                                                            \
@@ -372,7 +373,7 @@ static inline __attribute__((always_inline)) void decode4_pair(
     TAIL(a2, f2, q2, o2, e2);
     TAIL(a3, f3, q3, o3, e3);
 #undef RF
-#undef PR
+#undef TR
 #undef TAIL
     consumed[0] = 8 * (q0 - q[0]) - f0;
     consumed[1] = 8 * (q1 - q[1]) - f1;
@@ -496,7 +497,7 @@ static inline __attribute__((always_inline)) int64_t raw_plain(
  * body: the segments at of[0..nseg] then the raw plane (raw_len bytes) at of[nseg]. */
 static inline __attribute__((always_inline)) int decode_core(
     int avx2, int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg, const uint8_t *rb, int64_t raw_len,
-    const uint32_t *p, const uint16_t *cm, const uint16_t *dt, uint32_t mask, const uint32_t *pt, Py_ssize_t seg,
+    const uint32_t *p, const uint16_t *cm, const uint16_t *dt, uint32_t mask, const uint64_t *tt, Py_ssize_t seg,
     Py_ssize_t n, uint32_t *o, uint16_t *syms) {
     const uint8_t *body_end = rb + raw_len;
     int64_t rpos = 0;
@@ -508,7 +509,7 @@ static inline __attribute__((always_inline)) int decode_core(
         if (fast4) {
             const uint8_t *q[4] = {body + of[s], body + of[s + 1], body + of[s + 2], body + of[s + 3]};
             int64_t used[4];
-            if (!delta && pt) decode4_pair(q, pt, dt, syms, seg, used);
+            if (!delta && tt) decode4_triple(q, tt, dt, syms, seg, used);
             else decode4_fast(q, dt, mask, delta ? cm : NULL, p + a, syms, seg, used);
             for (int l = 0; l < 4; l++)
                 if ((used[l] + 7) / 8 != of[s + l + 1] - of[s + l]) return -1;
@@ -532,13 +533,13 @@ static inline __attribute__((always_inline)) int decode_core(
 #define DECODERS(SUFFIX, ATTR, AVX2)                                                                   \
     ATTR static int decode_##SUFFIX(int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg,       \
                                     const uint8_t *rb, int64_t raw_len, const uint32_t *p, const uint16_t *cm, \
-                                    const uint16_t *dt, uint32_t mask, const uint32_t *pt, Py_ssize_t seg,     \
+                                    const uint16_t *dt, uint32_t mask, const uint64_t *tt, Py_ssize_t seg,     \
                                     Py_ssize_t n, uint32_t *o, uint16_t *sy) {                                 \
         if (seg == 4096)                                                                                       \
-            return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, pt, 4096, n, o, sy)    \
-                         : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, pt, 4096, n, o, sy);   \
-        return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, pt, seg, n, o, sy)         \
-                     : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, pt, seg, n, o, sy);        \
+            return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, 4096, n, o, sy)    \
+                         : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, 4096, n, o, sy);   \
+        return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, seg, n, o, sy)         \
+                     : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, seg, n, o, sy);        \
     }
 DECODERS(portable, , 0)
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -576,15 +577,21 @@ static int build_dec_table(const uint8_t *len, Py_ssize_t k, int ntok, int used,
     return 1;
 }
 
-/* The pair table of a plain decoder table dt (decode4_pair): per 12 bits, the symbol they start with and,
- * where the next code also lies within them, the symbol after it. */
-static void build_pair_table(const uint16_t *dt, uint32_t *pt) {
-    for (uint32_t x = 0; x < (1u << LOOKUP); x++) {
-        uint32_t e1 = dt[x], l1 = e1 >> 12, e2 = dt[x >> l1], l2 = e2 >> 12;
-        if ((e1 & BAD_SLOT) || (e2 & BAD_SLOT) || l1 + l2 > LOOKUP)
-            pt[x] = (e1 & 0xFFF) | 1u << 12 | l1 << 28;
-        else
-            pt[x] = (e1 & 0xFFF) | 2u << 12 | (e2 & 0xFFF) << 16 | (l1 + l2) << 28;
+/* The triple table of a plain decoder table dt whose codes are all <= 11 bits (decode4_triple): per 11
+ * bits, the symbol they start with and the one or two after it whose codes also lie within them. */
+static void build_triple_table(const uint16_t *dt, uint64_t *tt) {
+    for (uint32_t x = 0; x < 2048; x++) {
+        uint32_t e[3], used = 0, n = 0;
+        while (n < 3) {
+            uint32_t en = dt[x >> used], ln = en >> 12;
+            if (n > 0 && ((en & BAD_SLOT) || used + ln > 11)) break;
+            e[n++] = en;
+            used += ln;
+            if (en & BAD_SLOT) break;
+        }
+        uint64_t t = (uint64_t)n << 48 | (uint64_t)used << 58;
+        for (uint32_t k = 0; k < n; k++) t |= (uint64_t)(e[k] & 0xFFF) << (16 * k);
+        tt[x] = t;
     }
 }
 
@@ -606,7 +613,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
              lengths.len == nctx * ntok && raw_at >= 0 && raw_at <= body.len &&
              (!delta || (parent.len == 4 * n && ctxmap.len == 256));
     /* Delta tables are as wide as the longest code (at most 12 bits; on weights <= 10): 8 contexts of 2^10
-     * entries stay in L1 where 2^12 would not. Plain keeps 12 bits (its pair table takes two codes). */
+     * entries stay in L1 where 2^12 would not. Plain keeps 12 bits (its triple table is built from them). */
     uint32_t width = LOOKUP;
     if (ok && delta) {
         uint8_t longest = 1;
@@ -628,14 +635,15 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     int status = 0;
     PyObject *out = NULL;
     uint16_t *syms = NULL, *dt = NULL;
-    uint32_t *pt = NULL;
-    const int pair = !delta && seg >= 1024 && n >= 4 * seg; /* a table of 4096 entries pays from here on */
+    uint64_t *tt = NULL;
+    int triple = !delta && seg >= 1024 && n >= 4 * seg; /* a table of 2048 entries pays from here on */
+    for (Py_ssize_t i = 0; triple && i < lengths.len; i++) triple = ((const uint8_t *)lengths.buf)[i] <= 11;
     if (ok) {
         syms = malloc(sizeof(uint16_t) * 4 * (size_t)seg);
         dt = malloc(sizeof(uint16_t) * ((size_t)nctx << width));
-        pt = pair ? malloc(sizeof(uint32_t) << LOOKUP) : NULL;
+        tt = triple ? malloc(sizeof(uint64_t) * 2048) : NULL;
         out = PyBytes_FromStringAndSize(NULL, 4 * n);
-        if (!syms || !dt || !out || (pair && !pt)) ok = 0;
+        if (!syms || !dt || !out || (triple && !tt)) ok = 0;
     }
     if (ok) {
         const uint8_t *b = body.buf;
@@ -646,19 +654,19 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         const uint32_t mask = (1u << width) - 1;
         if (!build_dec_table(lengths.buf, nctx, ntok, delta ? TOK_USED : NTOK_PLAIN, width, dt)) status = -2;
         else {
-            if (pt) build_pair_table(dt, pt);
+            if (tt) build_triple_table(dt, tt);
 #ifdef HAVE_BMI2_CLONE
-            if (cpu.avx2) status = decode_avx2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, pt, seg, n, o, syms);
-            else if (cpu.bmi2) status = decode_bmi2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, pt, seg, n, o, syms);
+            if (cpu.avx2) status = decode_avx2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms);
+            else if (cpu.bmi2) status = decode_bmi2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms);
             else
 #endif
-                status = decode_portable(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, pt, seg, n, o, syms);
+                status = decode_portable(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms);
         }
         Py_END_ALLOW_THREADS
     }
     free(syms);
     free(dt);
-    free(pt);
+    free(tt);
     PyBuffer_Release(&body);
     PyBuffer_Release(&offs);
     PyBuffer_Release(&parent);

@@ -296,16 +296,23 @@ def test_hostile_streams_with_a_valid_checksum_fail_or_decode_alike_in_c_and_num
             assert results[0] == results[1]
 
 
+def _plain_lengths(coded: bytes) -> np.ndarray:
+    packed = np.frombuffer(coded, np.uint8, F.NTOK_PLAIN // 2, F._HEAD.size)
+    return np.concatenate([packed & 15, packed >> 4])
+
+
 @needs_c
-def test_plain_symbols_decoded_two_a_lookup_fail_or_decode_alike_in_c_and_numpy() -> None:
-    """A plain tensor of >= 4 segments of 4096 is decoded two symbols a lookup in C (a pair table); bits
-    flipped among its token segments (valid checksum) must fail or decode as the numpy decoder does."""
+def test_plain_symbols_decoded_three_a_lookup_fail_or_decode_alike_in_c_and_numpy() -> None:
+    """A plain tensor of >= 4 segments of 4096 whose codes are <= 11 bits is decoded up to three symbols a
+    lookup in C (a table of 11 bits); bits flipped among its token segments (valid checksum) must fail or
+    decode as the numpy decoder does."""
     rng = np.random.default_rng(13)
     n = 4 * 4096 + 1234  # four segments side by side, then a fifth alone
     child, _ = pair(n, seed=n, rel=0)
     rare = rng.integers(0, 1 << 32, 200, dtype=np.uint64).astype("<u4")  # symbols of long codes
     child[rng.integers(0, n, 200)] = rare
     clean = F.encode_stream(child, None)
+    assert 9 <= _plain_lengths(clean).max() <= 11
     body_at = F._HEAD.size + F.NTOK_PLAIN // 2 + 4 * 5
     body_end = body_at + int(np.frombuffer(clean, "<u4", 5, body_at - 20).sum())
     outcomes = set()
@@ -324,3 +331,20 @@ def test_plain_symbols_decoded_two_a_lookup_fail_or_decode_alike_in_c_and_numpy(
         assert results[0] == results[1]
         outcomes.add(results[0] is None)
     assert True in outcomes  # most flips move every later code of the segment past its size: refused
+
+
+@needs_c
+def test_plain_codes_of_12_bits_are_decoded_one_a_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lengths up to 12 bits (a prefix code the writer's floor never reaches on its own, but the format
+    allows): C falls back from the 11-bit table to one symbol a lookup and reads what numpy writes."""
+    n = 4 * 4096 + 777
+    rng = np.random.default_rng(21)
+    syms = np.minimum(rng.geometric(0.5, n) - 1, 12)  # symbol k about 2^-(k+1) of the elements
+    child = (syms.astype(np.uint32) << 22 | rng.integers(0, 1 << 22, n).astype(np.uint32)).astype("<u4")
+    lengths = np.zeros((1, F.NTOK_PLAIN), np.uint8)
+    lengths[0, :13] = [*range(1, 13), 12]  # Kraft sum 1: codes of 1..12 bits
+    monkeypatch.setattr(F, "context_lengths", lambda counts, use_c: lengths)
+    coded = F.encode_stream(child, None, backend="numpy")
+    assert F.encode_stream(child, None, backend="c") == coded and _plain_lengths(coded).max() == 12
+    for backend in ("c", "numpy"):
+        assert F.decode_stream(memoryview(coded), 0, n, None, backend=backend)[0].tobytes() == child.tobytes()
