@@ -91,12 +91,14 @@ def test_mixed_batch_rows_equal_single_artifact_models(backend: str, kind: str, 
     mixed = patch_model(tiny(kind, tie), arts, backend=backend)  # type: ignore[arg-type]
     assert any(isinstance(m, PerRowModule) for m in mixed.modules())
     assert set(mixed.state_dict()) == set(tiny(kind, tie).state_dict())  # base names, tables hidden
+    # the interpreter runs one program per token and row block: half the tokens, every kind of row still
+    prompts = PROMPTS[:, :4] if backend == "triton" else PROMPTS
     with torch.no_grad(), active_deltas(mixed, IDS):
-        got = mixed(PROMPTS).logits
+        got = mixed(prompts).logits
     base = tiny(kind, tie)
     with torch.no_grad():
         for row, d in enumerate(IDS):
-            prompt = PROMPTS[row : row + 1]
+            prompt = prompts[row : row + 1]
             if d < 0:
                 expected = base(prompt).logits[0]
             else:
