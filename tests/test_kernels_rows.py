@@ -65,8 +65,10 @@ def single(kind: str, artifact: PackedArtifact, backend: str, tie: bool = False)
 
 
 def dense(kind: str, artifact: PackedArtifact, tie: bool = False) -> torch.nn.Module:
-    model = tiny(kind, tie)
-    model.load_state_dict(artifact.apply_to({k: v.cpu() for k, v in model.state_dict().items()}))
+    # built on the CPU, where the state dict's tied head and embeddings are one tensor: .cpu() copies of
+    # a GPU model's would be two, and the unchanged head would overwrite the fine-tuned embeddings
+    model = tiny(kind, tie).cpu()
+    model.load_state_dict(artifact.apply_to(model.state_dict()))
     return model.to(DEVICE)
 
 
