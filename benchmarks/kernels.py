@@ -5,7 +5,8 @@ For each weight shape, batch size and number of distinct deltas in the batch it 
 * ``base``         F.linear with the bf16 base weight alone (the reference cost);
 * ``delta``        deltazoo.kernels.linear_with_delta: base F.linear + the packed-delta BGMV kernel
                    (Triton on CUDA), token b using delta ``b % deltas``;
-* ``fused``        the same in one Triton kernel (base GEMV + delta, ``fused=True``; CUDA only);
+* ``fused``        the same in one Triton kernel (base GEMV + delta, ``fused_linear_delta``) at every
+                   batch size; ``linear_with_delta(fused=True)`` uses it for one-token inputs only;
 * ``merged``       dense fine-tunes resident (W_base + ΔW precomputed per delta): one GEMM per distinct delta;
 * ``materialise``  W_base + ΔW formed from the packed delta on every call, then the GEMM;
 * ``2:4``          torch semi-structured sparse F.linear of a 2:4-pruned base-sized weight, where torch
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from deltazoo.compression.packed import index_bits, row_bytes
 
 from deltazoo.kernels import linear_with_delta, random_packed_delta, stack_deltas
+from deltazoo.kernels.ops import Backend
 from deltazoo.kernels.stacked import StackedDeltas
 
 RESULTS = Path(__file__).parent / "results" / "kernels.md"
@@ -107,7 +109,8 @@ def run_case(shape: tuple[int, int], batch: int, stack: StackedDeltas, dtype: to
     def materialise() -> torch.Tensor:
         return grouped(x, [(w.float() + d.to_dense()).to(dtype) for d in deltas], ids, groups)
 
-    backend = "triton" if device.type == "cuda" else "torch"
+    backend: Backend = "triton" if device.type == "cuda" else "torch"
+
     def delta_fn() -> torch.Tensor:  # ids are in range by construction: no per-call device sync
         return linear_with_delta(x, w, stack, delta_ids=ids, backend=backend, validate=False)
 
@@ -117,7 +120,9 @@ def run_case(shape: tuple[int, int], batch: int, stack: StackedDeltas, dtype: to
     fused_us = None
     if device.type == "cuda":
         def fused_fn() -> torch.Tensor:
-            return linear_with_delta(x, w, stack, delta_ids=ids, backend="triton", validate=False, fused=True)
+            from deltazoo.kernels.triton_delta import fused_linear_delta
+
+            return fused_linear_delta(x, w, None, stack, ids)
 
         torch.testing.assert_close(fused_fn().float(), expected, rtol=3e-2, atol=3e-2)
         fused_us = bench(fused_fn, device, reps)
@@ -152,7 +157,8 @@ def render(rows: list[Row], device: torch.device, args: argparse.Namespace, dtyp
         "# GPU delta path: base alone vs base + packed deltas", "",
         status, "",
         f"- device: {where}",
-        f"- command: `python benchmarks/kernels.py{' --smoke' if args.smoke else ''}`",
+        f"- command: `python benchmarks/kernels.py{' --smoke' if args.smoke else ''}"
+        f"{f' --reps {args.reps}' if args.reps != 100 else ''}`",
         f"- deltas: random {args.n}:{args.m} {args.bits}-bit packed deltas (tensor scale); "
         f"x and W_base in {str(dtype).removeprefix('torch.')}; token b uses delta b % deltas",
         "- each cell: median time in µs, and in brackets the ratio to `base`; `bound` = 1 + packed bytes "

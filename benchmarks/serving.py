@@ -141,13 +141,23 @@ def speed(args: argparse.Namespace, config: dict, base: State, fts: dict[str, St
     gen = dict(max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, pad_token_id=0)
 
     def run(model: torch.nn.Module, ids: torch.Tensor, m: torch.Tensor) -> object:
-        return model.generate(ids, attention_mask=m, **gen)
+        out = model.generate(ids, attention_mask=m, **gen)  # type: ignore[operator]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
 
-    base_model = build_causal_lm(config, base)
-    one = patch_model(build_causal_lm(config, base), arts[names[0]])
-    swap_model = build_causal_lm(config, base)
-    dense = {n: {k: v.float() for k, v in fts[n].items()} for n in names}
-    base_f = {k: v.float() for k, v in base.items()}
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    prompts, mask = prompts.to(device), mask.to(device)
+
+    def build(arts_: PackedArtifact | list[PackedArtifact] | None = None) -> torch.nn.Module:
+        model = build_causal_lm(config, base, dtype=dtype)
+        return (model if arts_ is None else patch_model(model, arts_, fused=args.fused)).to(device)
+
+    base_model = build()
+    one = build(arts[names[0]])
+    swap_model = build()
+    dense = {n: {k: v.to(dtype) for k, v in fts[n].items()} for n in names}  # host memory, as a swap reads it
+    base_f = {k: v.to(dtype) for k, v in base.items()}
     out: list[tuple[str, int, float]] = []
     tokens = args.batch * args.new
 
@@ -155,7 +165,7 @@ def speed(args: argparse.Namespace, config: dict, base: State, fts: dict[str, St
     for k in args.k:
         # K distinct deltas; past the zoo's two fine-tunes they repeat (same bytes, distinct slots)
         chosen = [names[i % len(names)] for i in range(k)]
-        patched = patch_model(build_causal_lm(config, base), [arts[n] for n in chosen])
+        patched = build([arts[n] for n in chosen])
         ids = [(row % (k + 1)) - 1 for row in range(args.batch)]  # -1 (base), 0, ..., k-1, -1, ...
 
         def mixed(ids: list[int] = ids, patched: torch.nn.Module = patched) -> object:
@@ -186,9 +196,12 @@ def speed(args: argparse.Namespace, config: dict, base: State, fts: dict[str, St
 
 def _markdown(args: argparse.Namespace, quality_rows: list[dict[str, object]],
               speed_rows: list[tuple[str, int, float]], arts: dict[str, PackedArtifact]) -> str:
-    lines = [f"# Serving (`benchmarks/serving.py`), {platform.machine()} CPU, torch {torch.__version__}", "",
+    where = (f"{torch.cuda.get_device_name(args.device)} (Triton kernels)" if args.device.startswith("cuda")
+             else f"{platform.machine()} CPU (torch reference path)")
+    lines = [f"# Serving (`benchmarks/serving.py`), {where}, torch {torch.__version__}", "",
              f"`python benchmarks/serving.py {args.zoo} --max-bytes {args.max_bytes} --batch {args.batch} "
-             f"--prompt {args.prompt} --new {args.new} --reps {args.reps} --k {' '.join(map(str, args.k))}`; "
+             f"--prompt {args.prompt} --new {args.new} --reps {args.reps} --k {' '.join(map(str, args.k))} "
+             f"--device {args.device} --dtype {args.dtype}{' --fused' if args.fused else ''}`; "
              f"profile `{args.profile}`. Beyond the zoo's two fine-tunes, K repeats them as distinct "
              "deltas.", "",
              "## Quality per row (bits per byte on each fine-tune's held-out text, gain kept)", "",
@@ -214,14 +227,12 @@ def _markdown(args: argparse.Namespace, quality_rows: list[dict[str, object]],
     base_s = next(s / n for label, n, s in speed_rows if label == "base alone")
     b1 = next(s / n for label, n, s in speed_rows if label == "batch 1: base alone")
     lines += ["", f"## Speed (batch {args.batch}, {args.prompt}-token prompts, {args.new} new tokens, "
-              "greedy, KV cache; CPU torch path)", "",
+              f"greedy, KV cache; {args.dtype} on {where})", "",
               "| configuration | tokens/s | latency (ms) | time per token × base |",
               "| --- | ---: | ---: | ---: |"]
     for label, n, s in speed_rows:
         ref = b1 if label.startswith("batch 1") else base_s
         lines.append(f"| {label} | {n / s:.1f} | {1000 * s:.0f} | {s / n / ref:.2f} |")
-    lines += ["", "GPU (Triton kernels; DESIGN target ≤ 10 % over the base at batch 1 with several deltas): "
-              "not measured, no GPU was lent.", ""]
     return "\n".join(lines)
 
 
@@ -239,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--device", default="cpu", help="where the speed runs go (quality stays on the CPU)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="dtype of the models in the speed runs")
+    ap.add_argument("--fused", action="store_true",
+                    help="patched layers run base + delta in one Triton kernel (CUDA; small batches)")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     config, base = _load(args.zoo / "base")
