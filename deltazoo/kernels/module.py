@@ -56,7 +56,7 @@ class DeltaLinear(nn.Module):
         self.weight = base.weight
         self.bias = base.bias
         self.backend: Backend = backend
-        self.fused = fused  # one Triton kernel for base + delta (small batches); see linear_with_delta
+        self.fused = fused  # one Triton kernel for base + delta on one-token inputs; see linear_with_delta
         self._layout = {k: getattr(stack, k) for k in ("shape", "n", "m", "bits", "scale_granularity",
                                                         "group_size")}
         device = base.weight.device

@@ -19,7 +19,7 @@ from .stacked import StackedDeltas, stack_deltas
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
-# fused=True runs the one-kernel path up to this many tokens: on an H200 it costs 1.01-1.03x the base
+# fused=True runs the one-kernel path up to this many tokens: on an H200 it costs 1.01-1.05x the base
 # GEMV alone for one token, but 2x and more from 4 tokens up, where F.linear + BGMV costs 1.6x
 FUSED_MAX_TOKENS = 1
 

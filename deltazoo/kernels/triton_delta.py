@@ -1,7 +1,7 @@
 """Triton kernels that apply packed N:M low-bit deltas straight from their packed layout.
 
 ``_delta_bgmv_kernel`` adds the deltas to an output that torch's base GEMM already produced;
-``_fused_gemv_delta_kernel`` computes base and delta in one pass (one-token decode steps: 1.01-1.03x
+``_fused_gemv_delta_kernel`` computes base and delta in one pass (one-token decode steps: 1.01-1.05x
 the base GEMV alone on an H200, where base GEMM + BGMV costs 1.4x). Each serves both
 the single-delta case (a stack of one, every token using delta 0) and the multi-tenant case (Punica
 BGMV / DeltaZip SBMM: token ``b`` uses delta ``delta_ids[b]``, ``-1`` = base only).
@@ -223,7 +223,7 @@ def fused_linear_delta(
     at most 4), so each ``W_base`` tile is read once per token block.
 
     Measured on an H200 (BENCHMARKS.md, GPU delta path; CUDA graphs, bf16): with one token it costs
-    1.01-1.03x ``F.linear`` alone (defaults: 2 rows, 1024 columns a tile, 4 warps); from 4 tokens up it
+    1.01-1.05x ``F.linear`` alone (defaults: 2 rows, 1024 columns a tile, 4 warps); from 4 tokens up it
     is slower than ``F.linear`` + the BGMV kernel, so ``linear_with_delta(fused=True)`` sends only
     one-token inputs here. Same id contract as ``delta_bgmv_add_``; the result has ``x``'s dtype."""
     _require_device(x)
