@@ -109,10 +109,16 @@ class Client:
     def health(self) -> dict[str, Any]:
         return dict(self.transport.json("GET", "/v1/health"))
 
-    def list_models(self, search: str | None = None, *, limit: int = 50, offset: int = 0) -> ModelList:
+    def list_models(
+        self, search: str | None = None, *, limit: int = 50, offset: int = 0, cursor: str | None = None
+    ) -> ModelList:
+        """One page of the models, in ``org/name`` order; ``cursor``: the previous page's ``next_cursor``
+        (the page after it, as cheap however deep)."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if search:
             params["search"] = search
+        if cursor:
+            params["cursor"] = cursor
         return ModelList.model_validate(self.transport.json("GET", "/v1/models", params=params))
 
     def model_info(self, name: str) -> ModelInfo:

@@ -86,6 +86,7 @@ class Model(ModelSummary):
 class ModelList(Shape):
     items: tuple[ModelSummary, ...]
     total: int
+    next_cursor: str | None = None  # the next page's ``cursor`` (None: this page is the last)
 
 
 class FileInfo(Shape):

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from deltazoo.registry.model_search import matching_model_ids
+from deltazoo.registry.model_listing import After, matching_count, model_page, readable
 from deltazoo.registry.models import (
     Artifact,
     Blob,
@@ -25,12 +25,6 @@ from sqlalchemy import ColumnElement, Select, func, literal_column, or_, select,
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
-
-
-def readable(private_namespaces: Sequence[str]) -> ColumnElement[bool]:
-    """Models a caller may read: public ones and private ones in ``private_namespaces`` (a query using
-    it joins Model and Namespace)."""
-    return or_(Model.private.is_(False), Namespace.name.in_(list(private_namespaces)))
 
 
 def of_readable_versions(query: Select, private_namespaces: Sequence[str] | None) -> Select:
@@ -90,23 +84,17 @@ class ModelRepository:
         private_namespaces: Sequence[str] | None = None,
         namespace: str | None = None,
         known_total: int | None = None,
+        after: After | None = None,
     ) -> tuple[list[tuple[Model, str]], int]:
-        """Models whose ``org/name`` or description contains ``text`` (``registry.model_search``: an
-        index, not a scan), in ``namespace`` when given; private ones only in ``private_namespaces``
-        (None: all of them). ``known_total``: how many match, when the caller has it (the counters)."""
-        q = select(Model, Namespace.name).join(Namespace)
-        if namespace is not None:
-            q = q.where(Namespace.name == namespace)
-        if private_namespaces is not None:
-            q = q.where(readable(private_namespaces))
-        if text:
-            q = q.where(Model.id.in_(matching_model_ids(self.s, text)))
+        """One page, in ``org/name`` order after ``after`` (``registry.model_listing``), of the models
+        whose ``org/name`` or description contains ``text`` (``registry.model_search``: an index, not a
+        scan), in ``namespace`` when given; private ones only in ``private_namespaces`` (None: all of
+        them); and how many match in all. ``known_total``: that number, when the caller has it (the
+        counters)."""
+        rows = model_page(self.s, text, limit, offset, private_namespaces, namespace, after)
         if known_total is None:
-            total = self.s.scalar(select(func.count()).select_from(q.subquery())) or 0
-        else:
-            total = known_total
-        rows = self.s.execute(q.order_by(Namespace.name, Model.name).limit(limit).offset(offset))
-        return [(m, f"{org}/{m.name}") for m, org in rows], total
+            known_total = matching_count(self.s, text, private_namespaces, namespace)
+        return rows, known_total
 
 
 class VersionRepository:

@@ -6,7 +6,7 @@ from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, Store
 from deltazoo.services import views
-from deltazoo.services.catalog import search_models
+from deltazoo.services.catalog import MAX_CURSOR, search_models
 from deltazoo.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
 from deltazoo.services.refs import get_model
 from deltazoo.services.versions import create_model, delete_model
@@ -32,8 +32,9 @@ def list_models(
     search: str = "",
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=2**63 - 1),
+    cursor: str | None = Query(None, max_length=MAX_CURSOR),
 ) -> schemas.ModelList:
-    return search_models(session, viewer, search, limit, offset)
+    return search_models(session, viewer, search, limit, offset, cursor)
 
 
 @router.get("/models/{org}/{name}", response_model=schemas.Model)
