@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from deltazoo.registry.db import upgrade_database
@@ -44,19 +45,23 @@ def schema_diff(url: str) -> list[object]:
         engine.dispose()
 
 
-def test_sqlite_models_match_migrations(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_models_match_migrations(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """``upgrade head`` (twice: running it again is harmless) builds every table of the models, and
+    autogenerate finds nothing to change."""
+    url = (
+        request.getfixturevalue("empty_postgres_url")
+        if backend == "postgres"
+        else f"sqlite:///{tmp_path / 'r.db'}"
+    )
     upgrade_database(url)
-    upgrade_database(url)  # running it again is harmless
+    upgrade_database(url)
     assert schema_diff(url) == []
     engine = create_engine(url)
-    assert set(inspect(engine).get_table_names()) - SEARCH_OBJECTS == TABLES
-    engine.dispose()
-
-
-def test_postgres_models_match_migrations(empty_postgres_url: str) -> None:
-    upgrade_database(empty_postgres_url)
-    assert schema_diff(empty_postgres_url) == []
+    try:
+        assert set(inspect(engine).get_table_names()) - SEARCH_OBJECTS == TABLES
+    finally:
+        engine.dispose()
 
 
 def test_upgrading_a_populated_sqlite_database_keeps_its_rows(tmp_path: Path) -> None:
@@ -69,38 +74,27 @@ def test_upgrading_a_populated_sqlite_database_keeps_its_rows(tmp_path: Path) ->
     from deltazoo.registry.db import alembic_config
 
     path = tmp_path / "old.db"
-    cfg = alembic_config(f"sqlite:///{path}")
+    url = f"sqlite:///{path}"
+    cfg = alembic_config(url)
     command.upgrade(cfg, "0002")
-    db = sqlite3.connect(path)
-
-    def insert(table: str, **values: object) -> None:
-        db.execute(
-            f"insert into {table} ({', '.join(values)}) values ({', '.join('?' for _ in values)})",
-            list(values.values()),
-        )
-
     now = "2026-01-01 00:00:00"
-    insert("namespace", id=1, name="acme", created_at=now)
-    insert("model", id=1, namespace_id=1, name="m", description="", private=0, created_at=now)
-    for vid, parent in ((1, None), (2, 1)):
-        insert(
-            "version",
-            id=vid,
-            model_id=1,
-            revision=vid,
-            parent_version_id=parent,
-            relation="finetune",
-            status="ready",
-            logical_bytes=1,
-            stored_bytes=1,
-            lossy=0,
-            profiles="[]",
-            created_at=now,
-            updated_at=now,
-        )
-    insert("file", id=1, version_id=2, path="config.json", size=1, sha256="0" * 64, kind="other", uploaded=1)
-    db.commit()
-    db.close()
+    version = {"relation": "finetune", "status": "ready", "logical_bytes": 1, "stored_bytes": 1}
+    version |= {"lossy": 0, "profiles": "[]", "created_at": now, "updated_at": now}
+    rows: dict[str, list[dict[str, object]]] = {
+        "namespace": [{"id": 1, "name": "acme", "created_at": now}],
+        "model": [
+            {"id": 1, "namespace_id": 1, "name": "m", "description": "", "private": 0, "created_at": now}
+        ],
+        "version": [
+            {**version, "id": vid, "model_id": 1, "revision": vid, "parent_version_id": parent}
+            for vid, parent in ((1, None), (2, 1))
+        ],
+        "file": [
+            {"id": 1, "version_id": 2, "path": "config.json", "size": 1, "sha256": "0" * 64, "kind": "other"}
+            | {"uploaded": 1}
+        ],
+    }
+    _insert_rows(url, rows)
 
     command.upgrade(cfg, "head")
     db = sqlite3.connect(path)
@@ -286,27 +280,10 @@ def test_upgrading_a_populated_postgres_database_from_0006_keeps_its_rows(empty_
     from sqlalchemy.orm import Session
 
     command.upgrade(alembic_config(empty_postgres_url), "issue13_lossy_files")
+    stamped = {table: [_stamped(table, row) for row in rows] for table, rows in ROWS_AT_0006.items()}
+    _insert_rows(empty_postgres_url, stamped)
     engine = create_engine(empty_postgres_url)
     try:
-        with engine.begin() as conn:
-            for table, rows in ROWS_AT_0006.items():
-                for row in rows:
-                    row = {**(VERSION_DEFAULTS if table == "version" else {}), **row}
-                    if table in STAMPED:
-                        row = {
-                            **row,
-                            "created_at": "2026-01-01",
-                            **(
-                                {"updated_at": "2026-01-01"}
-                                if table in ("version", "job", "evaluation", "version_tag")
-                                else {}
-                            ),
-                        }
-                    columns = ", ".join(f'"{c}"' for c in row)
-                    conn.execute(
-                        text(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(f':{c}' for c in row)})"),
-                        row,
-                    )
         before = _row_counts(engine)
         assert all(before[t] == len(rows) for t, rows in ROWS_AT_0006.items()), before
 
@@ -331,6 +308,32 @@ def test_upgrading_a_populated_postgres_database_from_0006_keeps_its_rows(empty_
                 "staging/upload-2"
             }
             assert LineageRepository(s).ancestor_ids([2]) == {1}
+    finally:
+        engine.dispose()
+
+
+def _stamped(table: str, row: dict[str, object]) -> dict[str, object]:
+    """A row of schema 0006 with the defaults and timestamps the services write."""
+    row = {**(VERSION_DEFAULTS if table == "version" else {}), **row}
+    if table in STAMPED:
+        row["created_at"] = "2026-01-01"
+    if table in ("version", "job", "evaluation", "version_tag"):
+        row["updated_at"] = "2026-01-01"
+    return row
+
+
+def _insert_rows(url: str, rows: dict[str, list[dict[str, object]]]) -> None:
+    """Insert ``rows`` (table -> rows, in order) as they are, in one transaction."""
+    from sqlalchemy import text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for table, table_rows in rows.items():
+                for row in table_rows:
+                    columns = ", ".join(f'"{c}"' for c in row)
+                    values = ", ".join(f":{c}" for c in row)
+                    conn.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({values})"), row)
     finally:
         engine.dispose()
 
