@@ -276,7 +276,39 @@ class FileRepository:
             if private_namespaces is None:
                 query = query.join(Model, Model.id == Version.model_id)
             query = query.where(visible)
-        return self.s.scalar(query.order_by(File.id).limit(1))
+        # FOR KEY SHARE: a concurrent delete of the version holding it waits until the new file row that
+        # names it is committed, and then finds that row (services.dedup_handover); a source deleted
+        # first is not returned (the bytes are uploaded instead). SQLite has one writer: no lock needed.
+        query = query.order_by(File.id).limit(1).with_for_update(read=True, key_share=True, of=File)
+        return self.s.scalar(query)
+
+    def lock_source(self, file_id: int) -> File | None:
+        """The stored file a deduplicated one copies, held FOR KEY SHARE until the commit (a delete of it
+        waits); None when it was deleted (``services.dedup_handover`` staged its bytes for the copy)."""
+        query = select(File).where(File.id == file_id).with_for_update(read=True, key_share=True)
+        return self.s.scalar(query.execution_options(populate_existing=True))
+
+    def lock_for_versions(self, version_ids: Sequence[int]) -> list[int]:
+        """Lock the files of ``version_ids`` FOR UPDATE (a delete): waits for the pushes and encodes that
+        hold one as their dedup source, and makes new ones wait; their ids."""
+        if not version_ids:
+            return []
+        query = select(File.id).where(File.version_id.in_(list(version_ids))).order_by(File.id)
+        return list(self.s.scalars(query.with_for_update(of=File)))
+
+    def copies_awaiting(self, source_ids: Sequence[int], outside: Sequence[int]) -> list[File]:
+        """Files of versions not in ``outside`` deduplicated against ``source_ids`` whose encode has not
+        copied them yet (no bytes of their own, no upload): they need the source's bytes."""
+        if not source_ids:
+            return []
+        query = select(File).where(
+            File.source_file_id.in_(list(source_ids)),
+            File.version_id.not_in(list(outside)),
+            File.staging_key.is_(None),
+            File.header_blob.is_(None),
+            File.blob.is_(None),
+        )
+        return list(self.s.scalars(query.order_by(File.id)))
 
 
 class TensorRepository:

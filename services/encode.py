@@ -101,13 +101,18 @@ def _store_other_file(session: Session, store: ObjectStore, key: str) -> tuple[s
         return sha, size, blobs.add_reference(sha, size)
 
 
-def _copy_file(session: Session, version: Version, file: File) -> int:
-    """A file whose bytes a ready version already holds: reuse its blobs, tensors become ``same``."""
-    source = session.get(File, file.source_file_id)
+def _copy_file(session: Session, version: Version, file: File) -> None:
+    """A file whose bytes a ready version already holds: reuse its blobs, tensors become ``same``. When
+    that version was deleted meanwhile, its deleter staged the bytes for this file
+    (``services.dedup_handover``): the file is reloaded with its staging key, to encode as an upload."""
+    source = FileRepository(session).lock_source(file.source_file_id) if file.source_file_id else None
     if source is None:
-        raise CorruptStoreError(
-            f"{file.path}: the stored copy it was deduplicated against is gone; push again"
-        )
+        session.refresh(file)
+        if file.staging_key is None:
+            raise CorruptStoreError(
+                f"{file.path}: the stored copy it was deduplicated against is gone; push again"
+            )
+        return
     blobs = BlobRepository(session)
     for sha in (source.header_blob, source.blob):
         if sha:
@@ -131,7 +136,6 @@ def _copy_file(session: Session, version: Version, file: File) -> int:
                 parent_tensor_id=t.id,
             )
         )
-    return 0
 
 
 def _tensor_row(version: Version, file: File, entry: TensorEntry, sha: str) -> Tensor:
@@ -385,9 +389,9 @@ def encode_version(
     advance = Advance(sum(f.size for f in files), progress, checkpoint)
 
     for file in files:
+        if file.staging_key is None and file.header_blob is None and file.blob is None:
+            _copy_file(session, version, file)  # or, its source deleted meanwhile, takes the staged bytes
         if file.staging_key is None:
-            if file.header_blob is None and file.blob is None:
-                _copy_file(session, version, file)
             advance(file.size)
         elif file.kind == "other":
             if file.blob is None:

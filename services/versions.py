@@ -26,6 +26,7 @@ from deltazoo.registry.repositories import (
 )
 from deltazoo.services.access import OPEN, Principal, can_read_model, readable_versions
 from deltazoo.services.card_lineage import apply_card_lineage
+from deltazoo.services.dedup_handover import hand_over_copies
 from deltazoo.services.detach import detach_copies
 from deltazoo.services.encode import check_related_base
 from deltazoo.services.limits import UploadLimits, check_shard_indexes, check_upload_limits
@@ -321,6 +322,7 @@ def delete_versions(
             code="version_busy",
         )
     jobs.cancel_encodes(processing, f"cancelled: {what} was deleted")  # queued or stuck: nobody holds it
+    hand_over_copies(session, store, ids)  # locks their files first: then every copy made is seen
     tensors = TensorRepository(session)
     dependents = tensors.dependents_of(ids, copies_kept_outside=namespace_id)
     if dependents:
