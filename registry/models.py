@@ -197,7 +197,8 @@ class File(Base):
     original_sha256: Mapped[str | None] = mapped_column(SHA256)  # of the pushed bytes if not (lossy)
     kind: Mapped[str] = mapped_column(String(20))  # "safetensors" | "other"
     uploaded: Mapped[bool] = mapped_column(Boolean, default=False)
-    source_file_id: Mapped[int | None] = mapped_column(ForeignKey("file.id", ondelete="SET NULL"))
+    # indexed: a delete finds the files deduplicated against its own (SET NULL, services.dedup_handover)
+    source_file_id: Mapped[int | None] = mapped_column(ForeignKey("file.id", ondelete="SET NULL"), index=True)
     staging_key: Mapped[str | None] = mapped_column(String(200))  # upload waiting to be encoded
     header_blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
     blob: Mapped[str | None] = mapped_column(ForeignKey("blob.sha256"), index=True)
