@@ -78,6 +78,7 @@ def _push(client: Any, name: str, folder: Path, base: str | None) -> int:
 
 def one_repetition(pair: Path, work: Path, threads: int, profile: Path | None) -> dict[str, float]:
     from deltazoo.api.app import create_app
+    from deltazoo.registry.db import dispose_engines
     from deltazoo.registry.objectstore import LocalObjectStore
     from deltazoo.registry.settings import Settings
     from deltazoo.workers.jobs import JobContext, run_job
@@ -111,6 +112,7 @@ def one_repetition(pair: Path, work: Path, threads: int, profile: Path | None) -
         peak = hwm - rss0 / 1024
         detail = client.get("/v1/models/bench/ft/versions/1").json()
         blobs = hashlib.sha256(" ".join(sorted(o.key for o in ctx.store.list_objects("blobs/"))).encode())
+    dispose_engines()  # the pooled SQLite connection would keep the deleted database open for the next one
     shutil.rmtree(home, ignore_errors=True)
     return {
         "wall_s": wall,
