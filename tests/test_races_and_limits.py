@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +23,22 @@ from tests.test_api_support import CONFIG, sha, wait_job
 THREADS = 8
 
 
+@contextmanager
+def app_on_backend(request: pytest.FixtureRequest, tmp_path: Path, **settings: Any) -> Iterator[TestClient]:
+    """The app in process on the backend ``request.param`` names (``sqlite``: the embedded default,
+    ``postgres``: an empty database), with ``settings``; a 500 is answered, not raised, so a test sees
+    what a client would."""
+    url = request.getfixturevalue("empty_postgres_url") if request.param == "postgres" else None
+    app = create_app(
+        Settings(home=tmp_path / "home", database_url=url, broker_url=None, s3_endpoint=None, **settings)
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    url = request.getfixturevalue("empty_postgres_url") if request.param == "postgres" else None
-    settings = Settings(
-        home=tmp_path / "home",
-        database_url=url,
-        broker_url=None,
-        s3_endpoint=None,
-        auth=False,
-        max_tensor_mb=1,
-        max_tensors=4,
-    )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with app_on_backend(request, tmp_path, auth=False, max_tensor_mb=1, max_tensors=4) as client:
         yield client
 
 
