@@ -46,6 +46,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -275,6 +276,64 @@ class Server:
     token: str | None
     pids: dict[str, int]  # process name -> pid, for peak RSS
     fresh_per_repetition: bool
+    worker_logs: tuple[Path, ...] = ()  # each Celery worker's log, for the encode's timeline
+
+
+_TASK_LINE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): \w+/\w+\] Task [\w.]+\[deltazoo-job-(\d+)-\w+\] "
+    r"(received|succeeded in [\d.e-]+s: '(\w+)')"
+)
+
+
+def task_spans(logs: tuple[Path, ...], since: float) -> list[dict[str, float | int | str]]:
+    """The jobs each Celery worker ran from ``since`` (wall clock) on, read from its log: worker number,
+    job id, when its message was taken and when it ended (seconds after ``since``; the solo pool with a
+    prefetch of one takes a message only when it is free, so taken = started), and what it returned."""
+    spans: list[dict[str, float | int | str]] = []
+    for n, log in enumerate(logs, start=1):
+        open_at: dict[int, float] = {}
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            m = _TASK_LINE.match(line)
+            if m is None:
+                continue
+            at = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            if at < since - 1:
+                continue
+            job = int(m.group(3))
+            if m.group(4) == "received":
+                open_at[job] = at
+            elif job in open_at:
+                start = open_at.pop(job)
+                spans.append(
+                    {"worker": n, "job": job, "start": start - since, "end": at - since, "result": m.group(5)}
+                )
+    return sorted(spans, key=lambda s: float(s["start"]))
+
+
+def timeline_figures(spans: list[dict[str, float | int | str]], ready: float) -> dict[str, float]:
+    """Where a split encode's wall time went (seconds, from the commit's answer to ``ready``): until the
+    first job started (queue latency), the parts' span, each worker's idle time inside it, and the finish
+    step (the version job's last run) up to when the client saw ``ready``."""
+    if not spans:
+        return {}
+    version_job = min(int(s["job"]) for s in spans)
+    parts = [s for s in spans if int(s["job"]) != version_job]
+    finish = [s for s in spans if int(s["job"]) == version_job][-1]
+    out = {"encode: until the first job starts": float(spans[0]["start"])}
+    if parts:
+        first = min(float(s["start"]) for s in parts)
+        last = max(float(s["end"]) for s in parts)
+        out["encode: parts, first start to last end"] = last - first
+        workers = sorted({int(s["worker"]) for s in spans})
+        idle = [
+            (last - first) - sum(float(s["end"]) - float(s["start"]) for s in parts if s["worker"] == w)
+            for w in workers
+        ]
+        out["encode: idle worker seconds among the parts"] = sum(idle)
+        out["encode: last part end to finish start"] = float(finish["start"]) - last
+    out["encode: finish step"] = float(finish["end"]) - float(finish["start"])
+    out["encode: finish end to ready seen"] = ready - float(finish["end"])
+    return out
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -295,14 +354,16 @@ def worker_pids(server: Server) -> list[int]:
 
 
 @contextmanager
-def serve(kind: str, work: Path, broker_db: int, pin_workers: bool = False) -> Iterator[Server]:
+def serve(
+    kind: str, work: Path, broker_db: int, pin_workers: bool = False, settings: dict[str, str] | None = None
+) -> Iterator[Server]:
     """``embedded``: ``deltazoo serve`` on SQLite + an object directory, in-process jobs. ``stack-N``:
     Postgres (a temporary database), Redis, N Celery workers and ``weed mini`` as the S3 store
     (``tests.servers.own_stack``)."""
     from tests.servers import CeleryWorker, own_stack, start_api_server
     from tests.services import child_env
 
-    env = {"DELTAZOO_TENSOR_CACHE_MB": "64"}
+    env = {"DELTAZOO_TENSOR_CACHE_MB": "64", **(settings or {})}
     if kind == "embedded":
         api = start_api_server(work / "home", env)
         try:
@@ -319,20 +380,33 @@ def serve(kind: str, work: Path, broker_db: int, pin_workers: bool = False) -> I
                 folder.mkdir(parents=True, exist_ok=True)
                 worker_env = child_env({**stack.env, "DELTAZOO_HOME": str(folder / "home")})
                 extra.append(CeleryWorker(worker_env, folder).start())
-            pids = {"API": stack.api.process.pid, "worker 1": stack.worker.pid}
+            pids = {"API": stack.api.process.pid, "S3 server": stack.s3.process.pid}
+            pids["worker 1"] = stack.worker.pid
             pids |= {f"worker {n}": w.pid for n, w in enumerate(extra, start=2)}
             if pin_workers:
                 cores = sorted(os.sched_getaffinity(0))
                 for n, pid in enumerate([stack.worker.pid, *(w.pid for w in extra)]):
                     pin(pid, cores[n % len(cores)])
-            yield Server(stack.url, stack.admin_token, pids, False)
+            logs = (stack.worker.log_dir, *(w.log_dir for w in extra))
+            yield Server(
+                stack.url,
+                stack.admin_token,
+                pids,
+                False,
+                tuple(sorted(d.glob("worker-*.log"))[-1] for d in logs),
+            )
         finally:
             for w in extra:
                 w.stop()
 
 
 def one_repetition(
-    pair: Path, work: Path, rep: int, server: Server, profile: Path | None = None
+    pair: Path,
+    work: Path,
+    rep: int,
+    server: Server,
+    profile: Path | None = None,
+    push_only: bool = False,
 ) -> dict[str, float]:
     from benchmarks.memory import peak_rss_mib
     from deltazoo import Client
@@ -349,16 +423,31 @@ def one_repetition(
             start = time.perf_counter()
             c.push(pair / "ft", "bench/ft", base="bench/base@1", quiet=True, wait=False)
             r["push fine-tune: upload"] = time.perf_counter() - start
+            committed = time.time()
             workers_cpu = sum(cpu_seconds(pid) for pid in worker_pids(server))
+            others = ("API", "S3 server")
+            others_cpu = {n: cpu_seconds(server.pids[n]) for n in others if n in server.pids}
             while (status := c.version_info("bench/ft@1").status) not in ("ready", "failed"):
                 time.sleep(0.05)
             assert status == "ready", f"the fine-tune's encode {status}"
             r["push fine-tune"] = time.perf_counter() - start
             r["push fine-tune: encode"] = r["push fine-tune"] - r["push fine-tune: upload"]
+            for n, before in others_cpu.items():
+                r[f"encode: {n} CPU s"] = cpu_seconds(server.pids[n]) - before
+            if server.worker_logs:
+                spans = task_spans(server.worker_logs, committed)
+                r |= timeline_figures(spans, r["push fine-tune: encode"])
+                print(json.dumps({"timeline": spans}), flush=True)
             if worker_pids(server):
                 r["encode: workers CPU s"] = (
                     sum(cpu_seconds(pid) for pid in worker_pids(server)) - workers_cpu
                 )
+        if push_only:
+            with Client(server.url, server.token) as c:
+                c.delete_model("bench/ft")
+                c.delete_model("bench/base")
+            r["load average after"] = os.getloadavg()[0]
+            return r
         # the yardstick of the pulls, right before them: the median of several runs (one swings 3x here)
         r["zstd -d (again)"] = zstd_files(ft_files, work, runs=ZSTD_D_RUNS)[1]
         with Client(server.url, server.token, cache_dir=work / f"cold-{rep}") as c:
@@ -395,10 +484,10 @@ def report(
     mib = sum(p.stat().st_size for p in (pair / "ft").glob("*.safetensors")) / (1 << 20)
 
     def col(key: str) -> list[float]:
-        return [r[key] for r in runs]
+        return [r[key] for r in runs if key in r]
 
     def ratio(a: str, b: str) -> list[float]:
-        return [r[a] / r[b] for r in runs]
+        return [r[a] / r[b] for r in runs if a in r and b in r]
 
     rows = [
         ("`zstd -3 -T2` of the fine-tune", col("zstd -3 -T2"), None),
@@ -455,6 +544,8 @@ def report(
         "| --- | --- | --- | --- |",
     ]
     for label, secs, rat in rows:
+        if not secs:  # --push-only: no pulls
+            continue
         mbs = mib * 1.048576 / statistics.median(secs)
         lines.append(f"| {label} | {spread(secs)} | {mbs:.0f} | {spread(rat) if rat else '–'} |")
     lines.append("")
@@ -477,8 +568,17 @@ def scale_out(kinds: list[str], runs: dict[str, list[dict[str, float]]], pinned:
     cpu = [b["encode: workers CPU s"] / a["encode: workers CPU s"] for a, b in pairs]
     loads = [r[k] for a, b in pairs for r in (a, b) for k in ("load average before", "load average after")]
     how = "workers pinned one core each (one lane each)" if pinned else "workers not pinned"
+    steps = [k for k in runs[one][0] if k.startswith("encode: ") and k != "encode: workers CPU s"]
     return "\n".join(
         [
+            "| where the encode's wall time went (s, median) | " + f"{one} | {two} |",
+            "| --- | --- | --- |",
+            *[
+                f"| {k.removeprefix('encode: ')} | {spread([r[k] for r in runs[one] if k in r])} | "
+                f"{spread([r[k] for r in runs[two] if k in r])} |"
+                for k in steps
+            ],
+            "",
             f"Scale-out, {how}: encode job of the fine-tune, {two} / {one} = {spread(ratios)} "
             f"(per repetition: {', '.join(f'{x:.2f}' for x in ratios)}); the workers' CPU seconds in it, "
             f"{two} / {one} = {spread(cpu)}; 1-minute load average {min(loads):.1f}–{max(loads):.1f}.",
@@ -513,6 +613,18 @@ def main() -> int:
         action="store_true",
         help="worker n of a stack on core n-1 only (one lane each): stack-N stands for N single-core hosts",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="DELTAZOO_X=VALUE",
+        help="a setting for every server process (repeatable), e.g. DELTAZOO_ENCODE_THREADS=2",
+    )
+    parser.add_argument(
+        "--push-only",
+        action="store_true",
+        help="only zstd and the two pushes in each repetition (no pulls, no codec-alone step)",
+    )
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "deltazoo-throughput")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.md")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated pairs in --data")
@@ -523,6 +635,9 @@ def main() -> int:
     if shutil.which("zstd") is None:
         parser.error("the zstd command is needed (apt-get install zstd)")
 
+    settings = dict(kv.split("=", 1) for kv in args.setting)
+    if any(not k.startswith("DELTAZOO_") for k in settings):
+        parser.error("--setting takes DELTAZOO_NAME=VALUE")
     sections = []
     for dtype in args.dtype:
         for size in args.size_mib:
@@ -534,7 +649,7 @@ def main() -> int:
                 # after each; the embedded server is started afresh for each repetition
                 stacks = {
                     kind: open_stacks.enter_context(
-                        serve(kind, work / kind, args.broker_db + n, args.pin_workers)
+                        serve(kind, work / kind, args.broker_db + n, args.pin_workers, settings)
                     )
                     for n, kind in enumerate(k for k in args.servers if k != "embedded")
                 }
@@ -542,10 +657,15 @@ def main() -> int:
                     for kind in args.servers:  # the servers take turns, repetition by repetition
                         profile = args.profile if rep == 0 and kind == args.servers[0] else None
                         if kind == "embedded":
-                            with serve(kind, work / f"embedded{rep}", args.broker_db) as fresh:
-                                runs[kind].append(one_repetition(pair, work, rep, fresh, profile))
+                            home = work / f"embedded{rep}"
+                            with serve(kind, home, args.broker_db, False, settings) as fresh:
+                                runs[kind].append(
+                                    one_repetition(pair, work, rep, fresh, profile, args.push_only)
+                                )
                         else:
-                            runs[kind].append(one_repetition(pair, work, rep, stacks[kind], profile))
+                            runs[kind].append(
+                                one_repetition(pair, work, rep, stacks[kind], profile, args.push_only)
+                            )
                         line = {
                             "server": kind,
                             "dtype": dtype,
