@@ -48,6 +48,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -632,6 +633,9 @@ def main() -> int:
         "--profile", type=Path, help="py-spy the API during the first repetition into this file"
     )
     args = parser.parse_args()
+    # a SIGTERM (``timeout``) unwinds like an exception, so the stacks' workers, API and S3 server stop:
+    # left running, a stack's workers keep taking the next run's messages from the same Redis database
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if shutil.which("zstd") is None:
         parser.error("the zstd command is needed (apt-get install zstd)")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -371,8 +371,12 @@ def encode_version(
     checkpoint: Callable[[], None] = lambda: None,
     threads: int = 1,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    encoded: Collection[int] = (),
 ) -> EncodeTotals:
     """Encode every file of ``version`` (status ``processing``) and mark it ``ready``.
+
+    ``encoded``: ids of weight files a split encode's parts have finished (``encode_split.encoded_files``):
+    their tensors are committed and their header stored, so they are not read again.
 
     ``checkpoint`` is called after every tensor: the job wrapper may commit there (so a long encode
     does not hold the database's write lock, and its progress is visible). Work committed by an
@@ -384,7 +388,7 @@ def encode_version(
     largest tensor.
     """
     files = FileRepository(session).for_version(version.id)
-    parents = _parent_refs(session, version)
+    parents: dict[str, ParentRef] | None = None  # resolved once, if a file still has tensors to encode
     totals = EncodeTotals()
     advance = Advance(sum(f.size for f in files), progress, checkpoint)
 
@@ -398,7 +402,13 @@ def encode_version(
                 file.blob, size, new = _store_other_file(session, store, file.staging_key)
                 version.stored_bytes += size if new else 0
             advance(file.size)
+        elif file.id in encoded and file.header_blob is not None:
+            advance(file.size)
+            if version.lossy:
+                record_served_sha256(session, store, file)
         else:
+            if parents is None:
+                parents = _parent_refs(session, version)
             with ThreadPoolExecutor(max(1, threads), thread_name_prefix="deltazoo-encode") as pool:
                 _encode_safetensors(
                     session,

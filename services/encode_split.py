@@ -18,8 +18,11 @@ process) runs a version's ``encode_version`` job like this:
 3. a finished part marks itself ``succeeded`` and, holding the version job's row lock, counts its
    siblings: the last one puts the version's job back to ``queued`` in the same transaction and sends it
    after the commit (the outbox sweeper re-sends it if that message is lost);
-4. the version's job runs again: every part has succeeded, so ``encode_version`` finds their tensors
-   committed, stores the other files and marks the version ready.
+4. the version's job runs again: every part has succeeded, so ``encode_version`` leaves their files
+   alone (``encoded_files``: no header re-read, no tensor rows loaded), stores the other files and
+   marks the version ready.
+
+Parts are sent largest first (``largest_first``), so that the small ones fill the end.
 
 The stored bytes do not depend on how many workers ran the parts, with one exception: a tensor whose
 bytes also appear in another part of the same version is stored ``same`` of it when that part
@@ -89,8 +92,8 @@ def tensor_range(entries: Sequence[TensorEntry], index: int, count: int) -> list
 
 def plan_parts(session: Session, version: Version, job: Job, part_bytes: int) -> tuple[list[Job], list[int]]:
     """The part jobs of ``version`` (none when its staged weight files make fewer than two parts) and
-    the ids of those created now (to send once committed). Parts planned by an earlier run are kept as
-    they are."""
+    the ids of those created now, largest first (to send once committed, in that order). Parts planned
+    by an earlier run are kept as they are."""
     files = staged_weight_files(session, version)
     jobs = JobRepository(session)
     planned = jobs.all_for(PART_KIND, [f.id for f in files])
@@ -99,12 +102,27 @@ def plan_parts(session: Session, version: Version, job: Job, part_bytes: int) ->
     counts = {f.id: part_count(f, part_bytes) for f in files}
     if sum(counts.values()) < 2:
         return [], []
-    parts = [
-        jobs.add(PART_KIND, range_target(f"{job.target}:{f.path}", i, counts[f.id]), f.id)
-        for f in files
-        for i in range(counts[f.id])
-    ]
-    return parts, [p.id for p in parts]
+    parts, sizes = [], {}
+    for f in files:
+        for i in range(counts[f.id]):
+            part = jobs.add(PART_KIND, range_target(f"{job.target}:{f.path}", i, counts[f.id]), f.id)
+            parts.append(part)
+            sizes[part.id] = f.size // counts[f.id]
+    return parts, largest_first(sizes)
+
+
+def largest_first(sizes: dict[int, int]) -> list[int]:
+    """Part job ids in the order they are sent: largest (in bytes) first, then by id. The broker hands
+    messages out in that order, so the small parts come last and fill the gaps at the end instead of a
+    big part starting when the other workers are nearly done (the tail where one worker works alone)."""
+    return sorted(sizes, key=lambda job_id: (-sizes[job_id], job_id))
+
+
+def encoded_files(parts: Sequence[Job]) -> set[int]:
+    """Ids of the files every part of which has succeeded: their tensors are committed and their header
+    stored, so the version's finishing run need not walk them again."""
+    files = {p.target_id for p in parts}
+    return {f for f in files if all(p.status == "succeeded" for p in parts if p.target_id == f)}
 
 
 def finish_part(session: Session, version: Version, part: Job) -> int | None:

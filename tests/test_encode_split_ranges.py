@@ -1,12 +1,14 @@
 """How a split encode cuts a weight file into tensor ranges (services/encode_split.py): every worker
 must cut a file the same way, every tensor in exactly one range, and a range part's job target must
-name its range (the workers' end-to-end behaviour is tests/test_encode_split.py)."""
+name its range; parts are sent largest first, and the finishing run skips only files every part of
+which succeeded (the workers' end-to-end behaviour is tests/test_encode_split.py)."""
 
 from __future__ import annotations
 
 import pytest
 from deltazoo.compression.safetensors_io import TensorEntry
-from deltazoo.services.encode_split import range_of, range_target, tensor_range
+from deltazoo.registry.models import Job
+from deltazoo.services.encode_split import encoded_files, largest_first, range_of, range_target, tensor_range
 
 
 def entries(sizes: list[int]) -> list[TensorEntry]:
@@ -45,3 +47,21 @@ def test_a_range_part_names_its_range_and_a_whole_file_part_names_none() -> None
     assert range_of(named) == (2, 5)
     with pytest.raises(ValueError, match="names no range"):
         range_of("acme/ft@2:model.safetensors [6/5]")
+
+
+def test_parts_are_sent_largest_first_and_equal_sizes_in_id_order() -> None:
+    # a 300 MiB file in 3 ranges of 100, a 64 MiB file, a 128 MiB file: the small file goes last
+    assert largest_first({7: 100, 8: 100, 9: 100, 10: 64, 11: 128}) == [11, 7, 8, 9, 10]
+    assert largest_first({}) == []
+
+
+def test_only_files_whose_every_part_succeeded_count_as_encoded() -> None:
+    parts = [
+        Job(kind="encode_file", target_id=1, status="succeeded"),
+        Job(kind="encode_file", target_id=1, status="succeeded"),
+        Job(kind="encode_file", target_id=2, status="succeeded"),
+        Job(kind="encode_file", target_id=2, status="running"),
+        Job(kind="encode_file", target_id=3, status="failed"),
+    ]
+    assert encoded_files(parts) == {1}
+    assert encoded_files([]) == set()

@@ -22,7 +22,7 @@ from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import PART_KIND, VERSION_KIND
 from deltazoo.registry.settings import Settings
 from deltazoo.services.encode import encode_file, encode_version
-from deltazoo.services.encode_split import WAITING, finish_part, plan_parts, range_of
+from deltazoo.services.encode_split import WAITING, encoded_files, finish_part, plan_parts, range_of
 from deltazoo.services.job_outcomes import build_artifact_job, encode_finished, record_job_failure
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
@@ -89,12 +89,14 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> str | None:
     version = session.get(Version, job.target_id)
     if version is None:
         raise LookupError(f"version {job.target} no longer exists")
+    encoded: set[int] = set()
     if version.status == "processing" and ctx.split:
         parts, created = plan_parts(session, version, job, ctx.settings.encode_part_mb << 20)
         if any(p.status != "succeeded" for p in parts):
             job.status = WAITING  # the last part to finish sends this job again
             after_commit(session, partial(_send_all, ctx, created))
             return WAITING
+        encoded = encoded_files(parts)
     if version.status == "processing":
         marks = _Checkpoints(session, job, ctx.settings.job_commit_every_s)
         encode_version(
@@ -106,6 +108,7 @@ def _encode(session: Session, job: Job, ctx: JobContext) -> str | None:
             marks.checkpoint,
             threads=_threads(ctx),
             chunk_bytes=ctx.settings.tensor_chunk_mb << 20,
+            encoded=encoded,
         )
     encode_finished(session, version, job.target, ctx.enqueue)
     return None
