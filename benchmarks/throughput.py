@@ -314,12 +314,14 @@ def task_spans(logs: tuple[Path, ...], since: float) -> list[dict[str, float | i
 def timeline_figures(spans: list[dict[str, float | int | str]], ready: float) -> dict[str, float]:
     """Where a split encode's wall time went (seconds, from the commit's answer to ``ready``): until the
     first job started (queue latency), the parts' span, each worker's idle time inside it, and the finish
-    step (the version job's last run) up to when the client saw ``ready``."""
+    step (the version job's last run) up to when the client saw ``ready``; figures whose log lines are
+    missing are left out."""
     if not spans:
         return {}
     version_job = min(int(s["job"]) for s in spans)
     parts = [s for s in spans if int(s["job"]) != version_job]
-    finish = [s for s in spans if int(s["job"]) == version_job][-1]
+    runs = [s for s in spans if int(s["job"]) == version_job and s["result"] != "waiting"]
+    finish = runs[-1] if runs else None
     out = {"encode: until the first job starts": float(spans[0]["start"])}
     if parts:
         first = min(float(s["start"]) for s in parts)
@@ -331,9 +333,11 @@ def timeline_figures(spans: list[dict[str, float | int | str]], ready: float) ->
             for w in workers
         ]
         out["encode: idle worker seconds among the parts"] = sum(idle)
-        out["encode: last part end to finish start"] = float(finish["start"]) - last
-    out["encode: finish step"] = float(finish["end"]) - float(finish["start"])
-    out["encode: finish end to ready seen"] = ready - float(finish["end"])
+        if finish is not None:
+            out["encode: last part end to finish start"] = float(finish["start"]) - last
+    if finish is not None:
+        out["encode: finish step"] = float(finish["end"]) - float(finish["start"])
+        out["encode: finish end to ready seen"] = ready - float(finish["end"])
     return out
 
 
@@ -435,14 +439,15 @@ def one_repetition(
             r["push fine-tune: encode"] = r["push fine-tune"] - r["push fine-tune: upload"]
             for n, before in others_cpu.items():
                 r[f"encode: {n} CPU s"] = cpu_seconds(server.pids[n]) - before
-            if server.worker_logs:
-                spans = task_spans(server.worker_logs, committed)
-                r |= timeline_figures(spans, r["push fine-tune: encode"])
-                print(json.dumps({"timeline": spans}), flush=True)
             if worker_pids(server):
                 r["encode: workers CPU s"] = (
                     sum(cpu_seconds(pid) for pid in worker_pids(server)) - workers_cpu
                 )
+            if server.worker_logs:
+                time.sleep(1)  # the worker logs the job's end just after committing it: let it
+                spans = task_spans(server.worker_logs, committed)
+                r |= timeline_figures(spans, r["push fine-tune: encode"])
+                print(json.dumps({"timeline": spans}), flush=True)
         if push_only:
             with Client(server.url, server.token) as c:
                 c.delete_model("bench/ft")
@@ -560,6 +565,11 @@ def report(
     return "\n".join(lines)
 
 
+def spread_of(runs: list[dict[str, float]], key: str) -> str:
+    values = [r[key] for r in runs if key in r]
+    return spread(values) if values else "–"
+
+
 def scale_out(kinds: list[str], runs: dict[str, list[dict[str, float]]], pinned: bool) -> str:
     """The encode job of the fine-tune on the second stack against the first, repetition by repetition
     (the servers took turns, so repetition i of each ran side by side)."""
@@ -575,8 +585,7 @@ def scale_out(kinds: list[str], runs: dict[str, list[dict[str, float]]], pinned:
             "| where the encode's wall time went (s, median) | " + f"{one} | {two} |",
             "| --- | --- | --- |",
             *[
-                f"| {k.removeprefix('encode: ')} | {spread([r[k] for r in runs[one] if k in r])} | "
-                f"{spread([r[k] for r in runs[two] if k in r])} |"
+                f"| {k.removeprefix('encode: ')} | {spread_of(runs[one], k)} | {spread_of(runs[two], k)} |"
                 for k in steps
             ],
             "",
