@@ -28,6 +28,11 @@ Within each repetition, interleaved so that the machine's drift hits both sides 
 * the codec alone: ``encode_tensor`` / ``decode_tensor`` of every fine-tune tensor against its base on
   one thread (no I/O, no hashing).
 
+The "encode job" is timed from the push's commit answering to the client's poll seeing ``ready``; on a
+stack, the workers' logs split it into queue latency, the parts' span, the workers' idle seconds in it,
+the finishing run and the poll's lag, and the API's and S3 server's CPU seconds in it are read
+(``--push-only``: no pulls; ``--setting DELTAZOO_X=V``: a setting for every server process).
+
 Every pull is checked sha256-equal to the original files. The CPU seconds (user + system) the workers
 spent during the fine-tune's encode are read from /proc. Each server process's peak RSS (VmHWM) is read
 from /proc, and the 1-minute load average before and after each repetition is recorded (this machine is
