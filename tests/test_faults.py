@@ -64,6 +64,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         settings = {
             **full_stack_env(database, broker, s3, ADMIN_TOKEN),
             "DELTAZOO_JOB_HEARTBEAT_S": "0.5",
+            # progress committed after every tensor: the faults land part-way through a job, however fast
+            # the machine encodes (with the default 1 s a 2 s job showed no midpoint to the poll)
+            "DELTAZOO_JOB_COMMIT_EVERY_S": "0",
         }
         (root / "worker").mkdir()
         worker = CeleryWorker(child_env({"DELTAZOO_HOME": str(root / "wh"), **settings}), root / "worker")
