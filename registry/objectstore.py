@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -95,36 +95,31 @@ class LocalObjectStore:
         return self.root / key
 
     def put_file(self, key: str, fileobj: BinaryIO, length: int) -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(fileobj, out, CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self._path(key)  # a bad key is refused before any byte is written
+        self.place(self._temporary(lambda out: shutil.copyfileobj(fileobj, out, CHUNK)), key)
 
     def write_temporary(self, data: bytes | memoryview) -> Path:
         """``data`` in a new temporary file, not yet fsynced nor visible under any key (``place``
         does both; an interrupted write is an incomplete upload the orphan sweep removes)."""
+        return self._temporary(lambda out: out.write(data))
+
+    def _temporary(self, write: Callable[[BinaryIO], object]) -> Path:
+        """A new temporary file that ``write`` fills (removed again if it raises)."""
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                write(out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return Path(tmp)
 
     def place(self, tmp: Path, key: str) -> None:
-        """Make a ``write_temporary`` file durable (fsync) and then visible under ``key`` (rename)."""
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        """Make a temporary file (``write_temporary``) durable (fsync), then visible under ``key``
+        (rename): an object is never seen half-written."""
         try:
+            target = self._path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
