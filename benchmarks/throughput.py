@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -353,6 +354,12 @@ def pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(int(tid), {cpu})
 
 
+def process_cpu_seconds() -> float:
+    """This process's CPU seconds (user + system, all its threads): the SDK's side of a transfer."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -430,9 +437,12 @@ def one_repetition(
         r["zstd -3 -T2"], r["zstd -d"] = zstd_files(ft_files, work)
         with Client(server.url, server.token, cache_dir=work / f"push-cache-{rep}") as c:
             r["push base"] = timed(lambda: c.push(pair / "base", "bench/base", quiet=True))
+            api_cpu, client_cpu = cpu_seconds(server.pids["API"]), process_cpu_seconds()
             start = time.perf_counter()
             c.push(pair / "ft", "bench/ft", base="bench/base@1", quiet=True, wait=False)
             r["push fine-tune: upload"] = time.perf_counter() - start
+            r["upload: API CPU s"] = cpu_seconds(server.pids["API"]) - api_cpu
+            r["upload: client CPU s"] = process_cpu_seconds() - client_cpu
             committed = time.time()
             workers_cpu = sum(cpu_seconds(pid) for pid in worker_pids(server))
             others = ("API", "S3 server")
