@@ -13,14 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from deltazoo.api.app import create_app
 from deltazoo.api.body_feed import FEED_BATCH
-from deltazoo.registry.settings import Settings
 from fastapi.testclient import TestClient
 
 from tests.servers import running_api_server
 from tests.test_api_support import CONFIG, sha
-from tests.test_races_and_limits import at_barrier, codes
+from tests.test_races_and_limits import app_on_backend, at_barrier, codes
 
 ADMIN = "limits-admin"
 PENDING = 3
@@ -51,17 +49,9 @@ def declare(client: Any, name: str, token: str, files: dict[str, bytes] | None =
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    url = request.getfixturevalue("empty_postgres_url") if request.param == "postgres" else None
-    settings = Settings(
-        home=tmp_path / "home",
-        database_url=url,
-        broker_url=None,
-        s3_endpoint=None,
-        auth=True,
-        admin_token=ADMIN,
-        max_pending_versions=PENDING,
-    )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with app_on_backend(
+        request, tmp_path, auth=True, admin_token=ADMIN, max_pending_versions=PENDING
+    ) as client:
         yield client
 
 
