@@ -66,7 +66,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     upgrade_database()
-    uvicorn.run("deltazoo.api.app:create_app", factory=True, host=args.host, port=args.port)
+    from deltazoo.api.http_protocol import body_pieces_protocol
+
+    uvicorn.run(
+        "deltazoo.api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        http=body_pieces_protocol(),  # type: ignore[arg-type]
+    )
     return EXIT_OK
 
 
