@@ -8,6 +8,10 @@ the server is the API process, plus ``weed mini`` (the S3 store) on the full sta
 
     python benchmarks/upload_path.py --pair /tmp/deltazoo-throughput/bf16-256mib-4shards-seed0 \
         --servers embedded stack --reps 3
+
+``--uncommitted``: the push's own steps up to the commit (list and hash the files, create the version,
+send them with ``deltazoo/upload.py``), then the version is deleted instead of committed: no encode
+runs between repetitions, so many repetitions fit in a minute and none of them shares the CPU with one.
 """
 
 from __future__ import annotations
@@ -77,6 +81,37 @@ def one_upload(url: str, token: str | None, pids: dict[str, int], folder: Path, 
     return row
 
 
+def one_uncommitted_upload(
+    url: str, token: str | None, pids: dict[str, int], folder: Path, rep: int
+) -> dict[str, float]:
+    """What ``push`` does before its commit, timed the same way; the version is deleted afterwards."""
+    from deltazoo import Client
+    from deltazoo.checkpoint import scan_checkpoint
+    from deltazoo.refs import Ref
+    from deltazoo.upload import Uploader
+
+    with Client(url, token, cache_dir=folder.parent / f".upload-cache-{os.getpid()}") as client:
+        client.transport.json("POST", "/v1/models", json={"name": "bench/uncommitted", "exist_ok": True})
+        load = os.getloadavg()[0]
+        server_before = {k: cpu_seconds(p) for k, p in pids.items()}
+        client_before = own_cpu()
+        start = time.perf_counter()
+        files = scan_checkpoint(folder, quiet=True, hash_up_to=client.upload_part_bytes)
+        declared = [{"path": f.path, "size": f.size, "sha256": f.sha256 or None} for f in files]
+        answer = client.transport.json(
+            "POST", "/v1/models/bench/uncommitted/versions", json={"files": declared, "resume": False}
+        )
+        ref = Ref("bench", "uncommitted", str(answer["version"]["revision"]))
+        Uploader(client.transport, client.upload_part_bytes).upload_all(ref, files, folder, quiet=True)
+        wall = time.perf_counter() - start
+        client_cpu = own_cpu() - client_before
+        server = {k: cpu_seconds(p) - server_before[k] for k, p in pids.items()}
+        client.transport.json("DELETE", f"/v1/models/bench/uncommitted/versions/{ref.rev}")
+    row = {"rep": rep, "wall s": wall, "client cpu s": client_cpu, "load": load}
+    row |= {f"{k} cpu s": v for k, v in server.items()}
+    return row
+
+
 def main() -> int:
     from benchmarks.throughput import start_profiler, stop_profiler
 
@@ -87,12 +122,17 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="py-spy raw profiles of the API and client, first rep")
     parser.add_argument("--broker-db", type=int, default=14, help="Redis db (after TEST_REDIS_DB_BASE)")
+    parser.add_argument(
+        "--uncommitted", action="store_true", help="delete each version instead of committing it (no encode)"
+    )
     args = parser.parse_args()
+    upload = one_uncommitted_upload if args.uncommitted else one_upload
     folder = args.pair / "ft"
     for kind in args.servers:
-        with tempfile.TemporaryDirectory(prefix="upload-path-") as tmp, serve(
-            kind, Path(tmp), args.broker_db
-        ) as (url, token, pids):
+        with (
+            tempfile.TemporaryDirectory(prefix="upload-path-") as tmp,
+            serve(kind, Path(tmp), args.broker_db) as (url, token, pids),
+        ):
             for rep in range(args.reps):
                 spies = []
                 if args.profile is not None and rep == 0:
@@ -102,7 +142,7 @@ def main() -> int:
                     ]
                     time.sleep(1)
                 try:
-                    row = {"server": kind, **one_upload(url, token, pids, folder, rep)}
+                    row = {"server": kind, **upload(url, token, pids, folder, rep)}
                 finally:
                     for spy in spies:
                         stop_profiler(spy)
