@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "_cpu.h"
+#include "_half.h"
 
 static cpu_features cpu; /* BMI2 coders and the PCLMULQDQ crc32 where the CPU has them; set at import */
 
@@ -483,6 +484,7 @@ ASM8(4096, 7)
 ASM8(256, 7)
 ASM8(4096, 10)
 ASM8(256, 10)
+ASM8(64, 7) /* BLOCK: the F16 path's bf16 blocks (decode_group) */
 #endif
 
 /* Elements j0..j1 of G segments side by side (segment k's elements at p/o + 2 * (k * seg + j)); `tail`:
@@ -491,8 +493,9 @@ static inline __attribute__((always_inline)) void decode_run(
     const uint8_t *src, uint64_t len, uint64_t *pos, const int G, const uint8_t *p, uint8_t *o, Py_ssize_t j0,
     Py_ssize_t j1, const Py_ssize_t seg, const int shift, const uint32_t *const *rowp, const int tail, const int bmi) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (bmi && !tail && G == 8 && (seg == 4096 || seg == 256)) {
-        if (seg == 4096 && shift == 7) run8_4096_7(pos, src, p, o, j0, j1, rowp);
+    if (bmi && !tail && G == 8 && (seg == 4096 || seg == 256 || (seg == BLOCK && shift == 7))) {
+        if (seg == BLOCK) run8_64_7(pos, src, p, o, j0, j1, rowp);
+        else if (seg == 4096 && shift == 7) run8_4096_7(pos, src, p, o, j0, j1, rowp);
         else if (seg == 256 && shift == 7) run8_256_7(pos, src, p, o, j0, j1, rowp);
         else if (seg == 4096) run8_4096_10(pos, src, p, o, j0, j1, rowp);
         else run8_256_10(pos, src, p, o, j0, j1, rowp);
@@ -564,13 +567,24 @@ static inline __attribute__((always_inline)) void decode_run(
     }
 }
 
-/* G whole segments from segment s (or one segment of `count` elements when G == 1); nonzero if a
- * segment's bits do not end in its last byte. */
+/* A narrowed F16 tensor (compression.narrow) is a BF16 stream against the bf16 of its F16 parent (rounded to
+ * nearest even, as compression.payload.as_child_dtype casts it), widened back to F16 after decoding. In F16
+ * mode (f16 != 0) the decoder does both casts itself, a block at a time in L1: each block of the F16 parent
+ * cast into a bf16 block, decoded into a bf16 block, widened into the F16 result; no bf16 copy of the
+ * parent or the result is ever made. The casts are compression/_half.h's, those of compression._narrow
+ * (vec: its AVX2 + F16C loops), so the bytes are the two-step route's. A NaN in the parent is reported
+ * (ANY_NAN): that route casts it with torch instead, and the caller takes it. */
+#define ANY_NAN 2
+
+/* G whole segments from segment s (or one segment of `count` elements when G == 1); bit 0 set if a
+ * segment's bits do not end in its last byte, ANY_NAN in F16 mode if the parent holds a NaN. */
 static inline __attribute__((always_inline)) int decode_group(
     const uint8_t *src, uint64_t len, const int64_t *of, Py_ssize_t s, const int G, Py_ssize_t count,
     const uint8_t *p, uint8_t *o, const Py_ssize_t seg, const int shift, const uint32_t *const *rowp,
-    const int bmi) {
+    const int bmi, const int f16, const int vec) {
     uint64_t pos[8];
+    uint16_t pb[8 * BLOCK], ob[8 * BLOCK]; /* F16 mode: segment k's block at pb/ob + k * BLOCK */
+    uint32_t nan = 0;
     for (int k = 0; k < G; k++) pos[k] = 8 * (uint64_t)of[s + k];
     p += 2 * s * seg;
     o += 2 * s * seg;
@@ -578,10 +592,24 @@ static inline __attribute__((always_inline)) int decode_group(
         Py_ssize_t j1 = j + BLOCK < count ? j + BLOCK : count;
         int near_end = 0;
         for (int k = 0; k < G; k++) near_end |= (pos[k] >> 3) + REACH > len;
-        if (__builtin_expect(near_end, 0)) decode_run(src, len, pos, G, p, o, j, j1, seg, shift, rowp, 1, bmi);
+        if (f16) {
+            const uint8_t *bp = (const uint8_t *)pb;
+            for (int k = 0; k < G; k++) {
+                const uint16_t *from = (const uint16_t *)(p + 2 * (k * seg + j));
+                nan |= vec ? rne_vec(from, pb + k * BLOCK, j1 - j) : rne_scalar(from, pb + k * BLOCK, j1 - j);
+            }
+            if (__builtin_expect(near_end, 0))
+                decode_run(src, len, pos, G, bp, (uint8_t *)ob, 0, j1 - j, BLOCK, shift, rowp, 1, bmi);
+            else decode_run(src, len, pos, G, bp, (uint8_t *)ob, 0, j1 - j, BLOCK, shift, rowp, 0, bmi);
+            for (int k = 0; k < G; k++) {
+                uint16_t *to = (uint16_t *)(o + 2 * (k * seg + j));
+                if (vec) widen_vec(ob + k * BLOCK, to, j1 - j);
+                else widen_scalar(ob + k * BLOCK, to, j1 - j);
+            }
+        } else if (__builtin_expect(near_end, 0)) decode_run(src, len, pos, G, p, o, j, j1, seg, shift, rowp, 1, bmi);
         else decode_run(src, len, pos, G, p, o, j, j1, seg, shift, rowp, 0, bmi);
     }
-    int bad = 0;
+    int bad = nan ? ANY_NAN : 0;
     for (int k = 0; k < G; k++) bad |= (pos[k] + 7) / 8 != (uint64_t)of[s + k + 1];
     return bad;
 }
@@ -589,31 +617,36 @@ static inline __attribute__((always_inline)) int decode_group(
 /* All segments: eight, then four, two, one whole ones side by side, then the short last one. */
 static inline __attribute__((always_inline)) int decode_core(
     const uint8_t *src, uint64_t len, const int64_t *of, Py_ssize_t nseg, Py_ssize_t n, const uint8_t *p,
-    const int shift, const uint32_t *const *rowp, const Py_ssize_t seg, uint8_t *o, const int bmi) {
+    const int shift, const uint32_t *const *rowp, const Py_ssize_t seg, uint8_t *o, const int bmi, const int f16,
+    const int vec) {
     Py_ssize_t whole = n / seg, s = 0;
     int bad = 0;
-    for (; s + GROUP <= whole; s += GROUP)
-        bad |= decode_group(src, len, of, s, GROUP, seg, p, o, seg, shift, rowp, bmi);
-    if (s + 4 <= whole) { bad |= decode_group(src, len, of, s, 4, seg, p, o, seg, shift, rowp, bmi); s += 4; }
-    if (s + 2 <= whole) { bad |= decode_group(src, len, of, s, 2, seg, p, o, seg, shift, rowp, bmi); s += 2; }
-    if (s < whole) { bad |= decode_group(src, len, of, s, 1, seg, p, o, seg, shift, rowp, bmi); s += 1; }
-    if (s < nseg) bad |= decode_group(src, len, of, s, 1, n - s * seg, p, o, seg, shift, rowp, bmi);
+#define GROUP_OF(G, COUNT) decode_group(src, len, of, s, G, COUNT, p, o, seg, shift, rowp, bmi, f16, vec)
+    for (; s + GROUP <= whole; s += GROUP) bad |= GROUP_OF(GROUP, seg);
+    if (s + 4 <= whole) { bad |= GROUP_OF(4, seg); s += 4; }
+    if (s + 2 <= whole) { bad |= GROUP_OF(2, seg); s += 2; }
+    if (s < whole) { bad |= GROUP_OF(1, seg); s += 1; }
+    if (s < nseg) bad |= GROUP_OF(1, n - s * seg);
+#undef GROUP_OF
     return bad;
 }
 
-/* One instantiation per (instruction set, shift, segment length the writer uses). BMI2 (shrx, bzhi: the
- * compiler finds them in the plain shifts and masks above) is picked at run time, so that the module still
- * runs on x86-64-v2. */
+/* One instantiation per (instruction set, shift, segment length the writer uses, F16 mode: BF16 streams
+ * only). BMI2 (shrx, bzhi: the compiler finds them in the plain shifts and masks above) is picked at run
+ * time, so that the module still runs on x86-64-v2; so are the F16 mode's vector casts (vec). */
 #define DECODERS(SUFFIX, ATTR, BMI) \
     ATTR static int decode_##SUFFIX(const uint8_t *src, uint64_t len, const int64_t *of, Py_ssize_t nseg, \
                                     Py_ssize_t n, const uint8_t *p, int shift, const uint32_t *const *rowp, \
-                                    Py_ssize_t seg, uint8_t *o) { \
-        if (shift == 7 && seg == 4096) return decode_core(src, len, of, nseg, n, p, 7, rowp, 4096, o, BMI); \
-        if (shift == 7 && seg == 256) return decode_core(src, len, of, nseg, n, p, 7, rowp, 256, o, BMI); \
-        if (shift == 10 && seg == 4096) return decode_core(src, len, of, nseg, n, p, 10, rowp, 4096, o, BMI); \
-        if (shift == 10 && seg == 256) return decode_core(src, len, of, nseg, n, p, 10, rowp, 256, o, BMI); \
-        if (shift == 7) return decode_core(src, len, of, nseg, n, p, 7, rowp, seg, o, BMI); \
-        return decode_core(src, len, of, nseg, n, p, 10, rowp, seg, o, BMI); \
+                                    Py_ssize_t seg, uint8_t *o, int f16, int vec) { \
+        if (f16 && seg == 4096) return decode_core(src, len, of, nseg, n, p, 7, rowp, 4096, o, BMI, 1, vec); \
+        if (f16 && seg == 256) return decode_core(src, len, of, nseg, n, p, 7, rowp, 256, o, BMI, 1, vec); \
+        if (f16) return decode_core(src, len, of, nseg, n, p, 7, rowp, seg, o, BMI, 1, vec); \
+        if (shift == 7 && seg == 4096) return decode_core(src, len, of, nseg, n, p, 7, rowp, 4096, o, BMI, 0, 0); \
+        if (shift == 7 && seg == 256) return decode_core(src, len, of, nseg, n, p, 7, rowp, 256, o, BMI, 0, 0); \
+        if (shift == 10 && seg == 4096) return decode_core(src, len, of, nseg, n, p, 10, rowp, 4096, o, BMI, 0, 0); \
+        if (shift == 10 && seg == 256) return decode_core(src, len, of, nseg, n, p, 10, rowp, 256, o, BMI, 0, 0); \
+        if (shift == 7) return decode_core(src, len, of, nseg, n, p, 7, rowp, seg, o, BMI, 0, 0); \
+        return decode_core(src, len, of, nseg, n, p, 10, rowp, seg, o, BMI, 0, 0); \
     }
 DECODERS(portable, , 0)
 #ifdef HAVE_BMI2_CLONE
@@ -654,11 +687,11 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
 #ifdef HAVE_BMI2_CLONE
             if (cpu.bmi2)
                 bad = decode_bmi2(srcb.buf, (uint64_t)srcb.len, offs.buf, nseg, n, parent.buf, shift, rowp, seg,
-                                  out.buf);
+                                  out.buf, 0, 0);
             else
 #endif
                 bad = decode_portable(srcb.buf, (uint64_t)srcb.len, offs.buf, nseg, n, parent.buf, shift, rowp, seg,
-                                      out.buf);
+                                      out.buf, 0, 0);
             result = bad ? -1 : 0;
         }
         Py_END_ALLOW_THREADS
@@ -670,21 +703,23 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     return PyLong_FromLong(result);
 }
 
-/* decode_stream(buf, offset, n, parent, shift) -> (the n elements' bytes, offset past the stream), or an
- * int (nonzero) where the stream is corrupt: compression.exact16_delta.decode_stream then reads it again the
- * long way, which names the fault. The same checks, in one call. */
+/* decode_stream(buf, offset, n, parent, shift, f16=False) -> (the n elements' bytes, offset past the stream), or
+ * an int (nonzero) where the stream is corrupt: compression.exact16_delta.decode_stream then reads it again the
+ * long way, which names the fault. The same checks, in one call. f16: a BF16 stream (shift 7) of a narrowed
+ * F16 tensor, parent its F16 parent, the result in F16 (decode_group's F16 mode); 10 if the parent holds a
+ * NaN (then the caller casts the parent with torch and decodes in two steps). */
 static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
     Py_buffer buf, parent;
     Py_ssize_t offset, n;
-    int shift;
-    if (!PyArg_ParseTuple(args, "y*nny*i", &buf, &offset, &n, &parent, &shift)) return NULL;
+    int shift, f16 = 0;
+    if (!PyArg_ParseTuple(args, "y*nny*i|p", &buf, &offset, &n, &parent, &shift, &f16)) return NULL;
     const uint8_t *b = buf.buf;
     Py_ssize_t len = buf.len, start = offset, fault = 0;
     uint32_t seg = 0, k = 0, crc = 0;
     int64_t *of = NULL;
     uint32_t *dt = NULL;
     PyObject *out = NULL;
-    if (n < 0 || parent.len != 2 * n || offset < 0 || (shift != 7 && shift != 10)) fault = 1;
+    if (n < 0 || parent.len != 2 * n || offset < 0 || (shift != 7 && shift != 10) || (f16 && shift != 7)) fault = 1;
     else if (offset + 5 + 256 > len) fault = 2;
     else {
         memcpy(&seg, b + offset, 4);
@@ -729,13 +764,14 @@ static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
         else {
             const uint32_t *rowp[512];
             for (int v = 0; v < 512; v++) rowp[v] = dt + ((uint32_t)cm[v & (0x7FFF >> shift)] << LOOKUP);
-            int bad;
+            int bad, vec = cpu.avx2 && has_vec(); /* the F16 mode's casts: AVX2 + F16C unless portable */
 #ifdef HAVE_BMI2_CLONE
-            if (cpu.bmi2) bad = decode_bmi2(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o);
+            if (cpu.bmi2) bad = decode_bmi2(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o, f16, vec);
             else
 #endif
-                bad = decode_portable(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o);
-            if (bad) fault = 9;
+                bad = decode_portable(src, (uint64_t)of[nseg], of, nseg, n, parent.buf, shift, rowp, seg, o, f16, vec);
+            if (bad & 1) fault = 9;
+            else if (bad & ANY_NAN) fault = 10;
         }
         Py_END_ALLOW_THREADS
         offset = end + 4;
@@ -955,7 +991,7 @@ static PyMethodDef methods[] = {
     {"tables", py_tables, METH_VARARGS, "tables(lengths, tok_extra, tok_base, enc, dec)"},
     {"encode_stream", py_encode_stream, METH_VARARGS, "encode_stream(child, parent, shift, stride, seg, prefix)"},
     {"encode", py_encode, METH_VARARGS, "encode(child, parent, shift, ztab, enc, seg, out, sizes)"},
-    {"decode_stream", py_decode_stream, METH_VARARGS, "decode_stream(buf, offset, n, parent, shift)"},
+    {"decode_stream", py_decode_stream, METH_VARARGS, "decode_stream(buf, offset, n, parent, shift, f16=False)"},
     {"decode", py_decode, METH_VARARGS, "decode(src, offsets, parent, shift, ctxmap, lengths, seg, out)"},
     {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0) -> zlib.crc32(data, value)"},
     {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag) -> instruction set used"},

@@ -56,7 +56,7 @@ from deltazoo.compression.payload import (
     layout,
     numel,
 )
-from deltazoo.compression.payload_decode import decode_elf, decode_v6, decode_v45
+from deltazoo.compression.payload_decode import decode_elf, decode_v5_as_f16, decode_v6, decode_v45
 
 __all__ = ["PLAIN16", "CodecError", "EncodedTensor", "decode_tensor", "encode_tensor", "layout"]
 
@@ -248,6 +248,11 @@ def _decode_narrowed(
     if bytes(inner[:4]) == narrow.MAGIC_NARROW:
         raise CodecError("corrupt payload: a narrowed payload inside a narrowed payload")
     assert inner_dtype is not None
+    if (inner_dtype, dtype) == ("BF16", "F16") and threads <= 1:  # one pass, both casts in the kernel
+        n = numel(shape, "tensor")
+        f16 = decode_v5_as_f16(inner, encoding, n, parent_raw, parent_dtype, parent_shape)
+        if f16 is not None:
+            return f16
     raw = decode_tensor(
         encoding, inner, inner_dtype, shape, parent_raw, parent_dtype, parent_shape, threads=threads
     )

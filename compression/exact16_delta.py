@@ -39,6 +39,7 @@ MAX_LEN = 11  # longest code; the decoder's lookup width
 CONTEXTS = 8  # contexts the encoder uses: the top exponent and the 7 below it (lower ones share the last)
 ESCAPE = 63  # a token the table has no code for is sent as this token's code and z's 16 bits
 SAMPLE_FROM, SAMPLE_STRIDE = 1 << 16, 4  # tensors this large take their tables from every 4th element
+_BF16_SHIFT = 7  # BF16 mantissa bits: the shift that leaves the parent's sign and exponent
 MAX_SEGMENT = 1 << 16  # a reader's bound on segment elements (the writer uses 256 or 4096)
 _HEAD = struct.Struct("<IB")  # segment elements, contexts
 
@@ -291,6 +292,24 @@ def decode_stream(
     if bad:
         raise CodecError("corrupt payload: a format-5 segment does not end where its size says")
     return out, end + 4
+
+
+def decode_stream_f16(
+    buf: memoryview, offset: int, n: int, parent_f16: np.ndarray
+) -> tuple[np.ndarray, int] | None:
+    """A narrowed F16 tensor's stream (``compression.narrow``: BF16 values coded against the bf16 of the F16
+    parent, rounded to nearest even) decoded straight to F16: n F16 elements and the offset past the stream.
+    The extension casts each block of the parent and of the result in L1 as it decodes (the casts of
+    ``compression._narrow``), so no bf16 copy of either is made: the two-step route (cast the parent,
+    ``decode_stream``, ``narrow.widen``) reads and writes each tensor twice more. Gives the same bytes as
+    that route, or None where it cannot: no extension, a NaN in the parent (which torch casts there) or a
+    corrupt stream (that route names the fault)."""
+    if _exact16_delta is None:
+        return None
+    got = _exact16_delta.decode_stream(buf, offset, n, parent_f16, _BF16_SHIFT, True)
+    if isinstance(got, int):
+        return None
+    return np.frombuffer(got[0], "<u2"), got[1]
 
 
 def _decode_numpy(

@@ -77,6 +77,35 @@ def decode_v45(
     return out.tobytes()
 
 
+def decode_v5_as_f16(
+    buf: memoryview,
+    encoding: str,
+    n: int,
+    parent_raw: Buffer | None,
+    parent_dtype: str | None,
+    parent_shape: Shape | None,
+) -> bytes | None:
+    """The BF16 payload of a narrowed F16 tensor, decoded straight to F16 when it is one format-5 delta stream
+    against an F16 parent (``exact16_delta.decode_stream_f16``: one pass, no bf16 copy of the parent or the
+    result); None for any other payload, or where that kernel cannot: the caller then decodes it as BF16 and
+    widens it, which gives the same bytes and names any fault. Checks the header and parent as
+    ``decode_v45`` does."""
+    if bytes(buf[:4]) != MAGIC or parent_dtype != "F16":
+        return None
+    codec, pcode, flags = read_header(buf, encoding, "BF16", n)
+    if codec != "delta" or flags != 0:
+        return None
+    parent = parent_for(codec, "F16", pcode, parent_raw, parent_dtype, parent_shape)  # F16 bits, not cast
+    shared, offset = shared_elements(buf, HEADER.size, codec, n, parent)
+    got = exact16_delta.decode_stream_f16(buf, offset, shared, parent)
+    if got is None:
+        return None
+    out, offset = got
+    if offset != len(buf):
+        raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
+    return out.base  # the bytes object the kernel decoded into: handed over as it is, not copied
+
+
 def decode_v6(
     buf: memoryview,
     encoding: str,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from deltazoo.compression import narrow
+from deltazoo.compression import exact16_delta, narrow
 from deltazoo.compression.codecs import CodecError, decode_tensor, encode_tensor
+from deltazoo.compression.payload import HEADER
 
 
 def bf16_values(n: int, seed: int, scale: float = 0.02) -> torch.Tensor:
@@ -162,3 +163,66 @@ def test_golden_bytes_and_corruption() -> None:
         decode_tensor("plain", payload[:8] + payload, "F32", [4])
     with pytest.raises(CodecError, match="truncated"):
         decode_tensor("plain", payload[:6], "F32", [4])
+
+
+def f16_family(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An F16 parent (values bf16 does not hold too: its cast rounds them) and an F16 child of bf16 values."""
+    g = torch.Generator().manual_seed(seed)
+    parent = (torch.randn(n, generator=g) * 0.02).half()
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 3e-7, -6e-8, 65504.0, 1e-4])
+    parent[: min(n, 8)] = special[: min(n, 8)]
+    child = (parent.float() + torch.randn(n, generator=g) * 1e-3).to(torch.bfloat16).half()
+    return child, parent
+
+
+@pytest.mark.skipif(exact16_delta._exact16_delta is None, reason="compression._exact16_delta is not built")
+@pytest.mark.parametrize("portable", [False, True])  # BMI2 decoder and AVX2/F16C casts, and the scalar ones
+@pytest.mark.parametrize("n", [5, 203, 256 * 15 + 100, 4096 * 23 + 1234])  # groups of 8, 4, 2, 1, a short one
+def test_f16_delta_decodes_straight_to_f16_as_the_two_step_route(
+    monkeypatch: pytest.MonkeyPatch, n: int, portable: bool
+) -> None:
+    child, parent = f16_family(n, seed=n)
+    raw, praw = raw_of(child), raw_of(parent)
+    enc = encode_tensor(raw, "F16", [n], praw, "F16", [n])
+    assert enc.payload[:4] == narrow.MAGIC_NARROW and enc.encoding == "delta"
+    inner = memoryview(enc.payload)[narrow.HEADER.size :]
+    exact16_delta._exact16_delta.set_portable(portable)
+    narrow._narrow.set_portable(portable)
+    try:
+        fused = exact16_delta.decode_stream_f16(inner, HEADER.size, n, np.frombuffer(praw, "<u2"))
+        two_step = narrow.widen(decode_tensor("delta", inner, "BF16", [n], praw, "F16", [n]), "BF16", "F16")
+        assert fused is not None and fused[1] == len(inner)
+        assert fused[0].tobytes() == two_step == raw
+        fused_calls: list[int | None] = []
+        kernel = exact16_delta.decode_stream_f16
+        monkeypatch.setattr(  # decode_tensor takes the one-pass route
+            exact16_delta, "decode_stream_f16", lambda *a: fused_calls.append(n) or kernel(*a)
+        )
+        assert decode_tensor("delta", enc.payload, "F16", [n], praw, "F16", [n]) == raw
+        assert fused_calls == [n]
+    finally:
+        exact16_delta._exact16_delta.set_portable(False)
+        narrow._narrow.set_portable(False)
+
+
+@pytest.mark.skipif(exact16_delta._exact16_delta is None, reason="compression._exact16_delta is not built")
+def test_f16_delta_falls_back_for_a_nan_parent_and_names_corruption() -> None:
+    n = 5000
+    child, parent = f16_family(n, seed=9)
+    parent[4321] = float("nan")  # torch casts this parent: the kernel declines it
+    raw, praw = raw_of(child), raw_of(parent)
+    enc = encode_tensor(raw, "F16", [n], praw, "F16", [n])
+    inner = memoryview(enc.payload)[narrow.HEADER.size :]
+    assert exact16_delta.decode_stream_f16(inner, HEADER.size, n, np.frombuffer(praw, "<u2")) is None
+    assert decode_tensor("delta", enc.payload, "F16", [n], praw, "F16", [n]) == raw
+    child, parent = f16_family(n, seed=10)
+    raw, praw = raw_of(child), raw_of(parent)
+    payload = bytearray(encode_tensor(raw, "F16", [n], praw, "F16", [n]).payload)
+    payload[len(payload) // 2] ^= 0x10
+    with pytest.raises(CodecError, match="checksum"):
+        decode_tensor("delta", bytes(payload), "F16", [n], praw, "F16", [n])
+    intact = encode_tensor(raw, "F16", [n], praw, "F16", [n]).payload
+    with pytest.raises(CodecError, match="parent of"):  # the parent checked as the two-step route does
+        decode_tensor("delta", intact, "F16", [n], praw[:-2], "F16", [n - 1])
+    grown = torch.cat([child, child[:64]])  # delta-rows: the two-step route
+    assert round_trip(grown, parent)[:4] == narrow.MAGIC_NARROW
