@@ -247,14 +247,25 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
  * testing BAD_SLOT once per run of segments catches them. */
 #define BAD_SLOT 0x800u
 
+/* The parent's element i as f32 bits. A BF16 parent (p16: an F32 fine-tune of a BF16 base) is read as it
+ * is stored, each element the high half of its f32 (the exact widening compression.payload.as_child_dtype
+ * does), so that no widened copy of it is made; parent_from: the parent from element a on. */
+static inline __attribute__((always_inline)) uint32_t parent_at(const void *p, Py_ssize_t i, const int p16) {
+    return p16 ? (uint32_t)((const uint16_t *)p)[i] << 16 : ((const uint32_t *)p)[i];
+}
+static inline __attribute__((always_inline)) const void *parent_from(const void *p, Py_ssize_t a, const int p16) {
+    return (const uint8_t *)p + a * (p16 ? 2 : 4);
+}
+
 /* Symbols of one segment with a check on every refill (segments near the end of the buffer); the table's
  * rows are mask + 1 entries wide. */
-static inline uint32_t decode_symbols(reader *rt, const uint16_t *dt, uint32_t mask, const uint16_t *cm,
-                                      const uint32_t *p, uint16_t *syms, Py_ssize_t m) {
+static inline __attribute__((always_inline)) uint32_t decode_symbols(
+    reader *rt, const uint16_t *dt, uint32_t mask, const uint16_t *cm, const void *p, uint16_t *syms, Py_ssize_t m,
+    const int p16) {
     uint32_t bad = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
         if (rt->fill < LOOKUP) refill(rt);
-        uint32_t ctx = cm ? cm[(p[i] >> 23) & 0xFF] : 0;
+        uint32_t ctx = cm ? cm[(parent_at(p, i, p16) >> 23) & 0xFF] : 0;
         uint32_t e = dt[ctx | ((uint32_t)rt->acc & mask)], ln = e >> 12;
         bad |= e;
         syms[i] = (uint16_t)(e & 0xFFF);
@@ -280,14 +291,14 @@ static inline uint32_t decode_symbols(reader *rt, const uint16_t *dt, uint32_t m
  * four independent chains, a branch-free refill every four symbols (4 x 12 bits <= 56). The caller has
  * made sure that every 8-byte load stays inside the buffer. consumed[l]: bits each segment used. */
 static inline __attribute__((always_inline)) void decode4_fast(
-    const uint8_t *const q[4], const uint16_t *dt, uint32_t mask, const uint16_t *cm, const uint32_t *p,
-    uint16_t *syms, Py_ssize_t seg, int64_t consumed[4]) {
+    const uint8_t *const q[4], const uint16_t *dt, uint32_t mask, const uint16_t *cm, const void *p,
+    uint16_t *syms, Py_ssize_t seg, int64_t consumed[4], const int p16) {
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     uint32_t f0 = 0, f1 = 0, f2 = 0, f3 = 0;
     const uint8_t *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
 #define SY(A, F, L, I)                                                                                \
     do {                                                                                              \
-        uint32_t ctx_ = cm ? cm[(p[(L) * seg + (I)] >> 23) & 0xFF] : 0;                               \
+        uint32_t ctx_ = cm ? cm[(parent_at(p, (L) * seg + (I), p16) >> 23) & 0xFF] : 0;               \
         uint32_t e_ = dt[ctx_ | ((uint32_t)A & mask)], l_ = e_ >> 12;                                 \
         syms[(L) * seg + (I)] = (uint16_t)(e_ & 0xFFF);                                               \
         A >>= l_;                                                                                     \
@@ -399,8 +410,8 @@ static inline uint64_t raw_word(const uint8_t *rb, int64_t len, int64_t rpos, in
  * ORs every symbol into *bad (BAD_SLOT marks a slot without a code). Runs without bounds checks while 29
  * bits an element cannot reach past the plane. */
 static inline __attribute__((always_inline)) int64_t raw_delta(
-    const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos, const uint32_t *p,
-    uint32_t *o, uint32_t *bad) {
+    const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos, const void *p,
+    uint32_t *o, uint32_t *bad, const int p16) {
     Py_ssize_t i = 0;
     uint32_t acc = 0;
     if (rpos + 29 * (int64_t)m + 64 <= 8 * len) {
@@ -411,7 +422,7 @@ static inline __attribute__((always_inline)) int64_t raw_delta(
             uint32_t r = (uint32_t)raw_word(rb, len, rpos, 1) & (uint32_t)(info >> 32);
             rpos += TOK_NX8[t];
             uint32_t z = (uint32_t)info | r;
-            o[i] = p[i] + ((z >> 1) ^ (0u - (z & 1)));
+            o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
         }
     }
     for (; i < m; i++) {
@@ -421,7 +432,7 @@ static inline __attribute__((always_inline)) int64_t raw_delta(
         uint32_t r = (uint32_t)raw_word(rb, len, rpos, 0) & (uint32_t)(info >> 32);
         rpos += TOK_NX8[t];
         uint32_t z = (uint32_t)info | r;
-        o[i] = p[i] + ((z >> 1) ^ (0u - (z & 1)));
+        o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
     }
     *bad |= acc;
     return rpos;
@@ -497,8 +508,8 @@ static inline __attribute__((always_inline)) int64_t raw_plain(
  * body: the segments at of[0..nseg] then the raw plane (raw_len bytes) at of[nseg]. */
 static inline __attribute__((always_inline)) int decode_core(
     int avx2, int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg, const uint8_t *rb, int64_t raw_len,
-    const uint32_t *p, const uint16_t *cm, const uint16_t *dt, uint32_t mask, const uint64_t *tt, Py_ssize_t seg,
-    Py_ssize_t n, uint32_t *o, uint16_t *syms) {
+    const void *p, const uint16_t *cm, const uint16_t *dt, uint32_t mask, const uint64_t *tt, Py_ssize_t seg,
+    Py_ssize_t n, uint32_t *o, uint16_t *syms, const int p16) {
     const uint8_t *body_end = rb + raw_len;
     int64_t rpos = 0;
     const Py_ssize_t reach = (12 * seg) / 8 + 16; /* bytes a segment's fast decoder may load past its start */
@@ -510,7 +521,7 @@ static inline __attribute__((always_inline)) int decode_core(
             const uint8_t *q[4] = {body + of[s], body + of[s + 1], body + of[s + 2], body + of[s + 3]};
             int64_t used[4];
             if (!delta && tt) decode4_triple(q, tt, dt, syms, seg, used);
-            else decode4_fast(q, dt, mask, delta ? cm : NULL, p + a, syms, seg, used);
+            else decode4_fast(q, dt, mask, delta ? cm : NULL, parent_from(p, a, p16), syms, seg, used, p16);
             for (int l = 0; l < 4; l++)
                 if ((used[l] + 7) / 8 != of[s + l + 1] - of[s + l]) return -1;
             m = 4 * seg;
@@ -518,28 +529,33 @@ static inline __attribute__((always_inline)) int decode_core(
         } else {
             reader rt = {body + of[s], body + of[s + 1], 0, 0, 0};
             m = (a + seg < n ? a + seg : n) - a;
-            if (decode_symbols(&rt, dt, mask, delta ? cm : NULL, p + a, syms, m)) return -1;
+            if (decode_symbols(&rt, dt, mask, delta ? cm : NULL, parent_from(p, a, p16), syms, m, p16)) return -1;
             if ((rt.consumed + 7) / 8 != of[s + 1] - of[s]) return -1;
             s += 1;
         }
         uint32_t bad = 0;
-        rpos = delta ? raw_delta(syms, m, rb, raw_len, rpos, p + a, o + a, &bad)
+        rpos = delta ? raw_delta(syms, m, rb, raw_len, rpos, parent_from(p, a, p16), o + a, &bad, p16)
                      : raw_plain(syms, m, rb, raw_len, rpos, o + a, &bad, avx2);
         if (rpos > 8 * raw_len || (bad & BAD_SLOT)) return -1;
     }
     return (rpos + 7) / 8 == raw_len ? 0 : -1;
 }
 
+/* One instantiation per (instruction set, mode, segment length the writer uses); p16: a BF16 parent. */
 #define DECODERS(SUFFIX, ATTR, AVX2)                                                                   \
     ATTR static int decode_##SUFFIX(int delta, const uint8_t *body, const int64_t *of, Py_ssize_t nseg,       \
-                                    const uint8_t *rb, int64_t raw_len, const uint32_t *p, const uint16_t *cm, \
+                                    const uint8_t *rb, int64_t raw_len, const void *p, const uint16_t *cm,     \
                                     const uint16_t *dt, uint32_t mask, const uint64_t *tt, Py_ssize_t seg,     \
-                                    Py_ssize_t n, uint32_t *o, uint16_t *sy) {                                 \
+                                    Py_ssize_t n, uint32_t *o, uint16_t *sy, int p16) {                        \
+        if (!delta && seg == 4096)                                                                             \
+            return decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, 4096, n, o, sy, 0);       \
+        if (!delta) return decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, seg, n, o, sy, 0); \
+        if (p16 && seg == 4096)                                                                                \
+            return decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, 4096, n, o, sy, 1);       \
+        if (p16) return decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, seg, n, o, sy, 1);   \
         if (seg == 4096)                                                                                       \
-            return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, 4096, n, o, sy)    \
-                         : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, 4096, n, o, sy);   \
-        return delta ? decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, seg, n, o, sy)         \
-                     : decode_core(AVX2, 0, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, seg, n, o, sy);        \
+            return decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, 4096, n, o, sy, 0);       \
+        return decode_core(AVX2, 1, body, of, nseg, rb, raw_len, p, cm, dt, mask, tt, seg, n, o, sy, 0);            \
     }
 DECODERS(portable, , 0)
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -595,23 +611,23 @@ static void build_triple_table(const uint16_t *dt, uint64_t *tt) {
     }
 }
 
-/* decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n) -> (status, bytes of n u32):
- * body holds the token segments at offsets[0..nseg] and the raw plane from raw_at to its end; lengths is
- * u8[contexts * symbols]. Status 0, -1 for a corrupt stream, -2 for lengths that are no prefix code (then
- * the bytes are None). */
+/* decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n, bf16_parent=False) -> (status, bytes
+ * of n u32): body holds the token segments at offsets[0..nseg] and the raw plane from raw_at to its end;
+ * lengths is u8[contexts * symbols]; parent n u32, or with bf16_parent n BF16 (u16) read as their exact f32.
+ * Status 0, -1 for a corrupt stream, -2 for lengths that are no prefix code (then the bytes are None). */
 static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_buffer body, offs, parent, ctxmap, lengths;
-    int delta;
+    int delta, p16 = 0;
     Py_ssize_t seg, raw_at, n;
-    if (!PyArg_ParseTuple(args, "py*y*ny*y*y*nn", &delta, &body, &offs, &raw_at, &parent, &ctxmap, &lengths, &seg,
-                          &n))
+    if (!PyArg_ParseTuple(args, "py*y*ny*y*y*nn|p", &delta, &body, &offs, &raw_at, &parent, &ctxmap, &lengths, &seg,
+                          &n, &p16))
         return NULL;
     const int ntok = delta ? NTOK_DELTA : NTOK_PLAIN;
     Py_ssize_t nseg = seg > 0 && n >= 0 ? (n + seg - 1) / seg : 0;
     Py_ssize_t nctx = lengths.len / ntok;
     int ok = seg > 0 && n >= 0 && n <= PY_SSIZE_T_MAX / 4 && offs.len == 8 * (nseg + 1) && nctx > 0 &&
              lengths.len == nctx * ntok && raw_at >= 0 && raw_at <= body.len &&
-             (!delta || (parent.len == 4 * n && ctxmap.len == 256));
+             (!delta || (parent.len == (p16 ? 2 : 4) * n && ctxmap.len == 256)) && (delta || !p16);
     /* Delta tables are as wide as the longest code (at most 12 bits; on weights <= 10): 8 contexts of 2^10
      * entries stay in L1 where 2^12 would not. Plain keeps 12 bits (its triple table is built from them). */
     uint32_t width = LOOKUP;
@@ -656,11 +672,11 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         else {
             if (tt) build_triple_table(dt, tt);
 #ifdef HAVE_BMI2_CLONE
-            if (cpu.avx2) status = decode_avx2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms);
-            else if (cpu.bmi2) status = decode_bmi2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms);
+            if (cpu.avx2) status = decode_avx2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms, p16);
+            else if (cpu.bmi2) status = decode_bmi2(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms, p16);
             else
 #endif
-                status = decode_portable(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms);
+                status = decode_portable(delta, b, of, nseg, rb, rl, parent.buf, cm, dt, mask, tt, seg, n, o, syms, p16);
         }
         Py_END_ALLOW_THREADS
     }
@@ -781,7 +797,7 @@ static PyObject *py_lengths(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"count", py_count, METH_VARARGS, "count(delta, child, parent, counts, tokens): symbol counts"},
     {"encode", py_encode, METH_VARARGS, "encode(delta, child, parent, enc, seg, tok, sizes, raw, tokens)"},
-    {"decode", py_decode, METH_VARARGS, "decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n)"},
+    {"decode", py_decode, METH_VARARGS, "decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n, bf16_parent=False)"},
     {"lengths", py_lengths, METH_VARARGS, "lengths(counts, nsym, floor_shift, max_len, out): code lengths"},
     {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag): the portable decoder, or the CPU's best (avx2, bmi2)"},
     {NULL, NULL, 0, NULL},

@@ -228,9 +228,13 @@ def decode_stream_bytes(
     buf: memoryview, offset: int, n: int, parent: np.ndarray | None, backend: str = "auto"
 ) -> tuple[bytes, int]:
     """``decode_stream`` with the elements as little-endian bytes (the C kernel writes them straight into
-    the bytes object: no copy after it)."""
+    the bytes object: no copy after it). ``parent``: u32 elements, or u16 ones for a BF16 parent, each the
+    high half of its f32 (the C kernel reads them as they are stored; numpy widens them first)."""
     use_c = pick_c_kernel(_exact32, "_exact32", backend)
     delta = parent is not None
+    bf16_parent = parent is not None and parent.dtype.itemsize == 2
+    if bf16_parent and not use_c:
+        parent, bf16_parent = np.asarray(parent, "<u2").astype("<u4") << np.uint32(16), False
     start = offset
     if offset + _HEAD.size > len(buf):
         raise CodecError("corrupt payload: truncated format-6 stream header")
@@ -265,10 +269,10 @@ def decode_stream_bytes(
         raise CodecError("corrupt payload: truncated format-6 segments or raw plane")
     if crc32(buf[start:end]) != struct.unpack_from("<I", buf, end)[0]:
         raise CodecError("corrupt payload: stream checksum (crc32) mismatch")
-    par = np.ascontiguousarray(parent, "<u4") if delta else np.zeros(0, "<u4")
+    par = np.ascontiguousarray(parent, "<u2" if bf16_parent else "<u4") if delta else np.zeros(0, "<u4")
     if use_c:  # the decoder table is built in C too (the same entries as dec_table)
         status, raw = _exact32.decode(
-            delta, buf[body_at:end], offsets, raw_at - body_at, par, ctxmap, lengths, seg, n
+            delta, buf[body_at:end], offsets, raw_at - body_at, par, ctxmap, lengths, seg, n, bf16_parent
         )
         if status == -2:
             _check_kraft(lengths)  # raises: the lengths are no prefix code

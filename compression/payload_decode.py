@@ -126,7 +126,9 @@ def decode_v6(
             raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
         out, offset = exact32.decode_stream_bytes(buf, offset, n, None)
     else:
-        parent = parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
+        # A BF16 parent is handed over as stored (exact32 reads each as its f32): no widened copy of it.
+        parent_as = "BF16" if parent_dtype == "BF16" else dtype
+        parent = parent_for(codec, parent_as, pcode, parent_raw, parent_dtype, parent_shape)
         shared, offset = shared_elements(buf, offset, codec, n, parent)
         out, offset = exact32.decode_stream_bytes(buf, offset, shared, parent)
         if codec == "delta-rows":

@@ -275,6 +275,43 @@ def test_numpy_decoder_table_marks_tokens_no_delta_uses() -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("n", [1, 255, 4099, 70001])
+def test_a_bf16_parent_is_read_as_stored_and_decodes_as_its_widened_copy(n: int) -> None:
+    """An F32 fine-tune of a BF16 base: decode reads the BF16 parent as it is stored (each element the high
+    half of its f32), with the same result as the widened parent: portable and the CPU's best decoder, C
+    and numpy, and streams with a valid checksum but corrupt bits fail or decode alike."""
+    rng = np.random.default_rng(n)
+    p16 = ((rng.standard_normal(n).astype(np.float32) * 0.02).view("<u4") >> 16).astype("<u2")
+    wide = p16.astype("<u4") << np.uint32(16)
+    noise = 1 + rng.standard_normal(n).astype(np.float32) * 1e-3
+    child = (wide.view(np.float32) * noise).astype(np.float32).view("<u4")
+    coded = F.encode_stream(child, wide)
+    chosen = F._exact32.set_portable(False)
+    try:
+        for portable in (True, False):
+            F._exact32.set_portable(portable)
+            for backend in ("c", "numpy"):
+                out, end = F.decode_stream(memoryview(coded), 0, n, p16, backend=backend)
+                assert end == len(coded) and out.tobytes() == child.tobytes()
+        for _ in range(20):
+            hostile = bytearray(coded)
+            for at in rng.integers(F._HEAD.size, len(hostile) - 4, 3):
+                hostile[at] ^= 1 << int(rng.integers(0, 8))
+            hostile[-4:] = F.crc32(memoryview(hostile)[:-4]).to_bytes(4, "little")
+            results = []
+            for par, backend in ((p16, "c"), (wide, "c"), (p16, "numpy")):
+                try:
+                    out, _ = F.decode_stream(memoryview(bytes(hostile)), 0, n, par, backend=backend)
+                    results.append(out.tobytes())
+                except CodecError:
+                    results.append(None)
+            assert results[0] == results[1] == results[2]
+    finally:
+        F._exact32.set_portable(False)
+    assert F._exact32.set_portable(False) == chosen
+
+
+@needs_c
 def test_hostile_streams_with_a_valid_checksum_fail_or_decode_alike_in_c_and_numpy() -> None:
     rng = np.random.default_rng(12)
     for n, par_of in ((20000, lambda p: p), (9000, lambda p: None)):
