@@ -22,6 +22,8 @@ tensor and its parent chain).
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import threading
 from collections import deque
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from deltazoo.blob_fetch import BlobFetcher
 from deltazoo.cache import Cache
 from deltazoo.compression.chain import Chunk, Step, decode_chain, decode_chunk
 from deltazoo.compression.codecs import CodecError
@@ -73,6 +76,9 @@ class DeltaPuller:
         self._manifests: dict[str, dict[str, Any]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self.blobs = BlobFetcher(transport)
+        self._mapped: dict[Path, mmap.mmap] = {}  # cached files that chunks' parents are read from
+        self._mapped_lock = threading.Lock()
 
     def __enter__(self) -> DeltaPuller:
         return self
@@ -81,11 +87,18 @@ class DeltaPuller:
         self.close()
 
     def close(self) -> None:
-        """Stop the rebuild threads (started by the first file rebuilt)."""
+        """Stop the rebuild threads (started by the first file rebuilt), end their connections and close
+        the cached files read."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown(cancel_futures=True)  # waits for the pieces being rebuilt
+        self.blobs.close()
+        with self._mapped_lock:
+            mapped, self._mapped = self._mapped, {}
+        for mapping in mapped.values():
+            with contextlib.suppress(BufferError):  # a view kept by a traceback: unmapped when freed
+                mapping.close()
 
     def _rebuild_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -129,6 +142,24 @@ class DeltaPuller:
         with path.open("rb", buffering=0) as f:
             f.seek(begin + lo)
             return f.read(hi - lo)
+
+    def _parent_part(self, sha256: str, lo: int, hi: int) -> memoryview:
+        """Bytes ``[lo, hi)`` of a cached tensor, read in place: the cached file is mapped once per pull
+        (read-only; cached files are never written again, only replaced or removed, which leaves the
+        mapping valid), so a chunk's parent is neither copied nor a new buffer to fault in."""
+        path, begin, end = self._local[sha256]
+        with self._mapped_lock:
+            mapping = self._mapped.get(path)
+            if mapping is None:
+                with path.open("rb") as f:
+                    mapping = self._mapped[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if begin + hi > min(end, len(mapping)):
+            raise IntegrityError(
+                f"cached file {path.name} ends before a tensor it indexed; pull again without the cache "
+                "(delete it)",
+                code="size_mismatch",
+            )
+        return memoryview(mapping)[begin + lo : begin + hi]
 
     def _entry_of(self, parent: dict[str, Any]) -> dict[str, Any]:
         """The manifest entry of a tensor's parent (``{ref, file, name, ...}``)."""
@@ -252,14 +283,16 @@ class DeltaPuller:
     ) -> bytes:
         part = None
         if chunk.encoding != "plain" and held is not None:
-            part = self._read_local(held, chunk.begin * pitem, chunk.end * pitem)
+            part = self._parent_part(held, chunk.begin * pitem, chunk.end * pitem)
         try:
-            return decode_chunk(self._fetch_blob, step, chunk, parent, part, check=False)
+            raw = decode_chunk(self.blobs.fetch_scratch, step, chunk, parent, part, check=False)
         except CodecError as exc:
             raise self._rebuilt_wrong(tensor, exc) from None
+        # the payload lies in this thread's reused buffer: keep no view of it
+        return raw if type(raw) is bytes else bytes(raw)
 
-    def _fetch_blob(self, sha256: str) -> bytes:
-        return self.transport.get_bytes(f"/v1/blobs/{sha256}")
+    def _fetch_blob(self, sha256: str) -> bytes | bytearray:
+        return self.blobs.fetch(sha256)
 
     # --- whole files -----------------------------------------------------------------------------
 

@@ -86,6 +86,9 @@ class Transport:
             timeout=httpx.Timeout(timeout, connect=10.0),
             follow_redirects=True,
         )
+        #: whether the caller gave its own httpx transport (a test's, a mock): then every request uses it
+        self.custom_transport = transport is not None
+        self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
         self.backoff_cap = backoff_cap
