@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from deltazoo.blob_fetch import BlobFetcher
+from deltazoo.blob_fetch import BlobFetcher, Fetched
 from deltazoo.cache import Cache
 from deltazoo.compression.chain import Chunk, Step, decode_chain, decode_chunk
 from deltazoo.compression.codecs import CodecError
@@ -46,19 +46,46 @@ from deltazoo.errors import IntegrityError
 from deltazoo.models import FileInfo
 from deltazoo.refs import Ref
 from deltazoo.transport import Transport, progress_bar
+from deltazoo.upload import PARALLEL_FILES
 
 _MAX_DEPTH = 64
 _AHEAD = max(2, os.cpu_count() or 1)  # pieces rebuilt ahead of the one being written
+BATCH = 4  # chunks whose blobs one request fetches (8 MiB chunks: ~8 MiB of bf16 delta blobs)
 
 
 @dataclass(frozen=True)
 class _Piece:
-    """Bytes ``[begin, end)`` of a tensor's raw bytes, as ``build`` returns them."""
+    """Bytes ``[begin, end)`` of a tensor's raw bytes, as ``build`` returns them; a chunk decoded from
+    one blob also names it (``blob``) and decodes it once fetched (``decode``), so that the blobs of
+    neighbouring chunks can be fetched in one request."""
 
     tensor: dict[str, Any]
     begin: int
     end: int
     build: Callable[[], bytes]
+    blob: str | None = None
+    decode: Callable[[bytes | bytearray | memoryview], bytes] | None = None
+
+
+class _Batch:
+    """The blobs of a few consecutive chunks, fetched in one request on the fetch thread; its buffer goes
+    back to the fetcher once each chunk is decoded (``done``)."""
+
+    def __init__(self, fetched: Future[Fetched], blobs: BlobFetcher, count: int) -> None:
+        self._fetched = fetched
+        self._blobs = blobs
+        self._left = count
+        self._lock = threading.Lock()
+
+    def part(self, index: int) -> bytes | bytearray | memoryview:
+        return self._fetched.result().parts[index]
+
+    def done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last and self._fetched.done() and self._fetched.exception() is None:
+            self._blobs.give_back(self._fetched.result())
 
 
 def _version_path(ref: Ref) -> str:
@@ -75,6 +102,7 @@ class DeltaPuller:
         self._local: dict[str, tuple[Path, int, int]] = {}
         self._manifests: dict[str, dict[str, Any]] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._fetcher: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.blobs = BlobFetcher(transport)
         self._mapped: dict[Path, mmap.mmap] = {}  # cached files that chunks' parents are read from
@@ -91,8 +119,10 @@ class DeltaPuller:
         the cached files read."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)  # waits for the pieces being rebuilt
+            fetcher, self._fetcher = self._fetcher, None
+        for threads in (pool, fetcher):  # waits for the pieces being rebuilt, the batches being fetched
+            if threads is not None:
+                threads.shutdown(cancel_futures=True)
         self.blobs.close()
         with self._mapped_lock:
             mapped, self._mapped = self._mapped, {}
@@ -105,6 +135,14 @@ class DeltaPuller:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(_AHEAD, thread_name_prefix="deltazoo-rebuild")
             return self._pool
+
+    def _fetch_pool(self) -> ThreadPoolExecutor:
+        """Threads that fetch batches of blobs (waiting on the socket, the GIL released): one per file
+        rebuilt side by side."""
+        with self._pool_lock:
+            if self._fetcher is None:
+                self._fetcher = ThreadPoolExecutor(PARALLEL_FILES, thread_name_prefix="deltazoo-fetch")
+            return self._fetcher
 
     def hold(self, files: list[FileInfo], *, ref: str | None = None) -> None:
         """Make the tensors of these cached files (of version ``ref``, when known) available as parents.
@@ -266,6 +304,8 @@ class DeltaPuller:
                         tensor,
                         c.begin * item,
                         c.end * item,
+                        partial(self._chunk_raw, tensor, top, c, parent, held, pitem, None),
+                        c.blob,
                         partial(self._chunk_raw, tensor, top, c, parent, held, pitem),
                     )
                     for c in top.chunks
@@ -280,15 +320,18 @@ class DeltaPuller:
         parent: Step | None,
         held: str | None,
         pitem: int,
+        payload: bytes | bytearray | memoryview | None,
     ) -> bytes:
+        """One chunk's raw bytes from its blob (``payload``, fetched already, else fetched here)."""
         part = None
         if chunk.encoding != "plain" and held is not None:
             part = self._parent_part(held, chunk.begin * pitem, chunk.end * pitem)
+        fetch = self.blobs.fetch_scratch if payload is None else lambda _: payload
         try:
-            raw = decode_chunk(self.blobs.fetch_scratch, step, chunk, parent, part, check=False)
+            raw = decode_chunk(fetch, step, chunk, parent, part, check=False)
         except CodecError as exc:
             raise self._rebuilt_wrong(tensor, exc) from None
-        # the payload lies in this thread's reused buffer: keep no view of it
+        # the payload lies in a reused buffer: keep no view of it
         return raw if type(raw) is bytes else bytes(raw)
 
     def _fetch_blob(self, sha256: str) -> bytes | bytearray:
@@ -341,13 +384,14 @@ class DeltaPuller:
     def _rebuilt_in_order(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[_Piece, bytes]]:
         """Each piece of ``tensors`` with its raw bytes, in order; up to ``_AHEAD`` of them fetched and
         decoded on the pull's rebuild threads meanwhile (the decoders and sockets release the GIL)."""
-        pieces = (piece for t in tensors for piece in self._pieces(t))
+        tasks = self._tasks(tensors)
         pool = self._rebuild_pool()
         queued: deque[tuple[_Piece, Future[bytes]]] = deque()
         try:
             while True:
-                while len(queued) < _AHEAD and (piece := next(pieces, None)) is not None:
-                    queued.append((piece, pool.submit(piece.build)))
+                while len(queued) < _AHEAD and (task := next(tasks, None)) is not None:
+                    piece, build = task
+                    queued.append((piece, pool.submit(build)))
                 if not queued:
                     return
                 piece, future = queued.popleft()
@@ -355,6 +399,40 @@ class DeltaPuller:
         finally:
             for _, future in queued:
                 future.cancel()
+
+    def _tasks(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[_Piece, Callable[[], bytes]]]:
+        """Each piece of ``tensors`` in order with the call that rebuilds it: the blobs of up to ``BATCH``
+        consecutive chunks are fetched in one request, started on the fetch threads when the first of
+        them is asked for (so the next blobs arrive while these chunks decode)."""
+        group: list[_Piece] = []
+        for piece in (piece for t in tensors for piece in self._pieces(t)):
+            if piece.blob is None:
+                yield from self._batched(group)
+                group = []
+                yield piece, piece.build
+                continue
+            group.append(piece)
+            if len(group) == BATCH:
+                yield from self._batched(group)
+                group = []
+        yield from self._batched(group)
+
+    def _batched(self, group: list[_Piece]) -> Iterator[tuple[_Piece, Callable[[], bytes]]]:
+        if len(group) < 2 or not self.blobs.batches:
+            yield from ((piece, piece.build) for piece in group)
+            return
+        fetched = self._fetch_pool().submit(self.blobs.fetch_many, [p.blob for p in group if p.blob])
+        batch = _Batch(fetched, self.blobs, len(group))
+        for index, piece in enumerate(group):
+            yield piece, partial(self._from_batch, piece, batch, index)
+
+    @staticmethod
+    def _from_batch(piece: _Piece, batch: _Batch, index: int) -> bytes:
+        assert piece.decode is not None  # a piece with a blob decodes it
+        try:
+            return piece.decode(batch.part(index))
+        finally:
+            batch.done()
 
     def _pull_safetensors(
         self, entry: dict[str, Any], out: HashingWriter, file: FileInfo, shared: Any = None

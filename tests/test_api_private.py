@@ -217,6 +217,22 @@ def test_blobs_of_a_private_model_are_not_served_to_who_cannot_read_it(api: Test
     for sha256 in public:
         assert api.get(f"/v1/blobs/{sha256}", headers={"Authorization": ""}).status_code == 200
         assert api.get(f"/v1/blobs/{sha256}", headers=bearer(other_r)).status_code == 200
+    # several at once (a delta-only pull's batches): the same checks, blob by blob
+    some_public, some_hidden = sorted(public)[:2], sorted(hidden)[:2]
+    both = [("sha256", s) for s in (*some_public, *some_hidden)]
+    r = api.get("/v1/blobs", params=both)
+    assert r.status_code == 200, r.text
+    one_by_one = [api.get(f"/v1/blobs/{s}").content for s in (*some_public, *some_hidden)]
+    assert r.content == b"".join(one_by_one)
+    assert r.headers["Deltazoo-Blob-Sizes"] == ",".join(str(len(b)) for b in one_by_one)
+    for headers in ({"Authorization": ""}, bearer(other_r)):
+        r = api.get("/v1/blobs", params=both, headers=headers)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "blob_not_found", r.text
+        public_only = [("sha256", s) for s in some_public]
+        assert api.get("/v1/blobs", params=public_only, headers=headers).status_code == 200
+    for count in (0, 17):
+        r = api.get("/v1/blobs", params=[("sha256", some_public[0])] * count)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_blob_count", r.text
 
 
 def test_a_known_sha256_does_not_dedup_into_a_private_file(api: TestClient) -> None:
