@@ -4,20 +4,22 @@ For every tensor of a safetensors file (manifest order = offset order), the raw 
 
 1. a cached tensor with the same sha256 (no bytes on the wire), else
 2. ``same``: the parent tensor's raw bytes (resolved the same way, recursively), else
-3. the tensor's blob (``GET /v1/blobs/{sha}``) decoded against its parent's raw bytes, the chain down
-   to a cached or ``plain`` tensor decoded by ``compression.chain`` (the server's decoder); an uncached
-   parent costs its own blob.
+3. the tensor's blob (``GET /v1/blobs/{sha}``, through ``blob_fetch``) decoded against its parent's raw
+   bytes, the chain down to a cached or ``plain`` tensor decoded by ``compression.chain`` (the server's
+   decoder); an uncached parent costs its own blob.
 
 A file is rebuilt in pieces, in order: a chunk of a chunked tensor coded against a cached one (the
-common fine-tune: its blob decoded against the same elements of the cached parent, read from the
-cached file), or a whole tensor otherwise. Up to ``_AHEAD`` pieces of each file are fetched and decoded
-ahead while one is written, on ``_AHEAD`` threads shared by every file of the pull (one per core: the
-files rebuilt side by side do not multiply the decoders, their threads nor their heaps), so a
-delta-only pull decodes on every core. Each piece's size is checked
-as it is written and the file's sha256 (taken while it is written, not by reading it again) and size
-before it is renamed into the cache: that one hash proves every byte, so the pieces are not hashed
-again on their own. Memory is bounded by ``_AHEAD + 1`` pieces per file being rebuilt (a chunk, or one
-tensor and its parent chain).
+common fine-tune: its blob decoded against the same elements of the cached parent, read in place from
+the cached file mapped into memory), or a whole tensor otherwise. The blobs of ``BATCH`` consecutive
+chunks come in one request, fetched on threads of their own as soon as the first of those chunks is
+queued, so the next blobs arrive while earlier chunks decode. Up to ``_AHEAD`` pieces of each file are
+decoded ahead while one is written, on ``_AHEAD`` threads shared by every file of the pull (one per
+core: the files rebuilt side by side do not multiply the decoders, their threads nor their heaps), so
+a delta-only pull decodes on every core. Each piece's size is checked as it is written and the file's
+sha256 (taken while it is written, not by reading it again) and size before it is renamed into the
+cache: that one hash proves every byte, so the pieces are not hashed again on their own. Memory is
+bounded by ``_AHEAD + 1`` pieces per file being rebuilt (a chunk, or one tensor and its parent chain)
+and two batches of blobs per file (``BATCH`` blobs each, ~2 MiB per 8 MiB bf16 chunk).
 """
 
 from __future__ import annotations
