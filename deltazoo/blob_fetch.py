@@ -63,8 +63,9 @@ class BlobFetcher:
         self.direct = _direct(transport)
         parts = urlsplit(transport.url)
         self._host, self._port, self._prefix = parts.hostname or "", parts.port, parts.path.rstrip("/")
-        headers = dict(transport.http.headers)  # User-Agent, Authorization: as every other request
-        headers["Accept-Encoding"] = "identity"  # the stored bytes as they are, counted as such
+        # User-Agent, Authorization: as every other request (httpx names them in lower case)
+        headers = {name.lower(): value for name, value in transport.http.headers.items()}
+        headers["accept-encoding"] = "identity"  # the stored bytes as they are, counted as such
         self._headers = headers
         self._local = threading.local()
         #: whether the server answers ``fetch_many``'s one request (false after any other answer: a

@@ -69,6 +69,16 @@ def test_blobs_come_whole_and_counted_one_by_one_or_several_at_once(chunked) -> 
         transport.close()
 
 
+def test_requests_carry_the_token_and_ask_for_the_bytes_as_stored() -> None:
+    transport = Transport("http://dz.test:8080", token="secret")
+    fetcher = BlobFetcher(transport)
+    assert fetcher.direct and fetcher._headers["authorization"] == "Bearer secret"
+    assert fetcher._headers["accept-encoding"] == "identity"
+    assert fetcher._headers["user-agent"] == "deltazoo-sdk"
+    assert not BlobFetcher(Transport("https://dz.test")).direct  # https: through httpx
+    transport.close()
+
+
 def test_a_connection_closed_under_a_thread_is_replaced(chunked, monkeypatch: pytest.MonkeyPatch) -> None:
     url, _, _, blobs = chunked
     transport = Transport(url)
