@@ -410,17 +410,28 @@ class FilePipeline:
                 return
 
     def _wait_for_progress(self, slots: deque[Slot]) -> None:
-        """Wait for the head tensor's work or the next digest to classify (waking on every lane's
-        progress would classify batches while the one before is half recorded: more, smaller writes);
-        with none of those pending, any lane's progress (room in the window for the head's units)."""
+        """Block until the loop can move on: the head tensor's work, the first digest still being
+        computed among the slots not yet classified (a batch is classified once every digest it
+        waits for is done, so an earlier done digest is no reason to wake), or, while units wait for
+        room in the window, any lane's progress. Waking on every lane's progress otherwise would
+        classify batches while the one before is half recorded (more, smaller writes); returning
+        without waiting while only a later digest is pending made the caller's loop spin on the
+        GIL (58,700 passes for a 256 MiB push, ~0.2 CPU s)."""
         head = slots[0]
         pending = [f for f in head.coded if not f.done()]
-        nxt = next((slot for slot in slots if not slot.classified), None)
-        if head.digest is not None and not head.digest.done():
-            pending.append(head.digest)
-        if nxt is not None and nxt.digest is not None and not nxt.digest.done():
-            pending.append(nxt.digest)
-        if pending or head.units:
+        hashing = next(
+            (
+                slot.digest
+                for slot in slots
+                if not slot.classified and slot.digest is not None and not slot.digest.done()
+            ),
+            None,
+        )
+        if hashing is not None:
+            pending.append(hashing)
+        if any(slot.units for slot in slots):
+            pending.extend(self.running)
+        if pending or self.running:
             wait(pending or self.running, return_when=FIRST_COMPLETED)
 
     @staticmethod
