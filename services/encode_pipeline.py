@@ -429,7 +429,7 @@ class FilePipeline:
         room in the window, any lane's progress. Waking on every lane's progress otherwise would
         classify batches while the one before is half recorded (more, smaller writes); returning
         without waiting while only a later digest is pending made the caller's loop spin on the
-        GIL (58,700 passes for a 256 MiB push, ~0.2 CPU s)."""
+        GIL (58,700 passes for a 256 MiB push, 0.2-0.3 CPU s)."""
         head = slots[0]
         pending = [f for f in head.coded if not f.done()]
         hashing = next(
