@@ -274,6 +274,27 @@ def test_numpy_decoder_table_marks_tokens_no_delta_uses() -> None:
     assert huffman.check_kraft(lengths, F.MAX_LEN) is None
 
 
+def flipped_with_valid_checksum(
+    clean: bytes, rng: np.random.Generator, lo: int, hi: int, flips: int
+) -> bytes:
+    """``clean`` with ``flips`` random bits of ``[lo, hi)`` flipped and its crc32 written again, so that
+    only the decoder's own checks can catch the damage."""
+    coded = bytearray(clean)
+    for at in rng.integers(lo, hi, flips):
+        coded[at] ^= 1 << int(rng.integers(0, 8))
+    coded[-4:] = F.crc32(memoryview(coded)[:-4]).to_bytes(4, "little")
+    return bytes(coded)
+
+
+def decoded_or_none(coded: bytes, n: int, parent: np.ndarray | None, backend: str) -> bytes | None:
+    """The decoded bytes, or None where the decoder refuses the stream (CodecError)."""
+    try:
+        out, _ = F.decode_stream(memoryview(coded), 0, n, parent, backend=backend)
+    except CodecError:
+        return None
+    return bytes(out.tobytes())
+
+
 @needs_c
 @pytest.mark.parametrize("n", [1, 255, 4099, 70001])
 def test_a_bf16_parent_is_read_as_stored_and_decodes_as_its_widened_copy(n: int) -> None:
@@ -294,17 +315,11 @@ def test_a_bf16_parent_is_read_as_stored_and_decodes_as_its_widened_copy(n: int)
                 out, end = F.decode_stream(memoryview(coded), 0, n, p16, backend=backend)
                 assert end == len(coded) and out.tobytes() == child.tobytes()
         for _ in range(20):
-            hostile = bytearray(coded)
-            for at in rng.integers(F._HEAD.size, len(hostile) - 4, 3):
-                hostile[at] ^= 1 << int(rng.integers(0, 8))
-            hostile[-4:] = F.crc32(memoryview(hostile)[:-4]).to_bytes(4, "little")
-            results = []
-            for par, backend in ((p16, "c"), (wide, "c"), (p16, "numpy")):
-                try:
-                    out, _ = F.decode_stream(memoryview(bytes(hostile)), 0, n, par, backend=backend)
-                    results.append(out.tobytes())
-                except CodecError:
-                    results.append(None)
+            hostile = flipped_with_valid_checksum(coded, rng, F._HEAD.size, len(coded) - 4, 3)
+            results = [
+                decoded_or_none(hostile, n, par, backend)
+                for par, backend in ((p16, "c"), (wide, "c"), (p16, "numpy"))
+            ]
             assert results[0] == results[1] == results[2]
     finally:
         F._exact32.set_portable(False)
@@ -319,18 +334,8 @@ def test_hostile_streams_with_a_valid_checksum_fail_or_decode_alike_in_c_and_num
         par = par_of(parent)
         clean = F.encode_stream(child, par)
         for _ in range(60):
-            coded = bytearray(clean)
-            for at in rng.integers(F._HEAD.size, len(coded) - 4, 3):
-                coded[at] ^= 1 << int(rng.integers(0, 8))
-            coded[-4:] = F.crc32(memoryview(coded)[:-4]).to_bytes(4, "little")
-            results = []
-            for backend in ("c", "numpy"):
-                try:
-                    out, _ = F.decode_stream(memoryview(bytes(coded)), 0, n, par, backend=backend)
-                    results.append(out.tobytes())
-                except CodecError:
-                    results.append(None)
-            assert results[0] == results[1]
+            coded = flipped_with_valid_checksum(clean, rng, F._HEAD.size, len(clean) - 4, 3)
+            assert decoded_or_none(coded, n, par, "c") == decoded_or_none(coded, n, par, "numpy")
 
 
 def _plain_lengths(coded: bytes) -> np.ndarray:
@@ -354,19 +359,10 @@ def test_plain_symbols_decoded_three_a_lookup_fail_or_decode_alike_in_c_and_nump
     body_end = body_at + int(np.frombuffer(clean, "<u4", 5, body_at - 20).sum())
     outcomes = set()
     for trial in range(25):
-        coded = bytearray(clean)
-        for at in rng.integers(body_at, body_end, 1 + trial % 3):
-            coded[at] ^= 1 << int(rng.integers(0, 8))
-        coded[-4:] = F.crc32(memoryview(coded)[:-4]).to_bytes(4, "little")
-        results = []
-        for backend in ("c", "numpy"):
-            try:
-                out, _ = F.decode_stream(memoryview(bytes(coded)), 0, n, None, backend=backend)
-                results.append(out.tobytes())
-            except CodecError:
-                results.append(None)
-        assert results[0] == results[1]
-        outcomes.add(results[0] is None)
+        coded = flipped_with_valid_checksum(clean, rng, body_at, body_end, 1 + trial % 3)
+        result = decoded_or_none(coded, n, None, "c")
+        assert result == decoded_or_none(coded, n, None, "numpy")
+        outcomes.add(result is None)
     assert True in outcomes  # most flips move every later code of the segment past its size: refused
 
 
