@@ -175,13 +175,12 @@ class DeltaPuller:
 
     # --- raw bytes of one tensor -----------------------------------------------------------------
 
-    def _read_local(self, sha256: str, lo: int = 0, hi: int | None = None) -> bytes:
-        """Bytes ``[lo, hi)`` (default: all) of a cached tensor's raw bytes."""
+    def _read_local(self, sha256: str) -> bytes:
+        """A cached tensor's raw bytes, whole (a chunk's parent is read in place: ``_parent_part``)."""
         path, begin, end = self._local[sha256]
-        hi = end - begin if hi is None else hi
         with path.open("rb", buffering=0) as f:
-            f.seek(begin + lo)
-            return f.read(hi - lo)
+            f.seek(begin)
+            return f.read(end - begin)
 
     def _parent_part(self, sha256: str, lo: int, hi: int) -> memoryview:
         """Bytes ``[lo, hi)`` of a cached tensor, read in place: the cached file is mapped once per pull
@@ -267,7 +266,7 @@ class DeltaPuller:
             if below is not None and len(steps) == 1:
                 return below  # held here already, read by the sha256 it was indexed under
             start = 1 if below is not None else 0
-            return decode_chain(self._fetch_blob, steps, start=start, raw=below, verify=verify)
+            return decode_chain(self.blobs.fetch, steps, start=start, raw=below, verify=verify)
         except CodecError as exc:
             raise self._rebuilt_wrong(tensor, exc) from None
 
@@ -335,9 +334,6 @@ class DeltaPuller:
             raise self._rebuilt_wrong(tensor, exc) from None
         # the payload lies in a reused buffer: keep no view of it
         return raw if type(raw) is bytes else bytes(raw)
-
-    def _fetch_blob(self, sha256: str) -> bytes | bytearray:
-        return self.blobs.fetch(sha256)
 
     # --- whole files -----------------------------------------------------------------------------
 
