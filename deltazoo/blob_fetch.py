@@ -22,11 +22,14 @@ from __future__ import annotations
 import http.client
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from deltazoo.transport import Transport
 
+T = TypeVar("T")
 BLOB_SIZES = "Deltazoo-Blob-Sizes"  # ``GET /v1/blobs``: each blob's size, in the order asked
 _SPARE_BUFFERS = 8  # ``fetch_many`` buffers kept for the next batches (a few per file being rebuilt)
 
@@ -99,21 +102,16 @@ class BlobFetcher:
     def fetch_many(self, names: list[str]) -> Fetched:
         """The blobs ``names``, in one request where the server allows, else one by one (``fetch``)."""
         if self.batches:
-            query = "&".join(f"sha256={name}" for name in names)
-            for fresh in (False, True):
-                connection, reused = self._connection(fresh)
-                try:
-                    fetched = self._read_many(connection, f"{self._prefix}/v1/blobs?{query}", len(names))
-                except (OSError, http.client.HTTPException) as exc:
-                    self._drop(connection)
-                    if reused and isinstance(exc, _STALE):  # closed by the server while idle
-                        continue
-                    break
-                if fetched is None:
-                    self.batches = False
-                    break
-                self.transport.count("bytes_downloaded", sum(len(part) for part in fetched.parts))
-                return fetched
+            path = f"{self._prefix}/v1/blobs?" + "&".join(f"sha256={name}" for name in names)
+            try:
+                fetched = self._on_own_connection(lambda c: self._read_many(c, path, len(names)))
+            except (OSError, http.client.HTTPException):
+                pass  # each blob alone, through the SDK's one HTTP path where this one fails again
+            else:
+                if fetched is not None:
+                    self.transport.count("bytes_downloaded", sum(len(part) for part in fetched.parts))
+                    return fetched
+                self.batches = False
         return Fetched([self.fetch(name) for name in names])
 
     def give_back(self, fetched: Fetched) -> None:
@@ -172,20 +170,32 @@ class BlobFetcher:
     def _get(self, sha256: str, *, scratch: bool) -> bytes | bytearray | memoryview:
         path = f"/v1/blobs/{sha256}"
         if self.direct:
-            for fresh in (False, True):
-                connection, reused = self._connection(fresh)
-                try:
-                    body = self._read(connection, self._prefix + path, scratch)
-                except (OSError, http.client.HTTPException) as exc:
-                    self._drop(connection)
-                    if reused and isinstance(exc, _STALE):  # closed by the server while idle
-                        continue
-                    break
-                if body is None:  # not a plain 200: the SDK's one HTTP path says or retries why
-                    break
+            try:
+                body = self._on_own_connection(lambda c: self._read(c, self._prefix + path, scratch))
+            except (OSError, http.client.HTTPException):
+                body = None
+            if body is not None:  # else not a plain 200, or failed: the SDK's one HTTP path says why
                 self.transport.count("bytes_downloaded", len(body))
                 return body
         return self.transport.get_bytes(path)
+
+    def _on_own_connection(self, request: Callable[[http.client.HTTPConnection], T]) -> T:
+        """``request`` on this thread's connection; once more on a new one when a connection that served
+        an earlier blob failed as one the server closed while idle does. A failed connection is dropped;
+        the last try's error is raised."""
+        connection, reused = self._connection(fresh=False)
+        try:
+            return request(connection)
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop(connection)
+            if not (reused and isinstance(exc, _STALE)):
+                raise
+        connection, _ = self._connection(fresh=True)
+        try:
+            return request(connection)
+        except (OSError, http.client.HTTPException):
+            self._drop(connection)
+            raise
 
     def _connection(self, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's connection (a new one when ``fresh`` or none is open) and whether it served
