@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterator
 
 from deltazoo.api.http_ranges import parse_range
 from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.services.transfer import CLIENT_VERIFIES, SEND_PIECE, FilePlan, iter_file
+from deltazoo.services.transfer import SEND_PIECE, FilePlan, iter_file
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
+
+from deltazoo.schemas import CLIENT_VERIFIES
 
 Body = Callable[[int, int], Iterator[bytes | memoryview]]  # (start, end) -> the bytes in between
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from deltazoo.schemas import BLOB_SIZES
 from deltazoo.transport import Transport
 
 T = TypeVar("T")
-BLOB_SIZES = "Deltazoo-Blob-Sizes"  # ``GET /v1/blobs``: each blob's size, in the order asked
 _SPARE_BUFFERS = 8  # ``fetch_many`` buffers kept for the next batches (a few per file being rebuilt)
 
 #: a failure on a connection that served an earlier blob may only mean the server closed it while idle

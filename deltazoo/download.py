@@ -20,10 +20,9 @@ from typing import Any
 import httpx
 
 from deltazoo.errors import ClientError, DeltazooConnectionError, IntegrityError
+from deltazoo.schemas import CLIENT_VERIFIES
 from deltazoo.transport import Transport, progress_bar
 
-#: tells the server this download is checked against its sha256 here (``api/file_response.py``)
-CLIENT_VERIFIES = "Deltazoo-Client-Verifies"
 RESUME_ATTEMPTS = 5  # dropped connections survived per download, each resumed where it stopped
 WRITE_BUFFER = 4 << 20  # the network's small pieces reach the disk in writes this large
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -14,6 +14,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Headers of deltazoo's own, named by the SDK and the server alike.
+# A download request's: "sha256" = the client checks the whole file against its sha256 itself, so the
+# server need not hash what it rebuilds (docs/REST.md, GET .../files/{path}).
+CLIENT_VERIFIES = "Deltazoo-Client-Verifies"
+BLOB_SIZES = "Deltazoo-Blob-Sizes"  # ``GET /v1/blobs``' answer: each blob's size, in the order asked
+
 
 class Shape(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)

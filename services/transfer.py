@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 MAX_INDEX_BYTES = 64 << 20
 STREAM_FROM = 8 << 20  # files larger than this stream to an S3 store while they arrive
 SEND_PIECE = 8 << 20  # the most bytes of one decoded piece handed to the HTTP server at once
-# a download request's header: "sha256" = the client checks the whole file against its sha256 itself
-CLIENT_VERIFIES = "deltazoo-client-verifies"
 
 
 def check_named(file: File, claimed: str | None) -> None:
@@ -302,9 +300,9 @@ def iter_file(
     below it are not hashed again: a wrong parent decodes to a wrong tensor, which that check refuses).
 
     ``verify=False`` hashes nothing: for a client that checks the whole file against its sha256 itself
-    (the SDK says so, ``CLIENT_VERIFIES``), so each byte is hashed once, there. A payload damaged in the
-    store still fails its stream's crc32 as it is decoded, and anything else wrong fails that client's
-    check; nothing unchecked enters the shared raw cache.
+    (the SDK says so, ``schemas.CLIENT_VERIFIES``), so each byte is hashed once, there. A payload
+    damaged in the store still fails its stream's crc32 as it is decoded, and anything else wrong fails
+    that client's check; nothing unchecked enters the shared raw cache.
     """
     end = plan.size if end is None else end
     pieces = (

@@ -17,10 +17,11 @@ from deltazoo.services.transfer import SEND_PIECE
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from deltazoo.schemas import BLOB_SIZES
+
 router = APIRouter(tags=["zoo"])
 MAX_ID = 2**63 - 1  # larger ids cannot exist (64-bit columns); they are 422, not a 500
 MAX_BLOBS_AT_ONCE = 16  # blobs one ``GET /v1/blobs`` may ask for (a delta-only pull asks for 4)
-BLOB_SIZES = "Deltazoo-Blob-Sizes"  # the answer's header: each blob's size, in the order asked
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
