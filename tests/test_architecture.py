@@ -30,9 +30,9 @@ SERVER = ("deltazoo.registry", "deltazoo.services", "deltazoo.workers", "deltazo
 
 # The contract modules: client-side modules the server imports too, so that one definition serves both
 # sides (the response shapes the API produces and the SDK parses; the ref parser; how sizes are written for
-# people, in CLI tables and web pages alike). They import nothing of deltazoo but each other, so the server
-# never pulls in the SDK through them.
-CONTRACT = ("deltazoo.schemas", "deltazoo.refs", "deltazoo.units")
+# people, in CLI tables and web pages alike; big files written and read around the page cache). They
+# import nothing of deltazoo but each other, so the server never pulls in the SDK through them.
+CONTRACT = ("deltazoo.schemas", "deltazoo.refs", "deltazoo.units", "deltazoo.direct_io")
 
 # layer -> the deltazoo layers it may import (its own always allowed). The server layers take nothing of
 # the client package but the contract modules (their settings are deltazoo.registry.settings).

@@ -1,0 +1,97 @@
+"""deltazoo.direct_io: files written and read around the page cache hold exactly the bytes given."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from deltazoo import direct_io
+from deltazoo.direct_io import ALIGN, BUFFER, DirectReader, DirectWriter
+
+SIZES = [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, BUFFER - 1, BUFFER, BUFFER + 1, 3 * BUFFER + 17]
+
+
+def _pieces(data: bytes, step: int) -> list[bytes]:
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("direct", [True, False])
+def test_writer_stores_exactly_the_bytes(tmp_path: Path, size: int, direct: bool) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    with DirectWriter(path, direct=direct) as out:
+        for piece in _pieces(data, 256_000):
+            assert out.write(piece) == len(piece)
+    assert path.read_bytes() == data
+    assert out.size == size
+
+
+def _takes_o_direct(folder: Path) -> bool:
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | direct_io._O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+def test_writer_is_direct_on_a_disk_and_small_files_are_not(tmp_path: Path) -> None:
+    with DirectWriter(tmp_path / "small.bin", size_hint=1000) as small:
+        assert small.direct is False
+    with DirectWriter(tmp_path / "big.bin") as big:
+        assert big.direct == _takes_o_direct(tmp_path)
+
+
+def test_writer_falls_back_where_o_direct_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def refusing(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & direct_io._O_DIRECT:
+            raise OSError(errno.EINVAL, "no O_DIRECT here")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refusing)
+    data = os.urandom(BUFFER + 5)
+    with DirectWriter(tmp_path / "f.bin") as out:
+        out.write(data)
+    assert out.direct is False
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_a_failed_write_is_raised_by_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = DirectWriter(tmp_path / "f.bin")
+    if not out.direct:
+        out.abort()
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+
+    def full(*_: object) -> int:
+        raise OSError(errno.ENOSPC, "disk full")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    out.write(os.urandom(BUFFER + 1))
+    with pytest.raises(OSError, match="disk full"):
+        out.close()
+    assert out.fd == -1
+
+
+def test_abort_stops_the_writer(tmp_path: Path) -> None:
+    out = DirectWriter(tmp_path / "f.bin")
+    out.write(os.urandom(2 * BUFFER + 3))
+    out.abort()
+    assert out.fd == -1
+    out.abort()  # twice is harmless
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_reader_reads_any_range(tmp_path: Path, direct: bool) -> None:
+    data = os.urandom(5 * ALIGN + 123)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    with DirectReader(path, direct=direct) as reader:
+        for offset, length in [(0, 1), (1, ALIGN), (ALIGN - 1, 2), (100, 3 * ALIGN + 7), (0, len(data))]:
+            assert bytes(reader.read_at(offset, length)) == data[offset : offset + length]
+        assert bytes(reader.read_at(len(data) - 10, 100)) == data[-10:]  # past the end: what there is
+        assert bytes(reader.read_at(len(data) + ALIGN, 10)) == b""
