@@ -354,6 +354,25 @@ def pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(int(tid), {cpu})
 
 
+def fresh_memory_ms_per_mib(folder: Path, mib: int = 64) -> float:
+    """CPU milliseconds per MiB of page cache filled for the first time: ``mib`` MiB written to a new
+    file in ``folder`` in 4 MiB writes on this thread, then deleted. This VM hands memory that stayed
+    free a couple of seconds back to its host, and filling it again costs host faults: ~1.8-2.4 ms per
+    MiB "cold", ~0.2-0.3 "warm" (freed a moment before). Every new file pays it, ``zstd``'s and
+    deltazoo's alike, so each repetition records it (BENCHMARKS.md "Fresh memory")."""
+    path = folder / "fresh-memory-probe"
+    block = b"\1" * (4 << 20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        start = time.thread_time()
+        for _ in range(mib // 4):
+            os.write(fd, block)
+        return (time.thread_time() - start) * 1000 / mib
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def process_cpu_seconds() -> float:
     """This process's CPU seconds (user + system, all its threads): the SDK's side of a transfer."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -431,6 +450,7 @@ def one_repetition(
     ft_files = sorted((pair / "ft").glob("*.safetensors"))
     want = tree_sha256(pair / "ft")
     r: dict[str, float] = {"load average before": os.getloadavg()[0]}
+    r["fresh memory ms/MiB, start"] = fresh_memory_ms_per_mib(work)
     r |= {f"{name} idle RSS MiB": peak_rss_mib(pid)[1] for name, pid in server.pids.items()}
     spy = start_profiler(server.pids["API"], profile) if profile is not None else None
     try:
@@ -470,6 +490,7 @@ def one_repetition(
             r["load average after"] = os.getloadavg()[0]
             return r
         # the yardstick of the pulls, right before them: the median of several runs (one swings 3x here)
+        r["fresh memory ms/MiB, before the pulls"] = fresh_memory_ms_per_mib(work)
         r["zstd -d (again)"] = zstd_files(ft_files, work, runs=ZSTD_D_RUNS)[1]
         with Client(server.url, server.token, cache_dir=work / f"cold-{rep}") as c:
             r["cold pull"] = timed(lambda: c.pull("bench/ft@1", work / f"cold-out-{rep}", quiet=True))
@@ -557,6 +578,11 @@ def report(
         ),
     ]
     loads = col("load average before") + col("load average after")
+    fresh = [
+        f"{when} {spread(col(f'fresh memory ms/MiB, {when}'))}"
+        for when in ("start", "before the pulls")
+        if col(f"fresh memory ms/MiB, {when}")
+    ]
     lines = [
         f"### {kind}: {dtype}, {size_mib} MiB ({mib:.0f} MiB of safetensors in {shards} file(s)), "
         f"{len(runs)} repetition(s), 1-minute load average {min(loads):.1f}–{max(loads):.1f}",
@@ -570,6 +596,12 @@ def report(
         mbs = mib * 1.048576 / statistics.median(secs)
         lines.append(f"| {label} | {spread(secs)} | {mbs:.0f} | {spread(rat) if rat else '–'} |")
     lines.append("")
+    if fresh:
+        lines += [
+            "Fresh memory, CPU ms per MiB of page cache first filled (~2 cold, ~0.3 warm; BENCHMARKS.md "
+            f'"Fresh memory"): {", ".join(fresh)}.',
+            "",
+        ]
     for name in [k.removesuffix(" peak RSS MiB") for k in runs[0] if k.endswith(" peak RSS MiB")]:
         above = [r[f"{name} peak RSS MiB"] - r[f"{name} idle RSS MiB"] for r in runs]
         lines.append(
