@@ -92,7 +92,9 @@ class BlobFetcher:
 
     def fetch(self, sha256: str) -> bytes | bytearray:
         """The blob's bytes, the caller's to keep."""
-        return self._get(sha256, scratch=False)
+        data = self._get(sha256, scratch=False)
+        assert not isinstance(data, memoryview)  # only a scratch fetch answers with the thread's buffer
+        return data
 
     def fetch_scratch(self, sha256: str) -> bytes | bytearray | memoryview:
         """The blob's bytes in this thread's reused buffer: valid until this thread's next fetch, so the
