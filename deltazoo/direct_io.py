@@ -80,7 +80,8 @@ def open_direct(path: Path | str, flags: int, mode: int = 0o644, *, direct: bool
 
 
 class DirectWriter:
-    """A new file written from the start in pieces of any size, around the page cache where it can be.
+    """A file written in pieces of any size, from its start (or, ``append``, from its end), around the
+    page cache where it can be.
 
     ``write`` copies the piece into the current aligned buffer; a full buffer goes to the writer thread
     while the next fills. ``close`` writes the last, partial block padded to a whole one and cuts the
@@ -88,22 +89,41 @@ class DirectWriter:
     them durable. An error of the writer thread is raised by the next ``write`` or by ``close``.
     ``size_hint`` (the file's expected length, when known): a file under ``MIN_DIRECT`` is written
     buffered, without the thread.
+
+    ``append``: the file (created when missing) keeps its bytes and the new ones follow them
+    (``offset``: where they start). ``O_DIRECT`` needs that offset on a block boundary; a file whose
+    length is not a whole number of blocks (an upload part cut off mid-way) is appended to buffered.
     """
 
     def __init__(
-        self, path: Path | str, *, size_hint: int | None = None, exclusive: bool = False, direct: bool = True
+        self,
+        path: Path | str,
+        *,
+        size_hint: int | None = None,
+        exclusive: bool = False,
+        direct: bool = True,
+        append: bool = False,
     ) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+        if append:
+            flags = os.O_WRONLY | os.O_CREAT
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
         small = size_hint is not None and size_hint < MIN_DIRECT
         self.fd, self.direct = open_direct(path, flags, direct=direct and not small)
+        self.offset = os.fstat(self.fd).st_size if append else 0
+        if self.direct and self.offset % ALIGN:  # O_DIRECT cannot start mid-block
+            os.close(self.fd)
+            self.fd, self.direct = os.open(path, flags, 0o644), False
+        if append and not self.direct:
+            os.lseek(self.fd, self.offset, os.SEEK_SET)
         self.path = Path(path)
-        self.size = 0
+        self.size = 0  # bytes given to this writer (the file ends at ``offset + size``)
         self._buf: mmap.mmap | None = None
         self._filled = 0
         self._error: BaseException | None = None
         self._queue: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue(maxsize=1)
         self._thread: threading.Thread | None = None
-        self._written = 0  # bytes the thread has put on disk (a multiple of ALIGN until close)
+        self._written = self.offset  # where the thread writes next (a multiple of ALIGN until close)
         if self.direct:
             self._thread = threading.Thread(target=self._drain, name="direct-writer", daemon=True)
             self._thread.start()
@@ -182,8 +202,8 @@ class DirectWriter:
         self._queue.put(None)
         assert self._thread is not None
         self._thread.join()
-        if self._error is None and self._written != self.size:
-            os.ftruncate(self.fd, self.size)
+        if self._error is None and self._written != self.offset + self.size:
+            os.ftruncate(self.fd, self.offset + self.size)
 
     def abort(self) -> None:
         """Stop without finishing (the caller removes the file)."""

@@ -95,3 +95,44 @@ def test_reader_reads_any_range(tmp_path: Path, direct: bool) -> None:
             assert bytes(reader.read_at(offset, length)) == data[offset : offset + length]
         assert bytes(reader.read_at(len(data) - 10, 100)) == data[-10:]  # past the end: what there is
         assert bytes(reader.read_at(len(data) + ALIGN, 10)) == b""
+
+
+@pytest.mark.parametrize("first", [0, ALIGN, BUFFER, 2 * BUFFER, 5, ALIGN + 1, BUFFER + 3])
+@pytest.mark.parametrize("direct", [True, False])
+def test_append_continues_the_file(tmp_path: Path, first: int, direct: bool) -> None:
+    """Parts appended one after another (a resumable upload's): direct when the file ends on a block
+    boundary, buffered when it does not; the file holds exactly the bytes of every part in order."""
+    path = tmp_path / "f.bin"
+    data = os.urandom(first + BUFFER + ALIGN + 9)
+    if first:
+        path.write_bytes(data[:first])
+    with DirectWriter(path, append=True, direct=direct) as out:
+        assert out.offset == first
+        assert out.direct == (direct and first % ALIGN == 0 and _takes_o_direct(tmp_path))
+        for piece in _pieces(data[first:], 300_000):
+            out.write(piece)
+    assert path.read_bytes() == data
+    assert out.size == len(data) - first
+    with DirectWriter(path, append=True, direct=direct) as again:  # ends mid-block now: buffered
+        assert again.direct is False
+        again.write(b"tail")
+    assert path.read_bytes() == data + b"tail"
+
+
+def test_append_creates_a_missing_file(tmp_path: Path) -> None:
+    data = os.urandom(BUFFER + 1)
+    with DirectWriter(tmp_path / "new.bin", append=True) as out:
+        out.write(data)
+    assert out.offset == 0
+    assert (tmp_path / "new.bin").read_bytes() == data
+
+
+def test_abort_of_an_append_keeps_the_bytes_before_it(tmp_path: Path) -> None:
+    """Abort drops what was not yet written but never what the file held before."""
+    path = tmp_path / "f.bin"
+    head = os.urandom(BUFFER)
+    path.write_bytes(head)
+    out = DirectWriter(path, append=True)
+    out.write(os.urandom(100))
+    out.abort()
+    assert path.read_bytes()[: len(head)] == head
