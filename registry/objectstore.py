@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from deltazoo.registry.settings import Settings
 
+from deltazoo.direct_io import DirectReader
+
 if TYPE_CHECKING:  # minio is imported only by an S3 store
     from deltazoo.registry.s3_parts import StreamedPut
 
@@ -84,8 +86,11 @@ class ObjectStore(Protocol):
 
 
 class LocalObjectStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, direct_io: bool = False) -> None:
+        """``direct_io`` (the server's setting): uploads are staged and staged objects read by the
+        encode around the page cache (``deltazoo.direct_io``; ``staged_reads``, ``services.transfer``)."""
         self.root = Path(root)
+        self.direct_io = direct_io
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
 
@@ -93,6 +98,10 @@ class LocalObjectStore:
         if ".." in key.split("/") or key.startswith("/"):
             raise ValueError(f"bad object key {key!r}")
         return self.root / key
+
+    def path_of(self, key: str) -> Path:
+        """The file that holds (or would hold) the object ``key``."""
+        return self._path(key)
 
     def put_file(self, key: str, fileobj: BinaryIO, length: int) -> None:
         self._path(key)  # a bad key is refused before any byte is written
@@ -445,4 +454,60 @@ def object_store_from_settings(settings: Settings) -> ObjectStore:
             secure=settings.s3_secure,
             region=settings.s3_region,
         )
-    return LocalObjectStore(settings.objects_dir)
+    return LocalObjectStore(settings.objects_dir, direct_io=settings.direct_io)
+
+
+def stages_direct(store: ObjectStore) -> bool:
+    """Whether uploads to ``store`` are written around the page cache: a local store with
+    ``direct_io`` (an S3 store's spool is read back while it is sent, from the page cache)."""
+    return isinstance(store, LocalObjectStore) and store.direct_io
+
+
+class StagedReads:
+    """Ranged reads of one object from any thread, ``read_at(offset, length) -> bytes``; close when done.
+
+    In a local store with ``direct_io`` each read goes around the page cache into the aligned buffer of
+    a ``DirectReader`` taken from a free list (one per read in flight, so one per lane; each grows to
+    the largest range it read, a chunk) and is copied out: the staged bytes, written around the page
+    cache by the upload, are never pulled into it. Otherwise each read is ``store.get_range``.
+    """
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self.store, self.key = store, key
+        self._path = store.path_of(key) if isinstance(store, LocalObjectStore) and store.direct_io else None
+        self._free: list[DirectReader] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if self._path is None:
+            return self.store.get_range(self.key, offset, length)
+        with self._lock:
+            reader = self._free.pop() if self._free else None
+        if reader is None:
+            try:
+                reader = DirectReader(self._path)
+            except FileNotFoundError:
+                raise ObjectNotFound(self.key) from None
+        try:
+            return bytes(reader.read_at(offset, length))
+        finally:
+            with self._lock:
+                keep = not self._closed
+                if keep:
+                    self._free.append(reader)
+            if not keep:
+                reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for reader in free:
+            reader.close()
+
+    def __enter__(self) -> StagedReads:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

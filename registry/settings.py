@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     job_commit_every_s: float = Field(
         default=1.0, ge=0, description="a running encode commits its work and progress at most this often (s)"
     )
+    direct_io: bool = Field(
+        default=True,
+        description="a local object store stages uploads and the encode reads them around the page cache "
+        "(O_DIRECT, reused aligned buffers); off: through the page cache",
+    )
     tensor_cache_mb: int = Field(default=64, description="LRU of decoded parent tensors, per process (MiB)")
     max_tensor_mb: int = Field(default=65536, ge=1, description="largest tensor an upload may hold (MiB)")
     max_tensors: int = Field(default=100_000, ge=1, description="most tensors one version may hold")

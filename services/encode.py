@@ -23,7 +23,7 @@ from deltazoo.compression.safetensors_io import SafetensorsError, TensorEntry, r
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File, Model, Tensor, Version
-from deltazoo.registry.objectstore import ObjectStore, WriteBatch, blob_key, delete_objects
+from deltazoo.registry.objectstore import ObjectStore, StagedReads, WriteBatch, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
 from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES
 from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
@@ -173,72 +173,77 @@ def _encode_safetensors(
     key = file.staging_key
     assert key is not None
 
-    def read_at(offset: int, length: int) -> bytes:
-        return store.get_range(key, offset, length)
-
-    try:
-        header = read_header(read_at, file.size)
-    except SafetensorsError as exc:
-        raise CorruptStoreError(f"{file.path}: {exc}") from None
-    if file.header_blob is None and (part is None or part[0] == 0):
-        file.header_blob, new = put_blob(session, store, header.header_bytes)
-        add_stored(header.header_size if new else 0)
-    entries = list(header.tensors) if part is None else tensor_range(header.tensors, *part)
-    tensors = TensorRepository(session)
-    scope = twin_scope(session, version)
-    done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run (or other parts)
-    skipped = sum(entry.nbytes for entry in entries if entry.name in done)
-    if skipped:  # one step of progress (and one checkpoint) for them all, not a commit per tensor
-        after_tensor(skipped)
-    blobs = WriteBatch(store)  # the lanes' blob writes, durable before the rows naming them are written
-    rows = TensorRowWriter(session, add_stored, after_tensor, blobs.flush)
-
-    def classify(batch: list[Slot]) -> None:
-        rows.write()  # a twin may be a tensor of this run recorded since the last batch
-        stored = tensors.stored_with_shas((slot.sha256 for slot in batch if slot.sha256), scope)
-        for slot in batch:
-            assert slot.sha256 is not None
-            slot.twin = stored.get(slot.sha256)
-            if slot.twin is None:
-                parent = parents.get(slot.entry.name)
-                slot.parent = parent if parent is not None and parent.depth < max_depth else None  # re-anchor
-
-    def record(slot: Slot) -> None:
-        assert slot.sha256 is not None
-        row = _tensor_row(version, file, slot.entry, slot.sha256)
-        same_as, chunks = None, []
-        if not slot.coded:
-            twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin  # of this run, or stored
-            assert isinstance(twin, Tensor)
-            row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
-            same_as = twin if isinstance(slot.twin, Slot) else None  # its id is known once it is written
-        elif slot.chunked:
-            chunks = slot.chunks()
-            uses_parent = any(c.encoding != "plain" for c in chunks)
-            _set_coded(row, slot.mode if uses_parent else "plain", None, sum(c.stored_bytes for c in chunks))
-            _set_parent(row, slot.parent if uses_parent else None)
-            row.chunks = len(chunks)
-        else:
-            coded = slot.whole()
-            _set_coded(row, coded.encoding, coded.blob, coded.size)
-            _set_parent(row, slot.parent if coded.uses_parent else None)
-        slot.row = row
-        totals.tensors += 1
-        totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
-        rows.add(row, slot.entry.nbytes, same_as, [c.row() for c in chunks])
-
-    todo = [e for e in entries if e.name not in done]
-    pipeline = FilePipeline(
-        pool, threads, store, file.path, read_at, header.header_size, chunk_bytes, version.lossy, blobs
-    )
-    with blobs:
+    # the lanes' ranged reads of the staged file; with direct_io around the page cache, through one
+    # reused aligned buffer per read in flight (a chunk each: lanes x chunk_bytes in all)
+    with StagedReads(store, key) as staged:
+        read_at = staged.read_at
         try:
-            pipeline.run(todo, classify, record)
-        except BaseException:
-            with contextlib.suppress(Exception):  # keep what was recorded: a resumed run starts after it
-                rows.write()
-            raise
-        rows.write()
+            header = read_header(read_at, file.size)
+        except SafetensorsError as exc:
+            raise CorruptStoreError(f"{file.path}: {exc}") from None
+        if file.header_blob is None and (part is None or part[0] == 0):
+            file.header_blob, new = put_blob(session, store, header.header_bytes)
+            add_stored(header.header_size if new else 0)
+        entries = list(header.tensors) if part is None else tensor_range(header.tensors, *part)
+        tensors = TensorRepository(session)
+        scope = twin_scope(session, version)
+        done = {t.name for t in tensors.for_file(file.id)}  # committed by an interrupted run (or other parts)
+        skipped = sum(entry.nbytes for entry in entries if entry.name in done)
+        if skipped:  # one step of progress (and one checkpoint) for them all, not a commit per tensor
+            after_tensor(skipped)
+        blobs = WriteBatch(store)  # the lanes' blob writes, durable before the rows naming them are written
+        rows = TensorRowWriter(session, add_stored, after_tensor, blobs.flush)
+
+        def classify(batch: list[Slot]) -> None:
+            rows.write()  # a twin may be a tensor of this run recorded since the last batch
+            stored = tensors.stored_with_shas((slot.sha256 for slot in batch if slot.sha256), scope)
+            for slot in batch:
+                assert slot.sha256 is not None
+                slot.twin = stored.get(slot.sha256)
+                if slot.twin is None:
+                    parent = parents.get(slot.entry.name)
+                    slot.parent = (
+                        parent if parent is not None and parent.depth < max_depth else None
+                    )  # re-anchor
+
+        def record(slot: Slot) -> None:
+            assert slot.sha256 is not None
+            row = _tensor_row(version, file, slot.entry, slot.sha256)
+            same_as, chunks = None, []
+            if not slot.coded:
+                twin = slot.twin.row if isinstance(slot.twin, Slot) else slot.twin  # of this run, or stored
+                assert isinstance(twin, Tensor)
+                row.encoding, row.parent_tensor_id, row.depth = "same", twin.id, twin.depth
+                same_as = twin if isinstance(slot.twin, Slot) else None  # its id is known once it is written
+            elif slot.chunked:
+                chunks = slot.chunks()
+                uses_parent = any(c.encoding != "plain" for c in chunks)
+                _set_coded(
+                    row, slot.mode if uses_parent else "plain", None, sum(c.stored_bytes for c in chunks)
+                )
+                _set_parent(row, slot.parent if uses_parent else None)
+                row.chunks = len(chunks)
+            else:
+                coded = slot.whole()
+                _set_coded(row, coded.encoding, coded.blob, coded.size)
+                _set_parent(row, slot.parent if coded.uses_parent else None)
+            slot.row = row
+            totals.tensors += 1
+            totals.encodings[row.encoding] = totals.encodings.get(row.encoding, 0) + 1
+            rows.add(row, slot.entry.nbytes, same_as, [c.row() for c in chunks])
+
+        todo = [e for e in entries if e.name not in done]
+        pipeline = FilePipeline(
+            pool, threads, store, file.path, read_at, header.header_size, chunk_bytes, version.lossy, blobs
+        )
+        with blobs:
+            try:
+                pipeline.run(todo, classify, record)
+            except BaseException:
+                with contextlib.suppress(Exception):  # keep what was recorded: a resumed run starts after it
+                    rows.write()
+                raise
+            rows.write()
 
 
 def _add_stored(version: Version, nbytes: int) -> None:

@@ -31,6 +31,8 @@ from deltazoo.services.chunks import RangeReader
 from deltazoo.services.storage import SHA_RE, Recipe, read_blob, reconstruct, resolve_recipes
 from sqlalchemy.orm import Session
 
+from deltazoo.direct_io import DirectWriter
+
 if TYPE_CHECKING:
     from deltazoo.registry.s3_parts import StreamedPut
 
@@ -56,25 +58,38 @@ def check_named(file: File, claimed: str | None) -> None:
 class UploadSink:
     """Receives one file's bytes chunk by chunk: hashes, validates and spools them, then stages them.
 
-    Memory holds at most the spool's in-memory part (8 MiB) and a safetensors header.
+    Memory holds at most the spool's in-memory part (8 MiB; with ``direct``, the writer's two aligned
+    8 MiB buffers) and a safetensors header.
     """
 
-    def __init__(self, file: File, spool: BinaryIO | None = None, scratch_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        file: File,
+        spool: BinaryIO | DirectWriter | None = None,
+        scratch_dir: Path | None = None,
+        direct: bool = False,
+    ) -> None:
         """``spool`` (default: a temporary file, in ``scratch_dir`` when given: the object store's own,
         so staging renames it instead of copying) receives the bytes; a resumed upload passes its part
-        file."""
+        file. ``direct`` (``objectstore.stages_direct``): the scratch file is written around the page
+        cache (``DirectWriter``), so staging a big file fills no page cache."""
         self.file = file
         self.sha = hashlib.sha256()
         self.size = 0
         self.validator = (
             SafetensorsStreamValidator(expected_size=file.size) if file.kind == "safetensors" else None
         )
-        if spool is None and scratch_dir is not None:
+        if spool is None and scratch_dir is not None and direct:
+            scratch_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=scratch_dir, prefix="upload-")
+            os.close(fd)
+            spool = DirectWriter(name, size_hint=file.size)
+        elif spool is None and scratch_dir is not None:
             scratch_dir.mkdir(parents=True, exist_ok=True)
             spool = tempfile.NamedTemporaryFile(dir=scratch_dir, prefix="upload-", delete=False)  # type: ignore[assignment]  # noqa: SIM115
         elif spool is None:
             spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # type: ignore[assignment]  # noqa: SIM115
-        self.spool: BinaryIO = spool  # type: ignore[assignment]  # closed in finish/close
+        self.spool: BinaryIO | DirectWriter = spool  # type: ignore[assignment]  # closed in finish/close
         self.streamed: StreamedPut | None = None
         self.key: str | None = None
 
@@ -96,6 +111,7 @@ class UploadSink:
         self.account(chunk)
         self.spool.write(chunk)
         if self.streamed is not None and self.streamed.wants(self.size):
+            assert not isinstance(self.spool, DirectWriter)  # streamed: an S3 store, never direct
             self.spool.flush()  # the part is read from the file
             self.streamed.grown(self.size)
 
@@ -141,12 +157,12 @@ class UploadSink:
             if is_index_file(self.file.path):
                 if self.size > MAX_INDEX_BYTES:
                     raise BadRequest(f"{self.file.path}: index file larger than {MAX_INDEX_BYTES} bytes")
-                self.spool.seek(0)
                 try:
-                    validate_index(self.spool.read())
+                    validate_index(self._spooled())
                 except SafetensorsError as exc:
                     raise BadRequest(f"{self.file.path}: {exc}", code="invalid_index") from None
             if self.streamed is not None:
+                assert not isinstance(self.spool, DirectWriter)
                 self.spool.flush()
                 streamed, self.streamed = self.streamed, None
                 streamed.complete(self.size)
@@ -155,6 +171,7 @@ class UploadSink:
             key = key or new_staging_key()
             path = self._spool_path()
             if path is None:
+                assert not isinstance(self.spool, DirectWriter)  # a direct spool is a file of its own
                 self.spool.seek(0)
                 store.put_file(key, self.spool, self.size)  # type: ignore[arg-type]
             else:  # a file of its own (the scratch spool or a resumable upload's part file)
@@ -164,17 +181,30 @@ class UploadSink:
         finally:
             self.close()
 
+    def _spooled(self) -> bytes:
+        """Every byte spooled (a small file: an index)."""
+        if isinstance(self.spool, DirectWriter):
+            self.spool.close()
+            return self.spool.path.read_bytes()
+        self.spool.seek(0)
+        return self.spool.read()
+
     def _spool_path(self) -> Path | None:
+        if isinstance(self.spool, DirectWriter):
+            return self.spool.path if self.spool.path.is_file() else None
         name = getattr(self.spool, "name", None)
         return Path(name) if isinstance(name, str) and os.path.isfile(name) else None
 
     def close(self) -> None:
-        """Close the spool (a scratch spool that was not staged is deleted) and give up a streamed
-        write that did not complete."""
+        """Close the spool (a scratch spool that was not staged is deleted; a direct one is stopped
+        without writing what it still holds) and give up a streamed write that did not complete."""
         if self.streamed is not None:
             self.streamed.abort()
             self.streamed = None
-        self.spool.close()
+        if isinstance(self.spool, DirectWriter):
+            self.spool.abort()
+        else:
+            self.spool.close()
         path = self._spool_path()
         if path is not None and path.name.startswith("upload-"):
             path.unlink(missing_ok=True)

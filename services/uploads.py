@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File
-from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.objectstore import ObjectStore, stages_direct
 from deltazoo.services.resumable import PartialUploads
 from deltazoo.services.transfer import UploadSink, check_named
 from deltazoo.services.versions import record_upload
@@ -32,12 +32,13 @@ class WholeUpload:
         self, partials: PartialUploads, file: File, store: ObjectStore, claimed: str | None = None
     ) -> None:
         """The bytes are spooled in the store's scratch directory (a local store renames the file into
-        place, no copy), or stream to the store while they arrive (S3). ``claimed``: the client's
-        ``Deltazoo-Sha256``, needed when the file was declared without sha256 (400 before any byte)."""
+        place, no copy; with ``direct_io`` they are written around the page cache), or stream to the
+        store while they arrive (S3). ``claimed``: the client's ``Deltazoo-Sha256``, needed when the
+        file was declared without sha256 (400 before any byte)."""
         check_named(file, claimed)
         partials.abandon(file)  # 409 while a part of a resumable upload of it streams in
         self.file, self.claimed = file, claimed
-        self.sink = UploadSink(file, scratch_dir=store.scratch_dir())
+        self.sink = UploadSink(file, scratch_dir=store.scratch_dir(), direct=stages_direct(store))
         self.sink.stream_to(store)
         self.feed = self.sink.feed
 
@@ -79,6 +80,7 @@ class PartUpload:
 
     def reject(self) -> None:
         """The bytes were refused: the whole upload starts again."""
+        self.sink.close()  # the part file's writer (``discard`` forgets only sinks between parts)
         self.partials.discard(self.file)
 
     def keep(self) -> int:
