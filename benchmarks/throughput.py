@@ -385,6 +385,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sys_seconds(pid: int) -> float:
+    """System CPU seconds of process ``pid`` so far (all its threads): the part that fresh pages cost."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_pids(server: Server) -> list[int]:
     return [pid for name, pid in server.pids.items() if name.startswith("worker")]
 
@@ -458,10 +464,13 @@ def one_repetition(
         with Client(server.url, server.token, cache_dir=work / f"push-cache-{rep}") as c:
             r["push base"] = timed(lambda: c.push(pair / "base", "bench/base", quiet=True))
             api_cpu, client_cpu = cpu_seconds(server.pids["API"]), process_cpu_seconds()
+            api_sys = sys_seconds(server.pids["API"])
             start = time.perf_counter()
             c.push(pair / "ft", "bench/ft", base="bench/base@1", quiet=True, wait=False)
             r["push fine-tune: upload"] = time.perf_counter() - start
             r["upload: API CPU s"] = cpu_seconds(server.pids["API"]) - api_cpu
+            r["upload: API sys s"] = sys_seconds(server.pids["API"]) - api_sys
+            api_sys = sys_seconds(server.pids["API"])
             r["upload: client CPU s"] = process_cpu_seconds() - client_cpu
             committed = time.time()
             workers_cpu = sum(cpu_seconds(pid) for pid in worker_pids(server))
@@ -474,6 +483,7 @@ def one_repetition(
             r["push fine-tune: encode"] = r["push fine-tune"] - r["push fine-tune: upload"]
             for n, before in others_cpu.items():
                 r[f"encode: {n} CPU s"] = cpu_seconds(server.pids[n]) - before
+            r["encode: API sys s"] = sys_seconds(server.pids["API"]) - api_sys
             if worker_pids(server):
                 r["encode: workers CPU s"] = (
                     sum(cpu_seconds(pid) for pid in worker_pids(server)) - workers_cpu

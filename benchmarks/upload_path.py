@@ -37,6 +37,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sys_seconds(pid: int) -> float:
+    """System CPU seconds of a running process (every thread)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -94,6 +100,7 @@ def one_uncommitted_upload(
         client.transport.json("POST", "/v1/models", json={"name": "bench/uncommitted", "exist_ok": True})
         load = os.getloadavg()[0]
         server_before = {k: cpu_seconds(p) for k, p in pids.items()}
+        sys_before = {k: sys_seconds(p) for k, p in pids.items()}
         client_before = own_cpu()
         start = time.perf_counter()
         files = scan_checkpoint(folder, quiet=True, hash_up_to=client.upload_part_bytes)
@@ -106,9 +113,11 @@ def one_uncommitted_upload(
         wall = time.perf_counter() - start
         client_cpu = own_cpu() - client_before
         server = {k: cpu_seconds(p) - server_before[k] for k, p in pids.items()}
+        server_sys = {k: sys_seconds(p) - sys_before[k] for k, p in pids.items()}
         client.transport.json("DELETE", f"/v1/models/bench/uncommitted/versions/{ref.rev}")
     row = {"rep": rep, "wall s": wall, "client cpu s": client_cpu, "load": load}
     row |= {f"{k} cpu s": v for k, v in server.items()}
+    row |= {f"{k} sys s": v for k, v in server_sys.items()}
     return row
 
 

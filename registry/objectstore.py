@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from deltazoo.registry.settings import Settings
 
-from deltazoo.direct_io import DirectReader
-
 if TYPE_CHECKING:  # minio is imported only by an S3 store
     from deltazoo.registry.s3_parts import StreamedPut
 
@@ -461,53 +459,3 @@ def stages_direct(store: ObjectStore) -> bool:
     """Whether uploads to ``store`` are written around the page cache: a local store with
     ``direct_io`` (an S3 store's spool is read back while it is sent, from the page cache)."""
     return isinstance(store, LocalObjectStore) and store.direct_io
-
-
-class StagedReads:
-    """Ranged reads of one object from any thread, ``read_at(offset, length) -> bytes``; close when done.
-
-    In a local store with ``direct_io`` each read goes around the page cache into the aligned buffer of
-    a ``DirectReader`` taken from a free list (one per read in flight, so one per lane; each grows to
-    the largest range it read, a chunk) and is copied out: the staged bytes, written around the page
-    cache by the upload, are never pulled into it. Otherwise each read is ``store.get_range``.
-    """
-
-    def __init__(self, store: ObjectStore, key: str) -> None:
-        self.store, self.key = store, key
-        self._path = store.path_of(key) if isinstance(store, LocalObjectStore) and store.direct_io else None
-        self._free: list[DirectReader] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        if self._path is None:
-            return self.store.get_range(self.key, offset, length)
-        with self._lock:
-            reader = self._free.pop() if self._free else None
-        if reader is None:
-            try:
-                reader = DirectReader(self._path)
-            except FileNotFoundError:
-                raise ObjectNotFound(self.key) from None
-        try:
-            return bytes(reader.read_at(offset, length))
-        finally:
-            with self._lock:
-                keep = not self._closed
-                if keep:
-                    self._free.append(reader)
-            if not keep:
-                reader.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            free, self._free = self._free, []
-        for reader in free:
-            reader.close()
-
-    def __enter__(self) -> StagedReads:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()

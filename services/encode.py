@@ -23,8 +23,9 @@ from deltazoo.compression.safetensors_io import SafetensorsError, TensorEntry, r
 from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.models import File, Model, Tensor, Version
-from deltazoo.registry.objectstore import ObjectStore, StagedReads, WriteBatch, blob_key, delete_objects
+from deltazoo.registry.objectstore import ObjectStore, WriteBatch, blob_key, delete_objects
 from deltazoo.registry.repositories import BlobRepository, FileRepository, TensorRepository, visible_from
+from deltazoo.registry.staged_reads import StagedReads
 from deltazoo.services.chunks import DEFAULT_CHUNK_BYTES
 from deltazoo.services.encode_pipeline import FilePipeline, ParentRef, Slot
 from deltazoo.services.encode_split import tensor_range
