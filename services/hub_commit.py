@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
 from deltazoo.registry.models import Model, Version
-from deltazoo.registry.objectstore import ObjectStore
+from deltazoo.registry.objectstore import ObjectStore, stages_direct
 from deltazoo.registry.repositories import FileRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
@@ -214,7 +214,7 @@ def commit(
             raise DeltazooError(
                 f"{path} is no longer stored; add it to the commit again", code="file_missing", status=409
             )
-        sink = UploadSink(files[path], scratch_dir=store.scratch_dir())
+        sink = UploadSink(files[path], scratch_dir=store.scratch_dir(), direct=stages_direct(store))
         try:
             for chunk in staged_file.chunks():
                 sink.feed(chunk)

@@ -34,7 +34,7 @@ from deltazoo.compression.safetensors_io import (
 )
 from deltazoo.registry.errors import BadRequest, DeltazooError, NotFound, Unprocessable
 from deltazoo.registry.models import File, Model, utcnow
-from deltazoo.registry.objectstore import ObjectNotFound, ObjectStore
+from deltazoo.registry.objectstore import ObjectNotFound, ObjectStore, stages_direct
 from deltazoo.registry.repositories import FileRepository, visible_from
 from deltazoo.services.access import Principal
 from deltazoo.services.transfer import MAX_INDEX_BYTES, UploadSink
@@ -161,7 +161,10 @@ def open_ticket(store: ObjectStore, ticket: str) -> tuple[UploadSink, str, int |
         raise gone
     # a file row that is never added to a session: the sink checks size and sha256 against it
     target = File(path=f"LFS object {record['oid']}", size=record["size"], sha256=record["oid"], kind="other")
-    return UploadSink(target), lfs_key(record["model_id"], record["oid"]), record.get("token_id")
+    # spooled in the store's scratch directory, so a local store renames it into place (around the page
+    # cache with direct_io) instead of copying it from a temporary file
+    sink = UploadSink(target, scratch_dir=store.scratch_dir(), direct=stages_direct(store))
+    return sink, lfs_key(record["model_id"], record["oid"]), record.get("token_id")
 
 
 def verify(store: ObjectStore, model: Model, body: dict[str, Any]) -> None:
