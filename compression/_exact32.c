@@ -405,39 +405,6 @@ static inline uint64_t raw_word(const uint8_t *rb, int64_t len, int64_t rpos, in
     return w >> (rpos & 7);
 }
 
-/* The raw bits of m delta elements from bit rpos of the raw plane (rb, len bytes): out = parent + the
- * unzigzagged z. Returns the new bit position (past the end means a corrupt plane: checked by caller);
- * ORs every symbol into *bad (BAD_SLOT marks a slot without a code). Runs without bounds checks while 29
- * bits an element cannot reach past the plane. */
-static inline __attribute__((always_inline)) int64_t raw_delta(
-    const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos, const void *p,
-    uint32_t *o, uint32_t *bad, const int p16) {
-    Py_ssize_t i = 0;
-    uint32_t acc = 0;
-    if (rpos + 29 * (int64_t)m + 64 <= 8 * len) {
-        for (; i < m; i++) {
-            uint32_t t = syms[i];
-            uint64_t info = TOK_INFO[t];
-            acc |= t;
-            uint32_t r = (uint32_t)raw_word(rb, len, rpos, 1) & (uint32_t)(info >> 32);
-            rpos += TOK_NX8[t];
-            uint32_t z = (uint32_t)info | r;
-            o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
-        }
-    }
-    for (; i < m; i++) {
-        uint32_t t = syms[i];
-        uint64_t info = TOK_INFO[t];
-        acc |= t;
-        uint32_t r = (uint32_t)raw_word(rb, len, rpos, 0) & (uint32_t)(info >> 32);
-        rpos += TOK_NX8[t];
-        uint32_t z = (uint32_t)info | r;
-        o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
-    }
-    *bad |= acc;
-    return rpos;
-}
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_AVX2_CLONE 1
@@ -468,6 +435,152 @@ __attribute__((target("avx2"))) static void raw_plain_avx2(const uint16_t *syms,
     *bad |= (uint32_t)_mm_cvtsi128_si32(a);
 }
 #endif
+
+/* The vector raw-bit loop of deltas (AVX2 decoders only): 2 VBMI, 1 AVX2 gathers, 0 none (the scalar loop);
+ * set with cpu at import and by set_portable / set_raw_delta (tests). */
+static int raw_vec;
+
+#ifdef HAVE_AVX2_CLONE
+/* raw_delta's fast loop, eight elements a step (m8 a multiple of 8; every 8-byte load from rb + (rpos >> 3)
+ * on lies in the plane for 29 bits an element: checked by the caller). A token's base and raw bit count are
+ * arithmetic (init_tokens): t < 8: z = t, no raw bits; else nx = (t - 4) >> 2, base = (4 | t & 3) << nx.
+ * Tokens are clamped to 123 for the arithmetic only (a BAD_SLOT or unused token is caught through *bad), so
+ * no element reads more than 29 bits. The bit offsets of the eight fields are a prefix sum of their counts;
+ * the eight words are gathered with 32-bit byte indices from the step's first byte. Returns the new rpos. */
+__attribute__((target("avx2,bmi2"))) static int64_t raw_delta_avx2(const uint16_t *syms, Py_ssize_t m8,
+                                                                   const uint8_t *rb, int64_t rpos, const void *p,
+                                                                   uint32_t *o, uint32_t *bad, const int p16) {
+    const __m256i k7f = _mm256_set1_epi32(0x7F), k123 = _mm256_set1_epi32(123), k7 = _mm256_set1_epi32(7);
+    const __m256i k4 = _mm256_set1_epi32(4), k3 = _mm256_set1_epi32(3), one = _mm256_set1_epi32(1);
+    const __m256i lane3 = _mm256_set1_epi32(3), hi = _mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1);
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    __m256i acc = _mm256_setzero_si256();
+    for (Py_ssize_t i = 0; i < m8; i += 8) {
+        __m256i t = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(syms + i)));
+        acc = _mm256_or_si256(acc, t);
+        __m256i tc = _mm256_min_epu32(_mm256_and_si256(t, k7f), k123);
+        __m256i big = _mm256_cmpgt_epi32(tc, k7);
+        __m256i nx = _mm256_and_si256(_mm256_srli_epi32(_mm256_sub_epi32(tc, k4), 2), big);
+        __m256i base = _mm256_blendv_epi8(tc, _mm256_sllv_epi32(_mm256_or_si256(k4, _mm256_and_si256(tc, k3)), nx), big);
+        __m256i mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, nx), one);
+        __m256i s = _mm256_add_epi32(nx, _mm256_slli_si256(nx, 4)); /* inclusive prefix sum of nx */
+        s = _mm256_add_epi32(s, _mm256_slli_si256(s, 8));
+        s = _mm256_add_epi32(s, _mm256_and_si256(_mm256_permutevar8x32_epi32(s, lane3), hi));
+        __m256i at = _mm256_add_epi32(_mm256_sub_epi32(s, nx), _mm256_set1_epi32((int)(rpos & 7)));
+        const long long *w = (const long long *)(rb + (rpos >> 3));
+        __m256i sh = _mm256_and_si256(at, k7), by = _mm256_srli_epi32(at, 3);
+        __m256i w0 = _mm256_i32gather_epi64(w, _mm256_castsi256_si128(by), 1);
+        __m256i w1 = _mm256_i32gather_epi64(w, _mm256_extracti128_si256(by, 1), 1);
+        w0 = _mm256_srlv_epi64(w0, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(sh)));
+        w1 = _mm256_srlv_epi64(w1, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(sh, 1)));
+        w0 = _mm256_permutevar8x32_epi32(w0, even); /* low halves of the four words in lanes 0..3 */
+        w1 = _mm256_permutevar8x32_epi32(w1, even);
+        __m256i r = _mm256_permute2x128_si256(w0, w1, 0x20);
+        __m256i z = _mm256_or_si256(base, _mm256_and_si256(r, mask));
+        __m256i d = _mm256_xor_si256(_mm256_srli_epi32(z, 1), _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                                               _mm256_and_si256(z, one)));
+        __m256i par = p16 ? _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i))), 16)
+                          : _mm256_loadu_si256((const __m256i *)((const uint32_t *)p + i));
+        _mm256_storeu_si256((__m256i *)(o + i), _mm256_add_epi32(par, d));
+        rpos += (uint32_t)_mm256_extract_epi32(s, 7);
+    }
+    __m128i a = _mm_or_si128(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    a = _mm_or_si128(a, _mm_srli_si128(a, 8));
+    a = _mm_or_si128(a, _mm_srli_si128(a, 4));
+    *bad |= (uint32_t)_mm_cvtsi128_si32(a);
+    return rpos;
+}
+
+/* The same eight elements a step without gathers (AVX-512 VBMI): the step's fields lie in its first 40 bytes
+ * (7 + 8 x 29 bits), so one 64-byte load holds them, and one byte permutation picks each field's 8 bytes
+ * into a 64-bit lane. Every 64-byte load lies in the plane: the caller checks rpos + 29 m + 512 bits. */
+__attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512vl,avx512vbmi"))) static int64_t raw_delta_vbmi(
+    const uint16_t *syms, Py_ssize_t m8, const uint8_t *rb, int64_t rpos, const void *p, uint32_t *o,
+    uint32_t *bad, const int p16) {
+    const __m256i k7f = _mm256_set1_epi32(0x7F), k123 = _mm256_set1_epi32(123), k7 = _mm256_set1_epi32(7);
+    const __m256i k4 = _mm256_set1_epi32(4), k3 = _mm256_set1_epi32(3), one = _mm256_set1_epi32(1);
+    const __m256i lane3 = _mm256_set1_epi32(3), hi = _mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1);
+    const __m512i rep = _mm512_set_epi64(0x0808080808080808LL, 0, 0x0808080808080808LL, 0, 0x0808080808080808LL,
+                                         0, 0x0808080808080808LL, 0); /* byte 0 of each qword to all 8 */
+    const __m512i step = _mm512_set1_epi64(0x0706050403020100LL);
+    __m256i acc = _mm256_setzero_si256();
+    for (Py_ssize_t i = 0; i < m8; i += 8) {
+        __m256i t = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(syms + i)));
+        acc = _mm256_or_si256(acc, t);
+        __m256i tc = _mm256_min_epu32(_mm256_and_si256(t, k7f), k123);
+        __m256i big = _mm256_cmpgt_epi32(tc, k7);
+        __m256i nx = _mm256_and_si256(_mm256_srli_epi32(_mm256_sub_epi32(tc, k4), 2), big);
+        __m256i base = _mm256_blendv_epi8(tc, _mm256_sllv_epi32(_mm256_or_si256(k4, _mm256_and_si256(tc, k3)), nx), big);
+        __m256i mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, nx), one);
+        __m256i s = _mm256_add_epi32(nx, _mm256_slli_si256(nx, 4)); /* inclusive prefix sum of nx */
+        s = _mm256_add_epi32(s, _mm256_slli_si256(s, 8));
+        s = _mm256_add_epi32(s, _mm256_and_si256(_mm256_permutevar8x32_epi32(s, lane3), hi));
+        __m256i at = _mm256_add_epi32(_mm256_sub_epi32(s, nx), _mm256_set1_epi32((int)(rpos & 7)));
+        __m512i win = _mm512_loadu_si512((const void *)(rb + (rpos >> 3)));
+        __m512i by = _mm512_cvtepu32_epi64(_mm256_srli_epi32(at, 3));
+        __m512i idx = _mm512_add_epi8(_mm512_shuffle_epi8(by, rep), step);
+        __m512i w = _mm512_srlv_epi64(_mm512_permutexvar_epi8(idx, win),
+                                      _mm512_cvtepu32_epi64(_mm256_and_si256(at, k7)));
+        __m256i r = _mm512_cvtepi64_epi32(w);
+        __m256i z = _mm256_or_si256(base, _mm256_and_si256(r, mask));
+        __m256i d = _mm256_xor_si256(_mm256_srli_epi32(z, 1), _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                                               _mm256_and_si256(z, one)));
+        __m256i par = p16 ? _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i))), 16)
+                          : _mm256_loadu_si256((const __m256i *)((const uint32_t *)p + i));
+        _mm256_storeu_si256((__m256i *)(o + i), _mm256_add_epi32(par, d));
+        rpos += (uint32_t)_mm256_extract_epi32(s, 7);
+    }
+    __m128i a = _mm_or_si128(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    a = _mm_or_si128(a, _mm_srli_si128(a, 8));
+    a = _mm_or_si128(a, _mm_srli_si128(a, 4));
+    *bad |= (uint32_t)_mm_cvtsi128_si32(a);
+    return rpos;
+}
+#endif
+
+/* The raw bits of m delta elements from bit rpos of the raw plane (rb, len bytes): out = parent + the
+ * unzigzagged z. Returns the new bit position (past the end means a corrupt plane: checked by caller);
+ * ORs every symbol into *bad (BAD_SLOT marks a slot without a code). Runs without bounds checks while 29
+ * bits an element cannot reach past the plane. */
+static inline __attribute__((always_inline)) int64_t raw_delta(
+    const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos, const void *p,
+    uint32_t *o, uint32_t *bad, const int p16, int avx2) {
+    Py_ssize_t i = 0;
+    uint32_t acc = 0;
+    if (rpos + 29 * (int64_t)m + 64 <= 8 * len) {
+#ifdef HAVE_AVX2_CLONE
+        if (avx2 && raw_vec == 2 && rpos + 29 * (int64_t)m + 512 <= 8 * len) {
+            i = m & ~(Py_ssize_t)7;
+            rpos = raw_delta_vbmi(syms, i, rb, rpos, p, o, &acc, p16);
+        } else if (avx2 && raw_vec == 1) {
+            i = m & ~(Py_ssize_t)7;
+            rpos = raw_delta_avx2(syms, i, rb, rpos, p, o, &acc, p16);
+        }
+#else
+        (void)avx2;
+#endif
+        for (; i < m; i++) {
+            uint32_t t = syms[i];
+            uint64_t info = TOK_INFO[t];
+            acc |= t;
+            uint32_t r = (uint32_t)raw_word(rb, len, rpos, 1) & (uint32_t)(info >> 32);
+            rpos += TOK_NX8[t];
+            uint32_t z = (uint32_t)info | r;
+            o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
+        }
+    }
+    for (; i < m; i++) {
+        uint32_t t = syms[i];
+        uint64_t info = TOK_INFO[t];
+        acc |= t;
+        uint32_t r = (uint32_t)raw_word(rb, len, rpos, 0) & (uint32_t)(info >> 32);
+        rpos += TOK_NX8[t];
+        uint32_t z = (uint32_t)info | r;
+        o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
+    }
+    *bad |= acc;
+    return rpos;
+}
 
 static inline __attribute__((always_inline)) int64_t raw_plain(
     const uint16_t *syms, Py_ssize_t m, const uint8_t *rb, int64_t len, int64_t rpos, uint32_t *o,
@@ -534,7 +647,7 @@ static inline __attribute__((always_inline)) int decode_core(
             s += 1;
         }
         uint32_t bad = 0;
-        rpos = delta ? raw_delta(syms, m, rb, raw_len, rpos, parent_from(p, a, p16), o + a, &bad, p16)
+        rpos = delta ? raw_delta(syms, m, rb, raw_len, rpos, parent_from(p, a, p16), o + a, &bad, p16, avx2)
                      : raw_plain(syms, m, rb, raw_len, rpos, o + a, &bad, avx2);
         if (rpos > 8 * raw_len || (bad & BAD_SLOT)) return -1;
     }
@@ -702,11 +815,36 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
 
 /* set_portable(flag): use (or not) the plain x86-64 decoder where the CPU has BMI2 (for tests); returns
  * the instruction set now used, "bmi2" or "portable". */
+/* The best raw-bit loop of deltas that cpu allows, capped at cap (2 VBMI, 1 AVX2 gathers, 0 scalar). */
+static int pick_raw_vec(int cap) {
+    int best = 0;
+#ifdef HAVE_AVX2_CLONE
+    if (cpu.avx2) {
+        best = 1;
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi"))
+            best = 2;
+    }
+#endif
+    return best < cap ? best : cap;
+}
+
 static PyObject *py_set_portable(PyObject *self, PyObject *args) {
     int flag;
     if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
     cpu = cpu_pick(flag);
+    raw_vec = pick_raw_vec(2);
     return PyUnicode_FromString(cpu.avx2 ? "avx2" : cpu.bmi2 ? "bmi2" : "portable");
+}
+
+/* set_raw_delta(level): the raw-bit loop of delta decodes, at most level (2 "vbmi", 1 "gather", 0 "scalar")
+ * and what the CPU and set_portable allow (for tests: the three write the same bytes); returns its name. */
+static PyObject *py_set_raw_delta(PyObject *self, PyObject *args) {
+    int level;
+    if (!PyArg_ParseTuple(args, "i", &level)) return NULL;
+    raw_vec = pick_raw_vec(level);
+    return PyUnicode_FromString(raw_vec == 2 ? "vbmi" : raw_vec == 1 ? "gather" : "scalar");
 }
 
 /* ---------------------------------------------------------------------------------- code lengths */
@@ -799,6 +937,7 @@ static PyMethodDef methods[] = {
     {"encode", py_encode, METH_VARARGS, "encode(delta, child, parent, enc, seg, tok, sizes, raw, tokens)"},
     {"decode", py_decode, METH_VARARGS, "decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n, bf16_parent=False)"},
     {"lengths", py_lengths, METH_VARARGS, "lengths(counts, nsym, floor_shift, max_len, out): code lengths"},
+    {"set_raw_delta", py_set_raw_delta, METH_VARARGS, "set_raw_delta(level): the raw-bit loop of deltas (tests)"},
     {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag): the portable decoder, or the CPU's best (avx2, bmi2)"},
     {NULL, NULL, 0, NULL},
 };
@@ -813,5 +952,6 @@ PyMODINIT_FUNC PyInit__exact32(void) {
         REV12[i] = (uint16_t)r;
     }
     cpu = cpu_pick(0);
+    raw_vec = pick_raw_vec(2);
     return PyModule_Create(&module);
 }

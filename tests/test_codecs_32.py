@@ -23,7 +23,9 @@ CHILD = bytes.fromhex("0100003f0bd7a3badd0f494000000080c216010002504348f285493c0
 PARENT = bytes.fromhex("b0feff3e65daa3ba560e494000000000c216010080524348e2af493c14aeefc0")
 GOLDEN_V6 = {
     "delta": (
-        [8], PARENT, [8],
+        [8],
+        PARENT,
+        [8],
         "445a543664010100080000000000000000010000010b0000000000000000000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
@@ -31,10 +33,12 @@ GOLDEN_V6 = {
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000030000"
         "000000000000000000000000003003030300000000000030003000000000000000000000000000000000000000000000"
-        "00000000000000000000300000030000008c0e77a259c7ffffffdfff1eee014041c007"
+        "00000000000000000000300000030000008c0e77a259c7ffffffdfff1eee014041c007",
     ),
     "delta-rows": (
-        [4, 2], PARENT[:16], [2, 2],
+        [4, 2],
+        PARENT[:16],
+        [2, 2],
         "445a54367201010008000000000000000400000000000000000100000107000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
@@ -48,17 +52,19 @@ GOLDEN_V6 = {
         "000000000000000000000000000000000000000000000000000020000000000000000020000000000000000000000000"
         "000020000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-        "000000000000000000000000000000000000010000006cc2160101a8817c614200000edd3e5ccf"
+        "000000000000000000000000000000000000010000006cc2160101a8817c614200000edd3e5ccf",
     ),
     "plain": (
-        [8], None, None,
+        [8],
+        None,
+        None,
         "445a54367001ff0008000000000000000001000001170000000000000002000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "000003000030000000000003003030000000000000000000000000000030000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000030000"
-        "0051e11e01008085eb71f743020000286c1110801ac817260400e09ab0f628"
+        "0051e11e01008085eb71f743020000286c1110801ac817260400e09ab0f628",
     ),
 }
 
@@ -233,7 +239,7 @@ def test_c_code_lengths_are_the_python_ones(counts: list[int], zeros: int) -> No
     for nsym in (F.NTOK_DELTA, F.NTOK_PLAIN):
         row = np.zeros(nsym, np.int64)
         row[: min(len(counts), nsym)] = counts[:nsym]
-        row[::4 + zeros] = 0  # unused symbols between used ones
+        row[:: 4 + zeros] = 0  # unused symbols between used ones
         table = np.stack([row, row[::-1].copy(), np.zeros(nsym, np.int64)])
         assert (F.context_lengths(table, use_c=True) == F.context_lengths(table, use_c=False)).all()
 
@@ -381,3 +387,37 @@ def test_plain_codes_of_12_bits_are_decoded_one_a_lookup(monkeypatch: pytest.Mon
     assert F.encode_stream(child, None, backend="c") == coded and _plain_lengths(coded).max() == 12
     for backend in ("c", "numpy"):
         assert F.decode_stream(memoryview(coded), 0, n, None, backend=backend)[0].tobytes() == child.tobytes()
+
+
+@needs_c
+@pytest.mark.parametrize("p16", [False, True])
+def test_the_raw_bit_loops_of_deltas_decode_alike(p16: bool) -> None:
+    """The delta decoder's raw-bit loops (AVX-512 VBMI, AVX2 gathers, scalar; each where the CPU has it)
+    write the same bytes, from F32 and BF16 parents, and fail or decode alike on corrupt streams."""
+    rng = np.random.default_rng(31 + p16)
+    levels = []
+    try:
+        for level in (2, 1, 0):
+            levels.append(F._exact32.set_raw_delta(level))
+        assert levels[-1] == "scalar"
+        for n in (7, 4096 * 4 + 13, 70001):
+            child, parent = pair(n, seed=n, rel=1e-3)
+            if p16:
+                parent = (parent >> 16).astype("<u2")
+                wide = parent.astype("<u4") << np.uint32(16)
+                child = (wide.view(np.float32) * (1 + rng.standard_normal(n).astype(np.float32) * 1e-3)).view(
+                    "<u4"
+                )
+            coded = F.encode_stream(child, parent.astype("<u4") << np.uint32(16) if p16 else parent)
+            hostile = [
+                flipped_with_valid_checksum(coded, rng, F._HEAD.size, len(coded) - 4, 3) for _ in range(20)
+            ]
+            seen = []
+            for level in (2, 1, 0):
+                F._exact32.set_raw_delta(level)
+                out, end = F.decode_stream(memoryview(coded), 0, n, parent)
+                assert end == len(coded) and out.tobytes() == child.tobytes()
+                seen.append([decoded_or_none(h, n, parent, "c") for h in hostile])
+            assert seen[0] == seen[1] == seen[2]
+    finally:
+        F._exact32.set_raw_delta(2)
