@@ -436,104 +436,81 @@ __attribute__((target("avx2"))) static void raw_plain_avx2(const uint16_t *syms,
 }
 #endif
 
-/* The vector raw-bit loop of deltas (AVX2 decoders only): 2 VBMI, 1 AVX2 gathers, 0 none (the scalar loop);
- * set with cpu at import and by set_portable / set_raw_delta (tests). */
+/* The raw-bit loop of deltas in the AVX2 decoders: 1 eight elements a step with AVX-512 VBMI, 0 the scalar
+ * loop; set with cpu at import and by set_portable / set_raw_delta (tests). */
 static int raw_vec;
 
 #ifdef HAVE_AVX2_CLONE
-/* raw_delta's fast loop, eight elements a step (m8 a multiple of 8; every 8-byte load from rb + (rpos >> 3)
- * on lies in the plane for 29 bits an element: checked by the caller). A token's base and raw bit count are
+/* Eight delta symbols t (u32 lanes) as raw_delta_vbmi reads them: a token's base and raw bit count are
  * arithmetic (init_tokens): t < 8: z = t, no raw bits; else nx = (t - 4) >> 2, base = (4 | t & 3) << nx.
- * Tokens are clamped to 123 for the arithmetic only (a BAD_SLOT or unused token is caught through *bad), so
- * no element reads more than 29 bits. The bit offsets of the eight fields are a prefix sum of their counts;
- * the eight words are gathered with 32-bit byte indices from the step's first byte. Returns the new rpos. */
-__attribute__((target("avx2,bmi2"))) static int64_t raw_delta_avx2(const uint16_t *syms, Py_ssize_t m8,
-                                                                   const uint8_t *rb, int64_t rpos, const void *p,
-                                                                   uint32_t *o, uint32_t *bad, const int p16) {
-    const __m256i k7f = _mm256_set1_epi32(0x7F), k123 = _mm256_set1_epi32(123), k7 = _mm256_set1_epi32(7);
-    const __m256i k4 = _mm256_set1_epi32(4), k3 = _mm256_set1_epi32(3), one = _mm256_set1_epi32(1);
-    const __m256i lane3 = _mm256_set1_epi32(3), hi = _mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1);
-    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    __m256i acc = _mm256_setzero_si256();
-    for (Py_ssize_t i = 0; i < m8; i += 8) {
-        __m256i t = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(syms + i)));
-        acc = _mm256_or_si256(acc, t);
-        __m256i tc = _mm256_min_epu32(_mm256_and_si256(t, k7f), k123);
-        __m256i big = _mm256_cmpgt_epi32(tc, k7);
-        __m256i nx = _mm256_and_si256(_mm256_srli_epi32(_mm256_sub_epi32(tc, k4), 2), big);
-        __m256i base = _mm256_blendv_epi8(tc, _mm256_sllv_epi32(_mm256_or_si256(k4, _mm256_and_si256(tc, k3)), nx), big);
-        __m256i mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, nx), one);
-        __m256i s = _mm256_add_epi32(nx, _mm256_slli_si256(nx, 4)); /* inclusive prefix sum of nx */
-        s = _mm256_add_epi32(s, _mm256_slli_si256(s, 8));
-        s = _mm256_add_epi32(s, _mm256_and_si256(_mm256_permutevar8x32_epi32(s, lane3), hi));
-        __m256i at = _mm256_add_epi32(_mm256_sub_epi32(s, nx), _mm256_set1_epi32((int)(rpos & 7)));
-        const long long *w = (const long long *)(rb + (rpos >> 3));
-        __m256i sh = _mm256_and_si256(at, k7), by = _mm256_srli_epi32(at, 3);
-        __m256i w0 = _mm256_i32gather_epi64(w, _mm256_castsi256_si128(by), 1);
-        __m256i w1 = _mm256_i32gather_epi64(w, _mm256_extracti128_si256(by, 1), 1);
-        w0 = _mm256_srlv_epi64(w0, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(sh)));
-        w1 = _mm256_srlv_epi64(w1, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(sh, 1)));
-        w0 = _mm256_permutevar8x32_epi32(w0, even); /* low halves of the four words in lanes 0..3 */
-        w1 = _mm256_permutevar8x32_epi32(w1, even);
-        __m256i r = _mm256_permute2x128_si256(w0, w1, 0x20);
-        __m256i z = _mm256_or_si256(base, _mm256_and_si256(r, mask));
-        __m256i d = _mm256_xor_si256(_mm256_srli_epi32(z, 1), _mm256_sub_epi32(_mm256_setzero_si256(),
-                                                                               _mm256_and_si256(z, one)));
-        __m256i par = p16 ? _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i))), 16)
-                          : _mm256_loadu_si256((const __m256i *)((const uint32_t *)p + i));
-        _mm256_storeu_si256((__m256i *)(o + i), _mm256_add_epi32(par, d));
-        rpos += (uint32_t)_mm256_extract_epi32(s, 7);
-    }
+ * Tokens are clamped to 123 for the arithmetic only (a BAD_SLOT or unused token is caught through the OR of
+ * the symbols), so no element reads more than 29 bits. *at: each field's bit offset from the step's first
+ * byte (rpos & 7 + the counts before it); returns the eight counts' sum. */
+static inline __attribute__((always_inline, target("avx2"))) uint32_t tokens8(__m256i t, int64_t rpos, __m256i *base,
+                                                                              __m256i *mask, __m256i *at) {
+    const __m256i k7 = _mm256_set1_epi32(7), k4 = _mm256_set1_epi32(4), one = _mm256_set1_epi32(1);
+    const __m256i tc = _mm256_min_epu32(_mm256_and_si256(t, _mm256_set1_epi32(0x7F)), _mm256_set1_epi32(123));
+    const __m256i big = _mm256_cmpgt_epi32(tc, k7);
+    const __m256i nx = _mm256_and_si256(_mm256_srli_epi32(_mm256_sub_epi32(tc, k4), 2), big);
+    const __m256i head = _mm256_or_si256(k4, _mm256_and_si256(tc, _mm256_set1_epi32(3)));
+    *base = _mm256_blendv_epi8(tc, _mm256_sllv_epi32(head, nx), big);
+    *mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, nx), one);
+    __m256i s = _mm256_add_epi32(nx, _mm256_slli_si256(nx, 4)); /* inclusive prefix sum of nx */
+    s = _mm256_add_epi32(s, _mm256_slli_si256(s, 8));
+    const __m256i hi = _mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1);
+    s = _mm256_add_epi32(s, _mm256_and_si256(_mm256_permutevar8x32_epi32(s, _mm256_set1_epi32(3)), hi));
+    *at = _mm256_add_epi32(_mm256_sub_epi32(s, nx), _mm256_set1_epi32((int)(rpos & 7)));
+    return (uint32_t)_mm256_extract_epi32(s, 7);
+}
+
+/* Eight elements out: parent (F32, or BF16 as stored) + the unzigzagged base | raw bits r & mask. */
+static inline __attribute__((always_inline, target("avx2"))) void delta8_out(__m256i base, __m256i mask, __m256i r,
+                                                                             const void *p, Py_ssize_t i, uint32_t *o,
+                                                                             const int p16) {
+    const __m256i one = _mm256_set1_epi32(1);
+    const __m256i z = _mm256_or_si256(base, _mm256_and_si256(r, mask));
+    const __m256i d = _mm256_xor_si256(_mm256_srli_epi32(z, 1), _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                                                 _mm256_and_si256(z, one)));
+    const __m256i par =
+        p16 ? _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i))), 16)
+            : _mm256_loadu_si256((const __m256i *)((const uint32_t *)p + i));
+    _mm256_storeu_si256((__m256i *)(o + i), _mm256_add_epi32(par, d));
+}
+
+/* The OR of the symbols' lanes. */
+static inline __attribute__((always_inline, target("avx2"))) uint32_t or8(__m256i acc) {
     __m128i a = _mm_or_si128(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     a = _mm_or_si128(a, _mm_srli_si128(a, 8));
     a = _mm_or_si128(a, _mm_srli_si128(a, 4));
-    *bad |= (uint32_t)_mm_cvtsi128_si32(a);
-    return rpos;
+    return (uint32_t)_mm_cvtsi128_si32(a);
 }
 
-/* The same eight elements a step without gathers (AVX-512 VBMI): the step's fields lie in its first 40 bytes
- * (7 + 8 x 29 bits), so one 64-byte load holds them, and one byte permutation picks each field's 8 bytes
- * into a 64-bit lane. Every 64-byte load lies in the plane: the caller checks rpos + 29 m + 512 bits. */
+/* raw_delta's fast loop, eight elements a step (m8 a multiple of 8), with AVX-512 VBMI: the step's fields lie
+ * in its first 40 bytes (7 + 8 x 29 bits), so one 64-byte load holds them, and one byte permutation picks
+ * each field's 8 bytes into a 64-bit lane, shifted by its offset's last 3 bits. Every 64-byte load lies in
+ * the plane: the caller checks rpos + 29 m + 512 bits. Returns the new rpos. (An AVX2 twin with two gathers
+ * for the eight words ran no faster than the scalar loop on this machine's Zen 4: not kept.) */
 __attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512vl,avx512vbmi"))) static int64_t raw_delta_vbmi(
     const uint16_t *syms, Py_ssize_t m8, const uint8_t *rb, int64_t rpos, const void *p, uint32_t *o,
     uint32_t *bad, const int p16) {
-    const __m256i k7f = _mm256_set1_epi32(0x7F), k123 = _mm256_set1_epi32(123), k7 = _mm256_set1_epi32(7);
-    const __m256i k4 = _mm256_set1_epi32(4), k3 = _mm256_set1_epi32(3), one = _mm256_set1_epi32(1);
-    const __m256i lane3 = _mm256_set1_epi32(3), hi = _mm256_setr_epi32(0, 0, 0, 0, -1, -1, -1, -1);
+    const __m256i k7 = _mm256_set1_epi32(7);
     const __m512i rep = _mm512_set_epi64(0x0808080808080808LL, 0, 0x0808080808080808LL, 0, 0x0808080808080808LL,
                                          0, 0x0808080808080808LL, 0); /* byte 0 of each qword to all 8 */
     const __m512i step = _mm512_set1_epi64(0x0706050403020100LL);
     __m256i acc = _mm256_setzero_si256();
     for (Py_ssize_t i = 0; i < m8; i += 8) {
-        __m256i t = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(syms + i)));
+        __m256i t = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(syms + i))), base, mask, at;
         acc = _mm256_or_si256(acc, t);
-        __m256i tc = _mm256_min_epu32(_mm256_and_si256(t, k7f), k123);
-        __m256i big = _mm256_cmpgt_epi32(tc, k7);
-        __m256i nx = _mm256_and_si256(_mm256_srli_epi32(_mm256_sub_epi32(tc, k4), 2), big);
-        __m256i base = _mm256_blendv_epi8(tc, _mm256_sllv_epi32(_mm256_or_si256(k4, _mm256_and_si256(tc, k3)), nx), big);
-        __m256i mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, nx), one);
-        __m256i s = _mm256_add_epi32(nx, _mm256_slli_si256(nx, 4)); /* inclusive prefix sum of nx */
-        s = _mm256_add_epi32(s, _mm256_slli_si256(s, 8));
-        s = _mm256_add_epi32(s, _mm256_and_si256(_mm256_permutevar8x32_epi32(s, lane3), hi));
-        __m256i at = _mm256_add_epi32(_mm256_sub_epi32(s, nx), _mm256_set1_epi32((int)(rpos & 7)));
+        uint32_t total = tokens8(t, rpos, &base, &mask, &at);
         __m512i win = _mm512_loadu_si512((const void *)(rb + (rpos >> 3)));
         __m512i by = _mm512_cvtepu32_epi64(_mm256_srli_epi32(at, 3));
         __m512i idx = _mm512_add_epi8(_mm512_shuffle_epi8(by, rep), step);
         __m512i w = _mm512_srlv_epi64(_mm512_permutexvar_epi8(idx, win),
                                       _mm512_cvtepu32_epi64(_mm256_and_si256(at, k7)));
-        __m256i r = _mm512_cvtepi64_epi32(w);
-        __m256i z = _mm256_or_si256(base, _mm256_and_si256(r, mask));
-        __m256i d = _mm256_xor_si256(_mm256_srli_epi32(z, 1), _mm256_sub_epi32(_mm256_setzero_si256(),
-                                                                               _mm256_and_si256(z, one)));
-        __m256i par = p16 ? _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i))), 16)
-                          : _mm256_loadu_si256((const __m256i *)((const uint32_t *)p + i));
-        _mm256_storeu_si256((__m256i *)(o + i), _mm256_add_epi32(par, d));
-        rpos += (uint32_t)_mm256_extract_epi32(s, 7);
+        delta8_out(base, mask, _mm512_cvtepi64_epi32(w), p, i, o, p16);
+        rpos += total;
     }
-    __m128i a = _mm_or_si128(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-    a = _mm_or_si128(a, _mm_srli_si128(a, 8));
-    a = _mm_or_si128(a, _mm_srli_si128(a, 4));
-    *bad |= (uint32_t)_mm_cvtsi128_si32(a);
+    *bad |= or8(acc);
     return rpos;
 }
 #endif
@@ -549,12 +526,9 @@ static inline __attribute__((always_inline)) int64_t raw_delta(
     uint32_t acc = 0;
     if (rpos + 29 * (int64_t)m + 64 <= 8 * len) {
 #ifdef HAVE_AVX2_CLONE
-        if (avx2 && raw_vec == 2 && rpos + 29 * (int64_t)m + 512 <= 8 * len) {
+        if (avx2 && raw_vec && rpos + 29 * (int64_t)m + 512 <= 8 * len) {
             i = m & ~(Py_ssize_t)7;
             rpos = raw_delta_vbmi(syms, i, rb, rpos, p, o, &acc, p16);
-        } else if (avx2 && raw_vec == 1) {
-            i = m & ~(Py_ssize_t)7;
-            rpos = raw_delta_avx2(syms, i, rb, rpos, p, o, &acc, p16);
         }
 #else
         (void)avx2;
@@ -815,16 +789,14 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
 
 /* set_portable(flag): use (or not) the plain x86-64 decoder where the CPU has BMI2 (for tests); returns
  * the instruction set now used, "bmi2" or "portable". */
-/* The best raw-bit loop of deltas that cpu allows, capped at cap (2 VBMI, 1 AVX2 gathers, 0 scalar). */
+/* The best raw-bit loop of deltas that cpu allows, capped at cap (1 VBMI, 0 scalar). */
 static int pick_raw_vec(int cap) {
     int best = 0;
 #ifdef HAVE_AVX2_CLONE
     if (cpu.avx2) {
-        best = 1;
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi"))
-            best = 2;
+        best = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
     }
 #endif
     return best < cap ? best : cap;
@@ -834,17 +806,17 @@ static PyObject *py_set_portable(PyObject *self, PyObject *args) {
     int flag;
     if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
     cpu = cpu_pick(flag);
-    raw_vec = pick_raw_vec(2);
+    raw_vec = pick_raw_vec(1);
     return PyUnicode_FromString(cpu.avx2 ? "avx2" : cpu.bmi2 ? "bmi2" : "portable");
 }
 
-/* set_raw_delta(level): the raw-bit loop of delta decodes, at most level (2 "vbmi", 1 "gather", 0 "scalar")
- * and what the CPU and set_portable allow (for tests: the three write the same bytes); returns its name. */
+/* set_raw_delta(level): the raw-bit loop of delta decodes, at most level (1 "vbmi", 0 "scalar") and what the
+ * CPU and set_portable allow (for tests: both write the same bytes); returns its name. */
 static PyObject *py_set_raw_delta(PyObject *self, PyObject *args) {
     int level;
     if (!PyArg_ParseTuple(args, "i", &level)) return NULL;
     raw_vec = pick_raw_vec(level);
-    return PyUnicode_FromString(raw_vec == 2 ? "vbmi" : raw_vec == 1 ? "gather" : "scalar");
+    return PyUnicode_FromString(raw_vec ? "vbmi" : "scalar");
 }
 
 /* ---------------------------------------------------------------------------------- code lengths */
@@ -952,6 +924,6 @@ PyMODINIT_FUNC PyInit__exact32(void) {
         REV12[i] = (uint16_t)r;
     }
     cpu = cpu_pick(0);
-    raw_vec = pick_raw_vec(2);
+    raw_vec = pick_raw_vec(1);
     return PyModule_Create(&module);
 }

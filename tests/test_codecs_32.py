@@ -392,12 +392,12 @@ def test_plain_codes_of_12_bits_are_decoded_one_a_lookup(monkeypatch: pytest.Mon
 @needs_c
 @pytest.mark.parametrize("p16", [False, True])
 def test_the_raw_bit_loops_of_deltas_decode_alike(p16: bool) -> None:
-    """The delta decoder's raw-bit loops (AVX-512 VBMI, AVX2 gathers, scalar; each where the CPU has it)
+    """The delta decoder's raw-bit loops (eight a step with AVX-512 VBMI where the CPU has it, scalar)
     write the same bytes, from F32 and BF16 parents, and fail or decode alike on corrupt streams."""
     rng = np.random.default_rng(31 + p16)
     levels = []
     try:
-        for level in (2, 1, 0):
+        for level in (1, 0):
             levels.append(F._exact32.set_raw_delta(level))
         assert levels[-1] == "scalar"
         for n in (7, 4096 * 4 + 13, 70001):
@@ -413,11 +413,11 @@ def test_the_raw_bit_loops_of_deltas_decode_alike(p16: bool) -> None:
                 flipped_with_valid_checksum(coded, rng, F._HEAD.size, len(coded) - 4, 3) for _ in range(20)
             ]
             seen = []
-            for level in (2, 1, 0):
+            for level in (1, 0):
                 F._exact32.set_raw_delta(level)
                 out, end = F.decode_stream(memoryview(coded), 0, n, parent)
                 assert end == len(coded) and out.tobytes() == child.tobytes()
                 seen.append([decoded_or_none(h, n, parent, "c") for h in hostile])
-            assert seen[0] == seen[1] == seen[2]
+            assert seen[0] == seen[-1]
     finally:
-        F._exact32.set_raw_delta(2)
+        F._exact32.set_raw_delta(1)
