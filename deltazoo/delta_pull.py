@@ -347,7 +347,7 @@ class DeltaPuller:
         stored = self._fetch_stored(entry["blob"], file) if other else None
         tmp = self.cache.incomplete_path(file.sha256)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        with HashingWriter(tmp) as out:
+        with HashingWriter(tmp, size=file.size) as out:
             if stored is not None:
                 self._unpack_other(stored, out)
             else:

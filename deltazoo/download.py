@@ -19,8 +19,10 @@ from typing import Any
 
 import httpx
 
+from deltazoo.direct_io import MIN_DIRECT, DirectWriter
 from deltazoo.errors import ClientError, DeltazooConnectionError, IntegrityError
 from deltazoo.schemas import CLIENT_VERIFIES
+from deltazoo.settings import get_settings
 from deltazoo.transport import Transport, progress_bar
 
 RESUME_ATTEMPTS = 5  # dropped connections survived per download, each resumed where it stopped
@@ -29,22 +31,42 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class HashingWriter:
-    """A binary file opened for writing that hashes what is written to it (no second read to check it)."""
+    """A binary file opened for writing that hashes what is written to it (no second read to check it).
 
-    def __init__(self, path: Path, mode: str = "wb") -> None:
+    ``size``: the file's expected length. A new file of a known size of at least ``MIN_DIRECT`` is
+    written around the page cache (``DirectWriter``; the client's ``direct_io`` setting, or ``direct``,
+    turns that off), so a pull touches no fresh page-cache pages. A resumed download (``"ab"``) stays
+    buffered: its part held may end mid-block, and it is hashed again by a buffered read anyway.
+    The hash is taken on the caller's thread over the bytes given, before they are copied out.
+    """
+
+    def __init__(
+        self, path: Path, mode: str = "wb", *, size: int | None = None, direct: bool | None = None
+    ) -> None:
         self.sha = hashlib.sha256()
         if mode == "ab" and path.exists():  # a resumed download: hash the part already held, once
             with path.open("rb") as f:
                 while block := f.read(1 << 22):
                     self.sha.update(block)
-        self.file = path.open(mode, buffering=WRITE_BUFFER)
+        if direct is None:
+            direct = get_settings().direct_io
+        self.file: Any
+        if mode == "wb" and direct and size is not None and size >= MIN_DIRECT:
+            self.file = DirectWriter(path, size_hint=size)
+        else:
+            self.file = path.open(mode, buffering=WRITE_BUFFER)
+
+    @property
+    def direct(self) -> bool:
+        return isinstance(self.file, DirectWriter) and self.file.direct
 
     def write(self, data: bytes | memoryview) -> int:
         self.sha.update(data)
         return self.file.write(data)
 
     def flush(self) -> None:
-        self.file.flush()
+        if not isinstance(self.file, DirectWriter):
+            self.file.flush()
 
     def hexdigest(self) -> str:
         return self.sha.hexdigest()
@@ -56,7 +78,7 @@ class HashingWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.close()  # after an error too: every byte received is kept, for a resumed download
 
 
 def incomplete_path(target: Path) -> Path:
@@ -155,7 +177,7 @@ def download(
                     etag = response.headers.get("ETag", "").strip('"')
                     if expected_sha is None and _SHA256.match(etag):
                         expected_sha = etag
-                    with HashingWriter(tmp, "ab" if resumed else "wb") as out:
+                    with HashingWriter(tmp, "ab" if resumed else "wb", size=expected_size) as out:
                         for chunk in transport.iter_body(response):
                             out.write(chunk)
                             bar.update(len(chunk))

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     retries: int = Field(default=5, description="re-sends after 429/5xx/connection errors (backoff)")
     upload_part_mb: int = Field(default=64, description="larger files are sent in resumable parts")
     offline: bool = Field(default=False, description="pulls come from the cache only, no request")
+    direct_io: bool = Field(
+        default=True, description="pulls write big files around the page cache (O_DIRECT, deltazoo.direct_io)"
+    )
 
 
 @lru_cache(maxsize=1)
