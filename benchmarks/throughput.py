@@ -516,9 +516,11 @@ def one_repetition(
         r["load average after"] = os.getloadavg()[0]
     finally:
         stop_profiler(spy)
-        for p in work.iterdir():
-            if p.name.endswith(f"-{rep}"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+        # this repetition's caches and pulled trees only: a stack's own folder (``stack-1``) also ends
+        # in ``-<n>``, and deleting it under its running S3 server hung the next repetition
+        for name in ("push-cache", "cold", "cold-out", "delta", "delta-out"):
+            p = work / f"{name}-{rep}"
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     r["codec encode 1 thread"], r["codec decode 1 thread"] = codec_alone(pair)
     return r
 
