@@ -515,6 +515,20 @@ __attribute__((target("avx2,bmi2,avx512f,avx512bw,avx512vl,avx512vbmi"))) static
 }
 #endif
 
+/* Element i of raw_delta: its raw bits at rpos (unchecked: the word is known to lie in the plane), the
+ * delta it makes with its token, added to the parent's element; returns the next raw position. */
+static inline __attribute__((always_inline)) int64_t raw_delta_one(
+    const uint16_t *syms, Py_ssize_t i, const uint8_t *rb, int64_t len, int64_t rpos, const void *p,
+    uint32_t *o, uint32_t *acc, const int p16, const int unchecked) {
+    uint32_t t = syms[i];
+    uint64_t info = TOK_INFO[t];
+    *acc |= t;
+    uint32_t r = (uint32_t)raw_word(rb, len, rpos, unchecked) & (uint32_t)(info >> 32);
+    uint32_t z = (uint32_t)info | r;
+    o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
+    return rpos + TOK_NX8[t];
+}
+
 /* The raw bits of m delta elements from bit rpos of the raw plane (rb, len bytes): out = parent + the
  * unzigzagged z. Returns the new bit position (past the end means a corrupt plane: checked by caller);
  * ORs every symbol into *bad (BAD_SLOT marks a slot without a code). Runs without bounds checks while 29
@@ -533,25 +547,9 @@ static inline __attribute__((always_inline)) int64_t raw_delta(
 #else
         (void)avx2;
 #endif
-        for (; i < m; i++) {
-            uint32_t t = syms[i];
-            uint64_t info = TOK_INFO[t];
-            acc |= t;
-            uint32_t r = (uint32_t)raw_word(rb, len, rpos, 1) & (uint32_t)(info >> 32);
-            rpos += TOK_NX8[t];
-            uint32_t z = (uint32_t)info | r;
-            o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
-        }
+        for (; i < m; i++) rpos = raw_delta_one(syms, i, rb, len, rpos, p, o, &acc, p16, 1);
     }
-    for (; i < m; i++) {
-        uint32_t t = syms[i];
-        uint64_t info = TOK_INFO[t];
-        acc |= t;
-        uint32_t r = (uint32_t)raw_word(rb, len, rpos, 0) & (uint32_t)(info >> 32);
-        rpos += TOK_NX8[t];
-        uint32_t z = (uint32_t)info | r;
-        o[i] = parent_at(p, i, p16) + ((z >> 1) ^ (0u - (z & 1)));
-    }
+    for (; i < m; i++) rpos = raw_delta_one(syms, i, rb, len, rpos, p, o, &acc, p16, 0);
     *bad |= acc;
     return rpos;
 }
