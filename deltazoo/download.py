@@ -64,10 +64,6 @@ class HashingWriter:
         self.sha.update(data)
         return self.file.write(data)
 
-    def flush(self) -> None:
-        if not isinstance(self.file, DirectWriter):
-            self.file.flush()
-
     def hexdigest(self) -> str:
         return self.sha.hexdigest()
 
