@@ -91,7 +91,7 @@ def one_repetition(pair: Path, work: Path, threads: int, profile: Path | None) -
     )
     with TestClient(create_app(settings)) as client:
         client.app.state.dispatcher.stop()  # type: ignore[attr-defined]  # jobs run here, in this thread
-        ctx = JobContext(settings, LocalObjectStore(settings.objects_dir), lambda _id: None)
+        ctx = JobContext(settings, LocalObjectStore(settings.objects_dir, direct_io=settings.direct_io), lambda _id: None)
         assert run_job(_push(client, "bench/base", pair / "base", None), ctx) == "succeeded"
         job = _push(client, "bench/ft", pair / "ft", "bench/base@1")
         os.sync()  # the uploads' writeback does not land inside the timed job
@@ -99,11 +99,17 @@ def one_repetition(pair: Path, work: Path, threads: int, profile: Path | None) -
         rss0 = _status_kib("VmRSS")
         reset = _reset_peak_rss()
         spy = _start_profiler(profile) if profile else None
-        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        perf = _start_perf() if os.environ.get("ENCODE_JOB_PERF") else None
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         status = run_job(job, ctx)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        faults = usage.ru_minflt - usage0.ru_minflt
+        system = usage.ru_stime - usage0.ru_stime
+        if perf is not None:
+            perf.send_signal(2)
+            perf.wait(timeout=120)
         if spy is not None:
             spy.send_signal(2)
             spy.wait(timeout=120)
@@ -117,6 +123,7 @@ def one_repetition(pair: Path, work: Path, threads: int, profile: Path | None) -
     return {
         "wall_s": wall,
         "cpu_s": cpu,
+        "sys_s": system,
         "peak_mib": peak,
         "hwm_mib": hwm,
         "faults_k": faults / 1000,
@@ -134,6 +141,17 @@ def _start_profiler(out: Path) -> subprocess.Popen[bytes]:
         argv.append("--idle")
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # py-spy attaches
+    return proc
+
+
+def _start_perf() -> subprocess.Popen[bytes]:
+    """``perf record`` of this process during the job: ``ENCODE_JOB_PERF`` = the events (``cycles``,
+    ``page-faults``), into ``ENCODE_JOB_PERF_OUT`` (default ``perf.data``), call graphs by frame pointer."""
+    out = os.environ.get("ENCODE_JOB_PERF_OUT", "perf.data")
+    events = os.environ["ENCODE_JOB_PERF"]
+    argv = ["perf", "record", "-q", "-e", events, "-g", "-p", str(os.getpid()), "-o", out]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # perf attaches
     return proc
 
 
@@ -160,7 +178,7 @@ def main() -> int:
         "rep",
         "load before / after",
         "encode job wall s",
-        "CPU s (user+sys, all threads)",
+        "CPU s (user+sys, all threads) / of it sys",
         "page faults (thousands)",
         "peak RSS above start / peak RSS MiB",
         "stored MiB",
@@ -174,7 +192,7 @@ def main() -> int:
             m = one_repetition(pair, Path(tmp), args.threads, args.profile if last else None)
             print(
                 f"| {rep + 1} | {m['load']:.1f} / {m['load_after']:.1f} | {m['wall_s']:.2f} "
-                f"| {m['cpu_s']:.2f} | {m['faults_k']:.0f} | {m['peak_mib']:.0f} / {m['hwm_mib']:.0f} "
+                f"| {m['cpu_s']:.2f} / {m['sys_s']:.2f} | {m['faults_k']:.0f} | {m['peak_mib']:.0f} / {m['hwm_mib']:.0f} "
                 f"| {m['stored_mib']:.1f} | {m['blobs']} |",
                 flush=True,
             )
