@@ -20,7 +20,8 @@ and the S3 server are not pinned and share the cores with the workers (and with 
 Within each repetition, interleaved so that the machine's drift hits both sides alike:
 
 * ``zstd -3 -T2`` of the fine-tune's files (to a file) — then ``push`` of the base, then ``push`` of the
-  fine-tune with ``base=`` (upload + encode, SDK ``Client.push``, the encode polled every 50 ms);
+  fine-tune with ``base=`` (upload + encode, SDK ``Client.push``, then ``Client.wait`` on its job as
+  ``push --wait`` waits: a long poll, answered when the job ends);
 * ``zstd -d`` of those files (the median of ``ZSTD_D_RUNS`` runs, each into new files, the compressed
   files warm in the page cache as the server's blobs are) — then a cold ``pull`` of the fine-tune (empty
   cache), then a delta-only ``pull`` (fresh cache holding only the base); both pulls are divided by that
@@ -476,8 +477,9 @@ def one_repetition(
             workers_cpu = sum(cpu_seconds(pid) for pid in worker_pids(server))
             others = ("API", "S3 server")
             others_cpu = {n: cpu_seconds(server.pids[n]) for n in others if n in server.pids}
-            while (status := c.version_info("bench/ft@1").status) not in ("ready", "failed"):
-                time.sleep(0.05)
+            assert c.last_push_job is not None
+            c.wait(c.last_push_job, quiet=True)  # as ``push --wait`` waits: a long poll, ended when it ends
+            status = c.version_info("bench/ft@1").status
             assert status == "ready", f"the fine-tune's encode {status}"
             r["push fine-tune"] = time.perf_counter() - start
             r["push fine-tune: encode"] = r["push fine-tune"] - r["push fine-tune: upload"]
@@ -563,7 +565,7 @@ def report(
             ratio("push fine-tune: upload", "zstd -3 -T2"),
         ),
         (
-            "… of which the encode job (polled every 50 ms)",
+            "… of which the encode job (waited for as `push --wait` does)",
             col("push fine-tune: encode"),
             ratio("push fine-tune: encode", "zstd -3 -T2"),
         ),

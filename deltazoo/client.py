@@ -78,6 +78,7 @@ class Client:
         )
         self.cache = Cache(cache_dir if cache_dir is not None else settings.cache)
         self.last_push_resumed = False  # the last push continued a pending version an earlier one left
+        self.last_push_job: Job | None = None  # the encode job the last push's commit started
         self.upload_part_bytes = settings.upload_part_mb << 20  # larger files go in resumable parts
         #: how the last ``pull`` placed its files in ``dest``: {"reflink"|"hardlink"|"copy": count}
         self.last_pull_methods: dict[str, int] = {}
@@ -197,8 +198,11 @@ class Client:
         """The registered text sets (REST ``TextSet`` dicts)."""
         return list(self.transport.json("GET", "/v1/texts")["items"])
 
-    def job(self, id: int | str) -> Job:
-        return Job.model_validate(self.transport.json("GET", f"/v1/jobs/{quote(str(id))}"))
+    def job(self, id: int | str, *, wait: float = 0.0) -> Job:
+        """A job's status; ``wait``: the server may hold its answer up to that many seconds, until the job
+        has ended (a long poll; a server that does not know it answers at once)."""
+        path = f"/v1/jobs/{quote(str(id))}" + (f"?wait={wait:g}" if wait > 0 else "")
+        return Job.model_validate(self.transport.json("GET", path))
 
     def delete_model(self, name: str) -> None:
         """Delete a model and every version of it (refused while another model's versions need them)."""
@@ -293,7 +297,8 @@ class Client:
         A push that did not finish (the connection or the server went away) is continued by pushing
         the same folder again: the server's pending version declaring the same files is reused and each
         file is sent from the byte the server holds (``last_push_resumed`` tells); ``restart`` creates
-        a new version instead.
+        a new version instead. With ``wait=False`` the version is returned once committed, its encode
+        running: ``wait(last_push_job)`` waits for it later.
 
         ``base`` is ``org/name[@rev]``, ``"auto"`` (the server finds the stored version the
         weights are closest to, ``VersionInfo.parent_similarity``) or None (a root). Only files the

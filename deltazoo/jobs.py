@@ -14,22 +14,31 @@ if TYPE_CHECKING:
     from deltazoo.client import Client
 
 
+HOLD_S = 1.0  # how long each status request lets the server hold its answer (the bar moves as often)
+
+
 def wait_for_job(client: Client, job: Job | int | str, *, timeout: float | None, quiet: bool) -> Job:
-    """``Client.wait``."""
+    """``Client.wait``: each status request is a long poll (``GET /v1/jobs/{id}?wait=``), answered as
+    soon as the job ends, so the end is seen at once and nothing polls the server while it works. A
+    server that answers at once anyway (one without the long poll) is polled, backing off to 0.5 s."""
     current = job if isinstance(job, Job) else client.job(job)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.1
     bar = progress_bar(100, f"{current.kind or 'job'} {current.target or current.id}", quiet=quiet, unit="%")
     try:
         while not current.done:
-            if deadline is not None and time.monotonic() > deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise TimeoutError(
                     f"job {current.id} still {current.status} after {timeout:g} s; "
                     f"check it later with Client.job({current.id!r})"
                 )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)  # a finished job is seen within half a second
-            current = client.job(current.id)
+            hold = HOLD_S if left is None else min(HOLD_S, left)
+            asked = time.monotonic()
+            current = client.job(current.id, wait=hold)
+            if not current.done and time.monotonic() - asked < hold / 2:  # not held: poll
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)  # a finished job is seen within half a second
             bar.n = round(100 * current.progress)
             bar.refresh()
     finally:

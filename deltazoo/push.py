@@ -50,7 +50,7 @@ def push_folder(
     quiet: bool,
     retain: str = "exact",
 ) -> VersionSummary:
-    """What ``Client.push`` documents; sets ``client.last_push_resumed``."""
+    """What ``Client.push`` documents; sets ``client.last_push_resumed`` and ``last_push_job``."""
     if retain not in ("exact", "lossy"):
         raise UsageError(f"retain must be exact or lossy, not {retain!r}", code="invalid_retain")
     ref = Ref.parse(name)
@@ -107,6 +107,7 @@ def push_folder(
         uploader = Uploader(transport, client.upload_part_bytes)
         uploader.upload_all(vref, [f for f in files if f.path in needed], root, quiet=quiet)
         committed = Committed.model_validate(transport.json("POST", f"{version_path(vref)}/commit"))
+        client.last_push_job = committed.job
     except ClientError:
         # refused: nothing of this push may stay behind (an outage keeps it, to resume)
         undo_push(client, ref, vref, model_created)

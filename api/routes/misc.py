@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
-from deltazoo.api.deps import DB, Store
+from deltazoo.api.deps import DB, ServerSettings, Store
 from deltazoo.api.file_response import object_response
+from deltazoo.registry.db import session_scope
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.objectstore import blob_key
 from deltazoo.services import views
@@ -16,17 +19,45 @@ from deltazoo.services.storage import readable_blob
 from deltazoo.services.transfer import SEND_PIECE
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from deltazoo.schemas import BLOB_SIZES
 
 router = APIRouter(tags=["zoo"])
 MAX_ID = 2**63 - 1  # larger ids cannot exist (64-bit columns); they are 422, not a 500
 MAX_BLOBS_AT_ONCE = 16  # blobs one ``GET /v1/blobs`` may ask for (a delta-only pull asks for 4)
+MAX_JOB_WAIT_S = 30.0  # the longest a ``GET /v1/jobs/{id}?wait=`` holds its answer
+JOB_LOOK_EVERY_S = 0.05  # how often a held answer looks at the job again
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
-def get_job(session: DB, viewer: Viewer, job_id: int = Path(ge=1, le=MAX_ID)) -> schemas.Job:
-    return views.job_info(job_for(session, viewer, job_id))
+async def get_job(
+    settings: ServerSettings,
+    viewer: Viewer,
+    job_id: int = Path(ge=1, le=MAX_ID),
+    wait: float = Query(
+        0.0,
+        ge=0,
+        le=MAX_JOB_WAIT_S,
+        description="hold the answer up to this many seconds until the job has ended (a long poll)",
+    ),
+) -> schemas.Job:
+    """A job's status; with ``wait``, answered as soon as the job ends (looked at every
+    ``JOB_LOOK_EVERY_S``, each look a session of its own: nothing is held in between) or when ``wait``
+    runs out. One held request replaces a client's polling, which cost the encode it waits for CPU
+    (a version's detail every 50 ms slowed a 1 GiB encode by ~0.45 s) or time (polls backed off to
+    0.5 s saw a finished job up to 0.5 s late)."""
+
+    def look() -> schemas.Job:
+        with session_scope(settings) as session:
+            return views.job_info(job_for(session, viewer, job_id))
+
+    info = await run_in_threadpool(look)
+    until = time.monotonic() + wait
+    while not info.done and (left := until - time.monotonic()) > 0:
+        await asyncio.sleep(min(JOB_LOOK_EVERY_S, left))
+        info = await run_in_threadpool(look)
+    return info
 
 
 @router.get("/blobs/{sha256}")
