@@ -91,7 +91,9 @@ def one_repetition(pair: Path, work: Path, threads: int, profile: Path | None) -
     )
     with TestClient(create_app(settings)) as client:
         client.app.state.dispatcher.stop()  # type: ignore[attr-defined]  # jobs run here, in this thread
-        ctx = JobContext(settings, LocalObjectStore(settings.objects_dir, direct_io=settings.direct_io), lambda _id: None)
+        ctx = JobContext(
+            settings, LocalObjectStore(settings.objects_dir, direct_io=settings.direct_io), lambda _id: None
+        )
         assert run_job(_push(client, "bench/base", pair / "base", None), ctx) == "succeeded"
         job = _push(client, "bench/ft", pair / "ft", "bench/base@1")
         os.sync()  # the uploads' writeback does not land inside the timed job
@@ -192,7 +194,8 @@ def main() -> int:
             m = one_repetition(pair, Path(tmp), args.threads, args.profile if last else None)
             print(
                 f"| {rep + 1} | {m['load']:.1f} / {m['load_after']:.1f} | {m['wall_s']:.2f} "
-                f"| {m['cpu_s']:.2f} / {m['sys_s']:.2f} | {m['faults_k']:.0f} | {m['peak_mib']:.0f} / {m['hwm_mib']:.0f} "
+                f"| {m['cpu_s']:.2f} / {m['sys_s']:.2f} | {m['faults_k']:.0f} "
+                f"| {m['peak_mib']:.0f} / {m['hwm_mib']:.0f} "
                 f"| {m['stored_mib']:.1f} | {m['blobs']} |",
                 flush=True,
             )

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deltazoo import jobs
 from deltazoo.api.app import create_app
 from deltazoo.api.routes.misc import MAX_JOB_WAIT_S
 from deltazoo.registry.objectstore import LocalObjectStore
-from deltazoo.schemas import Job
 from deltazoo.workers.jobs import JobContext, run_job
 from fastapi.testclient import TestClient
+
+from deltazoo import jobs
+from deltazoo.schemas import Job
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import base_state, checkpoint, push
 from tests.test_encode_parallel import _manual_dispatch
