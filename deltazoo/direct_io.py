@@ -20,11 +20,15 @@ and network filesystems) both fall back to ordinary buffered I/O, with the same 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
+import functools
 import mmap
 import os
 import queue
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 ALIGN = 4096  # the logical block size O_DIRECT needs on every disk this runs on (512 divides it)
@@ -65,6 +69,7 @@ class _BufferShelf:
 
 
 _WRITE_BUFFERS = _BufferShelf(BUFFER, keep=8)
+_READ_BUFFERS = _BufferShelf(BUFFER, keep=8)
 
 
 def open_direct(path: Path | str, flags: int, mode: int = 0o644, *, direct: bool = True) -> tuple[int, bool]:
@@ -77,6 +82,131 @@ def open_direct(path: Path | str, flags: int, mode: int = 0o644, *, direct: bool
             if exc.errno != errno.EINVAL:
                 raise
     return os.open(path, flags, mode), False
+
+
+def write_whole(fd: int, data: bytes | bytearray | memoryview) -> bool:
+    """Write ``data`` from the start of the empty file open at ``fd`` around the page cache, through
+    the shelf's aligned buffers (the last block padded, the file cut back to ``len(data)``), without
+    ``DirectWriter``'s thread: one object written whole. False, with nothing written, where the
+    filesystem refuses ``O_DIRECT`` (the caller writes it buffered)."""
+    if not _O_DIRECT:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return False
+    view = memoryview(data).cast("B")
+    buf = _WRITE_BUFFERS.take()
+    try:
+        out = memoryview(buf)
+        try:
+            for start in range(0, len(view), BUFFER):
+                piece = view[start : start + BUFFER]
+                out[: len(piece)] = piece
+                padded = _aligned_up(len(piece))
+                out[len(piece) : padded] = bytes(padded - len(piece))
+                done = 0
+                while done < padded:
+                    done += os.pwrite(fd, out[done:padded], start + done)
+        finally:
+            out.release()
+    finally:
+        _WRITE_BUFFERS.give(buf)
+    if len(view) % ALIGN:
+        os.ftruncate(fd, len(view))
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    return True
+
+
+def cached(fd: int) -> bool:
+    """Whether the first block of the file open at ``fd`` is in the page cache (``mincore`` of a
+    mapping of it: nothing is read, nothing brought in; a read that may not wait, ``RWF_NOWAIT``,
+    starts a read-ahead of what it misses). True where that cannot be asked."""
+    libc = _libc()
+    if libc is None:
+        return True
+    try:
+        mapped = mmap.mmap(fd, ALIGN, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return True
+    try:
+        first = ctypes.c_char.from_buffer(mapped)  # the mapping's address; no page is touched
+        resident = (ctypes.c_ubyte * 1)()
+        ok = libc.mincore(ctypes.c_void_p(ctypes.addressof(first)), ctypes.c_size_t(ALIGN), resident) == 0
+        del first
+        return not ok or bool(resident[0] & 1)
+    finally:
+        mapped.close()
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mincore") else None
+
+
+def read_around_cache(
+    path: Path | str, offset: int, length: int, piece: int = BUFFER
+) -> Iterator[bytes] | None:
+    """Bytes ``[offset, offset + length)`` of the file at ``path``, in pieces of at most ``piece``,
+    read around the page cache when its first block is not in it (``cached``): bytes nobody keeps
+    cached are not cached by reading them (each fresh page cost ~2 ms per MiB on this project's VMs,
+    "Fresh memory" in BENCHMARKS.md). None when it is cached, or the filesystem refuses ``O_DIRECT``:
+    read it as usual. Raises ``FileNotFoundError`` at once for a missing file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if cached(fd):
+            return None
+    finally:
+        os.close(fd)
+    direct, is_direct = open_direct(path, os.O_RDONLY)
+    if not is_direct:
+        os.close(direct)
+        return None
+    return _iter_direct(direct, offset, length, min(piece, BUFFER - ALIGN))
+
+
+def _iter_direct(fd: int, offset: int, length: int, piece: int) -> Iterator[bytes]:
+    """``read_around_cache``'s pieces, through one of the shelf's aligned buffers (``fd`` is closed
+    at the end); stops early at the end of the file."""
+    buf = _READ_BUFFERS.take()
+    try:
+        end = offset + length
+        while offset < end:
+            want = min(piece, end - offset)
+            start, skip = _aligned_down(offset), offset % ALIGN
+            view = memoryview(buf)
+            try:
+                filled = _fill(fd, view[: _aligned_up(offset + want) - start], start)
+                got = bytes(view[skip : max(skip, min(filled, skip + want))])
+            finally:
+                view.release()
+            if got:
+                yield got
+            if len(got) < want:
+                return
+            offset += want
+    finally:
+        os.close(fd)
+        _READ_BUFFERS.give(buf)
+
+
+def _fill(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` (aligned) from ``offset`` (aligned) until it is full or the file ends; how
+    many bytes came (a direct read that stops short, off a block boundary, is the end of the file)."""
+    filled = 0
+    while filled < len(view):
+        n = os.preadv(fd, [view[filled:]], offset + filled)
+        filled += n
+        if n == 0 or filled % ALIGN:
+            break
+    return filled
 
 
 class DirectWriter:

@@ -25,10 +25,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from deltazoo.registry.settings import Settings
 
+from deltazoo.direct_io import BUFFER, read_around_cache, write_whole
+
 if TYPE_CHECKING:  # minio is imported only by an S3 store
     from deltazoo.registry.s3_parts import StreamedPut
 
 CHUNK = 1 << 20
+DIRECT_MIN = 1 << 20  # with ``direct_io``, cold objects this big or bigger bypass the page cache
 SYNC_THREADS = 4  # a WriteBatch's fsyncs in flight at once (a filesystem commits them together)
 
 
@@ -61,9 +64,11 @@ class IncompleteUpload:
 
 
 class BlobSink(Protocol):
-    """Where an encode writes its blobs: an ``ObjectStore`` or a ``WriteBatch`` over one."""
+    """Where an encode writes its blobs: an ``ObjectStore`` or a ``WriteBatch`` over one. ``cold``: an
+    object that is read rarely (a delta's payload, read when that one version is pulled, where a base's
+    is read for every child), which a local store with ``direct_io`` keeps out of the page cache."""
 
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes, cold: bool = False) -> None: ...
 
 
 class ObjectStore(Protocol):
@@ -71,7 +76,7 @@ class ObjectStore(Protocol):
     def put_path(self, key: str, path: Path) -> None: ...
     def scratch_dir(self) -> Path | None: ...
     def streamed_put(self, key: str, fd: int, total: int) -> StreamedPut | None: ...
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes, cold: bool = False) -> None: ...
     def get(self, key: str) -> bytes: ...
     def get_range(self, key: str, offset: int, length: int) -> bytes: ...
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
@@ -86,7 +91,10 @@ class ObjectStore(Protocol):
 class LocalObjectStore:
     def __init__(self, root: Path, *, direct_io: bool = False) -> None:
         """``direct_io`` (the server's setting): uploads are staged and staged objects read by the
-        encode around the page cache (``deltazoo.direct_io``; ``staged_reads``, ``services.transfer``)."""
+        encode around the page cache (``deltazoo.direct_io``; ``staged_reads``, ``services.transfer``);
+        cold objects (``BlobSink``) of ``DIRECT_MIN`` bytes or more are written around it, and an object
+        whose bytes are not in the page cache is read around it (``direct_io.read_around_cache``), so
+        what the page cache holds is what was written through it: the bases every child reads."""
         self.root = Path(root)
         self.direct_io = direct_io
         self.root.mkdir(parents=True, exist_ok=True)
@@ -105,9 +113,12 @@ class LocalObjectStore:
         self._path(key)  # a bad key is refused before any byte is written
         self.place(self._temporary(lambda out: shutil.copyfileobj(fileobj, out, CHUNK)), key)
 
-    def write_temporary(self, data: bytes | memoryview) -> Path:
+    def write_temporary(self, data: bytes | memoryview, cold: bool = False) -> Path:
         """``data`` in a new temporary file, not yet fsynced nor visible under any key (``place``
-        does both; an interrupted write is an incomplete upload the orphan sweep removes)."""
+        does both; an interrupted write is an incomplete upload the orphan sweep removes); ``cold``:
+        around the page cache (``BlobSink``)."""
+        if cold and self.direct_io and len(data) >= DIRECT_MIN:
+            return self._temporary(lambda out: write_whole(out.fileno(), data) or out.write(data))
         return self._temporary(lambda out: out.write(data))
 
     def _temporary(self, write: Callable[[BinaryIO], object]) -> Path:
@@ -159,14 +170,25 @@ class LocalObjectStore:
         """None: a local upload is renamed into place once whole (``put_path``), never copied."""
         return None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.put_file(key, io.BytesIO(data), len(data))
+    def put_bytes(self, key: str, data: bytes, cold: bool = False) -> None:
+        self._path(key)  # a bad key is refused before any byte is written
+        self.place(self.write_temporary(data, cold), key)
 
     def get(self, key: str) -> bytes:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
+            if (pieces := self._around_cache(path, BUFFER)) is not None:
+                return b"".join(pieces)
+            return path.read_bytes()
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+
+    def _around_cache(self, path: Path, piece: int) -> Iterator[bytes] | None:
+        """The whole file read around the page cache, when ``direct_io`` is on, it is big and its bytes
+        are not cached (``direct_io.read_around_cache``); None: read it as usual."""
+        if not self.direct_io or (size := path.stat().st_size) < DIRECT_MIN:
+            return None
+        return read_around_cache(path, 0, size, piece)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         try:
@@ -177,10 +199,16 @@ class LocalObjectStore:
             raise ObjectNotFound(key) from None
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        path = self._path(key)
         try:
-            f = self._path(key).open("rb")
+            pieces = self._around_cache(path, chunk_size)
+            f = path.open("rb") if pieces is None else None
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        if f is None:
+            assert pieces is not None
+            yield from pieces
+            return
         with f:
             while chunk := f.read(chunk_size):
                 yield chunk
@@ -311,7 +339,7 @@ class S3ObjectStore:
     def put_small(self, key: str, data: bytes) -> None:
         self.client.put_object(self.bucket, key, io.BytesIO(data), length=len(data))
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, cold: bool = False) -> None:  # cold: local stores only
         self.client.put_object(self.bucket, key, io.BytesIO(data), length=len(data))
 
     def _read(self, key: str, offset: int = 0, length: int = 0) -> bytes:
@@ -410,11 +438,11 @@ class WriteBatch:
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, cold: bool = False) -> None:
         if self.local is None or self._syncer is None:
-            self.store.put_bytes(key, data)
+            self.store.put_bytes(key, data, cold)
             return
-        placed = self._syncer.submit(self.local.place, self.local.write_temporary(data), key)
+        placed = self._syncer.submit(self.local.place, self.local.write_temporary(data, cold), key)
         with self._lock:
             self._pending.append(placed)
 

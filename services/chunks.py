@@ -219,7 +219,7 @@ def code_chunk(
     del check
     blob = hashlib.sha256(encoded.payload).hexdigest()
     # written even when it exists: without a blob row it may be an orphan the sweep is about to delete
-    store.put_bytes(blob_key(blob), encoded.payload)
+    store.put_bytes(blob_key(blob), encoded.payload, cold=uses_parent)  # a delta: read when pulled
     sha = sha256 or hashlib.sha256(raw).hexdigest()
     return CodedChunk(index, begin, end, encoded.encoding, blob, sha, len(encoded.payload))
 

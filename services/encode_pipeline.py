@@ -212,7 +212,7 @@ def encode_and_store(
     # written even when an object of that name exists: without a blob row it may be an orphan the
     # object-store sweep is about to delete; a fresh write makes it new again (payloads that repeat
     # are rare: equal inputs became ``same`` before any encode)
-    (sink or store).put_bytes(blob_key(sha), encoded.payload)
+    (sink or store).put_bytes(blob_key(sha), encoded.payload, cold=uses_parent)  # a delta: see ``BlobSink``
     return Coded(encoded.encoding, sha, len(encoded.payload), uses_parent)
 
 

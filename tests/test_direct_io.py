@@ -136,3 +136,73 @@ def test_abort_of_an_append_keeps_the_bytes_before_it(tmp_path: Path) -> None:
     out.write(os.urandom(100))
     out.abort()
     assert path.read_bytes()[: len(head)] == head
+
+
+def _cached(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return direct_io.cached(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_write_whole_stores_exactly_the_bytes_around_the_cache(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        direct = direct_io.write_whole(fd, data)
+    finally:
+        os.close(fd)
+    assert direct == _takes_o_direct(tmp_path)
+    if direct and size >= ALIGN:
+        assert not _cached(path)  # written around the page cache: none of it is there
+    assert path.read_bytes() == data
+    assert _cached(path) or size < ALIGN  # read buffered just now: it is
+
+
+def test_write_whole_declines_where_o_direct_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    real = fcntl.fcntl
+
+    def refusing(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & direct_io._O_DIRECT:
+            raise OSError(errno.EINVAL, "no O_DIRECT here")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", refusing)
+    fd = os.open(tmp_path / "f.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        assert direct_io.write_whole(fd, os.urandom(ALIGN)) is False
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f.bin").stat().st_size == 0  # nothing written: the caller writes it buffered
+
+
+def test_read_around_cache_reads_uncached_files_direct_and_leaves_cached_ones(tmp_path: Path) -> None:
+    if not _takes_o_direct(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    data = os.urandom(2 * BUFFER + 3 * ALIGN + 17)
+    cold, warm = tmp_path / "cold.bin", tmp_path / "warm.bin"
+    fd = os.open(cold, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        assert direct_io.write_whole(fd, data)
+    finally:
+        os.close(fd)
+    warm.write_bytes(data)
+    for offset, length, piece in [(0, len(data), BUFFER), (1, ALIGN, 100), (ALIGN - 1, BUFFER + 2, 1 << 20)]:
+        pieces = direct_io.read_around_cache(cold, offset, length, piece)
+        assert pieces is not None
+        got = list(pieces)
+        assert b"".join(got) == data[offset : offset + length]
+        assert all(len(p) <= piece for p in got)
+    past = direct_io.read_around_cache(cold, len(data) - 5, 100)
+    assert past is not None and b"".join(past) == data[-5:]  # past the end: what there is
+    assert not _cached(cold)  # reading it brought nothing into the page cache
+    assert direct_io.read_around_cache(warm, 0, len(data)) is None  # cached: read it as usual
+    with pytest.raises(FileNotFoundError):
+        direct_io.read_around_cache(tmp_path / "missing.bin", 0, 1)

@@ -23,7 +23,7 @@ class Blobs:
         self.written: dict[str, bytes] = {}
         self.lock = threading.Lock()
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, cold: bool = False) -> None:
         with self.lock:
             self.written[key] = bytes(data)
 

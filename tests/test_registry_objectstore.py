@@ -178,3 +178,54 @@ def test_s3_store_refuses_a_spool_shorter_than_declared(s3_store: S3ObjectStore,
     with pytest.raises(ValueError, match="expected"):
         streamed.complete(MIB)
     assert not s3_store.exists("staging/short")
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_local_cold_objects_round_trip_and_stay_out_of_the_page_cache(
+    tmp_path: Path, direct_io: bool
+) -> None:
+    """A cold object (an encode's delta payload) of ``DIRECT_MIN`` bytes or more is written around the
+    page cache with ``direct_io`` and read back around it, whole or in pieces, through the store and
+    through a ``WriteBatch``; smaller ones, warm ones and a store without ``direct_io`` use the cache."""
+    from deltazoo.registry.objectstore import DIRECT_MIN, LocalObjectStore, WriteBatch
+
+    from deltazoo import direct_io as dio
+
+    store = LocalObjectStore(tmp_path / "objects", direct_io=direct_io)
+    big, small = os.urandom(DIRECT_MIN + 12345), os.urandom(DIRECT_MIN - 1)
+    store.put_bytes("blobs/aa/cold", big, cold=True)
+    store.put_bytes("blobs/aa/small", small, cold=True)
+    with WriteBatch(store) as batch:
+        batch.put_bytes("blobs/bb/cold", big, cold=True)
+        batch.put_bytes("blobs/bb/warm", big)
+
+    def cached(key: str) -> bool:
+        fd = os.open(store.path_of(key), os.O_RDONLY)
+        try:
+            return dio.cached(fd)
+        finally:
+            os.close(fd)
+
+    around = direct_io and _takes_o_direct(tmp_path)
+    for key in ("blobs/aa/cold", "blobs/bb/cold"):
+        assert cached(key) is not around
+        assert store.get(key) == big
+        assert b"".join(store.iter_chunks(key, 1 << 20)) == big
+        assert cached(key) is not around  # read whole, around the cache: still not in it
+        assert store.get_range(key, 5, 10) == big[5:15]  # a small range reads through the cache
+    assert store.get("blobs/aa/small") == small and cached("blobs/aa/small")
+    assert cached("blobs/bb/warm") and store.get("blobs/bb/warm") == big
+    with pytest.raises(ObjectNotFound):
+        store.get("blobs/cc/missing")
+    with pytest.raises(ObjectNotFound):
+        list(store.iter_chunks("blobs/cc/missing"))
+
+
+def _takes_o_direct(folder: Path) -> bool:
+    from deltazoo import direct_io as dio
+
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | dio._O_DIRECT))
+    except OSError:
+        return False
+    return True
