@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     )
     direct_io: bool = Field(
         default=True,
-        description="a local object store stages uploads and the encode reads them around the page cache "
-        "(O_DIRECT, reused aligned buffers); off: through the page cache",
+        description="a local object store stages uploads, the encode reads them and writes delta blobs, and "
+        "blobs not in the page cache are read, around it (O_DIRECT, reused aligned buffers); off: through it",
     )
     tensor_cache_mb: int = Field(default=64, description="LRU of decoded parent tensors, per process (MiB)")
     max_tensor_mb: int = Field(default=65536, ge=1, description="largest tensor an upload may hold (MiB)")
