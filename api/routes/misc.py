@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from functools import partial
 
 from deltazoo.api import schemas
 from deltazoo.api.auth import Viewer
 from deltazoo.api.deps import DB, ServerSettings, Store
 from deltazoo.api.file_response import object_response
-from deltazoo.registry.db import session_scope
 from deltazoo.registry.errors import BadRequest
 from deltazoo.registry.objectstore import blob_key
 from deltazoo.services import views
-from deltazoo.services.job_status import job_for
+from deltazoo.services.job_status import job_answer
 from deltazoo.services.storage import readable_blob
 from deltazoo.services.transfer import SEND_PIECE
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -48,10 +48,7 @@ async def get_job(
     (a version's detail every 50 ms slowed a 1 GiB encode by ~0.45 s) or time (polls backed off to
     0.5 s saw a finished job up to 0.5 s late)."""
 
-    def look() -> schemas.Job:
-        with session_scope(settings) as session:
-            return views.job_info(job_for(session, viewer, job_id))
-
+    look = partial(job_answer, settings, viewer, job_id)
     info = await run_in_threadpool(look)
     until = time.monotonic() + wait
     while not info.done and (left := until - time.monotonic()) > 0:
