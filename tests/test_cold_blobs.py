@@ -4,7 +4,6 @@ base: every child's encode and pull reads them); every pull is still sha256-exac
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,24 +11,13 @@ import torch
 from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 
-from deltazoo import direct_io
 from tests.test_api_roundtrip import embedded_settings
 from tests.test_api_support import checkpoint, push, sha, wait_job
-
-
-def _cached(path: Path) -> bool:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return direct_io.cached(fd)
-    finally:
-        os.close(fd)
+from tests.test_direct_io import _cached, _takes_o_direct
 
 
 def test_delta_blobs_bypass_the_page_cache_and_pull_exactly(tmp_path: Path) -> None:
-    probe = tmp_path / "probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | direct_io._O_DIRECT))
-    except OSError:
+    if not _takes_o_direct(tmp_path):
         pytest.skip(f"{tmp_path} refuses O_DIRECT")
     g = torch.Generator().manual_seed(11)
     base = {"big.weight": (torch.randn(4096, 1024, generator=g) * 0.02).to(torch.bfloat16)}  # 8 MiB

@@ -18,6 +18,7 @@ from deltazoo.registry.objectstore import (
 )
 
 from tests.services import S3Server
+from tests.test_direct_io import _cached, _takes_o_direct
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -189,8 +190,6 @@ def test_local_cold_objects_round_trip_and_stay_out_of_the_page_cache(
     through a ``WriteBatch``; smaller ones, warm ones and a store without ``direct_io`` use the cache."""
     from deltazoo.registry.objectstore import DIRECT_MIN, LocalObjectStore, WriteBatch
 
-    from deltazoo import direct_io as dio
-
     store = LocalObjectStore(tmp_path / "objects", direct_io=direct_io)
     big, small = os.urandom(DIRECT_MIN + 12345), os.urandom(DIRECT_MIN - 1)
     store.put_bytes("blobs/aa/cold", big, cold=True)
@@ -200,11 +199,7 @@ def test_local_cold_objects_round_trip_and_stay_out_of_the_page_cache(
         batch.put_bytes("blobs/bb/warm", big)
 
     def cached(key: str) -> bool:
-        fd = os.open(store.path_of(key), os.O_RDONLY)
-        try:
-            return dio.cached(fd)
-        finally:
-            os.close(fd)
+        return _cached(store.path_of(key))
 
     around = direct_io and _takes_o_direct(tmp_path)
     for key in ("blobs/aa/cold", "blobs/bb/cold"):
@@ -219,13 +214,3 @@ def test_local_cold_objects_round_trip_and_stay_out_of_the_page_cache(
         store.get("blobs/cc/missing")
     with pytest.raises(ObjectNotFound):
         list(store.iter_chunks("blobs/cc/missing"))
-
-
-def _takes_o_direct(folder: Path) -> bool:
-    from deltazoo import direct_io as dio
-
-    try:
-        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | dio._O_DIRECT))
-    except OSError:
-        return False
-    return True
