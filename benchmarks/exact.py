@@ -65,11 +65,20 @@ def xor_files(a: bytes, b: bytes) -> bytes:
     return x.tobytes() + a[n:]
 
 
+def unxor_in_place(buf: bytearray, base: np.ndarray) -> bytearray:
+    """buf XOR base over their common length, written into buf (the rest of buf as is): xor_files undone."""
+    x = np.frombuffer(buf, np.uint8)
+    n = min(len(x), len(base))
+    np.bitwise_xor(x[:n], base[:n], out=x[:n])
+    return buf
+
+
 def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -> dict[str, tuple]:
     """name -> (compress() -> payload, decompress(payload) -> bytes or None, verified?)."""
     # The base laid out like this file (tensor by tensor, in this file's order), so that XOR pairs
     # each element with its own parent element whatever order the two files store tensors in.
     base_file = header + b"".join(_parent_bytes(base_t.get(n), t) for n, t in tensors.items())
+    base_np = np.frombuffer(base_file, np.uint8)
     z3 = zstandard.ZstdCompressor(level=3)
     dz = zstandard.ZstdDecompressor()
 
@@ -77,13 +86,16 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         from zipnn import ZipNN
 
         zn = ZipNN(bytearray_dtype=_ZIPNN_DTYPES.get(dtype_of(tensors), "bfloat16"), threads=1)
+        # ZipNN's decompress hands back the whole file in a bytearray of its own: no copy is charged
+        # to it after that (no bytes(); the XOR with the base is undone in place, one pass), as
+        # deltazoo's decode is charged only the b"".join that makes its tensors one file.
         if delta:
             return (
                 lambda f: zn.compress(xor_files(f, base_file)),  # a fresh buffer: ZipNN may write into it
-                lambda p: xor_files(bytes(zn.decompress(p)), base_file),
+                lambda p: unxor_in_place(zn.decompress(p), base_np),
             )
         # ZipNN's compress writes into the buffer it is given: hand it a copy, never the file itself.
-        return (lambda f: zn.compress(bytearray(f)), lambda p: bytes(zn.decompress(p)))
+        return (lambda f: zn.compress(bytearray(f)), lambda p: zn.decompress(p))
 
     def bitx_c(f: bytes) -> tuple[bytes, bytes]:
         x = np.frombuffer(xor_files(f, base_file)[: len(f) // 2 * 2], "<u2")
