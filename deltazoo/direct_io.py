@@ -159,17 +159,16 @@ def read_around_cache(
     cached are not cached by reading them (each fresh page cost ~2 ms per MiB on this project's VMs,
     "Fresh memory" in BENCHMARKS.md). None when it is cached, or the filesystem refuses ``O_DIRECT``:
     read it as usual. Raises ``FileNotFoundError`` at once for a missing file."""
-    fd = os.open(path, os.O_RDONLY)
+    fd, direct = open_direct(path, os.O_RDONLY)
     try:
-        if cached(fd):
-            return None
-    finally:
+        around = direct and not cached(fd)  # a mapping of a direct descriptor still shows the page cache
+    except BaseException:
         os.close(fd)
-    direct, is_direct = open_direct(path, os.O_RDONLY)
-    if not is_direct:
-        os.close(direct)
+        raise
+    if not around:
+        os.close(fd)
         return None
-    return _iter_direct(direct, offset, length, min(piece, BUFFER - ALIGN))
+    return _iter_direct(fd, offset, length, min(piece, BUFFER - ALIGN))
 
 
 def _iter_direct(fd: int, offset: int, length: int, piece: int) -> Iterator[bytes]:
@@ -197,14 +196,15 @@ def _iter_direct(fd: int, offset: int, length: int, piece: int) -> Iterator[byte
         _READ_BUFFERS.give(buf)
 
 
-def _fill(fd: int, view: memoryview, offset: int) -> int:
-    """Read into ``view`` (aligned) from ``offset`` (aligned) until it is full or the file ends; how
-    many bytes came (a direct read that stops short, off a block boundary, is the end of the file)."""
+def _fill(fd: int, view: memoryview, offset: int, direct: bool = True) -> int:
+    """Read into ``view`` from ``offset`` (both aligned when ``direct``) until it is full or the file
+    ends; how many bytes came (a direct read that stops short, off a block boundary, is the end of the
+    file: a next direct read from there would be refused)."""
     filled = 0
     while filled < len(view):
         n = os.preadv(fd, [view[filled:]], offset + filled)
         filled += n
-        if n == 0 or filled % ALIGN:
+        if n == 0 or (direct and filled % ALIGN):
             break
     return filled
 
@@ -378,12 +378,7 @@ class DirectReader:
                 self._buf.close()
             self._buf = mmap.mmap(-1, _aligned_up(max(end - start, ALIGN)))
         view = memoryview(self._buf)
-        got = 0
-        while got < end - start:
-            n = os.preadv(self.fd, [view[got : end - start]], start + got)
-            if n == 0:  # end of file: a short last block
-                break
-            got += n
+        got = _fill(self.fd, view[: end - start], start, self.direct)
         have = max(0, min(got - (offset - start), length))
         return view[offset - start : offset - start + have]
 
