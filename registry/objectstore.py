@@ -425,9 +425,11 @@ class WriteBatch:
     write so far is durable under its key.
 
     In a local store a write goes to a temporary file on the writer's thread, and its fsync and rename
-    run on the batch's own threads, so a writer (an encode lane) never waits for the disk; the object
-    appears under its key only once durable, as with ``put_bytes``. In S3 a write is durable when it
-    returns: ``put_bytes`` is the store's. Use as a context manager (leaving it flushes)."""
+    run on the batch's own threads, so a writer (an encode lane) never waits for the disk; a cold write
+    (around the page cache) runs whole on those threads, and its writer waits only while 2 × SYNC_THREADS
+    are queued. The object appears under its key only once durable, as with ``put_bytes``. In S3 a
+    write is durable when it returns: ``put_bytes`` is the store's. Use as a context manager (leaving it
+    flushes)."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
@@ -437,12 +439,19 @@ class WriteBatch:
         )
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
+        self._cold_slots = threading.BoundedSemaphore(2 * SYNC_THREADS)  # cold writes queued or running
 
     def put_bytes(self, key: str, data: bytes, cold: bool = False) -> None:
         if self.local is None or self._syncer is None:
             self.store.put_bytes(key, data, cold)
             return
-        placed = self._syncer.submit(self.local.place, self.local.write_temporary(data, cold), key)
+        local = self.local
+        if cold:  # a direct write waits on the disk: it runs on the batch's threads, a few at a time
+            self._cold_slots.acquire()
+            placed = self._syncer.submit(lambda: local.place(local.write_temporary(data, cold), key))
+            placed.add_done_callback(lambda _: self._cold_slots.release())
+        else:  # a page-cache write is quick: on the writer's thread, only fsync and rename wait
+            placed = self._syncer.submit(local.place, local.write_temporary(data, cold), key)
         with self._lock:
             self._pending.append(placed)
 

@@ -10,7 +10,7 @@ from deltazoo.registry.objectstore import LocalObjectStore, ObjectNotFound, Obje
 
 from deltazoo.direct_io import DirectReader
 
-AHEAD = 2  # ranges read ahead at once
+AHEAD = 2  # ranges read ahead at once, each on its own thread (one direct read leaves the disk idle)
 AHEAD_MIN = 8 << 20  # the least a read ahead covers (a header read is followed by the first chunk)
 
 
@@ -99,7 +99,7 @@ class StagedReads:
             if len(self._ahead) >= AHEAD:  # the oldest was skipped by the lanes: drop it
                 del self._ahead[min(self._ahead)]
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="deltazoo-read-ahead")
+                self._pool = ThreadPoolExecutor(AHEAD, thread_name_prefix="deltazoo-read-ahead")
             self._ahead[offset] = (offset + length, self._pool.submit(self._read, offset, length))
 
     def close(self) -> None:
