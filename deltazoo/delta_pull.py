@@ -12,13 +12,15 @@ A file is rebuilt in pieces, in order: a chunk of a chunked tensor coded against
 common fine-tune: its blob decoded against the same elements of the cached parent, read in place from
 the cached file mapped into memory), or a whole tensor otherwise. The blobs of ``BATCH`` consecutive
 chunks come in one request, fetched on threads of their own as soon as the first of those chunks is
-queued, so the next blobs arrive while earlier chunks decode. Up to ``_AHEAD`` pieces of each file are
-decoded ahead while one is written, on ``_AHEAD`` threads shared by every file of the pull (one per
-core: the files rebuilt side by side do not multiply the decoders, their threads nor their heaps), so
-a delta-only pull decodes on every core. Each piece's size is checked as it is written and the file's
-sha256 (taken while it is written, not by reading it again) and size before it is renamed into the
-cache: that one hash proves every byte, so the pieces are not hashed again on their own. Memory is
-bounded by ``_AHEAD + 1`` pieces per file being rebuilt (a chunk, or one tensor and its parent chain)
+queued, so the next blobs arrive while earlier chunks decode. Up to ``_QUEUED`` pieces of each file are
+decoded ahead (or wait, decoded) while one is written, on ``_AHEAD`` threads shared by every file of the
+pull (one per core: the files rebuilt side by side do not multiply the decoders, their threads nor their
+heaps), so a delta-only pull decodes on every core; the queue twice as deep as the threads lets the
+decoders run on while the writer hashes (1 GiB bf16: 2.58 -> 2.07 s against a queue of ``_AHEAD``).
+Each piece's size is checked as it is written and the file's sha256 (taken while it is written, not by
+reading it again) and size before it is renamed into the cache: that one hash proves every byte, so the
+pieces are not hashed again on their own. Memory is
+bounded by ``_QUEUED + 1`` pieces per file being rebuilt (a chunk, or one tensor and its parent chain)
 and two batches of blobs per file (``BATCH`` blobs each, ~2 MiB per 8 MiB bf16 chunk).
 """
 
@@ -51,7 +53,8 @@ from deltazoo.transport import Transport, progress_bar
 from deltazoo.upload import PARALLEL_FILES
 
 _MAX_DEPTH = 64
-_AHEAD = max(2, os.cpu_count() or 1)  # pieces rebuilt ahead of the one being written
+_AHEAD = max(2, os.cpu_count() or 1)  # threads that rebuild pieces
+_QUEUED = 2 * _AHEAD  # pieces rebuilt (or being rebuilt) ahead of the one being written
 BATCH = 4  # chunks whose blobs one request fetches (8 MiB chunks: ~8 MiB of bf16 delta blobs)
 
 
@@ -380,14 +383,14 @@ class DeltaPuller:
         stored.unlink()
 
     def _rebuilt_in_order(self, tensors: list[dict[str, Any]]) -> Iterator[tuple[_Piece, bytes]]:
-        """Each piece of ``tensors`` with its raw bytes, in order; up to ``_AHEAD`` of them fetched and
+        """Each piece of ``tensors`` with its raw bytes, in order; up to ``_QUEUED`` of them fetched and
         decoded on the pull's rebuild threads meanwhile (the decoders and sockets release the GIL)."""
         tasks = self._tasks(tensors)
         pool = self._rebuild_pool()
         queued: deque[tuple[_Piece, Future[bytes]]] = deque()
         try:
             while True:
-                while len(queued) < _AHEAD and (task := next(tasks, None)) is not None:
+                while len(queued) < _QUEUED and (task := next(tasks, None)) is not None:
                     piece, build = task
                     queued.append((piece, pool.submit(build)))
                 if not queued:
