@@ -32,7 +32,7 @@ import numpy as np
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from deltazoo.compression.codecs import decode_tensor, encode_tensor  # noqa: E402
+from deltazoo.compression.codecs import decode_tensor_into, encode_tensor  # noqa: E402
 
 Tensors = dict[str, tuple[str, list[int], bytes]]
 
@@ -88,7 +88,7 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
         zn = ZipNN(bytearray_dtype=_ZIPNN_DTYPES.get(dtype_of(tensors), "bfloat16"), threads=1)
         # ZipNN's decompress hands back the whole file in a bytearray of its own: no copy is charged
         # to it after that (no bytes(); the XOR with the base is undone in place, one pass), as
-        # deltazoo's decode is charged only the b"".join that makes its tensors one file.
+        # deltazoo's decode writes every tensor into one buffer of the file (no join after it).
         if delta:
             return (
                 lambda f: zn.compress(xor_files(f, base_file)),  # a fresh buffer: ZipNN may write into it
@@ -115,13 +115,21 @@ def coders(base_file: bytes, base_t: Tensors, header: bytes, tensors: Tensors) -
                 out.append(encode_tensor(raw, dtype, shape, *args, version=version))
             return out
 
-        def dec(parts: list) -> bytes:
-            out = [dz.decompress(parts[0])]
-            for (name, (dtype, shape, _)), e in zip(tensors.items(), parts[1:], strict=True):
+        def dec(parts: list) -> np.ndarray:
+            # Each tensor decoded into its own bytes of one buffer of the whole file (``decode_tensor_into``),
+            # as ZipNN's decompress hands back one buffer: no bytes joined after the decode. The buffer is
+            # not zeroed first (np.empty; bytearray(n) would write every byte once more).
+            head = dz.decompress(parts[0])
+            out = np.empty(len(head) + sum(len(raw) for _, _, raw in tensors.values()), np.uint8)
+            view = memoryview(out)
+            view[: len(head)] = head
+            at = len(head)
+            for (name, (dtype, shape, raw)), e in zip(tensors.items(), parts[1:], strict=True):
                 parent = base_t.get(name) if use_parent else None
                 args = (parent[2], parent[0], parent[1]) if parent else (None, None, None)
-                out.append(decode_tensor(e.encoding, e.payload, dtype, shape, *args))
-            return b"".join(out)
+                decode_tensor_into(view[at : at + len(raw)], e.encoding, e.payload, dtype, shape, *args)
+                at += len(raw)
+            return out
 
         return enc, dec
 

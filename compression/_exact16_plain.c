@@ -675,15 +675,24 @@ static PyObject *corrupt(const char *what) {
     return NULL;
 }
 
-/* decode(payload, offset, n, E, M) -> (bytes of n u16 elements, offset just past the stream). */
+/* decode(payload, offset, n, E, M, out=None) -> (bytes of n u16 elements, offset just past the stream); out: a
+ * writable buffer of exactly 2n bytes to decode into, returned in place of new bytes. */
 static PyObject *py_decode(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer pb;
+    Py_buffer pb, dest = {0};
     Py_ssize_t offset, ns;
     int E, M;
-    if (!PyArg_ParseTuple(args, "y*nnii", &pb, &offset, &ns, &E, &M)) return NULL;
+    PyObject *into = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nnii|O", &pb, &offset, &ns, &E, &M, &into)) return NULL;
     PyObject *res = NULL, *out = NULL;
     uint64_t *T = NULL;
+    if (into != Py_None) {
+        if (PyObject_GetBuffer(into, &dest, PyBUF_WRITABLE) < 0) goto done;
+        if (ns < 0 || dest.len != 2 * ns) {
+            PyErr_SetString(PyExc_TypeError, "_exact16_plain.decode: out must hold exactly 2n bytes");
+            goto done;
+        }
+    }
     const uint8_t *buf = pb.buf;
     size_t len = (size_t)pb.len, at = (size_t)offset, n = (size_t)ns;
     if (offset < 0 || ns < 0 || E < 1 || E > 12 || M < 5 || M > 15 || at >= len) {
@@ -723,9 +732,10 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     fletcher(buf + start, at - start, c, c + 1);
     memcpy(want, buf + at, 16);
     if (c[0] != want[0] || c[1] != want[1]) { corrupt("plain stream checksum mismatch"); goto done; }
-    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(2 * n));
+    if (into == Py_None) out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(2 * n));
+    else Py_INCREF(out = into);
     if (!out) goto done;
-    uint16_t *o = (uint16_t *)PyBytes_AS_STRING(out);
+    uint16_t *o = into == Py_None ? (uint16_t *)PyBytes_AS_STRING(out) : (uint16_t *)dest.buf;
     if (k == STORED) {
         memcpy(o, buf + start + 1, 2 * n);
     } else {
@@ -758,6 +768,7 @@ done:
     Py_XDECREF(out);
     free(T);
     PyBuffer_Release(&pb);
+    if (dest.obj) PyBuffer_Release(&dest);
     return res;
 }
 
@@ -771,7 +782,7 @@ static PyObject *py_set_portable(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"encode", py_encode, METH_VARARGS, "encode(src, E, M, k, seg, prefix) -> prefix + plain stream"},
-    {"decode", py_decode, METH_VARARGS, "decode(payload, offset, n, E, M) -> (bytes, end offset)"},
+    {"decode", py_decode, METH_VARARGS, "decode(payload, offset, n, E, M, out=None) -> (bytes or out, end offset)"},
     {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag) -> instruction set used"},
     {NULL, NULL, 0, NULL},
 };

@@ -696,23 +696,35 @@ static void build_triple_table(const uint16_t *dt, uint64_t *tt) {
     }
 }
 
-/* decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n, bf16_parent=False) -> (status, bytes
- * of n u32): body holds the token segments at offsets[0..nseg] and the raw plane from raw_at to its end;
+/* decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n, bf16_parent=False, out=None) -> (status,
+ * bytes of n u32): body holds the token segments at offsets[0..nseg] and the raw plane from raw_at to its end;
  * lengths is u8[contexts * symbols]; parent n u32, or with bf16_parent n BF16 (u16) read as their exact f32.
- * Status 0, -1 for a corrupt stream, -2 for lengths that are no prefix code (then the bytes are None). */
+ * out: a writable buffer of exactly 4n bytes to decode into (then returned in place of new bytes; on a corrupt
+ * stream its bytes are undefined). Status 0, -1 for a corrupt stream, -2 for lengths that are no prefix code
+ * (then the bytes are None). */
 static PyObject *py_decode(PyObject *self, PyObject *args) {
-    Py_buffer body, offs, parent, ctxmap, lengths;
+    Py_buffer body, offs, parent, ctxmap, lengths, dest = {0};
     int delta, p16 = 0;
     Py_ssize_t seg, raw_at, n;
-    if (!PyArg_ParseTuple(args, "py*y*ny*y*y*nn|p", &delta, &body, &offs, &raw_at, &parent, &ctxmap, &lengths, &seg,
-                          &n, &p16))
+    PyObject *into = Py_None;
+    if (!PyArg_ParseTuple(args, "py*y*ny*y*y*nn|pO", &delta, &body, &offs, &raw_at, &parent, &ctxmap, &lengths, &seg,
+                          &n, &p16, &into))
         return NULL;
+    if (into != Py_None && PyObject_GetBuffer(into, &dest, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&body);
+        PyBuffer_Release(&offs);
+        PyBuffer_Release(&parent);
+        PyBuffer_Release(&ctxmap);
+        PyBuffer_Release(&lengths);
+        return NULL;
+    }
     const int ntok = delta ? NTOK_DELTA : NTOK_PLAIN;
     Py_ssize_t nseg = seg > 0 && n >= 0 ? (n + seg - 1) / seg : 0;
     Py_ssize_t nctx = lengths.len / ntok;
     int ok = seg > 0 && n >= 0 && n <= PY_SSIZE_T_MAX / 4 && offs.len == 8 * (nseg + 1) && nctx > 0 &&
              lengths.len == nctx * ntok && raw_at >= 0 && raw_at <= body.len &&
-             (!delta || (parent.len == (p16 ? 2 : 4) * n && ctxmap.len == 256)) && (delta || !p16);
+             (!delta || (parent.len == (p16 ? 2 : 4) * n && ctxmap.len == 256)) && (delta || !p16) &&
+             (into == Py_None || dest.len == 4 * n);
     /* Delta tables are as wide as the longest code (at most 12 bits; on weights <= 10): 8 contexts of 2^10
      * entries stay in L1 where 2^12 would not. Plain keeps 12 bits (its triple table is built from them). */
     uint32_t width = LOOKUP;
@@ -743,12 +755,13 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         syms = malloc(sizeof(uint16_t) * 4 * (size_t)seg);
         dt = malloc(sizeof(uint16_t) * ((size_t)nctx << width));
         tt = triple ? malloc(sizeof(uint64_t) * 2048) : NULL;
-        out = PyBytes_FromStringAndSize(NULL, 4 * n);
+        if (into == Py_None) out = PyBytes_FromStringAndSize(NULL, 4 * n);
+        else Py_INCREF(out = into);
         if (!syms || !dt || !out || (triple && !tt)) ok = 0;
     }
     if (ok) {
         const uint8_t *b = body.buf;
-        uint32_t *o = (uint32_t *)PyBytes_AS_STRING(out);
+        uint32_t *o = into == Py_None ? (uint32_t *)PyBytes_AS_STRING(out) : (uint32_t *)dest.buf;
         Py_BEGIN_ALLOW_THREADS
         const uint8_t *rb = b + raw_at;
         const int64_t rl = body.len - raw_at;
@@ -773,6 +786,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     PyBuffer_Release(&parent);
     PyBuffer_Release(&ctxmap);
     PyBuffer_Release(&lengths);
+    if (dest.obj) PyBuffer_Release(&dest);
     if (!ok) {
         Py_XDECREF(out);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "_exact32.decode: bad buffer sizes or tables");
@@ -905,7 +919,7 @@ static PyObject *py_lengths(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"count", py_count, METH_VARARGS, "count(delta, child, parent, counts, tokens): symbol counts"},
     {"encode", py_encode, METH_VARARGS, "encode(delta, child, parent, enc, seg, tok, sizes, raw, tokens)"},
-    {"decode", py_decode, METH_VARARGS, "decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n, bf16_parent=False)"},
+    {"decode", py_decode, METH_VARARGS, "decode(delta, body, offsets, raw_at, parent, ctxmap, lengths, seg, n, bf16_parent=False, out=None)"},
     {"lengths", py_lengths, METH_VARARGS, "lengths(counts, nsym, floor_shift, max_len, out): code lengths"},
     {"set_raw_delta", py_set_raw_delta, METH_VARARGS, "set_raw_delta(level): the raw-bit loop of deltas (tests)"},
     {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag): the portable decoder, or the CPU's best (avx2, bmi2)"},

@@ -58,7 +58,15 @@ from deltazoo.compression.payload import (
 )
 from deltazoo.compression.payload_decode import decode_elf, decode_v5_as_f16, decode_v6, decode_v45
 
-__all__ = ["PLAIN16", "CodecError", "EncodedTensor", "decode_tensor", "encode_tensor", "layout"]
+__all__ = [
+    "PLAIN16",
+    "CodecError",
+    "EncodedTensor",
+    "decode_tensor",
+    "decode_tensor_into",
+    "encode_tensor",
+    "layout",
+]
 
 VERSIONS = (4, 5, 6)  # formats encode_tensor can write (6: 5, and F32 in format 6)
 
@@ -121,8 +129,14 @@ def encode_tensor(
         if held is not None:  # code the values in the narrowest float dtype that holds them all
             inner_dtype, inner_raw = held
             inner = encode_tensor(
-                inner_raw, inner_dtype, shape, parent_raw, parent_dtype, parent_shape,
-                version=version, narrowing=False,
+                inner_raw,
+                inner_dtype,
+                shape,
+                parent_raw,
+                parent_dtype,
+                parent_shape,
+                version=version,
+                narrowing=False,
             )
             head = narrow.HEADER.pack(
                 narrow.MAGIC_NARROW, DTYPE_CODES.index(dtype), DTYPE_CODES.index(inner_dtype)
@@ -196,20 +210,78 @@ def decode_tensor(
 ) -> bytes:
     """Inverse of ``encode_tensor``; returns the tensor's raw bytes (checked against dtype and shape).
     ``threads`` > 1 decodes the chunks (format 4) or runs of segments (format 5) side by side."""
+    out = _decode(encoding, payload, dtype, shape, parent_raw, parent_dtype, parent_shape, threads, None)
+    assert isinstance(out, bytes)
+    return out
+
+
+def decode_tensor_into(
+    out: Buffer,
+    encoding: str,
+    payload: Buffer,
+    dtype: str,
+    shape: Shape,
+    parent_raw: Buffer | None = None,
+    parent_dtype: str | None = None,
+    parent_shape: Shape | None = None,
+    *,
+    threads: int = 1,
+) -> None:
+    """``decode_tensor`` into ``out``, a writable buffer of exactly the tensor's bytes (a slice of a whole
+    file's buffer, say): the ``plain`` and ``delta`` streams of format 5 (BF16, F16) and format 6 (F32)
+    are decoded straight into it, any other payload decoded and then copied. On an error ``out``'s bytes
+    are undefined."""
+    view = memoryview(out).cast("B")
+    if view.readonly:
+        raise ValueError("decode_tensor_into: out must be writable")
+    itemsize = dtype_info(dtype).itemsize if dtype in DTYPES else 1
+    if len(view) != numel(shape, "tensor") * itemsize:
+        raise ValueError(
+            f"decode_tensor_into: out holds {len(view)} bytes, a {dtype} {list(shape)} tensor needs"
+            f" {numel(shape, 'tensor') * itemsize}"
+        )
+    aligned = np.frombuffer(view, np.uint8).ctypes.data % itemsize == 0 if len(view) else True
+    got = _decode(
+        encoding,
+        payload,
+        dtype,
+        shape,
+        parent_raw,
+        parent_dtype,
+        parent_shape,
+        threads,
+        view if aligned else None,
+    )  # the kernels store whole elements: only at their alignment
+    if got is not view:
+        view[:] = got
+
+
+def _decode(
+    encoding: str,
+    payload: Buffer,
+    dtype: str,
+    shape: Shape,
+    parent_raw: Buffer | None,
+    parent_dtype: str | None,
+    parent_shape: Shape | None,
+    threads: int,
+    into: memoryview | None,
+) -> bytes | memoryview:
     if dtype not in DTYPES:
         raise CodecError(f"unsupported dtype {dtype!r}; deltazoo stores {', '.join(DTYPE_CODES)}")
     n = numel(shape, "tensor")
     itemsize = dtype_info(dtype).itemsize
     buf = memoryview(payload).cast("B")
     magic = bytes(buf[:4])
+    out: bytes | memoryview
     if magic == narrow.MAGIC_NARROW:
         out = _decode_narrowed(buf, encoding, dtype, shape, parent_raw, parent_dtype, parent_shape, threads)
     elif magic == elf32.MAGIC_ELF:
         out = decode_elf(buf, encoding, dtype, n)
     elif magic == MAGIC_V6:
-        out = decode_v6(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape)
+        out = decode_v6(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, into)
     elif magic in (MAGIC, MAGIC_V4):
-        out = decode_v45(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, threads)
+        out = decode_v45(buf, encoding, dtype, n, parent_raw, parent_dtype, parent_shape, threads, into)
     elif magic in RETIRED:
         raise CodecError(
             f"a format {magic[3] - 48} payload ({magic.decode()}) is no longer read: formats 1-3 were"

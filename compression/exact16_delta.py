@@ -34,6 +34,7 @@ def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """zlib.crc32, by the extension's carry-less-multiply kernel when it is built."""
     return zlib.crc32(data, value) if _exact16_delta is None else int(_exact16_delta.crc32(data, value))
 
+
 NTOK = 64  # tokens per context (59 used)
 MAX_LEN = 11  # longest code; the decoder's lookup width
 CONTEXTS = 8  # contexts the encoder uses: the top exponent and the 7 below it (lower ones share the last)
@@ -154,7 +155,11 @@ def _groups(nseg: int, seg: int, n: int, threads: int) -> list[tuple[int, int, i
 
 
 def encode_stream(
-    child: np.ndarray, parent: np.ndarray, shift: int, backend: str = "auto", threads: int = 1,
+    child: np.ndarray,
+    parent: np.ndarray,
+    shift: int,
+    backend: str = "auto",
+    threads: int = 1,
     prefix: bytes = b"",
 ) -> bytes:
     """``prefix`` + one format-5 stream of 16-bit child against parent: head, ctxmap, code lengths,
@@ -235,13 +240,20 @@ def _encode_numpy(
 
 # ------------------------------------------------------------------------------------------ decode
 def decode_stream(
-    buf: memoryview, offset: int, n: int, parent: np.ndarray, shift: int, backend: str = "auto",
+    buf: memoryview,
+    offset: int,
+    n: int,
+    parent: np.ndarray,
+    shift: int,
+    backend: str = "auto",
     threads: int = 1,
+    out: memoryview | None = None,
 ) -> tuple[np.ndarray, int]:
     """Inverse of ``encode_stream``: n elements and the offset just past the stream; ``threads`` > 1
-    decodes runs of segments side by side."""
+    decodes runs of segments side by side; ``out`` (2n writable bytes): decoded into it, the elements a
+    view of it."""
     use_c = pick_c_kernel(_exact16_delta, "_exact16_delta", backend)
-    if use_c and threads <= 1:
+    if use_c and threads <= 1 and out is None:
         got = _exact16_delta.decode_stream(buf, offset, n, parent, shift)
         if not isinstance(got, int):  # else corrupt: the checks below name the fault
             return np.frombuffer(got[0], "<u2"), got[1]
@@ -272,14 +284,16 @@ def decode_stream(
         raise CodecError("corrupt payload: stream checksum (crc32) mismatch")
     offsets = np.zeros(nseg + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
-    out = np.empty(n, "<u2")
+    elements = np.empty(n, "<u2") if out is None else np.frombuffer(out, "<u2", n)
     if use_c:
         body = buf[body_at:end]  # read in place: the kernel bounds its loads near the end
 
         def run(g: tuple[int, int, int, int]) -> int:
             s0, s1, a, b = g
             ofs = offsets[s0 : s1 + 1]
-            return int(_exact16_delta.decode(body, ofs, parent[a:b], shift, ctxmap, lengths, seg, out[a:b]))
+            return int(
+                _exact16_delta.decode(body, ofs, parent[a:b], shift, ctxmap, lengths, seg, elements[a:b])
+            )
 
         status = min(thread_map(run, _groups(nseg, seg, n, threads), threads), default=0)
         if status == -2:
@@ -288,10 +302,10 @@ def decode_stream(
     else:
         src = np.zeros(end - body_at + 4 * seg + 16, np.uint8)  # room for a segment read past its end
         src[: end - body_at] = np.frombuffer(buf, np.uint8, end - body_at, body_at)
-        bad = bool(_decode_numpy(src, offsets, parent, shift, ctxmap, dec_table(lengths), seg, out))
+        bad = bool(_decode_numpy(src, offsets, parent, shift, ctxmap, dec_table(lengths), seg, elements))
     if bad:
         raise CodecError("corrupt payload: a format-5 segment does not end where its size says")
-    return out, end + 4
+    return elements, end + 4
 
 
 def decode_stream_f16(
@@ -313,8 +327,14 @@ def decode_stream_f16(
 
 
 def _decode_numpy(
-    src: np.ndarray, offsets: np.ndarray, parent: np.ndarray, shift: int, ctxmap: np.ndarray,
-    dec: np.ndarray, seg: int, out: np.ndarray,
+    src: np.ndarray,
+    offsets: np.ndarray,
+    parent: np.ndarray,
+    shift: int,
+    ctxmap: np.ndarray,
+    dec: np.ndarray,
+    seg: int,
+    out: np.ndarray,
 ) -> int:
     """All segments in lockstep, one element of each per step."""
     n = out.size

@@ -183,16 +183,23 @@ def _encode_numpy(x: np.ndarray, e_bits: int, m_bits: int, k: int, seg: int) -> 
 
 
 # ------------------------------------------------------------------------------------------ decode
-def decode(buf: memoryview, offset: int, n: int, dtype: str, backend: str = "auto") -> tuple[bytes, int]:
-    """Inverse of ``encode``: the n elements' bytes and the offset just past the stream."""
+def decode(
+    buf: memoryview, offset: int, n: int, dtype: str, backend: str = "auto", out: memoryview | None = None
+) -> tuple[bytes | memoryview, int]:
+    """Inverse of ``encode``: the n elements' bytes and the offset just past the stream; with ``out`` (2n
+    writable bytes) the elements are decoded into it and it is returned in their place."""
     e_bits, m_bits = _float(dtype)
     if pick_c_kernel(_exact16_plain, "_exact16_plain", backend):
         try:
-            out, end = _exact16_plain.decode(buf, offset, n, e_bits, m_bits)
+            data, end = _exact16_plain.decode(buf, offset, n, e_bits, m_bits, out)
         except ValueError as exc:
             raise CodecError(str(exc)) from None
-        return out, int(end)
-    return _decode_numpy(buf, offset, n, e_bits, m_bits)
+        return data, int(end)
+    raw, end = _decode_numpy(buf, offset, n, e_bits, m_bits)
+    if out is None:
+        return raw, end
+    out[:] = raw
+    return out, end
 
 
 def _decode_numpy(buf: memoryview, offset: int, n: int, e_bits: int, m_bits: int) -> tuple[bytes, int]:

@@ -190,8 +190,14 @@ def encode_stream(
         body = _segments(e & 0xFFFF, e >> 16, seg, sizes)
         raw = pack_lsb_first(rawv.astype(np.uint64), rawn)
     packed = (lengths[:, 0::2] | lengths[:, 1::2] << 4).astype(np.uint8)  # two 4-bit lengths a byte
-    parts = [_HEAD.pack(seg, lengths.shape[0], len(raw)), head_map, packed.tobytes(),
-             sizes.astype("<u4").tobytes(), body, raw]
+    parts = [
+        _HEAD.pack(seg, lengths.shape[0], len(raw)),
+        head_map,
+        packed.tobytes(),
+        sizes.astype("<u4").tobytes(),
+        body,
+        raw,
+    ]
     crc = 0
     for p in parts:
         crc = crc32(p, crc)
@@ -225,11 +231,17 @@ def decode_stream(
 
 
 def decode_stream_bytes(
-    buf: memoryview, offset: int, n: int, parent: np.ndarray | None, backend: str = "auto"
-) -> tuple[bytes, int]:
+    buf: memoryview,
+    offset: int,
+    n: int,
+    parent: np.ndarray | None,
+    backend: str = "auto",
+    out: memoryview | None = None,
+) -> tuple[bytes | memoryview, int]:
     """``decode_stream`` with the elements as little-endian bytes (the C kernel writes them straight into
-    the bytes object: no copy after it). ``parent``: u32 elements, or u16 ones for a BF16 parent, each the
-    high half of its f32 (the C kernel reads them as they are stored; numpy widens them first)."""
+    the bytes object: no copy after it), or into ``out`` (4n writable bytes, returned in their place).
+    ``parent``: u32 elements, or u16 ones for a BF16 parent, each the high half of its f32 (the C kernel
+    reads them as they are stored; numpy widens them first)."""
     use_c = pick_c_kernel(_exact32, "_exact32", backend)
     delta = parent is not None
     bf16_parent = parent is not None and parent.dtype.itemsize == 2
@@ -272,23 +284,34 @@ def decode_stream_bytes(
     par = np.ascontiguousarray(parent, "<u2" if bf16_parent else "<u4") if delta else np.zeros(0, "<u4")
     if use_c:  # the decoder table is built in C too (the same entries as dec_table)
         status, raw = _exact32.decode(
-            delta, buf[body_at:end], offsets, raw_at - body_at, par, ctxmap, lengths, seg, n, bf16_parent
+            delta, buf[body_at:end], offsets, raw_at - body_at, par, ctxmap, lengths, seg, n, bf16_parent, out
         )
         if status == -2:
             _check_kraft(lengths)  # raises: the lengths are no prefix code
     else:
-        out = np.empty(n, "<u4")
+        elements = np.empty(n, "<u4")
         dec = dec_table(lengths, TOK_USED if delta else NTOK_PLAIN)
-        status = _decode_numpy(buf, body_at, offsets, raw_at, rawlen, par, delta, ctxmap, dec, seg, out)
-        raw = out.tobytes()
+        status = _decode_numpy(buf, body_at, offsets, raw_at, rawlen, par, delta, ctxmap, dec, seg, elements)
+        raw = elements.tobytes()
+        if out is not None and not status:
+            out[:], raw = raw, out
     if status:
         raise CodecError("corrupt payload: a format-6 segment or raw plane does not end where its size says")
     return raw, end + 4
 
 
 def _decode_numpy(
-    buf: memoryview, body_at: int, offsets: np.ndarray, raw_at: int, rawlen: int, parent: np.ndarray,
-    delta: bool, ctxmap: np.ndarray, dec: np.ndarray, seg: int, out: np.ndarray,
+    buf: memoryview,
+    body_at: int,
+    offsets: np.ndarray,
+    raw_at: int,
+    rawlen: int,
+    parent: np.ndarray,
+    delta: bool,
+    ctxmap: np.ndarray,
+    dec: np.ndarray,
+    seg: int,
+    out: np.ndarray,
 ) -> int:
     """Tokens of all segments in lockstep, one element of each per step; then the raw plane at once."""
     n = out.size

@@ -32,7 +32,10 @@ def decode_v45(
     parent_dtype: str | None,
     parent_shape: Shape | None,
     threads: int,
-) -> bytes:
+    out: memoryview | None = None,
+) -> bytes | memoryview:
+    """``out``: where a format-5 ``plain`` or ``delta`` stream is decoded (returned in place of new bytes);
+    other payloads ignore it."""
     codec, pcode, flags = read_header(buf, encoding, dtype, n)
     v5 = bytes(buf[:4]) == MAGIC
     if v5 and flags not in (0, PLAIN16):
@@ -43,7 +46,7 @@ def decode_v45(
     if plain16 and codec == "plain":  # the decoded bytes as they are: no copy
         if pcode != NO_PARENT:
             raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
-        data, offset = exact16_plain.decode(buf, HEADER.size, n, dtype)
+        data, offset = exact16_plain.decode(buf, HEADER.size, n, dtype, out=out)
         if offset != len(buf):
             raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
         return data
@@ -52,29 +55,35 @@ def decode_v45(
         parent = parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
         shared, offset = shared_elements(buf, offset, codec, n, parent)
 
+    into = out if codec == "delta" else None  # a delta-rows tensor is two streams: not decoded in place
+
     def stream(with_parent: bool, at: int, count: int, par: np.ndarray | None) -> tuple[np.ndarray, int]:
         if v5 and with_parent:
             if dtype not in V5_SHIFT:
                 raise CodecError(f"corrupt payload: format 5 codes BF16 and F16 deltas, not {dtype}")
             assert par is not None
-            return exact16_delta.decode_stream(buf, at, count, par, V5_SHIFT[dtype], threads=threads)
+            return exact16_delta.decode_stream(
+                buf, at, count, par, V5_SHIFT[dtype], threads=threads, out=into
+            )
         return exact_any.decode_stream(layout(dtype, with_parent), buf, at, count, par, threads=threads)
 
     if codec == "plain":
-        out, offset = stream(False, offset, n, None)
+        elements, offset = stream(False, offset, n, None)
     else:
-        out, offset = stream(True, offset, shared, parent)
+        elements, offset = stream(True, offset, shared, parent)
     if codec == "delta-rows" and plain16:
         rows, offset = exact16_plain.decode(buf, offset, n - shared, dtype)
-        out = np.concatenate([out, np.frombuffer(rows, "<u2")])
+        elements = np.concatenate([elements, np.frombuffer(rows, "<u2")])
     elif codec == "delta-rows":
         tail, offset = stream(False, offset, n - shared, None)
-        out = np.concatenate([out, tail])
+        elements = np.concatenate([elements, tail])
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
-    if type(out.base) is bytes and len(out.base) == out.nbytes:  # format 5 decodes into a bytes object
-        return out.base  # of its own: handed over as it is, not copied
-    return out.tobytes()
+    if into is not None and v5:
+        return into
+    if type(elements.base) is bytes and len(elements.base) == elements.nbytes:  # format 5 decodes into a
+        return elements.base  # bytes object of its own: handed over as it is, not copied
+    return elements.tobytes()
 
 
 def decode_v5_as_f16(
@@ -114,7 +123,10 @@ def decode_v6(
     parent_raw: Buffer | None,
     parent_dtype: str | None,
     parent_shape: Shape | None,
-) -> bytes:
+    out: memoryview | None = None,
+) -> bytes | memoryview:
+    """``out``: where a ``plain`` or ``delta`` tensor is decoded (returned in place of new bytes); a
+    ``delta-rows`` one ignores it."""
     codec, pcode, flags = read_header(buf, encoding, dtype, n)
     if dtype != "F32":
         raise CodecError(f"corrupt payload: format 6 codes F32 tensors, not {dtype}")
@@ -124,19 +136,20 @@ def decode_v6(
     if codec == "plain":
         if pcode != NO_PARENT:
             raise CodecError(f"corrupt payload: a plain payload with parent dtype code {pcode}")
-        out, offset = exact32.decode_stream_bytes(buf, offset, n, None)
+        data, offset = exact32.decode_stream_bytes(buf, offset, n, None, out=out)
     else:
         # A BF16 parent is handed over as stored (exact32 reads each as its f32): no widened copy of it.
         parent_as = "BF16" if parent_dtype == "BF16" else dtype
         parent = parent_for(codec, parent_as, pcode, parent_raw, parent_dtype, parent_shape)
         shared, offset = shared_elements(buf, offset, codec, n, parent)
-        out, offset = exact32.decode_stream_bytes(buf, offset, shared, parent)
+        into = out if codec == "delta" else None
+        data, offset = exact32.decode_stream_bytes(buf, offset, shared, parent, out=into)
         if codec == "delta-rows":
             rows, offset = exact32.decode_stream_bytes(buf, offset, n - shared, None)
-            out += rows
+            data = bytes(data) + bytes(rows)
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
-    return out
+    return data
 
 
 def decode_elf(buf: memoryview, encoding: str, dtype: str, n: int) -> bytes:
