@@ -703,23 +703,32 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     return PyLong_FromLong(result);
 }
 
-/* decode_stream(buf, offset, n, parent, shift, f16=False) -> (the n elements' bytes, offset past the stream), or
+/* decode_stream(buf, offset, n, parent, shift, f16=False, out=None) -> (the n elements' bytes, or out, a writable
+ * buffer of exactly 2n bytes decoded into; offset past the stream), or
  * an int (nonzero) where the stream is corrupt: compression.exact16_delta.decode_stream then reads it again the
  * long way, which names the fault. The same checks, in one call. f16: a BF16 stream (shift 7) of a narrowed
  * F16 tensor, parent its F16 parent, the result in F16 (decode_group's F16 mode); 10 if the parent holds a
  * NaN (then the caller casts the parent with torch and decodes in two steps). */
 static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
-    Py_buffer buf, parent;
+    Py_buffer buf, parent, dest = {0};
     Py_ssize_t offset, n;
     int shift, f16 = 0;
-    if (!PyArg_ParseTuple(args, "y*nny*i|p", &buf, &offset, &n, &parent, &shift, &f16)) return NULL;
+    PyObject *into = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nny*i|pO", &buf, &offset, &n, &parent, &shift, &f16, &into)) return NULL;
+    if (into != Py_None && PyObject_GetBuffer(into, &dest, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&buf);
+        PyBuffer_Release(&parent);
+        return NULL;
+    }
     const uint8_t *b = buf.buf;
     Py_ssize_t len = buf.len, start = offset, fault = 0;
     uint32_t seg = 0, k = 0, crc = 0;
     int64_t *of = NULL;
     uint32_t *dt = NULL;
     PyObject *out = NULL;
-    if (n < 0 || parent.len != 2 * n || offset < 0 || (shift != 7 && shift != 10) || (f16 && shift != 7)) fault = 1;
+    if (n < 0 || parent.len != 2 * n || offset < 0 || (shift != 7 && shift != 10) || (f16 && shift != 7) ||
+        (into != Py_None && dest.len != 2 * n))
+        fault = 1;
     else if (offset + 5 + 256 > len) fault = 2;
     else {
         memcpy(&seg, b + offset, 4);
@@ -749,14 +758,15 @@ static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
         offset += 4 * nseg;
         if (offset + of[nseg] + 4 > len) fault = 6;
     }
-    if (!fault) out = PyBytes_FromStringAndSize(NULL, 2 * n);
+    if (!fault && into == Py_None) out = PyBytes_FromStringAndSize(NULL, 2 * n);
+    else if (!fault) Py_INCREF(out = into);
     if (!fault && !out) fault = 5;
     if (!fault) {
         const uint8_t *src = b + offset;
         Py_ssize_t end = offset + of[nseg];
         uint8_t used[256] = {0};
         for (int e = 0; e < 256; e++) used[cm[e]] = 1;
-        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+        uint8_t *o = into == Py_None ? (uint8_t *)PyBytes_AS_STRING(out) : (uint8_t *)dest.buf;
         Py_BEGIN_ALLOW_THREADS
         memcpy(&crc, b + end, 4);
         if (crc32_any(0, b + start, (size_t)(end - start)) != crc) fault = 7;
@@ -778,6 +788,7 @@ static PyObject *py_decode_stream(PyObject *self, PyObject *args) {
     }
     free(of); free(dt);
     PyBuffer_Release(&buf); PyBuffer_Release(&parent);
+    if (dest.obj) PyBuffer_Release(&dest);
     if (fault) { Py_XDECREF(out); return PyLong_FromSsize_t(fault); }
     return Py_BuildValue("(Nn)", out, offset);
 }
@@ -991,7 +1002,7 @@ static PyMethodDef methods[] = {
     {"tables", py_tables, METH_VARARGS, "tables(lengths, tok_extra, tok_base, enc, dec)"},
     {"encode_stream", py_encode_stream, METH_VARARGS, "encode_stream(child, parent, shift, stride, seg, prefix)"},
     {"encode", py_encode, METH_VARARGS, "encode(child, parent, shift, ztab, enc, seg, out, sizes)"},
-    {"decode_stream", py_decode_stream, METH_VARARGS, "decode_stream(buf, offset, n, parent, shift, f16=False)"},
+    {"decode_stream", py_decode_stream, METH_VARARGS, "decode_stream(buf, offset, n, parent, shift, f16=False, out=None)"},
     {"decode", py_decode, METH_VARARGS, "decode(src, offsets, parent, shift, ctxmap, lengths, seg, out)"},
     {"crc32", py_crc32, METH_VARARGS, "crc32(data, value=0) -> zlib.crc32(data, value)"},
     {"set_portable", py_set_portable, METH_VARARGS, "set_portable(flag) -> instruction set used"},

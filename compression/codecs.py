@@ -228,8 +228,9 @@ def decode_tensor_into(
     threads: int = 1,
 ) -> None:
     """``decode_tensor`` into ``out``, a writable buffer of exactly the tensor's bytes (a slice of a whole
-    file's buffer, say): the ``plain`` and ``delta`` streams of format 5 (BF16, F16) and format 6 (F32)
-    are decoded straight into it, any other payload decoded and then copied. On an error ``out``'s bytes
+    file's buffer, say): the ``plain`` and ``delta`` streams of format 5 (BF16, F16) and format 6 (F32),
+    and F16 deltas narrowed to BF16, are decoded straight into it, any other payload decoded and then
+    copied. On an error ``out``'s bytes
     are undefined."""
     view = memoryview(out).cast("B")
     if view.readonly:
@@ -275,7 +276,9 @@ def _decode(
     magic = bytes(buf[:4])
     out: bytes | memoryview
     if magic == narrow.MAGIC_NARROW:
-        out = _decode_narrowed(buf, encoding, dtype, shape, parent_raw, parent_dtype, parent_shape, threads)
+        out = _decode_narrowed(
+            buf, encoding, dtype, shape, parent_raw, parent_dtype, parent_shape, threads, into
+        )
     elif magic == elf32.MAGIC_ELF:
         out = decode_elf(buf, encoding, dtype, n)
     elif magic == MAGIC_V6:
@@ -308,7 +311,9 @@ def _decode_narrowed(
     parent_dtype: str | None,
     parent_shape: Shape | None,
     threads: int,
-) -> bytes:
+    into: memoryview | None = None,
+) -> bytes | memoryview:
+    """``into``: where a BF16-narrowed F16 delta is decoded in one pass (other narrowed payloads: unused)."""
     if len(buf) < narrow.HEADER.size:
         raise CodecError("corrupt payload: truncated narrowed (DZTN) header")
     _, code, narrow_code = narrow.HEADER.unpack_from(buf)
@@ -322,7 +327,7 @@ def _decode_narrowed(
     assert inner_dtype is not None
     if (inner_dtype, dtype) == ("BF16", "F16") and threads <= 1:  # one pass, both casts in the kernel
         n = numel(shape, "tensor")
-        f16 = decode_v5_as_f16(inner, encoding, n, parent_raw, parent_dtype, parent_shape)
+        f16 = decode_v5_as_f16(inner, encoding, n, parent_raw, parent_dtype, parent_shape, into)
         if f16 is not None:
             return f16
     raw = decode_tensor(

@@ -253,8 +253,8 @@ def decode_stream(
     decodes runs of segments side by side; ``out`` (2n writable bytes): decoded into it, the elements a
     view of it."""
     use_c = pick_c_kernel(_exact16_delta, "_exact16_delta", backend)
-    if use_c and threads <= 1 and out is None:
-        got = _exact16_delta.decode_stream(buf, offset, n, parent, shift)
+    if use_c and threads <= 1:
+        got = _exact16_delta.decode_stream(buf, offset, n, parent, shift, False, out)
         if not isinstance(got, int):  # else corrupt: the checks below name the fault
             return np.frombuffer(got[0], "<u2"), got[1]
     start = offset
@@ -309,7 +309,7 @@ def decode_stream(
 
 
 def decode_stream_f16(
-    buf: memoryview, offset: int, n: int, parent_f16: np.ndarray
+    buf: memoryview, offset: int, n: int, parent_f16: np.ndarray, out: memoryview | None = None
 ) -> tuple[np.ndarray, int] | None:
     """A narrowed F16 tensor's stream (``compression.narrow``: BF16 values coded against the bf16 of the F16
     parent, rounded to nearest even) decoded straight to F16: n F16 elements and the offset past the stream.
@@ -317,10 +317,11 @@ def decode_stream_f16(
     ``compression._narrow``), so no bf16 copy of either is made: the two-step route (cast the parent,
     ``decode_stream``, ``narrow.widen``) reads and writes each tensor twice more. Gives the same bytes as
     that route, or None where it cannot: no extension, a NaN in the parent (which torch casts there) or a
-    corrupt stream (that route names the fault)."""
+    corrupt stream (that route names the fault). ``out``: 2n writable bytes to decode into (the elements
+    are then a view of it)."""
     if _exact16_delta is None:
         return None
-    got = _exact16_delta.decode_stream(buf, offset, n, parent_f16, _BF16_SHIFT, True)
+    got = _exact16_delta.decode_stream(buf, offset, n, parent_f16, _BF16_SHIFT, True, out)
     if isinstance(got, int):
         return None
     return np.frombuffer(got[0], "<u2"), got[1]

@@ -93,7 +93,8 @@ def decode_v5_as_f16(
     parent_raw: Buffer | None,
     parent_dtype: str | None,
     parent_shape: Shape | None,
-) -> bytes | None:
+    out: memoryview | None = None,
+) -> bytes | memoryview | None:
     """The BF16 payload of a narrowed F16 tensor, decoded straight to F16 when it is one format-5 delta stream
     against an F16 parent (``exact16_delta.decode_stream_f16``: one pass, no bf16 copy of the parent or the
     result); None for any other payload, or where that kernel cannot: the caller then decodes it as BF16 and
@@ -106,13 +107,15 @@ def decode_v5_as_f16(
         return None
     parent = parent_for(codec, "F16", pcode, parent_raw, parent_dtype, parent_shape)  # F16 bits, not cast
     shared, offset = shared_elements(buf, HEADER.size, codec, n, parent)
-    got = exact16_delta.decode_stream_f16(buf, offset, shared, parent)
+    got = exact16_delta.decode_stream_f16(buf, offset, shared, parent, out)
     if got is None:
         return None
-    out, offset = got
+    elements, offset = got
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
-    return out.base  # the bytes object the kernel decoded into: handed over as it is, not copied
+    if out is not None:  # decoded into out (``out``: as ``decode_v45`` takes it)
+        return out
+    return elements.base  # the bytes object the kernel decoded into: handed over as it is, not copied
 
 
 def decode_v6(

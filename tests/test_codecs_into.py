@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from deltazoo.compression import exact16_plain, exact32, payload_decode
+from deltazoo.compression import exact16_delta, exact16_plain, exact32
 from deltazoo.compression.codecs import CodecError, decode_tensor, decode_tensor_into, encode_tensor
 
 GUARD = 32
@@ -82,25 +82,48 @@ def test_other_payloads_are_copied_in() -> None:
 
 
 def test_kernels_write_into_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The F32 and 16-bit streams hand back the caller's buffer itself: nothing decoded elsewhere."""
-    handed: list[object] = []
-    for module, name in ((exact32, "decode_stream_bytes"), (exact16_plain, "decode")):
+    """Plain and delta streams of F32, BF16 and F16 (a narrowed F16 delta included) hand back the caller's
+    buffer itself, or elements viewing it: nothing decoded elsewhere and copied."""
+    handed: list[str] = []
+    spied = (
+        (exact32, "decode_stream_bytes", 5),
+        (exact16_plain, "decode", 5),
+        (exact16_delta, "decode_stream", 7),
+        (exact16_delta, "decode_stream_f16", 4),
+    )
+    for module, name, out_at in spied:
         real = getattr(module, name)
 
-        def spy(*args, _real=real, **kwargs):
+        def spy(*args, _real=real, _name=name, _at=out_at, **kwargs):
             got = _real(*args, **kwargs)
-            handed.append(got[0] is kwargs.get("out") and got[0] is not None)
+            out = kwargs.get("out", args[_at] if len(args) > _at else None)
+            elements = got[0] if isinstance(got[0], np.ndarray) else None
+            viewing = elements is not None and np.shares_memory(elements, np.frombuffer(out, np.uint8))
+            if out is not None and (got[0] is out or viewing):
+                handed.append(_name)
             return got
 
         monkeypatch.setattr(module, name, spy)
-    for dtype in ("F32", "BF16"):
-        _, child = weights(dtype, 4096, seed=5)
-        encoded = encode_tensor(child, dtype, [4096])
+    cases = [("F32", False), ("F32", True), ("BF16", False), ("BF16", True), ("F16", True)]
+    for dtype, with_parent in cases:
+        parent, child = weights(dtype, 4096, seed=5)
+        if dtype == "F16":  # values a BF16 holds: coded narrowed, decoded to F16 in one pass
+            parent, child = (
+                np.frombuffer(weights("BF16", 4096, seed=5)[i], "<u2").astype("<u4") << 16 for i in (0, 1)
+            )
+            parent, child = (a.view("<f4").astype("<f2").tobytes() for a in (parent, child))
+        args = parent_args(parent if with_parent else None, [4096], dtype)
+        encoded = encode_tensor(child, dtype, [4096], *args)
         buf = bytearray(len(child))
-        decode_tensor_into(buf, encoded.encoding, encoded.payload, dtype, [4096])
+        decode_tensor_into(buf, encoded.encoding, encoded.payload, dtype, [4096], *args)
         assert bytes(buf) == child
-    assert handed == [True, True]
-    assert payload_decode.exact32 is exact32  # the spied modules are the ones the decoders call
+    assert handed == [
+        "decode_stream_bytes",
+        "decode_stream_bytes",
+        "decode",
+        "decode_stream",
+        "decode_stream_f16",
+    ]
 
 
 @pytest.mark.parametrize("dtype", ["F32", "BF16"])
