@@ -230,12 +230,11 @@ def decode_tensor_into(
     """``decode_tensor`` into ``out``, a writable buffer of exactly the tensor's bytes (a slice of a whole
     file's buffer, say): the ``plain`` and ``delta`` streams of format 5 (BF16, F16) and format 6 (F32),
     and F16 deltas narrowed to BF16, are decoded straight into it, any other payload decoded and then
-    copied. On an error ``out``'s bytes
-    are undefined."""
+    copied. On an error ``out``'s bytes are undefined."""
     view = memoryview(out).cast("B")
     if view.readonly:
         raise ValueError("decode_tensor_into: out must be writable")
-    itemsize = dtype_info(dtype).itemsize if dtype in DTYPES else 1
+    itemsize = _itemsize(dtype)
     if len(view) != numel(shape, "tensor") * itemsize:
         raise ValueError(
             f"decode_tensor_into: out holds {len(view)} bytes, a {dtype} {list(shape)} tensor needs"
@@ -268,10 +267,8 @@ def _decode(
     threads: int,
     into: memoryview | None,
 ) -> bytes | memoryview:
-    if dtype not in DTYPES:
-        raise CodecError(f"unsupported dtype {dtype!r}; deltazoo stores {', '.join(DTYPE_CODES)}")
+    itemsize = _itemsize(dtype)
     n = numel(shape, "tensor")
-    itemsize = dtype_info(dtype).itemsize
     buf = memoryview(payload).cast("B")
     magic = bytes(buf[:4])
     out: bytes | memoryview
@@ -300,6 +297,12 @@ def _decode(
             f"payload decodes to {len(out)} bytes but shape {list(shape)} of {dtype} needs {n * itemsize}"
         )
     return out
+
+
+def _itemsize(dtype: str) -> int:
+    if dtype not in DTYPES:
+        raise CodecError(f"unsupported dtype {dtype!r}; deltazoo stores {', '.join(DTYPE_CODES)}")
+    return dtype_info(dtype).itemsize
 
 
 def _decode_narrowed(

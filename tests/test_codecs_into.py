@@ -151,6 +151,8 @@ def test_bad_out_and_corrupt_payload() -> None:
         decode_tensor_into(bytearray(3999), encoded.encoding, encoded.payload, "F32", [1000])
     with pytest.raises(ValueError, match="writable"):
         decode_tensor_into(bytes(4000), encoded.encoding, encoded.payload, "F32", [1000])
+    with pytest.raises(CodecError, match="unsupported dtype"):
+        decode_tensor_into(bytearray(4000), encoded.encoding, encoded.payload, "Q8", [1000])
     broken = bytearray(encoded.payload)
     broken[len(broken) // 2] ^= 0x5A
     with pytest.raises(CodecError):
