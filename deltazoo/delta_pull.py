@@ -15,13 +15,13 @@ chunks come in one request, fetched on threads of their own as soon as the first
 queued, so the next blobs arrive while earlier chunks decode. Up to ``_QUEUED`` pieces of each file are
 decoded ahead (or wait, decoded) while one is written, on ``_AHEAD`` threads shared by every file of the
 pull (one per core: the files rebuilt side by side do not multiply the decoders, their threads nor their
-heaps), so a delta-only pull decodes on every core; the queue twice as deep as the threads lets the
-decoders run on while the writer hashes (1 GiB bf16: 2.58 -> 2.07 s against a queue of ``_AHEAD``).
-Each piece's size is checked as it is written and the file's sha256 (taken while it is written, not by
-reading it again) and size before it is renamed into the cache: that one hash proves every byte, so the
-pieces are not hashed again on their own. Memory is
-bounded by ``_QUEUED + 1`` pieces per file being rebuilt (a chunk, or one tensor and its parent chain)
-and two batches of blobs per file (``BATCH`` blobs each, ~2 MiB per 8 MiB bf16 chunk).
+heaps), so a delta-only pull decodes on every core; two more queued than there are threads let the
+decoders run on while the writer hashes (1 GiB bf16 on 2 cores: 2.58 -> 2.07 s against a queue of
+``_AHEAD``). Each piece's size is checked as it is written and the file's sha256 (taken while it is
+written, not by reading it again) and size before it is renamed into the cache: that one hash proves every
+byte, so the pieces are not hashed again on their own. Memory is bounded by ``_QUEUED + 1`` pieces per file
+being rebuilt (a chunk, or one tensor and its parent chain) and ``_QUEUED // BATCH + 2`` batches of blobs
+per file (``BATCH`` blobs each, ~2 MiB per 8 MiB bf16 chunk).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from deltazoo.upload import PARALLEL_FILES
 
 _MAX_DEPTH = 64
 _AHEAD = max(2, os.cpu_count() or 1)  # threads that rebuild pieces
-_QUEUED = 2 * _AHEAD  # pieces rebuilt (or being rebuilt) ahead of the one being written
+_QUEUED = _AHEAD + 2  # pieces rebuilt (or being rebuilt) ahead of the one being written
 BATCH = 4  # chunks whose blobs one request fetches (8 MiB chunks: ~8 MiB of bf16 delta blobs)
 
 
