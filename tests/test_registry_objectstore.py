@@ -102,6 +102,61 @@ def test_write_batch_flush_raises_a_failed_write(tmp_path: Path, monkeypatch: py
     batch.flush()  # nothing left pending
 
 
+def test_write_batch_cold_writes_off_the_writer_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cold writes run on the batch's threads: a writer does not wait for the disk until 2 x SYNC_THREADS
+    of them are queued, then waits (the bytes held stay bounded); a cold write that fails is raised by
+    ``flush`` and leaves nothing under its key."""
+    import threading
+    import time
+
+    from deltazoo.registry.objectstore import SYNC_THREADS, WriteBatch
+
+    store = LocalObjectStore(tmp_path / "objects")
+    disk = threading.Event()  # the disk answers once set
+    real = store.write_temporary
+
+    def slow_write(data: bytes | memoryview, cold: bool = False) -> Path:
+        if cold:
+            disk.wait(10)
+            if bytes(data[:4]) == b"FAIL":
+                raise OSError("no space left on device")
+        return real(data, cold)
+
+    monkeypatch.setattr(store, "write_temporary", slow_write)
+    blobs = {
+        blob_key(f"{i:02x}" + "0" * 62): b"cold" + secrets.token_bytes(100)
+        for i in range(2 * SYNC_THREADS + 1)
+    }
+    done: list[str] = []
+    with WriteBatch(store) as batch:
+
+        def writer() -> None:
+            for key, data in blobs.items():
+                batch.put_bytes(key, data, cold=True)
+                done.append(key)
+
+        lane = threading.Thread(target=writer)
+        lane.start()
+        deadline = time.monotonic() + 10
+        while len(done) < 2 * SYNC_THREADS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lane.join(0.3)
+        assert lane.is_alive() and len(done) == 2 * SYNC_THREADS  # the last waits: the disk has not answered
+        disk.set()
+        lane.join(10)
+        assert len(done) == len(blobs)
+        batch.flush()
+        assert all(store.get(key) == data for key, data in blobs.items())
+        failed = blob_key("ee" + "0" * 62)
+        batch.put_bytes(failed, b"FAIL" + bytes(10), cold=True)
+        with pytest.raises(OSError, match="no space"):
+            batch.flush()
+        assert not store.exists(failed)
+    assert list((tmp_path / "objects" / "tmp").iterdir()) == []
+
+
 # --- S3: a write streamed in multipart parts from a growing local file (registry.s3_parts) ---------
 
 MIB = 1 << 20
