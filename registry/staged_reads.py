@@ -21,13 +21,13 @@ class StagedReads:
     staged bytes that way too, so none of them is ever pulled into it) into the aligned buffer of a
     ``DirectReader`` from a free list, and is copied out. A read from the disk is synchronous, where the
     page cache would have read ahead: so after each read the range that follows it (as long, at least
-    ``AHEAD_MIN``) is read on a thread of its own, unless a caller already read from there, and a later
-    read inside it is served from it. The lanes read tensors and chunks in file order, so they find their
-    bytes read while they coded the previous ones.
+    ``AHEAD_MIN``) is read ahead on one of ``AHEAD`` threads, unless a caller already read from there,
+    and a later read inside it is served from it. The lanes read tensors and chunks in file order, so they
+    find their bytes read while they coded the previous ones.
 
-    Memory: one reader buffer per read in flight (one per lane and one for the read ahead; each the
+    Memory: one reader buffer per read in flight (one per lane and one per read-ahead thread; each the
     largest range it read, a chunk) and ``AHEAD`` ranges read ahead: about
-    ``(lanes + 1 + AHEAD) * chunk_bytes``. Elsewhere each read is ``store.get_range``.
+    ``(lanes + 2 * AHEAD) * chunk_bytes``. Elsewhere each read is ``store.get_range``.
     """
 
     def __init__(self, store: ObjectStore, key: str) -> None:
