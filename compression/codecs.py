@@ -234,10 +234,9 @@ def decode_tensor_into(
     if view.readonly:
         raise ValueError("decode_tensor_into: out must be writable")
     itemsize = _itemsize(dtype)
-    if len(view) != numel(shape, "tensor") * itemsize:
+    if len(view) != (need := numel(shape, "tensor") * itemsize):
         raise ValueError(
-            f"decode_tensor_into: out holds {len(view)} bytes, a {dtype} {list(shape)} tensor needs"
-            f" {numel(shape, 'tensor') * itemsize}"
+            f"decode_tensor_into: out holds {len(view)} bytes, a {dtype} {list(shape)} tensor needs {need}"
         )
     aligned = np.frombuffer(view, np.uint8).ctypes.data % itemsize == 0 if len(view) else True
     got = _decode(

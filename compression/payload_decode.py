@@ -55,7 +55,8 @@ def decode_v45(
         parent = parent_for(codec, dtype, pcode, parent_raw, parent_dtype, parent_shape)
         shared, offset = shared_elements(buf, offset, codec, n, parent)
 
-    into = out if codec == "delta" else None  # a delta-rows tensor is two streams: not decoded in place
+    # only a format-5 delta is one stream decoded in place (delta-rows is two; format 4 decodes apart)
+    into = out if v5 and codec == "delta" else None
 
     def stream(with_parent: bool, at: int, count: int, par: np.ndarray | None) -> tuple[np.ndarray, int]:
         if v5 and with_parent:
@@ -79,7 +80,7 @@ def decode_v45(
         elements = np.concatenate([elements, tail])
     if offset != len(buf):
         raise CodecError(f"corrupt payload: {len(buf) - offset} unexpected bytes after the last frame")
-    if into is not None and v5:
+    if into is not None:
         return into
     if type(elements.base) is bytes and len(elements.base) == elements.nbytes:  # format 5 decodes into a
         return elements.base  # bytes object of its own: handed over as it is, not copied
