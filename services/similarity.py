@@ -59,6 +59,17 @@ def decode_floats(raw: bytes, dtype: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.dtype(_FLOATS[dtype]).newbyteorder("<")).astype(np.float64)
 
 
+def json_floats(values: np.ndarray) -> list[float | None]:
+    """The samples as JSON can hold them: a NaN or an infinity (an inf mask buffer, a diverged weight) as
+    None (null; JSON has no NaN, and Postgres and SQLite refuse it), which reads back as NaN."""
+    return [v if np.isfinite(v) else None for v in values.tolist()]
+
+
+def sample_values(entry: dict[str, Any]) -> np.ndarray:
+    """A sketch entry's samples as float64, null (a non-finite sample) as NaN."""
+    return np.asarray(entry.get("values") or (), dtype=np.float64)
+
+
 def _chosen(names: list[str]) -> set[str]:
     return set(sorted(names, key=_hash)[:MAX_TENSORS])
 
@@ -89,7 +100,7 @@ def sketch_upload(session: Session, store: ObjectStore, version: Version) -> dic
             size = _ITEMSIZE[t.dtype]
             raw = read_at(header.header_size + t.begin + start * size, count * size)
             values = decode_floats(raw, t.dtype)
-            entries[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "values": values.tolist()}
+            entries[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "values": json_floats(values)}
     keep = _chosen(list(entries))
     return {
         "v": SKETCH_VERSION,
@@ -119,16 +130,26 @@ def similarity(upload: dict[str, Any], candidate: dict[str, Any]) -> float:
         if c is None or c["dtype"] != e["dtype"] or c["shape"] != e["shape"]:
             rels.append(1.0)
             continue
-        u, v = np.asarray(e["values"]), np.asarray(c["values"])
-        diff = float(np.sqrt(np.mean((u - v) ** 2)))
-        spread = float(np.sqrt(np.mean((v - v.mean()) ** 2)))
-        if diff == 0.0:
-            rels.append(0.0)
-        elif not np.isfinite(diff) or spread == 0.0:
-            rels.append(1.0)
-        else:
-            rels.append(min(diff / spread, 1.0))
+        rels.append(_rel(sample_values(e), sample_values(c)))
     return round(1.0 - float(np.median(rels)), 4)
+
+
+def _rel(u: np.ndarray, v: np.ndarray) -> float:
+    """min(rms(u − v) / rms(v − mean(v)), 1) over the samples finite in both; a sample non-finite (NaN:
+    stored as null) in one only makes them unrelated, in both it counts as equal (a -inf mask in both)."""
+    if u.shape != v.shape:
+        return 1.0
+    lost_u, lost_v = np.isnan(u), np.isnan(v)
+    if np.any(lost_u != lost_v):
+        return 1.0
+    u, v = u[~lost_u], v[~lost_v]
+    diff = float(np.sqrt(np.mean((u - v) ** 2))) if u.size else 0.0
+    spread = float(np.sqrt(np.mean((v - v.mean()) ** 2))) if v.size else 0.0
+    if diff == 0.0:
+        return 0.0
+    if not np.isfinite(diff) or spread == 0.0:
+        return 1.0
+    return min(diff / spread, 1.0)
 
 
 def rank_candidates(

@@ -41,10 +41,11 @@ def band_keys(sketch: dict[str, Any] | None) -> dict[int, int]:
     entries = (sketch or {}).get("tensors") or {}
     bands: list[tuple[int, np.ndarray]] = []
     for name, e in entries.items():
-        values = np.asarray(e.get("values") or (), dtype=np.float64)
-        if values.size < MIN_SAMPLES or not np.all(np.isfinite(values)):
+        values = np.asarray(e.get("values") or (), dtype=np.float64)  # null (non-finite) reads as NaN
+        finite = np.isfinite(values)
+        if int(finite.sum()) < MIN_SAMPLES:
             continue
-        centred = values - values.mean()
+        centred = np.where(finite, values - values[finite].mean(), 0.0)  # non-finite samples count as 0
         if not np.any(centred):
             continue
         bands.append((_hash31(f"{name}|{e.get('dtype')}|{list(e.get('shape') or ())}"), centred))

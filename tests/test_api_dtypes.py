@@ -87,3 +87,33 @@ def test_every_dtype_round_trips_and_unchanged_tensors_are_stored_once(client: T
         assert enc[name] == ("same" if i % 2 else "delta"), name
     stats = client.get("/v1/stats").json()
     assert 0 < stats["stored_bytes"] < stats["logical_bytes"]
+
+
+def test_nan_and_infinite_weights_commit_and_round_trip(client: TestClient) -> None:
+    """Float tensors holding NaN and ±inf (a -inf attention mask, a diverged weight) in every float dtype:
+    the commit (which samples values for ``base="auto"``) stores them, ``auto`` still finds the parent,
+    and both versions pull back bit for bit. JSON holds no NaN: a sketch that kept one was refused by the
+    database (503)."""
+    g = torch.Generator().manual_seed(5)
+    base: dict[str, torch.Tensor] = {}
+    for dt in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        w = torch.randn(64, 64, generator=g, dtype=torch.float64) * 0.05
+        w[::3, ::5] = float("nan")
+        w[1::4, ::3] = float("inf")
+        w[2::4, 1::3] = float("-inf")
+        name = str(dt)[6:]
+        base[f"{name}.weight"] = w.to(dt)
+        base[f"{name}.mask"] = torch.full((16, 16), float("-inf"), dtype=dt).triu(1)
+    ft = {k: (v.double() * 1.01).to(v.dtype) if k.endswith("weight") else v.clone() for k, v in base.items()}
+    files = {"base": checkpoint(base), "ft": checkpoint(ft)}
+    job = push(client, "org/nan-base", files["base"])["job"]
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+    answer = push(client, "org/nan-ft", files["ft"], base="auto")
+    assert answer["version"]["parent"] == "org/nan-base@1"
+    assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+    encodings = {t["encoding"] for t in client.get("/v1/models/org/nan-ft/versions/1").json()["tensors"]}
+    assert encodings == {"delta", "same"}
+    for model, ckpt in (("org/nan-base", files["base"]), ("org/nan-ft", files["ft"])):
+        for path, data in ckpt.items():
+            r = client.get(f"/v1/models/{model}/versions/latest/files/{path}")
+            assert r.status_code == 200 and sha(r.content) == sha(data)
