@@ -29,6 +29,7 @@ __all__ = [
     "Unavailable",
     "Unprocessable",
     "RejectNul",
+    "ShapedAnswer",
     "error_body",
     "install_error_handlers",
 ]
@@ -51,7 +52,21 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
+class ShapedAnswer(Exception):
+    """An error already turned into its response (the Hub's shape, say), raised rather than returned so
+    that it still passes through the request's dependencies: the request's database session rolls back
+    what the failed request wrote, where a route that returned the error would have committed it."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ShapedAnswer)
+    async def _shaped(_request: Request, exc: ShapedAnswer) -> JSONResponse:
+        return exc.response
+
     @app.exception_handler(DeltazooError)
     async def _deltazoo(_request: Request, exc: DeltazooError) -> JSONResponse:
         retry_after = getattr(exc, "retry_after", None)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from deltazoo.api.auth import bearer_token
+from deltazoo.api.errors import ShapedAnswer
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.errors import DeltazooError
 from deltazoo.services.access import ANONYMOUS, OPEN, Principal
@@ -53,7 +54,9 @@ def _header_safe(text: str) -> str:
 
 
 class HubRoute(APIRoute):
-    """A route whose errors (deltazoo's and request validation) leave in the Hub's shape."""
+    """A route whose errors (deltazoo's and request validation) leave in the Hub's shape. They are raised
+    on as ``ShapedAnswer``: returned from here, the request's session would commit what the failed
+    request had written (a refused commit's version, left pending)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -62,7 +65,7 @@ class HubRoute(APIRoute):
             try:
                 return await handler(request)
             except DeltazooError as exc:
-                return hub_error(request, exc)
+                raise ShapedAnswer(hub_error(request, exc)) from None
             except RequestValidationError as exc:
                 parts = [
                     f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
@@ -71,7 +74,7 @@ class HubRoute(APIRoute):
                 error = DeltazooError(
                     "; ".join(parts) or "invalid request", code="invalid_request", status=400
                 )
-                return hub_error(request, error)
+                raise ShapedAnswer(hub_error(request, error)) from None
 
         return route
 

@@ -126,6 +126,11 @@ class VersionRepository:
             q = q.where(Version.status == "ready")
         return self.s.scalar(q.order_by(Version.revision.desc()).limit(1))
 
+    def newest_committed(self, model_id: int) -> Version | None:
+        """The newest version that was committed and has not failed (processing or ready)."""
+        q = select(Version).where(Version.model_id == model_id, Version.status.in_(("processing", "ready")))
+        return self.s.scalar(q.order_by(Version.revision.desc()).limit(1))
+
     def for_model(self, model_id: int) -> list[Version]:
         return list(
             self.s.scalars(select(Version).where(Version.model_id == model_id).order_by(Version.revision))

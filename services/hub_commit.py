@@ -1,8 +1,9 @@
 """The write side of the Hugging Face Hub protocol: create a repository, answer preupload, turn a commit
 into a deltazoo version.
 
-A commit applies its operations to ``main`` (the latest ready version): files it does not touch are
-carried over (deduplicated, no bytes move), added files arrive inline (``uploadMode: regular``,
+A commit applies its operations to ``main`` (the latest ready version; one that arrives while the commit
+before it is still being encoded waits for it, ``MainEncoding``): files it does not touch are carried
+over (deduplicated, no bytes move), added files arrive inline (``uploadMode: regular``,
 base64 in the commit's NDJSON) or were sent before through Git LFS (``lfsFile`` naming a staged
 object: services/hub_lfs.py), deleted files and folders are left out. The result is created,
 uploaded, validated and committed exactly like any push (services/versions.py), so it is
@@ -162,6 +163,19 @@ class CommitOperations:
         self.lfs.pop(path, None)
 
 
+class MainEncoding(Conflict):
+    """A commit arrived while the one before it is still being encoded: built on ``main`` (the latest
+    ready version) it would leave out that commit's files (huggingface_hub sends a large folder as
+    several commits in a row). The route waits for it and tries again (``api/routes/hub_upload.py``)."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(
+            f"{ref}, the commit before this one, is still being encoded; commit again when it is ready",
+            code="main_encoding",
+        )
+        self.retry_after = 5
+
+
 def commit(
     session: Session,
     store: ObjectStore,
@@ -175,7 +189,11 @@ def commit(
     committed and queued for encoding; returns it and its ref."""
     model = writable_model(session, viewer, repo_id)
     check_main(revision)
-    main = VersionRepository(session).latest(model.id, ready_only=True)
+    versions = VersionRepository(session)
+    main = versions.latest(model.id, ready_only=True)
+    newest = versions.newest_committed(model.id)
+    if newest is not None and (main is None or newest.revision > main.revision):
+        raise MainEncoding(ref_string(repo_id, newest.revision))
     parent_commit = ops.header.get("parentCommit")
     if parent_commit and (main is None or parent_commit != main.commit_id):
         raise Conflict(

@@ -4,11 +4,14 @@ basic transfer, commit (NDJSON), and the Xet token route answered with what to d
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 from deltazoo.api.body_feed import feed_body
 from deltazoo.api.deps import DB, Enqueue, Store, upload_slot
+from deltazoo.api.errors import ShapedAnswer
 from deltazoo.api.hub_ndjson import read_commit
 from deltazoo.api.hub_protocol import HubRoute, HubViewer, hub_error
 from deltazoo.registry.errors import BadRequest, DeltazooError
@@ -20,6 +23,8 @@ from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
 REPO = "/api/models/{org}/{name}"
+COMMIT_WAIT_S = 300.0  # how long a commit waits for the one before it to be encoded (then 409, Retry-After)
+COMMIT_LOOK_EVERY_S = 0.25
 
 
 @router.post("/api/repos/create", response_model=None)
@@ -38,7 +43,7 @@ async def create_repo(request: Request, session: DB, viewer: HubViewer) -> dict 
         response = hub_error(request, exc)  # the Hub's 409 names the repository (create_repo(exist_ok=True))
         response.body = json.dumps({"error": exc.message, "url": f"{base}/{org}/{name}"}).encode()
         response.headers["content-length"] = str(len(response.body))
-        return response
+        raise ShapedAnswer(response) from None  # raised: the session rolls back what the refusal wrote
     return {**created, "url": f"{base}/{created['name']}"}
 
 
@@ -115,9 +120,18 @@ async def commit(
     try:
         with upload_slot(request, viewer.token_id):  # its body carries the files inline
             await read_commit(request.stream(), ops)
-        version, _ = await run_in_threadpool(
-            hub_commit.commit, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
-        )
+        until = time.monotonic() + COMMIT_WAIT_S
+        while True:
+            try:
+                version, _ = await run_in_threadpool(
+                    hub_commit.commit, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
+                )
+                break
+            except hub_commit.MainEncoding:
+                if time.monotonic() > until:
+                    raise
+                await run_in_threadpool(session.rollback)  # a new snapshot: the encode's outcome shows
+                await asyncio.sleep(COMMIT_LOOK_EVERY_S)
     finally:
         ops.close()
     base = str(request.base_url).rstrip("/")
