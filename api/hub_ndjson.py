@@ -20,7 +20,7 @@ from deltazoo.registry.errors import BadRequest, DeltazooError
 from deltazoo.services.hub_commit import CommitOperations
 
 FILE_PREFIX = b'{"key": "file", "value": {"content": "'
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 MAX_LINE_BYTES = 16 << 20
 
 

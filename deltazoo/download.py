@@ -27,7 +27,7 @@ from deltazoo.transport import Transport, progress_bar
 
 RESUME_ATTEMPTS = 5  # dropped connections survived per download, each resumed where it stopped
 WRITE_BUFFER = 4 << 20  # the network's small pieces reach the disk in writes this large
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class HashingWriter:

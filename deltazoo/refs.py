@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 
 NAME_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
-NAME_RE = re.compile(rf"^({NAME_PART})/({NAME_PART})$")
-COMMIT_ID_RE = re.compile(r"^[0-9a-f]{40}$")
-TAG_RE = re.compile(rf"^{NAME_PART}$")
+NAME_RE = re.compile(rf"^({NAME_PART})/({NAME_PART})\Z")  # \Z: "$" also matches before a final newline
+COMMIT_ID_RE = re.compile(r"^[0-9a-f]{40}\Z")
+TAG_RE = re.compile(rf"^{NAME_PART}\Z")
 LATEST = "latest"
 MAIN = "main"  # the Hugging Face default branch: the latest ready version
 RESERVED_REVISIONS = (LATEST, MAIN)

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from deltazoo.refs import NAME_PART
 
 Enqueue = Callable[[int], None]
-TEXT_NAME_RE = re.compile(rf"^{NAME_PART}$")  # the syntax of an ORG or NAME part
+TEXT_NAME_RE = re.compile(rf"^{NAME_PART}\Z")  # the syntax of an ORG or NAME part
 DONE = ("ready", "not_evaluable")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt")
 

@@ -42,8 +42,8 @@ from sqlalchemy.orm import Session
 
 TICKET_TTL = timedelta(hours=1)
 MAX_BATCH_OBJECTS = 1000
-OID_RE = re.compile(r"^[0-9a-f]{64}$")
-TICKET_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
+OID_RE = re.compile(r"^[0-9a-f]{64}\Z")
+TICKET_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}\Z")
 # what preupload sends through LFS when the server takes large files by LFS (settings.hub_large_files)
 LFS_MIN_BYTES = 10 << 20
 WEIGHT_SUFFIXES = (

@@ -25,7 +25,7 @@ from deltazoo.registry.repositories import BlobRepository, TensorChunkRepository
 from deltazoo.services.access import Principal, can_read_blob
 from sqlalchemy.orm import Session
 
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")  # a blob's name, and a declared file's sha256
+SHA_RE = re.compile(r"^[0-9a-f]{64}\Z")  # a blob's name, and a declared file's sha256
 
 
 class CorruptStoreError(RuntimeError):

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from deltazoo.refs import NAME_PART
 
 SCOPES = ("read", "write")
-NAMESPACE_RE = re.compile(rf"^{NAME_PART}$")  # the syntax of an ORG or NAME part
+NAMESPACE_RE = re.compile(rf"^{NAME_PART}\Z")  # the syntax of an ORG or NAME part
 
 
 def token_hash(token: str) -> str:

@@ -163,6 +163,7 @@ def test_names_and_revisions_parse_one_way(text: str, ref: Ref) -> None:
         ("acme/base@²", "invalid_revision"),
         ("acme/base@a b", "invalid_revision"),
         ("acme/base@", "invalid_revision"),
+        ("acme/base\n@1", "invalid_name"),  # "$" in a pattern matches before a final newline; "\Z" does not
     ],
 )
 def test_malformed_names_are_value_errors_in_the_sdk_and_422_on_the_server(text: str, code: str) -> None:
@@ -193,7 +194,7 @@ def test_revisions_and_tags() -> None:
     assert Ref.parse("acme/base@12").revision == 12 and Ref.parse("acme/base").revision is None
     assert not Ref.parse("acme/base@12").moving and Ref.parse("acme/base@prod").moving
     assert check_tag_name("v1.2") == "v1.2"
-    for bad in ("12", "latest", "main", "a" * 40, "-x", "a/b"):
+    for bad in ("12", "latest", "main", "a" * 40, "-x", "a/b", "prod\n"):
         with pytest.raises(RefError) as info:
             check_tag_name(bad)
         assert info.value.code == "invalid_tag"
