@@ -295,3 +295,40 @@ def test_push_resumed_onto_bytes_of_another_file_sends_the_whole_file(
         assert [v.revision for v in client.model_info(model).versions] == [1]
         pulled = client.pull(model, tmp_path / "pulled", quiet=True)
     assert sha((pulled / "model.safetensors").read_bytes()) == sha(data)
+
+
+def test_a_whole_file_upload_cut_off_keeps_nothing_and_logs_no_error(tmp_path: Path) -> None:
+    """A whole-file PUT whose connection drops mid-body: its spooled bytes are removed at once (not left
+    for the orphan sweep), the server logs no unhandled error, and the file can be sent again."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    from tests.servers import start_api_server
+
+    server = start_api_server(tmp_path / "home", {})
+    try:
+        files = big_checkpoint(seed=2)
+        data = files["model.safetensors"]
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            declare(client, "cut/whole", files)
+        url = urlparse(server.url)
+        head = (
+            f"PUT /v1/models/cut/whole/versions/1/files/model.safetensors HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection((url.hostname, url.port)) as raw:
+            raw.sendall(head + data[: len(data) // 2])
+            time.sleep(0.5)  # the server has spooled what arrived
+        scratch = [p for p in (tmp_path / "home").rglob("upload-*") if p.is_file()]
+        deadline = time.monotonic() + 10
+        while scratch and time.monotonic() < deadline:
+            time.sleep(0.1)
+            scratch = [p for p in (tmp_path / "home").rglob("upload-*") if p.is_file()]
+        assert scratch == []
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            r = client.put("/v1/models/cut/whole/versions/1/files/model.safetensors", content=data)
+            assert r.status_code == 200, r.text
+        assert server.problems() == []
+    finally:
+        server.stop()

@@ -63,7 +63,11 @@ async def _put_file(
     upload = WholeUpload(_partials(request), file, store, request.headers.get(SHA256_HEADER))
     try:
         await feed_body(request, upload.feed)
-    except BadRequest:
+    except ClientDisconnect:  # cut off: nothing is kept (a whole-file upload is sent again from its start)
+        upload.reject()
+        message = f"{file.path}: the upload was cut off before its last byte; send the file again"
+        return JSONResponse(error_body("upload_interrupted", message), status_code=400)
+    except BaseException:
         upload.reject()
         raise
     await run_in_threadpool(upload.finish, session, store)
