@@ -304,7 +304,8 @@ def delete_versions(
     (a heartbeat newer than ``worker_grace``); a stuck one (its job queued, or its worker gone) is
     cancelled: the job is marked failed and the version deleted.
 
-    Refused (409 ``has_descendants``) while a version outside the set decodes through their tensors,
+    Refused (409 ``has_descendants``) while a version outside the set is being encoded against one of
+    them (``processing``, its parent in the set), or decodes through their tensors,
     naming each one the ``viewer`` may read and why: a descendant (``delta``/``delta-rows``) or a
     version of the same namespace that reuses identical tensors (``same``, e.g. after a deduplicated
     push). Other namespaces' ``same`` copies never block: they get bytes of their own first.
@@ -322,6 +323,14 @@ def delete_versions(
             code="version_busy",
         )
     jobs.cancel_encodes(processing, f"cancelled: {what} was deleted")  # queued or stuck: nobody holds it
+    children = VersionRepository(session).children(ids)
+    encoding = [c.id for c in children if c.status == "processing" and c.id not in ids]
+    if encoding:  # its encode reads their tensors (it would fail): no tensor of it names them yet
+        raise Conflict(
+            f"{what} is the base of {', '.join(_refs(session, encoding))}, being encoded against it now;"
+            " delete it once they are ready, and them first",
+            code="has_descendants",
+        )
     hand_over_copies(session, store, ids)  # locks their files first: then every copy made is seen
     tensors = TensorRepository(session)
     dependents = tensors.dependents_of(ids, copies_kept_outside=namespace_id)

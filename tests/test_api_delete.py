@@ -110,3 +110,28 @@ def test_accounting_root_relation_and_stored_bytes(client: TestClient) -> None:
     versions = [client.get(f"/v1/models/org/{m}/versions/1").json() for m in ("root", "ft")]
     assert stats["stored_bytes"] == sum(v["stored_bytes"] for v in versions)  # each blob counted once
     assert stats["artifact_bytes"] == 0 and root["artifact_bytes"] == 0
+
+
+def test_a_base_is_kept_while_a_child_is_encoded_against_it(client: TestClient) -> None:
+    """A child committed against the base and still encoding holds no tensor of it yet, but its encode
+    reads the base's: deleting the base (its model or the version) is 409 ``has_descendants`` naming the
+    child (it used to go, and the child's encode failed on the missing blobs), until the child is gone."""
+    from deltazoo.registry.db import session_scope
+    from deltazoo.registry.models import Tensor, Version
+    from sqlalchemy import delete, select
+
+    base = base_state(seed=12)
+    pushed(client, "enc/base", checkpoint(base))
+    pushed(client, "enc/child", checkpoint(finetune_state(base, seed=13)), base="enc/base@1")
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    with session_scope(settings) as session:  # the child as it is mid-encode: no tensor row written yet
+        child = session.scalar(select(Version).where(Version.parent_version_id.is_not(None)))
+        assert child is not None
+        child.status = "processing"
+        session.execute(delete(Tensor).where(Tensor.version_id == child.id))
+    for url in ("/v1/models/enc/base", "/v1/models/enc/base/versions/1"):
+        r = client.delete(url)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "has_descendants", r.text
+        assert "enc/child@1" in r.json()["error"]["message"] and "encoded" in r.json()["error"]["message"]
+    assert client.delete("/v1/models/enc/child").status_code == 204  # no worker holds its job: cancelled
+    assert client.delete("/v1/models/enc/base").status_code == 204
