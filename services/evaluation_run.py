@@ -10,6 +10,7 @@ transformers are imported when a job runs, not with this module.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from typing import Any
@@ -45,9 +46,12 @@ class Evaluator:
         tokenizer = load_tokenizer(self.session, self.store, version)
         model = build_causal_lm(config, state)
         try:
-            return bits_per_byte(model, tokenizer, self.text, device=self.device)
+            bpb = bits_per_byte(model, tokenizer, self.text, device=self.device)
         finally:
             del model
+        if not math.isfinite(bpb):  # NaN or infinite weights: no figure to rank (and JSON holds no NaN)
+            raise NotEvaluable(f"its bits per byte on the text is not finite ({bpb}): NaN or inf weights")
+        return bpb
 
     def dense(self, version: Version, row: Evaluation) -> float | None:
         """The version's dense bpb (computed into ``row`` unless done); None when not evaluable."""
@@ -95,6 +99,8 @@ def run_evaluation(
 ) -> None:
     """Fill the missing evaluation rows of one (version, text set), whose dense row is ``evaluation_id``
     (``target`` names it in the error when the row is gone)."""
+    from deltazoo.compression.quality import NotEvaluable
+
     dense = session.get(Evaluation, evaluation_id)
     if dense is None:
         raise LookupError(f"evaluation of {target} no longer exists")
@@ -118,7 +124,11 @@ def run_evaluation(
             row.status, row.status_message, row.bits_per_byte = "not_evaluable", why, None
             continue
         assert parent is not None
-        bpb = ev.profile(version, parent, artifact)
+        try:
+            bpb = ev.profile(version, parent, artifact)
+        except NotEvaluable as exc:
+            row.status, row.status_message, row.bits_per_byte = "not_evaluable", str(exc), None
+            continue
         row.bits_per_byte, row.status, row.status_message = bpb, "ready", None
         row.details = {
             "ratio": round(8 / bpb, 4),

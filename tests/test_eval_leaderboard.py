@@ -155,3 +155,18 @@ def test_text_set_mistakes_are_clear_4xx(client: TestClient) -> None:
     assert client.get("/v1/leaderboard").status_code == 400
     unknown = client.post("/v1/models/lm/x/versions/1/evaluations", json={"text": "ok"})
     assert unknown.status_code == 404
+
+
+def test_a_model_whose_loss_is_not_finite_is_not_evaluable(client: TestClient, states: dict) -> None:
+    """NaN weights (a diverged run) give a NaN bpb: no number to rank (nor any JSON can hold), so the
+    row says not evaluable and why, the job still succeeds, and the other rows are ranked."""
+    broken = {k: v.clone() for k, v in states["base"].items()}
+    name = next(k for k in broken if k.endswith("q_proj.weight"))
+    broken[name][0, 0] = float("nan")
+    _ready(client, push(client, "lm/nan", _files(broken)))
+    _ready(client, push(client, "lm/base", _files(states["base"])))
+    assert client.post("/v1/texts", params={"name": "fox"}, content=TEXT.encode()).status_code == 201
+    items = {i["ref"]: i for i in _board(client, "fox", 2)}
+    assert items["lm/nan@1"]["status"] == "not_evaluable", items["lm/nan@1"]
+    assert "not finite" in items["lm/nan@1"]["status_message"] and items["lm/nan@1"]["bpb"] is None
+    assert items["lm/base@1"]["status"] == "ready"
