@@ -343,3 +343,41 @@ def _row_counts(engine: Engine) -> dict[str, int]:
 
     with engine.connect() as conn:
         return {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in ROWS_AT_0006}
+
+
+def test_sketches_holding_nan_are_made_json_on_sqlite(tmp_path: Path) -> None:
+    """A Hub commit stored NaN / Infinity samples in version.sketch (not JSON: every read of the model was
+    a 503 on SQLite); the migration rewrites them as null, leaving every other value as it was."""
+    import json
+    import sqlite3
+
+    from alembic import command
+    from deltazoo.registry.db import alembic_config
+
+    path = tmp_path / "nan.db"
+    url = f"sqlite:///{path}"
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "issue18_file_source_index")
+    sketch = '{"v": 1, "tensors": {"NaN.w": {"dtype": "F32", "shape": [3], "values": [NaN, -Infinity, 0.5]}}}'
+    rows: dict[str, list[dict[str, object]]] = {
+        "namespace": [_stamped("namespace", {"id": 1, "name": "acme"})],
+        "model": [
+            _stamped("model", {"id": 1, "namespace_id": 1, "name": "m", "description": "", "private": 0})
+        ],
+        "version": [
+            _stamped(
+                "version", {"id": 1, "model_id": 1, "revision": 1, "sketch": sketch, "commit_id": "a" * 40}
+            )
+        ],
+    }
+    _insert_rows(url, rows)
+    command.upgrade(cfg, "head")
+    db = sqlite3.connect(path)
+    try:
+        (stored,) = db.execute("select sketch from version").fetchone()
+        assert db.execute("select json_valid(sketch) from version").fetchone() == (1,)
+    finally:
+        db.close()
+    assert json.loads(stored)["tensors"] == {
+        "NaN.w": {"dtype": "F32", "shape": [3], "values": [None, None, 0.5]}
+    }
