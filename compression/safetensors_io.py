@@ -169,13 +169,39 @@ def _check_strings(value: object, what: str, depth: int = 0) -> None:
         raise SafetensorsError(f"{what} holds an integer outside 64 bits")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An object whose keys are all different (JSON would keep only a duplicate's last value: a header
+    naming a tensor twice describes bytes no name points to)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return out
+
+
 def strict_json(raw: bytes, what: str) -> object:
     """JSON from an untrusted file, refused with ``SafetensorsError`` (never a Python limit): UTF-8,
-    depth, integer length, NaN/Infinity, lone surrogates and NUL in strings."""
+    depth, integer length, NaN/Infinity, duplicate keys, lone surrogates and NUL in strings."""
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_int=_bounded_int, parse_constant=_no_constant)
+        doc = json.loads(
+            raw.decode("utf-8"),
+            parse_int=_bounded_int,
+            parse_constant=_no_constant,
+            object_pairs_hook=_unique_keys,
+        )
     except UnicodeDecodeError as exc:
         raise SafetensorsError(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except _DuplicateKey as exc:
+        raise SafetensorsError(
+            f"{what} names {str(exc)[:200]!r} twice; every tensor name (and key) must be unique"
+        ) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise SafetensorsError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
     _check_strings(doc, what)

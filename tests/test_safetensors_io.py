@@ -59,6 +59,8 @@ def test_streaming_in_small_chunks_equals_whole() -> None:
 
 
 ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+_TWICE_HEADER = f'{{"w": {json.dumps(ENTRY)}, "w": {json.dumps(ENTRY)}}}'.encode()  # a dict cannot say it
+TWICE = struct.pack("<Q", len(_TWICE_HEADER)) + _TWICE_HEADER + bytes(8)
 
 
 @pytest.mark.parametrize(
@@ -90,6 +92,7 @@ ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
         (b"\x01\x02", "8-byte length"),
         (make_file({"x" * 501: ENTRY}, bytes(8)), "at most 500 characters"),  # the registry's column
         (make_file({"a\x00b": ENTRY}, bytes(8)), "without NUL"),  # Postgres text cannot hold NUL
+        (TWICE, "names 'w' twice"),
     ],
 )
 def test_malformed_files_are_refused(blob: bytes, words: str) -> None:
