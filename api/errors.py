@@ -31,6 +31,7 @@ __all__ = [
     "RejectNul",
     "ShapedAnswer",
     "error_body",
+    "error_headers",
     "install_error_handlers",
 ]
 log = logging.getLogger("deltazoo.api")
@@ -52,6 +53,16 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
+def error_headers(exc: DeltazooError) -> dict[str, str]:
+    """The headers an error carries: ``Retry-After`` where it says when to retry, and its own (a 416's
+    ``Content-Range: bytes */SIZE``)."""
+    headers = dict(getattr(exc, "headers", None) or {})
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return headers
+
+
 class ShapedAnswer(Exception):
     """An error already turned into its response (the Hub's shape, say), raised rather than returned so
     that it still passes through the request's dependencies: the request's database session rolls back
@@ -69,9 +80,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DeltazooError)
     async def _deltazoo(_request: Request, exc: DeltazooError) -> JSONResponse:
-        retry_after = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=headers)
+        return JSONResponse(
+            error_body(exc.code, exc.message), status_code=exc.status, headers=error_headers(exc)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

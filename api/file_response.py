@@ -21,9 +21,19 @@ Body = Callable[[int, int], Iterator[bytes | memoryview]]  # (start, end) -> the
 
 
 def _ranged(request: Request, size: int, headers: dict[str, str], body: Body) -> Response:
-    """``headers`` plus Content-Length (and Content-Range for a Range request) over ``body(start, end)``."""
+    """``headers`` plus Content-Length (and Content-Range for a Range request) over ``body(start, end)``.
+
+    Conditional requests against the ``ETag`` in ``headers`` (every stored file and object has one, its
+    sha256): ``If-None-Match`` naming it is answered 304 without a body; a ``Range`` whose ``If-Range``
+    names another validator is ignored (200, the whole file: a resumed download must not join bytes of
+    two different files)."""
     headers = {**headers, "Accept-Ranges": "bytes"}
-    wanted = parse_range(request.headers.get("range"), size)
+    etag = headers.get("ETag")
+    if etag is not None and _names(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Length"})
+    if_range = request.headers.get("if-range")
+    stale = if_range is not None and (etag is None or if_range.strip() != etag)
+    wanted = None if stale else parse_range(request.headers.get("range"), size)
     if wanted is None:
         start, end, status = 0, size, 200
     else:
@@ -35,6 +45,14 @@ def _ranged(request: Request, size: int, headers: dict[str, str], body: Body) ->
     return StreamingResponse(
         body(start, end), status_code=status, headers=headers, media_type="application/octet-stream"
     )
+
+
+def _names(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` list names ``etag`` (weakly, as RFC 9110 compares it) or is ``*``."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 def file_response(request: Request, store: ObjectStore, plan: FilePlan, headers: dict[str, str]) -> Response:

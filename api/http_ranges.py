@@ -18,7 +18,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     unit, _, spec = header.partition("=")
     bad = RangeNotSatisfiable(
-        f"range {header!r} is not satisfiable for a file of {size} bytes; use bytes=START-END within it"
+        f"range {header!r} is not satisfiable for a file of {size} bytes; use bytes=START-END within it", size
     )
     if unit.strip() != "bytes" or "," in spec:
         raise bad

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from deltazoo.api.auth import bearer_token
-from deltazoo.api.errors import ShapedAnswer
+from deltazoo.api.errors import ShapedAnswer, error_headers
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.errors import DeltazooError
 from deltazoo.services.access import ANONYMOUS, OPEN, Principal
@@ -32,7 +32,7 @@ _REVISION_CODES = ("version_not_found", "invalid_revision")
 def hub_error(request: Request, exc: DeltazooError) -> JSONResponse:
     """``exc`` as the Hub answers it: status, ``X-Error-Code`` / ``X-Error-Message``, ``{"error": ...}``."""
     status, message = exc.status, exc.message
-    headers = {"X-Error-Message": _header_safe(message)}
+    headers = {**error_headers(exc), "X-Error-Message": _header_safe(message)}
     if exc.code in _REPO_CODES:
         headers["X-Error-Code"] = "RepoNotFound"
         principal = getattr(request.state, "principal", ANONYMOUS)

@@ -43,6 +43,10 @@ class RangeNotSatisfiable(DeltazooError):
     status = 416
     code = "range_not_satisfiable"
 
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.headers = {"Content-Range": f"bytes */{size}"}  # RFC 9110: the size a range must lie in
+
 
 class Unavailable(DeltazooError):
     status = 503

@@ -84,6 +84,38 @@ def test_bad_range_is_416(client: TestClient, zoo: dict[str, dict[str, bytes]]) 
     r = client.get("/v1/models/org/ft/versions/1/files/config.json", headers={"Range": "bytes=999999-"})
     assert r.status_code == 416
     assert r.json()["error"]["code"] == "range_not_satisfiable"
+    assert r.headers["content-range"] == f"bytes */{len(zoo['ft']['config.json'])}"
+    r = client.get("/org/ft/resolve/main/config.json", headers={"Range": "bytes=999999-"})  # the Hub's shape
+    assert r.status_code == 416 and r.headers["content-range"].startswith("bytes */")
+
+
+def test_conditional_downloads(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:
+    """If-None-Match naming the ETag: 304; If-Range naming another file's ETag: the Range is ignored and
+    the whole file comes back (200), so a resumed download never joins bytes of two files."""
+    data = zoo["ft"]["model.safetensors"]
+    etag = f'"{sha(data)}"'
+    for url in (
+        "/v1/models/org/ft/versions/1/files/model.safetensors",
+        "/org/ft/resolve/main/model.safetensors",
+    ):
+        r = client.get(url, headers={"If-None-Match": f'"{"0" * 64}", {etag}'})
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag
+        assert client.get(url, headers={"If-None-Match": f'"{"0" * 64}"'}).status_code == 200
+        r = client.get(url, headers={"Range": "bytes=10-19", "If-Range": etag})
+        assert r.status_code == 206 and r.content == data[10:20]
+        r = client.get(url, headers={"Range": "bytes=10-19", "If-Range": f'"{"0" * 64}"'})
+        assert r.status_code == 200 and r.content == data and "content-range" not in r.headers
+    blob = next(
+        f["header_blob"]
+        for f in client.get("/v1/models/org/ft/versions/1/manifest").json()["files"]
+        if f["header_blob"]
+    )
+    whole = client.get(f"/v1/blobs/{blob}")
+    r = client.head(f"/v1/blobs/{blob}")  # HEAD: the size and ETag of a stored object, no bytes
+    assert (
+        r.status_code == 200 and r.content == b"" and r.headers["content-length"] == str(len(whole.content))
+    )
+    assert client.get(f"/v1/blobs/{blob}", headers={"If-None-Match": f'"{blob}"'}).status_code == 304
 
 
 def test_unknown_base_is_404(client: TestClient) -> None:

@@ -58,6 +58,7 @@ async def get_job(
 
 
 @router.get("/blobs/{sha256}")
+@router.head("/blobs/{sha256}", operation_id="head_blob")
 def download_blob(sha256: str, request: Request, session: DB, store: Store, viewer: Viewer) -> Response:
     """The stored (encoded) bytes of a blob that a model the caller may read refers to (Range too)."""
     blob = readable_blob(session, viewer, sha256)

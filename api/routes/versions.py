@@ -135,6 +135,7 @@ def post_artifact(
 
 
 @router.get(V + "/artifacts/{profile}")
+@router.head(V + "/artifacts/{profile}", operation_id="head_artifact")  # size and ETag without the bytes
 def get_artifact(
     org: str, name: str, rev: str, profile: str, request: Request, session: DB, store: Store
 ) -> Response:
