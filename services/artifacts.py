@@ -59,6 +59,13 @@ def request_artifact(
         )
     if version.parent_version_id is None:
         raise Conflict(f"{ref} has no base, so it has no delta to pack; push it with --base", code="no_base")
+    no_text = session.scalar(select(TextSet.id).limit(1)) is None
+    if no_text and deltadq.parse_profile(profile).needs_calibration:
+        raise Conflict(
+            f"{profile} calibrates on the first registered text, and there is none: register one first"
+            " (deltazoo text add NAME FILE, or POST /v1/texts), then ask again",
+            code="calibration_text_missing",
+        )
     repo = ArtifactRepository(session)
     artifact = repo.by_profile(version.id, profile)
     if artifact is None:

@@ -54,6 +54,8 @@ def test_calibrated_profile_needs_a_text_then_calibrates_on_it(
     failed = _artifact(client, profile)
     assert failed["status"] == "failed"
     assert "needs a calibration text: register one with POST /v1/texts" in failed["status_message"]
+    r = client.post("/v1/models/lm/ft/versions/1/artifacts", json={"profile": profile})  # said at once
+    assert r.status_code == 409 and r.json()["error"]["code"] == "calibration_text_missing", r.text
 
     assert client.post("/v1/texts", params={"name": "fox"}, content=TEXT.encode()).status_code == 201
     r = client.post("/v1/models/lm/ft/versions/1/artifacts", json={"profile": profile})
