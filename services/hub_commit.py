@@ -32,7 +32,7 @@ from deltazoo.registry.objectstore import ObjectStore, stages_direct
 from deltazoo.registry.repositories import FileRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
-from deltazoo.services.refs import MAIN, get_model, parse_name, ref_string
+from deltazoo.services.refs import COMMIT_ID_RE, MAIN, get_model, parse_name, ref_string
 from deltazoo.services.transfer import UploadSink
 from deltazoo.services.versions import (
     DeclaredFile,
@@ -195,6 +195,12 @@ def commit(
     if newest is not None and (main is None or newest.revision > main.revision):
         raise MainEncoding(ref_string(repo_id, newest.revision))
     parent_commit = ops.header.get("parentCommit")
+    well_formed = isinstance(parent_commit, str) and COMMIT_ID_RE.match(parent_commit)
+    if parent_commit is not None and not well_formed:
+        raise BadRequest(
+            f"parentCommit {str(parent_commit)[:80]!r} is not a commit id (40 lowercase hex digits)",
+            code="invalid_parent_commit",
+        )
     if parent_commit and (main is None or parent_commit != main.commit_id):
         raise Conflict(
             f"main has moved since {parent_commit}; fetch it again and redo the commit", code="parent_moved"

@@ -50,6 +50,9 @@ def test_a_refused_commit_leaves_no_version(client: TestClient) -> None:
         r = client.post("/api/models/hub/m/commit/main", content=body)
         assert r.status_code == status, r.text
         assert "error" in r.json() and r.headers["X-Error-Message"]
+    header = {"key": "header", "value": {"summary": "s", "parentCommit": "zz"}}
+    r = client.post("/api/models/hub/m/commit/main", content=ndjson(header, inline("a.txt", b"a")))
+    assert r.status_code == 400 and r.json()["code"] == "invalid_parent_commit"
     assert client.get("/v1/models/hub/m").json()["versions"] == []
     assert [p for p in client.get("/v1/pending").json()["items"] if p["ref"].startswith("hub/")] == []
 
