@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -166,7 +167,7 @@ class CommitOperations:
 class MainEncoding(Conflict):
     """A commit arrived while the one before it is still being encoded: built on ``main`` (the latest
     ready version) it would leave out that commit's files (huggingface_hub sends a large folder as
-    several commits in a row). The route waits for it and tries again (``api/routes/hub_upload.py``)."""
+    several commits in a row). ``commit_in_turn`` waits for it and tries again."""
 
     def __init__(self, ref: str) -> None:
         super().__init__(
@@ -174,6 +175,32 @@ class MainEncoding(Conflict):
             code="main_encoding",
         )
         self.retry_after = 5
+
+
+COMMIT_WAIT_S = 300.0  # how long a commit waits for the one before it to be encoded (then 409 main_encoding)
+COMMIT_LOOK_EVERY_S = 0.25
+
+
+def commit_in_turn(
+    session: Session,
+    store: ObjectStore,
+    enqueue: Enqueue,
+    viewer: Principal,
+    repo_id: str,
+    revision: str,
+    ops: CommitOperations,
+) -> tuple[Version, str]:
+    """``commit``, after the commit before it has been encoded (looked at every ``COMMIT_LOOK_EVERY_S``,
+    for up to ``COMMIT_WAIT_S``). The first write of its request: each look starts a new transaction."""
+    until = time.monotonic() + COMMIT_WAIT_S
+    while True:
+        try:
+            return commit(session, store, enqueue, viewer, repo_id, revision, ops)
+        except MainEncoding:
+            if time.monotonic() > until:
+                raise
+            session.rollback()  # a new snapshot: the encode's outcome shows
+            time.sleep(COMMIT_LOOK_EVERY_S)
 
 
 def commit(

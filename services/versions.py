@@ -43,6 +43,7 @@ from deltazoo.services.refs import (
 from deltazoo.services.similarity import mark_auto_base, sketch_and_resolve
 from deltazoo.services.storage import SHA_RE
 from deltazoo.services.token_limits import PendingLimit, check_pending_limit
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 Enqueue = Callable[[int], None]
@@ -77,9 +78,28 @@ def create_model(
     session: Session, name: str, description: str, private: bool, exist_ok: bool, viewer: Principal = OPEN
 ) -> tuple[Model, bool]:
     """A new model; with ``exist_ok`` the existing one, when the ``viewer`` may read it (a private model
-    it may not read is a plain 409: the name is taken, nothing about the model is shown)."""
+    it may not read is a plain 409: the name is taken, nothing about the model is shown). Also when a
+    concurrent create of the name wins the race. The first write of its request: a lost race rolls the
+    session back."""
     org, short = parse_name(name)
     check_description(description, "model")
+    try:
+        return _create_model(session, org, short, name, description, private, exist_ok, viewer)
+    except IntegrityError:  # a concurrent create of the same name won: answer as if it had come first
+        session.rollback()  # (the first write of its request: nothing else is undone)
+        return _create_model(session, org, short, name, description, private, exist_ok, viewer)
+
+
+def _create_model(
+    session: Session,
+    org: str,
+    short: str,
+    name: str,
+    description: str,
+    private: bool,
+    exist_ok: bool,
+    viewer: Principal,
+) -> tuple[Model, bool]:
     existing = ModelRepository(session).get(org, short)
     if existing is not None:
         if exist_ok and can_read_model(viewer, existing, org):

@@ -4,9 +4,7 @@ basic transfer, commit (NDJSON), and the Xet token route answered with what to d
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 from deltazoo.api.body_feed import feed_body
@@ -23,8 +21,6 @@ from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
 REPO = "/api/models/{org}/{name}"
-COMMIT_WAIT_S = 300.0  # how long a commit waits for the one before it to be encoded (then 409, Retry-After)
-COMMIT_LOOK_EVERY_S = 0.25
 
 
 @router.post("/api/repos/create", response_model=None)
@@ -120,18 +116,9 @@ async def commit(
     try:
         with upload_slot(request, viewer.token_id):  # its body carries the files inline
             await read_commit(request.stream(), ops)
-        until = time.monotonic() + COMMIT_WAIT_S
-        while True:
-            try:
-                version, _ = await run_in_threadpool(
-                    hub_commit.commit, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
-                )
-                break
-            except hub_commit.MainEncoding:
-                if time.monotonic() > until:
-                    raise
-                await run_in_threadpool(session.rollback)  # a new snapshot: the encode's outcome shows
-                await asyncio.sleep(COMMIT_LOOK_EVERY_S)
+        version, _ = await run_in_threadpool(
+            hub_commit.commit_in_turn, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
+        )
     finally:
         ops.close()
     base = str(request.base_url).rstrip("/")

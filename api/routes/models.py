@@ -11,7 +11,6 @@ from deltazoo.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
 from deltazoo.services.refs import get_model
 from deltazoo.services.versions import create_model, delete_model
 from fastapi import APIRouter, Query, Response
-from sqlalchemy.exc import IntegrityError
 
 router = APIRouter(tags=["models"])
 
@@ -20,12 +19,7 @@ router = APIRouter(tags=["models"])
 def post_model(
     body: schemas.ModelCreate, session: DB, response: Response, viewer: Viewer
 ) -> schemas.Model:
-    args = (session, body.name, body.description, body.private, body.exist_ok, viewer)
-    try:
-        model, created = create_model(*args)
-    except IntegrityError:  # a concurrent create of the same name won: answer as if it had come first
-        session.rollback()
-        model, created = create_model(*args)  # exist_ok: that model (200); else 409 model_exists
+    model, created = create_model(session, body.name, body.description, body.private, body.exist_ok, viewer)
     if not created:
         response.status_code = 200
     return views.model_detail(session, model, body.name, viewer)
