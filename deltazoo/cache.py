@@ -2,15 +2,18 @@
 
     blobs/<sha256>                       dense file bytes, named by their sha256 (checked before rename)
     blobs/<sha256>.incomplete            a download in progress; resumed with ``Range``
+    stamps/<sha256>                      the blob's size and mtime when its sha256 was last checked
     snapshots/<org>/<name>/<rev>/<path>  hard links to blobs (copies where links are impossible)
     versions/<org>/<name>/<rev>.json     the version's file list, written once its snapshot is whole
-    refs/<org>/<name>/latest             the revision ``latest`` last resolved to
+    refs/<org>/<name>/<rev>              the revision a moving ref (latest, main, a tag) last resolved to
     tensors/<sha256>.json                per-tensor sha256 index of a cached safetensors blob
     artifacts/<org>/<name>/<rev>/<profile>.safetensors   packed delta containers
 
 Nothing is ever re-downloaded while its blob is here; a blob is only renamed into place after its
 size and sha256 are checked, so a file that looks complete is complete. Blobs are read-only: pulls
 link them into destinations (``deltazoo.linking``), and an edit in place must not change the cache.
+Read-only does not stop root, or a user who ``chmod``s a pulled file: a blob whose size or mtime moved
+since its stamp is hashed again before it is used, and deleted (so fetched again) when it changed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from deltazoo.download import download, incomplete_path, install
+from deltazoo.download import download, incomplete_path, install, sha256_file
 from deltazoo.models import FileInfo, VersionInfo
 from deltazoo.refs import Ref
 from deltazoo.transport import Transport
@@ -65,14 +68,46 @@ class Cache:
     def _version_record(self, ref: Ref) -> Path:
         return self.root / "versions" / ref.org / ref.name / f"{ref.rev}.json"
 
-    def _ref_path(self, ref: Ref) -> Path:
-        return self.root / "refs" / ref.org / ref.name / "latest"
+    def _ref_path(self, asked: Ref) -> Path:
+        return self.root / "refs" / asked.org / asked.name / asked.rev
 
     # --- blobs -----------------------------------------------------------------------------------
 
+    def _stamp_path(self, sha256: str) -> Path:
+        return self.root / "stamps" / sha256
+
+    def _stamp(self, sha256: str) -> None:
+        """Record the blob's size and mtime now that its bytes are known to hash to ``sha256``."""
+        st = self.blob_path(sha256).stat()
+        path = self._stamp_path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{st.st_size} {st.st_mtime_ns}")
+
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        """Whether ``blobs/<sha256>`` is held whole and unchanged (its size, when given, agreeing).
+
+        A blob edited through a hard link (its mtime or size no longer the stamp's) is hashed again;
+        one whose bytes changed is deleted, so the next pull fetches it again instead of handing out
+        the edited bytes."""
         p = self.blob_path(sha256)
-        return p.is_file() and (size is None or p.stat().st_size == size)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return False
+        if size is not None and st.st_size != size:
+            return False
+        try:
+            if self._stamp_path(sha256).read_text() == f"{st.st_size} {st.st_mtime_ns}":
+                return True
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        if sha256_file(p) != sha256:
+            p.unlink(missing_ok=True)
+            self._stamp_path(sha256).unlink(missing_ok=True)
+            (self.root / "tensors" / f"{sha256}.json").unlink(missing_ok=True)
+            return False
+        self._stamp(sha256)
+        return True
 
     def install(self, tmp: Path, sha256: str, size: int, actual_sha256: str | None = None) -> Path:
         """Check ``tmp`` (size, sha256) and rename it to ``blobs/<sha256>``; delete it when wrong.
@@ -80,7 +115,9 @@ class Cache:
         ``actual_sha256`` is the hash taken while ``tmp`` was written (``HashingWriter``); without it
         the file is read again to hash it."""
         what = f"blob {sha256[:12]}"
-        return install(tmp, self.blob_path(sha256), size=size, sha256=sha256, digest=actual_sha256, what=what)
+        blob = install(tmp, self.blob_path(sha256), size=size, sha256=sha256, digest=actual_sha256, what=what)
+        self._stamp(sha256)
+        return blob
 
     def download(
         self,
@@ -100,7 +137,7 @@ class Cache:
         """
         if self.has_blob(file.sha256, file.size):
             return self.blob_path(file.sha256)
-        return download(
+        blob = download(
             transport,
             url_path,
             self.blob_path(file.sha256),
@@ -111,6 +148,8 @@ class Cache:
             before=before,
             quiet=quiet,
         )
+        self._stamp(file.sha256)
+        return blob
 
     # --- snapshots and versions ------------------------------------------------------------------
 
@@ -156,18 +195,33 @@ class Cache:
             return None
         return [FileInfo.model_validate(f) for f in json.loads(path.read_text())["files"]]
 
-    def set_latest(self, ref: Ref, revision: int) -> None:
-        path = self._ref_path(ref)
+    def remember_revision(self, asked: Ref, revision: int) -> None:
+        """Record the revision a moving ref (``latest``, ``main``, a tag, a commit id) resolved to online;
+        offline mode answers ``asked`` with it."""
+        path = self._ref_path(asked)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(str(revision))
 
-    def latest_revision(self, ref: Ref) -> int | None:
-        """The revision ``latest`` last resolved to when online (offline mode answers with it)."""
-        path = self._ref_path(ref)
+    def remembered_revision(self, asked: Ref) -> int | None:
+        """The revision ``asked`` (a moving ref) last resolved to when online, or None."""
         try:
-            return int(path.read_text().strip())
+            return int(self._ref_path(asked).read_text().strip())
         except (OSError, ValueError):
             return None
+
+    def forget_revision(self, ref: Ref) -> None:
+        """Drop every remembered moving ref of ``ref``'s model that resolved to ``ref``'s revision."""
+        folder = self.root / "refs" / ref.org / ref.name
+        for path in folder.iterdir() if folder.is_dir() else ():
+            try:
+                if path.read_text().strip() == ref.rev:
+                    path.unlink()
+            except OSError:
+                continue
+
+    def latest_revision(self, ref: Ref) -> int | None:
+        """The revision ``latest`` last resolved to when online (offline mode answers with it)."""
+        return self.remembered_revision(Ref(ref.org, ref.name))
 
     # --- tensor index (for delta-only pulls) -----------------------------------------------------
 

@@ -54,7 +54,7 @@ def cached_versions(cache: Cache) -> list[CachedVersion]:
                 ref, files, held, sum(f.size for f in files), latest is not None and str(latest) == rev
             )
         )
-    out.sort(key=lambda v: (v.ref.org, v.ref.name, int(v.ref.rev) if v.ref.rev.isdigit() else 0))
+    out.sort(key=lambda v: v.ref.order)
     return out
 
 
@@ -83,9 +83,7 @@ def prune(cache: Cache, names: Iterable[str] = (), *, everything: bool = False) 
         (cache.root / "versions" / v.ref.org / v.ref.name / f"{v.ref.rev}.json").unlink(missing_ok=True)
         shutil.rmtree(cache.snapshot_dir(v.ref), ignore_errors=True)
         shutil.rmtree(cache.root / "artifacts" / v.ref.org / v.ref.name / v.ref.rev, ignore_errors=True)
-        latest = cache.latest_revision(v.ref)
-        if latest is not None and str(latest) == v.ref.rev:
-            (cache.root / "refs" / v.ref.org / v.ref.name / "latest").unlink(missing_ok=True)
+        cache.forget_revision(v.ref)
     kept = {f.sha256 for v in versions if v not in forget for f in v.files}
     blobs_dir = cache.root / "blobs"
     count = freed = 0
@@ -96,4 +94,5 @@ def prune(cache: Cache, names: Iterable[str] = (), *, everything: bool = False) 
             count += 1
             blob.unlink()
             (cache.root / "tensors" / f"{sha}.json").unlink(missing_ok=True)
+            (cache.root / "stamps" / sha).unlink(missing_ok=True)
     return PruneResult(tuple(v.ref for v in forget), count, freed)

@@ -78,7 +78,10 @@ def has_token(args: argparse.Namespace) -> bool:
         return True
     from deltazoo.settings import get_settings
 
-    return bool(get_settings().token)
+    try:
+        return bool(get_settings().token)
+    except UsageError:  # a malformed setting: the error being reported says which
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,16 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RefError, TimeoutError) as exc:  # a malformed ORG/NAME[@REV]; a wait that ran out
         print(f"error: {exc}", file=sys.stderr)
         return exit_code(exc)
+    except BrokenPipeError:  # the reader went away (`deltazoo info x | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
     except OSError as exc:  # a local file problem (permissions, disk full, a path in the way)
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_REFUSED
-    except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a push interrupted while waiting says that it is committed
+        print(f"error: {exc or 'interrupted; run the same command again to resume'}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`deltazoo info x | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return EXIT_OK
 
 
 if __name__ == "__main__":

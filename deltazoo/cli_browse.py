@@ -8,6 +8,7 @@ from typing import Any
 
 from deltazoo.cli_args import EXIT_OK, CommandTable, open_client
 from deltazoo.cli_output import LOSSY_NOTE, print_json, print_table, ratio_text, version_line
+from deltazoo.refs import ref_order
 from deltazoo.units import human_bytes
 
 
@@ -86,10 +87,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         if ref in seen:
             return
         seen.add(ref)
-        for child, rel_child in sorted(children.get(ref, [])):
+        for child, rel_child in sorted(children.get(ref, []), key=lambda c: ref_order(c[0])):
             show(child, rel_child, depth + 1)
 
-    for root in sorted(r for r in nodes if r not in child_refs):
+    for root in sorted((r for r in nodes if r not in child_refs), key=ref_order):
         show(root, None, 0)
     if lin.descendants_total:
         counts = ", ".join(f"{n} {rel}" for rel, n in lin.descendant_counts.items())

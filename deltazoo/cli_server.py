@@ -21,9 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"`deltazoo serve` needs the server extra ({exc.name} is missing): pip install 'deltazoo[server]'"
         ) from exc
-    from deltazoo.registry.settings import get_settings
-
-    s = get_settings()
+    s = server_settings()
     full = bool(s.database_url or s.broker_url or s.s3_endpoint)
     database = (
         "SQLite at " + s.resolved_database_url.split("///", 1)[-1]
@@ -78,6 +76,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def server_settings() -> Any:
+    """The server's settings (``deltazoo.registry.settings``); a malformed ``DELTAZOO_*`` variable is a
+    usage error naming it, not a traceback."""
+    from pydantic import ValidationError
+
+    from deltazoo.registry.settings import get_settings
+    from deltazoo.settings import settings_problem
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise UsageError(settings_problem(exc), code="invalid_setting") from None
+
+
 def services_ready(command: str, settings: Any, *, broker: bool) -> bool:
     """Ask the database, broker and object store once; print one line per problem (with its fix)."""
     from deltazoo.registry.startup_checks import check_services
@@ -89,9 +101,7 @@ def services_ready(command: str, settings: Any, *, broker: bool) -> bool:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from deltazoo.registry.settings import get_settings
-
-    s = get_settings()
+    s = server_settings()
     if s.broker_url is None:
         raise UsageError(
             "`deltazoo worker` needs a broker: set DELTAZOO_BROKER_URL (Redis); "
@@ -126,11 +136,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_admin_audit(args: argparse.Namespace) -> int:
     """Server side (the same DELTAZOO_* settings as `serve`): the database against the object store."""
-    from deltazoo.registry.settings import get_settings
-
-    s = get_settings()
+    s = server_settings()
     if args.grace_hours is not None:
         s = s.model_copy(update={"orphan_grace_hours": args.grace_hours})
+    if s.database_url is None and not (s.home / "registry.db").is_file():  # nothing is created here
+        raise UsageError(
+            f"no deltazoo server here: {s.home.resolve()} holds no registry.db. Run `deltazoo admin audit` "
+            "in the folder `deltazoo serve` runs in, or set DELTAZOO_HOME (or DELTAZOO_DATABASE_URL and "
+            "the object store's settings) to the server's",
+            code="no_server_home",
+        )
     if not services_ready("admin audit", s, broker=False):
         return EXIT_SERVER
     from deltazoo.registry.objectstore import object_store_from_settings

@@ -44,7 +44,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         print(LOSSY_NOTE)
     if v.parent_similarity is not None:
         print(f"base detected: {v.parent} (similarity {v.parent_similarity:.3f})")
-    carried = [a.profile for a in v.artifacts if a.profile not in (args.profile or ())]
+    if not args.wait and v.status == "processing":
+        print(f"encoding in the background; `deltazoo info {v.ref}` shows when it is ready")
+    artifacts = getattr(v, "artifacts", ())  # known once the version is ready (``--wait``)
+    carried = [a.profile for a in artifacts if a.profile not in (args.profile or ())]
     if args.profile is None and carried:
         print(
             f"profiles carried over from the previous revision: {', '.join(carried)} "
@@ -68,8 +71,14 @@ def cmd_profile_add(args: argparse.Namespace) -> int:
             built = v.artifact(args.profile)
             if built is not None and built.status == "failed":
                 raise JobFailedError(f"{v.ref}: profile {args.profile} failed to build")
+            if args.json:
+                print_json({"ref": v.ref, **(built.raw if built else artifact.raw)})
+                return EXIT_OK
             print(f"{v.ref}  {args.profile}  ready  {human_bytes(built.bytes if built else None)}")
             return EXIT_OK
+    if args.json:
+        print_json({**artifact.raw, "job": job.raw})
+        return EXIT_OK
     print(
         f"{args.name}  {artifact.profile}  {artifact.status} (job {job.id}); "
         f"`deltazoo info {args.name}` shows when it is ready"
@@ -85,6 +94,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         got = c.bytes_downloaded
         methods = c.last_pull_methods
         lossy = not c.offline and c.version_info(args.name).lossy  # offline: nothing is asked
+    if args.json:
+        print_json({"path": str(out), "downloaded_bytes": got, "placed": methods, "lossy": lossy})
+        return EXIT_OK
     how = ", ".join(f"{n} {'copied' if m == 'copy' else m + 'ed'}" for m, n in sorted(methods.items()))
     print(f"{out}  ({human_bytes(got)} downloaded{'; ' + how if how else ''})")
     if lossy:
@@ -96,6 +108,9 @@ def cmd_get(args: argparse.Namespace) -> int:
     with open_client(args) as c:
         out = c.get_file(args.name, args.path, args.dest, copy=args.copy, quiet=args.quiet)
         got = c.bytes_downloaded
+    if args.json:
+        print_json({"path": str(out), "downloaded_bytes": got})
+        return EXIT_OK
     print(f"{out}  ({human_bytes(got)} downloaded)")
     return EXIT_OK
 
@@ -118,6 +133,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
             c.delete_model(ref.model)
         else:
             c.delete_version(str(ref))
+    if args.json:
+        print_json({"deleted": str(ref.model if whole else ref), "kind": "model" if whole else "version"})
+        return EXIT_OK
     print(f"deleted {what}")
     return EXIT_OK
 
@@ -129,6 +147,9 @@ def cmd_pull_delta(args: argparse.Namespace) -> int:
         src = c.fetch_delta_file(args.name, args.profile, quiet=args.quiet)
     target = Path(args.dest) / src.name
     how = place(src, target)  # a link to the cache's read-only copy where the filesystem allows
+    if args.json:
+        print_json({"path": str(target), "bytes": target.stat().st_size, "placed": how})
+        return EXIT_OK
     print(f"{target}  ({human_bytes(target.stat().st_size)}, {'copied' if how == 'copy' else how + 'ed'})")
     return EXIT_OK
 
@@ -190,8 +211,9 @@ def add_transfer_commands(commands: CommandTable) -> None:
     pa.add_argument("profile", help="e.g. deltadq:n=1,m=32,bits=4")
     pa.add_argument("--wait", action="store_true", help="wait until it is built (non-zero if it fails)")
     pa.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    pa.add_argument("--json", action="store_true", help="print the REST answer as JSON")
 
-    sp = add("pull", cmd_pull, "download a version's files, bit-exact", quiet=True)
+    sp = add("pull", cmd_pull, "download a version's files, bit-exact", json_flag=True, quiet=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")
     sp.add_argument("dest", help="destination folder")
     pattern_options(sp, "pull")
@@ -201,17 +223,25 @@ def add_transfer_commands(commands: CommandTable) -> None:
         help="write independent, writable copies (default: link to the cache where the filesystem allows)",
     )
 
-    sp = add("get", cmd_get, "download one file of a version, bit-exact", quiet=True)
+    sp = add("get", cmd_get, "download one file of a version, bit-exact", json_flag=True, quiet=True)
     sp.add_argument("name", help="ORG/NAME[@REV]")
     sp.add_argument("path", help="the file's path inside the model, e.g. config.json")
     sp.add_argument("--dest", "-o", default=".", help="a folder (default .) or a file path to write it to")
     sp.add_argument("--copy", action="store_true", help="an independent, writable copy (default: a link)")
 
-    sp = add("rm", cmd_rm, "delete a model (ORG/NAME, every version) or one version (ORG/NAME@REV)")
+    sp = add(
+        "rm", cmd_rm, "delete a model (ORG/NAME, every version) or one version (ORG/NAME@REV)", json_flag=True
+    )
     sp.add_argument("name", help="ORG/NAME or ORG/NAME@REV")
     sp.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
-    sp = add("pull-delta", cmd_pull_delta, "download a serving profile's packed delta container", quiet=True)
+    sp = add(
+        "pull-delta",
+        cmd_pull_delta,
+        "download a serving profile's packed delta container",
+        json_flag=True,
+        quiet=True,
+    )
     sp.add_argument("name", help="ORG/NAME[@REV]")
     sp.add_argument("dest", help="destination folder")
     sp.add_argument("--profile", required=True, help="e.g. deltadq:n=1,m=32,bits=4")

@@ -159,6 +159,7 @@ def download(
             bar.n = before + have
             bar.refresh()
             if size is not None and have == size:
+                tmp.touch()  # an empty file has no byte to fetch; it is created here
                 break  # an earlier download got every byte; only the checks are left
             headers = {"Range": f"bytes={have}-"} if have else {}
             if sha256 is not None:  # every byte is hashed here: the server need not hash them too

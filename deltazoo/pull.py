@@ -49,23 +49,17 @@ def resolve(client: Client, name: str) -> tuple[Ref, list[FileInfo], VersionInfo
 
 
 def resolve_offline(client: Client, ref: Ref) -> tuple[Ref, list[FileInfo], None]:
-    if ref.moving and ref.rev != "latest":
-        raise NotFoundError(
-            f"offline: {ref} names a tag or commit the cache cannot resolve; pull it by revision number"
-            " or once online",
-            code="not_cached",
-            status=None,
-        )
-    if ref.rev == "latest":
-        latest = client.cache.latest_revision(ref)
-        if latest is None:
+    if ref.moving:
+        revision = client.cache.remembered_revision(ref)
+        if revision is None:
             raise NotFoundError(
-                f"offline: {ref.model} was never pulled as latest into the cache at {client.cache.root}; "
-                "pull it once online (without --offline / DELTAZOO_OFFLINE)",
+                f"offline: {ref} was never pulled into the cache at {client.cache.root}, so the cache cannot "
+                "say which version it names; pull it once online (without --offline / DELTAZOO_OFFLINE) "
+                "or name a revision number",
                 code="not_cached",
                 status=None,
             )
-        ref = Ref(ref.org, ref.name, str(latest))
+        ref = Ref(ref.org, ref.name, str(revision))
     files = client.cache.recorded_files(ref)
     if files is None:
         raise NotFoundError(
@@ -146,8 +140,9 @@ def snapshot(
     if version is not None:
         fill_cache(client, ref, chosen, version, quiet=quiet)
         client.cache.record_version(version)
-        if Ref.parse(name).rev == "latest":
-            client.cache.set_latest(ref, version.revision)
+        asked = Ref.parse(name)
+        if asked.moving:  # offline mode answers it with this revision
+            client.cache.remember_revision(asked, version.revision)
     return client.cache.link_snapshot(ref, chosen)
 
 
@@ -227,12 +222,10 @@ def fetch_delta_file(
     """``Client.fetch_delta_file``."""
     ref = Ref.parse(name)
     if ref.moving:
-        online = not client.offline or ref.rev != "latest"
-        rev = client.version_info(name).revision if online else client.cache.latest_revision(ref)
+        cache = client.cache
+        rev = cache.remembered_revision(ref) if client.offline else client.version_info(name).revision
         if rev is None:
-            raise NotFoundError(
-                f"offline: {ref.model} was never pulled as latest; pull it once online", code="not_cached"
-            )
+            raise NotFoundError(f"offline: {ref} was never pulled; pull it once online", code="not_cached")
         ref = Ref(ref.org, ref.name, str(rev))
     path = client.cache.artifact_path(ref, profile)
     if path.is_file():

@@ -51,6 +51,8 @@ def push_folder(
     retain: str = "exact",
 ) -> VersionSummary:
     """What ``Client.push`` documents; sets ``client.last_push_resumed`` and ``last_push_job``."""
+    if isinstance(profiles, str):  # one profile named alone, not a list of one-letter profiles
+        profiles = [profiles]
     if retain not in ("exact", "lossy"):
         raise UsageError(f"retain must be exact or lossy, not {retain!r}", code="invalid_retain")
     ref = Ref.parse(name)
@@ -114,9 +116,15 @@ def push_folder(
         raise
     if not wait:
         return committed.version
-    client.wait(committed.job, timeout=timeout, quiet=quiet)
-    if profiles:
-        client.wait_profiles(str(vref), profiles, timeout=timeout, quiet=quiet)
+    try:
+        client.wait(committed.job, timeout=timeout, quiet=quiet)
+        if profiles:
+            client.wait_profiles(str(vref), profiles, timeout=timeout, quiet=quiet)
+    except KeyboardInterrupt:  # the push is done: pushing again would make a second revision
+        raise KeyboardInterrupt(
+            f"stopped waiting: {vref} is committed and its encoding goes on on the server; "
+            f"`deltazoo info {vref}` shows when it is ready (do not push again)"
+        ) from None
     return client.version_info(str(vref))
 
 

@@ -130,3 +130,17 @@ class Ref:
 
     def __str__(self) -> str:
         return f"{self.model}@{self.rev}"
+
+    @property
+    def order(self) -> tuple[str, str, int, str]:
+        """A sort key: by model, then revision numbers as numbers (``@2`` before ``@10``), names last."""
+        number = int(self.rev) if self.rev.isdigit() else 1 << 62
+        return (self.org, self.name, number, self.rev)
+
+
+def ref_order(text: str) -> tuple[str, str, int, str]:
+    """``Ref.order`` of a ref as text (one that does not parse sorts by its text)."""
+    try:
+        return Ref.parse(text).order
+    except RefError:
+        return (text, "", 0, "")

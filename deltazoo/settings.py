@@ -10,8 +10,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deltazoo.errors import UsageError
 
 
 class Settings(BaseSettings):
@@ -28,6 +30,18 @@ class Settings(BaseSettings):
     )
 
 
+def settings_problem(exc: ValidationError) -> str:
+    """A settings error in a line a user acts on: which ``DELTAZOO_*`` variable, what it holds, why."""
+    parts = []
+    for e in exc.errors():
+        field = str(e["loc"][0]) if e.get("loc") else "?"
+        parts.append(f"DELTAZOO_{field.upper()}={e.get('input')!r}: {e.get('msg', 'invalid')}")
+    return "invalid setting " + "; ".join(parts) + " (fix or unset the environment variable)"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise UsageError(settings_problem(exc), code="invalid_setting") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,9 @@ def test_pull_of_a_finetune_whose_base_is_cached_moves_only_the_delta(
 def test_a_delta_pull_over_a_damaged_cached_base_installs_nothing(
     embedded_server: str, unique_org: str, tmp_path: Path
 ):
-    """A cached parent damaged on disk after it was indexed: the delta-only pull rebuilds a wrong tensor,
-    says so, and installs nothing."""
+    """A cached parent damaged on disk after it was indexed, its size and mtime unchanged (an edit shows
+    in the mtime and is caught earlier): the delta-only pull rebuilds a wrong tensor, says so, and
+    installs nothing."""
     base_t = random_tensors({"a.weight": (256, 256), "b.weight": (128, 64)}, seed=5)
     base_dir = make_checkpoint(tmp_path / "base", base_t)
     tuned_dir = make_checkpoint(tmp_path / "tuned", finetune_of(base_t, seed=6))
@@ -107,7 +109,9 @@ def test_a_delta_pull_over_a_damaged_cached_base_installs_nothing(
         blob.chmod(0o644)
         data = bytearray(blob.read_bytes())
         data[-100] ^= 0x40  # a weight of the last tensor: the fine-tune's delta decodes against it
+        before = blob.stat()
         blob.write_bytes(bytes(data))
+        os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))  # bit rot: size and mtime unchanged
     with _client(embedded_server, cache) as c:
         with pytest.raises(IntegrityError, match="sha256"):
             c.pull(tuned.ref, tmp_path / "out", quiet=True)
