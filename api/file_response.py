@@ -8,6 +8,7 @@ profile), so the SDK's downloader resumes those with ``Range`` too.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 from deltazoo.api.http_ranges import parse_range
 from deltazoo.registry.objectstore import ObjectStore
@@ -18,6 +19,14 @@ from fastapi.responses import StreamingResponse
 from deltazoo.schemas import CLIENT_VERIFIES
 
 Body = Callable[[int, int], Iterator[bytes | memoryview]]  # (start, end) -> the bytes in between
+
+
+def content_disposition(filename: str) -> str:
+    """``inline`` naming ``filename`` (RFC 6266): an ASCII ``filename`` for old clients, and the exact name
+    as ``filename*=UTF-8''...`` (a header value cannot carry characters outside latin-1)."""
+    fallback = filename.encode("ascii", "replace").decode().replace("\\", "_").replace('"', "_")
+    fallback = "".join(c if c.isprintable() else "_" for c in fallback)
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _ranged(request: Request, size: int, headers: dict[str, str], body: Body) -> Response:

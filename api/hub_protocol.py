@@ -42,7 +42,7 @@ def hub_error(request: Request, exc: DeltazooError) -> JSONResponse:
         headers["X-Error-Code"], status = "RevisionNotFound", 404
     elif exc.code == "file_not_found":
         headers["X-Error-Code"], status = "EntryNotFound", 404
-        if isinstance(exc, MissingEntry):
+        if isinstance(exc, MissingEntry) and exc.commit_id is not None:
             headers["X-Repo-Commit"] = exc.commit_id
     elif exc.code == "unauthorized" and exc.status == 401 and "not known" in message:
         headers["X-Error-Message"] = INVALID_CREDENTIALS

@@ -194,7 +194,13 @@ class ResolvedFile:
 
 
 def resolve_file(session: Session, store: ObjectStore, repo: Repo, path: str) -> ResolvedFile:
-    """``/{repo}/resolve/{rev}/{path}``; a missing file raises ``file_not_found`` naming the commit."""
+    """``/{repo}/resolve/{rev}/{path}``; a missing file raises ``file_not_found`` naming the commit.
+
+    A repository created but never committed to (``open_repo(..., empty_main=True)``) holds no file:
+    ``main`` answers ``EntryNotFound``, as the Hub does for an empty repository (transformers'
+    ``push_to_hub`` asks for ``README.md`` before its first commit)."""
+    if repo.version is None and VersionRepository(session).latest(repo.model.id) is None:
+        raise MissingEntry(f"{repo.full_name} has no file {path!r}: nothing is committed to it yet", None)
     version = _require_version(repo)
     if FileRepository(session).get(version.id, path) is None:
         raise MissingEntry(
@@ -205,11 +211,12 @@ def resolve_file(session: Session, store: ObjectStore, repo: Repo, path: str) ->
 
 
 class MissingEntry(NotFound):
-    """A file absent from a version: the answer still names the commit, so clients cache the absence."""
+    """A file absent from a version: the answer still names the commit (where there is one), so clients
+    cache the absence."""
 
     code = "file_not_found"
 
-    def __init__(self, message: str, commit_id: str) -> None:
+    def __init__(self, message: str, commit_id: str | None) -> None:
         super().__init__(message)
         self.commit_id = commit_id
 

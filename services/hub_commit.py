@@ -32,6 +32,7 @@ from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import ObjectStore, stages_direct
 from deltazoo.registry.repositories import FileRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
+from deltazoo.services.hub import MissingEntry
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
 from deltazoo.services.refs import COMMIT_ID_RE, MAIN, get_model, parse_name, ref_string
 from deltazoo.services.transfer import UploadSink
@@ -63,7 +64,10 @@ def create_repo(
     except Unprocessable as exc:
         raise Unprocessable(exc.message, code="invalid_repo_id") from None
     check_write(viewer, organization)
-    model, _ = create_model(session, repo_id, "", private, exist_ok=False)
+    try:
+        model, _ = create_model(session, repo_id, "", private, exist_ok=False)
+    except Unprocessable as exc:  # a name the Hub refuses too (not a repository that is missing)
+        raise Unprocessable(exc.message, code="invalid_repo_id") from None
     return {"name": repo_id, "id": f"{model.id:024x}", "private": model.private}
 
 
@@ -203,6 +207,19 @@ def commit_in_turn(
             time.sleep(COMMIT_LOOK_EVERY_S)
 
 
+def check_deletions_exist(repo_id: str, main: Version | None, held: set[str], ops: CommitOperations) -> None:
+    """A deleted file or folder must be in ``main`` (``held``: its paths), as on the Hub (404
+    ``EntryNotFound``): deleting what is not there is a mistake, not an empty commit."""
+    missing = sorted(ops.deleted_files - held)
+    missing += sorted(d for d in ops.deleted_folders if not any(p.startswith(d + "/") for p in held))
+    if missing:
+        at = f"at commit {main.commit_id}" if main is not None else "(nothing is committed to it yet)"
+        raise MissingEntry(
+            f"cannot delete {missing[0]!r}: {repo_id} has no such file or folder {at}",
+            main.commit_id if main is not None else None,
+        )
+
+
 def commit(
     session: Session,
     store: ObjectStore,
@@ -233,11 +250,12 @@ def commit(
             f"main has moved since {parent_commit}; fetch it again and redo the commit", code="parent_moved"
         )
     declared: dict[str, DeclaredFile] = {}
-    if main is not None:
-        for f in FileRepository(session).for_version(main.id):
-            gone = f.path in ops.deleted_files or any(f.path.startswith(d + "/") for d in ops.deleted_folders)
-            if not gone:
-                declared[f.path] = DeclaredFile(f.path, f.size, f.sha256)
+    held = FileRepository(session).for_version(main.id) if main is not None else []
+    for f in held:
+        gone = f.path in ops.deleted_files or any(f.path.startswith(d + "/") for d in ops.deleted_folders)
+        if not gone:
+            declared[f.path] = DeclaredFile(f.path, f.size, f.sha256)
+    check_deletions_exist(repo_id, main, {f.path for f in held}, ops)
     digests: dict[str, str] = {}
     for path, staged in ops.added.items():
         digest = hashlib.sha256()

@@ -76,3 +76,69 @@ def test_commits_in_a_row_build_on_each_other_while_encoding(client: TestClient)
     assert sorted(f["path"] for f in detail["files"]) == sorted(files)
     for path, data in files.items():
         assert sha(client.get(f"/hub/m/resolve/main/{path}").content) == sha(data)
+
+
+def test_an_empty_repository_has_no_file_rather_than_no_revision(client: TestClient) -> None:
+    """transformers' push_to_hub asks for README.md of the repository it has just created: the Hub
+    answers EntryNotFound, and so must deltazoo (RevisionNotFound aborted the push)."""
+    for method in (client.head, client.get):
+        r = method("/hub/m/resolve/main/README.md")
+        assert r.status_code == 404 and r.headers["X-Error-Code"] == "EntryNotFound"
+        assert "X-Repo-Commit" not in r.headers  # there is no commit to cache the absence under
+    r = client.head("/hub/m/resolve/no-such-tag/README.md")
+    assert r.status_code == 404 and r.headers["X-Error-Code"] == "RevisionNotFound"
+
+
+def test_deleting_a_path_the_repository_lacks_is_entry_not_found(client: TestClient) -> None:
+    r = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("a.txt", b"a")))
+    assert r.status_code == 200, r.text
+    commit = r.json()["commitOid"]
+    for line in (
+        {"key": "deletedFile", "value": {"path": "b.txt"}},
+        {"key": "deletedFolder", "value": {"path": "d"}},
+    ):
+        r = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, line))
+        assert r.status_code == 404 and r.headers["X-Error-Code"] == "EntryNotFound", r.text
+        assert r.headers["X-Repo-Commit"] == commit
+    assert [v["revision"] for v in client.get("/v1/models/hub/m").json()["versions"]] == [1]  # none made
+    r = client.post(
+        "/api/models/hub/m/commit/main",
+        content=ndjson(HEADER, {"key": "deletedFile", "value": {"path": "a.txt"}}),
+    )
+    assert (
+        r.status_code == 422 and r.json()["code"] == "no_files"
+    )  # the last file: the repository would be empty
+
+
+def test_a_file_name_outside_latin_1_downloads_with_its_name(client: TestClient) -> None:
+    name = "données-模型 x.json"
+    r = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, inline(name, b"{}")))
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 60
+    while client.get("/v1/models/hub/m/versions/1").json()["status"] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for method in (client.head, client.get):
+        r = method(f"/hub/m/resolve/main/{name}")
+        assert r.status_code == 200, r.text
+        disposition = r.headers["Content-Disposition"]
+        assert (
+            disposition.isascii()
+            and "filename*=UTF-8''donn%C3%A9es-%E6%A8%A1%E5%9E%8B%20x.json" in disposition
+        )
+        assert 'filename="donn?es-?? x.json"' in disposition
+    assert r.content == b"{}"
+
+
+def test_new_names_the_hub_refuses_or_that_differ_only_in_case(client: TestClient) -> None:
+    def create(org: str, name: str) -> dict:
+        r = client.post("/api/repos/create", json={"name": name, "organization": org})
+        return {"status": r.status_code, **r.json()}
+
+    assert create("hub", "M")["status"] == 409  # hub/m exists
+    assert create("HUB", "other")["status"] == 409  # the namespace hub exists
+    for bad in ("x.git", "a--b", "a..b"):
+        assert create("hub", bad)["status"] == 422, bad
+    r = client.post("/v1/models", json={"name": "hub/M", "exist_ok": True})
+    assert r.status_code == 409 and "hub/m" in r.json()["error"]["message"]
+    assert create("hub", "m2")["status"] == 200

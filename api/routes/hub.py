@@ -4,7 +4,7 @@ with ``HF_ENDPOINT`` (or ``endpoint=``) pointing at deltazoo (services/hub.py)."
 from __future__ import annotations
 
 from deltazoo.api.deps import DB, Store
-from deltazoo.api.file_response import file_response
+from deltazoo.api.file_response import content_disposition, file_response
 from deltazoo.api.hub_protocol import HubRoute, HubViewer
 from deltazoo.services import hub
 from fastapi import APIRouter, Query, Request
@@ -89,7 +89,7 @@ def resolve(
     store: Store,
     viewer: HubViewer,
 ) -> Response:
-    repo = hub.open_repo(session, viewer, f"{org}/{name}", revision)
+    repo = hub.open_repo(session, viewer, f"{org}/{name}", revision, empty_main=True)
     found = hub.resolve_file(session, store, repo, path)
     plan = found.plan
     etag = f'"{plan.sha256}"'
@@ -98,7 +98,7 @@ def resolve(
         "ETag": etag,
         "X-Linked-Etag": etag,
         "X-Linked-Size": str(plan.size),
-        "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"',
+        "Content-Disposition": content_disposition(path.rsplit("/", 1)[-1]),
     }
     return file_response(request, store, plan, headers)
 
