@@ -51,6 +51,12 @@ class NamespaceRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
 
+    def case_variant(self, name: str) -> str | None:
+        """The name of a namespace that is ``name`` up to letter case, when ``name`` itself is not one."""
+        names = self.s.scalars(select(Namespace.name).where(func.lower(Namespace.name) == name.lower()))
+        found = list(names)
+        return None if not found or name in found else found[0]
+
     def get_or_create(self, name: str) -> Namespace:
         ns = self.s.scalar(select(Namespace).where(Namespace.name == name))
         if ns is None:
@@ -66,6 +72,17 @@ class ModelRepository:
 
     def get(self, org: str, name: str) -> Model | None:
         return self.s.scalar(select(Model).join(Namespace).where(Namespace.name == org, Model.name == name))
+
+    def case_variant(self, org: str, name: str) -> tuple[Model, str] | None:
+        """A model (and its ``org/name``) whose name is ``org/name`` up to letter case, but not equal."""
+        row = self.s.execute(
+            select(Model, Namespace.name, Model.name)
+            .join(Namespace)
+            .where(func.lower(Namespace.name) == org.lower(), func.lower(Model.name) == name.lower())
+            .where(~((Namespace.name == org) & (Model.name == name)))
+            .limit(1)
+        ).first()
+        return None if row is None else (row[0], f"{row[1]}/{row[2]}")
 
     def full_names(self, model_ids: Iterable[int]) -> dict[int, str]:
         ids = list(set(model_ids))
@@ -386,28 +403,32 @@ class TensorRepository:
         )
         return list(rows)
 
-    def _copies_outside(self, namespace_id: int) -> ColumnElement[bool]:
-        """Tensors that are ``same`` copies held by a version of another namespace's model."""
+    def _detachable_copies(self, version_ids: Sequence[int], namespace_id: int | None) -> ColumnElement[bool]:
+        """``same`` copies that need not pin ``version_ids``: held by a version of another namespace's
+        model, or by a version that is not their child (a push of identical tensors, not a fine-tune)."""
         elsewhere = (
             select(Version.id)
             .join(Model, Model.id == Version.model_id)
-            .where(Model.namespace_id != namespace_id)
+            .where(Model.namespace_id.is_distinct_from(namespace_id))
         )
-        return (Tensor.encoding == "same") & Tensor.version_id.in_(elsewhere)
+        unrelated = select(Version.id).where(
+            Version.parent_version_id.is_(None) | Version.parent_version_id.not_in(list(version_ids))
+        )
+        held_by = Tensor.version_id.in_(elsewhere) | Tensor.version_id.in_(unrelated)
+        return (Tensor.encoding == "same") & held_by
 
     def dependents_of(
-        self, version_ids: Sequence[int], copies_kept_outside: int | None = None
+        self, version_ids: Sequence[int], namespace_id: int | None
     ) -> dict[int, tuple[int, set[str]]]:
-        """Versions not in ``version_ids`` decoding through their tensors: id -> (tensors, encodings).
-
-        With ``copies_kept_outside`` (a namespace id), ``same`` copies held by other namespaces are not
-        counted: they are given bytes of their own (``copies_outside``) instead of pinning these."""
+        """Versions not in ``version_ids`` (of namespace ``namespace_id``) decoding through their tensors:
+        id -> (tensors, encodings). ``same`` copies that need not pin them (``detachable_copies``) are not
+        counted: they are given bytes of their own instead."""
         mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
         query = select(Tensor.version_id, Tensor.encoding, func.count()).where(
-            Tensor.parent_tensor_id.in_(mine), Tensor.version_id.not_in(list(version_ids))
+            Tensor.parent_tensor_id.in_(mine),
+            Tensor.version_id.not_in(list(version_ids)),
+            ~self._detachable_copies(version_ids, namespace_id),
         )
-        if copies_kept_outside is not None:
-            query = query.where(~self._copies_outside(copies_kept_outside))
         rows = self.s.execute(query.group_by(Tensor.version_id, Tensor.encoding))
         out: dict[int, tuple[int, set[str]]] = {}
         for vid, encoding, n in rows:
@@ -415,13 +436,18 @@ class TensorRepository:
             out[vid] = (count + int(n), encodings | {encoding})
         return out
 
-    def copies_outside(self, version_ids: Sequence[int], namespace_id: int) -> list[Tensor]:
-        """``same`` tensors of other namespaces' versions whose parent is a tensor of ``version_ids``."""
+    def detachable_copies(self, version_ids: Sequence[int], namespace_id: int | None) -> list[Tensor]:
+        """``same`` tensors whose parent is a tensor of ``version_ids`` (of namespace ``namespace_id``)
+        held by another namespace's version or by a version that is not their child."""
         mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
         return list(
             self.s.scalars(
                 select(Tensor)
-                .where(Tensor.parent_tensor_id.in_(mine), self._copies_outside(namespace_id))
+                .where(
+                    Tensor.parent_tensor_id.in_(mine),
+                    Tensor.version_id.not_in(list(version_ids)),
+                    self._detachable_copies(version_ids, namespace_id),
+                )
                 .order_by(Tensor.id)
             )
         )

@@ -1,9 +1,11 @@
-"""Copies held by other namespaces never pin a model.
+"""Copies that are not fine-tunes never pin a model.
 
-Tensor-level dedup lets a version in namespace B hold a ``same`` tensor whose bytes live in a tensor of
-namespace A. When A deletes its model, B's copy is given bytes of its own first (the same blob when A's
-tensor was stored plain, otherwise the tensor re-coded alone), so deleting your own model is never
-blocked by, and never names, another namespace's copy, and their copy keeps its bytes exactly.
+Tensor-level dedup lets a version hold a ``same`` tensor whose bytes live in a tensor of another model:
+the same weights pushed under a second name, in this namespace or another. When the model holding the
+bytes is deleted, the copy is given bytes of its own first (the same blob when the tensor was stored
+plain, otherwise the tensor re-coded alone), so deleting a model is never blocked by an unrelated copy,
+never names another namespace's, and every copy keeps its bytes exactly. A child version (pushed with
+the deleted one as its base) still blocks: it is named in the 409 instead.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ def detach_copies(
     session: Session,
     store: ObjectStore,
     version_ids: Sequence[int],
-    namespace_id: int,
+    namespace_id: int | None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> int:
-    """Give every other namespace's ``same`` copy of a tensor of ``version_ids`` its own bytes; returns
-    how many tensors were detached. Memory: one chunk at a time (a small tensor: the tensor)."""
-    copies = TensorRepository(session).copies_outside(version_ids, namespace_id)
+    """Give every ``same`` copy of a tensor of ``version_ids`` (of namespace ``namespace_id``) that is
+    not a child's its own bytes; returns how many tensors were detached. Memory: one chunk at a time (a
+    small tensor: the tensor)."""
+    copies = TensorRepository(session).detachable_copies(version_ids, namespace_id)
     if not copies:
         return 0
     recipes = resolve_recipes(session, copies)

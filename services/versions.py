@@ -106,11 +106,39 @@ def _create_model(
             return existing, False
         hint = "pass exist_ok to reuse it" if can_read_model(viewer, existing, org) else "pick another name"
         raise Conflict(f"model {name} already exists; {hint}", code="model_exists")
+    check_new_name(session, org, short, viewer)
     ns = NamespaceRepository(session).get_or_create(org)
     model = Model(namespace_id=ns.id, name=short, description=description, private=private)
     session.add(model)
     session.flush()
     return model, True
+
+
+def check_new_name(session: Session, org: str, short: str, viewer: Principal) -> None:
+    """Names a new model may not take, though they parse: what the Hub refuses (``.git`` at the end,
+    ``--`` or ``..`` inside) and a name that differs from a stored one only in letter case (one folder
+    on case-insensitive filesystems, one repository on the Hub)."""
+    if short.lower().endswith(".git") or "--" in short or ".." in short or "--" in org or ".." in org:
+        raise Unprocessable(
+            f"{org}/{short} is not a name a new model may take: it may not end in '.git' or hold '--' or "
+            "'..' (the Hugging Face Hub refuses them)",
+            code="invalid_name",
+        )
+    namespace = NamespaceRepository(session).case_variant(org)
+    if namespace is not None:
+        raise Conflict(
+            f"namespace {namespace} differs from {org} only in letter case: use {namespace}/{short}",
+            code="model_exists",
+        )
+    clash = ModelRepository(session).case_variant(org, short)
+    if clash is not None:
+        model, other = clash
+        seen = can_read_model(viewer, model, other.split("/", 1)[0])
+        raise Conflict(
+            f"{other if seen else 'a model'} differs from {org}/{short} only in letter case: "
+            + (f"use {other}, or pick another name" if seen else "pick another name"),
+            code="model_exists",
+        )
 
 
 def create_version(
@@ -326,9 +354,10 @@ def delete_versions(
 
     Refused (409 ``has_descendants``) while a version outside the set is being encoded against one of
     them (``processing``, its parent in the set), or decodes through their tensors,
-    naming each one the ``viewer`` may read and why: a descendant (``delta``/``delta-rows``) or a
-    version of the same namespace that reuses identical tensors (``same``, e.g. after a deduplicated
-    push). Other namespaces' ``same`` copies never block: they get bytes of their own first.
+    naming each one the ``viewer`` may read and why: a descendant that stores deltas against them or
+    reuses their tensors. Copies in versions that are not their children (a deduplicated push of
+    identical tensors under another name, in any namespace) never block: they get bytes of their own
+    first (``detach_copies``).
     """
     if not versions:
         return
@@ -353,11 +382,10 @@ def delete_versions(
         )
     hand_over_copies(session, store, ids)  # locks their files first: then every copy made is seen
     tensors = TensorRepository(session)
-    dependents = tensors.dependents_of(ids, copies_kept_outside=namespace_id)
+    dependents = tensors.dependents_of(ids, namespace_id)
     if dependents:
         raise Conflict(_dependents_message(session, what, dependents, viewer), code="has_descendants")
-    if namespace_id is not None:
-        detach_copies(session, store, ids, namespace_id)
+    detach_copies(session, store, ids, namespace_id)
     dropped: list[str] = []
     for version in sorted(versions, key=lambda v: v.id, reverse=True):  # children before parents
         dropped += [t.blob for t in tensors.for_version(version.id) if t.blob]
