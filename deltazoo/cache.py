@@ -83,12 +83,12 @@ class Cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{st.st_size} {st.st_mtime_ns}")
 
-    def has_blob(self, sha256: str, size: int | None = None) -> bool:
+    def has_blob(self, sha256: str, size: int | None = None, *, check: bool = True) -> bool:
         """Whether ``blobs/<sha256>`` is held whole and unchanged (its size, when given, agreeing).
 
         A blob edited through a hard link (its mtime or size no longer the stamp's) is hashed again;
         one whose bytes changed is deleted, so the next pull fetches it again instead of handing out
-        the edited bytes."""
+        the edited bytes. ``check=False`` looks at the size only (listings: nothing is read)."""
         p = self.blob_path(sha256)
         try:
             st = p.stat()
@@ -96,6 +96,8 @@ class Cache:
             return False
         if size is not None and st.st_size != size:
             return False
+        if not check:
+            return True
         try:
             if self._stamp_path(sha256).read_text() == f"{st.st_size} {st.st_mtime_ns}":
                 return True
