@@ -13,18 +13,8 @@ from typing import Any
 
 import httpx
 
-
-class DeltazooError(Exception):
-    """Base of every error the deltazoo SDK raises."""
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
-        Exception.__init__(self, message)
-        self.message = message
-        self.code = code
-        self.status = status
-
-    def __str__(self) -> str:
-        return self.message
+# the root, defined in a contract module so that deltazoo.refs raises errors of this hierarchy too
+from deltazoo.error_base import DeltazooError as DeltazooError
 
 
 class UsageError(DeltazooError, ValueError):

@@ -3,14 +3,16 @@
 ``ORG/NAME`` names a model (each part 1-100 of ASCII letters, digits, ``.``, ``_``, ``-``, starting with
 a letter or digit); ``ORG/NAME@REV`` a version of it, where ``REV`` is a revision number, ``latest``
 (the default), ``main`` (the latest ready version), a 40-hex commit id or a tag name. This module imports
-nothing of deltazoo (a contract module, like the response shapes); the server maps ``RefError`` onto
-its 422 and resolves what a revision names in ``services/refs.py``.
+nothing of deltazoo but the errors' root (a contract module, like the response shapes); the server maps
+``RefError`` onto its 422 and resolves what a revision names in ``services/refs.py``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from deltazoo.error_base import DeltazooError
 
 NAME_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 NAME_RE = re.compile(rf"^({NAME_PART})/({NAME_PART})\Z")  # \Z: "$" also matches before a final newline
@@ -23,14 +25,13 @@ MAX_REVISION = 2**31 - 1  # the server's revision column is a 32-bit integer
 Revision = int | str | None  # None = latest; a number; "main", a 40-hex commit id or a tag name
 
 
-class RefError(ValueError):
+class RefError(DeltazooError, ValueError):
     """A model name, revision or tag that is not well formed; ``code`` is ``invalid_name``,
     ``invalid_revision`` or ``invalid_tag``. The CLI exits 2 on it (a usage error); the server answers
-    it with a 422."""
+    it with a 422. A ``DeltazooError`` like every error of the SDK, and a ``ValueError``."""
 
     def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.message, self.code = message, code
+        super().__init__(message, code=code)
 
 
 def parse_name(name: str) -> tuple[str, str]:

@@ -30,9 +30,16 @@ SERVER = ("deltazoo.registry", "deltazoo.services", "deltazoo.workers", "deltazo
 
 # The contract modules: client-side modules the server imports too, so that one definition serves both
 # sides (the response shapes the API produces and the SDK parses; the ref parser; how sizes are written for
-# people, in CLI tables and web pages alike; big files written and read around the page cache). They
+# people, in CLI tables and web pages alike; big files written and read around the page cache; the root of
+# the SDK's errors, which the ref parser raises). They
 # import nothing of deltazoo but each other, so the server never pulls in the SDK through them.
-CONTRACT = ("deltazoo.schemas", "deltazoo.refs", "deltazoo.units", "deltazoo.direct_io")
+CONTRACT = (
+    "deltazoo.schemas",
+    "deltazoo.refs",
+    "deltazoo.units",
+    "deltazoo.direct_io",
+    "deltazoo.error_base",
+)
 
 # layer -> the deltazoo layers it may import (its own always allowed). The server layers take nothing of
 # the client package but the contract modules (their settings are deltazoo.registry.settings).
@@ -46,7 +53,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "deltazoo.services": ("deltazoo.registry", "deltazoo.compression", *CONTRACT),
     "deltazoo.workers": ("deltazoo.services", "deltazoo.registry", "deltazoo.compression", *CONTRACT),
     "deltazoo.api": (
-        "deltazoo.services", "deltazoo.registry", "deltazoo.workers", "deltazoo.compression", *CONTRACT,
+        "deltazoo.services",
+        "deltazoo.registry",
+        "deltazoo.workers",
+        "deltazoo.compression",
+        *CONTRACT,
     ),
     "deltazoo.migrations": ("deltazoo.registry", "deltazoo.services"),
     # the SDK, CLI and host: everything of deltazoo except the server layers

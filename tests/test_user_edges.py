@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deltazoo import Client, NotFoundError
+from deltazoo import Client, DeltazooError, NotFoundError
 from deltazoo.cli import main
 from deltazoo.refs import Ref, ref_order
 from tests.checkpoints import CheckpointPair, file_sha256
@@ -202,6 +202,12 @@ def test_admin_audit_away_from_a_server_creates_nothing(
         get_settings.cache_clear()
     assert code == 2 and "no deltazoo server here" in err and "DELTAZOO_HOME" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_malformed_name_is_a_deltazoo_error(tmp_path: Path) -> None:
+    with Client("http://127.0.0.1:9", cache_dir=tmp_path) as c, pytest.raises(DeltazooError) as caught:
+        c.pull("not a name", tmp_path / "out")
+    assert isinstance(caught.value, ValueError) and caught.value.code == "invalid_name"
 
 
 def test_revisions_sort_as_numbers() -> None:
