@@ -32,6 +32,7 @@ from deltazoo.services.staging import sweep_stale_uploads
 from deltazoo.services.storage import RAW_CACHE
 from deltazoo.services.token_limits import UploadSlots
 from deltazoo.services.tokens import ensure_admin_token
+from deltazoo.services.transfer import HEADER_LIMITS
 from deltazoo.workers.jobs import JobContext
 from deltazoo.workers.orphan_sweep import start_orphan_sweeper
 from fastapi import Depends, FastAPI
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
             upgrade_database(settings.resolved_database_url)
         app.state.store = object_store_from_settings(settings)
         RAW_CACHE.max_bytes = settings.tensor_cache_mb << 20
+        HEADER_LIMITS.max_tensors = settings.max_tensors
         if settings.admin_token:
             with session_scope(settings) as session:
                 ensure_admin_token(session, settings.admin_token)

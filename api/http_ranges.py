@@ -13,15 +13,17 @@ CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``Range: bytes=a-b`` -> (start, end exclusive); None for no range. Raises 416 when unsatisfiable."""
+    """``Range: bytes=a-b`` -> (start, end exclusive); None for no range. Raises 416 when unsatisfiable
+    or malformed. A unit other than bytes is ignored (RFC 9110 14.2: MUST), and so is a request of several
+    ranges (MAY): the whole file is the answer, as multipart answers are not sent."""
     if not header:
         return None
     unit, _, spec = header.partition("=")
     bad = RangeNotSatisfiable(
         f"range {header!r} is not satisfiable for a file of {size} bytes; use bytes=START-END within it", size
     )
-    if unit.strip() != "bytes" or "," in spec:
-        raise bad
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
     first, _, last = spec.strip().partition("-")
     try:
         if first == "":

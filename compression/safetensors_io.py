@@ -86,11 +86,18 @@ def header_length(first8: bytes, max_header: int = MAX_HEADER_BYTES) -> int:
     return n
 
 
+MAX_EXTENT = 2**63 - 1  # the largest element count (and stride) torch and safetensors can index
+
+
 def _shape(name: str, raw: object) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
         raise SafetensorsError(f"tensor {name!r}: shape must be a list of integers, got {raw!r}")
     if any(d < 0 for d in raw):
         raise SafetensorsError(f"tensor {name!r}: shape {raw} has a negative dimension")
+    if math.prod(d for d in raw if d) > MAX_EXTENT:  # strides must fit int64, an empty tensor's too
+        raise SafetensorsError(
+            f"tensor {name!r}: shape {raw} is too large (its dimensions multiply past 2**63 - 1)"
+        )
     return tuple(raw)
 
 
@@ -208,8 +215,15 @@ def strict_json(raw: bytes, what: str) -> object:
     return doc
 
 
-def parse_header(first_bytes: bytes, max_header: int = MAX_HEADER_BYTES) -> SafetensorsHeader:
-    """Parse and check the header at the start of ``first_bytes`` (which may hold more of the file)."""
+class TooManyTensors(SafetensorsError):
+    """A header declaring more tensors than the caller's ``max_tensors``."""
+
+
+def parse_header(
+    first_bytes: bytes, max_header: int = MAX_HEADER_BYTES, max_tensors: int | None = None
+) -> SafetensorsHeader:
+    """Parse and check the header at the start of ``first_bytes`` (which may hold more of the file).
+    ``max_tensors``: more entries than this are refused before any of them is checked."""
     n = header_length(first_bytes, max_header)
     if len(first_bytes) < 8 + n:
         raise SafetensorsError(f"file ends inside its {n}-byte header (only {len(first_bytes) - 8} bytes)")
@@ -222,6 +236,11 @@ def parse_header(first_bytes: bytes, max_header: int = MAX_HEADER_BYTES) -> Safe
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise SafetensorsError("__metadata__ must map strings to strings")
+    if max_tensors is not None and len(doc) > max_tensors:
+        raise TooManyTensors(
+            f"header declares {len(doc)} tensors, more than the server's limit of {max_tensors} per version "
+            "(DELTAZOO_MAX_TENSORS); push fewer, larger tensors or ask the admin"
+        )
     entries = sorted((_entry(name, raw) for name, raw in doc.items()), key=lambda e: (e.begin, e.end))
     position = 0
     for e in entries:
@@ -244,9 +263,15 @@ class SafetensorsStreamValidator:
     ``finish`` checks the length and returns the parsed header.
     """
 
-    def __init__(self, expected_size: int | None = None, max_header: int = MAX_HEADER_BYTES) -> None:
+    def __init__(
+        self,
+        expected_size: int | None = None,
+        max_header: int = MAX_HEADER_BYTES,
+        max_tensors: int | None = None,
+    ) -> None:
         self._expected_size = expected_size
         self._max_header = max_header
+        self._max_tensors = max_tensors
         self._head = bytearray()
         self._need: int | None = None
         self.header: SafetensorsHeader | None = None
@@ -259,7 +284,9 @@ class SafetensorsStreamValidator:
             if self._need is None and len(self._head) >= 8:
                 self._need = 8 + header_length(bytes(self._head[:8]), self._max_header)
             if self._need is not None and len(self._head) >= self._need:
-                self.header = parse_header(bytes(self._head[: self._need]), self._max_header)
+                self.header = parse_header(
+                    bytes(self._head[: self._need]), self._max_header, self._max_tensors
+                )
                 self._head = bytearray()
                 self._check_expected()
         if self.header is not None and self.received > self.header.file_size:

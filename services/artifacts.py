@@ -86,6 +86,12 @@ def request_artifact(
 def find_artifact(session: Session, version: Version, ref: str, profile: str) -> Artifact:
     profile = check_profile(profile)
     artifact = ArtifactRepository(session).by_profile(version.id, profile)
+    if artifact is None and version.parent_version_id is None:
+        raise NotFound(
+            f"{ref} has no {profile} artifact: it has no base, so it has no delta to pack (serving profiles "
+            "are built for versions pushed with --base)",
+            code="artifact_not_found",
+        )
     if artifact is None:
         raise NotFound(
             f"{ref} has no {profile} artifact; request it with POST .../artifacts", code="artifact_not_found"
@@ -142,9 +148,7 @@ def _calibration(
 
     text = session.scalar(select(TextSet).order_by(TextSet.id).limit(1))
     if text is None or text.blob is None:
-        raise ArtifactBuildError(
-            f"{profile} needs a calibration text: register one with POST /v1/texts"
-        )
+        raise ArtifactBuildError(f"{profile} needs a calibration text: register one with POST /v1/texts")
     base_version = session.get(Version, base_id)
     assert base_version is not None
     config = version_config(session, store, base_version)

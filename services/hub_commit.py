@@ -71,6 +71,17 @@ def create_repo(
     return {"name": repo_id, "id": f"{model.id:024x}", "private": model.private}
 
 
+def check_no_pull_request(create_pr: str | None) -> None:
+    """``create_pr=1`` (``upload_file(..., create_pr=True)``): refused before anything is stored, as a
+    commit to ``main`` would publish what was meant for review."""
+    if create_pr is not None and create_pr.strip().lower() in ("1", "true", "yes"):
+        raise BadRequest(
+            "deltazoo has no pull requests: commit to main without create_pr (each commit is a new "
+            "version; a tag names the one to serve)",
+            code="pull_requests_unsupported",
+        )
+
+
 def check_main(revision: str) -> None:
     if revision != MAIN:
         raise BadRequest(

@@ -20,10 +20,11 @@ from deltazoo.compression.other_files import decompress_range
 from deltazoo.compression.safetensors_io import (
     SafetensorsError,
     SafetensorsStreamValidator,
+    TooManyTensors,
     is_index_file,
     validate_index,
 )
-from deltazoo.registry.errors import BadRequest, Conflict
+from deltazoo.registry.errors import BadRequest, Conflict, Unprocessable
 from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
@@ -55,6 +56,18 @@ def check_named(file: File, claimed: str | None) -> None:
         )
 
 
+@dataclass
+class HeaderLimits:
+    """What one uploaded safetensors header may declare; ``create_app`` sets it from the server's settings
+    (``DELTAZOO_MAX_TENSORS``), so a header of a million tensors is refused while it arrives, before its
+    entries are checked one by one (the commit counts every file of the version against the same limit)."""
+
+    max_tensors: int = 100_000
+
+
+HEADER_LIMITS = HeaderLimits()
+
+
 class UploadSink:
     """Receives one file's bytes chunk by chunk: hashes, validates and spools them, then stages them.
 
@@ -77,7 +90,9 @@ class UploadSink:
         self.sha = hashlib.sha256()
         self.size = 0
         self.validator = (
-            SafetensorsStreamValidator(expected_size=file.size) if file.kind == "safetensors" else None
+            SafetensorsStreamValidator(expected_size=file.size, max_tensors=HEADER_LIMITS.max_tensors)
+            if file.kind == "safetensors"
+            else None
         )
         if spool is None and scratch_dir is not None and direct:
             scratch_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +143,8 @@ class UploadSink:
         if self.validator is not None:
             try:
                 self.validator.feed(chunk)
+            except TooManyTensors as exc:
+                raise Unprocessable(f"{self.file.path}: {exc}", code="too_many_tensors") from None
             except SafetensorsError as exc:
                 raise BadRequest(f"{self.file.path}: {exc}", code="invalid_safetensors") from None
 

@@ -60,6 +60,7 @@ def test_artifact_errors(client: TestClient) -> None:
     assert wait_job(client, push(client, "org/base", checkpoint(base))["job"]["id"])["status"] == "succeeded"
     r = client.get(f"/v1/models/org/base/versions/1/artifacts/{PROFILE}")
     assert r.status_code == 404 and r.json()["error"]["code"] == "artifact_not_found"
+    assert "it has no base" in r.json()["error"]["message"]  # not "request it": that would fail too
     r = client.post("/v1/models/org/base/versions/1/artifacts", json={"profile": PROFILE})
     assert r.status_code == 409 and r.json()["error"]["code"] == "no_base"
     r = client.post("/v1/models/org/base/versions/1/artifacts", json={"profile": "zip"})

@@ -87,6 +87,9 @@ def test_bad_range_is_416(client: TestClient, zoo: dict[str, dict[str, bytes]]) 
     assert r.headers["content-range"] == f"bytes */{len(zoo['ft']['config.json'])}"
     r = client.get("/org/ft/resolve/main/config.json", headers={"Range": "bytes=999999-"})  # the Hub's shape
     assert r.status_code == 416 and r.headers["content-range"].startswith("bytes */")
+    for whole in ("bytes=0-0,2-3", "items=0-1"):  # several ranges, another unit: ignored (RFC 9110 14.2)
+        r = client.get("/v1/models/org/ft/versions/1/files/config.json", headers={"Range": whole})
+        assert r.status_code == 200 and r.content == zoo["ft"]["config.json"], whole
 
 
 def test_conditional_downloads(client: TestClient, zoo: dict[str, dict[str, bytes]]) -> None:

@@ -142,3 +142,13 @@ def test_new_names_the_hub_refuses_or_that_differ_only_in_case(client: TestClien
     r = client.post("/v1/models", json={"name": "hub/M", "exist_ok": True})
     assert r.status_code == 409 and "hub/m" in r.json()["error"]["message"]
     assert create("hub", "m2")["status"] == 200
+
+
+def test_a_pull_request_is_refused_before_anything_is_stored(client: TestClient) -> None:
+    body = ndjson(HEADER, inline("a.txt", b"a"))
+    for route in ("/api/models/hub/m/preupload/main", "/api/models/hub/m/commit/main"):
+        r = client.post(
+            route, params={"create_pr": "1"}, content=body if "commit" in route else b'{"files": []}'
+        )
+        assert r.status_code == 400 and r.json()["code"] == "pull_requests_unsupported", r.text
+    assert client.get("/v1/models/hub/m").json()["versions"] == []

@@ -144,10 +144,23 @@ def test_a_tensor_over_the_size_limit_is_413_and_nothing_is_queued(api: TestClie
 
 def test_too_many_tensors_is_422(api: TestClient) -> None:
     api.post("/v1/models", json={"name": "lim/many"})
-    state = {f"t{i}": torch.zeros(2) for i in range(5)}
-    rev = declare(api, "lim/many", {"model.safetensors": save(state), "config.json": CONFIG})
+    one_file = save({f"t{i}": torch.zeros(2) for i in range(5)})
+    r = api.post(
+        "/v1/models/lim/many/versions",
+        json={"files": [{"path": "model.safetensors", "size": len(one_file), "sha256": sha(one_file)}]},
+    )
+    rev = int(r.json()["version"]["revision"])
+    r = api.put(f"/v1/models/lim/many/versions/{rev}/files/model.safetensors", content=one_file)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_tensors", r.text  # at its header
+    assert "DELTAZOO_MAX_TENSORS" in r.json()["error"]["message"]
+    api.delete(f"/v1/models/lim/many/versions/{rev}")
+    shards = {
+        "model-00001-of-00002.safetensors": save({f"a{i}": torch.zeros(2) for i in range(3)}),
+        "model-00002-of-00002.safetensors": save({f"b{i}": torch.zeros(2) for i in range(3)}),
+    }
+    rev = declare(api, "lim/many", {**shards, "config.json": CONFIG})  # each file within the limit
     r = api.post(f"/v1/models/lim/many/versions/{rev}/commit")
-    assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_tensors", r.text
+    assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_tensors", r.text  # together not
     assert api.get(f"/v1/models/lim/many/versions/{rev}").json()["status"] == "pending"
     ok = {f"t{i}": torch.zeros(2) for i in range(4)}
     rev = declare(api, "lim/many", {"model.safetensors": save(ok), "config.json": CONFIG})

@@ -93,6 +93,12 @@ TWICE = struct.pack("<Q", len(_TWICE_HEADER)) + _TWICE_HEADER + bytes(8)
         (make_file({"x" * 501: ENTRY}, bytes(8)), "at most 500 characters"),  # the registry's column
         (make_file({"a\x00b": ENTRY}, bytes(8)), "without NUL"),  # Postgres text cannot hold NUL
         (TWICE, "names 'w' twice"),
+        # empty, yet torch could not even index them: the dimensions multiply past int64
+        (
+            make_file({"x": {"dtype": "F32", "shape": [2**62, 2**62, 0], "data_offsets": [0, 0]}}, b""),
+            "too large",
+        ),
+        (make_file({"x": {"dtype": "F32", "shape": [10**19, 0], "data_offsets": [0, 0]}}, b""), "too large"),
     ],
 )
 def test_malformed_files_are_refused(blob: bytes, words: str) -> None:

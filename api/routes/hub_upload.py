@@ -47,6 +47,7 @@ async def create_repo(request: Request, session: DB, viewer: HubViewer) -> dict 
 async def preupload(
     org: str, name: str, revision: str, request: Request, session: DB, viewer: HubViewer
 ) -> dict:
+    hub_commit.check_no_pull_request(request.query_params.get("create_pr"))
     files = (await _json_body(request)).get("files")
     if not isinstance(files, list):
         raise BadRequest("the body needs a 'files' list", code="invalid_request")
@@ -112,6 +113,7 @@ async def commit(
     enqueue: Enqueue,
     viewer: HubViewer,
 ) -> dict:
+    hub_commit.check_no_pull_request(request.query_params.get("create_pr"))
     ops = hub_commit.CommitOperations()
     try:
         with upload_slot(request, viewer.token_id):  # its body carries the files inline
