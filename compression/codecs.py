@@ -42,9 +42,11 @@ from deltazoo.compression.exact_errors import CodecError
 from deltazoo.compression.payload import (
     DTYPE_CODES,
     MAGIC,
+    MAGIC_RAW,
     MAGIC_V4,
     MAGIC_V6,
     PLAIN16,
+    RAW_HEADER,
     RETIRED,
     V5_SHIFT,
     Buffer,
@@ -66,6 +68,7 @@ __all__ = [
     "decode_tensor_into",
     "encode_tensor",
     "layout",
+    "smaller_as_is",
 ]
 
 VERSIONS = (4, 5, 6)  # formats encode_tensor can write (6: 5, and F32 in format 6)
@@ -184,6 +187,16 @@ def encode_tensor(
     return EncodedTensor("delta-rows", head + body + tail)
 
 
+def smaller_as_is(encoded: EncodedTensor, raw: Buffer, dtype: str) -> EncodedTensor:
+    """``encoded``, or ``raw`` (the bytes ``encoded`` decodes to) as they are (``DZTR``, ``plain``: no parent
+    needed to read them) where those take less: a scalar or a small bias, whose stream's tables outweigh
+    its data. What the service stores: a tensor never takes more than its own bytes and an 8-byte header."""
+    stored = RAW_HEADER.size + memoryview(raw).nbytes
+    if len(encoded.payload) <= stored:
+        return encoded
+    return EncodedTensor("plain", RAW_HEADER.pack(MAGIC_RAW, DTYPE_CODES.index(dtype)) + bytes(raw))
+
+
 def _encode_f32(
     child: np.ndarray, parent: np.ndarray, same: bool, dtype: str, parent_dtype: str, n: int
 ) -> EncodedTensor:
@@ -274,6 +287,8 @@ def _decode(
         out = _decode_narrowed(
             buf, encoding, dtype, shape, parent_raw, parent_dtype, parent_shape, threads, into
         )
+    elif magic == MAGIC_RAW:
+        out = _decode_raw(buf, encoding, dtype, n * itemsize)
     elif magic == elf32.MAGIC_ELF:
         out = decode_elf(buf, encoding, dtype, n)
     elif magic == MAGIC_V6:
@@ -288,13 +303,27 @@ def _decode(
     else:
         raise CodecError(
             f"not a deltazoo tensor payload (magic {magic!r}, expected {MAGIC_V6!r}, {MAGIC!r},"
-            f" {MAGIC_V4!r}, {elf32.MAGIC_ELF!r} or {narrow.MAGIC_NARROW!r})"
+            f" {MAGIC_V4!r}, {MAGIC_RAW!r}, {elf32.MAGIC_ELF!r} or {narrow.MAGIC_NARROW!r})"
         )
     if len(out) != n * itemsize:
         raise CodecError(
             f"payload decodes to {len(out)} bytes but shape {list(shape)} of {dtype} needs {n * itemsize}"
         )
     return out
+
+
+def _decode_raw(buf: memoryview, encoding: str, dtype: str, nbytes: int) -> memoryview:
+    """A ``DZTR`` payload: the header, then the tensor's bytes as they are."""
+    if encoding != "plain":
+        raise CodecError(f"corrupt payload: a stored-as-is (DZTR) payload is plain, not {encoding}")
+    if len(buf) < RAW_HEADER.size:
+        raise CodecError("corrupt payload: truncated DZTR header")
+    _, code = RAW_HEADER.unpack_from(buf)
+    check_dtype_code(code, dtype)
+    body = buf[RAW_HEADER.size :]
+    if len(body) != nbytes:
+        raise CodecError(f"corrupt payload: DZTR holds {len(body)} bytes, the tensor has {nbytes}")
+    return body
 
 
 def _itemsize(dtype: str) -> int:

@@ -19,6 +19,8 @@ from deltazoo.compression.exact_errors import CodecError
 MAGIC = b"DZT5"
 MAGIC_V6 = b"DZT6"  # F32 payloads (compression.exact32)
 MAGIC_V4 = b"DZT4"
+MAGIC_RAW = b"DZTR"  # the tensor's bytes as they are, where coding them would take more (tiny tensors)
+RAW_HEADER = struct.Struct("<4sB3x")  # magic, dtype code, 3 zero bytes
 RETIRED = (b"DZT1", b"DZT2", b"DZT3")  # formats no deployment holds: refused by name
 # Dtype codes stored in payload headers; append only, never reorder.
 DTYPE_CODES: tuple[str, ...] = (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from deltazoo.compression.codecs import decode_tensor, encode_tensor
+from deltazoo.compression.codecs import decode_tensor, encode_tensor, smaller_as_is
 from deltazoo.registry.models import Tensor
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import BlobRepository, TensorRepository, VersionRepository
@@ -65,7 +65,7 @@ def detach_copies(
 
 
 def _recode_alone(session: Session, store: ObjectStore, copy: Tensor, raw: bytes) -> tuple[str, str, int]:
-    encoded = encode_tensor(raw, copy.dtype, list(copy.shape))
+    encoded = smaller_as_is(encode_tensor(raw, copy.dtype, list(copy.shape)), raw, copy.dtype)
     check = decode_tensor(encoded.encoding, encoded.payload, copy.dtype, list(copy.shape))
     if hashlib.sha256(check).hexdigest() != copy.sha256:
         raise CorruptStoreError(f"tensor {copy.name!r} did not round-trip through {encoded.encoding}")

@@ -46,7 +46,7 @@ from functools import partial
 from typing import Any
 
 from deltazoo.compression import elf32
-from deltazoo.compression.codecs import decode_tensor, encode_tensor
+from deltazoo.compression.codecs import decode_tensor, encode_tensor, smaller_as_is
 from deltazoo.compression.dtypes import dtype_info
 from deltazoo.compression.safetensors_io import TensorEntry
 from deltazoo.registry.objectstore import BlobSink, ObjectStore, blob_key
@@ -192,7 +192,9 @@ def encode_and_store(
     parent_raw = reconstruct(store, parent.recipe, verify=False) if parent else None
     pdtype = parent.dtype if parent else None
     pshape = parent.shape if parent else None
-    encoded = encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape, lossy=lossy)
+    encoded = smaller_as_is(
+        encode_tensor(raw, dtype, shape, parent_raw, pdtype, pshape, lossy=lossy), raw, dtype
+    )
     uses_parent = parent is not None and encoded.encoding != "plain"
     check = decode_tensor(
         encoded.encoding,

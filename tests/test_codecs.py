@@ -13,8 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 TORCH = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 FLOATS = list(TORCH)
 INTS = ["I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"]
@@ -144,7 +148,9 @@ CHILD = bytes.fromhex("0000803f000020c000000000000050406f12833a0000e0c0")
 PARENT = bytes.fromhex("0000803f000000c00000003f000040406f12833a0000c0c0")
 GOLDEN_V4 = {
     "plain": (
-        [6], None, None,
+        [6],
+        None,
+        None,
         "445a54347001ff000600000000000000000004000100000000008200aa02000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
         "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
@@ -154,13 +160,17 @@ GOLDEN_V4 = {
         "5a46e52d0000000090000000000000000000000000a00000000000506f12030000e05708dc2f",
     ),
     "delta": (
-        [6], PARENT, [6],
+        [6],
+        PARENT,
+        [6],
         "445a543464010100060000000000000000000400050075000000010000107e00e700010000107f000000010000108000"
         "980009000008000000000000000000000000000000088100a00001000010000804000000000053000000000000000000"
         "000000380000000000f3ae6b12",
     ),
     "delta-rows": (
-        [3, 2], PARENT[:16], [2, 2],
+        [3, 2],
+        PARENT[:16],
+        [2, 2],
         "445a543472010100060000000000000004000000000000000000040003007e00e700010000107f000000010000108000"
         "9800090000080000000000000000000000000000000800080400000000004000000000000000000000000038000067df"
         "3402000004000100000075000d0000080000000000000000000000000000000000000000000000080010040000000000"
@@ -232,3 +242,28 @@ def test_corrupt_payloads_raise_codec_error(golden: dict) -> None:
     bad_id[4] = ord("z")
     with pytest.raises(CodecError, match="unknown codec id"):
         decode_tensor("delta", bytes(bad_id), *args)
+
+
+def test_a_tensor_whose_stream_outweighs_it_is_stored_as_it_is() -> None:
+    """``smaller_as_is``: a scalar's coded stream (tables, segment sizes, crc) is hundreds of bytes; the
+    service stores its 4 bytes behind an 8-byte ``DZTR`` header instead, which needs no parent to read."""
+    from deltazoo.compression.codecs import smaller_as_is
+
+    raw = np.array([0.025], "<f4").tobytes()
+    parent = np.array([0.02], "<f4").tobytes()
+    coded = encode_tensor(raw, "F32", [1], parent, "F32", [1])
+    assert coded.encoding == "delta" and len(coded.payload) > 12
+    stored = smaller_as_is(coded, raw, "F32")
+    assert (stored.encoding, stored.payload.hex()) == ("plain", "445a545201000000cdcccc3c")
+    assert decode_tensor("plain", stored.payload, "F32", [1]) == raw
+    big = np.random.default_rng(0).standard_normal(4096).astype("<f4").tobytes()
+    kept = encode_tensor(big, "F32", [4096])
+    assert smaller_as_is(kept, big, "F32") is kept  # coding pays: the coded payload stays
+    for payload, encoding, dtype, words in (
+        (stored.payload, "delta", "F32", "is plain"),
+        (stored.payload, "plain", "I32", "I32 was asked"),
+        (stored.payload[:-1], "plain", "F32", "holds 3 bytes"),
+        (stored.payload[:6], "plain", "F32", "truncated"),
+    ):
+        with pytest.raises(CodecError, match=words):
+            decode_tensor(encoding, payload, dtype, [1])

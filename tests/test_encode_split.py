@@ -215,7 +215,8 @@ def test_two_workers_store_exactly_what_one_worker_stores(
         assert any(stack.ran(worker, p[0]) for p in parts), worker.process.log_tail()
     delete_pair(client)
     enc = {row[0]: row[1] for row in ONE_WORKER[layout]["ft"]["rows"]}
-    assert enc["big.0.weight"] == "delta" and enc["layers.0.0.weight"] == "delta"
+    assert enc["big.0.weight"] == "delta"  # a tiny layer may be stored as its bytes are (``plain``)
+    assert enc["layers.0.0.weight"] in ("delta", "plain")
 
 
 def frozen_part_way(
