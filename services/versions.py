@@ -141,6 +141,9 @@ def check_new_name(session: Session, org: str, short: str, viewer: Principal) ->
         )
 
 
+REVISION_ATTEMPTS = 8  # pushes to one model at once: each takes the next free revision
+
+
 def create_version(
     session: Session,
     model: Model,
@@ -156,7 +159,8 @@ def create_version(
     """A new pending version; returns it and, per declared file, whether its bytes must be uploaded.
 
     With ``pending_limit``, 429 ``too_many_pending`` when the viewer's token would hold more pending
-    versions than it allows (``services.token_limits``)."""
+    versions than it allows (``services.token_limits``). The first write of its request: a revision taken
+    by a concurrent push to the same model rolls the session back and takes the next one."""
     if relation not in RELATIONS:
         raise Unprocessable(
             f"relation {relation!r} is not one of {', '.join(RELATIONS)}", code="invalid_relation"
@@ -188,20 +192,28 @@ def create_version(
                 code="private_base",
             )
     versions = VersionRepository(session)
-    version = Version(
-        model_id=model.id,
-        revision=versions.next_revision(model.id),
-        parent_version_id=parent.id if parent else None,
-        relation=relation,  # shown once there is a parent (from the base, auto or the model card)
-        status="pending",
-        lossy=lossy,
-        profiles=list(dict.fromkeys(profiles)),
-        created_by_token_id=viewer.token_id,
-    )
-    if auto:
-        mark_auto_base(version)
-    session.add(version)
-    session.flush()
+    model_id, parent_id = model.id, parent.id if parent else None
+    for attempt in range(REVISION_ATTEMPTS):
+        version = Version(
+            model_id=model_id,
+            revision=versions.next_revision(model_id),
+            parent_version_id=parent_id,
+            relation=relation,  # shown once there is a parent (from the base, auto or the model card)
+            status="pending",
+            lossy=lossy,
+            profiles=list(dict.fromkeys(profiles)),
+            created_by_token_id=viewer.token_id,
+        )
+        if auto:
+            mark_auto_base(version)
+        session.add(version)
+        try:
+            session.flush()
+            break
+        except IntegrityError:  # a concurrent push to this model took the revision: take the next one
+            session.rollback()  # the first write of its request: nothing else is undone
+            if attempt == REVISION_ATTEMPTS - 1:
+                raise
     if pending_limit is not None:
         check_pending_limit(session, viewer.token_id, pending_limit)
     file_repo = FileRepository(session)
