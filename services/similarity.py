@@ -33,7 +33,9 @@ from sqlalchemy.orm import Session
 SAMPLES = 64
 MAX_TENSORS = 64
 RELATED_THRESHOLD = 0.5
-ANCESTOR_MARGIN = 0.01  # similarities this close to the best count as a tie
+# a candidate whose distance (1 - similarity) is within 25 % (or 0.001) of the best one's counts as a tie
+ANCESTOR_MARGIN = 0.25
+ANCESTOR_FLOOR = 0.001
 SKETCH_VERSION = 1
 _FLOATS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None}
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -172,12 +174,15 @@ def rank_candidates(
 
 
 def prefer_ancestor(session: Session, ranked: list[tuple[Version, float]]) -> list[tuple[Version, float]]:
-    """Among candidates within ``ANCESTOR_MARGIN`` of the best, put first the one that is an ancestor
-    of the most others: a base and its fine-tunes all resemble a new sibling fine-tune about equally
-    (zoo: writer vs base 0.892, vs coder 0.889), and the base is the parent a user means."""
+    """Among candidates about as close as the best (distance ``1 - similarity`` within ``ANCESTOR_MARGIN``
+    of the best one's, relatively), put first the one that is an ancestor of the most others: a base and
+    its fine-tunes all resemble a new sibling fine-tune about equally (zoo: writer vs base 0.892, vs coder
+    0.889), and the base is the parent a user means. The margin is relative so that a chain stays a
+    chain: a fine-tune of ``c3`` (distance 0.01) is not given ``c0`` (0.022), its ancestor three steps up."""
     if len(ranked) < 2:
         return ranked
-    near = [(v, s) for v, s in ranked if s >= ranked[0][1] - ANCESTOR_MARGIN]
+    reach = (1.0 - ranked[0][1]) * (1.0 + ANCESTOR_MARGIN) + ANCESTOR_FLOOR
+    near = [(v, s) for v, s in ranked if 1.0 - s <= reach]
     ids = {v.id for v, _ in near}
     below: dict[int, int] = dict.fromkeys(ids, 0)  # candidate id -> near candidates it is an ancestor of
     for v, _ in near:
