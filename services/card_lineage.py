@@ -26,8 +26,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def apply_card_lineage(session: Session, store: ObjectStore, version: Version, viewer: Principal) -> None:
-    if version.parent_version_id is not None or (version.sketch or {}).get("auto_base"):
-        return  # a base given explicitly (or base="auto") wins over the card
+    sketch = version.sketch or {}
+    if version.parent_version_id is not None or (sketch.get("auto_base") and not sketch.get("card_first")):
+        return  # a base given explicitly (or base="auto") wins over the card; a Hub commit's auto does not
     files = FileRepository(session)
     card = files.get(version.id, CARD_PATH)
     if card is None or card.size > MAX_CARD_BYTES:

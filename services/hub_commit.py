@@ -35,6 +35,7 @@ from deltazoo.services.access import Principal, can_read_model, check_write, mod
 from deltazoo.services.hub import MissingEntry
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
 from deltazoo.services.refs import COMMIT_ID_RE, MAIN, get_model, parse_name, ref_string
+from deltazoo.services.similarity import mark_auto_base
 from deltazoo.services.transfer import UploadSink
 from deltazoo.services.versions import (
     DeclaredFile,
@@ -281,6 +282,7 @@ def commit(
     version, uploads = create_version(
         session, model, None, "finetune", [], list(declared.values()), viewer=viewer
     )
+    mark_auto_base(version, card_first=True)  # the card's base_model, else the closest stored version
     files = {f.path: f for f in FileRepository(session).for_version(version.id)}
     for path, needed in uploads:
         if not needed:

@@ -204,7 +204,7 @@ def sketch_and_resolve(session: Session, store: ObjectStore, version: Version) -
     the parent. A version created with a base keeps it; one created without keeps no parent, and the
     suggestion is only reported.
     """
-    auto = bool((version.sketch or {}).get("auto_base"))
+    auto = bool((version.sketch or {}).get("auto_base")) and version.parent_version_id is None
     sketch = sketch_upload(session, store, version)
     best = None
     ranked = rank_candidates(session, version, sketch)
@@ -221,6 +221,7 @@ def sketch_and_resolve(session: Session, store: ObjectStore, version: Version) -
     return best
 
 
-def mark_auto_base(version: Version) -> None:
-    """Remember at create time that the parent is to be detected at commit (``base="auto"``)."""
-    version.sketch = {"auto_base": True}
+def mark_auto_base(version: Version, *, card_first: bool = False) -> None:
+    """Remember at create time that the parent is to be detected at commit (``base="auto"``). With
+    ``card_first`` (a Hub commit, which names no base) a model card's ``base_model`` wins over it."""
+    version.sketch = {"auto_base": True, "card_first": True} if card_first else {"auto_base": True}

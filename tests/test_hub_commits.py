@@ -152,3 +152,36 @@ def test_a_pull_request_is_refused_before_anything_is_stored(client: TestClient)
         )
         assert r.status_code == 400 and r.json()["code"] == "pull_requests_unsupported", r.text
     assert client.get("/v1/models/hub/m").json()["versions"] == []
+
+
+def test_a_commit_of_new_weights_is_stored_against_the_closest_version(client: TestClient) -> None:
+    """upload_folder after each epoch: every commit is a fine-tune of the one before, so it is stored as
+    deltas against it (as a push with base=auto), unless its model card names another base."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(256, 256, generator=g) * 0.02
+    epochs = [w, w + torch.randn(256, 256, generator=g) * 1e-3]
+    for state in epochs:
+        weights = checkpoint({"w": state.bfloat16()})["model.safetensors"]
+        r = client.post(
+            "/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("model.safetensors", weights))
+        )
+        assert r.status_code == 200, r.text
+        wait_ready(client, f"/v1/models/hub/m/versions/{r.json()['revision']}")
+    second = client.get("/v1/models/hub/m/versions/2").json()
+    assert second["parent"] == "hub/m@1" and [t["encoding"] for t in second["tensors"]] == ["delta"]
+    assert sha(client.get("/hub/m/resolve/main/model.safetensors").content) == sha(weights)
+
+    assert client.post("/api/repos/create", json={"name": "other", "organization": "hub"}).status_code == 200
+    card = b"---\nbase_model: hub/m@1\n---\n# a fine-tune\n"
+    body = ndjson(HEADER, inline("README.md", card), inline("model.safetensors", weights))
+    r = client.post("/api/models/hub/other/commit/main", content=body)
+    assert r.status_code == 200, r.text
+    wait_ready(client, "/v1/models/hub/other/versions/1")
+    assert client.get("/v1/models/hub/other/versions/1").json()["parent"] == "hub/m@1"  # the card's, not @2
+
+
+def wait_ready(client: TestClient, path: str) -> None:
+    deadline = time.monotonic() + 60
+    while (status := client.get(path).json()["status"]) != "ready":
+        assert status == "processing" and time.monotonic() < deadline, status
+        time.sleep(0.05)
