@@ -9,6 +9,7 @@ sha1 of the LFS pointer (computed from sha256 and size, so nothing is read to li
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,11 +59,34 @@ def open_repo(
     model = get_model(session, org, name)
     if not can_read_model(viewer, model, org):
         raise model_not_found(org, name)
-    if revision is None or (empty_main and revision == MAIN):
-        version = VersionRepository(session).latest(model.id, ready_only=True)
+    if revision is None or revision == MAIN:
+        versions = VersionRepository(session)
+        version = versions.latest(model.id, ready_only=True)
+        newest = versions.newest_committed(model.id)
+        if newest is not None and (version is None or newest.revision > version.revision):
+            version = newest if settled(session, newest) else version
+        if version is None and revision == MAIN and not empty_main:
+            find_version(session, model, repo_id, MAIN)  # raises version_not_found, saying why
     else:
         version = find_version(session, model, repo_id, revision)
+        settled(session, version)
     return Repo(model, repo_id, version)
+
+
+HUB_READ_WAIT_S = 8.0  # under huggingface_hub's 10-second HEAD timeout
+HUB_READ_LOOK_EVERY_S = 0.1
+
+
+def settled(session: Session, version: Version, wait_s: float = HUB_READ_WAIT_S) -> bool:
+    """Whether ``version`` is ready, after waiting up to ``wait_s`` for its encode: a Hub client reads
+    right after its commit (``push_to_hub`` then ``from_pretrained``), and the commit it was answered
+    with must be there, not an older ``main`` or a "not found". The Hub's read routes write nothing, so
+    each look is a fresh read of the row."""
+    until = time.monotonic() + wait_s
+    while version.status == "processing" and time.monotonic() < until:
+        time.sleep(HUB_READ_LOOK_EVERY_S)
+        session.refresh(version)
+    return version.status == "ready"
 
 
 def _require_version(repo: Repo) -> Version:

@@ -185,3 +185,20 @@ def wait_ready(client: TestClient, path: str) -> None:
     while (status := client.get(path).json()["status"]) != "ready":
         assert status == "processing" and time.monotonic() < deadline, status
         time.sleep(0.05)
+
+
+def test_a_commit_is_readable_as_soon_as_it_is_answered(client: TestClient) -> None:
+    """push_to_hub then from_pretrained: the reads wait (a few seconds at most) for the commit's encode
+    rather than answering with an older main, or "not found" for the commit id just handed out."""
+    weights = checkpoint({"w": torch.randn(1024, 1024)})["model.safetensors"]  # takes a while to encode
+    r = client.post(
+        "/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("model.safetensors", weights))
+    )
+    assert r.status_code == 200, r.text
+    commit = r.json()["commitOid"]
+    assert client.get("/api/models/hub/m").json()["sha"] == commit
+    for rev in ("main", commit):
+        r = client.get(f"/hub/m/resolve/{rev}/model.safetensors")
+        assert (
+            r.status_code == 200 and r.headers["X-Repo-Commit"] == commit and sha(r.content) == sha(weights)
+        )
