@@ -30,12 +30,13 @@ from typing import IO, Any
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
 from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import ObjectStore, stages_direct
-from deltazoo.registry.repositories import FileRepository, VersionRepository
+from deltazoo.registry.repositories import FileRepository, TagRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
 from deltazoo.services.hub import MissingEntry
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
 from deltazoo.services.refs import COMMIT_ID_RE, MAIN, get_model, parse_name, ref_string
 from deltazoo.services.similarity import mark_auto_base
+from deltazoo.services.tags import delete_tag, set_tag
 from deltazoo.services.transfer import UploadSink
 from deltazoo.services.versions import (
     DeclaredFile,
@@ -70,6 +71,23 @@ def create_repo(
     except Unprocessable as exc:  # a name the Hub refuses too (not a repository that is missing)
         raise Unprocessable(exc.message, code="invalid_repo_id") from None
     return {"name": repo_id, "id": f"{model.id:024x}", "private": model.private}
+
+
+def hub_create_tag(session: Session, viewer: Principal, repo_id: str, revision: str, body: Any) -> None:
+    """``POST /api/models/{repo}/tag/{revision}`` (``HfApi.create_tag``): a new tag on the version
+    ``revision`` names; 409 when the tag exists (the Hub never moves a tag: ``deltazoo tag set`` does)."""
+    tag = body.get("tag") if isinstance(body, dict) else None
+    if not isinstance(tag, str) or not tag:
+        raise BadRequest("the body needs a 'tag' string", code="invalid_request")
+    model = writable_model(session, viewer, repo_id)
+    if TagRepository(session).get(model.id, tag) is not None:
+        raise Conflict(f"tag {tag!r} already exists on {repo_id}", code="tag_exists")
+    set_tag(session, model, repo_id, tag, revision)
+
+
+def hub_delete_tag(session: Session, viewer: Principal, repo_id: str, tag: str) -> None:
+    """``DELETE /api/models/{repo}/tag/{tag}`` (``HfApi.delete_tag``)."""
+    delete_tag(session, writable_model(session, viewer, repo_id), repo_id, tag)
 
 
 def check_no_pull_request(create_pr: str | None) -> None:

@@ -97,6 +97,20 @@ def test_upload_folder_of_a_sharded_checkpoint_with_a_card(server: ApiServer, tm
     assert "notes/a.txt" in files and "README.md" not in files
     assert "model-00001-of-00002.safetensors" in files
 
+    # tags through the Hub API: create on a commit, read by tag, refuse a second, delete
+    api.create_tag("acme/ft", tag="v1", revision=info.oid)
+    assert [(t.name, t.target_commit) for t in api.list_repo_refs("acme/ft").tags] == [("v1", info.oid)]
+    assert "README.md" in set(api.list_repo_files("acme/ft", revision="v1"))  # the first commit's files
+    with pytest.raises(HfHubHTTPError) as taken:
+        api.create_tag("acme/ft", tag="v1")
+    assert taken.value.response.status_code == 409
+    api.create_tag("acme/ft", tag="v1", exist_ok=True)
+    with pytest.raises(HfHubHTTPError) as readonly:
+        HfApi(endpoint=server.url, token=False).delete_tag("acme/ft", tag="v1")
+    assert readonly.value.response.status_code in (401, 403)
+    api.delete_tag("acme/ft", tag="v1")
+    assert api.list_repo_refs("acme/ft").tags == []
+
 
 def test_upload_refusals_are_4xx_in_the_hub_shape(server: ApiServer, tmp_path: Path) -> None:
     from huggingface_hub import HfApi

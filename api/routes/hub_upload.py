@@ -132,6 +132,21 @@ async def commit(
     }
 
 
+@router.post(REPO + "/tag/{revision}")
+async def create_tag(
+    org: str, name: str, revision: str, request: Request, session: DB, viewer: HubViewer
+) -> dict:
+    body = await _json_body(request)
+    await run_in_threadpool(hub_commit.hub_create_tag, session, viewer, f"{org}/{name}", revision, body)
+    return {}
+
+
+@router.delete(REPO + "/tag/{tag}")
+def delete_tag(org: str, name: str, tag: str, session: DB, viewer: HubViewer) -> dict:
+    hub_commit.hub_delete_tag(session, viewer, f"{org}/{name}", tag)
+    return {}
+
+
 @router.post("/api/validate-yaml", response_model=None)
 async def validate_yaml(request: Request) -> dict | Response:
     """What ``upload_folder`` / ``ModelCard.push_to_hub`` ask before sending a README.md."""
