@@ -24,12 +24,20 @@ from deltazoo.compression.safetensors_io import (
     is_index_file,
     validate_index,
 )
-from deltazoo.registry.errors import BadRequest, Conflict, Unprocessable
+from deltazoo.registry.errors import BadRequest, Conflict, NotFound, Unprocessable
 from deltazoo.registry.models import File, Version
-from deltazoo.registry.objectstore import ObjectStore, blob_key, new_staging_key
+from deltazoo.registry.objectstore import ObjectNotFound, ObjectStore, blob_key, new_staging_key
 from deltazoo.registry.repositories import FileRepository, TensorRepository
 from deltazoo.services.chunks import RangeReader
-from deltazoo.services.storage import SHA_RE, Recipe, read_blob, reconstruct, resolve_recipes
+from deltazoo.services.storage import (
+    SHA_RE,
+    CorruptStoreError,
+    Recipe,
+    read_blob,
+    reconstruct,
+    resolve_recipes,
+)
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deltazoo.direct_io import DirectWriter
@@ -252,10 +260,18 @@ def plan_file(session: Session, store: ObjectStore, version: Version, path: str,
         )
     file = FileRepository(session).get(version.id, path)
     if file is None:
-        from deltazoo.registry.errors import NotFound
-
         raise NotFound(f"{ref} has no file {path!r}", code="file_not_found")
-    return file_plan(session, store, file)
+    try:
+        return file_plan(session, store, file)
+    except (CorruptStoreError, ObjectNotFound):
+        # a delete of this version that committed while its rows were being read looks like damage;
+        # it is not: say what happened (404) where the version is gone, a 500 only where it is not
+        still = session.scalar(select(Version.id).where(Version.id == version.id))
+        if still is None:
+            raise NotFound(
+                f"{ref} was deleted while {path!r} was being read", code="version_not_found"
+            ) from None
+        raise
 
 
 def file_plan(session: Session, store: ObjectStore, file: File) -> FilePlan:

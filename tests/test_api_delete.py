@@ -134,3 +134,29 @@ def test_a_base_is_kept_while_a_child_is_encoded_against_it(client: TestClient) 
         assert "enc/child@1" in r.json()["error"]["message"] and "encoded" in r.json()["error"]["message"]
     assert client.delete("/v1/models/enc/child").status_code == 204  # no worker holds its job: cancelled
     assert client.delete("/v1/models/enc/base").status_code == 204
+
+
+def test_a_read_that_loses_a_race_with_a_delete_is_a_404(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull whose version is deleted between its file row and its tensor rows found nothing where it
+    looked: that is a 404 saying so, not a 500 calling the store corrupt (found probing: pull during rm)."""
+    from deltazoo.services import transfer
+    from deltazoo.services.storage import CorruptStoreError
+
+    pushed(client, "org/racy", checkpoint(base_state(seed=12)))
+    real = transfer.file_plan
+
+    def deleted_meanwhile(*args: object, **kwargs: object) -> object:
+        assert client.delete("/v1/models/org/racy").status_code == 204
+        raise CorruptStoreError("tensor 'w' (delta) has no blob")
+
+    monkeypatch.setattr(transfer, "file_plan", deleted_meanwhile)
+    r = client.get("/v1/models/org/racy/versions/1/files/model.safetensors")
+    assert r.status_code == 404 and "was deleted while" in r.json()["error"]["message"], r.text
+
+    pushed(client, "org/damaged", checkpoint(base_state(seed=13)))
+    monkeypatch.setattr(transfer, "file_plan", lambda *a, **k: (_ for _ in ()).throw(CorruptStoreError("x")))
+    with pytest.raises(CorruptStoreError):  # a version still there whose rows are wrong is damage: a 500
+        client.get("/v1/models/org/damaged/versions/1/files/model.safetensors")
+    monkeypatch.setattr(transfer, "file_plan", real)
