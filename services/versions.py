@@ -300,6 +300,13 @@ def commit_version(
     ``base_model_relation`` in README.md) when that base is stored and ``viewer`` may read it."""
     if version.status != "pending":
         raise Conflict(f"version {ref} is already {version.status}", code="version_not_pending")
+    gone = (version.sketch or {}).get("base_deleted")
+    if gone:
+        raise Conflict(
+            f"{ref} was pushed with base {gone}, which was deleted before this commit; push again with "
+            "another --base (or none)",
+            code="base_deleted",
+        )
     files = FileRepository(session).for_version(version.id)
     missing = [f.path for f in files if not f.uploaded]
     if missing:
@@ -409,6 +416,8 @@ def delete_versions(
         dropped += [a.blob for a in ArtifactRepository(session).for_version(version.id) if a.blob]
         for child in VersionRepository(session).children([version.id]):
             child.parent_version_id = None
+            if child.status == "pending":  # its push named this base: its commit must not store a root
+                child.sketch = {**(child.sketch or {}), "base_deleted": _refs(session, [version.id])[0]}
         session.delete(version)
         session.flush()
     blobs = BlobRepository(session)

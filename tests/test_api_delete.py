@@ -160,3 +160,25 @@ def test_a_read_that_loses_a_race_with_a_delete_is_a_404(
     with pytest.raises(CorruptStoreError):  # a version still there whose rows are wrong is damage: a 500
         client.get("/v1/models/org/damaged/versions/1/files/model.safetensors")
     monkeypatch.setattr(transfer, "file_plan", real)
+
+
+def test_a_base_deleted_before_its_childs_commit_fails_the_commit(client: TestClient) -> None:
+    """Deleting a base while a push against it is still uploading succeeds (a pending version holds
+    nothing of it), and that push's commit says so instead of silently storing a root."""
+    base = base_state(seed=14)
+    pushed(client, "org/gone", checkpoint(base))
+    files = checkpoint(finetune_state(base, seed=15))
+    client.post("/v1/models", json={"name": "org/orphan"})
+    body = {
+        "base": "org/gone@1",
+        "files": [{"path": p, "size": len(d), "sha256": sha(d)} for p, d in files.items()],
+    }
+    rev = client.post("/v1/models/org/orphan/versions", json=body).json()["version"]["revision"]
+    for path, data in files.items():
+        assert (
+            client.put(f"/v1/models/org/orphan/versions/{rev}/files/{path}", content=data).status_code == 200
+        )
+    assert client.delete("/v1/models/org/gone").status_code == 204
+    r = client.post(f"/v1/models/org/orphan/versions/{rev}/commit")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "base_deleted", r.text
+    assert "org/gone@1" in r.json()["error"]["message"]
