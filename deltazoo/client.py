@@ -40,7 +40,7 @@ from deltazoo.models import (
     VersionSummary,
 )
 from deltazoo.push import push_folder
-from deltazoo.refs import Ref
+from deltazoo.refs import Ref, check_tag_name
 from deltazoo.rest_paths import version_path
 from deltazoo.transport import Transport
 
@@ -223,6 +223,7 @@ class Client:
         ref = Ref.parse(name)
         if "@" not in name:
             raise UsageError(f"say which version to tag: {ref.model}@<rev>", code="revision_required")
+        check_tag_name(tag)  # a malformed name is refused here, not as a route the server lacks
         url = f"/v1/models/{ref.org}/{ref.name}/tags/{quote(tag, safe='')}"
         answer = self.transport.json("PUT", url, json={"revision": ref.rev}, idempotent=True)
         return TagInfo.model_validate(answer)
@@ -230,6 +231,7 @@ class Client:
     def delete_tag(self, name: str, tag: str) -> None:
         """Remove ``tag`` from model ``name``; the version it pointed at stays."""
         ref = Ref.parse(name)
+        check_tag_name(tag)
         self.transport.json("DELETE", f"/v1/models/{ref.org}/{ref.name}/tags/{quote(tag, safe='')}")
 
     def delete_version(self, name: str) -> None:

@@ -208,6 +208,9 @@ def test_a_malformed_name_is_a_deltazoo_error(tmp_path: Path) -> None:
     with Client("http://127.0.0.1:9", cache_dir=tmp_path) as c, pytest.raises(DeltazooError) as caught:
         c.pull("not a name", tmp_path / "out")
     assert isinstance(caught.value, ValueError) and caught.value.code == "invalid_name"
+    for tag in ("a/b", "..", "main"):  # refused before any request (a/b was "no such route")
+        with Client("http://127.0.0.1:9", cache_dir=tmp_path) as c, pytest.raises(DeltazooError, match="tag"):
+            c.tag("o/m@1", tag)
 
 
 def test_revisions_sort_as_numbers() -> None:
