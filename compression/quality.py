@@ -84,6 +84,10 @@ def bits_per_byte(
     vocab = config_int(model, "vocab_size") or 0
     window = window or config_int(model, "max_position_embeddings") or DEFAULT_WINDOW
     bos = config_int(model, "bos_token_id")
+    if bos is not None and vocab and not 0 <= bos < vocab:
+        raise NotEvaluable(
+            f"config.json's bos_token_id {bos} is outside its vocabulary of {vocab} tokens; fix the config"
+        )
     ids = token_ids(tokenizer, text, vocab)
     span = window - 1  # tokens scored per window at most: one position is BOS or the first context token
     stride = stride or span
@@ -180,8 +184,10 @@ def build_causal_lm(
         _check_size_fits(AutoModelForCausalLM, config, model_type, state_dict)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (ValueError, KeyError, ImportError, TypeError) as exc:
+        why = " ".join(str(exc).split())  # transformers may list every model type it knows: keep it short
         raise NotEvaluable(
-            f"transformers cannot build a causal LM of model_type {model_type!r}: {exc}"
+            f"transformers cannot build a causal LM of model_type {model_type!r}: "
+            + (why if len(why) <= 300 else why[:300] + "...")
         ) from exc
     result = model.load_state_dict(dict(state_dict), strict=False)
     missing = set(result.missing_keys)

@@ -10,9 +10,18 @@ from deltazoo.compression.baselines import dare, kept_for_budget, magnitude, mas
 from deltazoo.compression.quality import NotEvaluable, bits_per_byte, build_causal_lm, gain_kept
 
 CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256, "hidden_size": 16,
-    "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
-    "max_position_embeddings": 16, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 256,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 16,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tie_word_embeddings": False,
 }
 TEXT = "def f(x):\n    return x * 2  # é\n" * 3  # 99 bytes, one two-byte character per line
 
@@ -143,3 +152,18 @@ def test_a_config_without_sizes_is_not_built_at_its_default_size() -> None:
     memory is allocated for it, not built for a checkpoint of a few weights."""
     with pytest.raises(NotEvaluable, match="describes .* parameters but the checkpoint holds 64 weights"):
         build_causal_lm({"model_type": "llama"}, {"model.embed_tokens.weight": torch.zeros(8, 8)})
+
+
+def test_a_bos_outside_the_vocabulary_is_not_evaluable_and_says_why(model):
+    model.config.bos_token_id = 50256  # GPT-2's, in a config whose vocabulary is far smaller
+    try:
+        with pytest.raises(NotEvaluable, match="bos_token_id 50256 is outside its vocabulary"):
+            bits_per_byte(model, None, TEXT[:30], window=16)
+    finally:
+        model.config.bos_token_id = 1
+
+
+def test_an_unknown_architecture_says_so_in_a_short_message():
+    with pytest.raises(NotEvaluable) as caught:
+        build_causal_lm({"model_type": "no-such-architecture"}, {})
+    assert "no-such-architecture" in str(caught.value) and len(str(caught.value)) < 420
