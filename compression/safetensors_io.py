@@ -353,7 +353,12 @@ def validate_index(data: bytes) -> dict[str, str]:
     doc = strict_json(data, "index file")
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and is_safetensors_path(v) for k, v in weight_map.items()
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise SafetensorsError('index file needs "weight_map": {tensor name: "shard.safetensors"}')
+    for name, shard in weight_map.items():
+        if not is_safetensors_path(shard):
+            raise SafetensorsError(
+                f"index file maps tensor {name[:100]!r} to {shard[:100]!r}, not a .safetensors file"
+            )
     return weight_map

@@ -10,7 +10,7 @@ from functools import partial
 
 from deltazoo.compression.safetensors_io import SafetensorsError, is_index_file, read_header, validate_index
 from deltazoo.registry.errors import DeltazooError, Unprocessable
-from deltazoo.registry.models import Version
+from deltazoo.registry.models import File, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, TensorRepository
 from deltazoo.services.transfer import MAX_INDEX_BYTES
@@ -87,3 +87,41 @@ def check_shard_indexes(session: Session, store: ObjectStore, version: Version) 
             raise Unprocessable(
                 f"{f.path} {'; '.join(what)}; push the index with exactly its shards", code="index_mismatch"
             )
+        check_index_tensors(session, store, f.path, folder, weight_map, {g.path: g for g in files})
+
+
+def check_index_tensors(
+    session: Session,
+    store: ObjectStore,
+    index: str,
+    folder: str,
+    weight_map: dict[str, str],
+    by_path: dict[str, File],
+) -> None:
+    """Every tensor the index maps is in the shard it names, and every tensor of those shards is mapped
+    there (transformers loads by the map: a tensor it cannot find fails the load): 422 naming the first."""
+    held: dict[str, str] = {}  # tensor name -> the shard that holds it
+    for shard in set(weight_map.values()):
+        path = posixpath.normpath(posixpath.join(folder, shard))
+        names = _tensor_names(session, store, by_path[path])
+        if names is None:
+            return  # a shard not readable here: the encode job reads every byte anyway
+        held.update(dict.fromkeys(names, shard))
+    wrong = sorted(k for k, shard in weight_map.items() if held.get(k) != shard)
+    unmapped = sorted(set(held) - set(weight_map))
+    if wrong or unmapped:
+        what = [f"maps tensors its shards do not hold there: {', '.join(wrong[:5])}"] if wrong else []
+        what += [f"leaves out tensors of its shards: {', '.join(unmapped[:5])}"] if unmapped else []
+        raise Unprocessable(f"{index} {'; '.join(what)}; write the index again", code="index_mismatch")
+
+
+def _tensor_names(session: Session, store: ObjectStore, f: File) -> list[str] | None:
+    """The tensor names of an uploaded shard: its staged header, or the stored file it repeats."""
+    if f.staging_key is not None:
+        try:
+            return [t.name for t in read_header(partial(_read_range, store, f.staging_key), f.size).tensors]
+        except SafetensorsError:
+            return None
+    if f.source_file_id is None:
+        return None
+    return [t.name for t in TensorRepository(session).for_file(f.source_file_id)]

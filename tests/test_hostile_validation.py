@@ -87,6 +87,10 @@ def good_shard(name: str) -> bytes:
         ('{"weight_map":{"a":"model-1.safetensors","b":"model-9.safetensors"}}', 422, "index_mismatch"),
         ('{"weight_map":{"a":"../../etc/model-1.safetensors"}}', 422, "index_outside"),
         ('{"weight_map":{"a":"model-2.safetensors"}}', 422, "index_mismatch"),
+        # tensors: one the shard does not hold, and the shard's own left out (transformers fails to load)
+        ('{"weight_map":{"a":"model-1.safetensors","z":"model-1.safetensors"}}', 422, "index_mismatch"),
+        ('{"weight_map":{"z":"model-1.safetensors"}}', 422, "index_mismatch"),
+        ('{"weight_map":{"a":"../../etc/passwd"}}', 400, "invalid_index"),
     ],
 )
 def test_an_index_names_exactly_its_shards_inside_the_checkpoint(
