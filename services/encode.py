@@ -37,6 +37,8 @@ from sqlalchemy.orm import Session
 
 Progress = Callable[[float], None]  # job progress, 0..1
 
+ParentRefs = dict[str | tuple[str, str], ParentRef]  # name, and (file path, name), -> the parent's tensor
+
 
 @dataclass
 class EncodeTotals:
@@ -158,7 +160,7 @@ def _encode_safetensors(
     store: ObjectStore,
     version: Version,
     file: File,
-    parents: dict[str, ParentRef],
+    parents: ParentRefs,
     max_depth: int,
     totals: EncodeTotals,
     after_tensor: Callable[[int], None],
@@ -202,7 +204,7 @@ def _encode_safetensors(
                 assert slot.sha256 is not None
                 slot.twin = stored.get(slot.sha256)
                 if slot.twin is None:
-                    parent = parents.get(slot.entry.name)
+                    parent = parent_of(parents, file.path, slot.entry.name)
                     slot.parent = (
                         parent if parent is not None and parent.depth < max_depth else None
                     )  # re-anchor
@@ -340,15 +342,26 @@ def _set_parent(row: Tensor, parent: ParentRef | None) -> None:
     row.depth = parent.depth + 1 if parent else 0
 
 
-def _parent_refs(session: Session, version: Version) -> dict[str, ParentRef]:
-    """The parent version's tensors by name, with their decode recipes resolved in one pass."""
+def _parent_refs(session: Session, version: Version) -> ParentRefs:
+    """The parent version's tensors by (file path, name) and by name, with their decode recipes resolved
+    in one pass. A name held by several files of the parent (``w`` in two shards) is matched by its file
+    first: by name alone it would be whichever came last."""
     if version.parent_version_id is None:
         return {}
-    by_name = TensorRepository(session).by_name(version.parent_version_id)
-    recipes = resolve_recipes(session, by_name.values())
-    return {
-        name: ParentRef(t.id, t.depth, t.dtype, list(t.shape), recipes[t.id]) for name, t in by_name.items()
-    }
+    rows = TensorRepository(session).for_version(version.parent_version_id)
+    paths = {f.id: f.path for f in FileRepository(session).for_version(version.parent_version_id)}
+    recipes = resolve_recipes(session, rows)
+    refs: ParentRefs = {}
+    for t in rows:
+        ref = ParentRef(t.id, t.depth, t.dtype, list(t.shape), recipes[t.id])
+        refs.setdefault(t.name, ref)
+        refs[(paths.get(t.file_id, ""), t.name)] = ref
+    return refs
+
+
+def parent_of(parents: ParentRefs, path: str, name: str) -> ParentRef | None:
+    """The parent tensor of tensor ``name`` of file ``path``: the same name in the same file, else in any."""
+    return parents.get((path, name)) or parents.get(name)
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -394,7 +407,7 @@ def encode_version(
     largest tensor.
     """
     files = FileRepository(session).for_version(version.id)
-    parents: dict[str, ParentRef] | None = None  # resolved once, if a file still has tensors to encode
+    parents: ParentRefs | None = None  # resolved once, if a file still has tensors to encode
     totals = EncodeTotals()
     advance = Advance(sum(f.size for f in files), progress, checkpoint)
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from deltazoo.api.app import create_app
 from fastapi.testclient import TestClient
 
@@ -182,3 +183,22 @@ def test_a_base_deleted_before_its_childs_commit_fails_the_commit(client: TestCl
     r = client.post(f"/v1/models/org/orphan/versions/{rev}/commit")
     assert r.status_code == 409 and r.json()["error"]["code"] == "base_deleted", r.text
     assert "org/gone@1" in r.json()["error"]["message"]
+
+
+def test_a_name_in_two_files_of_the_parent_is_matched_by_its_file(client: TestClient) -> None:
+    """Two files of the base each hold a ``w`` (two independent models side by side): each file of the
+    fine-tune is coded against the ``w`` of its own file, not whichever came last."""
+    from safetensors.torch import save
+
+    g = torch.Generator().manual_seed(16)
+    ws = {p: torch.randn(128, 128, generator=g).bfloat16() for p in ("a.safetensors", "b.safetensors")}
+    base = {p: save({"w": w}) for p, w in ws.items()}
+    tuned = {
+        p: save({"w": (w.float() + 1e-3 * torch.randn(128, 128, generator=g)).bfloat16()})
+        for p, w in ws.items()
+    }
+    pushed(client, "org/two", base)
+    pushed(client, "org/two-ft", tuned, base="org/two@1")
+    for t in client.get("/v1/models/org/two-ft/versions/1").json()["tensors"]:
+        assert t["encoding"] == "delta" and t["parent"] == f"org/two@1:{t['file']}:w", t
+    assert_pulls_exact(client, "org/two-ft@1", tuned)
