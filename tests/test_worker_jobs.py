@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from deltazoo.api.app import create_app
 from deltazoo.registry.objectstore import LocalObjectStore
 from deltazoo.workers.jobs import JobContext, run_job
@@ -45,10 +46,16 @@ def test_jobs_left_queued_are_run_at_next_start(tmp_path: Path) -> None:
 def test_deep_chains_are_re_anchored(tmp_path: Path) -> None:
     settings = embedded_settings(tmp_path / "home").model_copy(update={"max_chain_depth": 1})
     with TestClient(create_app(settings)) as client:
-        s0 = base_state()
+        # tensors large enough that a delta takes less than their bytes (a tiny one is stored as it is)
+        s0 = {k: v.repeat(8, 1) if v.dim() == 2 else v for k, v in base_state().items()}
         s1 = finetune_state(s0, seed=1)
-        s2 = finetune_state({k: v for k, v in s1.items() if k != "lm_head.weight"}, seed=2)
+        s1["lm_head.weight"] = s1["lm_head.weight"].repeat(8, 1)  # new in s1: plain, depth 0
+        s2 = finetune_state(s1, seed=2)
         s2["embed.weight"] = s2["embed.weight"][: s1["embed.weight"].shape[0]]
+        g = torch.Generator().manual_seed(3)
+        s2["lm_head.weight"] = (
+            s1["lm_head.weight"].float() + torch.randn(416, 32, generator=g) * 1e-3
+        ).bfloat16()
         parent = None
         for i, state in enumerate((s0, s1, s2)):
             answer = push(client, f"org/m{i}", checkpoint(state), base=parent)
