@@ -74,8 +74,15 @@ def file_response(request: Request, store: ObjectStore, plan: FilePlan, headers:
     )
 
 
-def object_response(request: Request, store: ObjectStore, key: str, size: int, etag: str) -> Response:
-    """One stored object of ``size`` bytes as it is stored, with ``ETag: "<etag>"``."""
+def object_response(
+    request: Request,
+    store: ObjectStore,
+    key: str,
+    size: int,
+    etag: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """One stored object of ``size`` bytes as it is stored, with ``ETag: "<etag>"`` and ``headers``."""
 
     def body(start: int, end: int) -> Iterator[bytes]:  # large pieces: a blob is often one piece
         if start == 0 and end == size:
@@ -84,4 +91,4 @@ def object_response(request: Request, store: ObjectStore, key: str, size: int, e
         for offset in range(start, end, SEND_PIECE):
             yield store.get_range(key, offset, min(SEND_PIECE, end - offset))
 
-    return _ranged(request, size, {"ETag": f'"{etag}"'}, body)
+    return _ranged(request, size, {"ETag": f'"{etag}"', **(headers or {})}, body)

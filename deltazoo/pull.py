@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from deltazoo.download import download
-from deltazoo.errors import ConflictError, NotFoundError, UsageError
+from deltazoo.errors import ClientError, ConflictError, NotFoundError, UsageError
 from deltazoo.linking import place
 from deltazoo.models import FileInfo, VersionInfo
 from deltazoo.patterns import filter_paths
 from deltazoo.progress import BarShare
 from deltazoo.refs import Ref
 from deltazoo.rest_paths import file_path, version_path
+from deltazoo.schemas import PROFILE_NAME
 from deltazoo.transport import progress_bar
 from deltazoo.upload import PARALLEL_FILES
 
@@ -230,17 +231,32 @@ def fetch_delta_file(
     path = client.cache.artifact_path(ref, profile)
     if path.is_file():
         return path
+    if client.offline:
+        raise NotFoundError(
+            f"offline: the {profile} profile of {ref} is not in the cache at {client.cache.root}; "
+            "pull it once online",
+            code="not_cached",
+            status=None,
+        )
     url = f"{version_path(ref)}/artifacts/{quote(profile, safe='')}"
     try:
-        return download_artifact(client, url, path, quiet=quiet)
+        return download_artifact(client, url, ref, profile, quiet=quiet)
     except ConflictError as exc:
         if exc.code != "artifact_not_ready":
             raise
     client.wait_profiles(str(ref), [profile], timeout=timeout, quiet=quiet)
-    return download_artifact(client, url, path, quiet=quiet)
+    return download_artifact(client, url, ref, profile, quiet=quiet)
 
 
-def download_artifact(client: Client, url: str, path: Path, *, quiet: bool) -> Path:
-    """A packed container into ``path`` (``deltazoo.download``: resumed with ``Range``, checked by size
-    and the server's sha256 ETag, read-only)."""
+def download_artifact(client: Client, url: str, ref: Ref, profile: str, *, quiet: bool) -> Path:
+    """A packed container into the cache, named by the profile as the server spells it (``PROFILE_NAME``:
+    ``deltadq:n=1,m=32,bits=4`` however it was asked for); ``deltazoo.download``: resumed with
+    ``Range``, checked by size and the server's sha256 ETag, read-only."""
+    try:
+        canonical = client.transport.send("HEAD", url).headers.get(PROFILE_NAME) or profile
+    except ClientError:  # a HEAD answer has no body: the GET below raises it with the server's message
+        canonical = profile
+    path = client.cache.artifact_path(ref, canonical)
+    if path.is_file():
+        return path
     return download(client.transport, url, path, what=path.name, quiet=quiet)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # server need not hash what it rebuilds (docs/REST.md, GET .../files/{path}).
 CLIENT_VERIFIES = "Deltazoo-Client-Verifies"
 BLOB_SIZES = "Deltazoo-Blob-Sizes"  # ``GET /v1/blobs``' answer: each blob's size, in the order asked
+PROFILE_NAME = "Deltazoo-Profile"  # an artifact's answer: its profile as stored (canonical), however asked
 
 
 class Shape(BaseModel):

@@ -164,6 +164,11 @@ def test_profiles_carry_over_to_new_revisions_and_can_be_requested_later(
     assert code == 0 and "ready" in out
     code, out, _ = _run(capsys, "pull-delta", f"{unique_org}/ft@1", str(tmp_path / "e"), "--profile", other)
     assert code == 0
+    spelled = "deltadq: bits=4, m=32, n=2"  # the same profile, spelled otherwise: the same file name
+    code, out, _ = _run(capsys, "pull-delta", f"{unique_org}/ft@1", str(tmp_path / "f"), "--profile", spelled)
+    assert code == 0 and [p.name for p in (tmp_path / "f").iterdir()] == [
+        "deltadq-n=2_m=32_bits=4.safetensors"
+    ]
 
 
 def test_errors_speak_cli_with_a_token_hint_and_options_go_anywhere(

@@ -25,6 +25,8 @@ from deltazoo.services.versions import DeclaredFile, commit_version, create_vers
 from deltazoo.workers.jobs import held_since
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from deltazoo.schemas import PROFILE_NAME
+
 router = APIRouter(tags=["versions"])
 V = "/models/{org}/{name}/versions/{rev}"
 Config = Annotated[Settings, Depends(settings_dep)]
@@ -142,4 +144,5 @@ def get_artifact(
     _, version = get_version(session, org, name, rev)
     artifact = find_artifact(session, version, ref_string(f"{org}/{name}", version.revision), profile)
     assert artifact.blob is not None  # find_artifact returns ready artifacts only
-    return object_response(request, store, blob_key(artifact.blob), artifact.bytes, artifact.blob)
+    named = {PROFILE_NAME: artifact.profile}  # the canonical spelling, for the file name the SDK writes
+    return object_response(request, store, blob_key(artifact.blob), artifact.bytes, artifact.blob, named)
