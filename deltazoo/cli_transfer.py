@@ -53,7 +53,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             f"profiles carried over from the previous revision: {', '.join(carried)} "
             "(push with --profile to choose others)"
         )
-    if v.suggested_base and not v.parent:
+    if v.suggested_base and not v.parent and v.stored_bytes:  # nothing to save when all was deduplicated
         print(
             f"note: this looks derived from {v.suggested_base.ref}; push with --base {v.suggested_base.ref} "
             "to store it as a delta",

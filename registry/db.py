@@ -97,6 +97,15 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
+def commit_now(session: Session) -> None:
+    """Commit the unit of work so far and run its after-commit callbacks (enqueued jobs): for a request
+    that then waits on what it started (a Hub commit waits for its encode); ``session_scope`` commits
+    whatever it writes after."""
+    session.commit()
+    for callback in session.info.pop("after_commit", []):
+        callback()
+
+
 def end_read(session: Session) -> None:
     """End a transaction that has only read, so that no connection or snapshot is held while a long
     request body streams in; the unit of work (``session_scope``) goes on and commits what is written

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from deltazoo.registry.errors import DeltazooError, NotFound
+from deltazoo.registry.errors import DeltazooError, NotFound, Unavailable
 from deltazoo.registry.models import ApiToken, File, Model, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
@@ -69,20 +69,33 @@ def open_repo(
             find_version(session, model, repo_id, MAIN)  # raises version_not_found, saying why
     else:
         version = find_version(session, model, repo_id, revision)
-        settled(session, version)
+        if not settled(session, version) and version.status == "processing":
+            raise StillEncoding(
+                f"{ref_string(repo_id, version.revision)} ({revision}) is still being encoded; retry shortly"
+            )
     return Repo(model, repo_id, version)
+
+
+class StillEncoding(Unavailable):
+    """A revision named explicitly (a commit id just handed out) whose encode outlasted the read's wait:
+    503 with ``Retry-After``, which clients retry, rather than a 409 they report as a failure."""
+
+    code = "version_processing"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.retry_after = 5
 
 
 HUB_READ_WAIT_S = 8.0  # under huggingface_hub's 10-second HEAD timeout
 HUB_READ_LOOK_EVERY_S = 0.1
 
 
-def settled(session: Session, version: Version, wait_s: float = HUB_READ_WAIT_S) -> bool:
-    """Whether ``version`` is ready, after waiting up to ``wait_s`` for its encode: a Hub client reads
-    right after its commit (``push_to_hub`` then ``from_pretrained``), and the commit it was answered
-    with must be there, not an older ``main`` or a "not found". The Hub's read routes write nothing, so
-    each look is a fresh read of the row."""
-    until = time.monotonic() + wait_s
+def settled(session: Session, version: Version) -> bool:
+    """Whether ``version`` is ready, after waiting up to ``HUB_READ_WAIT_S`` for its encode: a reader of
+    ``main`` or of a commit id may come right after the commit (another client, or a commit answered
+    after ``PUBLISH_WAIT_S``). The Hub's read routes write nothing, so each look is a fresh read."""
+    until = time.monotonic() + HUB_READ_WAIT_S
     while version.status == "processing" and time.monotonic() < until:
         time.sleep(HUB_READ_LOOK_EVERY_S)
         session.refresh(version)

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from deltazoo.registry.db import commit_now
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
 from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import ObjectStore, stages_direct
@@ -248,6 +249,23 @@ def check_deletions_exist(repo_id: str, main: Version | None, held: set[str], op
             f"cannot delete {missing[0]!r}: {repo_id} has no such file or folder {at}",
             main.commit_id if main is not None else None,
         )
+
+
+PUBLISH_WAIT_S = 300.0  # how long a Hub commit waits for its encode before it answers anyway
+
+
+def wait_published(session: Session, version: Version, ref: str) -> None:
+    """Commit ``version`` (queueing its encode) and wait for the encode, as the Hub answers a commit once
+    ``main`` is the commit: ``upload_folder`` / ``push_to_hub`` then ``from_pretrained`` reads it, never
+    the version before. After ``PUBLISH_WAIT_S`` the answer goes anyway (reads of ``main`` serve the version
+    before until it is ready). An encode that fails is the commit's error (422 ``encode_failed``)."""
+    commit_now(session)
+    until = time.monotonic() + PUBLISH_WAIT_S
+    while version.status == "processing" and time.monotonic() < until:
+        time.sleep(COMMIT_LOOK_EVERY_S)
+        session.refresh(version)
+    if version.status == "failed":
+        raise Unprocessable(f"{ref} could not be stored: {version.status_message}", code="encode_failed")
 
 
 def commit(

@@ -126,8 +126,11 @@ def check_new_name(session: Session, org: str, short: str, viewer: Principal) ->
         )
     namespace = NamespaceRepository(session).case_variant(org)
     if namespace is not None:
+        models = ModelRepository(session)
+        free = models.get(namespace, short) is None and models.case_variant(namespace, short) is None
         raise Conflict(
-            f"namespace {namespace} differs from {org} only in letter case: use {namespace}/{short}",
+            f"namespace {namespace} differs from {org} only in letter case: "
+            + (f"use {namespace}/{short}" if free else f"use namespace {namespace} with a name not taken"),
             code="model_exists",
         )
     clash = ModelRepository(session).case_variant(org, short)

@@ -137,6 +137,8 @@ def test_new_names_the_hub_refuses_or_that_differ_only_in_case(client: TestClien
 
     assert create("hub", "M")["status"] == 409  # hub/m exists
     assert create("HUB", "other")["status"] == 409  # the namespace hub exists
+    taken = create("HUB", "M")  # and the name it would suggest is taken too: it does not suggest it
+    assert taken["status"] == 409 and "hub/M" not in taken["error"]
     for bad in ("x.git", "a--b", "a..b"):
         assert create("hub", bad)["status"] == 422, bad
     r = client.post("/v1/models", json={"name": "hub/M", "exist_ok": True})
@@ -188,17 +190,44 @@ def wait_ready(client: TestClient, path: str) -> None:
 
 
 def test_a_commit_is_readable_as_soon_as_it_is_answered(client: TestClient) -> None:
-    """push_to_hub then from_pretrained: the reads wait (a few seconds at most) for the commit's encode
-    rather than answering with an older main, or "not found" for the commit id just handed out."""
+    """push_to_hub then from_pretrained: the commit is answered once its encode is done (as the Hub
+    answers once main has moved), so the reads that follow get it, never an older main."""
     weights = checkpoint({"w": torch.randn(1024, 1024)})["model.safetensors"]  # takes a while to encode
     r = client.post(
         "/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("model.safetensors", weights))
     )
     assert r.status_code == 200, r.text
     commit = r.json()["commitOid"]
+    assert client.get("/v1/models/hub/m/versions/1").json()["status"] == "ready"  # answered once encoded
     assert client.get("/api/models/hub/m").json()["sha"] == commit
     for rev in ("main", commit):
         r = client.get(f"/hub/m/resolve/{rev}/model.safetensors")
         assert (
             r.status_code == 200 and r.headers["X-Repo-Commit"] == commit and sha(r.content) == sha(weights)
         )
+
+
+def test_reads_of_a_commit_whose_encode_outlasts_every_wait(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No worker takes the encode: the commit answers after its wait, main stays the version before, and
+    the new commit id is a 503 with Retry-After (clients retry it), not a 409 reported as a failure."""
+    from deltazoo.services import hub, hub_commit
+
+    monkeypatch.setattr(hub_commit, "PUBLISH_WAIT_S", 0.3)
+    monkeypatch.setattr(hub, "HUB_READ_WAIT_S", 0.3)
+    r = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("a.txt", b"one")))
+    assert r.status_code == 200
+    wait_ready(client, "/v1/models/hub/m/versions/1")
+    client.app.state.dispatcher.stop()  # type: ignore[attr-defined]
+    client.app.state.dispatcher = type("Nobody", (), {"submit": staticmethod(lambda _id: None)})()  # type: ignore[attr-defined]
+    r = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("a.txt", b"two")))
+    assert r.status_code == 200, r.text
+    pending_commit = r.json()["commitOid"]
+    assert client.get("/hub/m/resolve/main/a.txt").content == b"one"  # the version before, until ready
+    r = client.get(f"/hub/m/resolve/{pending_commit}/a.txt")
+    assert (
+        r.status_code == 503
+        and r.headers["Retry-After"]
+        and "still being encoded" in r.headers["X-Error-Message"]
+    )

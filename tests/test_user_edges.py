@@ -217,3 +217,11 @@ def test_revisions_sort_as_numbers() -> None:
     refs = ["o/m@10", "o/m@2", "o/a@1", "o/m@prod", "o/m@1"]
     assert sorted(refs, key=ref_order) == ["o/a@1", "o/m@1", "o/m@2", "o/m@10", "o/m@prod"]
     assert Ref.parse("o/m@9").order < Ref.parse("o/m@10").order
+
+
+def test_a_fully_deduplicated_push_gets_no_base_hint(
+    env: str, checkpoint_pair: CheckpointPair, unique_org: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/a", "--wait")[0] == 0
+    code, out, err = _run(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/b", "--wait")
+    assert code == 0 and "deduplicated" in out and "looks derived" not in err  # nothing a base would save

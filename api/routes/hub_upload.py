@@ -118,11 +118,12 @@ async def commit(
     try:
         with upload_slot(request, viewer.token_id):  # its body carries the files inline
             await read_commit(request.stream(), ops)
-        version, _ = await run_in_threadpool(
+        version, ref = await run_in_threadpool(
             hub_commit.commit_in_turn, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
         )
     finally:
         ops.close()
+    await run_in_threadpool(hub_commit.wait_published, session, version, ref)
     base = str(request.base_url).rstrip("/")
     return {
         "commitOid": version.commit_id,
