@@ -59,12 +59,8 @@ def open_repo(
     model = get_model(session, org, name)
     if not can_read_model(viewer, model, org):
         raise model_not_found(org, name)
-    if revision is None or revision == MAIN:
-        versions = VersionRepository(session)
-        version = versions.latest(model.id, ready_only=True)
-        newest = versions.newest_committed(model.id)
-        if newest is not None and (version is None or newest.revision > version.revision):
-            version = newest if settled(session, newest) else version
+    if revision is None or revision == MAIN:  # never waited for: a commit is answered once it is main
+        version = VersionRepository(session).latest(model.id, ready_only=True)
         if version is None and revision == MAIN and not empty_main:
             find_version(session, model, repo_id, MAIN)  # raises version_not_found, saying why
     else:
@@ -92,9 +88,10 @@ HUB_READ_LOOK_EVERY_S = 0.1
 
 
 def settled(session: Session, version: Version) -> bool:
-    """Whether ``version`` is ready, after waiting up to ``HUB_READ_WAIT_S`` for its encode: a reader of
-    ``main`` or of a commit id may come right after the commit (another client, or a commit answered
-    after ``PUBLISH_WAIT_S``). The Hub's read routes write nothing, so each look is a fresh read."""
+    """Whether ``version`` is ready, after waiting up to ``HUB_READ_WAIT_S`` for its encode: a commit id
+    read right after a commit answered before its encode was done (after ``PUBLISH_WAIT_S``). ``main``
+    is never waited for (readers of a model being re-committed keep their latency). The Hub's read
+    routes write nothing, so each look is a fresh read."""
     until = time.monotonic() + HUB_READ_WAIT_S
     while version.status == "processing" and time.monotonic() < until:
         time.sleep(HUB_READ_LOOK_EVERY_S)
