@@ -87,16 +87,21 @@ HUB_READ_WAIT_S = 8.0  # under huggingface_hub's 10-second HEAD timeout
 HUB_READ_LOOK_EVERY_S = 0.1
 
 
+def wait_encoded(session: Session, version: Version, wait_s: float, every_s: float) -> str:
+    """``version``'s status once it is no longer ``processing``, or after ``wait_s`` (looked at every
+    ``every_s``, each look a fresh read of the row: the caller has nothing uncommitted)."""
+    until = time.monotonic() + wait_s
+    while version.status == "processing" and time.monotonic() < until:
+        time.sleep(every_s)
+        session.refresh(version)
+    return version.status
+
+
 def settled(session: Session, version: Version) -> bool:
     """Whether ``version`` is ready, after waiting up to ``HUB_READ_WAIT_S`` for its encode: a commit id
     read right after a commit answered before its encode was done (after ``PUBLISH_WAIT_S``). ``main``
-    is never waited for (readers of a model being re-committed keep their latency). The Hub's read
-    routes write nothing, so each look is a fresh read."""
-    until = time.monotonic() + HUB_READ_WAIT_S
-    while version.status == "processing" and time.monotonic() < until:
-        time.sleep(HUB_READ_LOOK_EVERY_S)
-        session.refresh(version)
-    return version.status == "ready"
+    is never waited for (readers of a model being re-committed keep their latency)."""
+    return wait_encoded(session, version, HUB_READ_WAIT_S, HUB_READ_LOOK_EVERY_S) == "ready"
 
 
 def _require_version(repo: Repo) -> Version:

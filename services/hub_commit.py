@@ -33,7 +33,7 @@ from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import ObjectStore, stages_direct
 from deltazoo.registry.repositories import FileRepository, TagRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
-from deltazoo.services.hub import MissingEntry
+from deltazoo.services.hub import MissingEntry, wait_encoded
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
 from deltazoo.services.refs import COMMIT_ID_RE, MAIN, get_model, parse_name, ref_string
 from deltazoo.services.similarity import mark_auto_base
@@ -260,11 +260,7 @@ def wait_published(session: Session, version: Version, ref: str) -> None:
     the version before. After ``PUBLISH_WAIT_S`` the answer goes anyway (reads of ``main`` serve the version
     before until it is ready). An encode that fails is the commit's error (422 ``encode_failed``)."""
     commit_now(session)
-    until = time.monotonic() + PUBLISH_WAIT_S
-    while version.status == "processing" and time.monotonic() < until:
-        time.sleep(COMMIT_LOOK_EVERY_S)
-        session.refresh(version)
-    if version.status == "failed":
+    if wait_encoded(session, version, PUBLISH_WAIT_S, COMMIT_LOOK_EVERY_S) == "failed":
         raise Unprocessable(f"{ref} could not be stored: {version.status_message}", code="encode_failed")
 
 
