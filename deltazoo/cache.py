@@ -104,12 +104,20 @@ class Cache:
         except (FileNotFoundError, UnicodeDecodeError):
             pass
         if sha256_file(p) != sha256:
-            p.unlink(missing_ok=True)
-            self._stamp_path(sha256).unlink(missing_ok=True)
-            (self.root / "tensors" / f"{sha256}.json").unlink(missing_ok=True)
+            self.drop_blob(sha256)
             return False
         self._stamp(sha256)
         return True
+
+    def drop_blob(self, sha256: str) -> None:
+        """Delete ``blobs/<sha256>`` and what is recorded of it."""
+        self.blob_path(sha256).unlink(missing_ok=True)
+        self.drop_records(sha256)
+
+    def drop_records(self, sha256: str) -> None:
+        """Delete what is recorded of blob ``sha256``: its stamp and its tensor index."""
+        self._stamp_path(sha256).unlink(missing_ok=True)
+        self._index_of(sha256).unlink(missing_ok=True)
 
     def install(self, tmp: Path, sha256: str, size: int, actual_sha256: str | None = None) -> Path:
         """Check ``tmp`` (size, sha256) and rename it to ``blobs/<sha256>``; delete it when wrong.
@@ -228,7 +236,10 @@ class Cache:
     # --- tensor index (for delta-only pulls) -----------------------------------------------------
 
     def _tensor_index_path(self, file: FileInfo) -> Path:
-        return self.root / "tensors" / f"{file.sha256}.json"
+        return self._index_of(file.sha256)
+
+    def _index_of(self, sha256: str) -> Path:
+        return self.root / "tensors" / f"{sha256}.json"
 
     def has_tensor_index(self, file: FileInfo) -> bool:
         return self._tensor_index_path(file).is_file()

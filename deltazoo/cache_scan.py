@@ -93,6 +93,5 @@ def prune(cache: Cache, names: Iterable[str] = (), *, everything: bool = False) 
             freed += blob.stat().st_size
             count += 1
             blob.unlink()
-            (cache.root / "tensors" / f"{sha}.json").unlink(missing_ok=True)
-            (cache.root / "stamps" / sha).unlink(missing_ok=True)
+            cache.drop_records(sha)
     return PruneResult(tuple(v.ref for v in forget), count, freed)
