@@ -138,3 +138,17 @@ def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     return tmp_path / "hf-home"
+
+
+@pytest.fixture
+def env(embedded_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """DELTAZOO_URL and a private cache for the commands of one test."""
+    from deltazoo.settings import get_settings
+
+    monkeypatch.setenv("DELTAZOO_URL", embedded_server)
+    monkeypatch.setenv("DELTAZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DELTAZOO_TOKEN", raising=False)
+    monkeypatch.delenv("DELTAZOO_OFFLINE", raising=False)
+    get_settings.cache_clear()
+    yield embedded_server
+    get_settings.cache_clear()

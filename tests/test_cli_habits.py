@@ -14,30 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deltazoo.cli import main
 from tests.checkpoints import CheckpointPair, file_sha256
+from tests.cli_support import run_cli
 
 PROFILE = "deltadq:n=1,m=32,bits=4"
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture
-def env(embedded_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """DELTAZOO_URL and a private cache for the commands of one test."""
-    from deltazoo.settings import get_settings
-
-    monkeypatch.setenv("DELTAZOO_URL", embedded_server)
-    monkeypatch.setenv("DELTAZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("DELTAZOO_TOKEN", raising=False)
-    monkeypatch.delenv("DELTAZOO_OFFLINE", raising=False)
-    get_settings.cache_clear()
-    yield embedded_server
-    get_settings.cache_clear()
 
 
 class _Boom:
@@ -59,19 +39,19 @@ def test_push_without_weights_is_refused_unless_allowed_and_pickles_stay_opaque(
     marker = tmp_path / "unpickled"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Boom(marker)))
 
-    code, _, err = _run(capsys, "push", str(folder), "--name", f"{unique_org}/bin", "--wait")
+    code, _, err = run_cli(capsys, "push", str(folder), "--name", f"{unique_org}/bin", "--wait")
     assert code == 2 and "no *.safetensors weights" in err and "--allow-no-weights" in err
     assert "never unpickles" in err and err.count("\n") == 1
-    code, out, _ = _run(capsys, "ls", "--search", unique_org)
+    code, out, _ = run_cli(capsys, "ls", "--search", unique_org)
     assert f"{unique_org}/bin" not in out  # refused before anything was created
 
-    code, out, _ = _run(
+    code, out, _ = run_cli(
         capsys, "push", str(folder), "--name", f"{unique_org}/bin", "--allow-no-weights", "--wait"
     )
     assert code == 0 and "note: no safetensors weights" in out and "never unpickled" in out
-    code, out, _ = _run(capsys, "info", f"{unique_org}/bin@1")
+    code, out, _ = run_cli(capsys, "info", f"{unique_org}/bin@1")
     assert code == 0 and "status: no safetensors weights" in out
-    code, _, _ = _run(capsys, "pull", f"{unique_org}/bin", str(tmp_path / "back"))
+    code, _, _ = run_cli(capsys, "pull", f"{unique_org}/bin", str(tmp_path / "back"))
     assert code == 0 and file_sha256(tmp_path / "back" / "pytorch_model.bin") == file_sha256(
         folder / "pytorch_model.bin"
     )
@@ -85,7 +65,9 @@ def test_a_refused_push_leaves_no_model_and_description_and_patterns_apply(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, _ = _run(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/base", "--wait")
+    code, out, _ = run_cli(
+        capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/base", "--wait"
+    )
     assert code == 0
     bad = [
         "push",
@@ -95,16 +77,16 @@ def test_a_refused_push_leaves_no_model_and_description_and_patterns_apply(
         "--base",
         f"{unique_org}/base",
     ]
-    code, _, err = _run(capsys, *bad, "--profile", "deltadq:n=9,m=2", "--wait")
+    code, _, err = run_cli(capsys, *bad, "--profile", "deltadq:n=9,m=2", "--wait")
     assert code == 1 and err.startswith("error: ")
-    code, out, _ = _run(capsys, "ls", "--search", unique_org, "--json")
+    code, out, _ = run_cli(capsys, "ls", "--search", unique_org, "--json")
     assert [m["name"] for m in json.loads(out)["items"]] == [f"{unique_org}/base"]
 
     extra = tmp_path / "with-extra"
     shutil.copytree(checkpoint_pair.finetune, extra)
     (extra / "notes.txt").write_text("scratch")
     (extra / "optimizer.pt").write_bytes(b"\0" * 64)
-    code, out, _ = _run(
+    code, out, _ = run_cli(
         capsys,
         "push",
         str(extra),
@@ -123,14 +105,14 @@ def test_a_refused_push_leaves_no_model_and_description_and_patterns_apply(
     )
     pushed = json.loads(out)
     assert code == 0 and pushed["status"] == "ready"
-    code, out, _ = _run(capsys, "info", f"{unique_org}/ft", "--json")
+    code, out, _ = run_cli(capsys, "info", f"{unique_org}/ft", "--json")
     assert sorted(f["path"] for f in json.loads(out)["files"]) == [
         "config.json",
         "model.safetensors",
     ]
-    code, out, _ = _run(capsys, "ls", "--search", f"{unique_org}/ft", "--json")
+    code, out, _ = run_cli(capsys, "ls", "--search", f"{unique_org}/ft", "--json")
     assert json.loads(out)["items"][0]["description"] == "math fine-tune"
-    code, _, err = _run(capsys, "push", str(extra), "--name", f"{unique_org}/x", "--include", "*.nothing")
+    code, _, err = run_cli(capsys, "push", str(extra), "--name", f"{unique_org}/x", "--include", "*.nothing")
     assert code == 2 and "match --include/--exclude" in err
 
 
@@ -142,30 +124,38 @@ def test_profiles_carry_over_to_new_revisions_and_can_be_requested_later(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     base = f"{unique_org}/base"
-    assert _run(capsys, "push", str(checkpoint_pair.base), "--name", base, "--wait")[0] == 0
+    assert run_cli(capsys, "push", str(checkpoint_pair.base), "--name", base, "--wait")[0] == 0
     ft = ["push", str(checkpoint_pair.finetune), "--name", f"{unique_org}/ft", "--base", base, "--wait"]
-    assert _run(capsys, *ft, "--profile", PROFILE)[0] == 0
-    code, out, _ = _run(capsys, *ft)  # revision 2, no --profile: the profile carries over
+    assert run_cli(capsys, *ft, "--profile", PROFILE)[0] == 0
+    code, out, _ = run_cli(capsys, *ft)  # revision 2, no --profile: the profile carries over
     assert (
         code == 0
         and f"{unique_org}/ft@2" in out
         and f"carried over from the previous revision: {PROFILE}" in out
     )
-    code, out, _ = _run(capsys, "pull-delta", f"{unique_org}/ft", str(tmp_path / "d"), "--profile", PROFILE)
+    code, out, _ = run_cli(
+        capsys, "pull-delta", f"{unique_org}/ft", str(tmp_path / "d"), "--profile", PROFILE
+    )
     assert code == 0  # `latest` is revision 2, which has the profile (it broke before the carry-over)
-    code, out, _ = _run(capsys, "info", f"{unique_org}/ft@2", "--json")
+    code, out, _ = run_cli(capsys, "info", f"{unique_org}/ft@2", "--json")
     assert [a["profile"] for a in json.loads(out)["artifacts"]] == [PROFILE]
 
     other = "deltadq:n=2,m=32,bits=4"
-    code, _, err = _run(capsys, "pull-delta", f"{unique_org}/ft@1", str(tmp_path / "e"), "--profile", other)
+    code, _, err = run_cli(
+        capsys, "pull-delta", f"{unique_org}/ft@1", str(tmp_path / "e"), "--profile", other
+    )
     assert code == 1 and f"`deltazoo profile add {unique_org}/ft@1 {other} --wait`" in err
     assert "POST" not in err and "/v1/" not in err
-    code, out, _ = _run(capsys, "profile", "add", f"{unique_org}/ft@1", other, "--wait")
+    code, out, _ = run_cli(capsys, "profile", "add", f"{unique_org}/ft@1", other, "--wait")
     assert code == 0 and "ready" in out
-    code, out, _ = _run(capsys, "pull-delta", f"{unique_org}/ft@1", str(tmp_path / "e"), "--profile", other)
+    code, out, _ = run_cli(
+        capsys, "pull-delta", f"{unique_org}/ft@1", str(tmp_path / "e"), "--profile", other
+    )
     assert code == 0
     spelled = "deltadq: bits=4, m=32, n=2"  # the same profile, spelled otherwise: the same file name
-    code, out, _ = _run(capsys, "pull-delta", f"{unique_org}/ft@1", str(tmp_path / "f"), "--profile", spelled)
+    code, out, _ = run_cli(
+        capsys, "pull-delta", f"{unique_org}/ft@1", str(tmp_path / "f"), "--profile", spelled
+    )
     assert code == 0 and [p.name for p in (tmp_path / "f").iterdir()] == [
         "deltadq-n=2_m=32_bits=4.safetensors"
     ]
@@ -174,17 +164,17 @@ def test_profiles_carry_over_to_new_revisions_and_can_be_requested_later(
 def test_errors_speak_cli_with_a_token_hint_and_options_go_anywhere(
     env: str, unique_org: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _run(capsys, "pull", f"{unique_org}/ghost", str(tmp_path / "g"))
+    code, _, err = run_cli(capsys, "pull", f"{unique_org}/ghost", str(tmp_path / "g"))
     assert code == 1 and err.count("\n") == 1
     assert "POST" not in err and "/v1/" not in err
     assert f"`deltazoo push DIR --name {unique_org}/ghost`" in err and "DELTAZOO_TOKEN" in err
-    code, _, err = _run(capsys, "--token", "dz_not_a_real_one", "info", f"{unique_org}/ghost")
+    code, _, err = run_cli(capsys, "--token", "dz_not_a_real_one", "info", f"{unique_org}/ghost")
     assert "your token may not read namespace" in err or "token" in err
 
     # --url after the command as well as before it
-    code, out, _ = _run(capsys, "ls", "--url", env, "--search", unique_org)
+    code, out, _ = run_cli(capsys, "ls", "--url", env, "--search", unique_org)
     assert code == 0 and out.startswith("NAME")
-    code, _, _ = _run(capsys, "--url", env, "ls")
+    code, _, _ = run_cli(capsys, "--url", env, "ls")
     assert code == 0
 
 
@@ -228,16 +218,16 @@ def test_user_mistakes_end_without_a_traceback(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert _run(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/m", "--wait")[0] == 0
+    assert run_cli(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/m", "--wait")[0] == 0
     existing = tmp_path / "a-file"
     existing.write_text("x")
-    code, _, err = _run(capsys, "pull", f"{unique_org}/m", str(existing))
+    code, _, err = run_cli(capsys, "pull", f"{unique_org}/m", str(existing))
     assert code == 2 and err.startswith("error: ") and "not a folder" in err and "Traceback" not in err
     blocked = tmp_path / "blocked"
     (blocked / "config.json").mkdir(parents=True)  # a folder where a file of the model goes
-    code, _, err = _run(capsys, "pull", f"{unique_org}/m", str(blocked))
+    code, _, err = run_cli(capsys, "pull", f"{unique_org}/m", str(blocked))
     assert code == 2 and "is a folder" in err
-    code, _, err = _run(capsys, "rm", f"{unique_org}/m")  # stdin is not a terminal: no prompt
+    code, _, err = run_cli(capsys, "rm", f"{unique_org}/m")  # stdin is not a terminal: no prompt
     assert code == 2 and "--yes" in err
 
 
@@ -253,7 +243,7 @@ def test_get_patterns_links_cache_offline_and_rm(
     from deltazoo.settings import get_settings
 
     name = f"{unique_org}/m"
-    assert _run(capsys, "push", str(checkpoint_pair.base), "--name", name, "--wait")[0] == 0
+    assert run_cli(capsys, "push", str(checkpoint_pair.base), "--name", name, "--wait")[0] == 0
 
     bars: list[tuple[int | None, str]] = []
     real_bar = pull_module.progress_bar
@@ -263,17 +253,17 @@ def test_get_patterns_links_cache_offline_and_rm(
         return real_bar(total, desc, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pull_module, "progress_bar", recording_bar)
-    code, out, _ = _run(capsys, "pull", name, str(tmp_path / "all"))
+    code, out, _ = run_cli(capsys, "pull", name, str(tmp_path / "all"))
     assert code == 0 and ("hardlinked" in out or "reflinked" in out)
     sizes = [(checkpoint_pair.base / f).stat().st_size for f in ("config.json", "model.safetensors")]
     assert [t for t, d in bars if d.startswith("pull ")] == [sum(sizes)]  # one bar over every file
-    code, out, _ = _run(capsys, "pull", name, str(tmp_path / "st"), "--include", "*.safetensors")
+    code, out, _ = run_cli(capsys, "pull", name, str(tmp_path / "st"), "--include", "*.safetensors")
     assert code == 0 and sorted(p.name for p in (tmp_path / "st").iterdir()) == ["model.safetensors"]
-    code, out, _ = _run(capsys, "get", name, "config.json", "-o", str(tmp_path))
+    code, out, _ = run_cli(capsys, "get", name, "config.json", "-o", str(tmp_path))
     assert code == 0 and file_sha256(tmp_path / "config.json") == file_sha256(
         checkpoint_pair.base / "config.json"
     )
-    code, _, err = _run(capsys, "get", name, "nope.bin")
+    code, _, err = run_cli(capsys, "get", name, "nope.bin")
     assert code == 1 and "has no file 'nope.bin'" in err and "config.json" in err
 
     weights = tmp_path / "all" / "model.safetensors"
@@ -282,32 +272,32 @@ def test_get_patterns_links_cache_offline_and_rm(
     if weights.stat().st_nlink > 1 and os.geteuid() != 0:
         with pytest.raises(PermissionError):  # a linked blob is read-only: the cache cannot be edited
             weights.open("r+b")
-    code, out, _ = _run(capsys, "pull", name, str(tmp_path / "copies"), "--copy")
+    code, out, _ = run_cli(capsys, "pull", name, str(tmp_path / "copies"), "--copy")
     assert code == 0 and "copied" in out and (tmp_path / "copies" / "model.safetensors").stat().st_nlink == 1
 
-    code, out, _ = _run(capsys, "cache", "ls")
+    code, out, _ = run_cli(capsys, "cache", "ls")
     assert code == 0 and f"{name}@1" in out and "latest" in out
 
     monkeypatch.setenv("DELTAZOO_URL", "http://127.0.0.1:9")  # nothing there: offline must not ask
     get_settings.cache_clear()
-    code, out, _ = _run(capsys, "--offline", "pull", name, str(tmp_path / "off"))
+    code, out, _ = run_cli(capsys, "--offline", "pull", name, str(tmp_path / "off"))
     assert code == 0 and file_sha256(tmp_path / "off" / "model.safetensors") == file_sha256(weights)
-    code, _, err = _run(capsys, "pull", f"{unique_org}/never", str(tmp_path / "n"), "--offline")
+    code, _, err = run_cli(capsys, "pull", f"{unique_org}/never", str(tmp_path / "n"), "--offline")
     assert code == 1 and "pull it once online" in err
-    code, _, err = _run(capsys, "ls", "--offline")
+    code, _, err = run_cli(capsys, "ls", "--offline")
     assert code == 3 and "offline" in err
     monkeypatch.setenv("DELTAZOO_URL", env)
     get_settings.cache_clear()
 
-    code, out, _ = _run(capsys, "cache", "prune", name)
+    code, out, _ = run_cli(capsys, "cache", "prune", name)
     assert code == 0 and f"forgot {name}@1" in out and "freed" in out
     assert (tmp_path / "all" / "model.safetensors").is_file()  # pulled copies outlive the cache
-    code, out, _ = _run(capsys, "cache", "ls", "--json")
+    code, out, _ = run_cli(capsys, "cache", "ls", "--json")
     assert json.loads(out)["versions"] == []
 
-    code, out, _ = _run(capsys, "rm", name, "--yes")
+    code, out, _ = run_cli(capsys, "rm", name, "--yes")
     assert code == 0 and f"deleted model {name}" in out
-    code, _, err = _run(capsys, "info", name)
+    code, _, err = run_cli(capsys, "info", name)
     assert code == 1 and "does not exist" in err
 
 

@@ -17,31 +17,11 @@ from pathlib import Path
 import pytest
 
 from deltazoo import Client, DeltazooError, NotFoundError
-from deltazoo.cli import main
 from deltazoo.refs import Ref, ref_order
 from tests.checkpoints import CheckpointPair, file_sha256
+from tests.cli_support import run_cli
 
 PROFILE = "deltadq:n=1,m=32,bits=4"
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture
-def env(embedded_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """DELTAZOO_URL and a private cache for the commands of one test."""
-    from deltazoo.settings import get_settings
-
-    monkeypatch.setenv("DELTAZOO_URL", embedded_server)
-    monkeypatch.setenv("DELTAZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("DELTAZOO_TOKEN", raising=False)
-    monkeypatch.delenv("DELTAZOO_OFFLINE", raising=False)
-    get_settings.cache_clear()
-    yield embedded_server
-    get_settings.cache_clear()
 
 
 def test_an_empty_file_is_pushed_and_pulled(
@@ -120,7 +100,7 @@ def test_push_without_wait_and_json_on_every_transfer_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = f"{unique_org}/m"
-    code, out, err = _run(capsys, "push", str(checkpoint_pair.base), "--name", name)
+    code, out, err = run_cli(capsys, "push", str(checkpoint_pair.base), "--name", name)
     assert code == 0 and "Traceback" not in err
     assert f"{name}@1" in out and ("encoding in the background" in out or " ready " in out)
     with Client(env) as c:
@@ -128,12 +108,12 @@ def test_push_without_wait_and_json_on_every_transfer_command(
         while c.version_info(name).status == "processing":
             assert time.monotonic() < deadline
             time.sleep(0.1)
-    code, out, _ = _run(capsys, "pull", name, str(tmp_path / "p"), "--json")
+    code, out, _ = run_cli(capsys, "pull", name, str(tmp_path / "p"), "--json")
     pulled = json.loads(out)
     assert code == 0 and pulled["path"] == str(tmp_path / "p") and pulled["downloaded_bytes"] > 0
-    code, out, _ = _run(capsys, "get", name, "config.json", "-o", str(tmp_path), "--json")
+    code, out, _ = run_cli(capsys, "get", name, "config.json", "-o", str(tmp_path), "--json")
     assert code == 0 and json.loads(out)["path"] == str(tmp_path / "config.json")
-    code, out, _ = _run(capsys, "rm", f"{name}@1", "--yes", "--json")
+    code, out, _ = run_cli(capsys, "rm", f"{name}@1", "--yes", "--json")
     assert code == 0 and json.loads(out) == {"deleted": f"{name}@1", "kind": "version"}
 
 
@@ -148,7 +128,7 @@ def test_ctrl_c_while_a_push_waits_says_it_is_committed(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Client, "wait", interrupted)
-    code, _, err = _run(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/m", "--wait")
+    code, _, err = run_cli(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/m", "--wait")
     assert code == 130 and f"{unique_org}/m@1 is committed" in err and "do not push again" in err
 
 
@@ -175,13 +155,13 @@ def test_a_malformed_setting_is_named_without_a_traceback(
 
     monkeypatch.setenv("DELTAZOO_OFFLINE", "garbage")
     get_settings.cache_clear()
-    code, _, err = _run(capsys, "ls")
+    code, _, err = run_cli(capsys, "ls")
     assert code == 2 and "DELTAZOO_OFFLINE='garbage'" in err and "Traceback" not in err
     monkeypatch.delenv("DELTAZOO_OFFLINE")
     monkeypatch.setenv("DELTAZOO_WORKER_CONCURRENCY", "many")
     server_settings.cache_clear()
     try:
-        code, _, err = _run(capsys, "admin", "audit")
+        code, _, err = run_cli(capsys, "admin", "audit")
     finally:
         server_settings.cache_clear()
     assert code == 2 and "DELTAZOO_WORKER_CONCURRENCY='many'" in err
@@ -197,7 +177,7 @@ def test_admin_audit_away_from_a_server_creates_nothing(
     monkeypatch.chdir(tmp_path)
     get_settings.cache_clear()
     try:
-        code, _, err = _run(capsys, "admin", "audit")
+        code, _, err = run_cli(capsys, "admin", "audit")
     finally:
         get_settings.cache_clear()
     assert code == 2 and "no deltazoo server here" in err and "DELTAZOO_HOME" in err
@@ -222,6 +202,6 @@ def test_revisions_sort_as_numbers() -> None:
 def test_a_fully_deduplicated_push_gets_no_base_hint(
     env: str, checkpoint_pair: CheckpointPair, unique_org: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _run(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/a", "--wait")[0] == 0
-    code, out, err = _run(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/b", "--wait")
+    assert run_cli(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/a", "--wait")[0] == 0
+    code, out, err = run_cli(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/b", "--wait")
     assert code == 0 and "deduplicated" in out and "looks derived" not in err  # nothing a base would save
