@@ -3,7 +3,7 @@ sides share, ``deltazoo/schemas.py``, re-exported here so that routes name every
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from deltazoo.schemas import (
     Artifact,
@@ -36,9 +36,9 @@ from deltazoo.schemas import (
 __all__ = [
     "Artifact", "ArtifactRequest", "ArtifactRequested", "BaseSuggestion", "Committed", "DeclaredFile",
     "Edge", "FileInfo", "Health", "Job", "Lineage", "Model", "ModelCreate", "ModelList", "ModelSummary",
-    "PendingList", "PendingVersion", "Stats", "Tag", "TagList", "TagSet", "TensorInfo", "TokenCreate",
-    "TokenCreated", "TokenInfo", "TokenList", "Upload", "VersionCreate", "VersionCreated", "VersionDetail",
-    "VersionSummary",
+    "ModelUpdate", "PendingList", "PendingVersion", "Stats", "Tag", "TagList", "TagSet", "TensorInfo",
+    "TokenCreate", "TokenCreated", "TokenInfo", "TokenList", "Upload", "VersionCreate", "VersionCreated",
+    "VersionDetail", "VersionSummary",
 ]
 
 
@@ -51,6 +51,13 @@ class ModelCreate(Schema):
     description: str = ""
     private: bool = False
     exist_ok: bool = False
+
+
+class ModelUpdate(Schema):
+    """``PATCH /v1/models/{org}/{name}``: what is given changes, what is left out stays."""
+
+    description: str | None = None
+    private: StrictBool | None = None  # "yes" is an error, not True
 
 
 class DeclaredFile(Schema):

@@ -1,4 +1,5 @@
-"""Named things on the server: ``deltazoo tag``, ``deltazoo token`` (admin) and ``deltazoo text``."""
+"""Named things on the server: ``deltazoo edit`` (a model's settings), ``deltazoo tag``, ``deltazoo token``
+(admin) and ``deltazoo text``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from deltazoo.cli_args import EXIT_OK, CommandTable, open_client
 from deltazoo.cli_output import print_json, print_table
+from deltazoo.errors import UsageError
 from deltazoo.units import human_bytes
 
 
@@ -52,6 +54,18 @@ def cmd_token_rm(args: argparse.Namespace) -> int:
     with open_client(args) as c:
         c.delete_token(args.id)
     print(f"token {args.id} deleted")
+    return EXIT_OK
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    if args.private is None and args.description is None:
+        raise UsageError("nothing to change: pass --private, --public or --description TEXT")
+    with open_client(args) as c:
+        m = c.update_model(args.name, description=args.description, private=args.private)
+    if args.json:
+        print_json(m.raw)
+        return EXIT_OK
+    print(f"{m.name}: {'private' if m.private else 'public'}; description: {m.description or '(none)'}")
     return EXIT_OK
 
 
@@ -106,8 +120,25 @@ def cmd_text_ls(args: argparse.Namespace) -> int:
 
 
 def add_manage_commands(commands: CommandTable) -> None:
-    """``token``, ``tag``, ``text``."""
+    """``edit``, ``token``, ``tag``, ``text``."""
     add, common = commands.add, commands.common
+    sp = add(
+        "edit",
+        cmd_edit,
+        "change a model's settings: edit ORG/NAME --private | --public | --description",
+        json_flag=True,
+    )
+    sp.add_argument("name", help="ORG/NAME")
+    who = sp.add_mutually_exclusive_group()
+    who.add_argument(
+        "--private",
+        dest="private",
+        action="store_const",
+        const=True,
+        help="only tokens of its namespace may read it (refused while public models build on it)",
+    )
+    who.add_argument("--public", dest="private", action="store_const", const=False, help="anyone may read it")
+    sp.add_argument("--description", help="the model's new description")
     sp = add("token", cmd_token_ls, "manage API tokens (admin): token create | token ls | token rm")
     tsub = sp.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     tc = tsub.add_parser("create", help="create a token (its secret is printed once)", parents=[common])

@@ -126,6 +126,23 @@ class Client:
         ref = Ref.parse(name)
         return ModelInfo.model_validate(self.transport.json("GET", f"/v1/models/{ref.org}/{ref.name}"))
 
+    def update_model(
+        self, name: str, *, description: str | None = None, private: bool | None = None
+    ) -> ModelInfo:
+        """Change what is given of a model's description and visibility. ``private=True`` is refused
+        (409 ``has_public_descendants``) while public models, or models of other namespaces, build on it."""
+        ref = Ref.parse(name)
+        if "@" in name:
+            raise UsageError(f"update_model takes ORG/NAME, not a version (got {name!r})")
+        body: dict[str, Any] = {}
+        if description is not None:
+            body["description"] = description
+        if private is not None:
+            body["private"] = private
+        return ModelInfo.model_validate(
+            self.transport.json("PATCH", f"/v1/models/{ref.org}/{ref.name}", json=body)
+        )
+
     def version_info(self, name: str) -> VersionInfo:
         """Version detail (files, tensors with encodings, artifacts, chain); ``@latest`` by default."""
         return VersionInfo.model_validate(self.transport.json("GET", version_path(Ref.parse(name))))

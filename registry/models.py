@@ -145,7 +145,7 @@ class LineageDescendant(Base):
     """One version of another model below ``ancestor_model_id`` in the lineage, at any depth: a model's
     descendants are paged and counted from this table's index instead of walking the family. Kept by
     ``registry.lineage_index`` in the transaction that sets or cuts a parent; ``private`` is the
-    descendant model's (a model's privacy never changes)."""
+    descendant model's (services/model_settings.py rewrites it when that changes)."""
 
     __tablename__ = "lineage_descendant"
     __table_args__ = (

@@ -318,9 +318,12 @@ class FileRepository:
         query = select(File.id).where(File.version_id.in_(list(version_ids))).order_by(File.id)
         return list(self.s.scalars(query.with_for_update(of=File)))
 
-    def copies_awaiting(self, source_ids: Sequence[int], outside: Sequence[int]) -> list[File]:
-        """Files of versions not in ``outside`` deduplicated against ``source_ids`` whose encode has not
-        copied them yet (no bytes of their own, no upload): they need the source's bytes."""
+    def copies_awaiting(
+        self, source_ids: Sequence[int], outside: Sequence[int], held: ColumnElement[bool] | None = None
+    ) -> list[File]:
+        """Files of versions not in ``outside`` (and matching ``held``, when given) deduplicated against
+        ``source_ids`` whose encode has not copied them yet (no bytes of their own, no upload): they need
+        the source's bytes."""
         if not source_ids:
             return []
         query = select(File).where(
@@ -330,6 +333,8 @@ class FileRepository:
             File.header_blob.is_(None),
             File.blob.is_(None),
         )
+        if held is not None:
+            query = query.where(held)
         return list(self.s.scalars(query.order_by(File.id)))
 
 
@@ -439,15 +444,15 @@ class TensorRepository:
     def detachable_copies(self, version_ids: Sequence[int], namespace_id: int | None) -> list[Tensor]:
         """``same`` tensors whose parent is a tensor of ``version_ids`` (of namespace ``namespace_id``)
         held by another namespace's version or by a version that is not their child."""
+        return self.copies_of(version_ids, self._detachable_copies(version_ids, namespace_id))
+
+    def copies_of(self, version_ids: Sequence[int], held: ColumnElement[bool]) -> list[Tensor]:
+        """Tensors outside ``version_ids`` whose parent is a tensor of theirs and which match ``held``."""
         mine = select(Tensor.id).where(Tensor.version_id.in_(list(version_ids)))
         return list(
             self.s.scalars(
                 select(Tensor)
-                .where(
-                    Tensor.parent_tensor_id.in_(mine),
-                    Tensor.version_id.not_in(list(version_ids)),
-                    self._detachable_copies(version_ids, namespace_id),
-                )
+                .where(Tensor.parent_tensor_id.in_(mine), Tensor.version_id.not_in(list(version_ids)), held)
                 .order_by(Tensor.id)
             )
         )

@@ -22,18 +22,22 @@ from deltazoo.registry.models import File
 from deltazoo.registry.objectstore import ObjectStore, new_staging_key
 from deltazoo.registry.repositories import FileRepository
 from deltazoo.services.transfer import file_plan, iter_file
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 SPOOL_BYTES = 64 << 20  # a staged copy is kept in memory up to this size, then spilled to disk
 
 
-def hand_over_copies(session: Session, store: ObjectStore, version_ids: Sequence[int]) -> int:
-    """Before ``version_ids`` are deleted: stage the bytes of every file still waiting to copy one of
-    their files, and unlink it; how many were staged. (A delete rolled back afterwards leaves staging
-    objects no row names: the orphan sweep removes them, as it does an abandoned upload's.)"""
+def hand_over_copies(
+    session: Session, store: ObjectStore, version_ids: Sequence[int], held: ColumnElement[bool] | None = None
+) -> int:
+    """Before ``version_ids`` are deleted (or made private): stage the bytes of every file still waiting
+    to copy one of their files (of those matching ``held``, when given), and unlink it; how many were
+    staged. (A delete rolled back afterwards leaves staging objects no row names: the orphan sweep
+    removes them, as it does an abandoned upload's.)"""
     files = FileRepository(session)
     sources = files.lock_for_versions(version_ids)
-    waiting = files.copies_awaiting(sources, version_ids)
+    waiting = files.copies_awaiting(sources, version_ids, held)
     for copy in waiting:
         source = session.get(File, copy.source_file_id)
         assert source is not None  # locked above

@@ -33,6 +33,14 @@ def detach_copies(
     not a child's its own bytes; returns how many tensors were detached. Memory: one chunk at a time (a
     small tensor: the tensor)."""
     copies = TensorRepository(session).detachable_copies(version_ids, namespace_id)
+    return give_own_bytes(session, store, copies, chunk_bytes)
+
+
+def give_own_bytes(
+    session: Session, store: ObjectStore, copies: Sequence[Tensor], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> int:
+    """Make each ``same`` tensor of ``copies`` stand alone (bytes of its own, no parent tensor), exactly;
+    returns how many."""
     if not copies:
         return 0
     recipes = resolve_recipes(session, copies)

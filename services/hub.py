@@ -22,6 +22,7 @@ from deltazoo.services.access import Principal, can_read_model, model_not_found
 from deltazoo.services.model_card import card_data
 from deltazoo.services.refs import MAIN, find_version, get_model, parse_name, ref_string
 from deltazoo.services.transfer import FilePlan, iter_file, plan_file
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
@@ -222,6 +223,54 @@ def refs(session: Session, repo: Repo) -> dict[str, Any]:
             for t in tags
         ],
     }
+
+
+COMMITS_PER_PAGE = 100
+
+
+def commits(session: Session, viewer: Principal, repo: Repo, page: int) -> tuple[list[dict[str, Any]], bool]:
+    """``GET /api/models/{repo}/commits/{rev}`` (``list_repo_commits``): the ready versions up to the one
+    ``rev`` names, newest first, ``COMMITS_PER_PAGE`` a page; whether more follow. A version's title says
+    what it is (``version 3, finetune of org/base@1``); its author is its namespace."""
+    if repo.version is None:
+        return [], False
+    q = (
+        select(Version)
+        .where(
+            Version.model_id == repo.model.id,
+            Version.status == "ready",
+            Version.revision <= repo.version.revision,
+        )
+        .order_by(Version.revision.desc())
+        .offset(page * COMMITS_PER_PAGE)
+        .limit(COMMITS_PER_PAGE + 1)
+    )
+    rows = list(session.scalars(q))
+    more, rows = len(rows) > COMMITS_PER_PAGE, rows[:COMMITS_PER_PAGE]
+    parents = VersionRepository(session).get_many(v.parent_version_id for v in rows if v.parent_version_id)
+    names = ModelRepository(session).full_names(p.model_id for p in parents.values())
+    readable = {
+        mid
+        for mid, full in names.items()
+        if (m := session.get(Model, mid)) is not None and can_read_model(viewer, m, full.split("/", 1)[0])
+    }
+    author = repo.full_name.split("/", 1)[0]
+    out = []
+    for v in rows:
+        title = f"version {v.revision}"
+        parent = parents.get(v.parent_version_id) if v.parent_version_id else None
+        if parent is not None and parent.model_id in readable:  # a parent the caller may not read: unnamed
+            title += f", {v.relation} of {ref_string(names[parent.model_id], parent.revision)}"
+        out.append(
+            {
+                "id": v.commit_id,
+                "title": title,
+                "message": "",
+                "authors": [{"user": author}],
+                "date": iso(v.created_at),
+            }
+        )
+    return out, more
 
 
 @dataclass(frozen=True)

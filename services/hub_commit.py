@@ -35,6 +35,7 @@ from deltazoo.registry.repositories import FileRepository, TagRepository, Versio
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
 from deltazoo.services.hub import MissingEntry, wait_encoded
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
+from deltazoo.services.model_settings import update_model
 from deltazoo.services.refs import COMMIT_ID_RE, MAIN, get_model, parse_name, ref_string
 from deltazoo.services.similarity import mark_auto_base
 from deltazoo.services.tags import delete_tag, set_tag
@@ -46,6 +47,7 @@ from deltazoo.services.versions import (
     commit_version,
     create_model,
     create_version,
+    delete_model,
     record_upload,
 )
 from sqlalchemy.orm import Session
@@ -89,6 +91,54 @@ def hub_create_tag(session: Session, viewer: Principal, repo_id: str, revision: 
 def hub_delete_tag(session: Session, viewer: Principal, repo_id: str, tag: str) -> None:
     """``DELETE /api/models/{repo}/tag/{tag}`` (``HfApi.delete_tag``)."""
     delete_tag(session, writable_model(session, viewer, repo_id), repo_id, tag)
+
+
+def hub_delete_repo(session: Session, store: ObjectStore, viewer: Principal, body: Any) -> None:
+    """``DELETE /api/repos/delete`` (``HfApi.delete_repo``): the model and every version of it, under the
+    rules of ``deltazoo rm`` (refused while another model's versions build on it)."""
+    repo_id = _repo_id_of(body)
+    delete_model(session, store, writable_model(session, viewer, repo_id), repo_id, viewer)
+
+
+def hub_update_settings(
+    session: Session, store: ObjectStore, viewer: Principal, repo_id: str, body: Any
+) -> None:
+    """``PUT /api/models/{repo}/settings`` (``HfApi.update_repo_settings`` / ``update_repo_visibility``):
+    ``visibility`` (or ``private``) changes whether the model is private; gated access is refused."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    gated = body.get("gated", False)
+    if gated not in (False, None):
+        raise BadRequest(
+            "deltazoo has no gated access: make the repository private (visibility='private') and give"
+            " readers a token of its namespace instead",
+            code="gated_unsupported",
+        )
+    visibility, private = body.get("visibility"), body.get("private")
+    if visibility is not None:
+        if visibility not in ("public", "private"):
+            raise BadRequest(
+                f"visibility must be 'public' or 'private' (got {visibility!r})", code="invalid_visibility"
+            )
+        private = visibility == "private"
+    if private is not None and not isinstance(private, bool):
+        raise BadRequest("'private' must be true or false", code="invalid_visibility")
+    model = writable_model(session, viewer, repo_id)
+    update_model(session, store, model, repo_id, viewer, private=private)
+
+
+def _repo_id_of(body: Any) -> str:
+    """``org/name`` from a body of the Hub's repository routes (``name``, ``organization``, ``type``)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    if body.get("type") not in (None, "model"):
+        raise BadRequest("deltazoo stores models only (repo_type='model')", code="invalid_repo_type")
+    name, organization = body.get("name"), body.get("organization")
+    if not isinstance(name, str) or not isinstance(organization, str) or not name or not organization:
+        raise Unprocessable(
+            "deltazoo repositories are ORG/NAME: pass repo_id='org/name'", code="invalid_repo_id"
+        )
+    return f"{organization}/{name}"
 
 
 def check_no_pull_request(create_pr: str | None) -> None:

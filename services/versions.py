@@ -187,7 +187,10 @@ def create_version(
     auto = base == "auto"  # the parent is detected from the upload at commit (services.similarity)
     parent = resolve_base(session, base, viewer) if base and not auto else None
     if parent is not None and not model.private:
-        parent_model = session.get(Model, parent.model_id)
+        # FOR SHARE: a change of the base's privacy (services/model_settings.py) waits for this push
+        parent_model = session.get(
+            Model, parent.model_id, with_for_update={"read": True}, populate_existing=True
+        )
         if parent_model is not None and parent_model.private:
             raise Unprocessable(
                 f"base {base} is private and {model.name!r} is public: its name and bytes would show through"

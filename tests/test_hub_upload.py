@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from deltazoo import Client
@@ -163,3 +164,52 @@ def test_upload_refusals_are_4xx_in_the_hub_shape(server: ApiServer, tmp_path: P
         r = httpx.request(method, server.url + path, content=body, headers=h)
         assert r.status_code == status, (path, body, r.status_code, r.text)
         assert isinstance(r.json()["error"], str)
+
+
+def test_repository_settings_commits_and_delete_through_hf_api(server: ApiServer, tmp_path: Path) -> None:
+    """``update_repo_settings`` (visibility), ``list_repo_commits`` and ``delete_repo`` as huggingface_hub
+    calls them; a private repository is then missing for others, a deleted one for everyone."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    with Client(server.url, token=ADMIN) as client:
+        writer = client.create_token("lab-writer", namespace="lab", scopes=["read", "write"]).token
+    api, anonymous = HfApi(endpoint=server.url, token=writer), HfApi(endpoint=server.url, token=False)
+    api.create_repo("lab/epochs")
+    assert api.list_repo_commits("lab/epochs") == []  # created, nothing committed yet
+    shas = []
+    for epoch in range(3):
+        data = torch.full((4, 4), float(epoch))
+        save_file({"w": data}, str(tmp_path / f"e{epoch}.safetensors"))
+        info = api.upload_file(
+            path_or_fileobj=str(tmp_path / f"e{epoch}.safetensors"),
+            path_in_repo="model.safetensors",
+            repo_id="lab/epochs",
+        )
+        shas.append(info.oid)
+    commits = api.list_repo_commits("lab/epochs")
+    assert [c.commit_id for c in commits] == shas[::-1]  # newest first, as the Hub lists them
+    assert commits[0].title.startswith("version 3") and commits[0].authors == ["lab"]
+    assert [c.commit_id for c in api.list_repo_commits("lab/epochs", revision=shas[1])] == shas[1::-1]
+
+    api.update_repo_settings("lab/epochs", private=True)
+    assert api.model_info("lab/epochs").private is True
+    with pytest.raises(RepositoryNotFoundError):
+        anonymous.model_info("lab/epochs")
+    with pytest.raises(RepositoryNotFoundError):
+        anonymous.list_repo_commits("lab/epochs")
+    api.update_repo_settings("lab/epochs", visibility="public")
+    assert anonymous.model_info("lab/epochs").private is False
+    with pytest.raises(HfHubHTTPError) as gated:
+        api.update_repo_settings("lab/epochs", gated="auto")
+    assert gated.value.response.status_code == 400 and "gated" in str(gated.value)
+    with pytest.raises(HfHubHTTPError) as not_theirs:
+        anonymous.delete_repo("lab/epochs")
+    assert not_theirs.value.response.status_code == 401
+
+    api.delete_repo("lab/epochs")
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("lab/epochs")
+    with pytest.raises(RepositoryNotFoundError):
+        api.delete_repo("lab/epochs")
+    api.delete_repo("lab/epochs", missing_ok=True)

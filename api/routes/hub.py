@@ -67,6 +67,24 @@ async def paths_info(
     return hub.paths_info(session, repo, paths)
 
 
+@router.get(REPO + "/commits/{revision}")
+def commits(
+    org: str,
+    name: str,
+    revision: str,
+    request: Request,
+    session: DB,
+    viewer: HubViewer,
+    p: int = Query(0, ge=0, le=2**31),
+) -> Response:
+    repo = hub.open_repo(session, viewer, f"{org}/{name}", revision, empty_main=True)
+    items, more = hub.commits(session, viewer, repo, p)
+    response = _json(items)
+    if more:
+        response.headers["Link"] = f'<{request.url.include_query_params(p=p + 1)}>; rel="next"'
+    return response
+
+
 @router.get(REPO + "/refs")
 def refs(org: str, name: str, session: DB, viewer: HubViewer) -> dict:
     return hub.refs(session, hub.open_repo(session, viewer, f"{org}/{name}", None))

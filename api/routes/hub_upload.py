@@ -43,6 +43,22 @@ async def create_repo(request: Request, session: DB, viewer: HubViewer) -> dict 
     return {**created, "url": f"{base}/{created['name']}"}
 
 
+@router.delete("/api/repos/delete", response_model=None)
+async def delete_repo(request: Request, session: DB, store: Store, viewer: HubViewer) -> dict:
+    body = await _json_body(request)
+    await run_in_threadpool(hub_commit.hub_delete_repo, session, store, viewer, body)
+    return {}
+
+
+@router.put(REPO + "/settings", response_model=None)
+async def update_settings(
+    org: str, name: str, request: Request, session: DB, store: Store, viewer: HubViewer
+) -> dict:
+    body = await _json_body(request)
+    await run_in_threadpool(hub_commit.hub_update_settings, session, store, viewer, f"{org}/{name}", body)
+    return {}
+
+
 @router.post(REPO + "/preupload/{revision}")
 async def preupload(
     org: str, name: str, revision: str, request: Request, session: DB, viewer: HubViewer

@@ -1,4 +1,4 @@
-"""Models: create, list and search, detail, lineage."""
+"""Models: create, list and search, detail, settings, lineage."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from deltazoo.api.deps import DB, Store
 from deltazoo.services import views
 from deltazoo.services.catalog import MAX_CURSOR, search_models
 from deltazoo.services.lineage import DEFAULT_PAGE, MAX_PAGE, lineage_page
+from deltazoo.services.model_settings import update_model
 from deltazoo.services.refs import get_model
 from deltazoo.services.versions import create_model, delete_model
 from fastapi import APIRouter, Query, Response
@@ -40,6 +41,17 @@ def list_models(
 @router.get("/models/{org}/{name}", response_model=schemas.Model)
 def get_model_detail(org: str, name: str, session: DB, viewer: Viewer) -> schemas.Model:
     return views.model_detail(session, get_model(session, org, name), f"{org}/{name}", viewer)
+
+
+@router.patch("/models/{org}/{name}", response_model=schemas.Model)
+def patch_model(
+    org: str, name: str, body: schemas.ModelUpdate, session: DB, store: Store, viewer: Viewer
+) -> schemas.Model:
+    model = get_model(session, org, name)
+    update_model(
+        session, store, model, f"{org}/{name}", viewer, description=body.description, private=body.private
+    )
+    return views.model_detail(session, model, f"{org}/{name}", viewer)
 
 
 @router.get("/models/{org}/{name}/lineage", response_model=schemas.Lineage)
