@@ -129,7 +129,6 @@ def test_copies_elsewhere_get_their_own_bytes_when_a_model_goes_private(api: Tes
 
 def test_cli_edit_changes_a_model(env: str, unique_org: str, tmp_path, capsys) -> None:  # noqa: ANN001
     from deltazoo import Client
-
     from tests.cli_support import run_cli
     from tests.test_api_support import write_dir
 
