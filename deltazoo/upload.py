@@ -21,6 +21,9 @@ from deltazoo.transport import Transport, progress_bar
 
 _CHUNK = 1 << 20
 PARALLEL_FILES = 4  # files of one pull or push in flight at once
+# how long an upload waits for a server that stopped answering (an API restarted, a deploy), counted
+# from its last answer; then the push fails and, run again, resumes
+OUTAGE_WAIT_S = 120.0
 
 
 class Uploader:
@@ -63,25 +66,33 @@ class Uploader:
                     bar.update(len(chunk))
                     yield chunk
 
-        self.transport.json(
-            "PUT",
-            file_path(ref, file.path),
-            content=body,
-            headers={"Content-Length": str(file.size), "Content-Type": "application/octet-stream"},
-        )
+        answered_at = time.monotonic()
+        while True:
+            try:
+                self.transport.json(
+                    "PUT",
+                    file_path(ref, file.path),
+                    content=body,
+                    headers={"Content-Length": str(file.size), "Content-Type": "application/octet-stream"},
+                )
+                return
+            except (DeltazooConnectionError, ServerError):  # the transport's retries ran out: wait longer
+                if time.monotonic() - answered_at > OUTAGE_WAIT_S:
+                    raise
+                time.sleep(self.transport.backoff_cap)
 
     def upload_parts(self, ref: Ref, file: FileInfo, local: Path, bar: Any, before: int) -> None:
         """Send ``local`` in parts (``Content-Range``); after a dropped connection or a 5xx, ask the
-        server how many bytes it holds and send only the rest.
+        server how many bytes it holds and send only the rest (waiting for it up to ``OUTAGE_WAIT_S``).
 
         A file declared without sha256 is hashed as its parts are sent, and the part with its last byte
         names it (``Deltazoo-Sha256``; that part is read once more, to hash it before its headers go)."""
         url = file_path(ref, file.path)
         status_url = f"{version_path(ref)}/uploads/{quote(file.path)}"
         digest = None if file.sha256 else RunningHash(local)
-        received = int(self.transport.json("GET", status_url)["received"])
+        received = self._held(status_url, time.monotonic())
         resumed = received > 0
-        failures = 0
+        failures, answered_at = 0, time.monotonic()
         while True:
             start, end = received, min(file.size, received + self.part_bytes)
             bar.n = before + start
@@ -121,10 +132,10 @@ class Uploader:
                 answer = self.transport.json("PUT", url, content=body, headers=headers, idempotent=False)
             except (DeltazooConnectionError, ServerError):
                 failures += 1
-                if failures > self.transport.max_retries:
+                if failures > self.transport.max_retries and time.monotonic() - answered_at > OUTAGE_WAIT_S:
                     raise
                 time.sleep(self.transport._delay(failures - 1, None))
-                received = int(self.transport.json("GET", status_url)["received"])
+                received = self._held(status_url, answered_at)
                 continue
             except ClientError as exc:
                 # resumed onto bytes an earlier push sent of another file with this path and size: the
@@ -136,7 +147,19 @@ class Uploader:
                 continue
             if end == file.size:
                 return
-            received, failures = int(answer["received"]), 0
+            received, failures, answered_at = int(answer["received"]), 0, time.monotonic()
+
+    def _held(self, status_url: str, answered_at: float) -> int:
+        """The bytes of a file the server holds, asked again while it does not answer, up to
+        ``OUTAGE_WAIT_S`` after ``answered_at`` (an API restarting mid-part comes back, its part files
+        on disk)."""
+        while True:
+            try:
+                return int(self.transport.json("GET", status_url)["received"])
+            except (DeltazooConnectionError, ServerError):
+                if time.monotonic() - answered_at > OUTAGE_WAIT_S:
+                    raise
+                time.sleep(self.transport.backoff_cap)
 
 
 class RunningHash:

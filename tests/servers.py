@@ -60,12 +60,15 @@ class ApiServer:
         return log_problems(self.process.log_text())
 
 
-def start_api_server(home: Path, settings_env: dict[str, str], *, timeout: float = 90.0) -> ApiServer:
-    """Start the API with DELTAZOO_HOME=``home`` plus ``settings_env``; wait until /v1/health is 200."""
+def start_api_server(
+    home: Path, settings_env: dict[str, str], *, timeout: float = 90.0, port: int | None = None
+) -> ApiServer:
+    """Start the API with DELTAZOO_HOME=``home`` plus ``settings_env`` (on ``port``, or a free one); wait
+    until /v1/health is 200."""
     import httpx
 
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     env = child_env({"DELTAZOO_HOME": str(home), **settings_env})
     # `deltazoo serve` as users run it: migrates the database, then uvicorn api.app:create_app --factory
     argv = [sys.executable, "-m", "deltazoo.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]

@@ -4,6 +4,8 @@ received offset (only the missing bytes are sent), bit-exact after commit; the S
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 from safetensors.torch import save
 
 from deltazoo.client import Client
+from tests.servers import ApiServer, start_api_server
 from tests.test_api_support import sha, wait_job, write_dir
 
 PART = 64 << 10
@@ -164,6 +167,51 @@ def test_sdk_push_resumes_after_a_dropped_connection(
         assert transport.sent <= len(data) + PART // 2  # the cut-off half at most is sent twice
         pulled = client.pull(f"{unique_org}/sdk", tmp_path / "pulled", quiet=True)
     assert sha((pulled / "model.safetensors").read_bytes()) == sha(data)
+
+
+class RestartApiOnce(httpx.BaseTransport):
+    """A real HTTP transport that, as the part at ``at`` is about to go, stops the API and starts it
+    again (same home, same port) ``down_s`` seconds later: an API restarted mid-upload."""
+
+    def __init__(self, api: ApiServer, at: int, down_s: float) -> None:
+        self.inner, self.api, self.at, self.down_s = httpx.HTTPTransport(), api, at, down_s
+        self.restarter: threading.Thread | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        content_range = request.headers.get("content-range", "")
+        if self.restarter is None and content_range.startswith(f"bytes {self.at}-"):
+            self.api.stop()
+            port = int(self.api.url.rsplit(":", 1)[1])
+
+            def start_again() -> None:
+                time.sleep(self.down_s)
+                self.api = start_api_server(self.api.home, {}, port=port)
+
+            self.restarter = threading.Thread(target=start_again)
+            self.restarter.start()
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_sdk_push_waits_for_an_api_restarted_mid_upload(tmp_path: Path) -> None:
+    """Down longer than the transport's own retries last (one retry here, ≈ 8 s by default): the push asks
+    again until the API is back (``OUTAGE_WAIT_S``) and goes on from the bytes it holds."""
+    files = big_checkpoint(seed=4)
+    transport = RestartApiOnce(start_api_server(tmp_path / "home", {}), at=2 * PART, down_s=3.0)
+    try:
+        with Client(transport.api.url, cache_dir=tmp_path / "cache", transport=transport) as client:
+            client.upload_part_bytes = PART
+            client.transport.max_retries = 1  # 0.25 s of retries: the API's start outlasts them
+            client.push(write_dir(tmp_path / "ckpt", files), "acme/restarted", quiet=True)
+            assert transport.restarter is not None, "the test never stopped the API"
+            pulled = client.pull("acme/restarted", tmp_path / "pulled", quiet=True)
+        assert sha((pulled / "model.safetensors").read_bytes()) == sha(files["model.safetensors"])
+    finally:
+        if transport.restarter is not None:
+            transport.restarter.join()
+        transport.api.stop()
 
 
 def test_parts_of_uploads_that_can_no_longer_finish_are_swept(tmp_path: Path) -> None:
