@@ -84,6 +84,15 @@ class ModelRepository:
         ).first()
         return None if row is None else (row[0], f"{row[1]}/{row[2]}")
 
+    def lock(self, model_id: int) -> None:
+        """Hold model ``model_id``'s row until the transaction ends, so writers of the same model that
+        take it go one after the other: ``FOR UPDATE`` on Postgres; on SQLite, which has none, a
+        no-op UPDATE, which takes the database's write lock."""
+        if self.s.get_bind().dialect.name == "sqlite":
+            self.s.execute(update(Model).where(Model.id == model_id).values(name=Model.name))
+        else:
+            self.s.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+
     def full_names(self, model_ids: Iterable[int]) -> dict[int, str]:
         ids = list(set(model_ids))
         if not ids:

@@ -31,7 +31,7 @@ from deltazoo.registry.db import commit_now
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
 from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import ObjectStore, stages_direct
-from deltazoo.registry.repositories import FileRepository, TagRepository, VersionRepository
+from deltazoo.registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
 from deltazoo.services.hub import MissingEntry, wait_encoded
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
@@ -203,11 +203,22 @@ class StagedFile:
     path: str
     size: int
     spool: IO[bytes]
+    _sha256: str | None = None
 
     def chunks(self) -> Iterator[bytes]:
         self.spool.seek(0)
         while chunk := self.spool.read(1 << 20):
             yield chunk
+
+    @property
+    def sha256(self) -> str:
+        """Hashed once, however often the commit is tried (``commit_in_turn``)."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for chunk in self.chunks():
+                digest.update(chunk)
+            self._sha256 = digest.hexdigest()
+        return self._sha256
 
 
 @dataclass
@@ -327,6 +338,10 @@ def commit(
     committed and queued for encoding; returns it and its ref."""
     model = writable_model(session, viewer, repo_id)
     check_main(revision)
+    added = {path: DeclaredFile(path, staged.size, staged.sha256) for path, staged in ops.added.items()}
+    # commits to one model go one after the other from here to their version's commit: the next one
+    # then sees this one encoding (MainEncoding) and builds on it once it is ready, never beside it
+    ModelRepository(session).lock(model.id)
     versions = VersionRepository(session)
     main = versions.latest(model.id, ready_only=True)
     newest = versions.newest_committed(model.id)
@@ -350,13 +365,7 @@ def commit(
         if not gone:
             declared[f.path] = DeclaredFile(f.path, f.size, f.sha256)
     check_deletions_exist(repo_id, main, {f.path for f in held}, ops)
-    digests: dict[str, str] = {}
-    for path, staged in ops.added.items():
-        digest = hashlib.sha256()
-        for chunk in staged.chunks():
-            digest.update(chunk)
-        digests[path] = digest.hexdigest()
-        declared[path] = DeclaredFile(path, staged.size, digests[path])
+    declared.update(added)
     for path, (oid, size) in ops.lfs.items():
         declared[path] = DeclaredFile(path, size, oid)
     if not declared:

@@ -213,3 +213,28 @@ def test_repository_settings_commits_and_delete_through_hf_api(server: ApiServer
     with pytest.raises(RepositoryNotFoundError):
         api.delete_repo("lab/epochs")
     api.delete_repo("lab/epochs", missing_ok=True)
+
+
+def concurrent_uploads_all_land(endpoint: str, token: str, repo: str, n: int = 4) -> None:
+    """``n`` threads ``upload_file`` one file each to ``repo`` at once: every commit lands on main, each on
+    top of the one before (none built beside another, which would drop its files)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo)
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id=repo)
+
+    def upload(i: int) -> str:
+        return api.upload_file(path_or_fileobj=f"file {i}".encode(), path_in_repo=f"f{i}.txt", repo_id=repo).oid
+
+    with ThreadPoolExecutor(n) as pool:
+        commits = list(pool.map(upload, range(n)))
+    assert sorted(api.list_repo_files(repo)) == ["config.json", *(f"f{i}.txt" for i in range(n))]
+    listed = [c.commit_id for c in api.list_repo_commits(repo)]
+    assert sorted(listed[:n]) == sorted(commits) and len(listed) == n + 1  # one version per commit
+
+
+def test_concurrent_commits_to_one_repository_all_land(server: ApiServer) -> None:
+    concurrent_uploads_all_land(server.url, ADMIN, "acme/race")
