@@ -81,7 +81,9 @@ def test_lfs_upload_on_the_stack(stack_server: Stack, unique_org: str, tmp_path:
         assert v.parent == f"{base}@1" and {t.encoding for t in v.tensors} & {"delta", "delta-rows"}
 
 
-def test_concurrent_commits_all_land_on_the_stack(stack_server: Stack, unique_org: str, hf_home: Path) -> None:
+def test_concurrent_commits_all_land_on_the_stack(
+    stack_server: Stack, unique_org: str, hf_home: Path
+) -> None:
     """Postgres: commits to one repository take its row (FOR UPDATE) one after the other."""
     from tests.test_hub_upload import concurrent_uploads_all_land
 

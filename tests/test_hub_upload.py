@@ -227,7 +227,8 @@ def concurrent_uploads_all_land(endpoint: str, token: str, repo: str, n: int = 4
     api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id=repo)
 
     def upload(i: int) -> str:
-        return api.upload_file(path_or_fileobj=f"file {i}".encode(), path_in_repo=f"f{i}.txt", repo_id=repo).oid
+        data = f"file {i}".encode()
+        return api.upload_file(path_or_fileobj=data, path_in_repo=f"f{i}.txt", repo_id=repo).oid
 
     with ThreadPoolExecutor(n) as pool:
         commits = list(pool.map(upload, range(n)))
