@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from deltazoo.services.model_card import load_header
 from markdown_it import MarkdownIt
 
 CARD_NAMES = ("README.md", "readme.md", "README.MD", "Readme.md")
@@ -52,12 +52,6 @@ def render_card(data: bytes) -> ModelCard:
     fields: list[tuple[str, str]] = []
     problem = None
     if front is not None:
-        try:
-            meta = yaml.safe_load(front)
-        except yaml.YAMLError as exc:
-            meta, problem = None, f"the front matter is not valid YAML ({str(exc).splitlines()[0]})"
-        if isinstance(meta, dict):
-            fields = [(str(k), _text(v)) for k, v in meta.items()]
-        elif meta is not None and problem is None:
-            problem = "the front matter is not a mapping of fields"
+        meta, problem = load_header(front)
+        fields = [(str(k), _text(v)) for k, v in (meta or {}).items()]
     return ModelCard(fields=fields, html=_md.render(body), problem=problem)

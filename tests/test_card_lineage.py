@@ -112,3 +112,31 @@ def test_an_adapter_is_stored_under_its_base(client: TestClient) -> None:
     assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
     r = client.post("/v1/models/acme/lora2/versions", json={**body, "base": "acme/nothing"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "base_not_found"  # its base must exist
+
+
+ALIAS_BOMB = (
+    "---\nbase_model: acme/base\na: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True))
+    + "---\n# ten million strings\n"
+)
+
+
+def test_a_card_header_with_aliases_or_deep_nesting_is_ignored_not_expanded(client: TestClient) -> None:
+    """A few hundred bytes of nested YAML aliases expand to gigabytes, a self-referencing one never ends:
+    aliases are refused (validate-yaml says why), the card's text is still served as it is, and the
+    pages and Hub routes that read the header answer at once."""
+    ft = checkpoint(finetune_state(base_state()))
+    for i, header in enumerate(
+        (ALIAS_BOMB, "---\na: &a [*a]\n---\n", "---\na: " + "[" * 5000 + "\n---\n")
+    ):
+        readme = header.encode()
+        assert len(readme) < 6000
+        problem = client.post("/api/validate-yaml", json={"content": header}).json()
+        assert "alias" in str(problem) or "nested too deeply" in str(problem), problem
+        v = pushed(client, f"acme/card{i}", {**ft, "README.md": readme})
+        assert v["parent"] is None  # the header is ignored, base_model with it
+        info = client.get(f"/api/models/acme/card{i}")
+        assert info.status_code == 200 and "cardData" not in info.json() and len(info.content) < 10_000
+        page = client.get(f"/models/acme/card{i}")
+        assert page.status_code == 200 and len(page.content) < 200_000
+        assert client.get(f"/v1/models/acme/card{i}/versions/1/files/README.md").content == readme
