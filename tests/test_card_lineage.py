@@ -126,9 +126,7 @@ def test_a_card_header_with_aliases_or_deep_nesting_is_ignored_not_expanded(clie
     aliases are refused (validate-yaml says why), the card's text is still served as it is, and the
     pages and Hub routes that read the header answer at once."""
     ft = checkpoint(finetune_state(base_state()))
-    for i, header in enumerate(
-        (ALIAS_BOMB, "---\na: &a [*a]\n---\n", "---\na: " + "[" * 5000 + "\n---\n")
-    ):
+    for i, header in enumerate((ALIAS_BOMB, "---\na: &a [*a]\n---\n", "---\na: " + "[" * 5000 + "\n---\n")):
         readme = header.encode()
         assert len(readme) < 6000
         problem = client.post("/api/validate-yaml", json={"content": header}).json()
