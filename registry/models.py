@@ -96,6 +96,19 @@ class Blob(Timestamped, Base):
     refcount: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class RevisionFloor(Base):
+    """The highest revision number a model name has had among versions since deleted (or with the model
+    itself): a new version of ``namespace/name`` is numbered above it, so a number names one version
+    forever, even across a delete (clients keep numbered revisions cached without asking again)."""
+
+    __tablename__ = "revision_floor"
+    namespace_id: Mapped[int] = mapped_column(
+        ForeignKey("namespace.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+
+
 class Model(Timestamped, Base):
     __tablename__ = "model"
     __table_args__ = (UniqueConstraint("namespace_id", "name"),)

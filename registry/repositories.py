@@ -15,6 +15,7 @@ from deltazoo.registry.models import (
     Job,
     Model,
     Namespace,
+    RevisionFloor,
     Tensor,
     TensorChunk,
     Version,
@@ -174,8 +175,26 @@ class VersionRepository:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def next_revision(self, model_id: int) -> int:
+        """One above every revision the model's name has had, deleted ones included (``RevisionFloor``)."""
         top = self.s.scalar(select(func.max(Version.revision)).where(Version.model_id == model_id))
-        return (top or 0) + 1
+        same_name = (Model.namespace_id == RevisionFloor.namespace_id) & (Model.name == RevisionFloor.name)
+        floor_of = select(RevisionFloor.revision).join(Model, same_name)
+        floor = self.s.scalar(floor_of.where(Model.id == model_id))
+        return max(top or 0, floor or 0) + 1
+
+    def raise_revision_floor(self, model: Model, revision: int) -> None:
+        """Versions up to ``revision`` of ``model`` are being deleted: no later one takes their numbers."""
+        dialect = self.s.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        row = {"namespace_id": model.namespace_id, "name": model.name, "revision": revision}
+        statement = insert(RevisionFloor).values(row)
+        higher = func.greatest if dialect == "postgresql" else func.max  # SQLite's max of two values
+        self.s.execute(
+            statement.on_conflict_do_update(
+                index_elements=["namespace_id", "name"],
+                set_={"revision": higher(RevisionFloor.revision, statement.excluded.revision)},
+            )
+        )
 
     def pending_for_model(self, model_id: int) -> list[Version]:
         """The model's pending versions, newest first."""

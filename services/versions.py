@@ -411,6 +411,8 @@ def delete_versions(
     if dependents:
         raise Conflict(_dependents_message(session, what, dependents, viewer), code="has_descendants")
     detach_copies(session, store, ids, namespace_id)
+    if owner is not None:  # their numbers are never given to a later version (clients cache by number)
+        VersionRepository(session).raise_revision_floor(owner, max(v.revision for v in versions))
     dropped: list[str] = []
     for version in sorted(versions, key=lambda v: v.id, reverse=True):  # children before parents
         dropped += [t.blob for t in tensors.for_version(version.id) if t.blob]

@@ -202,3 +202,32 @@ def test_a_name_in_two_files_of_the_parent_is_matched_by_its_file(client: TestCl
     for t in client.get("/v1/models/org/two-ft/versions/1").json()["tensors"]:
         assert t["encoding"] == "delta" and t["parent"] == f"org/two@1:{t['file']}:w", t
     assert_pulls_exact(client, "org/two-ft@1", tuned)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_revision_number_is_never_given_twice(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Clients keep numbered revisions cached without asking again: after the newest version is deleted,
+    or the whole model is deleted and made again, the next version takes a new number, never the
+    deleted one's (which served the deleted version's files to a client that had cached it)."""
+    settings = embedded_settings(tmp_path / "home")
+    if database == "postgres":
+        settings = settings.model_copy(update={"database_url": request.getfixturevalue("empty_postgres_url")})
+    with TestClient(create_app(settings)) as client:
+        first, second = checkpoint(base_state(seed=1)), checkpoint(base_state(seed=2))
+        pushed(client, "acme/m", first)
+        pushed(client, "acme/m", second)
+        assert client.delete("/v1/models/acme/m/versions/2").status_code == 204
+        answer = push(client, "acme/m", second)
+        assert answer["version"]["revision"] == 3
+        assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+        assert client.get("/v1/models/acme/m/versions/2").status_code == 404
+        assert client.delete("/v1/models/acme/m").status_code == 204
+        answer = push(client, "acme/m", first)  # made again under the same name
+        assert answer["version"]["revision"] == 4
+        assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+        assert_pulls_exact(client, "acme/m@4", first)
+        assert client.get("/v1/models/acme/m/versions/1").status_code == 404
+        pushed(client, "acme/other", first)  # another name keeps its own numbers
+        assert client.get("/v1/models/acme/other/versions/1").status_code == 200

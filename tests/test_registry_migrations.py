@@ -16,6 +16,7 @@ TABLES = {
     "namespace",
     "api_token",
     "model",
+    "revision_floor",
     "version",
     "file",
     "tensor",
