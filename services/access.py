@@ -56,11 +56,13 @@ def can_read_model(principal: Principal, model: Model, org: str) -> bool:
 
 
 def check_model_access(principal: Principal, model: Model | None, org: str, name: str, write: bool) -> None:
-    """404 for a private model the caller may not read; 401/403 for a write without the right token."""
-    if model is not None and not can_read_model(principal, model, org):
-        raise model_not_found(org, name)
+    """401/403 for a write without the right token, then 404 for a private model the caller may not
+    read. In that order: a write that answered 404 for a private model and 401/403 for a missing one
+    would tell whoever tries which private names exist."""
     if write:
         check_write(principal, org)
+    if model is not None and not can_read_model(principal, model, org):
+        raise model_not_found(org, name)
 
 
 def check_write(principal: Principal, org: str | None) -> None:
