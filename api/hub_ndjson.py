@@ -18,6 +18,7 @@ from typing import IO
 
 from deltazoo.registry.errors import BadRequest, DeltazooError
 from deltazoo.services.hub_commit import CommitOperations
+from deltazoo.services.hub_lfs import MAX_FILE_BYTES
 
 FILE_PREFIX = b'{"key": "file", "value": {"content": "'
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -146,18 +147,18 @@ def apply_line(ops: CommitOperations, line: bytes) -> None:
         ops.deleted_files.add(path)
     elif key == "deletedFolder" and isinstance(path, str):
         ops.deleted_folders.add(path.rstrip("/"))
-    elif key == "lfsFile":
+    elif key == "lfsFile":  # without 'size': a copy of a file of main (CommitOperationCopy)
         oid, size = value.get("oid"), value.get("size")
         if (
             not isinstance(path, str)
             or value.get("algo", "sha256") != "sha256"
             or not isinstance(oid, str)
             or not SHA256_RE.match(oid)
-            or type(size) is not int
-            or size < 0
+            or not (size is None or (type(size) is int and 0 <= size <= MAX_FILE_BYTES))
         ):
             raise BadRequest(
-                "an 'lfsFile' operation needs 'path', 'algo': 'sha256', 'oid' (64 lowercase hex) and 'size'",
+                "an 'lfsFile' operation needs 'path', 'algo': 'sha256', 'oid' (64 lowercase hex) and 'size'"
+                f" (0 to {MAX_FILE_BYTES})",
                 code="invalid_commit",
             )
         ops.add_lfs(path, oid, size)

@@ -225,7 +225,7 @@ class StagedFile:
 class CommitOperations:
     header: dict[str, Any] = field(default_factory=dict)
     added: dict[str, StagedFile] = field(default_factory=dict)
-    lfs: dict[str, tuple[str, int]] = field(default_factory=dict)  # path -> (sha256, size) sent by LFS
+    lfs: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # path -> (sha256, size)
     deleted_files: set[str] = field(default_factory=set)
     deleted_folders: set[str] = field(default_factory=set)
 
@@ -248,7 +248,9 @@ class CommitOperations:
         self._drop(path)
         self.added[path] = StagedFile(path, size, spool)
 
-    def add_lfs(self, path: str, oid: str, size: int) -> None:
+    def add_lfs(self, path: str, oid: str, size: int | None) -> None:
+        """``path`` has the bytes of LFS object ``oid`` (sent before, or, ``size`` None, a file of main
+        copied: ``CommitOperationCopy``)."""
         check_path(path)
         self._drop(path)
         self.lfs[path] = (oid, size)
@@ -367,6 +369,14 @@ def commit(
     check_deletions_exist(repo_id, main, {f.path for f in held}, ops)
     declared.update(added)
     for path, (oid, size) in ops.lfs.items():
+        if size is None:  # a copy (CommitOperationCopy) names the bytes of a file of main, not their size
+            source = next((f for f in held if f.sha256 == oid), None)
+            if source is None:
+                raise MissingEntry(
+                    f"cannot copy to {path!r}: {repo_id} has no file with sha256 {oid} on main",
+                    main.commit_id if main is not None else None,
+                )
+            size = source.size
         declared[path] = DeclaredFile(path, size, oid)
     if not declared:
         raise Unprocessable("the commit leaves the repository empty; add at least one file", code="no_files")
@@ -379,8 +389,8 @@ def commit(
         if not needed:
             continue
         if path in ops.lfs:
-            oid, size = ops.lfs[path]
-            record_upload(session, store, files[path], claim_staged(store, model, path, oid, size))
+            staged = claim_staged(store, model, path, declared[path].sha256 or "", declared[path].size)
+            record_upload(session, store, files[path], staged)
             continue
         staged_file = ops.added.get(path)
         if staged_file is None:

@@ -60,6 +60,13 @@ WEIGHT_SUFFIXES = (
 )
 
 
+MAX_FILE_BYTES = 2**63 - 1  # the largest size a file row holds (BIGINT): beyond it, a 400, not a 500
+
+
+def _is_size(size: object) -> bool:
+    return type(size) is int and 0 <= size <= MAX_FILE_BYTES
+
+
 def wants_lfs(path: str, size: object) -> bool:
     """Whether preupload asks for ``path`` through LFS: weight files, and any file of 10 MiB or more."""
     big = isinstance(size, int) and size >= LFS_MIN_BYTES
@@ -110,7 +117,7 @@ def batch(
     for obj in objects:
         oid = obj.get("oid") if isinstance(obj, dict) else None
         size = obj.get("size") if isinstance(obj, dict) else None
-        if not isinstance(oid, str) or not OID_RE.match(oid) or type(size) is not int or size < 0:
+        if not isinstance(oid, str) or not OID_RE.match(oid) or not _is_size(size):
             raise BadRequest(
                 "each LFS object needs 'oid' (64 lowercase hex digits of its sha256) and 'size' (bytes >= 0)",
                 code="invalid_lfs_batch",
@@ -170,7 +177,7 @@ def open_ticket(store: ObjectStore, ticket: str) -> tuple[UploadSink, str, int |
 def verify(store: ObjectStore, model: Model, body: dict[str, Any]) -> None:
     """``POST .../verify``: the object arrived whole (404 when it did not)."""
     oid, size = body.get("oid"), body.get("size")
-    if not isinstance(oid, str) or not OID_RE.match(oid) or type(size) is not int:
+    if not isinstance(oid, str) or not OID_RE.match(oid) or not _is_size(size):
         raise BadRequest("verify needs the object's 'oid' and 'size'", code="invalid_lfs_batch")
     if _staged_size(store, model.id, oid) != size:
         raise NotFound(

@@ -231,3 +231,40 @@ def test_reads_of_a_commit_whose_encode_outlasts_every_wait(
         and r.headers["Retry-After"]
         and "still being encoded" in r.headers["X-Error-Message"]
     )
+
+
+def test_a_copy_takes_the_bytes_of_a_file_of_main(client: TestClient) -> None:
+    """``CommitOperationCopy``: every file is listed as LFS, so huggingface_hub sends a copy as an
+    ``lfsFile`` naming the source's sha256 without a size; the copy is the source's bytes, stored once."""
+    weights = checkpoint({"w": torch.arange(16.0)})["model.safetensors"]
+    r = client.post(
+        "/api/models/hub/m/commit/main",
+        content=ndjson(HEADER, inline("model.safetensors", weights), inline("a.txt", b"text")),
+    )
+    assert r.status_code == 200, r.text
+    copies = [
+        {
+            "key": "lfsFile",
+            "value": {"path": "backup/model.safetensors", "algo": "sha256", "oid": sha(weights)},
+        },
+        {"key": "lfsFile", "value": {"path": "b.txt", "algo": "sha256", "oid": sha(b"text")}},
+    ]
+    r = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, *copies))
+    assert r.status_code == 200, r.text
+    for path, data in (("backup/model.safetensors", weights), ("b.txt", b"text"), ("a.txt", b"text")):
+        assert client.get(f"/hub/m/resolve/main/{path}").content == data
+    missing = {"key": "lfsFile", "value": {"path": "c.txt", "algo": "sha256", "oid": "b" * 64}}
+    r = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, missing))
+    assert r.status_code == 404 and r.headers["X-Error-Code"] == "EntryNotFound", r.text
+
+
+def test_sizes_beyond_what_a_file_can_be_are_refused(client: TestClient) -> None:
+    huge = 2**64
+    line = {"key": "lfsFile", "value": {"path": "x.bin", "algo": "sha256", "oid": "a" * 64, "size": huge}}
+    r = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, line))
+    assert r.status_code == 400 and r.json()["code"] == "invalid_commit", r.text
+    batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": "a" * 64, "size": huge}]}
+    r = client.post("/hub/m.git/info/lfs/objects/batch", json=batch)
+    assert r.status_code == 400 and "size" in r.text, r.text
+    r = client.post("/hub/m.git/info/lfs/verify", json={"oid": "a" * 64, "size": huge})
+    assert r.status_code == 400, r.text

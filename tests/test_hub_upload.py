@@ -239,3 +239,29 @@ def concurrent_uploads_all_land(endpoint: str, token: str, repo: str, n: int = 4
 
 def test_concurrent_commits_to_one_repository_all_land(server: ApiServer) -> None:
     concurrent_uploads_all_land(server.url, ADMIN, "acme/race")
+
+
+def test_copy_operations_through_hf_api(server: ApiServer, tmp_path: Path) -> None:
+    from huggingface_hub import CommitOperationCopy, HfApi, hf_hub_download
+
+    api = HfApi(endpoint=server.url, token=ADMIN)
+    api.create_repo("acme/copies")
+    save_file({"w": torch.arange(8.0)}, str(tmp_path / "w.safetensors"))
+    api.upload_file(
+        path_or_fileobj=str(tmp_path / "w.safetensors"),
+        path_in_repo="model.safetensors",
+        repo_id="acme/copies",
+    )
+    api.upload_file(path_or_fileobj=b"notes", path_in_repo="notes.txt", repo_id="acme/copies")
+    api.create_commit(
+        "acme/copies",
+        operations=[
+            CommitOperationCopy("model.safetensors", "backup/model.safetensors"),
+            CommitOperationCopy("notes.txt", "notes-copy.txt"),
+        ],
+        commit_message="copies",
+    )
+    weights = (tmp_path / "w.safetensors").read_bytes()
+    for path, data in (("backup/model.safetensors", weights), ("notes-copy.txt", b"notes")):
+        got = hf_hub_download("acme/copies", path, endpoint=server.url, token=ADMIN, cache_dir=tmp_path / "c")
+        assert Path(got).read_bytes() == data
