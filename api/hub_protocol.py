@@ -17,6 +17,7 @@ from deltazoo.registry.db import session_scope
 from deltazoo.registry.errors import DeltazooError
 from deltazoo.services.access import ANONYMOUS, OPEN, Principal
 from deltazoo.services.hub import MissingEntry
+from deltazoo.services.hub_commit import writable_model
 from deltazoo.services.tokens import principal_for
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -97,3 +98,16 @@ async def hub_principal(request: Request) -> Principal:
 
 
 HubViewer = Annotated[Principal, Depends(hub_principal)]
+
+
+async def check_writable(request: Request, viewer: Principal, repo_id: str) -> None:
+    """``viewer`` may write ``repo_id``: checked before a body is read (in a short session of its own), so
+    a caller without the right token sends nothing the server reads or keeps."""
+    settings = request.app.state.settings
+
+    def check() -> None:
+        with session_scope(settings) as session:
+            writable_model(session, viewer, repo_id)
+
+    await run_in_threadpool(check)
+

@@ -265,3 +265,27 @@ def test_copy_operations_through_hf_api(server: ApiServer, tmp_path: Path) -> No
     for path, data in (("backup/model.safetensors", weights), ("notes-copy.txt", b"notes")):
         got = hf_hub_download("acme/copies", path, endpoint=server.url, token=ADMIN, cache_dir=tmp_path / "c")
         assert Path(got).read_bytes() == data
+
+
+def test_writes_without_the_right_token_are_refused_before_their_body_is_read(server: ApiServer) -> None:
+    """A commit or preupload announcing a gigabyte is answered 401 after a few kilobytes (the body is
+    never read, spooled or kept), and a JSON body over 8 MiB is refused (413) whoever sends it."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import HfApi
+
+    HfApi(endpoint=server.url, token=ADMIN).create_repo("acme/guarded")
+    where = urlparse(server.url)
+    for path in ("/api/models/acme/guarded/commit/main", "/api/models/acme/guarded/preupload/main"):
+        with socket.create_connection((where.hostname, where.port), timeout=10) as s:
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {10**9}\r\n\r\n"
+            s.sendall(head.encode() + b" " * 65536)
+            answer = s.recv(4096).decode(errors="replace")  # before the rest of the gigabyte
+        assert answer.startswith("HTTP/1.1 401"), (path, answer[:200])
+    big = httpx.post(
+        f"{server.url}/api/models/acme/guarded/preupload/main",
+        content=b" " * (9 << 20),
+        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
+    )
+    assert big.status_code == 413, big.text

@@ -11,7 +11,7 @@ from deltazoo.api.body_feed import feed_body
 from deltazoo.api.deps import DB, Enqueue, Store, upload_slot
 from deltazoo.api.errors import ShapedAnswer
 from deltazoo.api.hub_ndjson import read_commit
-from deltazoo.api.hub_protocol import HubRoute, HubViewer, hub_error
+from deltazoo.api.hub_protocol import HubRoute, HubViewer, check_writable, hub_error
 from deltazoo.registry.errors import BadRequest, DeltazooError
 from deltazoo.services import hub_commit, hub_lfs
 from deltazoo.services.model_card import front_matter_problem
@@ -64,6 +64,7 @@ async def preupload(
     org: str, name: str, revision: str, request: Request, session: DB, viewer: HubViewer
 ) -> dict:
     hub_commit.check_no_pull_request(request.query_params.get("create_pr"))
+    await check_writable(request, viewer, f"{org}/{name}")
     files = (await _json_body(request)).get("files")
     if not isinstance(files, list):
         raise BadRequest("the body needs a 'files' list", code="invalid_request")
@@ -77,6 +78,7 @@ async def preupload(
 async def lfs_batch(
     org: str, name: str, request: Request, session: DB, store: Store, viewer: HubViewer
 ) -> Response:
+    await check_writable(request, viewer, f"{org}/{name}")
     body = await _json_body(request)
 
     def answer() -> dict:
@@ -130,6 +132,7 @@ async def commit(
     viewer: HubViewer,
 ) -> dict:
     hub_commit.check_no_pull_request(request.query_params.get("create_pr"))
+    await check_writable(request, viewer, f"{org}/{name}")  # before its body is read
     ops = hub_commit.CommitOperations()
     try:
         with upload_slot(request, viewer.token_id):  # its body carries the files inline
@@ -187,9 +190,22 @@ def xet_token(org: str, name: str, revision: str) -> dict:
     )
 
 
+MAX_JSON_BODY = 8 << 20  # a preupload of MAX_PREUPLOAD_FILES paths fits many times over
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read up to ``MAX_JSON_BODY`` bytes (beyond: 413)."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY:
+            raise DeltazooError(
+                f"the request body is over {MAX_JSON_BODY >> 20} MiB; these routes take small JSON bodies",
+                code="body_too_large",
+                status=413,
+            )
     try:
-        body = json.loads(await request.body())
+        body = json.loads(bytes(raw))
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the body must be JSON", code="invalid_json") from None
     if not isinstance(body, dict):
