@@ -172,7 +172,7 @@ def _encode_safetensors(
 ) -> None:
     """One staged safetensors file (``part``: only range ``(index, count)`` of its tensors,
     ``encode_split.tensor_range``; the first range stores the header); ``add_stored(n)`` counts bytes
-    of blobs this encode stored first."""
+    of the blobs it names."""
     key = file.staging_key
     assert key is not None
 
@@ -185,8 +185,8 @@ def _encode_safetensors(
         except SafetensorsError as exc:
             raise CorruptStoreError(f"{file.path}: {exc}") from None
         if file.header_blob is None and (part is None or part[0] == 0):
-            file.header_blob, new = put_blob(session, store, header.header_bytes)
-            add_stored(header.header_size if new else 0)
+            file.header_blob, _ = put_blob(session, store, header.header_bytes)
+            add_stored(header.header_size)  # counted even when stored before (tensor_rows.py says why)
         entries = list(header.tensors) if part is None else tensor_range(header.tensors, *part)
         tensors = TensorRepository(session)
         scope = twin_scope(session, version)
@@ -418,8 +418,8 @@ def encode_version(
             advance(file.size)
         elif file.kind == "other":
             if file.blob is None:
-                file.blob, size, new = _store_other_file(session, store, file.staging_key)
-                version.stored_bytes += size if new else 0
+                file.blob, size, _ = _store_other_file(session, store, file.staging_key)
+                version.stored_bytes += size
             advance(file.size)
         elif file.id in encoded and file.header_blob is not None:
             advance(file.size)

@@ -24,7 +24,7 @@ _COLUMNS = [c.key for c in Tensor.__table__.columns if c.key != "id"]
 class TensorRowWriter:
     """Collects the new tensor rows of one file (transient ``Tensor`` objects, with the ``TensorChunk``
     rows of a chunked one) and inserts them together; ``add_stored(nbytes)`` is told the size of the
-    blobs each write stored first (the version's stored bytes), ``written(nbytes)`` the raw bytes of
+    blobs each write names (the version's stored bytes), ``written(nbytes)`` the raw bytes of
     the tensors each write stored (the job's progress and checkpoint hang there: a checkpoint may
     commit, so it only ever sees whole batches, blob references included). ``durable()`` runs before
     each write: the blobs its rows name are durable before any of them can commit (a ``WriteBatch``'s
@@ -70,8 +70,10 @@ class TensorRowWriter:
         rows = [row for row, _, _ in self.pending]
         refs = [(row.blob, row.stored_bytes) for row in rows if row.blob]
         refs += [(c.blob, c.stored_bytes) for row in rows for c in self.chunks.get(row.name, ())]
-        new = BlobRepository(self.session).add_references(refs)
-        self.add_stored(sum(size for sha, size in dict(refs).items() if sha in new))
+        BlobRepository(self.session).add_references(refs)
+        # every payload of this version counts, whether or not its bytes were stored before: "already
+        # stored" would tell a version's readers that some model, maybe a private one, holds them
+        self.add_stored(sum(dict(refs).values()))
         first, later = [], []
         for row, _, twin in self.pending:
             if twin is None or twin.name in self.ids:

@@ -164,3 +164,24 @@ def test_jobs_leaderboard_stats_and_exist_ok_hide_private_models(api: TestClient
     assert "versions" not in r.text and "logical_bytes" not in r.text
     r = api.post("/v1/models", json={"name": "acme/secret", "exist_ok": True}, headers=bearer(acme))
     assert r.status_code == 200 and r.json()["name"] == "acme/secret"
+
+
+def test_stored_bytes_do_not_say_whether_a_private_model_holds_the_same_bytes(
+    api: TestClient, tmp_path: Path
+) -> None:
+    """Blobs are stored once, whoever sends them; a version's ``stored_bytes`` still counts its own
+    payloads (tensors, header, other files) in full, so pushing a guess of a private model's file and
+    reading what it cost tells nothing: the same as on a server that has never seen those bytes."""
+    alice, bob = new_token(api, "alice", ["read", "write"]), new_token(api, "bob", ["read", "write"])
+    secret = {**checkpoint(base_state(seed=11)), "config.json": b'{"secret": true}'}
+    create(api, alice, "alice/vault", private=True)
+    pushed(api, alice, "alice/vault", secret)
+    pushed(api, bob, "bob/guess", secret)
+    guessed = api.get("/v1/models/bob/guess/versions/1", headers=bearer(bob)).json()
+    settings = embedded_settings(tmp_path / "clean").model_copy(update={"auth": True, "admin_token": ADMIN})
+    with TestClient(create_app(settings)) as clean:  # a server that never held them
+        pushed(clean, new_token(clean, "bob", ["read", "write"]), "bob/guess", secret)
+        control = clean.get("/v1/models/bob/guess/versions/1").json()
+    assert guessed["stored_bytes"] == control["stored_bytes"] > 0
+    assert [t["stored_bytes"] for t in guessed["tensors"]] == [t["stored_bytes"] for t in control["tensors"]]
+    assert "alice" not in str(guessed)
