@@ -20,7 +20,7 @@ from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, model_not_found
 from deltazoo.services.model_card import card_data
-from deltazoo.services.refs import MAIN, find_version, get_model, parse_name, ref_string
+from deltazoo.services.refs import MAIN, find_version, parse_name, ref_string
 from deltazoo.services.transfer import FilePlan, iter_file, plan_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -56,10 +56,9 @@ def open_repo(
 ) -> Repo:
     """The repository ``repo_id`` at ``revision`` (None: ``main``, which may not exist yet; so may an
     explicit ``main`` with ``empty_main``, for listings of a repository created but not yet committed)."""
-    org, name = parse_name(repo_id)
-    model = get_model(session, org, name)
+    model, org, repo_id = repo_model(session, repo_id)
     if not can_read_model(viewer, model, org):
-        raise model_not_found(org, name)
+        raise model_not_found(*parse_name(repo_id))
     if revision is None or revision == MAIN:  # never waited for: a commit is answered once it is main
         version = VersionRepository(session).latest(model.id, ready_only=True)
         if version is None and revision == MAIN and not empty_main:
@@ -71,6 +70,21 @@ def open_repo(
                 f"{ref_string(repo_id, version.revision)} ({revision}) is still being encoded; retry shortly"
             )
     return Repo(model, repo_id, version)
+
+
+def repo_model(session: Session, repo_id: str) -> tuple[Model, str, str]:
+    """The model a repository id names, found as the Hub finds one: under its exact name, else under the
+    name it has up to letter case (``acme/UpperCase`` for ``acme/uppercase``); with its namespace and
+    its stored ``org/name``. Missing: 404, whatever the caller may read (it checks that next)."""
+    org, name = parse_name(repo_id)
+    models = ModelRepository(session)
+    model = models.get(org, name)
+    if model is None and (variant := models.case_variant(org, name)) is not None:
+        model, repo_id = variant
+        org = repo_id.split("/", 1)[0]
+    if model is None:
+        raise model_not_found(org, name)
+    return model, org, repo_id
 
 
 class StillEncoding(Unavailable):

@@ -33,10 +33,10 @@ from deltazoo.registry.models import Model, Version
 from deltazoo.registry.objectstore import ObjectStore, stages_direct
 from deltazoo.registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
-from deltazoo.services.hub import MissingEntry, wait_encoded
+from deltazoo.services.hub import MissingEntry, repo_model, wait_encoded
 from deltazoo.services.hub_lfs import claim_staged, wants_lfs
 from deltazoo.services.model_settings import update_model
-from deltazoo.services.refs import COMMIT_ID_RE, MAIN, get_model, parse_name, ref_string
+from deltazoo.services.refs import COMMIT_ID_RE, MAIN, parse_name, ref_string
 from deltazoo.services.similarity import mark_auto_base
 from deltazoo.services.tags import delete_tag, set_tag
 from deltazoo.services.transfer import UploadSink
@@ -163,10 +163,9 @@ def check_main(revision: str) -> None:
 def writable_model(session: Session, viewer: Principal, repo_id: str) -> Model:
     """The model ``repo_id`` for a write: a private one the caller may not read is missing (404, as if
     it did not exist, before any 401/403 could tell it exists); then the write scope is checked."""
-    org, name = parse_name(repo_id)
-    model = get_model(session, org, name)
+    model, org, _ = repo_model(session, repo_id)  # as the Hub: any letter case finds it
     if not can_read_model(viewer, model, org):
-        raise model_not_found(org, name)
+        raise model_not_found(*parse_name(repo_id))
     check_write(viewer, org)
     return model
 

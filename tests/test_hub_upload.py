@@ -289,3 +289,19 @@ def test_writes_without_the_right_token_are_refused_before_their_body_is_read(se
         headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
     )
     assert big.status_code == 413, big.text
+
+
+def test_a_repository_is_found_under_any_letter_case(server: ApiServer, tmp_path: Path) -> None:
+    """As on the Hub: ``create_repo("acme/mixedcase", exist_ok=True)`` when ``acme/MixedCase`` exists, then
+    uploads and downloads under the name as typed, reach the stored model (its id is the stored name)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi(endpoint=server.url, token=ADMIN)
+    api.create_repo("acme/MixedCase")
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id="acme/MixedCase")
+    api.create_repo("acme/mixedcase", exist_ok=True)
+    api.upload_file(path_or_fileobj=b"notes", path_in_repo="notes.txt", repo_id="acme/mixedcase")
+    assert api.model_info("ACME/mixedcase").id == "acme/MixedCase"
+    assert sorted(api.list_repo_files("acme/MixedCase")) == ["config.json", "notes.txt"]
+    got = hf_hub_download("acme/mixedcase", "notes.txt", endpoint=server.url, token=ADMIN, cache_dir=tmp_path)
+    assert Path(got).read_bytes() == b"notes"
