@@ -268,3 +268,28 @@ def test_sizes_beyond_what_a_file_can_be_are_refused(client: TestClient) -> None
     assert r.status_code == 400 and "size" in r.text, r.text
     r = client.post("/hub/m.git/info/lfs/verify", json={"oid": "a" * 64, "size": huge})
     assert r.status_code == 400, r.text
+
+
+def test_a_repository_id_without_a_namespace_is_repo_not_found_saying_why(client: TestClient) -> None:
+    """``from_pretrained("gpt2")``: a RepoNotFound the client understands (a bare 404 read to
+    transformers as a connection problem), naming the ORG/NAME form."""
+    for method, path in (
+        ("GET", "/api/models/gpt2"),
+        ("GET", "/api/models/gpt2/revision/main"),
+        ("HEAD", "/gpt2/resolve/main/config.json"),
+        ("GET", "/gpt2/resolve/main/config.json"),
+    ):
+        r = client.request(method, path)
+        assert r.status_code == 404 and r.headers["X-Error-Code"] == "RepoNotFound", (path, r.text)
+        assert "ORG/NAME" in r.headers["X-Error-Message"]
+    assert client.get("/hub/m/resolve/main/absent.txt").headers["X-Error-Code"] in (
+        "EntryNotFound",
+        "RevisionNotFound",
+    )
+
+
+def test_branches_are_refused_saying_to_use_tags(client: TestClient) -> None:
+    for method in ("POST", "DELETE"):
+        r = client.request(method, "/api/models/hub/m/branch/dev")
+        assert r.status_code == 400 and "tag" in r.headers["X-Error-Message"], r.text
+    assert client.get("/api/agent-harnesses").json() == {"standardEnvVars": [], "harnesses": {}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from deltazoo.api.deps import DB, Store
 from deltazoo.api.file_response import content_disposition, file_response
 from deltazoo.api.hub_protocol import HubRoute, HubViewer
+from deltazoo.registry.errors import Unprocessable
 from deltazoo.services import hub
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -125,3 +126,24 @@ def _json(items: list[dict]) -> Response:
     from fastapi.responses import JSONResponse
 
     return JSONResponse(items)
+
+
+@router.get("/api/agent-harnesses")
+def agent_harnesses() -> dict:
+    """huggingface_hub asks every run for the registry it detects AI agent harnesses by; deltazoo keeps
+    none: the registry that turns detection off, rather than a 404 in the log at every ``hf`` command."""
+    return {"standardEnvVars": [], "harnesses": {}}
+
+
+@router.get("/api/models/{name}")
+@router.get("/api/models/{name}/revision/{revision:path}", operation_id="hub_one_segment_revision")
+@router.get("/{name}/resolve/{revision}/{path:path}", operation_id="hub_one_segment_resolve")
+@router.head("/{name}/resolve/{revision}/{path:path}", operation_id="hub_one_segment_resolve_head")
+def one_segment_repository(name: str, viewer: HubViewer) -> Response:
+    """A repository id without a namespace (``gpt2``): RepoNotFound in the Hub's shape, saying why, where
+    a bare 404 made transformers report a network problem. (Registered last: ``org/name`` routes first.)"""
+    raise Unprocessable(
+        f"{name!r} is not a repository id deltazoo knows: its repositories are ORG/NAME (acme/{name}, say)",
+        code="invalid_name",
+    )
+

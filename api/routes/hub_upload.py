@@ -167,6 +167,17 @@ def delete_tag(org: str, name: str, tag: str, session: DB, viewer: HubViewer) ->
     return {}
 
 
+@router.post(REPO + "/branch/{branch:path}")
+@router.delete(REPO + "/branch/{branch:path}", operation_id="hub_delete_branch")
+def branch(org: str, name: str, branch: str, viewer: HubViewer) -> dict:
+    """``create_branch`` / ``delete_branch``: refused in the Hub's shape, saying what to use instead."""
+    raise BadRequest(
+        f"deltazoo has no branches (asked for {branch!r}): a repository has one line of versions, main;"
+        " name a version with a tag instead (create_tag)",
+        code="branches_unsupported",
+    )
+
+
 @router.post("/api/validate-yaml", response_model=None)
 async def validate_yaml(request: Request) -> dict | Response:
     """What ``upload_folder`` / ``ModelCard.push_to_hub`` ask before sending a README.md."""
