@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from deltazoo.registry.db import commit_now
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, Unprocessable
-from deltazoo.registry.models import Model, Version
+from deltazoo.registry.models import File, Model, Version
 from deltazoo.registry.objectstore import ObjectStore, stages_direct
 from deltazoo.registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
 from deltazoo.services.access import Principal, can_read_model, check_write, model_not_found
@@ -300,6 +300,12 @@ def commit_in_turn(
             time.sleep(COMMIT_LOOK_EVERY_S)
 
 
+def _unchanged(declared: dict[str, DeclaredFile], held: list[File]) -> bool:
+    """Whether a commit would hold exactly ``held``, main's files (same paths, sizes and bytes): an
+    ``upload_folder`` of an unchanged folder adds no version, as the Hub client skips an empty commit."""
+    return {p: (f.size, f.sha256) for p, f in declared.items()} == {f.path: (f.size, f.sha256) for f in held}
+
+
 def check_deletions_exist(repo_id: str, main: Version | None, held: set[str], ops: CommitOperations) -> None:
     """A deleted file or folder must be in ``main`` (``held``: its paths), as on the Hub (404
     ``EntryNotFound``): deleting what is not there is a mistake, not an empty commit."""
@@ -379,6 +385,8 @@ def commit(
         declared[path] = DeclaredFile(path, size, oid)
     if not declared:
         raise Unprocessable("the commit leaves the repository empty; add at least one file", code="no_files")
+    if main is not None and _unchanged(declared, held):  # the same files again: main is the commit
+        return main, ref_string(repo_id, main.revision)
     version, uploads = create_version(
         session, model, None, "finetune", [], list(declared.values()), viewer=viewer
     )

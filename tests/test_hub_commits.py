@@ -293,3 +293,19 @@ def test_branches_are_refused_saying_to_use_tags(client: TestClient) -> None:
         r = client.request(method, "/api/models/hub/m/branch/dev")
         assert r.status_code == 400 and "tag" in r.headers["X-Error-Message"], r.text
     assert client.get("/api/agent-harnesses").json() == {"standardEnvVars": [], "harnesses": {}}
+
+
+def test_a_commit_of_the_same_files_again_adds_no_version(client: TestClient) -> None:
+    """``upload_folder`` of an unchanged folder (huggingface_hub sends every file: deltazoo's preupload
+    names no oids): answered with main's commit, as the Hub client skips an empty commit."""
+    weights = checkpoint({"w": torch.ones(8)})["model.safetensors"]
+    files = (inline("model.safetensors", weights), inline("config.json", b"{}"))
+    first = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, *files)).json()
+    again = client.post("/api/models/hub/m/commit/main", content=ndjson(HEADER, *reversed(files)))
+    assert again.status_code == 200 and again.json()["commitOid"] == first["commitOid"], again.text
+    assert len(client.get("/v1/models/hub/m").json()["versions"]) == 1
+    changed = client.post(
+        "/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("config.json", b"{ }"))
+    )
+    assert changed.json()["commitOid"] != first["commitOid"]
+    assert len(client.get("/v1/models/hub/m").json()["versions"]) == 2
