@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from deltazoo import Client
 from tests.checkpoints import make_base_and_finetune, tree_sha256
-from tests.servers import ApiServer, running_api_server
+from tests.servers import ApiServer, log_problems, running_api_server
 
 ADMIN = "hub-up-admin-secret"
 
@@ -305,3 +305,36 @@ def test_a_repository_is_found_under_any_letter_case(server: ApiServer, tmp_path
     assert sorted(api.list_repo_files("acme/MixedCase")) == ["config.json", "notes.txt"]
     got = hf_hub_download("acme/mixedcase", "notes.txt", endpoint=server.url, token=ADMIN, cache_dir=tmp_path)
     assert Path(got).read_bytes() == b"notes"
+
+
+def test_a_commit_cut_off_mid_body_logs_no_error_and_keeps_nothing(server: ApiServer) -> None:
+    """An interrupted ``upload_folder``: the client goes away in the middle of the commit's body. The
+    server answers it a 400 (nobody is there to read it), logs no unhandled error or traceback, and
+    stores nothing of it."""
+    import base64
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import HfApi
+
+    HfApi(endpoint=server.url, token=ADMIN).create_repo("acme/cut")
+    header = json.dumps({"key": "header", "value": {"summary": "cut"}}).encode() + b"\n"
+    start = b'{"key": "file", "value": {"path": "big.bin", "encoding": "base64", "content": "'
+    body = header + start + base64.b64encode(b"x" * 300_000)
+    where = urlparse(server.url)
+    before = len(server.process.log_text())
+    with socket.create_connection((where.hostname, where.port), timeout=10) as s:
+        head = (
+            f"POST /api/models/acme/cut/commit/main HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n"
+            f"Content-Type: application/x-ndjson\r\nContent-Length: {len(body) + 10**6}\r\n\r\n"
+        )
+        s.sendall(head.encode() + body)
+    time.sleep(2.0)  # the server reads to the cut, then answers a client that is gone
+    assert log_problems(server.process.log_text()[before:]) == []
+    assert "unhandled" not in server.process.log_text()[before:]
+    assert (
+        httpx.get(f"{server.url}/v1/models/acme/cut", headers={"Authorization": f"Bearer {ADMIN}"}).json()[
+            "versions"
+        ]
+        == []
+    )

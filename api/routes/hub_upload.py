@@ -5,6 +5,8 @@ basic transfer, commit (NDJSON), and the Xet token route answered with what to d
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from deltazoo.api.body_feed import feed_body
@@ -18,6 +20,7 @@ from deltazoo.services.model_card import front_matter_problem
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 router = APIRouter(tags=["hugging face hub"], route_class=HubRoute)
 REPO = "/api/models/{org}/{name}"
@@ -98,7 +101,7 @@ async def lfs_upload(ticket: str, request: Request, store: Store) -> dict:
     the batch handed out admits it), streamed through the transfer service into staging."""
     sink, key, token_id = await run_in_threadpool(hub_lfs.open_ticket, store, ticket)
     try:
-        with upload_slot(request, token_id):  # the token that asked for the ticket
+        with upload_slot(request, token_id), cut_off_is_a_400("the LFS object"):  # the ticket's token
             await feed_body(request, sink.feed)
             await run_in_threadpool(sink.finish, store, key)
     except BaseException:
@@ -135,7 +138,7 @@ async def commit(
     await check_writable(request, viewer, f"{org}/{name}")  # before its body is read
     ops = hub_commit.CommitOperations()
     try:
-        with upload_slot(request, viewer.token_id):  # its body carries the files inline
+        with upload_slot(request, viewer.token_id), cut_off_is_a_400("the commit"):  # files inline
             await read_commit(request.stream(), ops)
         version, ref = await run_in_threadpool(
             hub_commit.commit_in_turn, session, store, enqueue, viewer, f"{org}/{name}", revision, ops
@@ -202,6 +205,18 @@ def xet_token(org: str, name: str, revision: str) -> dict:
 
 
 MAX_JSON_BODY = 8 << 20  # a preupload of MAX_PREUPLOAD_FILES paths fits many times over
+
+
+@contextmanager
+def cut_off_is_a_400(what: str) -> Iterator[None]:
+    """A client gone before the body's end (an interrupted ``upload_folder``): a 400 saying so, logged
+    as one line, not an unhandled error; nothing of it is kept."""
+    try:
+        yield
+    except ClientDisconnect:
+        raise BadRequest(
+            f"{what} was cut off before its last byte; send it again", code="upload_interrupted"
+        ) from None
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
