@@ -69,6 +69,11 @@ def open_repo(
             raise StillEncoding(
                 f"{ref_string(repo_id, version.revision)} ({revision}) is still being encoded; retry shortly"
             )
+        if version.status != "ready":  # a push still uploading, or one that failed: no commit of main
+            raise NotFound(
+                f"{ref_string(repo_id, version.revision)} ({revision}) is {version.status}, not a commit",
+                code="version_not_found",
+            )
     return Repo(model, repo_id, version)
 
 

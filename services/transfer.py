@@ -252,12 +252,15 @@ class FilePlan:
     segments: tuple[Segment, ...]
 
 
+def require_ready(version: Version, ref: str, what: str) -> None:
+    """409 ``version_not_ready`` unless ``version`` is ready: until then its files are declarations."""
+    if version.status != "ready":
+        raise Conflict(f"{ref} is {version.status}; {what} once it is ready", code="version_not_ready")
+
+
 def plan_file(session: Session, store: ObjectStore, version: Version, path: str, ref: str) -> FilePlan:
     """Everything needed to stream ``path`` of a ready version, with no database access afterwards."""
-    if version.status != "ready":
-        raise Conflict(
-            f"{ref} is {version.status}; files can be downloaded once it is ready", code="version_not_ready"
-        )
+    require_ready(version, ref, "files can be downloaded")
     file = FileRepository(session).get(version.id, path)
     if file is None:
         raise NotFound(f"{ref} has no file {path!r}", code="file_not_found")

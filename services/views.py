@@ -21,6 +21,7 @@ from deltazoo.registry.sketch_band_repository import suggested_bases
 from deltazoo.registry.tallies import TallyRepository
 from deltazoo.services.access import OPEN, Principal, readable_versions
 from deltazoo.services.refs import ref_string
+from deltazoo.services.transfer import require_ready
 from sqlalchemy.orm import Session
 
 from deltazoo import schemas
@@ -216,6 +217,7 @@ def _chunk_info(c: TensorChunk) -> dict[str, Any]:
 
 
 def manifest(session: Session, version: Version, ref: str, viewer: Principal = OPEN) -> dict[str, Any]:
+    require_ready(version, ref, "its manifest (what it stores) is there")
     files = FileRepository(session).for_version(version.id)
     tensors = TensorRepository(session).for_version(version.id)
     parent_rows = TensorRepository(session).get_many(

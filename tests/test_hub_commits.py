@@ -309,3 +309,22 @@ def test_a_commit_of_the_same_files_again_adds_no_version(client: TestClient) ->
     )
     assert changed.json()["commitOid"] != first["commitOid"]
     assert len(client.get("/v1/models/hub/m").json()["versions"]) == 2
+
+
+def test_a_pending_version_is_not_a_commit_and_has_no_manifest(client: TestClient) -> None:
+    """Declared files never uploaded are not what a version stores: a pending version is no Hub revision
+    (RevisionNotFound) and its manifest answers 409 as its files do."""
+    assert (
+        client.post(
+            "/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("a.txt", b"a"))
+        ).status_code
+        == 200
+    )
+    declared = {"files": [{"path": "b.txt", "size": 1, "sha256": "0" * 64}]}
+    assert client.post("/v1/models/hub/m/versions", json=declared).json()["version"]["revision"] == 2
+    for path in ("/api/models/hub/m/tree/2", "/api/models/hub/m/revision/2", "/hub/m/resolve/2/b.txt"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.headers["X-Error-Code"] == "RevisionNotFound", (path, r.text)
+    r = client.get("/v1/models/hub/m/versions/2/manifest")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "version_not_ready"
+    assert client.get("/api/models/hub/m/tree/main").json()[0]["path"] == "a.txt"
