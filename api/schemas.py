@@ -3,7 +3,7 @@ sides share, ``deltazoo/schemas.py``, re-exported here so that routes name every
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from deltazoo.schemas import (
     Artifact,
@@ -43,26 +43,29 @@ __all__ = [
 
 
 class Schema(BaseModel):
+    """A request body: unknown keys are refused, and booleans and sizes are strict (``"admin": "yes"``
+    or ``"size": true`` is a 422, not an admin token or a 1-byte file)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class ModelCreate(Schema):
     name: str = Field(examples=["org/llama-math"])
     description: str = ""
-    private: bool = False
-    exist_ok: bool = False
+    private: StrictBool = False
+    exist_ok: StrictBool = False
 
 
 class ModelUpdate(Schema):
     """``PATCH /v1/models/{org}/{name}``: what is given changes, what is left out stays."""
 
     description: str | None = None
-    private: StrictBool | None = None  # "yes" is an error, not True
+    private: StrictBool | None = None
 
 
 class DeclaredFile(Schema):
     path: str
-    size: int = Field(ge=0, le=2**63 - 1)
+    size: StrictInt = Field(ge=0, le=2**63 - 1)
     # None: the upload that carries the file's last byte names it (header Deltazoo-Sha256), so a client
     # hashes a large file while it sends it; such a file is never deduplicated against stored bytes
     sha256: str | None = None
@@ -74,7 +77,7 @@ class VersionCreate(Schema):
     profiles: list[str] = []
     files: list[DeclaredFile]
     retain: str = Field(default="exact", pattern="^(exact|lossy)$")
-    resume: bool = False  # continue the newest pending version declaring the same files, if any
+    resume: StrictBool = False  # continue the newest pending version declaring the same files, if any
 
 
 class ArtifactRequest(Schema):
@@ -85,7 +88,7 @@ class TokenCreate(Schema):
     name: str = Field(examples=["ci for acme"])
     namespace: str | None = Field(default=None, description="null: every namespace")
     scopes: list[str] = Field(default_factory=lambda: ["read"], examples=[["read", "write"]])
-    admin: bool = False
+    admin: StrictBool = False
 
 
 class TagSet(Schema):

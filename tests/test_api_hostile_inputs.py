@@ -57,3 +57,22 @@ def test_what_postgres_cannot_hold_is_a_clear_4xx(
     assert r.status_code == status and r.json()["error"]["code"] == code, r.text
     assert [m["name"] for m in api.get("/v1/models").json()["items"]] == ["acme/m"]  # nothing half-stored
     assert api.get("/v1/texts").json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/tokens", {"name": "t", "scopes": ["read"], "admin": "yes"}),
+        ("/v1/models", {"name": "lax/m", "private": "yes"}),
+        ("/v1/models", {"name": "lax/m", "exist_ok": 1}),
+        ("/v1/models/lax/base/versions", {"files": [{"path": "a", "size": True, "sha256": sha(b"a")}]}),
+        ("/v1/models/lax/base/versions", {"files": CONFIG, "resume": "no"}),
+    ],
+)
+def test_booleans_and_sizes_are_not_coerced(api: TestClient, path: str, body: dict) -> None:
+    """``"admin": "yes"`` made an admin token and ``"size": true`` a 1-byte file: now a 422 each."""
+    api.post("/v1/models", json={"name": "lax/base"})
+    r = api.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert api.get("/v1/models/lax/m").status_code == 404
+    assert all(not t["admin"] or t["name"] != "t" for t in api.get("/v1/tokens").json()["items"])
