@@ -433,17 +433,23 @@ def delete_versions(
     after_commit(session, partial(delete_objects, store, [blob_key(sha) for sha in gone]))
 
 
+MAX_NAMED_DEPENDENTS = 20
+
+
 def _dependents_message(
     session: Session, what: str, dependents: dict[int, tuple[int, set[str]]], viewer: Principal
 ) -> str:
     """Why ``what`` cannot go, naming only the dependents ``viewer`` may read (the others are counted)."""
     visible = sorted(readable_versions(session, viewer, set(dependents)))
-    refs = dict(zip(visible, _refs_by_id(session, visible), strict=True))
+    named = visible[:MAX_NAMED_DEPENDENTS]  # a base of thousands: the first ones, the rest counted
+    refs = dict(zip(named, _refs_by_id(session, named), strict=True))
     reasons = []
-    for vid in visible:
+    for vid in named:
         n, encodings = dependents[vid]
         how = "reuses" if encodings == {"same"} else "stores deltas against"
         reasons.append(f"{refs[vid]} {how} {n} of its tensors")
+    if len(visible) > len(named):
+        reasons.append(f"{len(visible) - len(named)} more version(s) (`deltazoo lineage --all` lists them)")
     hidden = len(dependents) - len(visible)
     if hidden:
         reasons.append(f"{hidden} version(s) of models this token cannot read depend on it")

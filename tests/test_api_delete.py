@@ -231,3 +231,19 @@ def test_a_revision_number_is_never_given_twice(
         assert client.get("/v1/models/acme/m/versions/1").status_code == 404
         pushed(client, "acme/other", first)  # another name keeps its own numbers
         assert client.get("/v1/models/acme/other/versions/1").status_code == 200
+
+
+def test_a_refused_delete_names_the_first_dependents_and_counts_the_rest(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base with thousands of fine-tunes: the 409 names the first ``MAX_NAMED_DEPENDENTS`` (here 2)
+    and counts the others, instead of a message that grows with the zoo (81 kB at 1,500)."""
+    from deltazoo.services import versions
+
+    monkeypatch.setattr(versions, "MAX_NAMED_DEPENDENTS", 2)
+    base = base_state(seed=8)
+    pushed(client, "org/base", checkpoint(base))
+    for i in range(4):
+        pushed(client, f"org/ft{i}", checkpoint(finetune_state(base, seed=20 + i)), base="org/base@1")
+    message = client.delete("/v1/models/org/base").json()["error"]["message"]
+    assert message.count("stores deltas against") == 2 and "2 more version(s)" in message, message
