@@ -147,6 +147,13 @@ class VersionRepository:
             select(Version).where(Version.model_id == model_id, Version.commit_id == commit_id)
         )
 
+    def by_commit_prefix(self, model_id: int, prefix: str) -> Version | None:
+        """The model's one version whose commit id starts with ``prefix`` (None: none, or several)."""
+        rows = self.s.scalars(
+            select(Version).where(Version.model_id == model_id, Version.commit_id.startswith(prefix)).limit(2)
+        ).all()
+        return rows[0] if len(rows) == 1 else None
+
     def latest(self, model_id: int, ready_only: bool = False) -> Version | None:
         q = select(Version).where(Version.model_id == model_id)
         if ready_only:

@@ -4,6 +4,7 @@ Their syntax is ``deltazoo.refs`` (shared with the SDK); a malformed one answers
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -79,6 +80,9 @@ def get_version(session: Session, org: str, name: str, revision: str | int | Non
     return model, find_version(session, model, f"{org}/{name}", revision)
 
 
+SHORT_COMMIT_RE = re.compile(r"[0-9a-f]{7,39}")
+
+
 def find_version(session: Session, model: Model, full_name: str, revision: str | int | None) -> Version:
     """The version a revision names: a number, latest (None), ``main`` (latest ready), a commit id, a tag."""
     rev = parse_revision(revision) if revision is not None else None
@@ -94,7 +98,9 @@ def find_version(session: Session, model: Model, full_name: str, revision: str |
     else:
         tag = TagRepository(session).get(model.id, rev)
         version = versions.get(tag.version_id) if tag is not None else None
-        what = f"has no revision or tag {rev!r}"
+        if version is None and SHORT_COMMIT_RE.fullmatch(rev):  # as git: a unique prefix of a commit id
+            version = versions.by_commit_prefix(model.id, rev)
+        what = f"has no revision or tag {rev!r} (nor one commit id starting so)"
     if version is None:
         raise NotFound(f"model {full_name} {what}", code="version_not_found")
     return version

@@ -328,3 +328,17 @@ def test_a_pending_version_is_not_a_commit_and_has_no_manifest(client: TestClien
     r = client.get("/v1/models/hub/m/versions/2/manifest")
     assert r.status_code == 409 and r.json()["error"]["code"] == "version_not_ready"
     assert client.get("/api/models/hub/m/tree/main").json()[0]["path"] == "a.txt"
+
+
+def test_a_short_commit_id_names_its_version(client: TestClient) -> None:
+    """As git and the Hub: a unique prefix (7+ hex digits) of a commit id is a revision."""
+    commit = client.post(
+        "/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("a.txt", b"a"))
+    ).json()
+    short = commit["commitOid"][:7]
+    r = client.get(f"/hub/m/resolve/{short}/a.txt")
+    assert r.status_code == 200 and r.content == b"a" and r.headers["X-Repo-Commit"] == commit["commitOid"]
+    assert client.get(f"/api/models/hub/m/revision/{short}").json()["sha"] == commit["commitOid"]
+    assert client.get(f"/v1/models/hub/m/versions/{short}").json()["revision"] == 1
+    r = client.get("/hub/m/resolve/0000000/a.txt")
+    assert r.status_code == 404 and r.headers["X-Error-Code"] == "RevisionNotFound"
