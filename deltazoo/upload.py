@@ -24,6 +24,7 @@ PARALLEL_FILES = 4  # files of one pull or push in flight at once
 # how long an upload waits for a server that stopped answering (an API restarted, a deploy), counted
 # from its last answer; then the push fails and, run again, resumes
 OUTAGE_WAIT_S = 120.0
+SHA256_HEADER = "Deltazoo-Sha256"  # names the bytes of a file declared without sha256
 
 
 class Uploader:
@@ -90,7 +91,12 @@ class Uploader:
         url = file_path(ref, file.path)
         status_url = f"{version_path(ref)}/uploads/{quote(file.path)}"
         digest = None if file.sha256 else RunningHash(local)
-        received = self._held(status_url, time.monotonic())
+        status = self._status(status_url, time.monotonic())
+        if digest is not None and status.get("complete") and self._claim_held(url, file, digest):
+            bar.n = before + file.size  # a resumed push: the server had it whole, no byte sent again
+            bar.refresh()
+            return
+        received = int(status["received"])
         resumed = received > 0
         failures, answered_at = 0, time.monotonic()
         while True:
@@ -105,7 +111,7 @@ class Uploader:
             hashing = digest
             if digest is not None and end == file.size:
                 digest.seek(end)
-                headers["Deltazoo-Sha256"] = digest.hexdigest()
+                headers[SHA256_HEADER] = digest.hexdigest()
                 hashing = None
 
             def body(
@@ -150,16 +156,34 @@ class Uploader:
             received, failures, answered_at = int(answer["received"]), 0, time.monotonic()
 
     def _held(self, status_url: str, answered_at: float) -> int:
-        """The bytes of a file the server holds, asked again while it does not answer, up to
-        ``OUTAGE_WAIT_S`` after ``answered_at`` (an API restarting mid-part comes back, its part files
-        on disk)."""
+        """The bytes of a file the server holds (``_status``)."""
+        return int(self._status(status_url, answered_at)["received"])
+
+    def _status(self, status_url: str, answered_at: float) -> dict[str, Any]:
+        """What the server holds of a file (``received`` bytes; ``complete``: a finished upload from an
+        earlier push), asked again while it does not answer, up to ``OUTAGE_WAIT_S`` after
+        ``answered_at`` (an API restarting mid-part comes back, its part files on disk)."""
         while True:
             try:
-                return int(self.transport.json("GET", status_url)["received"])
+                return dict(self.transport.json("GET", status_url))
             except (DeltazooConnectionError, ServerError):
                 if time.monotonic() - answered_at > OUTAGE_WAIT_S:
                     raise
                 time.sleep(self.transport.backoff_cap)
+
+    def _claim_held(self, url: str, file: FileInfo, digest: RunningHash) -> bool:
+        """A resumed push of a file declared without sha256, which the server holds whole from the push
+        before: name the sha256 of the local file (hashed here, no byte sent) and the server takes its
+        held bytes if they hash the same; False when they differ (the file changed): send it."""
+        digest.seek(file.size)
+        headers = {"Content-Range": f"bytes */{file.size}", SHA256_HEADER: digest.hexdigest()}
+        try:
+            self.transport.json("PUT", url, content=lambda: b"", headers=headers)
+        except ClientError as exc:
+            if exc.code in ("held_bytes_differ", "nothing_held"):
+                return False
+            raise
+        return True
 
 
 class RunningHash:

@@ -12,13 +12,16 @@ files still missing, each from the server's ``received`` offset. Pending version
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
+from deltazoo.registry.errors import Conflict
 from deltazoo.registry.models import File, Model, Version
+from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, VersionRepository
 from deltazoo.services.access import Principal
 from deltazoo.services.profiles import check_profile
-from deltazoo.services.versions import DeclaredFile, resolve_base
+from deltazoo.services.versions import DeclaredFile, record_upload, resolve_base
 from sqlalchemy.orm import Session
 
 
@@ -53,8 +56,9 @@ def find_resumable(
         if len(held) == len(declared) and all(_same(declared.get(f.path), f) for f in held):
             for f in held:
                 if declared[f.path].sha256 is None and f.sha256:
-                    # a file named by its upload is sent again: what it was proved to be is not what the
-                    # client holds now until its upload says so
+                    # a file named by its upload is needed again: what it was proved to be is not what the
+                    # client holds now until it says so, by sending it or by naming the same sha256
+                    # (``confirm_held``; its staged bytes are kept for that)
                     f.sha256, f.uploaded = "", False
             return version, [(f.path, not f.uploaded) for f in held]
     return None
@@ -67,3 +71,29 @@ def _same(declared: DeclaredFile | None, held: File) -> bool:
         and declared.size == held.size
         and (declared.sha256 is None or declared.sha256 == held.sha256)
     )
+
+
+def held_complete(file: File, received: int) -> bool:
+    """Whether the server holds a finished upload of ``file`` that a resumed push has not claimed yet
+    (``confirm_held`` takes it for the sha256 of its bytes)."""
+    return file.staging_key is not None and not file.uploaded and received == 0
+
+
+def confirm_held(session: Session, store: ObjectStore, file: File, sha256: str) -> File:
+    """A resumed push says it holds ``sha256``: when the bytes of ``file``'s finished upload hash to
+    it (read again here: the client sent no bytes, so nothing is taken on its word), they are the
+    file's upload, and the client need not send them again; else 409 ``held_bytes_differ``."""
+    if file.staging_key is None or file.uploaded:
+        raise Conflict(f"{file.path}: no finished upload of it is held; send the file", code="nothing_held")
+    digest, size = hashlib.sha256(), 0
+    for chunk in store.iter_chunks(file.staging_key):
+        digest.update(chunk)
+        size += len(chunk)
+    if size != file.size or digest.hexdigest() != sha256:
+        raise Conflict(
+            f"{file.path}: the bytes held from the earlier push are not these (sha256 {sha256}); send the"
+            " file",
+            code="held_bytes_differ",
+        )
+    return record_upload(session, store, file, file.staging_key, sha256)
+

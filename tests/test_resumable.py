@@ -46,7 +46,7 @@ def test_upload_cut_off_resumes_with_the_missing_bytes_only(embedded_server: str
         declare(client, model, files)
         url = f"/v1/models/{model}/versions/1/files/model.safetensors"
         status_url = f"/v1/models/{model}/versions/1/uploads/model.safetensors"
-        expected = {"path": "model.safetensors", "size": len(data), "received": 0}
+        expected = {"path": "model.safetensors", "size": len(data), "received": 0, "complete": False}
         assert client.get(status_url).json() == expected
         for start in (0, PART):
             r = put_part(client, url, data, start, start + PART)
@@ -380,3 +380,42 @@ def test_a_whole_file_upload_cut_off_keeps_nothing_and_logs_no_error(tmp_path: P
         assert server.problems() == []
     finally:
         server.stop()
+
+
+def send_in_parts(client: httpx.Client, url: str, data: bytes) -> None:
+    """A whole file declared without sha256, in parts; the last one names it."""
+    for start in range(0, len(data), PART):
+        end = min(len(data), start + PART)
+        headers = {"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"}
+        if end == len(data):
+            headers["Deltazoo-Sha256"] = sha(data)
+        assert client.put(url, content=data[start:end], headers=headers).status_code in (200, 202)
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_resumed_push_takes_a_large_file_held_whole_without_sending_it(
+    embedded_server: str, unique_org: str, tmp_path: Path, changed: bool
+) -> None:
+    """A push cut off after one large file (declared without sha256) arrived whole: run again, it names
+    that file's sha256, hashed locally, and the server takes the bytes it holds (nothing sent twice).
+    When the local file changed meanwhile (same path and size), the held bytes differ: it is sent."""
+    ckpt = {"a.safetensors": big_checkpoint(seed=8)["model.safetensors"]}
+    ckpt["b.safetensors"] = big_checkpoint(seed=9)["model.safetensors"]
+    held = big_checkpoint(seed=10)["model.safetensors"] if changed else ckpt["a.safetensors"]
+    model = f"{unique_org}/held"
+    with httpx.Client(base_url=embedded_server, timeout=60) as client:
+        assert client.post("/v1/models", json={"name": model}).status_code == 201
+        declared = [{"path": p, "size": len(d), "sha256": None} for p, d in ckpt.items()]
+        assert (
+            client.post(f"/v1/models/{model}/versions", json={"files": declared, "resume": True}).status_code
+            == 201
+        )
+        send_in_parts(client, f"/v1/models/{model}/versions/1/files/a.safetensors", held)
+    with Client(embedded_server, cache_dir=tmp_path / "cache") as client:
+        client.upload_part_bytes = PART
+        client.push(write_dir(tmp_path / "ckpt", ckpt), model, quiet=True)
+        assert client.last_push_resumed
+        sent = len(ckpt["b.safetensors"]) + (len(ckpt["a.safetensors"]) if changed else 0)
+        assert client.transport.bytes_uploaded == sent
+        pulled = client.pull(model, tmp_path / "pulled", quiet=True)
+    assert {p: sha((pulled / p).read_bytes()) for p in ckpt} == {p: sha(d) for p, d in ckpt.items()}

@@ -18,6 +18,8 @@ from deltazoo.registry.models import File
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.services.refs import get_version, ref_string
 from deltazoo.services.resumable import PartialUploads, partials_for
+from deltazoo.services.resume import confirm_held, held_complete
+from deltazoo.services.storage import SHA_RE
 from deltazoo.services.transfer import plan_file
 from deltazoo.services.uploads import PartUpload, WholeUpload
 from deltazoo.services.versions import check_path, pending_file
@@ -58,6 +60,8 @@ async def _put_file(
     file: File, request: Request, session: Session, store: ObjectStore
 ) -> schemas.FileInfo | JSONResponse:
     content_range = request.headers.get("content-range")
+    if content_range == f"bytes */{file.size}":  # no bytes: the sha256 of a finished upload held
+        return await _confirm_held(file, request, session, store)
     if content_range is not None:
         return await _put_part(file, content_range, request, _partials(request), session, store)
     upload = WholeUpload(_partials(request), file, store, request.headers.get(SHA256_HEADER))
@@ -107,13 +111,32 @@ async def _put_part(
     return file_info(file)
 
 
+async def _confirm_held(
+    file: File, request: Request, session: Session, store: ObjectStore
+) -> schemas.FileInfo:
+    """``Content-Range: bytes */SIZE`` with ``Deltazoo-Sha256`` and no body: a resumed push names the
+    bytes of an upload it finished before (``services.resume.confirm_held``)."""
+    sha256 = request.headers.get(SHA256_HEADER, "")
+    if request.headers.get("content-length") != "0" or not SHA_RE.match(sha256):
+        raise BadRequest(
+            f"{file.path}: 'Content-Range: bytes */{file.size}' takes no body and a Deltazoo-Sha256 header"
+            " (64 lowercase hex digits)",
+            code="invalid_content_range",
+        )
+    await run_in_threadpool(confirm_held, session, store, file, sha256)
+    return file_info(file)
+
+
 @router.get("/models/{org}/{name}/versions/{rev}/uploads/{path:path}")
 def get_upload(org: str, name: str, rev: str, path: str, request: Request, session: DB) -> dict:
-    """How many bytes of a resumable upload the server holds: the next part starts there."""
+    """How many bytes of a resumable upload the server holds: the next part starts there; ``complete``:
+    a finished upload of it is held, which a resumed push may claim by its sha256 (``_confirm_held``)."""
     check_path(path)
     _, version = get_version(session, org, name, rev)
     file = pending_file(session, version, path)
-    return {"path": file.path, "size": file.size, "received": _partials(request).received(file)}
+    received = _partials(request).received(file)
+    complete = held_complete(file, received)
+    return {"path": file.path, "size": file.size, "received": received, "complete": complete}
 
 
 @router.get(F)
