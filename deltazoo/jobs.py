@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 
 HOLD_S = 1.0  # how long each status request lets the server hold its answer (the bar moves as often)
+QUEUED_NOTE_S = 30.0  # a job still queued after this long: say why the bar does not move
 
 
 def wait_for_job(client: Client, job: Job | int | str, *, timeout: float | None, quiet: bool) -> Job:
@@ -25,8 +27,17 @@ def wait_for_job(client: Client, job: Job | int | str, *, timeout: float | None,
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.1
     bar = progress_bar(100, f"{current.kind or 'job'} {current.target or current.id}", quiet=quiet, unit="%")
+    started, noted = time.monotonic(), quiet
     try:
         while not current.done:
+            if not noted and current.status == "queued" and time.monotonic() - started > QUEUED_NOTE_S:
+                noted = True
+                print(
+                    f"\njob {current.id} is still queued after {QUEUED_NOTE_S:g} s: no worker has taken it."
+                    " On the full stack, check that a worker runs (`deltazoo worker`) and reaches the"
+                    " broker; the job is kept and runs once one does (Ctrl-C stops waiting, not the job)",
+                    file=sys.stderr,
+                )
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(
