@@ -43,7 +43,8 @@ def update_model(
 ) -> Model:
     """Set what is given of ``description`` and ``private`` on ``model`` (the caller checked it may
     write it)."""
-    session.refresh(model, with_for_update=True)
+    ModelRepository(session).lock(model.id)
+    session.refresh(model)
     if description is not None:
         model.description = check_description(description, "model")
     if private is not None and private != model.private:
