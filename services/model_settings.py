@@ -26,7 +26,8 @@ from deltazoo.registry.repositories import ModelRepository, TensorRepository, Ve
 from deltazoo.services.access import Principal, readable_versions
 from deltazoo.services.dedup_handover import hand_over_copies
 from deltazoo.services.detach import give_own_bytes
-from deltazoo.services.refs import check_description, ref_string
+from deltazoo.services.refs import check_description
+from deltazoo.services.versions import MAX_NAMED_DEPENDENTS, refs_by_id
 from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -91,9 +92,9 @@ def _check_no_outside_descendants(session: Session, model: Model, full_name: str
     if not blocking:
         return
     visible = sorted(readable_versions(session, viewer, set(blocking)))
-    versions = VersionRepository(session).get_many(visible)
-    names = ModelRepository(session).full_names(v.model_id for v in versions.values())
-    named = [ref_string(names[versions[i].model_id], versions[i].revision) for i in visible]
+    named = refs_by_id(session, visible[:MAX_NAMED_DEPENDENTS])
+    if len(visible) > MAX_NAMED_DEPENDENTS:
+        named.append(f"{len(visible) - MAX_NAMED_DEPENDENTS} more (`deltazoo lineage --all` lists them)")
     hidden = len(blocking) - len(visible)
     if hidden:
         named.append(f"{hidden} version(s) of models this token cannot read")

@@ -442,7 +442,7 @@ def _dependents_message(
     """Why ``what`` cannot go, naming only the dependents ``viewer`` may read (the others are counted)."""
     visible = sorted(readable_versions(session, viewer, set(dependents)))
     named = visible[:MAX_NAMED_DEPENDENTS]  # a base of thousands: the first ones, the rest counted
-    refs = dict(zip(named, _refs_by_id(session, named), strict=True))
+    refs = dict(zip(named, refs_by_id(session, named), strict=True))
     reasons = []
     for vid in named:
         n, encodings = dependents[vid]
@@ -459,7 +459,8 @@ def _dependents_message(
     )
 
 
-def _refs_by_id(session: Session, version_ids: list[int]) -> list[str]:
+def refs_by_id(session: Session, version_ids: list[int]) -> list[str]:
+    """``org/name@rev`` of each of ``version_ids``, in their order."""
     versions = VersionRepository(session).get_many(version_ids)
     names = ModelRepository(session).full_names(v.model_id for v in versions.values())
     return [ref_string(names[versions[i].model_id], versions[i].revision) for i in version_ids]
