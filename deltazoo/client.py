@@ -80,6 +80,7 @@ class Client:
         self.last_push_resumed = False  # the last push continued a pending version an earlier one left
         self.last_push_job: Job | None = None  # the encode job the last push's commit started
         self.upload_part_bytes = settings.upload_part_mb << 20  # larger files go in resumable parts
+        self.outage_wait_s = settings.outage_wait_s  # uploads wait this long for a server gone away
         #: how the last ``pull`` placed its files in ``dest``: {"reflink"|"hardlink"|"copy": count}
         self.last_pull_methods: dict[str, int] = {}
 

@@ -106,7 +106,7 @@ def push_folder(
                 file=sys.stderr,
             )
         needed = {u.path for u in created.uploads if u.needed}
-        uploader = Uploader(transport, client.upload_part_bytes)
+        uploader = Uploader(transport, client.upload_part_bytes, client.outage_wait_s)
         uploader.upload_all(vref, [f for f in files if f.path in needed], root, quiet=quiet)
         committed = Committed.model_validate(transport.json("POST", f"{version_path(vref)}/commit"))
         client.last_push_job = committed.job

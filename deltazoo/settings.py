@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     cache: Path = Field(default=Path.home() / ".cache" / "deltazoo")
     retries: int = Field(default=5, description="re-sends after 429/5xx/connection errors (backoff)")
     upload_part_mb: int = Field(default=64, description="larger files are sent in resumable parts")
+    outage_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="how long an upload waits for a server that stopped answering (an API restart),"
+        " counted from its last answer; then the push fails and, run again, resumes",
+    )
     offline: bool = Field(default=False, description="pulls come from the cache only, no request")
     direct_io: bool = Field(
         default=True, description="pulls write big files around the page cache (O_DIRECT, deltazoo.direct_io)"

@@ -21,17 +21,17 @@ from deltazoo.transport import Transport, progress_bar
 
 _CHUNK = 1 << 20
 PARALLEL_FILES = 4  # files of one pull or push in flight at once
-# how long an upload waits for a server that stopped answering (an API restarted, a deploy), counted
-# from its last answer; then the push fails and, run again, resumes
-OUTAGE_WAIT_S = 120.0
 SHA256_HEADER = "Deltazoo-Sha256"  # names the bytes of a file declared without sha256
 
 
 class Uploader:
     """Uploads files of one version through ``transport``; files over ``part_bytes`` go in parts."""
 
-    def __init__(self, transport: Transport, part_bytes: int) -> None:
-        self.transport, self.part_bytes = transport, part_bytes
+    def __init__(self, transport: Transport, part_bytes: int, outage_wait_s: float) -> None:
+        """``outage_wait_s``: how long an upload waits for a server that stopped answering (an API
+        restarted, a deploy), counted from its last answer (``DELTAZOO_OUTAGE_WAIT_S``); then it fails
+        and the push, run again, resumes."""
+        self.transport, self.part_bytes, self.outage_wait_s = transport, part_bytes, outage_wait_s
 
     def upload_all(self, ref: Ref, files: list[FileInfo], root: Path, *, quiet: bool) -> None:
         """Send ``files`` with one progress bar over all of them (bytes, not per file)."""
@@ -78,13 +78,13 @@ class Uploader:
                 )
                 return
             except (DeltazooConnectionError, ServerError):  # the transport's retries ran out: wait longer
-                if time.monotonic() - answered_at > OUTAGE_WAIT_S:
+                if time.monotonic() - answered_at > self.outage_wait_s:
                     raise
                 time.sleep(self.transport.backoff_cap)
 
     def upload_parts(self, ref: Ref, file: FileInfo, local: Path, bar: Any, before: int) -> None:
         """Send ``local`` in parts (``Content-Range``); after a dropped connection or a 5xx, ask the
-        server how many bytes it holds and send only the rest (waiting for it up to ``OUTAGE_WAIT_S``).
+        server how many bytes it holds and send only the rest (waiting for it up to ``outage_wait_s``).
 
         A file declared without sha256 is hashed as its parts are sent, and the part with its last byte
         names it (``Deltazoo-Sha256``; that part is read once more, to hash it before its headers go)."""
@@ -138,7 +138,8 @@ class Uploader:
                 answer = self.transport.json("PUT", url, content=body, headers=headers, idempotent=False)
             except (DeltazooConnectionError, ServerError):
                 failures += 1
-                if failures > self.transport.max_retries and time.monotonic() - answered_at > OUTAGE_WAIT_S:
+                away = time.monotonic() - answered_at
+                if failures > self.transport.max_retries and away > self.outage_wait_s:
                     raise
                 time.sleep(self.transport._delay(failures - 1, None))
                 received = self._held(status_url, answered_at)
@@ -161,13 +162,13 @@ class Uploader:
 
     def _status(self, status_url: str, answered_at: float) -> dict[str, Any]:
         """What the server holds of a file (``received`` bytes; ``complete``: a finished upload from an
-        earlier push), asked again while it does not answer, up to ``OUTAGE_WAIT_S`` after
+        earlier push), asked again while it does not answer, up to ``outage_wait_s`` after
         ``answered_at`` (an API restarting mid-part comes back, its part files on disk)."""
         while True:
             try:
                 return dict(self.transport.json("GET", status_url))
             except (DeltazooConnectionError, ServerError):
-                if time.monotonic() - answered_at > OUTAGE_WAIT_S:
+                if time.monotonic() - answered_at > self.outage_wait_s:
                     raise
                 time.sleep(self.transport.backoff_cap)
 

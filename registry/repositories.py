@@ -345,6 +345,11 @@ class FileRepository:
         query = select(File).where(File.id == file_id).with_for_update(read=True, key_share=True)
         return self.s.scalar(query.execution_options(populate_existing=True))
 
+    def has_header_blob(self, version_id: int, sha256: str) -> bool:
+        """Whether a file of ``version_id`` keeps its safetensors header in blob ``sha256``."""
+        query = select(File.id).where(File.version_id == version_id, File.header_blob == sha256).limit(1)
+        return self.s.scalar(query) is not None
+
     def lock_for_versions(self, version_ids: Sequence[int]) -> list[int]:
         """Lock the files of ``version_ids`` FOR UPDATE (a delete): waits for the pushes and encodes that
         hold one as their dedup source, and makes new ones wait; their ids."""

@@ -186,7 +186,11 @@ def _encode_safetensors(
             raise CorruptStoreError(f"{file.path}: {exc}") from None
         if file.header_blob is None and (part is None or part[0] == 0):
             file.header_blob, _ = put_blob(session, store, header.header_bytes)
-            add_stored(header.header_size)  # counted even when stored before (tensor_rows.py says why)
+            parent = version.parent_version_id
+            # the parent's own header is reused (its readers may see the parent); any other header counts
+            # in full even when stored before (tensor_rows.py says why)
+            shared = parent is not None and FileRepository(session).has_header_blob(parent, file.header_blob)
+            add_stored(0 if shared else header.header_size)
         entries = list(header.tensors) if part is None else tensor_range(header.tensors, *part)
         tensors = TensorRepository(session)
         scope = twin_scope(session, version)

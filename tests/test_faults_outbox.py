@@ -172,6 +172,9 @@ def test_a_stuck_version_can_be_deleted(stack: OutboxStack, client: httpx.Client
     assert_exact(client, model, files, rev)
 
 
+GIVE_UP_SOON = {"DELTAZOO_RETRIES": "1", "DELTAZOO_OUTAGE_WAIT_S": "0"}  # a push that fails on the fault
+
+
 def _push(stack: OutboxStack, folder: Path, model: str, cache: Path, **extra: str) -> subprocess.Popen[str]:
     """``deltazoo push FOLDER --name MODEL --wait`` as a user runs it, against the current API."""
     env = child_env(
@@ -200,7 +203,7 @@ def test_api_killed_mid_upload_then_the_same_push_resumes(
     model = f"{unique_org}/resumed"
     parts = stack.api.home / "uploads"
 
-    first = _push(stack, folder, model, tmp_path / "cache", DELTAZOO_RETRIES="1")
+    first = _push(stack, folder, model, tmp_path / "cache", **GIVE_UP_SOON)
     held = 0
 
     def part_growing() -> bool:
@@ -297,7 +300,7 @@ def test_s3_down_longer_than_the_sdk_retries_then_the_same_push_resumes(
     s3 = stack.s3
     s3.process.stop(grace=5.0)
     try:
-        first = _push(stack, folder, model, tmp_path / "cache", DELTAZOO_RETRIES="1")
+        first = _push(stack, folder, model, tmp_path / "cache", **GIVE_UP_SOON)
         out, err = first.communicate(timeout=300)
         assert first.returncode != 0 and "Traceback" not in err, f"{out}\n{err}"
         received = client.get(f"/v1/models/{model}/versions/1/uploads/model.safetensors").json()["received"]

@@ -197,7 +197,7 @@ class RestartApiOnce(httpx.BaseTransport):
 
 def test_sdk_push_waits_for_an_api_restarted_mid_upload(tmp_path: Path) -> None:
     """Down longer than the transport's own retries last (one retry here, ≈ 8 s by default): the push asks
-    again until the API is back (``OUTAGE_WAIT_S``) and goes on from the bytes it holds."""
+    again until the API is back (``DELTAZOO_OUTAGE_WAIT_S``) and goes on from the bytes it holds."""
     files = big_checkpoint(seed=4)
     transport = RestartApiOnce(start_api_server(tmp_path / "home", {}), at=2 * PART, down_s=3.0)
     try:
