@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from deltazoo.api.auth import bearer_token
 from deltazoo.api.errors import ShapedAnswer, error_headers
 from deltazoo.registry.db import session_scope
 from deltazoo.registry.errors import DeltazooError
 from deltazoo.services.access import ANONYMOUS, OPEN, Principal
-from deltazoo.services.hub import MissingEntry
+from deltazoo.services.hub import MissingEntry, git_revision
 from deltazoo.services.hub_commit import writable_model
 from deltazoo.services.tokens import principal_for
 from fastapi import Depends, Request, Response
@@ -110,4 +111,15 @@ async def check_writable(request: Request, viewer: Principal, repo_id: str) -> N
             writable_model(session, viewer, repo_id)
 
     await run_in_threadpool(check)
+
+
+def revision_and_path(request: Request, at: int) -> tuple[str, str]:
+    """The revision and the file path of a Hub URL whose ``at``-th segment is the revision, as the client
+    wrote them. huggingface_hub quotes a revision's slashes (``refs%2Fheads%2Fmain``); the server decodes
+    the path before routing, which then splits such a revision in two, so the split is made again on the
+    raw path. Git ref names are then what they name (``services.hub.git_revision``)."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    parts = raw.decode("latin-1").split("?", 1)[0].split("/")
+    revision, path = unquote(parts[at]), unquote("/".join(parts[at + 1 :]))
+    return git_revision(revision), path
 

@@ -77,6 +77,23 @@ def open_repo(
     return Repo(model, repo_id, version)
 
 
+def git_revision(revision: str) -> str:
+    """A git ref name as the revision it names here: ``refs/heads/main`` is ``main``, ``refs/tags/T`` tag
+    ``T``; ``refs/pr/N`` and other branches name nothing (deltazoo has one line of versions, ``main``)."""
+    if revision.startswith("refs/heads/"):
+        branch = revision.removeprefix("refs/heads/")
+        if branch != MAIN:
+            raise NotFound(f"there is no branch {branch!r}: deltazoo has one, main", code="version_not_found")
+        return MAIN
+    if revision.startswith("refs/tags/"):
+        return revision.removeprefix("refs/tags/")
+    if revision.startswith("refs/"):
+        raise NotFound(
+            f"{revision!r} names nothing here: deltazoo has main and tags", code="version_not_found"
+        )
+    return revision
+
+
 def repo_model(session: Session, repo_id: str) -> tuple[Model, str, str]:
     """The model a repository id names, found as the Hub finds one: under its exact name, else under the
     name it has up to letter case (``acme/UpperCase`` for ``acme/uppercase``); with its namespace and

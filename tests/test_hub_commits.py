@@ -342,3 +342,21 @@ def test_a_short_commit_id_names_its_version(client: TestClient) -> None:
     assert client.get(f"/v1/models/hub/m/versions/{short}").json()["revision"] == 1
     r = client.get("/hub/m/resolve/0000000/a.txt")
     assert r.status_code == 404 and r.headers["X-Error-Code"] == "RevisionNotFound"
+
+
+def test_git_ref_names_are_revisions(client: TestClient) -> None:
+    """huggingface_hub quotes a revision's slashes (``refs%2Fheads%2Fmain``): ``refs/heads/main`` is main
+    and ``refs/tags/T`` tag T, on every route that takes a revision; other refs name nothing."""
+    commit = client.post(
+        "/api/models/hub/m/commit/main", content=ndjson(HEADER, inline("d/a.txt", b"a"))
+    ).json()["commitOid"]
+    assert client.post("/api/models/hub/m/tag/main", json={"tag": "v1"}).status_code == 200
+    for ref in ("refs%2Fheads%2Fmain", "refs%2Ftags%2Fv1"):
+        r = client.get(f"/hub/m/resolve/{ref}/d/a.txt")
+        assert r.status_code == 200 and r.content == b"a", (ref, r.text)
+        assert client.get(f"/api/models/hub/m/revision/{ref}").json()["sha"] == commit
+        assert [e["path"] for e in client.get(f"/api/models/hub/m/tree/{ref}/d").json()] == ["d/a.txt"]
+        assert client.get(f"/api/models/hub/m/commits/{ref}").json()[0]["id"] == commit
+    for ref in ("refs%2Fheads%2Fdev", "refs%2Fpr%2F1"):
+        r = client.get(f"/hub/m/resolve/{ref}/d/a.txt")
+        assert r.status_code == 404 and r.headers["X-Error-Code"] == "RevisionNotFound", r.text

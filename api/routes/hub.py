@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from deltazoo.api.deps import DB, Store
 from deltazoo.api.file_response import content_disposition, file_response
-from deltazoo.api.hub_protocol import HubRoute, HubViewer
+from deltazoo.api.hub_protocol import HubRoute, HubViewer, revision_and_path
 from deltazoo.registry.errors import Unprocessable
 from deltazoo.services import hub
 from fastapi import APIRouter, Query, Request
@@ -38,9 +38,10 @@ def model_info(org: str, name: str, session: DB, store: Store, viewer: HubViewer
     return hub.model_info(session, store, hub.open_repo(session, viewer, f"{org}/{name}", None))
 
 
-@router.get(REPO + "/revision/{revision}")
+@router.get(REPO + "/revision/{revision:path}")
 def model_info_at(org: str, name: str, revision: str, session: DB, store: Store, viewer: HubViewer) -> dict:
-    return hub.model_info(session, store, hub.open_repo(session, viewer, f"{org}/{name}", revision))
+    repo = hub.open_repo(session, viewer, f"{org}/{name}", hub.git_revision(revision))
+    return hub.model_info(session, store, repo)
 
 
 @router.get(REPO + "/tree/{revision}")
@@ -51,24 +52,26 @@ def tree(
     revision: str,
     session: DB,
     viewer: HubViewer,
+    request: Request,
     path: str = "",
     recursive: bool = False,
 ) -> list[dict]:
+    revision, path = revision_and_path(request, at=6)
     repo = hub.open_repo(session, viewer, f"{org}/{name}", revision, empty_main=True)
     return hub.tree(session, repo, path, recursive)
 
 
-@router.post(REPO + "/paths-info/{revision}")
+@router.post(REPO + "/paths-info/{revision:path}")
 async def paths_info(
     org: str, name: str, revision: str, request: Request, session: DB, viewer: HubViewer
 ) -> list:
     form = await request.form()
     paths = [str(p) for p in form.getlist("paths")]
-    repo = hub.open_repo(session, viewer, f"{org}/{name}", revision, empty_main=True)
+    repo = hub.open_repo(session, viewer, f"{org}/{name}", hub.git_revision(revision), empty_main=True)
     return hub.paths_info(session, repo, paths)
 
 
-@router.get(REPO + "/commits/{revision}")
+@router.get(REPO + "/commits/{revision:path}")
 def commits(
     org: str,
     name: str,
@@ -78,7 +81,7 @@ def commits(
     viewer: HubViewer,
     p: int = Query(0, ge=0, le=2**31),
 ) -> Response:
-    repo = hub.open_repo(session, viewer, f"{org}/{name}", revision, empty_main=True)
+    repo = hub.open_repo(session, viewer, f"{org}/{name}", hub.git_revision(revision), empty_main=True)
     items, more = hub.commits(session, viewer, repo, p)
     response = _json(items)
     if more:
@@ -108,6 +111,7 @@ def resolve(
     store: Store,
     viewer: HubViewer,
 ) -> Response:
+    revision, path = revision_and_path(request, at=4)
     repo = hub.open_repo(session, viewer, f"{org}/{name}", revision, empty_main=True)
     found = hub.resolve_file(session, store, repo, path)
     plan = found.plan
