@@ -379,7 +379,7 @@ def test_the_client_settings_hold_no_server_setting() -> None:
 
     from deltazoo.settings import Settings as ClientSettings
 
-    client = {"url", "token", "cache", "retries", "upload_part_mb", "offline", "direct_io"}
+    client = {"url", "token", "cache", "retries", "upload_part_mb", "outage_wait_s", "offline", "direct_io"}
     assert set(ClientSettings.model_fields) == client
     # DELTAZOO_DIRECT_IO is the one shared variable, and means the same on both: this machine's big
     # files go around the page cache (deltazoo.direct_io), or not where its filesystem refuses it
