@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -176,3 +177,17 @@ def test_a_profile_whose_fine_tune_did_not_gain_shows_no_gain_kept(client: TestC
     row = html.split(f'data-profile="{profile["profile"]}"')[1].split("</tr>")[0]
     assert "fine-tune did not gain here" in row and f"bpb base {base:.4f}" in row
     assert "stored bytes against gain kept" not in html  # no profile with a defined gain: no plot
+
+
+def test_a_model_page_lists_its_newest_versions(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model of thousands of epochs is a page, not megabytes: the newest rows, the rest counted."""
+    from deltazoo.api.routes import web
+
+    state = _model_state(0, 12)
+    for _ in range(2):  # family/epochs@1, @2
+        answer = push(client, "family/epochs", _files(state, CONFIG) | {"note.txt": os.urandom(8)})
+        assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"
+    monkeypatch.setattr(web, "WEB_VERSIONS_SHOWN", 1)
+    html = client.get("/models/family/epochs").text
+    assert '<tr data-ref="family/epochs@2">' in html and '<tr data-ref="family/epochs@1">' not in html
+    assert re.search(r'id="versions-older">1 older version not listed', html)

@@ -33,6 +33,7 @@ STATIC = HERE / "static"
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 WEB_LINEAGE_PAGE = 100  # descendants drawn in a model's tree; the counts cover them all
+WEB_VERSIONS_SHOWN = 100  # rows of a model's version table, newest; the model API lists every one
 LEADERBOARD_PAGE = 100  # rows of the leaderboard page; links page through the rest
 
 
@@ -86,17 +87,21 @@ def model_page_route(
     except DeltazooError as exc:
         return _error(request, exc)
     lineage = page.lineage
+    versions = page.detail["versions"]
+    shown = versions[-WEB_VERSIONS_SHOWN:]  # the newest: a model of thousands of epochs is a page, not MBs
     return _page(
         request,
         "model.html",
         {
             "model": page.detail,
+            "versions": shown,
+            "older": len(versions) - len(shown),
             "graph": layout(page.graph),
             "counts": lineage["descendant_counts"],
             "total": lineage["descendants_total"],
             "not_shown": lineage["descendants_total"] - len(lineage["descendants"]),
             "quality": page.quality,
-            "plot": stored_share_plot(page.detail["versions"]),
+            "plot": stored_share_plot(shown),
             "card": render_card(page.card) if page.card is not None else None,
             "latest": page.latest,
             "server": str(request.base_url).rstrip("/"),
