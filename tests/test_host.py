@@ -55,6 +55,9 @@ class Zoo:
     folders: dict[str, Path]  # ref -> checkpoint folder
     stranger: str  # a model with another base
     unbuilt: str  # a fine-tune of the base without the profile
+    grandchild: str  # a fine-tune of ft0 (its delta is against ft0), with the profile
+    frozen: str  # a fine-tune that left one layer as the base's (its artifact packs one layer less)
+    grown: str  # a fine-tune with a larger vocabulary (its embeddings do not fit the base)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,34 @@ def zoo(embedded_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             folders[v.ref] = folder
             refs.append(v.ref)
         stranger = c.push(save(other, root / "other"), f"{org}/other", quiet=True)
-    yield Zoo(embedded_server, base_v.ref, refs[:3], folders, stranger.ref, refs[3])
+        more = odd_finetunes(c, org, base, base_v.ref, refs, folders, root)
+    yield Zoo(embedded_server, base_v.ref, refs[:3], folders, stranger.ref, refs[3], *more)
+
+
+def odd_finetunes(
+    c: Client, org: str, base: torch.nn.Module, base_ref: str, refs: list[str], folders: dict[str, Path],
+    root: Path,
+) -> tuple[str, str, str]:
+    """A fine-tune of ft0, one of ft1 with a layer left as the base's, one of ft2 with a grown vocabulary."""
+    def load(ref: str) -> torch.nn.Module:
+        return transformers.AutoModelForCausalLM.from_pretrained(str(folders[ref])).eval()
+
+    gc, g = load(refs[0]), torch.Generator().manual_seed(200)
+    with torch.no_grad():
+        for p in gc.parameters():
+            p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=g))
+    grandchild = c.push(save(gc, root / "gc"), f"{org}/gc", base=refs[0], profiles=[PROFILE], quiet=True)
+    frozen_model = load(refs[1])
+    with torch.no_grad():
+        frozen_model.model.layers[0].self_attn.q_proj.weight.copy_(base.model.layers[0].self_attn.q_proj.weight)
+    frozen = c.push(save(frozen_model, root / "frozen"), f"{org}/frozen", base=base_ref, profiles=[PROFILE],
+                    quiet=True)
+    folders[frozen.ref] = root / "frozen"
+    grown_model = load(refs[2])
+    grown_model.resize_token_embeddings(300)
+    grown = c.push(save(grown_model, root / "grown"), f"{org}/grown", base=base_ref, profiles=[PROFILE],
+                   quiet=True)
+    return grandchild.ref, frozen.ref, grown.ref
 
 
 def greedy_single(folder: Path, artifact_path: Path | None, prompt: list[int], new: int) -> list[int]:
@@ -206,12 +236,17 @@ def test_clear_errors(zoo: Zoo, tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def post(body: object, path: str = "/v1/completions") -> httpx.Response:
+        if isinstance(body, bytes):  # JSON httpx will not write (NaN)
+            return httpx.post(f"{server.url}{path}", content=body, timeout=60)
         return httpx.post(f"{server.url}{path}", json=body, timeout=60)
 
     try:
         cases = [
             ({"model": zoo.finetunes[0], "prompt": "x"}, 413, "over_budget"),
             ({"model": zoo.stranger, "prompt": "x"}, 400, "not_a_descendant"),
+            ({"model": zoo.grandchild, "prompt": "x"}, 400, "not_a_child"),  # its delta is against ft0
+            (f'{{"model": "{zoo.base}", "prompt": "x", "temperature": NaN}}'.encode(), 400, "bad_request"),
+            ({"model": zoo.base, "prompt": "x", "seed": 2**64}, 400, "bad_request"),
             ({"model": zoo.unbuilt, "prompt": "x"}, 409, "profile_not_built"),
             ({"model": f"{zoo.finetunes[0]}:deltadq:n=2,m=32,bits=4", "prompt": "x"}, 400,
              "profile_not_served"),
@@ -295,3 +330,36 @@ def test_the_host_command_runs_without_the_server_packages(zoo: Zoo, tmp_path: P
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def test_fine_tunes_of_another_layout_take_turns_and_never_break_the_others(zoo: Zoo, host: Host) -> None:
+    """A fine-tune that left a layer frozen packs one layer less, so it cannot share a pass with the
+    others: it runs in a pass of its own (the same tokens as its single-model run) and the others go on
+    as before; one whose embeddings do not fit the base (a grown vocabulary) is refused before it is
+    kept, instead of failing every fine-tune's request after it (it did until the host restarted)."""
+    from deltazoo.host.errors import HostError
+
+    prompt = list(PROMPTS["ft1"].encode())
+    frozen_path = Client(zoo.url).fetch_delta_file(zoo.frozen, PROFILE, quiet=True)
+    expected = {
+        zoo.finetunes[0]: host.client.fetch_delta_file(zoo.finetunes[0], PROFILE, quiet=True),
+        zoo.frozen: frozen_path,
+    }
+    with host.engine.hold():  # both submitted before the next step: the engine sees them together
+        runs = {ref: host.start(ref, prompt, max_tokens=6) for ref in (zoo.finetunes[0], zoo.frozen)}
+    for ref, c in runs.items():
+        c.wait(120)
+        assert c.error is None, c.error
+        single = greedy_single(zoo.folders[zoo.base], expected[ref], prompt, 6)
+        assert c.tokens == single, ref
+    assert not any(
+        zoo.frozen in step and zoo.finetunes[0] in step for step in map(str, host.engine.mixed_steps)
+    )
+    with pytest.raises(HostError) as refused:
+        host.start(zoo.grown, prompt, max_tokens=2)
+    assert refused.value.status == 409 and refused.value.code == "incompatible_artifact"
+    assert "embed_tokens" in str(refused.value) or "lm_head" in str(refused.value)
+    again = host.start(zoo.finetunes[0], prompt, max_tokens=6).wait(120)
+    assert again.error is None and again.tokens == runs[zoo.finetunes[0]].tokens
+    tiny = host.start(zoo.base, prompt, max_tokens=6, temperature=1e-40).wait(120)  # greedy, not NaN
+    assert tiny.error is None and tiny.tokens == host.start(zoo.base, prompt, max_tokens=6).wait(120).tokens

@@ -7,8 +7,10 @@ is missing), runs one forward pass over all rows (left-padded, attention mask an
 the mask), picks each row's next token and streams it. Rows leave when they reach ``max_tokens``, an
 end-of-sequence token or the model's context length; new rows join at the next step.
 
-Every step recomputes each row's whole sequence (no KV cache across steps): exact and simple, and
-the cost grows with length; a paged KV cache is the next step for long completions.
+Fine-tunes share a pass only when their artifacts pack the same layers (``_admit`` batches rows of one
+layout at a time, oldest first). Every step recomputes each row's whole sequence (no KV cache across
+steps): exact and simple, and the cost grows with length; a paged KV cache is the next step for long
+completions.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from torch import nn
 from deltazoo.kernels import patch_model, set_active_deltas, unpatch_model
 
 from .store import DeltaStore
+
+MIN_TEMPERATURE = 1e-3  # below it sampling is greedy (logits / 1e-40 overflow to inf)
 
 
 @dataclass(eq=False)
@@ -43,7 +47,7 @@ class Completion:
     _generator: torch.Generator | None = None
 
     def next_token(self, logits: torch.Tensor) -> int:
-        if self.temperature <= 0:
+        if self.temperature < MIN_TEMPERATURE:  # 0, or so small that logits / T overflows: greedy
             return int(torch.argmax(logits))
         if self._generator is None:
             self._generator = torch.Generator()
@@ -120,9 +124,7 @@ class Engine:
                         self._finish(c, "cancelled")
                     return
             with self._gate, self._cv:  # admit after a hold() ends, so held requests join together
-                room = self.max_batch - len(self._active)
-                self._active += self._waiting[:room]
-                self._waiting = self._waiting[room:]
+                self._admit()
             try:
                 with self._gate:
                     self._step()
@@ -132,11 +134,32 @@ class Engine:
                     self._finish(c, "error")
                 self._active = []
 
+    def _layout(self, key: str) -> frozenset[str]:
+        """The layers ``key``'s artifact packs: fine-tunes run in one pass only when theirs are the same
+        (a fine-tune that left a layer frozen packs one layer less)."""
+        return frozenset(self.store.artifact(key).packed)
+
+    def _admit(self) -> None:
+        """Move waiting rows into the batch, oldest first, while there is room and each one's layout is
+        the batch's; the first that differs waits (with every row behind it) until the batch it cannot
+        join has finished, so no row waits forever and the model is patched for one layout at a time."""
+        keys = [c.key for c in self._active if c.key is not None]
+        layout = self._layout(keys[0]) if keys else None
+        while self._waiting and len(self._active) < self.max_batch:
+            key = self._waiting[0].key
+            if key is not None:
+                if layout is None:
+                    layout = self._layout(key)
+                elif self._layout(key) != layout:
+                    break
+            self._active.append(self._waiting.pop(0))
+
     def _ensure_patched(self) -> None:
         needed = {c.key for c in self._active if c.key is not None}
         if needed <= set(self.patched):
             return
-        keys = self.store.resident()
+        layout = self._layout(next(iter(needed)))
+        keys = [k for k in self.store.resident() if self._layout(k) == layout]  # the needed and their like
         missing = needed - set(keys)
         if missing:
             raise RuntimeError(f"fine-tunes {sorted(missing)} are running but not resident")
@@ -170,7 +193,12 @@ class Engine:
             self.mixed_steps = [*self.mixed_steps[-99:], [c.key for c in rows]]
         still: list[Completion] = []
         for r, c in enumerate(rows):
-            token = c.next_token(logits[r])
+            try:
+                token = c.next_token(logits[r])
+            except Exception as exc:  # this row's sampling failed: the others go on
+                c.error = exc
+                self._finish(c, "error")
+                continue
             c.tokens.append(token)
             c.events.put(token)
             if token in self.eos_ids:

@@ -19,6 +19,7 @@ from .service import Host
 
 MAX_BODY = 1 << 20
 UNSUPPORTED = ("stop", "logprobs", "echo", "best_of", "suffix", "tools", "functions", "logit_bias")
+MAX_TEMPERATURE = 2.0  # as the OpenAI API: 0 (greedy) to 2
 
 
 class HostServer(ThreadingHTTPServer):
@@ -145,11 +146,13 @@ class _Handler(BaseHTTPRequestHandler):
         limit_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         max_tokens = _number(body, limit_field, 16, int)
         temperature = _number(body, "temperature", 1.0, float)
-        if temperature < 0:
-            raise HostError(400, "bad_request", "'temperature' must be ≥ 0 (0 = greedy)")
+        if not 0 <= temperature <= MAX_TEMPERATURE:  # NaN fails this too
+            limit = MAX_TEMPERATURE
+            raise HostError(400, "bad_request", f"'temperature' must be between 0 (greedy) and {limit}")
         seed = body.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise HostError(400, "bad_request", "'seed' must be an integer")
+        integer = isinstance(seed, int) and not isinstance(seed, bool)
+        if seed is not None and not (integer and 0 <= seed < 2**63):
+            raise HostError(400, "bad_request", "'seed' must be an integer from 0 to 2**63 - 1")
         prompt = self._prompt(body, chat)
         c = self.server.host.start(model, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]

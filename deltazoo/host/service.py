@@ -4,7 +4,6 @@ demand, completions run by the batching engine."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from .store import DeltaStore
 from .tokens import Tokenizer, load_tokenizer
 
 DEFAULT_PROFILE = "deltadq:n=1,m=32,bits=4"
-_MAX_CHAIN = 64
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,10 @@ class Host:
         self.engine = Engine(self.model, self.store, self.tokenizer.eos_ids, max_positions=positions,
                              max_batch=settings.max_batch, backend=settings.backend)
         self.max_positions = positions
-        self._lineage: dict[str, bool] = {}
-        self._lock = threading.Lock()
+        # what a served artifact must fit: the base's linear weights and every tensor, by name
+        self._shapes = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
+        modules = self.model.named_modules()
+        self._linears = {f"{name}.weight" for name, m in modules if isinstance(m, torch.nn.Linear)}
         self.created = int(time.time())
 
     def close(self) -> None:
@@ -85,23 +85,6 @@ class Host:
         except ClientError as exc:
             raise HostError(400, "bad_model", f"{name}: {exc}") from exc
 
-    def _descends_from_base(self, version: VersionInfo) -> bool:
-        if version.ref in self._lineage:
-            return self._lineage[version.ref]
-        if self.base_ref in version.chain:
-            answer = True
-        else:
-            answer, parent, seen = False, version.parent, 0
-            while parent and seen < _MAX_CHAIN:
-                if parent == self.base_ref:
-                    answer = True
-                    break
-                parent = self.client.version_info(parent).parent
-                seen += 1
-        with self._lock:
-            self._lineage[version.ref] = answer
-        return answer
-
     def resolve(self, model: str) -> str | None:
         """The store key ``org/name@rev:profile`` of a request's ``model``, None for the base itself."""
         name, profile = split_model(model.strip())
@@ -111,11 +94,15 @@ class Host:
             return None
         if version.status != "ready":
             raise HostError(409, "version_not_ready", f"{version.ref} is {version.status}; retry when ready")
-        if not self._descends_from_base(version):
+        if version.parent != self.base_ref:
+            # a serving profile is a delta against the version's parent: on another base it is not the
+            # fine-tune (a fine-tune of a fine-tune would run as base + its own delta, silently wrong)
+            code = "not_a_child" if self.base_ref in version.chain else "not_a_descendant"
             raise HostError(
-                400, "not_a_descendant",
-                f"{version.ref} does not derive from this host's base {self.base_ref} (its parent is "
-                f"{version.parent or 'none'}); serve it from a host started with its own base",
+                400, code,
+                f"{version.ref} is not a fine-tune of this host's base {self.base_ref}: its delta is taken "
+                f"against its parent {version.parent or '(none: it is a root)'}; serve it from a host "
+                f"started with --base {version.parent or version.ref}, or pull it dense",
             )
         if profile != self.settings.profile:
             raise HostError(
@@ -149,7 +136,27 @@ class Host:
         except TimeoutError as exc:
             raise HostError(503, "profile_building", f"profile {profile} of {ref} is still building; retry",
                             retry_after=10) from exc
-        return load_artifact(path, device=self.settings.device)
+        artifact = load_artifact(path, device=self.settings.device)
+        problem = self._misfit(artifact)
+        if problem is not None:  # refused before it is resident: it would fail every pass it joined
+            raise HostError(409, "incompatible_artifact", f"{ref} cannot run on {self.base_ref}: {problem}")
+        return artifact
+
+    def _misfit(self, artifact: PackedArtifact) -> str | None:
+        """Why ``artifact`` cannot patch this base (None: it can): a packed layer that is not one of its
+        linear layers of that shape, or an exact tensor it has no place of that shape for (a grown
+        vocabulary, an embedding packed by ``include=all``)."""
+        for name, delta in artifact.packed.items():
+            if name not in self._linears:
+                return f"{name} is packed, and the base has no linear layer {name!r}"
+            if self._shapes[name] != tuple(delta.shape):
+                return f"{name} is {list(delta.shape)} in the delta, {list(self._shapes[name])} in the base"
+        for name, tensor in artifact.dense.items():
+            if name not in self._shapes:
+                return f"{name} is a tensor the base does not have"
+            if (base := self._shapes[name]) != tuple(tensor.shape):
+                return f"{name} is {list(tensor.shape)} in the fine-tune, {list(base)} in the base"
+        return None
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -196,7 +203,8 @@ class Host:
         names = [self.base_ref, *sorted(resident)]
         try:
             lineage = self.client.lineage(self.base_ref)
-            names += [d for d in lineage.descendants if d not in names]
+            children = {e.child for e in lineage.edges if e.parent == self.base_ref}  # what it can serve
+            names += [d for d in lineage.descendants if d in children and d not in names]
         except DeltazooError:
             pass
         out = []
