@@ -49,4 +49,6 @@ def place(src: Path, dst: Path, *, copy: bool = False) -> Method:
     if method == "reflink":
         os.chmod(tmp, 0o644)
     os.replace(tmp, dst)
+    # rename(2) of a hard link onto another link of the same inode does nothing: both names stay
+    tmp.unlink(missing_ok=True)
     return method

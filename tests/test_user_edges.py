@@ -205,3 +205,18 @@ def test_a_fully_deduplicated_push_gets_no_base_hint(
     assert run_cli(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/a", "--wait")[0] == 0
     code, out, err = run_cli(capsys, "push", str(checkpoint_pair.base), "--name", f"{unique_org}/b", "--wait")
     assert code == 0 and "deduplicated" in out and "looks derived" not in err  # nothing a base would save
+
+
+def test_two_pulls_into_one_folder_leave_no_temporary_files(
+    embedded_server: str, checkpoint_pair: CheckpointPair, unique_org: str, tmp_path: Path
+) -> None:
+    """Two models that share a file (config.json) pulled into one folder: the second placement links
+    the same cached blob over a link to it, which rename(2) leaves in place; no `.NAME.deltazoo-tmp`."""
+    with Client(embedded_server, cache_dir=tmp_path / "cache") as c:
+        a = c.push(checkpoint_pair.base, f"{unique_org}/a", quiet=True)
+        b = c.push(checkpoint_pair.finetune, f"{unique_org}/b", quiet=True)
+        out = c.pull(a.ref, tmp_path / "out", quiet=True)
+        c.pull(b.ref, out, quiet=True)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".deltazoo-tmp")]
+    for f in checkpoint_pair.finetune.iterdir():
+        assert file_sha256(out / f.name) == file_sha256(f), f.name
