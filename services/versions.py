@@ -169,6 +169,12 @@ def create_version(
             f"relation {relation!r} is not one of {', '.join(RELATIONS)}", code="invalid_relation"
         )
     profiles = [check_profile(p) for p in profiles]
+    if profiles and not base:  # stored, then failed to build, and the push reported a failure after all
+        raise Unprocessable(
+            "a serving profile is a delta against the version's base: push with --base ORG/NAME[@REV]"
+            " (or base=auto), or without --profile",
+            code="profile_needs_base",
+        )
     if not files:
         raise Unprocessable("a version needs at least one file", code="no_files")
     seen: set[str] = set()

@@ -15,7 +15,7 @@ from deltazoo.compression.packed import load_artifact
 from fastapi.testclient import TestClient
 
 from tests.test_api_roundtrip import embedded_settings
-from tests.test_api_support import base_state, checkpoint, finetune_state, push, wait_job
+from tests.test_api_support import base_state, checkpoint, finetune_state, push, sha, wait_job
 
 PROFILE = "deltadq:n=2,m=8,bits=8"
 
@@ -76,3 +76,16 @@ def test_artifact_requested_after_push(client: TestClient) -> None:
     assert r.status_code == 202
     assert wait_job(client, r.json()["job"]["id"])["status"] == "succeeded"
     assert client.get(f"/v1/models/org/ft/versions/1/artifacts/{PROFILE}").status_code == 200
+
+
+def test_a_profile_without_a_base_is_refused_before_anything_is_stored(client: TestClient) -> None:
+    """A serving profile is a delta against the base: asked for on a root, the version was stored, the
+    build failed and the push reported a failure after all. Now a 422 at create, nothing kept."""
+    files = checkpoint(base_state(seed=9))
+    body = {"files": [{"path": p, "size": len(d), "sha256": sha(d)} for p, d in files.items()]}
+    client.post("/v1/models", json={"name": "org/rootprof"})
+    body["profiles"] = ["deltadq:n=1,m=32,bits=4"]
+    r = client.post("/v1/models/org/rootprof/versions", json=body)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "profile_needs_base", r.text
+    assert "--base" in r.json()["error"]["message"]
+    assert client.get("/v1/models/org/rootprof").json()["versions"] == []
