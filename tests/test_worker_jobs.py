@@ -136,3 +136,31 @@ def test_runner_marks_a_job_failed_when_transient_errors_persist(tmp_path: Path)
         assert done["status"] == "failed" and "transient" in done["error"]
         version = client.get("/v1/models/org/base/versions/1").json()
         assert version["status"] == "failed" and version["status_message"] == done["error"]
+
+
+def test_an_encode_never_waits_behind_evaluations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embedded default: registering a text queues an evaluation of every ready version (minutes of
+    work), and a push behind them waited minutes. Evaluations run in a lane of their own: here one is
+    held running while a push is encoded to the end."""
+    import threading
+
+    from deltazoo.workers import jobs
+
+    release, started = threading.Event(), threading.Event()
+
+    def held_evaluation(session: object, job: object, ctx: object) -> None:
+        started.set()
+        release.wait(600)
+
+    monkeypatch.setitem(jobs.HANDLERS, "evaluate", held_evaluation)
+    with TestClient(create_app(embedded_settings(tmp_path / "home"))) as client:
+        first = push(client, "org/base", checkpoint(base_state(seed=1)))["job"]
+        assert wait_job(client, first["id"])["status"] == "succeeded"
+        text = b"some held-out text " * 20
+        assert client.post("/v1/texts", params={"name": "t"}, content=text).status_code == 201
+        assert started.wait(30), "no evaluation started"
+        try:
+            later = push(client, "org/later", checkpoint(base_state(seed=2)))["job"]
+            assert wait_job(client, later["id"], timeout_s=30)["status"] == "succeeded"
+        finally:
+            release.set()

@@ -8,14 +8,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from deltazoo.registry.db import session_scope
+from deltazoo.registry.models import Job
 from deltazoo.registry.repositories import JobRepository
 from deltazoo.workers.jobs import TRANSIENT_ERRORS, JobContext, mark_job_failed, run_job
 
 log = logging.getLogger("deltazoo.runner")
 
 
+BACKGROUND_KINDS = ("evaluate",)  # run in a lane of their own: never ahead of an encode or a build
+
+
 class InProcessRunner:
-    """Runs jobs in this process; jobs left ``queued`` or ``running`` by a previous process are re-run."""
+    """Runs jobs in this process; jobs left ``queued`` or ``running`` by a previous process are re-run.
+
+    Evaluations have a lane of their own (one thread): registering a text queues one for every ready
+    version and profile, minutes of work, and a push waiting behind them took minutes to encode."""
 
     def __init__(self, ctx: JobContext, retries: int = 4, backoff_s: float = 0.5) -> None:
         self.ctx = ctx
@@ -24,6 +31,7 @@ class InProcessRunner:
         self.pool = ThreadPoolExecutor(
             max(1, ctx.settings.worker_concurrency), thread_name_prefix="deltazoo-job"
         )
+        self.background = ThreadPoolExecutor(1, thread_name_prefix="deltazoo-eval")
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -37,7 +45,13 @@ class InProcessRunner:
 
     def submit(self, job_id: int) -> None:
         if not self._stopped.is_set():
-            self.pool.submit(self._run, job_id)
+            lane = self.background if self._kind(job_id) in BACKGROUND_KINDS else self.pool
+            lane.submit(self._run, job_id)
+
+    def _kind(self, job_id: int) -> str | None:
+        with session_scope(self.ctx.settings) as s:
+            job = s.get(Job, job_id)
+            return job.kind if job is not None else None
 
     def _run(self, job_id: int) -> None:
         for attempt in range(self.retries + 1):
@@ -57,4 +71,5 @@ class InProcessRunner:
 
     def stop(self, wait: bool = True) -> None:
         self._stopped.set()
-        self.pool.shutdown(wait=wait, cancel_futures=True)
+        for lane in (self.pool, self.background):
+            lane.shutdown(wait=wait, cancel_futures=True)
