@@ -178,6 +178,13 @@ def build_stored_artifact(session: Session, store: ObjectStore, artifact: Artifa
         packed = deltadq.build_artifact(base, finetune, artifact.profile, calibration=calibration)
     except ValueError as exc:
         raise ArtifactBuildError(str(exc)) from exc
+    if not packed.packed and packed.dense:  # a dense copy of the fine-tune, not a serving profile
+        raise ArtifactBuildError(
+            f"{artifact.profile} packs no layer of this fine-tune: no linear weight has its base's dtype"
+            " and shape with rows that groups of m divide (an f32 fine-tune of a bf16 base, say), so it"
+            " would be a dense copy; push the fine-tune in its base's dtype, or pick an m that divides"
+            " its rows"
+        )
     del base, finetune
     from deltazoo.compression.packed import save_artifact
 

@@ -89,3 +89,15 @@ def test_a_profile_without_a_base_is_refused_before_anything_is_stored(client: T
     assert r.status_code == 422 and r.json()["error"]["code"] == "profile_needs_base", r.text
     assert "--base" in r.json()["error"]["message"]
     assert client.get("/v1/models/org/rootprof").json()["versions"] == []
+
+
+def test_a_profile_that_packs_nothing_fails_saying_why(client: TestClient) -> None:
+    """An f32 fine-tune of a bf16 base: no layer can be packed against its base, so the "profile" was a
+    dense copy (twice the fine-tune's stored size) shown as 100 % gain kept. It fails, saying why."""
+    base = base_state()
+    ft32 = {k: v.float() for k, v in finetune_state(base).items()}
+    assert wait_job(client, push(client, "org/base", checkpoint(base))["job"]["id"])["status"] == "succeeded"
+    answer = push(client, "org/ft32", checkpoint(ft32), base="org/base@1", profiles=[PROFILE])
+    assert wait_job(client, answer["job"]["id"])["status"] == "succeeded"  # the exact version is stored
+    art = wait_artifact(client, "/v1/models/org/ft32/versions/1", PROFILE)
+    assert art["status"] == "failed" and "packs no layer" in art["status_message"], art
