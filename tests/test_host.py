@@ -363,3 +363,20 @@ def test_fine_tunes_of_another_layout_take_turns_and_never_break_the_others(zoo:
     assert again.error is None and again.tokens == runs[zoo.finetunes[0]].tokens
     tiny = host.start(zoo.base, prompt, max_tokens=6, temperature=1e-40).wait(120)  # greedy, not NaN
     assert tiny.error is None and tiny.tokens == host.start(zoo.base, prompt, max_tokens=6).wait(120).tokens
+
+
+def test_host_options_and_profiles_are_checked_and_spelled_canonically(zoo: Zoo, host: Host) -> None:
+    """``--max-batch 0`` hung every request and a malformed ``--profile`` started a host that served
+    nothing; a profile asked for in another spelling was refused as another profile."""
+    from deltazoo.cli import main
+    from deltazoo.host.errors import HostError
+
+    for argv in (["--max-batch", "0"], ["--profile", "garbage"], ["--port", "99999"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["host", zoo.base, *argv])
+        assert exited.value.code == 2, argv
+    same = host.resolve(f"{zoo.finetunes[0]}:deltadq:bits=4,m=32,n=1")  # the profile it serves, reordered
+    assert same == f"{zoo.finetunes[0]}:{PROFILE}"
+    with pytest.raises(HostError) as bad:
+        host.resolve(f"{zoo.finetunes[0]}:garbage")
+    assert bad.value.code == "invalid_profile"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,25 @@ def split_model(model: str) -> tuple[str, str | None]:
     return name, (profile if sep else None)
 
 
+def canonical_profile(text: str) -> str:
+    """``text`` as the registry spells it (``deltadq:bits=4,m=32,n=1`` is ``deltadq:n=1,m=32,bits=4``)."""
+    from deltazoo.compression.deltadq import parse_profile
+
+    try:
+        return str(parse_profile(text))
+    except ValueError as exc:
+        raise HostError(400, "invalid_profile", f"profile {text!r} is not valid: {exc}") from None
+
+
 class Host:
     def __init__(self, client: Any, settings: HostSettings) -> None:
         self.client = client
+        try:
+            settings = replace(settings, profile=canonical_profile(settings.profile))
+        except HostError as exc:
+            raise ValueError(exc.message) from None
+        if settings.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1 (got {settings.max_batch})")
         self.settings = settings
         base = client.version_info(settings.base)
         if base.status != "ready":
@@ -87,8 +103,8 @@ class Host:
 
     def resolve(self, model: str) -> str | None:
         """The store key ``org/name@rev:profile`` of a request's ``model``, None for the base itself."""
-        name, profile = split_model(model.strip())
-        profile = profile or self.settings.profile
+        name, asked = split_model(model.strip())
+        profile = canonical_profile(asked) if asked else self.settings.profile
         version = self._version(name)
         if version.ref == self.base_ref:
             return None
