@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_REFUSED
     except KeyboardInterrupt as exc:  # a push interrupted while waiting says that it is committed
-        print(f"error: {exc or 'interrupted; run the same command again to resume'}", file=sys.stderr)
+        print(f"error: {str(exc) or 'interrupted; run the same command again to resume'}", file=sys.stderr)
         return 130
 
 

@@ -68,13 +68,14 @@ def cmd_profile_add(args: argparse.Namespace) -> int:
         if args.wait:
             c.wait(job, quiet=args.quiet)
             v = c.version_info(args.name)
-            built = v.artifact(args.profile)
+            built = v.artifact(artifact.profile)  # the server's spelling of it
             if built is not None and built.status == "failed":
-                raise JobFailedError(f"{v.ref}: profile {args.profile} failed to build")
+                why = f": {built.status_message}" if built.status_message else ""
+                raise JobFailedError(f"{v.ref}: profile {artifact.profile} failed to build{why}")
             if args.json:
                 print_json({"ref": v.ref, **(built.raw if built else artifact.raw)})
                 return EXIT_OK
-            print(f"{v.ref}  {args.profile}  ready  {human_bytes(built.bytes if built else None)}")
+            print(f"{v.ref}  {artifact.profile}  ready  {human_bytes(built.bytes if built else None)}")
             return EXIT_OK
     if args.json:
         print_json({**artifact.raw, "job": job.raw})

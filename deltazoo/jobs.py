@@ -68,6 +68,7 @@ def wait_for_profiles(
     """``Client.wait_profiles``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.2
+    profiles = [_as_stored(p) for p in profiles]
     while True:
         version = client.version_info(ref)
         pending = [a for p in profiles if (a := version.artifact(p)) and a.status not in ("ready", "failed")]
@@ -75,7 +76,7 @@ def wait_for_profiles(
         if failed:
             raise JobFailedError(
                 f"{ref}: profile {failed[0].profile} failed to build "
-                f"({failed[0].quality or 'see the server log'})"
+                f"({failed[0].status_message or 'no reason recorded'})"
             )
         if not pending:
             return
@@ -85,3 +86,14 @@ def wait_for_profiles(
             )
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
+
+
+def _as_stored(profile: str) -> str:
+    """``profile`` as the server keeps it (canonical): a version's artifacts are found by that name."""
+    from deltazoo.compression.deltadq import parse_profile
+
+    try:
+        return str(parse_profile(profile))
+    except ValueError:
+        return profile
+

@@ -220,3 +220,34 @@ def test_two_pulls_into_one_folder_leave_no_temporary_files(
     assert not [p.name for p in out.iterdir() if p.name.endswith(".deltazoo-tmp")]
     for f in checkpoint_pair.finetune.iterdir():
         assert file_sha256(out / f.name) == file_sha256(f), f.name
+
+
+def test_profile_add_takes_any_spelling_and_a_failure_says_why(
+    env: str,
+    checkpoint_pair: CheckpointPair,
+    unique_org: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``profile add`` of a profile spelled in another order waited on nothing and printed no size; a
+    profile that failed to build said "see the server log", which a user of a remote server cannot read."""
+    from safetensors.torch import save_file
+
+    with Client(env) as c:
+        base = c.push(checkpoint_pair.base, f"{unique_org}/base", quiet=True)
+        c.push(checkpoint_pair.finetune, f"{unique_org}/ft", base=base.ref, quiet=True)
+        f32 = tmp_path / "ft32"
+        f32.mkdir()
+        save_file(
+            {k: v.float() for k, v in checkpoint_pair.finetune_tensors.items()},
+            str(f32 / "model.safetensors"),
+        )
+        c.push(f32, f"{unique_org}/ft32", base=base.ref, quiet=True)
+    code, out, _ = run_cli(
+        capsys, "profile", "add", f"{unique_org}/ft@1", "deltadq:bits=4,m=32,n=1", "--wait", "-q"
+    )
+    assert code == 0 and "deltadq:n=1,m=32,bits=4  ready" in out and "  -" not in out, out
+    code, _, err = run_cli(
+        capsys, "profile", "add", f"{unique_org}/ft32@1", "deltadq:n=1,m=32,bits=4", "--wait", "-q"
+    )
+    assert code != 0 and "packs no layer" in err, err

@@ -21,6 +21,7 @@ from deltazoo.registry.models import File, Job, Version, utcnow
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import PART_KIND, VERSION_KIND
 from deltazoo.registry.settings import Settings
+from deltazoo.services.artifacts import ArtifactBuildError
 from deltazoo.services.encode import encode_file, encode_version
 from deltazoo.services.encode_split import WAITING, encoded_files, finish_part, plan_parts, range_of
 from deltazoo.services.job_outcomes import build_artifact_job, encode_finished, record_job_failure
@@ -211,6 +212,10 @@ def run_job(job_id: int, ctx: JobContext) -> str:
             if job is not None:
                 job.status, job.error = "queued", f"retrying after: {exc}"
         raise
+    except ArtifactBuildError as exc:  # a profile this fine-tune cannot have: the user's to act on, no bug
+        log.warning("job %s failed: %s", job_id, exc)
+        mark_job_failed(ctx, job_id, str(exc))
+        return "failed"
     except Exception as exc:  # a non-transient failure is recorded, not raised
         log.exception("job %s failed", job_id)
         mark_job_failed(ctx, job_id, f"{type(exc).__name__}: {exc}")
