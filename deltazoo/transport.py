@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from tqdm.auto import tqdm
 
-from deltazoo.errors import DeltazooConnectionError, error_for_response, raise_for_status
+from deltazoo.errors import DeltazooConnectionError, UsageError, error_for_response, raise_for_status
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -59,6 +59,19 @@ def progress_bar(total: int | None, desc: str, *, quiet: bool, unit: str = "B") 
     )
 
 
+def server_url(url: str) -> str:
+    """The server's root URL, as given (``--url``, ``DELTAZOO_URL``) but for a trailing ``/``; what is
+    surely a mistake is a usage error saying what to write."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        message = f"server URL {url!r} has no scheme: write http://{url} (or https://)"
+        raise UsageError(message, code="invalid_url")
+    if url.endswith("/v1"):
+        message = f"server URL {url!r} ends in /v1: give the server's root, {url.removesuffix('/v1')}"
+        raise UsageError(message, code="invalid_url")
+    return url
+
+
 class Transport:
     """The SDK's HTTP session against one deltazoo server."""
 
@@ -74,7 +87,7 @@ class Transport:
         offline: bool = False,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = server_url(url)
         self.offline = offline
         headers = {"User-Agent": "deltazoo-sdk"}
         if token:

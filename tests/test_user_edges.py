@@ -251,3 +251,13 @@ def test_profile_add_takes_any_spelling_and_a_failure_says_why(
         capsys, "profile", "add", f"{unique_org}/ft32@1", "deltadq:n=1,m=32,bits=4", "--wait", "-q"
     )
     assert code != 0 and "packs no layer" in err, err
+
+
+def test_a_server_url_without_scheme_or_with_v1_says_what_to_write(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DELTAZOO_URL", raising=False)
+    code, _, err = run_cli(capsys, "--url", "localhost:8831", "ls")
+    assert code == 2 and "http://localhost:8831" in err, err
+    code, _, err = run_cli(capsys, "--url", "http://127.0.0.1:8831/v1/", "ls")
+    assert code == 2 and "give the server's root, http://127.0.0.1:8831" in err, err
