@@ -56,6 +56,7 @@ def entry(ev: Evaluation, version: Version, artifact: Artifact | None, name: str
 
 
 DEFAULT_PAGE = 100
+MAX_OFFSET = 2**63 - 1  # what the database's OFFSET takes
 MAX_PAGE = 1000
 
 
@@ -95,8 +96,8 @@ def leaderboard(
     before: a range of the index) where a deep ``offset`` skips the rows before it one by one."""
     if not 1 <= limit <= MAX_PAGE:
         raise Unprocessable(f"limit must be between 1 and {MAX_PAGE} (got {limit})", code="invalid_limit")
-    if offset < 0:
-        raise Unprocessable(f"offset must be >= 0 (got {offset})", code="invalid_offset")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise Unprocessable(f"offset must be between 0 and 2**63 - 1 (got {offset})", code="invalid_offset")
     if cursor and offset:
         raise Unprocessable("give a cursor or an offset, not both", code="invalid_offset")
     after = parse_cursor(cursor) if cursor else None

@@ -102,3 +102,11 @@ def test_cursor_pages_rank_every_evaluation_once(tmp_path: Path, limit: int) -> 
             assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor", (bad, r.text)
         r = client.get("/v1/leaderboard", params={"text": "t", "cursor": "-:1", "offset": 2})
         assert r.status_code == 422
+        for params, code in (
+            ({"limit": 0}, "invalid_limit"),
+            ({"limit": 100_000}, "invalid_limit"),
+            ({"offset": -1}, "invalid_offset"),
+            ({"offset": 2**64}, "invalid_offset"),
+        ):  # the codes docs/REST.md names, where they were all invalid_request
+            r = client.get("/v1/leaderboard", params={"text": "t", **params})
+            assert r.status_code == 422 and r.json()["error"]["code"] == code, (params, r.text)
