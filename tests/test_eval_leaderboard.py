@@ -170,3 +170,15 @@ def test_a_model_whose_loss_is_not_finite_is_not_evaluable(client: TestClient, s
     assert items["lm/nan@1"]["status"] == "not_evaluable", items["lm/nan@1"]
     assert "not finite" in items["lm/nan@1"]["status_message"] and items["lm/nan@1"]["bpb"] is None
     assert items["lm/base@1"]["status"] == "ready"
+
+
+def test_a_gain_too_small_to_measure_gets_no_share() -> None:
+    """A fine-tune 0.002 bpb better than its base on a text: a profile's share of that was -5394 %."""
+    from deltazoo.services.leaderboard import MIN_GAIN_BPB, gain_fields
+
+    noise = gain_fields({"bpb_base": 7.983, "bpb_finetune": 7.981, "gain_kept": -53.945})
+    assert noise["gain_kept"] is None and "too little" in noise["gain_note"]
+    worse = gain_fields({"bpb_base": 2.0, "bpb_finetune": 2.1, "gain_kept": 3.0})
+    assert worse["gain_kept"] is None and worse["gain_note"] == "fine-tune did not gain here"
+    real = gain_fields({"bpb_base": 2.97, "bpb_finetune": 2.15, "gain_kept": 0.917})
+    assert real["gain_kept"] == 0.917 and real["gain_note"] is None and 2.97 - 2.15 > MIN_GAIN_BPB
