@@ -118,7 +118,7 @@ class Host:
                 400, code,
                 f"{version.ref} is not a fine-tune of this host's base {self.base_ref}: its delta is taken "
                 f"against its parent {version.parent or '(none: it is a root)'}; serve it from a host "
-                f"started with --base {version.parent or version.ref}, or pull it dense",
+                f"started on that (`deltazoo host {version.parent or version.ref}`), or pull it dense",
             )
         if profile != self.settings.profile:
             raise HostError(
