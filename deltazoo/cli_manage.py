@@ -106,6 +106,13 @@ def cmd_text_add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_text_rm(args: argparse.Namespace) -> int:
+    with open_client(args) as c:
+        c.delete_text(args.text_name)
+    print(f"text {args.text_name} deleted, with its evaluations")
+    return EXIT_OK
+
+
 def cmd_text_ls(args: argparse.Namespace) -> int:
     with open_client(args) as c:
         texts = c.texts()
@@ -173,7 +180,7 @@ def add_manage_commands(commands: CommandTable) -> None:
     gr.add_argument("name", help="ORG/NAME")
     gr.add_argument("tag", help="the tag to delete")
 
-    sp = add("text", cmd_text_ls, "held-out evaluation texts: text add NAME FILE | text ls")
+    sp = add("text", cmd_text_ls, "held-out evaluation texts: text add NAME FILE | text ls | text rm NAME")
     xsub = sp.add_subparsers(dest="text_command", required=True, metavar="ACTION")
     xa = xsub.add_parser(
         "add", help="register a UTF-8 text file (bits-per-byte evaluation, calibration)", parents=[common]
@@ -183,6 +190,9 @@ def add_manage_commands(commands: CommandTable) -> None:
     xa.add_argument("file", help="a UTF-8 text file, held out from every fine-tune's training data")
     xa.add_argument("--description", default="", help="what the text is")
     xa.add_argument("--json", action="store_true", help="print the REST answer as JSON")
+    xr = xsub.add_parser("rm", help="forget a text and its evaluations (admin)", parents=[common])
+    xr.set_defaults(func=cmd_text_rm)
+    xr.add_argument("text_name", metavar="NAME", help="the text's name (from text ls)")
     xl = xsub.add_parser("ls", help="list the registered texts", parents=[common])
     xl.set_defaults(func=cmd_text_ls)
     xl.add_argument("--json", action="store_true", help="print the REST answer as JSON")

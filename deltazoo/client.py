@@ -207,6 +207,11 @@ class Client:
         params = {"name": name, "description": description}
         return dict(self.transport.json("POST", "/v1/texts", params=params, content=lambda: [data]))
 
+    def delete_text(self, name: str) -> None:
+        """Forget a registered text set: its evaluations and its leaderboard go with it (admin with auth
+        on). Calibrated profiles built on it stay as they are."""
+        self.transport.json("DELETE", f"/v1/texts/{quote(name, safe='')}")
+
     def pending(self) -> list[dict[str, Any]]:
         """Versions created and not committed (REST ``PendingVersion`` dicts): what the server holds of
         each and when it expires; push the same folder again to finish one."""

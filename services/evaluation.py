@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from deltazoo.compression.other_files import decompress
@@ -24,11 +25,17 @@ from deltazoo.registry.db import after_commit
 from deltazoo.registry.errors import BadRequest, Conflict, DeltazooError, NotFound
 from deltazoo.registry.evaluation_repository import EvaluationRepository
 from deltazoo.registry.models import Evaluation, File, Job, TextSet, Version
-from deltazoo.registry.objectstore import ObjectStore
-from deltazoo.registry.repositories import ArtifactRepository, FileRepository, JobRepository, ModelRepository
+from deltazoo.registry.objectstore import ObjectStore, blob_key, delete_objects
+from deltazoo.registry.repositories import (
+    ArtifactRepository,
+    BlobRepository,
+    FileRepository,
+    JobRepository,
+    ModelRepository,
+)
 from deltazoo.services.refs import check_description, ref_string
 from deltazoo.services.storage import put_blob, read_blob
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deltazoo.refs import NAME_PART
@@ -70,6 +77,24 @@ def get_text(session: Session, name: str) -> TextSet:
             code="text_not_found",
         )
     return text
+
+
+def delete_text(session: Session, store: ObjectStore, name: str) -> None:
+    """Forget text set ``name``: its evaluations go with it (its leaderboard too), the evaluations still
+    queued for it are cancelled, and its bytes are deleted once nothing else references them."""
+    text = get_text(session, name)
+    evaluations = select(Evaluation.id).where(Evaluation.text_set_id == text.id)
+    session.execute(
+        update(Job)
+        .where(Job.kind == "evaluate", Job.target_id.in_(evaluations), Job.status.in_(("queued", "running")))
+        .values(status="failed", error=f"cancelled: text set {name!r} was deleted")
+        .execution_options(synchronize_session=False)
+    )
+    blob = text.blob
+    session.delete(text)  # its evaluations by ON DELETE CASCADE
+    session.flush()
+    if blob is not None and BlobRepository(session).drop_reference(blob):
+        after_commit(session, partial(delete_objects, store, [blob_key(blob)]))
 
 
 def check_text(name: str, data: bytes, max_bytes: int) -> str:

@@ -182,3 +182,35 @@ def test_a_gain_too_small_to_measure_gets_no_share() -> None:
     assert worse["gain_kept"] is None and worse["gain_note"] == "fine-tune did not gain here"
     real = gain_fields({"bpb_base": 2.97, "bpb_finetune": 2.15, "gain_kept": 0.917})
     assert real["gain_kept"] == 0.917 and real["gain_note"] is None and MIN_GAIN_BPB < 0.1
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_text_set_can_be_deleted_with_its_evaluations(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A text registered by mistake kept triggering evaluations forever: `deltazoo text rm` forgets it,
+    its evaluations and leaderboard with it, and its bytes once nothing else holds them."""
+    from fastapi.testclient import TestClient
+
+    from tests.test_api_roundtrip import embedded_settings
+    from tests.test_api_support import base_state, checkpoint, push, wait_job
+
+    settings = embedded_settings(tmp_path / "home")
+    if database == "postgres":
+        settings = settings.model_copy(update={"database_url": request.getfixturevalue("empty_postgres_url")})
+    with TestClient(create_app(settings)) as client:
+        job = push(client, "org/m", checkpoint(base_state()))["job"]
+        assert wait_job(client, job["id"])["status"] == "succeeded"
+        blobs = client.get("/v1/stats").json()["blobs"]
+        r = client.post("/v1/texts", params={"name": "oops"}, content=b"not held out " * 50)
+        assert r.status_code == 201
+        assert client.get("/v1/stats").json()["blobs"] == blobs + 1
+        assert client.get("/v1/leaderboard", params={"text": "oops"}).status_code == 200
+        assert client.delete("/v1/texts/oops").status_code == 204
+        assert client.get("/v1/texts").json()["items"] == []
+        assert client.get("/v1/leaderboard", params={"text": "oops"}).status_code == 404
+        assert client.get("/v1/stats").json()["blobs"] == blobs
+        r = client.delete("/v1/texts/oops")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "text_not_found"
+        r = client.post("/v1/texts", params={"name": "oops"}, content=b"held out, really")
+        assert r.status_code == 201  # the name is free again

@@ -7,13 +7,14 @@ from deltazoo.registry.errors import BadRequest
 from deltazoo.services import views
 from deltazoo.services.evaluation import (
     TooLarge,
+    delete_text,
     list_texts,
     register_text,
     request_evaluation,
     text_info,
 )
 from deltazoo.services.refs import get_version, ref_string
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -63,6 +64,13 @@ async def post_text(
 @router.get("/texts")
 def get_texts(session: DB) -> dict:
     return {"items": [text_info(t) for t in list_texts(session)]}
+
+
+@router.delete("/texts/{name}", status_code=204)
+def delete_text_set(name: str, session: DB, store: Store) -> Response:
+    """Forget a text set (admin with auth on, as registering one): its evaluations and leaderboard go."""
+    delete_text(session, store, name)
+    return Response(status_code=204)
 
 
 @router.post("/models/{org}/{name}/versions/{rev}/evaluations", status_code=202)
