@@ -18,7 +18,7 @@ from deltazoo.registry.errors import DeltazooError, NotFound, Unavailable
 from deltazoo.registry.models import ApiToken, File, Model, Version
 from deltazoo.registry.objectstore import ObjectStore
 from deltazoo.registry.repositories import FileRepository, ModelRepository, TagRepository, VersionRepository
-from deltazoo.services.access import Principal, can_read_model, model_not_found
+from deltazoo.services.access import Principal, can_read_model, model_not_found, readable_versions
 from deltazoo.services.model_card import card_data
 from deltazoo.services.refs import MAIN, find_version, parse_name, ref_string
 from deltazoo.services.transfer import FilePlan, iter_file, plan_file
@@ -284,18 +284,14 @@ def commits(session: Session, viewer: Principal, repo: Repo, page: int) -> tuple
     rows = list(session.scalars(q))
     more, rows = len(rows) > COMMITS_PER_PAGE, rows[:COMMITS_PER_PAGE]
     parents = VersionRepository(session).get_many(v.parent_version_id for v in rows if v.parent_version_id)
-    names = ModelRepository(session).full_names(p.model_id for p in parents.values())
-    readable = {
-        mid
-        for mid, full in names.items()
-        if (m := session.get(Model, mid)) is not None and can_read_model(viewer, m, full.split("/", 1)[0])
-    }
+    named = readable_versions(session, viewer, set(parents))  # a parent the caller may not read: unnamed
+    names = ModelRepository(session).full_names(parents[i].model_id for i in named)
     author = repo.full_name.split("/", 1)[0]
     out = []
     for v in rows:
         title = f"version {v.revision}"
-        parent = parents.get(v.parent_version_id) if v.parent_version_id else None
-        if parent is not None and parent.model_id in readable:  # a parent the caller may not read: unnamed
+        if v.parent_version_id in named:
+            parent = parents[v.parent_version_id]
             title += f", {v.relation} of {ref_string(names[parent.model_id], parent.revision)}"
         out.append(
             {
