@@ -18,7 +18,7 @@ from typing import IO
 
 from deltazoo.registry.errors import BadRequest, DeltazooError
 from deltazoo.services.hub_commit import CommitOperations
-from deltazoo.services.hub_lfs import MAX_FILE_BYTES
+from deltazoo.services.hub_lfs import MAX_FILE_BYTES, is_file_size
 
 FILE_PREFIX = b'{"key": "file", "value": {"content": "'
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -154,7 +154,7 @@ def apply_line(ops: CommitOperations, line: bytes) -> None:
             or value.get("algo", "sha256") != "sha256"
             or not isinstance(oid, str)
             or not SHA256_RE.match(oid)
-            or not (size is None or (type(size) is int and 0 <= size <= MAX_FILE_BYTES))
+            or not (size is None or is_file_size(size))
         ):
             raise BadRequest(
                 "an 'lfsFile' operation needs 'path', 'algo': 'sha256', 'oid' (64 lowercase hex) and 'size'"

@@ -63,7 +63,8 @@ WEIGHT_SUFFIXES = (
 MAX_FILE_BYTES = 2**63 - 1  # the largest size a file row holds (BIGINT): beyond it, a 400, not a 500
 
 
-def _is_size(size: object) -> bool:
+def is_file_size(size: object) -> bool:
+    """A JSON ``size`` a file can have: an integer (not a bool) from 0 to ``MAX_FILE_BYTES``."""
     return type(size) is int and 0 <= size <= MAX_FILE_BYTES
 
 
@@ -117,7 +118,7 @@ def batch(
     for obj in objects:
         oid = obj.get("oid") if isinstance(obj, dict) else None
         size = obj.get("size") if isinstance(obj, dict) else None
-        if not isinstance(oid, str) or not OID_RE.match(oid) or not _is_size(size):
+        if not isinstance(oid, str) or not OID_RE.match(oid) or not is_file_size(size):
             raise BadRequest(
                 "each LFS object needs 'oid' (64 lowercase hex digits of its sha256) and 'size' (bytes >= 0)",
                 code="invalid_lfs_batch",
@@ -177,7 +178,7 @@ def open_ticket(store: ObjectStore, ticket: str) -> tuple[UploadSink, str, int |
 def verify(store: ObjectStore, model: Model, body: dict[str, Any]) -> None:
     """``POST .../verify``: the object arrived whole (404 when it did not)."""
     oid, size = body.get("oid"), body.get("size")
-    if not isinstance(oid, str) or not OID_RE.match(oid) or not _is_size(size):
+    if not isinstance(oid, str) or not OID_RE.match(oid) or not is_file_size(size):
         raise BadRequest("verify needs the object's 'oid' and 'size'", code="invalid_lfs_batch")
     if _staged_size(store, model.id, oid) != size:
         raise NotFound(
