@@ -706,12 +706,16 @@ class JobRepository:
         """Mark the unfinished encode jobs (whole or part) of ``version_ids`` failed (their version is
         being deleted)."""
         if version_ids:
-            self.s.execute(
-                update(Job)
-                .where(_encodes_of(version_ids), Job.status.in_(("queued", "running", "waiting")))
-                .values(status="failed", error=reason)
-                .execution_options(synchronize_session=False)
-            )
+            self.cancel_unfinished(_encodes_of(version_ids), reason)
+
+    def cancel_unfinished(self, which: ColumnElement[bool], reason: str) -> None:
+        """Mark the unfinished jobs matching ``which`` failed with ``reason`` (what they work on is going)."""
+        self.s.execute(
+            update(Job)
+            .where(which, Job.status.in_(("queued", "running", "waiting")))
+            .values(status="failed", error=reason)
+            .execution_options(synchronize_session=False)
+        )
 
     def set_progress(self, job_id: int, progress: float) -> None:
         self.s.execute(update(Job).where(Job.id == job_id).values(progress=progress))

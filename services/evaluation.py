@@ -35,7 +35,7 @@ from deltazoo.registry.repositories import (
 )
 from deltazoo.services.refs import check_description, ref_string
 from deltazoo.services.storage import put_blob, read_blob
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deltazoo.refs import NAME_PART
@@ -84,11 +84,8 @@ def delete_text(session: Session, store: ObjectStore, name: str) -> None:
     queued for it are cancelled, and its bytes are deleted once nothing else references them."""
     text = get_text(session, name)
     evaluations = select(Evaluation.id).where(Evaluation.text_set_id == text.id)
-    session.execute(
-        update(Job)
-        .where(Job.kind == "evaluate", Job.target_id.in_(evaluations), Job.status.in_(("queued", "running")))
-        .values(status="failed", error=f"cancelled: text set {name!r} was deleted")
-        .execution_options(synchronize_session=False)
+    JobRepository(session).cancel_unfinished(
+        (Job.kind == "evaluate") & Job.target_id.in_(evaluations), f"cancelled: text set {name!r} was deleted"
     )
     blob = text.blob
     session.delete(text)  # its evaluations by ON DELETE CASCADE
